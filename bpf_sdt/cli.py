@@ -1,0 +1,152 @@
+"""The `bpf-sdt` command: one entry point, one subcommand per stage.
+
+Every subcommand returns an exit code (0 ok, 1 findings, 2 unusable input or
+usage); :class:`bpf_sdt.errors.BpfSdtError` becomes a one-line message on
+stderr and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from bpf_sdt import __version__
+from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; keep its message to one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_UNUSABLE, f"{self.prog}: error: {message}\n")
+
+
+def _cmd_header(args: argparse.Namespace) -> int:
+    from bpf_sdt.codegen.generate import render_header
+    from bpf_sdt.fsutil import write_atomic
+
+    text = render_header(args.max_args)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        try:
+            write_atomic(args.output, text)
+        except OSError as e:
+            raise BpfSdtError(f"cannot write {args.output}: {e.strerror}") from e
+    return EXIT_OK
+
+
+def _cmd_cflags(args: argparse.Namespace) -> int:
+    from bpf_sdt.codegen.generate import shipped_header_dir
+
+    print(f"-I{shipped_header_dir()}")
+    return EXIT_OK
+
+
+def _cmd_makefile(args: argparse.Namespace) -> int:
+    from bpf_sdt.hooks import hook_path
+
+    print(hook_path("bpf_sdt.mk"))
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from bpf_sdt.postlink.commands import run_check
+
+    return run_check(args.objects, as_json=args.json)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from bpf_sdt.postlink.commands import run_list
+
+    return run_list(args.objects, as_json=args.json)
+
+
+def _cmd_link(args: argparse.Namespace) -> int:
+    from bpf_sdt.postlink.link import run_link
+
+    return run_link(args.output, args.inputs, bpftool=args.bpftool)
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from bpf_sdt.clang_plugin.commands import run_extract
+
+    return run_extract(args.files, args.build_dir, args.clang_args, as_json=args.json)
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from bpf_sdt.clang_plugin.commands import run_lint
+
+    return run_lint(args.files, args.build_dir, args.clang_args, fmt=args.format,
+                    jobs=args.jobs, use_cache=not args.no_cache)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bpf-sdt", description="Statically defined tracing probes for BPF programs.")
+    p.add_argument("--version", action="version", version=f"bpf-sdt {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(handler=handler)
+        return sp
+
+    sp = add("header", _cmd_header, "render bpf_sdt.h from the templates")
+    sp.add_argument("-o", "--output", help="write here (atomically) instead of stdout")
+    sp.add_argument("--max-args", type=int, default=12, metavar="N",
+                    help="largest arity to generate, 0..12 (default 12)")
+
+    add("cflags", _cmd_cflags, "print the -I flag for the installed bpf_sdt.h")
+    add("makefile", _cmd_makefile, "print the path of bpf_sdt.mk, for `include` in a Makefile")
+
+    for name, handler, text in (("check", _cmd_check, "validate the probes in BPF objects"),
+                                ("list", _cmd_list, "list the probes in BPF objects")):
+        sp = add(name, handler, text)
+        sp.add_argument("objects", nargs="+", metavar="OBJ")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = add("link", _cmd_link, "statically link BPF objects, keeping their probe notes")
+    sp.add_argument("-o", "--output", required=True, metavar="OUT")
+    sp.add_argument("inputs", nargs="+", metavar="IN")
+    sp.add_argument("--bpftool", default="bpftool", help="bpftool to link with")
+
+    for name, handler, text in (("extract", _cmd_extract, "extract probe declarations and sites from BPF C"),
+                                ("lint", _cmd_lint, "lint the probes in BPF C sources")):
+        sp = add(name, handler, text)
+        sp.add_argument("-p", dest="build_dir", metavar="BUILD_DIR",
+                        help="directory holding compile_commands.json")
+        sp.add_argument("files", nargs="+", metavar="FILE")
+        if name == "extract":
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        else:
+            sp.add_argument("--format", choices=("text", "json", "sarif"), default="text")
+            sp.add_argument("-j", "--jobs", type=int, default=0, help="parallel parses (0: all cores)")
+            sp.add_argument("--no-cache", action="store_true", help="ignore the result cache")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    clang_args: list[str] = []
+    if "--" in argv:  # extract/lint: everything after -- goes to clang
+        i = argv.index("--")
+        argv, clang_args = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
+    args.clang_args = clang_args
+    try:
+        code: int = args.handler(args)
+        return code
+    except BpfSdtError as e:
+        print(f"bpf-sdt {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

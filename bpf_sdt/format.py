@@ -1,0 +1,44 @@
+"""Constants of the on-disk format (normative text: docs/format.md).
+
+Everything that reads or writes notes imports these; nothing else spells them.
+"""
+
+FORMAT_VERSION = 1
+
+NOTES_SECTION = ".bpf_sdt_notes"
+NOTES_REL_SECTION = ".rel" + NOTES_SECTION
+TYPES_SECTION = ".debug_bpf_sdt_types"
+ENTRY_SYMBOL_PREFIX = "___sdt_jt_"
+TYPE_VAR_PREFIX = "__sdt_type_"
+DECL_TAG_PREFIX = "bpf_sdt:"
+
+MAX_ARGS = 12          # MAX_BPF_FUNC_ARGS: what a trampoline can pass
+REG_ARGS = 5           # args 1..5 are registers or immediates, 6.. stack or immediates
+STRICT_MAX_ARGS = 5    # the RFC encoding (BPF_SDT_STRICT)
+INSN_ARRAY_MAX = 256   # entries per BPF_MAP_TYPE_INSN_ARRAY in the RFC consumer
+
+INSN_SIZE = 8
+NOP_INSN = bytes([0x05, 0, 0, 0, 0, 0, 0, 0])   # goto +0 (BPF_JMP|BPF_JA, off 0)
+
+# Relocation types of the address word.
+R_BPF_64_ABS64 = 2
+R_BPF_64_ABS64_OLD_BINUTILS = 12   # what binutils <= 2.40 (bpf-gcc 12) writes
+
+# Argument insn opcodes.
+OP_MOV64_X = 0xBF   # BPF_ALU64 | BPF_MOV | BPF_X: value in src_reg
+OP_MOV64_K = 0xB7   # BPF_ALU64 | BPF_MOV | BPF_K: value is the s32 imm
+OP_LDX = {0x71: 1, 0x69: 2, 0x61: 4, 0x79: 8}   # BPF_LDX | BPF_MEM | size -> bytes
+FRAME_REG = 10
+
+
+def entry_symbol_probe_name(symbol: str) -> str | None:
+    """The probe name an entry symbol names, or None if it is no entry symbol.
+
+    ``___sdt_jt_<name>`` (the first site in a translation unit, the RFC's form)
+    or ``___sdt_jt_<name>.<n>``: C identifiers cannot contain '.', so the name
+    ends at the first one.
+    """
+    if not symbol.startswith(ENTRY_SYMBOL_PREFIX):
+        return None
+    name = symbol[len(ENTRY_SYMBOL_PREFIX):].split(".", 1)[0]
+    return name or None

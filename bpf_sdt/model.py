@@ -1,0 +1,125 @@
+"""The one data model every stage shares: declarations, sites, argument
+locations and findings.  Sources (libclang) and objects (ELF + BTF) both
+produce these; check, list, lint and link consume them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["error", "warning"]
+ArgKind = Literal["reg", "imm", "stack"]
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """A probe prototype: from BPF_SDT_DECLAREn in a source or its BTF in an object."""
+
+    name: str
+    types: tuple[str, ...]          # C spellings
+    sizes: tuple[int, ...] = ()     # bytes, where known
+    file: str | None = None
+    line: int | None = None
+
+    @property
+    def arity(self) -> int:
+        return len(self.types)
+
+
+@dataclass(frozen=True)
+class ArgLocation:
+    """Where one argument lives when the NOP executes (one note insn)."""
+
+    kind: ArgKind
+    reg: int | None = None       # kind "reg": r0..r9
+    value: int | None = None     # kind "imm": the sign-extended s32
+    offset: int | None = None    # kind "stack": from r10 (negative)
+    size: int | None = None      # kind "stack": load width in bytes
+
+    def describe(self) -> str:
+        if self.kind == "reg":
+            return f"r{self.reg}"
+        if self.kind == "imm":
+            return f"${self.value}"
+        return f"*(u{8 * (self.size or 8)} *)(r10 {'-' if (self.offset or 0) < 0 else '+'} {abs(self.offset or 0)})"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "reg":
+            out["reg"] = self.reg
+        elif self.kind == "imm":
+            out["value"] = self.value
+        else:
+            out["offset"] = self.offset
+            out["size"] = self.size
+        return out
+
+
+@dataclass
+class Site:
+    """One probe site in an object: one entry of the notes section."""
+
+    name: str
+    section: str                 # code section holding the NOP
+    offset: int                  # byte offset of the NOP in that section
+    function: str                # symbol containing the NOP ("" if none)
+    args: list[ArgLocation] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)   # from BTF, if declared
+    entry_offset: int = 0        # byte offset of the entry in the notes section
+    symbol: str = ""             # the entry's boundary symbol
+
+    @property
+    def insn_index(self) -> int:
+        return self.offset // 8
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "section": self.section,
+            "offset": self.offset,
+            "insn": self.insn_index,
+            "function": self.function,
+            "args": [a.to_json() for a in self.args],
+            "types": list(self.types),
+            "entry_offset": self.entry_offset,
+            "symbol": self.symbol,
+        }
+
+
+@dataclass(frozen=True)
+class SourceSite:
+    """A BPF_SDT_PROBEn invocation found in C source."""
+
+    name: str
+    file: str
+    line: int
+    column: int
+    args: tuple[str, ...]         # argument source text
+    function: str
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["args"] = list(self.args)
+        return d
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnostic.  ``where`` is the place inside ``path``: ``.text+0x18``
+    for an object, ``12:5`` (line:column) for a source."""
+
+    path: str
+    where: str
+    severity: Severity
+    message: str
+    rule: str
+
+    def render(self) -> str:
+        # Objects: "obj.o: .text+0x18: ..."; sources, gcc-style: "f.c:12:5: ...".
+        sep = ":" if self.where[:1].isdigit() else ": "
+        location = f"{self.path}{sep}{self.where}" if self.where else self.path
+        return f"{location}: {self.severity}: {self.message} [{self.rule}]"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

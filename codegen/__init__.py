@@ -1,0 +1,1 @@
+"""Header generation: Jinja2 templates rendered into bpf_sdt.h."""
