@@ -1,0 +1,204 @@
+"""The generated header: drift, generator options, compile-fail cases, the
+DISABLE and STRICT modes, and probes in every statement context."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from objview import disassemble, parse_arg, sites
+from toolchain import HEADER_DIR, REPO, clang, compile_bpf, run, tool
+
+from bpf_sdt.codegen.generate import render_header
+from bpf_sdt.postlink.check import analyze
+from bpf_sdt.postlink.objfile import load_object
+
+CLI = [sys.executable, "-m", "bpf_sdt.cli"]
+
+
+def test_committed_header_matches_templates() -> None:
+    committed = (HEADER_DIR / "bpf_sdt.h").read_text()
+    assert committed == render_header(), \
+        "headers/bpf_sdt.h drifted from codegen/templates: run `bpf-sdt header -o headers/bpf_sdt.h`"
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 6, 12])
+def test_max_args_limits_the_macros(n: int, tmp_path: Path) -> None:
+    out = tmp_path / "h.h"
+    res = run([*CLI, "header", "--max-args", str(n), "-o", str(out)])
+    assert res.returncode == 0, res.stderr
+    text = out.read_text()
+    assert f"#define BPF_SDT_PROBE{n}(" in text and f"#define BPF_SDT_DECLARE{n}(" in text
+    assert f"#define BPF_SDT_PROBE{n + 1}(" not in text
+    assert f"#define BPF_SDT_MAX_ARGS\t{n}" in text
+
+
+@pytest.mark.parametrize("bad", ["13", "-1", "x"])
+def test_header_rejects_bad_arity_without_writing(bad: str, tmp_path: Path) -> None:
+    out = tmp_path / "h.h"
+    res = run([*CLI, "header", "--max-args", bad, "-o", str(out)])
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_header_write_is_atomic(tmp_path: Path) -> None:
+    out = tmp_path / "h.h"
+    out.write_text("old")
+    assert run([*CLI, "header", "-o", str(out)]).returncode == 0
+    assert out.read_text() == render_header()
+    assert [p.name for p in tmp_path.iterdir()] == ["h.h"], "no temporary left behind"
+
+
+def test_cflags_points_at_the_installed_header() -> None:
+    res = run([*CLI, "cflags"])
+    flag = res.stdout.strip()
+    assert flag.startswith("-I") and (Path(flag[2:]) / "bpf_sdt.h").is_file()
+
+
+# --- compile-fail cases ------------------------------------------------------
+
+PRELUDE = """#include <bpf_sdt.h>
+struct S { long a; };
+BPF_SDT_DECLARE1(p1, long); BPF_SDT_DECLARE1(pp, int *); BPF_SDT_DECLARE2(p2, int, int);
+"""
+# case: (code, substring every compiler's first error contains)
+FAIL_CASES = {
+    "struct_arg": ("int f(struct S *s) { BPF_SDT_PROBE1(p1, *s); return 0; }",
+                   "probe 'p1' argument 1: struct or union passed by value"),
+    "ptr_to_int": ("int f(int *x) { BPF_SDT_PROBE1(p1, x); return 0; }",
+                   "probe 'p1' argument 1: pointer/integer mismatch"),
+    "int_to_ptr": ("int f(int x) { BPF_SDT_PROBE1(pp, x); return 0; }",
+                   "probe 'pp' argument 1: pointer/integer mismatch"),
+    "wide_arg": ("int f(__int128 *x) { BPF_SDT_PROBE1(p1, *x); return 0; }",
+                 "probe 'p1' argument 1: argument is wider than 8 bytes"),
+    "decl_struct": ("BPF_SDT_DECLARE1(bad, struct S);",
+                    "probe 'bad' argument 1: declared type must be an integer"),
+    "decl_wide": ("BPF_SDT_DECLARE1(bad, __int128);",
+                  "probe 'bad' argument 1: declared type is wider than 8 bytes"),
+    "arity": ("int f(int x) { BPF_SDT_PROBE1(p2, x); return 0; }",
+              "probe 'p2' is declared with a different number of arguments"),
+    "undeclared": ("int f(int x) { BPF_SDT_PROBE1(nope, x); return 0; }",
+                   "__bpf_sdt_nope_nargs"),
+    "macro_args": ("int f(int x) { BPF_SDT_PROBE2(p2, x, x, x); return 0; }",
+                   "BPF_SDT_PROBE2|too many arguments provided"),
+    "over_12": ("int f(int x) { BPF_SDT_PROBE13(p2, x,x,x,x,x,x,x,x,x,x,x,x,x); return 0; }",
+                "BPF_SDT_PROBE13"),
+    "bad_name": ("BPF_SDT_DECLARE1(my-probe, int);", "error"),
+    "redeclared": ("BPF_SDT_DECLARE2(p1, int, int);", "__bpf_sdt_p1_nargs"),
+}
+COMPILERS = ["clang-14", "clang-19", "bpf-gcc"]
+
+
+def _compiler(name: str) -> str:
+    return tool("bpf-gcc") if name == "bpf-gcc" else clang(int(name.split("-")[1]))
+
+
+@pytest.mark.parametrize("compiler", COMPILERS)
+@pytest.mark.parametrize("case", sorted(FAIL_CASES))
+def test_compile_fails_with_documented_error(case: str, compiler: str, tmp_path: Path) -> None:
+    code, expected = FAIL_CASES[case]
+    src = tmp_path / f"{case}.c"
+    src.write_text(PRELUDE + code + "\n")
+    res = compile_bpf(src, tmp_path / "x.o", _compiler(compiler), check=False)
+    assert res.returncode != 0, f"{case} compiled with {compiler}"
+    stderr = res.stderr.replace("\\'", "'")   # GCC escapes quotes in static_assert text
+    first_error = next(line for line in stderr.splitlines() if "error" in line)
+    assert any(e in stderr for e in expected.split("|")), first_error
+    docs = (REPO / "docs" / "header.md").read_text()
+    assert f"`{case}`" in docs, f"compile-fail case {case} is not documented in docs/header.md"
+
+
+def test_strict_mode_rejects_six_arguments(tmp_path: Path) -> None:
+    src = tmp_path / "s.c"
+    src.write_text("#include <bpf_sdt.h>\nBPF_SDT_DECLARE6(s6, int, int, int, int, int, int);\n"
+                   "int f(int x) { BPF_SDT_PROBE6(s6, x, x, x, x, x, x); return 0; }\n")
+    res = compile_bpf(src, tmp_path / "s.o", clang(19), defines=("BPF_SDT_STRICT",), check=False)
+    assert res.returncode != 0 and "BPF_SDT_STRICT allows at most 5 arguments" in res.stderr
+
+
+# --- modes and statement contexts ---------------------------------------------
+
+CONTEXTS = """#include <bpf_sdt.h>
+BPF_SDT_DECLARE2(ctx_probe, int, long);
+BPF_SDT_DECLARE(bare);
+static inline int inlined(int v) { BPF_SDT_PROBE2(ctx_probe, v, 3); return v * 2; }
+static __attribute__((noinline)) int static_sub(int v) { BPF_SDT_PROBE2(ctx_probe, v, v); return v + 1; }
+__attribute__((noinline)) int global_sub(int v) { BPF_SDT_PROBE2(ctx_probe, v, 4); return v - 1; }
+int prog(int *ctx)
+{
+	int x = *ctx, y = 0, only_probed = x + 7, i;
+	if (x > 3)
+		BPF_SDT_PROBE2(ctx_probe, x, 1);
+	else
+		BPF_SDT_PROBE(bare);
+	switch (x) { case 1: BPF_SDT_PROBE2(ctx_probe, only_probed, 2); break; default: break; }
+#ifdef __clang__
+#pragma clang loop unroll(full)
+#endif
+	for (i = 0; i < 4; i++)
+		BPF_SDT_PROBE2(ctx_probe, i, y);
+	while (y < x && y < 100) { BPF_SDT_PROBE2(ctx_probe, y, x); y++; }
+	return inlined(x) + static_sub(x) + global_sub(x) + y;
+}
+"""
+
+
+def test_probes_in_every_statement_context(tmp_path: Path) -> None:
+    src = tmp_path / "ctx.c"
+    src.write_text(CONTEXTS)
+    obj = tmp_path / "ctx.o"
+    compile_bpf(src, obj, clang(19))
+    report = analyze(load_object(obj))
+    assert not [f for f in report.findings if f.severity == "error"], report.findings
+    names = [s.name for s in report.sites]
+    # if/else, switch, 4 unrolled copies, while, inlined, static + global subprograms
+    assert names.count("ctx_probe") >= 1 + 1 + 4 + 1 + 1 + 2 and names.count("bare") == 1
+    funcs = {s.function for s in report.sites}
+    assert {"prog", "static_sub", "global_sub"} <= funcs
+    code = {i.index: i for i in disassemble(str(obj), ".text")}
+    for vs in sites(str(obj)):
+        assert "goto +0x0" in code[vs.offset // 8].text
+
+
+def test_disable_removes_every_nop_and_note(tmp_path: Path) -> None:
+    src = tmp_path / "ctx.c"
+    src.write_text(CONTEXTS)
+    for cc in (clang(14), clang(19), tool("bpf-gcc")):
+        obj = tmp_path / "off.o"
+        res = compile_bpf(src, obj, cc, defines=("BPF_SDT_DISABLE",))
+        assert "warning" not in res.stderr
+        o = load_object(obj)
+        assert o.section(".bpf_sdt_notes") is None and o.section(".debug_bpf_sdt_types") is None
+        text = o.section_data(o.section(".text"))  # type: ignore[arg-type]
+        insns = [text[i:i + 8] for i in range(0, len(text), 8)]
+        assert bytes.fromhex("0500000000000000") not in insns, "a goto +0 survived"
+
+
+def test_disable_does_not_evaluate_arguments(tmp_path: Path) -> None:
+    src = tmp_path / "ev.c"
+    src.write_text("#include <bpf_sdt.h>\nBPF_SDT_DECLARE1(p, int);\nint g;\n"
+                   "int f(void) { BPF_SDT_PROBE1(p, g++); return g; }\n")
+    obj = tmp_path / "ev.o"
+    compile_bpf(src, obj, clang(19), defines=("BPF_SDT_DISABLE",))
+    text = "\n".join(i.text for i in disassemble(str(obj), ".text"))
+    assert "+= 0x1" not in text and "+= 1" not in text, text
+
+
+def test_strict_mode_uses_register_moves_only(tmp_path: Path) -> None:
+    src = tmp_path / "st.c"
+    src.write_text("#include <bpf_sdt.h>\nBPF_SDT_DECLARE3(p, int, long, int);\n"
+                   "int f(int *c) { BPF_SDT_PROBE3(p, *c, 5, -1); return 0; }\n")
+    obj = tmp_path / "st.o"
+    compile_bpf(src, obj, clang(19), defines=("BPF_SDT_STRICT",))
+    (site,) = sites(str(obj))
+    assert [parse_arg(a)[0] for a in site.args] == ["reg", "reg", "reg"]
+    assert [parse_arg(a)[1] for a in site.args] == [1, 2, 3]
+    assert site.symbol == "___sdt_jt_p"
+
+
+def test_python_package_has_no_generic_top_level_modules() -> None:
+    res = subprocess.run([sys.executable, "-c", "import codegen"], capture_output=True, cwd="/")
+    assert res.returncode != 0, "a top-level `codegen` module is importable"
