@@ -1,0 +1,210 @@
+"""`bpf-sdt link -o OUT IN...`: static linking that keeps probe notes correct
+on any libbpf version (docs/linking.md).
+
+1. Decode every input's sites with the same reader `check` uses.
+2. Try the installed linker on the inputs as they are.  Newer libbpf relocates
+   an ABS64 word in a data section against code correctly; if its output
+   carries exactly the expected sites, it is the result.
+3. Otherwise (Debian 12's libbpf 1.1 refuses the notes) link copies of the
+   inputs with the notes removed, then write the notes back into the linked
+   object: entries in input order, each address word moved by where the
+   linker placed its input's code section, one R_BPF_64_ABS64 against that
+   section's symbol, and the entry symbols.
+
+The linker's placement (same-named sections appended in input order, each
+aligned) is computed, then verified against every input function symbol
+and every NOP before anything is written.  OUT is written atomically, and
+only once it passes `check`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpf_sdt.errors import EXIT_OK, InputError, ToolError
+from bpf_sdt.format import NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION, R_BPF_64_ABS64
+from bpf_sdt.fsutil import write_atomic
+from bpf_sdt.postlink.check import ObjectReport, analyze
+from bpf_sdt.postlink.elfwrite import ElfImage, SecRec, SymRec
+from bpf_sdt.postlink.objfile import SHT_REL, STT_FUNC, BpfObject, Relocation, load_object
+
+SHT_PROGBITS = 1
+
+
+@dataclass(frozen=True)
+class InputSite:
+    """A site as found in one input, with the raw bytes of its entry."""
+
+    input: int
+    symbol: str
+    section: str
+    offset: int
+    entry: bytes
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where each input's sections start in the linked output."""
+
+    base: dict[tuple[int, str], int]
+
+
+def run_link(output: str, inputs: Sequence[str], bpftool: str = "bpftool") -> int:
+    link(Path(output), [Path(p) for p in inputs], bpftool)
+    return EXIT_OK
+
+
+def link(output: Path, inputs: list[Path], bpftool: str = "bpftool") -> ObjectReport:
+    objs = [_load_input(p) for p in inputs]
+    sites = [s for i, o in enumerate(objs) for s in _input_sites(i, o)]
+    tool = shutil.which(bpftool) or (bpftool if Path(bpftool).is_file() else None)
+    if tool is None:
+        raise ToolError(f"{bpftool} not found: install bpftool (Debian: apt-get install bpftool)")
+    with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
+        direct = Path(tmp) / "direct.o"
+        if sites and _bpftool_link(tool, direct, inputs, check=False):
+            linked = load_object(direct)
+            report = analyze(linked)
+            if not report.errors and _same_sites(report, objs, sites, linked):
+                return _finish(output, direct.read_bytes(), report)
+        stripped = []
+        for i, o in enumerate(objs):
+            img = ElfImage.from_object(o)
+            img.remove_sections({NOTES_SECTION, NOTES_REL_SECTION})
+            path = Path(tmp) / f"in{i}.o"
+            path.write_bytes(img.to_bytes())
+            stripped.append(path)
+        base = Path(tmp) / "base.o"
+        _bpftool_link(tool, base, stripped, check=True, names=inputs)
+        linked = load_object(base)
+        if not sites:
+            return _finish(output, base.read_bytes(), analyze(linked))
+        placement = _placement(objs, linked)
+        data = _add_notes(linked, sites, placement)
+        final = Path(tmp) / "final.o"
+        final.write_bytes(data)
+        report = analyze(load_object(final))
+        if report.errors:
+            raise InputError("linked notes failed verification: "
+                             + "; ".join(f.render() for f in report.findings[:3]))
+        return _finish(output, data, report)
+
+
+def _finish(output: Path, data: bytes, report: ObjectReport) -> ObjectReport:
+    try:
+        write_atomic(output, data)
+    except OSError as e:
+        raise InputError(f"cannot write {output}: {e.strerror}") from None
+    return report
+
+
+def _load_input(path: Path) -> BpfObject:
+    obj = load_object(path)
+    report = analyze(obj)
+    if report.errors:
+        first = next(f for f in report.findings if f.severity == "error")
+        raise InputError(f"{path}: its probe notes are broken ({first.where}: {first.message} "
+                         f"[{first.rule}]); run `bpf-sdt check {path}`")
+    return obj
+
+
+def _input_sites(index: int, obj: BpfObject) -> list[InputSite]:
+    report = analyze(obj)
+    notes = obj.section(NOTES_SECTION)
+    if notes is None:
+        return []
+    data = obj.section_data(notes)
+    out = []
+    for s in sorted(report.sites, key=lambda s: s.entry_offset):
+        size = 8 + 8 * len(s.args)
+        out.append(InputSite(index, s.symbol, s.section, s.offset,
+                             data[s.entry_offset: s.entry_offset + size]))
+    return out
+
+
+def _bpftool_link(tool: str, out: Path, inputs: Sequence[Path], check: bool,
+                  names: Sequence[Path] | None = None) -> bool:
+    res = subprocess.run([tool, "gen", "object", str(out), *map(str, inputs)],
+                         capture_output=True, text=True, check=False)
+    if res.returncode == 0:
+        return True
+    if check:
+        msg = " ".join(line.strip() for line in (res.stderr or res.stdout).splitlines()[-2:])
+        for i, n in enumerate(names or inputs):  # name the user's file, not our temporary
+            msg = msg.replace(str(inputs[i]), str(n))
+        raise ToolError(f"bpftool gen object failed: {msg}")
+    return False
+
+
+def _placement(objs: list[BpfObject], linked: BpfObject) -> Placement:
+    """Input section -> output offset, as libbpf's linker lays sections out."""
+    base: dict[tuple[int, str], int] = {}
+    filled: dict[str, int] = {}
+    for i, o in enumerate(objs):
+        for s in o.sections:
+            if not s.executable:
+                continue
+            start = filled.get(s.name, 0)
+            start += -start % max(s.addralign, 8)
+            base[(i, s.name)] = start
+            filled[s.name] = start + s.size
+    _verify_placement(objs, linked, base)
+    return Placement(base)
+
+
+def _verify_placement(objs: list[BpfObject], linked: BpfObject,
+                      base: dict[tuple[int, str], int]) -> None:
+    out_funcs: dict[tuple[str, str], list[int]] = {}
+    for sym in linked.symbols:
+        sec = linked.section_at(sym.shndx) if 0 < sym.shndx < 0xFF00 else None
+        if sym.type == STT_FUNC and sec is not None:
+            out_funcs.setdefault((sec.name, sym.name), []).append(sym.value)
+    for i, o in enumerate(objs):
+        for sym in o.symbols:
+            sec = o.section_at(sym.shndx) if 0 < sym.shndx < 0xFF00 else None
+            if sym.type != STT_FUNC or sec is None or not sec.executable:
+                continue
+            want = base[(i, sec.name)] + sym.value
+            if want not in out_funcs.get((sec.name, sym.name), []):
+                raise InputError(f"{o.path}: function {sym.name} is not where the linker layout "
+                                 f"says ({sec.name}+{want:#x}); cannot place its probe notes")
+
+
+def _same_sites(report: ObjectReport, objs: list[BpfObject], sites: list[InputSite],
+                linked: BpfObject) -> bool:
+    try:
+        placement = _placement(objs, linked)
+    except InputError:
+        return False
+    want = sorted((s.section, placement.base[(s.input, s.section)] + s.offset) for s in sites)
+    return want == sorted((s.section, s.offset) for s in report.sites)
+
+
+def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement) -> bytes:
+    img = ElfImage.from_object(linked)
+    notes = bytearray()
+    relocs: list[Relocation] = []
+    entry_syms: list[tuple[str, int]] = []
+    for s in sites:
+        target = placement.base[(s.input, s.section)] + s.offset
+        sec_index = img.index_of(s.section)
+        if sec_index is None:
+            raise InputError(f"linked object has no section {s.section}")
+        code = img.sections[sec_index].data
+        if code[target: target + 8] != NOP_INSN:
+            raise InputError(f"{s.section}+{target:#x} in the linked object is not the probe NOP")
+        entry_syms.append((s.symbol, len(notes)))
+        relocs.append(Relocation(len(notes), R_BPF_64_ABS64, img.section_symbol(sec_index), None))
+        notes += target.to_bytes(8, "little") + s.entry[8:]
+    notes_i = img.add_section(SecRec(NOTES_SECTION, SHT_PROGBITS, 0, bytes(notes), addralign=1))
+    symtab_i = next(i for i, s in enumerate(img.sections) if s.type == 2)
+    img.add_section(SecRec(NOTES_REL_SECTION, SHT_REL, 0x40, b"", link=symtab_i, info=notes_i,
+                           addralign=8, entsize=16, relocs=relocs))
+    for name, value in entry_syms:
+        img.symbols.append(SymRec(name, value, 0, 0, 0, notes_i))
+    return img.to_bytes()
