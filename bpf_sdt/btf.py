@@ -269,17 +269,16 @@ def _parse_kind_data(t: BtfType, data: bytes, body: int, strings: bytes) -> None
         for i in range(t.vlen):
             n, ty, off = struct.unpack_from("<III", data, body + 12 * i)
             t.members.append(Member(_string(strings, n, where), type=ty, offset=off))
-    elif k == 6:
+    elif k == 6:   # kind_flag set: signed values, clear: unsigned
+        fmt = "<Ii" if t.kind_flag else "<II"
         for i in range(t.vlen):
-            n, val = struct.unpack_from("<Ii", data, body + 8 * i)
+            n, val = struct.unpack_from(fmt, data, body + 8 * i)
             t.members.append(Member(_string(strings, n, where), value=val))
     elif k == 19:
         for i in range(t.vlen):
             n, lo, hi = struct.unpack_from("<III", data, body + 12 * i)
             val = (hi << 32) | lo
-            if not t.kind_flag and val >> 63:  # kind_flag clear: unsigned
-                pass
-            elif t.kind_flag and val >> 63:
+            if t.kind_flag and val >> 63:   # kind_flag set: signed
                 val -= 1 << 64
             t.members.append(Member(_string(strings, n, where), value=val))
     elif k == 13:
