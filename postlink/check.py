@@ -45,6 +45,7 @@ _TAG_RE = re.compile(r"^bpf_sdt:([A-Za-z_][A-Za-z0-9_]*):(\d+)$")
 class ObjectReport:
     path: str
     sites: list[Site] = field(default_factory=list)
+    entry_names: set[str] = field(default_factory=set)   # every entry, resolved or not
     declarations: dict[str, Declaration] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
 
@@ -259,6 +260,8 @@ def decode_sites(obj: BpfObject, report: ObjectReport) -> None:
         report.add(where0, "warning", "notes section is marked executable; linkers relocate it "
                    "like code and corrupt it", "SDT115")
     data = obj.section_data(notes)
+    entries = find_entries(obj, notes, report)
+    report.entry_names.update(e.name for e in entries)
     rel_sec, rels = obj.relocations(notes)
     if rel_sec is None and notes.size:
         report.add(where0, "error", f"{NOTES_SECTION} has no relocation section, so no address "
@@ -267,7 +270,6 @@ def decode_sites(obj: BpfObject, report: ObjectReport) -> None:
     rels_by_offset: dict[int, list[Relocation]] = defaultdict(list)
     for r in rels:
         rels_by_offset[r.offset].append(r)
-    entries = find_entries(obj, notes, report)
     starts = {e.start for e in entries}
     for off in sorted(rels_by_offset):
         if off not in starts:
@@ -332,7 +334,7 @@ def cross_check(obj: BpfObject, report: ObjectReport) -> None:
         if len(s.args) != decl.arity:
             report.add(where, "error", f"probe '{s.name}': entry has {len(s.args)} argument "
                        f"insns, its prototype {decl.arity}", "SDT103")
-    for name in sorted(set(report.declarations) - probed):
+    for name in sorted(set(report.declarations) - probed - report.entry_names):
         report.add(".BTF", "warning", f"probe '{name}' is declared but never probed", "SDT113")
     per_section = Counter(s.section for s in report.sites)
     for sec, n in sorted(per_section.items()):
