@@ -66,13 +66,13 @@ def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 
 def compile_bpf(src: Path | str, out: Path, cc: str, *, mcpu: str = "v3", opt: str = "-O2",
                 defines: tuple[str, ...] = (), extra: tuple[str, ...] = (),
-                check: bool = True) -> subprocess.CompletedProcess[str]:
+                check: bool = True, header_dir: Path = HEADER_DIR) -> subprocess.CompletedProcess[str]:
     """Compile BPF C the way a real project does, warnings as errors."""
     if "gcc" in Path(cc).name:
         cmd = [cc, opt, "-gbtf", f"-mcpu={mcpu}" if mcpu != "v4" else "-mcpu=v3"]
     else:
         cmd = [cc, "-target", "bpf", opt, "-g", f"-mcpu={mcpu}"]
-    cmd += ["-Wall", "-Wextra", "-Werror", f"-I{HEADER_DIR}", *[f"-D{d}" for d in defines],
+    cmd += ["-Wall", "-Wextra", "-Werror", f"-I{header_dir}", *[f"-D{d}" for d in defines],
             *extra, "-c", str(src), "-o", str(out)]
     res = run(cmd)
     if check and res.returncode != 0:
