@@ -144,8 +144,9 @@ def find_entries(obj: BpfObject, notes: Section, report: ObjectReport) -> list[E
         if end == sym.value:
             report.add(where, "error", f"{sym.name}: two entry symbols at one offset", "SDT102")
             continue
-        if sym.value > notes.size:
-            report.add(where, "error", f"{sym.name}: entry symbol past the section end", "SDT102")
+        if sym.value >= notes.size or end > notes.size:
+            report.add(where, "error", f"{sym.name}: entry runs past the section end "
+                       f"({notes.size} bytes)", "SDT102")
             continue
         size = end - sym.value
         if sym.value % INSN_SIZE or size % INSN_SIZE or size > INSN_SIZE * (MAX_ARGS + 1):
@@ -260,6 +261,10 @@ def decode_sites(obj: BpfObject, report: ObjectReport) -> None:
         report.add(where0, "warning", "notes section is marked executable; linkers relocate it "
                    "like code and corrupt it", "SDT115")
     data = obj.section_data(notes)
+    if len(data) != notes.size:   # SHT_NOBITS: a size but no bytes
+        report.add(where0, "error", f"{NOTES_SECTION} claims {notes.size} bytes but has "
+                   f"{len(data)} in the file (section type {notes.type})", "SDT102")
+        return
     entries = find_entries(obj, notes, report)
     report.entry_names.update(e.name for e in entries)
     rel_sec, rels = obj.relocations(notes)

@@ -1,0 +1,141 @@
+"""Untrusted input: every malformed object gets exit 2 (or 1) and one line,
+never a traceback; sizes from the file are bounded before use; and a fuzz run
+over mutated real objects never crashes."""
+
+from __future__ import annotations
+
+import random
+import struct
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fuzz_target import mutate, one_input
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from toolchain import clang, compile_bpf, run
+
+from bpf_sdt.postlink.objfile import load_object
+
+CLI = [sys.executable, "-m", "bpf_sdt.cli"]
+SRC = """#include <bpf_sdt.h>
+BPF_SDT_DECLARE2(a, int, long); BPF_SDT_DECLARE7(b, int, int, int, int, int, char, long);
+int f(int *c) { BPF_SDT_PROBE2(a, c[0], 3); BPF_SDT_PROBE7(b, c[0], c[1], c[2], c[3], c[4], (char)c[5], 9);
+  BPF_SDT_PROBE2(a, c[1], c[2]); return 0; }
+"""
+
+
+@pytest.fixture(scope="module")
+def seed_obj(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("seed")
+    (d / "s.c").write_text(SRC)
+    compile_bpf(d / "s.c", d / "s.o", clang(19))
+    return d / "s.o"
+
+
+def _one_line_exit(args: list[str], code: int) -> str:
+    res = run([*CLI, *args])
+    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr + res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["check", "list"])
+def test_unusable_inputs(command: str, seed_obj: Path, tmp_path: Path) -> None:
+    data = seed_obj.read_bytes()
+    cases = {
+        "empty.o": b"",
+        "text.o": b"hello\n",
+        "truncated.o": data[:200],
+        "header_only.o": data[:64],
+        "nonutf8.o": b"\x7fELF" + bytes(range(256)),
+    }
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        line = _one_line_exit([command, str(tmp_path / name)], 2)
+        assert name in line
+    assert "not a BPF object" in _one_line_exit([command, sys.executable], 2)
+    assert "directory" in _one_line_exit([command, str(tmp_path)], 2)
+    assert "No such file" in _one_line_exit([command, str(tmp_path / "missing.o")], 2)
+
+
+def test_usage_errors_exit_2() -> None:
+    for args in (["check"], ["frobnicate"], ["list", "--bogus", "x.o"], []):
+        res = run([*CLI, *args])
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_huge_claimed_section_costs_nothing(seed_obj: Path, tmp_path: Path) -> None:
+    data = bytearray(seed_obj.read_bytes())
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    notes = load_object(seed_obj).section(".bpf_sdt_notes")
+    assert notes is not None
+    struct.pack_into("<Q", data, shoff + 64 * notes.index + 32, 0xFFFF_FFFF)   # sh_size = 4 GB
+    bad = tmp_path / "huge.o"
+    bad.write_bytes(bytes(data))
+    t0 = time.monotonic()
+    line = _one_line_exit(["check", str(bad)], 2)
+    assert "runs past the end of the file" in line and time.monotonic() - t0 < 5
+
+
+def test_good_and_bad_inputs_together(seed_obj: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.o"
+    junk.write_text("x")
+    res = run([*CLI, "check", str(seed_obj), str(junk)])
+    assert res.returncode == 2 and "junk.o" in res.stderr
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(min_value=0, max_value=2**32))
+def test_fuzz_mutated_objects_never_crash(seed: int) -> None:
+    base = _seed_bytes()
+    one_input(mutate(base, random.Random(seed)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.binary(max_size=512))
+def test_fuzz_arbitrary_bytes_never_crash(data: bytes) -> None:
+    one_input(b"\x7fELF\x02\x01\x01" + data)
+
+
+_CACHE: dict[str, bytes] = {}
+
+
+def _seed_bytes() -> bytes:
+    if "seed" not in _CACHE:
+        import tempfile
+
+        d = Path(tempfile.mkdtemp())
+        (d / "s.c").write_text(SRC)
+        compile_bpf(d / "s.c", d / "s.o", clang(19))
+        _CACHE["seed"] = (d / "s.o").read_bytes()
+    return _CACHE["seed"]
+
+
+def _patched(seed: Path, tmp: Path, name: str, field_off: int, fmt: str, value: int) -> Path:
+    data = bytearray(seed.read_bytes())
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    notes = load_object(seed).section(".bpf_sdt_notes")
+    assert notes is not None
+    struct.pack_into(fmt, data, shoff + 64 * notes.index + field_off, value)
+    out = tmp / name
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_regression_nobits_notes_section(seed_obj: Path, tmp_path: Path) -> None:
+    """Found by bench/fuzz.py: a notes section of type NOBITS has a size, no bytes."""
+    obj = _patched(seed_obj, tmp_path, "nobits.o", 4, "<I", 8)   # sh_type = SHT_NOBITS
+    res = run([*CLI, "check", str(obj)])
+    assert res.returncode == 1 and "[SDT102]" in res.stdout and "Traceback" not in res.stderr
+
+
+def test_regression_entry_symbol_past_section_end(seed_obj: Path, tmp_path: Path) -> None:
+    """Found by bench/fuzz.py: a shrunken section leaves entry symbols past its end."""
+    obj = _patched(seed_obj, tmp_path, "short.o", 32, "<Q", 8)   # sh_size = 8
+    res = run([*CLI, "check", str(obj)])
+    assert res.returncode == 1 and "runs past the section end" in res.stdout
+    assert "Traceback" not in res.stderr
