@@ -13,7 +13,9 @@ TYPE_VAR_PREFIX = "__sdt_type_"
 DECL_TAG_PREFIX = "bpf_sdt:"
 
 MAX_ARGS = 12          # MAX_BPF_FUNC_ARGS: what a trampoline can pass
-REG_ARGS = 5           # args 1..5 are registers or immediates, 6.. stack or immediates
+NAMED_ARGS = 5         # args 1..5 name their BPF argument register: `rK = ...`
+REG_ARGS = 10          # the header puts args 1..10 in registers (or immediates) ...
+STACK_ARGS_FROM = 11   # ... and 11..12 in stack slots (or immediates): r0..r9 are all there is
 STRICT_MAX_ARGS = 5    # the RFC encoding (BPF_SDT_STRICT)
 INSN_ARRAY_MAX = 256   # entries per BPF_MAP_TYPE_INSN_ARRAY in the RFC consumer
 

@@ -13,7 +13,7 @@ import jinja2
 
 from bpf_sdt import __version__
 from bpf_sdt.errors import UsageError
-from bpf_sdt.format import FORMAT_VERSION, MAX_ARGS, REG_ARGS, STRICT_MAX_ARGS
+from bpf_sdt.format import FORMAT_VERSION, MAX_ARGS, NAMED_ARGS, REG_ARGS, STRICT_MAX_ARGS
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 HEADER_TEMPLATE = "bpf_sdt.h.j2"
@@ -43,6 +43,7 @@ def render_header(max_args: int = MAX_ARGS) -> str:
         arities=list(range(max_args + 1)),
         max_args=max_args,
         reg_args=REG_ARGS,
+        named_args=NAMED_ARGS,
         strict_max=STRICT_MAX_ARGS,
         format_version=FORMAT_VERSION,
         version=__version__,

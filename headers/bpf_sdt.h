@@ -18,10 +18,10 @@
  *	.quad <nop>			byte offset of the NOP in its code
  *					section (R_BPF_64_ABS64, addend in place)
  *	<one 8-byte insn per argument>	where argument K lives at the NOP:
- *	    K <= 5:  rK = rS			BPF_ALU64|BPF_MOV|BPF_X, value in rS
- *		     rK = imm			BPF_ALU64|BPF_MOV|BPF_K, s32 constant
- *	    K >= 6:  r0 = *(uN *)(r10 - off)	BPF_LDX|BPF_MEM, value in a stack slot
- *		     r0 = imm			BPF_ALU64|BPF_MOV|BPF_K, s32 constant
+ *	    rD = rS			BPF_ALU64|BPF_MOV|BPF_X: value in rS   (K <= 10)
+ *	    rD = imm			BPF_ALU64|BPF_MOV|BPF_K: s32 constant
+ *	    r0 = *(uN *)(r10 - off)	BPF_LDX|BPF_MEM: value in a stack slot (K >= 11)
+ *	  D is K for K <= 5 (the RFC's `rK = ...`), 0 beyond.
  *    The first site of a name in a translation unit is `___sdt_jt_<name>`
  *    (exactly the RFC's symbol); later sites get a `.<n>` suffix, so a name
  *    may be probed at any number of sites.  The name is everything between
@@ -30,9 +30,10 @@
  *    in `.debug_bpf_sdt_types`, tagged btf_decl_tag("bpf_sdt:<name>:<n>"):
  *    BTF DECL_TAG -> VAR -> PTR -> FUNC_PROTO.
  *
- * Why args 6.. use the stack: BPF has ten allocatable registers and the
- * assembler names no r11/r12, so more than ten register operands cannot be
- * expressed at all, and ten already make the compiler spill everything else.
+ * Why args 11 and 12 use the stack: BPF has ten allocatable registers (r0..r9)
+ * and the assembler names no r11/r12, so an asm statement cannot take more
+ * than ten register operands ("inline assembly requires more registers than
+ * available").
  * A register may hold more bits than the argument's type; consumers truncate
  * (and sign-extend) to the BTF type's size.
  *
@@ -139,16 +140,27 @@
 #define __BPF_SDT_IMM_OK(v)	0
 #endif
 
-/* Args 1..5: a register, or an immediate.  The empty asm hides a value that
- * must not become an immediate (a wide constant, a symbol address) from the
- * "ri" constraint; it emits no instruction. */
+/* Args 1..10: a register, or an immediate.  The empty asm hides a value from
+ * the "ri" constraint when "i" would be wrong: a constant that does not fit
+ * the s32 immediate (the assembler would truncate it) and any pointer (clang
+ * crashes on "ri" with a symbol address, and cannot tell us one is coming:
+ * __builtin_constant_p is never true for pointers).  It emits no instruction;
+ * it only costs a copy when the hidden value stays live after the probe.
+ * Non-constant integers skip it, so they cost exactly what "ri" costs. */
+#ifdef __OPTIMIZE__
+#define __BPF_SDT_NEEDS_REG(v)						\
+	(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(v)) ||		\
+	 (__builtin_constant_p(v) && !__BPF_SDT_IMM_OK(v)))
+#else
+#define __BPF_SDT_NEEDS_REG(v)	1
+#endif
 #define __BPF_SDT_IN_REG(K)							\
-	if (!__BPF_SDT_IMM_OK(__sdt_v##K))					\
+	if (__BPF_SDT_NEEDS_REG(__sdt_v##K))					\
 		__asm__("" : "+r"(__sdt_v##K))
 #define __BPF_SDT_REG_OPERAND(K)		[__sdt_a##K] "ri"(__sdt_v##K)
 #define __BPF_SDT_STRICT_OPERAND(K)	[__sdt_a##K] "r"(__sdt_v##K)
 
-/* Args 6..12: a stack slot of the argument's own type, written only when the
+/* Args 11..12: a stack slot of the argument's own type, written only when the
  * value is not an immediate (otherwise the slot is left unwritten; the empty
  * asm only tells the compiler it is "initialized"). */
 #define __BPF_SDT_IN_SLOT(name, K)						\
@@ -196,7 +208,10 @@
 	".quad 0b\n"
 #define __BPF_SDT_ASM_TAIL		".popsection\n"
 
+/* Args 1..5 name their BPF argument register as destination (the RFC's
+ * `rK = ...`); args 6.. have none, so their destination is r0. */
 #define __BPF_SDT_ASM_REG_ARG(K)	__BPF_SDT_ASM_MOV("r" #K, "__sdt_a" #K)
+#define __BPF_SDT_ASM_REG_ARG_R0(K)	__BPF_SDT_ASM_MOV("r0", "__sdt_a" #K)
 /* Slot form operand: 0 = immediate, else the stack slot's width in bytes.
  * (One operand, not two: GCC allows 30 operands per asm statement.) */
 #define __BPF_SDT_ASM_SLOT_ARG(K)						\
@@ -213,7 +228,6 @@
 	".endif\n"
 
 /* --- the public macros ---------------------------------------------------- */
-
 #define BPF_SDT_DECLARE(name)		BPF_SDT_DECLARE0(name)
 #define BPF_SDT_PROBE(name)		BPF_SDT_PROBE0(name)
 
@@ -234,7 +248,14 @@
 			     __BPF_SDT_ASM_TAIL					\
 			     ::);	\
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE0(name) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 0);					\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_TAIL					\
+			     ::);	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE0(name) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 0);					\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
@@ -268,7 +289,18 @@
 			     __BPF_SDT_ASM_TAIL					\
 			     : : __BPF_SDT_STRICT_OPERAND(1));	\
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE1(name, a1) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 1);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_IN_REG(1);						\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE1(name, a1) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 1);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
@@ -313,7 +345,22 @@
 			     __BPF_SDT_ASM_TAIL					\
 			     : : __BPF_SDT_STRICT_OPERAND(1), __BPF_SDT_STRICT_OPERAND(2));	\
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE2(name, a1, a2) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 2);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
+	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_IN_REG(1);						\
+	__BPF_SDT_IN_REG(2);						\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_REG_ARG(2)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE2(name, a1, a2) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 2);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
@@ -369,7 +416,26 @@
 			     __BPF_SDT_ASM_TAIL					\
 			     : : __BPF_SDT_STRICT_OPERAND(1), __BPF_SDT_STRICT_OPERAND(2), __BPF_SDT_STRICT_OPERAND(3));	\
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE3(name, a1, a2, a3) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 3);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
+	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
+	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_IN_REG(1);						\
+	__BPF_SDT_IN_REG(2);						\
+	__BPF_SDT_IN_REG(3);						\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_REG_ARG(2)	\
+			     __BPF_SDT_ASM_REG_ARG(3)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE3(name, a1, a2, a3) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 3);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
@@ -436,7 +502,30 @@
 			     __BPF_SDT_ASM_TAIL					\
 			     : : __BPF_SDT_STRICT_OPERAND(1), __BPF_SDT_STRICT_OPERAND(2), __BPF_SDT_STRICT_OPERAND(3), __BPF_SDT_STRICT_OPERAND(4));	\
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE4(name, a1, a2, a3, a4) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 4);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
+	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
+	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
+	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_IN_REG(1);						\
+	__BPF_SDT_IN_REG(2);						\
+	__BPF_SDT_IN_REG(3);						\
+	__BPF_SDT_IN_REG(4);						\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_REG_ARG(2)	\
+			     __BPF_SDT_ASM_REG_ARG(3)	\
+			     __BPF_SDT_ASM_REG_ARG(4)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE4(name, a1, a2, a3, a4) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 4);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
@@ -514,7 +603,34 @@
 			     __BPF_SDT_ASM_TAIL					\
 			     : : __BPF_SDT_STRICT_OPERAND(1), __BPF_SDT_STRICT_OPERAND(2), __BPF_SDT_STRICT_OPERAND(3), __BPF_SDT_STRICT_OPERAND(4), __BPF_SDT_STRICT_OPERAND(5));	\
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE5(name, a1, a2, a3, a4, a5) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 5);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
+	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
+	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
+	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
+	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_IN_REG(1);						\
+	__BPF_SDT_IN_REG(2);						\
+	__BPF_SDT_IN_REG(3);						\
+	__BPF_SDT_IN_REG(4);						\
+	__BPF_SDT_IN_REG(5);						\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_REG_ARG(2)	\
+			     __BPF_SDT_ASM_REG_ARG(3)	\
+			     __BPF_SDT_ASM_REG_ARG(4)	\
+			     __BPF_SDT_ASM_REG_ARG(5)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE5(name, a1, a2, a3, a4, a5) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 5);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
@@ -582,7 +698,38 @@
 #define BPF_SDT_PROBE6(name, a1, a2, a3, a4, a5, a6) do {	\
 	_Static_assert(0, "bpf_sdt: probe '" #name "': BPF_SDT_STRICT allows at most 5 arguments"); \
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE6(name, a1, a2, a3, a4, a5, a6) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 6);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
+	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
+	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
+	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
+	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
+	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_IN_REG(1);						\
+	__BPF_SDT_IN_REG(2);						\
+	__BPF_SDT_IN_REG(3);						\
+	__BPF_SDT_IN_REG(4);						\
+	__BPF_SDT_IN_REG(5);						\
+	__BPF_SDT_IN_REG(6);						\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_REG_ARG(2)	\
+			     __BPF_SDT_ASM_REG_ARG(3)	\
+			     __BPF_SDT_ASM_REG_ARG(4)	\
+			     __BPF_SDT_ASM_REG_ARG(5)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE6(name, a1, a2, a3, a4, a5, a6) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 6);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
@@ -658,7 +805,42 @@
 #define BPF_SDT_PROBE7(name, a1, a2, a3, a4, a5, a6, a7) do {	\
 	_Static_assert(0, "bpf_sdt: probe '" #name "': BPF_SDT_STRICT allows at most 5 arguments"); \
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE7(name, a1, a2, a3, a4, a5, a6, a7) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 7);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
+	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
+	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
+	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
+	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
+	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
+	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_IN_REG(1);						\
+	__BPF_SDT_IN_REG(2);						\
+	__BPF_SDT_IN_REG(3);						\
+	__BPF_SDT_IN_REG(4);						\
+	__BPF_SDT_IN_REG(5);						\
+	__BPF_SDT_IN_REG(6);						\
+	__BPF_SDT_IN_REG(7);						\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_REG_ARG(2)	\
+			     __BPF_SDT_ASM_REG_ARG(3)	\
+			     __BPF_SDT_ASM_REG_ARG(4)	\
+			     __BPF_SDT_ASM_REG_ARG(5)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(7)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE7(name, a1, a2, a3, a4, a5, a6, a7) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 7);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
@@ -742,7 +924,46 @@
 #define BPF_SDT_PROBE8(name, a1, a2, a3, a4, a5, a6, a7, a8) do {	\
 	_Static_assert(0, "bpf_sdt: probe '" #name "': BPF_SDT_STRICT allows at most 5 arguments"); \
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE8(name, a1, a2, a3, a4, a5, a6, a7, a8) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 8);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
+	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
+	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
+	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
+	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
+	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
+	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
+	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_IN_REG(1);						\
+	__BPF_SDT_IN_REG(2);						\
+	__BPF_SDT_IN_REG(3);						\
+	__BPF_SDT_IN_REG(4);						\
+	__BPF_SDT_IN_REG(5);						\
+	__BPF_SDT_IN_REG(6);						\
+	__BPF_SDT_IN_REG(7);						\
+	__BPF_SDT_IN_REG(8);						\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_REG_ARG(2)	\
+			     __BPF_SDT_ASM_REG_ARG(3)	\
+			     __BPF_SDT_ASM_REG_ARG(4)	\
+			     __BPF_SDT_ASM_REG_ARG(5)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(7)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(8)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE8(name, a1, a2, a3, a4, a5, a6, a7, a8) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 8);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
@@ -834,7 +1055,50 @@
 #define BPF_SDT_PROBE9(name, a1, a2, a3, a4, a5, a6, a7, a8, a9) do {	\
 	_Static_assert(0, "bpf_sdt: probe '" #name "': BPF_SDT_STRICT allows at most 5 arguments"); \
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE9(name, a1, a2, a3, a4, a5, a6, a7, a8, a9) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 9);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
+	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
+	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
+	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
+	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
+	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
+	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
+	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
+	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_IN_REG(1);						\
+	__BPF_SDT_IN_REG(2);						\
+	__BPF_SDT_IN_REG(3);						\
+	__BPF_SDT_IN_REG(4);						\
+	__BPF_SDT_IN_REG(5);						\
+	__BPF_SDT_IN_REG(6);						\
+	__BPF_SDT_IN_REG(7);						\
+	__BPF_SDT_IN_REG(8);						\
+	__BPF_SDT_IN_REG(9);						\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_REG_ARG(2)	\
+			     __BPF_SDT_ASM_REG_ARG(3)	\
+			     __BPF_SDT_ASM_REG_ARG(4)	\
+			     __BPF_SDT_ASM_REG_ARG(5)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(7)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(8)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(9)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE9(name, a1, a2, a3, a4, a5, a6, a7, a8, a9) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 9);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
@@ -934,7 +1198,54 @@
 #define BPF_SDT_PROBE10(name, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10) do {	\
 	_Static_assert(0, "bpf_sdt: probe '" #name "': BPF_SDT_STRICT allows at most 5 arguments"); \
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE10(name, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 10);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
+	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
+	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
+	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
+	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
+	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
+	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
+	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
+	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_CHECK_ARG(name, 10, a10);				\
+	__BPF_SDT_VALUE(name, 10, a10);				\
+	__BPF_SDT_IN_REG(1);						\
+	__BPF_SDT_IN_REG(2);						\
+	__BPF_SDT_IN_REG(3);						\
+	__BPF_SDT_IN_REG(4);						\
+	__BPF_SDT_IN_REG(5);						\
+	__BPF_SDT_IN_REG(6);						\
+	__BPF_SDT_IN_REG(7);						\
+	__BPF_SDT_IN_REG(8);						\
+	__BPF_SDT_IN_REG(9);						\
+	__BPF_SDT_IN_REG(10);						\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_REG_ARG(2)	\
+			     __BPF_SDT_ASM_REG_ARG(3)	\
+			     __BPF_SDT_ASM_REG_ARG(4)	\
+			     __BPF_SDT_ASM_REG_ARG(5)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(7)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(8)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(9)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(10)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE10(name, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 10);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
@@ -1042,7 +1353,58 @@
 #define BPF_SDT_PROBE11(name, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11) do {	\
 	_Static_assert(0, "bpf_sdt: probe '" #name "': BPF_SDT_STRICT allows at most 5 arguments"); \
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE11(name, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 11);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
+	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
+	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
+	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
+	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
+	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
+	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
+	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
+	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_CHECK_ARG(name, 10, a10);				\
+	__BPF_SDT_VALUE(name, 10, a10);				\
+	__BPF_SDT_CHECK_ARG(name, 11, a11);				\
+	__BPF_SDT_VALUE(name, 11, a11);				\
+	__BPF_SDT_IN_REG(1);						\
+	__BPF_SDT_IN_REG(2);						\
+	__BPF_SDT_IN_REG(3);						\
+	__BPF_SDT_IN_REG(4);						\
+	__BPF_SDT_IN_REG(5);						\
+	__BPF_SDT_IN_REG(6);						\
+	__BPF_SDT_IN_REG(7);						\
+	__BPF_SDT_IN_REG(8);						\
+	__BPF_SDT_IN_REG(9);						\
+	__BPF_SDT_IN_REG(10);						\
+	__BPF_SDT_IN_SLOT(name, 11);					\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_REG_ARG(2)	\
+			     __BPF_SDT_ASM_REG_ARG(3)	\
+			     __BPF_SDT_ASM_REG_ARG(4)	\
+			     __BPF_SDT_ASM_REG_ARG(5)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(7)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(8)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(9)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(10)	\
+			     __BPF_SDT_ASM_SLOT_ARG(11)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_SLOT_OPERANDS(11));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE11(name, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 11);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
@@ -1158,7 +1520,62 @@
 #define BPF_SDT_PROBE12(name, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12) do {	\
 	_Static_assert(0, "bpf_sdt: probe '" #name "': BPF_SDT_STRICT allows at most 5 arguments"); \
 } while (0)
-#else
+#elif defined(__clang__)
+#define BPF_SDT_PROBE12(name, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12) do {	\
+	__BPF_SDT_CHECK_NARGS(name, 12);					\
+	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
+	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
+	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
+	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
+	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
+	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
+	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
+	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
+	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
+	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_CHECK_ARG(name, 10, a10);				\
+	__BPF_SDT_VALUE(name, 10, a10);				\
+	__BPF_SDT_CHECK_ARG(name, 11, a11);				\
+	__BPF_SDT_VALUE(name, 11, a11);				\
+	__BPF_SDT_CHECK_ARG(name, 12, a12);				\
+	__BPF_SDT_VALUE(name, 12, a12);				\
+	__BPF_SDT_IN_REG(1);						\
+	__BPF_SDT_IN_REG(2);						\
+	__BPF_SDT_IN_REG(3);						\
+	__BPF_SDT_IN_REG(4);						\
+	__BPF_SDT_IN_REG(5);						\
+	__BPF_SDT_IN_REG(6);						\
+	__BPF_SDT_IN_REG(7);						\
+	__BPF_SDT_IN_REG(8);						\
+	__BPF_SDT_IN_REG(9);						\
+	__BPF_SDT_IN_REG(10);						\
+	__BPF_SDT_IN_SLOT(name, 11);					\
+	__BPF_SDT_IN_SLOT(name, 12);					\
+	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+			     __BPF_SDT_ASM_REG_ARG(1)	\
+			     __BPF_SDT_ASM_REG_ARG(2)	\
+			     __BPF_SDT_ASM_REG_ARG(3)	\
+			     __BPF_SDT_ASM_REG_ARG(4)	\
+			     __BPF_SDT_ASM_REG_ARG(5)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(7)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(8)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(9)	\
+			     __BPF_SDT_ASM_REG_ARG_R0(10)	\
+			     __BPF_SDT_ASM_SLOT_ARG(11)	\
+			     __BPF_SDT_ASM_SLOT_ARG(12)	\
+			     __BPF_SDT_ASM_TAIL					\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_SLOT_OPERANDS(11), __BPF_SDT_SLOT_OPERANDS(12));	\
+} while (0)
+#else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE12(name, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12) do {	\
 	__BPF_SDT_CHECK_NARGS(name, 12);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\

@@ -32,7 +32,7 @@ from bpf_sdt.format import (
     OP_MOV64_X,
     R_BPF_64_ABS64,
     R_BPF_64_ABS64_OLD_BINUTILS,
-    REG_ARGS,
+    NAMED_ARGS,
     entry_symbol_probe_name,
 )
 from bpf_sdt.model import ArgLocation, Declaration, Finding, Severity, Site
@@ -162,7 +162,7 @@ def decode_arg(insn: bytes, index: int) -> tuple[ArgLocation | None, str | None]
     """One argument insn -> its location, or an error message."""
     op, regs, off, imm = struct.unpack("<BBhi", insn)
     dst, src = regs & 0xF, regs >> 4
-    want_dst = index if index <= REG_ARGS else 0
+    want_dst = index if index <= NAMED_ARGS else 0
     if op == OP_MOV64_X:
         if off or imm:
             return None, f"argument {index}: register move with nonzero offset/imm"
@@ -175,8 +175,8 @@ def decode_arg(insn: bytes, index: int) -> tuple[ArgLocation | None, str | None]
         loc = ArgLocation("imm", value=imm)
     elif op in OP_LDX:
         size = OP_LDX[op]
-        if index <= REG_ARGS:
-            return None, f"argument {index}: stack slots are for arguments {REG_ARGS + 1}.. only"
+        if index <= NAMED_ARGS:
+            return None, f"argument {index}: stack slots are for arguments {NAMED_ARGS + 1}.. only"
         if src != FRAME_REG or imm:
             return None, f"argument {index}: load must be relative to r10"
         if off >= 0 or off < -512 or off % size:

@@ -202,3 +202,20 @@ def test_strict_mode_uses_register_moves_only(tmp_path: Path) -> None:
 def test_python_package_has_no_generic_top_level_modules() -> None:
     res = subprocess.run([sys.executable, "-c", "import codegen"], capture_output=True, cwd="/")
     assert res.returncode != 0, "a top-level `codegen` module is importable"
+
+
+def test_symbol_address_arguments_compile(tmp_path: Path) -> None:
+    """"ri" with a symbol address crashes clang 14 and 19; the header must never
+    hand one to it (pointers always go through a register)."""
+    src = tmp_path / "sym.c"
+    src.write_text("#include <bpf_sdt.h>\nint g; long arr[4]; int fn(int);\n"
+                   "BPF_SDT_DECLARE4(p, int *, long *, int (*)(int), void *);\n"
+                   "BPF_SDT_DECLARE12(w, int *, int, int, int, int, int, int, int, int, int, long *, void *);\n"
+                   "int f(int *c) { BPF_SDT_PROBE4(p, &g, &arr[2], fn, (void *)0);\n"
+                   "  BPF_SDT_PROBE12(w, &g, 1, 2, 3, 4, 5, 6, 7, 8, 9, &arr[1], (void *)0); return *c; }\n")
+    for cc in (clang(14), clang(19), tool("bpf-gcc")):
+        obj = tmp_path / "sym.o"
+        compile_bpf(src, obj, cc)
+        report = analyze(load_object(obj))
+        assert not [f for f in report.findings if f.severity == "error"]
+        assert [a.kind for a in report.sites[0].args] == ["reg"] * 4

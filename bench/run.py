@@ -1,0 +1,283 @@
+"""bpf-sdt benchmarks, each measured side by side in one run.
+
+1. Code cost: instructions a probe site adds to a program, against the same
+   program with -DBPF_SDT_DISABLE, for three encodings:
+     probes  this header (registers/immediates for 1..5, stack/imm for 6..12)
+     rfc     -DBPF_SDT_STRICT, the RFC's "r"-only encoding (<= 5 args)
+     floor   each probe replaced by an empty asm that only forces its values
+             into registers or immediates ("ri"), plus one NOP
+2. check / list --json on an object with 10,000 sites, against
+   `llvm-readelf -r -s` on the same object.
+3. lint over 200 generated sources against `clang -fsyntax-only` (all cores),
+   and the cached re-run.
+
+    .venv/bin/python bench/run.py [--only code|check|lint]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HEADERS = REPO / "headers"
+SAMPLES = REPO / "samples"
+CLANG = shutil.which("clang-19") or "clang"
+BIN = Path(sys.executable).parent
+
+sys.path.insert(0, str(REPO))
+
+FLOOR_HEADER = """/* Benchmark floor: the real declarations, but each probe is an empty asm that
+ * forces its (converted) values into registers or immediates, plus one NOP. */
+#include_next <bpf_sdt.h>
+{undefs}
+{defines}
+"""
+
+
+def floor_header(out: Path) -> Path:
+    d = out / "floor"
+    d.mkdir(parents=True, exist_ok=True)
+    undefs, defines = [], []
+    for n in range(13):
+        args = "".join(f", a{k}" for k in range(1, n + 1))
+        values = " ".join(f"__BPF_SDT_ARG_T(name, {k}) __f{k} = (a{k});" for k in range(1, n + 1))
+        ops = ", ".join(f'"ri"(__f{k})' for k in range(1, n + 1))
+        undefs.append(f"#undef BPF_SDT_PROBE{n}")
+        defines.append(f"#define BPF_SDT_PROBE{n}(name{args}) do {{ {values} "
+                       f'__asm__ __volatile__("goto +0" :{": " + ops if n else ":"}); }} while (0)')
+    (d / "bpf_sdt.h").write_text(FLOOR_HEADER.format(undefs="\n".join(undefs),
+                                                      defines="\n".join(defines)))
+    return d
+
+
+# --- 1. code cost ------------------------------------------------------------
+
+MIXED = """#include <bpf_sdt.h>
+typedef unsigned char __u8; typedef unsigned short __u16; typedef unsigned int __u32;
+typedef unsigned long long __u64;
+struct pkt { __u32 len; __u16 proto; __u8 ttl; __u8 flags; __u64 ts; __u32 saddr, daddr; };
+BPF_SDT_DECLARE2(rx, __u32, __u16); BPF_SDT_DECLARE3(hdr, __u8, __u8, const struct pkt *);
+BPF_SDT_DECLARE1(ts, __u64); BPF_SDT_DECLARE4(addr, __u32, __u32, int, long);
+BPF_SDT_DECLARE2(verdict, int, __u32); BPF_SDT_DECLARE5(five, __u32, __u16, __u8, __u64, int);
+BPF_SDT_DECLARE(mark);
+__attribute__((noinline)) int handle(struct pkt *p, int i)
+{
+	int v = 0;
+	BPF_SDT_PROBE(mark);
+	BPF_SDT_PROBE2(rx, p->len, p->proto);
+	BPF_SDT_PROBE3(hdr, p->ttl, p->flags, p);
+	if (p->ttl < 2) { BPF_SDT_PROBE2(verdict, -1, p->len); return -1; }
+	BPF_SDT_PROBE1(ts, p->ts);
+	BPF_SDT_PROBE4(addr, p->saddr, p->daddr, i, 7);
+	if (p->flags & 1) { v = 1; BPF_SDT_PROBE2(verdict, 1, p->len); }
+	else if (p->flags & 2) { v = 2; BPF_SDT_PROBE2(verdict, 2, p->saddr); }
+	BPF_SDT_PROBE5(five, p->len, p->proto, p->ttl, p->ts, i);
+	for (int k = 0; k < 4; k++) BPF_SDT_PROBE2(rx, p->len + k, (__u16)k);
+	BPF_SDT_PROBE2(verdict, v, p->daddr);
+	BPF_SDT_PROBE3(hdr, p->ttl, 3, p);
+	BPF_SDT_PROBE1(ts, p->ts + p->len);
+	BPF_SDT_PROBE4(addr, p->daddr, p->saddr, v, i);
+	return v + (int)p->len;
+}
+"""
+CONSTANT = """#include <bpf_sdt.h>
+BPF_SDT_DECLARE3(c3, int, long, unsigned char); BPF_SDT_DECLARE8(c8, int, int, int, int, int, int, int, long);
+BPF_SDT_DECLARE12(c12, int, int, int, int, int, int, int, int, int, int, int, long);
+BPF_SDT_DECLARE(c0);
+int f(int *ctx)
+{
+	BPF_SDT_PROBE3(c3, 1, -2, 255);
+	BPF_SDT_PROBE8(c8, 1, 2, 3, 4, 5, 6, 7, -8);
+	BPF_SDT_PROBE(c0);
+	BPF_SDT_PROBE12(c12, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x7fffffff);
+	BPF_SDT_PROBE3(c3, 4, 5, 6);
+	return *ctx;
+}
+"""
+
+
+def code_size(obj: Path) -> int:
+    from bpf_sdt.postlink.objfile import load_object
+
+    o = load_object(obj)
+    return sum(s.size for s in o.sections if s.executable) // 8
+
+
+def sites_in(obj: Path) -> int:
+    from bpf_sdt.postlink.check import analyze
+    from bpf_sdt.postlink.objfile import load_object
+
+    return len(analyze(load_object(obj)).sites)
+
+
+def compile_variant(src: Path, out: Path, variant: str, floor: Path, extra: list[str]) -> Path | None:
+    inc = [f"-I{floor}", f"-I{HEADERS}"] if variant == "floor" else [f"-I{HEADERS}"]
+    defines = {"probes": [], "floor": [], "rfc": ["-DBPF_SDT_STRICT"],
+               "off": ["-DBPF_SDT_DISABLE"]}[variant]
+    res = subprocess.run([CLANG, "-target", "bpf", "-O2", "-g", "-mcpu=v3", *inc, *defines, *extra,
+                          "-Wno-unused-parameter", "-c", str(src), "-o", str(out)],
+                         capture_output=True, text=True, check=False)
+    return out if res.returncode == 0 else None
+
+
+def bench_code(tmp: Path) -> list[str]:
+    floor = floor_header(tmp)
+    vmlinux = tmp / "vmlinux.h"
+    if Path("/sys/kernel/btf/vmlinux").exists():
+        with vmlinux.open("w") as f:
+            subprocess.run(["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
+                           stdout=f, check=True)
+    else:
+        subprocess.run(f"xz -dc {SAMPLES}/vmlinux/vmlinux-6.18.h.xz > {vmlinux}", shell=True, check=True)
+    (tmp / "mixed.bpf.c").write_text(MIXED)
+    (tmp / "constant.bpf.c").write_text(CONSTANT)
+    programs = [tmp / "mixed.bpf.c", tmp / "constant.bpf.c", *sorted(SAMPLES.glob("*.bpf.c"))]
+    rows = ["| program | sites | insns without probes | + probes | + RFC strict | + floor | per site: probes / RFC / floor |",
+            "|---|---|---|---|---|---|---|"]
+    totals = {"probes": 0, "rfc": 0, "floor": 0, "sites": 0, "rfc_sites": 0}
+    for src in programs:
+        extra = [f"-I{tmp}", f"-I{SAMPLES}"]
+        sizes: dict[str, int | None] = {}
+        for variant in ("off", "probes", "rfc", "floor"):
+            obj = compile_variant(src, tmp / f"{src.stem}.{variant}.o", variant, floor, extra)
+            sizes[variant] = code_size(obj) if obj else None
+        n = sites_in(tmp / f"{src.stem}.probes.o")
+        base = sizes["off"]
+        assert base is not None and sizes["probes"] is not None and sizes["floor"] is not None, src
+
+        def delta(v: str, base: int = base) -> str:
+            s = sizes[v]
+            return "n/a (>5 args)" if s is None else f"+{s - base}"
+
+        def per(v: str, n: int = n, base: int = base) -> str:
+            s = sizes[v]
+            return "n/a" if s is None or not n else f"{(s - base) / n:.2f}"
+
+        rows.append(f"| {src.name} | {n} | {base} | {delta('probes')} | {delta('rfc')} | {delta('floor')} "
+                    f"| {per('probes')} / {per('rfc')} / {per('floor')} |")
+        totals["probes"] += sizes["probes"] - base
+        totals["floor"] += sizes["floor"] - base
+        totals["sites"] += n
+        if sizes["rfc"] is not None:
+            totals["rfc"] += sizes["rfc"] - base
+            totals["rfc_sites"] += n
+    rows.append(f"\nall programs: probes +{totals['probes']} insns for {totals['sites']} sites, floor "
+                f"+{totals['floor']}; RFC strict +{totals['rfc']} for the {totals['rfc_sites']} sites it "
+                "can express")
+    return rows
+
+
+# --- 2. check / list speed ----------------------------------------------------
+
+def many_sites_object(tmp: Path, n: int = 10_000) -> Path:
+    per_func = 100
+    decls = "BPF_SDT_DECLARE2(hot, int, long);\nBPF_SDT_DECLARE7(wide, int, int, int, int, int, int, long);\n"
+    funcs = []
+    for f in range(n // per_func):
+        body = "\n".join(
+            f"BPF_SDT_PROBE2(hot, c[{i % 8}], {i});" if i % 3 else
+            f"BPF_SDT_PROBE7(wide, c[0], c[1], c[2], c[3], c[4], c[5], {i});"
+            for i in range(per_func))
+        funcs.append(f"__attribute__((noinline)) int f{f}(int *c) {{\n{body}\nreturn c[0]; }}")
+    src = tmp / "many.bpf.c"
+    src.write_text("#include <bpf_sdt.h>\n" + decls + "\n".join(funcs) + "\n")
+    obj = tmp / "many.bpf.o"
+    subprocess.run([CLANG, "-target", "bpf", "-O2", "-g", f"-I{HEADERS}", "-c", str(src), "-o", str(obj)],
+                   check=True)
+    return obj
+
+
+def timed(cmd: list[str], runs: int = 7) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_check(tmp: Path) -> list[str]:
+    obj = many_sites_object(tmp)
+    readelf = shutil.which("llvm-readelf-19") or shutil.which("llvm-readelf") or "llvm-readelf"
+    sdt = str(BIN / "bpf-sdt")
+    n = sites_in(obj)
+    base = timed([readelf, "-r", "-s", str(obj)])
+    check = timed([sdt, "check", str(obj)])
+    listing = timed([sdt, "list", "--json", str(obj)])
+    return [f"object with {n} sites ({obj.stat().st_size // 1024} KiB), median of 7 runs:",
+            f"  llvm-readelf -r -s   {base * 1000:7.1f} ms   1.00x",
+            f"  bpf-sdt check        {check * 1000:7.1f} ms   {check / base:.2f}x",
+            f"  bpf-sdt list --json  {listing * 1000:7.1f} ms   {listing / base:.2f}x"]
+
+
+# --- 3. lint speed -------------------------------------------------------------
+
+def bench_lint(tmp: Path) -> list[str]:
+    src_dir = tmp / "lint"
+    src_dir.mkdir()
+    for i in range(200):
+        body = "\n".join(f"\tBPF_SDT_PROBE2(p{i}_{k}, c[{k}], {k});" for k in range(8))
+        decls = "\n".join(f"BPF_SDT_DECLARE2(p{i}_{k}, int, long);" for k in range(8))
+        (src_dir / f"s{i}.bpf.c").write_text(
+            f"#include <bpf_sdt.h>\n{decls}\nint f{i}(int *c)\n{{\n{body}\n\treturn 0;\n}}\n")
+    files = sorted(map(str, src_dir.glob("*.bpf.c")))
+    jobs = os.cpu_count() or 1
+    clang_cmd = ["xargs", "-P", str(jobs), "-n", "25", CLANG, "-target", "bpf", "-fsyntax-only",
+                 f"-I{HEADERS}"]
+
+    def syntax_only() -> None:
+        subprocess.run(clang_cmd, input="\n".join(files), text=True, check=True)
+
+    cache = tmp / "lint-cache"
+    env = dict(os.environ, BPF_SDT_CACHE_DIR=str(cache))
+    lint = [str(BIN / "bpf-sdt"), "lint", *files, "--", f"-I{HEADERS}"]
+
+    def cold() -> None:
+        shutil.rmtree(cache, ignore_errors=True)
+        subprocess.run(lint, env=env, stdout=subprocess.DEVNULL, check=False)
+
+    def warm() -> None:
+        subprocess.run(lint, env=env, stdout=subprocess.DEVNULL, check=False)
+
+    def med(fn: Callable[[], None], runs: int = 5) -> float:
+        ts = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    base = med(syntax_only)
+    c = med(cold)
+    warm()
+    w = med(warm)
+    return [f"200 sources, {jobs} cores, median of 5 runs:",
+            f"  clang -fsyntax-only (xargs -P{jobs})  {base * 1000:7.1f} ms   1.00x",
+            f"  bpf-sdt lint, cold cache           {c * 1000:7.1f} ms   {c / base:.2f}x",
+            f"  bpf-sdt lint, warm cache           {w * 1000:7.1f} ms   {w / 2 * 1000:.1f} ms per 100 files"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=("code", "check", "lint"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bpf-sdt-bench-") as t:
+        tmp = Path(t)
+        for name, fn in (("code", bench_code), ("check", bench_check), ("lint", bench_lint)):
+            if args.only in (None, name):
+                print(f"\n## {name}\n")
+                print("\n".join(fn(tmp)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
