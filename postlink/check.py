@@ -11,10 +11,13 @@ object per rule.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import re
 import struct
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from bpf_sdt.btf import Btf
 from bpf_sdt.errors import InputError
@@ -57,14 +60,18 @@ class ObjectReport:
         return sum(1 for f in self.findings if f.severity == "error")
 
 
-@dataclass
-class Entry:
+class Entry(NamedTuple):
     """One entry of the notes section, bounded by its symbol and the next."""
 
     symbol: Symbol
     name: str
     start: int
     end: int
+
+
+def _at(offset: int) -> str:
+    """A place in the notes section, as findings spell it (built only for findings)."""
+    return f"{NOTES_SECTION}+{offset:#x}"
 
 
 # --- BTF: probe prototypes --------------------------------------------------
@@ -137,29 +144,45 @@ def find_entries(obj: BpfObject, notes: Section, report: ObjectReport) -> list[E
         report.add(f"{NOTES_SECTION}+0x0", "error", f"{syms[0].value} bytes before the first "
                    "entry symbol", "SDT102")
     entries = []
+    size_limit = INSN_SIZE * (MAX_ARGS + 1)
     for i, sym in enumerate(syms):
         end = syms[i + 1].value if i + 1 < len(syms) else notes.size
-        where = f"{NOTES_SECTION}+{sym.value:#x}"
-        name = entry_symbol_probe_name(sym.name) or ""
-        if end == sym.value:
-            report.add(where, "error", f"{sym.name}: two entry symbols at one offset", "SDT102")
+        start = sym.value
+        if end == start:
+            report.add(_at(start), "error", f"{sym.name}: two entry symbols at one offset", "SDT102")
             continue
-        if sym.value >= notes.size or end > notes.size:
-            report.add(where, "error", f"{sym.name}: entry runs past the section end "
+        if start >= notes.size or end > notes.size:
+            report.add(_at(start), "error", f"{sym.name}: entry runs past the section end "
                        f"({notes.size} bytes)", "SDT102")
             continue
-        size = end - sym.value
-        if sym.value % INSN_SIZE or size % INSN_SIZE or size > INSN_SIZE * (MAX_ARGS + 1):
-            report.add(where, "error", f"{sym.name}: entry of {size} bytes at offset "
-                       f"{sym.value} (entries are 8 + 8*N bytes, N <= {MAX_ARGS}, 8-aligned)",
+        size = end - start
+        if start % INSN_SIZE or size % INSN_SIZE or size > size_limit:
+            report.add(_at(start), "error", f"{sym.name}: entry of {size} bytes at offset "
+                       f"{start} (entries are 8 + 8*N bytes, N <= {MAX_ARGS}, 8-aligned)",
                        "SDT102")
             continue
-        entries.append(Entry(sym, name, sym.value, end))
+        entries.append(Entry(sym, entry_symbol_probe_name(sym.name) or "", start, end))
     return entries
 
 
+@functools.lru_cache(maxsize=8192)
+def decode_args(body: bytes) -> tuple[tuple[ArgLocation, ...], tuple[tuple[int, str], ...]]:
+    """All argument insns of one entry -> (locations, (insn index, error) pairs).
+    Memoized per entry body: identical entries repeat across many sites."""
+    locs, errors = [], []
+    for i in range(len(body) // INSN_SIZE):
+        loc, err = decode_arg(body[INSN_SIZE * i: INSN_SIZE * (i + 1)], i + 1)
+        if err:
+            errors.append((i + 1, err))
+        elif loc:
+            locs.append(loc)
+    return tuple(locs), tuple(errors)
+
+
+@functools.lru_cache(maxsize=4096)
 def decode_arg(insn: bytes, index: int) -> tuple[ArgLocation | None, str | None]:
-    """One argument insn -> its location, or an error message."""
+    """One argument insn -> its location, or an error message.  Memoized: the
+    same few words repeat across thousands of sites, and the result is immutable."""
     op, regs, off, imm = struct.unpack("<BBhi", insn)
     dst, src = regs & 0xF, regs >> 4
     want_dst = index if index <= NAMED_ARGS else 0
@@ -190,66 +213,103 @@ def decode_arg(insn: bytes, index: int) -> tuple[ArgLocation | None, str | None]
 
 
 def _relocation_for(word_offset: int, rels_by_offset: dict[int, list[Relocation]],
-                    report: ObjectReport, where: str) -> Relocation | None:
-    rels = rels_by_offset.get(word_offset, [])
+                    report: ObjectReport) -> Relocation | None:
+    rels = rels_by_offset.get(word_offset)
     if not rels:
-        report.add(where, "error", "address word has no relocation", "SDT104")
+        report.add(_at(word_offset), "error", "address word has no relocation", "SDT104")
         return None
     if len(rels) > 1:
-        report.add(where, "error", f"address word has {len(rels)} relocations", "SDT104")
+        report.add(_at(word_offset), "error", f"address word has {len(rels)} relocations", "SDT104")
     return rels[0]
 
 
-def resolve_target(obj: BpfObject, notes_data: bytes, entry: Entry, rel: Relocation,
-                   report: ObjectReport, where: str) -> tuple[Section, int] | None:
-    """The code section and byte offset an entry's address word points to."""
-    if rel.type == R_BPF_64_ABS64_OLD_BINUTILS:
-        pass  # reported once per object by cross_check()
-    elif rel.type != R_BPF_64_ABS64:
-        report.add(where, "error", f"relocation type {rel.type}, want R_BPF_64_ABS64 (2)", "SDT105")
+class TargetResolver:
+    """Resolves address words.  What depends only on the relocation's symbol
+    (its section, whether that is code, its bytes) is worked out once per
+    symbol: thousands of entries share one section symbol."""
+
+    def __init__(self, obj: BpfObject, report: ObjectReport) -> None:
+        self.obj = obj
+        self.report = report
+        self._symbols: dict[int, tuple[Section, int, bytes] | str] = {}
+
+    def _symbol(self, index: int) -> tuple[Section, int, bytes] | str:
+        """(section, base offset, section bytes), or why the symbol is unusable."""
+        if index not in self._symbols:
+            obj = self.obj
+            if not 0 <= index < len(obj.symbols):
+                self._symbols[index] = f"relocation names symbol {index}, which does not exist"
+            else:
+                sym = obj.symbols[index]
+                sec = obj.section_at(sym.shndx) if 0 < sym.shndx < 0xFF00 else None
+                if sec is None or not sec.executable:
+                    self._symbols[index] = (f"relocation against {sym.name or 'a symbol'} outside "
+                                            "any executable section")
+                else:
+                    base = 0 if sym.type == STT_SECTION else sym.value
+                    self._symbols[index] = (sec, base, obj.section_data(sec))
+        return self._symbols[index]
+
+    def resolve(self, notes_data: bytes, entry: Entry, rel: Relocation) -> tuple[Section, int] | None:
+        """The code section and byte offset an entry's address word points to."""
+        report = self.report
+        if rel.type != R_BPF_64_ABS64 and rel.type != R_BPF_64_ABS64_OLD_BINUTILS:
+            # (type 12 is reported once per object by cross_check())
+            report.add(_at(entry.start), "error", f"relocation type {rel.type}, want "
+                       "R_BPF_64_ABS64 (2)", "SDT105")
+            return None
+        info = self._symbol(rel.symbol)
+        if isinstance(info, str):
+            report.add(_at(entry.start), "error", info, "SDT106")
+            return None
+        sec, base, code = info
+        word = int.from_bytes(notes_data[entry.start: entry.start + 8], "little")
+        addend = rel.addend if rel.addend is not None else word
+        target = base + addend
+        if target < sec.size and not target % INSN_SIZE \
+                and code[target: target + INSN_SIZE] == NOP_INSN:
+            return sec, target
+        self._explain(entry, sec, base, word, addend, target, rel.addend is None, code)
         return None
-    if not 0 <= rel.symbol < len(obj.symbols):
-        report.add(where, "error", f"relocation names symbol {rel.symbol}, which does not exist",
-                   "SDT106")
-        return None
-    sym = obj.symbols[rel.symbol]
-    sec = obj.section_at(sym.shndx) if 0 < sym.shndx < 0xFF00 else None
-    if sec is None or not sec.executable:
-        report.add(where, "error", f"relocation against {sym.name or 'a symbol'} outside any "
-                   "executable section", "SDT106")
-        return None
-    word = struct.unpack_from("<Q", notes_data, entry.start)[0]
-    addend = rel.addend if rel.addend is not None else word
-    hi, lo = addend >> 32, addend & 0xFFFFFFFF
-    base = 0 if sym.type == STT_SECTION else sym.value
-    target = base + addend
-    if hi and rel.addend is None and base + lo + hi < sec.size:
-        report.add(where, "error", f"address word {word:#018x} has {hi:#x} added into bytes 4..7: "
-                   "a linker treated the notes as code (section marked executable); relink with "
-                   "`bpf-sdt link`", "SDT115")
-        return None
-    if target >= sec.size or target % INSN_SIZE:
-        report.add(where, "error", f"address {target:#x} is outside {sec.name} "
-                   f"({sec.size} bytes) or not 8-aligned", "SDT107")
-        return None
-    insn = obj.section_data(sec)[target: target + INSN_SIZE]
-    if insn != NOP_INSN:
-        report.add(where, "error", f"{sec.name}+{target:#x} is {insn.hex(' ')}, not goto +0",
-                   "SDT107")
-        return None
-    return sec, target
+
+    def _explain(self, entry: Entry, sec: Section, base: int, word: int, addend: int,
+                 target: int, in_place: bool, code: bytes) -> None:
+        where = _at(entry.start)
+        hi, lo = addend >> 32, addend & 0xFFFFFFFF
+        if hi and in_place and base + lo + hi < sec.size:
+            self.report.add(where, "error", f"address word {word:#018x} has {hi:#x} added into "
+                            "bytes 4..7: a linker treated the notes as code (section marked "
+                            "executable); relink with `bpf-sdt link`", "SDT115")
+        elif target >= sec.size or target % INSN_SIZE:
+            self.report.add(where, "error", f"address {target:#x} is outside {sec.name} "
+                            f"({sec.size} bytes) or not 8-aligned", "SDT107")
+        else:
+            insn = code[target: target + INSN_SIZE]
+            self.report.add(where, "error", f"{sec.name}+{target:#x} is {insn.hex(' ')}, "
+                            "not goto +0", "SDT107")
 
 
-def function_at(obj: BpfObject, sec: Section, offset: int,
-                cache: dict[int, list[Symbol]]) -> str:
-    funcs = cache.setdefault(sec.index, obj.functions_in(sec))
-    best = ""
-    for f in funcs:
-        if f.value <= offset and (offset < f.value + f.size or f.size == 0):
-            best = f.name
-        elif f.value > offset:
-            break
-    return best
+class FunctionIndex:
+    """The function symbol containing an offset, per code section (bisect)."""
+
+    def __init__(self, obj: BpfObject) -> None:
+        self._obj = obj
+        self._by_section: dict[int, tuple[list[int], list[Symbol]]] = {}
+
+    def at(self, sec: Section, offset: int) -> str:
+        if sec.index not in self._by_section:
+            funcs = self._obj.functions_in(sec)
+            self._by_section[sec.index] = ([f.value for f in funcs], funcs)
+        starts, funcs = self._by_section[sec.index]
+        i = bisect.bisect_right(starts, offset) - 1
+        while i >= 0:   # zero-sized symbols (asm labels) cover what follows them
+            f = funcs[i]
+            if offset < f.value + f.size or f.size == 0:
+                return f.name
+            i -= 1
+            if i >= 0 and funcs[i].value + funcs[i].size <= offset:
+                break
+        return ""
 
 
 def decode_sites(obj: BpfObject, report: ObjectReport) -> None:
@@ -280,28 +340,24 @@ def decode_sites(obj: BpfObject, report: ObjectReport) -> None:
         if off not in starts:
             report.add(f"{NOTES_SECTION}+{off:#x}", "error", "relocation inside an entry, not on "
                        "an address word", "SDT104")
-    func_cache: dict[int, list[Symbol]] = {}
+    functions = FunctionIndex(obj)
+    resolver = TargetResolver(obj, report)
+    declarations = report.declarations
     for e in entries:
-        where = f"{NOTES_SECTION}+{e.start:#x}"
-        rel = _relocation_for(e.start, rels_by_offset, report, where)
+        rel = _relocation_for(e.start, rels_by_offset, report)
         if rel is None:
             continue
-        target = resolve_target(obj, data, e, rel, report, where)
+        target = resolver.resolve(data, e, rel)
         if target is None:
             continue
         sec, offset = target
-        args = []
-        for i in range(1, (e.end - e.start) // INSN_SIZE):
-            loc, err = decode_arg(data[e.start + 8 * i: e.start + 8 * i + 8], i)
-            if err:
-                report.add(f"{NOTES_SECTION}+{e.start + 8 * i:#x}", "error",
-                           f"probe '{e.name}' {err}", "SDT108")
-            elif loc:
-                args.append(loc)
-        decl = report.declarations.get(e.name)
+        args, errors = decode_args(data[e.start + INSN_SIZE: e.end])
+        for index, err in errors:
+            report.add(_at(e.start + INSN_SIZE * index), "error", f"probe '{e.name}' {err}", "SDT108")
+        decl = declarations.get(e.name)
         report.sites.append(Site(
             name=e.name, section=sec.name, offset=offset,
-            function=function_at(obj, sec, offset, func_cache), args=args,
+            function=functions.at(sec, offset), args=list(args),
             types=list(decl.types) if decl else [], entry_offset=e.start, symbol=e.symbol.name))
 
 

@@ -12,14 +12,14 @@ nothing, and any malformation becomes an :class:`InputError`.
 
 from __future__ import annotations
 
-import io
 import struct
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 from elftools.common.exceptions import ELFError, ELFParseError
-from elftools.elf.elffile import ELFFile
+from elftools.elf.structs import ELFStructs
 
 from bpf_sdt.btf import Btf, parse_btf
 from bpf_sdt.errors import InputError
@@ -67,8 +67,9 @@ class Section:
         return bool(self.flags & SHF_EXECINSTR)
 
 
-@dataclass(frozen=True)
-class Symbol:
+class Symbol(NamedTuple):
+    """One symbol-table entry (a tuple: objects can hold tens of thousands)."""
+
     index: int
     name: str
     value: int
@@ -78,8 +79,7 @@ class Symbol:
     shndx: int
 
 
-@dataclass(frozen=True)
-class Relocation:
+class Relocation(NamedTuple):
     offset: int
     type: int
     symbol: int
@@ -93,32 +93,58 @@ class BpfObject:
         self.path = path
         self.data = data
         try:
-            elf = ELFFile(io.BytesIO(data))
-            self._check_header(elf)
-            self.sections = self._read_sections(elf)
+            structs, header = self._parse_header()
+            self.sections = self._read_sections(structs, header)
         except InputError:
             raise
         except _PARSE_ERRORS as e:
             raise InputError(f"{path}: not a readable ELF object ({_reason(e)})") from None
         self._by_name = {s.name: s for s in self.sections}
+        self._data_cache: dict[int, bytes] = {}
+        self._rel_cache: dict[int, tuple[Section | None, list[Relocation]]] = {}
 
     # --- construction ------------------------------------------------------
 
-    def _check_header(self, elf: ELFFile) -> None:
-        if elf.elfclass != 64:
-            raise InputError(f"{self.path}: ELF class {elf.elfclass}, BPF objects are 64-bit")
-        if not elf.little_endian:
+    def _parse_header(self) -> tuple[ELFStructs, dict]:  # type: ignore[type-arg]
+        """pyelftools' ELF structures (not ELFFile, which also loads DWARF support
+        and costs a third of `check`'s start-up)."""
+        ident = self.data[:16]
+        if len(self.data) < 64:
+            raise InputError(f"{self.path}: {len(self.data)} bytes is shorter than an ELF header")
+        if ident[4] != 2:
+            raise InputError(f"{self.path}: ELF class {ident[4]}, BPF objects are 64-bit")
+        if ident[5] != 1:
             raise InputError(f"{self.path}: big-endian BPF objects are not supported")
-        if elf["e_machine"] not in ("EM_BPF", EM_BPF):
-            raise InputError(f"{self.path}: not a BPF object (e_machine {elf['e_machine']})")
-        if elf["e_type"] not in ("ET_REL",):
-            raise InputError(f"{self.path}: {elf['e_type']}, expected a relocatable object (ET_REL)")
+        structs = ELFStructs(little_endian=True, elfclass=64)
+        structs.create_basic_structs()
+        header = structs.Elf_Ehdr.parse(self.data)
+        if header["e_machine"] not in ("EM_BPF", EM_BPF):
+            raise InputError(f"{self.path}: not a BPF object (e_machine {header['e_machine']})")
+        if header["e_type"] != "ET_REL":
+            raise InputError(f"{self.path}: {header['e_type']}, expected a relocatable object (ET_REL)")
+        structs.create_advanced_structs(header["e_type"], header["e_machine"],
+                                        header["e_ident"]["EI_OSABI"])
+        return structs, header
 
-    def _read_sections(self, elf: ELFFile) -> list[Section]:
+    def _read_sections(self, structs: ELFStructs, header: dict) -> list[Section]:  # type: ignore[type-arg]
+        shoff, shnum, shentsize = header["e_shoff"], header["e_shnum"], header["e_shentsize"]
+        if shoff == 0 or shnum == 0:
+            raise InputError(f"{self.path}: no section header table")
+        if shentsize != 64 or shoff + shnum * 64 > len(self.data):
+            raise InputError(f"{self.path}: section header table ({shnum} x {shentsize} bytes at "
+                             f"{shoff}) runs past the end of the file ({len(self.data)} bytes)")
+        headers = [structs.Elf_Shdr.parse(self.data[shoff + 64 * i: shoff + 64 * (i + 1)])
+                   for i in range(shnum)]
+        strndx = header["e_shstrndx"]
+        if not 0 < strndx < shnum:
+            raise InputError(f"{self.path}: section name table index {strndx} out of range")
+        names_h = headers[strndx]
+        if names_h["sh_offset"] + names_h["sh_size"] > len(self.data):
+            raise InputError(f"{self.path}: section name table runs past the end of the file")
+        names = self.data[names_h["sh_offset"]: names_h["sh_offset"] + names_h["sh_size"]]
         out = []
-        for i in range(elf.num_sections()):
-            h = elf._get_section_header(i)
-            name = elf._get_section_name(h) if i else ""
+        for i, h in enumerate(headers):
+            name = _cstr(names, h["sh_name"]) if i else ""
             sec = Section(i, name, _sh_type(h["sh_type"]), h["sh_flags"], h["sh_offset"],
                           h["sh_size"], h["sh_link"], h["sh_info"], h["sh_entsize"], h["sh_addralign"])
             if sec.type != SHT_NOBITS and sec.offset + sec.size > len(self.data):
@@ -138,7 +164,10 @@ class BpfObject:
     def section_data(self, sec: Section) -> bytes:
         if sec.type == SHT_NOBITS:
             return b""
-        return self.data[sec.offset: sec.offset + sec.size]
+        cached = self._data_cache.get(sec.index)
+        if cached is None:
+            cached = self._data_cache[sec.index] = self.data[sec.offset: sec.offset + sec.size]
+        return cached
 
     @cached_property
     def symtab_section(self) -> Section | None:
@@ -156,14 +185,17 @@ class BpfObject:
         raw = self.section_data(sec)
         if sec.entsize not in (0, 24) or len(raw) % 24:
             raise InputError(f"{self.path}: symbol table size {len(raw)} is not a multiple of 24")
-        out = []
-        for i, (name_off, info, _other, shndx, value, size) in enumerate(
-                struct.iter_unpack("<IBBHQQ", raw)):
-            out.append(Symbol(i, _cstr(names, name_off), value, size, info & 0xF, info >> 4, shndx))
-        return out
+        return [Symbol(i, _cstr(names, name_off), value, size, info & 0xF, info >> 4, shndx)
+                for i, (name_off, info, _other, shndx, value, size)
+                in enumerate(struct.iter_unpack("<IBBHQQ", raw))]
 
     def relocations(self, target: Section) -> tuple[Section | None, list[Relocation]]:
         """The REL/RELA section applying to ``target`` and its entries."""
+        if target.index not in self._rel_cache:
+            self._rel_cache[target.index] = self._read_relocations(target)
+        return self._rel_cache[target.index]
+
+    def _read_relocations(self, target: Section) -> tuple[Section | None, list[Relocation]]:
         for sec in self.sections:
             if sec.type in (SHT_REL, SHT_RELA) and sec.info == target.index:
                 rela = sec.type == SHT_RELA

@@ -197,3 +197,16 @@ def test_rfc_style_object_checks_clean(tmp_path: Path) -> None:
     obj = tmp_path / "rfc.o"
     compile_bpf(src, obj, clang(19))
     assert _check(obj) == (0, [])
+
+
+def test_list_json_text_equals_the_model(tmp_path: Path) -> None:
+    """`list --json` writes pre-encoded text; it must equal json.dumps(to_json())."""
+    src = tmp_path / "m.c"
+    src.write_text(prog('BPF_SDT_PROBE2(p2, *ctx, -7); BPF_SDT_PROBE2(p2, ctx[1], 1 << 20);',
+                        decls="BPF_SDT_DECLARE2(p2, int, long);"))
+    obj = tmp_path / "m.o"
+    compile_bpf(src, obj, clang(19))
+    from bpf_sdt.postlink.check import analyze
+
+    for site in analyze(load_object(obj)).sites:
+        assert json.loads(site.json_text()) == site.to_json()
