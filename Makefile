@@ -10,7 +10,7 @@ test:
 
 lint:
 	.venv/bin/ruff check bpf_sdt codegen clang_plugin postlink hooks tests bench
-	.venv/bin/mypy bpf_sdt codegen clang_plugin postlink hooks
+	MYPY=.venv/bin/mypy scripts/typecheck.sh
 
 bench:
 	scripts/setup.sh

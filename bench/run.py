@@ -141,8 +141,8 @@ def bench_code(tmp: Path) -> list[str]:
     (tmp / "mixed.bpf.c").write_text(MIXED)
     (tmp / "constant.bpf.c").write_text(CONSTANT)
     programs = [tmp / "mixed.bpf.c", tmp / "constant.bpf.c", *sorted(SAMPLES.glob("*.bpf.c"))]
-    rows = ["| program | sites | insns without probes | + probes | + RFC strict | + floor | per site: probes / RFC / floor |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| program | sites | insns without probes | + probes | + RFC strict | + floor "
+            "| per site: probes / RFC / floor |", "|---|---|---|---|---|---|---|"]
     totals = {"probes": 0, "rfc": 0, "floor": 0, "sites": 0, "rfc_sites": 0}
     for src in programs:
         extra = [f"-I{tmp}", f"-I{SAMPLES}"]
@@ -154,11 +154,11 @@ def bench_code(tmp: Path) -> list[str]:
         base = sizes["off"]
         assert base is not None and sizes["probes"] is not None and sizes["floor"] is not None, src
 
-        def delta(v: str, base: int = base) -> str:
+        def delta(v: str, base: int = base, sizes: dict[str, int | None] = sizes) -> str:
             s = sizes[v]
             return "n/a (>5 args)" if s is None else f"+{s - base}"
 
-        def per(v: str, n: int = n, base: int = base) -> str:
+        def per(v: str, n: int = n, base: int = base, sizes: dict[str, int | None] = sizes) -> str:
             s = sizes[v]
             return "n/a" if s is None or not n else f"{(s - base) / n:.2f}"
 

@@ -19,6 +19,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from bpf_sdt.postlink.objfile import STT_SECTION, BpfObject, Relocation, Section, Symbol
+
 from bpf_sdt.btf import Btf
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import (
@@ -28,6 +30,7 @@ from bpf_sdt.format import (
     INSN_ARRAY_MAX,
     INSN_SIZE,
     MAX_ARGS,
+    NAMED_ARGS,
     NOP_INSN,
     NOTES_SECTION,
     OP_LDX,
@@ -35,11 +38,9 @@ from bpf_sdt.format import (
     OP_MOV64_X,
     R_BPF_64_ABS64,
     R_BPF_64_ABS64_OLD_BINUTILS,
-    NAMED_ARGS,
     entry_symbol_probe_name,
 )
 from bpf_sdt.model import ArgLocation, Declaration, Finding, Severity, Site
-from bpf_sdt.postlink.objfile import STT_SECTION, BpfObject, Relocation, Section, Symbol
 
 _TAG_RE = re.compile(r"^bpf_sdt:([A-Za-z_][A-Za-z0-9_]*):(\d+)$")
 
@@ -135,7 +136,7 @@ def find_entries(obj: BpfObject, notes: Section, report: ObjectReport) -> list[E
     """Entry boundaries come from the entry symbols, sorted by value."""
     syms = sorted((s for s in obj.symbols
                    if s.shndx == notes.index and s.name.startswith(ENTRY_SYMBOL_PREFIX)),
-                  key=lambda s: (s.value, s.index))
+                  key=lambda s: (s.value, s.num))
     if notes.size and not syms:
         report.add(f"{NOTES_SECTION}+0x0", "error", "notes section has no ___sdt_jt_ entry "
                    "symbols, so its entries cannot be told apart", "SDT102")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sys
 
-from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
 from bpf_sdt.postlink.check import ObjectReport, analyze
 from bpf_sdt.postlink.objfile import load_object
+
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
 
 
 def _reports(paths: list[str]) -> tuple[list[ObjectReport], list[str]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from bpf_sdt.errors import InputError
 from bpf_sdt.postlink.objfile import (
     SHN_LORESERVE,
     SHT_REL,
@@ -30,6 +29,8 @@ from bpf_sdt.postlink.objfile import (
     Relocation,
     Symbol,
 )
+
+from bpf_sdt.errors import InputError
 
 SHT_STRTAB = 3
 SHT_LLVM_ADDRSIG = 0x6FFF4C03
@@ -119,13 +120,13 @@ class ElfImage:
         if not doomed:
             return
         sec_map = {}
-        kept = []
+        kept: list[SecRec] = []
         for i, s in enumerate(self.sections):
             if i not in doomed:
                 sec_map[i] = len(kept)
                 kept.append(s)
         sym_map: dict[int, int] = {}
-        kept_syms = []
+        kept_syms: list[SymRec] = []
         for i, sym in enumerate(self.symbols):
             if 0 < sym.shndx < SHN_LORESERVE and sym.shndx in doomed:
                 continue
@@ -177,41 +178,38 @@ class ElfImage:
         sym_rec.addralign = 8
         self.sections[strtab_i].data = strtab.bytes()
 
-        for s in self.sections:
-            if s.relocs is not None:
-                rela = s.type == SHT_RELA
+        for sec in self.sections:
+            if sec.relocs is not None:
+                rela = sec.type == SHT_RELA
                 out = bytearray()
-                for r in s.relocs:
+                for r in sec.relocs:
                     info = (new_index[r.symbol] << 32) | r.type
                     out += struct.pack("<QQq", r.offset, info, r.addend or 0) if rela \
                         else struct.pack("<QQ", r.offset, info)
-                s.data, s.link, s.entsize = bytes(out), symtab_i, 24 if rela else 16
-                s.addralign = 8
+                sec.data, sec.link, sec.entsize = bytes(out), symtab_i, 24 if rela else 16
+                sec.addralign = 8
 
         shstr = _StringTable()
-        name_offs = [shstr.add(s.name) if i else 0 for i, s in enumerate(self.sections)]
-        self.sections[shstr_i].data = shstr.bytes()
-        name_offs[shstr_i] = shstr.add(".shstrtab")
+        name_offs = [shstr.add(sec.name) if i else 0 for i, sec in enumerate(self.sections)]
         self.sections[shstr_i].data = shstr.bytes()
 
         blob = bytearray(EHDR.size)
         offsets = [0] * len(self.sections)
-        for i, s in enumerate(self.sections):
-            if not i or s.type == 8:          # null section, NOBITS
+        for i, sec in enumerate(self.sections):
+            if not i or sec.type == 8:          # null section, NOBITS
                 offsets[i] = len(blob) if i else 0
                 continue
-            pad = -len(blob) % max(s.addralign, 1)
-            blob += bytes(pad)
+            blob += bytes(-len(blob) % max(sec.addralign, 1))
             offsets[i] = len(blob)
-            blob += s.data
+            blob += sec.data
         blob += bytes(-len(blob) % 8)
         shoff = len(blob)
-        for i, s in enumerate(self.sections):
+        for i, sec in enumerate(self.sections):
             if not i:
                 blob += bytes(SHDR.size)
                 continue
-            blob += SHDR.pack(name_offs[i], s.type, s.flags, 0, offsets[i], len(s.data),
-                              s.link, s.info, s.addralign, s.entsize)
+            blob += SHDR.pack(name_offs[i], sec.type, sec.flags, 0, offsets[i], len(sec.data),
+                              sec.link, sec.info, sec.addralign, sec.entsize)
         EHDR.pack_into(blob, 0, self.ident, self.e_type, self.e_machine, 1, 0, 0, shoff,
                        self.e_flags, EHDR.size, 0, 0, SHDR.size, len(self.sections), shstr_i)
         return bytes(blob)
@@ -235,4 +233,4 @@ class _StringTable:
 def _other(obj: BpfObject, s: Symbol) -> int:
     sec = obj.symtab_section
     assert sec is not None
-    return obj.data[sec.offset + 24 * s.index + 5]
+    return int(obj.data[sec.offset + 24 * s.num + 5])

@@ -26,12 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpf_sdt.errors import EXIT_OK, InputError, ToolError
-from bpf_sdt.format import NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION, R_BPF_64_ABS64
-from bpf_sdt.fsutil import write_atomic
 from bpf_sdt.postlink.check import ObjectReport, analyze
 from bpf_sdt.postlink.elfwrite import ElfImage, SecRec, SymRec
 from bpf_sdt.postlink.objfile import SHT_REL, STT_FUNC, BpfObject, Relocation, load_object
+
+from bpf_sdt.errors import EXIT_OK, InputError, ToolError
+from bpf_sdt.format import NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION, R_BPF_64_ABS64
+from bpf_sdt.fsutil import write_atomic
 
 SHT_PROGBITS = 1
 

@@ -70,7 +70,7 @@ class Section:
 class Symbol(NamedTuple):
     """One symbol-table entry (a tuple: objects can hold tens of thousands)."""
 
-    index: int
+    num: int            # index in the symbol table
     name: str
     value: int
     size: int

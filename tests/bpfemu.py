@@ -49,9 +49,9 @@ class Machine:
         self.stack = bytearray(STACK_SIZE)
 
     def _region(self, addr: int, size: int) -> tuple[bytearray, int]:
-        if CTX_BASE <= addr and addr + size <= CTX_BASE + len(self.ctx):
+        if addr >= CTX_BASE and addr + size <= CTX_BASE + len(self.ctx):
             return self.ctx, addr - CTX_BASE
-        if STACK_TOP - STACK_SIZE <= addr and addr + size <= STACK_TOP:
+        if addr >= STACK_TOP - STACK_SIZE and addr + size <= STACK_TOP:
             return self.stack, addr - (STACK_TOP - STACK_SIZE)
         raise Fault(f"access to {addr:#x}+{size} outside ctx and stack")
 

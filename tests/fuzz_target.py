@@ -7,9 +7,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from bpf_sdt.errors import InputError
 from bpf_sdt.postlink.check import analyze
 from bpf_sdt.postlink.objfile import BpfObject
+
+from bpf_sdt.errors import InputError
 
 
 def one_input(data: bytes) -> str:

@@ -8,11 +8,11 @@ import struct
 from pathlib import Path
 
 import pytest
+from bpf_sdt.postlink.objfile import load_object
 from toolchain import clang, compile_bpf, run, tool
 
 from bpf_sdt.btf import Btf, parse_btf
 from bpf_sdt.errors import InputError
-from bpf_sdt.postlink.objfile import load_object
 
 KINDS = """#include <bpf_sdt.h>
 typedef unsigned int u32;

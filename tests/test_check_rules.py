@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from toolchain import clang, compile_bpf, run
-
 from bpf_sdt.postlink.elfwrite import ElfImage
 from bpf_sdt.postlink.objfile import load_object
+from toolchain import clang, compile_bpf, run
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 

@@ -17,13 +17,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bpfemu import Machine
-from matrix_src import KINDS, Probe, probes, random_ctx, source
-from objview import btf_prototypes, btf_json, disassemble, parse_arg, sites, stack_size, symbols, type_name
-from toolchain import REQUIRED_CLANGS, clang, clangs, compile_bpf, mcpus, need, tool
-
 from bpf_sdt.postlink.check import analyze
 from bpf_sdt.postlink.objfile import load_object
+from bpfemu import Machine
+from matrix_src import KINDS, Probe, probes, random_ctx, source
+from objview import (
+    btf_json,
+    btf_prototypes,
+    disassemble,
+    parse_arg,
+    sites,
+    stack_size,
+    symbols,
+    type_name,
+)
+from toolchain import REQUIRED_CLANGS, clang, clangs, compile_bpf, mcpus, need, tool
 
 PROBES = probes()
 BY_NAME = {p.name: p for p in PROBES}

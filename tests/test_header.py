@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from objview import disassemble, parse_arg, sites
-from toolchain import HEADER_DIR, REPO, clang, compile_bpf, run, tool
-
 from bpf_sdt.codegen.generate import render_header
 from bpf_sdt.postlink.check import analyze
 from bpf_sdt.postlink.objfile import load_object
+from objview import disassemble, parse_arg, sites
+from toolchain import HEADER_DIR, REPO, clang, compile_bpf, run, tool
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 

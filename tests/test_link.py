@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_samples import load
-from toolchain import HEADER_DIR, clang, compile_bpf, run, tool
-
 from bpf_sdt.postlink.check import analyze
 from bpf_sdt.postlink.objfile import load_object
+from test_samples import load
+from toolchain import HEADER_DIR, clang, compile_bpf, run, tool
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 
