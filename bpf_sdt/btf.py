@@ -126,17 +126,21 @@ class Btf:
 
     # --- C spellings -----------------------------------------------------
 
-    def c_spelling(self, type_id: int) -> str:
-        """A C type name: ``int``, ``const char *``, ``__u32``, ``void (*)(int)``."""
-        return self._declarator(type_id, "", 0).strip()
+    def c_spelling(self, type_id: int, canonical: bool = False) -> str:
+        """A C type name: ``int``, ``const char *``, ``__u32``, ``void (*)(int)``.
+        ``canonical`` resolves typedefs (``__u32`` -> ``unsigned int``), as
+        clang's canonical types do."""
+        return self._declarator(type_id, "", 0, canonical).strip()
 
-    def _declarator(self, type_id: int, inner: str, depth: int) -> str:
+    def _declarator(self, type_id: int, inner: str, depth: int, canonical: bool = False) -> str:
         if depth > 64:
             raise InputError(f"BTF: type {type_id} nests too deeply")
         if type_id == 0:
             return f"void {inner}".rstrip() if inner else "void"
         t = self.get(type_id)
         k = t.kind
+        if k == 8 and canonical:
+            return self._declarator(t.type, inner, depth + 1, canonical)
         if k in (1, 16, 8):                 # INT, FLOAT, TYPEDEF: a plain name
             return f"{t.name} {inner}".rstrip()
         if k in (4, 5, 6, 19, 7):           # struct/union/enum (FWD: kind_flag -> union)
@@ -148,21 +152,21 @@ class Btf:
             qual = {9: "volatile", 10: "const", 11: "restrict"}[k]
             target = self.get(t.type) if t.type else None
             if target is not None and target.kind == 2:   # qualifier on a pointer
-                return self._declarator(t.type, f"{qual} {inner}".rstrip(), depth + 1)
-            return f"{qual} {self._declarator(t.type, inner, depth + 1)}"
+                return self._declarator(t.type, f"{qual} {inner}".rstrip(), depth + 1, canonical)
+            return f"{qual} {self._declarator(t.type, inner, depth + 1, canonical)}"
         if k == 18:                         # TYPE_TAG: not part of C spelling
-            return self._declarator(t.type, inner, depth + 1)
+            return self._declarator(t.type, inner, depth + 1, canonical)
         if k == 2:
             target = self.get(t.type) if t.type else None
             star = f"*{inner}"
             if target is not None and target.kind in (13, 3):
                 star = f"(*{inner})"
-            return self._declarator(t.type, star, depth + 1)
+            return self._declarator(t.type, star, depth + 1, canonical)
         if k == 3:
-            return self._declarator(t.elem_type, f"{inner}[{t.nelems}]", depth + 1)
+            return self._declarator(t.elem_type, f"{inner}[{t.nelems}]", depth + 1, canonical)
         if k == 13:
-            params = ", ".join(self.c_spelling(m.type) for m in t.members) or "void"
-            return self._declarator(t.type, f"{inner}({params})", depth + 1)
+            params = ", ".join(self.c_spelling(m.type, canonical) for m in t.members) or "void"
+            return self._declarator(t.type, f"{inner}({params})", depth + 1, canonical)
         return f"{t.kind_name.lower()} {t.name} {inner}".rstrip()
 
 

@@ -85,7 +85,8 @@ def test_samples_check_clean_and_list(built: Path) -> None:
     assert all(p["args"][0]["kind"] == "imm" for p in drops)
     (flow,) = by_obj["wide_probe.bpf.o"]
     assert len(flow["args"]) == len(flow["types"]) == 12
-    assert {a["kind"] for a in flow["args"][5:]} <= {"stack", "imm"}
+    assert {a["kind"] for a in flow["args"][:10]} <= {"reg", "imm"}     # 1..10: registers
+    assert {a["kind"] for a in flow["args"][10:]} <= {"stack", "imm"}   # 11..12: stack slots
     tc = {p["name"]: p for p in by_obj["tc.linked.bpf.o"]}
     assert tc["accounted"]["function"] == "account" and tc["classify"]["section"] == "tc"
     loop = {p["name"]: p for p in by_obj["loop.linked.bpf.o"]}

@@ -1,0 +1,163 @@
+"""Lint rules over extracted facts (docs/lint.md).
+
+Per-file rules run where the file was parsed (and are cached with it);
+cross-file rules (the same name declared differently, a declaration never
+probed) run over every file given together.  Findings use the shared model
+and print gcc-style: `file:line:col: error: message [SDTnnn]`.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+
+from bpf_sdt.clang_plugin.extract import INT, POINTER, RECORD, FileFacts, Invocation
+from bpf_sdt.format import MAX_ARGS
+from bpf_sdt.model import Declaration, Finding, Severity
+
+C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float for
+goto if inline int long register restrict return short signed sizeof static struct switch typedef
+union unsigned void volatile while _Bool _Complex _Imaginary _Alignas _Alignof _Atomic _Generic
+_Noreturn _Static_assert _Thread_local""".split())
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Compiler errors the header raises on purpose; the rules below say the same
+# thing with a rule id, so these are not repeated as SDT000.
+OWN_ERRORS = ("bpf_sdt:", "__bpf_sdt_", "__sdt_")
+
+RULES: dict[str, tuple[Severity, str]] = {
+    "SDT000": ("error", "the file does not compile"),
+    "SDT001": ("error", "probe used but not declared"),
+    "SDT002": ("error", "argument count differs from the declaration"),
+    "SDT003": ("error", "argument type not convertible to the declared type"),
+    "SDT004": ("error", "argument or declared type is a struct/union by value or wider than 8 bytes"),
+    "SDT005": ("error", "the same name declared with different prototypes"),
+    "SDT006": ("warning", "declared but never probed"),
+    "SDT007": ("error", "probe name is not a valid identifier, or is reserved"),
+    "SDT008": ("error", "more than 12 arguments"),
+    "SDT009": ("warning", "probe in code the compiler cannot reach"),
+}
+
+
+def _finding(file: str, line: int, col: int, rule: str, message: str) -> Finding:
+    return Finding(file, f"{line}:{col}", RULES[rule][0], message, rule)
+
+
+def per_file(facts: FileFacts) -> list[Finding]:
+    out: list[Finding] = list(facts.diagnostics)
+    decls = {d.name: d for d in facts.declarations}
+    for inv in facts.declaration_macros:
+        out += _name_rules(inv)
+        out += _declared_type_rules(inv, decls.get(inv.name))
+    for site, inv, args in zip(facts.sites, facts.site_macros, facts.site_args, strict=True):
+        out += _name_rules(inv)
+        decl = decls.get(inv.name)
+        if decl is None:
+            if inv.name_is_identifier:
+                out.append(_finding(site.file, site.line, site.column, "SDT001",
+                                    f"probe '{inv.name}' is used but never declared (BPF_SDT_DECLARE{inv.arity})"))
+            continue
+        out += _arity_rules(inv, decl)
+        out += _argument_rules(inv, decl, args)
+    for line, col in facts.unreachable:
+        name = next((s.name for s in facts.sites if (s.line, s.column) == (line, col)), "?")
+        out.append(_finding(facts.file, line, col, "SDT009",
+                            f"probe '{name}' is in code the compiler cannot reach; it will not exist"))
+    for macro, line, col in facts.too_many:
+        out.append(_finding(facts.file, line, col, "SDT008",
+                            f"{macro}: probes take at most {MAX_ARGS} arguments (the trampoline limit)"))
+    return out
+
+
+def _name_rules(inv: Invocation) -> list[Finding]:
+    name = inv.name
+    if not inv.name_is_identifier or not IDENT_RE.match(name):
+        why = "is not a C identifier"
+    elif name in C_KEYWORDS or keyword.iskeyword(name) and name in C_KEYWORDS:
+        why = "is a C keyword"
+    elif name.startswith("__") or re.match(r"^_[A-Z]", name):
+        why = "is reserved (leading __ or _ and a capital)"
+    else:
+        return []
+    return [_finding(inv.file, inv.line, inv.column, "SDT007", f"probe name '{name}' {why}")]
+
+
+def _declared_type_rules(inv: Invocation, decl: Declaration | None) -> list[Finding]:
+    out = []
+    if inv.arity > MAX_ARGS:
+        return out
+    if decl is None:
+        return out
+    for k, (t, size) in enumerate(zip(decl.types, decl.sizes, strict=False), 1):
+        if t.startswith(("struct ", "union ")) and not t.endswith("*"):
+            out.append(_finding(inv.file, inv.line, inv.column, "SDT004",
+                                f"probe '{inv.name}' argument {k}: declared type '{t}' is a struct/union by value"))
+        elif size > 8:
+            out.append(_finding(inv.file, inv.line, inv.column, "SDT004",
+                                f"probe '{inv.name}' argument {k}: declared type '{t}' is {size} bytes, wider than 8"))
+    return out
+
+
+def _arity_rules(inv: Invocation, decl: Declaration) -> list[Finding]:
+    out = []
+    if len(inv.args) != inv.arity:
+        out.append(_finding(inv.file, inv.line, inv.column, "SDT002",
+                            f"{inv.macro} takes {inv.arity} argument{'s' if inv.arity != 1 else ''} after the "
+                            f"name, {len(inv.args)} given"))
+    elif inv.arity != decl.arity:
+        out.append(_finding(inv.file, inv.line, inv.column, "SDT002",
+                            f"probe '{inv.name}' is declared with {decl.arity} argument"
+                            f"{'s' if decl.arity != 1 else ''}{_at(decl)}, {inv.macro} passes {inv.arity}"))
+    return out
+
+
+def _argument_rules(inv: Invocation, decl: Declaration, args: list) -> list[Finding]:  # type: ignore[type-arg]
+    out = []
+    for k, (fact, declared) in enumerate(zip(args, decl.types, strict=False), 1):
+        where = (inv.file, inv.line, inv.column)
+        text = inv.args[k - 1] if k - 1 < len(inv.args) else "?"
+        if fact.cls == RECORD:
+            out.append(_finding(*where, "SDT004", f"probe '{inv.name}' argument {k} ('{text}'): "
+                                f"'{fact.type}' is a struct/union passed by value"))
+        elif fact.cls == INT and fact.size > 8:
+            out.append(_finding(*where, "SDT004", f"probe '{inv.name}' argument {k} ('{text}'): "
+                                f"'{fact.type}' is {fact.size} bytes, wider than 8"))
+        elif fact.cls in (INT, POINTER):
+            want = POINTER if declared.endswith("*") or "(*)" in declared else INT
+            if fact.cls != want:
+                out.append(_finding(*where, "SDT003", f"probe '{inv.name}' argument {k} ('{text}'): "
+                                    f"'{fact.type}' does not convert to '{declared}' (pointer/integer mismatch)"))
+        else:
+            out.append(_finding(*where, "SDT003", f"probe '{inv.name}' argument {k} ('{text}'): "
+                                f"'{fact.type}' does not convert to '{declared}'"))
+    return out
+
+
+def _at(decl: Declaration) -> str:
+    return f" (at {decl.file}:{decl.line})" if decl.file else ""
+
+
+def cross_file(all_facts: list[FileFacts]) -> list[Finding]:
+    """Rules over every file given together."""
+    out = []
+    first: dict[str, Declaration] = {}
+    seen_decls: set[tuple[str, str | None, int | None]] = set()
+    for facts in all_facts:
+        for d in facts.declarations:
+            key = (d.name, d.file, d.line)
+            if key in seen_decls:
+                continue
+            seen_decls.add(key)
+            prev = first.setdefault(d.name, d)
+            if prev is not d and prev.types != d.types and d.file:
+                out.append(Finding(d.file, f"{d.line}:1", "error",
+                                   f"probe '{d.name}' declared as ({', '.join(d.types) or 'void'}), but as "
+                                   f"({', '.join(prev.types) or 'void'}){_at(prev)}", "SDT005"))
+    probed = {s.name for f in all_facts for s in f.sites}
+    reported: set[tuple[str, str | None]] = set()
+    for facts in all_facts:
+        for d in facts.local_declarations:
+            if d.name not in probed and (d.name, d.file) not in reported and d.file:
+                reported.add((d.name, d.file))
+                out.append(Finding(d.file, f"{d.line}:1", "warning",
+                                   f"probe '{d.name}' is declared but never probed in the files given", "SDT006"))
+    return out
