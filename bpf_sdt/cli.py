@@ -40,9 +40,9 @@ def _cmd_header(args: argparse.Namespace) -> int:
 
 
 def _cmd_cflags(args: argparse.Namespace) -> int:
-    from bpf_sdt.codegen.generate import shipped_header_dir
+    from bpf_sdt.headers import header_dir
 
-    print(f"-I{shipped_header_dir()}")
+    print(f"-I{header_dir()}")
     return EXIT_OK
 
 

@@ -14,16 +14,15 @@ import json
 import os
 import pickle
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpf_sdt import __version__
 from bpf_sdt.clang_plugin.extract import FileFacts, extract
 from bpf_sdt.clang_plugin.lint import OWN_ERRORS, RULES, cross_file, per_file
 from bpf_sdt.clang_plugin.parse import cindex, compdb_flags, default_flags, libclang_version
+
+from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
-from bpf_sdt.fsutil import write_atomic
 from bpf_sdt.model import Finding
 
 CACHE_ENV = "BPF_SDT_CACHE_DIR"
@@ -98,9 +97,10 @@ def cache_key(path: str, flags: list[str], data: bytes, version: str) -> str:
     return h.hexdigest()
 
 
-def cache_load(key: str) -> FileResult | None:
+def cache_load(key: str, directory: str) -> FileResult | None:
     try:
-        result = pickle.loads((cache_dir() / key[:2] / key).read_bytes())
+        with open(os.path.join(directory, key[:2], key), "rb") as f:
+            result = pickle.loads(f.read())
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
         return None
     if not isinstance(result, FileResult) or result.facts is None:
@@ -118,6 +118,8 @@ def cache_load(key: str) -> FileResult | None:
 def cache_store(key: str, result: FileResult) -> None:
     if result.facts is None:   # unusable files are re-parsed: the cause may be elsewhere
         return
+    from bpf_sdt.fsutil import write_atomic
+
     d = cache_dir() / key[:2]
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -148,24 +150,29 @@ def _worker(item: tuple[str, list[str]]) -> FileResult:
 def analyze_files(files: list[str], build_dir: str | None, extra: list[str], jobs: int = 0,
                   use_cache: bool = True) -> list[FileResult]:
     flags = _flags_for(files, build_dir, extra)
-    cindex()   # a broken libclang is one error here, not one per worker
     version = libclang_version() if use_cache else ""
     results: dict[str, FileResult] = {}
     todo, keys = [], {}
+    directory = str(cache_dir())
     for f in files:
         if use_cache:
             try:
-                data = Path(f).read_bytes()
+                with open(f, "rb") as fh:
+                    data = fh.read()
             except OSError:
                 data = b""
-            keys[f] = cache_key(str(Path(f).resolve()), flags[f], data, version)
-            hit = cache_load(keys[f])
+            keys[f] = cache_key(os.path.realpath(f), flags[f], data, version)
+            hit = cache_load(keys[f], directory)
             if hit is not None:
                 results[f] = hit
                 continue
         todo.append(f)
+    if todo:
+        cindex()   # a broken libclang is one error here, not one per worker
     jobs = jobs or os.cpu_count() or 1
     if len(todo) > 1 and jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor  # only when there is work
+
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
             done = list(pool.map(_worker, [(f, flags[f]) for f in todo],
                                  chunksize=max(1, len(todo) // (4 * jobs))))

@@ -101,7 +101,7 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
         elif kind == K.FUNCTION_DECL and c.is_definition() and _in(c, main):
             functions.append(c)
 
-    decl_at = {}
+    decl_at: dict[str, Invocation] = {}
     for inv in invocations:
         if inv.kind == "DECLARE":
             decl_at.setdefault(inv.name, inv)

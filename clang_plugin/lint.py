@@ -8,17 +8,20 @@ and print gcc-style: `file:line:col: error: message [SDTnnn]`.
 
 from __future__ import annotations
 
-import keyword
 import re
 
 from bpf_sdt.clang_plugin.extract import INT, POINTER, RECORD, FileFacts, Invocation
+
 from bpf_sdt.format import MAX_ARGS
 from bpf_sdt.model import Declaration, Finding, Severity
 
-C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float for
-goto if inline int long register restrict return short signed sizeof static struct switch typedef
-union unsigned void volatile while _Bool _Complex _Imaginary _Alignas _Alignof _Atomic _Generic
-_Noreturn _Static_assert _Thread_local""".split())
+C_KEYWORDS = {
+    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum",
+    "extern", "float", "for", "goto", "if", "inline", "int", "long", "register", "restrict", "return",
+    "short", "signed", "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void",
+    "volatile", "while", "_Bool", "_Complex", "_Imaginary", "_Alignas", "_Alignof", "_Atomic",
+    "_Generic", "_Noreturn", "_Static_assert", "_Thread_local",
+}
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Compiler errors the header raises on purpose; the rules below say the same
 # thing with a rule id, so these are not repeated as SDT000.
@@ -72,7 +75,7 @@ def _name_rules(inv: Invocation) -> list[Finding]:
     name = inv.name
     if not inv.name_is_identifier or not IDENT_RE.match(name):
         why = "is not a C identifier"
-    elif name in C_KEYWORDS or keyword.iskeyword(name) and name in C_KEYWORDS:
+    elif name in C_KEYWORDS:
         why = "is a C keyword"
     elif name.startswith("__") or re.match(r"^_[A-Z]", name):
         why = "is reserved (leading __ or _ and a capital)"
@@ -82,7 +85,7 @@ def _name_rules(inv: Invocation) -> list[Finding]:
 
 
 def _declared_type_rules(inv: Invocation, decl: Declaration | None) -> list[Finding]:
-    out = []
+    out: list[Finding] = []
     if inv.arity > MAX_ARGS:
         return out
     if decl is None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
-import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -50,35 +48,55 @@ def cindex():  # type: ignore[no-untyped-def]
     return ci
 
 
+def libclang_path() -> str:
+    """The libclang the bindings will load, found without loading it (a warm,
+    fully cached lint never needs libclang at all)."""
+    lib = os.environ.get(LIBCLANG_ENV)
+    if lib:
+        return lib
+    import importlib.util
+
+    spec = importlib.util.find_spec("clang")
+    for base in (spec.submodule_search_locations or []) if spec else []:
+        for name in ("libclang.so", "libclang.dylib"):
+            if (Path(base) / "native" / name).exists():
+                return str(Path(base) / "native" / name)
+    return "libclang"
+
+
 def libclang_version() -> str:
-    ci = cindex()
+    """Identifies the libclang in use, for cache keys: its path, size and mtime
+    (clang_getClangVersion returns a CXString the bindings do not decode)."""
+    name = libclang_path()
     try:
-        return str(ci.conf.lib.clang_getClangVersion())
-    except Exception:  # noqa: BLE001 - older bindings return a CXString object
-        return "libclang"
+        st = os.stat(name)
+        return f"{name}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return name
 
 
 @cache
 def resource_dir_flags() -> tuple[str, ...]:
-    """clang's builtin headers (stddef.h, stdbool.h...), which the wheel lacks."""
-    for cc in ("clang-19", "clang-18", "clang", "clang-16", "clang-15", "clang-14"):
-        path = shutil.which(cc)
-        if path:
-            res = subprocess.run([path, "-print-resource-dir"], capture_output=True, text=True, check=False)
-            inc = Path(res.stdout.strip()) / "include"
-            if res.returncode == 0 and inc.is_dir():
-                return ("-isystem", str(inc))
-    return ()
+    """clang's builtin headers (stddef.h, stdbool.h...), which the wheel lacks:
+    the newest installed clang's, found on disk (no subprocess per run)."""
+    candidates = sorted(Path("/usr/lib").glob("llvm-*/lib/clang/*/include"),
+                        key=lambda p: [int(x) for x in p.parent.name.split(".") if x.isdigit()])
+    return ("-isystem", str(candidates[-1])) if candidates else ()
 
 
 def default_flags(extra: list[str]) -> list[str]:
-    from bpf_sdt.codegen.generate import shipped_header_dir
-
     flags = list(extra)
     if not any(f == "-target" or f.startswith("--target") for f in flags):
         flags = ["-target", "bpf", *flags]
-    flags += [f"-I{shipped_header_dir()}", *resource_dir_flags()]
+    flags += [_header_flag(), *resource_dir_flags()]
     return flags
+
+
+@cache
+def _header_flag() -> str:
+    from bpf_sdt.headers import header_dir
+
+    return f"-I{header_dir()}"
 
 
 def compdb_flags(build_dir: Path, file: Path) -> list[str] | None:

@@ -52,6 +52,6 @@ def render_header(max_args: int = MAX_ARGS) -> str:
 
 def shipped_header_dir() -> Path:
     """The directory of the header installed with the package (for -I)."""
-    from bpf_sdt import headers
+    from bpf_sdt.headers import header_dir
 
-    return Path(headers.__file__).parent
+    return header_dir()

@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_samples import SAMPLES, built, make  # noqa: F401  (fixture)
-from toolchain import IN_CI, REPO, clang, compile_bpf, need, run, tool
-
 from bpf_sdt.postlink.check import analyze
 from bpf_sdt.postlink.objfile import load_object
+from test_samples import SAMPLES, built, make  # noqa: F401  (fixture)
+from toolchain import IN_CI, REPO, clang, compile_bpf, need, run, tool
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 HEAD = "#include <bpf_sdt.h>\nstruct big { long a, b; };\n"
