@@ -136,3 +136,40 @@ def test_broken_note_fails_the_build_at_the_post_link_step(tmp_path: Path) -> No
     assert res.returncode != 0
     assert "[SDT107]" in res.stdout + res.stderr, res.stdout + res.stderr
     assert not (out / "broken.bpf.o").exists() and not (out / "broken.bpf.o.tmp").exists()
+
+
+@pytest.fixture(scope="module")
+def built_meson(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("samples-meson") / "build"
+    env = {**_env(), "CC": clang(19)}
+    setup = subprocess.run([tool("meson"), "setup", str(out), str(SAMPLES)], capture_output=True, text=True,
+                           env=env, check=False)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    ninja = subprocess.run([tool("ninja"), "-C", str(out)], capture_output=True, text=True, env=env, check=False)
+    assert ninja.returncode == 0, ninja.stdout + ninja.stderr
+    return out
+
+
+def _listing(objs: list[Path]) -> dict[str, list[dict]]:  # type: ignore[type-arg]
+    doc = json.loads(run([*CLI, "list", "--json", *map(str, objs)]).stdout)
+    return {Path(o["path"]).name: o["probes"] for o in doc["objects"]}
+
+
+def test_meson_build_lists_the_same_probes_as_make(built_meson: Path, built: Path) -> None:
+    meson_objs = sorted(built_meson.glob("*.bpf.o"))
+    assert {p.name for p in meson_objs} == EXPECTED_OBJECTS
+    assert run([*CLI, "check", *map(str, meson_objs)]).returncode == 0
+    assert _listing(meson_objs) == _listing(objects(built))
+
+
+@pytest.mark.kernel
+def test_meson_objects_load_into_the_verifier(built_meson: Path) -> None:
+    assert set(load(sorted(built_meson.glob("*.bpf.o")))) == EXPECTED_OBJECTS
+
+
+def test_meson_compile_commands_feed_lint(built_meson: Path) -> None:
+    sources = sorted(SAMPLES.glob("*.bpf.c"))
+    res = run([*CLI, "lint", "--no-cache", "-p", str(built_meson), *map(str, sources)])
+    assert res.returncode == 0 and "error" not in res.stdout, res.stdout + res.stderr
+    extracted = json.loads(run([*CLI, "extract", "--json", "-p", str(built_meson), *map(str, sources)]).stdout)
+    assert len(extracted["sites"]) == 16   # every probe site in samples/
