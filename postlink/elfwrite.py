@@ -27,7 +27,6 @@ from bpf_sdt.postlink.objfile import (
     SHT_SYMTAB,
     BpfObject,
     Relocation,
-    Symbol,
 )
 
 from bpf_sdt.errors import InputError
@@ -91,8 +90,8 @@ class ElfImage:
                     raise InputError(f"{obj.path}: {s.name} applies to missing section {s.info}")
                 _, rec.relocs = obj.relocations(target)
             img.sections.append(rec)
-        img.symbols = [SymRec(s.name, s.value, s.size, (s.bind << 4) | s.type,
-                              _other(obj, s), s.shndx) for s in obj.symbols]
+        img.symbols = [SymRec(s.name, s.value, s.size, (s.bind << 4) | s.type, s.other, s.shndx)
+                       for s in obj.symbols]
         if not img.symbols:
             raise InputError(f"{obj.path}: no symbol table")
         return img
@@ -228,9 +227,3 @@ class _StringTable:
 
     def bytes(self) -> bytes:
         return bytes(self._data)
-
-
-def _other(obj: BpfObject, s: Symbol) -> int:
-    sec = obj.symtab_section
-    assert sec is not None
-    return int(obj.data[sec.offset + 24 * s.num + 5])

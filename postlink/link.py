@@ -61,8 +61,9 @@ def run_link(output: str, inputs: Sequence[str], bpftool: str = "bpftool") -> in
 
 
 def link(output: Path, inputs: list[Path], bpftool: str = "bpftool") -> ObjectReport:
-    objs = [_load_input(p) for p in inputs]
-    sites = [s for i, o in enumerate(objs) for s in _input_sites(i, o)]
+    loaded = [_load_input(p) for p in inputs]
+    objs = [obj for obj, _ in loaded]
+    sites = [s for i, (obj, report) in enumerate(loaded) for s in _input_sites(i, obj, report)]
     tool = shutil.which(bpftool) or (bpftool if Path(bpftool).is_file() else None)
     if tool is None:
         raise ToolError(f"{bpftool} not found: install bpftool (Debian: apt-get install bpftool)")
@@ -104,18 +105,18 @@ def _finish(output: Path, data: bytes, report: ObjectReport) -> ObjectReport:
     return report
 
 
-def _load_input(path: Path) -> BpfObject:
+def _load_input(path: Path) -> tuple[BpfObject, ObjectReport]:
+    """Read and analyze one input once; refuse it if its notes are broken."""
     obj = load_object(path)
     report = analyze(obj)
     if report.errors:
         first = next(f for f in report.findings if f.severity == "error")
         raise InputError(f"{path}: its probe notes are broken ({first.where}: {first.message} "
                          f"[{first.rule}]); run `bpf-sdt check {path}`")
-    return obj
+    return obj, report
 
 
-def _input_sites(index: int, obj: BpfObject) -> list[InputSite]:
-    report = analyze(obj)
+def _input_sites(index: int, obj: BpfObject, report: ObjectReport) -> list[InputSite]:
     notes = obj.section(NOTES_SECTION)
     if notes is None:
         return []

@@ -77,6 +77,7 @@ class Symbol(NamedTuple):
     type: int
     bind: int
     shndx: int
+    other: int = 0      # st_other (visibility), kept so a rewrite can preserve it
 
 
 class Relocation(NamedTuple):
@@ -185,8 +186,8 @@ class BpfObject:
         raw = self.section_data(sec)
         if sec.entsize not in (0, 24) or len(raw) % 24:
             raise InputError(f"{self.path}: symbol table size {len(raw)} is not a multiple of 24")
-        return [Symbol(i, _cstr(names, name_off), value, size, info & 0xF, info >> 4, shndx)
-                for i, (name_off, info, _other, shndx, value, size)
+        return [Symbol(i, _cstr(names, name_off), value, size, info & 0xF, info >> 4, shndx, other)
+                for i, (name_off, info, other, shndx, value, size)
                 in enumerate(struct.iter_unpack("<IBBHQQ", raw))]
 
     def relocations(self, target: Section) -> tuple[Section | None, list[Relocation]]:
