@@ -48,10 +48,3 @@ def render_header(max_args: int = MAX_ARGS) -> str:
         format_version=FORMAT_VERSION,
         version=__version__,
     )
-
-
-def shipped_header_dir() -> Path:
-    """The directory of the header installed with the package (for -I)."""
-    from bpf_sdt.headers import header_dir
-
-    return header_dir()

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from bpf_sdt.postlink.objfile import STT_SECTION, BpfObject, Relocation, Section, Symbol
 
-from bpf_sdt.btf import Btf
+from bpf_sdt.btf import Btf, BtfType
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import (
     DECL_TAG_PREFIX,
@@ -93,7 +93,7 @@ def read_declarations(obj: BpfObject, report: ObjectReport) -> None:
                        "SDT117")
             continue
         name, nargs = m.group(1), int(m.group(2))
-        proto = _tagged_prototype(btf, t.type)
+        proto = tagged_prototype(btf, t.type)
         if proto is None:
             report.add(where, "error", f"probe '{name}': tag does not lead to VAR -> PTR -> "
                        "FUNC_PROTO", "SDT117")
@@ -118,7 +118,8 @@ def read_declarations(obj: BpfObject, report: ObjectReport) -> None:
             tuple(btf.size_of(ty) for ty in params)))
 
 
-def _tagged_prototype(btf: Btf, var_id: int):  # type: ignore[no-untyped-def]
+def tagged_prototype(btf: Btf, var_id: int) -> BtfType | None:
+    """The FUNC_PROTO a probe tag's VAR points to (VAR -> [CONST] -> PTR -> FUNC_PROTO)."""
     var = btf.get(var_id)
     if var.kind != 14:
         return None
@@ -303,14 +304,10 @@ class FunctionIndex:
             self._by_section[sec.index] = ([f.value for f in funcs], funcs)
         starts, funcs = self._by_section[sec.index]
         i = bisect.bisect_right(starts, offset) - 1
-        while i >= 0:   # zero-sized symbols (asm labels) cover what follows them
-            f = funcs[i]
-            if offset < f.value + f.size or f.size == 0:
-                return f.name
-            i -= 1
-            if i >= 0 and funcs[i].value + funcs[i].size <= offset:
-                break
-        return ""
+        if i < 0:
+            return ""
+        f = funcs[i]   # the last function starting at or before the offset
+        return f.name if offset < f.value + f.size or f.size == 0 else ""
 
 
 def decode_sites(obj: BpfObject, report: ObjectReport) -> None:
@@ -371,8 +368,8 @@ def cross_check(obj: BpfObject, report: ObjectReport) -> None:
         if n > 1:
             report.add(f"{sec}+{off:#x}", "error", f"{n} entries describe one NOP", "SDT109")
     have_tags = bool(report.declarations)
-    gcc = _looks_like_gcc(obj)
     old = _old_binutils_relocs(obj)
+    gcc = old > 0 or _has_gcc_comment(obj)
     if old:
         report.add(f"{NOTES_SECTION}+0x0", "warning", f"{old} address words use relocation type "
                    "12, R_BPF_64_ABS64 in the numbering of binutils <= 2.40 (bpf-gcc 12); read as "
@@ -413,11 +410,9 @@ def _old_binutils_relocs(obj: BpfObject) -> int:
     return sum(1 for r in rels if r.type == R_BPF_64_ABS64_OLD_BINUTILS)
 
 
-def _looks_like_gcc(obj: BpfObject) -> bool:
+def _has_gcc_comment(obj: BpfObject) -> bool:
     comment = obj.section(".comment")
-    if comment is not None and b"GCC" in obj.section_data(comment):
-        return True
-    return _old_binutils_relocs(obj) > 0
+    return comment is not None and b"GCC" in obj.section_data(comment)
 
 
 def analyze(obj: BpfObject) -> ObjectReport:

@@ -5,7 +5,6 @@ report or an InputError; anything else is a crash."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from bpf_sdt.postlink.check import analyze
 from bpf_sdt.postlink.objfile import BpfObject
@@ -42,7 +41,3 @@ def mutate(seed_data: bytes, rng: random.Random) -> bytes:
         else:                                          # insert junk
             data[pos:pos] = rng.randbytes(rng.randint(1, 16))
     return bytes(data)
-
-
-def seeds(paths: list[Path]) -> list[bytes]:
-    return [p.read_bytes() for p in paths]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from bpf_sdt.postlink.objfile import load_object
-from toolchain import clang, compile_bpf, run, tool
+from toolchain import clang, compile_bpf, need, run, tool
 
 from bpf_sdt.btf import Btf, parse_btf
 from bpf_sdt.errors import InputError
@@ -91,8 +91,7 @@ def test_every_kind_in_a_compiled_object_matches_bpftool(tmp_path: Path) -> None
 
 def test_vmlinux_btf_matches_bpftool() -> None:
     vmlinux = Path("/sys/kernel/btf/vmlinux")
-    if not vmlinux.exists():
-        pytest.skip("no /sys/kernel/btf/vmlinux on this kernel")
+    need(vmlinux.exists(), "no /sys/kernel/btf/vmlinux on this kernel")
     btf = parse_btf(vmlinux.read_bytes())
     assert _compare(btf, _bpftool_dump(vmlinux)) > 10_000
     task = next(t for t in btf.types if t.name == "task_struct" and t.kind_name == "STRUCT")

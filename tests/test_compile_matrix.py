@@ -20,7 +20,7 @@ import pytest
 from bpf_sdt.postlink.check import analyze
 from bpf_sdt.postlink.objfile import load_object
 from bpfemu import Machine
-from matrix_src import KINDS, Probe, probes, random_ctx, source
+from matrix_src import KINDS, probes, random_ctx, source
 from objview import (
     btf_json,
     btf_prototypes,
@@ -31,7 +31,7 @@ from objview import (
     symbols,
     type_name,
 )
-from toolchain import REQUIRED_CLANGS, clang, clangs, compile_bpf, mcpus, need, tool
+from toolchain import REQUIRED_CLANGS, clang, clangs, compile_bpf, mcpus, tool
 
 PROBES = probes()
 BY_NAME = {p.name: p for p in PROBES}
@@ -72,7 +72,7 @@ def _check_object(obj: Path, *, gcc: bool = False) -> None:
         assert vs.reloc_type == ("R_BPF_64_NODYLD32" if gcc else "R_BPF_64_ABS64") or gcc, where
         assert vs.reloc_symbol == ".text", where
         nop = code[vs.offset // 8]
-        assert nop.raw == bytes(8)[:0] + b"\x05" + bytes(7) and "goto" in nop.text, where
+        assert nop.raw == b"\x05" + bytes(7) and "goto" in nop.text, where
         assert len(vs.args) == len(probe.kinds), where
         # bpf-sdt list agrees with the independent view
         mine = ours[(".text", vs.offset)]
@@ -106,7 +106,7 @@ def _check_object(obj: Path, *, gcc: bool = False) -> None:
         types = {t["id"]: t for t in btf_json(str(obj))["types"]}
         for p in PROBES:
             spelled = [type_name(types, t) for t in protos[p.name]]
-            assert spelled == [k.ctype.replace("const __u32 *", "const __u32 *") for k in p.kinds], p.name
+            assert spelled == [k.ctype for k in p.kinds], p.name
 
 
 @pytest.mark.slow
@@ -133,5 +133,3 @@ def test_every_kind_is_in_the_matrix() -> None:
     used = {k.name for p in PROBES for k in p.kinds}
     assert used == {k.name for k in KINDS}
     assert {len(p.kinds) for p in PROBES} == set(range(13))
-    need(True, "")
-    assert isinstance(PROBES[0], Probe)
