@@ -126,38 +126,55 @@
 
 /* --- operand placement ---------------------------------------------------
  * A constant goes into the note as an immediate only when it survives the
- * s32 sign-extension of BPF_MOV|BPF_K: the assembler would silently truncate
- * 1ULL << 32 to 0.  At -O0 nothing is constant-folded, so nothing is an
- * immediate.  Both the operand and the `.if` flag use this one test, so the
- * operand form the compiler picks and the template branch always agree.
+ * s32 sign-extension of BPF_MOV|BPF_K, read back at its type's width: any
+ * constant of a type of 4 bytes or less does (0x80000000U becomes imm
+ * -2147483648, which a consumer truncates to 32 bits), an 8-byte one only if
+ * it is in s32 range.  clang's assembler would silently truncate 1ULL << 32
+ * to 0.  __sdt_n<K> is argument K as a `long long`.
+ * Whether a pointer is a number is asked of that integer view, a variable of
+ * its own: __builtin_constant_p is false for any pointer (clang), and GCC
+ * strips a pointer-to-integer cast and folds it to false, but a variable
+ * holding a numeric pointer constant folds in both (a symbol address does
+ * not).  An integer is asked in its own type: asking of its widened copy
+ * keeps that copy alive, and clang then reuses it for later conversions of
+ * the same value, which costs registers.  At -O0 nothing is folded, so
+ * nothing is an immediate.  A slot's operand and its `.if` flag use this one
+ * test, so the form the compiler picks and the template branch always agree.
  */
+#define __BPF_SDT_INT_VIEW(K)							\
+	long long __sdt_n##K __attribute__((unused)) = (long long)__sdt_v##K
 #ifdef __OPTIMIZE__
-#define __BPF_SDT_FITS_IMM(v)	((long long)(v) == (long long)(int)(long long)(v))
-#define __BPF_SDT_IMM_OK(v)						\
-	(__builtin_constant_p(v) && __builtin_constant_p(__BPF_SDT_FITS_IMM(v)) && \
-	 __BPF_SDT_FITS_IMM(v))
+#define __BPF_SDT_IS_CONST(K)							\
+	__builtin_choose_expr(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(__sdt_v##K)), \
+			      __builtin_constant_p(__sdt_n##K), __builtin_constant_p(__sdt_v##K))
+#define __BPF_SDT_FITS_IMM(K)	(sizeof(__sdt_v##K) <= 4 || __sdt_n##K == (int)__sdt_n##K)
+#define __BPF_SDT_IMM_OK(K)							\
+	(__BPF_SDT_IS_CONST(K) && __builtin_constant_p(__BPF_SDT_FITS_IMM(K)) && \
+	 __BPF_SDT_FITS_IMM(K))
 #else
-#define __BPF_SDT_IMM_OK(v)	0
+#define __BPF_SDT_IS_CONST(K)	0
+#define __BPF_SDT_IMM_OK(K)	0
 #endif
 
-/* Args 1..10: a register, or an immediate.  The empty asm hides a value from
- * the "ri" constraint when "i" would be wrong: a constant that does not fit
- * the s32 immediate (the assembler would truncate it) and any pointer (clang
- * crashes on "ri" with a symbol address, and cannot tell us one is coming:
- * __builtin_constant_p is never true for pointers).  It emits no instruction;
- * it only costs a copy when the hidden value stays live after the probe.
- * Non-constant integers skip it, so they cost exactly what "ri" costs. */
+/* Args 1..10: a register, or an immediate: constraint "rn", not "ri".  "n"
+ * takes numeric constants only, so a symbol address (&global, a string, or
+ * (long)&global in an integer) falls back to a register; with "i" clang 14
+ * and 19 crash on it.  An 8-byte numeric constant that does not fit the
+ * immediate is hidden from "n" by an empty asm that emits nothing (it pins
+ * the value in a register; at -O0 every value gets it).  The `sizeof` test
+ * comes first so that for narrower types the front end drops the branch
+ * altogether: until __builtin_constant_p is folded, late in code generation,
+ * a branch around an asm changes what the optimizer does with the value. */
 #ifdef __OPTIMIZE__
-#define __BPF_SDT_NEEDS_REG(v)						\
-	(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(v)) ||		\
-	 (__builtin_constant_p(v) && !__BPF_SDT_IMM_OK(v)))
+#define __BPF_SDT_NEEDS_REG(K)							\
+	(sizeof(__sdt_v##K) > 4 && __BPF_SDT_IS_CONST(K) && !__BPF_SDT_IMM_OK(K))
 #else
-#define __BPF_SDT_NEEDS_REG(v)	1
+#define __BPF_SDT_NEEDS_REG(K)	1
 #endif
 #define __BPF_SDT_IN_REG(K)							\
-	if (__BPF_SDT_NEEDS_REG(__sdt_v##K))					\
+	if (__BPF_SDT_NEEDS_REG(K))						\
 		__asm__("" : "+r"(__sdt_v##K))
-#define __BPF_SDT_REG_OPERAND(K)		[__sdt_a##K] "ri"(__sdt_v##K)
+#define __BPF_SDT_REG_OPERAND(K)		[__sdt_a##K] "rn"(__sdt_v##K)
 #define __BPF_SDT_STRICT_OPERAND(K)	[__sdt_a##K] "r"(__sdt_v##K)
 
 /* Args 11..12: a stack slot of the argument's own type, written only when the
@@ -165,14 +182,14 @@
  * asm only tells the compiler it is "initialized"). */
 #define __BPF_SDT_IN_SLOT(name, K)						\
 	__BPF_SDT_ARG_T(name, K) __sdt_s##K;				\
-	if (!__BPF_SDT_IMM_OK(__sdt_v##K))					\
+	if (!__BPF_SDT_IMM_OK(K))						\
 		__sdt_s##K = __sdt_v##K;					\
 	else									\
 		__asm__("" : "=m"(__sdt_s##K))
 #define __BPF_SDT_SLOT_OPERANDS(K)						\
 	[__sdt_m##K] "m"(__sdt_s##K),						\
-	[__sdt_i##K] "i"(__BPF_SDT_IMM_OK(__sdt_v##K) ? (long long)(__sdt_v##K) : 0), \
-	[__sdt_f##K] "i"(__BPF_SDT_IMM_OK(__sdt_v##K) ? 0 : sizeof(__sdt_s##K))
+	[__sdt_i##K] "i"(__BPF_SDT_IMM_OK(K) ? __sdt_n##K : 0),		\
+	[__sdt_f##K] "i"(__BPF_SDT_IMM_OK(K) ? 0 : sizeof(__sdt_s##K))
 
 /* --- assembler text -------------------------------------------------------
  * clang speaks the pseudo-C dialect, bpf-gcc 12 (binutils 2.40) the normal
@@ -294,6 +311,7 @@
 	__BPF_SDT_CHECK_NARGS(name, 1);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_IN_REG(1);						\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
@@ -305,6 +323,7 @@
 	__BPF_SDT_CHECK_NARGS(name, 1);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_IN_REG(1);						\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
@@ -350,8 +369,10 @@
 	__BPF_SDT_CHECK_NARGS(name, 2);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
@@ -365,8 +386,10 @@
 	__BPF_SDT_CHECK_NARGS(name, 2);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
@@ -421,10 +444,13 @@
 	__BPF_SDT_CHECK_NARGS(name, 3);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -440,10 +466,13 @@
 	__BPF_SDT_CHECK_NARGS(name, 3);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -507,12 +536,16 @@
 	__BPF_SDT_CHECK_NARGS(name, 4);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -530,12 +563,16 @@
 	__BPF_SDT_CHECK_NARGS(name, 4);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -608,14 +645,19 @@
 	__BPF_SDT_CHECK_NARGS(name, 5);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -635,14 +677,19 @@
 	__BPF_SDT_CHECK_NARGS(name, 5);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -703,16 +750,22 @@
 	__BPF_SDT_CHECK_NARGS(name, 6);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -734,16 +787,22 @@
 	__BPF_SDT_CHECK_NARGS(name, 6);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -810,18 +869,25 @@
 	__BPF_SDT_CHECK_NARGS(name, 7);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -845,18 +911,25 @@
 	__BPF_SDT_CHECK_NARGS(name, 7);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -929,20 +1002,28 @@
 	__BPF_SDT_CHECK_NARGS(name, 8);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_INT_VIEW(8);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -968,20 +1049,28 @@
 	__BPF_SDT_CHECK_NARGS(name, 8);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_INT_VIEW(8);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -1060,22 +1149,31 @@
 	__BPF_SDT_CHECK_NARGS(name, 9);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_INT_VIEW(8);						\
 	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
 	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_INT_VIEW(9);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -1103,22 +1201,31 @@
 	__BPF_SDT_CHECK_NARGS(name, 9);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_INT_VIEW(8);						\
 	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
 	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_INT_VIEW(9);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -1203,24 +1310,34 @@
 	__BPF_SDT_CHECK_NARGS(name, 10);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_INT_VIEW(8);						\
 	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
 	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_INT_VIEW(9);						\
 	__BPF_SDT_CHECK_ARG(name, 10, a10);				\
 	__BPF_SDT_VALUE(name, 10, a10);				\
+	__BPF_SDT_INT_VIEW(10);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -1250,24 +1367,34 @@
 	__BPF_SDT_CHECK_NARGS(name, 10);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_INT_VIEW(8);						\
 	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
 	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_INT_VIEW(9);						\
 	__BPF_SDT_CHECK_ARG(name, 10, a10);				\
 	__BPF_SDT_VALUE(name, 10, a10);				\
+	__BPF_SDT_INT_VIEW(10);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -1358,26 +1485,37 @@
 	__BPF_SDT_CHECK_NARGS(name, 11);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_INT_VIEW(8);						\
 	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
 	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_INT_VIEW(9);						\
 	__BPF_SDT_CHECK_ARG(name, 10, a10);				\
 	__BPF_SDT_VALUE(name, 10, a10);				\
+	__BPF_SDT_INT_VIEW(10);						\
 	__BPF_SDT_CHECK_ARG(name, 11, a11);				\
 	__BPF_SDT_VALUE(name, 11, a11);				\
+	__BPF_SDT_INT_VIEW(11);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -1409,26 +1547,37 @@
 	__BPF_SDT_CHECK_NARGS(name, 11);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_INT_VIEW(8);						\
 	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
 	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_INT_VIEW(9);						\
 	__BPF_SDT_CHECK_ARG(name, 10, a10);				\
 	__BPF_SDT_VALUE(name, 10, a10);				\
+	__BPF_SDT_INT_VIEW(10);						\
 	__BPF_SDT_CHECK_ARG(name, 11, a11);				\
 	__BPF_SDT_VALUE(name, 11, a11);				\
+	__BPF_SDT_INT_VIEW(11);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -1525,28 +1674,40 @@
 	__BPF_SDT_CHECK_NARGS(name, 12);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_INT_VIEW(8);						\
 	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
 	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_INT_VIEW(9);						\
 	__BPF_SDT_CHECK_ARG(name, 10, a10);				\
 	__BPF_SDT_VALUE(name, 10, a10);				\
+	__BPF_SDT_INT_VIEW(10);						\
 	__BPF_SDT_CHECK_ARG(name, 11, a11);				\
 	__BPF_SDT_VALUE(name, 11, a11);				\
+	__BPF_SDT_INT_VIEW(11);						\
 	__BPF_SDT_CHECK_ARG(name, 12, a12);				\
 	__BPF_SDT_VALUE(name, 12, a12);				\
+	__BPF_SDT_INT_VIEW(12);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\
@@ -1580,28 +1741,40 @@
 	__BPF_SDT_CHECK_NARGS(name, 12);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
+	__BPF_SDT_INT_VIEW(1);						\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
+	__BPF_SDT_INT_VIEW(2);						\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
+	__BPF_SDT_INT_VIEW(3);						\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
+	__BPF_SDT_INT_VIEW(4);						\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
+	__BPF_SDT_INT_VIEW(5);						\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
+	__BPF_SDT_INT_VIEW(6);						\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
+	__BPF_SDT_INT_VIEW(7);						\
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
+	__BPF_SDT_INT_VIEW(8);						\
 	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
 	__BPF_SDT_VALUE(name, 9, a9);				\
+	__BPF_SDT_INT_VIEW(9);						\
 	__BPF_SDT_CHECK_ARG(name, 10, a10);				\
 	__BPF_SDT_VALUE(name, 10, a10);				\
+	__BPF_SDT_INT_VIEW(10);						\
 	__BPF_SDT_CHECK_ARG(name, 11, a11);				\
 	__BPF_SDT_VALUE(name, 11, a11);				\
+	__BPF_SDT_INT_VIEW(11);						\
 	__BPF_SDT_CHECK_ARG(name, 12, a12);				\
 	__BPF_SDT_VALUE(name, 12, a12);				\
+	__BPF_SDT_INT_VIEW(12);						\
 	__BPF_SDT_IN_REG(1);						\
 	__BPF_SDT_IN_REG(2);						\
 	__BPF_SDT_IN_REG(3);						\

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bpfemu import CTX_BASE
@@ -23,7 +23,11 @@ struct mctx {
 	long l; __u64 u64;
 	void *ptr;
 };
+__u32 mglob[4];
 """
+# Where the emulator pretends the linker put each global (tests relocate
+# R_BPF_64_64 LD_IMM64s against these before running the code).
+GLOBAL_ADDRS = {"mglob": 0x7F00_1234_5000}
 CTX_FIELDS = {  # name: (offset, size, signed)
     "c": (0, 1, True), "sc": (1, 1, True), "u8": (2, 1, False), "s": (4, 2, True),
     "u16": (6, 2, False), "i": (8, 4, True), "u32": (12, 4, False), "l": (16, 8, True),
@@ -66,10 +70,17 @@ KINDS = [
     Kind("const_int", "int", "42", lambda f: 42, 4, constant=True),
     Kind("const_neg", "long", "-7", lambda f: -7, 8, constant=True),
     Kind("const_wide", "__u64", "0x123456789ULL", lambda f: 0x123456789, 8),
-    Kind("const_u32_high", "__u32", "0x80000000U", lambda f: 0x80000000, 4),
+    # imm -2147483648: exact once truncated to the 4-byte type, as consumers must
+    Kind("const_u32_high", "__u32", "0x80000000U", lambda f: 0x80000000, 4, constant=True),
     Kind("widen", "long", "c->u8", lambda f: f["u8"], 8),
     Kind("narrow", "int", "c->l", lambda f: _s(f["l"], 32), 4),
     Kind("expr", "__u64", "c->u64 * 3 + 1", lambda f: (f["u64"] * 3 + 1) % (1 << 64), 8),
+    # symbol addresses: a register (LD_IMM64 + relocation), never an immediate
+    Kind("global_ptr", "__u32 *", "&mglob[1]", lambda f: GLOBAL_ADDRS["mglob"] + 4, 8),
+    Kind("global_addr_int", "long", "(long)&mglob", lambda f: GLOBAL_ADDRS["mglob"], 8),
+    # numeric pointer constants: an immediate when it fits, else a register
+    Kind("null", "const void *", "(const void *)0", lambda f: 0, 8, constant=True),
+    Kind("const_ptr_wide", "void *", "(void *)0x123456789ULL", lambda f: 0x123456789, 8),
 ]
 
 
@@ -80,13 +91,14 @@ class Probe:
     kinds: tuple[Kind, ...]
 
 
-def probes(max_args: int = 12) -> list[Probe]:
+def probes(max_args: int = 12, kinds: Sequence[Kind] = KINDS) -> list[Probe]:
+    """Arity 0 once; each arity 1..max_args once per rotation of ``kinds``."""
     out = []
     for n in range(max_args + 1):
-        rotations = 1 if n == 0 else len(KINDS)
+        rotations = 1 if n == 0 else len(kinds)
         for r in range(rotations):
-            kinds = tuple(KINDS[(r + k) % len(KINDS)] for k in range(n))
-            out.append(Probe(f"p_{n}_{r}", f"m_{n}_{r}", kinds))
+            args = tuple(kinds[(r + k) % len(kinds)] for k in range(n))
+            out.append(Probe(f"p_{n}_{r}", f"m_{n}_{r}", args))
     return out
 
 

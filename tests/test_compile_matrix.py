@@ -14,18 +14,20 @@ and bpf-sdt's own `check` must be clean and its `list` must agree with (1).
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
 from bpf_sdt.postlink.check import analyze
 from bpf_sdt.postlink.objfile import load_object
 from bpfemu import Machine
-from matrix_src import KINDS, probes, random_ctx, source
+from matrix_src import GLOBAL_ADDRS, KINDS, probes, random_ctx, source
 from objview import (
     btf_json,
     btf_prototypes,
     disassemble,
     parse_arg,
+    relocations,
     sites,
     stack_size,
     symbols,
@@ -49,6 +51,19 @@ def matrix_c(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _linked_text(obj: Path, code: bytes) -> bytes:
+    """.text as a linker would leave it with each global at GLOBAL_ADDRS, read
+    from llvm-objdump's relocations (BPF uses REL: an LD_IMM64's own imm holds
+    the addend)."""
+    out = bytearray(code)
+    for off, rtype, sym in relocations(str(obj), ".text"):
+        assert rtype == "R_BPF_64_64" and sym in GLOBAL_ADDRS, f"{obj.name}: unexpected {rtype} {sym}"
+        addr = GLOBAL_ADDRS[sym] + struct.unpack_from("<i", out, off + 4)[0]
+        struct.pack_into("<II", out, off + 4, addr & 0xFFFFFFFF, 0)
+        struct.pack_into("<I", out, off + 12, addr >> 32)
+    return bytes(out)
+
+
 def _check_object(obj: Path, *, gcc: bool = False) -> None:
     report = analyze(load_object(obj))
     errors = [f.render() for f in report.findings if f.severity == "error"]
@@ -61,7 +76,7 @@ def _check_object(obj: Path, *, gcc: bool = False) -> None:
     funcs = {name: value for value, flags, sec, _size, name in symbols(str(obj))
              if sec == ".text" and "F" in flags}
     text = load_object(obj)
-    code_bytes = text.section_data(text.section(".text"))  # type: ignore[arg-type]
+    code_bytes = _linked_text(obj, text.section_data(text.section(".text")))  # type: ignore[arg-type]
     ours = {(s.section, s.offset): s for s in report.sites}
     ctx, fields = random_ctx(len(view))
 

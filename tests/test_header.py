@@ -204,17 +204,23 @@ def test_python_package_has_no_generic_top_level_modules() -> None:
 
 
 def test_symbol_address_arguments_compile(tmp_path: Path) -> None:
-    """"ri" with a symbol address crashes clang 14 and 19; the header must never
-    hand one to it (pointers always go through a register)."""
+    """"ri" with a symbol address crashes clang 14 and 19, also when the address
+    is cast to an integer; the header's "rn" puts every symbol address in a
+    register or slot, and only numbers (NULL included) become immediates."""
     src = tmp_path / "sym.c"
     src.write_text("#include <bpf_sdt.h>\nint g; long arr[4]; int fn(int);\n"
-                   "BPF_SDT_DECLARE4(p, int *, long *, int (*)(int), void *);\n"
+                   "BPF_SDT_DECLARE6(p, int *, long *, int (*)(int), void *, long, void *);\n"
                    "BPF_SDT_DECLARE12(w, int *, int, int, int, int, int, int, int, int, int, long *, void *);\n"
-                   "int f(int *c) { BPF_SDT_PROBE4(p, &g, &arr[2], fn, (void *)0);\n"
+                   "int f(int *c) { BPF_SDT_PROBE6(p, &g, &arr[2], fn, (void *)0, (long)&g,"
+                   " (void *)0x123456789ULL);\n"
                    "  BPF_SDT_PROBE12(w, &g, 1, 2, 3, 4, 5, 6, 7, 8, 9, &arr[1], (void *)0); return *c; }\n")
     for cc in (clang(14), clang(19), tool("bpf-gcc")):
         obj = tmp_path / "sym.o"
         compile_bpf(src, obj, cc)
         report = analyze(load_object(obj))
         assert not [f for f in report.findings if f.severity == "error"]
-        assert [a.kind for a in report.sites[0].args] == ["reg"] * 4
+        six, twelve = sorted(report.sites, key=lambda s: len(s.args))
+        slot = "stack" if "gcc" in Path(cc).name else "reg"
+        assert [a.kind for a in six.args] == ["reg", "reg", "reg", "imm", "reg", slot], cc
+        assert six.args[3].value == 0
+        assert [a.kind for a in twelve.args][10:] == ["stack", "imm"], cc
