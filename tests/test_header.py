@@ -3,6 +3,8 @@ DISABLE and STRICT modes, and probes in every statement context."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from bpf_sdt.codegen.generate import render_header
 from bpf_sdt.postlink.check import analyze
 from bpf_sdt.postlink.objfile import load_object
 from objview import disassemble, parse_arg, sites
-from toolchain import HEADER_DIR, REPO, clang, compile_bpf, run, tool
+from toolchain import HEADER_DIR, REPO, bpf_permitted, clang, compile_bpf, need, run, tool
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 
@@ -55,6 +57,30 @@ def test_cflags_points_at_the_installed_header() -> None:
     res = run([*CLI, "cflags"])
     flag = res.stdout.strip()
     assert flag.startswith("-I") and (Path(flag[2:]) / "bpf_sdt.h").is_file()
+
+
+@pytest.mark.slow
+def test_cflags_after_a_plain_pip_install(tmp_path: Path) -> None:
+    """A regular (not editable) install into a fresh venv ships the header, and
+    `clang $(bpf-sdt cflags)` compiles a probe with it: no repo on the path."""
+    def ok(cmd: list[str]) -> str:
+        res = run(cmd, cwd=tmp_path)
+        assert res.returncode == 0, f"{' '.join(cmd)}: {res.stderr[-2000:]}"
+        return res.stdout
+
+    venv = tmp_path / "venv"
+    ok([sys.executable, "-m", "venv", str(venv)])
+    ok([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-deps", str(REPO)])
+    flag = ok([str(venv / "bin" / "bpf-sdt"), "cflags"]).strip()
+    installed = Path(flag.removeprefix("-I"))
+    assert installed.is_relative_to(venv), flag
+    assert (installed / "bpf_sdt.h").read_text() == (HEADER_DIR / "bpf_sdt.h").read_text()
+    src = tmp_path / "p.bpf.c"
+    src.write_text("#include <bpf_sdt.h>\nBPF_SDT_DECLARE1(hit, int);\n"
+                   "int f(int *c) { BPF_SDT_PROBE1(hit, *c); return 0; }\n")
+    obj = tmp_path / "p.bpf.o"
+    compile_bpf(src, obj, clang(19), header_dir=installed)
+    assert [s.name for s in analyze(load_object(obj)).sites] == ["hit"]
 
 
 # --- compile-fail cases ------------------------------------------------------
@@ -184,6 +210,66 @@ def test_disable_does_not_evaluate_arguments(tmp_path: Path) -> None:
     compile_bpf(src, obj, clang(19), defines=("BPF_SDT_DISABLE",))
     text = "\n".join(i.text for i in disassemble(str(obj), ".text"))
     assert "+= 0x1" not in text and "+= 1" not in text, text
+
+
+# Each argument increments its own global; the program returns 0 when every
+# one was incremented exactly once, else 100 + the first wrong index.  Args
+# 11..12 of the 12-arg probe (and 6..12 under bpf-gcc) take the stack path.
+ONCE_PROG = """#include <bpf_sdt.h>
+struct __sk_buff { unsigned int len; };
+BPF_SDT_DECLARE2(two, int, long);
+BPF_SDT_DECLARE12(wide, int, int, int, int, int, int, int, int, int, int, int, int);
+int g[14];
+__attribute__((section("tc"), used)) int once(struct __sk_buff *skb)
+{
+	BPF_SDT_PROBE2(two, g[0]++, g[1]++ + (long)skb->len);
+	BPF_SDT_PROBE12(wide, g[2]++, g[3]++, g[4]++, g[5]++, g[6]++, g[7]++, g[8]++, g[9]++,
+			g[10]++, g[11]++, g[12]++, g[13]++);
+	for (int i = 0; i < 14; i++)
+		if (g[i] != 1)
+			return 100 + i;
+	return 0;
+}
+char _license[] __attribute__((section("license"), used)) = "GPL";
+"""
+
+
+def _kernel_test_run(obj: Path, tmp_path: Path) -> int:
+    """Load ``obj`` and run its program once in the kernel (BPF_PROG_TEST_RUN)."""
+    need(bpf_permitted(), "bpf() not permitted (needs root)")
+    bpftool = tool("bpftool")
+    pin = Path("/sys/fs/bpf") / f"bpf_sdt_once_{os.getpid()}_{tmp_path.name}"
+    pkt = tmp_path / "pkt"
+    pkt.write_bytes(bytes(64))
+    try:
+        res = run([bpftool, "prog", "load", str(obj), str(pin)])
+        assert res.returncode == 0, res.stderr[-2000:]
+        res = run([bpftool, "prog", "run", "pinned", str(pin), "data_in", str(pkt), "repeat", "1"])
+        assert res.returncode == 0, res.stderr[-2000:]
+    finally:
+        pin.unlink(missing_ok=True)
+    m = re.search(r"Return value: (\d+)", res.stdout + res.stderr)
+    assert m, res.stdout
+    return int(m.group(1))
+
+
+@pytest.mark.parametrize("compiler", ["clang-14", "clang-19", "bpf-gcc"])
+def test_arguments_are_evaluated_exactly_once_in_the_kernel(compiler: str, tmp_path: Path) -> None:
+    src = tmp_path / "once.bpf.c"
+    src.write_text(ONCE_PROG)
+    cc = tool("bpf-gcc") if compiler == "bpf-gcc" else clang(int(compiler.split("-")[1]))
+    obj = tmp_path / "once.bpf.o"
+    compile_bpf(src, obj, cc, mcpu="v1" if compiler == "clang-14" else "v3")
+    assert len(analyze(load_object(obj)).sites) == 2
+    assert _kernel_test_run(obj, tmp_path) == 0
+
+
+def test_disabled_arguments_are_not_evaluated_in_the_kernel(tmp_path: Path) -> None:
+    src = tmp_path / "once.bpf.c"
+    src.write_text(ONCE_PROG)
+    obj = tmp_path / "once.bpf.o"
+    compile_bpf(src, obj, clang(19), defines=("BPF_SDT_DISABLE",))
+    assert _kernel_test_run(obj, tmp_path) == 100   # g[0] was never incremented
 
 
 def test_strict_mode_uses_register_moves_only(tmp_path: Path) -> None:
