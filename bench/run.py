@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 HEADERS = REPO / "headers"
@@ -228,17 +229,26 @@ def many_sites_object(tmp: Path, n: int = 10_000) -> Path:
     return obj
 
 
-def timed_side_by_side(cmds: dict[str, list[str]], runs: int = 15) -> dict[str, tuple[float, float]]:
-    """(fastest, median) wall time of each command, run in interleaved rounds so
+def timed_side_by_side(jobs: dict[str, Callable[[], object]], runs: int = 15) -> dict[str, tuple[float, float]]:
+    """(fastest, median) wall time of each job, run in interleaved rounds so
     that load on a shared machine falls on all of them alike.  The fastest run
     is the least disturbed one; ratios are taken on it."""
-    times: dict[str, list[float]] = {name: [] for name in cmds}
+    times: dict[str, list[float]] = {name: [] for name in jobs}
     for _ in range(runs):
-        for name, cmd in cmds.items():
+        for name, job in jobs.items():
             t0 = time.perf_counter()
-            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            job()
             times[name].append(time.perf_counter() - t0)
     return {name: (min(t), statistics.median(t)) for name, t in times.items()}
+
+
+def command(cmd: list[str], **kw: Any) -> Callable[[], object]:
+    return lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, **kw)
+
+
+def timing_row(label: str, t: tuple[float, float], base: float | None = None, width: int = 20) -> str:
+    ratio = f"   {t[0] / base:.2f}x" if base else ""
+    return f"  {label:<{width}} {t[0] * 1000:7.1f} ms  (median {t[1] * 1000:6.1f}){ratio}"
 
 
 def bench_check(tmp: Path) -> list[str]:
@@ -246,17 +256,13 @@ def bench_check(tmp: Path) -> list[str]:
     readelf = shutil.which("llvm-readelf-19") or shutil.which("llvm-readelf") or "llvm-readelf"
     sdt = installed_cli(tmp)
     n = sites_in(obj)
-    t = timed_side_by_side({"readelf": [readelf, "-r", "-s", str(obj)], "check": [sdt, "check", str(obj)],
-                            "list": [sdt, "list", "--json", str(obj)]})
+    t = timed_side_by_side({"readelf": command([readelf, "-r", "-s", str(obj)]),
+                            "check": command([sdt, "check", str(obj)]),
+                            "list": command([sdt, "list", "--json", str(obj)])})
     base = t["readelf"][0]
-
-    def row(label: str, name: str) -> str:
-        fastest, median = t[name]
-        return f"  {label:<20} {fastest * 1000:7.1f} ms  (median {median * 1000:6.1f})   {fastest / base:.2f}x"
-
     return [f"object with {n} sites ({obj.stat().st_size // 1024} KiB), 15 interleaved runs, fastest:",
-            row("llvm-readelf -r -s", "readelf"), row("bpf-sdt check", "check"),
-            row("bpf-sdt list --json", "list")]
+            timing_row("llvm-readelf -r -s", t["readelf"], base), timing_row("bpf-sdt check", t["check"], base),
+            timing_row("bpf-sdt list --json", t["list"], base)]
 
 
 # --- 3. lint speed -------------------------------------------------------------
@@ -274,36 +280,22 @@ def bench_lint(tmp: Path) -> list[str]:
     clang_cmd = ["xargs", "-P", str(jobs), "-n", "25", CLANG, "-target", "bpf", "-fsyntax-only",
                  f"-I{HEADERS}"]
 
-    def syntax_only() -> None:
-        subprocess.run(clang_cmd, input="\n".join(files), text=True, check=True)
-
     cache = tmp / "lint-cache"
     env = dict(os.environ, BPF_SDT_CACHE_DIR=str(cache))
-    lint = [installed_cli(tmp), "lint", *files, "--", f"-I{HEADERS}"]
+    lint = command([installed_cli(tmp), "lint", *files, "--", f"-I{HEADERS}"], env=env)
 
     def cold() -> None:
         shutil.rmtree(cache, ignore_errors=True)
-        subprocess.run(lint, env=env, stdout=subprocess.DEVNULL, check=False)
+        lint()
 
-    def warm() -> None:
-        subprocess.run(lint, env=env, stdout=subprocess.DEVNULL, check=False)
-
-    def med(fn: Callable[[], None], runs: int = 5) -> float:
-        ts = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
-
-    base = med(syntax_only)
-    c = med(cold)
-    warm()
-    w = med(warm)
-    return [f"200 sources, {jobs} cores, median of 5 runs:",
-            f"  clang -fsyntax-only (xargs -P{jobs})  {base * 1000:7.1f} ms   1.00x",
-            f"  bpf-sdt lint, cold cache           {c * 1000:7.1f} ms   {c / base:.2f}x",
-            f"  bpf-sdt lint, warm cache           {w * 1000:7.1f} ms   {w / 2 * 1000:.1f} ms per 100 files"]
+    t = timed_side_by_side({"clang": command(clang_cmd, input="\n".join(files).encode()), "cold": cold}, runs=5)
+    lint()
+    warm = timed_side_by_side({"warm": lint})["warm"]
+    return [f"200 sources, {jobs} cores, 5 interleaved runs (warm: 15), fastest:",
+            timing_row(f"clang -fsyntax-only (xargs -P{jobs})", t["clang"], t["clang"][0], 34),
+            timing_row("bpf-sdt lint, cold cache", t["cold"], t["clang"][0], 34),
+            timing_row("bpf-sdt lint, warm cache", warm, None, 34)
+            + f"   {warm[0] / 2 * 1000:.1f} ms per 100 files (median {warm[1] / 2 * 1000:.1f})"]
 
 
 def main() -> int:
