@@ -141,13 +141,15 @@
  * nothing is an immediate.  A slot's operand and its `.if` flag use this one
  * test, so the form the compiler picks and the template branch always agree.
  */
+/* Any constant of a type this narrow reads back exactly from the immediate. */
+#define __BPF_SDT_NARROW(K)	(sizeof(__sdt_v##K) <= 4)
 #define __BPF_SDT_INT_VIEW(K)							\
 	long long __sdt_n##K __attribute__((unused)) = (long long)__sdt_v##K
 #ifdef __OPTIMIZE__
 #define __BPF_SDT_IS_CONST(K)							\
 	__builtin_choose_expr(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(__sdt_v##K)), \
 			      __builtin_constant_p(__sdt_n##K), __builtin_constant_p(__sdt_v##K))
-#define __BPF_SDT_FITS_IMM(K)	(sizeof(__sdt_v##K) <= 4 || __sdt_n##K == (int)__sdt_n##K)
+#define __BPF_SDT_FITS_IMM(K)	(__BPF_SDT_NARROW(K) || __sdt_n##K == (int)__sdt_n##K)
 #define __BPF_SDT_IMM_OK(K)							\
 	(__BPF_SDT_IS_CONST(K) && __builtin_constant_p(__BPF_SDT_FITS_IMM(K)) && \
 	 __BPF_SDT_FITS_IMM(K))
@@ -161,13 +163,13 @@
  * (long)&global in an integer) falls back to a register; with "i" clang 14
  * and 19 crash on it.  An 8-byte numeric constant that does not fit the
  * immediate is hidden from "n" by an empty asm that emits nothing (it pins
- * the value in a register; at -O0 every value gets it).  The `sizeof` test
+ * the value in a register; at -O0 every value gets it).  The NARROW test
  * comes first so that for narrower types the front end drops the branch
  * altogether: until __builtin_constant_p is folded, late in code generation,
  * a branch around an asm changes what the optimizer does with the value. */
 #ifdef __OPTIMIZE__
 #define __BPF_SDT_NEEDS_REG(K)							\
-	(sizeof(__sdt_v##K) > 4 && __BPF_SDT_IS_CONST(K) && !__BPF_SDT_IMM_OK(K))
+	(!__BPF_SDT_NARROW(K) && __BPF_SDT_IS_CONST(K) && !__BPF_SDT_IMM_OK(K))
 #else
 #define __BPF_SDT_NEEDS_REG(K)	1
 #endif

@@ -65,7 +65,8 @@ def _linked_text(obj: Path, code: bytes) -> bytes:
 
 
 def _check_object(obj: Path, *, gcc: bool = False) -> None:
-    report = analyze(load_object(obj))
+    elf = load_object(obj)
+    report = analyze(elf)
     errors = [f.render() for f in report.findings if f.severity == "error"]
     assert not errors, errors[:5]
     assert not gcc or report.findings, "gcc objects must warn about missing decl tags"
@@ -75,8 +76,7 @@ def _check_object(obj: Path, *, gcc: bool = False) -> None:
     code = {i.index: i for i in disassemble(str(obj), ".text")}
     funcs = {name: value for value, flags, sec, _size, name in symbols(str(obj))
              if sec == ".text" and "F" in flags}
-    text = load_object(obj)
-    code_bytes = _linked_text(obj, text.section_data(text.section(".text")))  # type: ignore[arg-type]
+    code_bytes = _linked_text(obj, elf.section_data(elf.section(".text")))  # type: ignore[arg-type]
     ours = {(s.section, s.offset): s for s in report.sites}
     ctx, fields = random_ctx(len(view))
 
