@@ -125,7 +125,7 @@ def matrix_program(tmp: Path) -> Path:
 
 
 def code_size(obj: Path) -> int:
-    from bpf_sdt.postlink.objfile import load_object
+    from bpf_sdt.elf import load_object
 
     o = load_object(obj)
     return sum(s.size for s in o.sections if s.executable) // 8
@@ -133,7 +133,8 @@ def code_size(obj: Path) -> int:
 
 def sites_in(obj: Path) -> int:
     from bpf_sdt.postlink.check import analyze
-    from bpf_sdt.postlink.objfile import load_object
+
+    from bpf_sdt.elf import load_object
 
     return len(analyze(load_object(obj)).sites)
 

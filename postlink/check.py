@@ -19,9 +19,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from bpf_sdt.postlink.objfile import STT_SECTION, BpfObject, Relocation, Section, Symbol
-
 from bpf_sdt.btf import Btf, BtfType
+from bpf_sdt.elf import STT_SECTION, BpfObject, Relocation, Section, Symbol, is_reserved_index
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import (
     DECL_TAG_PREFIX,
@@ -243,7 +242,7 @@ class TargetResolver:
                 self._symbols[index] = f"relocation names symbol {index}, which does not exist"
             else:
                 sym = obj.symbols[index]
-                sec = obj.section_at(sym.shndx) if 0 < sym.shndx < 0xFF00 else None
+                sec = None if is_reserved_index(sym.shndx) else obj.section_at(sym.shndx)
                 if sec is None or not sec.executable:
                     self._symbols[index] = (f"relocation against {sym.name or 'a symbol'} outside "
                                             "any executable section")

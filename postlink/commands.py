@@ -6,8 +6,8 @@ import json
 import sys
 
 from bpf_sdt.postlink.check import ObjectReport, analyze
-from bpf_sdt.postlink.objfile import load_object
 
+from bpf_sdt.elf import load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
 
 

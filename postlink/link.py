@@ -27,14 +27,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpf_sdt.postlink.check import ObjectReport, analyze
-from bpf_sdt.postlink.elfwrite import ElfImage, SecRec, SymRec
-from bpf_sdt.postlink.objfile import SHT_REL, STT_FUNC, BpfObject, Relocation, load_object
 
+from bpf_sdt.elf import (
+    SHF_INFO_LINK,
+    SHT_PROGBITS,
+    SHT_REL,
+    STB_LOCAL,
+    STT_FUNC,
+    STT_NOTYPE,
+    BpfObject,
+    ElfImage,
+    Relocation,
+    SecRec,
+    SymRec,
+    is_reserved_index,
+    load_object,
+)
 from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION, R_BPF_64_ABS64
 from bpf_sdt.fsutil import write_atomic
-
-SHT_PROGBITS = 1
 
 
 @dataclass(frozen=True)
@@ -163,12 +174,12 @@ def _verify_placement(objs: list[BpfObject], linked: BpfObject,
                       base: dict[tuple[int, str], int]) -> None:
     out_funcs: dict[tuple[str, str], list[int]] = {}
     for sym in linked.symbols:
-        sec = linked.section_at(sym.shndx) if 0 < sym.shndx < 0xFF00 else None
+        sec = None if is_reserved_index(sym.shndx) else linked.section_at(sym.shndx)
         if sym.type == STT_FUNC and sec is not None:
             out_funcs.setdefault((sec.name, sym.name), []).append(sym.value)
     for i, o in enumerate(objs):
         for sym in o.symbols:
-            sec = o.section_at(sym.shndx) if 0 < sym.shndx < 0xFF00 else None
+            sec = None if is_reserved_index(sym.shndx) else o.section_at(sym.shndx)
             if sym.type != STT_FUNC or sec is None or not sec.executable:
                 continue
             want = base[(i, sec.name)] + sym.value
@@ -204,9 +215,8 @@ def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement) 
         relocs.append(Relocation(len(notes), R_BPF_64_ABS64, img.section_symbol(sec_index), None))
         notes += target.to_bytes(8, "little") + s.entry[8:]
     notes_i = img.add_section(SecRec(NOTES_SECTION, SHT_PROGBITS, 0, bytes(notes), addralign=1))
-    symtab_i = next(i for i, s in enumerate(img.sections) if s.type == 2)
-    img.add_section(SecRec(NOTES_REL_SECTION, SHT_REL, 0x40, b"", link=symtab_i, info=notes_i,
+    img.add_section(SecRec(NOTES_REL_SECTION, SHT_REL, SHF_INFO_LINK, b"", link=img.symtab_index, info=notes_i,
                            addralign=8, entsize=16, relocs=relocs))
     for name, value in entry_syms:
-        img.symbols.append(SymRec(name, value, 0, 0, 0, notes_i))
+        img.symbols.append(SymRec(name, value, 0, (STB_LOCAL << 4) | STT_NOTYPE, 0, notes_i))
     return img.to_bytes()

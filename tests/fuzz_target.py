@@ -7,8 +7,8 @@ from __future__ import annotations
 import random
 
 from bpf_sdt.postlink.check import analyze
-from bpf_sdt.postlink.objfile import BpfObject
 
+from bpf_sdt.elf import BpfObject
 from bpf_sdt.errors import InputError
 
 

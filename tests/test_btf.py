@@ -8,10 +8,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from bpf_sdt.postlink.objfile import load_object
 from toolchain import clang, compile_bpf, need, run, tool
 
 from bpf_sdt.btf import Btf, parse_btf
+from bpf_sdt.elf import load_object
 from bpf_sdt.errors import InputError
 
 KINDS = """#include <bpf_sdt.h>

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from bpf_sdt.postlink.elfwrite import ElfImage
-from bpf_sdt.postlink.objfile import load_object
 from toolchain import clang, compile_bpf, run
+
+from bpf_sdt.elf import ElfImage, load_object
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 

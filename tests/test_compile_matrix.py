@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from bpf_sdt.postlink.check import analyze
-from bpf_sdt.postlink.objfile import load_object
 from bpfemu import Machine
 from matrix_src import GLOBAL_ADDRS, KINDS, probes, random_ctx, source
 from objview import (
@@ -34,6 +33,8 @@ from objview import (
     type_name,
 )
 from toolchain import REQUIRED_CLANGS, clang, clangs, compile_bpf, mcpus, tool
+
+from bpf_sdt.elf import load_object
 
 PROBES = probes()
 BY_NAME = {p.name: p for p in PROBES}

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from bpf_sdt.codegen.generate import render_header
 from bpf_sdt.postlink.check import analyze
-from bpf_sdt.postlink.objfile import load_object
 from objview import disassemble, parse_arg, sites
 from toolchain import HEADER_DIR, REPO, bpf_permitted, clang, compile_bpf, need, run, tool
+
+from bpf_sdt.elf import load_object
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 

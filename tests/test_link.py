@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from bpf_sdt.postlink.check import analyze
-from bpf_sdt.postlink.objfile import load_object
 from test_samples import load
 from toolchain import HEADER_DIR, clang, compile_bpf, need, run, tool
+
+from bpf_sdt.elf import load_object
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 

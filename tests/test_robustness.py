@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from bpf_sdt.postlink.objfile import load_object
 from fuzz_target import mutate, one_input
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from toolchain import clang, compile_bpf, run
+
+from bpf_sdt.elf import load_object
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 SRC = """#include <bpf_sdt.h>

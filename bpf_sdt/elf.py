@@ -1,0 +1,595 @@
+"""The ELF layer every stage shares: named constants, record layouts, a reader
+(:class:`BpfObject`) and a writer (:class:`ElfImage`) for BPF relocatable
+objects.
+
+Reading: pyelftools parses and validates the ELF header and the section
+header table (where the structure is subtle); the flat arrays that can hold
+tens of thousands of records (symbols, relocations) are decoded in bulk with
+the record layouts below, since a per-record parse would dominate ``check``
+on large objects.  The file is untrusted: every size and offset is checked
+against the real file length before anything is read, so a section claiming
+4 GB costs nothing, and any malformation becomes an :class:`InputError`.
+
+Writing: :class:`ElfImage` is an editable image of sections, symbols and
+relocations that serialises back to ELF with the same layouts.  The parts that
+are easy to get wrong are all in it, once:
+
+- the symbol table is rebuilt with every local before every global, and its
+  ``sh_info`` is the index of the first global;
+- symbol indices change when symbols are added or removed, so every REL/RELA
+  entry is kept decoded and re-encoded against the new indices;
+- section indices change when sections are removed, so ``st_shndx``,
+  ``sh_link`` and ``sh_info`` are remapped;
+- string tables (.strtab, .shstrtab) are regenerated; every other section
+  keeps its type, flags, size (SHT_NOBITS has a size and no bytes), alignment
+  and entry size exactly as read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+from elftools.common.exceptions import ELFError, ELFParseError
+from elftools.elf.structs import ELFStructs
+
+from bpf_sdt.btf import Btf, parse_btf
+from bpf_sdt.errors import InputError
+
+# --- named constants (ELF gABI and the BPF psABI) ---------------------------
+
+EM_BPF = 247
+ELFCLASS64 = 2
+ELFDATA2LSB = 1
+ET_REL = 1
+EV_CURRENT = 1
+
+SHT_NULL = 0
+SHT_PROGBITS = 1
+SHT_SYMTAB = 2
+SHT_STRTAB = 3
+SHT_RELA = 4
+SHT_NOBITS = 8
+SHT_REL = 9
+SHT_LLVM_ADDRSIG = 0x6FFF4C03
+
+SHF_WRITE = 0x1
+SHF_ALLOC = 0x2
+SHF_EXECINSTR = 0x4
+SHF_INFO_LINK = 0x40
+
+SHN_UNDEF = 0
+SHN_LORESERVE = 0xFF00
+SHN_ABS = 0xFFF1
+SHN_COMMON = 0xFFF2
+
+STB_LOCAL = 0
+STB_GLOBAL = 1
+STB_WEAK = 2
+STT_NOTYPE = 0
+STT_OBJECT = 1
+STT_FUNC = 2
+STT_SECTION = 3
+STT_FILE = 4
+STV_DEFAULT = 0
+STV_HIDDEN = 2
+
+R_BPF_NONE = 0
+R_BPF_64_64 = 1          # ld_imm64: map, global data, subprogram address
+R_BPF_64_ABS64 = 2       # a 64-bit data word
+R_BPF_64_ABS32 = 3       # a 32-bit data word (DWARF)
+R_BPF_64_NODYLD32 = 4    # a 32-bit data word no loader applies (.BTF, .BTF.ext)
+R_BPF_64_32 = 10         # call imm: helper-less BPF-to-BPF calls, kfuncs
+
+MAX_FILE_SIZE = 1 << 30
+
+# --- record layouts: the one definition reader and writer share --------------
+
+EHDR = struct.Struct("<16sHHIQQQIHHHHHH")   # Elf64_Ehdr
+SHDR = struct.Struct("<IIQQQQIIQQ")         # Elf64_Shdr
+SYM = struct.Struct("<IBBHQQ")              # Elf64_Sym
+REL = struct.Struct("<QQ")                  # Elf64_Rel
+RELA = struct.Struct("<QQq")                # Elf64_Rela
+
+# Exceptions pyelftools (and its construct layer) raise on malformed input.
+_PARSE_ERRORS: tuple[type[BaseException], ...] = (
+    ELFError, ELFParseError, struct.error, ValueError, IndexError, KeyError,
+    UnicodeDecodeError, OverflowError, AssertionError, TypeError, AttributeError,
+)
+try:  # construct's own errors, where the installed version exposes them
+    from elftools.construct.core import ConstructError
+
+    _PARSE_ERRORS += (ConstructError,)
+except ImportError:  # pragma: no cover - depends on the pyelftools version
+    pass
+
+
+def is_reserved_index(shndx: int) -> bool:
+    """SHN_UNDEF and SHN_LORESERVE.. name no real section."""
+    return shndx == SHN_UNDEF or shndx >= SHN_LORESERVE
+
+
+def r_info(symbol: int, rtype: int) -> int:
+    return (symbol << 32) | rtype
+
+
+# --- reading -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    index: int
+    name: str
+    type: int
+    flags: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    entsize: int
+    addralign: int
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.flags & SHF_EXECINSTR)
+
+
+class Symbol(NamedTuple):
+    """One symbol-table entry (a tuple: objects can hold tens of thousands)."""
+
+    num: int            # index in the symbol table
+    name: str
+    value: int
+    size: int
+    type: int
+    bind: int
+    shndx: int
+    other: int = 0      # st_other (visibility)
+
+
+class Relocation(NamedTuple):
+    offset: int
+    type: int
+    symbol: int
+    addend: int | None      # RELA only; REL keeps the addend in place
+
+
+class BpfObject:
+    """One BPF ELF relocatable object, read fully into memory."""
+
+    def __init__(self, path: str, data: bytes) -> None:
+        self.path = path
+        self.data = data
+        try:
+            structs, header = self._parse_header()
+            self.e_flags: int = header["e_flags"]
+            self.sections = self._read_sections(structs, header)
+        except InputError:
+            raise
+        except _PARSE_ERRORS as e:
+            raise InputError(f"{path}: not a readable ELF object ({_reason(e)})") from None
+        self._by_name: dict[str, Section] = {}
+        for s in self.sections:
+            self._by_name.setdefault(s.name, s)
+        self._data_cache: dict[int, bytes] = {}
+        self._rel_cache: dict[int, tuple[Section | None, list[Relocation]]] = {}
+
+    # --- construction ------------------------------------------------------
+
+    def _parse_header(self) -> tuple[ELFStructs, dict]:  # type: ignore[type-arg]
+        """pyelftools' ELF structures (not ELFFile, which also loads DWARF support
+        and costs a third of `check`'s start-up)."""
+        ident = self.data[:16]
+        if len(self.data) < EHDR.size:
+            raise InputError(f"{self.path}: {len(self.data)} bytes is shorter than an ELF header")
+        if ident[4] != ELFCLASS64:
+            raise InputError(f"{self.path}: ELF class {ident[4]}, BPF objects are 64-bit")
+        if ident[5] != ELFDATA2LSB:
+            raise InputError(f"{self.path}: big-endian BPF objects are not supported")
+        structs = ELFStructs(little_endian=True, elfclass=64)
+        structs.create_basic_structs()
+        header = structs.Elf_Ehdr.parse(self.data)
+        if header["e_machine"] not in ("EM_BPF", EM_BPF):
+            raise InputError(f"{self.path}: not a BPF object (e_machine {header['e_machine']})")
+        if header["e_type"] != "ET_REL":
+            raise InputError(f"{self.path}: {header['e_type']}, expected a relocatable object (ET_REL)")
+        structs.create_advanced_structs(header["e_type"], header["e_machine"],
+                                        header["e_ident"]["EI_OSABI"])
+        return structs, header
+
+    def _read_sections(self, structs: ELFStructs, header: dict) -> list[Section]:  # type: ignore[type-arg]
+        shoff, shnum, shentsize = header["e_shoff"], header["e_shnum"], header["e_shentsize"]
+        if shoff == 0 or shnum == 0:
+            raise InputError(f"{self.path}: no section header table")
+        if shentsize != SHDR.size or shoff + shnum * SHDR.size > len(self.data):
+            raise InputError(f"{self.path}: section header table ({shnum} x {shentsize} bytes at "
+                             f"{shoff}) runs past the end of the file ({len(self.data)} bytes)")
+        headers = [structs.Elf_Shdr.parse(self.data[shoff + SHDR.size * i: shoff + SHDR.size * (i + 1)])
+                   for i in range(shnum)]
+        strndx = header["e_shstrndx"]
+        if not 0 < strndx < shnum:
+            raise InputError(f"{self.path}: section name table index {strndx} out of range")
+        names_h = headers[strndx]
+        if names_h["sh_offset"] + names_h["sh_size"] > len(self.data):
+            raise InputError(f"{self.path}: section name table runs past the end of the file")
+        names = self.data[names_h["sh_offset"]: names_h["sh_offset"] + names_h["sh_size"]]
+        out = []
+        for i, h in enumerate(headers):
+            if i and h["sh_name"] >= max(len(names), 1):
+                raise InputError(f"{self.path}: section {i}: name offset {h['sh_name']} is outside "
+                                 f"the section name table ({len(names)} bytes)")
+            name = _cstr(names, h["sh_name"]) if i else ""
+            sec = Section(i, name, _sh_type(h["sh_type"]), h["sh_flags"], h["sh_offset"],
+                          h["sh_size"], h["sh_link"], h["sh_info"], h["sh_entsize"], h["sh_addralign"])
+            if sec.type != SHT_NOBITS and sec.offset + sec.size > len(self.data):
+                raise InputError(f"{self.path}: section {name or i} ({sec.size} bytes at "
+                                 f"{sec.offset}) runs past the end of the file ({len(self.data)} bytes)")
+            out.append(sec)
+        return out
+
+    # --- access ------------------------------------------------------------
+
+    def section(self, name: str) -> Section | None:
+        """The first section with this name."""
+        return self._by_name.get(name)
+
+    def sections_named(self, name: str) -> list[Section]:
+        return [s for s in self.sections if s.name == name]
+
+    def section_at(self, index: int) -> Section | None:
+        return self.sections[index] if 0 <= index < len(self.sections) else None
+
+    def section_data(self, sec: Section) -> bytes:
+        if sec.type == SHT_NOBITS:
+            return b""
+        cached = self._data_cache.get(sec.index)
+        if cached is None:
+            cached = self._data_cache[sec.index] = self.data[sec.offset: sec.offset + sec.size]
+        return cached
+
+    @cached_property
+    def symtab_section(self) -> Section | None:
+        return next((s for s in self.sections if s.type == SHT_SYMTAB), None)
+
+    @cached_property
+    def symbols(self) -> list[Symbol]:
+        sec = self.symtab_section
+        if sec is None:
+            return []
+        strtab = self.section_at(sec.link)
+        if strtab is None:
+            raise InputError(f"{self.path}: symbol table links to missing string table {sec.link}")
+        names = self.section_data(strtab)
+        raw = self.section_data(sec)
+        if sec.entsize not in (0, SYM.size) or len(raw) % SYM.size:
+            raise InputError(f"{self.path}: symbol table size {len(raw)} is not a multiple of {SYM.size}")
+        out = []
+        for i, (name_off, info, other, shndx, value, size) in enumerate(SYM.iter_unpack(raw)):
+            if name_off and name_off >= len(names):
+                raise InputError(f"{self.path}: symbol {i}: name offset {name_off} is outside the "
+                                 f"string table ({len(names)} bytes)")
+            out.append(Symbol(i, _cstr(names, name_off), value, size, info & 0xF, info >> 4, shndx, other))
+        return out
+
+    def relocations(self, target: Section) -> tuple[Section | None, list[Relocation]]:
+        """The REL/RELA section applying to ``target`` and its entries."""
+        if target.index not in self._rel_cache:
+            self._rel_cache[target.index] = self._read_relocations(target)
+        return self._rel_cache[target.index]
+
+    def _read_relocations(self, target: Section) -> tuple[Section | None, list[Relocation]]:
+        for sec in self.sections:
+            if sec.type in (SHT_REL, SHT_RELA) and sec.info == target.index:
+                return sec, self.decode_relocations(sec)
+        return None, []
+
+    def decode_relocations(self, sec: Section) -> list[Relocation]:
+        rela = sec.type == SHT_RELA
+        layout = RELA if rela else REL
+        raw = self.section_data(sec)
+        if len(raw) % layout.size:
+            raise InputError(f"{self.path}: {sec.name}: size {len(raw)} is not a multiple of {layout.size}")
+        if rela:
+            return [Relocation(off, info & 0xFFFFFFFF, info >> 32, addend)
+                    for off, info, addend in RELA.iter_unpack(raw)]
+        return [Relocation(off, info & 0xFFFFFFFF, info >> 32, None) for off, info in REL.iter_unpack(raw)]
+
+    @cached_property
+    def btf(self) -> Btf | None:
+        sec = self.section(".BTF")
+        if sec is None:
+            return None
+        return parse_btf(self.section_data(sec))
+
+    def functions_in(self, sec: Section) -> list[Symbol]:
+        return sorted((s for s in self.symbols if s.shndx == sec.index and s.type == STT_FUNC),
+                      key=lambda s: s.value)
+
+
+def read_regular_file(path: str | Path, limit: int = MAX_FILE_SIZE, what: str = "file") -> bytes:
+    """Read a regular file of at most ``limit`` bytes, refusing anything else.
+
+    FIFOs, devices and sockets would block or never end (``/dev/zero``); the
+    file is opened non-blocking and checked with ``fstat`` on the open
+    descriptor, so swapping the path between a check and the open cannot
+    slip a FIFO in.  The read is bounded even if the file grows meanwhile.
+    """
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except IsADirectoryError:
+        raise InputError(f"{p}: is a directory") from None
+    except OSError as e:
+        raise InputError(f"{p}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{p}: is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{p}: not a regular file ({_file_kind(st.st_mode)})")
+        if st.st_size > limit:
+            raise InputError(f"{p}: {st.st_size} bytes is larger than any {what} should be")
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise InputError(f"{p}: larger than any {what} should be ({limit} bytes)")
+        return b"".join(chunks)
+    except OSError as e:
+        raise InputError(f"{p}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def load_object(path: str | Path) -> BpfObject:
+    data = read_regular_file(path, MAX_FILE_SIZE, "BPF object")
+    if data[:4] != b"\x7fELF":
+        raise InputError(f"{path}: not an ELF file")
+    return BpfObject(str(path), data)
+
+
+def _sh_type(value: object) -> int:
+    names = {"SHT_NULL": SHT_NULL, "SHT_PROGBITS": SHT_PROGBITS, "SHT_SYMTAB": SHT_SYMTAB,
+             "SHT_STRTAB": SHT_STRTAB, "SHT_RELA": SHT_RELA, "SHT_NOBITS": SHT_NOBITS, "SHT_REL": SHT_REL}
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value in names:
+        return names[value]
+    return -1
+
+
+def _cstr(table: bytes, off: int) -> str:
+    if off >= len(table):
+        return ""
+    end = table.find(b"\0", off)
+    return table[off: end if end >= 0 else len(table)].decode("utf-8", errors="replace")
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:120]
+
+
+# --- writing -----------------------------------------------------------------
+
+
+@dataclass
+class SecRec:
+    name: str
+    type: int
+    flags: int
+    data: bytes
+    link: int = 0           # index into the image's sections (remapped on write)
+    info: int = 0
+    addralign: int = 1
+    entsize: int = 0
+    relocs: list[Relocation] | None = None   # REL/RELA kept decoded
+    nobits_size: int = 0    # SHT_NOBITS: the size it occupies at load time
+
+    @property
+    def size(self) -> int:
+        return self.nobits_size if self.type == SHT_NOBITS else len(self.data)
+
+
+@dataclass
+class SymRec:
+    name: str
+    value: int
+    size: int
+    info: int
+    other: int
+    shndx: int              # index into the image's sections, or a reserved index
+
+    @property
+    def bind(self) -> int:
+        return self.info >> 4
+
+    @property
+    def type(self) -> int:
+        return self.info & 0xF
+
+
+@dataclass
+class ElfImage:
+    ident: bytes
+    e_type: int
+    e_machine: int
+    e_flags: int
+    sections: list[SecRec] = field(default_factory=list)    # [0] is the null section
+    symbols: list[SymRec] = field(default_factory=list)     # [0] is the null symbol
+
+    # --- reading ------------------------------------------------------------
+
+    @classmethod
+    def from_object(cls, obj: BpfObject) -> ElfImage:
+        img = cls(obj.data[:16], ET_REL, EM_BPF, obj.e_flags)
+        for s in obj.sections:
+            rec = SecRec(s.name, s.type, s.flags, obj.section_data(s), s.link, s.info,
+                         s.addralign, s.entsize, nobits_size=s.size if s.type == SHT_NOBITS else 0)
+            if s.type in (SHT_REL, SHT_RELA):
+                if obj.section_at(s.info) is None:
+                    raise InputError(f"{obj.path}: {s.name} applies to missing section {s.info}")
+                rec.relocs = obj.decode_relocations(s)
+            img.sections.append(rec)
+        img.symbols = [SymRec(s.name, s.value, s.size, (s.bind << 4) | s.type, s.other, s.shndx)
+                       for s in obj.symbols]
+        if not img.symbols:
+            raise InputError(f"{obj.path}: no symbol table")
+        return img
+
+    def index_of(self, name: str) -> int | None:
+        return next((i for i, s in enumerate(self.sections) if s.name == name), None)
+
+    @property
+    def symtab_index(self) -> int:
+        return next(i for i, s in enumerate(self.sections) if s.type == SHT_SYMTAB)
+
+    def rel_section_for(self, sec_index: int) -> int | None:
+        return next((i for i, s in enumerate(self.sections)
+                     if s.type in (SHT_REL, SHT_RELA) and s.info == sec_index), None)
+
+    def section_symbol(self, sec_index: int) -> int:
+        """Index of the STT_SECTION symbol for a section, adding one if missing."""
+        for i, s in enumerate(self.symbols):
+            if s.shndx == sec_index and s.type == STT_SECTION:
+                return i
+        self.symbols.append(SymRec("", 0, 0, STT_SECTION, 0, sec_index))
+        return len(self.symbols) - 1
+
+    # --- editing --------------------------------------------------------------
+
+    def remove_sections(self, names: set[str]) -> None:
+        """Drop sections by name, with their relocation sections and the symbols
+        defined in them.  Relocations elsewhere must not refer to those symbols."""
+        doomed = {i for i, s in enumerate(self.sections) if i and s.name in names}
+        doomed |= {i for i, s in enumerate(self.sections)
+                   if s.type in (SHT_REL, SHT_RELA) and s.info in doomed}
+        # An address-significance table lists symbol indices, which change.
+        doomed |= {i for i, s in enumerate(self.sections) if s.type == SHT_LLVM_ADDRSIG}
+        if not doomed:
+            return
+        sec_map = {}
+        kept: list[SecRec] = []
+        for i, s in enumerate(self.sections):
+            if i not in doomed:
+                sec_map[i] = len(kept)
+                kept.append(s)
+        sym_map: dict[int, int] = {}
+        kept_syms: list[SymRec] = []
+        for i, sym in enumerate(self.symbols):
+            if not is_reserved_index(sym.shndx) and sym.shndx in doomed:
+                continue
+            sym_map[i] = len(kept_syms)
+            if not is_reserved_index(sym.shndx):
+                sym.shndx = sec_map[sym.shndx]
+            kept_syms.append(sym)
+        for s in kept:
+            if s.type in (SHT_REL, SHT_RELA, SHT_SYMTAB):
+                s.link = sec_map.get(s.link, 0)
+            if s.type in (SHT_REL, SHT_RELA):
+                s.info = sec_map[s.info]
+                assert s.relocs is not None
+                for r in s.relocs:
+                    if r.symbol not in sym_map:
+                        raise InputError(f"a relocation in {s.name} refers to a symbol in a removed section")
+                s.relocs = [Relocation(r.offset, r.type, sym_map[r.symbol], r.addend) for r in s.relocs]
+        self.sections, self.symbols = kept, kept_syms
+
+    def add_section(self, rec: SecRec) -> int:
+        """Append a section; returns its index."""
+        self.sections.append(rec)
+        return len(self.sections) - 1
+
+    # --- writing --------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        order = sorted(range(len(self.symbols)),
+                       key=lambda i: (i != 0, self.symbols[i].bind != STB_LOCAL, i))
+        new_index = {old: new for new, old in enumerate(order)}
+        n_locals = sum(1 for i in order if self.symbols[i].bind == STB_LOCAL)
+        symtab_i = self.symtab_index
+        strtab_i = self.sections[symtab_i].link
+        shstr_i = next((i for i, s in enumerate(self.sections)
+                        if s.type == SHT_STRTAB and s.name == ".shstrtab"), None)
+        if shstr_i is None:
+            shstr_i = self.add_section(SecRec(".shstrtab", SHT_STRTAB, 0, b""))
+
+        strtab = _StringTable()
+        sym_bytes = bytearray()
+        for old in order:
+            s = self.symbols[old]
+            sym_bytes += SYM.pack(strtab.add(s.name) if s.name else 0, s.info, s.other, s.shndx,
+                                  s.value, s.size)
+        sym_rec = self.sections[symtab_i]
+        sym_rec.data, sym_rec.info, sym_rec.entsize = bytes(sym_bytes), n_locals, SYM.size
+        sym_rec.addralign = max(sym_rec.addralign, 8)
+        self.sections[strtab_i].data = strtab.bytes()
+
+        for sec in self.sections:
+            if sec.relocs is not None:
+                sec.data = _encode_relocations(sec.relocs, sec.type == SHT_RELA, new_index)
+                sec.link, sec.entsize = symtab_i, (RELA if sec.type == SHT_RELA else REL).size
+                sec.addralign = max(sec.addralign, 8)
+
+        shstr = _StringTable()
+        name_offs = [shstr.add(sec.name) if i else 0 for i, sec in enumerate(self.sections)]
+        self.sections[shstr_i].data = shstr.bytes()
+
+        blob = bytearray(EHDR.size)
+        offsets = [0] * len(self.sections)
+        for i, sec in enumerate(self.sections):
+            if not i:
+                continue
+            blob += bytes(-len(blob) % max(sec.addralign, 1))
+            offsets[i] = len(blob)
+            if sec.type != SHT_NOBITS:
+                blob += sec.data
+        blob += bytes(-len(blob) % 8)
+        shoff = len(blob)
+        blob += bytes(SHDR.size)                       # the null section header
+        for i, sec in enumerate(self.sections[1:], 1):
+            blob += SHDR.pack(name_offs[i], sec.type, sec.flags, 0, offsets[i], sec.size,
+                              sec.link, sec.info, sec.addralign, sec.entsize)
+        EHDR.pack_into(blob, 0, self.ident, self.e_type, self.e_machine, EV_CURRENT, 0, 0, shoff,
+                       self.e_flags, EHDR.size, 0, 0, SHDR.size, len(self.sections), shstr_i)
+        return bytes(blob)
+
+
+def _encode_relocations(relocs: list[Relocation], rela: bool, new_index: dict[int, int]) -> bytes:
+    out = bytearray()
+    for r in relocs:
+        info = r_info(new_index[r.symbol], r.type)
+        out += RELA.pack(r.offset, info, r.addend or 0) if rela else REL.pack(r.offset, info)
+    return bytes(out)
+
+
+class _StringTable:
+    def __init__(self) -> None:
+        self._data = bytearray(b"\0")
+        self._offsets: dict[str, int] = {"": 0}
+
+    def add(self, s: str) -> int:
+        if s not in self._offsets:
+            self._offsets[s] = len(self._data)
+            self._data += s.encode() + b"\0"
+        return self._offsets[s]
+
+    def bytes(self) -> bytes:
+        return bytes(self._data)
