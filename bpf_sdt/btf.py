@@ -4,6 +4,18 @@ because no Python library reads it.  Tested against ``bpftool btf dump -j``.
 Input is untrusted: every count and offset read from the file is checked
 against the bytes that are really there before it is used, and every
 problem raises :class:`bpf_sdt.errors.InputError` with one line of text.
+Every walk over type references is a loop with a depth bound and a cycle
+check, never a recursion, so a self-referencing or absurdly deep chain is an
+InputError and never a RecursionError.
+
+Memory.  The parsed form keeps the type section as an ``array`` of u32
+words, the string section as ``bytes`` and one u32 word index per type;
+:class:`BtfType` objects are built when asked for and not kept.  Since a
+type record takes at least 12 bytes, the reader's own allocations stay
+within ``MEMORY_FACTOR`` times the input size (plus a small constant), which
+``tests/test_btf.py`` measures with tracemalloc on generated BTF and on the
+kernel's vmlinux BTF.  (The previous reader, with one dataclass per type and
+per member, took about 16 times the input.)
 
 Forward compatibility with what bpf-next is adding:
 
@@ -19,34 +31,103 @@ Forward compatibility with what bpf-next is adding:
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+import sys
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import overload
 
 from bpf_sdt.errors import InputError
 
 BTF_MAGIC = 0xEB9F
 BASE_HEADER_LEN = 24
 LAYOUT_HEADER_LEN = 32
-MAX_TYPES = 0x00FFFFFF      # a bound far above any real object, below memory trouble
+WORD = 4                       # BTF records are sequences of little-endian u32 words
+RECORD_WORDS = 3               # name_off, info, size_or_type
+MAX_TYPES = 0x00FFFFFF         # a bound far above any real object, below memory trouble
+U32_MAX = 0xFFFFFFFF
+# Longest chain of references (typedef -> const -> array -> ptr ...) any walk
+# follows.  The kernel and libbpf resolve at most 32 levels (MAX_RESOLVE_DEPTH),
+# so real BTF stays far below this; hostile BTF hits it in microseconds.
+MAX_TYPE_DEPTH = 1024
+# Function prototypes nested inside parameter lists (``void (*)(void (*)(int))``)
+# and the total number of types one C spelling may visit: a prototype whose
+# parameters point to prototypes would otherwise spell exponentially.
+MAX_PROTO_NESTING = 32
+MAX_SPELLING_STEPS = 1 << 16
+# Upper bound of the reader's allocations relative to the input size, see the
+# module docstring: one copy of the type and string sections, plus one 4-byte
+# word per type of at least 12 bytes, plus array growth slack.
+MEMORY_FACTOR = 1.5
+_BIG_ENDIAN_HOST = sys.byteorder == "big"
 
-KIND_NAMES = {
-    1: "INT", 2: "PTR", 3: "ARRAY", 4: "STRUCT", 5: "UNION", 6: "ENUM", 7: "FWD",
-    8: "TYPEDEF", 9: "VOLATILE", 10: "CONST", 11: "RESTRICT", 12: "FUNC",
-    13: "FUNC_PROTO", 14: "VAR", 15: "DATASEC", 16: "FLOAT", 17: "DECL_TAG",
-    18: "TYPE_TAG", 19: "ENUM64",
+
+class BtfKind(IntEnum):
+    """BTF_KIND_* from the kernel's ``include/uapi/linux/btf.h``."""
+
+    UNKN = 0        # type id 0: void
+    INT = 1
+    PTR = 2
+    ARRAY = 3
+    STRUCT = 4
+    UNION = 5
+    ENUM = 6
+    FWD = 7
+    TYPEDEF = 8
+    VOLATILE = 9
+    CONST = 10
+    RESTRICT = 11
+    FUNC = 12
+    FUNC_PROTO = 13
+    VAR = 14
+    DATASEC = 15
+    FLOAT = 16
+    DECL_TAG = 17
+    TYPE_TAG = 18
+    ENUM64 = 19
+
+
+class BtfLinkage(IntEnum):
+    """FUNC linkage (in a FUNC's vlen bits) and VAR linkage (its extra word)."""
+
+    STATIC = 0
+    GLOBAL = 1
+    EXTERN = 2
+
+
+# INT encoding bits (the INT's extra word, bits 24-27).
+INT_SIGNED = 1
+INT_CHAR = 2
+INT_BOOL = 4
+
+K = BtfKind
+KIND_NAMES = {k.value: k.name for k in BtfKind if k is not BtfKind.UNKN}
+_KIND_OF: dict[int, BtfKind] = {k.value: k for k in BtfKind}
+# Words after the 3-word common record: (fixed extra, per-vlen element).
+_RECORD_SHAPE: dict[int, tuple[int, int]] = {
+    K.INT: (1, 0), K.PTR: (0, 0), K.ARRAY: (3, 0), K.STRUCT: (0, 3), K.UNION: (0, 3),
+    K.ENUM: (0, 2), K.FWD: (0, 0), K.TYPEDEF: (0, 0), K.VOLATILE: (0, 0), K.CONST: (0, 0),
+    K.RESTRICT: (0, 0), K.FUNC: (0, 0), K.FUNC_PROTO: (0, 2), K.VAR: (1, 0),
+    K.DATASEC: (0, 3), K.FLOAT: (0, 0), K.DECL_TAG: (1, 0), K.TYPE_TAG: (0, 0),
+    K.ENUM64: (0, 3),
 }
-# Bytes after the 12-byte common record: (fixed extra, per-vlen element).
-_RECORD_SHAPE = {
-    1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 7: (0, 0),
-    8: (0, 0), 9: (0, 0), 10: (0, 0), 11: (0, 0), 12: (0, 0), 13: (0, 8), 14: (4, 0),
-    15: (0, 12), 16: (0, 0), 17: (4, 0), 18: (0, 0), 19: (0, 12),
-}
+# Kinds whose elements start with a name offset (DATASEC's start with a type id).
+_NAMED_ELEMENTS = frozenset({K.STRUCT, K.UNION, K.ENUM, K.ENUM64, K.FUNC_PROTO})
 # Kinds whose third word is a size rather than a type id.
-_SIZED_KINDS = {1, 4, 5, 6, 15, 16, 19}
+_SIZED_KINDS = frozenset({K.INT, K.STRUCT, K.UNION, K.ENUM, K.DATASEC, K.FLOAT, K.ENUM64})
 # Kinds that only qualify or rename another type.
-_TRANSPARENT_KINDS = {8, 9, 10, 11, 18}
+_TRANSPARENT_KINDS = frozenset({K.TYPEDEF, K.VOLATILE, K.CONST, K.RESTRICT, K.TYPE_TAG})
+_QUALIFIERS: dict[int, str] = {K.VOLATILE: "volatile", K.CONST: "const", K.RESTRICT: "restrict"}
+_TAGS: dict[int, str] = {K.STRUCT: "struct", K.UNION: "union", K.ENUM: "enum", K.ENUM64: "enum"}
 
 
-@dataclass
+def kind_name(kind: int) -> str:
+    k = _KIND_OF.get(kind)
+    return k.name if k is not None else f"KIND_{kind}"
+
+
+@dataclass(slots=True)
 class Member:
     """A struct/union member, enum value, func-proto param or datasec entry."""
 
@@ -57,72 +138,270 @@ class Member:
     size: int = 0           # datasec entry size
 
 
-@dataclass
 class BtfType:
-    id: int
-    kind: int
-    name: str
-    info: int
-    kind_flag: bool
-    vlen: int
-    size: int = 0           # for sized kinds
-    type: int = 0           # for referring kinds
-    members: list[Member] = field(default_factory=list)
-    # INT
-    int_encoding: int = 0
-    int_offset: int = 0
-    int_bits: int = 0
-    # ARRAY
-    elem_type: int = 0
-    index_type: int = 0
-    nelems: int = 0
-    # VAR / FUNC linkage, DECL_TAG component index
-    linkage: int = 0
-    component_idx: int = -1
-    unknown: bool = False   # a kind skipped through the layout section
+    """One type, built on demand from the parsed words (see :meth:`Btf.get`).
+    ``members`` is decoded on first use."""
+
+    __slots__ = ("id", "kind", "name", "info", "size", "type", "int_encoding", "int_offset",
+                 "int_bits", "elem_type", "index_type", "nelems", "linkage", "component_idx",
+                 "_btf", "_members")
+
+    def __init__(self, btf: Btf | None, type_id: int, kind: int, name: str, info: int) -> None:
+        self.id = type_id
+        self.kind = kind
+        self.name = name
+        self.info = info
+        self.size = 0               # sized kinds
+        self.type = 0               # referring kinds
+        self.int_encoding = 0       # INT
+        self.int_offset = 0
+        self.int_bits = 0
+        self.elem_type = 0          # ARRAY
+        self.index_type = 0
+        self.nelems = 0
+        self.linkage = 0            # VAR / FUNC
+        self.component_idx = -1     # DECL_TAG
+        self._btf = btf
+        self._members: list[Member] | None = None
+
+    @property
+    def kind_flag(self) -> bool:
+        return bool(self.info >> 31)
+
+    @property
+    def vlen(self) -> int:
+        return self.info & 0xFFFFFF
+
+    @property
+    def unknown(self) -> bool:
+        """A kind this reader does not know, skipped through the kind layout."""
+        return self.kind not in _RECORD_SHAPE
 
     @property
     def kind_name(self) -> str:
-        return KIND_NAMES.get(self.kind, f"KIND_{self.kind}")
+        return kind_name(self.kind)
+
+    @property
+    def members(self) -> list[Member]:
+        if self._members is None:
+            self._members = self._btf._members(self) if self._btf is not None else []
+        return self._members
+
+    def __repr__(self) -> str:
+        return f"BtfType(id={self.id}, kind={self.kind_name}, name={self.name!r})"
+
+
+class _TypeTable(Sequence[BtfType]):
+    """``btf.types``: a read-only list view that builds each type when indexed."""
+
+    def __init__(self, btf: Btf) -> None:
+        self._btf = btf
+
+    def __len__(self) -> int:
+        return len(self._btf._offsets)
+
+    @overload
+    def __getitem__(self, index: int) -> BtfType: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[BtfType]: ...
+
+    def __getitem__(self, index: int | slice) -> BtfType | list[BtfType]:
+        if isinstance(index, slice):
+            return [self._btf.get(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._btf.get(index)
+
+    def __iter__(self) -> Iterator[BtfType]:
+        get = self._btf.get
+        return (get(i) for i in range(len(self)))
+
+
+class _Walk:
+    """Guards one walk along a chain of type references: a depth bound and a
+    cycle check, so that no input makes a walk loop or run long."""
+
+    __slots__ = ("start", "seen")
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.seen: set[int] = set()
+
+    def visit(self, type_id: int) -> None:
+        if type_id in self.seen:
+            raise InputError(f"BTF: type {self.start} refers to itself in a loop (through type {type_id})")
+        if len(self.seen) >= MAX_TYPE_DEPTH:
+            raise InputError(f"BTF: type {self.start} nests more than {MAX_TYPE_DEPTH} levels deep")
+        self.seen.add(type_id)
 
 
 class Btf:
-    """Parsed BTF: ``types[id]``, id 0 being ``void``."""
+    """Parsed BTF: ``types[id]``, id 0 being ``void``.
 
-    def __init__(self, types: list[BtfType], strings: bytes) -> None:
-        self.types = types
+    ``words`` is the type section as u32 words, ``offsets[id]`` the word index
+    of type ``id``'s record (0 for void, which has none), ``type_start`` the
+    byte offset of the type section in the parsed data."""
+
+    def __init__(self, words: array[int], offsets: array[int], strings: bytes, type_start: int) -> None:
+        self._words = words
+        self._offsets = offsets
         self.strings = strings
+        self.type_start = type_start
+        self.types: Sequence[BtfType] = _TypeTable(self)
+
+    # --- raw accessors: no object per type -------------------------------
+
+    def _check_id(self, type_id: int) -> None:
+        if not 0 <= type_id < len(self._offsets):
+            raise InputError(f"BTF: type id {type_id} out of range (have {len(self._offsets) - 1})")
+
+    def kind_of(self, type_id: int) -> int:
+        self._check_id(type_id)
+        if type_id == 0:
+            return K.UNKN
+        return (self._words[self._offsets[type_id] + 1] >> 24) & 0x1F
+
+    def ref_of(self, type_id: int) -> int:
+        """The third word of a record: the referred type id or the size."""
+        self._check_id(type_id)
+        return self._words[self._offsets[type_id] + 2] if type_id else 0
+
+    def name_of(self, type_id: int) -> str:
+        self._check_id(type_id)
+        return self.string_at(self._words[self._offsets[type_id]]) if type_id else "void"
+
+    def string_at(self, offset: int) -> str:
+        """The NUL-terminated string at ``offset`` in the string section."""
+        if offset == 0 or not self.strings:
+            return ""
+        if not 0 <= offset < len(self.strings):
+            raise InputError(f"BTF: string offset {offset} past the string section ({len(self.strings)} bytes)")
+        return self.strings[offset:self.strings.index(b"\0", offset)].decode("utf-8", errors="replace")
+
+    def record_offset(self, type_id: int) -> int:
+        """Byte offset of type ``type_id``'s record in the data given to :func:`parse_btf`."""
+        self._check_id(type_id)
+        if type_id == 0:
+            raise InputError("BTF: type 0 (void) has no record")
+        return self.type_start + WORD * self._offsets[type_id]
+
+    def ids(self, kind: int | None = None) -> Iterator[int]:
+        """Type ids (from 1), optionally of one kind, without building objects."""
+        words, offsets = self._words, self._offsets
+        for i in range(1, len(offsets)):
+            if kind is None or (words[offsets[i] + 1] >> 24) & 0x1F == kind:
+                yield i
+
+    def find(self, name: str, kind: int | None = None) -> list[int]:
+        """Ids of the types called ``name`` (optionally of one kind)."""
+        return [i for i in self.ids(kind) if self.name_of(i) == name]
 
     # --- lookups ---------------------------------------------------------
 
     def get(self, type_id: int) -> BtfType:
-        if not 0 <= type_id < len(self.types):
-            raise InputError(f"BTF: type id {type_id} out of range (have {len(self.types) - 1})")
-        return self.types[type_id]
+        self._check_id(type_id)
+        if type_id == 0:
+            return BtfType(None, 0, K.UNKN, "void", 0)
+        w = self._words
+        i = self._offsets[type_id]
+        info = w[i + 1]
+        raw_kind = (info >> 24) & 0x1F
+        kind = _KIND_OF.get(raw_kind, raw_kind)
+        t = BtfType(self, type_id, kind, self.string_at(w[i]), info)
+        if kind in _SIZED_KINDS:
+            t.size = w[i + 2]
+        else:
+            t.type = w[i + 2]
+        if kind == K.INT:
+            word = w[i + 3]
+            t.int_encoding, t.int_offset, t.int_bits = (word >> 24) & 0xF, (word >> 16) & 0xFF, word & 0xFF
+        elif kind == K.ARRAY:
+            t.elem_type, t.index_type, t.nelems = w[i + 3], w[i + 4], w[i + 5]
+        elif kind == K.VAR:
+            t.linkage = w[i + 3]
+        elif kind == K.FUNC:
+            t.linkage = info & 0xFFFF
+        elif kind == K.DECL_TAG:
+            idx = w[i + 3]
+            t.component_idx = idx - (1 << 32) if idx >> 31 else idx
+        return t
+
+    def _members(self, t: BtfType) -> list[Member]:
+        """Decode the vlen elements after ``t``'s record (bounds were checked at parse)."""
+        k = t.kind
+        shape = _RECORD_SHAPE.get(k)
+        if shape is None:
+            return []
+        w = self._words
+        base = self._offsets[t.id] + RECORD_WORDS + shape[0]
+        s = self.string_at
+        n = t.vlen
+        if k in (K.STRUCT, K.UNION):
+            return [Member(s(w[j]), type=w[j + 1], offset=w[j + 2]) for j in range(base, base + 3 * n, 3)]
+        if k == K.ENUM:     # kind_flag set: signed values, clear: unsigned
+            signed = t.kind_flag
+            return [Member(s(w[j]), value=_signed32(w[j + 1]) if signed else w[j + 1])
+                    for j in range(base, base + 2 * n, 2)]
+        if k == K.ENUM64:
+            out = []
+            for j in range(base, base + 3 * n, 3):
+                val = (w[j + 2] << 32) | w[j + 1]
+                if t.kind_flag and val >> 63:
+                    val -= 1 << 64
+                out.append(Member(s(w[j]), value=val))
+            return out
+        if k == K.FUNC_PROTO:
+            return [Member(s(w[j]), type=w[j + 1]) for j in range(base, base + 2 * n, 2)]
+        if k == K.DATASEC:
+            return [Member("", type=w[j], offset=w[j + 1], size=w[j + 2]) for j in range(base, base + 3 * n, 3)]
+        return []
+
+    def resolve_id(self, type_id: int) -> int:
+        """The id reached by skipping typedefs, qualifiers and type tags."""
+        walk = _Walk(type_id)
+        while self.kind_of(type_id) in _TRANSPARENT_KINDS:
+            walk.visit(type_id)
+            type_id = self.ref_of(type_id)
+        return type_id
 
     def resolve(self, type_id: int) -> BtfType:
         """Skip typedefs, qualifiers and type tags."""
-        seen = 0
-        t = self.get(type_id)
-        while t.kind in _TRANSPARENT_KINDS:
-            seen += 1
-            if seen > len(self.types):
-                raise InputError(f"BTF: type {type_id} refers to itself in a loop")
-            t = self.get(t.type)
-        return t
+        return self.get(self.resolve_id(type_id))
 
     def size_of(self, type_id: int) -> int:
-        t = self.resolve(type_id)
-        if t.kind == 2:
-            return 8
-        if t.kind == 3:
-            return t.nelems * self.size_of(t.elem_type)
-        if t.kind in _SIZED_KINDS:
-            return t.size
-        return 0
+        """Size in bytes (0 for void, functions and unsized kinds).  Arrays
+        multiply along the chain of element types, iteratively."""
+        walk = _Walk(type_id)
+        count = 1
+        while True:
+            k = self.kind_of(type_id)
+            if k in _TRANSPARENT_KINDS:
+                walk.visit(type_id)
+                type_id = self.ref_of(type_id)
+                continue
+            if k == K.ARRAY:
+                walk.visit(type_id)
+                base = self._offsets[type_id] + RECORD_WORDS
+                count *= self._words[base + 2]
+                if count == 0:
+                    return 0
+                type_id = self._words[base]
+                continue
+            if k == K.PTR:
+                size = 8
+            elif k in _SIZED_KINDS:
+                size = self.ref_of(type_id)
+            else:
+                return 0
+            total = count * size
+            if total > U32_MAX:
+                raise InputError(f"BTF: type {walk.start} is larger than 4 GiB")
+            return total
 
     def is_aggregate(self, type_id: int) -> bool:
-        return self.resolve(type_id).kind in (4, 5)
+        return self.kind_of(self.resolve_id(type_id)) in (K.STRUCT, K.UNION)
 
     # --- C spellings -----------------------------------------------------
 
@@ -130,44 +409,68 @@ class Btf:
         """A C type name: ``int``, ``const char *``, ``__u32``, ``void (*)(int)``.
         ``canonical`` resolves typedefs (``__u32`` -> ``unsigned int``), as
         clang's canonical types do."""
-        return self._declarator(type_id, "", 0, canonical).strip()
+        return self._spell(type_id, canonical, [MAX_SPELLING_STEPS], set(), 0).strip()
 
-    def _declarator(self, type_id: int, inner: str, depth: int, canonical: bool = False) -> str:
-        if depth > 64:
-            raise InputError(f"BTF: type {type_id} nests too deeply")
-        if type_id == 0:
-            return f"void {inner}".rstrip() if inner else "void"
-        t = self.get(type_id)
-        k = t.kind
-        if k == 8 and canonical:
-            return self._declarator(t.type, inner, depth + 1, canonical)
-        if k in (1, 16, 8):                 # INT, FLOAT, TYPEDEF: a plain name
-            return f"{t.name} {inner}".rstrip()
-        if k in (4, 5, 6, 19, 7):           # struct/union/enum (FWD: kind_flag -> union)
-            tag = {4: "struct", 5: "union", 6: "enum", 19: "enum"}.get(k)
-            if k == 7:
-                tag = "union" if t.kind_flag else "struct"
-            return f"{tag} {t.name or '(anon)'} {inner}".rstrip()
-        if k in (9, 10, 11):                # qualifiers
-            qual = {9: "volatile", 10: "const", 11: "restrict"}[k]
-            target = self.get(t.type) if t.type else None
-            if target is not None and target.kind == 2:   # qualifier on a pointer
-                return self._declarator(t.type, f"{qual} {inner}".rstrip(), depth + 1, canonical)
-            return f"{qual} {self._declarator(t.type, inner, depth + 1, canonical)}"
-        if k == 18:                         # TYPE_TAG: not part of C spelling
-            return self._declarator(t.type, inner, depth + 1, canonical)
-        if k == 2:
-            target = self.get(t.type) if t.type else None
-            star = f"*{inner}"
-            if target is not None and target.kind in (13, 3):
-                star = f"(*{inner})"
-            return self._declarator(t.type, star, depth + 1, canonical)
-        if k == 3:
-            return self._declarator(t.elem_type, f"{inner}[{t.nelems}]", depth + 1, canonical)
-        if k == 13:
-            params = ", ".join(self.c_spelling(m.type, canonical) for m in t.members) or "void"
-            return self._declarator(t.type, f"{inner}({params})", depth + 1, canonical)
-        return f"{t.kind_name.lower()} {t.name} {inner}".rstrip()
+    def _spell(self, type_id: int, canonical: bool, budget: list[int], path: set[int], nesting: int) -> str:
+        """Build a declarator from the outside in: ``inner`` is what has been
+        wrapped so far (``*``, ``[4]``, ``(int)``), ``prefix`` the qualifiers
+        that go before the base type.  ``path`` holds the ids on the way here
+        (outer prototypes included): meeting one again is a loop."""
+        if nesting > MAX_PROTO_NESTING:
+            raise InputError(f"BTF: type {type_id} nests prototypes more than {MAX_PROTO_NESTING} deep")
+        added: list[int] = []
+        try:
+            return self._spell_chain(type_id, canonical, budget, path, nesting, added)
+        finally:
+            path.difference_update(added)
+
+    def _spell_chain(self, type_id: int, canonical: bool, budget: list[int], path: set[int],
+                     nesting: int, added: list[int]) -> str:
+        start, inner, prefix = type_id, "", ""
+        while True:
+            budget[0] -= 1
+            if budget[0] < 0 or len(added) >= MAX_TYPE_DEPTH:
+                raise InputError(f"BTF: type {start} is too large to spell as C")
+            if type_id == 0:
+                return prefix + (f"void {inner}".rstrip() if inner else "void")
+            if type_id in path:
+                raise InputError(f"BTF: type {start} refers to itself in a loop (through type {type_id})")
+            path.add(type_id)
+            added.append(type_id)
+            t = self.get(type_id)
+            k = t.kind
+            if (k == K.TYPEDEF and canonical) or k == K.TYPE_TAG:   # TYPE_TAG: not part of C spelling
+                type_id = t.type
+            elif k in (K.INT, K.FLOAT, K.TYPEDEF):                 # a plain name
+                return prefix + f"{t.name} {inner}".rstrip()
+            elif k in _TAGS or k == K.FWD:                         # FWD: kind_flag -> union
+                tag = _TAGS.get(k) or ("union" if t.kind_flag else "struct")
+                return prefix + f"{tag} {t.name or '(anon)'} {inner}".rstrip()
+            elif k in _QUALIFIERS:
+                qual = _QUALIFIERS[k]
+                if t.type and self.kind_of(t.type) == K.PTR:       # qualifier on a pointer
+                    inner = f"{qual} {inner}".rstrip()
+                else:
+                    prefix += f"{qual} "
+                type_id = t.type
+            elif k == K.PTR:
+                wrap = t.type and self.kind_of(t.type) in (K.FUNC_PROTO, K.ARRAY)
+                inner = f"(*{inner})" if wrap else f"*{inner}"
+                type_id = t.type
+            elif k == K.ARRAY:
+                inner = f"{inner}[{t.nelems}]"
+                type_id = t.elem_type
+            elif k == K.FUNC_PROTO:
+                params = ", ".join(self._spell(m.type, canonical, budget, path, nesting + 1).strip()
+                                   for m in t.members) or "void"
+                inner = f"{inner}({params})"
+                type_id = t.type
+            else:
+                return prefix + f"{t.kind_name.lower()} {t.name} {inner}".rstrip()
+
+
+def _signed32(v: int) -> int:
+    return v - (1 << 32) if v >> 31 else v
 
 
 # --- parsing ---------------------------------------------------------------
@@ -177,17 +480,8 @@ def _u32(data: bytes, off: int) -> int:
     return int(struct.unpack_from("<I", data, off)[0])
 
 
-def _string(strings: bytes, off: int, where: str) -> str:
-    if off >= len(strings) and off != 0:
-        raise InputError(f"BTF: {where}: name offset {off} past the string section ({len(strings)} bytes)")
-    end = strings.find(b"\0", off)
-    if end < 0:
-        raise InputError(f"BTF: {where}: unterminated string at offset {off}")
-    return strings[off:end].decode("utf-8", errors="replace")
-
-
 def _read_layout(data: bytes, hdr_len: int, body: int) -> dict[int, tuple[int, int]]:
-    """The optional kind-layout table: kind -> (info_sz, elem_sz)."""
+    """The optional kind-layout table: kind -> (extra words, words per element)."""
     if hdr_len < LAYOUT_HEADER_LEN:
         return {}
     layout_off, layout_len = struct.unpack_from("<II", data, BASE_HEADER_LEN)
@@ -199,7 +493,9 @@ def _read_layout(data: bytes, hdr_len: int, body: int) -> dict[int, tuple[int, i
     out = {}
     for kind in range(layout_len // 4):
         info_sz, elem_sz, _flags = struct.unpack_from("<BBH", data, start + 4 * kind)
-        out[kind] = (info_sz, elem_sz)
+        if info_sz % WORD or elem_sz % WORD:
+            raise InputError(f"BTF: kind layout gives kind {kind} sizes {info_sz}/{elem_sz}, not multiples of 4")
+        out[kind] = (info_sz // WORD, elem_sz // WORD)
     return out
 
 
@@ -220,82 +516,90 @@ def parse_btf(data: bytes) -> Btf:
     body = hdr_len
     if body + type_off + type_len > len(data) or body + str_off + str_len > len(data):
         raise InputError("BTF: type or string section runs past the data")
-    strings = data[body + str_off: body + str_off + str_len]
+    if type_len % WORD:
+        raise InputError(f"BTF: type section length {type_len} is not a multiple of 4")
+    strings = bytes(data[body + str_off: body + str_off + str_len])
+    if strings and strings[-1] != 0:
+        raise InputError("BTF: unterminated string at the end of the string section")
+    if strings and strings[0] != 0:
+        raise InputError("BTF: the string section does not start with an empty string")
     layout = _read_layout(data, hdr_len, body)
-    types = [BtfType(id=0, kind=0, name="void", info=0, kind_flag=False, vlen=0)]
-    pos, end = body + type_off, body + type_off + type_len
-    while pos < end:
-        if len(types) > MAX_TYPES:
+    words = array("I")
+    if words.itemsize != WORD:      # pragma: no cover - every CPython platform has a 4-byte "I"
+        raise InputError("BTF: this Python has no 4-byte unsigned array type")
+    words.frombytes(memoryview(data)[body + type_off: body + type_off + type_len])
+    if _BIG_ENDIAN_HOST:
+        words.byteswap()
+    return Btf(words, _index_types(words, len(strings), layout), strings, body + type_off)
+
+
+def _index_types(words: array[int], str_len: int, layout: dict[int, tuple[int, int]]) -> array[int]:
+    """Walk the records once: check each fits and that its names are inside
+    the string section, and note where each starts.  Member names are checked
+    a whole record at a time with a strided slice, in C."""
+    offsets = array("I", [0])
+    n = len(words)
+    pos = 0
+    while pos < n:
+        type_id = len(offsets)
+        if type_id > MAX_TYPES:
             raise InputError(f"BTF: more than {MAX_TYPES} types")
-        t, pos = _parse_type(data, pos, end, len(types), strings, layout)
-        types.append(t)
-    return Btf(types, strings)
+        if pos + RECORD_WORDS > n:
+            raise InputError(f"BTF: type {type_id} is truncated")
+        info = words[pos + 1]
+        kind = (info >> 24) & 0x1F
+        vlen = info & 0xFFFFFF
+        shape = _RECORD_SHAPE.get(kind)
+        if shape is None:
+            shape = layout.get(kind)
+            if shape is None:
+                raise InputError(f"BTF: type {type_id} has kind {kind}, which this reader "
+                                 f"does not know (and the BTF has no kind layout to skip it)")
+        extra, elem = shape
+        rec_end = pos + RECORD_WORDS + extra + vlen * elem
+        if rec_end > n:
+            raise InputError(f"BTF: type {type_id} ({kind_name(kind)}, vlen {vlen}) runs past the type section")
+        name_off = words[pos]
+        if vlen and kind in _NAMED_ELEMENTS:
+            first = pos + RECORD_WORDS + extra
+            name_off = max(name_off, max(words[first:rec_end:elem]))
+        if name_off and name_off >= str_len:
+            raise InputError(f"BTF: type {type_id}: name offset {name_off} past the string section "
+                             f"({str_len} bytes)")
+        offsets.append(pos)
+        pos = rec_end
+    return offsets
 
 
-def _parse_type(data: bytes, pos: int, end: int, type_id: int, strings: bytes,
-                layout: dict[int, tuple[int, int]]) -> tuple[BtfType, int]:
-    if pos + 12 > end:
-        raise InputError(f"BTF: type {type_id} is truncated")
-    name_off, info, size_or_type = struct.unpack_from("<III", data, pos)
-    kind = (info >> 24) & 0x1F
-    vlen = info & 0xFFFFFF
-    t = BtfType(id=type_id, kind=kind, name=_string(strings, name_off, f"type {type_id}"),
-                info=info, kind_flag=bool(info >> 31), vlen=vlen)
-    if kind in _SIZED_KINDS:
-        t.size = size_or_type
-    else:
-        t.type = size_or_type
-    shape = _RECORD_SHAPE.get(kind)
-    if shape is None:
-        if kind not in layout:
-            raise InputError(f"BTF: type {type_id} has kind {kind}, which this reader "
-                             f"does not know (and the BTF has no kind layout to skip it)")
-        shape, t.unknown = layout[kind], True
-    extra, elem = shape
-    rec_end = pos + 12 + extra + vlen * elem
-    if rec_end > end:
-        raise InputError(f"BTF: type {type_id} ({t.kind_name}, vlen {vlen}) runs past the type section")
-    body = pos + 12
-    if not t.unknown:
-        _parse_kind_data(t, data, body, strings)
-    return t, rec_end
+# --- edits the object rewriter needs ------------------------------------------
 
 
-def _parse_kind_data(t: BtfType, data: bytes, body: int, strings: bytes) -> None:
-    k = t.kind
-    where = f"type {t.id}"
-    if k == 1:
-        word = _u32(data, body)
-        t.int_encoding, t.int_offset, t.int_bits = (word >> 24) & 0xF, (word >> 16) & 0xFF, word & 0xFF
-    elif k == 3:
-        t.elem_type, t.index_type, t.nelems = struct.unpack_from("<III", data, body)
-    elif k in (4, 5):
-        for i in range(t.vlen):
-            n, ty, off = struct.unpack_from("<III", data, body + 12 * i)
-            t.members.append(Member(_string(strings, n, where), type=ty, offset=off))
-    elif k == 6:   # kind_flag set: signed values, clear: unsigned
-        fmt = "<Ii" if t.kind_flag else "<II"
-        for i in range(t.vlen):
-            n, val = struct.unpack_from(fmt, data, body + 8 * i)
-            t.members.append(Member(_string(strings, n, where), value=val))
-    elif k == 19:
-        for i in range(t.vlen):
-            n, lo, hi = struct.unpack_from("<III", data, body + 12 * i)
-            val = (hi << 32) | lo
-            if t.kind_flag and val >> 63:   # kind_flag set: signed
-                val -= 1 << 64
-            t.members.append(Member(_string(strings, n, where), value=val))
-    elif k == 13:
-        for i in range(t.vlen):
-            n, ty = struct.unpack_from("<II", data, body + 8 * i)
-            t.members.append(Member(_string(strings, n, where), type=ty))
-    elif k == 15:
-        for i in range(t.vlen):
-            ty, off, size = struct.unpack_from("<III", data, body + 12 * i)
-            t.members.append(Member("", type=ty, offset=off, size=size))
-    elif k == 14:
-        t.linkage = _u32(data, body)
-    elif k == 12:
-        t.linkage = t.vlen
-    elif k == 17:
-        t.component_idx = struct.unpack_from("<i", data, body)[0]
+def find_funcs(btf: Btf, name: str) -> list[int]:
+    """Ids of every FUNC called ``name`` (a linked object may hold several statics)."""
+    return btf.find(name, K.FUNC)
+
+
+def find_func(btf: Btf, name: str) -> int:
+    """The type id of the one FUNC called ``name``."""
+    found = find_funcs(btf, name)
+    if not found:
+        raise InputError(f"BTF: no function named {name!r}")
+    if len(found) > 1:
+        raise InputError(f"BTF: {len(found)} functions are named {name!r} (type ids {found})")
+    return found[0]
+
+
+def set_func_linkage(btf_bytes: bytes, func_type_id: int, linkage: int) -> bytes:
+    """A copy of ``btf_bytes`` in which FUNC ``func_type_id`` has ``linkage``
+    (:class:`BtfLinkage`).  A FUNC keeps its linkage in the vlen bits of
+    ``info``; nothing else in the section moves."""
+    if linkage not in {int(v) for v in BtfLinkage}:
+        raise ValueError(f"linkage {linkage} is not one of {[int(v) for v in BtfLinkage]}")
+    btf = parse_btf(btf_bytes)
+    if btf.kind_of(func_type_id) != K.FUNC:
+        raise InputError(f"BTF: type {func_type_id} is {kind_name(btf.kind_of(func_type_id))}, not FUNC")
+    info_at = btf.record_offset(func_type_id) + WORD
+    info = _u32(btf_bytes, info_at)
+    out = bytearray(btf_bytes)
+    struct.pack_into("<I", out, info_at, (info & ~0xFFFF) | int(linkage))
+    return bytes(out)
