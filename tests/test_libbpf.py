@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from errno import EACCES, EBADF, EEXIST, EINVAL, ENODEV, ENOENT, EOPNOTSUPP
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,6 @@ PREFIX = "sdtt_"          # every program and pinned map of these tests; nothing
 UDP_PORT = 40123
 XDP_ABORTED, XDP_DROP, XDP_PASS = 0, 1, 2
 LIBBPF_ERRNO_FORMAT = 4001
-EACCES, ENOENT, EINVAL, ENODEV, EBADF = 13, 2, 22, 19, 9
 CLEANUP_WAIT_S = 2.0      # the kernel frees programs after the last reference, not always at once
 
 PROGS = r"""
@@ -140,6 +140,23 @@ SEC("xdp") int sdtt_bad(struct xdp_md *ctx) { unsigned char *data = (void *)(lon
 char LICENSE[] SEC("license") = "GPL";
 """
 
+# Rejected only after thousands of instructions: a verifier log of several
+# hundred KiB, whose last lines must still make the message.
+LONG_REJECTED = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+SEC("xdp") int sdtt_long_bad(struct xdp_md *ctx)
+{
+	unsigned char *data = (void *)(long)ctx->data;
+	unsigned long long x = ctx->ingress_ifindex;
+#pragma unroll
+	for (int i = 0; i < 4000; i++) { x = x * 3 + i; asm volatile("" : "+r"(x)); }
+	return data[x & 7];
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+LONG_LOG_MIN = 256 * 1024
+
 
 def multiarch_include() -> str:
     return f"-I/usr/include/{run([tool('gcc'), '-print-multiarch']).stdout.strip()}"
@@ -149,7 +166,7 @@ def multiarch_include() -> str:
 def objs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("libbpf")
     built = {}
-    for name, src in (("progs", PROGS), ("pinned", PINNED), ("rejected", REJECTED)):
+    for name, src in (("progs", PROGS), ("pinned", PINNED), ("rejected", REJECTED), ("long", LONG_REJECTED)):
         (out / f"{name}.bpf.c").write_text(src)
         built[name] = out / f"{name}.bpf.o"
         compile_bpf(out / f"{name}.bpf.c", built[name], clang(19), defines=(f"UDP_PORT={UDP_PORT}",),
@@ -271,6 +288,7 @@ def test_library_override_by_environment() -> None:
 
 # --- objects, programs, maps, test runs -----------------------------------------
 
+@pytest.mark.kernel
 def test_object_lists_its_programs_and_maps(objs: dict[str, Path], kernel: None) -> None:
     with BpfObject.open(objs["progs"], object_name="named") as obj:
         assert obj.name == "named"
@@ -298,6 +316,7 @@ def test_object_lists_its_programs_and_maps(objs: dict[str, Path], kernel: None)
     assert closed.value.errno == EBADF
 
 
+@pytest.mark.kernel
 def test_xdp_test_run_returns_the_action_and_counts_in_a_map(objs: dict[str, Path], kernel: None) -> None:
     packets = [bytes([first]) + bytes(range(40)) for first in (0, 1, 5, 0xff, 0xff, 2, 9)]
     with BpfObject.open(objs["progs"]) as obj:
@@ -316,6 +335,7 @@ def test_xdp_test_run_returns_the_action_and_counts_in_a_map(objs: dict[str, Pat
         assert [u64(counts.lookup(key(k))) for k in range(4)] == expected
 
 
+@pytest.mark.kernel
 def test_map_update_lookup_and_keys(objs: dict[str, Path], kernel: None) -> None:
     with BpfObject.open(objs["progs"]) as obj:
         obj.load()
@@ -330,9 +350,10 @@ def test_map_update_lookup_and_keys(objs: dict[str, Path], kernel: None) -> None
         assert wrong.value.errno == EINVAL and "key of 2 bytes" in str(wrong.value)
         with pytest.raises(LibbpfError) as exists:
             table.update(key(3), bytes(4), flags=1)    # BPF_NOEXIST
-        assert exists.value.errno == 17                # EEXIST
+        assert exists.value.errno == EEXIST
 
 
+@pytest.mark.kernel
 def test_test_run_passes_a_context(objs: dict[str, Path], kernel: None) -> None:
     mark = 0x5d
     skb_ctx = struct.pack("<III", 0, 0, mark)           # struct __sk_buff up to .mark; len, pkt_type must be 0
@@ -345,6 +366,7 @@ def test_test_run_passes_a_context(objs: dict[str, Path], kernel: None) -> None:
 
 # --- ring buffers ------------------------------------------------------------------
 
+@pytest.mark.kernel
 def test_ring_buffer_delivers_exact_events(objs: dict[str, Path], kernel: None) -> None:
     runs = [(b"abcd" + bytes(20), 3), (b"\x01\x02\x03\x04wxyz" + bytes(50), 2)]
     expected = []
@@ -365,6 +387,7 @@ def test_ring_buffer_delivers_exact_events(objs: dict[str, Path], kernel: None) 
     assert [s for _, _, s in events] == list(range(len(expected)))
 
 
+@pytest.mark.kernel
 def test_ring_buffer_callback_exception_stops_and_propagates(objs: dict[str, Path], kernel: None) -> None:
     seen: list[bytes] = []
 
@@ -386,6 +409,7 @@ def test_ring_buffer_callback_exception_stops_and_propagates(objs: dict[str, Pat
         assert closed.value.errno == EBADF
 
 
+@pytest.mark.kernel
 def test_pinned_ring_buffer_read_through_bpf_obj_get(objs: dict[str, Path], kernel: None, tmp_path: Path) -> None:
     """pin_root_path on a private bpffs (as inside `ip netns exec`, where
     /sys/fs/bpf is not bpffs); another reader opens the pin by path."""
@@ -414,6 +438,7 @@ def test_pinned_ring_buffer_read_through_bpf_obj_get(objs: dict[str, Path], kern
         assert run(["umount", str(bpffs)]).returncode == 0
 
 
+@pytest.mark.kernel
 def test_pin_root_path_off_bpffs_is_one_line_error(objs: dict[str, Path], kernel: None, tmp_path: Path) -> None:
     with pytest.raises(LibbpfError) as err, BpfObject.open(objs["pinned"], pin_root_path=tmp_path) as obj:
         obj.load()
@@ -427,6 +452,7 @@ def test_pin_root_path_off_bpffs_is_one_line_error(objs: dict[str, Path], kernel
 
 # --- attaching -----------------------------------------------------------------------
 
+@pytest.mark.kernel
 def test_tp_btf_auto_attach_fires_on_exec(objs: dict[str, Path], kernel: None) -> None:
     got: list[tuple[int, bytes]] = []
 
@@ -449,6 +475,7 @@ def test_tp_btf_auto_attach_fires_on_exec(objs: dict[str, Path], kernel: None) -
             assert all(p != after.pid for p, _ in got), "still attached after the link was destroyed"
 
 
+@pytest.mark.kernel
 def test_xdp_on_a_veth_sees_the_udp_packets_sent(objs: dict[str, Path], kernel: None) -> None:
     count = 25
     with VethPair() as net:
@@ -468,6 +495,7 @@ def test_xdp_on_a_veth_sees_the_udp_packets_sent(objs: dict[str, Path], kernel: 
     assert not netns_exists(net.receiver.netns) and not netns_exists(net.sender.netns)
 
 
+@pytest.mark.kernel
 def test_tc_ingress_attach_and_detach_on_a_veth(objs: dict[str, Path], kernel: None) -> None:
     count = 12
     with VethPair() as net, BpfObject.open(objs["progs"]) as obj:
@@ -487,6 +515,7 @@ def test_tc_ingress_attach_and_detach_on_a_veth(objs: dict[str, Path], kernel: N
         assert (u64(seen.lookup(key(0))), u64(seen.lookup(key(1)))) == (count, sum(range(count)))
 
 
+@pytest.mark.kernel
 def test_tc_keeps_a_clsact_qdisc_it_did_not_create(objs: dict[str, Path], kernel: None) -> None:
     with VethPair() as net, BpfObject.open(objs["progs"]) as obj:
         obj.load()
@@ -517,7 +546,9 @@ def test_missing_and_non_elf_files(tmp_path: Path) -> None:
     assert host_elf.value.errno == LIBBPF_ERRNO_FORMAT and "not a valid eBPF object file" in str(host_elf.value)
 
 
-def test_verifier_rejection_is_one_line_with_the_reason(objs: dict[str, Path], kernel: None) -> None:
+@pytest.mark.kernel
+def test_verifier_rejection_is_one_line_with_the_reason(objs: dict[str, Path], kernel: None,
+                                                        capfd: pytest.CaptureFixture[str]) -> None:
     obj = BpfObject.open(objs["rejected"])
     with pytest.raises(LibbpfError) as err:
         obj.load()
@@ -530,8 +561,30 @@ def test_verifier_rejection_is_one_line_with_the_reason(objs: dict[str, Path], k
     with pytest.raises(LibbpfError) as closed:                      # a failed load closes the object
         obj.find_program("sdtt_bad").fd  # noqa: B018
     assert closed.value.errno == EBADF
+    assert capfd.readouterr() == ("", "")                          # libbpf printed nothing itself
 
 
+@pytest.mark.kernel
+def test_reason_comes_from_the_end_of_a_long_verifier_log(objs: dict[str, Path], kernel: None) -> None:
+    """The print callback sizes each message before formatting it (a va_list
+    copy), so a log of any length arrives whole, and its end names the reason."""
+    with pytest.raises(LibbpfError) as err, BpfObject.open(objs["long"]) as obj:
+        obj.load()
+    assert len(err.value.log) > LONG_LOG_MIN and err.value.log.endswith(f"failed to load object '{objs['long']}'\n")
+    assert str(err.value).endswith("R1 offset is outside of the packet)") and "\n" not in str(err.value)
+
+
+@pytest.mark.kernel
+def test_attach_of_a_section_without_auto_attach(objs: dict[str, Path], kernel: None) -> None:
+    with BpfObject.open(objs["progs"]) as obj:
+        obj.load()
+        with pytest.raises(LibbpfError) as err:
+            obj.find_program("sdtt_xdp_udp").attach()
+    assert err.value.errno == EOPNOTSUPP
+    assert str(err.value) == "attaching prog 'sdtt_xdp_udp' (section 'xdp'): Operation not supported"
+
+
+@pytest.mark.kernel
 def test_nonexistent_interface(objs: dict[str, Path], kernel: None) -> None:
     with BpfObject.open(objs["progs"]) as obj:
         obj.load()
