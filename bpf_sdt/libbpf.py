@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno as errnos
 import functools
 import os
@@ -358,7 +357,7 @@ class BpfObject:
 
     def _live(self) -> int:
         if self._ptr is None:
-            raise LibbpfError(f"{self.path}: object already closed", errnos.EBADF)
+            raise LibbpfError(self.path, errnos.EBADF, detail="object closed")
         return self._ptr
 
     def load(self) -> BpfObject:
@@ -376,14 +375,14 @@ class BpfObject:
             if prog.name == name:
                 return prog
         have = ", ".join(p.name for p in self.programs) or "none"
-        raise LibbpfError(f"{self.path}: no program {name!r} (programs: {have})", errnos.ENOENT)
+        raise LibbpfError(f"{self.path}: program {name!r}", errnos.ENOENT, detail=f"programs: {have}")
 
     def find_map(self, name: str) -> Map:
         for m in self.maps:
             if m.name == name:
                 return m
         have = ", ".join(m.name for m in self.maps) or "none"
-        raise LibbpfError(f"{self.path}: no map {name!r} (maps: {have})", errnos.ENOENT)
+        raise LibbpfError(f"{self.path}: map {name!r}", errnos.ENOENT, detail=f"maps: {have}")
 
     def close(self) -> None:
         """Detaches everything attached from this object (newest first), then
@@ -407,7 +406,7 @@ class BpfObject:
         self.close()
 
 
-class TestRun(NamedTuple):
+class RunResult(NamedTuple):
     """One BPF_PROG_TEST_RUN: the program's return value, the packet as the
     program left it, and the mean run time per repetition."""
     retval: int
@@ -467,7 +466,7 @@ class Program:
         self._obj._attachments.append(link)
         return link
 
-    def test_run(self, data: bytes, repeat: int = 1, ctx: bytes | None = None) -> TestRun:
+    def test_run(self, data: bytes, repeat: int = 1, ctx: bytes | None = None) -> RunResult:
         """Runs the program on `data` in the kernel (BPF_PROG_TEST_RUN), `repeat` times."""
         data_in = ctypes.create_string_buffer(bytes(data), len(data))
         data_out = ctypes.create_string_buffer(len(data) + TEST_RUN_DATA_SLACK)
@@ -477,7 +476,7 @@ class Program:
             ctx_in = ctypes.create_string_buffer(bytes(ctx), len(ctx))
             opts.ctx_in, opts.ctx_size_in = ctypes.addressof(ctx_in), len(ctx)
         _check(f"test run of prog {self.name!r}", _lib().bpf_prog_test_run_opts, self.fd, ctypes.byref(opts))
-        return TestRun(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
+        return RunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
 
 
 _PERCPU_MAP_TYPES = {5, 6, 10, 21}   # BPF_MAP_TYPE_{PERCPU_HASH,PERCPU_ARRAY,LRU_PERCPU_HASH,PERCPU_CGROUP_STORAGE}
@@ -522,7 +521,7 @@ class Map:
     def fd(self) -> int:
         if self._ptr is None:
             if self._fd < 0:
-                raise LibbpfError(f"map {self.name!r} already closed", errnos.EBADF)
+                raise LibbpfError(f"map {self.name!r}", errnos.EBADF, detail="closed")
             return self._fd
         assert self._obj is not None
         self._obj._live()
@@ -552,7 +551,7 @@ class Map:
             _check(what, _lib().bpf_map__unpin, self._ptr, os.fsencode(path) if path is not None else None)
             return
         if path is None:
-            raise LibbpfError(f"{what}: no path given", errnos.EINVAL)
+            raise LibbpfError(what, errnos.EINVAL, detail="a pinned map needs the path to unpin")
         try:
             os.unlink(path)
         except OSError as e:
@@ -567,8 +566,8 @@ class Map:
 
     def _key(self, key: bytes) -> ctypes.Array[ctypes.c_char]:
         if len(key) != self.key_size:
-            raise LibbpfError(f"map {self.name!r}: key of {len(key)} bytes, map keys have {self.key_size}",
-                              errnos.EINVAL)
+            raise LibbpfError(f"map {self.name!r}", errnos.EINVAL,
+                              detail=f"key of {len(key)} bytes, map keys have {self.key_size}")
         return ctypes.create_string_buffer(bytes(key), len(key))
 
     def lookup(self, key: bytes) -> bytes | None:
@@ -582,8 +581,8 @@ class Map:
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         if len(value) != self._value_buffer_size:
-            raise LibbpfError(f"map {self.name!r}: value of {len(value)} bytes, expected "
-                              f"{self._value_buffer_size}", errnos.EINVAL)
+            raise LibbpfError(f"map {self.name!r}", errnos.EINVAL,
+                              detail=f"value of {len(value)} bytes, map values have {self._value_buffer_size}")
         _check(f"updating map {self.name!r}", _lib().bpf_map_update_elem, self.fd, self._key(key),
                ctypes.create_string_buffer(bytes(value), len(value)), flags)
 
@@ -642,7 +641,7 @@ class Link:
     @property
     def fd(self) -> int:
         if self._ptr is None:
-            raise LibbpfError(f"link of {self._what} already destroyed", errnos.EBADF)
+            raise LibbpfError(f"link of {self._what}", errnos.EBADF, detail="destroyed")
         return _check(f"link of {self._what}", _lib().bpf_link__fd, self._ptr)
 
     def destroy(self) -> None:
@@ -670,18 +669,17 @@ class TcFilter:
 
     def __init__(self, prog: Program, interface: int | str, direction: str, priority: int, handle: int) -> None:
         if direction not in _TC_DIRECTIONS:
-            raise LibbpfError(f"tc attach point {direction!r} (ingress or egress)", errnos.EINVAL)
+            raise LibbpfError(f"tc attach point {direction!r}", errnos.EINVAL, detail="ingress or egress")
         self.interface, self.direction = interface, direction
         self._what = f"tc {direction} prog {prog.name!r} on {interface}"
-        index = ifindex(interface)
-        self._hook = _opts(_TcHook, ifindex=index, attach_point=_TC_DIRECTIONS[direction])
         self._obj = prog._obj
+        opts = _opts(_TcOpts, prog_fd=prog.fd, priority=priority, handle=handle)   # fails before any change
+        self._hook = _opts(_TcHook, ifindex=ifindex(interface), attach_point=_TC_DIRECTIONS[direction])
         lib = _lib()
         created = lib.bpf_tc_hook_create(ctypes.byref(self._hook))
         if created < 0 and created != -errnos.EEXIST:
             _ok(f"creating clsact qdisc on {interface}", created)
         self._owns_qdisc = created == 0
-        opts = _opts(_TcOpts, prog_fd=prog.fd, priority=priority, handle=handle)
         try:
             _check(f"attaching {self._what}", lib.bpf_tc_attach, ctypes.byref(self._hook), ctypes.byref(opts))
         except LibbpfError:
@@ -749,7 +747,7 @@ class RingBuffer:
 
     def _live(self) -> int:
         if self._ptr is None:
-            raise LibbpfError(f"{self._what} already closed", errnos.EBADF)
+            raise LibbpfError(self._what, errnos.EBADF, detail="closed")
         return self._ptr
 
     def _finish(self, what: str, ret: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -407,6 +408,44 @@ def test_ring_buffer_callback_exception_stops_and_propagates(objs: dict[str, Pat
         with pytest.raises(LibbpfError) as closed:
             rb.poll(0)
         assert closed.value.errno == EBADF
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.kernel
+def test_a_signal_interrupts_a_waiting_poll(objs: dict[str, Path], kernel: None) -> None:
+    """A signal during poll() reaches Python at once: a handler that raises
+    (Ctrl-C) propagates; one that only records (a SIGTERM flag) makes poll()
+    return 0 rather than fail with EINTR."""
+    signals: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        signals.append(signum)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    with BpfObject.open(objs["progs"]) as obj:
+        obj.load()
+        with RingBuffer(obj.find_map("events"), lambda _: None) as rb:
+            old = signal.getsignal(signal.SIGALRM)
+            try:
+                signal.signal(signal.SIGALRM, record)
+                start = time.monotonic()
+                signal.setitimer(signal.ITIMER_REAL, 0.1)
+                assert rb.poll(10_000) == 0 and signals == [signal.SIGALRM]
+                assert time.monotonic() - start < 2
+                signal.signal(signal.SIGALRM, interrupt)
+                signal.setitimer(signal.ITIMER_REAL, 0.1)
+                with pytest.raises(Interrupted):
+                    rb.poll(10_000)
+                assert time.monotonic() - start < 4
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old)
+            assert rb.poll(0) == 0                       # still usable afterwards
 
 
 @pytest.mark.kernel
