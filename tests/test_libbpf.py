@@ -461,6 +461,15 @@ def test_pinned_ring_buffer_read_through_bpf_obj_get(objs: dict[str, Path], kern
             assert obj.find_map("sdtt_pinned").pin_path == str(bpffs / "sdtt_pinned")
             for size in (20, 64, 100):
                 obj.find_program("sdtt_xdp_pinned").test_run(bytes(size))
+            counts_pin = bpffs / "sdtt_counts"               # any map, pinned by hand
+            with BpfObject.open(objs["progs"]) as progs:
+                progs.load()
+                progs.find_program("sdtt_xdp_count").test_run(b"\x03" + bytes(13), repeat=4)
+                progs.find_map("counts").pin(counts_pin)
+            with Map.open_pinned(counts_pin) as counts:
+                assert (counts.type, counts.key_size, counts.value_size) == ("array", 4, 8)
+                assert u64(counts.lookup(key(3))) == 4
+                counts.unpin(counts_pin)
         assert (bpffs / "sdtt_pinned").exists()             # outlives its loader, like a real pin
         got: list[bytes] = []
         with Map.open_pinned(bpffs / "sdtt_pinned") as ring:
@@ -552,6 +561,21 @@ def test_tc_ingress_attach_and_detach_on_a_veth(objs: dict[str, Path], kernel: N
         assert net.send_udp(4, UDP_PORT) == 4                 # not counted: detached
         seen = obj.find_map("tc_seen")
         assert (u64(seen.lookup(key(0))), u64(seen.lookup(key(1)))) == (count, sum(range(count)))
+
+
+@pytest.mark.kernel
+def test_an_exception_in_the_block_detaches_everything(objs: dict[str, Path], kernel: None) -> None:
+    with VethPair() as net, net.receiver.entered():
+        with pytest.raises(RuntimeError, match="mid-trace"), BpfObject.open(objs["progs"]) as obj:
+            obj.load()
+            obj.find_program("sdtt_xdp_udp").attach_xdp(net.receiver.iface)
+            obj.find_program("sdtt_tc_udp").attach_tc(net.receiver.iface, "ingress")
+            obj.find_program("sdtt_tc_udp").attach_tc(net.receiver.iface, "egress", priority=7)
+            obj.find_program("sdtt_on_exec").attach()
+            assert len(bpftool_net(net)["xdp"]) == 1 and len(bpftool_net(net)["tc"]) == 2
+            raise RuntimeError("mid-trace")
+        assert not any(bpftool_net(net).values()), bpftool_net(net)
+        assert "clsact" not in run(["tc", "qdisc", "show", "dev", net.receiver.iface]).stdout
 
 
 @pytest.mark.kernel
