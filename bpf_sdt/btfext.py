@@ -1,0 +1,446 @@
+"""Read and write ``.BTF.ext``: the func_info, line_info and CO-RE relocation
+records that tie BPF instructions to BTF.  Written for the object rewriter,
+which moves instructions and must move these records with them.
+
+Layout (little-endian; the kernel's ``btf_ext_header`` and libbpf's reader)::
+
+    header   u16 magic 0xeB9F, u8 version 1, u8 flags, u32 hdr_len,
+             u32 func_info_off, func_info_len, line_info_off, line_info_len,
+             [u32 core_relo_off, core_relo_len]        when hdr_len >= 32
+    block    (offsets are from the end of the header)
+             u32 rec_size, then per code section:
+             u32 sec_name_off (into the BTF strings), u32 num_info,
+             num_info records of rec_size bytes
+
+Records: func_info ``{insn_off, type_id}``, line_info ``{insn_off,
+file_name_off, line_off, line_col}`` (line = line_col >> 10, column = the low
+10 bits), core_relo ``{insn_off, type_id, access_str_off, kind}``.  In a
+relocatable object (``.o``, also after ``bpftool gen object``) ``insn_off`` is
+a byte offset in the code section; the kernel gets instruction indexes.
+
+Round trip: ``BtfExt.parse(x, s).encode() == x`` byte for byte.  A
+``rec_size`` larger than today's record keeps each record's extra bytes (a
+newer producer's fields), the header keeps bytes past the fields known here,
+and bytes between or after the blocks are kept in place.  Every count and
+offset is checked against the data before use; bad input raises
+:class:`InputError` with one line.  Memory: one small object per record,
+each record being at least 8 bytes of input.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from typing import TypeVar
+
+from bpf_sdt.btf import Btf
+from bpf_sdt.errors import InputError
+
+BTF_EXT_MAGIC = 0xEB9F
+BTF_EXT_VERSION = 1
+BASE_HEADER_LEN = 24            # through line_info_len
+CORE_HEADER_LEN = 32            # through core_relo_len
+REC_SIZE_LEN = 4                # the u32 that starts each block
+SEC_HEADER_LEN = 8              # sec_name_off, num_info
+LINE_SHIFT = 10                 # line_col: line << 10 | column
+COL_MASK = (1 << LINE_SHIFT) - 1
+MAX_LINE = (1 << (32 - LINE_SHIFT)) - 1
+U32_MAX = 0xFFFFFFFF
+
+FUNC_INFO = "func_info"
+LINE_INFO = "line_info"
+CORE_RELO = "core_relo"
+BLOCKS = (FUNC_INFO, LINE_INFO, CORE_RELO)       # header order
+
+
+class CoreReloKind(IntEnum):
+    """``enum bpf_core_relo_kind`` (kernel ``include/uapi/linux/bpf.h``)."""
+
+    FIELD_BYTE_OFFSET = 0
+    FIELD_BYTE_SIZE = 1
+    FIELD_EXISTS = 2
+    FIELD_SIGNED = 3
+    FIELD_LSHIFT_U64 = 4
+    FIELD_RSHIFT_U64 = 5
+    TYPE_ID_LOCAL = 6
+    TYPE_ID_TARGET = 7
+    TYPE_EXISTS = 8
+    TYPE_SIZE = 9
+    ENUMVAL_EXISTS = 10
+    ENUMVAL_VALUE = 11
+    TYPE_MATCHES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class FuncInfo:
+    insn_off: int
+    type_id: int                # a FUNC
+    extra: bytes = b""          # bytes past the 8 known here (larger rec_size)
+
+
+@dataclass(frozen=True, slots=True)
+class LineInfo:
+    insn_off: int
+    file_name_off: int          # BTF string: the source file
+    line_off: int               # BTF string: the source line's text
+    line_col: int
+    extra: bytes = b""
+
+    @property
+    def line(self) -> int:
+        return self.line_col >> LINE_SHIFT
+
+    @property
+    def col(self) -> int:
+        return self.line_col & COL_MASK
+
+    @staticmethod
+    def make(insn_off: int, file_name_off: int, line_off: int, line: int, col: int = 0) -> LineInfo:
+        if not 0 <= line <= MAX_LINE or not 0 <= col <= COL_MASK:
+            raise ValueError(f"line {line} column {col} do not fit line_col")
+        return LineInfo(insn_off, file_name_off, line_off, (line << LINE_SHIFT) | col)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreRelo:
+    insn_off: int
+    type_id: int
+    access_str_off: int         # BTF string: "0:1:2", the access spec
+    kind: int                   # CoreReloKind, kept as read
+    extra: bytes = b""
+
+
+Record = FuncInfo | LineInfo | CoreRelo
+R = TypeVar("R", FuncInfo, LineInfo, CoreRelo)
+
+# Per block: the record class, its struct format (what this reader knows)
+_FORMATS: dict[str, tuple[type[FuncInfo] | type[LineInfo] | type[CoreRelo], struct.Struct]] = {
+    FUNC_INFO: (FuncInfo, struct.Struct("<II")),
+    LINE_INFO: (LineInfo, struct.Struct("<IIII")),
+    CORE_RELO: (CoreRelo, struct.Struct("<IIII")),
+}
+_MAKE: dict[str, Callable[[tuple[int, ...], bytes], Record]] = {
+    FUNC_INFO: lambda v, x: FuncInfo(v[0], v[1], x),
+    LINE_INFO: lambda v, x: LineInfo(v[0], v[1], v[2], v[3], x),
+    CORE_RELO: lambda v, x: CoreRelo(v[0], v[1], v[2], v[3], x),
+}
+# Fields that are offsets into the BTF strings, by block (checked at parse).
+_STRING_FIELDS = {FUNC_INFO: (), LINE_INFO: (1, 2), CORE_RELO: (2,)}
+
+
+@dataclass
+class ExtSection:
+    """The records of one code section, each list in file order."""
+
+    name: str
+    func_info: list[FuncInfo] = field(default_factory=list)
+    line_info: list[LineInfo] = field(default_factory=list)
+    core_relo: list[CoreRelo] = field(default_factory=list)
+    # sorted insn_offs of line_info/func_info for lookups, rebuilt after a change
+    _index: dict[str, tuple[list[int], list[Record]]] = field(default_factory=dict, repr=False, compare=False)
+
+    def records(self, block: str) -> list[Record]:
+        return getattr(self, block)  # type: ignore[no-any-return]
+
+    def _lookup(self, block: str, insn_off: int) -> Record | None:
+        """The last record at or before ``insn_off`` (records need not be sorted)."""
+        if block not in self._index:
+            recs = sorted(self.records(block), key=lambda r: r.insn_off)
+            self._index[block] = ([r.insn_off for r in recs], recs)
+        offs, recs = self._index[block]
+        i = bisect.bisect_right(offs, insn_off)
+        return recs[i - 1] if i else None
+
+
+@dataclass
+class _Block:
+    """How one info block was laid out, so that encode() can reproduce it."""
+
+    rec_size: int
+    present: bool                   # had a non-zero length
+    offset: int                     # as read, relative to the header end
+    order: list[str] = field(default_factory=list)      # section names, file order
+    name_offs: dict[str, int] = field(default_factory=dict)
+    gap_after: bytes = b""          # bytes up to the next block or the end
+
+
+class BtfExt:
+    """A parsed ``.BTF.ext``: ``sections`` by name, in the order they first
+    appear in the file."""
+
+    def __init__(self, strings: bytes) -> None:
+        self.strings = strings
+        self.version = BTF_EXT_VERSION
+        self.flags = 0
+        self.hdr_len = CORE_HEADER_LEN
+        self.header_tail = b""      # header bytes past the known fields
+        self.lead = b""             # bytes between the header and the first block
+        self.sections: dict[str, ExtSection] = {}
+        self._blocks: dict[str, _Block] = {}
+        self._empty_anchor: dict[str, str | None] = {}
+
+    # --- strings -----------------------------------------------------------
+
+    def string(self, offset: int) -> str:
+        if not 0 <= offset < len(self.strings):
+            raise InputError(f".BTF.ext: string offset {offset} past the BTF strings ({len(self.strings)} bytes)")
+        end = self.strings.find(b"\0", offset)
+        if end < 0:
+            raise InputError(f".BTF.ext: unterminated BTF string at offset {offset}")
+        return self.strings[offset:end].decode("utf-8", errors="replace")
+
+    def file_name(self, rec: LineInfo) -> str:
+        return self.string(rec.file_name_off)
+
+    def line_text(self, rec: LineInfo) -> str:
+        return self.string(rec.line_off)
+
+    def access_str(self, rec: CoreRelo) -> str:
+        return self.string(rec.access_str_off)
+
+    def string_offset(self, text: str) -> int:
+        """Where ``text`` is in the BTF strings (to name a new section or file)."""
+        if not text:
+            return 0
+        off = self.strings.find(b"\0" + text.encode() + b"\0")
+        if off < 0:
+            raise InputError(f".BTF.ext: {text!r} is not in the BTF strings")
+        return off + 1
+
+    # --- lookups -------------------------------------------------------------
+
+    def section(self, name: str) -> ExtSection:
+        sec = self.sections.get(name)
+        if sec is None:
+            raise InputError(f".BTF.ext: no records for section {name!r}")
+        return sec
+
+    def line_of(self, section: str, insn_off: int) -> LineInfo | None:
+        """The line_info in force at ``insn_off``: the last one at or before it."""
+        sec = self.sections.get(section)
+        rec = sec._lookup(LINE_INFO, insn_off) if sec else None
+        assert rec is None or isinstance(rec, LineInfo)
+        return rec
+
+    def func_of(self, section: str, insn_off: int) -> FuncInfo | None:
+        """The func_info of the function holding ``insn_off``."""
+        sec = self.sections.get(section)
+        rec = sec._lookup(FUNC_INFO, insn_off) if sec else None
+        assert rec is None or isinstance(rec, FuncInfo)
+        return rec
+
+    # --- edits ---------------------------------------------------------------
+
+    def remap(self, section: str, mapping: Callable[[int], int]) -> None:
+        """Rewrite every insn_off of ``section`` (all three kinds) through ``mapping``."""
+        sec = self.section(section)
+
+        def moved(rec: R) -> R:
+            new = mapping(rec.insn_off)
+            if not 0 <= new <= U32_MAX:
+                raise ValueError(f"{section}: insn_off {rec.insn_off} maps to {new}, outside u32")
+            return replace(rec, insn_off=new)
+
+        sec.func_info = [moved(r) for r in sec.func_info]
+        sec.line_info = [moved(r) for r in sec.line_info]
+        sec.core_relo = [moved(r) for r in sec.core_relo]
+        sec._index.clear()
+
+    def add_records(self, section: str, func_info: Iterable[FuncInfo] = (),
+                    line_info: Iterable[LineInfo] = (), core_relo: Iterable[CoreRelo] = ()) -> None:
+        """Add records to ``section`` (created if new; its name must be in the
+        BTF strings), each kept in insn_off order after any equal ones, as the
+        kernel wants them sorted.  A block with a larger rec_size pads the
+        records' extra bytes with zeros."""
+        sec = self.sections.get(section)
+        if sec is None:
+            sec = self.sections[section] = ExtSection(section)
+        for block, new in ((FUNC_INFO, list(func_info)), (LINE_INFO, list(line_info)),
+                           (CORE_RELO, list(core_relo))):
+            if not new:
+                continue
+            info = self._block(block)
+            if section not in info.name_offs:
+                info.name_offs[section] = self.string_offset(section)
+                info.order.append(section)
+            base = _FORMATS[block][1].size
+            recs = sec.records(block)
+            for rec in new:
+                if not isinstance(rec, _FORMATS[block][0]):
+                    raise TypeError(f"{block} takes {_FORMATS[block][0].__name__}, not {type(rec).__name__}")
+                if len(rec.extra) > info.rec_size - base:
+                    raise ValueError(f"{block}: record has {len(rec.extra)} extra bytes, rec_size {info.rec_size} "
+                                     f"leaves room for {info.rec_size - base}")
+                rec = replace(rec, extra=rec.extra.ljust(info.rec_size - base, b"\0"))
+                _check_u32(rec, block)
+                recs.insert(bisect.bisect_right(recs, rec.insn_off, key=_insn_off), rec)
+        sec._index.clear()
+
+    def _block(self, block: str) -> _Block:
+        info = self._blocks.get(block)
+        if info is None:
+            if block == CORE_RELO and self.hdr_len < CORE_HEADER_LEN:
+                raise ValueError("a .BTF.ext header shorter than 32 bytes has no core_relo block")
+            info = self._blocks[block] = _Block(_FORMATS[block][1].size, False, 0)
+        return info
+
+    # --- parse ---------------------------------------------------------------
+
+    @classmethod
+    def parse(cls, data: bytes, btf_strings: bytes | Btf) -> BtfExt:
+        strings = btf_strings.strings if isinstance(btf_strings, Btf) else bytes(btf_strings)
+        ext = cls(strings)
+        hdr_len, spans = ext._parse_header(data)
+        body = data[hdr_len:]
+        ext._layout(body, spans)
+        for block, (off, length) in spans.items():
+            if length:
+                ext._parse_block(block, body[off:off + length])
+        return ext
+
+    def _parse_header(self, data: bytes) -> tuple[int, dict[str, tuple[int, int]]]:
+        if len(data) < BASE_HEADER_LEN:
+            raise InputError(f".BTF.ext: {len(data)} bytes is shorter than its header")
+        magic, self.version, self.flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        if magic != BTF_EXT_MAGIC:
+            if magic == 0x9FEB:
+                raise InputError(".BTF.ext: big-endian .BTF.ext is not supported")
+            raise InputError(f".BTF.ext: bad magic 0x{magic:04x}")
+        if self.version != BTF_EXT_VERSION:
+            raise InputError(f".BTF.ext: unsupported version {self.version}")
+        if not BASE_HEADER_LEN <= hdr_len <= len(data):
+            raise InputError(f".BTF.ext: header length {hdr_len} does not fit {len(data)} bytes")
+        self.hdr_len = hdr_len
+        known = CORE_HEADER_LEN if hdr_len >= CORE_HEADER_LEN else BASE_HEADER_LEN
+        self.header_tail = bytes(data[known:hdr_len])
+        words = struct.unpack_from(f"<{(known - 8) // 4}I", data, 8)
+        spans = {block: (words[2 * i], words[2 * i + 1]) for i, block in enumerate(BLOCKS[:len(words) // 2])}
+        body_len = len(data) - hdr_len
+        for block, (off, length) in spans.items():
+            if off + length > body_len:
+                raise InputError(f".BTF.ext: {block} (offset {off}, {length} bytes) runs past the "
+                                 f"section ({body_len} bytes after the header)")
+        return hdr_len, spans
+
+    def _layout(self, body: bytes, spans: dict[str, tuple[int, int]]) -> None:
+        """Note the order of the non-empty blocks and the bytes around them."""
+        full = sorted((off, BLOCKS.index(b), b) for b, (off, length) in spans.items() if length)
+        pos = 0
+        for i, (off, _, block) in enumerate(full):
+            if off < pos:
+                raise InputError(f".BTF.ext: {block} overlaps the block before it")
+            if i == 0:
+                self.lead = bytes(body[:off])
+            pos = off + spans[block][1]
+            nxt = full[i + 1][0] if i + 1 < len(full) else len(body)
+            self._blocks[block] = _Block(0, True, off, gap_after=bytes(body[pos:max(nxt, pos)]))
+        if not full:
+            self.lead = bytes(body)
+        ends = {off + spans[b][1]: b for off, _, b in full}
+        for block, (off, length) in spans.items():
+            if not length:   # an empty block's offset is just a number: tie it to what it followed
+                self._blocks[block] = _Block(_FORMATS[block][1].size, False, off)
+                self._empty_anchor[block] = ends.get(off)
+
+    def _parse_block(self, block: str, raw: bytes) -> None:
+        info = self._blocks[block]
+        if len(raw) < REC_SIZE_LEN:
+            raise InputError(f".BTF.ext: {block} is {len(raw)} bytes, too short for its record size")
+        rec_size = struct.unpack_from("<I", raw, 0)[0]
+        fmt = _FORMATS[block][1]
+        if rec_size < fmt.size or rec_size % 4:
+            raise InputError(f".BTF.ext: {block} record size {rec_size} (want a multiple of 4, "
+                             f"at least {fmt.size})")
+        info.rec_size = rec_size
+        pos = REC_SIZE_LEN
+        while pos < len(raw):
+            if pos + SEC_HEADER_LEN > len(raw):
+                raise InputError(f".BTF.ext: {block} is truncated at byte {pos}")
+            name_off, count = struct.unpack_from("<II", raw, pos)
+            pos += SEC_HEADER_LEN
+            if count * rec_size > len(raw) - pos:
+                raise InputError(f".BTF.ext: {block}: {count} records of {rec_size} bytes run past the block")
+            name = self.string(name_off)
+            if name in info.name_offs:
+                raise InputError(f".BTF.ext: {block} lists section {name!r} twice")
+            info.order.append(name)
+            info.name_offs[name] = name_off
+            sec = self.sections.get(name)
+            if sec is None:
+                sec = self.sections[name] = ExtSection(name)
+            recs = sec.records(block)
+            recs.extend(self._records(block, raw, pos, count, rec_size, fmt))
+            pos += count * rec_size
+
+    def _records(self, block: str, raw: bytes, pos: int, count: int, rec_size: int,
+                 fmt: struct.Struct) -> list[Record]:
+        limit = len(self.strings)
+        string_fields = _STRING_FIELDS[block]
+        out: list[Record] = []
+        for start in range(pos, pos + count * rec_size, rec_size):
+            values = fmt.unpack_from(raw, start)
+            for i in string_fields:
+                if values[i] >= limit and values[i]:
+                    raise InputError(f".BTF.ext: {block} record at byte {start}: string offset {values[i]} "
+                                     f"past the BTF strings ({limit} bytes)")
+            extra = bytes(raw[start + fmt.size:start + rec_size]) if rec_size > fmt.size else b""
+            out.append(_MAKE[block](values, extra))
+        return out
+
+    # --- encode --------------------------------------------------------------
+
+    def _encode_block(self, block: str) -> bytes:
+        info = self._blocks[block]
+        fmt = _FORMATS[block][1]
+        out = [struct.pack("<I", info.rec_size)]
+        for name in info.order:
+            recs = self.sections[name].records(block)
+            out.append(struct.pack("<II", info.name_offs[name], len(recs)))
+            for r in recs:
+                out.append(fmt.pack(*_values(r)) + r.extra)
+        return b"".join(out)
+
+    def encode(self) -> bytes:
+        present = [b for b in BLOCKS if b in self._blocks and
+                   (self._blocks[b].present or any(self.sections[n].records(b) for n in self._blocks[b].order))]
+        # blocks that were in the file keep their order; new ones go after them
+        present.sort(key=lambda b: (not self._blocks[b].present, self._blocks[b].offset, BLOCKS.index(b)))
+        body = [self.lead]
+        pos = len(self.lead)
+        spans: dict[str, tuple[int, int]] = {}
+        for block in present:
+            raw = self._encode_block(block)
+            spans[block] = (pos, len(raw))
+            body += [raw, self._blocks[block].gap_after]
+            pos += len(raw) + len(self._blocks[block].gap_after)
+        for block, info in self._blocks.items():
+            if block not in spans:
+                anchor = self._empty_anchor.get(block)
+                spans[block] = (spans[anchor][0] + spans[anchor][1] if anchor in spans else info.offset, 0)
+        nblocks = 3 if self.hdr_len >= CORE_HEADER_LEN else 2
+        words: list[int] = []
+        for block in BLOCKS[:nblocks]:
+            words += spans.get(block, (0, 0))
+        header = struct.pack(f"<HBBI{2 * nblocks}I", BTF_EXT_MAGIC, self.version, self.flags, self.hdr_len, *words)
+        return header + self.header_tail + b"".join(body)
+
+
+def _insn_off(r: Record) -> int:
+    return r.insn_off
+
+
+def _values(r: Record) -> tuple[int, ...]:
+    if isinstance(r, FuncInfo):
+        return (r.insn_off, r.type_id)
+    if isinstance(r, LineInfo):
+        return (r.insn_off, r.file_name_off, r.line_off, r.line_col)
+    return (r.insn_off, r.type_id, r.access_str_off, r.kind)
+
+
+def _check_u32(rec: Record, block: str) -> None:
+    for v in _values(rec):
+        if not 0 <= v <= U32_MAX:
+            raise ValueError(f"{block}: field value {v} does not fit u32")
