@@ -194,6 +194,12 @@ def kernel() -> Iterator[None]:
     assert left == [], f"still loaded after the test: {left}"
 
 
+def veth_pair() -> VethPair:
+    """A VethPair, once `ip` and `tc` are known to be installed."""
+    tool("ip"), tool("tc")
+    return VethPair()
+
+
 def bpftool_net(net: VethPair) -> dict[str, list[object]]:
     res = run(["ip", "netns", "exec", net.receiver.netns, tool("bpftool"), "net", "show", "--json"])
     assert res.returncode == 0, res.stderr
@@ -526,7 +532,7 @@ def test_tp_btf_auto_attach_fires_on_exec(objs: dict[str, Path], kernel: None) -
 @pytest.mark.kernel
 def test_xdp_on_a_veth_sees_the_udp_packets_sent(objs: dict[str, Path], kernel: None) -> None:
     count = 25
-    with VethPair() as net:
+    with veth_pair() as net:
         with BpfObject.open(objs["progs"]) as obj:
             obj.load()
             with net.receiver.entered():
@@ -546,7 +552,7 @@ def test_xdp_on_a_veth_sees_the_udp_packets_sent(objs: dict[str, Path], kernel: 
 @pytest.mark.kernel
 def test_tc_ingress_attach_and_detach_on_a_veth(objs: dict[str, Path], kernel: None) -> None:
     count = 12
-    with VethPair() as net, BpfObject.open(objs["progs"]) as obj:
+    with veth_pair() as net, BpfObject.open(objs["progs"]) as obj:
         obj.load()
         with net.receiver.entered():
             with obj.find_program("sdtt_tc_udp").attach_tc(net.receiver.iface, "ingress") as filt:
@@ -565,7 +571,7 @@ def test_tc_ingress_attach_and_detach_on_a_veth(objs: dict[str, Path], kernel: N
 
 @pytest.mark.kernel
 def test_an_exception_in_the_block_detaches_everything(objs: dict[str, Path], kernel: None) -> None:
-    with VethPair() as net, net.receiver.entered():
+    with veth_pair() as net, net.receiver.entered():
         with pytest.raises(RuntimeError, match="mid-trace"), BpfObject.open(objs["progs"]) as obj:
             obj.load()
             obj.find_program("sdtt_xdp_udp").attach_xdp(net.receiver.iface)
@@ -580,7 +586,7 @@ def test_an_exception_in_the_block_detaches_everything(objs: dict[str, Path], ke
 
 @pytest.mark.kernel
 def test_tc_keeps_a_clsact_qdisc_it_did_not_create(objs: dict[str, Path], kernel: None) -> None:
-    with VethPair() as net, BpfObject.open(objs["progs"]) as obj:
+    with veth_pair() as net, BpfObject.open(objs["progs"]) as obj:
         obj.load()
         with net.receiver.entered():
             assert run(["tc", "qdisc", "add", "dev", net.receiver.iface, "clsact"]).returncode == 0
