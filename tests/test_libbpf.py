@@ -196,7 +196,8 @@ def kernel() -> Iterator[None]:
 
 def veth_pair() -> VethPair:
     """A VethPair, once `ip` and `tc` are known to be installed."""
-    tool("ip"), tool("tc")
+    for name in ("ip", "tc"):
+        tool(name)
     return VethPair()
 
 
