@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError
@@ -71,6 +72,14 @@ def _cmd_link(args: argparse.Namespace) -> int:
     return run_link(args.output, args.inputs, bpftool=args.bpftool)
 
 
+def _cmd_instrument(args: argparse.Namespace) -> int:
+    from bpf_sdt.instrument.command import Request, run_instrument
+
+    return run_instrument(Request(
+        Path(args.input), Path(args.output), tuple(args.probe), tuple(map(Path, args.observer)),
+        tuple(args.attach), args.record, args.ringbuf_size, args.bpftool))
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from bpf_sdt.clang_plugin.commands import run_extract
 
@@ -111,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("link", _cmd_link, "statically link BPF objects, keeping their probe notes")
     sp.add_argument("-o", "--output", required=True, metavar="OUT")
     sp.add_argument("inputs", nargs="+", metavar="IN")
+    sp.add_argument("--bpftool", default="bpftool", help="bpftool to link with")
+
+    sp = add("instrument", _cmd_instrument, "make probe sites call observers (or the built-in recorder)")
+    sp.add_argument("input", metavar="IN")
+    sp.add_argument("-o", "--output", required=True, metavar="OUT")
+    sp.add_argument("--probe", action="append", default=[], metavar="GLOB",
+                    help="instrument only the probes matching GLOB (repeatable; default: all)")
+    sp.add_argument("--observer", action="append", default=[], metavar="OBS.o",
+                    help="object with SEC(\"bpf_sdt/<probe>\") observers (repeatable)")
+    sp.add_argument("--attach", action="append", default=[], metavar="OBSERVER=GLOB",
+                    help="attach a SEC(\"bpf_sdt\") observer to the probes matching GLOB")
+    sp.add_argument("--record", action="store_true",
+                    help="also call the built-in recorder (the default without --observer)")
+    sp.add_argument("--ringbuf-size", type=int, default=1 << 22, metavar="BYTES",
+                    help="the recorder's ring buffer size (power of two, default 4 MiB)")
     sp.add_argument("--bpftool", default="bpftool", help="bpftool to link with")
 
     for name, handler, text in (("extract", _cmd_extract, "extract probe declarations and sites from BPF C"),

@@ -478,7 +478,11 @@ class ElfImage:
     def remove_sections(self, names: set[str]) -> None:
         """Drop sections by name, with their relocation sections and the symbols
         defined in them.  Relocations elsewhere must not refer to those symbols."""
-        doomed = {i for i, s in enumerate(self.sections) if i and s.name in names}
+        self.remove_section_indices({i for i, s in enumerate(self.sections) if i and s.name in names})
+
+    def remove_section_indices(self, doomed: set[int]) -> None:
+        """:meth:`remove_sections` by index."""
+        doomed = {i for i in doomed if i}
         doomed |= {i for i, s in enumerate(self.sections)
                    if s.type in (SHT_REL, SHT_RELA) and s.info in doomed}
         # An address-significance table lists symbol indices, which change.

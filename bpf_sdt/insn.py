@@ -1,0 +1,471 @@
+"""BPF instructions as objects that carry their references.
+
+A decoded code section is a list of :class:`Insn`.  Everything that names a
+position in the code is turned into a reference to an instruction when the
+section is decoded, and turned back into numbers when it is encoded:
+
+- a branch (conditional jumps, ``goto``, ``gotol``, ``may_goto``) holds the
+  instruction it jumps to;
+- a BPF-to-BPF call holds the first instruction of the callee, in this
+  section (relative ``imm``) or in another one (through a relocation whose
+  symbol and ``imm`` together name the callee);
+- an ``ld_imm64`` of a function's address (``bpf_loop`` callbacks) holds that
+  function's first instruction;
+- a relocation belongs to the instruction it patches.
+
+So inserting instructions is one list operation: nothing else needs fixing
+by hand, because every offset, ``imm``, relocation offset and symbol value
+is derived again from the instructions' new positions when the section is
+written (:meth:`CodeSection.layout`, :func:`encode_sections`).  Line and
+function info (``.BTF.ext``) and notes follow through the old-offset to
+new-offset map each layout produces.
+
+Byte-for-byte round trip (decode then encode with no edit) is a tested
+property on every sample and compile-matrix object.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from bpf_sdt.elf import SHN_LORESERVE, SHN_UNDEF, STT_SECTION, Relocation, Symbol
+from bpf_sdt.errors import InputError
+
+INSN_SIZE = 8
+INSN = struct.Struct("<BBhi")
+
+# --- opcode fields (include/uapi/linux/bpf.h, bpf_common.h) ------------------
+
+CLASS_MASK = 0x07
+LD, LDX, ST, STX, ALU, JMP, JMP32, ALU64 = range(8)
+
+SIZE_MASK = 0x18
+SIZE_W, SIZE_H, SIZE_B, SIZE_DW = 0x00, 0x08, 0x10, 0x18
+SIZE_BYTES = {SIZE_W: 4, SIZE_H: 2, SIZE_B: 1, SIZE_DW: 8}
+MODE_MASK = 0xE0
+MODE_IMM, MODE_ABS, MODE_IND, MODE_MEM, MODE_MEMSX, MODE_ATOMIC = 0x00, 0x20, 0x40, 0x60, 0x80, 0xC0
+
+SRC_K, SRC_X = 0x00, 0x08
+OP_MASK = 0xF0
+ALU_ADD, ALU_SUB, ALU_MUL, ALU_DIV, ALU_OR, ALU_AND, ALU_LSH, ALU_RSH = (
+    0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70)
+ALU_NEG, ALU_MOD, ALU_XOR, ALU_MOV, ALU_ARSH, ALU_END = 0x80, 0x90, 0xA0, 0xB0, 0xC0, 0xD0
+JMP_JA, JMP_CALL, JMP_EXIT, JMP_JCOND = 0x00, 0x80, 0x90, 0xE0
+
+PSEUDO_CALL = 1          # src_reg of a call: BPF-to-BPF
+PSEUDO_KFUNC_CALL = 2    # src_reg of a call: kernel function
+PSEUDO_FUNC = 4          # src_reg of ld_imm64: a function's address (set by the loader)
+ATOMIC_FETCH = 0x01
+ATOMIC_XCHG = 0xE0 | ATOMIC_FETCH
+ATOMIC_CMPXCHG = 0xF0 | ATOMIC_FETCH
+
+LD_IMM64 = LD | SIZE_DW | MODE_IMM      # 0x18: the only 16-byte instruction
+HELPER_TAIL_CALL = 12
+
+R0, R1, R5, R6, R9, R10 = 0, 1, 5, 6, 9, 10
+CALLER_SAVED = frozenset(range(R0, R5 + 1))     # clobbered by every call
+ARG_REGS = tuple(range(R1, R5 + 1))
+
+
+@dataclass(eq=False, slots=True)
+class Insn:
+    """One instruction.  ``imm_hi`` is the second half of an ``ld_imm64``.
+
+    ``target`` is the instruction a branch, a call or a function address
+    refers to (or a section's :attr:`CodeSection.end` for "just past the last
+    instruction"); ``reloc`` the relocation applying to this instruction;
+    ``orig`` its byte offset when decoded (-1 for inserted instructions)."""
+
+    op: int
+    dst: int = 0
+    src: int = 0
+    off: int = 0
+    imm: int = 0
+    imm_hi: int = 0
+    target: Insn | None = None
+    reloc: InsnReloc | None = None
+    orig: int = -1
+
+    @property
+    def cls(self) -> int:
+        return self.op & CLASS_MASK
+
+    @property
+    def slots(self) -> int:
+        """8-byte slots: 2 for ld_imm64, 1 for everything else."""
+        return 2 if self.op == LD_IMM64 else 1
+
+    @property
+    def is_jmp_class(self) -> bool:
+        return self.cls in (JMP, JMP32)
+
+    @property
+    def is_call(self) -> bool:
+        return self.cls == JMP and self.op & OP_MASK == JMP_CALL
+
+    @property
+    def is_pseudo_call(self) -> bool:
+        return self.is_call and self.src == PSEUDO_CALL
+
+    @property
+    def is_exit(self) -> bool:
+        return self.cls == JMP and self.op & OP_MASK == JMP_EXIT
+
+    @property
+    def is_branch(self) -> bool:
+        """A jump whose target is relative to it (everything in the JMP classes
+        but call and exit)."""
+        return self.is_jmp_class and self.op & OP_MASK not in (JMP_CALL, JMP_EXIT)
+
+    @property
+    def is_unconditional(self) -> bool:
+        return self.is_branch and self.op & OP_MASK == JMP_JA
+
+    @property
+    def is_nop(self) -> bool:
+        """``goto +0``: the probe site's NOP, which loaders delete."""
+        return self.op == JMP | JMP_JA and self.off == 0 and self.imm == 0 and self.target is None
+
+    @property
+    def is_gotol(self) -> bool:
+        """JMP32|JA keeps its (32-bit) offset in imm, not off."""
+        return self.cls == JMP32 and self.op & OP_MASK == JMP_JA
+
+    def encode(self) -> bytes:
+        regs = (self.src << 4) | self.dst
+        first = INSN.pack(self.op, regs, self.off, self.imm)
+        if self.op == LD_IMM64:
+            return first + INSN.pack(0, 0, 0, self.imm_hi)
+        return first
+
+    def __repr__(self) -> str:   # for test failures: opcode and fields, no references
+        return (f"Insn(op={self.op:#04x}, dst=r{self.dst}, src={self.src}, off={self.off}, "
+                f"imm={self.imm}{f', imm_hi={self.imm_hi}' if self.op == LD_IMM64 else ''}, "
+                f"orig={self.orig})")
+
+
+@dataclass(eq=False, slots=True)
+class InsnReloc:
+    """A relocation in a code section, owned by the instruction it patches."""
+
+    type: int
+    symbol: int                  # index into the object's symbol table
+    addend: int | None = None    # RELA only (BPF objects use REL)
+
+
+# --- small constructors, for the code the rewriter inserts -------------------
+
+
+def mov64_reg(dst: int, src: int) -> Insn:
+    return Insn(ALU64 | ALU_MOV | SRC_X, dst, src)
+
+
+def mov32_reg(dst: int, src: int) -> Insn:
+    """``wD = wS``: zero-extends the low 32 bits into the 64-bit register."""
+    return Insn(ALU | ALU_MOV | SRC_X, dst, src)
+
+
+def alu64_imm(op: int, dst: int, imm: int) -> Insn:
+    return Insn(ALU64 | op | SRC_K, dst, 0, 0, imm)
+
+
+def store_reg(size: int, base: int, off: int, src: int) -> Insn:
+    """``*(size *)(base + off) = src``."""
+    return Insn(STX | MODE_MEM | size, base, src, off)
+
+
+def store_imm(size: int, base: int, off: int, imm: int) -> Insn:
+    """``*(size *)(base + off) = imm`` (imm sign-extended from 32 bits)."""
+    return Insn(ST | MODE_MEM | size, base, 0, off, imm)
+
+
+def load(size: int, dst: int, base: int, off: int) -> Insn:
+    return Insn(LDX | MODE_MEM | size, dst, base, off)
+
+
+def ld_imm64(dst: int, value: int) -> Insn:
+    value &= (1 << 64) - 1
+    lo, hi = value & 0xFFFFFFFF, value >> 32
+    return Insn(LD_IMM64, dst, 0, 0, _s32(lo), _s32(hi))
+
+
+def pseudo_call(target: Insn) -> Insn:
+    return Insn(JMP | JMP_CALL, 0, PSEUDO_CALL, 0, -1, target=target)
+
+
+def nop() -> Insn:
+    """``goto +0``: the probe site's NOP, also what padding tests insert."""
+    return Insn(JMP | JMP_JA, target=None)
+
+
+def _s32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >> 31 else v
+
+
+# --- registers read and written ----------------------------------------------
+
+
+def regs_used(insn: Insn) -> frozenset[int]:
+    """Registers an instruction reads, calls excepted (their argument count
+    depends on the callee: see :func:`call_clobbers` and the liveness pass)."""
+    c, op = insn.cls, insn.op
+    if c in (ALU, ALU64):
+        aop = op & OP_MASK
+        src = {insn.src} if op & SRC_X and aop not in (ALU_END,) else set()
+        dst = set() if aop == ALU_MOV else {insn.dst}
+        return frozenset(src | dst)
+    if c == LDX:
+        return frozenset({insn.src})
+    if c == ST:
+        return frozenset({insn.dst})
+    if c == STX:
+        used = {insn.dst, insn.src}
+        if op & MODE_MASK == MODE_ATOMIC and insn.imm == ATOMIC_CMPXCHG:
+            used.add(R0)
+        return frozenset(used)
+    if c == LD:
+        if op == LD_IMM64:
+            return frozenset()
+        used = {R6}                       # legacy packet access: implicit ctx in r6
+        if op & MODE_MASK == MODE_IND:
+            used.add(insn.src)
+        return frozenset(used)
+    if insn.is_exit:
+        return frozenset({R0})
+    if insn.is_branch and not insn.is_unconditional and (op & OP_MASK) != JMP_JCOND:
+        return frozenset({insn.dst, insn.src} if op & SRC_X else {insn.dst})
+    return frozenset()
+
+
+def regs_defined(insn: Insn) -> frozenset[int]:
+    """Registers an instruction writes (a call: r0, and it clobbers r1..r5)."""
+    c, op = insn.cls, insn.op
+    if c in (ALU, ALU64, LDX) or op == LD_IMM64:
+        return frozenset({insn.dst})
+    if c == LD:                           # legacy packet access behaves like a call
+        return CALLER_SAVED
+    if c == STX and op & MODE_MASK == MODE_ATOMIC and insn.imm & ATOMIC_FETCH:
+        return frozenset({R0} if insn.imm == ATOMIC_CMPXCHG else {insn.src})
+    if insn.is_call:
+        return CALLER_SAVED
+    return frozenset()
+
+
+# --- code sections --------------------------------------------------------
+
+
+@dataclass(eq=False)
+class CodeSection:
+    """The instructions of one executable section."""
+
+    index: int                   # ELF section index
+    name: str
+    insns: list[Insn] = field(default_factory=list)
+    end: Insn = field(default_factory=lambda: Insn(0))   # "past the last insn": a branch target
+    orig_size: int = 0
+
+    def layout(self) -> dict[int, int]:
+        """Byte offset of every instruction (and of :attr:`end`) by id()."""
+        pos, out = 0, {}
+        for insn in self.insns:
+            out[id(insn)] = pos
+            pos += INSN_SIZE * insn.slots
+        out[id(self.end)] = pos
+        return out
+
+    def offset_map(self, layout: dict[int, int]) -> dict[int, int]:
+        """Old byte offset -> new byte offset, for every decoded instruction
+        and for the old end of the section."""
+        out = {insn.orig: layout[id(insn)] for insn in self.insns if insn.orig >= 0}
+        out[self.orig_size] = layout[id(self.end)]
+        return out
+
+    def insert(self, index: int, new: Sequence[Insn]) -> None:
+        """Insert before ``self.insns[index]``.  References to that instruction
+        keep pointing at it, so branches to it skip the new code."""
+        self.insns[index:index] = new
+
+    def at_offset(self, offset: int) -> int:
+        """Index of the decoded instruction that was at ``offset``."""
+        for i, insn in enumerate(self.insns):
+            if insn.orig == offset:
+                return i
+        raise KeyError(offset)
+
+
+def decode_section(index: int, name: str, data: bytes, relocs: Iterable[Relocation] = ()) -> CodeSection:
+    """Instructions of one section, with its relocations attached and its
+    relative branches and same-section calls resolved.  Cross-section code
+    references are resolved by :func:`link_code_references`."""
+    if len(data) % INSN_SIZE:
+        raise InputError(f"{name}: {len(data)} bytes is not a whole number of instructions")
+    sec = CodeSection(index, name, orig_size=len(data))
+    by_slot: dict[int, Insn] = {}
+    raw = list(INSN.iter_unpack(data))
+    slot = 0
+    while slot < len(raw):
+        op, regs, off, imm = raw[slot]
+        insn = Insn(op, regs & 0xF, regs >> 4, off, imm, orig=slot * INSN_SIZE)
+        if op == LD_IMM64:
+            if slot + 1 >= len(raw):
+                raise InputError(f"{name}+{slot * INSN_SIZE:#x}: ld_imm64 cut off by the section end")
+            second = raw[slot + 1]
+            if second[0] or second[1] or second[2]:
+                raise InputError(f"{name}+{slot * INSN_SIZE:#x}: malformed second half of ld_imm64")
+            insn.imm_hi = second[3]
+        by_slot[slot] = insn
+        sec.insns.append(insn)
+        slot += insn.slots
+    by_slot[slot] = sec.end
+    for r in relocs:
+        patched = by_slot.get(r.offset // INSN_SIZE) if r.offset % INSN_SIZE == 0 else None
+        if patched is None or patched is sec.end:
+            raise InputError(f"{name}: relocation at {r.offset:#x} is not on an instruction")
+        if patched.reloc is not None:
+            raise InputError(f"{name}+{r.offset:#x}: two relocations on one instruction")
+        patched.reloc = InsnReloc(r.type, r.symbol, r.addend)
+    for s, insn in list(by_slot.items()):
+        if insn is sec.end:
+            continue
+        rel_target = _relative_target(insn)
+        if rel_target is None:
+            continue
+        t = by_slot.get(s + 1 + rel_target)
+        if t is None:
+            raise InputError(f"{name}+{s * INSN_SIZE:#x}: {'call' if insn.is_call else 'jump'} to "
+                             f"{(s + 1 + rel_target) * INSN_SIZE:#x}, which is not an instruction of "
+                             "the section")
+        insn.target = t
+    return sec
+
+
+def _relative_target(insn: Insn) -> int | None:
+    """The slot distance a branch or same-section call names, or None.
+
+    ``goto +0`` (a probe site, or padding) names none: it is a NOP wherever
+    it stands, and must stay one when instructions are inserted after it."""
+    if insn.is_nop:
+        return None
+    if insn.is_branch:
+        return insn.imm if insn.is_gotol else insn.off
+    if insn.is_pseudo_call and insn.reloc is None:
+        return insn.imm
+    return None
+
+
+def _symbol_section(sym: Symbol) -> int | None:
+    return None if sym.shndx == SHN_UNDEF or sym.shndx >= SHN_LORESERVE else sym.shndx
+
+
+def link_code_references(sections: dict[int, CodeSection], symbols: Sequence[Symbol]) -> None:
+    """Resolve calls and function addresses that go through a relocation to a
+    symbol in a code section (the callee may be in another section): libbpf's
+    rule is callee slot = symbol value / 8 + imm + 1 for a call, and callee
+    byte = symbol value + imm for an ld_imm64."""
+    slot_maps: dict[int, dict[int, Insn]] = {}
+    for sec in sections.values():
+        for insn in sec.insns:
+            r = insn.reloc
+            if r is None or not (insn.is_pseudo_call or insn.op == LD_IMM64):
+                continue
+            if not 0 <= r.symbol < len(symbols):
+                raise InputError(f"{sec.name}+{insn.orig:#x}: relocation names symbol {r.symbol}, "
+                                 "which does not exist")
+            sym = symbols[r.symbol]
+            shndx = _symbol_section(sym)
+            if shndx is None or shndx not in sections:
+                continue              # an extern (resolved by a linker) or data
+            target_sec = sections[shndx]
+            if target_sec.index not in slot_maps:
+                slot_maps[target_sec.index] = {i.orig: i for i in target_sec.insns}
+                slot_maps[target_sec.index][target_sec.orig_size] = target_sec.end
+            byte = (sym.value + INSN_SIZE * (insn.imm + 1)) if insn.is_pseudo_call else sym.value + insn.imm
+            t = slot_maps[target_sec.index].get(byte)
+            if t is None:
+                raise InputError(f"{sec.name}+{insn.orig:#x}: refers to {target_sec.name}+{byte:#x}, "
+                                 "which is not an instruction")
+            insn.target = t
+
+
+@dataclass
+class EncodedSection:
+    data: bytes
+    relocs: list[Relocation]
+    offsets: dict[int, int]      # old byte offset -> new byte offset
+    layout: dict[int, int]       # id(insn) -> new byte offset, inserted insns included
+
+    def position(self, insn: Insn) -> int:
+        return self.layout[id(insn)]
+
+
+def encode_sections(sections: dict[int, CodeSection],
+                    symbols: Sequence[Symbol]) -> tuple[dict[int, EncodedSection], dict[int, int]]:
+    """Lay every section out and encode it, deriving branch offsets, call
+    immediates and relocation offsets from where the instructions now are.
+
+    Returns the encoded sections and the new value of every symbol defined in
+    a code section (symbol index -> value): function symbols move with their
+    first instruction, and a call through a function symbol is encoded
+    against the symbol's new value."""
+    layouts = {idx: sec.layout() for idx, sec in sections.items()}
+    offsets = {idx: sec.offset_map(layouts[idx]) for idx, sec in sections.items()}
+    owner: dict[int, tuple[int, int]] = {}   # id(insn) -> (section index, byte offset)
+    for idx, sec in sections.items():
+        lay = layouts[idx]
+        for insn in sec.insns:
+            owner[id(insn)] = (idx, lay[id(insn)])
+        owner[id(sec.end)] = (idx, lay[id(sec.end)])
+    values = {}
+    for sym in symbols:
+        shndx = _symbol_section(sym)
+        if shndx in offsets and sym.type != STT_SECTION:
+            new = offsets[shndx].get(sym.value)
+            if new is None:
+                raise InputError(f"symbol {sym.name} at {sections[shndx].name}+{sym.value:#x} is not "
+                                 "on an instruction")
+            values[sym.num] = new
+    out = {}
+    for idx, sec in sections.items():
+        lay = layouts[idx]
+        blob = bytearray()
+        relocs = []
+        for insn in sec.insns:
+            here = lay[id(insn)]
+            if insn.target is not None:
+                _derive_reference(insn, here, idx, owner, symbols, values, sec)
+            if insn.reloc is not None:
+                r = insn.reloc
+                relocs.append(Relocation(here, r.type, r.symbol, r.addend))
+            blob += insn.encode()
+        out[idx] = EncodedSection(bytes(blob), relocs, offsets[idx], lay)
+    return out, values
+
+
+def _derive_reference(insn: Insn, here: int, sec_idx: int, owner: dict[int, tuple[int, int]],
+                      symbols: Sequence[Symbol], values: dict[int, int], sec: CodeSection) -> None:
+    assert insn.target is not None
+    where = owner.get(id(insn.target))
+    if where is None:
+        raise InputError(f"{sec.name}+{here:#x}: refers to an instruction that was removed")
+    t_sec, t_off = where
+    if insn.reloc is None:
+        if t_sec != sec_idx:
+            raise InputError(f"{sec.name}+{here:#x}: a relative reference cannot leave its section")
+        rel = (t_off - here) // INSN_SIZE - 1
+        if insn.is_branch and not insn.is_gotol:
+            if not -(1 << 15) <= rel < (1 << 15):
+                raise InputError(f"{sec.name}+{here:#x}: jump of {rel} insns does not fit 16 bits "
+                                 "after the rewrite")
+            insn.off = rel
+        else:
+            insn.imm = rel
+        return
+    sym = symbols[insn.reloc.symbol]
+    base = values.get(insn.reloc.symbol, sym.value) if sym.type != STT_SECTION else 0
+    if insn.is_pseudo_call:
+        insn.imm = (t_off - base) // INSN_SIZE - 1
+    else:
+        insn.imm = t_off - base

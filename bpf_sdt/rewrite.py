@@ -1,0 +1,293 @@
+"""Rewrite the code of a BPF object and keep everything that points into it
+right.
+
+:func:`decode_code` turns every executable section into
+:class:`~bpf_sdt.insn.CodeSection` objects; callers edit the instruction
+lists (insert, replace); :func:`rewrite_object` writes the object back:
+
+- code bytes, branch offsets, call immediates, relocation offsets:
+  re-derived by :func:`bpf_sdt.insn.encode_sections`;
+- function symbols: value and size follow their instructions;
+- data words that hold a code offset in place (the address words of
+  ``.bpf_sdt_notes``: REL relocations against a code section or function):
+  moved through the old-to-new offset map;
+- ``.BTF.ext`` func_info, line_info and CO-RE records: moved through the same
+  map, so ``bpftool prog dump xlated`` still shows the right source lines;
+- DWARF (``.debug_*`` but our types section): dropped when code changed.  Its
+  line tables and location lists hold address *deltas* that no relocation
+  describes, so they cannot be moved; loaders read BTF, not DWARF, and the
+  libbpf linker drops DWARF too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bpf_sdt.elf import (
+    R_BPF_64_ABS32,
+    R_BPF_64_ABS64,
+    R_BPF_64_NODYLD32,
+    SHF_INFO_LINK,
+    SHT_REL,
+    SHT_RELA,
+    STB_LOCAL,
+    STT_FUNC,
+    STT_NOTYPE,
+    STT_SECTION,
+    STV_DEFAULT,
+    BpfObject,
+    ElfImage,
+    Relocation,
+    SecRec,
+    SymRec,
+    is_reserved_index,
+)
+from bpf_sdt.errors import InputError
+from bpf_sdt.format import TYPES_SECTION
+from bpf_sdt.insn import (
+    CodeSection,
+    EncodedSection,
+    Insn,
+    decode_section,
+    encode_sections,
+    link_code_references,
+)
+
+BTF_EXT_SECTION = ".BTF.ext"
+DWARF_PREFIX = ".debug_"
+# In-place data words a relocation may hold a code offset in: type -> width.
+_IN_PLACE_WIDTH = {R_BPF_64_ABS64: 8, R_BPF_64_ABS32: 4, R_BPF_64_NODYLD32: 4}
+
+
+@dataclass
+class Moved:
+    """A code section whose instructions were appended to another one."""
+
+    into: int                            # the section they now belong to
+    at: dict[int, Insn]                  # old byte offset -> the instruction
+
+
+@dataclass
+class Label:
+    """A new local symbol naming an instruction (STT_NOTYPE, size 0)."""
+
+    name: str
+    section: int
+    insn: Insn
+
+
+@dataclass
+class CodeEdits:
+    """What a rewrite changes besides the instruction lists themselves."""
+
+    moved: dict[int, Moved] = field(default_factory=dict)
+    renamed: dict[int, str] = field(default_factory=dict)
+    labels: list[Label] = field(default_factory=list)
+    make_static: set[str] = field(default_factory=set)    # function names
+
+
+def move_code(code: dict[int, CodeSection], source: int, into: int, edits: CodeEdits) -> None:
+    """Append section ``source``'s instructions to section ``into``.  Their
+    references go with them; their symbols and .BTF.ext records follow when
+    the object is rewritten."""
+    src, dst = code.pop(source), code[into]
+    if any(insn.target is src.end for sec in code.values() for insn in sec.insns) or \
+            any(insn.target is src.end for insn in src.insns):
+        raise InputError(f"{src.name}: a jump past the end of the section cannot be moved")
+    at = {insn.orig: insn for insn in src.insns}
+    for insn in src.insns:
+        insn.orig = -1        # no longer an instruction of its old section's offsets
+    dst.insns.extend(src.insns)
+    edits.moved[source] = Moved(into, at)
+
+
+def decode_code(obj: BpfObject) -> dict[int, CodeSection]:
+    """Every executable section of ``obj``, decoded, with all code references
+    (including cross-section calls and function addresses) resolved."""
+    sections = {}
+    for sec in obj.sections:
+        if sec.executable and sec.type != SHT_REL and sec.type != SHT_RELA:
+            _, relocs = obj.relocations(sec)
+            sections[sec.index] = decode_section(sec.index, sec.name, obj.section_data(sec), relocs)
+    link_code_references(sections, obj.symbols)
+    return sections
+
+
+def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
+                   edits: CodeEdits | None = None) -> ElfImage:
+    """An image of ``obj`` with the edited ``code`` written in and every
+    reference into it moved."""
+    edits = edits or CodeEdits()
+    img = ElfImage.from_object(obj)
+    encoded, values = encode_sections(code, obj.symbols)
+    changed = bool(edits.moved) or any(enc.data != obj.section_data(obj.sections[idx])
+                                       for idx, enc in encoded.items())
+    for idx, enc in encoded.items():
+        img.sections[idx].data = enc.data
+        _set_code_relocations(img, idx, enc)
+    _move_symbols(obj, img, encoded, values)
+    _move_moved_symbols(obj, img, encoded, edits)
+    _move_in_place_words(obj, img, encoded, values)
+    _move_btf_ext(obj, img, encoded, edits)
+    for label in edits.labels:
+        img.symbols.append(SymRec(label.name, encoded[label.section].position(label.insn), 0,
+                                  (STB_LOCAL << 4) | STT_NOTYPE, 0, label.section))
+    if edits.make_static:
+        _make_static(obj, img, edits.make_static)
+    for idx, name in edits.renamed.items():
+        _rename_section(img, idx, name)
+    drop_indices = set(edits.moved)
+    if changed:
+        drop_indices |= {i for i, s in enumerate(img.sections)
+                         if s.name.startswith(DWARF_PREFIX) and s.name != TYPES_SECTION}
+    if edits.moved:   # its relocations name the moved sections' symbols; libbpf ignores it
+        drop_indices |= {i for i, s in enumerate(img.sections) if s.name == ".rel" + BTF_EXT_SECTION}
+    img.remove_section_indices(drop_indices)
+    return img
+
+
+def _move_moved_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
+                        edits: CodeEdits) -> None:
+    """Symbols of moved sections go where their instructions went (section
+    symbols excepted: they go with their sections)."""
+    for sym in obj.symbols:
+        moved = edits.moved.get(sym.shndx)
+        if moved is None or sym.type == STT_SECTION:
+            continue
+        insn = moved.at.get(sym.value)
+        if insn is None:
+            raise InputError(f"{obj.path}: symbol {sym.name} is not on an instruction")
+        rec = img.symbols[sym.num]
+        rec.shndx, rec.value = moved.into, encoded[moved.into].position(insn)
+
+
+def _make_static(obj: BpfObject, img: ElfImage, names: set[str]) -> None:
+    """Local binding in ELF and static linkage in BTF: the verifier then checks
+    the function in its caller's context (a global function is checked on its
+    own, its pointer arguments sized by their BTF types)."""
+    from bpf_sdt.btf import BtfLinkage, find_funcs, set_func_linkage
+
+    for rec in img.symbols:
+        if rec.name in names and rec.type == STT_FUNC:
+            rec.info = (STB_LOCAL << 4) | STT_FUNC
+            rec.other = STV_DEFAULT
+    btf_i = img.index_of(".BTF")
+    if btf_i is None or obj.btf is None:
+        return
+    data = img.sections[btf_i].data
+    for name in sorted(names):
+        for type_id in find_funcs(obj.btf, name):
+            data = set_func_linkage(data, type_id, BtfLinkage.STATIC)
+    img.sections[btf_i].data = data
+
+
+def _rename_section(img: ElfImage, idx: int, name: str) -> None:
+    old = img.sections[idx].name
+    img.sections[idx].name = name
+    rel = img.rel_section_for(idx)
+    if rel is not None and img.sections[rel].name == ".rel" + old:
+        img.sections[rel].name = ".rel" + name
+
+
+def _set_code_relocations(img: ElfImage, idx: int, enc: EncodedSection) -> None:
+    rel_i = img.rel_section_for(idx)
+    if rel_i is None:
+        if not enc.relocs:
+            return
+        name = ".rel" + img.sections[idx].name
+        rel_i = img.add_section(SecRec(name, SHT_REL, SHF_INFO_LINK, b"", link=img.symtab_index,
+                                       info=idx, addralign=8, entsize=16, relocs=[]))
+    img.sections[rel_i].relocs = enc.relocs
+
+
+def _move_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
+                  values: dict[int, int]) -> None:
+    for sym in obj.symbols:
+        if sym.num not in values:
+            continue
+        rec = img.symbols[sym.num]
+        offsets = encoded[sym.shndx].offsets
+        end = offsets.get(sym.value + sym.size)
+        rec.value = values[sym.num]
+        if sym.size and end is not None:
+            rec.size = end - rec.value
+
+
+def _move_in_place_words(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
+                         values: dict[int, int]) -> None:
+    """REL relocations in data sections against code: the word holds the
+    offset (from the symbol) and moves with the code."""
+    for rel_sec in obj.sections:
+        if rel_sec.type != SHT_REL:
+            continue
+        target = obj.section_at(rel_sec.info)
+        if target is None or target.executable or target.name == BTF_EXT_SECTION \
+                or target.name.startswith(DWARF_PREFIX):
+            continue
+        data: bytearray | None = None
+        original = obj.section_data(target)
+        for r in obj.decode_relocations(rel_sec):
+            moved = _moved_word(obj, r, encoded, values, target.name, original)
+            if moved is None:
+                continue
+            if data is None:
+                data = bytearray(img.sections[target.index].data)
+            width, value = moved
+            if r.offset + width > len(data):
+                raise InputError(f"{obj.path}: {rel_sec.name}: relocation at {r.offset:#x} runs past "
+                                 f"{target.name}")
+            data[r.offset: r.offset + width] = value.to_bytes(width, "little")
+        if data is not None:
+            img.sections[target.index].data = bytes(data)
+
+
+def _moved_word(obj: BpfObject, r: Relocation, encoded: dict[int, EncodedSection],
+                values: dict[int, int], where: str, target_data: bytes) -> tuple[int, int] | None:
+    """(width, new in-place value) of a word holding a code offset, or None."""
+    width = _IN_PLACE_WIDTH.get(r.type)
+    if width is None or not 0 <= r.symbol < len(obj.symbols):
+        return None
+    sym = obj.symbols[r.symbol]
+    if is_reserved_index(sym.shndx) or sym.shndx not in encoded:
+        return None
+    if r.offset + width > len(target_data):
+        raise InputError(f"{obj.path}: relocation at {where}+{r.offset:#x} runs past the section")
+    addend = int.from_bytes(target_data[r.offset: r.offset + width], "little")
+    base_old = 0 if sym.type == STT_SECTION else sym.value
+    base_new = 0 if sym.type == STT_SECTION else values[sym.num]
+    new = encoded[sym.shndx].offsets.get(base_old + addend)
+    if new is None:
+        raise InputError(f"{obj.path}: {where}+{r.offset:#x} points at "
+                         f"{obj.sections[sym.shndx].name}+{base_old + addend:#x}, which is not an "
+                         "instruction")
+    return width, new - base_new
+
+
+def _move_btf_ext(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
+                  edits: CodeEdits) -> None:
+    ext_sec = obj.section(BTF_EXT_SECTION)
+    btf_sec = obj.section(".BTF")
+    if ext_sec is None or btf_sec is None:
+        return
+    from bpf_sdt.btfext import BtfExt
+
+    ext = BtfExt.parse(obj.section_data(ext_sec), obj.btf.strings if obj.btf else b"")
+    for idx, enc in encoded.items():
+        name = obj.sections[idx].name
+        ext.remap(name, _offset_mapper(enc.offsets, name))
+    for idx, moved in edits.moved.items():
+        name, into = obj.sections[idx].name, obj.sections[moved.into].name
+        dest = encoded[moved.into]
+        positions = {old: dest.position(insn) for old, insn in moved.at.items()}
+        ext.move_section(name, into, _offset_mapper(positions, name))
+    img.sections[ext_sec.index].data = ext.encode()
+
+
+def _offset_mapper(offsets: dict[int, int], section: str) -> Callable[[int], int]:
+    def move(old: int) -> int:
+        new = offsets.get(old)
+        if new is None:
+            raise InputError(f".BTF.ext: a record at {section}+{old:#x} is not on an instruction")
+        return new
+    return move

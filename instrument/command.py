@@ -1,0 +1,341 @@
+"""`bpf-sdt instrument IN.o -o OUT.o`: make probe sites call observers.
+
+1. Decode IN's notes; pick the sites (``--probe`` globs, default all) and
+   the observers of each (``--observer`` objects, ``--attach``; without them
+   the generated recorder).  Names that match nothing are usage errors.
+2. Link IN, the observer objects and the recorder with the libbpf linker
+   (``bpf-sdt link``, which keeps the notes).  IN comes first, so its code
+   keeps its offsets; the observers' maps, globals and BTF join the output.
+3. Decode the linked code, move the observers into ``.text`` (libbpf calls
+   into ``.text`` only) and make them static (so the verifier checks them in
+   the caller's context, where the argument array lives), and after every
+   selected NOP insert the sequence of :mod:`instrument.sequence`.
+4. Write the result atomically once it passes `check`.
+
+Sites that cannot take a call (a register live after the site that is not
+set on every path; a call chain whose stack would pass 512 bytes) are
+findings: exit 1, nothing written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bpf_sdt.instrument.analysis import (
+    CLOBBER,
+    MAX_STACK,
+    Function,
+    Program,
+    initialised_after,
+    live_after,
+    mask,
+    regs_of,
+)
+from bpf_sdt.instrument.observers import (
+    DEFAULT_RINGBUF_SIZE,
+    RECORDER_PREFIX,
+    ObserverDecl,
+    build_recorder,
+    check_ringbuf_size,
+    find_observers,
+    is_observer_section,
+)
+from bpf_sdt.instrument.sequence import Frame, Observer, site_sequence
+
+from bpf_sdt.argtype import ArgType
+from bpf_sdt.btfext import BtfExt
+from bpf_sdt.elf import STT_FUNC, BpfObject, load_object
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
+from bpf_sdt.fsutil import write_atomic
+from bpf_sdt.insn import CodeSection, Insn
+from bpf_sdt.notes import NoteEntry, NotesDecoding, decode_notes
+from bpf_sdt.probes import probe_types
+from bpf_sdt.rewrite import CodeEdits, Label, decode_code, move_code, rewrite_object
+
+TEXT = ".text"
+CALL_LABEL_PREFIX = "___sdt_call_"     # + observer: a local symbol on each inserted call's first insn
+SLOT = 8
+
+
+class SiteError(BpfSdtError):
+    """Sites where a call cannot be placed: findings, exit 1."""
+
+    exit_code = EXIT_FINDINGS
+
+
+@dataclass(frozen=True)
+class Request:
+    input: Path
+    output: Path
+    probes: tuple[str, ...] = ()
+    observers: tuple[Path, ...] = ()
+    attach: tuple[str, ...] = ()            # "observer=GLOB"
+    record: bool = False
+    ringbuf_size: int = DEFAULT_RINGBUF_SIZE
+    bpftool: str = "bpftool"
+
+
+@dataclass
+class InstrumentedSite:
+    site_id: int
+    probe: str
+    section: str
+    offset: int                 # the NOP's byte offset in OUT
+    function: str
+    observers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    sites: list[InstrumentedSite]
+    observers: dict[str, list[str]]      # probe -> observer names, in call order
+
+
+def run_instrument(req: Request) -> int:
+    instrument(req)
+    return EXIT_OK
+
+
+def instrument(req: Request) -> Result:
+    check_ringbuf_size(req.ringbuf_size)
+    obj = load_object(req.input)
+    notes = _usable_notes(obj)
+    types = probe_types(obj.btf)
+    probes = sorted({e.probe for e in notes.entries})
+    selected = _select_probes(probes, req.probes)
+    decls = [d for path in req.observers for d in _observers_of(path)]
+    plan = _plan_observers(decls, selected, req, types)
+    with tempfile.TemporaryDirectory(prefix="bpf-sdt-instrument-") as tmp:
+        extra = [*req.observers]
+        recorded = sorted({p for p, obs in plan.items() for o in obs if o.startswith(RECORDER_PREFIX)})
+        if recorded:
+            arities = sorted({len(types.get(p, ())) for p in recorded})
+            extra.append(build_recorder(arities, req.ringbuf_size, Path(tmp)))
+        linked = Path(tmp) / "linked.o"
+        from bpf_sdt.postlink.link import link
+
+        link(linked, [req.input, *extra], req.bpftool)
+        data, result = _rewrite(load_object(linked), plan, req)
+    write_atomic(req.output, data)
+    return result
+
+
+# --- choosing sites and observers --------------------------------------------
+
+
+def _usable_notes(obj: BpfObject) -> NotesDecoding:
+    notes = decode_notes(obj)
+    if notes.problems:
+        p = notes.problems[0]
+        raise InputError(f"{obj.path}: its probe notes are broken ({p.where}: {p.message}); "
+                         f"run `bpf-sdt check {obj.path}`")
+    if not notes.entries:
+        raise InputError(f"{obj.path}: has no probe sites to instrument")
+    return notes
+
+
+def _select_probes(probes: list[str], globs: Sequence[str]) -> list[str]:
+    if not globs:
+        return probes
+    for g in globs:
+        if not any(fnmatch.fnmatchcase(p, g) for p in probes):
+            raise UsageError(f"--probe {g}: matches no probe; the object has: {', '.join(probes)}")
+    return [p for p in probes if any(fnmatch.fnmatchcase(p, g) for g in globs)]
+
+
+def _observers_of(path: Path) -> list[ObserverDecl]:
+    found = find_observers(load_object(path))
+    if not found:
+        raise InputError(f"{path}: has no observer (a function in SEC(\"bpf_sdt\") or "
+                         "SEC(\"bpf_sdt/<probe>\"))")
+    return found
+
+
+def _plan_observers(decls: list[ObserverDecl], selected: list[str], req: Request,
+                    types: dict[str, tuple[ArgType, ...]]) -> dict[str, list[str]]:
+    """Probe -> the observers its sites call, in order."""
+    attach: dict[str, list[str]] = {}
+    names = {d.name for d in decls}
+    for spec in req.attach:
+        name, sep, glob = spec.partition("=")
+        if not sep or not name or not glob:
+            raise UsageError(f"--attach {spec}: expected OBSERVER=GLOB")
+        if name not in names:
+            raise UsageError(f"--attach {spec}: no observer named {name} in "
+                             f"{', '.join(map(str, req.observers)) or 'the --observer objects'}")
+        attach.setdefault(name, []).append(glob)
+    plan: dict[str, list[str]] = {p: [] for p in selected}
+    for d in decls:
+        if d.glob is None and d.name not in attach:
+            raise UsageError(f"observer {d.name} ({d.path}) is in SEC(\"bpf_sdt\"): name its probes "
+                             f"with --attach {d.name}=GLOB")
+        served = [p for p in selected if d.matches(p, attach.get(d.name, []))]
+        if not served:
+            globs = ([d.glob] if d.glob else []) + attach.get(d.name, [])
+            raise UsageError(f"observer {d.name} ({d.path}): {', '.join(globs)} matches no selected "
+                             f"probe; the object has: {', '.join(selected)}")
+        for p in served:
+            nargs = len(types.get(p, ()))
+            if d.arity is not None and d.arity > nargs:
+                raise UsageError(f"observer {d.name} ({d.path}) takes {d.arity} arguments, probe {p} "
+                                 f"has {nargs}")
+            plan[p].append(d.name)
+    if not decls or req.record:
+        for p in selected:
+            plan[p].append(f"{RECORDER_PREFIX}{len(types.get(p, ()))}")
+    return {p: obs for p, obs in plan.items() if obs}
+
+
+# --- rewriting the linked object --------------------------------------------------------
+
+
+def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[bytes, Result]:
+    notes = decode_notes(obj)
+    types = probe_types(obj.btf)
+    code = decode_code(obj)
+    program = Program(code, obj.symbols, _site_uses(code, notes))
+    edits = CodeEdits()
+    observers = _observer_entries(obj, code, plan)     # before sections move
+    text = _gather_text(obj, code, edits)
+    ordered = sorted(notes.entries, key=lambda e: (e.section.name, e.offset, e.entry_offset))
+    index_of = {idx: {insn.orig: i for i, insn in enumerate(sec.insns)} for idx, sec in code.items()}
+    inserts: dict[int, dict[int, list[Insn]]] = {}
+    sites, problems = [], []
+    ext = _btf_ext(obj)
+    for site_id, entry in enumerate(ordered):
+        names = plan.get(entry.probe)
+        if not names:
+            continue
+        sec = code[entry.section.index]
+        idx = index_of[sec.index][entry.offset]
+        f = program.function_of(sec, idx)
+        try:
+            seq, calls = _site_code(program, f, idx, entry, types.get(entry.probe, ()),
+                                    [observers[n] for n in names], site_id, sec.index != text)
+        except SiteError as e:
+            problems.append(f"{_where(obj, entry, f, ext)}: {e}")
+            continue
+        inserts.setdefault(sec.index, {})[idx] = seq
+        edits.labels += [Label(CALL_LABEL_PREFIX + name, sec.index, insn) for name, insn in calls]
+        sites.append(InstrumentedSite(site_id, entry.probe, sec.name, entry.offset, f.name, list(names)))
+    if problems:
+        raise SiteError("; ".join(problems) if len(problems) <= 3 else
+                        f"{'; '.join(problems[:3])}; and {len(problems) - 3} more sites")
+    for idx, at in inserts.items():
+        _insert_after(code[idx], at)
+    edits.make_static |= {name for names in plan.values() for name in names}
+    img = rewrite_object(obj, code, edits)
+    data = img.to_bytes()
+    _verify(req.output, data)
+    return data, Result(sites, plan)
+
+
+def _site_uses(code: dict[int, CodeSection], notes: NotesDecoding) -> dict[int, int]:
+    """id() of every probe NOP -> the registers its arguments are in."""
+    at = {(idx, insn.orig): insn for idx, sec in code.items() for insn in sec.insns}
+    out = {}
+    for e in notes.entries:
+        nop = at.get((e.section.index, e.offset))
+        if nop is not None:
+            out[id(nop)] = mask(a.reg for a in e.args if a.kind == "reg" and a.reg is not None)
+    return out
+
+
+def _gather_text(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits) -> int:
+    """Move every observer section into .text; the section index of .text."""
+    text = next((idx for idx, sec in code.items() if sec.name == TEXT), None)
+    moving = [idx for idx, sec in code.items() if is_observer_section(sec.name)]
+    if text is None:
+        if not moving:
+            raise InputError(f"{obj.path}: no .text to hold the observers")
+        text, moving = moving[0], moving[1:]
+        edits.renamed[text] = TEXT
+    for idx in moving:
+        move_code(code, idx, text, edits)
+    return text
+
+
+def _observer_entries(obj: BpfObject, code: dict[int, CodeSection],
+                      plan: dict[str, list[str]]) -> dict[str, Observer]:
+    """Observer name -> its first instruction (found before any section moves)."""
+    wanted = {n for names in plan.values() for n in names}
+    out = {}
+    for sym in obj.symbols:
+        if sym.name in wanted and sym.name not in out and sym.type == STT_FUNC \
+                and (entry := _insn_at(code, sym.shndx, sym.value)) is not None:
+            out[sym.name] = Observer(sym.name, entry, sym.num)
+    missing = wanted - set(out)
+    if missing:
+        raise InputError(f"observer {', '.join(sorted(missing))} not found in the linked object")
+    return out
+
+
+def _insn_at(code: dict[int, CodeSection], shndx: int, offset: int) -> Insn | None:
+    sec = code.get(shndx)
+    if sec is not None:
+        return next((i for i in sec.insns if i.orig == offset), None)
+    return None
+
+
+def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types: tuple[ArgType, ...],
+               observers: list[Observer], site_id: int,
+               cross_section: bool) -> tuple[list[Insn], list[tuple[str, Insn]]]:
+    """The site's sequence, and for each observer the first insn of its call."""
+    local = idx - f.start
+    live = live_after(f, local) & CLOBBER
+    unset = live & ~initialised_after(f, local)
+    if unset:
+        regs = ", ".join(f"r{r}" for r in regs_of(unset))
+        raise SiteError(f"{regs} {'is' if len(regs_of(unset)) == 1 else 'are'} live after the site but not "
+                        "set on every path to it, so the call cannot save and restore it")
+    if len(types) != len(entry.args):
+        raise SiteError(f"probe {entry.probe}: the note has {len(entry.args)} arguments, its BTF "
+                        f"prototype {len(types)}")
+    frame = Frame(base=-(-f.frame // SLOT) * SLOT, saved=tuple(regs_of(live)), nargs=len(entry.args))
+    callees = [g for o in observers if (g := program.by_name(o.name)) is not None]
+    depth = program.chain_above(f) + program.chain_below(f, frame=max(f.frame, frame.depth), extra=callees)
+    if depth > MAX_STACK:
+        raise SiteError(f"the call chain through this site would use {depth} bytes of stack "
+                        f"(the verifier allows {MAX_STACK}); {f.name} already uses {f.frame}")
+    seq = site_sequence(entry.args, types, frame, observers, site_id, cross_section)
+    calls = [i - 2 for i, insn in enumerate(seq) if insn.is_pseudo_call]   # r1 = r10; r1 += ..; call
+    return seq, [(obs.name, seq[i]) for obs, i in zip(observers, calls, strict=True)]
+
+
+def _insert_after(sec: CodeSection, at: dict[int, list[Insn]]) -> None:
+    """One pass: each selected NOP followed by its sequence."""
+    out: list[Insn] = []
+    for i, insn in enumerate(sec.insns):
+        out.append(insn)
+        if i in at:
+            out += at[i]
+    sec.insns = out
+
+
+def _btf_ext(obj: BpfObject) -> BtfExt | None:
+    sec = obj.section(".BTF.ext")
+    if sec is None or obj.btf is None:
+        return None
+    try:
+        return BtfExt.parse(obj.section_data(sec), obj.btf.strings)
+    except InputError:
+        return None
+
+
+def _where(obj: BpfObject, entry: NoteEntry, f: Function, ext: BtfExt | None) -> str:
+    line = ext.line_of(entry.section.name, entry.offset) if ext else None
+    src = f" ({ext.file_name(line)}:{line.line})" if ext and line else ""
+    return f"{entry.probe} in {f.name}, {entry.section.name} insn {entry.offset // SLOT}{src}"
+
+
+def _verify(output: Path, data: bytes) -> None:
+    from bpf_sdt.postlink.check import analyze
+
+    report = analyze(BpfObject(str(output), data))
+    if report.errors:
+        first = next(f for f in report.findings if f.severity == "error")
+        raise InputError(f"the instrumented object fails check ({first.where}: {first.message} [{first.rule}])")

@@ -1,0 +1,165 @@
+"""The instructions inserted at an enabled probe site (docs/instrument.md).
+
+They go right after the site's ``goto +0``, which stays, so the note still
+describes the NOP and the object can be checked and instrumented again.
+Branches to the NOP run them; branches past it skip them.  With ``B`` the
+bytes of stack the function already uses (rounded up to 8), ``S`` the
+caller-saved registers live after the site, ``N`` the probe's arguments and
+``A = B + 8*|S| + 8*N`` (so the argument array starts at ``r10 - A``):
+
+    *(u64 *)(r10 - (B + 8k)) = rS_k        for each saved register (spill)
+    *(u64 *)(r10 - A + 8j) = rK            argument j held whole in rK
+    r0 = rK ; <convert> ; *(u64 *)(r10 - A + 8j) = r0     a narrower type
+    *(u64 *)(r10 - A + 8j) = imm           an immediate, converted here
+    r0 = *(uM *)(r10 + off) ; <convert> ; *(u64 *)(r10 - A + 8j) = r0   a stack slot
+    *(u64 *)(r10 - A - 8) = site id        read by the recorder as ctx[-1]
+    r1 = r10 ; r1 += -A ; call observer    once per observer, in order
+    rS_k = *(u64 *)(r10 - (B + 8k))        fill what was spilled
+
+``<convert>`` turns the raw 64-bit value into the declared type, as a
+trampoline does: ``w0 = wK`` for a 32-bit unsigned type, ``r0 &= 0xff`` /
+``0xffff`` for narrower unsigned ones, ``r0 <<= 64-n ; r0 s>>= 64-n`` for an
+n-bit signed one.  r0 is the only scratch register: it is spilled first when
+it is live, and an argument held in r0 is converted before r0 is reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bpf_sdt.argtype import ArgType
+from bpf_sdt.elf import R_BPF_64_32
+from bpf_sdt.insn import (
+    ALU,
+    ALU_ADD,
+    ALU_AND,
+    ALU_ARSH,
+    ALU_LSH,
+    ALU_MOV,
+    R0,
+    R1,
+    R10,
+    SIZE_B,
+    SIZE_DW,
+    SIZE_H,
+    SIZE_W,
+    SRC_K,
+    Insn,
+    InsnReloc,
+    alu64_imm,
+    ld_imm64,
+    load,
+    mov32_reg,
+    mov64_reg,
+    pseudo_call,
+    store_imm,
+    store_reg,
+)
+from bpf_sdt.model import ArgLocation
+
+SLOT = 8
+S32_MIN, S32_MAX = -(1 << 31), (1 << 31) - 1
+U32_MAX = (1 << 32) - 1
+_LOAD_SIZE = {1: SIZE_B, 2: SIZE_H, 4: SIZE_W, 8: SIZE_DW}
+_UNSIGNED_MASK = {1: 0xFF, 2: 0xFFFF}
+
+
+@dataclass(frozen=True)
+class Observer:
+    """A call target: the observer's first instruction and, for calls from
+    another section, the symbol a relocation names."""
+
+    name: str
+    entry: Insn
+    symbol: int
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where a site's spills, argument array and site id live."""
+
+    base: int                    # bytes the function already uses below r10
+    saved: tuple[int, ...]       # caller-saved registers spilled around the call
+    nargs: int
+
+    def spill(self, k: int) -> int:
+        return -(self.base + SLOT * (k + 1))
+
+    @property
+    def args(self) -> int:
+        """r10-relative offset of argument 0 (what r1 points to)."""
+        return -(self.base + SLOT * len(self.saved) + SLOT * self.nargs)
+
+    @property
+    def site_id(self) -> int:
+        return self.args - SLOT
+
+    @property
+    def depth(self) -> int:
+        return -self.site_id
+
+
+def needs_conversion(t: ArgType) -> bool:
+    return t.bits < 64
+
+
+def _convert_r0(t: ArgType, src: int) -> list[Insn]:
+    """r0 = the value of ``src`` converted to ``t`` (src may be r0)."""
+    bits = t.bits
+    if not t.signed and bits == 32:
+        return [mov32_reg(R0, src)]
+    out = [] if src == R0 else [mov64_reg(R0, src)]
+    if not t.signed:
+        return out + [alu64_imm(ALU_AND, R0, _UNSIGNED_MASK[t.size])]
+    shift = 64 - bits
+    return out + [alu64_imm(ALU_LSH, R0, shift), alu64_imm(ALU_ARSH, R0, shift)]
+
+
+def _store_constant(off: int, value: int) -> list[Insn]:
+    """``*(u64 *)(r10 + off) = value`` for any 64-bit value."""
+    if S32_MIN <= value <= S32_MAX:
+        return [store_imm(SIZE_DW, R10, off, value)]
+    if 0 <= value <= U32_MAX:     # w0 = imm zero-extends
+        imm = value - (1 << 32) if value > S32_MAX else value
+        return [Insn(ALU | ALU_MOV | SRC_K, R0, 0, 0, imm), store_reg(SIZE_DW, R10, off, R0)]
+    return [ld_imm64(R0, value), store_reg(SIZE_DW, R10, off, R0)]
+
+
+def _load_stack_arg(loc: ArgLocation, t: ArgType, off: int) -> list[Insn]:
+    size = loc.size or 8
+    out = [load(_LOAD_SIZE[size], R0, R10, loc.offset or 0)]
+    # A load zero-extends: an unsigned type at least as wide as the load is exact.
+    if needs_conversion(t) and (t.signed or size > t.size):
+        out += _convert_r0(t, R0)
+    return out + [store_reg(SIZE_DW, R10, off, R0)]
+
+
+def site_sequence(args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
+                  observers: Sequence[Observer], site_id: int, cross_section: bool) -> list[Insn]:
+    """The instructions for one enabled site (see the module docstring)."""
+    seq = [store_reg(SIZE_DW, R10, frame.spill(k), r) for k, r in enumerate(frame.saved)]
+    narrow: list[tuple[int, int, ArgType]] = []
+    for j, (loc, t) in enumerate(zip(args, types, strict=True)):
+        if loc.kind == "reg" and loc.reg is not None:
+            if needs_conversion(t):
+                narrow.append((j, loc.reg, t))
+            else:
+                seq.append(store_reg(SIZE_DW, R10, frame.args + SLOT * j, loc.reg))
+    for j, reg, t in sorted(narrow, key=lambda n: n[1] != R0):   # r0's own value first
+        seq += _convert_r0(t, reg) + [store_reg(SIZE_DW, R10, frame.args + SLOT * j, R0)]
+    for j, (loc, t) in enumerate(zip(args, types, strict=True)):
+        off = frame.args + SLOT * j
+        if loc.kind == "imm":
+            seq += _store_constant(off, t.convert(loc.value or 0))
+        elif loc.kind == "stack":
+            seq += _load_stack_arg(loc, t, off)
+    seq += _store_constant(frame.site_id, site_id)
+    for obs in observers:
+        call = pseudo_call(obs.entry)
+        if cross_section:
+            call.reloc = InsnReloc(R_BPF_64_32, obs.symbol)
+        seq += [mov64_reg(R1, R10), alu64_imm(ALU_ADD, R1, frame.args), call]
+    seq += [load(SIZE_DW, r, R10, frame.spill(k)) for k, r in enumerate(frame.saved)]
+    return seq
+
