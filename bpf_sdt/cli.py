@@ -80,6 +80,12 @@ def _cmd_instrument(args: argparse.Namespace) -> int:
         tuple(args.attach), args.record, args.ringbuf_size, args.bpftool))
 
 
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from bpf_sdt.trace.cli import run_trace
+
+    return run_trace(args)
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from bpf_sdt.clang_plugin.commands import run_extract
 
@@ -136,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ringbuf-size", type=int, default=1 << 22, metavar="BYTES",
                     help="the recorder's ring buffer size (power of two, default 4 MiB)")
     sp.add_argument("--bpftool", default="bpftool", help="bpftool to link with")
+
+    sp = add("trace", _cmd_trace, "run or attach a program and print its probes as they fire")
+    try:
+        from bpf_sdt.trace.cli import add_arguments
+    except ImportError:  # pragma: no cover - the trace package is part of every install
+        pass
+    else:
+        add_arguments(sp)
 
     for name, handler, text in (("extract", _cmd_extract, "extract probe declarations and sites from BPF C"),
                                 ("lint", _cmd_lint, "lint the probes in BPF C sources")):

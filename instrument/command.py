@@ -127,6 +127,13 @@ def instrument(req: Request) -> Result:
 # --- choosing sites and observers --------------------------------------------
 
 
+def ordered_sites(notes: NotesDecoding) -> list[NoteEntry]:
+    """Every site in site-id order: by code section name, then NOP offset (the
+    order `bpf-sdt list` prints).  Inserting code keeps the order, so the ids
+    the recorder writes name the same sites in the instrumented object."""
+    return sorted(notes.entries, key=lambda e: (e.section.name, e.offset, e.entry_offset))
+
+
 def _usable_notes(obj: BpfObject) -> NotesDecoding:
     notes = decode_notes(obj)
     if notes.problems:
@@ -201,7 +208,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     edits = CodeEdits()
     observers = _observer_entries(obj, code, plan)     # before sections move
     text = _gather_text(obj, code, edits)
-    ordered = sorted(notes.entries, key=lambda e: (e.section.name, e.offset, e.entry_offset))
+    ordered = ordered_sites(notes)
     index_of = {idx: {insn.orig: i for i, insn in enumerate(sec.insns)} for idx, sec in code.items()}
     inserts: dict[int, dict[int, list[Insn]]] = {}
     sites, problems = [], []
