@@ -18,9 +18,9 @@
  *	.quad <nop>			byte offset of the NOP in its code
  *					section (R_BPF_64_ABS64, addend in place)
  *	<one 8-byte insn per argument>	where argument K lives at the NOP:
- *	    rD = rS			BPF_ALU64|BPF_MOV|BPF_X: value in rS   (K <= 10)
+ *	    rD = rS			BPF_ALU64|BPF_MOV|BPF_X: value in rS
  *	    rD = imm			BPF_ALU64|BPF_MOV|BPF_K: s32 constant
- *	    r0 = *(uN *)(r10 - off)	BPF_LDX|BPF_MEM: value in a stack slot (K >= 11)
+ *	    r0 = *(uN *)(r10 - off)	BPF_LDX|BPF_MEM: value in a stack slot (K >= 6)
  *	  D is K for K <= 5 (the RFC's `rK = ...`), 0 beyond.
  *    The first site of a name in a translation unit is `___sdt_jt_<name>`
  *    (exactly the RFC's symbol); later sites get a `.<n>` suffix, so a name
@@ -30,10 +30,12 @@
  *    in `.debug_bpf_sdt_types`, tagged btf_decl_tag("bpf_sdt:<name>:<n>"):
  *    BTF DECL_TAG -> VAR -> PTR -> FUNC_PROTO.
  *
- * Why args 11 and 12 use the stack: BPF has ten allocatable registers (r0..r9)
- * and the assembler names no r11/r12, so an asm statement cannot take more
- * than ten register operands ("inline assembly requires more registers than
- * available").
+ * Why args 11 and 12 may use the stack: BPF has ten allocatable registers
+ * (r0..r9) and the assembler names no r11/r12, so an asm statement cannot take
+ * more than ten register operands ("inline assembly requires more registers
+ * than available").  With clang, args 11..12 are in registers as long as the
+ * site's immediates leave room (at most ten arguments that are not
+ * immediates), else in stack slots; bpf-gcc uses slots from arg 6.
  * A register may hold more bits than the argument's type; consumers truncate
  * (and sign-extend) to the BTF type's size.
  *
@@ -158,15 +160,16 @@
 #define __BPF_SDT_IMM_OK(K)	0
 #endif
 
-/* Args 1..10: a register, or an immediate: constraint "rn", not "ri".  "n"
- * takes numeric constants only, so a symbol address (&global, a string, or
- * (long)&global in an integer) falls back to a register; with "i" clang 14
- * and 19 crash on it.  An 8-byte numeric constant that does not fit the
- * immediate is hidden from "n" by an empty asm that emits nothing (it pins
- * the value in a register; at -O0 every value gets it).  The NARROW test
- * comes first so that for narrower types the front end drops the branch
- * altogether: until __builtin_constant_p is folded, late in code generation,
- * a branch around an asm changes what the optimizer does with the value. */
+/* Args 1..10 (and 11..12 when they fit): a register, or an immediate:
+ * constraint "rn", not "ri".  "n" takes numeric constants only, so a symbol
+ * address (&global, a string, or (long)&global in an integer) falls back to a
+ * register; with "i" clang 14 and 19 crash on it.  An 8-byte numeric
+ * constant that does not fit the immediate is hidden from "n" by an empty asm
+ * that emits nothing (it pins the value in a register; at -O0 every value
+ * gets it).  The NARROW test comes first so that for narrower types the front
+ * end drops the branch altogether: until __builtin_constant_p is folded, late
+ * in code generation, a branch around an asm changes what the optimizer does
+ * with the value. */
 #ifdef __OPTIMIZE__
 #define __BPF_SDT_NEEDS_REG(K)							\
 	(!__BPF_SDT_NARROW(K) && __BPF_SDT_IS_CONST(K) && !__BPF_SDT_IMM_OK(K))
@@ -179,9 +182,26 @@
 #define __BPF_SDT_REG_OPERAND(K)		[__sdt_a##K] "rn"(__sdt_v##K)
 #define __BPF_SDT_STRICT_OPERAND(K)	[__sdt_a##K] "r"(__sdt_v##K)
 
-/* Args 11..12: a stack slot of the argument's own type, written only when the
- * value is not an immediate (otherwise the slot is left unwritten; the empty
- * asm only tells the compiler it is "initialized"). */
+/* Args 11..12 in registers when they fit.  One asm statement takes at most
+ * ten register operands, and an immediate takes none.  So a site with more
+ * than ten arguments has one asm statement per number of trailing arguments
+ * in stack slots (none, one, two) and runs the first whose other arguments
+ * hold at most ten that are not immediates.  The tests are
+ * __builtin_constant_p, folded before instruction selection, so exactly one
+ * statement survives, and an argument costs no store while immediates leave
+ * a register free: the floor's own placement (an empty asm with "ri"
+ * operands), and one store less per argument than slots.  At -O0 nothing is
+ * an immediate, the tests are constant and only the all-slots statement is
+ * emitted.  The count is per argument: a value passed twice counts twice,
+ * although the compiler would pass one register twice, because nothing in C
+ * tells that safely (docs/header.md has the measured cases). */
+#define __BPF_SDT_REG_ARGS	10
+#define __BPF_SDT_NOT_IMM(K)	(!__BPF_SDT_IMM_OK(K))
+
+/* A stack slot of the argument's own type (args 11..12 when registers run out,
+ * args 6..12 under GCC), written only when the value is not an immediate
+ * (otherwise the slot is left unwritten; the empty asm only tells the
+ * compiler it is "initialized"). */
 #define __BPF_SDT_IN_SLOT(name, K)						\
 	__BPF_SDT_ARG_T(name, K) __sdt_s##K;				\
 	if (!__BPF_SDT_IMM_OK(K))						\
@@ -1528,21 +1548,39 @@
 	__BPF_SDT_IN_REG(8);						\
 	__BPF_SDT_IN_REG(9);						\
 	__BPF_SDT_IN_REG(10);						\
-	__BPF_SDT_IN_SLOT(name, 11);					\
-	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
-			     __BPF_SDT_ASM_REG_ARG(1)	\
-			     __BPF_SDT_ASM_REG_ARG(2)	\
-			     __BPF_SDT_ASM_REG_ARG(3)	\
-			     __BPF_SDT_ASM_REG_ARG(4)	\
-			     __BPF_SDT_ASM_REG_ARG(5)	\
-			     __BPF_SDT_ASM_REG_ARG_R0(6)	\
-			     __BPF_SDT_ASM_REG_ARG_R0(7)	\
-			     __BPF_SDT_ASM_REG_ARG_R0(8)	\
-			     __BPF_SDT_ASM_REG_ARG_R0(9)	\
-			     __BPF_SDT_ASM_REG_ARG_R0(10)	\
-			     __BPF_SDT_ASM_SLOT_ARG(11)	\
-			     __BPF_SDT_ASM_TAIL					\
-			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_SLOT_OPERANDS(11));	\
+	if (__BPF_SDT_NOT_IMM(1) + __BPF_SDT_NOT_IMM(2) + __BPF_SDT_NOT_IMM(3) + __BPF_SDT_NOT_IMM(4) + __BPF_SDT_NOT_IMM(5) + __BPF_SDT_NOT_IMM(6) + __BPF_SDT_NOT_IMM(7) + __BPF_SDT_NOT_IMM(8) + __BPF_SDT_NOT_IMM(9) + __BPF_SDT_NOT_IMM(10) + __BPF_SDT_NOT_IMM(11) <= __BPF_SDT_REG_ARGS) {	\
+		__BPF_SDT_IN_REG(11);					\
+		__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+				     __BPF_SDT_ASM_REG_ARG(1)	\
+				     __BPF_SDT_ASM_REG_ARG(2)	\
+				     __BPF_SDT_ASM_REG_ARG(3)	\
+				     __BPF_SDT_ASM_REG_ARG(4)	\
+				     __BPF_SDT_ASM_REG_ARG(5)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(7)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(8)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(9)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(10)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(11)	\
+				     __BPF_SDT_ASM_TAIL					\
+				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_REG_OPERAND(11));	\
+	} else {								\
+		__BPF_SDT_IN_SLOT(name, 11);					\
+		__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+				     __BPF_SDT_ASM_REG_ARG(1)	\
+				     __BPF_SDT_ASM_REG_ARG(2)	\
+				     __BPF_SDT_ASM_REG_ARG(3)	\
+				     __BPF_SDT_ASM_REG_ARG(4)	\
+				     __BPF_SDT_ASM_REG_ARG(5)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(7)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(8)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(9)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(10)	\
+				     __BPF_SDT_ASM_SLOT_ARG(11)	\
+				     __BPF_SDT_ASM_TAIL					\
+				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_SLOT_OPERANDS(11));	\
+	}									\
 } while (0)
 #else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE11(name, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11) do {	\
@@ -1720,23 +1758,61 @@
 	__BPF_SDT_IN_REG(8);						\
 	__BPF_SDT_IN_REG(9);						\
 	__BPF_SDT_IN_REG(10);						\
-	__BPF_SDT_IN_SLOT(name, 11);					\
-	__BPF_SDT_IN_SLOT(name, 12);					\
-	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
-			     __BPF_SDT_ASM_REG_ARG(1)	\
-			     __BPF_SDT_ASM_REG_ARG(2)	\
-			     __BPF_SDT_ASM_REG_ARG(3)	\
-			     __BPF_SDT_ASM_REG_ARG(4)	\
-			     __BPF_SDT_ASM_REG_ARG(5)	\
-			     __BPF_SDT_ASM_REG_ARG_R0(6)	\
-			     __BPF_SDT_ASM_REG_ARG_R0(7)	\
-			     __BPF_SDT_ASM_REG_ARG_R0(8)	\
-			     __BPF_SDT_ASM_REG_ARG_R0(9)	\
-			     __BPF_SDT_ASM_REG_ARG_R0(10)	\
-			     __BPF_SDT_ASM_SLOT_ARG(11)	\
-			     __BPF_SDT_ASM_SLOT_ARG(12)	\
-			     __BPF_SDT_ASM_TAIL					\
-			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_SLOT_OPERANDS(11), __BPF_SDT_SLOT_OPERANDS(12));	\
+	if (__BPF_SDT_NOT_IMM(1) + __BPF_SDT_NOT_IMM(2) + __BPF_SDT_NOT_IMM(3) + __BPF_SDT_NOT_IMM(4) + __BPF_SDT_NOT_IMM(5) + __BPF_SDT_NOT_IMM(6) + __BPF_SDT_NOT_IMM(7) + __BPF_SDT_NOT_IMM(8) + __BPF_SDT_NOT_IMM(9) + __BPF_SDT_NOT_IMM(10) + __BPF_SDT_NOT_IMM(11) + __BPF_SDT_NOT_IMM(12) <= __BPF_SDT_REG_ARGS) {	\
+		__BPF_SDT_IN_REG(11);					\
+		__BPF_SDT_IN_REG(12);					\
+		__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+				     __BPF_SDT_ASM_REG_ARG(1)	\
+				     __BPF_SDT_ASM_REG_ARG(2)	\
+				     __BPF_SDT_ASM_REG_ARG(3)	\
+				     __BPF_SDT_ASM_REG_ARG(4)	\
+				     __BPF_SDT_ASM_REG_ARG(5)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(7)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(8)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(9)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(10)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(11)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(12)	\
+				     __BPF_SDT_ASM_TAIL					\
+				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_REG_OPERAND(11), __BPF_SDT_REG_OPERAND(12));	\
+	} else if (__BPF_SDT_NOT_IMM(1) + __BPF_SDT_NOT_IMM(2) + __BPF_SDT_NOT_IMM(3) + __BPF_SDT_NOT_IMM(4) + __BPF_SDT_NOT_IMM(5) + __BPF_SDT_NOT_IMM(6) + __BPF_SDT_NOT_IMM(7) + __BPF_SDT_NOT_IMM(8) + __BPF_SDT_NOT_IMM(9) + __BPF_SDT_NOT_IMM(10) + __BPF_SDT_NOT_IMM(11) <= __BPF_SDT_REG_ARGS) {	\
+		__BPF_SDT_IN_REG(11);					\
+		__BPF_SDT_IN_SLOT(name, 12);					\
+		__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+				     __BPF_SDT_ASM_REG_ARG(1)	\
+				     __BPF_SDT_ASM_REG_ARG(2)	\
+				     __BPF_SDT_ASM_REG_ARG(3)	\
+				     __BPF_SDT_ASM_REG_ARG(4)	\
+				     __BPF_SDT_ASM_REG_ARG(5)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(7)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(8)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(9)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(10)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(11)	\
+				     __BPF_SDT_ASM_SLOT_ARG(12)	\
+				     __BPF_SDT_ASM_TAIL					\
+				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_REG_OPERAND(11), __BPF_SDT_SLOT_OPERANDS(12));	\
+	} else {								\
+		__BPF_SDT_IN_SLOT(name, 11);					\
+		__BPF_SDT_IN_SLOT(name, 12);					\
+		__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
+				     __BPF_SDT_ASM_REG_ARG(1)	\
+				     __BPF_SDT_ASM_REG_ARG(2)	\
+				     __BPF_SDT_ASM_REG_ARG(3)	\
+				     __BPF_SDT_ASM_REG_ARG(4)	\
+				     __BPF_SDT_ASM_REG_ARG(5)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(6)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(7)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(8)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(9)	\
+				     __BPF_SDT_ASM_REG_ARG_R0(10)	\
+				     __BPF_SDT_ASM_SLOT_ARG(11)	\
+				     __BPF_SDT_ASM_SLOT_ARG(12)	\
+				     __BPF_SDT_ASM_TAIL					\
+				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_SLOT_OPERANDS(11), __BPF_SDT_SLOT_OPERANDS(12));	\
+	}									\
 } while (0)
 #else	/* GCC cannot allocate ten asm register operands */
 #define BPF_SDT_PROBE12(name, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12) do {	\

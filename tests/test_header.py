@@ -3,11 +3,13 @@ DISABLE and STRICT modes, and probes in every statement context."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from bpf_sdt.codegen.generate import render_header
@@ -215,18 +217,22 @@ def test_disable_does_not_evaluate_arguments(tmp_path: Path) -> None:
 
 # Each argument increments its own global; the program returns 0 when every
 # one was incremented exactly once, else 100 + the first wrong index.  Args
-# 11..12 of the 12-arg probe (and 6..12 under bpf-gcc) take the stack path.
+# 11..12 of the first 12-arg site take the stack path, those of the second
+# (two immediates among its arguments) registers; under bpf-gcc 6..12 take
+# the stack path.
 ONCE_PROG = """#include <bpf_sdt.h>
 struct __sk_buff { unsigned int len; };
 BPF_SDT_DECLARE2(two, int, long);
 BPF_SDT_DECLARE12(wide, int, int, int, int, int, int, int, int, int, int, int, int);
-int g[14];
+int g[24];
 __attribute__((section("tc"), used)) int once(struct __sk_buff *skb)
 {
 	BPF_SDT_PROBE2(two, g[0]++, g[1]++ + (long)skb->len);
 	BPF_SDT_PROBE12(wide, g[2]++, g[3]++, g[4]++, g[5]++, g[6]++, g[7]++, g[8]++, g[9]++,
 			g[10]++, g[11]++, g[12]++, g[13]++);
-	for (int i = 0; i < 14; i++)
+	BPF_SDT_PROBE12(wide, 1, g[14]++, g[15]++, g[16]++, g[17]++, 2, g[18]++, g[19]++,
+			g[20]++, g[21]++, g[22]++, g[23]++);
+	for (int i = 0; i < 24; i++)
 		if (g[i] != 1)
 			return 100 + i;
 	return 0;
@@ -261,7 +267,10 @@ def test_arguments_are_evaluated_exactly_once_in_the_kernel(compiler: str, tmp_p
     cc = tool("bpf-gcc") if compiler == "bpf-gcc" else clang(int(compiler.split("-")[1]))
     obj = tmp_path / "once.bpf.o"
     compile_bpf(src, obj, cc, mcpu="v1" if compiler == "clang-14" else "v3")
-    assert len(analyze(load_object(obj)).sites) == 2
+    report = analyze(load_object(obj))
+    tails = sorted(tuple(a.kind for a in s.args[10:]) for s in report.sites if s.name == "wide")
+    assert tails == ([("stack", "stack")] * 2 if compiler == "bpf-gcc" else [("reg", "reg"), ("stack", "stack")])
+    assert len(report.sites) == 3
     assert _kernel_test_run(obj, tmp_path) == 0
 
 
@@ -310,4 +319,77 @@ def test_symbol_address_arguments_compile(tmp_path: Path) -> None:
         slot = "stack" if "gcc" in Path(cc).name else "reg"
         assert [a.kind for a in six.args] == ["reg", "reg", "reg", "imm", "reg", slot], cc
         assert six.args[3].value == 0
-        assert [a.kind for a in twelve.args][10:] == ["stack", "imm"], cc
+        # clang: nine immediates leave registers for 11..12; bpf-gcc: slots from 6
+        assert [a.kind for a in twelve.args][10:] == [slot, "imm"], cc
+
+
+# --- args 11..12: registers while immediates leave room (issue 10) --------------
+
+def _bench() -> ModuleType:
+    """bench/run.py, for its floor header, compile flags and code-size count:
+    the test measures code cost exactly the way the benchmark table does."""
+    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("version", [14, 19])
+def test_twelve_computed_arguments_cost_the_floor(version: int, tmp_path: Path) -> None:
+    """Issue 10: with arguments 11..12 in stack slots, each computed one cost a
+    store over the floor (bench CTX12 at -mcpu=v3: probes 29 insns, floor 26,
+    on clang 14 and 19).  The sites' constants leave registers for them."""
+    bench = _bench()
+    src = tmp_path / "ctx12.bpf.c"
+    src.write_text(bench.CTX12)
+    floor = bench.floor_header(tmp_path)
+    size = {}
+    for variant in ("off", "probes", "floor"):
+        obj = bench.compile_variant(src, tmp_path / f"{variant}.o", variant, floor, [], clang=clang(version))
+        assert obj is not None, variant
+        size[variant] = bench.code_size(obj)
+    assert size["probes"] == size["floor"], size
+    assert size["probes"] - size["off"] == 15, size
+    report = analyze(load_object(tmp_path / "probes.o"))
+    assert not report.findings, report.findings
+    assert sorted(tuple(a.kind for a in s.args[10:]) for s in report.sites) == [("imm", "reg"), ("reg", "reg")]
+
+
+# Each function has one site; `x` values are loads, so never immediates.
+SPLITS = """#include <bpf_sdt.h>
+BPF_SDT_DECLARE12(p12, int, int, int, int, int, int, int, int, int, int, int, long);
+BPF_SDT_DECLARE11(p11, int, int, int, int, int, int, int, int, int, int, long);
+__attribute__((noinline)) int none(int *x) { BPF_SDT_PROBE12(p12, x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], x[9], x[10], x[11], x[12]); return 0; }
+__attribute__((noinline)) int one_low(int *x) { BPF_SDT_PROBE12(p12, 5, x[2], x[3], x[4], x[5], x[6], x[7], x[8], x[9], x[10], x[11], x[12]); return 0; }
+__attribute__((noinline)) int one_last(int *x) { BPF_SDT_PROBE12(p12, x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], x[9], x[10], x[11], -3L); return 0; }
+__attribute__((noinline)) int two(int *x) { BPF_SDT_PROBE12(p12, x[1], x[2], 7, x[4], x[5], x[6], x[7], x[8], x[9], 0, x[11], x[12]); return 0; }
+__attribute__((noinline)) int wide_const(int *x) { BPF_SDT_PROBE12(p12, x[1], x[2], 7, x[4], x[5], x[6], x[7], x[8], x[9], x[10], x[11], 1L << 40); return 0; }
+__attribute__((noinline)) int e_none(int *x) { BPF_SDT_PROBE11(p11, x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], x[9], x[10], x[11]); return 0; }
+__attribute__((noinline)) int e_one(int *x) { BPF_SDT_PROBE11(p11, x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], x[9], 9, x[11]); return 0; }
+"""
+# Forms of args 11..12 per function: a slot only for what ten registers cannot
+# hold once the immediates are counted out.  A wide constant is no immediate.
+SPLIT_FORMS = {
+    "none": ("stack", "stack"), "one_low": ("reg", "stack"), "one_last": ("stack", "imm"),
+    "two": ("reg", "reg"), "wide_const": ("reg", "stack"), "e_none": ("stack",), "e_one": ("reg",),
+}
+
+
+@pytest.mark.parametrize("version", [14, 19])
+def test_arguments_beyond_ten_take_slots_only_when_registers_run_out(version: int, tmp_path: Path) -> None:
+    src = tmp_path / "splits.c"
+    src.write_text(SPLITS)
+    for opt in ("-O2", "-O0"):
+        obj = tmp_path / f"splits{opt}.o"
+        compile_bpf(src, obj, clang(version), opt=opt)
+        report = analyze(load_object(obj))
+        assert not report.findings, report.findings
+        assert len(report.sites) == len(SPLIT_FORMS), "one asm statement survives per site"
+        forms = {s.function: tuple(a.kind for a in s.args[10:]) for s in report.sites}
+        if opt == "-O0":   # nothing is an immediate, the all-slots statement only
+            assert forms == {f: ("stack",) * len(v) for f, v in SPLIT_FORMS.items()}, opt
+        else:
+            assert forms == SPLIT_FORMS, opt
+            text = [i.text for i in disassemble(str(obj), ".text")]
+            assert sum(x.startswith("goto +0x0") for x in text) == len(SPLIT_FORMS), "one NOP per site"
