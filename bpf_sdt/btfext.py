@@ -34,7 +34,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from bpf_sdt.btf import Btf
 from bpf_sdt.errors import InputError
@@ -133,26 +133,38 @@ _STRING_FIELDS = {FUNC_INFO: (), LINE_INFO: (1, 2), CORE_RELO: (2,)}
 
 @dataclass
 class ExtSection:
-    """The records of one code section, each list in file order."""
+    """The records of one code section, each list in file order.  The lists
+    are plain lists: edit them directly or through :class:`BtfExt`'s methods."""
 
     name: str
     func_info: list[FuncInfo] = field(default_factory=list)
     line_info: list[LineInfo] = field(default_factory=list)
     core_relo: list[CoreRelo] = field(default_factory=list)
-    # sorted insn_offs of line_info/func_info for lookups, rebuilt after a change
-    _index: dict[str, tuple[list[int], list[Record]]] = field(default_factory=dict, repr=False, compare=False)
 
     def records(self, block: str) -> list[Record]:
         return getattr(self, block)  # type: ignore[no-any-return]
 
-    def _lookup(self, block: str, insn_off: int) -> Record | None:
-        """The last record at or before ``insn_off`` (records need not be sorted)."""
-        if block not in self._index:
-            recs = sorted(self.records(block), key=lambda r: r.insn_off)
-            self._index[block] = ([r.insn_off for r in recs], recs)
-        offs, recs = self._index[block]
-        i = bisect.bisect_right(offs, insn_off)
-        return recs[i - 1] if i else None
+
+class OffsetIndex(Generic[R]):
+    """A sorted snapshot of records for many lookups by instruction offset
+    (:meth:`BtfExt.line_index`); it does not follow later edits."""
+
+    def __init__(self, records: Iterable[R]) -> None:
+        self._records: list[R] = sorted(records, key=lambda r: r.insn_off)
+        self._offs: list[int] = [r.insn_off for r in self._records]
+
+    def at(self, insn_off: int) -> R | None:
+        """The last record at or before ``insn_off``."""
+        i = bisect.bisect_right(self._offs, insn_off)
+        return self._records[i - 1] if i else None
+
+
+def _last_at_or_before(records: Iterable[R], insn_off: int) -> R | None:
+    best: R | None = None
+    for r in records:
+        if r.insn_off <= insn_off and (best is None or r.insn_off >= best.insn_off):
+            best = r
+    return best
 
 
 @dataclass
@@ -219,18 +231,23 @@ class BtfExt:
         return sec
 
     def line_of(self, section: str, insn_off: int) -> LineInfo | None:
-        """The line_info in force at ``insn_off``: the last one at or before it."""
+        """The line_info in force at ``insn_off``: the last one at or before
+        it (a scan; use :meth:`line_index` for many lookups)."""
         sec = self.sections.get(section)
-        rec = sec._lookup(LINE_INFO, insn_off) if sec else None
-        assert rec is None or isinstance(rec, LineInfo)
-        return rec
+        return _last_at_or_before(sec.line_info, insn_off) if sec else None
 
     def func_of(self, section: str, insn_off: int) -> FuncInfo | None:
         """The func_info of the function holding ``insn_off``."""
         sec = self.sections.get(section)
-        rec = sec._lookup(FUNC_INFO, insn_off) if sec else None
-        assert rec is None or isinstance(rec, FuncInfo)
-        return rec
+        return _last_at_or_before(sec.func_info, insn_off) if sec else None
+
+    def line_index(self, section: str) -> OffsetIndex[LineInfo]:
+        sec = self.sections.get(section)
+        return OffsetIndex(sec.line_info if sec else ())
+
+    def func_index(self, section: str) -> OffsetIndex[FuncInfo]:
+        sec = self.sections.get(section)
+        return OffsetIndex(sec.func_info if sec else ())
 
     # --- edits ---------------------------------------------------------------
 
@@ -247,7 +264,6 @@ class BtfExt:
         sec.func_info = [moved(r) for r in sec.func_info]
         sec.line_info = [moved(r) for r in sec.line_info]
         sec.core_relo = [moved(r) for r in sec.core_relo]
-        sec._index.clear()
 
     def add_records(self, section: str, func_info: Iterable[FuncInfo] = (),
                     line_info: Iterable[LineInfo] = (), core_relo: Iterable[CoreRelo] = ()) -> None:
@@ -277,7 +293,6 @@ class BtfExt:
                 rec = replace(rec, extra=rec.extra.ljust(info.rec_size - base, b"\0"))
                 _check_u32(rec, block)
                 recs.insert(bisect.bisect_right(recs, rec.insn_off, key=_insn_off), rec)
-        sec._index.clear()
 
     def _block(self, block: str) -> _Block:
         info = self._blocks.get(block)
@@ -392,18 +407,24 @@ class BtfExt:
 
     # --- encode --------------------------------------------------------------
 
-    def _encode_block(self, block: str) -> bytes:
+    def _encode_block(self, block: str, fields: list[tuple[int, str]]) -> bytes:
+        """One block's bytes; notes where each record's insn_off lands (from
+        the block's start) in ``fields``."""
         info = self._blocks[block]
         fmt = _FORMATS[block][1]
         out = [struct.pack("<I", info.rec_size)]
+        pos = REC_SIZE_LEN
         for name in info.order:
             recs = self.sections[name].records(block)
             out.append(struct.pack("<II", info.name_offs[name], len(recs)))
+            pos += SEC_HEADER_LEN
             for r in recs:
                 out.append(fmt.pack(*_values(r)) + r.extra)
+                fields.append((pos, name))
+                pos += info.rec_size
         return b"".join(out)
 
-    def encode(self) -> bytes:
+    def _build(self) -> tuple[bytes, list[tuple[int, str]]]:
         present = [b for b in BLOCKS if b in self._blocks and
                    (self._blocks[b].present or any(self.sections[n].records(b) for n in self._blocks[b].order))]
         # blocks that were in the file keep their order; new ones go after them
@@ -411,8 +432,12 @@ class BtfExt:
         body = [self.lead]
         pos = len(self.lead)
         spans: dict[str, tuple[int, int]] = {}
+        fields: list[tuple[int, str]] = []
+        header_len = self.hdr_len
         for block in present:
-            raw = self._encode_block(block)
+            block_fields: list[tuple[int, str]] = []
+            raw = self._encode_block(block, block_fields)
+            fields += [(header_len + pos + off, name) for off, name in block_fields]
             spans[block] = (pos, len(raw))
             body += [raw, self._blocks[block].gap_after]
             pos += len(raw) + len(self._blocks[block].gap_after)
@@ -425,7 +450,17 @@ class BtfExt:
         for block in BLOCKS[:nblocks]:
             words += spans.get(block, (0, 0))
         header = struct.pack(f"<HBBI{2 * nblocks}I", BTF_EXT_MAGIC, self.version, self.flags, self.hdr_len, *words)
-        return header + self.header_tail + b"".join(body)
+        return header + self.header_tail + b"".join(body), fields
+
+    def encode(self) -> bytes:
+        return self._build()[0]
+
+    def insn_off_fields(self) -> list[tuple[int, str]]:
+        """``(byte offset in encode()'s output, code section)`` of every
+        record's insn_off, in file order.  A relocatable object has one
+        ``R_BPF_64_NODYLD32`` in ``.rel.BTF.ext`` per entry, against the code
+        section's symbol: whoever rewrites .BTF.ext writes these too."""
+        return self._build()[1]
 
 
 def _insn_off(r: Record) -> int:
