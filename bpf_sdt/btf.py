@@ -139,30 +139,76 @@ class Member:
 
 
 class BtfType:
-    """One type, built on demand from the parsed words (see :meth:`Btf.get`).
-    ``members`` is decoded on first use."""
+    """One type, built on demand by :meth:`Btf.get` as a view of the parsed
+    words: only id, kind and info are stored; the name, the kind-specific
+    fields and ``members`` are read when asked for, so that scanning every
+    type for its kind stays cheap."""
 
-    __slots__ = ("id", "kind", "name", "info", "size", "type", "int_encoding", "int_offset",
-                 "int_bits", "elem_type", "index_type", "nelems", "linkage", "component_idx",
-                 "_btf", "_members")
+    __slots__ = ("id", "kind", "info", "_btf", "_pos", "_name", "_members")
 
-    def __init__(self, btf: Btf | None, type_id: int, kind: int, name: str, info: int) -> None:
+    def __init__(self, btf: Btf | None, type_id: int, kind: int, info: int, pos: int) -> None:
         self.id = type_id
         self.kind = kind
-        self.name = name
         self.info = info
-        self.size = 0               # sized kinds
-        self.type = 0               # referring kinds
-        self.int_encoding = 0       # INT
-        self.int_offset = 0
-        self.int_bits = 0
-        self.elem_type = 0          # ARRAY
-        self.index_type = 0
-        self.nelems = 0
-        self.linkage = 0            # VAR / FUNC
-        self.component_idx = -1     # DECL_TAG
-        self._btf = btf
+        self._btf = btf                 # None for void
+        self._pos = pos                 # word index of the record
+        self._name: str | None = None
         self._members: list[Member] | None = None
+
+    def _word(self, i: int) -> int:
+        """Word ``i`` of the record (0: name_off, 1: info, 2: size/type, 3...: kind data)."""
+        return self._btf._words[self._pos + i] if self._btf is not None else 0
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            self._name = self._btf.string_at(self._word(0)) if self._btf is not None else "void"
+        return self._name
+
+    @property
+    def size(self) -> int:
+        """For sized kinds (INT, STRUCT, UNION, ENUM, ENUM64, DATASEC, FLOAT)."""
+        return self._word(2) if self.kind in _SIZED_KINDS else 0
+
+    @property
+    def type(self) -> int:
+        """For referring kinds (PTR, TYPEDEF, qualifiers, FUNC, FUNC_PROTO's return, VAR, tags)."""
+        return 0 if self.kind in _SIZED_KINDS else self._word(2)
+
+    @property
+    def int_encoding(self) -> int:
+        return (self._word(3) >> 24) & 0xF if self.kind == K.INT else 0
+
+    @property
+    def int_offset(self) -> int:
+        return (self._word(3) >> 16) & 0xFF if self.kind == K.INT else 0
+
+    @property
+    def int_bits(self) -> int:
+        return self._word(3) & 0xFF if self.kind == K.INT else 0
+
+    @property
+    def elem_type(self) -> int:
+        return self._word(3) if self.kind == K.ARRAY else 0
+
+    @property
+    def index_type(self) -> int:
+        return self._word(4) if self.kind == K.ARRAY else 0
+
+    @property
+    def nelems(self) -> int:
+        return self._word(5) if self.kind == K.ARRAY else 0
+
+    @property
+    def linkage(self) -> int:
+        """VAR: its extra word; FUNC: the vlen bits of info."""
+        if self.kind == K.VAR:
+            return self._word(3)
+        return self.info & 0xFFFF if self.kind == K.FUNC else 0
+
+    @property
+    def component_idx(self) -> int:
+        return _signed32(self._word(3)) if self.kind == K.DECL_TAG else -1
 
     @property
     def kind_flag(self) -> bool:
@@ -303,30 +349,11 @@ class Btf:
     def get(self, type_id: int) -> BtfType:
         self._check_id(type_id)
         if type_id == 0:
-            return BtfType(None, 0, K.UNKN, "void", 0)
-        w = self._words
-        i = self._offsets[type_id]
-        info = w[i + 1]
+            return BtfType(None, 0, K.UNKN, 0, 0)
+        pos = self._offsets[type_id]
+        info = self._words[pos + 1]
         raw_kind = (info >> 24) & 0x1F
-        kind = _KIND_OF.get(raw_kind, raw_kind)
-        t = BtfType(self, type_id, kind, self.string_at(w[i]), info)
-        if kind in _SIZED_KINDS:
-            t.size = w[i + 2]
-        else:
-            t.type = w[i + 2]
-        if kind == K.INT:
-            word = w[i + 3]
-            t.int_encoding, t.int_offset, t.int_bits = (word >> 24) & 0xF, (word >> 16) & 0xFF, word & 0xFF
-        elif kind == K.ARRAY:
-            t.elem_type, t.index_type, t.nelems = w[i + 3], w[i + 4], w[i + 5]
-        elif kind == K.VAR:
-            t.linkage = w[i + 3]
-        elif kind == K.FUNC:
-            t.linkage = info & 0xFFFF
-        elif kind == K.DECL_TAG:
-            idx = w[i + 3]
-            t.component_idx = idx - (1 << 32) if idx >> 31 else idx
-        return t
+        return BtfType(self, type_id, _KIND_OF.get(raw_kind, raw_kind), info, pos)
 
     def _members(self, t: BtfType) -> list[Member]:
         """Decode the vlen elements after ``t``'s record (bounds were checked at parse)."""
@@ -335,7 +362,7 @@ class Btf:
         if shape is None:
             return []
         w = self._words
-        base = self._offsets[t.id] + RECORD_WORDS + shape[0]
+        base = t._pos + RECORD_WORDS + shape[0]
         s = self.string_at
         n = t.vlen
         if k in (K.STRUCT, K.UNION):
@@ -603,3 +630,22 @@ def set_func_linkage(btf_bytes: bytes, func_type_id: int, linkage: int) -> bytes
     out = bytearray(btf_bytes)
     struct.pack_into("<I", out, info_at, (info & ~0xFFFF) | int(linkage))
     return bytes(out)
+
+
+def append_string(btf_bytes: bytes, text: str) -> tuple[bytes, int]:
+    """A copy of ``btf_bytes`` whose string section also holds ``text``, and
+    the string's offset (an existing copy is reused).  Strings come last in
+    what compilers and linkers write, so the new one is appended after them;
+    BTF laid out otherwise is refused rather than reshuffled."""
+    btf = parse_btf(btf_bytes)
+    found = btf.strings.find(b"\0" + text.encode() + b"\0")
+    if found >= 0:
+        return btf_bytes, found + 1
+    _magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", btf_bytes, 0)
+    type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", btf_bytes, 8)
+    if hdr_len + str_off + str_len != len(btf_bytes):
+        raise InputError("BTF: the string section is not at the end, cannot add a string")
+    out = bytearray(btf_bytes)
+    out += text.encode() + b"\0"
+    struct.pack_into("<I", out, 20, str_len + len(text.encode()) + 1)
+    return bytes(out), str_len
