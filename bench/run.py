@@ -11,16 +11,20 @@
    `llvm-readelf -r -s` on the same object.
 3. lint over 200 generated sources against `clang -fsyntax-only` (all cores),
    and the cached re-run.
+4. sweep12: code cost of generated XDP and tc programs with 12-argument sites
+   (ctx and packet fields, arithmetic, constants at random positions) against
+   the floor, under clang 14 and 19, split by the immediates per site.
 2 and 3 time the CLI of a regular `pip install .` into a fresh venv, not the
 editable dev install (see installed_cli).
 
-    .venv/bin/python bench/run.py [--only code|check|lint]
+    .venv/bin/python bench/run.py [--only code|check|lint|sweep12]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -245,6 +249,120 @@ def installed_cli(tmp: Path) -> str:
     return str(venv / "bin" / "bpf-sdt")
 
 
+# --- 4. 12-argument sweep -----------------------------------------------------
+
+SWEEP_PRELUDE = """#include <bpf_sdt.h>
+typedef unsigned char __u8; typedef unsigned short __u16; typedef unsigned int __u32;
+typedef unsigned long long __u64;
+struct xdp_md { __u32 data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex; };
+struct skb {
+	__u32 len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto;
+	__u32 priority, ingress_ifindex, ifindex, tc_index, cb[5], hash;
+};
+struct hdr {
+	__u16 proto; __u8 vihl, tos; __u16 tot_len, id, frag; __u8 ttl, protocol; __u16 csum;
+	__u32 saddr, daddr;
+};
+BPF_SDT_DECLARE12(p, {types});
+"""
+# One site after a bounds check, the packet pointer live after it.
+SWEEP_XDP = """__attribute__((section("xdp"), used)) int rx(struct xdp_md *ctx)
+{{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct hdr *h = data;
+
+	if ((void *)(h + 1) > end)
+		return 2;
+	BPF_SDT_PROBE12(p, {a});
+	return h->ttl > 1 ? 2 : 1;
+}}
+"""
+# Two sites in the arms of a branch, ctx and a local live across them.
+SWEEP_TC = """__attribute__((section("tc"), used)) int cls(struct skb *skb)
+{{
+	int i = skb->len & 7;
+
+	if (skb->mark == 3) {{
+		BPF_SDT_PROBE12(p, {a});
+		i += skb->priority;
+	}} else {{
+		BPF_SDT_PROBE12(p, {b});
+	}}
+	return skb->hash + i > 9 ? 0 : 2;
+}}
+"""
+SWEEP_VALUES = {
+    "xdp": ["end - data", "ctx->ingress_ifindex", "ctx->rx_queue_index", "ctx->data_meta",
+            "ctx->egress_ifindex", "ctx->ingress_ifindex * 3", "ctx->rx_queue_index + 1", "(end - data) >> 1",
+            "h->proto", "h->saddr", "h->daddr", "h->ttl", "h->protocol", "h->tot_len", "h->saddr ^ h->daddr",
+            "(long)h", "h->id", "h->frag"],
+    "tc": ["skb->len", "skb->mark", "skb->protocol", "skb->priority", "skb->ifindex", "skb->hash",
+           "skb->tc_index", "skb->len - skb->vlan_tci", "skb->mark & 0xff", "skb->vlan_tci", "skb->queue_mapping",
+           "skb->hash >> 3", "(long)skb", "skb->cb[0]", "skb->cb[1] + skb->cb[2]", "i"],
+}
+# All fit the immediate at every declared type (no 8-byte constant beyond s32).
+SWEEP_CONSTANTS = ["0", "1", "-1", "42", "7L", "255", "-8", "0x7fffffff"]
+SWEEP_TYPES = ["__u32", "__u64", "long", "int", "__u16", "__u8"]
+SWEEP_PROGRAMS = 60         # per shape and compiler
+SWEEP_CONST_SHARE = (0.35, 0.2)   # chance that an argument is a constant, alternating by program
+SWEEP_CLANGS = ("clang-14", "clang-19")
+
+
+def sweep_site(rng: random.Random, shape: str, share: float) -> tuple[str, int]:
+    """A site's argument list and how many of its arguments are constants."""
+    constant = [rng.random() < share for _ in range(12)]
+    args = [rng.choice(SWEEP_CONSTANTS) if c else rng.choice(SWEEP_VALUES[shape]) for c in constant]
+    return ", ".join(args), sum(constant)
+
+
+def sweep_program(rng: random.Random, shape: str, share: float) -> tuple[str, int]:
+    """Source of one program and the fewest constants among its sites."""
+    types = ", ".join(rng.choice(SWEEP_TYPES) for _ in range(12))
+    a, na = sweep_site(rng, shape, share)
+    if shape == "xdp":
+        return SWEEP_PRELUDE.replace("{types}", types) + SWEEP_XDP.format(a=a), na
+    b, nb = sweep_site(rng, shape, share)
+    return SWEEP_PRELUDE.replace("{types}", types) + SWEEP_TC.format(a=a, b=b), min(na, nb)
+
+
+def bench_sweep12(tmp: Path) -> list[str]:
+    floor = floor_header(tmp)
+    rows = ["| clang | sites with | programs | at the floor | above (insns) | below (insns) "
+            "| floor fails |", "|---|---|---|---|---|---|---|"]
+    totals = {"probes": 0, "floor": 0}
+    for cc in SWEEP_CLANGS:
+        clang = shutil.which(cc)
+        if clang is None:
+            rows.append(f"| {cc} | not installed | | | | | |")
+            continue
+        rng = random.Random(12)     # the same programs for every compiler and every run
+        groups: dict[str, list[int]] = {"all >= 2 immediates": [], "some <= 1 immediate": []}
+        fails = {name: 0 for name in groups}
+        for i in range(SWEEP_PROGRAMS):
+            for shape in ("xdp", "tc"):
+                text, fewest = sweep_program(rng, shape, SWEEP_CONST_SHARE[i % 2])
+                group = "all >= 2 immediates" if fewest >= 2 else "some <= 1 immediate"
+                src = tmp / f"sweep-{cc}-{shape}-{i}.bpf.c"
+                src.write_text(text)
+                objs = {v: compile_variant(src, tmp / f"{src.stem}.{v}.o", v, floor, [], clang=clang)
+                        for v in ("probes", "floor")}
+                if objs["floor"] is None:   # more than ten values in registers
+                    fails[group] += 1
+                    continue
+                assert objs["probes"] is not None, src
+                probes, base = code_size(objs["probes"]), code_size(objs["floor"])
+                groups[group].append(probes - base)
+                totals["probes"] += probes
+                totals["floor"] += base
+        for name, diffs in groups.items():
+            above = [d for d in diffs if d > 0]
+            below = [d for d in diffs if d < 0]
+            rows.append(f"| {cc} | {name} | {len(diffs)} | {diffs.count(0)} | {len(above)} (+{sum(above)}) "
+                        f"| {len(below)} ({sum(below)}) | {fails[name]} |")
+    rows.append(f"\nall swept programs: probes {totals['probes']} insns, floor {totals['floor']}")
+    return rows
+
+
 # --- 2. check / list speed ----------------------------------------------------
 
 def many_sites_object(tmp: Path, n: int = 10_000) -> Path:
@@ -336,11 +454,12 @@ def bench_lint(tmp: Path) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=("code", "check", "lint"))
+    ap.add_argument("--only", choices=("code", "check", "lint", "sweep12"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-bench-") as t:
         tmp = Path(t)
-        for name, fn in (("code", bench_code), ("check", bench_check), ("lint", bench_lint)):
+        for name, fn in (("code", bench_code), ("check", bench_check), ("lint", bench_lint),
+                         ("sweep12", bench_sweep12)):
             if args.only in (None, name):
                 print(f"\n## {name}\n")
                 print("\n".join(fn(tmp)))
