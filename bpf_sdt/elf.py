@@ -87,6 +87,7 @@ R_BPF_64_NODYLD32 = 4    # a 32-bit data word no loader applies (.BTF, .BTF.ext)
 R_BPF_64_32 = 10         # call imm: helper-less BPF-to-BPF calls, kfuncs
 
 MAX_FILE_SIZE = 1 << 30
+MAX_ALIGN = 1 << 16      # far above any BPF toolchain's section alignment (8)
 
 # --- record layouts: the one definition reader and writer share --------------
 
@@ -224,7 +225,9 @@ class BpfObject:
                 raise InputError(f"{self.path}: section {i}: name offset {h['sh_name']} is outside "
                                  f"the section name table ({len(names)} bytes)")
             name = _cstr(names, h["sh_name"]) if i else ""
-            sec = Section(i, name, _sh_type(h["sh_type"]), h["sh_flags"], h["sh_offset"],
+            # the raw number: pyelftools turns types it knows by name into strings
+            raw_type = SHDR.unpack_from(self.data, shoff + SHDR.size * i)[1]
+            sec = Section(i, name, raw_type, h["sh_flags"], h["sh_offset"],
                           h["sh_size"], h["sh_link"], h["sh_info"], h["sh_entsize"], h["sh_addralign"])
             if sec.type != SHT_NOBITS and sec.offset + sec.size > len(self.data):
                 raise InputError(f"{self.path}: section {name or i} ({sec.size} bytes at "
@@ -365,16 +368,6 @@ def load_object(path: str | Path) -> BpfObject:
     return BpfObject(str(path), data)
 
 
-def _sh_type(value: object) -> int:
-    names = {"SHT_NULL": SHT_NULL, "SHT_PROGBITS": SHT_PROGBITS, "SHT_SYMTAB": SHT_SYMTAB,
-             "SHT_STRTAB": SHT_STRTAB, "SHT_RELA": SHT_RELA, "SHT_NOBITS": SHT_NOBITS, "SHT_REL": SHT_REL}
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value in names:
-        return names[value]
-    return -1
-
-
 def _cstr(table: bytes, off: int) -> str:
     if off >= len(table):
         return ""
@@ -441,12 +434,20 @@ class ElfImage:
     def from_object(cls, obj: BpfObject) -> ElfImage:
         img = cls(obj.data[:16], ET_REL, EM_BPF, obj.e_flags)
         for s in obj.sections:
+            if s.addralign > MAX_ALIGN or s.addralign & (s.addralign - 1):
+                # the writer pads to it: 2**40 would be a terabyte of zeros
+                raise InputError(f"{obj.path}: section {s.name}: alignment {s.addralign} is not a "
+                                 f"power of two up to {MAX_ALIGN}")
             rec = SecRec(s.name, s.type, s.flags, obj.section_data(s), s.link, s.info,
                          s.addralign, s.entsize, nobits_size=s.size if s.type == SHT_NOBITS else 0)
             if s.type in (SHT_REL, SHT_RELA):
                 if obj.section_at(s.info) is None:
                     raise InputError(f"{obj.path}: {s.name} applies to missing section {s.info}")
                 rec.relocs = obj.decode_relocations(s)
+                bad = next((r for r in rec.relocs if r.symbol >= len(obj.symbols)), None)
+                if bad is not None:   # the writer renumbers symbols: it must know each one
+                    raise InputError(f"{obj.path}: {s.name}: relocation at {bad.offset:#x} names symbol "
+                                     f"{bad.symbol}, which does not exist")
             img.sections.append(rec)
         img.symbols = [SymRec(s.name, s.value, s.size, (s.bind << 4) | s.type, s.other, s.shndx)
                        for s in obj.symbols]
