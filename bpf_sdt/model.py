@@ -7,10 +7,32 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
 Severity = Literal["error", "warning"]
+
+# Characters that could end a line, move the cursor or start a terminal escape
+# sequence are not printable: shown as Python escapes (\n, \x1b, \u202e).
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_text(text: str) -> str:
+    """``text`` with every non-printable character escaped, for text output.
+    Names in objects (probes, sections, symbols) and paths may hold newlines
+    and terminal escapes; printed raw they could forge output lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _ESCAPES.get(c) or _escape_char(c) for c in text)
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 ArgKind = Literal["reg", "imm", "stack"]
 
 
@@ -23,6 +45,17 @@ class Declaration:
     sizes: tuple[int, ...] = ()     # bytes, where known
     file: str | None = None
     line: int | None = None
+    canonical: tuple[str, ...] = ()  # typedefs resolved, top-level qualifiers dropped (objects)
+
+    def same_prototype(self, other: Declaration) -> bool:
+        """Whether two declarations give an observer the same arguments: the
+        canonical C types and sizes where both have them, else the spellings."""
+        if self.canonical and other.canonical:
+            return self.canonical == other.canonical and self.sizes == other.sizes
+        return self.types == other.types
+
+    def prototype(self) -> str:
+        return f"({', '.join(self.canonical or self.types) or 'void'})"
 
     @property
     def arity(self) -> int:
@@ -47,7 +80,8 @@ class ArgLocation(NamedTuple):
         return f"*(u{8 * (self.size or 8)} *)(r10 {'-' if (self.offset or 0) < 0 else '+'} {abs(self.offset or 0)})"
 
     def to_json(self) -> dict[str, Any]:
-        return _arg_json(self)
+        # A fresh dict each time: callers may change what they get.
+        return self._json()
 
     def _json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
@@ -62,12 +96,6 @@ class ArgLocation(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def _arg_json(loc: ArgLocation) -> dict[str, Any]:
-    # Locations are immutable and repeat across sites; build each dict once.
-    return loc._json()
-
-
-@functools.lru_cache(maxsize=4096)
 def _arg_json_text(loc: ArgLocation) -> str:
     return json.dumps(loc._json(), separators=(",", ":"))
 
@@ -77,7 +105,7 @@ def _json_str(s: str) -> str:
     return json.dumps(s)
 
 
-@dataclass
+@dataclass(slots=True)
 class Site:
     """One probe site in an object: one entry of the notes section."""
 
@@ -85,8 +113,8 @@ class Site:
     section: str                 # code section holding the NOP
     offset: int                  # byte offset of the NOP in that section
     function: str                # symbol containing the NOP ("" if none)
-    args: list[ArgLocation] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)   # from BTF, if declared
+    args: tuple[ArgLocation, ...] = ()
+    types: tuple[str, ...] = ()  # from BTF, if declared
     entry_offset: int = 0        # byte offset of the entry in the notes section
     symbol: str = ""             # the entry's boundary symbol
 
@@ -149,9 +177,11 @@ class Finding:
 
     def render(self) -> str:
         # Objects: "obj.o: .text+0x18: ..."; sources, gcc-style: "f.c:12:5: ...".
+        # Paths, places and messages carry names from the input: escaped, so that
+        # one finding is one line whatever those names hold.
         sep = ":" if self.where[:1].isdigit() else ": "
         location = f"{self.path}{sep}{self.where}" if self.where else self.path
-        return f"{location}: {self.severity}: {self.message} [{self.rule}]"
+        return escape_text(f"{location}: {self.severity}: {self.message} [{self.rule}]")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,10 @@
-"""Decode and validate the probe notes of one BPF object (docs/format.md).
+"""Validate the probes of one BPF object against docs/format.md.
 
-``analyze()`` turns an object into the shared model: the probe sites it
-holds, the prototypes its BTF declares, and a finding for everything that
-breaks the format.  ``check`` prints the findings, ``list`` the sites, and
-``link`` uses the same decoding to carry notes across a link.
+Decoding lives in :mod:`bpf_sdt.notes`; this module judges: it turns what
+could not be decoded into findings, reads the prototypes from BTF, and checks
+what only the whole object can show (duplicates, arity against the
+prototype, symbols outside their sections, limits).  ``check`` prints the
+findings, ``list`` the sites, and ``link`` refuses inputs with errors.
 
 Rule ids (documented in docs/check.md) are stable; tests build one broken
 object per rule.
@@ -11,46 +12,67 @@ object per rule.
 
 from __future__ import annotations
 
-import bisect
-import functools
 import re
-import struct
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections import Counter
+from collections.abc import Iterator
+from functools import cached_property
 
 from bpf_sdt.btf import Btf, BtfType
-from bpf_sdt.elf import STT_SECTION, BpfObject, Relocation, Section, Symbol, is_reserved_index
+from bpf_sdt.elf import SHT_NOBITS, BpfObject, is_reserved_index
 from bpf_sdt.errors import InputError
-from bpf_sdt.format import (
-    DECL_TAG_PREFIX,
-    ENTRY_SYMBOL_PREFIX,
-    FRAME_REG,
-    INSN_ARRAY_MAX,
-    INSN_SIZE,
-    MAX_ARGS,
-    NAMED_ARGS,
-    NOP_INSN,
-    NOTES_SECTION,
-    OP_LDX,
-    OP_MOV64_K,
-    OP_MOV64_X,
-    R_BPF_64_ABS64,
-    R_BPF_64_ABS64_OLD_BINUTILS,
-    entry_symbol_probe_name,
+from bpf_sdt.format import DECL_TAG_PREFIX, INSN_ARRAY_MAX, NOTES_SECTION
+from bpf_sdt.model import Declaration, Finding, Severity, Site
+from bpf_sdt.notes import (
+    FunctionIndex,
+    NoteEntry,
+    NotesDecoding,
+    ProblemKind,
+    RawSymbols,
+    decode_notes,
 )
-from bpf_sdt.model import ArgLocation, Declaration, Finding, Severity, Site
 
-_TAG_RE = re.compile(r"^bpf_sdt:([A-Za-z_][A-Za-z0-9_]*):(\d+)$")
+# fullmatch, never match with `$`: `$` also matches before a trailing newline.
+_TAG_RE = re.compile(r"bpf_sdt:([A-Za-z_][A-Za-z0-9_]*):(\d+)")
+
+# BTF kinds this module follows (include/uapi/linux/btf.h).
+BTF_KIND_PTR = 2
+BTF_KIND_VOLATILE = 9
+BTF_KIND_CONST = 10
+BTF_KIND_RESTRICT = 11
+BTF_KIND_FUNC_PROTO = 13
+BTF_KIND_VAR = 14
+BTF_KIND_DECL_TAG = 17
+BTF_KIND_TYPE_TAG = 18
+_QUALIFIERS = {BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT, BTF_KIND_TYPE_TAG}
+
+# The rule each kind of undecodable note breaks.
+RULE_OF_PROBLEM = {
+    ProblemKind.NO_RELOCATIONS: "SDT101",
+    ProblemKind.NO_BYTES: "SDT102",
+    ProblemKind.BOUNDARY: "SDT102",
+    ProblemKind.RELOCATION: "SDT104",
+    ProblemKind.RELOCATION_TYPE: "SDT105",
+    ProblemKind.RELOCATION_SYMBOL: "SDT106",
+    ProblemKind.ADDRESS: "SDT107",
+    ProblemKind.ARGUMENT: "SDT108",
+    ProblemKind.LINKER_OFFSET: "SDT115",
+    ProblemKind.DUPLICATE_SECTION: "SDT119",
+}
+RULE_SYMBOL_OUTSIDE_SECTION = "SDT118"
+NOTES_START = f"{NOTES_SECTION}+0x0"
 
 
-@dataclass
 class ObjectReport:
-    path: str
-    sites: list[Site] = field(default_factory=list)
-    entry_names: set[str] = field(default_factory=set)   # every entry, resolved or not
-    declarations: dict[str, Declaration] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
+    """What ``analyze`` found in one object: its decoded notes, prototypes and
+    findings.  Sites are built on demand from the decoded entries (``check``
+    needs none; ``list`` streams them)."""
+
+    def __init__(self, obj: BpfObject, decoding: NotesDecoding) -> None:
+        self.path = obj.path
+        self.obj = obj
+        self.decoding = decoding
+        self.declarations: dict[str, Declaration] = {}
+        self.findings: list[Finding] = []
 
     def add(self, where: str, severity: Severity, message: str, rule: str) -> None:
         self.findings.append(Finding(self.path, where, severity, message, rule))
@@ -59,19 +81,40 @@ class ObjectReport:
     def errors(self) -> int:
         return sum(1 for f in self.findings if f.severity == "error")
 
+    @property
+    def entry_names(self) -> set[str]:
+        """Probe names of every entry, decoded or not."""
+        return self.decoding.entry_probes
 
-class Entry(NamedTuple):
-    """One entry of the notes section, bounded by its symbol and the next."""
+    @cached_property
+    def entries(self) -> list[NoteEntry]:
+        """Decoded entries by code section name, NOP offset, entry offset."""
+        entries = self.decoding.entries
+        rank = {name: i for i, name in enumerate(sorted({e.section.name for e in entries}))}
 
-    symbol: Symbol
-    name: str
-    start: int
-    end: int
+        def key(e: NoteEntry) -> int:   # one int, not a tuple: up to MAX_ENTRIES keys
+            return (rank[e.section.name] << 64) | (e.offset << 32) | e.entry_offset
 
+        # Compilers emit notes in code order, so most objects need no sorted copy.
+        if all(key(a) < key(b) for a, b in zip(entries, entries[1:], strict=False)):
+            return entries
+        return sorted(entries, key=key)
 
-def _at(offset: int) -> str:
-    """A place in the notes section, as findings spell it (built only for findings)."""
-    return f"{NOTES_SECTION}+{offset:#x}"
+    @property
+    def site_count(self) -> int:
+        return len(self.decoding.entries)
+
+    def iter_sites(self) -> Iterator[Site]:
+        functions = FunctionIndex(self.obj)
+        decls = self.declarations
+        for e in self.entries:
+            decl = decls.get(e.probe)
+            yield Site(e.probe, e.section.name, e.offset, functions.at(e.section, e.offset),
+                       e.args, decl.types if decl else (), e.entry_offset, e.symbol)
+
+    @cached_property
+    def sites(self) -> list[Site]:
+        return list(self.iter_sites())
 
 
 # --- BTF: probe prototypes --------------------------------------------------
@@ -83,10 +126,10 @@ def read_declarations(obj: BpfObject, report: ObjectReport) -> None:
     if btf is None:
         return
     for t in btf.types:
-        if t.kind != 17 or not t.name.startswith(DECL_TAG_PREFIX):
+        if t.kind != BTF_KIND_DECL_TAG or not t.name.startswith(DECL_TAG_PREFIX):
             continue
         where = f".BTF+type{t.id}"
-        m = _TAG_RE.match(t.name)
+        m = _TAG_RE.fullmatch(t.name)
         if m is None:
             report.add(where, "error", f"malformed probe tag {t.name!r} (want bpf_sdt:<name>:<n>)",
                        "SDT117")
@@ -101,9 +144,6 @@ def read_declarations(obj: BpfObject, report: ObjectReport) -> None:
         if len(params) != nargs:
             report.add(where, "error", f"probe '{name}': tag says {nargs} arguments, prototype "
                        f"has {len(params)}", "SDT111")
-        if name in report.declarations and len(report.declarations[name].types) != len(params):
-            report.add(where, "error", f"probe '{name}' is declared twice with different "
-                       "prototypes", "SDT111")
         for i, ty in enumerate(params, 1):
             size = btf.size_of(ty)
             if btf.is_aggregate(ty):
@@ -112,301 +152,128 @@ def read_declarations(obj: BpfObject, report: ObjectReport) -> None:
             elif size > 8:
                 report.add(where, "error", f"probe '{name}' argument {i}: {size}-byte type is "
                            "wider than 8 bytes", "SDT112")
-        report.declarations.setdefault(name, Declaration(
-            name, tuple(btf.c_spelling(ty) for ty in params),
-            tuple(btf.size_of(ty) for ty in params)))
+        decl = Declaration(name, tuple(btf.c_spelling(ty) for ty in params),
+                           tuple(btf.size_of(ty) for ty in params),
+                           canonical=tuple(canonical_type(btf, ty) for ty in params))
+        prev = report.declarations.setdefault(name, decl)
+        if not prev.same_prototype(decl):
+            # A linked object holds one tag per input; an observer gets one prototype.
+            report.add(where, "error", f"probe '{name}' is declared twice with different "
+                       f"prototypes: {prev.prototype()} and {decl.prototype()}", "SDT111")
+
+
+def canonical_type(btf: Btf, type_id: int) -> str:
+    """A parameter's type as the C function type sees it: top-level qualifiers
+    dropped (they are not part of a function type), typedefs resolved."""
+    for _ in range(len(btf.types)):
+        t = btf.get(type_id)
+        if t.kind not in _QUALIFIERS:
+            break
+        type_id = t.type
+    return btf.c_spelling(type_id, canonical=True)
 
 
 def tagged_prototype(btf: Btf, var_id: int) -> BtfType | None:
     """The FUNC_PROTO a probe tag's VAR points to (VAR -> [CONST] -> PTR -> FUNC_PROTO)."""
     var = btf.get(var_id)
-    if var.kind != 14:
+    if var.kind != BTF_KIND_VAR:
         return None
     ptr = btf.resolve(var.type)
-    if ptr.kind != 2:
+    if ptr.kind != BTF_KIND_PTR:
         return None
     proto = btf.resolve(ptr.type)
-    return proto if proto.kind == 13 else None
+    return proto if proto.kind == BTF_KIND_FUNC_PROTO else None
 
 
-# --- notes ---------------------------------------------------------------
+# --- notes -------------------------------------------------------------------
 
 
-def find_entries(obj: BpfObject, notes: Section, report: ObjectReport) -> list[Entry]:
-    """Entry boundaries come from the entry symbols, sorted by value."""
-    syms = sorted((s for s in obj.symbols
-                   if s.shndx == notes.index and s.name.startswith(ENTRY_SYMBOL_PREFIX)),
-                  key=lambda s: (s.value, s.num))
-    if notes.size and not syms:
-        report.add(f"{NOTES_SECTION}+0x0", "error", "notes section has no ___sdt_jt_ entry "
-                   "symbols, so its entries cannot be told apart", "SDT102")
-        return []
-    if syms and syms[0].value != 0:
-        report.add(f"{NOTES_SECTION}+0x0", "error", f"{syms[0].value} bytes before the first "
-                   "entry symbol", "SDT102")
-    entries = []
-    size_limit = INSN_SIZE * (MAX_ARGS + 1)
-    for i, sym in enumerate(syms):
-        end = syms[i + 1].value if i + 1 < len(syms) else notes.size
-        start = sym.value
-        if end == start:
-            report.add(_at(start), "error", f"{sym.name}: two entry symbols at one offset", "SDT102")
-            continue
-        if start >= notes.size or end > notes.size:
-            report.add(_at(start), "error", f"{sym.name}: entry runs past the section end "
-                       f"({notes.size} bytes)", "SDT102")
-            continue
-        size = end - start
-        if start % INSN_SIZE or size % INSN_SIZE or size > size_limit:
-            report.add(_at(start), "error", f"{sym.name}: entry of {size} bytes at offset "
-                       f"{start} (entries are 8 + 8*N bytes, N <= {MAX_ARGS}, 8-aligned)",
-                       "SDT102")
-            continue
-        entries.append(Entry(sym, entry_symbol_probe_name(sym.name) or "", start, end))
-    return entries
-
-
-@functools.lru_cache(maxsize=8192)
-def decode_args(body: bytes) -> tuple[tuple[ArgLocation, ...], tuple[tuple[int, str], ...]]:
-    """All argument insns of one entry -> (locations, (insn index, error) pairs).
-    Memoized per entry body: identical entries repeat across many sites."""
-    locs, errors = [], []
-    for i in range(len(body) // INSN_SIZE):
-        loc, err = decode_arg(body[INSN_SIZE * i: INSN_SIZE * (i + 1)], i + 1)
-        if err:
-            errors.append((i + 1, err))
-        elif loc:
-            locs.append(loc)
-    return tuple(locs), tuple(errors)
-
-
-@functools.lru_cache(maxsize=4096)
-def decode_arg(insn: bytes, index: int) -> tuple[ArgLocation | None, str | None]:
-    """One argument insn -> its location, or an error message.  Memoized: the
-    same few words repeat across thousands of sites, and the result is immutable."""
-    op, regs, off, imm = struct.unpack("<BBhi", insn)
-    dst, src = regs & 0xF, regs >> 4
-    want_dst = index if index <= NAMED_ARGS else 0
-    if op == OP_MOV64_X:
-        if off or imm:
-            return None, f"argument {index}: register move with nonzero offset/imm"
-        if src > 9:
-            return None, f"argument {index}: source register r{src} (must be r0..r9)"
-        loc = ArgLocation("reg", reg=src)
-    elif op == OP_MOV64_K:
-        if src or off:
-            return None, f"argument {index}: immediate move with nonzero src/offset"
-        loc = ArgLocation("imm", value=imm)
-    elif op in OP_LDX:
-        size = OP_LDX[op]
-        if index <= NAMED_ARGS:
-            return None, f"argument {index}: stack slots are for arguments {NAMED_ARGS + 1}.. only"
-        if src != FRAME_REG or imm:
-            return None, f"argument {index}: load must be relative to r10"
-        if off >= 0 or off < -512 or off % size:
-            return None, f"argument {index}: stack offset {off} is not an aligned slot in the frame"
-        loc = ArgLocation("stack", offset=off, size=size)
-    else:
-        return None, f"argument {index}: opcode {op:#04x} is not an argument form the format allows"
-    if dst != want_dst:
-        return None, f"argument {index}: destination r{dst}, the format says r{want_dst}"
-    return loc, None
-
-
-def _relocation_for(word_offset: int, rels_by_offset: dict[int, list[Relocation]],
-                    report: ObjectReport) -> Relocation | None:
-    rels = rels_by_offset.get(word_offset)
-    if not rels:
-        report.add(_at(word_offset), "error", "address word has no relocation", "SDT104")
-        return None
-    if len(rels) > 1:
-        report.add(_at(word_offset), "error", f"address word has {len(rels)} relocations", "SDT104")
-    return rels[0]
-
-
-class TargetResolver:
-    """Resolves address words.  What depends only on the relocation's symbol
-    (its section, whether that is code, its bytes) is worked out once per
-    symbol: thousands of entries share one section symbol."""
-
-    def __init__(self, obj: BpfObject, report: ObjectReport) -> None:
-        self.obj = obj
-        self.report = report
-        self._symbols: dict[int, tuple[Section, int, bytes] | str] = {}
-
-    def _symbol(self, index: int) -> tuple[Section, int, bytes] | str:
-        """(section, base offset, section bytes), or why the symbol is unusable."""
-        if index not in self._symbols:
-            obj = self.obj
-            if not 0 <= index < len(obj.symbols):
-                self._symbols[index] = f"relocation names symbol {index}, which does not exist"
-            else:
-                sym = obj.symbols[index]
-                sec = None if is_reserved_index(sym.shndx) else obj.section_at(sym.shndx)
-                if sec is None or not sec.executable:
-                    self._symbols[index] = (f"relocation against {sym.name or 'a symbol'} outside "
-                                            "any executable section")
-                else:
-                    base = 0 if sym.type == STT_SECTION else sym.value
-                    self._symbols[index] = (sec, base, obj.section_data(sec))
-        return self._symbols[index]
-
-    def resolve(self, notes_data: bytes, entry: Entry, rel: Relocation) -> tuple[Section, int] | None:
-        """The code section and byte offset an entry's address word points to."""
-        report = self.report
-        if rel.type != R_BPF_64_ABS64 and rel.type != R_BPF_64_ABS64_OLD_BINUTILS:
-            # (type 12 is reported once per object by cross_check())
-            report.add(_at(entry.start), "error", f"relocation type {rel.type}, want "
-                       "R_BPF_64_ABS64 (2)", "SDT105")
-            return None
-        info = self._symbol(rel.symbol)
-        if isinstance(info, str):
-            report.add(_at(entry.start), "error", info, "SDT106")
-            return None
-        sec, base, code = info
-        word = int.from_bytes(notes_data[entry.start: entry.start + 8], "little")
-        addend = rel.addend if rel.addend is not None else word
-        target = base + addend
-        if target < sec.size and not target % INSN_SIZE \
-                and code[target: target + INSN_SIZE] == NOP_INSN:
-            return sec, target
-        self._explain(entry, sec, base, word, addend, target, rel.addend is None, code)
-        return None
-
-    def _explain(self, entry: Entry, sec: Section, base: int, word: int, addend: int,
-                 target: int, in_place: bool, code: bytes) -> None:
-        where = _at(entry.start)
-        hi, lo = addend >> 32, addend & 0xFFFFFFFF
-        if hi and in_place and base + lo + hi < sec.size:
-            self.report.add(where, "error", f"address word {word:#018x} has {hi:#x} added into "
-                            "bytes 4..7: a linker treated the notes as code (section marked "
-                            "executable); relink with `bpf-sdt link`", "SDT115")
-        elif target >= sec.size or target % INSN_SIZE:
-            self.report.add(where, "error", f"address {target:#x} is outside {sec.name} "
-                            f"({sec.size} bytes) or not 8-aligned", "SDT107")
-        else:
-            insn = code[target: target + INSN_SIZE]
-            self.report.add(where, "error", f"{sec.name}+{target:#x} is {insn.hex(' ')}, "
-                            "not goto +0", "SDT107")
-
-
-class FunctionIndex:
-    """The function symbol containing an offset, per code section (bisect)."""
-
-    def __init__(self, obj: BpfObject) -> None:
-        self._obj = obj
-        self._by_section: dict[int, tuple[list[int], list[Symbol]]] = {}
-
-    def at(self, sec: Section, offset: int) -> str:
-        if sec.index not in self._by_section:
-            funcs = self._obj.functions_in(sec)
-            self._by_section[sec.index] = ([f.value for f in funcs], funcs)
-        starts, funcs = self._by_section[sec.index]
-        i = bisect.bisect_right(starts, offset) - 1
-        if i < 0:
-            return ""
-        f = funcs[i]   # the last function starting at or before the offset
-        return f.name if offset < f.value + f.size or f.size == 0 else ""
-
-
-def decode_sites(obj: BpfObject, report: ObjectReport) -> None:
-    notes = obj.section(NOTES_SECTION)
-    if notes is None:
-        return
-    where0 = f"{NOTES_SECTION}+0x0"
-    if notes.executable:
-        report.add(where0, "warning", "notes section is marked executable; linkers relocate it "
+def report_notes(report: ObjectReport) -> None:
+    """Findings for the notes section itself and for everything not decoded."""
+    notes = report.decoding.notes
+    if notes is not None and notes.executable:
+        report.add(NOTES_START, "warning", "notes section is marked executable; linkers relocate it "
                    "like code and corrupt it", "SDT115")
-    data = obj.section_data(notes)
-    if len(data) != notes.size:   # SHT_NOBITS: a size but no bytes
-        report.add(where0, "error", f"{NOTES_SECTION} claims {notes.size} bytes but has "
-                   f"{len(data)} in the file (section type {notes.type})", "SDT102")
-        return
-    entries = find_entries(obj, notes, report)
-    report.entry_names.update(e.name for e in entries)
-    rel_sec, rels = obj.relocations(notes)
-    if rel_sec is None and notes.size:
-        report.add(where0, "error", f"{NOTES_SECTION} has no relocation section, so no address "
-                   "word can be resolved", "SDT101")
-        return
-    rels_by_offset: dict[int, list[Relocation]] = defaultdict(list)
-    for r in rels:
-        rels_by_offset[r.offset].append(r)
-    starts = {e.start for e in entries}
-    for off in sorted(rels_by_offset):
-        if off not in starts:
-            report.add(f"{NOTES_SECTION}+{off:#x}", "error", "relocation inside an entry, not on "
-                       "an address word", "SDT104")
-    functions = FunctionIndex(obj)
-    resolver = TargetResolver(obj, report)
-    declarations = report.declarations
-    for e in entries:
-        rel = _relocation_for(e.start, rels_by_offset, report)
-        if rel is None:
-            continue
-        target = resolver.resolve(data, e, rel)
-        if target is None:
-            continue
-        sec, offset = target
-        args, errors = decode_args(data[e.start + INSN_SIZE: e.end])
-        for index, err in errors:
-            report.add(_at(e.start + INSN_SIZE * index), "error", f"probe '{e.name}' {err}", "SDT108")
-        decl = declarations.get(e.name)
-        report.sites.append(Site(
-            name=e.name, section=sec.name, offset=offset,
-            function=functions.at(sec, offset), args=list(args),
-            types=list(decl.types) if decl else [], entry_offset=e.start, symbol=e.symbol.name))
+    for p in report.decoding.problems:
+        report.add(p.where, "error", p.message, RULE_OF_PROBLEM[p.kind])
 
 
-# --- cross checks --------------------------------------------------------
+def check_symbols(obj: BpfObject, report: ObjectReport) -> None:
+    """A symbol must lie inside its section (SHT_NOBITS too: its size is what
+    the loader allocates).  A linker that loses a section's size leaves the
+    object unloadable ("Invalid size for section .bss")."""
+    symbols = RawSymbols(obj)
+    sections = obj.sections
+    for i, (name_off, _info, _other, shndx, value, size) in enumerate(symbols.records()):
+        if is_reserved_index(shndx):
+            continue
+        if shndx >= len(sections):
+            report.add(".symtab", "error", f"symbol {symbols.name(i, name_off) or i} is in section "
+                       f"{shndx}, which does not exist", RULE_SYMBOL_OUTSIDE_SECTION)
+            continue
+        sec = sections[shndx]
+        if value > sec.size or value + size > sec.size:
+            kind = ", SHT_NOBITS" if sec.type == SHT_NOBITS else ""
+            report.add(f"{sec.name}+{value:#x}", "error", f"symbol {symbols.name(i, name_off) or i} "
+                       f"({size} bytes at {value:#x}) lies outside {sec.name} ({sec.size} bytes{kind})",
+                       RULE_SYMBOL_OUTSIDE_SECTION)
+
+
+# --- cross checks ------------------------------------------------------------
 
 
 def cross_check(obj: BpfObject, report: ObjectReport) -> None:
-    sites_by_nop = Counter((s.section, s.offset) for s in report.sites)
-    for (sec, off), n in sites_by_nop.items():
-        if n > 1:
-            report.add(f"{sec}+{off:#x}", "error", f"{n} entries describe one NOP", "SDT109")
+    entries = report.entries
+    _duplicate_nops(report)
     have_tags = bool(report.declarations)
-    old = _old_binutils_relocs(obj)
+    old = report.decoding.legacy_relocations
     gcc = old > 0 or _has_gcc_comment(obj)
     if old:
-        report.add(f"{NOTES_SECTION}+0x0", "warning", f"{old} address words use relocation type "
+        report.add(NOTES_START, "warning", f"{old} address words use relocation type "
                    "12, R_BPF_64_ABS64 in the numbering of binutils <= 2.40 (bpf-gcc 12); read as "
                    "ABS64, but libbpf and newer tools expect type 2", "SDT105")
-    if report.sites and not have_tags:
+    if entries and not have_tags:
         if gcc:
-            report.add(f"{NOTES_SECTION}+0x0", "warning", "no BTF probe prototypes: GCC 12 has "
+            report.add(NOTES_START, "warning", "no BTF probe prototypes: GCC 12 has "
                        "no btf_decl_tag, so argument counts and types cannot be checked", "SDT114")
         else:
-            report.add(f"{NOTES_SECTION}+0x0", "error", "no BTF probe prototypes "
+            report.add(NOTES_START, "error", "no BTF probe prototypes "
                        "(bpf_sdt:<name>:<n> decl tags) for the probes used here", "SDT110")
     probed = set()
-    for s in report.sites:
-        probed.add(s.name)
-        decl = report.declarations.get(s.name)
-        where = f"{NOTES_SECTION}+{s.entry_offset:#x}"
+    for e in entries:
+        probed.add(e.probe)
+        decl = report.declarations.get(e.probe)
         if decl is None:
             if have_tags:
-                report.add(where, "error", f"probe '{s.name}' has no BTF prototype", "SDT110")
+                report.add(f"{NOTES_SECTION}+{e.entry_offset:#x}", "error",
+                           f"probe '{e.probe}' has no BTF prototype", "SDT110")
             continue
-        if len(s.args) != decl.arity:
-            report.add(where, "error", f"probe '{s.name}': entry has {len(s.args)} argument "
-                       f"insns, its prototype {decl.arity}", "SDT103")
+        if len(e.args) != decl.arity:
+            report.add(f"{NOTES_SECTION}+{e.entry_offset:#x}", "error", f"probe '{e.probe}': entry "
+                       f"has {len(e.args)} argument insns, its prototype {decl.arity}", "SDT103")
     for name in sorted(set(report.declarations) - probed - report.entry_names):
         report.add(".BTF", "warning", f"probe '{name}' is declared but never probed", "SDT113")
-    per_section = Counter(s.section for s in report.sites)
+    per_section = Counter(e.section.name for e in entries)
     for sec, n in sorted(per_section.items()):
         if n > INSN_ARRAY_MAX:
             report.add(f"{sec}+0x0", "warning", f"{n} probe sites in {sec}: the RFC consumer maps "
                        f"at most {INSN_ARRAY_MAX} per program", "SDT116")
 
 
-def _old_binutils_relocs(obj: BpfObject) -> int:
-    notes = obj.section(NOTES_SECTION)
-    if notes is None:
-        return 0
-    _, rels = obj.relocations(notes)
-    return sum(1 for r in rels if r.type == R_BPF_64_ABS64_OLD_BINUTILS)
+def _duplicate_nops(report: ObjectReport) -> None:
+    """SDT109: entries are sorted by NOP, so entries describing one NOP are adjacent."""
+    entries = report.entries
+    i = 0
+    while i < len(entries):
+        j = i + 1
+        while j < len(entries) and entries[j].section.index == entries[i].section.index \
+                and entries[j].offset == entries[i].offset:
+            j += 1
+        if j - i > 1:
+            e = entries[i]
+            report.add(f"{e.section.name}+{e.offset:#x}", "error", f"{j - i} entries describe one NOP",
+                       "SDT109")
+        i = j
 
 
 def _has_gcc_comment(obj: BpfObject) -> bool:
@@ -415,12 +282,12 @@ def _has_gcc_comment(obj: BpfObject) -> bool:
 
 
 def analyze(obj: BpfObject) -> ObjectReport:
-    report = ObjectReport(obj.path)
+    report = ObjectReport(obj, decode_notes(obj))
     try:
         read_declarations(obj, report)
     except InputError as e:
         report.add(".BTF", "error", f"unreadable BTF: {e}", "SDT117")
-    decode_sites(obj, report)
+    report_notes(report)
+    check_symbols(obj, report)
     cross_check(obj, report)
-    report.sites.sort(key=lambda s: (s.section, s.offset, s.entry_offset))
     return report

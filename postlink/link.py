@@ -46,17 +46,19 @@ from bpf_sdt.elf import (
 from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION, R_BPF_64_ABS64
 from bpf_sdt.fsutil import write_atomic
+from bpf_sdt.model import ArgLocation, Declaration
+from bpf_sdt.notes import encode_entry
 
 
 @dataclass(frozen=True)
 class InputSite:
-    """A site as found in one input, with the raw bytes of its entry."""
+    """A site as decoded from one input: re-encoded, never copied, into the output."""
 
     input: int
     symbol: str
     section: str
     offset: int
-    entry: bytes
+    args: tuple[ArgLocation, ...]
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,9 @@ def run_link(output: str, inputs: Sequence[str], bpftool: str = "bpftool") -> in
 
 def link(output: Path, inputs: list[Path], bpftool: str = "bpftool") -> ObjectReport:
     loaded = [_load_input(p) for p in inputs]
+    _check_prototypes(inputs, [report for _, report in loaded])
     objs = [obj for obj, _ in loaded]
-    sites = [s for i, (obj, report) in enumerate(loaded) for s in _input_sites(i, obj, report)]
+    sites = [s for i, (_, report) in enumerate(loaded) for s in _input_sites(i, report)]
     tool = shutil.which(bpftool) or (bpftool if Path(bpftool).is_file() else None)
     if tool is None:
         raise ToolError(f"{bpftool} not found: install bpftool (Debian: apt-get install bpftool)")
@@ -99,12 +102,10 @@ def link(output: Path, inputs: list[Path], bpftool: str = "bpftool") -> ObjectRe
             return _finish(output, base.read_bytes(), analyze(linked))
         placement = _placement(objs, linked)
         data = _add_notes(linked, sites, placement)
-        final = Path(tmp) / "final.o"
-        final.write_bytes(data)
-        report = analyze(load_object(final))
+        report = analyze(BpfObject(str(output), data))
         if report.errors:
-            raise InputError("linked notes failed verification: "
-                             + "; ".join(f.render() for f in report.findings[:3]))
+            errors = [f"{f.where}: {f.message} [{f.rule}]" for f in report.findings if f.severity == "error"]
+            raise InputError(f"{output}: the linked notes failed verification: " + "; ".join(errors[:3]))
         return _finish(output, data, report)
 
 
@@ -127,17 +128,21 @@ def _load_input(path: Path) -> tuple[BpfObject, ObjectReport]:
     return obj, report
 
 
-def _input_sites(index: int, obj: BpfObject, report: ObjectReport) -> list[InputSite]:
-    notes = obj.section(NOTES_SECTION)
-    if notes is None:
-        return []
-    data = obj.section_data(notes)
-    out = []
-    for s in sorted(report.sites, key=lambda s: s.entry_offset):
-        size = 8 + 8 * len(s.args)
-        out.append(InputSite(index, s.symbol, s.section, s.offset,
-                             data[s.entry_offset: s.entry_offset + size]))
-    return out
+def _check_prototypes(inputs: list[Path], reports: list[ObjectReport]) -> None:
+    """One probe name, one prototype: an observer of a linked object gets one
+    argument list, so inputs that disagree are refused, naming both."""
+    seen: dict[str, tuple[Declaration, Path]] = {}
+    for path, report in zip(inputs, reports, strict=True):
+        for name, decl in sorted(report.declarations.items()):
+            first = seen.setdefault(name, (decl, path))
+            if not first[0].same_prototype(decl):
+                raise InputError(f"probe '{name}' is declared as {first[0].prototype()} in {first[1]} "
+                                 f"and as {decl.prototype()} in {path}; one name needs one prototype")
+
+
+def _input_sites(index: int, report: ObjectReport) -> list[InputSite]:
+    """The input's sites in notes order (the order the output keeps)."""
+    return [InputSite(index, e.symbol, e.section.name, e.offset, e.args) for e in report.decoding.entries]
 
 
 def _bpftool_link(tool: str, out: Path, inputs: Sequence[Path], check: bool,
@@ -195,7 +200,7 @@ def _same_sites(report: ObjectReport, objs: list[BpfObject], sites: list[InputSi
     except InputError:
         return False
     want = sorted((s.section, placement.base[(s.input, s.section)] + s.offset) for s in sites)
-    return want == sorted((s.section, s.offset) for s in report.sites)
+    return want == sorted((e.section.name, e.offset) for e in report.decoding.entries)
 
 
 def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement) -> bytes:
@@ -213,7 +218,7 @@ def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement) 
             raise InputError(f"{s.section}+{target:#x} in the linked object is not the probe NOP")
         entry_syms.append((s.symbol, len(notes)))
         relocs.append(Relocation(len(notes), R_BPF_64_ABS64, img.section_symbol(sec_index), None))
-        notes += target.to_bytes(8, "little") + s.entry[8:]
+        notes += encode_entry(target, s.args)
     notes_i = img.add_section(SecRec(NOTES_SECTION, SHT_PROGBITS, 0, bytes(notes), addralign=1))
     img.add_section(SecRec(NOTES_REL_SECTION, SHT_REL, SHF_INFO_LINK, b"", link=img.symtab_index, info=notes_i,
                            addralign=8, entsize=16, relocs=relocs))

@@ -1,0 +1,551 @@
+"""Decode and encode probe notes (docs/format.md section 3), nothing else.
+
+:func:`decode_notes` turns an object's ``.bpf_sdt_notes`` into one
+:class:`NoteEntry` per entry that decodes, in notes order, and one
+:class:`NoteProblem` for everything that could not be decoded (where and
+why).  It does not judge the rest of the object: ``check`` validates on top
+of it (BTF prototypes, duplicates, limits), ``list`` prints it, ``link``
+re-encodes its entries with :func:`encode_entry`, and ``instrument`` finds
+its sites with it.
+
+Objects are untrusted and may hold up to :data:`MAX_ENTRIES` entries, so the
+decoder works from the raw symbol and relocation tables (the record layouts
+of :mod:`bpf_sdt.elf`) instead of materialising every symbol and relocation
+as an object, and keeps one compact, immutable record per entry whose
+repeated parts (argument tuples, argument bytes, probe names) are shared.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import struct
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from bpf_sdt.elf import (
+    REL,
+    RELA,
+    SHT_NOBITS,
+    SHT_REL,
+    SHT_RELA,
+    STT_FUNC,
+    STT_SECTION,
+    SYM,
+    BpfObject,
+    Section,
+    is_reserved_index,
+)
+from bpf_sdt.errors import InputError
+from bpf_sdt.format import (
+    ENTRY_SYMBOL_PREFIX,
+    FRAME_REG,
+    INSN_SIZE,
+    MAX_ARGS,
+    NAMED_ARGS,
+    NOP_INSN,
+    NOTES_SECTION,
+    OP_LDX,
+    OP_MOV64_K,
+    OP_MOV64_X,
+    R_BPF_64_ABS64,
+    R_BPF_64_ABS64_OLD_BINUTILS,
+    entry_symbol_probe_name,
+)
+from bpf_sdt.model import ArgLocation
+
+# An object holds at most this many notes entries (documented in docs/check.md).
+# A program is at most 1M instructions, so no real object comes near it; the cap
+# bounds what a hostile file can make the decoder allocate.
+MAX_ENTRIES = 1 << 20
+
+ADDRESS_WORD_SIZE = 8
+MAX_ENTRY_SIZE = ADDRESS_WORD_SIZE + INSN_SIZE * MAX_ARGS
+STACK_FRAME_SIZE = 512          # a BPF stack slot lies in r10 - 512 .. r10 - 1
+MAX_REGISTER = 9                # r0..r9 hold values; r10 is the frame pointer
+_INSN = struct.Struct("<BBhi")  # code, dst:4|src:4, off, imm
+_ENTRY_PREFIX = ENTRY_SYMBOL_PREFIX.encode()
+_LDX_OPCODE = {size: op for op, size in OP_LDX.items()}
+
+
+class ProblemKind(Enum):
+    """What kind of thing could not be decoded; ``check`` maps each to a rule."""
+
+    DUPLICATE_SECTION = "duplicate-section"    # several sections named .bpf_sdt_notes
+    NO_BYTES = "no-bytes"                      # the notes have a size but no file bytes
+    BOUNDARY = "boundary"                      # entry symbols do not delimit valid entries
+    NO_RELOCATIONS = "no-relocations"          # no REL/RELA section for the notes
+    RELOCATION = "relocation"                  # missing, repeated or stray relocations
+    RELOCATION_TYPE = "relocation-type"        # not R_BPF_64_ABS64
+    RELOCATION_SYMBOL = "relocation-symbol"    # the symbol is not in a code section
+    ADDRESS = "address"                        # the address is not on a NOP in the code
+    LINKER_OFFSET = "linker-offset"            # a linker added an offset into bytes 4..7
+    ARGUMENT = "argument"                      # an argument insn the format does not allow
+
+
+@dataclass(frozen=True, slots=True)
+class NoteProblem:
+    """Something in the notes that could not be decoded."""
+
+    kind: ProblemKind
+    offset: int                 # byte offset in the notes section (entry or insn)
+    message: str
+    entry_offset: int = -1      # the entry it breaks, -1 if none in particular
+
+    @property
+    def where(self) -> str:
+        return f"{NOTES_SECTION}+{self.offset:#x}"
+
+
+@dataclass(frozen=True, slots=True)
+class NoteEntry:
+    """One decoded entry: a probe site."""
+
+    symbol: str                         # ___sdt_jt_<name>[.n]
+    probe: str
+    entry_offset: int                   # byte offset of the entry in the notes section
+    section: Section                    # the code section holding the NOP
+    offset: int                         # byte offset of the NOP in that section
+    args: tuple[ArgLocation, ...]
+    raw_args: bytes                     # the entry's argument insns, 8 bytes each
+
+    @property
+    def insn_index(self) -> int:
+        return self.offset // INSN_SIZE
+
+    @property
+    def size(self) -> int:
+        """The entry's size in the notes section."""
+        return ADDRESS_WORD_SIZE + len(self.raw_args)
+
+
+@dataclass
+class NotesDecoding:
+    notes: Section | None = None                 # the section read (the first of that name)
+    entries: list[NoteEntry] = field(default_factory=list)
+    problems: list[NoteProblem] = field(default_factory=list)
+    entry_probes: set[str] = field(default_factory=set)   # probe names of every entry symbol
+    legacy_relocations: int = 0                  # type-12 words read as R_BPF_64_ABS64
+
+    def problem(self, kind: ProblemKind, offset: int, message: str, entry_offset: int = -1) -> None:
+        self.problems.append(NoteProblem(kind, offset, message, entry_offset))
+
+
+# --- encoding ---------------------------------------------------------------
+
+
+def encode_entry(nop_offset: int, args: Sequence[ArgLocation]) -> bytes:
+    """One notes entry: the address word (the NOP's offset, stored in place as the
+    REL addend of an R_BPF_64_ABS64 against its code section) and one argument
+    insn per argument.  Raises ValueError for anything the format cannot hold,
+    so an encoded entry always decodes back to ``args``."""
+    if not 0 <= nop_offset < 1 << 64 or nop_offset % INSN_SIZE:
+        raise ValueError(f"NOP offset {nop_offset} is not an 8-aligned offset")
+    if len(args) > MAX_ARGS:
+        raise ValueError(f"{len(args)} arguments, the format holds at most {MAX_ARGS}")
+    return nop_offset.to_bytes(ADDRESS_WORD_SIZE, "little") + b"".join(
+        encode_arg(loc, index) for index, loc in enumerate(args, 1))
+
+
+@functools.lru_cache(maxsize=4096)
+def encode_arg(loc: ArgLocation, index: int) -> bytes:
+    """The argument insn for argument ``index`` (1-based) at ``loc``."""
+    dst = index if index <= NAMED_ARGS else 0
+    try:
+        if loc.kind == "reg" and loc.reg is not None:
+            insn = _INSN.pack(OP_MOV64_X, (loc.reg << 4) | dst, 0, 0)
+        elif loc.kind == "imm" and loc.value is not None:
+            insn = _INSN.pack(OP_MOV64_K, dst, 0, loc.value)
+        elif loc.kind == "stack" and loc.offset is not None and loc.size in _LDX_OPCODE:
+            insn = _INSN.pack(_LDX_OPCODE[loc.size], FRAME_REG << 4, loc.offset, 0)
+        else:
+            raise ValueError(f"argument {index}: {loc} is not a location the format can hold")
+    except struct.error:
+        raise ValueError(f"argument {index}: {loc} does not fit an instruction") from None
+    # The decoder is the one definition of what is valid: whatever it refuses or
+    # reads back differently (r10, a slot in a register position...) is refused here.
+    decoded, error = decode_arg(insn, index)
+    if error or decoded != loc:
+        raise ValueError(error or f"argument {index}: {loc} does not round-trip")
+    return insn
+
+
+# --- decoding one argument ----------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8192)
+def decode_args(body: bytes) -> tuple[tuple[ArgLocation, ...], tuple[tuple[int, str], ...]]:
+    """All argument insns of one entry -> (locations, (arg index, error) pairs).
+    Memoized per entry body: identical entries repeat across many sites."""
+    locs, errors = [], []
+    for i in range(len(body) // INSN_SIZE):
+        loc, err = decode_arg(body[INSN_SIZE * i: INSN_SIZE * (i + 1)], i + 1)
+        if err:
+            errors.append((i + 1, err))
+        elif loc:
+            locs.append(loc)
+    return tuple(locs), tuple(errors)
+
+
+@functools.lru_cache(maxsize=4096)
+def decode_arg(insn: bytes, index: int) -> tuple[ArgLocation | None, str | None]:
+    """One argument insn -> its location, or an error message.  Memoized: the
+    same few words repeat across thousands of sites, and the result is immutable."""
+    op, regs, off, imm = _INSN.unpack(insn)
+    dst, src = regs & 0xF, regs >> 4
+    want_dst = index if index <= NAMED_ARGS else 0
+    if op == OP_MOV64_X:
+        if off or imm:
+            return None, f"argument {index}: register move with nonzero offset/imm"
+        if src > MAX_REGISTER:
+            return None, f"argument {index}: source register r{src} (must be r0..r9)"
+        loc = ArgLocation("reg", reg=src)
+    elif op == OP_MOV64_K:
+        if src or off:
+            return None, f"argument {index}: immediate move with nonzero src/offset"
+        loc = ArgLocation("imm", value=imm)
+    elif op in OP_LDX:
+        size = OP_LDX[op]
+        if index <= NAMED_ARGS:
+            return None, f"argument {index}: stack slots are for arguments {NAMED_ARGS + 1}.. only"
+        if src != FRAME_REG or imm:
+            return None, f"argument {index}: load must be relative to r10"
+        if off >= 0 or off < -STACK_FRAME_SIZE or off % size:
+            return None, f"argument {index}: stack offset {off} is not an aligned slot in the frame"
+        loc = ArgLocation("stack", offset=off, size=size)
+    else:
+        return None, f"argument {index}: opcode {op:#04x} is not an argument form the format allows"
+    if dst != want_dst:
+        return None, f"argument {index}: destination r{dst}, the format says r{want_dst}"
+    return loc, None
+
+
+# --- the raw symbol table -----------------------------------------------------
+
+
+def section_view(obj: BpfObject, sec: Section) -> memoryview:
+    """A section's bytes without copying them (SHT_NOBITS: none).  The reader
+    has checked that every section with bytes lies inside the file."""
+    if sec.type == SHT_NOBITS:
+        return memoryview(b"")
+    return memoryview(obj.data)[sec.offset: sec.offset + sec.size]
+
+
+class RawSymbols:
+    """The symbol table read record by record with the shared layout, without
+    building a Symbol per record or copying the tables: an object with 1M probe
+    sites has 1M entry symbols, and the decoder needs a few fields of each."""
+
+    def __init__(self, obj: BpfObject) -> None:
+        self.obj = obj
+        sec = obj.symtab_section
+        self.raw = section_view(obj, sec) if sec is not None else memoryview(b"")
+        strtab = obj.section_at(sec.link) if sec is not None else None
+        if sec is not None and strtab is None:
+            raise InputError(f"{obj.path}: symbol table links to missing string table {sec.link}")
+        self._data = obj.data
+        self._names_start = strtab.offset if strtab is not None else 0
+        self._names_len = len(section_view(obj, strtab)) if strtab is not None else 0
+        if sec is not None and (sec.entsize not in (0, SYM.size) or len(self.raw) % SYM.size):
+            raise InputError(f"{obj.path}: symbol table size {len(self.raw)} is not a multiple of {SYM.size}")
+        self.count = len(self.raw) // SYM.size
+
+    def records(self) -> Iterator[tuple[int, int, int, int, int, int]]:
+        """(name offset, info, other, shndx, value, size) per symbol, index order."""
+        return SYM.iter_unpack(self.raw)
+
+    def record(self, index: int) -> tuple[int, int, int, int, int, int]:
+        return SYM.unpack_from(self.raw, SYM.size * index)
+
+    def name(self, index: int, name_off: int) -> str:
+        if name_off and name_off >= self._names_len:
+            raise InputError(f"{self.obj.path}: symbol {index}: name offset {name_off} is outside "
+                             f"the string table ({self._names_len} bytes)")
+        start, stop = self._names_start + name_off, self._names_start + self._names_len
+        end = self._data.find(b"\0", start, stop)
+        return self._data[start: end if end >= 0 else stop].decode("utf-8", errors="replace")
+
+    def has_prefix(self, name_off: int, prefix: bytes) -> bool:
+        start = self._names_start + name_off
+        return name_off < self._names_len and \
+            self._data.startswith(prefix, start, self._names_start + self._names_len)
+
+
+class FunctionIndex:
+    """The function symbol containing an offset, per code section (bisect)."""
+
+    def __init__(self, obj: BpfObject, symbols: RawSymbols | None = None) -> None:
+        self._by_section: dict[int, tuple[list[int], list[tuple[int, str]]]] = {}
+        syms = symbols or RawSymbols(obj)
+        found: dict[int, list[tuple[int, int, str]]] = {}
+        for i, (name_off, info, _other, shndx, value, size) in enumerate(syms.records()):
+            if info & 0xF == STT_FUNC and not is_reserved_index(shndx):
+                found.setdefault(shndx, []).append((value, size, syms.name(i, name_off)))
+        for shndx, funcs in found.items():
+            funcs.sort(key=lambda f: f[0])
+            self._by_section[shndx] = ([f[0] for f in funcs], [(f[0] + f[1], f[2]) for f in funcs])
+
+    def at(self, sec: Section, offset: int) -> str:
+        """The function holding ``offset`` in ``sec``, or "" if none does."""
+        starts, funcs = self._by_section.get(sec.index, ((), ()))
+        i = bisect.bisect_right(starts, offset) - 1
+        if i < 0:
+            return ""
+        end, name = funcs[i]   # the last function starting at or before the offset
+        return name if offset < end or end == starts[i] else ""
+
+
+# --- decoding the section -------------------------------------------------------
+
+
+class _Boundary:
+    """Entry symbols in offset order, before their entries are checked.  Offsets
+    are kept in an array (8 bytes each), not a list of int objects."""
+
+    __slots__ = ("starts", "symbols", "names")
+
+    def __init__(self) -> None:
+        self.starts: array[int] = array("Q")    # symbol values (u64)
+        self.symbols: list[str] = []            # entry symbol names
+        self.names: list[str] = []              # probe names (shared strings)
+
+
+def decode_notes(obj: BpfObject) -> NotesDecoding:
+    """Every entry of the object's notes that decodes, and what did not."""
+    out = NotesDecoding()
+    candidates = obj.sections_named(NOTES_SECTION)
+    if not candidates:
+        return out
+    notes = out.notes = candidates[0]
+    if len(candidates) > 1:
+        indices = ", ".join(str(s.index) for s in candidates)
+        out.problem(ProblemKind.DUPLICATE_SECTION, 0, f"{len(candidates)} sections are named "
+                    f"{NOTES_SECTION} (section indices {indices}): which one describes the sites is "
+                    f"ambiguous; only section {notes.index} is read")
+    data = section_view(obj, notes)
+    if len(data) != notes.size:   # SHT_NOBITS: a size but no bytes
+        out.problem(ProblemKind.NO_BYTES, 0, f"{NOTES_SECTION} claims {notes.size} bytes but has "
+                    f"{len(data)} in the file (section type {notes.type})")
+        return out
+    symbols = RawSymbols(obj)
+    bounds = _entry_symbols(obj, notes, symbols, out)
+    out.entry_probes.update(bounds.names)
+    valid = _valid_entries(bounds, notes.size, out)
+    rel_sec = _relocation_section(obj, notes, out)
+    if rel_sec is None:
+        if notes.size:
+            out.problem(ProblemKind.NO_RELOCATIONS, 0, f"{NOTES_SECTION} has no relocation section, "
+                        "so no address word can be resolved")
+        return out
+    first, repeats = _match_relocations(obj, rel_sec, bounds, valid, notes.size, out)
+    _decode_entries(obj, data, rel_sec, bounds, valid, first, repeats, symbols, out)
+    return out
+
+
+def _entry_symbols(obj: BpfObject, notes: Section, symbols: RawSymbols, out: NotesDecoding) -> _Boundary:
+    """Entry symbols of the notes section, sorted by value (then index)."""
+    values, indices, name_offs = array("Q"), array("q"), array("q")
+    for i, (name_off, _info, _other, shndx, value, _size) in enumerate(symbols.records()):
+        if shndx == notes.index and symbols.has_prefix(name_off, _ENTRY_PREFIX):
+            values.append(value)
+            indices.append(i)
+            name_offs.append(name_off)
+    if len(values) > MAX_ENTRIES:
+        raise InputError(f"{obj.path}: {len(values)} notes entries, more than the {MAX_ENTRIES} "
+                         "an object may hold")
+    n = len(values)
+    order: Sequence[int] = range(n)
+    if any(values[k] > values[k + 1] for k in range(n - 1)):   # compilers emit them in order
+        order = array("q", sorted(range(n), key=values.__getitem__))   # stable: ties keep index order
+    bounds = _Boundary()
+    probes: dict[str, str] = {}
+    for k in order:
+        sym = symbols.name(indices[k], name_offs[k])
+        probe = entry_symbol_probe_name(sym) or ""
+        bounds.starts.append(values[k])
+        bounds.symbols.append(sym)
+        bounds.names.append(probes.setdefault(probe, probe))
+    if notes.size and not n:
+        out.problem(ProblemKind.BOUNDARY, 0, "notes section has no ___sdt_jt_ entry symbols, so "
+                    "its entries cannot be told apart")
+    elif n and bounds.starts[0] != 0:
+        out.problem(ProblemKind.BOUNDARY, 0, f"{bounds.starts[0]} bytes before the first entry symbol")
+    return bounds
+
+
+def _valid_entries(bounds: _Boundary, size: int, out: NotesDecoding) -> array[int]:
+    """Indices (into ``bounds``) of the entries whose extent is well-formed."""
+    valid = array("q")
+    starts = bounds.starts
+    n = len(starts)
+    for i in range(n):
+        start = starts[i]
+        end = starts[i + 1] if i + 1 < n else size
+        sym = bounds.symbols[i]
+        if end == start:
+            out.problem(ProblemKind.BOUNDARY, start, f"{sym}: two entry symbols at one offset", start)
+        elif start >= size or end > size:
+            out.problem(ProblemKind.BOUNDARY, start, f"{sym}: entry runs past the section end "
+                        f"({size} bytes)", start)
+        elif start % INSN_SIZE or (end - start) % INSN_SIZE or end - start > MAX_ENTRY_SIZE:
+            out.problem(ProblemKind.BOUNDARY, start, f"{sym}: entry of {end - start} bytes at offset "
+                        f"{start} (entries are 8 + 8*N bytes, N <= {MAX_ARGS}, 8-aligned)", start)
+        else:
+            valid.append(i)
+    return valid
+
+
+def _relocation_section(obj: BpfObject, notes: Section, out: NotesDecoding) -> Section | None:
+    found = [s for s in obj.sections if s.type in (SHT_REL, SHT_RELA) and s.info == notes.index]
+    if len(found) > 1:
+        out.problem(ProblemKind.RELOCATION, 0, f"{len(found)} relocation sections apply to "
+                    f"{NOTES_SECTION} ({', '.join(s.name for s in found)}); only {found[0].name} is read")
+    return found[0] if found else None
+
+
+def _layout(obj: BpfObject, rel_sec: Section) -> struct.Struct:
+    layout = RELA if rel_sec.type == SHT_RELA else REL
+    if rel_sec.size % layout.size:
+        raise InputError(f"{obj.path}: {rel_sec.name}: size {rel_sec.size} is not a multiple of {layout.size}")
+    return layout
+
+
+def _match_relocations(obj: BpfObject, rel_sec: Section, bounds: _Boundary, valid: array[int],
+                       size: int, out: NotesDecoding) -> tuple[array[int], dict[int, int]]:
+    """Per valid entry, the index of the first relocation on its address word
+    (-1: none), and how many relocations each entry with more than one has."""
+    layout = _layout(obj, rel_sec)
+    starts = bounds.starts
+    slot = array("q", [-1]) * len(starts)       # bounds index -> valid position
+    for pos, i in enumerate(valid):
+        slot[i] = pos
+    first = array("q", [-1]) * len(valid)
+    repeats: dict[int, int] = {}
+    for k, rec in enumerate(layout.iter_unpack(section_view(obj, rel_sec))):
+        offset = rec[0]
+        i = bisect.bisect_left(starts, offset)
+        if i < len(starts) and starts[i] == offset:
+            pos = slot[i]
+            if pos < 0:
+                continue            # the entry itself is broken (reported already)
+            if first[pos] < 0:
+                first[pos] = k
+            else:
+                repeats[pos] = repeats.get(pos, 1) + 1
+        elif offset >= size:
+            out.problem(ProblemKind.RELOCATION, offset, f"relocation at offset {offset:#x} is outside "
+                        f"{NOTES_SECTION} ({size} bytes)")
+        else:
+            out.problem(ProblemKind.RELOCATION, offset, "relocation inside an entry, not on an "
+                        "address word", _containing(starts, offset))
+    return first, repeats
+
+
+def _containing(starts: Sequence[int], offset: int) -> int:
+    i = bisect.bisect_right(starts, offset) - 1
+    return starts[i] if i >= 0 else -1
+
+
+class _Targets:
+    """What depends only on a relocation's symbol (its section, whether that is
+    code, its bytes) is worked out once per symbol: thousands of entries share
+    one section symbol."""
+
+    def __init__(self, obj: BpfObject, symbols: RawSymbols) -> None:
+        self.obj = obj
+        self.symbols = symbols
+        self._cache: dict[int, tuple[Section, int, memoryview] | str] = {}
+
+    def symbol(self, index: int) -> tuple[Section, int, memoryview] | str:
+        """(code section, base offset, section bytes), or why the symbol is unusable."""
+        hit = self._cache.get(index)
+        if hit is None:
+            hit = self._cache[index] = self._lookup(index)
+        return hit
+
+    def _lookup(self, index: int) -> tuple[Section, int, memoryview] | str:
+        if not 0 <= index < self.symbols.count:
+            return f"relocation names symbol {index}, which does not exist"
+        name_off, info, _other, shndx, value, _size = self.symbols.record(index)
+        sec = None if is_reserved_index(shndx) else self.obj.section_at(shndx)
+        if sec is None or not sec.executable:
+            name = self.symbols.name(index, name_off) or "a symbol"
+            return f"relocation against {name} outside any executable section"
+        base = 0 if info & 0xF == STT_SECTION else value
+        return sec, base, section_view(self.obj, sec)
+
+
+def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: _Boundary, valid: array[int],
+                    first: array[int], repeats: dict[int, int], symbols: RawSymbols,
+                    out: NotesDecoding) -> None:
+    layout = _layout(obj, rel_sec)
+    rela = rel_sec.type == SHT_RELA
+    raw_rels = section_view(obj, rel_sec)
+    targets = _Targets(obj, symbols)
+    shared_raw: dict[bytes, bytes] = {}
+    starts, names, syms = bounds.starts, bounds.names, bounds.symbols
+    n = len(starts)
+    entries = out.entries
+    for pos, i in enumerate(valid):
+        start = starts[i]
+        end = starts[i + 1] if i + 1 < n else len(data)
+        k = first[pos]
+        if k < 0:
+            out.problem(ProblemKind.RELOCATION, start, "address word has no relocation", start)
+            continue
+        if pos in repeats:
+            out.problem(ProblemKind.RELOCATION, start, f"address word has {repeats[pos]} relocations", start)
+        rec = layout.unpack_from(raw_rels, layout.size * k)
+        rtype, rsym = rec[1] & 0xFFFFFFFF, rec[1] >> 32
+        if rtype == R_BPF_64_ABS64_OLD_BINUTILS:
+            out.legacy_relocations += 1
+        elif rtype != R_BPF_64_ABS64:
+            out.problem(ProblemKind.RELOCATION_TYPE, start, f"relocation type {rtype}, want "
+                        "R_BPF_64_ABS64 (2)", start)
+            continue
+        info = targets.symbol(rsym)
+        if isinstance(info, str):
+            out.problem(ProblemKind.RELOCATION_SYMBOL, start, info, start)
+            continue
+        sec, base, code = info
+        word = int.from_bytes(data[start: start + ADDRESS_WORD_SIZE], "little")
+        addend = rec[2] if rela else word
+        target = base + addend
+        if not (target >= 0 and target % INSN_SIZE == 0 and target + INSN_SIZE <= sec.size
+                and code[target: target + INSN_SIZE] == NOP_INSN):
+            _explain(out, start, sec, base, word, addend, target, not rela, code)
+            continue
+        body = bytes(data[start + ADDRESS_WORD_SIZE: end])
+        args, errors = decode_args(body)
+        if errors:
+            for index, err in errors:
+                out.problem(ProblemKind.ARGUMENT, start + INSN_SIZE * index,
+                            f"probe '{names[i]}' {err}", start)
+            continue
+        entries.append(NoteEntry(syms[i], names[i], start, sec, target, args,
+                                 shared_raw.setdefault(body, body)))
+
+
+def _explain(out: NotesDecoding, start: int, sec: Section, base: int, word: int, addend: int,
+             target: int, in_place: bool, code: memoryview) -> None:
+    """Why an address word does not name a NOP, as precisely as the bytes allow."""
+    hi, lo = addend >> 32, addend & 0xFFFFFFFF
+    if addend < 0:
+        out.problem(ProblemKind.ADDRESS, start, f"relocation addend {addend} is negative: the "
+                    f"address {target:#x} is not a NOP offset in {sec.name}", start)
+    elif hi and in_place and base + lo + hi < sec.size:
+        out.problem(ProblemKind.LINKER_OFFSET, start, f"address word {word:#018x} has {hi:#x} added "
+                    "into bytes 4..7: a linker treated the notes as code (section marked executable); "
+                    "relink with `bpf-sdt link`", start)
+    elif target < 0 or target + INSN_SIZE > sec.size or target % INSN_SIZE:
+        out.problem(ProblemKind.ADDRESS, start, f"address {target:#x} is outside {sec.name} "
+                    f"({sec.size} bytes) or not 8-aligned", start)
+    elif len(code) != sec.size:
+        out.problem(ProblemKind.ADDRESS, start, f"{sec.name} has no bytes in the file "
+                    f"(section type {sec.type}), so {target:#x} holds no goto +0", start)
+    else:
+        insn = code[target: target + INSN_SIZE].hex(" ")
+        out.problem(ProblemKind.ADDRESS, start, f"{sec.name}+{target:#x} is {insn}, "
+                    "not goto +0", start)
