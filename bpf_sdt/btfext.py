@@ -294,6 +294,21 @@ class BtfExt:
                 _check_u32(rec, block)
                 recs.insert(bisect.bisect_right(recs, rec.insn_off, key=_insn_off), rec)
 
+    def move_section(self, source: str, into: str, mapping: Callable[[int], int]) -> None:
+        """Give ``into`` every record of ``source``, each insn_off through
+        ``mapping`` (where the code now is in ``into``), and drop ``source``.
+        For code moved from one section to another; ``into`` must be in the
+        BTF strings."""
+        if source not in self.sections:
+            return
+        self.remap(source, mapping)
+        sec = self.sections.pop(source)
+        for info in self._blocks.values():
+            if source in info.name_offs:
+                info.order.remove(source)
+                del info.name_offs[source]
+        self.add_records(into, sec.func_info, sec.line_info, sec.core_relo)
+
     def _block(self, block: str) -> _Block:
         info = self._blocks.get(block)
         if info is None:

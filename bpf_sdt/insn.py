@@ -266,6 +266,7 @@ class CodeSection:
     insns: list[Insn] = field(default_factory=list)
     end: Insn = field(default_factory=lambda: Insn(0))   # "past the last insn": a branch target
     orig_size: int = 0
+    appended: Insn | None = None   # first instruction moved in from another section, if any
 
     def layout(self) -> dict[int, int]:
         """Byte offset of every instruction (and of :attr:`end`) by id()."""
@@ -280,7 +281,8 @@ class CodeSection:
         """Old byte offset -> new byte offset, for every decoded instruction
         and for the old end of the section."""
         out = {insn.orig: layout[id(insn)] for insn in self.insns if insn.orig >= 0}
-        out[self.orig_size] = layout[id(self.end)]
+        # The old end is where the section's own code ends, before anything moved in.
+        out[self.orig_size] = layout[id(self.appended if self.appended is not None else self.end)]
         return out
 
     def insert(self, index: int, new: Sequence[Insn]) -> None:
@@ -401,15 +403,17 @@ class EncodedSection:
         return self.layout[id(insn)]
 
 
-def encode_sections(sections: dict[int, CodeSection],
-                    symbols: Sequence[Symbol]) -> tuple[dict[int, EncodedSection], dict[int, int]]:
+def encode_sections(sections: dict[int, CodeSection], symbols: Sequence[Symbol],
+                    moved_symbols: dict[int, Insn] | None = None,
+                    ) -> tuple[dict[int, EncodedSection], dict[int, int]]:
     """Lay every section out and encode it, deriving branch offsets, call
     immediates and relocation offsets from where the instructions now are.
 
     Returns the encoded sections and the new value of every symbol defined in
     a code section (symbol index -> value): function symbols move with their
     first instruction, and a call through a function symbol is encoded
-    against the symbol's new value."""
+    against the symbol's new value.  ``moved_symbols`` names the first
+    instruction of symbols whose section was merged into another one."""
     layouts = {idx: sec.layout() for idx, sec in sections.items()}
     offsets = {idx: sec.offset_map(layouts[idx]) for idx, sec in sections.items()}
     owner: dict[int, tuple[int, int]] = {}   # id(insn) -> (section index, byte offset)
@@ -427,6 +431,8 @@ def encode_sections(sections: dict[int, CodeSection],
                 raise InputError(f"symbol {sym.name} at {sections[shndx].name}+{sym.value:#x} is not "
                                  "on an instruction")
             values[sym.num] = new
+    for num, insn in (moved_symbols or {}).items():
+        values[num] = owner[id(insn)][1]
     out = {}
     for idx, sec in sections.items():
         lay = layouts[idx]

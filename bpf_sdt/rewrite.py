@@ -98,6 +98,8 @@ def move_code(code: dict[int, CodeSection], source: int, into: int, edits: CodeE
     at = {insn.orig: insn for insn in src.insns}
     for insn in src.insns:
         insn.orig = -1        # no longer an instruction of its old section's offsets
+    if dst.appended is None and src.insns:
+        dst.appended = src.insns[0]
     dst.insns.extend(src.insns)
     edits.moved[source] = Moved(into, at)
 
@@ -120,7 +122,10 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
     reference into it moved."""
     edits = edits or CodeEdits()
     img = ElfImage.from_object(obj)
-    encoded, values = encode_sections(code, obj.symbols)
+    moved_symbols = {sym.num: edits.moved[sym.shndx].at[sym.value] for sym in obj.symbols
+                     if sym.shndx in edits.moved and sym.type != STT_SECTION
+                     and sym.value in edits.moved[sym.shndx].at}
+    encoded, values = encode_sections(code, obj.symbols, moved_symbols)
     changed = bool(edits.moved) or any(enc.data != obj.section_data(obj.sections[idx])
                                        for idx, enc in encoded.items())
     for idx, enc in encoded.items():
@@ -141,7 +146,7 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
     if changed:
         drop_indices |= {i for i, s in enumerate(img.sections)
                          if s.name.startswith(DWARF_PREFIX) and s.name != TYPES_SECTION}
-    if edits.moved:   # its relocations name the moved sections' symbols; libbpf ignores it
+    if changed:   # its relocations describe the old record layout; loaders ignore it
         drop_indices |= {i for i, s in enumerate(img.sections) if s.name == ".rel" + BTF_EXT_SECTION}
     img.remove_section_indices(drop_indices)
     return img
@@ -204,7 +209,7 @@ def _set_code_relocations(img: ElfImage, idx: int, enc: EncodedSection) -> None:
 def _move_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
                   values: dict[int, int]) -> None:
     for sym in obj.symbols:
-        if sym.num not in values:
+        if sym.num not in values or sym.shndx not in encoded:   # moved ones: _move_moved_symbols
             continue
         rec = img.symbols[sym.num]
         offsets = encoded[sym.shndx].offsets
@@ -270,16 +275,25 @@ def _move_btf_ext(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSecti
     btf_sec = obj.section(".BTF")
     if ext_sec is None or btf_sec is None:
         return
+    from bpf_sdt.btf import append_string, parse_btf
     from bpf_sdt.btfext import BtfExt
 
-    ext = BtfExt.parse(obj.section_data(ext_sec), obj.btf.strings if obj.btf else b"")
+    btf_i = img.index_of(".BTF")
+    assert btf_i is not None
+    for new_name in set(edits.renamed.values()):     # BTF.ext names sections through BTF strings
+        img.sections[btf_i].data, _ = append_string(img.sections[btf_i].data, new_name)
+    ext = BtfExt.parse(obj.section_data(ext_sec), parse_btf(img.sections[btf_i].data).strings)
     for idx, enc in encoded.items():
         name = obj.sections[idx].name
-        ext.remap(name, _offset_mapper(enc.offsets, name))
+        if name in ext.sections:
+            ext.remap(name, _offset_mapper(enc.offsets, name))
+    for idx, new_name in edits.renamed.items():
+        ext.move_section(obj.sections[idx].name, new_name, lambda off: off)
     for idx, moved in edits.moved.items():
         name, into = obj.sections[idx].name, obj.sections[moved.into].name
         dest = encoded[moved.into]
         positions = {old: dest.position(insn) for old, insn in moved.at.items()}
+        into = edits.renamed.get(moved.into, into)
         ext.move_section(name, into, _offset_mapper(positions, name))
     img.sections[ext_sec.index].data = ext.encode()
 

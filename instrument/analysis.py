@@ -183,6 +183,8 @@ class Program:
 
 
 def _split_functions(sec: CodeSection, symbols: list[Symbol]) -> list[Function]:
+    if not sec.insns:           # clang leaves an empty .text in most objects
+        return []
     starts: dict[int, str] = {}
     for s in symbols:
         if s.shndx == sec.index and s.type == STT_FUNC:

@@ -108,7 +108,7 @@ def instrument(req: Request) -> Result:
     probes = sorted({e.probe for e in notes.entries})
     selected = _select_probes(probes, req.probes)
     decls = [d for path in req.observers for d in _observers_of(path)]
-    plan = _plan_observers(decls, selected, req, types)
+    plan = _plan_observers(decls, probes, selected, req, types)
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-instrument-") as tmp:
         extra = [*req.observers]
         recorded = sorted({p for p, obs in plan.items() for o in obs if o.startswith(RECORDER_PREFIX)})
@@ -162,9 +162,10 @@ def _observers_of(path: Path) -> list[ObserverDecl]:
     return found
 
 
-def _plan_observers(decls: list[ObserverDecl], selected: list[str], req: Request,
+def _plan_observers(decls: list[ObserverDecl], probes: list[str], selected: list[str], req: Request,
                     types: dict[str, tuple[ArgType, ...]]) -> dict[str, list[str]]:
-    """Probe -> the observers its sites call, in order."""
+    """Probe -> the observers its sites call, in order.  An observer whose
+    probes exist but are not selected is simply not called."""
     attach: dict[str, list[str]] = {}
     names = {d.name for d in decls}
     for spec in req.attach:
@@ -180,11 +181,12 @@ def _plan_observers(decls: list[ObserverDecl], selected: list[str], req: Request
         if d.glob is None and d.name not in attach:
             raise UsageError(f"observer {d.name} ({d.path}) is in SEC(\"bpf_sdt\"): name its probes "
                              f"with --attach {d.name}=GLOB")
+        globs = ([d.glob] if d.glob else []) + attach.get(d.name, [])
+        for g in globs:
+            if not any(fnmatch.fnmatchcase(p, g) for p in probes):
+                raise UsageError(f"observer {d.name} ({d.path}): {g} matches no probe; the object has: "
+                                 f"{', '.join(probes)}")
         served = [p for p in selected if d.matches(p, attach.get(d.name, []))]
-        if not served:
-            globs = ([d.glob] if d.glob else []) + attach.get(d.name, [])
-            raise UsageError(f"observer {d.name} ({d.path}): {', '.join(globs)} matches no selected "
-                             f"probe; the object has: {', '.join(selected)}")
         for p in served:
             nargs = len(types.get(p, ()))
             if d.arity is not None and d.arity > nargs:
