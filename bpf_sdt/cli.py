@@ -8,12 +8,16 @@ stderr and exit 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError
+from bpf_sdt.model import escape_text
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -22,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on usage errors already; keep its message to one line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_UNUSABLE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_UNUSABLE, f"{self.prog}: error: {escape_text(message)}\n")
 
 
 def _cmd_header(args: argparse.Namespace) -> int:
@@ -166,24 +170,85 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    clang_args: list[str] = []
-    if "--" in argv:  # extract/lint: everything after -- goes to clang
+# Only these pass what follows `--` to clang; everywhere else `--` ends the
+# options as usual (`bpf-sdt check -- -odd-name.o`).
+CLANG_ARG_COMMANDS = ("extract", "lint")
+
+
+def split_clang_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(bpf-sdt arguments, clang arguments)."""
+    if argv and argv[0] in CLANG_ARG_COMMANDS and "--" in argv:
         i = argv.index("--")
-        argv, clang_args = argv[:i], argv[i + 1:]
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+class OutputError(BpfSdtError):
+    """Standard output cannot be written (closed pipe, full disk)."""
+
+
+class _GuardedStdout:
+    """sys.stdout whose write errors become one OutputError: a full disk or a
+    closed pipe ends the command with one line and a non-zero code, wherever
+    the write happens."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            raise OutputError(f"cannot write to standard output: {e.strerror or e}") from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            raise OutputError(f"cannot write to standard output: {e.strerror or e}") from None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+def _silence_stdout() -> None:
+    """After a failed write, point fd 1 at /dev/null: the interpreter's own
+    flush at exit then succeeds instead of printing "Exception ignored ...
+    BrokenPipeError"."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ else 1)
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _complain(command: str, message: str) -> None:
+    with contextlib.suppress(OSError):   # stderr gone too: the exit code is all that is left
+        print(f"bpf-sdt {command}: {escape_text(message)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv, clang_args = split_clang_args(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     args.clang_args = clang_args
+    real_stdout = sys.stdout
+    sys.stdout = _GuardedStdout(real_stdout)  # type: ignore[assignment]
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()
         return code
+    except OutputError as e:
+        _silence_stdout()
+        _complain(args.command, str(e))
+        return e.exit_code
     except BpfSdtError as e:
-        print(f"bpf-sdt {args.command}: {e}", file=sys.stderr)
+        _complain(args.command, str(e))
         return e.exit_code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return EXIT_OK
+    finally:
+        sys.stdout = real_stdout
 
 
 if __name__ == "__main__":

@@ -1,28 +1,150 @@
-"""File writing that never leaves a half-written output behind."""
+"""File writing that never leaves a half-written output or a stray temporary
+behind, and never replaces something that is not a regular file."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-import tempfile
+import secrets
+import signal
+import stat
+import threading
 from pathlib import Path
+from types import FrameType
+
+DEFAULT_MODE = 0o644
+# Signals that end a process by default and can be caught: the temporary is
+# removed before the process ends.  SIGKILL cannot be caught (nothing can).
+CLEANUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory.
+class NotRegularFileError(OSError):
+    """The output path exists and is not a regular file (device, FIFO,
+    directory, socket): replacing it would destroy it, so nothing is written."""
 
-    The final ``os.replace`` is atomic on POSIX, so readers see either the old
-    file or the complete new one, and a failure leaves ``path`` untouched.
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` via a temporary file beside it.
+
+    - A symlink is written through: its target is replaced, the link stays.
+    - An existing path that is not a regular file raises NotRegularFileError.
+    - The final ``os.replace`` is atomic, so readers see either the old file or
+      the complete new one, and a failure leaves ``path`` untouched.
+    - SIGTERM/SIGINT/SIGHUP during the write remove the temporary, then take
+      their usual effect.
+    - An existing file keeps its permission bits; a new one gets ``mode``
+      (default 0644).
     """
-    target = Path(path)
+    target = resolve_output(Path(path))
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with _TemporaryBeside(target) as (fd, tmp):
+        with os.fdopen(fd, "wb", closefd=True) as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        try:
+            old_mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            old_mode = None
+        os.chmod(tmp, old_mode if old_mode is not None else mode if mode is not None else DEFAULT_MODE)
         os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _sync_directory(target.parent)
+
+
+def resolve_output(path: Path) -> Path:
+    """The regular file a write to ``path`` should replace: symlinks followed
+    to their final target (which need not exist yet).  Anything else that
+    exists there is refused."""
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(st.st_mode):
+        kind = file_kind(st.st_mode)
+        raise NotRegularFileError(errno.EEXIST if kind != "a directory" else errno.EISDIR,
+                                  f"{kind}, not a regular file; refusing to replace it", str(path))
+    return target
+
+
+def file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink that loops")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+class _Killed(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _TemporaryBeside:
+    """A new file next to ``target``, removed on any error or caught signal.
+
+    The name is chosen and remembered before the file is created (O_EXCL), so a
+    signal at any point finds either no file or a file it knows to remove."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> tuple[int, Path]:
+        self._install()
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except BaseException as e:
+            self._abort(e)
+            raise
+        return fd, self.tmp
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self._restore()
+        else:
+            self._abort(exc)
+
+    def _abort(self, exc: BaseException) -> None:
+        try:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink(missing_ok=True)
+        finally:
+            self._restore()
+        if isinstance(exc, _Killed):
+            # The temporary is gone: now let the signal do what it would have done
+            # (SIGTERM ends the process here; SIGINT raises KeyboardInterrupt).
+            os.kill(os.getpid(), exc.signum)
+            raise InterruptedError(errno.EINTR, f"interrupted by signal {exc.signum}")
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return          # only the main thread may set handlers (its signals arrive there)
+        for sig in CLEANUP_SIGNALS:
+            current = signal.getsignal(sig)
+            if current in (signal.SIG_DFL, signal.default_int_handler):   # not ignored, not custom
+                self._previous[sig] = current
+                signal.signal(sig, _raise_killed)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+
+def _raise_killed(signum: int, frame: FrameType | None) -> None:
+    raise _Killed(signum)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename durable (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -45,7 +45,7 @@ from bpf_sdt.elf import (
 )
 from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION, R_BPF_64_ABS64
-from bpf_sdt.fsutil import write_atomic
+from bpf_sdt.fsutil import resolve_output, write_atomic
 from bpf_sdt.model import ArgLocation, Declaration
 from bpf_sdt.notes import encode_entry
 
@@ -74,6 +74,10 @@ def run_link(output: str, inputs: Sequence[str], bpftool: str = "bpftool") -> in
 
 
 def link(output: Path, inputs: list[Path], bpftool: str = "bpftool") -> ObjectReport:
+    try:   # refuse an output that is no regular file before doing any work
+        resolve_output(output)
+    except OSError as e:
+        raise InputError(f"cannot write {output}: {e.strerror}") from None
     loaded = [_load_input(p) for p in inputs]
     _check_prototypes(inputs, [report for _, report in loaded])
     objs = [obj for obj, _ in loaded]
