@@ -3,7 +3,8 @@
  * program types (XDP, tc, socket filter), in a static subprogram, a global
  * subprogram and a bpf_loop callback; 12 arguments; immediates (negative,
  * above s32, wide); narrow signed and unsigned values; pointers (packet,
- * ctx); map updates and global data whose state must be unchanged.
+ * ctx); map updates, global data, a tail call and a kfunc call, whose
+ * results must be unchanged.
  * tests/test_instrument.py computes every argument from the packet. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -26,6 +27,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} jump SEC(".maps");
+
+extern void *bpf_cast_to_kern_ctx(void *) __ksym;	/* a kfunc */
 
 __u64 total;			/* .bss */
 __u64 seed = 7;			/* .data */
@@ -90,7 +100,12 @@ int tc_main(struct __sk_buff *skb)
 	__u32 key = 3;
 	__u64 *n;
 
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+
 	BPF_SDT_PROBE2(skb, skb->len, skb->mark);
+	bpf_tail_call(skb, &jump, 0);		/* empty: falls through */
+	if (kskb->len != skb->len)
+		return 2;
 	n = bpf_map_lookup_elem(&counts, &key);
 	if (n)
 		__sync_fetch_and_add(n, skb->len);
