@@ -1,15 +1,46 @@
-"""Arguments and entry point of `bpf-sdt trace` (placeholder until the runner lands)."""
+"""Arguments and entry point of `bpf-sdt trace` (the runner is bpf_sdt.trace.runner)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
-from bpf_sdt.errors import UsageError
+from bpf_sdt.instrument.observers import DEFAULT_RINGBUF_SIZE
+
+READER_ENV = "BPF_SDT_TRACE_READER"     # "mmap" or "libbpf": force a ring reader (tests, other architectures)
 
 
 def add_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("object", metavar="OBJ")
+    sp.add_argument("object", metavar="OBJ", help="object with probes (with --pinned: the instrumented object)")
+    sp.add_argument("--probe", action="append", default=[], metavar="GLOB",
+                    help="trace only the probes matching GLOB (repeatable; default: all)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.add_argument("--count", action="store_true",
+                    help="print hit counts per probe and per site at the end instead of each event")
+    sp.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    how = sp.add_argument_group("how to run it (default: attach every program by its section name)")
+    how.add_argument("--run", metavar="PROG", help="BPF_PROG_TEST_RUN program PROG on packets")
+    how.add_argument("--packet", type=Path, metavar="FILE", help="with --run: one packet, raw bytes")
+    how.add_argument("--pcap", type=Path, metavar="FILE", help="with --run: every packet of a pcap/pcapng file")
+    how.add_argument("--repeat", type=int, default=1, metavar="N", help="with --run: run each packet N times")
+    how.add_argument("--xdp", metavar="IFACE", help="attach the XDP program to IFACE")
+    how.add_argument("--tc", metavar="IFACE[:DIR]", help="attach the tc program to IFACE, ingress (default) or egress")
+    how.add_argument("--prog", metavar="NAME", help="with --xdp/--tc: which program, if the object has several")
+    how.add_argument("--pinned", action="store_true",
+                     help="OBJ is instrumented and loaded by another loader: read its pinned ring buffer")
+    how.add_argument("--pin-dir", type=Path, metavar="DIR", help="with --pinned: where the maps are pinned "
+                     "(default /sys/fs/bpf)")
+    sp.add_argument("--ringbuf-size", type=int, default=DEFAULT_RINGBUF_SIZE, metavar="BYTES",
+                    help="the recorder's ring buffer size (power of two, default 4 MiB)")
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    raise UsageError("trace is not implemented yet")
+    from bpf_sdt.trace.runner import DEFAULT_PIN_DIR, Options, trace
+
+    return trace(Options(
+        obj=Path(args.object), probes=tuple(args.probe), as_json=args.json, count=args.count,
+        duration=args.duration, run=args.run, packet=args.packet, pcap=args.pcap, repeat=args.repeat,
+        xdp=args.xdp, tc=args.tc, prog=args.prog, pinned=args.pinned,
+        pin_dir=args.pin_dir or DEFAULT_PIN_DIR, ringbuf_size=args.ringbuf_size,
+        reader=os.environ.get(READER_ENV) or None))

@@ -1,0 +1,383 @@
+"""`bpf-sdt trace`: instrument an object with the recorder, run it one of four
+ways, and print its probes as they fire.
+
+- test runs (``--run PROG``): BPF_PROG_TEST_RUN on each packet, in batches
+  that fit the ring buffer, reading the ring after each batch;
+- live (``--xdp IFACE`` / ``--tc IFACE[:ingress|egress]``): attach one program;
+- auto-attach (no run option): every program libbpf attaches by section name;
+- pinned (``--pinned``): an object someone else loaded; only its pinned ring
+  buffer is read.
+
+Everything trace attaches is detached, and everything it loads unloaded,
+when it ends: normally, at ``--duration``, on SIGINT or SIGTERM, or on an
+error (the libbpf layer's context managers).  Its pins live on a private
+bpffs that vanishes with the process (:mod:`bpf_sdt.trace.runtime`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import selectors
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from errno import EINTR, ENOENT, EOPNOTSUPP
+from pathlib import Path
+from typing import TextIO
+
+from bpf_sdt.instrument.command import Request, instrument
+from bpf_sdt.instrument.observers import DEFAULT_RINGBUF_SIZE, LOST_MAP, RECORDER_PREFIX, RINGBUF_MAP
+from bpf_sdt.trace.output import Decoder
+from bpf_sdt.trace.pcap import MAX_PACKET, read_packets
+from bpf_sdt.trace.ring import Ring, open_ring
+from bpf_sdt.trace.runtime import StopSignals, private_bpffs
+from bpf_sdt.trace.sites import Site, site_table
+
+from bpf_sdt.elf import load_object
+from bpf_sdt.errors import EXIT_OK, InputError, UsageError
+from bpf_sdt.libbpf import BpfObject, LibbpfError, Link, Map, Program, TcFilter
+from bpf_sdt.model import escape_text
+
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf")
+BPF_MAP_TYPE_RINGBUF = 27
+PROBE_CHECK_S = 1.0             # how often a live trace looks at the lost-event counter
+RING_FILL = 0.5                 # a test-run batch may fill this share of the ring buffer
+MAX_BATCH = 1 << 18             # repetitions per test run: keeps Ctrl-C prompt
+TEST_RUN_TYPES = ("xdp", "sched_cls", "sched_act", "socket_filter")
+TC_TYPES = ("sched_cls", "sched_act")
+TC_DIRECTIONS = ("ingress", "egress")
+LOST_KEY = bytes(4)
+ETH_HLEN = 14
+
+
+@dataclass(frozen=True)
+class Options:
+    obj: Path
+    probes: tuple[str, ...] = ()
+    as_json: bool = False
+    count: bool = False
+    duration: float | None = None
+    run: str | None = None
+    packet: Path | None = None
+    pcap: Path | None = None
+    repeat: int = 1
+    xdp: str | None = None
+    tc: str | None = None               # IFACE[:ingress|egress]
+    prog: str | None = None             # which program --xdp/--tc attach
+    pinned: bool = False
+    pin_dir: Path = DEFAULT_PIN_DIR
+    ringbuf_size: int = DEFAULT_RINGBUF_SIZE
+    reader: str | None = None           # ring reader, "mmap" or "libbpf" (default: per architecture)
+
+
+def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    _check_options(opts)
+    if opts.pinned:
+        return _trace_pinned(opts, out, err)
+    packets = _packets(opts) if opts.run else []
+    iface, direction = _interface(opts)
+    with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
+        inst = Path(tmp) / "instrumented.bpf.o"
+        result = instrument(Request(opts.obj, inst, opts.probes, ringbuf_size=opts.ringbuf_size))
+        sites = site_table(load_object(inst), load_object(opts.obj))
+        if any(s.site_id >= len(sites) or sites[s.site_id].probe != s.probe for s in result.sites):
+            raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
+        shown = {s.site_id for s in result.sites}
+        with private_bpffs(Path(tmp) / "pins") as pins, BpfObject.open(inst, pin_root_path=pins) as bpf:
+            prog = _choose_program(bpf, opts)
+            if prog is not None and opts.run:
+                _check_packets(packets, prog, opts)
+            bpf.load()
+            ring_map = bpf.find_map(RINGBUF_MAP)
+            session = _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader),
+                               Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
+                                       t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err),
+                               _Lost(bpf.find_map(LOST_MAP)), out, err)
+            with session:
+                if opts.run:
+                    assert prog is not None
+                    session.test_runs(prog, packets, opts.repeat, opts.duration)
+                else:
+                    links = _attach(bpf, prog, iface, direction, opts)
+                    session.ready(sites, shown, ", ".join(what for what, _ in links))
+                    session.follow(opts.duration)
+                    for _, link in reversed(links):     # no new events from here on
+                        link.destroy()
+                session.finish(opts.count)
+    return EXIT_OK
+
+
+# --- options ---------------------------------------------------------------------
+
+
+def _check_options(opts: Options) -> None:
+    modes = [m for m, on in (("--run", opts.run), ("--xdp", opts.xdp), ("--tc", opts.tc),
+                             ("--pinned", opts.pinned)) if on]
+    if len(modes) > 1:
+        raise UsageError(f"{' and '.join(modes)}: choose one way to run the object")
+    if opts.run and (opts.packet is None) == (opts.pcap is None):
+        raise UsageError("--run needs exactly one of --packet FILE and --pcap FILE")
+    if not opts.run and (opts.packet or opts.pcap or opts.repeat != 1):
+        raise UsageError("--packet, --pcap and --repeat go with --run")
+    if opts.prog and not (opts.xdp or opts.tc):
+        raise UsageError("--prog goes with --xdp or --tc (--run names its program itself)")
+    if opts.repeat < 1:
+        raise UsageError(f"--repeat {opts.repeat}: must be at least 1")
+    if opts.duration is not None and opts.duration <= 0:
+        raise UsageError(f"--duration {opts.duration}: must be positive")
+    if opts.reader not in (None, "mmap", "libbpf"):
+        raise UsageError(f"ring reader {opts.reader!r}: mmap or libbpf")
+    if opts.pin_dir != DEFAULT_PIN_DIR and not opts.pinned:
+        raise UsageError("--pin-dir goes with --pinned")
+
+
+def _packets(opts: Options) -> list[bytes]:
+    if opts.pcap is not None:
+        return read_packets(opts.pcap)
+    assert opts.packet is not None
+    from bpf_sdt.elf import read_regular_file
+
+    data = read_regular_file(opts.packet, MAX_PACKET, "packet")
+    if not data:
+        raise InputError(f"{opts.packet}: empty packet")
+    return [data]
+
+
+def _check_packets(packets: list[bytes], prog: Program, opts: Options) -> None:
+    """The kernel refuses to test-run a packet without an Ethernet header
+    (EINVAL); say which packet, before anything is loaded."""
+    for number, packet in enumerate(packets, 1):
+        if len(packet) < ETH_HLEN:
+            where = f"packet {number} of {opts.pcap}" if opts.pcap else str(opts.packet)
+            raise InputError(f"{where}: {len(packet)} bytes; the kernel test-runs {prog.type} programs only "
+                             f"on packets of at least {ETH_HLEN} (an Ethernet header)")
+
+
+def _interface(opts: Options) -> tuple[str | None, str]:
+    """The interface and tc direction of --xdp/--tc; it must exist now."""
+    spec, direction = opts.xdp or opts.tc, "ingress"
+    if spec is None:
+        return None, direction
+    if opts.tc:
+        name, sep, suffix = spec.rpartition(":")
+        if sep and suffix in TC_DIRECTIONS:
+            spec, direction = name, suffix
+    try:
+        socket.if_nametoindex(spec)
+    except OSError:
+        raise UsageError(f"interface {escape_text(spec)}: no such device in this network namespace") from None
+    return spec, direction
+
+
+def _choose_program(bpf: BpfObject, opts: Options) -> Program | None:
+    """The program --run, --xdp or --tc works on (checked before loading)."""
+    if opts.run:
+        return _program(bpf, opts.run, TEST_RUN_TYPES, opts.obj, "--run")
+    if opts.xdp:
+        return _program(bpf, opts.prog, ("xdp",), opts.obj, "--xdp")
+    if opts.tc:
+        return _program(bpf, opts.prog, TC_TYPES, opts.obj, "--tc")
+    return None
+
+
+def _program(bpf: BpfObject, name: str | None, types: Sequence[str], obj: Path, option: str) -> Program:
+    have = ", ".join(f"{p.name} ({p.type})" for p in bpf.programs) or "none"
+    if name is not None:
+        prog = next((p for p in bpf.programs if p.name == name), None)
+        if prog is None:
+            raise UsageError(f"{obj}: no program {escape_text(name)!r} (programs: {escape_text(have)})")
+        if prog.type not in types:
+            raise UsageError(f"{option}: program {escape_text(name)!r} is {prog.type}, not {' or '.join(types)}")
+        return prog
+    fitting = [p for p in bpf.programs if p.type in types]
+    if len(fitting) != 1:
+        what = "no" if not fitting else "several"
+        raise UsageError(f"{option}: {obj} has {what} {' or '.join(types)} programs (programs: {escape_text(have)}); "
+                         "name one with --prog")
+    return fitting[0]
+
+
+def _attach(bpf: BpfObject, prog: Program | None, iface: str | None, direction: str,
+            opts: Options) -> list[tuple[str, Link | TcFilter]]:
+    """Attach as asked; (description, attachment) of each."""
+    if prog is not None and iface is not None:
+        if opts.xdp:
+            return [(f"{prog.name} on {iface} (XDP)", prog.attach_xdp(iface))]
+        return [(f"{prog.name} on {iface} (tc {direction})", prog.attach_tc(iface, direction))]
+    links: list[tuple[str, Link | TcFilter]] = []
+    skipped = []
+    for p in bpf.programs:
+        try:
+            links.append((f"{p.name} ({p.section})", p.attach()))
+        except LibbpfError as e:
+            if e.errno != EOPNOTSUPP:
+                raise
+            skipped.append(f"{p.name} ({p.section})")
+    if not links:
+        raise UsageError(f"{opts.obj}: no program attaches by its section name ({escape_text(', '.join(skipped))}); "
+                         "use --run PROG, --xdp IFACE or --tc IFACE")
+    return links
+
+
+# --- the session: ring, decoder, output ---------------------------------------------
+
+
+class _Lost:
+    """The recorder's count of events the ring buffer had no room for."""
+
+    def __init__(self, counter: Map | None) -> None:
+        self._map = counter
+        self.base = self._read()
+        self.reported = 0
+
+    def _read(self) -> int:
+        if self._map is None:
+            return 0
+        value = self._map.lookup(LOST_KEY)
+        return int.from_bytes(value[:8], "little") if value else 0
+
+    def since_start(self) -> int:
+        return self._read() - self.base
+
+
+class _Session:
+    def __init__(self, ring: Ring, decoder: Decoder, lost: _Lost, out: TextIO, err: TextIO) -> None:
+        self.ring, self.decoder, self.lost, self.out, self.err = ring, decoder, lost, out, err
+        self.stop = StopSignals()
+
+    def __enter__(self) -> _Session:
+        self.stop.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop.__exit__(*exc)
+        finally:
+            self.ring.close()
+
+    def drain(self) -> int:
+        used = self.ring.drain(self.decoder.sample)
+        self.decoder.flush(self.out)
+        return used
+
+    def ready(self, sites: list[Site], shown: set[int], what: str) -> None:
+        probes = {sites[i].probe for i in shown}
+        self.err.write(f"bpf-sdt trace: tracing {len(shown)} site{'s' if len(shown) != 1 else ''} of "
+                       f"{len(probes)} probe{'s' if len(probes) != 1 else ''} in {escape_text(what)}; "
+                       "Ctrl-C to stop\n")
+        self.err.flush()
+
+    def follow(self, duration: float | None) -> None:
+        """Reads events as they come until the duration ends or a signal asks to stop."""
+        deadline = None if duration is None else time.monotonic() + duration
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.ring.fd, selectors.EVENT_READ)
+            sel.register(self.stop.fd, selectors.EVENT_READ)
+            while not self.stop.requested:
+                timeout = PROBE_CHECK_S
+                if deadline is not None:
+                    timeout = min(timeout, deadline - time.monotonic())
+                    if timeout <= 0:
+                        break
+                sel.select(timeout)
+                self.stop.drain()
+                self.drain()
+                self._lost_so_far()
+
+    def _lost_so_far(self) -> None:
+        lost = self.lost.since_start()
+        if lost > self.lost.reported:
+            self.err.write(f"bpf-sdt trace: {lost} events lost so far (ring buffer full)\n")
+            self.lost.reported = lost
+
+    def test_runs(self, prog: Program, packets: list[bytes], repeat: int, duration: float | None) -> None:
+        """Each packet `repeat` times; its events, then one line with the result.
+        The first run of a packet measures how much ring buffer one run fills;
+        the rest go in batches that fill at most RING_FILL of it."""
+        capacity = self.ring.size
+        deadline = None if duration is None else time.monotonic() + duration
+        for number, packet in enumerate(packets, 1):
+            before = self.decoder.events
+            done, retval, total_ns, batch = 0, 0, 0, 1
+            while done < repeat and not self._stopping(deadline):
+                n = min(batch, repeat - done)
+                try:
+                    res = prog.test_run(packet, repeat=n)
+                except LibbpfError as e:
+                    if e.errno == EINTR and self.stop.requested:
+                        break
+                    raise
+                used = self.drain()
+                done, retval, total_ns = done + n, res.retval, total_ns + res.duration_ns * n
+                per_run = used / n
+                batch = MAX_BATCH if not per_run else max(1, min(MAX_BATCH, int(capacity * RING_FILL / per_run)))
+            if not done:
+                break
+            self.decoder.run_line(number, prog.name, prog.type, retval, done, self.decoder.events - before,
+                                  total_ns // done)
+            self.decoder.flush(self.out)
+
+    def _stopping(self, deadline: float | None) -> bool:
+        return self.stop.requested or (deadline is not None and time.monotonic() >= deadline)
+
+    def finish(self, count: bool) -> None:
+        """After the last event: what is left in the ring, counts, losses."""
+        self.drain()
+        if count:
+            self.decoder.counts()
+        lost = self.lost.since_start()
+        if lost:
+            self.decoder.lost_line(lost)
+        if self.decoder.foreign:
+            self.err.write(f"bpf-sdt trace: {self.decoder.foreign} events did not match the object's sites\n")
+        self.decoder.flush(self.out)
+
+
+# --- --pinned ----------------------------------------------------------------------------
+
+
+def _trace_pinned(opts: Options, out: TextIO, err: TextIO) -> int:
+    obj = load_object(opts.obj)
+    if not any(s.name.startswith(RECORDER_PREFIX) for s in obj.symbols):
+        raise UsageError(f"{opts.obj}: has no recorder; --pinned reads an object instrumented by "
+                         "`bpf-sdt instrument` without --observer (or with --record)")
+    sites = site_table(obj)
+    probes = sorted({s.probe for s in sites})
+    for glob in opts.probes:
+        if not any(fnmatch.fnmatchcase(p, glob) for p in probes):
+            raise UsageError(f"--probe {glob}: matches no probe; the object has: {', '.join(probes)}")
+    shown = {s.site_id for s in sites
+             if not opts.probes or any(fnmatch.fnmatchcase(s.probe, g) for g in opts.probes)}
+    ring_map = _open_pin(opts.pin_dir / RINGBUF_MAP)
+    lost_map = None
+    try:
+        if ring_map.type_id != BPF_MAP_TYPE_RINGBUF:
+            raise InputError(f"{opts.pin_dir / RINGBUF_MAP}: a {ring_map.type} map, not the recorder's ring buffer")
+        if (opts.pin_dir / LOST_MAP).exists():
+            lost_map = _open_pin(opts.pin_dir / LOST_MAP)
+        decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
+                          t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
+        with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder, _Lost(lost_map),
+                      out, err) as session:
+            session.ready(sites, shown, f"the ring buffer pinned at {opts.pin_dir / RINGBUF_MAP}")
+            session.follow(opts.duration)
+            session.finish(opts.count)
+    finally:
+        ring_map.close()
+        if lost_map is not None:
+            lost_map.close()
+    return EXIT_OK
+
+
+def _open_pin(path: Path) -> Map:
+    try:
+        return Map.open_pinned(path)
+    except LibbpfError as e:
+        if e.errno == ENOENT:
+            raise InputError(f"{path}: no such pin; is the instrumented object loaded (its loader pins "
+                             "the recorder's maps by name there)?") from None
+        raise

@@ -1,0 +1,104 @@
+"""Process-level plumbing for trace: a private bpffs for the recorder's pins,
+and SIGINT/SIGTERM turned into a stop request.
+
+**Pins.** The recorder's maps are pinned by name (``LIBBPF_PIN_BY_NAME``), so
+libbpf would pin them under /sys/fs/bpf, and *reuse* a compatible map already
+pinned there: two traces, or a trace and a production loader, would share
+one ring buffer.  Trace therefore moves itself into a private mount namespace
+(``unshare(CLONE_NEWNS)``, with mount propagation turned off so nothing leaks
+back) and mounts a fresh bpffs there as libbpf's ``pin_root_path``.  The
+mount, and every pin on it, exist only in trace's namespace and vanish with
+the process, whatever ends it (even SIGKILL).  /sys/fs/bpf is never touched.
+
+**Signals.** While tracing, SIGINT and SIGTERM only set a flag and write to a
+wakeup pipe (``signal.set_wakeup_fd``) that the event loop watches, so a
+signal never raises in the middle of reading the ring or detaching: the loop
+sees the request, detaches, reads what is left and prints the summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from bpf_sdt.errors import InputError
+
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+BPFFS = b"bpf"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    libc.unshare.argtypes = [ctypes.c_int]
+    return libc
+
+
+def _fail(what: str) -> InputError:
+    err = ctypes.get_errno()
+    return InputError(f"{what}: {os.strerror(err)} (trace loads programs: it needs root)")
+
+
+@contextlib.contextmanager
+def private_bpffs(where: Path) -> Iterator[Path]:
+    """A fresh bpffs mounted at ``where`` (an empty directory) in a mount
+    namespace of this process's own.  Unmounted on exit; the namespace (and
+    with it any mount left by a crash) ends with the process."""
+    libc = _libc()
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise _fail("making a private mount namespace for the recorder's pins")
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise _fail("making mounts private")
+    where.mkdir(exist_ok=True)
+    if libc.mount(BPFFS, os.fsencode(where), BPFFS, 0, None) != 0:
+        raise _fail(f"mounting a bpffs at {where}")
+    try:
+        yield where
+    finally:
+        libc.umount2(os.fsencode(where), MNT_DETACH)
+
+
+class StopSignals:
+    """SIGINT/SIGTERM -> ``requested`` (and the readable ``fd``), while active."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal: int | None = None
+        self.fd = -1
+        self._write_fd = -1
+        self._saved: dict[int, object] = {}
+        self._saved_wakeup = -1
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.requested = True
+        self.signal = signum
+
+    def drain(self) -> None:
+        """Empties the wakeup pipe (it only says "a signal came")."""
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self.fd, 64):
+                pass
+
+    def __enter__(self) -> StopSignals:
+        self.fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for sig in STOP_SIGNALS:
+            self._saved[sig] = signal.signal(sig, self._on_signal)
+        self._saved_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.set_wakeup_fd(self._saved_wakeup)
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        os.close(self.fd)
+        os.close(self._write_fd)

@@ -1,0 +1,102 @@
+"""What trace knows about each probe site: the table events are decoded with.
+
+The recorder writes a site id into every event: the site's index in
+:func:`bpf_sdt.instrument.command.ordered_sites` of the instrumented object.
+That order (code section name, NOP offset) survives instrumenting, because
+code is only inserted after NOPs and section names stay, so the object the
+user gave has the same sites in the same order.  Trace shows each site as
+`bpf-sdt list OBJ` does (function, insn) plus its source line, taken from
+OBJ when the two orders agree, from the instrumented object otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from bpf_sdt.instrument.command import ordered_sites
+
+from bpf_sdt.argtype import ArgType
+from bpf_sdt.btfext import BtfExt, LineInfo, OffsetIndex
+from bpf_sdt.elf import BpfObject
+from bpf_sdt.errors import InputError
+from bpf_sdt.notes import FunctionIndex, NoteEntry, decode_notes
+from bpf_sdt.probes import probe_types
+
+BTF_EXT = ".BTF.ext"
+
+
+@dataclass(frozen=True)
+class Site:
+    site_id: int
+    probe: str
+    function: str               # "" when no function symbol covers the site
+    section: str
+    insn: int                   # the NOP's instruction index in its section, as `bpf-sdt list` shows it
+    file: str | None            # source file and line from .BTF.ext line_info, when present
+    line: int | None
+    types: tuple[ArgType, ...]
+
+    @property
+    def source(self) -> str | None:
+        """``file:line`` with the file's base name, for text output."""
+        if self.file is None:
+            return None
+        return f"{PurePath(self.file).name}:{self.line}"
+
+
+def site_table(instrumented: BpfObject, shown: BpfObject | None = None) -> list[Site]:
+    """Site id -> Site for an object instrumented with the recorder.  Functions,
+    instructions and lines come from ``shown`` (the object the user gave) when
+    its sites line up with the instrumented object's, one for one."""
+    ordered = ordered_sites(decode_notes(instrumented))
+    types = probe_types(instrumented.btf)
+    where, entries = instrumented, ordered
+    if shown is not None and shown is not instrumented:
+        theirs = ordered_sites(decode_notes(shown))
+        if [(e.probe, e.section.name) for e in theirs] == [(e.probe, e.section.name) for e in ordered]:
+            where, entries = shown, theirs
+    functions = FunctionIndex(where)
+    lines = _Lines(_btf_ext(where))
+    return [_site(i, e, functions, lines, types.get(e.probe, ())) for i, e in enumerate(entries)]
+
+
+class _Lines:
+    """Source lines by (section, offset), one sorted index per section."""
+
+    def __init__(self, ext: BtfExt | None) -> None:
+        self._ext = ext
+        self._index: dict[str, OffsetIndex[LineInfo]] = {}
+
+    def at(self, section: str, offset: int) -> tuple[str | None, int | None]:
+        if self._ext is None:
+            return None, None
+        index = self._index.get(section)
+        if index is None:
+            index = self._index[section] = self._ext.line_index(section)
+        rec = index.at(offset)
+        if rec is None:
+            return None, None
+        try:
+            return self._ext.file_name(rec), rec.line
+        except InputError:              # a bad string offset: no source line, still a site
+            return None, None
+
+
+def _site(site_id: int, entry: NoteEntry, functions: FunctionIndex, lines: _Lines,
+          types: tuple[ArgType, ...]) -> Site:
+    file, line = lines.at(entry.section.name, entry.offset)
+    return Site(site_id, entry.probe, functions.at(entry.section, entry.offset), entry.section.name,
+                entry.insn_index, file, line, types)
+
+
+def _btf_ext(obj: BpfObject) -> BtfExt | None:
+    """The object's line info, or None: an object without (or with broken)
+    .BTF.ext is traced all the same, without source lines."""
+    sec = obj.section(BTF_EXT)
+    if sec is None or obj.btf is None:
+        return None
+    try:
+        return BtfExt.parse(obj.section_data(sec), obj.btf)
+    except InputError:
+        return None
