@@ -123,15 +123,20 @@ class Program:
             f.init_in = _initialised(f)
             f.frame = _frame_depth(f)
             f.callees = self._callees(f)
+        self._by_name = {}
+        for f in reversed(self.functions):
+            self._by_name[f.name] = f          # the first of a name wins
+        self._above: dict[int, int] = {}
+        self._below: dict[int, int] = {}
 
     def function_of(self, sec: CodeSection, index: int) -> Function:
-        for f in self.functions:
+        for f in self.functions:          # few functions per object; sites look up once each
             if f.section is sec and f.start <= index < f.end:
                 return f
         raise KeyError(index)
 
     def by_name(self, name: str) -> Function | None:
-        return next((f for f in self.functions if f.name == name), None)
+        return self._by_name.get(name)
 
     def callee(self, insn: Insn) -> Function | None:
         return self._by_first.get(id(insn.target)) if insn.target is not None else None
@@ -170,16 +175,25 @@ class Program:
     def chain_below(self, f: Function, frame: int | None = None, extra: Iterable[Function] = ()) -> int:
         """Stack of ``f`` (with ``frame`` bytes instead of its own) and the
         deepest chain of callees below it."""
+        if frame is None and not extra and id(f) in self._below:
+            return self._below[id(f)]
         deepest = max((self.chain_below(g) for g in [*f.callees, *extra]), default=0)
-        return round_frame(f.frame if frame is None else frame) + deepest
+        depth = round_frame(f.frame if frame is None else frame) + deepest
+        if frame is None and not extra:
+            self._below[id(f)] = depth
+        return depth
 
     def chain_above(self, f: Function) -> int:
         """The deepest stack of callers above ``f`` (0 for a program)."""
-        best = 0
-        for caller in self.functions:
-            if f in caller.callees:
-                best = max(best, self.chain_above(caller) + round_frame(caller.frame))
-        return best
+        if id(f) not in self._above:
+            if not hasattr(self, "_callers"):
+                self._callers: dict[int, list[Function]] = {}
+                for caller in self.functions:
+                    for g in caller.callees:
+                        self._callers.setdefault(id(g), []).append(caller)
+            self._above[id(f)] = max((self.chain_above(c) + round_frame(c.frame)
+                                      for c in self._callers.get(id(f), [])), default=0)
+        return self._above[id(f)]
 
 
 def _split_functions(sec: CodeSection, symbols: list[Symbol]) -> list[Function]:

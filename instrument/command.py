@@ -310,7 +310,8 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
     if depth > MAX_STACK:
         raise SiteError(f"the call chain through this site would use {depth} bytes of stack "
                         f"(the verifier allows {MAX_STACK}); {f.name} already uses {f.frame}")
-    seq = site_sequence(entry.args, types, frame, observers, site_id, cross_section)
+    wants_id = any(o.name.startswith(RECORDER_PREFIX) for o in observers)
+    seq = site_sequence(entry.args, types, frame, observers, site_id if wants_id else None, cross_section)
     calls = [i - 2 for i, insn in enumerate(seq) if insn.is_pseudo_call]   # r1 = r10; r1 += ..; call
     return seq, [(obs.name, seq[i]) for obs, i in zip(observers, calls, strict=True)]
 

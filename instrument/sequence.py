@@ -12,7 +12,7 @@ caller-saved registers live after the site, ``N`` the probe's arguments and
     r0 = rK ; <convert> ; *(u64 *)(r10 - A + 8j) = r0     a narrower type
     *(u64 *)(r10 - A + 8j) = imm           an immediate, converted here
     r0 = *(uM *)(r10 + off) ; <convert> ; *(u64 *)(r10 - A + 8j) = r0   a stack slot
-    *(u64 *)(r10 - A - 8) = site id        read by the recorder as ctx[-1]
+    *(u64 *)(r10 - A - 8) = site id        only for the recorder, which reads it as ctx[-1]
     r1 = r10 ; r1 += -A ; call observer    once per observer, in order
     rS_k = *(u64 *)(r10 - (B + 8k))        fill what was spilled
 
@@ -136,7 +136,7 @@ def _load_stack_arg(loc: ArgLocation, t: ArgType, off: int) -> list[Insn]:
 
 
 def site_sequence(args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
-                  observers: Sequence[Observer], site_id: int, cross_section: bool) -> list[Insn]:
+                  observers: Sequence[Observer], site_id: int | None, cross_section: bool) -> list[Insn]:
     """The instructions for one enabled site (see the module docstring)."""
     seq = [store_reg(SIZE_DW, R10, frame.spill(k), r) for k, r in enumerate(frame.saved)]
     narrow: list[tuple[int, int, ArgType]] = []
@@ -154,7 +154,8 @@ def site_sequence(args: Sequence[ArgLocation], types: Sequence[ArgType], frame: 
             seq += _store_constant(off, t.convert(loc.value or 0))
         elif loc.kind == "stack":
             seq += _load_stack_arg(loc, t, off)
-    seq += _store_constant(frame.site_id, site_id)
+    if site_id is not None:
+        seq += _store_constant(frame.site_id, site_id)
     for obs in observers:
         call = pseudo_call(obs.entry)
         if cross_section:
