@@ -28,11 +28,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bpf_sdt.instrument.observers import RECORDER_PREFIX  # noqa: E402
 from run import CLANG, installed_cli, many_sites_object, timed_side_by_side, timing_row  # noqa: E402
 
 from bpf_sdt.elf import ElfImage, load_object  # noqa: E402
 from bpf_sdt.format import NOTES_REL_SECTION, NOTES_SECTION  # noqa: E402
-from bpf_sdt.instrument.observers import RECORDER_PREFIX  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
