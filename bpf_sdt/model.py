@@ -105,6 +105,9 @@ def _json_str(s: str) -> str:
     return json.dumps(s)
 
 
+_dumps = json.dumps
+
+
 @dataclass(slots=True)
 class Site:
     """One probe site in an object: one entry of the notes section."""
@@ -131,7 +134,7 @@ class Site:
                 f'"insn":{self.insn_index},"function":{q(self.function)},'
                 f'"args":[{",".join(map(_arg_json_text, self.args))}],'
                 f'"types":[{",".join(map(q, self.types))}],"entry_offset":{self.entry_offset},'
-                f'"symbol":{q(self.symbol)}}}')
+                f'"symbol":{_dumps(self.symbol)}}}')   # unique per site: not worth caching
 
     def to_json(self) -> dict[str, Any]:
         return {

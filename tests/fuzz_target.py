@@ -123,7 +123,8 @@ def _btf_type_offsets(data: bytes, lay: Layout) -> list[int]:
         base = sec.offset
         hdr_len, type_off, type_len = struct.unpack_from("<I", data, base + 4)[0], \
             *struct.unpack_from("<II", data, base + 8)
-        pos, end, out = base + hdr_len + type_off, base + hdr_len + type_off + type_len, []
+        pos, end = base + hdr_len + type_off, base + hdr_len + type_off + type_len
+        out: list[int] = []
         shapes = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8), 14: (4, 0),
                   15: (0, 12), 17: (4, 0), 19: (0, 12)}
         while pos + 12 <= end and len(out) < 100_000:
@@ -277,19 +278,26 @@ def mutate(seed_data: bytes, rng: random.Random, layout: Layout | None = None) -
 
 _INT_TYPES = {"char": (1, True), "short": (2, True), "int": (4, True), "long": (8, True),
               "unsigned char": (1, False), "unsigned int": (4, False), "unsigned long": (8, False)}
-BTF_KIND_INT, BTF_KIND_PTR, BTF_KIND_CONST, BTF_KIND_FUNC_PROTO = 1, 2, 10, 13
-BTF_KIND_VAR, BTF_KIND_DECL_TAG = 14, 17
+TYPEDEFS = {"__u32": "unsigned int", "__s64": "long", "u8": "unsigned char"}
+BTF_KIND_INT, BTF_KIND_PTR, BTF_KIND_TYPEDEF, BTF_KIND_CONST = 1, 2, 8, 10
+BTF_KIND_FUNC_PROTO, BTF_KIND_VAR, BTF_KIND_DECL_TAG = 13, 14, 17
 BTF_INT_SIGNED = 1
 
+Prototypes = dict[str, Sequence[str]] | Sequence[tuple[str, Sequence[str]]]
 
-def probe_btf(prototypes: dict[str, Sequence[str]]) -> bytes:
+
+def probe_btf(prototypes: Prototypes, tags: dict[str, str] | None = None) -> bytes:
     """A .BTF section declaring each probe as format.md section 4 says:
-    DECL_TAG "bpf_sdt:<name>:<n>" -> VAR -> CONST -> PTR -> FUNC_PROTO."""
+    DECL_TAG "bpf_sdt:<name>:<n>" -> VAR -> CONST -> PTR -> FUNC_PROTO.
+    Types are the integer names of _INT_TYPES, the typedefs of TYPEDEFS, or
+    either with a leading "const ".  A list may name a probe twice (as a
+    linked object does); ``tags`` replaces a probe's tag text."""
+    protos = list(prototypes.items()) if isinstance(prototypes, dict) else list(prototypes)
     strings = bytearray(b"\0")
 
     def s(text: str) -> int:
         strings.extend(text.encode() + b"\0")
-        return len(strings) - len(text) - 1
+        return len(strings) - len(text.encode()) - 1
 
     types = bytearray()
     ids: dict[str, int] = {}
@@ -301,18 +309,26 @@ def probe_btf(prototypes: dict[str, Sequence[str]]) -> bytes:
         next_id += 1
         return next_id - 1
 
-    for name in sorted({t for proto in prototypes.values() for t in proto}):
-        size, signed = _INT_TYPES[name]
-        enc = BTF_INT_SIGNED if signed else 0
-        ids[name] = add(struct.pack("<IIII", s(name), BTF_KIND_INT << 24, size,
-                                    (enc << 24) | (8 * size)))
-    for probe, proto in prototypes.items():
-        params = b"".join(struct.pack("<II", 0, ids[t]) for t in proto)
+    def type_id(name: str) -> int:
+        if name not in ids:
+            if name.startswith("const "):
+                ids[name] = add(struct.pack("<III", 0, BTF_KIND_CONST << 24, type_id(name[6:])))
+            elif name in TYPEDEFS:
+                ids[name] = add(struct.pack("<III", s(name), BTF_KIND_TYPEDEF << 24, type_id(TYPEDEFS[name])))
+            else:
+                size, signed = _INT_TYPES[name]
+                enc = BTF_INT_SIGNED if signed else 0
+                ids[name] = add(struct.pack("<IIII", s(name), BTF_KIND_INT << 24, size, (enc << 24) | (8 * size)))
+        return ids[name]
+
+    for probe, proto in protos:
+        params = b"".join(struct.pack("<II", 0, type_id(t)) for t in proto)
         fp = add(struct.pack("<III", 0, (BTF_KIND_FUNC_PROTO << 24) | len(proto), 0) + params)
         ptr = add(struct.pack("<III", 0, BTF_KIND_PTR << 24, fp))
         const = add(struct.pack("<III", 0, BTF_KIND_CONST << 24, ptr))
         var = add(struct.pack("<IIII", s(f"__sdt_type_{probe}"), BTF_KIND_VAR << 24, const, 0))
-        add(struct.pack("<IIIi", s(f"bpf_sdt:{probe}:{len(proto)}"), BTF_KIND_DECL_TAG << 24, var, -1))
+        tag = (tags or {}).get(probe, f"bpf_sdt:{probe}:{len(proto)}")
+        add(struct.pack("<IIIi", s(tag), BTF_KIND_DECL_TAG << 24, var, -1))
     hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
     return hdr + bytes(types) + bytes(strings)
 
@@ -325,9 +341,9 @@ class SyntheticEntry:
     symbol: str | None = None         # default: ___sdt_jt_<probe>[.<n>]
 
 
-def synthetic_object(entries: Sequence[SyntheticEntry], prototypes: dict[str, Sequence[str]],
+def synthetic_object(entries: Sequence[SyntheticEntry], prototypes: Prototypes,
                      code: bytes | None = None, extra_sections: Sequence[SecRec] = (),
-                     extra_symbols: Sequence[SymRec] = ()) -> bytes:
+                     extra_symbols: Sequence[SymRec] = (), tags: dict[str, str] | None = None) -> bytes:
     """A relocatable BPF object with one function ``f`` in .text, notes for
     ``entries`` encoded with :func:`encode_entry`, and BTF for ``prototypes``.
     Without ``code``, .text is NOPs up to the last entry, then exit."""
@@ -349,7 +365,7 @@ def synthetic_object(entries: Sequence[SyntheticEntry], prototypes: dict[str, Se
     img.sections.append(SecRec(NOTES_SECTION, SHT_PROGBITS, 0, bytes(notes)))
     img.sections.append(SecRec(NOTES_REL_SECTION, SHT_REL, SHF_INFO_LINK, b"", link=5, info=2,
                                addralign=8, entsize=REL.size, relocs=relocs))
-    img.sections.append(SecRec(".BTF", SHT_PROGBITS, 0, probe_btf(prototypes), addralign=4))
+    img.sections.append(SecRec(".BTF", SHT_PROGBITS, 0, probe_btf(prototypes, tags), addralign=4))
     img.sections.append(SecRec(".symtab", SHT_SYMTAB, 0, b"", link=6, addralign=8, entsize=SYM.size))
     img.sections.append(SecRec(".strtab", SHT_STRTAB, 0, b""))
     img.sections.extend(extra_sections)

@@ -10,9 +10,28 @@ import sys
 from pathlib import Path
 
 import pytest
+from bpf_sdt.postlink.check import analyze
+from fuzz_target import TYPEDEFS, SyntheticEntry, synthetic_object
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from toolchain import clang, compile_bpf, run
 
-from bpf_sdt.elf import ElfImage, load_object
+from bpf_sdt.elf import (
+    RELA,
+    SHF_ALLOC,
+    SHF_WRITE,
+    SHT_NOBITS,
+    SHT_RELA,
+    STB_GLOBAL,
+    STT_OBJECT,
+    BpfObject,
+    ElfImage,
+    Relocation,
+    SecRec,
+    SymRec,
+    load_object,
+)
+from bpf_sdt.model import ArgLocation
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 
@@ -80,6 +99,11 @@ CASES: dict[str, tuple[str, str, str]] = {
                               "SDT113", "warning"),
     "malformed_tag": (prog("BPF_SDT_PROBE(p0);", decls="BPF_SDT_DECLARE(p0);\n"
                            + TAGGED.format(n="x", t="int", tag="bad name:1")), "SDT117", "error"),
+    "tag_trailing_newline": (prog("BPF_SDT_PROBE(p0);", decls="BPF_SDT_DECLARE(p0);\n"
+                                  + TAGGED.format(n="x", t="int", tag="x:1\\n")), "SDT117", "error"),
+    "two_notes_sections": (prog("BPF_SDT_PROBE(p0);", note("___sdt_jt_p0.9:\n.quad 1b").replace(
+        ".pushsection .bpf_sdt_notes,\\\"\\\",@progbits", ".pushsection .bpf_sdt_notes,\\\"\\\",@progbits,unique,1"),
+        decls="BPF_SDT_DECLARE(p0);"), "SDT119", "error"),
     "tag_not_on_pointer": (prog("BPF_SDT_PROBE(p0);", decls="BPF_SDT_DECLARE(p0);\n"
                                 'static const int y __attribute__((section(".debug_bpf_sdt_types"), used, '
                                 'btf_decl_tag("bpf_sdt:y:0"))) = 0;'), "SDT117", "error"),
@@ -209,3 +233,150 @@ def test_list_json_text_equals_the_model(tmp_path: Path) -> None:
 
     for site in analyze(load_object(obj)).sites:
         assert json.loads(site.json_text()) == site.to_json()
+
+
+# --- generated objects: each class of unusable object, many instances ---------------
+
+ARGS2 = (ArgLocation("reg", reg=1), ArgLocation("imm", value=7))
+PROTO = {"p": ("int", "long")}
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def rules(data: bytes) -> set[str]:
+    return {f.rule for f in analyze(BpfObject("gen.o", data)).findings if f.severity == "error"}
+
+
+@FAST
+@given(nobits=st.booleans(), sec_size=st.integers(0, 64), value=st.integers(0, 2**64 - 1) | st.integers(0, 80),
+       size=st.integers(0, 2**64 - 1) | st.integers(0, 80))
+def test_symbol_outside_its_section(nobits: bool, sec_size: int, value: int, size: int) -> None:
+    bss = SecRec(".bss", SHT_NOBITS if nobits else 1, SHF_ALLOC | SHF_WRITE, b"" if nobits else bytes(sec_size),
+                 addralign=4, nobits_size=sec_size if nobits else 0)
+    sym = SymRec("g", value, size, (STB_GLOBAL << 4) | STT_OBJECT, 0, 7)    # section 7: .bss
+    found = rules(synthetic_object([SyntheticEntry("p", 0, ARGS2)], PROTO, extra_sections=[bss],
+                                   extra_symbols=[sym]))
+    outside = value > sec_size or value + size > sec_size
+    assert ("SDT118" in found) == outside
+
+
+def test_symbol_in_a_missing_section() -> None:
+    sym = SymRec("g", 0, 4, (STB_GLOBAL << 4) | STT_OBJECT, 0, 42)
+    assert "SDT118" in rules(synthetic_object([SyntheticEntry("p", 0, ARGS2)], PROTO, extra_symbols=[sym]))
+
+
+NOP, MOV = bytes([0x05, 0, 0, 0, 0, 0, 0, 0]), bytes([0xB7, 0, 0, 0, 0, 0, 0, 0])
+
+
+def _with_addend(addend: int, code: bytes) -> bytes:
+    """One entry whose address is a RELA addend against .text."""
+    img = ElfImage.from_object(BpfObject("x", synthetic_object([SyntheticEntry("p", 0, ARGS2)], PROTO, code=code)))
+    i = img.index_of(".rel.bpf_sdt_notes")
+    assert i is not None and img.sections[i].relocs is not None
+    rel = img.sections[i]
+    rel.type, rel.entsize = SHT_RELA, RELA.size
+    rel.relocs = [Relocation(r.offset, r.type, r.symbol, addend) for r in rel.relocs or []]
+    return img.to_bytes()
+
+
+@FAST
+@given(addend=st.integers(-(2**63), 2**63 - 1) | st.integers(-64, 64),
+       code=st.lists(st.sampled_from([NOP, MOV]), min_size=1, max_size=6))
+def test_relocation_addend_must_name_a_nop_in_the_code(addend: int, code: list[bytes]) -> None:
+    text = b"".join(code)
+    report = analyze(BpfObject("gen.o", _with_addend(addend, text)))
+    valid = 0 <= addend < len(text) and addend % 8 == 0 and code[addend // 8] == NOP
+    assert (report.errors == 0) == valid, (addend, [f.render() for f in report.findings])
+    assert all(s.offset >= 0 and s.offset + 8 <= len(text) for s in report.sites)
+
+
+def test_negative_addend_through_the_cli(tmp_path: Path) -> None:
+    obj = tmp_path / "neg.o"
+    obj.write_bytes(_with_addend(-16, MOV + NOP + MOV))     # code[-16:-8] is a NOP
+    res = run([*CLI, "check", str(obj)])
+    assert res.returncode == 1 and "negative" in res.stdout and "[SDT107]" in res.stdout
+    listing = run([*CLI, "list", "--json", str(obj)])
+    assert listing.returncode == 1 and json.loads(listing.stdout)["objects"][0]["probes"] == []
+    assert "entry not listed" in listing.stderr and "negative" in listing.stderr
+
+
+@FAST
+@given(suffix=st.text(min_size=1, max_size=8))
+def test_anything_after_the_tag_is_malformed(suffix: str) -> None:
+    import re
+
+    found = rules(synthetic_object([SyntheticEntry("p", 0, ARGS2)], PROTO, tags={"p": f"bpf_sdt:p:2{suffix}"}))
+    effective = suffix.split("\0")[0]          # BTF strings end at NUL
+    if not effective:
+        assert not found
+    elif re.fullmatch(r"\d+", effective):      # bpf_sdt:p:20: well-formed, wrong count
+        assert "SDT111" in found
+    else:
+        assert "SDT117" in found, (suffix, found)
+
+
+TYPE_NAMES = ["int", "long", "char", "unsigned int", "unsigned long", "unsigned char", *TYPEDEFS,
+              "const int", "const __u32", "const long"]
+
+
+def _canonical(t: str) -> str:
+    t = t.removeprefix("const ")
+    return str(TYPEDEFS.get(t, t))
+
+
+@FAST
+@given(first=st.lists(st.sampled_from(TYPE_NAMES), min_size=0, max_size=3),
+       second=st.lists(st.sampled_from(TYPE_NAMES), min_size=0, max_size=3))
+def test_one_name_two_prototypes(first: list[str], second: list[str]) -> None:
+    """A linked object holds each input's tag: they must declare one prototype
+    (typedef names and top-level const do not make a different one)."""
+    data = synthetic_object([], [("p", first), ("p", second)])
+    found = rules(data)
+    differ = [_canonical(t) for t in first] != [_canonical(t) for t in second]
+    assert ("SDT111" in found) == differ, (first, second)
+
+
+# --- list: what cannot be decoded is reported, the rest listed ------------------------
+
+
+def _three_sites_one_broken(tmp: Path) -> Path:
+    data = bytearray(synthetic_object([SyntheticEntry("p", 8 * i, ARGS2) for i in range(3)], PROTO))
+    notes = BpfObject("x", bytes(data)).section(".bpf_sdt_notes")
+    assert notes is not None
+    data[notes.offset + 24 + 8] = 0x0F          # entry 2, argument 1: not an argument form
+    out = tmp / "broken.o"
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_list_reports_broken_entries_and_lists_the_rest(tmp_path: Path) -> None:
+    obj = _three_sites_one_broken(tmp_path)
+    for args in (["list"], ["list", "--json"]):
+        res = run([*CLI, *args, str(obj)])
+        assert res.returncode == 1 and "Traceback" not in res.stderr
+        (line,) = res.stderr.strip().splitlines()
+        assert line.startswith(f"bpf-sdt list: {obj}: .bpf_sdt_notes+0x18: entry not listed: ")
+        assert "opcode 0x0f" in line
+    probes = json.loads(run([*CLI, "list", "--json", str(obj)]).stdout)["objects"][0]["probes"]
+    assert [p["entry_offset"] for p in probes] == [0, 48]
+    table = run([*CLI, "list", str(obj)]).stdout
+    assert table.splitlines()[0].endswith("2 probe sites")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(pokes=st.lists(st.tuples(st.integers(0, 71), st.integers(0, 255)), min_size=1, max_size=6))
+def test_list_accounts_for_every_entry(pokes: list[tuple[int, int]]) -> None:
+    """Hostile notes bytes: every entry is either listed or reported."""
+    from bpf_sdt.postlink.commands import broken_entries
+
+    data = bytearray(synthetic_object([SyntheticEntry("p", 8 * i, ARGS2) for i in range(3)], PROTO))
+    notes = BpfObject("x", bytes(data)).section(".bpf_sdt_notes")
+    assert notes is not None and notes.size == 72
+    for where, value in pokes:
+        data[notes.offset + where] = value
+    report = analyze(BpfObject("gen.o", bytes(data)))
+    listed = {s.entry_offset for s in report.iter_sites()}
+    reported = broken_entries(report)
+    assert len(listed) + len(reported) >= 3
+    for start in (0, 24, 48):
+        assert start in listed or any(f"+{start:#x}: " in line for line in reported)
+    assert bool(reported) == bool(report.decoding.problems)

@@ -188,7 +188,7 @@ def test_error_messages_are_escaped(tmp_path: Path) -> None:
         assert res.returncode == 2 and "\\n" in line and "\x1b" not in line
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(name=st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00."), min_size=1, max_size=20))
 def test_generated_names_stay_on_their_line(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     tmp = tmp_path_factory.mktemp("names")

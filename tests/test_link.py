@@ -170,3 +170,190 @@ def test_input_with_broken_notes_is_refused(tmp_path: Path) -> None:
     res = link(tmp_path / "out.o", bad)
     assert res.returncode == 2 and "bad.o" in res.stderr and "SDT107" in res.stderr
     assert not (tmp_path / "out.o").exists()
+
+
+# --- global data: every section kept as the linker made it; load and run ---------
+
+GLOB_A = HEAD + """BPF_SDT_DECLARE1(hit, int);
+int counter_a;                      /* .bss */
+int table_a[64];                    /* .bss: 256 bytes that exist only as a size */
+int data_a = 5;                     /* .data */
+const volatile int ro_a = 7;        /* .rodata */
+SEC("xdp") int prog_a(void *ctx) {
+  (void)ctx;
+  counter_a++;
+  table_a[counter_a & 63] += 2;
+  BPF_SDT_PROBE1(hit, counter_a);
+  return counter_a * 1000 + table_a[counter_a & 63] * 100 + data_a * 10 + ro_a;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+GLOB_B = HEAD + """BPF_SDT_DECLARE1(hit_b, long);
+long counter_b;                     /* .bss */
+int data_b = 3;                     /* .data */
+__attribute__((noinline)) int from_b(int x) { counter_b += x; BPF_SDT_PROBE1(hit_b, counter_b); return (int)counter_b; }
+SEC("xdp") int prog_b(void *ctx) {
+  (void)ctx;
+  return from_b(data_b) * 10 + data_b;
+}
+"""
+PLAIN = HEAD + """BPF_SDT_DECLARE1(plain_probe, int);
+SEC("xdp") int prog_c(void *ctx) { int v = ((unsigned int *)ctx)[3]; BPF_SDT_PROBE1(plain_probe, v); return 2; }
+"""
+REPEAT = 3
+# After REPEAT runs: counter_a = 3, table_a[3] = 2, data_a = 5, ro_a = 7;
+# counter_b = 3 * data_b = 9.
+EXPECTED = {"prog_a": REPEAT * 1000 + 2 * 100 + 5 * 10 + 7, "prog_b": 9 * 10 + 3, "prog_c": 2}
+
+
+def _stripped_reference(tmp: Path, inputs: list[Path]) -> Path:
+    """What `bpftool gen object` alone makes of the inputs without their notes."""
+    from bpf_sdt.elf import ElfImage
+
+    stripped = []
+    for i, p in enumerate(inputs):
+        img = ElfImage.from_object(load_object(p))
+        img.remove_sections({".bpf_sdt_notes", ".rel.bpf_sdt_notes"})
+        out = tmp / f"stripped{i}.o"
+        out.write_bytes(img.to_bytes())
+        stripped.append(out)
+    ref = tmp / "reference.o"
+    res = run([tool("bpftool"), "gen", "object", str(ref), *map(str, stripped)])
+    assert res.returncode == 0, res.stderr
+    return ref
+
+
+def _relocs_by_name(obj: object, sec: object) -> list[tuple[int, int, str]]:
+    from bpf_sdt.elf import BpfObject, Section
+
+    assert isinstance(obj, BpfObject) and isinstance(sec, Section)
+    return [(r.offset, r.type, obj.symbols[r.symbol].name or f"sec{obj.symbols[r.symbol].shndx}")
+            for r in obj.decode_relocations(sec)]
+
+
+def assert_sections_as_the_linker_made_them(out: Path, ref: Path, sites: int) -> None:
+    from bpf_sdt.elf import SHT_REL, SHT_SYMTAB
+
+    o, r = load_object(out), load_object(ref)
+    ours = {s.name: s for s in o.sections}
+    # ours also has .shstrtab: the ELF writer keeps section names in their own
+    # table, where libbpf's linker shares .strtab
+    notes_only = {".bpf_sdt_notes", ".rel.bpf_sdt_notes", ".shstrtab"}
+    assert set(ours) - notes_only == {s.name for s in r.sections}
+    for want in r.sections:
+        got = ours[want.name]
+        assert (got.type, got.flags, got.addralign) == (want.type, want.flags, want.addralign), want.name
+        if want.type == SHT_SYMTAB:
+            assert got.size == want.size + sites * want.entsize      # plus one local per entry
+        elif want.type == SHT_REL:
+            assert _relocs_by_name(o, got) == _relocs_by_name(r, want), want.name
+        elif want.name not in (".strtab", ".shstrtab"):
+            assert got.size == want.size, want.name
+            assert o.section_data(got) == r.section_data(want), want.name
+
+
+def run_programs(obj: Path, names: list[str]) -> dict[str, int]:
+    """Load every program of ``obj`` and BPF_PROG_TEST_RUN each named one
+    REPEAT times on a 64-byte packet; name -> the last return value."""
+    import os
+    import re
+
+    from toolchain import bpf_permitted
+
+    need(bpf_permitted(), "bpf() not permitted (needs root)")
+    bpftool = tool("bpftool")
+    pin = Path(f"/sys/fs/bpf/bpf_sdt_link_{os.getpid()}_{obj.stem}")
+    packet = obj.with_suffix(".pkt")
+    packet.write_bytes(bytes(range(64)))
+    res = run([bpftool, "prog", "loadall", str(obj), str(pin)])
+    try:
+        assert res.returncode == 0, res.stderr[-2000:]
+        out = {}
+        for name in names:
+            ran = run([bpftool, "prog", "run", "pinned", str(pin / name), "data_in", str(packet),
+                       "repeat", str(REPEAT)])
+            assert ran.returncode == 0, ran.stderr
+            m = re.search(r"Return value: (\d+)", ran.stdout + ran.stderr)
+            assert m, ran.stdout
+            out[name] = int(m.group(1))
+        return out
+    finally:
+        run(["rm", "-rf", str(pin)])
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("case", ["bss in one input", "bss in several inputs", "reversed order"])
+def test_global_data_survives_link_and_runs(case: str, tmp_path: Path) -> None:
+    srcs = {"bss in one input": [("a", GLOB_A), ("c", PLAIN)],
+            "bss in several inputs": [("a", GLOB_A), ("b", GLOB_B), ("c", PLAIN)],
+            "reversed order": [("b", GLOB_B), ("a", GLOB_A)]}[case]
+    inputs = [build(tmp_path, n, s) for n, s in srcs]
+    out = tmp_path / "out.o"
+    res = link(out, *inputs)
+    assert res.returncode == 0, res.stderr
+    assert run([*CLI, "check", str(out)]).returncode == 0
+    sites = len(analyze(load_object(out)).sites)
+    assert sites == sum(len(analyze(load_object(p)).sites) for p in inputs)
+    assert_sections_as_the_linker_made_them(out, _stripped_reference(tmp_path, inputs), sites)
+    bss = load_object(out).section(".bss")
+    assert bss is not None and bss.size >= 4 + 256
+    progs = [f"prog_{n}" for n, _ in srcs]
+    assert run_programs(out, progs) == {p: EXPECTED[p] for p in progs}
+
+
+def test_check_catches_a_lost_bss_size(tmp_path: Path) -> None:
+    """The original bug: .bss written with size 0.  check must fail on it."""
+    import struct
+
+    out = tmp_path / "out.o"
+    assert link(out, build(tmp_path, "a", GLOB_A)).returncode == 0
+    o = load_object(out)
+    bss = o.section(".bss")
+    assert bss is not None
+    data = bytearray(out.read_bytes())
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    struct.pack_into("<Q", data, shoff + 64 * bss.index + 32, 0)      # sh_size = 0
+    lost = tmp_path / "lost.o"
+    lost.write_bytes(bytes(data))
+    res = run([*CLI, "check", str(lost)])
+    assert res.returncode == 1 and "[SDT118]" in res.stdout and "SHT_NOBITS" in res.stdout
+    assert "counter_a" in res.stdout and "table_a" in res.stdout
+
+
+# --- one probe name, one prototype -------------------------------------------------
+
+def _declaring(tmp: Path, name: str, decl: str, prog: str) -> Path:
+    return build(tmp, name, HEAD + f"""typedef unsigned int my_u32;
+BPF_SDT_DECLARE1(p, {decl});
+SEC("xdp") int {prog}(void *ctx) {{ {decl} v = (({decl} *)ctx)[0]; BPF_SDT_PROBE1(p, v); return 2; }}
+""")
+
+
+def test_one_probe_two_prototypes_is_refused_naming_the_inputs(tmp_path: Path) -> None:
+    a = _declaring(tmp_path, "a", "int", "prog_a")
+    b = _declaring(tmp_path, "b", "long", "prog_b")
+    out = tmp_path / "out.o"
+    res = link(out, a, b)
+    assert res.returncode == 2 and not out.exists()
+    line = res.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert f"(int) in {a}" in line and f"(long) in {b}" in line
+    assert "bpf-sdt-link" not in line and "/tmp/tmp" not in line      # never a temporary
+
+
+def test_check_finds_the_conflict_in_an_object_linked_elsewhere(tmp_path: Path) -> None:
+    """bpftool links the stripped inputs; both tags survive into one BTF."""
+    a = _declaring(tmp_path, "a", "int", "prog_a")
+    b = _declaring(tmp_path, "b", "long", "prog_b")
+    ref = _stripped_reference(tmp_path, [a, b])
+    res = run([*CLI, "check", str(ref)])
+    assert res.returncode == 1 and "[SDT111]" in res.stdout
+    assert "(int) and (long)" in res.stdout
+
+
+def test_same_prototype_spelled_differently_links(tmp_path: Path) -> None:
+    a = _declaring(tmp_path, "a", "unsigned int", "prog_a")
+    b = _declaring(tmp_path, "b", "my_u32", "prog_b")            # a typedef of the same type
+    out = tmp_path / "out.o"
+    assert link(out, a, b).returncode == 0
+    assert run([*CLI, "check", str(out)]).returncode == 0

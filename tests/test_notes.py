@@ -59,7 +59,7 @@ def real_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def test_round_trip_is_byte_identical_on_real_objects(real_objects: list[Path]) -> None:
-    kinds = set()
+    kinds: set[str] = set()
     for path in real_objects:
         obj = load_object(path)
         dec = decode_notes(obj)
@@ -203,7 +203,7 @@ def test_two_notes_sections_are_reported() -> None:
     assert len(dec.entries) == 1 and dec.notes is not None and dec.notes.index == 2
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(pokes=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=12),
        arg_lists=entry_lists)
 def test_every_entry_decodes_or_is_reported(pokes: list[tuple[int, int]],
