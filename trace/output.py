@@ -188,6 +188,17 @@ class Decoder:
         self.lines.append(f"run {number}: {escape_text(prog)}{times} returned {retval}{meaning}; "
                           f"{events} event{'s' if events != 1 else ''}")
 
+    def refused_line(self, number: int, prog: str, size: int, reason: str) -> None:
+        """A packet the kernel would not test-run: it checks headers before
+        running (an Ethernet header for every type; complete IPv4/IPv6
+        headers for skb programs)."""
+        if self.as_json:
+            self.lines.append(json.dumps({"run": number, "prog": prog, "error": reason, "size": size},
+                                         separators=(",", ":")))
+            return
+        self.lines.append(f"run {number}: {escape_text(prog)}: the kernel refused the {size}-byte packet ({reason}; "
+                          "it wants an Ethernet header, and complete IP headers for skb programs)")
+
     def counts(self) -> None:
         """Hits per probe and per site (every shown site, also those that never fired)."""
         shown = [s for s in self.sites if s.site_id in self.shown]

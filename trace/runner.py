@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from errno import EINTR, ENOENT, EOPNOTSUPP
+from errno import EINTR, EINVAL, ENOENT, EOPNOTSUPP
 from pathlib import Path
 from typing import TextIO
 
@@ -37,8 +37,8 @@ from bpf_sdt.trace.runtime import StopSignals, private_bpffs
 from bpf_sdt.trace.sites import Site, site_table
 
 from bpf_sdt.elf import load_object
-from bpf_sdt.errors import EXIT_OK, InputError, UsageError
-from bpf_sdt.libbpf import BpfObject, LibbpfError, Link, Map, Program, TcFilter
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
+from bpf_sdt.libbpf import BpfObject, LibbpfError, Link, Map, Program, TcFilter, strerror
 from bpf_sdt.model import escape_text
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf")
@@ -50,7 +50,7 @@ TEST_RUN_TYPES = ("xdp", "sched_cls", "sched_act", "socket_filter")
 TC_TYPES = ("sched_cls", "sched_act")
 TC_DIRECTIONS = ("ingress", "egress")
 LOST_KEY = bytes(4)
-ETH_HLEN = 14
+REFUSED = EINVAL              # the kernel's answer to a packet it will not test-run
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
         return _trace_pinned(opts, out, err)
     packets = _packets(opts) if opts.run else []
     iface, direction = _interface(opts)
+    refused = 0
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
         inst = Path(tmp) / "instrumented.bpf.o"
         result = instrument(Request(opts.obj, inst, opts.probes, ringbuf_size=opts.ringbuf_size))
@@ -89,8 +90,6 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
         shown = {s.site_id for s in result.sites}
         with private_bpffs(Path(tmp) / "pins") as pins, BpfObject.open(inst, pin_root_path=pins) as bpf:
             prog = _choose_program(bpf, opts)
-            if prog is not None and opts.run:
-                _check_packets(packets, prog, opts)
             bpf.load()
             ring_map = bpf.find_map(RINGBUF_MAP)
             session = _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader),
@@ -101,6 +100,7 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
                 if opts.run:
                     assert prog is not None
                     session.test_runs(prog, packets, opts.repeat, opts.duration)
+                    refused = session.refused
                 else:
                     links = _attach(bpf, prog, iface, direction, opts)
                     session.ready(sites, shown, ", ".join(what for what, _ in links))
@@ -108,6 +108,9 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
                     for _, link in reversed(links):     # no new events from here on
                         link.destroy()
                 session.finish(opts.count)
+    if refused:
+        err.write(f"bpf-sdt trace: the kernel refused {refused} of {len(packets)} test runs\n")
+        return EXIT_FINDINGS
     return EXIT_OK
 
 
@@ -145,16 +148,6 @@ def _packets(opts: Options) -> list[bytes]:
     if not data:
         raise InputError(f"{opts.packet}: empty packet")
     return [data]
-
-
-def _check_packets(packets: list[bytes], prog: Program, opts: Options) -> None:
-    """The kernel refuses to test-run a packet without an Ethernet header
-    (EINVAL); say which packet, before anything is loaded."""
-    for number, packet in enumerate(packets, 1):
-        if len(packet) < ETH_HLEN:
-            where = f"packet {number} of {opts.pcap}" if opts.pcap else str(opts.packet)
-            raise InputError(f"{where}: {len(packet)} bytes; the kernel test-runs {prog.type} programs only "
-                             f"on packets of at least {ETH_HLEN} (an Ethernet header)")
 
 
 def _interface(opts: Options) -> tuple[str | None, str]:
@@ -248,6 +241,7 @@ class _Session:
     def __init__(self, ring: Ring, decoder: Decoder, lost: _Lost, out: TextIO, err: TextIO) -> None:
         self.ring, self.decoder, self.lost, self.out, self.err = ring, decoder, lost, out, err
         self.stop = StopSignals()
+        self.refused = 0            # test runs the kernel refused (EINVAL)
 
     def __enter__(self) -> _Session:
         self.stop.__enter__()
@@ -310,13 +304,17 @@ class _Session:
                 except LibbpfError as e:
                     if e.errno == EINTR and self.stop.requested:
                         break
-                    raise
+                    if e.errno != REFUSED or done:
+                        raise
+                    self.refused += 1
+                    self.decoder.refused_line(number, prog.name, len(packet), strerror(e.errno))
+                    break
                 used = self.drain()
                 done, retval, total_ns = done + n, res.retval, total_ns + res.duration_ns * n
                 per_run = used / n
                 batch = MAX_BATCH if not per_run else max(1, min(MAX_BATCH, int(capacity * RING_FILL / per_run)))
             if not done:
-                break
+                continue
             self.decoder.run_line(number, prog.name, prog.type, retval, done, self.decoder.events - before,
                                   total_ns // done)
             self.decoder.flush(self.out)
