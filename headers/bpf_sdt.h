@@ -42,7 +42,9 @@
  * Arguments behave like function-call arguments: each is evaluated exactly
  * once and converted to the declared type.  Struct/union values, types wider
  * than 8 bytes and pointer/integer mismatches fail to compile with an error
- * naming the probe and the argument position.
+ * naming the probe and the argument position.  Declared types may be const,
+ * volatile or restrict qualified (BTF keeps the qualifiers, the code is that
+ * of the plain type); _Atomic ones are refused.
  *
  * Compile-time switches:
  *   -DBPF_SDT_DISABLE	every probe compiles to nothing (arguments are still
@@ -61,11 +63,35 @@
 
 /* Typedef of the declared type of argument K of probe `name`. */
 #define __BPF_SDT_ARG_T(name, K)	__bpf_sdt_##name##_arg##K##_t
+/* The same type without qualifiers (const, volatile, restrict, _Atomic): the
+ * type of the site's copy of the value.  The copy is an asm output ("+r",
+ * "=m") and, in a stack slot, assigned to, which a const object cannot be; a
+ * volatile copy would live in memory and cost a store and a load per site.
+ * The qualified type stays in the prototype, and so in BTF.  Not a typedef:
+ * GCC writes every file-scope typedef into BTF. */
+#define __BPF_SDT_VAL_T(name, K)	__BPF_SDT_UNQUAL(__BPF_SDT_ARG_T(name, K))
 
 /* __builtin_classify_type: 1..4 integer-like (int, char, enum, bool), 5 pointer. */
 #define __BPF_SDT_IS_INT_CLASS(c)	((c) >= 1 && (c) <= 4)
 #define __BPF_SDT_IS_PTR_CLASS(c)	((c) == 5)
 #define __BPF_SDT_CLASS_OF_T(T)		__builtin_classify_type(*(T *)0)
+
+/* The unqualified version of typedef T.  The operand of a comma is converted
+ * from lvalue to value, which drops every qualifier, _Atomic included, and
+ * keeps the width (unary + would promote char and short to int).  This works
+ * in clang 14 and 19 and GCC 12, where C23's typeof_unqual does not; a cast
+ * `(T)x` also drops const and volatile but clang 14 refuses a cast to an
+ * _Atomic type, and `(void)0` rather than `0` keeps GCC's -Wunused-value quiet.
+ * Nothing is evaluated. */
+#define __BPF_SDT_UNQUAL(T)		__typeof__(((void)0, *(T *)0))
+/* Typedef T has _Atomic at the top (which clang 14/19 BTF writes as `void`,
+ * the unknown type) when its unqualified version U differs from it as a
+ * parameter type: a function type ignores a parameter's const, volatile and
+ * restrict, but clang 14/19 and GCC 12 keep _Atomic.  (GCC's
+ * __builtin_types_compatible_p(T, U) ignores _Atomic as well, and comparing
+ * `const volatile T *` trips on restrict.) */
+#define __BPF_SDT_IS_ATOMIC(T, U)						\
+	(!__builtin_types_compatible_p(void (*)(T), void (*)(U)))
 
 /* --- declarations ------------------------------------------------------- */
 
@@ -80,7 +106,10 @@
 		       ": declared type must be an integer, enum, bool or pointer (no struct/union by value)"); \
 	_Static_assert(sizeof(__BPF_SDT_ARG_T(name, K)) <= 8,		\
 		       "bpf_sdt: probe '" #name "' argument " #K		\
-		       ": declared type is wider than 8 bytes")
+		       ": declared type is wider than 8 bytes");		\
+	_Static_assert(!__BPF_SDT_IS_ATOMIC(__BPF_SDT_ARG_T(name, K), __BPF_SDT_VAL_T(name, K)), \
+		       "bpf_sdt: probe '" #name "' argument " #K		\
+		       ": _Atomic declared type (BTF cannot describe it); declare the plain type")
 
 #if defined(__has_attribute)
 #if __has_attribute(btf_decl_tag)
@@ -122,9 +151,10 @@
 		       "bpf_sdt: probe '" #name "' argument " #K		\
 		       ": pointer/integer mismatch with the declared type")
 
-/* Evaluate argument K once, converted to its declared type. */
+/* Evaluate argument K once, converted to its declared type, into an
+ * unqualified copy (the conversion is the same as to the qualified type). */
 #define __BPF_SDT_VALUE(name, K, a)						\
-	__BPF_SDT_ARG_T(name, K) __sdt_v##K = (a)
+	__BPF_SDT_VAL_T(name, K) __sdt_v##K = (a)
 
 /* --- operand placement ---------------------------------------------------
  * A constant goes into the note as an immediate only when it survives the
@@ -198,12 +228,12 @@
 #define __BPF_SDT_REG_ARGS	10
 #define __BPF_SDT_NOT_IMM(K)	(!__BPF_SDT_IMM_OK(K))
 
-/* A stack slot of the argument's own type (args 11..12 when registers run out,
+/* A stack slot of the argument's unqualified type (args 11..12 when registers run out,
  * args 6..12 under GCC), written only when the value is not an immediate
  * (otherwise the slot is left unwritten; the empty asm only tells the
  * compiler it is "initialized"). */
 #define __BPF_SDT_IN_SLOT(name, K)						\
-	__BPF_SDT_ARG_T(name, K) __sdt_s##K;				\
+	__BPF_SDT_VAL_T(name, K) __sdt_s##K;				\
 	if (!__BPF_SDT_IMM_OK(K))						\
 		__sdt_s##K = __sdt_v##K;					\
 	else									\

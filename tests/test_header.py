@@ -3,18 +3,24 @@ DISABLE and STRICT modes, and probes in every statement context."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from bpf_sdt.codegen.generate import render_header
 from bpf_sdt.postlink.check import analyze
-from objview import disassemble, parse_arg, sites
+from bpfemu import CTX_BASE, Machine
+from matrix_src import CTX_DECL, Fields, Kind, Probe, _s, random_ctx, source
+from objview import btf_json, btf_prototypes, disassemble, parse_arg, relocations, sites, symbols
 from toolchain import HEADER_DIR, REPO, bpf_permitted, clang, compile_bpf, need, run, tool
 
 from bpf_sdt.elf import load_object
@@ -69,7 +75,7 @@ def test_cflags_after_a_plain_pip_install(tmp_path: Path) -> None:
     def ok(cmd: list[str]) -> str:
         res = run(cmd, cwd=tmp_path)
         assert res.returncode == 0, f"{' '.join(cmd)}: {res.stderr[-2000:]}"
-        return res.stdout
+        return str(res.stdout)
 
     venv = tmp_path / "venv"
     ok([sys.executable, "-m", "venv", str(venv)])
@@ -116,12 +122,14 @@ FAIL_CASES = {
                 "BPF_SDT_PROBE13"),
     "bad_name": ("BPF_SDT_DECLARE1(my-probe, int);", "error"),
     "redeclared": ("BPF_SDT_DECLARE2(p1, int, int);", "__bpf_sdt_p1_nargs"),
+    "decl_atomic": ("BPF_SDT_DECLARE2(bad, int, _Atomic int);",
+                    "probe 'bad' argument 2: _Atomic declared type"),
 }
 COMPILERS = ["clang-14", "clang-19", "bpf-gcc"]
 
 
 def _compiler(name: str) -> str:
-    return tool("bpf-gcc") if name == "bpf-gcc" else clang(int(name.split("-")[1]))
+    return str(tool("bpf-gcc") if name == "bpf-gcc" else clang(int(name.split("-")[1])))
 
 
 @pytest.mark.parametrize("compiler", COMPILERS)
@@ -393,3 +401,215 @@ def test_arguments_beyond_ten_take_slots_only_when_registers_run_out(version: in
             assert forms == SPLIT_FORMS, opt
             text = [i.text for i in disassemble(str(obj), ".text")]
             assert sum(x.startswith("goto +0x0") for x in text) == len(SPLIT_FORMS), "one NOP per site"
+
+
+# --- qualified declared types ---------------------------------------------------
+# A declared type may carry const, volatile or restrict at any level, also
+# through a typedef.  Each site copies the value into an unqualified variable
+# (the asm operands write it), while the prototype, and so BTF, keeps the
+# qualifiers.  _Atomic is refused: clang's BTF writes it as `void`.
+
+QUAL_TYPEDEFS = "typedef const __u32 cu32;\ntypedef const void *const cvp;\n"
+
+
+@dataclass(frozen=True)
+class Qualified:
+    kind: Kind
+    plain: str      # the declared type without top-level qualifiers
+
+
+def _q(name: str, ctype: str, plain: str, expr: str, value: Callable[[Fields], int], size: int,
+       constant: bool = False) -> Qualified:
+    return Qualified(Kind(name, ctype, expr, value, size, constant), plain)
+
+
+# ctype is spelled as _btf_spelling reads it back: qualifiers in sorted order,
+# before a named type, after the `*` of a pointer.
+QUALIFIED = [
+    _q("const_int", "const int", "int", "c->i", lambda f: f["i"], 4),
+    _q("volatile_long", "volatile long", "long", "c->l", lambda f: f["l"], 8),
+    _q("cv_short", "const volatile short", "short", "c->s", lambda f: f["s"], 2),
+    _q("typedef_const", "cu32", "__u32", "c->u32", lambda f: f["u32"], 4),
+    _q("cv_u8", "const volatile __u8", "__u8", "c->u8", lambda f: f["u8"], 1),
+    _q("const_bool", "const _Bool", "_Bool", "c->i > 3", lambda f: int(f["i"] > 3), 1),
+    _q("const_enum", "const enum color", "enum color", "(enum color)(c->u8 & 3)", lambda f: f["u8"] & 3, 4),
+    _q("const_ptr", "int *const", "int *", "&c->i", lambda f: CTX_BASE + 8, 8),
+    _q("const_ptr_to_const", "const char *const", "const char *", "(const char *)c", lambda f: CTX_BASE, 8),
+    _q("cv_ptr_to_cv", "const volatile __u64 *const volatile", "const volatile __u64 *", "&c->u64",
+       lambda f: CTX_BASE + 24, 8),
+    _q("typedef_const_ptr", "cvp", "const void *", "c->ptr", lambda f: f["ptr"], 8),
+    _q("restrict_ptr", "char *restrict", "char *", "(char *)&c->u8", lambda f: CTX_BASE + 2, 8),
+    _q("widen", "const long", "long", "c->u8", lambda f: f["u8"], 8),
+    _q("narrow", "volatile int", "int", "c->l", lambda f: _s(f["l"], 32), 4),
+    _q("const_imm", "const int", "int", "42", lambda f: 42, 4, constant=True),
+    _q("volatile_imm", "volatile long", "long", "-7", lambda f: -7, 8, constant=True),
+    _q("cv_u32_imm", "const volatile __u32", "__u32", "0x80000000U", lambda f: 0x80000000, 4, constant=True),
+    _q("const_wide", "const __u64", "__u64", "0x123456789ULL", lambda f: 0x123456789, 8),
+]
+
+
+def _qualified_probes(plain: bool = False, max_args: int = 12) -> list[Probe]:
+    """One 1-argument probe per qualified type, and one max_args-argument
+    probe per rotation of them, so each type also takes the positions of
+    clang's slots (11..12) and bpf-gcc's (6..12)."""
+    kinds = [dataclasses.replace(q.kind, ctype=q.plain) if plain else q.kind for q in QUALIFIED]
+    ones = [Probe(f"q1_{i}", f"f1_{i}", (k,)) for i, k in enumerate(kinds)]
+    wide = [Probe(f"q{max_args}_{r}", f"f{max_args}_{r}",
+                  tuple(kinds[(r + k) % len(kinds)] for k in range(max_args))) for r in range(len(kinds))]
+    return ones + (wide if max_args > 1 else [])
+
+
+def _qualified_source(plist: list[Probe]) -> str:
+    """The compile matrix's source layout, with the typedefs after its types."""
+    text = str(source(plist))
+    assert CTX_DECL in text
+    return text.replace(CTX_DECL, CTX_DECL + QUAL_TYPEDEFS)
+
+
+BtfJson = dict[str, Any]     # one type of bpftool's `btf dump -j`
+VOID: BtfJson = {"kind": "VOID"}
+
+
+def _btf_spelling(types: dict[int, BtfJson], tid: int) -> str:
+    """A BTF type id spelled as C: qualifiers (sorted) before a named type and
+    after a pointer's `*`, typedef names kept."""
+    quals = []
+    t = types[tid] if tid else VOID
+    while t["kind"] in ("CONST", "VOLATILE", "RESTRICT"):
+        quals.append(str(t["kind"]).lower())
+        t = types[int(t["type_id"])] if t["type_id"] else VOID
+    q = " ".join(sorted(quals))
+    if t["kind"] == "PTR":
+        return f"{_btf_spelling(types, int(t['type_id']))} *{q}"
+    base = {"VOID": "void", "ENUM": f"enum {t.get('name')}"}.get(t["kind"], t.get("name", t["kind"]))
+    return f"{q} {base}" if q else str(base)
+
+
+def _values_at_nops(obj: Path, plist: list[Probe], immediates: bool = True) -> None:
+    """Run each function to its NOP in the emulator: the register, immediate or
+    slot each note names holds the argument's converted value.  With
+    ``immediates``, every constant kind must be an immediate."""
+    elf = load_object(obj)
+    report = analyze(elf)
+    assert not [f for f in report.findings if f.severity == "error"], report.findings
+    assert not relocations(str(obj), ".text"), "the programs use no globals"
+    by_name = {p.name: p for p in plist}
+    funcs = {name: value for value, flags, sec, _size, name in symbols(str(obj)) if sec == ".text" and "F" in flags}
+    code = elf.section_data(elf.section(".text"))  # type: ignore[arg-type]
+    assert sorted(s.name for s in report.sites) == sorted(by_name), "one site per probe"
+    for seed, site in enumerate(report.sites):
+        probe = by_name[site.name]
+        ctx, fields = random_ctx(seed)
+        state = Machine(code, ctx).run_until(funcs[probe.function] // 8, site.offset // 8)
+        for k, (kind, loc) in enumerate(zip(probe.kinds, site.args, strict=True), 1):
+            where = f"{obj.name}: {probe.name} arg {k} ({kind.name}, {loc})"
+            if kind.constant and immediates:
+                assert loc.kind == "imm", where
+            if loc.kind == "reg" and loc.reg is not None:
+                got = state.regs[loc.reg]
+            elif loc.kind == "imm" and loc.value is not None:
+                got = loc.value
+            else:
+                assert loc.kind == "stack" and loc.offset is not None, where
+                got = state.read_stack(loc.offset, kind.size)
+            mask = (1 << (8 * kind.size)) - 1
+            assert got & mask == kind.value(fields) & mask, where
+
+
+@pytest.mark.parametrize("compiler", COMPILERS)
+def test_qualified_declared_types_compile_and_hold_their_values(compiler: str, tmp_path: Path) -> None:
+    """const, volatile, restrict and const-qualified typedefs compile cleanly
+    (they were "invalid lvalue in asm output"), bpf-sdt check is clean, and
+    each value is where its note says, in registers, immediates and slots."""
+    plist = _qualified_probes()
+    src = tmp_path / "qual.bpf.c"
+    src.write_text(_qualified_source(plist))
+    gcc = compiler == "bpf-gcc"
+    for opt in ("-O2",) if gcc else ("-O2", "-O0"):
+        obj = tmp_path / f"qual{opt}.o"
+        compile_bpf(src, obj, _compiler(compiler), opt=opt)
+        res = run([*CLI, "check", str(obj)])
+        assert res.returncode == 0, res.stdout + res.stderr
+        if not gcc:     # bpf-gcc has no btf_decl_tag: warning SDT114, nothing else
+            assert "warning" not in res.stdout + res.stderr, res.stdout
+        _values_at_nops(obj, plist, immediates=opt != "-O0")
+        forms = {a.kind for s in analyze(load_object(obj)).sites for a in s.args}
+        assert forms == ({"reg", "imm", "stack"} if opt == "-O2" else {"reg", "stack"}), (opt, forms)
+
+
+@pytest.mark.parametrize("version", [14, 19])
+def test_btf_keeps_the_qualified_prototype(version: int, tmp_path: Path) -> None:
+    plist = _qualified_probes()
+    src = tmp_path / "qual.bpf.c"
+    src.write_text(_qualified_source(plist))
+    obj = tmp_path / "qual.o"
+    compile_bpf(src, obj, clang(version))
+    protos = btf_prototypes(str(obj))
+    types = {t["id"]: t for t in btf_json(str(obj))["types"]}
+    for p in plist:
+        assert [_btf_spelling(types, t["id"]) for t in protos[p.name]] == [k.ctype for k in p.kinds], p.name
+
+
+@pytest.mark.parametrize("compiler", COMPILERS)
+def test_qualified_types_cost_what_unqualified_ones_cost(compiler: str, tmp_path: Path) -> None:
+    """The unqualified copy makes a qualified declaration generate the same
+    code as the plain one, byte for byte (a volatile copy would be a stack
+    variable: a store and a load per site)."""
+    text = {}
+    for plain in (False, True):
+        src = tmp_path / f"q{plain}.bpf.c"
+        src.write_text(_qualified_source(_qualified_probes(plain)))
+        obj = tmp_path / f"q{plain}.o"
+        compile_bpf(src, obj, _compiler(compiler))
+        o = load_object(obj)
+        text[plain] = o.section_data(o.section(".text"))  # type: ignore[arg-type]
+    assert text[False] == text[True]
+
+
+@pytest.mark.parametrize("mode", ["BPF_SDT_STRICT", "BPF_SDT_DISABLE"])
+def test_qualified_types_in_strict_and_disabled_modes(mode: str, tmp_path: Path) -> None:
+    plist = _qualified_probes(max_args=5)
+    src = tmp_path / "qual.bpf.c"
+    src.write_text(_qualified_source(plist))
+    for cc in (clang(14), clang(19), tool("bpf-gcc")):
+        obj = tmp_path / "qual.o"
+        compile_bpf(src, obj, cc, defines=(mode,))
+        sites_found = analyze(load_object(obj)).sites
+        if mode == "BPF_SDT_STRICT":
+            _values_at_nops(obj, plist, immediates=False)
+            assert {a.kind for s in sites_found for a in s.args} == {"reg"}, cc
+        else:
+            assert not sites_found, cc
+
+
+# Each argument increments its own global, through declared types that are
+# const, volatile, const pointers and a const typedef; 0 when each was
+# evaluated exactly once (bpf-gcc passes 6..12 in slots, clang 11..12).
+QUAL_ONCE_PROG = """#include <bpf_sdt.h>
+struct __sk_buff { unsigned int len; };
+typedef const unsigned int cu32;
+BPF_SDT_DECLARE12(q, const int, volatile int, cu32, int *const, const volatile long, const int,
+		  const int *const, volatile unsigned char, const long, cu32, volatile int, const int);
+int g[12];
+__attribute__((section("tc"), used)) int once(struct __sk_buff *skb)
+{
+	BPF_SDT_PROBE12(q, g[0]++, g[1]++, g[2]++ + skb->len, &g[g[3]++ & 7], g[4]++, g[5]++, &g[g[6]++ & 7],
+			g[7]++, g[8]++, g[9]++, g[10]++, g[11]++);
+	for (int i = 0; i < 12; i++)
+		if (g[i] != 1)
+			return 100 + i;
+	return 0;
+}
+char _license[] __attribute__((section("license"), used)) = "GPL";
+"""
+
+
+@pytest.mark.parametrize("compiler", COMPILERS)
+def test_qualified_types_load_and_run_in_the_kernel(compiler: str, tmp_path: Path) -> None:
+    src = tmp_path / "qonce.bpf.c"
+    src.write_text(QUAL_ONCE_PROG)
+    obj = tmp_path / "qonce.bpf.o"
+    compile_bpf(src, obj, _compiler(compiler))
+    (site,) = analyze(load_object(obj)).sites
+    assert len(site.args) == 12
+    assert _kernel_test_run(obj, tmp_path) == 0
