@@ -22,7 +22,6 @@ import json
 import struct
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 from bpf_sdt.trace.sites import Site
@@ -31,6 +30,8 @@ from bpf_sdt.argtype import ArgType
 from bpf_sdt.model import escape_text
 
 EVENT_HEADER = struct.Struct("<QII")        # ts, site id, cpu
+EVENT_FIELDS = 3
+_SITE = struct.Struct("<8xI")
 SLOT = 8                                    # bytes per argument in an event
 NS_PER_S = 1_000_000_000
 _INT_CODES = {8: "b", 16: "h", 32: "i", 64: "q"}
@@ -66,15 +67,11 @@ def retval_name(prog_type: str, retval: int) -> str | None:
     return None
 
 
-@dataclass(slots=True)
-class _Codec:
-    """How to decode and print one site's events."""
-
-    size: int                               # the event's exact size
-    unpack: Callable[[Any, int], tuple[int, ...]]
-    convert: tuple[Callable[[int], int], ...] | None    # per argument, when a width has no struct code
-    json: str | None                        # %-template of the JSON line: ts, cpu, args...
-    text: Callable[[int, int, tuple[int, ...]], str] | None
+Render = Callable[[tuple[int, ...]], str]      # (ts, site, cpu, *slot values) -> line
+# Per site: event size, event unpacker (header and arguments), and either a
+# %-template for the unpacked event (JSON, struct codes converting) or a
+# render function.
+_Codec = tuple[int, Callable[[Any, int], tuple[int, ...]], str | None, Render | None]
 
 
 class Decoder:
@@ -104,64 +101,66 @@ class Decoder:
 
     def _codec(self, site: Site, render: bool) -> _Codec:
         codes = [slot_code(t) for t in site.types]
-        fmt = "<" + "".join(c or "Q" for c in codes)
-        convert = None if all(codes) else tuple(t.convert for t in site.types)
-        json_t = text = None
-        if render and self.as_json:
-            json_t = self._json_template(site)
-        elif render:
-            text = self._text_renderer(site)
-        return _Codec(EVENT_HEADER.size + SLOT * len(site.types), struct.Struct(fmt).unpack_from,
-                      convert, json_t, text)
+        unpack = struct.Struct(EVENT_HEADER.format + "".join(c or "Q" for c in codes)).unpack_from
+        size = EVENT_HEADER.size + SLOT * len(site.types)
+        if not render:
+            return size, unpack, None, None
+        converts = None if all(codes) else tuple(t.convert for t in site.types)
+        if self.as_json:
+            template = self._json_template(site)
+            if converts is None:
+                return size, unpack, template, None
+            return size, unpack, None, _converting(converts, template.__mod__)
+        text = self._text_renderer(site)
+        return size, unpack, None, text if converts is None else _converting(converts, text)
 
     @staticmethod
     def _json_template(site: Site) -> str:
-        fixed = json.dumps({"site": site.site_id, "probe": site.probe, "function": site.function,
-                            "insn": site.insn, "file": site.file, "line": site.line}, separators=(",", ":"))
+        """A %-template for the whole unpacked event: ts, site, cpu, args."""
+        fixed = json.dumps({"probe": site.probe, "function": site.function, "insn": site.insn, "file": site.file,
+                            "line": site.line}, separators=(",", ":"))
         args = ",".join(["%d"] * len(site.types))
-        return '{"ts":%d,"cpu":%d,' + fixed[1:-1].replace("%", "%%") + ',"args":[' + args + "]}"
+        return '{"ts":%d,"site":%d,"cpu":%d,' + fixed[1:-1].replace("%", "%%") + ',"args":[' + args + "]}"
 
-    def _text_renderer(self, site: Site) -> Callable[[int, int, tuple[int, ...]], str]:
+    def _text_renderer(self, site: Site) -> Render:
         wp, wl, ws = self._widths
         head = f"{escape_text(site.probe):<{wp}}  {_location(site):<{wl}}  {escape_text(site.source or '-'):<{ws}}"
         formats = tuple(t.format for t in site.types)
         t0 = self.t0_ns
 
-        def text(ts: int, cpu: int, values: tuple[int, ...]) -> str:
-            args = ", ".join([f(v) for f, v in zip(formats, values, strict=True)])
-            return f"{(ts - t0) / NS_PER_S:14.9f}  cpu {cpu:<3} {head}  {args}"
+        def text(event: tuple[int, ...]) -> str:
+            args = ", ".join([f(v) for f, v in zip(formats, event[EVENT_FIELDS:], strict=True)])
+            return f"{(event[0] - t0) / NS_PER_S:14.9f}  cpu {event[2]:<3} {head}  {args}"
 
         return text
 
     # --- the hot path --------------------------------------------------------------
 
     def _sampler(self) -> Sink:
-        codecs, hits, append = self._codecs, self.hits, self.lines.append
-        header, header_size, count = EVENT_HEADER.unpack_from, EVENT_HEADER.size, len(codecs)
+        codecs, hits, append, foreign = self._codecs, self.hits, self.lines.append, self._foreign
+        site_of = _SITE.unpack_from
 
         def sample(buf: Any, off: int, size: int) -> None:
-            ts, site, cpu = header(buf, off)
-            if site >= count or codecs[site].size != size:
-                self._foreign(site, size)
+            (site,) = site_of(buf, off)
+            try:
+                expected, unpack, template, render = codecs[site]
+            except IndexError:
+                foreign(site, size)
                 return
-            c = codecs[site]
+            if expected != size:
+                foreign(site, size)
+                return
             hits[site] += 1
-            if c.json is not None:
-                values = c.unpack(buf, off + header_size)
-                if c.convert is not None:
-                    values = tuple(f(v) for f, v in zip(c.convert, values, strict=True))
-                append(c.json % (ts, cpu, *values))
-            elif c.text is not None:
-                values = c.unpack(buf, off + header_size)
-                if c.convert is not None:
-                    values = tuple(f(v) for f, v in zip(c.convert, values, strict=True))
-                append(c.text(ts, cpu, values))
+            if template is not None:
+                append(template % unpack(buf, off))
+            elif render is not None:
+                append(render(unpack(buf, off)))
 
         return sample
 
     def _foreign(self, site: int, size: int) -> None:
         if not self.foreign:
-            expected = f"{self._codecs[site].size}-byte events" if site < len(self._codecs) else "no such site"
+            expected = f"{self._codecs[site][0]}-byte events" if site < len(self._codecs) else "no such site"
             self.err.write(f"bpf-sdt trace: an event of {size} bytes for site {site} ({expected}; the object has "
                            f"{len(self.sites)} sites): is OBJ the object that was loaded?\n")
         self.foreign += 1
@@ -222,6 +221,15 @@ class Decoder:
             self.lines.append(json.dumps({"lost": lost}))
         self.err.write(f"bpf-sdt trace: {lost} event{'s' if lost != 1 else ''} lost: the ring buffer was full "
                        "(raise --ringbuf-size or narrow --probe)\n")
+
+
+def _converting(converts: tuple[Callable[[int], int], ...], render: Render) -> Render:
+    """``render`` after ArgType.convert on every slot (widths without a struct code)."""
+    def converted(event: tuple[int, ...]) -> str:
+        args = tuple(f(v) for f, v in zip(converts, event[EVENT_FIELDS:], strict=True))
+        return render((*event[:EVENT_FIELDS], *args))
+
+    return converted
 
 
 def _location(site: Site) -> str:
