@@ -484,10 +484,14 @@ class ElfImage:
     def remove_section_indices(self, doomed: set[int]) -> None:
         """:meth:`remove_sections` by index."""
         doomed = {i for i in doomed if i}
-        doomed |= {i for i, s in enumerate(self.sections)
-                   if s.type in (SHT_REL, SHT_RELA) and s.info in doomed}
         # An address-significance table lists symbol indices, which change.
         doomed |= {i for i, s in enumerate(self.sections) if s.type == SHT_LLVM_ADDRSIG}
+        while True:   # relocations for whatever goes (also for relocation sections) go too
+            more = {i for i, s in enumerate(self.sections)
+                    if s.type in (SHT_REL, SHT_RELA) and s.info in doomed} - doomed
+            if not more:
+                break
+            doomed |= more
         if not doomed:
             return
         sec_map = {}
