@@ -1,47 +1,125 @@
 """Longer fuzz run than the test suite's: mutated real objects (clang, gcc,
-linked) through the reader and checker.  Prints how many inputs ran, how many
-were accepted / rejected with a one-line error, and any crash (exit 1).
+linked) and synthetic ones through everything that reads objects: the reader,
+check, list (sites, text, JSON) and link's per-input analysis (tests/fuzz_target.py).
 
-    .venv/bin/python bench/fuzz.py [N] [objects...]
+Mutations are random bytes plus field-targeted ones: section header fields,
+symbol values/sizes/section indices, string offsets, relocation offsets,
+types, symbol indices and addends, notes entry bytes, BTF type ids, kinds,
+vlen and names.  Every input either reads or is refused with InputError;
+anything else (an exception, an input taking longer than --hang seconds) is a
+crash: saved to bench/out/, reported once per distinct place, exit 1.
+
+    .venv/bin/python bench/fuzz.py [--seconds S | --inputs N] [--seed K] [objects...]
 """
 
 from __future__ import annotations
 
+import argparse
 import random
+import resource
+import signal
 import sys
 import time
 import traceback
 from collections import Counter
 from pathlib import Path
+from types import FrameType
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from fuzz_target import mutate, one_input  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from fuzz_target import (  # noqa: E402
+    SyntheticEntry,
+    layout_of,
+    many_sites_object,
+    mutate,
+    one_input,
+    synthetic_object,
+)
+
+from bpf_sdt.model import ArgLocation  # noqa: E402
+
+OUT = REPO / "bench" / "out"
+
+
+class Hang(Exception):
+    pass
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise Hang("input took longer than the hang limit")
+
+
+def synthetic_seeds() -> list[bytes]:
+    """Objects the compilers do not make: many probes, every argument form,
+    stack slots, several prototypes."""
+    reg, imm = ArgLocation("reg", reg=3), ArgLocation("imm", value=-5)
+    slot = ArgLocation("stack", offset=-16, size=8)
+    twelve = (reg,) * 5 + (imm,) * 5 + (slot, ArgLocation("stack", offset=-4, size=4))
+    entries = [SyntheticEntry("a", 0, (reg, imm)), SyntheticEntry("b", 16, twelve),
+               SyntheticEntry("a", 8, (imm, reg)), SyntheticEntry("c", 24)]
+    protos = {"a": ("int", "long"), "b": ("long",) * 10 + ("unsigned long", "__u32"), "c": ()}
+    return [synthetic_object(entries, protos), many_sites_object(40)]
+
+
+def signature(exc: BaseException) -> str:
+    """Where a crash happened: the innermost frame in the project's code."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/bench/" not in f.filename]
+    inner = frames[-1] if frames else None
+    where = f"{Path(inner.filename).name}:{inner.lineno}" if inner else "?"
+    return f"{type(exc).__name__} at {where}"
 
 
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    paths = [Path(p) for p in sys.argv[2:]] or sorted(Path("samples/build").glob("*.bpf.o"))
-    seeds = [p.read_bytes() for p in paths]
-    if not seeds:
-        print("fuzz: no seed objects (run `make demo` first or name some)", file=sys.stderr)
-        return 2
-    rng = random.Random(1)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=None, help="run this long (default 60 without --inputs)")
+    ap.add_argument("--inputs", type=int, default=None, help="run this many inputs")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--hang", type=int, default=10, help="seconds after which one input counts as a hang")
+    ap.add_argument("objects", nargs="*", type=Path)
+    args = ap.parse_args()
+    paths = args.objects or sorted((REPO / "samples" / "build").glob("*.o"))
+    seeds = [p.read_bytes() for p in paths] + synthetic_seeds()
+    layouts = [layout_of(s) for s in seeds]
+    limit_inputs = args.inputs if args.inputs is not None else (None if args.seconds else None)
+    limit_seconds = args.seconds if args.seconds is not None else (None if args.inputs else 60.0)
+    rng = random.Random(args.seed)
     outcomes: Counter[str] = Counter()
+    crashes: dict[str, tuple[int, str]] = {}
+    signal.signal(signal.SIGALRM, _on_alarm)
+    slowest = (0.0, -1)
     t0 = time.monotonic()
-    for i in range(n):
-        data = mutate(rng.choice(seeds), rng)
+    i = 0
+    while (limit_inputs is None or i < limit_inputs) and \
+            (limit_seconds is None or time.monotonic() - t0 < limit_seconds):
+        k = rng.randrange(len(seeds))
+        data = mutate(seeds[k], rng, layouts[k])
+        start = time.monotonic()
+        signal.alarm(args.hang)
         try:
             outcomes[one_input(data)] += 1
-        except Exception:
-            print(f"CRASH on input {i}:", file=sys.stderr)
-            traceback.print_exc()
-            Path("bench/out").mkdir(parents=True, exist_ok=True)
-            Path(f"bench/out/crash-{i}.o").write_bytes(data)
-            return 1
+        except Exception as e:   # every other outcome is a crash to fix
+            sig = signature(e)
+            if sig not in crashes:
+                OUT.mkdir(parents=True, exist_ok=True)
+                path = OUT / f"crash-{len(crashes)}.o"
+                path.write_bytes(data)
+                crashes[sig] = (i, f"{path.relative_to(REPO)}\n{traceback.format_exc()}")
+            outcomes["crash"] += 1
+        finally:
+            signal.alarm(0)
+        took = time.monotonic() - start
+        slowest = max(slowest, (took, i))
+        i += 1
     dt = time.monotonic() - t0
-    print(f"fuzz: {n} inputs from {len(seeds)} seed objects in {dt:.1f}s, 0 crashes "
-          f"({outcomes['ok']} read with findings or clean, {outcomes['rejected']} rejected with a one-line error)")
-    return 0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(f"fuzz: {i} inputs from {len(seeds)} seed objects ({len(paths)} files, "
+          f"{len(seeds) - len(paths)} synthetic) in {dt:.0f}s ({i / dt:.0f}/s): {len(crashes)} distinct crashes "
+          f"({outcomes['crash']} inputs); {outcomes['ok']} read with findings or clean, "
+          f"{outcomes['rejected']} rejected with a one-line error; slowest input {slowest[0] * 1000:.0f} ms; "
+          f"max RSS {rss} MB")
+    for sig, (n, text) in crashes.items():
+        print(f"\nCRASH {sig} (first at input {n}): {text}", file=sys.stderr)
+    return 1 if crashes else 0
 
 
 if __name__ == "__main__":

@@ -225,25 +225,29 @@ def _silence_stdout() -> None:
 
 def _complain(command: str, message: str) -> None:
     with contextlib.suppress(OSError):   # stderr gone too: the exit code is all that is left
-        print(f"bpf-sdt {command}: {escape_text(message)}", file=sys.stderr)
+        print(f"bpf-sdt{' ' if command else ''}{command}: {escape_text(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv, clang_args = split_clang_args(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
-    args.clang_args = clang_args
     real_stdout = sys.stdout
-    sys.stdout = _GuardedStdout(real_stdout)
+    sys.stdout = _GuardedStdout(real_stdout)   # --help and --version write too
+    command = argv[0] if argv and not argv[0].startswith("-") else ""
     try:
-        code: int = args.handler(args)
-        sys.stdout.flush()
+        try:
+            args = build_parser().parse_args(argv)
+            args.clang_args = clang_args
+            code: int = args.handler(args)
+        except SystemExit as e:   # argparse: usage errors, --help, --version
+            code = e.code if isinstance(e.code, int) else EXIT_UNUSABLE
+        sys.stdout.flush()        # buffered output fails here at the latest
         return code
-    except OutputError as e:
+    except (OutputError, BrokenPipeError) as e:   # BrokenPipeError: sys.stdout.buffer writes
         _silence_stdout()
-        _complain(args.command, str(e))
-        return e.exit_code
+        _complain(command, str(e) if isinstance(e, OutputError) else "cannot write to standard output: Broken pipe")
+        return EXIT_UNUSABLE
     except BpfSdtError as e:
-        _complain(args.command, str(e))
+        _complain(command, str(e))
         return e.exit_code
     except KeyboardInterrupt:
         return 130

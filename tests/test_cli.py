@@ -84,6 +84,13 @@ def test_closed_pipe_never_turns_findings_into_success(command: list[str], tmp_p
     assert "Broken pipe" in assert_one_clean_line(res.stderr)
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["list", "--help"], ["cflags"]])
+def test_even_help_fails_cleanly(args: list[str]) -> None:
+    res = _closed_pipe([*CLI, *args])
+    assert res.returncode == 2 and "Broken pipe" in assert_one_clean_line(res.stderr)
+    assert run([*CLI, *args]).returncode == 0
+
+
 def test_reader_that_stops_early(tmp_path: Path) -> None:
     """`bpf-sdt list --json big.o | head -c 100`: the reader leaves mid-stream."""
     big = tmp_path / "big.o"

@@ -208,3 +208,15 @@ def test_entry_cap_through_the_cli(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-c", code, "list", str(obj)], capture_output=True, text=True, check=False)
     assert res.returncode == 2 and "20 notes entries, more than the 10" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_regression_relocations_for_the_addrsig_table(seed_obj: Path) -> None:
+    """Found by bench/fuzz.py: a REL section applying to .llvm_addrsig (which the
+    writer drops) crashed link's stripping of the notes with a KeyError."""
+    o = load_object(seed_obj)
+    rel, addrsig = o.section(".rel.debug_line"), o.section(".llvm_addrsig")
+    assert rel is not None and addrsig is not None
+    data = bytearray(seed_obj.read_bytes())
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    struct.pack_into("<I", data, shoff + 64 * rel.index + 44, addrsig.index)     # sh_info
+    assert one_input(bytes(data)) == "ok"
