@@ -43,7 +43,9 @@ CLASS_IP, CLASS_OTHER = 0x10001, 0x10002
 KERNEL_POINTER_MIN = 0xFFFF800000000000
 READY_TIMEOUT_S = 60.0          # instrumenting compiles the recorder with clang first
 EVENT_TIMEOUT_S = 10.0
-GONE_TIMEOUT_S = 3.0            # the kernel frees objects after the last fd, via RCU
+GONE_TIMEOUT_S = 3.0
+LOOP_ITERATIONS = 16            # bpf_loop(16, ...) in loop_main.bpf.c
+U64_MASK = (1 << 64) - 1            # the kernel frees objects after the last fd, via RCU
 
 
 def _env() -> dict[str, str]:
@@ -395,6 +397,29 @@ def test_run_twelve_arguments(built: Path, kernel: None, tmp_path: Path) -> None
     assert line["retval"] == XDP_PASS
 
 
+@pytest.mark.kernel
+def test_run_raw_tp_probes_in_subprograms_and_a_bpf_loop_callback(built: Path, kernel: None) -> None:
+    """loop.linked (raw_tp, run on a context): `mixed` in a static subprogram,
+    `step` in a bpf_loop callback, `scaling` in a global function of the other
+    object, `done` in the program; each value follows from the one before."""
+    res = trace(str(built / "loop.linked.bpf.o"), "--run", "sum_loop", "--repeat", "2", "--json")
+    assert res.returncode == 0, res.stderr
+    ((events, line),) = by_run(json_lines(res.stdout))          # one run line: repeat 2
+    per_run = 2 * LOOP_ITERATIONS + 2
+    assert line["retval"] == 0 and line["repeat"] == 2 and line["events"] == len(events) == 2 * per_run
+    for rep in (events[:per_run], events[per_run:]):
+        assert [e["probe"] for e in rep] == ["mixed", "step"] * LOOP_ITERATIONS + ["scaling", "done"]
+        value = rep[0]["args"][0]
+        assert value < 1 << 32                              # bpf_get_prandom_u32()
+        for i in range(LOOP_ITERATIONS):
+            after = (value * 31 + i) & U64_MASK
+            assert rep[2 * i]["args"] == [value, after] and rep[2 * i + 1]["args"] == [i, after]
+            value = after
+        assert rep[-2]["args"] == [value, 3] and rep[-1]["args"] == [value >> 3]
+        assert {e["probe"]: e["function"] for e in rep} == \
+            {"mixed": "mix", "step": "loop_cb", "scaling": "scale", "done": "sum_loop"}
+
+
 # --- live: XDP and tc on a veth in namespaces -----------------------------------------------
 
 
@@ -602,6 +627,9 @@ def test_missing_interface_program_and_pin(built: Path, kernel: None, tmp_path: 
     assert_one_line_error(trace(obj, "--probe", "nothing*", "--run", "xdp_parse", "--packet",
                                 str(tmp_path / "p.bin")), "nothing*", "drop")
     assert_one_line_error(trace(obj), "no program attaches")                 # XDP needs --xdp or --run
+    assert_one_line_error(trace(obj, "--run", "xdp_parse"), "--packet")
+    assert_one_line_error(trace(str(built / "loop.linked.bpf.o"), "--run", "sum_loop", "--packet",
+                                str(tmp_path / "p.bin")), "without packets")
     assert_one_line_error(trace(obj, "--pinned", "--pin-dir", str(tmp_path)), "no recorder")
     assert_one_line_error(trace(str(built / "trace_exec.bpf.o"), "--run", "on_exec", "--packet",
                                 str(tmp_path / "p.bin")), "on_exec", "tracing")

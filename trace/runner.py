@@ -35,6 +35,7 @@ from bpf_sdt.trace.pcap import MAX_PACKET, read_packets
 from bpf_sdt.trace.ring import Ring, open_ring
 from bpf_sdt.trace.runtime import StopSignals, private_bpffs
 from bpf_sdt.trace.sites import Site, site_table
+from bpf_sdt.trace.testrun import RAW_TP_TYPE, run_raw_tp
 
 from bpf_sdt.elf import load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
@@ -46,7 +47,8 @@ BPF_MAP_TYPE_RINGBUF = 27
 PROBE_CHECK_S = 1.0             # how often a live trace looks at the lost-event counter
 RING_FILL = 0.5                 # a test-run batch may fill this share of the ring buffer
 MAX_BATCH = 1 << 18             # repetitions per test run: keeps Ctrl-C prompt
-TEST_RUN_TYPES = ("xdp", "sched_cls", "sched_act", "socket_filter")
+PACKET_TYPES = ("xdp", "sched_cls", "sched_act", "socket_filter")      # test-run on packets
+TEST_RUN_TYPES = (*PACKET_TYPES, RAW_TP_TYPE)                           # raw_tp: on a context
 TC_TYPES = ("sched_cls", "sched_act")
 TC_DIRECTIONS = ("ingress", "egress")
 LOST_KEY = bytes(4)
@@ -78,7 +80,7 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
     _check_options(opts)
     if opts.pinned:
         return _trace_pinned(opts, out, err)
-    packets = _packets(opts) if opts.run else []
+    packets = _packets(opts)
     iface, direction = _interface(opts)
     refused = 0
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
@@ -122,8 +124,8 @@ def _check_options(opts: Options) -> None:
                              ("--pinned", opts.pinned)) if on]
     if len(modes) > 1:
         raise UsageError(f"{' and '.join(modes)}: choose one way to run the object")
-    if opts.run and (opts.packet is None) == (opts.pcap is None):
-        raise UsageError("--run needs exactly one of --packet FILE and --pcap FILE")
+    if opts.packet is not None and opts.pcap is not None:
+        raise UsageError("--packet and --pcap: choose one")
     if not opts.run and (opts.packet or opts.pcap or opts.repeat != 1):
         raise UsageError("--packet, --pcap and --repeat go with --run")
     if opts.prog and not (opts.xdp or opts.tc):
@@ -138,10 +140,13 @@ def _check_options(opts: Options) -> None:
         raise UsageError("--pin-dir goes with --pinned")
 
 
-def _packets(opts: Options) -> list[bytes]:
+def _packets(opts: Options) -> Sequence[bytes | None]:
+    """The packets of --packet/--pcap (read before anything loads), or one
+    packet-less run for raw_tp programs."""
     if opts.pcap is not None:
         return read_packets(opts.pcap)
-    assert opts.packet is not None
+    if opts.packet is None:
+        return [None]
     from bpf_sdt.elf import read_regular_file
 
     data = read_regular_file(opts.packet, MAX_PACKET, "packet")
@@ -169,7 +174,12 @@ def _interface(opts: Options) -> tuple[str | None, str]:
 def _choose_program(bpf: BpfObject, opts: Options) -> Program | None:
     """The program --run, --xdp or --tc works on (checked before loading)."""
     if opts.run:
-        return _program(bpf, opts.run, TEST_RUN_TYPES, opts.obj, "--run")
+        prog = _program(bpf, opts.run, TEST_RUN_TYPES, opts.obj, "--run")
+        wants_packets = prog.type in PACKET_TYPES
+        if wants_packets != (opts.packet is not None or opts.pcap is not None):
+            raise UsageError(f"--run {escape_text(prog.name)}: a {prog.type} program runs "
+                             + ("on --packet FILE or --pcap FILE" if wants_packets else "without packets"))
+        return prog
     if opts.xdp:
         return _program(bpf, opts.prog, ("xdp",), opts.obj, "--xdp")
     if opts.tc:
@@ -288,7 +298,7 @@ class _Session:
             self.err.write(f"bpf-sdt trace: {lost} events lost so far (ring buffer full)\n")
             self.lost.reported = lost
 
-    def test_runs(self, prog: Program, packets: list[bytes], repeat: int, duration: float | None) -> None:
+    def test_runs(self, prog: Program, packets: Sequence[bytes | None], repeat: int, duration: float | None) -> None:
         """Each packet `repeat` times; its events, then one line with the result.
         The first run of a packet measures how much ring buffer one run fills;
         the rest go in batches that fill at most RING_FILL of it."""
@@ -300,11 +310,11 @@ class _Session:
             while done < repeat and not self._stopping(deadline):
                 n = min(batch, repeat - done)
                 try:
-                    res = prog.test_run(packet, repeat=n)
+                    res = prog.test_run(packet, repeat=n) if packet is not None else run_raw_tp(prog, n)
                 except LibbpfError as e:
                     if e.errno == EINTR and self.stop.requested:
                         break
-                    if e.errno != REFUSED or done:
+                    if e.errno != REFUSED or done or packet is None:
                         raise
                     self.refused += 1
                     self.decoder.refused_line(number, prog.name, len(packet), strerror(e.errno))
@@ -359,7 +369,10 @@ def _trace_pinned(opts: Options, out: TextIO, err: TextIO) -> int:
             lost_map = _open_pin(opts.pin_dir / LOST_MAP)
         decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
                           t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
-        with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder, _Lost(lost_map),
+        lost = _Lost(lost_map)
+        if lost.base:
+            err.write(f"bpf-sdt trace: {lost.base} events were lost before trace started (ring buffer full)\n")
+        with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder, lost,
                       out, err) as session:
             session.ready(sites, shown, f"the ring buffer pinned at {opts.pin_dir / RINGBUF_MAP}")
             session.follow(opts.duration)
