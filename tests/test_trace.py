@@ -25,7 +25,7 @@ from bpf_sdt.trace.output import Decoder, slot_code
 from bpf_sdt.trace.pcap import read_packets, write_pcap
 from bpf_sdt.trace.sites import Site
 from netns import VethPair
-from toolchain import REPO, bpf_permitted, clang, need, run, tool
+from toolchain import REPO, bpf_permitted, clang, compile_bpf, need, run, tool
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.errors import InputError
@@ -36,7 +36,7 @@ SAMPLES = REPO / "samples"
 UDP_PORT = 40124
 XDP_DROP, XDP_PASS = 1, 2
 DROP_SHORT_IP, DROP_BAD_IHL, DROP_TTL = 2, 3, 4
-ETH_P_IP, ETH_P_IPV6, ETH_P_ARP = 0x0800, 0x86DD, 0x0806
+ETH_P_IP, ETH_P_IPV6, ETH_P_ARP, ETH_P_EXPERIMENTAL = 0x0800, 0x86DD, 0x0806, 0x88B5
 IPPROTO_UDP = 17
 TEST_RUN_IFINDEX = 1            # BPF_PROG_TEST_RUN without a context: loopback
 CLASS_IP, CLASS_OTHER = 0x10001, 0x10002
@@ -418,6 +418,41 @@ def test_run_raw_tp_probes_in_subprograms_and_a_bpf_loop_callback(built: Path, k
         assert rep[-2]["args"] == [value, 3] and rep[-1]["args"] == [value >> 3]
         assert {e["probe"]: e["function"] for e in rep} == \
             {"mixed": "mix", "step": "loop_cb", "scaling": "scale", "done": "sum_loop"}
+
+
+SOCKET_FILTER = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf_sdt.h>
+BPF_SDT_DECLARE3(seen, __u32, __u8, signed char);	/* skb->len, first byte, first byte as signed */
+SEC("socket") int keep_half(struct __sk_buff *skb)
+{
+	__u8 b = 0;
+	bpf_skb_load_bytes(skb, 0, &b, 1);
+	BPF_SDT_PROBE3(seen, skb->len, b, (signed char)b);
+	return skb->len / 2;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.mark.kernel
+def test_run_socket_filter_with_a_narrow_signed_argument(kernel: None, tmp_path: Path) -> None:
+    (tmp_path / "sf.bpf.c").write_text(SOCKET_FILTER)
+    multiarch = run([tool("gcc"), "-print-multiarch"]).stdout.strip()
+    compile_bpf(tmp_path / "sf.bpf.c", tmp_path / "sf.bpf.o", clang(19), extra=(f"-I/usr/include/{multiarch}",))
+    packets = [eth(ETH_P_IP, ipv4(udp(1, 2, b"x" * 7))), eth(ETH_P_EXPERIMENTAL, b"\xf0" + bytes(45)),
+               eth(ETH_P_EXPERIMENTAL, b"\x80" + bytes(100))]
+    write_pcap(tmp_path / "in.pcap", packets)
+    res = trace(str(tmp_path / "sf.bpf.o"), "--run", "keep_half", "--pcap", str(tmp_path / "in.pcap"), "--json")
+    assert res.returncode == 0, res.stderr
+    runs = by_run(json_lines(res.stdout))
+    for pkt, ((event,), line), retval in zip(packets, runs, original_retvals(tmp_path / "sf.bpf.o", "keep_half",
+                                                                            packets), strict=True):
+        length = len(pkt) - 14          # a socket filter's skb starts after the Ethernet header
+        first = pkt[14]
+        assert event["args"] == [length, first, first - 256 if first > 127 else first]   # 0xf0 -> -16
+        assert line["retval"] == retval == length // 2
 
 
 # --- live: XDP and tc on a veth in namespaces -----------------------------------------------
