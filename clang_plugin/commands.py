@@ -1,10 +1,12 @@
 """`bpf-sdt extract` and `bpf-sdt lint`.
 
-Each file is parsed in a worker process (libclang releases no GIL worth
-having), and its facts and per-file findings are cached under
-$BPF_SDT_CACHE_DIR (default ~/.cache/bpf-sdt/lint), keyed by the file's
-content, its flags, the libclang and bpf-sdt versions.  A hit is only used
-if every file the parse included still has the size and mtime it had.
+Each file is parsed in a child process under a memory limit and a deadline
+(sandbox.py), after a scan that refuses includes of FIFOs and devices
+(includes.py).  Its facts and per-file findings are cached as JSON
+(results.py) under $BPF_SDT_CACHE_DIR (default ~/.cache/bpf-sdt/lint), keyed
+by the file's content, its flags, the libclang and bpf-sdt versions and the
+cache format.  A hit is only used if every file the parse included still has
+the size and mtime it had.
 """
 
 from __future__ import annotations
@@ -13,46 +15,55 @@ import gc
 import hashlib
 import json
 import os
-import pickle
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpf_sdt.clang_plugin.extract import FileFacts, extract
+from bpf_sdt.clang_plugin.files import read_regular
 from bpf_sdt.clang_plugin.lint import OWN_ERRORS, RULES, cross_file, per_file
-from bpf_sdt.clang_plugin.parse import cindex, compdb_flags, default_flags, libclang_version
+from bpf_sdt.clang_plugin.parse import CompileDatabase, cindex, default_flags, libclang_version
+from bpf_sdt.clang_plugin.results import FORMAT, FileResult, decode, encode
 
 from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
-from bpf_sdt.model import Finding
+from bpf_sdt.model import Finding, escape_text
+
+__all__ = ["FileResult", "analyze_file", "analyze_files", "run_extract", "run_lint"]
 
 CACHE_ENV = "BPF_SDT_CACHE_DIR"
-
-
-@dataclass
-class FileResult:
-    path: str
-    facts: FileFacts | None = None
-    findings: list[Finding] = field(default_factory=list)
-    unusable: str | None = None      # one line: why the file cannot be parsed at all
+# A cache entry is a few KB; anything near this is not one of ours.
+MAX_CACHE_ENTRY_BYTES = 16 << 20
+# Compiler errors shown per file as SDT000.
+MAX_COMPILER_ERRORS = 5
+# A NUL in the first 64 KiB: an object or other binary, not C.
+BINARY_PROBE_BYTES = 65536
 
 
 # --- one file ------------------------------------------------------------------
 
 
-def analyze_file(path: str, flags: list[str]) -> FileResult:
-    """Parse and lint one file; never raises for a bad file."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        return FileResult(path, unusable=f"{path}: {e.strerror or e}")
-    if b"\0" in data[:65536]:
+def analyze_file(path: str, flags: list[str], data: bytes) -> FileResult:
+    """Parse and lint one file whose bytes are `data`; never raises for a bad
+    file.  Run it in a sandbox child (see analyze_files): libclang may not
+    return from a hostile file."""
+    from bpf_sdt.clang_plugin.extract import extract
+    from bpf_sdt.clang_plugin.includes import include_hazard
+    from bpf_sdt.clang_plugin.sandbox import Limits, ran_out_of_memory
+
+    if b"\0" in data[:BINARY_PROBE_BYTES]:
         return FileResult(path, unusable=f"{path}: binary file, not C source")
+    hazard = include_hazard(path, data, flags)
+    if hazard:
+        return FileResult(path, unusable=hazard)
     ci = cindex()
+    name = os.fsencode(path)
     try:
-        tu = ci.Index.create().parse(path, args=flags,
+        # The bytes we read (and hashed for the cache) are the bytes parsed,
+        # even if the file changes meanwhile.
+        tu = ci.Index.create().parse(name, args=[os.fsencode(f) for f in flags], unsaved_files=[(name, data)],
                                      options=ci.TranslationUnit.PARSE_DETAILED_PROCESSING_RECORD)
     except ci.TranslationUnitLoadError as e:
+        if ran_out_of_memory():
+            return FileResult(path, unusable=f"{path}: {Limits.from_env().memory_message()}")
         return FileResult(path, unusable=f"{path}: libclang could not parse it ({e})")
     errors = []
     for d in tu.diagnostics:
@@ -73,11 +84,24 @@ def analyze_file(path: str, flags: list[str]) -> FileResult:
     macro_at = {(m.file, m.line, m.column) for m in (*facts.site_macros, *facts.declaration_macros)}
     too_many_lines = {(path, line) for _, line, _ in facts.too_many}   # SDT008 says it
     facts.diagnostics = [
-        Finding(f, f"{line}:{col}", "error", f"does not compile: {msg}", "SDT000")
-        for f, line, col, msg in errors
-        if (f, line, col) not in macro_at and (f, line) not in too_many_lines
-        and not any(s in msg for s in OWN_ERRORS)][:5]
-    return FileResult(path, facts, per_file(facts))
+        _does_not_compile(*e) for e in errors
+        if (e[0], e[1], e[2]) not in macro_at and (e[0], e[1]) not in too_many_lines
+        and not any(s in e[3] for s in OWN_ERRORS)][:MAX_COMPILER_ERRORS]
+    findings = per_file(facts)
+    if errors and not any(f.severity == "error" for f in findings):
+        # The compiler rejects the file, and no rule said why: a translation
+        # unit that does not compile is never clean.
+        facts.diagnostics.append(_does_not_compile(*errors[0]))
+        findings = per_file(facts)
+    return FileResult(path, facts, findings)
+
+
+def _does_not_compile(file: str, line: int, col: int, msg: str) -> Finding:
+    return Finding(file, f"{line}:{col}", "error", f"does not compile: {msg}", "SDT000")
+
+
+def _analyze_encoded(task: tuple[str, list[str], bytes]) -> bytes:
+    return encode(analyze_file(*task))
 
 
 # --- cache ---------------------------------------------------------------------
@@ -92,24 +116,26 @@ def cache_dir() -> Path:
 
 def cache_key(path: str, flags: list[str], data: bytes, version: str) -> str:
     h = hashlib.sha256()
-    for part in (version, __version__, path, "\0".join(flags)):
-        h.update(part.encode() + b"\0")
+    for part in (FORMAT, version, __version__, path, "\0".join(flags)):
+        h.update(os.fsencode(part) + b"\0")
     h.update(data)
     return h.hexdigest()
 
 
-def cache_load(key: str, directory: str) -> FileResult | None:
+def cache_load(key: str, directory: str, path: str | None = None) -> FileResult | None:
+    """The entry for `key`, or None: missing, not a regular file, not ours in
+    shape (see results.decode), or stale (an include changed)."""
     try:
-        with open(os.path.join(directory, key[:2], key), "rb") as f:
-            result = pickle.loads(f.read())
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        data = read_regular(os.path.join(directory, key[:2], key), MAX_CACHE_ENTRY_BYTES, "cache entry")
+    except InputError:
         return None
-    if not isinstance(result, FileResult) or result.facts is None:
+    result = decode(data, key, path)
+    if result is None or result.facts is None:
         return None
     for inc, mtime, size in result.facts.includes:
         try:
             st = os.stat(inc)
-        except OSError:
+        except (OSError, ValueError):
             return None
         if st.st_mtime_ns != mtime or st.st_size != size:
             return None
@@ -123,8 +149,8 @@ def cache_store(key: str, result: FileResult) -> None:
 
     d = cache_dir() / key[:2]
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        write_atomic(d / key, pickle.dumps(result))
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(d / key, encode(result, key))
     except OSError:
         pass   # a cache that cannot be written is only slower
 
@@ -133,40 +159,31 @@ def cache_store(key: str, result: FileResult) -> None:
 
 
 def _flags_for(files: list[str], build_dir: str | None, extra: list[str]) -> dict[str, list[str]]:
+    db = CompileDatabase(build_dir) if build_dir else None   # read once for all files
     out = {}
     for f in files:
         flags = None
-        if build_dir:
-            flags = compdb_flags(Path(build_dir), Path(f))
+        if db is not None:
+            flags = db.flags(f)
             if flags is None:
-                raise InputError(f"{f}: not in {build_dir}/compile_commands.json")
+                raise InputError(f"{f}: not in {db.path}")
         out[f] = default_flags([*(flags or []), *extra])
     return out
 
 
-def _worker(item: tuple[str, list[str]]) -> FileResult:
-    return analyze_file(*item)
-
-
-def _load_cached(files: list[str], flags: dict[str, list[str]], version: str
+def _load_cached(files: list[str], flags: dict[str, list[str]], sources: dict[str, bytes], version: str
                  ) -> tuple[dict[str, FileResult], dict[str, str]]:
     """Cache hits by file, and every file's cache key.  The cyclic collector is
-    paused meanwhile: unpickling allocates tens of thousands of small objects,
+    paused meanwhile: decoding allocates tens of thousands of small objects,
     which set it off dozens of times (each pass also walking every imported
-    module), though none of them can be garbage yet; a third of a warm run went
-    there."""
+    module), though none of them can be garbage yet."""
     hits, keys = {}, {}
     directory = str(cache_dir())
     gc.disable()
     try:
         for f in files:
-            try:
-                with open(f, "rb") as fh:
-                    data = fh.read()
-            except OSError:
-                data = b""
-            keys[f] = cache_key(os.path.realpath(f), flags[f], data, version)
-            hit = cache_load(keys[f], directory)
+            keys[f] = cache_key(os.path.realpath(f), flags[f], sources[f], version)
+            hit = cache_load(keys[f], directory, f)
             if hit is not None:
                 hits[f] = hit
     finally:
@@ -176,27 +193,33 @@ def _load_cached(files: list[str], flags: dict[str, list[str]], version: str
 
 def analyze_files(files: list[str], build_dir: str | None, extra: list[str], jobs: int = 0,
                   use_cache: bool = True) -> list[FileResult]:
+    # Every input is read once, here: a FIFO, a device or a directory is one
+    # error line now, and the bytes read are the bytes hashed and parsed.
+    sources = {f: read_regular(f) for f in files}
     flags = _flags_for(files, build_dir, extra)
     results: dict[str, FileResult] = {}
     keys: dict[str, str] = {}
     if use_cache:
-        results, keys = _load_cached(files, flags, libclang_version())
-    todo = [f for f in files if f not in results]
+        results, keys = _load_cached(files, flags, sources, libclang_version())
+    todo = list(dict.fromkeys(f for f in files if f not in results))
     if todo:
-        cindex()   # a broken libclang is one error here, not one per worker
-    jobs = jobs or os.cpu_count() or 1
-    if len(todo) > 1 and jobs > 1:
-        from concurrent.futures import ProcessPoolExecutor  # only when there is work
+        # Only cold runs pay for these imports, and they happen here, once,
+        # rather than in every child: a warm run never parses.
+        import bpf_sdt.clang_plugin.extract
+        import bpf_sdt.clang_plugin.includes  # noqa: F401
+        from bpf_sdt.clang_plugin.sandbox import Limits, run_isolated
 
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
-            done = list(pool.map(_worker, [(f, flags[f]) for f in todo],
-                                 chunksize=max(1, len(todo) // (4 * jobs))))
-    else:
-        done = [analyze_file(f, flags[f]) for f in todo]
-    for f, r in zip(todo, done, strict=True):
-        results[f] = r
-        if use_cache:
-            cache_store(keys[f], r)
+        cindex()   # a broken libclang is one error here, not one per file; children inherit it loaded
+        limits = Limits.from_env()
+        outcomes = run_isolated([(f, flags[f], sources[f]) for f in todo], _analyze_encoded,
+                                jobs or os.cpu_count() or 1, limits)
+        for f, outcome in zip(todo, outcomes, strict=True):
+            r = decode(outcome.payload, path=f) if outcome.payload is not None else None
+            if r is None:
+                r = FileResult(f, unusable=f"{f}: {outcome.failure or 'the parse returned no usable result'}")
+            results[f] = r
+            if use_cache:
+                cache_store(keys[f], r)
     return [results[f] for f in files]
 
 
@@ -221,9 +244,10 @@ def run_extract(files: list[str], build_dir: str | None, extra: list[str], as_js
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         for d in decls:
-            print(f"{d.file}:{d.line}: declare {d.name}({', '.join(d.types) or 'void'})")
+            print(escape_text(f"{d.file}:{d.line}: declare {d.name}({', '.join(d.types) or 'void'})"))
         for s in sites:
-            print(f"{s.file}:{s.line}:{s.column}: probe {s.name}({', '.join(s.args)}) in {s.function or '-'}")
+            args = ", ".join(s.args)
+            print(escape_text(f"{s.file}:{s.line}:{s.column}: probe {s.name}({args}) in {s.function or '-'}"))
     return _report_unusable(results, "extract") or EXIT_OK
 
 
@@ -240,7 +264,7 @@ def run_lint(files: list[str], build_dir: str | None, extra: list[str], fmt: str
         sys.stdout.write(json.dumps(sarif(findings), indent=2) + "\n")
     else:
         for f in findings:
-            print(f.render())
+            print(f.render())   # escapes what the source's names hold
     unusable = _report_unusable(results, "lint")
     if unusable:
         return unusable
@@ -250,7 +274,7 @@ def run_lint(files: list[str], build_dir: str | None, extra: list[str], fmt: str
 def _report_unusable(results: list[FileResult], command: str) -> int:
     bad = [r.unusable for r in results if r.unusable]
     for msg in bad:
-        print(f"bpf-sdt {command}: {msg}", file=sys.stderr)
+        print(escape_text(f"bpf-sdt {command}: {msg}"), file=sys.stderr)
     return EXIT_UNUSABLE if bad else 0
 
 

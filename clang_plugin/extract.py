@@ -7,8 +7,8 @@ spellings and sizes.  Sites come from BPF_SDT_PROBEn macro instantiations
 (PARSE_DETAILED_PROCESSING_RECORD), and each argument's own type from the
 `__sdt_vK` variable the macro declares at that site.
 
-The result is plain data (picklable), so files can be parsed in parallel
-worker processes and cached.
+The result is plain data (results.py turns it into JSON), so files can be
+parsed in child processes and cached.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ class FileFacts:
     too_many: list[tuple[str, int, int]] = field(default_factory=list)  # (macro, line, column)
     diagnostics: list[Finding] = field(default_factory=list)        # compiler errors not ours
     includes: list[tuple[str, int, int]] = field(default_factory=list)  # (path, mtime_ns, size)
+    # A name declared again in the same translation unit, which the compiler
+    # rejects: (the later BPF_SDT_DECLARE, the first one).
+    redeclared: list[tuple[Invocation, Invocation]] = field(default_factory=list)
 
 
 def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-untyped-def]
@@ -88,11 +91,11 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
                 invocations.append(_invocation(c, source if _in(c, main) else None))
         elif kind == K.VAR_DECL:
             if c.spelling.startswith("__sdt_type_"):
-                type_vars[c.spelling[len("__sdt_type_"):]] = c
+                type_vars.setdefault(c.spelling[len("__sdt_type_"):], c)   # the first, as decl_at
         elif kind == K.TYPEDEF_DECL:
             m = TYPEDEF_RE.match(c.spelling)
             if m:
-                typedefs[(m.group(1), int(m.group(2)))] = c.underlying_typedef_type
+                typedefs.setdefault((m.group(1), int(m.group(2))), c.underlying_typedef_type)
         elif kind == K.ENUM_DECL:
             for e in c.get_children():
                 m = NARGS_RE.match(e.spelling)
@@ -104,7 +107,9 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
     decl_at: dict[str, Invocation] = {}
     for inv in invocations:
         if inv.kind == "DECLARE":
-            decl_at.setdefault(inv.name, inv)
+            first = decl_at.setdefault(inv.name, inv)
+            if first is not inv and (first.file, first.line, first.column) != (inv.file, inv.line, inv.column):
+                facts.redeclared.append((inv, first))
             if inv.file == main:
                 facts.declaration_macros.append(inv)
     for name, n in nargs.items():

@@ -33,7 +33,7 @@ RULES: dict[str, tuple[Severity, str]] = {
     "SDT002": ("error", "argument count differs from the declaration"),
     "SDT003": ("error", "argument type not convertible to the declared type"),
     "SDT004": ("error", "argument or declared type is a struct/union by value or wider than 8 bytes"),
-    "SDT005": ("error", "the same name declared with different prototypes"),
+    "SDT005": ("error", "the same name declared with different prototypes, or twice in one translation unit"),
     "SDT006": ("warning", "declared but never probed"),
     "SDT007": ("error", "probe name is not a valid identifier, or is reserved"),
     "SDT008": ("error", "more than 12 arguments"),
@@ -61,6 +61,7 @@ def per_file(facts: FileFacts) -> list[Finding]:
             continue
         out += _arity_rules(inv, decl)
         out += _argument_rules(inv, decl, args)
+    out += [_redeclared(later, first) for later, first in facts.redeclared]
     for line, col in facts.unreachable:
         name = next((s.name for s in facts.sites if (s.line, s.column) == (line, col)), "?")
         out.append(_finding(facts.file, line, col, "SDT009",
@@ -69,6 +70,18 @@ def per_file(facts: FileFacts) -> list[Finding]:
         out.append(_finding(facts.file, line, col, "SDT008",
                             f"{macro}: probes take at most {MAX_ARGS} arguments (the trampoline limit)"))
     return out
+
+
+def _redeclared(later: Invocation, first: Invocation) -> Finding:
+    """A second BPF_SDT_DECLARE of one name in one translation unit: the
+    compiler rejects it (redefined enumerator and variable), whatever the types."""
+    at = f"{first.file}:{first.line}"
+    if later.args != first.args:
+        what = f"probe '{later.name}' declared as ({', '.join(later.args)}), but as ({', '.join(first.args)}) at {at}"
+    else:
+        what = f"probe '{later.name}' declared twice (also at {at})"
+    return _finding(later.file, later.line, later.column, "SDT005",
+                    what + "; one translation unit may declare a probe only once")
 
 
 def _name_rules(inv: Invocation) -> list[Finding]:

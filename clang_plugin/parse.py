@@ -11,11 +11,14 @@ flags do not already say otherwise.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
 from functools import cache
 from pathlib import Path
+
+from bpf_sdt.clang_plugin.files import MAX_COMPDB_BYTES, read_regular
 
 from bpf_sdt.errors import InputError
 
@@ -23,6 +26,9 @@ LIBCLANG_ENV = "BPF_SDT_LIBCLANG"
 
 # Flags that only matter to code generation or build bookkeeping.
 _DROP_WITH_VALUE = {"-o", "-MF", "-MT", "-MQ", "-Xclang"}
+# Flags naming a directory or file relative to the build's directory; both
+# "-Idir" and "-I dir" spellings.  (Path / absolute keeps the absolute one.)
+_PATH_FLAGS = ("-I", "-iquote", "-isystem", "-idirafter", "-include", "-imacros")
 _DROP = {"-c", "-S", "-E", "-MD", "-MMD", "-MP", "-M", "-MM", "-g", "-pipe", "-Werror",
          "-fdiagnostics-color=always"}
 
@@ -39,6 +45,7 @@ def cindex():  # type: ignore[no-untyped-def]
         if not Path(lib).is_file():
             raise InputError(f"{LIBCLANG_ENV}={lib}: no such file")
         ci.Config.set_library_file(lib)
+    _decode_losslessly(ci)
     try:
         ci.conf.lib  # noqa: B018 - loads the library and binds every function now
     except ci.LibclangError as e:
@@ -46,6 +53,25 @@ def cindex():  # type: ignore[no-untyped-def]
         raise InputError(f"libclang unusable ({first}); the bindings need libclang 16 or newer: "
                          f"set {LIBCLANG_ENV} to a newer one or unset it to use the wheel's") from None
     return ci
+
+
+def _decode_losslessly(ci) -> None:  # type: ignore[no-untyped-def]
+    """The bindings decode every string libclang returns (token and cursor
+    spellings, diagnostics, file names) as strict UTF-8, so one Latin-1 byte
+    in a string literal inside a probe call raised UnicodeDecodeError.  Decode
+    the way Python decodes file names instead (undecodable bytes become lone
+    surrogates): nothing is lost, paths still compare equal to os.fsdecode'd
+    ones, and output turns the surrogates into U+FFFD where it must."""
+    cls = getattr(ci, "c_interop_string", None)
+    if cls is None or getattr(cls, "_bpf_sdt_lossless", False):
+        return
+
+    def value(self: ctypes.c_char_p) -> str | None:
+        raw = super(ctypes.c_char_p, self).value
+        return None if raw is None else bytes(raw).decode("utf-8", "surrogateescape")
+
+    cls.value = property(value)
+    cls._bpf_sdt_lossless = True
 
 
 def libclang_path() -> str:
@@ -101,40 +127,125 @@ def _header_flag() -> str:
     return f"-I{header_dir()}"
 
 
-def compdb_flags(build_dir: Path, file: Path) -> list[str] | None:
-    """The file's flags from BUILD_DIR/compile_commands.json, compile-only parts kept."""
-    db = build_dir / "compile_commands.json"
+class CompileDatabase:
+    """BUILD_DIR/compile_commands.json, read and checked once per run.
+
+    Every entry's shape is checked on load (one bad entry is one error line,
+    not a traceback later); `command` strings are split only for the files
+    asked about.  Lookups go by normalized absolute path, then by real path
+    (symlinks), so 1,000 files cost one read and one index, not 1,000."""
+
+    def __init__(self, build_dir: str) -> None:
+        self.path = os.path.join(build_dir, "compile_commands.json")
+        self._entries = _load_entries(self.path)
+        self._by_path: dict[str, int] = {}
+        for i, (directory, file, _) in enumerate(self._entries):
+            self._by_path.setdefault(os.path.normpath(os.path.join(directory, file)), i)
+        self._by_realpath: dict[str, int] | None = None
+
+    def flags(self, file: str) -> list[str] | None:
+        """The file's flags, compile-only parts kept; None if it has no entry."""
+        i = self._by_path.get(os.path.normpath(os.path.abspath(file)))
+        if i is None:
+            if self._by_realpath is None:   # built on the first miss only
+                self._by_realpath = {}
+                for key, j in self._by_path.items():
+                    self._by_realpath.setdefault(os.path.realpath(key), j)
+            i = self._by_realpath.get(os.path.realpath(file))
+            if i is None:
+                return None
+        directory, source, command = self._entries[i]
+        if isinstance(command, str):
+            try:
+                args = shlex.split(command)
+            except ValueError as e:   # "No closing quotation", "No escaped character"
+                raise InputError(f"{self.path}: entry {i}: command: {e}") from None
+        else:
+            args = command
+        if not args:
+            raise InputError(f"{self.path}: entry {i}: empty command")
+        return _compile_only(args[1:], Path(directory), source)
+
+
+# directory (absolute), file, arguments (list) or command (str)
+_Entry = tuple[str, str, "list[str] | str"]
+
+
+def _load_entries(db: str) -> list[_Entry]:
+    if not os.path.lexists(db):
+        raise InputError(f"{db}: no such file (generate it with your build, or drop -p)")
+    data = read_regular(db, MAX_COMPDB_BYTES, "compile_commands.json")
     try:
-        entries = json.loads(db.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{db}: no such file (generate it with your build, or drop -p)") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{db}: unreadable ({e})") from None
-    target = file.resolve()
-    for entry in entries if isinstance(entries, list) else []:
-        directory = Path(entry.get("directory", "."))
-        path = Path(entry.get("file", ""))
-        if not path.is_absolute():
-            path = directory / path
-        if path.resolve() != target:
-            continue
-        args = entry.get("arguments") or shlex.split(entry.get("command", ""))
-        return _compile_only(args[1:], directory, str(entry.get("file", "")))
-    return None
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:   # bad JSON, bad encoding, absurd nesting
+        raise InputError(f"{db}: not valid JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not isinstance(doc, list):
+        raise InputError(f"{db}: not a JSON array of compile commands")
+    base = os.path.dirname(os.path.abspath(db))
+    return [_entry(db, i, e, base) for i, e in enumerate(doc)]
+
+
+def _entry(db: str, i: int, e: object, base: str) -> _Entry:
+    def bad(why: str) -> InputError:
+        return InputError(f"{db}: entry {i}: {why}")
+
+    if not isinstance(e, dict):
+        raise bad(f"a JSON {type(e).__name__}, not an object")
+    directory = e.get("directory", base)
+    file = e.get("file")
+    for name, value in (("directory", directory), ("file", file)):
+        if not isinstance(value, str) or not _is_path_text(value):
+            raise bad(f'"{name}" is not a path string')
+    assert isinstance(directory, str) and isinstance(file, str)
+    if "arguments" in e:
+        args = e["arguments"]
+        if not isinstance(args, list) or not all(isinstance(a, str) and _is_arg_text(a) for a in args):
+            raise bad('"arguments" is not a list of strings')
+        command: list[str] | str = args
+    elif isinstance(e.get("command"), str) and _is_arg_text(e["command"]):
+        command = e["command"]
+    else:
+        raise bad('neither "arguments" (a list of strings) nor "command" (a string)')
+    # The spec wants an absolute directory; a relative one is taken from the
+    # database's own directory rather than from wherever lint happens to run.
+    return os.path.join(base, directory), file, command
+
+
+def _is_arg_text(s: str) -> bool:
+    """No NUL (C strings end there) and encodable back to the bytes it came
+    from (JSON can spell a lone surrogate that no file name has)."""
+    if "\0" in s:
+        return False
+    try:
+        os.fsencode(s)
+    except UnicodeError:
+        return False
+    return True
+
+
+def _is_path_text(s: str) -> bool:
+    return s != "" and _is_arg_text(s)
 
 
 def _compile_only(args: list[str], directory: Path, source: str) -> list[str]:
-    out, skip = [], False
+    """Drop output/dependency flags and the source itself; make the paths of
+    search-path and forced-include flags absolute (the build ran them from
+    `directory`, lint runs from anywhere)."""
+    out, skip, path_next = [], False, False
     for a in args:
         if skip:
             skip = False
-            continue
-        if a in _DROP_WITH_VALUE:
+        elif path_next:
+            path_next = False
+            out.append(str(directory / a))
+        elif a in _DROP_WITH_VALUE:
             skip = True
         elif a in _DROP or a == source or a.endswith((".c", ".o")) and not a.startswith("-"):
             continue
-        elif a.startswith("-I") and len(a) > 2 and not Path(a[2:]).is_absolute():
-            out.append(f"-I{directory / a[2:]}")
-        else:
+        elif a in _PATH_FLAGS:
             out.append(a)
+            path_next = True
+        else:
+            flag = next((f for f in _PATH_FLAGS if a.startswith(f) and len(a) > len(f)), None)
+            out.append(f"{flag}{directory / a[len(flag):]}" if flag else a)
     return out
