@@ -8,6 +8,7 @@ after SIGINT/SIGTERM.  Unit tests cover the pcap reader and the decoder."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import select
@@ -746,6 +747,12 @@ def event(site: int, args: list[int], ts: int = 1_000_000_000, cpu: int = 1) -> 
     return struct.pack("<QII", ts, site, cpu) + b"".join(struct.pack("<Q", a) for a in args)
 
 
+def flushed(dec: Decoder) -> list[str]:
+    out = io.StringIO()
+    dec.flush(out)
+    return out.getvalue().splitlines()
+
+
 def test_slot_codes_convert_exactly_as_argtype() -> None:
     for t in ARG_TYPES:
         code = slot_code(t)
@@ -761,26 +768,25 @@ def test_decoder_json_and_text_use_the_declared_types() -> None:
     dec = Decoder([site], as_json=True)
     data = event(0, raw)
     dec.sample(data, 0, len(data))
-    line = json.loads(dec.lines[0])
+    line = json.loads(flushed(dec)[0])
     assert line["args"] == [t.convert(r) for t, r in zip(ARG_TYPES, raw, strict=True)]
     assert (line["probe"], line["function"], line["insn"], line["file"], line["line"]) == ("p", "fn", 7, "/src/a.bpf.c", 12)
     text = Decoder([site], t0_ns=0)
     text.sample(data, 0, len(data))
-    shown = text.lines[0].split("  ")[-1]
+    shown = flushed(text)[0].split("  ")[-1]
     assert shown == ", ".join(t.format(t.convert(r)) for t, r in zip(ARG_TYPES, raw, strict=True))
 
 
 def test_decoder_escapes_names_and_counts_foreign_events() -> None:
-    import io
-
     site = Site(0, "evil\x1b[2Jprobe", "fn\nline", "xdp", 1, "a\rb.c", 3, (ARG_TYPES[0],))
     err = io.StringIO()
     dec = Decoder([site], err=err)
     good, wrong_size, wrong_site = event(0, [5]), event(0, [5, 6]), event(9, [5])
     for data in (good, wrong_size, wrong_site):
         dec.sample(data, 0, len(data))
-    assert len(dec.lines) == 1 and "\x1b" not in dec.lines[0] and "\n" not in dec.lines[0] and "\r" not in dec.lines[0]
+    (line,) = flushed(dec)
+    assert "\x1b" not in line and "\r" not in line and "evil\\x1b[2Jprobe" in line and "fn\\nline" in line
     assert dec.foreign == 2 and dec.hits == [1]
     assert err.getvalue().count("\n") == 1, "one warning, not one per event"
     dec.counts()
-    assert all("\x1b" not in line and "\n" not in line for line in dec.lines)
+    assert all("\x1b" not in line and "\r" not in line for line in flushed(dec))
