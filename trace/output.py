@@ -175,14 +175,15 @@ class Decoder:
         """Writes the lines so far: to the binary buffer under ``out`` when it
         has one (after what is buffered in ``out`` itself), else as text."""
         if self.lines:
-            data = b"\n".join(self.lines) + b"\n"
+            self.lines.append(b"")          # the last line's newline, without copying the whole text again
+            data = b"\n".join(self.lines)
+            self.lines.clear()
             binary = getattr(out, "buffer", None)
             if binary is not None:
                 out.flush()
                 binary.write(data)
             else:
                 out.write(data.decode())
-            self.lines.clear()
         out.flush()
 
     def run_line(self, number: int, prog: str, prog_type: str, retval: int, repeat: int, events: int,
