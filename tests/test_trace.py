@@ -456,6 +456,21 @@ def test_run_socket_filter_with_a_narrow_signed_argument(kernel: None, tmp_path:
         assert line["retval"] == retval == length // 2
 
 
+@pytest.mark.kernel
+def test_run_interrupted_reports_what_ran_and_exits_130(built: Path, kernel: None, tracers: list[Tracer],
+                                                        tmp_path: Path) -> None:
+    (tmp_path / "p.bin").write_bytes(XDP_PACKETS[0])
+    tracer = Tracer(str(built / "xdp_parser.bpf.o"), "--run", "xdp_parse", "--packet", str(tmp_path / "p.bin"),
+                    "--repeat", str(10**9), "--json")
+    tracers.append(tracer)
+    tracer.wait_lines(lambda lines: len(lines) > 0, timeout=READY_TIMEOUT_S)   # batches are being read
+    tracer.held = held_ids(tracer.proc.pid)
+    assert tracer.finish(signal.SIGINT) == 128 + signal.SIGINT, tracer.err.decode()
+    lines = json_lines(tracer.out.decode())
+    run_line = lines[-1]
+    assert 0 < run_line["repeat"] < 10**9 and run_line["events"] == run_line["repeat"] == len(lines) - 1
+
+
 # --- live: XDP and tc on a veth in namespaces -----------------------------------------------
 
 

@@ -52,6 +52,7 @@ TEST_RUN_TYPES = (*PACKET_TYPES, RAW_TP_TYPE)                           # raw_tp
 TC_TYPES = ("sched_cls", "sched_act")
 TC_DIRECTIONS = ("ingress", "egress")
 LOST_KEY = bytes(4)
+SIGNAL_EXIT = 128               # + the signal number: the shell's convention for a run a signal ended
 REFUSED = EINVAL              # the kernel's answer to a packet it will not test-run
 
 
@@ -82,7 +83,7 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
         return _trace_pinned(opts, out, err)
     packets = _packets(opts)
     iface, direction = _interface(opts)
-    refused = 0
+    refused, interrupted = 0, None
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
         inst = Path(tmp) / "instrumented.bpf.o"
         result = instrument(Request(opts.obj, inst, opts.probes, ringbuf_size=opts.ringbuf_size))
@@ -102,7 +103,7 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
                 if opts.run:
                     assert prog is not None
                     session.test_runs(prog, packets, opts.repeat, opts.duration)
-                    refused = session.refused
+                    refused, interrupted = session.refused, session.stop.signal
                 else:
                     links = _attach(bpf, prog, iface, direction, opts)
                     session.ready(sites, shown, ", ".join(what for what, _ in links))
@@ -110,6 +111,8 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
                     for _, link in reversed(links):     # no new events from here on
                         link.destroy()
                 session.finish(opts.count)
+    if interrupted is not None:             # test runs cut short: not a result
+        return SIGNAL_EXIT + interrupted
     if refused:
         err.write(f"bpf-sdt trace: the kernel refused {refused} of {len(packets)} test runs\n")
         return EXIT_FINDINGS
