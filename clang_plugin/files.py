@@ -47,7 +47,7 @@ def read_regular(path: str, limit: int = MAX_SOURCE_BYTES, what: str = "source f
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as e:
-        raise InputError(f"{path}: {e.strerror or e}") from None
+        raise InputError(f"{path}: {_not_regular(path) or e.strerror or e}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -68,3 +68,12 @@ def read_regular(path: str, limit: int = MAX_SOURCE_BYTES, what: str = "source f
         raise InputError(f"{path}: {e.strerror or e}") from None
     finally:
         os.close(fd)
+
+
+def _not_regular(path: str) -> str | None:
+    """Why open() failed, when it is the kind of file (a socket: ENXIO)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else f"{kind(mode)}, not a regular file"

@@ -151,7 +151,9 @@ class _Scan:
             if is_hazard(st.st_mode):
                 line = data.count(b"\n", 0, m.start()) + 1
                 directive, (op, cl) = m.group(1).decode(), (('"', '"') if m.group(2) == b'"' else ("<", ">"))
-                return (f"{path}:{line}: #{directive} {op}{name}{cl} is {kind(st.st_mode)} ({target}), "
+                real = os.path.realpath(target)
+                shown = target if real == target else f"{target} -> {real}"
+                return (f"{path}:{line}: #{directive} {op}{name}{cl} is {kind(st.st_mode)} ({shown}), "
                         "not a header; libclang would block or read it forever")
             msg = self.file(target)
             if msg:
