@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bpf_sdt.model import Declaration, Finding, SourceSite
 
@@ -83,7 +84,10 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
     facts = FileFacts(str(path))
     main = str(path)
     invocations: list[Invocation] = []
-    type_vars, typedefs, nargs, functions = {}, {}, {}, []
+    type_vars: dict[str, Any] = {}                  # name -> the __sdt_type_ VAR_DECL cursor
+    typedefs: dict[tuple[str, int], Any] = {}       # (name, k) -> argument k's type
+    nargs: dict[str, int] = {}
+    functions: list[Any] = []
     for c in tu.cursor.get_children():
         kind = c.kind
         if kind == K.MACRO_INSTANTIATION:

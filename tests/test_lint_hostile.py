@@ -345,9 +345,10 @@ def test_compile_commands_is_read_once_for_many_files(tmp_path: Path, monkeypatc
     reads: list[str] = []
     real = parse.read_regular
 
-    def counting(path: str, *args: Any, **kw: Any) -> bytes:
+    def counting(path: str, limit: int, what: str) -> bytes:
         reads.append(path)
-        return real(path, *args, **kw)
+        data: bytes = real(path, limit, what)
+        return data
 
     monkeypatch.setattr(parse, "read_regular", counting)
     start = time.monotonic()
