@@ -77,13 +77,24 @@ class Options:
 
 
 def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Runs `bpf-sdt trace`; the exit code.  SIGINT/SIGTERM only set a flag
+    from the start, so whenever one comes, everything set up so far is
+    released on the way out."""
     out, err = out or sys.stdout, err or sys.stderr
     _check_options(opts)
-    if opts.pinned:
-        return _trace_pinned(opts, out, err)
+    with StopSignals() as stop:
+        if opts.pinned:
+            return _trace_pinned(opts, stop, out, err)
+        code = _trace_loaded(opts, stop, out, err)
+        if code is None:                    # a signal ended the work before it was done
+            return SIGNAL_EXIT + (stop.signal or 0)
+        return code
+
+
+def _trace_loaded(opts: Options, stop: StopSignals, out: TextIO, err: TextIO) -> int | None:
+    """Instrument, load, run; None when a signal cut the work short."""
     packets = _packets(opts)
     iface, direction = _interface(opts)
-    refused, interrupted = 0, None
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
         inst = Path(tmp) / "instrumented.bpf.o"
         result = instrument(Request(opts.obj, inst, opts.probes, ringbuf_size=opts.ringbuf_size))
@@ -91,19 +102,21 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
         if any(s.site_id >= len(sites) or sites[s.site_id].probe != s.probe for s in result.sites):
             raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
         shown = {s.site_id for s in result.sites}
+        if stop.requested:
+            return None
         with private_bpffs(Path(tmp) / "pins") as pins, BpfObject.open(inst, pin_root_path=pins) as bpf:
             prog = _choose_program(bpf, opts)
             bpf.load()
+            if stop.requested:
+                return None
             ring_map = bpf.find_map(RINGBUF_MAP)
-            session = _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader),
-                               Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
-                                       t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err),
-                               _Lost(bpf.find_map(LOST_MAP)), out, err)
-            with session:
+            decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
+                              t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
+            with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder,
+                          _Lost(bpf.find_map(LOST_MAP)), stop, out, err) as session:
                 if opts.run:
                     assert prog is not None
                     session.test_runs(prog, packets, opts.repeat, opts.duration)
-                    refused, interrupted = session.refused, session.stop.signal
                 else:
                     links = _attach(bpf, prog, iface, direction, opts)
                     session.ready(sites, shown, ", ".join(what for what, _ in links))
@@ -111,10 +124,10 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
                     for _, link in reversed(links):     # no new events from here on
                         link.destroy()
                 session.finish(opts.count)
-    if interrupted is not None:             # test runs cut short: not a result
-        return SIGNAL_EXIT + interrupted
-    if refused:
-        err.write(f"bpf-sdt trace: the kernel refused {refused} of {len(packets)} test runs\n")
+    if opts.run and stop.requested:         # test runs cut short: not a result
+        return None
+    if session.refused:
+        err.write(f"bpf-sdt trace: the kernel refused {session.refused} of {len(packets)} test runs\n")
         return EXIT_FINDINGS
     return EXIT_OK
 
@@ -251,20 +264,18 @@ class _Lost:
 
 
 class _Session:
-    def __init__(self, ring: Ring, decoder: Decoder, lost: _Lost, out: TextIO, err: TextIO) -> None:
-        self.ring, self.decoder, self.lost, self.out, self.err = ring, decoder, lost, out, err
-        self.stop = StopSignals()
+    """One ring buffer read into one decoder, until the work is done or stopped."""
+
+    def __init__(self, ring: Ring, decoder: Decoder, lost: _Lost, stop: StopSignals, out: TextIO,
+                 err: TextIO) -> None:
+        self.ring, self.decoder, self.lost, self.stop, self.out, self.err = ring, decoder, lost, stop, out, err
         self.refused = 0            # test runs the kernel refused (EINVAL)
 
     def __enter__(self) -> _Session:
-        self.stop.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            self.stop.__exit__(*exc)
-        finally:
-            self.ring.close()
+        self.ring.close()
 
     def drain(self) -> int:
         used = self.ring.drain(self.decoder.sample)
@@ -351,7 +362,7 @@ class _Session:
 # --- --pinned ----------------------------------------------------------------------------
 
 
-def _trace_pinned(opts: Options, out: TextIO, err: TextIO) -> int:
+def _trace_pinned(opts: Options, stop: StopSignals, out: TextIO, err: TextIO) -> int:
     obj = load_object(opts.obj)
     if not any(s.name.startswith(RECORDER_PREFIX) for s in obj.symbols):
         raise UsageError(f"{opts.obj}: has no recorder; --pinned reads an object instrumented by "
@@ -375,7 +386,7 @@ def _trace_pinned(opts: Options, out: TextIO, err: TextIO) -> int:
         lost = _Lost(lost_map)
         if lost.base:
             err.write(f"bpf-sdt trace: {lost.base} events were lost before trace started (ring buffer full)\n")
-        with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder, lost,
+        with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder, lost, stop,
                       out, err) as session:
             session.ready(sites, shown, f"the ring buffer pinned at {opts.pin_dir / RINGBUF_MAP}")
             session.follow(opts.duration)
