@@ -20,7 +20,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                     help="print hit counts per probe and per site at the end instead of each event")
     sp.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     how = sp.add_argument_group("how to run it (default: attach every program by its section name)")
-    how.add_argument("--run", metavar="PROG", help="BPF_PROG_TEST_RUN program PROG on packets")
+    how.add_argument("--run", metavar="PROG", help="BPF_PROG_TEST_RUN program PROG on packets (raw_tp: on a context)")
     how.add_argument("--packet", type=Path, metavar="FILE", help="with --run: one packet, raw bytes")
     how.add_argument("--pcap", type=Path, metavar="FILE", help="with --run: every packet of a pcap/pcapng file")
     how.add_argument("--repeat", type=int, default=1, metavar="N", help="with --run: run each packet N times")
