@@ -32,6 +32,8 @@ from bpf_sdt.elf import (
     SHF_INFO_LINK,
     SHT_PROGBITS,
     SHT_REL,
+    SHT_STRTAB,
+    SHT_SYMTAB,
     STB_LOCAL,
     STT_FUNC,
     STT_NOTYPE,
@@ -94,10 +96,8 @@ def link(output: Path, inputs: list[Path], bpftool: str = "bpftool") -> ObjectRe
                 return _finish(output, direct.read_bytes(), report)
         stripped = []
         for i, o in enumerate(objs):
-            img = ElfImage.from_object(o)
-            img.remove_sections({NOTES_SECTION, NOTES_REL_SECTION})
             path = Path(tmp) / f"in{i}.o"
-            path.write_bytes(img.to_bytes())
+            path.write_bytes(strip_notes(o))
             stripped.append(path)
         base = Path(tmp) / "base.o"
         _bpftool_link(tool, base, stripped, check=True, names=inputs)
@@ -130,6 +130,16 @@ def _load_input(path: Path) -> tuple[BpfObject, ObjectReport]:
         raise InputError(f"{path}: its probe notes are broken ({first.where}: {first.message} "
                          f"[{first.rule}]); run `bpf-sdt check {path}`")
     return obj, report
+
+
+def strip_notes(obj: BpfObject) -> bytes:
+    """The object without its notes: the sections named .bpf_sdt_notes and the
+    relocation sections applying to them (found by what they apply to, not by
+    name: a name says nothing about what a section is)."""
+    img = ElfImage.from_object(obj)
+    img.remove_section_indices({s.index for s in obj.sections_named(NOTES_SECTION)
+                                if s.type not in (SHT_SYMTAB, SHT_STRTAB)})
+    return img.to_bytes()
 
 
 def _check_prototypes(inputs: list[Path], reports: list[ObjectReport]) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bpf_sdt.postlink.check import analyze
 from bpf_sdt.postlink.commands import _cells, broken_entries
-from bpf_sdt.postlink.link import _check_prototypes, _input_sites
+from bpf_sdt.postlink.link import _check_prototypes, _input_sites, strip_notes
 
 from bpf_sdt.elf import (
     EHDR,
@@ -77,9 +77,7 @@ def one_input(data: bytes) -> str:
         if not report.errors:                         # link: what it does to each input
             _check_prototypes([Path("fuzz.o")], [report])
             _input_sites(0, report)
-            img = ElfImage.from_object(obj)
-            img.remove_sections({NOTES_SECTION, NOTES_REL_SECTION})
-            BpfObject("stripped.o", img.to_bytes())
+            BpfObject("stripped.o", strip_notes(obj))
         return "ok"
     except InputError:
         return "rejected"

@@ -220,3 +220,16 @@ def test_regression_relocations_for_the_addrsig_table(seed_obj: Path) -> None:
     shoff = struct.unpack_from("<Q", data, 0x28)[0]
     struct.pack_into("<I", data, shoff + 64 * rel.index + 44, addrsig.index)     # sh_info
     assert one_input(bytes(data)) == "ok"
+
+
+def test_regression_symbol_table_named_like_the_notes_relocations(seed_obj: Path) -> None:
+    """Found by bench/fuzz.py: link stripped sections by name, so a symbol
+    table named .rel.bpf_sdt_notes was removed and the writer crashed."""
+    o = load_object(seed_obj)
+    symtab, notes_rel = o.symtab_section, o.section(".rel.bpf_sdt_notes")
+    assert symtab is not None and notes_rel is not None
+    data = bytearray(seed_obj.read_bytes())
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    name = struct.unpack_from("<I", data, shoff + 64 * notes_rel.index)[0]
+    struct.pack_into("<I", data, shoff + 64 * symtab.index, name)                 # sh_name
+    assert one_input(bytes(data)) in ("ok", "rejected")
