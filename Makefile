@@ -8,9 +8,13 @@ test:
 	scripts/setup.sh
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
+# From a fresh clone too: setup.sh makes .venv; typecheck.sh changes directory,
+# so it gets mypy by absolute path.  `ruff check .` covers every package
+# (its defaults skip .venv and build/).
 lint:
-	.venv/bin/ruff check bpf_sdt codegen clang_plugin postlink hooks tests bench
-	MYPY=.venv/bin/mypy scripts/typecheck.sh
+	scripts/setup.sh
+	.venv/bin/ruff check .
+	MYPY=$(CURDIR)/.venv/bin/mypy scripts/typecheck.sh
 
 bench:
 	scripts/setup.sh

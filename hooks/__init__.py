@@ -1,7 +1,18 @@
-"""Build-system hooks shipped with the package (make include file, meson helper)."""
+"""Build-system hooks shipped with the package: the make include file
+(bpf_sdt.mk, printed by `bpf-sdt makefile`) and the meson helper
+(bpf_sdt_meson.py, printed by `bpf-sdt meson`)."""
 
 from pathlib import Path
+
+MAKE_HOOK = "bpf_sdt.mk"
+MESON_HELPER = "bpf_sdt_meson.py"
 
 
 def hook_path(name: str) -> Path:
     return Path(__file__).parent / name
+
+
+def run_meson_path() -> int:
+    """`bpf-sdt meson`: the helper's path, for meson's find_program()."""
+    print(hook_path(MESON_HELPER))
+    return 0

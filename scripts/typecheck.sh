@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # mypy cannot follow setuptools' package-dir mapping, so check a symlink tree
-# laid out the way the package installs (bpf_sdt/{codegen,postlink,...}).
-# MYPY may be relative to the caller's directory (make passes .venv/bin/mypy):
-# it is made absolute before this script changes directory.
+# laid out the way the package installs (bpf_sdt/{codegen,postlink,...}),
+# built from pyproject.toml's own package-dir, so a new package is checked
+# without editing this script.  MYPY may be relative to the caller's
+# directory (make passes one): it is made absolute before the cd.
 set -euo pipefail
 mypy=${MYPY:-mypy}
 if [[ $mypy == */* ]]; then
@@ -10,9 +11,21 @@ if [[ $mypy == */* ]]; then
 fi
 cd "$(dirname "$0")/.."
 repo=$PWD
+python=python3
+[[ -x .venv/bin/python ]] && python=.venv/bin/python
 tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
-mkdir "$tree/bpf_sdt"
-for f in bpf_sdt/*.py; do ln -s "$repo/$f" "$tree/bpf_sdt/"; done
-for d in codegen postlink clang_plugin hooks headers; do ln -s "$repo/$d" "$tree/bpf_sdt/$d"; done
+"$python" - "$repo" "$tree" <<'PY'
+import sys, tomllib
+from pathlib import Path
+
+repo, tree = Path(sys.argv[1]), Path(sys.argv[2])
+mapping = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+(tree / "bpf_sdt").mkdir()
+for f in (repo / mapping["bpf_sdt"]).glob("*.py"):
+    (tree / "bpf_sdt" / f.name).symlink_to(f)
+for package, directory in mapping.items():
+    if package != "bpf_sdt":
+        (tree / package.replace(".", "/")).symlink_to(repo / directory)
+PY
 cd "$tree" && "$mypy" --config-file "$repo/pyproject.toml" -p bpf_sdt

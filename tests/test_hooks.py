@@ -1,0 +1,210 @@
+"""The build-system pieces the package ships, used the way a project uses
+them: the make include (clean trees, directories with spaces and quotes) and
+the meson helper (a project whose C compiler is gcc), each feeding `bpf-sdt
+lint -p`; and the typecheck script `make lint` runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from bpf_sdt.hooks import MESON_HELPER, hook_path, run_meson_path
+from test_samples import SAMPLES, make
+from toolchain import REPO, clang, run, tool
+
+CLI = [sys.executable, "-m", "bpf_sdt.cli"]
+# A directory name a careless rule would split or unquote.
+AWKWARD = "my 'bpf' \"probes\" dir"
+TIMEOUT_S = 300
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env.pop("CC", None)
+    return env
+
+
+# --- make ----------------------------------------------------------------------------
+
+
+def _copy_samples(dest: Path) -> Path:
+    shutil.copytree(SAMPLES, dest, ignore=shutil.ignore_patterns("build*", "compile_commands.json"))
+    return dest
+
+
+@pytest.mark.parametrize("outdir", ["build", "out/deeper/still"])
+def test_make_compile_commands_on_a_clean_tree_with_spaces_and_quotes(outdir: str, tmp_path: Path) -> None:
+    src = _copy_samples(tmp_path / AWKWARD)
+    db = src / outdir / "compile_commands.json"
+    res = make(f"BPF_SDT_OUTDIR={outdir}", f"{outdir}/compile_commands.json", cwd=src)   # first and only target
+    assert res.returncode == 0, res.stdout + res.stderr
+    entries = json.loads(db.read_text())
+    sources = sorted(src.glob("*.bpf.c"))
+    assert sorted(e["file"] for e in entries) == [str(s) for s in sources]
+    for e in entries:
+        assert e["directory"] == str(src)
+        argv = shlex.split(e["command"])
+        assert argv[-2:] == ["-c", e["file"]], "the path is one shell word, spaces and quotes included"
+    built = make(f"BPF_SDT_OUTDIR={outdir}", cwd=src)
+    assert built.returncode == 0, built.stdout + built.stderr
+    lint = run([*CLI, "lint", "--no-cache", "-p", str(src / outdir), *map(str, sources)])
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "[SDT0" not in lint.stdout.replace("[SDT006]", "")
+
+
+def test_make_compile_commands_follow_the_sources(tmp_path: Path) -> None:
+    src = _copy_samples(tmp_path / "s")
+    assert make("BPF_SDT_OUTDIR=build", "build/compile_commands.json", cwd=src).returncode == 0
+    (src / "extra.bpf.c").write_text("int x;\n")
+    assert make("BPF_SDT_OUTDIR=build", "build/compile_commands.json", cwd=src).returncode == 0
+    files = {Path(e["file"]).name for e in json.loads((src / "build" / "compile_commands.json").read_text())}
+    assert "extra.bpf.c" in files, "a new source is listed without a clean"
+
+
+# --- meson ---------------------------------------------------------------------------
+
+
+def _documented_snippet() -> str:
+    """The meson.build lines the helper's own documentation gives users."""
+    doc = (hook_path(MESON_HELPER)).read_text()
+    start = doc.index("In meson.build")
+    body = doc[doc.index("\n\n", start) + 2:doc.index("and lint with", start)]
+    return textwrap.dedent(body)
+
+
+PROBED = """#include <bpf_sdt.h>
+#include "shared.h"
+BPF_SDT_DECLARE2(hit, int, long);
+__attribute__((section("xdp"), used)) int prog(void *ctx)
+{
+	BPF_SDT_PROBE2(hit, SHARED, (long)ctx);
+	return 2;
+}
+char LICENSE[] __attribute__((section("license"), used)) = "GPL";
+"""
+# A hand-written note whose address points at a mov, not a NOP: check rejects it.
+BROKEN = """#include <bpf_sdt.h>
+BPF_SDT_DECLARE1(broken, int);
+__attribute__((section("xdp"), used)) int prog(void *ctx)
+{
+	asm volatile("1: r2 = r2\\n"
+		     ".pushsection .bpf_sdt_notes,\\"\\",@progbits\\n"
+		     "___sdt_jt_broken:\\n.quad 1b\\nr1 = r2\\n.popsection" ::: "r2");
+	return 2;
+}
+char LICENSE[] __attribute__((section("license"), used)) = "GPL";
+"""
+
+
+def _meson_project(root: Path, bpf_source: str) -> Path:
+    root.mkdir(parents=True)
+    (root / "meson.build").write_text(
+        "project('uses-bpf-sdt', 'c')\n"
+        "executable('loader', 'loader.c')   # userspace, built by the default compiler\n"
+        + _documented_snippet())
+    (root / "loader.c").write_text("int main(void) { return 0; }\n")
+    (root / "prog.bpf.c").write_text(bpf_source)
+    (root / "shared.h").write_text("#define SHARED 7\n")
+    return root
+
+
+def _meson(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("meson"), *args], capture_output=True, text=True, env=_env(), cwd=cwd,
+                          timeout=TIMEOUT_S, check=False)
+
+
+def _ninja(build: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("ninja"), "-C", str(build)], capture_output=True, text=True, env=_env(),
+                          timeout=TIMEOUT_S, check=False)
+
+
+def test_meson_helper_in_a_gcc_project_builds_checks_and_feeds_lint(tmp_path: Path) -> None:
+    clang(19)   # the snippet finds clang-N on PATH
+    root = _meson_project(tmp_path / AWKWARD / "proj", PROBED)
+    build = tmp_path / AWKWARD / "build"
+    setup = _meson("setup", str(build), str(root))
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    assert "C compiler for the host machine: cc (gcc" in setup.stdout
+    first = _ninja(build)
+    assert first.returncode == 0, first.stdout + first.stderr
+    obj = build / "prog.bpf.o"
+    assert run([*CLI, "check", str(obj)]).returncode == 0
+    (site,) = json.loads(run([*CLI, "list", "--json", str(obj)]).stdout)["objects"][0]["probes"]
+    assert site["name"] == "hit" and site["args"][0] == {"kind": "imm", "value": 7}
+    assert (build / "loader").exists(), "the project's own C still builds with gcc"
+    assert "no work to do" in _ninja(build).stdout
+    (root / "shared.h").write_text("#define SHARED 9\n")   # a header change rebuilds (depfile)
+    assert _ninja(build).returncode == 0
+    (site,) = json.loads(run([*CLI, "list", "--json", str(obj)]).stdout)["objects"][0]["probes"]
+    assert site["args"][0]["value"] == 9
+    lint = run([*CLI, "lint", "--no-cache", "-p", str(build / "bpf-sdt"), str(root / "prog.bpf.c")])
+    assert lint.returncode == 0 and lint.stdout == "", lint.stdout + lint.stderr
+    (entry,) = json.loads((build / "bpf-sdt" / "compile_commands.json").read_text())
+    assert entry["file"] == str(root / "prog.bpf.c") and entry["arguments"][-1] == entry["file"]
+
+
+def test_meson_helper_fails_the_build_on_a_broken_note(tmp_path: Path) -> None:
+    clang(19)
+    root = _meson_project(tmp_path / "proj", BROKEN)
+    build = tmp_path / "build"
+    assert _meson("setup", str(build), str(root)).returncode == 0
+    res = _ninja(build)
+    assert res.returncode != 0
+    assert "[SDT107]" in res.stdout + res.stderr, res.stdout + res.stderr
+    assert not (build / "prog.bpf.o").exists() and not (build / "prog.bpf.o.tmp").exists()
+
+
+def test_meson_helper_usage_errors_are_one_line(tmp_path: Path) -> None:
+    helper = str(hook_path(MESON_HELPER))
+    for args in (["compile", "--bpf-sdt", "x", "--depfile", "d", "a.c", "a.o"], ["compdb", "--directory", "/",
+                 "--output", str(tmp_path / "c.json"), "a.c", "--"]):
+        res = subprocess.run([sys.executable, helper, *args], capture_output=True, text=True, timeout=60,
+                             check=False)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    missing = subprocess.run([sys.executable, helper, "compile", "--bpf-sdt", "bpf-sdt", "--depfile",
+                              str(tmp_path / "d"), str(tmp_path / "a.c"), str(tmp_path / "a.o"), "--",
+                              str(tmp_path / "no-such-clang")], capture_output=True, text=True, timeout=60,
+                             check=False)
+    assert missing.returncode == 2 and "no-such-clang" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_meson_helper_path_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_meson_path() == 0
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed == hook_path(MESON_HELPER) and printed.is_file()
+    cli = run([*CLI, "meson"])
+    assert cli.returncode == 0 and Path(cli.stdout.strip()) == printed, "bpf-sdt meson prints it too"
+
+
+def test_meson_helper_ships_in_the_package() -> None:
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "bpf_sdt.hooks" in data["tool"]["setuptools"]["packages"]
+    assert hook_path(MESON_HELPER).suffix == ".py", "a module of bpf_sdt.hooks: installed with the package"
+
+
+# --- make lint -------------------------------------------------------------------------
+
+
+def test_typecheck_takes_a_mypy_path_relative_to_the_caller(tmp_path: Path) -> None:
+    """`make lint` passes MYPY=.venv/bin/mypy and the script changes
+    directory; a relative path must still name the same program."""
+    stub = tmp_path / "bin" / "mypy"
+    stub.parent.mkdir()
+    record = tmp_path / "called"
+    stub.write_text(f'#!/bin/sh\necho "$PWD $*" > {shlex.quote(str(record))}\n')
+    stub.chmod(0o755)
+    res = subprocess.run([str(REPO / "scripts" / "typecheck.sh")], cwd=tmp_path, env={**os.environ,
+                         "MYPY": "bin/mypy"}, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    called = record.read_text()
+    assert "-p bpf_sdt" in called and f"--config-file {REPO}/pyproject.toml" in called
