@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from functools import cache
 
 from bpf_sdt.errors import InputError
 
@@ -32,10 +33,22 @@ def kind(mode: int) -> str:
     return "not a regular file"
 
 
-def is_hazard(mode: int) -> bool:
-    """Something a reader would block on or never finish: not a regular file
-    and not a directory (a directory fails its `read` at once)."""
-    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+def is_hazard(st: os.stat_result) -> bool:
+    """Something a reader would block on or never finish: not a regular
+    file, not a directory (its read fails at once) and not /dev/null (which
+    ends at once; `#include "/dev/null"` is an old idiom for nothing)."""
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return False
+    return not (stat.S_ISCHR(st.st_mode) and st.st_rdev == _null_device())
+
+
+@cache
+def _null_device() -> int | None:
+    try:
+        st = os.stat(os.devnull)
+    except OSError:
+        return None
+    return st.st_rdev if stat.S_ISCHR(st.st_mode) else None
 
 
 def read_regular(path: str, limit: int = MAX_SOURCE_BYTES, what: str = "source file") -> bytes:

@@ -89,7 +89,7 @@ def flag_hazard(flags: list[str]) -> str | None:
                 st = os.stat(candidate)
             except (OSError, ValueError):
                 continue
-            if is_hazard(st.st_mode):
+            if is_hazard(st):
                 return f"flag '{a}' names {kind(st.st_mode)} ({candidate}), which libclang would read forever"
     return None
 
@@ -148,7 +148,7 @@ class _Scan:
             if found is None:
                 continue
             target, st = found
-            if is_hazard(st.st_mode):
+            if is_hazard(st):
                 line = data.count(b"\n", 0, m.start()) + 1
                 directive, (op, cl) = m.group(1).decode(), (('"', '"') if m.group(2) == b'"' else ("<", ">"))
                 real = os.path.realpath(target)
@@ -174,6 +174,6 @@ class _Scan:
 
 def _exists_as_hazard(path: str) -> bool:
     try:
-        return is_hazard(os.stat(path).st_mode)
+        return is_hazard(os.stat(path))
     except (OSError, ValueError):
         return False

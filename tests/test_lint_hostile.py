@@ -169,14 +169,25 @@ def _max_rss_of_descendants(cmd: list[str], env: dict[str, str]) -> tuple[subpro
 
 def test_macro_spelled_include_of_dev_zero_is_bounded_by_the_memory_limit(tmp_path: Path) -> None:
     """The scan cannot see through a macro; the worker's RLIMIT_AS must stop
-    libclang (which otherwise read 8 GB in 20 s here) with one line."""
+    libclang (which otherwise read 8 GB in 20 s here) with one line.  With
+    one worker (-j 1), the file after it still gets a fresh, sound one."""
     src = tmp_path / "z.c"
     src.write_text("#define DEV </dev/zero>\n#include DEV\nint x;\n")
+    other = tmp_path / "other.c"
+    other.write_text(BAD_PROBE)
     limit_mib = 512
     env = {**os.environ, "BPF_SDT_PARSE_MEMORY": str(limit_mib)}
-    res, rss_kib = _max_rss_of_descendants([*CLI, "lint", "--no-cache", str(src)], env)
+    res, rss_kib = _max_rss_of_descendants([*CLI, "lint", "--no-cache", "-j", "1", str(src), str(other)], env)
     assert_one_line_error(res, "512 MiB", "BPF_SDT_PARSE_MEMORY")
     assert rss_kib < limit_mib * 1024, f"a process peaked at {rss_kib} KiB"
+    assert "[SDT003]" in res.stdout, "the other file is still linted"
+
+
+def test_include_of_dev_null_is_harmless(tmp_path: Path) -> None:
+    src = tmp_path / "n.c"
+    src.write_text('#include "/dev/null"\n' + GOOD)
+    res = cli("lint", "--no-cache", str(src), "--", "-include", "/dev/null")
+    assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res.stdout + res.stderr
 
 
 def test_macro_spelled_include_of_a_fifo_is_bounded_by_the_deadline(tmp_path: Path) -> None:
