@@ -466,12 +466,19 @@ class Program:
         self._obj._attachments.append(link)
         return link
 
-    def test_run(self, data: bytes, repeat: int = 1, ctx: bytes | None = None) -> RunResult:
-        """Runs the program on `data` in the kernel (BPF_PROG_TEST_RUN), `repeat` times."""
-        data_in = ctypes.create_string_buffer(bytes(data), len(data))
-        data_out = ctypes.create_string_buffer(len(data) + TEST_RUN_DATA_SLACK)
-        opts = _opts(_TestRunOpts, data_in=ctypes.addressof(data_in), data_size_in=len(data),
-                     data_out=ctypes.addressof(data_out), data_size_out=len(data_out), repeat=repeat)
+    def test_run(self, data: bytes | None, repeat: int = 1, ctx: bytes | None = None) -> RunResult:
+        """Runs the program on `data` in the kernel (BPF_PROG_TEST_RUN), `repeat` times.
+
+        ``data=None`` passes no packet at all and ``repeat`` must then be 1: the
+        kernel refuses both for raw tracepoints, which run on ``ctx`` alone."""
+        if data is None:
+            opts = _opts(_TestRunOpts)
+            data_out = ctypes.create_string_buffer(0)
+        else:
+            data_in = ctypes.create_string_buffer(bytes(data), len(data))
+            data_out = ctypes.create_string_buffer(len(data) + TEST_RUN_DATA_SLACK)
+            opts = _opts(_TestRunOpts, data_in=ctypes.addressof(data_in), data_size_in=len(data),
+                         data_out=ctypes.addressof(data_out), data_size_out=len(data_out), repeat=repeat)
         if ctx is not None:
             ctx_in = ctypes.create_string_buffer(bytes(ctx), len(ctx))
             opts.ctx_in, opts.ctx_size_in = ctypes.addressof(ctx_in), len(ctx)
