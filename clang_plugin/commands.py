@@ -1,6 +1,6 @@
 """`bpf-sdt extract` and `bpf-sdt lint`.
 
-Each file is parsed in a child process under a memory limit and a deadline
+Each file is parsed in a worker process under a memory limit and a deadline
 (sandbox.py), after a scan that refuses includes of FIFOs and devices
 (includes.py).  Its facts and per-file findings are cached as JSON
 (results.py) under $BPF_SDT_CACHE_DIR (default ~/.cache/bpf-sdt/lint), keyed
