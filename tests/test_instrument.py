@@ -284,6 +284,17 @@ def test_recorder_sees_every_argument_in_program_order(objs: dict[str, Path], tm
     assert rets == [expected_xdp(p)[0] for p in packets]
 
 
+def test_instrumented_program_keeps_its_source_lines(objs: dict[str, Path], tmp_path: Path) -> None:
+    """bpftool (from BTF line info) shows the original program's source lines,
+    in order; the inserted code sits under its probe's line."""
+    need(bpf_permitted(), "bpf() not permitted (needs root)")
+    out = instrumented(objs["instr"], tmp_path / "obs.o", "--observer", str(objs["observer"]),
+                       "--attach", "on_any=wide")
+    original = source_lines(objs["instr"])
+    lines = iter(source_lines(out))
+    assert all(line in lines for line in original), "original lines appear in order"
+
+
 def test_tc_and_socket_filter_sites(objs: dict[str, Path], tmp_path: Path, bpffs: Path) -> None:
     out = instrumented(objs["instr"], tmp_path / "rec.o", "--probe", "skb", "--probe", "sock")
     pkt = packet(99)
