@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from bpf_sdt.instrument.command import ordered_sites
 from matrix_src import CTX_DECL, CTX_SIZE, probes, random_ctx
 from test_instrument import EVENT_HEAD, bpffs  # noqa: F401  (fixture)
 from toolchain import REQUIRED_CLANGS, bpf_permitted, clang, clangs, compile_bpf, mcpus, need, tool
 
 from bpf_sdt.elf import load_object
-from bpf_sdt.instrument.command import ordered_sites
 from bpf_sdt.notes import decode_notes
 from bpf_sdt.probes import probe_types
 
