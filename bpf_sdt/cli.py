@@ -17,6 +17,7 @@ from typing import TextIO
 
 from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError
+from bpf_sdt.format import RECORDER_DEFAULT_RINGBUF_SIZE
 from bpf_sdt.model import escape_text
 
 Handler = Callable[[argparse.Namespace], int]
@@ -49,6 +50,12 @@ def _cmd_cflags(args: argparse.Namespace) -> int:
 
     print(f"-I{header_dir()}")
     return EXIT_OK
+
+
+def _cmd_meson(args: argparse.Namespace) -> int:
+    from bpf_sdt.hooks import run_meson_path
+
+    return run_meson_path()
 
 
 def _cmd_makefile(args: argparse.Namespace) -> int:
@@ -120,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("cflags", _cmd_cflags, "print the -I flag for the installed bpf_sdt.h")
     add("makefile", _cmd_makefile, "print the path of bpf_sdt.mk, for `include` in a Makefile")
+    add("meson", _cmd_meson, "print the path of the meson helper, for find_program() in meson.build")
 
     for name, handler, text in (("check", _cmd_check, "validate the probes in BPF objects"),
                                 ("list", _cmd_list, "list the probes in BPF objects")):
@@ -143,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="attach a SEC(\"bpf_sdt\") observer to the probes matching GLOB")
     sp.add_argument("--record", action="store_true",
                     help="also call the built-in recorder (the default without --observer)")
-    sp.add_argument("--ringbuf-size", type=int, default=1 << 22, metavar="BYTES",
+    sp.add_argument("--ringbuf-size", type=int, default=RECORDER_DEFAULT_RINGBUF_SIZE, metavar="BYTES",
                     help="the recorder's ring buffer size (power of two, default 4 MiB)")
     sp.add_argument("--bpftool", default="bpftool", help="bpftool to link with")
 

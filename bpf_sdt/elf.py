@@ -27,8 +27,6 @@ are easy to get wrong are all in it, once:
 
 from __future__ import annotations
 
-import os
-import stat
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -40,6 +38,7 @@ from elftools.elf.structs import ELFStructs
 
 from bpf_sdt.btf import Btf, parse_btf
 from bpf_sdt.errors import InputError
+from bpf_sdt.fsutil import read_regular
 
 # --- named constants (ELF gABI and the BPF psABI) ---------------------------
 
@@ -314,55 +313,8 @@ class BpfObject:
                       key=lambda s: s.value)
 
 
-def read_regular_file(path: str | Path, limit: int = MAX_FILE_SIZE, what: str = "file") -> bytes:
-    """Read a regular file of at most ``limit`` bytes, refusing anything else.
-
-    FIFOs, devices and sockets would block or never end (``/dev/zero``); the
-    file is opened non-blocking and checked with ``fstat`` on the open
-    descriptor, so swapping the path between a check and the open cannot
-    slip a FIFO in.  The read is bounded even if the file grows meanwhile.
-    """
-    p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except IsADirectoryError:
-        raise InputError(f"{p}: is a directory") from None
-    except OSError as e:
-        raise InputError(f"{p}: {e.strerror or e}") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError(f"{p}: is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{p}: not a regular file ({_file_kind(st.st_mode)})")
-        if st.st_size > limit:
-            raise InputError(f"{p}: {st.st_size} bytes is larger than any {what} should be")
-        chunks, total = [], 0
-        while total <= limit:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > limit:
-            raise InputError(f"{p}: larger than any {what} should be ({limit} bytes)")
-        return b"".join(chunks)
-    except OSError as e:
-        raise InputError(f"{p}: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
-
-
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a file"
-
-
 def load_object(path: str | Path) -> BpfObject:
-    data = read_regular_file(path, MAX_FILE_SIZE, "BPF object")
+    data = read_regular(str(path), MAX_FILE_SIZE, "BPF object")
     if data[:4] != b"\x7fELF":
         raise InputError(f"{path}: not an ELF file")
     return BpfObject(str(path), data)

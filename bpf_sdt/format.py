@@ -44,3 +44,10 @@ def entry_symbol_probe_name(symbol: str) -> str | None:
         return None
     name = symbol[len(ENTRY_SYMBOL_PREFIX):].split(".", 1)[0]
     return name or None
+
+
+# The recorder (docs/instrument.md): what `instrument` writes and `trace --pinned`
+# reads.  Map names are pinned by name, so they are part of the contract.
+RECORDER_RINGBUF_MAP = "bpf_sdt_events"
+RECORDER_LOST_MAP = "bpf_sdt_lost"
+RECORDER_DEFAULT_RINGBUF_SIZE = 1 << 22

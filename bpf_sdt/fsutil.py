@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from bpf_sdt.errors import InputError
+
 DEFAULT_MODE = 0o644
 # Signals that end a process by default and can be caught: the temporary is
 # removed before the process ends.  SIGKILL cannot be caught (nothing can).
@@ -148,3 +150,59 @@ def _sync_directory(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# --- reading: regular files only ----------------------------------------------
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+def kind(mode: int) -> str:
+    """'a FIFO', 'a character device'...: what a non-regular file is."""
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular(path: str, limit: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else InputError.
+
+    Opened non-blocking (a FIFO's open returns at once instead of waiting for
+    a writer) and checked with fstat on the open descriptor, so a path
+    swapped between a check and the open cannot slip a device in."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as e:
+        raise InputError(f"{path}: {_not_regular(path) or e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{path}: {kind(st.st_mode)}, not a {what}")
+        if st.st_size > limit:
+            raise InputError(f"{path}: {st.st_size} bytes, larger than any {what} ({limit})")
+        chunks, total = [], 0
+        while total <= limit:   # bounded even if the file grows while we read
+            chunk = os.read(fd, min(1 << 24, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise InputError(f"{path}: larger than any {what} ({limit} bytes)")
+        return b"".join(chunks)
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def _not_regular(path: str) -> str | None:
+    """Why open() failed, when it is the kind of file (a socket: ENXIO)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else f"{kind(mode)}, not a regular file"

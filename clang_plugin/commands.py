@@ -18,13 +18,14 @@ import os
 import sys
 from pathlib import Path
 
-from bpf_sdt.clang_plugin.files import read_regular
+from bpf_sdt.clang_plugin.files import MAX_SOURCE_BYTES
 from bpf_sdt.clang_plugin.lint import OWN_ERRORS, RULES, cross_file, per_file
 from bpf_sdt.clang_plugin.parse import CompileDatabase, cindex, default_flags, libclang_version
 from bpf_sdt.clang_plugin.results import FORMAT, FileResult, decode, encode
 
 from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
+from bpf_sdt.fsutil import read_regular
 from bpf_sdt.model import Finding, escape_text
 
 __all__ = ["FileResult", "analyze_file", "analyze_files", "run_extract", "run_lint"]
@@ -195,7 +196,7 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
                   use_cache: bool = True) -> list[FileResult]:
     # Every input is read once, here: a FIFO, a device or a directory is one
     # error line now, and the bytes read are the bytes hashed and parsed.
-    sources = {f: read_regular(f) for f in files}
+    sources = {f: read_regular(f, MAX_SOURCE_BYTES, "source file") for f in files}
     flags = _flags_for(files, build_dir, extra)
     results: dict[str, FileResult] = {}
     keys: dict[str, str] = {}

@@ -18,9 +18,10 @@ import shlex
 from functools import cache
 from pathlib import Path
 
-from bpf_sdt.clang_plugin.files import MAX_COMPDB_BYTES, read_regular
+from bpf_sdt.clang_plugin.files import MAX_COMPDB_BYTES
 
 from bpf_sdt.errors import InputError
+from bpf_sdt.fsutil import read_regular
 
 LIBCLANG_ENV = "BPF_SDT_LIBCLANG"
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from bpf_sdt.instrument.observers import DEFAULT_RINGBUF_SIZE
+from bpf_sdt.format import RECORDER_DEFAULT_RINGBUF_SIZE as DEFAULT_RINGBUF_SIZE
 
 READER_ENV = "BPF_SDT_TRACE_READER"     # "mmap" or "libbpf": force a ring reader (tests, other architectures)
 

@@ -18,8 +18,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from bpf_sdt.elf import read_regular_file
 from bpf_sdt.errors import InputError
+from bpf_sdt.fsutil import read_regular
 
 LINKTYPE_ETHERNET = 1
 MAX_PACKET = 1 << 18            # 256 KiB: libpcap's largest snapshot length
@@ -65,7 +65,7 @@ class _Reader:
 def read_packets(path: str | Path) -> list[bytes]:
     """Every packet of a classic pcap or pcapng file, in order."""
     name = str(path)
-    data = read_regular_file(path, MAX_FILE, "capture")
+    data = read_regular(str(path), MAX_FILE, "capture")
     if len(data) < ALIGN:
         raise InputError(f"{name}: not a pcap or pcapng file ({len(data)} bytes)")
     le, be = struct.unpack_from("<I", data)[0], struct.unpack_from(">I", data)[0]

@@ -163,9 +163,9 @@ def _packets(opts: Options) -> Sequence[bytes | None]:
         return read_packets(opts.pcap)
     if opts.packet is None:
         return [None]
-    from bpf_sdt.elf import read_regular_file
+    from bpf_sdt.fsutil import read_regular
 
-    data = read_regular_file(opts.packet, MAX_PACKET, "packet")
+    data = read_regular(str(opts.packet), MAX_PACKET, "packet")
     if not data:
         raise InputError(f"{opts.packet}: empty packet")
     return [data]
