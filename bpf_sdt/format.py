@@ -14,8 +14,9 @@ DECL_TAG_PREFIX = "bpf_sdt:"
 
 MAX_ARGS = 12          # MAX_BPF_FUNC_ARGS: what a trampoline can pass
 NAMED_ARGS = 5         # args 1..5 name their BPF argument register: `rK = ...`
-REG_ARGS = 10          # clang: args 1..10 in registers (or immediates), 11..12 in stack
-                       # slots (or immediates): r0..r9 are all the registers there are
+REG_ARGS = 10          # r0..r9: at most 10 arguments of a site can be registers.  clang
+                       # puts args 11..12 in registers too while the site's immediates
+                       # leave room, else in stack slots (docs/header.md)
 STRICT_MAX_ARGS = 5    # the RFC encoding (BPF_SDT_STRICT)
 INSN_ARRAY_MAX = 256   # entries per BPF_MAP_TYPE_INSN_ARRAY in the RFC consumer
 
