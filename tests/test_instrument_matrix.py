@@ -20,8 +20,10 @@ from test_instrument import EVENT_HEAD, bpffs  # noqa: F401  (fixture)
 from toolchain import REQUIRED_CLANGS, bpf_permitted, clang, clangs, compile_bpf, mcpus, need, tool
 
 from bpf_sdt.elf import load_object
+from bpf_sdt.insn import encode_sections
 from bpf_sdt.notes import decode_notes
 from bpf_sdt.probes import probe_types
+from bpf_sdt.rewrite import decode_code
 
 PROBES = probes()
 BY_NAME = {p.name: p for p in PROBES}
@@ -70,6 +72,10 @@ def test_matrix_instruments_loads_and_records_every_value(version: int, mcpu: st
 
     obj = tmp_path / "m.o"
     compile_bpf(loadable_c, obj, clang(version), mcpu=mcpu, opt=opt)
+    original = load_object(obj)
+    encoded, _ = encode_sections(decode_code(original), original.symbols)
+    for idx, enc in encoded.items():      # the instruction model's round trip is exact
+        assert enc.data == original.section_data(original.sections[idx])
     out = tmp_path / "m.instr.o"
     res = subprocess.run([*CLI, "instrument", str(obj), "-o", str(out)], capture_output=True, text=True,
                          check=False)
