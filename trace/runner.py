@@ -324,7 +324,8 @@ class _Session:
             while done < repeat and not self._stopping(deadline):
                 n = min(batch, repeat - done)
                 try:
-                    res = prog.test_run(packet, repeat=n) if packet is not None else run_raw_tp(prog, n)
+                    with self.stop.deferred():
+                        res = prog.test_run(packet, repeat=n) if packet is not None else run_raw_tp(prog, n)
                 except LibbpfError as e:
                     if e.errno == EINTR and self.stop.requested:
                         break
