@@ -486,3 +486,42 @@ def test_register_not_set_on_every_path_is_a_finding(tmp_path: Path, vmlinux_h: 
     res = instrument(crafted, tmp_path / "o.o")
     assert res.returncode == 1, res.stderr
     assert "r3 is live after the site but not set on every path" in res.stderr and "here in f" in res.stderr
+
+
+def test_instrumented_object_loads_through_a_libbpf_skeleton(objs: dict[str, Path], tmp_path: Path) -> None:
+    """`bpftool gen skeleton` on OUT, and a C loader built with gcc against
+    libbpf: it opens, loads and test-runs OUT as any libbpf application would."""
+    need(bpf_permitted(), "bpf() not permitted (needs root)")
+    gcc = tool("gcc")
+    out = instrumented(objs["instr"], tmp_path / "instr_obs.o", "--observer", str(objs["observer"]),
+                       "--attach", "on_any=w*")
+    skel = run(["bpftool", "gen", "skeleton", str(out), "name", "instr"])
+    assert skel.returncode == 0, skel.stderr
+    (tmp_path / "instr.skel.h").write_text(skel.stdout)
+    pkt = packet(11)
+    (tmp_path / "loader.c").write_text(f"""
+#include <stdio.h>
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#include "instr.skel.h"
+int main(void)
+{{
+	unsigned char pkt[] = {{ {", ".join(str(b) for b in pkt)} }};
+	struct instr *s = instr__open_and_load();
+	if (!s)
+		return 10;
+	LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = pkt, .data_size_in = sizeof(pkt));
+	int err = bpf_prog_test_run_opts(bpf_program__fd(s->progs.xdp_main), &o);
+	__u32 key = 0; __u64 len = 0;
+	bpf_map_lookup_elem(bpf_map__fd(s->maps.seen), &key, &len);
+	printf("%d %u %llu\\n", err, o.retval, (unsigned long long)len);
+	instr__destroy(s);
+	return 0;
+}}
+""")
+    exe = tmp_path / "loader"
+    res = run([gcc, "-O1", "-o", str(exe), str(tmp_path / "loader.c"), f"-I{tmp_path}", "-lbpf"])
+    assert res.returncode == 0, res.stderr
+    res = run([str(exe)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.split() == ["0", str(expected_xdp(pkt)[0]), str(len(pkt))]    # on_pkt saw the length
