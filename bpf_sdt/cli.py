@@ -107,7 +107,7 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     from bpf_sdt.clang_plugin.commands import run_lint
 
     return run_lint(args.files, args.build_dir, args.clang_args, fmt=args.format,
-                    jobs=args.jobs, use_cache=not args.no_cache)
+                    jobs=args.jobs, use_cache=not args.no_cache, ir=not args.no_ir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--format", choices=("text", "json", "sarif"), default="text")
             sp.add_argument("-j", "--jobs", type=int, default=0, help="parallel parses (0: all cores)")
             sp.add_argument("--no-cache", action="store_true", help="ignore the result cache")
+            sp.add_argument("--no-ir", action="store_true",
+                            help="skip the rules on the optimized LLVM IR (SDT010-SDT012), which compile each file")
     return p
 
 

@@ -10,7 +10,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
-Severity = Literal["error", "warning"]
+# A note informs (exit code 0 whatever the notes); gcc, SARIF and editors
+# know all three.
+Severity = Literal["error", "warning", "note"]
 
 # Characters that could end a line, move the cursor or start a terminal escape
 # sequence are not printable: shown as Python escapes (\n, \x1b, \u202e).
@@ -160,10 +162,12 @@ class SourceSite:
     column: int
     args: tuple[str, ...]         # argument source text
     function: str
+    via: tuple[str, ...] = ()     # the user's macros the probe came through, outermost first
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["args"] = list(self.args)
+        d["via"] = list(self.via)
         return d
 
 

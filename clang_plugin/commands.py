@@ -16,11 +16,13 @@ import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bpf_sdt.clang_plugin.files import MAX_SOURCE_BYTES
 from bpf_sdt.clang_plugin.lint import OWN_ERRORS, RULES, cross_file, per_file
-from bpf_sdt.clang_plugin.parse import CompileDatabase, cindex, default_flags, libclang_version
+from bpf_sdt.clang_plugin.parse import CompileDatabase, cindex, compile_flags, default_flags, libclang_version
 from bpf_sdt.clang_plugin.results import FORMAT, FileResult, decode, encode
 
 from bpf_sdt import __version__
@@ -42,10 +44,15 @@ BINARY_PROBE_BYTES = 65536
 # --- one file ------------------------------------------------------------------
 
 
-def analyze_file(path: str, flags: list[str], data: bytes) -> FileResult:
+# (compiler, flags) for the IR compile of one file; None: no IR rules
+IrTask = tuple[str, list[str]] | None
+
+
+def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask = None) -> FileResult:
     """Parse and lint one file whose bytes are `data`; never raises for a bad
     file.  Run it in a sandbox child (see analyze_files): libclang may not
-    return from a hostile file."""
+    return from a hostile file.  With `ir`, clang compiles the file to
+    bitcode meanwhile, for the IR rules (irlint.py)."""
     from bpf_sdt.clang_plugin.extract import extract
     from bpf_sdt.clang_plugin.includes import include_hazard
     from bpf_sdt.clang_plugin.sandbox import Limits, ran_out_of_memory
@@ -55,6 +62,52 @@ def analyze_file(path: str, flags: list[str], data: bytes) -> FileResult:
     hazard = include_hazard(path, data, flags)
     if hazard:
         return FileResult(path, unusable=hazard)
+    pending, ir_note = _start_ir(path, ir)
+    try:
+        result = _analyze_parsed(path, flags, data, ci_limits=Limits, oom=ran_out_of_memory, extract=extract)
+        # A file that does not compile has its errors already (and no IR).
+        if pending is not None and result.facts is not None and not result.compile_errors:
+            result.findings += _ir_findings(path, data, result, pending, Limits.from_env().timeout_s)
+        elif ir_note:
+            result.ir_note = ir_note
+    finally:
+        if pending is not None:
+            pending.cancel()
+    return result
+
+
+def _start_ir(path: str, ir: IrTask) -> tuple[Any, str | None]:
+    if ir is None:
+        return None, None
+    from bpf_sdt.clang_plugin.irlint import IrCompiler, IrUnavailable, load_libc, start_ir
+
+    load_libc()
+    try:
+        return start_ir(IrCompiler(ir[0]), path, ir[1]), None
+    except IrUnavailable as e:
+        return None, f"IR checks skipped: {e}"
+
+
+def _ir_findings(path: str, data: bytes, result: FileResult, pending: Any, timeout: float) -> list[Finding]:
+    """The IR rules' findings; a reason in result.ir_note when there are none to have."""
+    from bpf_sdt.clang_plugin.irlint import IrUnavailable, SourceProbe, ir_findings, ir_sites
+
+    assert result.facts is not None
+    try:
+        bitcode = pending.result(timeout)
+        if read_regular(path, MAX_SOURCE_BYTES, "source file") != data:   # clang read the disk, libclang `data`
+            raise IrUnavailable(f"{path} changed while it was being linted")
+        sites = ir_sites(bitcode)
+    except (IrUnavailable, InputError) as e:
+        result.ir_note = f"IR checks skipped: {e}"
+        return []
+    probes = [SourceProbe(s.site.name, s.site.file, s.site.line, s.site.column, s.site.args, s.emitted,
+                          s.emitted and s.used and not s.unreachable, s.site.via) for s in result.facts.site_facts]
+    return ir_findings(probes, sites)
+
+
+def _analyze_parsed(path: str, flags: list[str], data: bytes, ci_limits: Any, oom: Any, extract: Any) -> FileResult:
+    """The libclang half of analyze_file."""
     ci = cindex()
     name = os.fsencode(path)
     try:
@@ -63,8 +116,8 @@ def analyze_file(path: str, flags: list[str], data: bytes) -> FileResult:
         tu = ci.Index.create().parse(name, args=[os.fsencode(f) for f in flags], unsaved_files=[(name, data)],
                                      options=ci.TranslationUnit.PARSE_DETAILED_PROCESSING_RECORD)
     except ci.TranslationUnitLoadError as e:
-        if ran_out_of_memory():
-            return FileResult(path, unusable=f"{path}: {Limits.from_env().memory_message()}")
+        if oom():
+            return FileResult(path, unusable=f"{path}: {ci_limits.from_env().memory_message()}")
         return FileResult(path, unusable=f"{path}: libclang could not parse it ({e})")
     errors = []
     for d in tu.diagnostics:
@@ -82,7 +135,8 @@ def analyze_file(path: str, flags: list[str], data: bytes) -> FileResult:
     # Errors at a BPF_SDT_* invocation itself come from inside the header's
     # expansion; the rules report those sites with a rule id.  Errors elsewhere
     # (including in an argument's own text) are the user's: SDT000.
-    macro_at = {(m.file, m.line, m.column) for m in (*facts.site_macros, *facts.declaration_macros)}
+    macro_at = {(m.file, m.line, m.column) for m in (*(s.invocation for s in facts.site_facts),
+                                                       *facts.declaration_macros)}
     too_many_lines = {(path, line) for _, line, _ in facts.too_many}   # SDT008 says it
     facts.diagnostics = [
         _does_not_compile(*e) for e in errors
@@ -94,14 +148,14 @@ def analyze_file(path: str, flags: list[str], data: bytes) -> FileResult:
         # unit that does not compile is never clean.
         facts.diagnostics.append(_does_not_compile(*errors[0]))
         findings = per_file(facts)
-    return FileResult(path, facts, findings)
+    return FileResult(path, facts, findings, compile_errors=bool(errors))
 
 
 def _does_not_compile(file: str, line: int, col: int, msg: str) -> Finding:
     return Finding(file, f"{line}:{col}", "error", f"does not compile: {msg}", "SDT000")
 
 
-def _analyze_encoded(task: tuple[str, list[str], bytes]) -> bytes:
+def _analyze_encoded(task: tuple[str, list[str], bytes, IrTask]) -> bytes:
     return encode(analyze_file(*task))
 
 
@@ -113,6 +167,16 @@ def cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "bpf-sdt" / "lint"
+
+
+def _ir_identity(task: IrTask) -> str:
+    """The IR rules' part of a cache key: none, or the compiler (path, size,
+    mtime, llvmlite's version) and its flags."""
+    if task is None:
+        return "|no-ir"
+    from bpf_sdt.clang_plugin.irlint import IrCompiler
+
+    return f"|ir:{IrCompiler(task[0]).identity}:" + "\0".join(task[1])
 
 
 def cache_key(path: str, flags: list[str], data: bytes, version: str) -> str:
@@ -159,21 +223,62 @@ def cache_store(key: str, result: FileResult) -> None:
 # --- many files ------------------------------------------------------------------
 
 
+@dataclass
+class _Plan:
+    """Per file: libclang's flags, and the IR compile's (compiler, flags)."""
+
+    flags: dict[str, list[str]]
+    ir: dict[str, IrTask]
+    ir_skipped: str | None = None    # why no file gets the IR rules
+
+
 def _flags_for(files: list[str], build_dir: str | None, extra: list[str]) -> dict[str, list[str]]:
+    return _plan_for(files, build_dir, extra).flags
+
+
+def _plan_for(files: list[str], build_dir: str | None, extra: list[str], ir: bool = False) -> _Plan:
     db = CompileDatabase(build_dir) if build_dir else None   # read once for all files
-    out = {}
+    plan = _Plan({}, {})
+    if ir:
+        import importlib.util
+
+        if importlib.util.find_spec("llvmlite") is None:
+            plan.ir_skipped = "IR checks skipped: llvmlite is not installed (pip install llvmlite)"
+            ir = False
+    fallback: str | None = None
     for f in files:
         flags = None
+        compiler = None
         if db is not None:
             flags = db.flags(f)
             if flags is None:
                 raise InputError(f"{f}: not in {db.path}")
-        out[f] = default_flags([*(flags or []), *extra])
-    return out
+            compiler = db.compiler(f)
+        plan.flags[f] = default_flags([*(flags or []), *extra])
+        if not ir:
+            continue
+        if compiler is None:    # the build's own clang optimizes as the build does; else the newest
+            if fallback is None:
+                fallback = _find_ir_clang(plan)
+            compiler = fallback or None
+        plan.ir[f] = (compiler, compile_flags([*(flags or []), *extra])) if compiler else None
+    return plan
 
 
-def _load_cached(files: list[str], flags: dict[str, list[str]], sources: dict[str, bytes], version: str
-                 ) -> tuple[dict[str, FileResult], dict[str, str]]:
+def _find_ir_clang(plan: _Plan) -> str:
+    """The newest clang (BPF_SDT_CLANG names one)."""
+    from bpf_sdt.errors import ToolError
+    from bpf_sdt.toolchain import find_clang
+
+    try:
+        return find_clang()
+    except ToolError as e:
+        plan.ir_skipped = f"IR checks skipped: {e}"
+        return ""
+
+
+def _load_cached(files: list[str], flags: dict[str, list[str]], sources: dict[str, bytes], version: str,
+                 ir: dict[str, IrTask]) -> tuple[dict[str, FileResult], dict[str, str]]:
     """Cache hits by file, and every file's cache key.  The cyclic collector is
     paused meanwhile: decoding allocates tens of thousands of small objects,
     which set it off dozens of times (each pass also walking every imported
@@ -183,7 +288,7 @@ def _load_cached(files: list[str], flags: dict[str, list[str]], sources: dict[st
     gc.disable()
     try:
         for f in files:
-            keys[f] = cache_key(os.path.realpath(f), flags[f], sources[f], version)
+            keys[f] = cache_key(os.path.realpath(f), flags[f], sources[f], version + _ir_identity(ir.get(f)))
             hit = cache_load(keys[f], directory, f)
             if hit is not None:
                 hits[f] = hit
@@ -193,15 +298,20 @@ def _load_cached(files: list[str], flags: dict[str, list[str]], sources: dict[st
 
 
 def analyze_files(files: list[str], build_dir: str | None, extra: list[str], jobs: int = 0,
-                  use_cache: bool = True) -> list[FileResult]:
+                  use_cache: bool = True, ir: bool = False, notes: list[str] | None = None) -> list[FileResult]:
+    """Each file's result.  With `ir`, the IR rules too; why they could not
+    run for any file is appended to `notes`."""
     # Every input is read once, here: a FIFO, a device or a directory is one
     # error line now, and the bytes read are the bytes hashed and parsed.
     sources = {f: read_regular(f, MAX_SOURCE_BYTES, "source file") for f in files}
-    flags = _flags_for(files, build_dir, extra)
+    plan = _plan_for(files, build_dir, extra, ir)
+    flags = plan.flags
+    if plan.ir_skipped and notes is not None:
+        notes.append(plan.ir_skipped)
     results: dict[str, FileResult] = {}
     keys: dict[str, str] = {}
     if use_cache:
-        results, keys = _load_cached(files, flags, sources, libclang_version())
+        results, keys = _load_cached(files, flags, sources, libclang_version(), plan.ir)
     todo = list(dict.fromkeys(f for f in files if f not in results))
     if todo:
         # Only cold runs pay for these imports, and they happen here, once,
@@ -212,7 +322,7 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
 
         cindex()   # a broken libclang is one error here, not one per file; children inherit it loaded
         limits = Limits.from_env()
-        outcomes = run_isolated([(f, flags[f], sources[f]) for f in todo], _analyze_encoded,
+        outcomes = run_isolated([(f, flags[f], sources[f], plan.ir.get(f)) for f in todo], _analyze_encoded,
                                 jobs or os.cpu_count() or 1, limits)
         for f, outcome in zip(todo, outcomes, strict=True):
             r = decode(outcome.payload, path=f) if outcome.payload is not None else None
@@ -239,8 +349,8 @@ def run_extract(files: list[str], build_dir: str | None, extra: list[str], as_js
                 decls.append(d)
     sites = [s for r in usable if r.facts for s in r.facts.sites]
     if as_json:
-        doc = {"declarations": [{"name": d.name, "types": list(d.types), "sizes": list(d.sizes),
-                                 "file": d.file, "line": d.line} for d in decls],
+        doc = {"declarations": [{"name": d.name, "types": list(d.types), "canonical": list(d.canonical),
+                                 "sizes": list(d.sizes), "file": d.file, "line": d.line} for d in decls],
                "sites": [s.to_json() for s in sites]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
@@ -248,16 +358,24 @@ def run_extract(files: list[str], build_dir: str | None, extra: list[str], as_js
             print(escape_text(f"{d.file}:{d.line}: declare {d.name}({', '.join(d.types) or 'void'})"))
         for s in sites:
             args = ", ".join(s.args)
-            print(escape_text(f"{s.file}:{s.line}:{s.column}: probe {s.name}({args}) in {s.function or '-'}"))
+            via = f" via {' -> '.join(s.via)}" if s.via else ""
+            print(escape_text(f"{s.file}:{s.line}:{s.column}: probe {s.name}({args}) in {s.function or '-'}{via}"))
     return _report_unusable(results, "extract") or EXIT_OK
 
 
 def run_lint(files: list[str], build_dir: str | None, extra: list[str], fmt: str = "text",
-             jobs: int = 0, use_cache: bool = True) -> int:
-    results = analyze_files(files, build_dir, extra, jobs=jobs, use_cache=use_cache)
+             jobs: int = 0, use_cache: bool = True, ir: bool = True) -> int:
+    notes: list[str] = []
+    results = analyze_files(files, build_dir, extra, jobs=jobs, use_cache=use_cache, ir=ir, notes=notes)
     facts = [r.facts for r in results if r.facts is not None]
-    findings = [f for r in results for f in r.findings] + cross_file(facts)
+    # A header's probes are seen by every file including it: one finding each.
+    findings = list(dict.fromkeys([f for r in results for f in r.findings] + cross_file(facts)))
     findings.sort(key=lambda f: (f.path, *_line_col(f.where), f.rule))
+    for note in notes:
+        print(escape_text(f"bpf-sdt lint: {note}"), file=sys.stderr)
+    for r in results:
+        if r.ir_note:
+            print(escape_text(f"bpf-sdt lint: {r.path}: {r.ir_note}"), file=sys.stderr)
     if fmt == "json":
         sys.stdout.write(json.dumps({"findings": [f.to_json() for f in findings],
                                      "unusable": [r.unusable for r in results if r.unusable]}, indent=2) + "\n")

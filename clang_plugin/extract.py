@@ -2,10 +2,19 @@
 
 Declarations come from the expanded AST, not from token text: the
 `__sdt_type_<name>` variable's FUNCTIONPROTO (or, under BPF_SDT_DISABLE,
-the per-argument typedefs `__bpf_sdt_<name>_argK_t`) gives canonical type
-spellings and sizes.  Sites come from BPF_SDT_PROBEn macro instantiations
-(PARSE_DETAILED_PROCESSING_RECORD), and each argument's own type from the
-`__sdt_vK` variable the macro declares at that site.
+the per-argument typedefs `__bpf_sdt_<name>_argK_t`) gives each argument's
+type as declared and its canonical form, as an ArgType.
+
+Sites come from the AST too, wherever the invocation is written: in the file,
+in a header it includes, inside the user's own macros (macros inside macros
+as well).  Each BPF_SDT_PROBEn expansion is a `do { ... } while (0)` whose
+first statements are `_Static_assert`s naming the probe; its `__sdt_vK`
+variables give each argument's own type.  libclang reports every node of an
+expansion at the outermost invocation, the line the user wrote, which is where
+a site is located.  The macro invocations libclang records (the outermost
+ones, PARSE_DETAILED_PROCESSING_RECORD) give the argument texts; a user macro
+is expanded over its definitions' tokens (macros.py) to name the macros a
+probe came through and its arguments as written.
 
 The result is plain data (results.py turns it into JSON), so files can be
 parsed in child processes and cached.
@@ -18,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bpf_sdt.clang_plugin.macros import ExpandedProbe, MacroTable, split_args, tokens_text
+
+from bpf_sdt.argtype import POINTER_SIZE, ArgType, TypeKind
 from bpf_sdt.model import Declaration, Finding, SourceSite
 
 MACRO_RE = re.compile(r"^BPF_SDT_(PROBE|DECLARE)(\d*)$")
@@ -25,6 +37,12 @@ TOO_MANY_RE = re.compile(r"^BPF_SDT_(PROBE|DECLARE)(\d+)$")
 TYPEDEF_RE = re.compile(r"^__bpf_sdt_(\w+)_arg(\d+)_t$")
 NARGS_RE = re.compile(r"^__bpf_sdt_(\w+)_nargs$")
 SITE_VAR_RE = re.compile(r"^__sdt_v(\d+)$")
+# The header's per-site assertions name the probe; the one checking the
+# count also names the macro ("... than BPF_SDT_PROBE3 passes").  Assertions
+# of a declaration say "declared type" and are not sites.
+SITE_ASSERT_RE = re.compile(r"^\"bpf_sdt: probe '([^']*)'")
+NARGS_ASSERT_RE = re.compile(r"BPF_SDT_PROBE(\d+) passes\"$")
+DECLARATION_ASSERT = "declared type"
 
 # Argument classes, as the header's static asserts see them.
 INT, POINTER, RECORD, OTHER = "int", "pointer", "record", "other"
@@ -42,7 +60,8 @@ class ArgFact:
 
 @dataclass
 class Invocation:
-    """A BPF_SDT_* macro use as written: name token, its kind, argument texts."""
+    """A BPF_SDT_* macro use: name, its kind, argument texts, and where the
+    user wrote it (the outermost macro invocation when it came through one)."""
 
     macro: str
     kind: str          # "PROBE" or "DECLARE"
@@ -53,6 +72,20 @@ class Invocation:
     file: str
     line: int
     column: int
+    via: tuple[str, ...] = ()   # the user's macros it came through, outermost first
+
+
+@dataclass
+class SiteFacts:
+    """One probe site in the source: everything the rules and the IR
+    comparison need, one record per expansion."""
+
+    site: SourceSite                 # what is cached and printed
+    invocation: Invocation
+    args: tuple[ArgFact, ...] = ()   # each argument's own type, in order
+    emitted: bool = True             # the expansion holds the probe's asm (not BPF_SDT_DISABLE)
+    used: bool = True                # its function is emitted: external, or referenced somewhere
+    unreachable: bool = False        # after a jump in its block, or under `if (0)`
 
 
 @dataclass
@@ -62,17 +95,23 @@ class FileFacts:
     file: str
     declarations: list[Declaration] = field(default_factory=list)   # visible in the TU
     local_declarations: list[Declaration] = field(default_factory=list)  # written in this file
-    sites: list[SourceSite] = field(default_factory=list)
-    site_macros: list[Invocation] = field(default_factory=list)
-    site_args: list[list[ArgFact]] = field(default_factory=list)
+    sites: list[SourceSite] = field(default_factory=list)           # site_facts' sites, for the cache
+    site_facts: list[SiteFacts] = field(default_factory=list)       # in the parsing process only
     declaration_macros: list[Invocation] = field(default_factory=list)
-    unreachable: list[tuple[int, int]] = field(default_factory=list)  # (line, column) of sites
+    # per declared probe, each argument's class (INT, POINTER, RECORD, OTHER)
+    declared_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     too_many: list[tuple[str, int, int]] = field(default_factory=list)  # (macro, line, column)
     diagnostics: list[Finding] = field(default_factory=list)        # compiler errors not ours
     includes: list[tuple[str, int, int]] = field(default_factory=list)  # (path, mtime_ns, size)
     # A name declared again in the same translation unit, which the compiler
     # rejects: (the later BPF_SDT_DECLARE, the first one).
     redeclared: list[tuple[Invocation, Invocation]] = field(default_factory=list)
+    # Probe names used where this parse does not compile them (a preprocessor
+    # branch not taken, a macro never invoked): not "never probed".
+    mentioned: set[str] = field(default_factory=set)
+
+
+Where = tuple[str, int, int]   # (file, line, column) of an expansion
 
 
 def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-untyped-def]
@@ -88,11 +127,18 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
     typedefs: dict[tuple[str, int], Any] = {}       # (name, k) -> argument k's type
     nargs: dict[str, int] = {}
     functions: list[Any] = []
-    for c in tu.cursor.get_children():
+    # every macro definition and outermost invocation, for user macros that
+    # hold probes (indexed only if one does)
+    definitions: list[tuple[int, Any]] = []
+    instantiations: list[tuple[int, Any]] = []
+    for order, c in enumerate(tu.cursor.get_children()):
         kind = c.kind
         if kind == K.MACRO_INSTANTIATION:
+            instantiations.append((order, c))
             if MACRO_RE.match(c.spelling):
                 invocations.append(_invocation(c, source if _in(c, main) else None))
+        elif kind == K.MACRO_DEFINITION:
+            definitions.append((order, c))
         elif kind == K.VAR_DECL:
             if c.spelling.startswith("__sdt_type_"):
                 type_vars.setdefault(c.spelling[len("__sdt_type_"):], c)   # the first, as decl_at
@@ -105,7 +151,7 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
                 m = NARGS_RE.match(e.spelling)
                 if m:
                     nargs[m.group(1)] = e.enum_value
-        elif kind == K.FUNCTION_DECL and c.is_definition() and _in(c, main):
+        elif kind == K.FUNCTION_DECL and c.is_definition() and not c.location.is_in_system_header:
             functions.append(c)
 
     decl_at: dict[str, Invocation] = {}
@@ -114,24 +160,20 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
             first = decl_at.setdefault(inv.name, inv)
             if first is not inv and (first.file, first.line, first.column) != (inv.file, inv.line, inv.column):
                 facts.redeclared.append((inv, first))
-            if inv.file == main:
-                facts.declaration_macros.append(inv)
+            facts.declaration_macros.append(inv)
     for name, n in nargs.items():
-        decl = _declaration(ci, name, n, type_vars.get(name), typedefs, decl_at.get(name))
+        decl, classes = _declaration(ci, name, n, type_vars.get(name), typedefs, decl_at.get(name))
         facts.declarations.append(decl)
+        facts.declared_classes[name] = classes
         if decl.file == main:
             facts.local_declarations.append(decl)
 
-    site_vars = _site_variables(ci, functions)
-    for inv in invocations:
-        if inv.kind != "PROBE" or inv.file != main:
-            continue
-        func = _enclosing(functions, inv.line, inv.column)
-        facts.sites.append(SourceSite(inv.name, main, inv.line, inv.column, inv.args,
-                                      func.spelling if func is not None else ""))
-        facts.site_macros.append(inv)
-        facts.site_args.append(site_vars.get((inv.line, inv.column), []))
-    facts.unreachable = _unreachable_sites(ci, functions, {(s.line, s.column) for s in facts.sites})
+    walk = _walk_functions(ci, functions)
+    direct = [inv for inv in invocations if inv.kind == "PROBE"]
+    table = _LazyMacros(definitions, instantiations)
+    facts.site_facts = _sites(walk, direct, table)
+    facts.sites = [s.site for s in facts.site_facts]
+    facts.mentioned = _mentioned(tu, main, source)
     facts.too_many = _too_many(ci, tu, main)
     facts.includes = _includes(tu)
     return facts
@@ -142,32 +184,24 @@ def _in(c, main: str) -> bool:  # type: ignore[no-untyped-def]
     return f is not None and f.name == main
 
 
+def _where(c) -> Where:  # type: ignore[no-untyped-def]
+    loc = c.location
+    return (loc.file.name if loc.file else "", loc.line, loc.column)
+
+
 def _invocation(c, source: bytes | None) -> Invocation:  # type: ignore[no-untyped-def]
     m = MACRO_RE.match(c.spelling)
     assert m
     tokens = list(c.get_tokens())
     # tokens: MACRO ( name , arg , arg ... )
-    args: list[list] = [[]]  # type: ignore[type-arg]
-    depth = 0
-    for t in tokens[2:]:
-        s = t.spelling
-        if s in "([{" and len(s) == 1:
-            depth += 1
-        elif s in ")]}" and len(s) == 1:
-            if depth == 0:
-                break
-            depth -= 1
-        if s == "," and depth == 0:
-            args.append([])
-        else:
-            args[-1].append(t)
-    name_tokens = args[0]
+    groups, _ = split_args(tokens, 1)
+    groups = groups or [[]]
+    name_tokens = groups[0]
     name = "".join(t.spelling for t in name_tokens)
     is_ident = len(name_tokens) == 1 and str(name_tokens[0].kind).endswith("IDENTIFIER")
-    texts = tuple(_text(group, source) for group in args[1:])
-    loc = c.location
-    return Invocation(c.spelling, m.group(1), int(m.group(2) or 0), name, is_ident, texts,
-                      loc.file.name if loc.file else "", loc.line, loc.column)
+    texts = tuple(_text(group, source) for group in groups[1:])
+    file, line, column = _where(c)
+    return Invocation(c.spelling, m.group(1), int(m.group(2) or 0), name, is_ident, texts, file, line, column)
 
 
 def _text(tokens: list, source: bytes | None) -> str:  # type: ignore[type-arg]
@@ -176,23 +210,62 @@ def _text(tokens: list, source: bytes | None) -> str:  # type: ignore[type-arg]
     if source is not None:
         start, end = tokens[0].extent.start.offset, tokens[-1].extent.end.offset
         return source[start:end].decode("utf-8", errors="replace")
-    return " ".join(t.spelling for t in tokens)
+    return tokens_text([t.spelling for t in tokens])
 
 
-def _declaration(ci, name: str, n: int, var, typedefs: dict, inv: Invocation | None) -> Declaration:  # type: ignore[no-untyped-def, type-arg]
-    types: list[str] = []
-    sizes: list[int] = []
+# --- declarations ------------------------------------------------------------------
+
+
+def _declaration(ci, name: str, n: int, var, typedefs: dict, inv: Invocation | None  # type: ignore[no-untyped-def, type-arg]
+                 ) -> tuple[Declaration, tuple[str, ...]]:
     proto = var.type.get_pointee() if var is not None else None
     if proto is not None and proto.kind == ci.TypeKind.FUNCTIONPROTO:
         params = list(proto.argument_types())
-    else:  # BPF_SDT_DISABLE: no variable, but the typedefs are there
-        params = [typedefs[(name, k)] for k in range(1, n + 1) if (name, k) in typedefs]
-    for t in params:
-        canon = t.get_canonical()
-        types.append(canon.spelling)
-        sizes.append(canon.get_size())
-    return Declaration(name, tuple(types), tuple(sizes), inv.file if inv else None,
-                       inv.line if inv else None)
+    else:  # BPF_SDT_DISABLE: no variable, but the typedefs are there (as `typeof(T)`: canonical only)
+        params = [typedefs[(name, k)].get_canonical() for k in range(1, n + 1) if (name, k) in typedefs]
+    types = tuple(arg_type(ci, t) for t in params)
+    decl = Declaration(name, tuple(t.spelling for t in types), tuple(t.size for t in types),
+                       inv.file if inv else None, inv.line if inv else None,
+                       canonical=tuple(t.canonical for t in types))
+    return decl, tuple(classify(ci, t) for t in params)
+
+
+_FLOAT_KINDS = ("FLOAT", "DOUBLE", "LONGDOUBLE", "HALF", "FLOAT16", "BFLOAT16", "FLOAT128", "IBM128")
+_SIGNED_KINDS = ("CHAR_S", "SCHAR", "WCHAR", "SHORT", "INT", "LONG", "LONGLONG", "INT128")
+_UNSIGNED_KINDS = ("CHAR_U", "UCHAR", "CHAR16", "CHAR32", "USHORT", "UINT", "ULONG", "ULONGLONG", "UINT128")
+
+
+def _kinds(ci, names: tuple[str, ...]) -> set[Any]:  # type: ignore[no-untyped-def]
+    return {getattr(ci.TypeKind, n) for n in names if hasattr(ci.TypeKind, n)}
+
+
+def arg_type(ci, t) -> ArgType:  # type: ignore[no-untyped-def]
+    """The shared typed description of a C type libclang resolved: what
+    bpf_sdt.argtype builds from BTF for the same declaration."""
+    TK = ci.TypeKind
+    canon = t.get_canonical()
+    k = canon.kind
+    size = max(canon.get_size(), 0)     # negative: incomplete or void
+    kind: TypeKind = "other"
+    signed = False
+    enumerators: tuple[tuple[str, int], ...] = ()
+    if k == TK.BOOL:
+        kind = "bool"
+    elif k in (TK.CHAR_S, TK.CHAR_U):
+        kind, signed = "char", k == TK.CHAR_S
+    elif k in _kinds(ci, _SIGNED_KINDS) or k in _kinds(ci, _UNSIGNED_KINDS):
+        kind, signed = "int", k in _kinds(ci, _SIGNED_KINDS)
+    elif k == TK.ENUM:
+        decl = canon.get_declaration()
+        kind = "enum"
+        signed = decl.enum_type.get_canonical().kind in _kinds(ci, _SIGNED_KINDS)
+        enumerators = tuple((e.spelling, e.enum_value) for e in decl.get_children()
+                            if e.kind == ci.CursorKind.ENUM_CONSTANT_DECL)
+    elif classify(ci, canon) == POINTER:
+        kind, size = "pointer", POINTER_SIZE
+    elif k in _kinds(ci, _FLOAT_KINDS):
+        kind = "float"
+    return ArgType(t.spelling, canon.spelling, size, signed, kind, enumerators)
 
 
 def classify(ci, t) -> str:  # type: ignore[no-untyped-def]
@@ -213,74 +286,144 @@ def classify(ci, t) -> str:  # type: ignore[no-untyped-def]
     return OTHER
 
 
-def _site_variables(ci, functions: list) -> dict[tuple[int, int], list[ArgFact]]:  # type: ignore[no-untyped-def, type-arg]
-    """(line, column) of a probe macro -> its arguments' own types."""
-    out: dict[tuple[int, int], dict[int, ArgFact]] = {}
-    K = ci.CursorKind
+# --- the function bodies -------------------------------------------------------------
 
-    def visit(node) -> None:  # type: ignore[no-untyped-def]
+
+@dataclass
+class _AstSite:
+    """One BPF_SDT_PROBEn expansion found in a function body."""
+
+    name: str
+    arity: int | None              # from the count assertion, when the name is declared
+    where: Where
+    function: Any                  # the FUNCTION_DECL cursor
+    args: dict[int, ArgFact]
+    emitted: bool
+    unreachable: bool = False
+
+
+@dataclass
+class _Walk:
+    sites: list[_AstSite]
+    referenced: set[str]            # names of everything a function body refers to
+    functions: list[Any]
+
+
+def _walk_functions(ci, functions: list[Any]) -> _Walk:  # type: ignore[no-untyped-def]
+    """One pass over every function body outside system headers: the probe
+    expansions, which of them cannot be reached, and what is referenced."""
+    K = ci.CursorKind
+    sites: list[_AstSite] = []
+    referenced: set[str] = set()
+    jumps = (K.RETURN_STMT, K.BREAK_STMT, K.CONTINUE_STMT, K.GOTO_STMT)
+    restarts = (K.LABEL_STMT, K.CASE_STMT, K.DEFAULT_STMT)
+
+    def visit(node: Any, func: Any, dead: bool) -> None:
+        kind = node.kind
+        if kind == K.DECL_REF_EXPR:
+            referenced.add(node.spelling)
+            return
+        kids = list(node.get_children())
+        if kind == K.DO_STMT:
+            site = _site_of(ci, node, kids, func, dead)
+            if site is not None:
+                sites.append(site)
+                for ch in kids:          # arguments may refer to functions, or hold probes
+                    visit(ch, func, dead)
+                return
+        if kind == K.COMPOUND_STMT:
+            after_jump = False
+            for ch in kids:
+                if ch.kind in restarts:
+                    after_jump = False
+                visit(ch, func, dead or after_jump)
+                if ch.kind in jumps:
+                    after_jump = True
+            return
+        if kind == K.IF_STMT and len(kids) > 1 and _is_literal_zero(ci, kids[0]):
+            visit(kids[0], func, dead)
+            visit(kids[1], func, True)
+            for ch in kids[2:]:
+                visit(ch, func, dead)
+            return
+        for ch in kids:
+            visit(ch, func, dead)
+
+    for f in functions:
+        visit(f, f, False)
+    return _Walk(sites, referenced, functions)
+
+
+def _site_of(ci, node: Any, kids: list[Any], func: Any, dead: bool) -> _AstSite | None:  # type: ignore[no-untyped-def]
+    """The probe a `do { } while (0)` expands, if it is one."""
+    K = ci.CursorKind
+    body = kids[0] if kids and kids[0].kind == K.COMPOUND_STMT else None
+    if body is None:
+        return None
+    name: str | None = None
+    arity: int | None = None
+    for stmt in body.get_children():
+        if stmt.kind != K.DECL_STMT:
+            break                                  # the assertions come first
+        for decl in stmt.get_children():
+            if decl.kind != K.STATIC_ASSERT:
+                continue
+            message = next((c.spelling for c in decl.get_children() if c.kind == K.STRING_LITERAL), "")
+            m = SITE_ASSERT_RE.match(message)
+            if m is None or DECLARATION_ASSERT in message:
+                continue
+            name = m.group(1)
+            n = NARGS_ASSERT_RE.search(message)
+            if n:
+                arity = int(n.group(1))
+        if name is not None and arity is not None:
+            break
+    if name is None:
+        return None
+    args: dict[int, ArgFact] = {}
+    emitted = _collect_site(ci, body, args)
+    return _AstSite(name, arity, _where(node), func, args, emitted, dead)
+
+
+def _collect_site(ci, body: Any, args: dict[int, ArgFact]) -> bool:  # type: ignore[no-untyped-def]
+    """Fill `args` from the expansion's `__sdt_vK` variables; whether it
+    holds an asm statement (the probe itself, absent under BPF_SDT_DISABLE)."""
+    K = ci.CursorKind
+    emitted = False
+    stack = [body]
+    while stack:
+        node = stack.pop()
         for ch in node.get_children():
-            if ch.kind == K.VAR_DECL:
+            kind = ch.kind
+            if kind == K.ASM_STMT:
+                emitted = True
+            elif kind == K.VAR_DECL:
                 m = SITE_VAR_RE.match(ch.spelling)
                 if m:
-                    kids = list(ch.get_children())
-                    e = kids[-1] if kids else None
-                    # the implicit conversion to the declared type hides the argument's own type
-                    while e is not None and e.kind == K.UNEXPOSED_EXPR:
-                        inner = list(e.get_children())
-                        if len(inner) != 1:
-                            break
-                        e = inner[0]
-                    loc = ch.location
-                    if e is not None:
-                        t = e.type
-                        out.setdefault((loc.line, loc.column), {})[int(m.group(1))] = ArgFact(
-                            "", t.get_canonical().spelling, t.get_canonical().get_size(), classify(ci, t))
-            visit(ch)
-
-    for f in functions:
-        visit(f)
-    return {k: [v[i] for i in sorted(v)] for k, v in out.items()}
+                    fact = _arg_fact(ci, ch)
+                    if fact is not None:
+                        args.setdefault(int(m.group(1)), fact)
+                continue
+            elif kind in (K.DO_STMT, K.DECL_REF_EXPR):
+                continue                           # a nested probe is a site of its own
+            stack.append(ch)
+    return emitted
 
 
-def _enclosing(functions: list, line: int, column: int):  # type: ignore[no-untyped-def, type-arg]
-    for f in functions:
-        s, e = f.extent.start, f.extent.end
-        if (s.line, s.column) <= (line, column) <= (e.line, e.column):
-            return f
-    return None
-
-
-def _unreachable_sites(ci, functions: list, sites: set[tuple[int, int]]) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def, type-arg]
-    """Sites after a return/break/continue/goto in the same block, or under a
-    literal `if (0)`: code the compiler drops, so the probe never exists."""
+def _arg_fact(ci, var: Any) -> ArgFact | None:  # type: ignore[no-untyped-def]
     K = ci.CursorKind
-    jumps = (K.RETURN_STMT, K.BREAK_STMT, K.CONTINUE_STMT, K.GOTO_STMT)
-    found: list[tuple[int, int]] = []
-
-    def sites_in(node) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
-        s, e = node.extent.start, node.extent.end
-        return [p for p in sites if (s.line, s.column) <= p <= (e.line, e.column)]
-
-    def visit(node) -> None:  # type: ignore[no-untyped-def]
-        kids = list(node.get_children())
-        if node.kind == K.COMPOUND_STMT:
-            dead = False
-            for ch in kids:
-                if ch.kind in (K.LABEL_STMT, K.CASE_STMT, K.DEFAULT_STMT):
-                    dead = False
-                if dead:
-                    found.extend(sites_in(ch))
-                elif ch.kind in jumps:
-                    dead = True
-        if node.kind == K.IF_STMT and kids and _is_literal_zero(ci, kids[0]) and len(kids) > 1:
-            found.extend(sites_in(kids[1]))
-        for ch in kids:
-            visit(ch)
-
-    for f in functions:
-        visit(f)
-    return sorted(set(found))
+    kids = list(var.get_children())
+    e = kids[-1] if kids else None
+    # the implicit conversion to the declared type hides the argument's own type
+    while e is not None and e.kind == K.UNEXPOSED_EXPR:
+        inner = list(e.get_children())
+        if len(inner) != 1:
+            break
+        e = inner[0]
+    if e is None:
+        return None
+    t = e.type.get_canonical()
+    return ArgFact("", t.spelling, t.get_size(), classify(ci, t))
 
 
 def _is_literal_zero(ci, node) -> bool:  # type: ignore[no-untyped-def]
@@ -294,6 +437,132 @@ def _is_literal_zero(ci, node) -> bool:  # type: ignore[no-untyped-def]
         return False
     toks = [t.spelling for t in node.get_tokens()]
     return toks == ["0"]
+
+
+# --- sites: the AST's expansions with the invocations' texts --------------------------
+
+
+class _LazyMacros:
+    """The macro table, indexed on first use only: a file whose probes are
+    all written directly never pays for it."""
+
+    def __init__(self, definitions: list[tuple[int, Any]], instantiations: list[tuple[int, Any]]) -> None:
+        self._args = (definitions, instantiations)
+        self._table: MacroTable | None = None
+
+    @property
+    def table(self) -> MacroTable:
+        if self._table is None:
+            self._table = MacroTable(*self._args)
+        return self._table
+
+
+def _sites(walk: _Walk, direct: list[Invocation], macros: _LazyMacros) -> list[SiteFacts]:
+    """Every expansion the AST holds, paired with its invocation as written;
+    plus invocations the AST lost (an undeclared name: the compiler dropped
+    the assertion that names it)."""
+    by_where: dict[Where, list[_AstSite]] = {}
+    for s in walk.sites:
+        by_where.setdefault(s.where, []).append(s)
+    direct_at: dict[Where, list[Invocation]] = {}
+    for inv in direct:
+        direct_at.setdefault((inv.file, inv.line, inv.column), []).append(inv)
+    names = _FunctionNames(walk.functions, macros)
+    out: list[SiteFacts] = []
+    for where in dict.fromkeys([*by_where, *direct_at]):   # source order of first appearance
+        found = by_where.get(where, [])
+        written = direct_at.get(where)
+        if written is None:
+            written = [_from_expansion(e, where) for e in macros.table.probes_at(where)]
+        out += _pair(found, written, where, walk, names)
+    out.sort(key=lambda s: (s.site.file, s.site.line, s.site.column))
+    return out
+
+
+def _from_expansion(e: ExpandedProbe, where: Where) -> Invocation:
+    return Invocation(e.macro, "PROBE", e.arity, e.name, e.name_is_identifier, e.args, *where, via=e.via)
+
+
+def _pair(found: list[_AstSite], written: list[Invocation], where: Where, walk: _Walk,
+          names: _FunctionNames) -> list[SiteFacts]:
+    """Match expansions with invocations by name, in order."""
+    out: list[SiteFacts] = []
+    pending = list(written)
+    for ast in found:
+        inv = next((i for i in pending if i.name == ast.name), None)
+        if inv is None:   # the expansion is the truth; its texts could not be recovered
+            arity = ast.arity if ast.arity is not None else len(ast.args)
+            inv = Invocation(f"BPF_SDT_PROBE{arity}", "PROBE", arity, ast.name, True,
+                             tuple("" for _ in range(arity)), *where)
+        else:
+            pending.remove(inv)
+        args = tuple(ArgFact(inv.args[k - 1] if k - 1 < len(inv.args) else "", f.type, f.size, f.cls)
+                     for k, f in sorted(ast.args.items()))
+        function = names.user_name(ast.function)
+        out.append(SiteFacts(_source_site(inv, function), inv, args, ast.emitted,
+                             _used(ast.function, walk.referenced), ast.unreachable))
+    for inv in pending:   # no expansion: the name is undeclared, or the site did not compile
+        function = names.enclosing(inv)
+        out.append(SiteFacts(_source_site(inv, function), inv, (), False, True, False))
+    return out
+
+
+def _source_site(inv: Invocation, function: str) -> SourceSite:
+    return SourceSite(inv.name, inv.file, inv.line, inv.column, inv.args, function, inv.via)
+
+
+def _used(func: Any, referenced: set[str]) -> bool:
+    """Whether the compiler emits the function's code: external functions
+    always, static ones when something refers to them (an unused static
+    inline helper in a header has no code, and its probes no sites)."""
+    return str(func.linkage).endswith("EXTERNAL") or func.spelling in referenced
+
+
+class _FunctionNames:
+    """The name the user gave a function.  A macro such as libbpf's
+    BPF_PROG(name, ...) defines `name` and an inner `____name` that holds the
+    body, both at the macro's invocation; the object keeps only `name` (the
+    inner one is always inlined), so that is the name to report."""
+
+    def __init__(self, functions: list[Any], macros: _LazyMacros) -> None:
+        self._functions = functions
+        self._macros = macros
+        self._at: dict[Where, list[str]] = {}
+        for f in functions:
+            self._at.setdefault(_where(f), []).append(f.spelling)
+
+    def user_name(self, func: Any) -> str:
+        name: str = func.spelling
+        siblings = self._at.get(_where(func), [])
+        if len(siblings) < 2:
+            return name
+        written = self._macros.table.identifiers_at(_where(func))
+        if name in written:
+            return name
+        return next((s for s in siblings if s in written), name)
+
+    def enclosing(self, inv: Invocation) -> str:
+        pos = (inv.line, inv.column)
+        for f in self._functions:
+            s, e = f.extent.start, f.extent.end
+            if (s.file.name if s.file else "") == inv.file and (s.line, s.column) <= pos <= (e.line, e.column):
+                return self.user_name(f)
+        return ""
+
+
+_PROBE_USE_RE = re.compile(rb"\bBPF_SDT_PROBE\d*\s*\(\s*([A-Za-z_]\w*)")
+_DEFINE_RE = re.compile(rb"^[ \t]*#[ \t]*define\b(?:[^\n]*\\\r?\n)*[^\n]*", re.M)
+
+
+def _mentioned(tu: Any, main: str, source: bytes) -> set[str]:
+    """Probe names the file uses where this parse does not compile them:
+    preprocessor branches not taken (libclang's skipped ranges) and macro
+    definitions (a wrapper whose invocations are all in such branches)."""
+    from bpf_sdt.clang_plugin.parse import skipped_ranges
+
+    spans = [source[start:end] for start, end in skipped_ranges(tu, main)]
+    spans += [m.group(0) for m in _DEFINE_RE.finditer(source)] if b"define" in source else []
+    return {m.group(1).decode("utf-8", "surrogateescape") for span in spans for m in _PROBE_USE_RE.finditer(span)}
 
 
 def _too_many(ci, tu, main: str) -> list[tuple[str, int, int]]:  # type: ignore[no-untyped-def]

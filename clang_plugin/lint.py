@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from bpf_sdt.clang_plugin.extract import INT, POINTER, RECORD, FileFacts, Invocation
+from bpf_sdt.clang_plugin.extract import INT, POINTER, RECORD, ArgFact, FileFacts, Invocation
 
 from bpf_sdt.format import MAX_ARGS
 from bpf_sdt.model import Declaration, Finding, Severity
@@ -38,7 +38,12 @@ RULES: dict[str, tuple[Severity, str]] = {
     "SDT007": ("error", "probe name is not a valid identifier, or is reserved"),
     "SDT008": ("error", "more than 12 arguments"),
     "SDT009": ("warning", "probe in code the compiler cannot reach"),
+    # From the optimized LLVM IR (irlint.py); `lint --no-ir` skips them.
+    "SDT010": ("error", "an argument is undef or poison in the optimized code"),
+    "SDT011": ("warning", "a probe invocation has no site left after optimization"),
+    "SDT012": ("note", "a probe invocation is compiled into several sites (loop unrolling, inlining)"),
 }
+IR_RULES = ("SDT010", "SDT011", "SDT012")
 
 
 def _finding(file: str, line: int, col: int, rule: str, message: str) -> Finding:
@@ -50,26 +55,33 @@ def per_file(facts: FileFacts) -> list[Finding]:
     decls = {d.name: d for d in facts.declarations}
     for inv in facts.declaration_macros:
         out += _name_rules(inv)
-        out += _declared_type_rules(inv, decls.get(inv.name))
-    for site, inv, args in zip(facts.sites, facts.site_macros, facts.site_args, strict=True):
+        out += _declared_type_rules(inv, decls.get(inv.name), facts.declared_classes.get(inv.name, ()))
+    for sf in facts.site_facts:
+        inv = sf.invocation
         out += _name_rules(inv)
         decl = decls.get(inv.name)
         if decl is None:
             if inv.name_is_identifier:
-                out.append(_finding(site.file, site.line, site.column, "SDT001",
-                                    f"probe '{inv.name}' is used but never declared (BPF_SDT_DECLARE{inv.arity})"))
+                out.append(_finding(inv.file, inv.line, inv.column, "SDT001",
+                                    f"probe '{inv.name}' is used but never declared "
+                                    f"(BPF_SDT_DECLARE{inv.arity}){_via(inv)}"))
             continue
         out += _arity_rules(inv, decl)
-        out += _argument_rules(inv, decl, args)
+        out += _argument_rules(inv, decl, sf.args, facts.declared_classes.get(inv.name, ()))
+        if sf.unreachable:
+            out.append(_finding(inv.file, inv.line, inv.column, "SDT009",
+                                f"probe '{inv.name}' is in code the compiler cannot reach; it will not exist"
+                                f"{_via(inv)}"))
     out += [_redeclared(later, first) for later, first in facts.redeclared]
-    for line, col in facts.unreachable:
-        name = next((s.name for s in facts.sites if (s.line, s.column) == (line, col)), "?")
-        out.append(_finding(facts.file, line, col, "SDT009",
-                            f"probe '{name}' is in code the compiler cannot reach; it will not exist"))
     for macro, line, col in facts.too_many:
         out.append(_finding(facts.file, line, col, "SDT008",
                             f"{macro}: probes take at most {MAX_ARGS} arguments (the trampoline limit)"))
     return out
+
+
+def _via(inv: Invocation) -> str:
+    """Where a probe came from when the line shows a macro of the user's."""
+    return f" (through {' -> '.join(inv.via)})" if inv.via else ""
 
 
 def _redeclared(later: Invocation, first: Invocation) -> Finding:
@@ -97,14 +109,16 @@ def _name_rules(inv: Invocation) -> list[Finding]:
     return [_finding(inv.file, inv.line, inv.column, "SDT007", f"probe name '{name}' {why}")]
 
 
-def _declared_type_rules(inv: Invocation, decl: Declaration | None) -> list[Finding]:
+def _declared_type_rules(inv: Invocation, decl: Declaration | None, classes: tuple[str, ...]) -> list[Finding]:
+    """Classes come from the types libclang resolved (typedefs, qualifiers
+    and all), never from how a type is spelled."""
     out: list[Finding] = []
     if inv.arity > MAX_ARGS:
         return out
     if decl is None:
         return out
-    for k, (t, size) in enumerate(zip(decl.types, decl.sizes, strict=False), 1):
-        if t.startswith(("struct ", "union ")) and not t.endswith("*"):
+    for k, (t, size, cls) in enumerate(zip(decl.types, decl.sizes, classes, strict=False), 1):
+        if cls == RECORD:
             out.append(_finding(inv.file, inv.line, inv.column, "SDT004",
                                 f"probe '{inv.name}' argument {k}: declared type '{t}' is a struct/union by value"))
         elif size > 8:
@@ -126,9 +140,10 @@ def _arity_rules(inv: Invocation, decl: Declaration) -> list[Finding]:
     return out
 
 
-def _argument_rules(inv: Invocation, decl: Declaration, args: list) -> list[Finding]:  # type: ignore[type-arg]
+def _argument_rules(inv: Invocation, decl: Declaration, args: tuple[ArgFact, ...],
+                    classes: tuple[str, ...]) -> list[Finding]:
     out = []
-    for k, (fact, declared) in enumerate(zip(args, decl.types, strict=False), 1):
+    for k, (fact, declared, want) in enumerate(zip(args, decl.types, classes, strict=False), 1):
         where = (inv.file, inv.line, inv.column)
         text = inv.args[k - 1] if k - 1 < len(inv.args) else "?"
         if fact.cls == RECORD:
@@ -138,8 +153,7 @@ def _argument_rules(inv: Invocation, decl: Declaration, args: list) -> list[Find
             out.append(_finding(*where, "SDT004", f"probe '{inv.name}' argument {k} ('{text}'): "
                                 f"'{fact.type}' is {fact.size} bytes, wider than 8"))
         elif fact.cls in (INT, POINTER):
-            want = POINTER if declared.endswith("*") or "(*)" in declared else INT
-            if fact.cls != want:
+            if want in (INT, POINTER) and fact.cls != want:
                 out.append(_finding(*where, "SDT003", f"probe '{inv.name}' argument {k} ('{text}'): "
                                     f"'{fact.type}' does not convert to '{declared}' (pointer/integer mismatch)"))
         else:
@@ -164,11 +178,15 @@ def cross_file(all_facts: list[FileFacts]) -> list[Finding]:
                 continue
             seen_decls.add(key)
             prev = first.setdefault(d.name, d)
-            if prev is not d and prev.types != d.types and d.file:
+            # the same canonical types and sizes: `__u32` in one file and
+            # `unsigned int` in another give an observer the same arguments
+            if prev is not d and not prev.same_prototype(d) and d.file:
                 out.append(Finding(d.file, f"{d.line}:1", "error",
                                    f"probe '{d.name}' declared as ({', '.join(d.types) or 'void'}), but as "
                                    f"({', '.join(prev.types) or 'void'}){_at(prev)}", "SDT005"))
-    probed = {s.name for f in all_facts for s in f.sites}
+    # a probe written in a branch this build does not compile, or in a macro
+    # whose invocations are all there, is still probed
+    probed = {s.name for f in all_facts for s in f.sites} | {n for f in all_facts for n in f.mentioned}
     reported: set[tuple[str, str | None]] = set()
     for facts in all_facts:
         for d in facts.local_declarations:

@@ -14,9 +14,12 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shlex
+import shutil
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from bpf_sdt.clang_plugin.files import MAX_COMPDB_BYTES
 
@@ -24,6 +27,8 @@ from bpf_sdt.errors import InputError
 from bpf_sdt.fsutil import read_regular
 
 LIBCLANG_ENV = "BPF_SDT_LIBCLANG"
+# clang, clang-19, bpf-clang...: a compiler whose IR the IR rules can read
+CLANG_NAME_RE = re.compile(r"^(.*-)?clang(-\d+(\.\d+)*)?$")
 
 # Flags that only matter to code generation or build bookkeeping.
 _DROP_WITH_VALUE = {"-o", "-MF", "-MT", "-MQ", "-Xclang"}
@@ -114,10 +119,17 @@ def resource_dir_flags() -> tuple[str, ...]:
 
 
 def default_flags(extra: list[str]) -> list[str]:
+    """libclang's flags: the compiler's, plus the builtin headers the wheel lacks."""
+    return [*compile_flags(extra), *resource_dir_flags()]
+
+
+def compile_flags(extra: list[str]) -> list[str]:
+    """A real clang's flags (it has its own builtin headers): `-target bpf`
+    unless a target is given, and the shipped bpf_sdt.h's directory."""
     flags = list(extra)
     if not any(f == "-target" or f.startswith("--target") for f in flags):
         flags = ["-target", "bpf", *flags]
-    flags += [_header_flag(), *resource_dir_flags()]
+    flags.append(_header_flag())
     return flags
 
 
@@ -146,6 +158,28 @@ class CompileDatabase:
 
     def flags(self, file: str) -> list[str] | None:
         """The file's flags, compile-only parts kept; None if it has no entry."""
+        found = self._command(file)
+        if found is None:
+            return None
+        directory, source, args = found
+        return _compile_only(args[1:], Path(directory), source)
+
+    def compiler(self, file: str) -> str | None:
+        """The build's compiler for the file when it is a clang (the IR rules
+        should see what the build's optimizer does); None otherwise."""
+        found = self._command(file)
+        if found is None:
+            return None
+        directory, _, args = found
+        name = args[0]
+        if not CLANG_NAME_RE.match(os.path.basename(name)):
+            return None
+        if os.sep in name:
+            path = os.path.join(directory, name)
+            return path if os.access(path, os.X_OK) else None
+        return shutil.which(name)
+
+    def _command(self, file: str) -> tuple[str, str, list[str]] | None:
         i = self._by_path.get(os.path.normpath(os.path.abspath(file)))
         if i is None:
             if self._by_realpath is None:   # built on the first miss only
@@ -165,7 +199,7 @@ class CompileDatabase:
             args = command
         if not args:
             raise InputError(f"{self.path}: entry {i}: empty command")
-        return _compile_only(args[1:], Path(directory), source)
+        return directory, source, args
 
 
 # directory (absolute), file, arguments (list) or command (str)
@@ -250,3 +284,35 @@ def _compile_only(args: list[str], directory: Path, source: str) -> list[str]:
             flag = next((f for f in _PATH_FLAGS if a.startswith(f) and len(a) > len(f)), None)
             out.append(f"{flag}{directory / a[len(flag):]}" if flag else a)
     return out
+
+
+def skipped_ranges(tu, path: str) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
+    """Byte ranges of `path` the preprocessor skipped (branches of #if not
+    taken), from clang_getSkippedRanges, which the Python bindings do not wrap.
+    Empty when the library lacks it."""
+    ci = cindex()
+    lib = ci.conf.lib
+    fn: Any = getattr(lib, "clang_getSkippedRanges", None)
+    dispose: Any = getattr(lib, "clang_disposeSourceRangeList", None)
+    if fn is None or dispose is None:
+        return []
+    try:
+        f = tu.get_file(os.fsencode(path))
+    except Exception:   # noqa: BLE001 - the bindings raise a bare Exception for an unknown file
+        return []
+
+    class RangeList(ctypes.Structure):
+        _fields_ = [("count", ctypes.c_uint), ("ranges", ctypes.POINTER(ci.SourceRange))]
+
+    fn.restype = ctypes.POINTER(RangeList)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    dispose.argtypes = [ctypes.POINTER(RangeList)]
+    dispose.restype = None
+    found = fn(tu._as_parameter_, f._as_parameter_)
+    if not found:
+        return []
+    try:
+        ranges = found.contents
+        return [(ranges.ranges[i].start.offset, ranges.ranges[i].end.offset) for i in range(ranges.count)]
+    finally:
+        dispose(found)

@@ -26,8 +26,8 @@ from bpf_sdt.model import Declaration, Finding, SourceSite
 
 # Part of every cache key and checked in every document: a change of layout
 # makes old entries misses.
-FORMAT = "bpf-sdt-lint-1"
-SEVERITIES = ("error", "warning")
+FORMAT = "bpf-sdt-lint-2"
+SEVERITIES = ("error", "warning", "note")
 
 
 @dataclass
@@ -36,6 +36,8 @@ class FileResult:
     facts: FileFacts | None = None
     findings: list[Finding] = field(default_factory=list)
     unusable: str | None = None      # one line: why the file cannot be parsed at all
+    ir_note: str | None = None       # one line: why the IR rules did not run on it
+    compile_errors: bool = False     # libclang reported errors (not cached: the IR step reads it)
 
 
 class _Invalid(Exception):
@@ -48,7 +50,7 @@ class _Invalid(Exception):
 def encode(result: FileResult, key: str = "") -> bytes:
     # ensure_ascii: lone surrogates (undecodable source bytes) become \\udcXX
     # escapes, which always encode and decode back to the same string.
-    doc = {"format": FORMAT, "key": key, "path": result.path, "unusable": result.unusable,
+    doc = {"format": FORMAT, "key": key, "path": result.path, "unusable": result.unusable, "ir_note": result.ir_note,
            "facts": _facts(result.facts) if result.facts is not None else None,
            "findings": [_finding(f) for f in result.findings]}
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -62,12 +64,13 @@ def _facts(f: FileFacts) -> dict[str, Any]:
             # indexes into declarations (the same objects), else records
             "local_declarations": [i if i is not None else _decl(d) for i, d in zip(local, f.local_declarations,
                                                                                       strict=True)],
-            "sites": [[s.name, s.file, s.line, s.column, list(s.args), s.function] for s in f.sites],
+            "sites": [[s.name, s.file, s.line, s.column, list(s.args), s.function, list(s.via)] for s in f.sites],
+            "mentioned": sorted(f.mentioned),
             "includes": [list(i) for i in f.includes]}
 
 
 def _decl(d: Declaration) -> list[Any]:
-    return [d.name, list(d.types), list(d.sizes), d.file, d.line]
+    return [d.name, list(d.types), list(d.sizes), d.file, d.line, list(d.canonical)]
 
 
 def _finding(f: Finding) -> list[Any]:
@@ -84,7 +87,7 @@ def decode(data: bytes, key: str = "", path: str | None = None) -> FileResult | 
         doc = json.loads(data)
         if type(doc) is not dict or doc.get("format") != FORMAT or doc.get("key") != key:
             return None
-        result = FileResult(_str(doc["path"]), unusable=_opt_str(doc["unusable"]),
+        result = FileResult(_str(doc["path"]), unusable=_opt_str(doc["unusable"]), ir_note=_opt_str(doc["ir_note"]),
                             facts=None if doc["facts"] is None else _read_facts(doc["facts"]),
                             findings=[_read_finding(f) for f in _list(doc["findings"])])
     except (ValueError, TypeError, KeyError, RecursionError, _Invalid):
@@ -102,19 +105,19 @@ def _read_facts(d: Any) -> FileFacts:
              for x in _list(d["local_declarations"])]
     return FileFacts(
         _str(d["file"]), declarations=decls, local_declarations=local,
-        sites=[_read_site(x) for x in _list(d["sites"])],
+        sites=[_read_site(x) for x in _list(d["sites"])], mentioned=set(_strs(d["mentioned"])),
         includes=[(_str(p), _int(mtime), _int(size)) for p, mtime, size in _list(d["includes"])])
 
 
 def _read_decl(x: Any) -> Declaration:
-    name, types, sizes, file, line = _list(x)
+    name, types, sizes, file, line, canonical = _list(x)
     return Declaration(_str(name), _strs(types), _ints(sizes), _opt_str(file),
-                       None if line is None else _int(line))
+                       None if line is None else _int(line), _strs(canonical))
 
 
 def _read_site(x: Any) -> SourceSite:
-    name, file, line, column, args, function = _list(x)
-    return SourceSite(_str(name), _str(file), _int(line), _int(column), _strs(args), _str(function))
+    name, file, line, column, args, function, via = _list(x)
+    return SourceSite(_str(name), _str(file), _int(line), _int(column), _strs(args), _str(function), _strs(via))
 
 
 def _read_finding(x: Any) -> Finding:

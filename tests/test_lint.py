@@ -127,9 +127,11 @@ def test_extract_json_shape_and_canonical_types(tmp_path: Path) -> None:
                  "int prog(int *c) {\n\tBPF_SDT_PROBE2(t, c[0] + 1, \"s\");\n\treturn 0;\n}\n")
     doc = json.loads(run([*CLI, "extract", "--json", str(f)]).stdout)
     (d,) = doc["declarations"]
-    assert d == {"name": "t", "types": ["unsigned int", "const char *"], "sizes": [4, 8], "file": str(f), "line": 3}
+    assert d == {"name": "t", "types": ["__u32", "const char *"], "canonical": ["unsigned int", "const char *"],
+                 "sizes": [4, 8], "file": str(f), "line": 3}
     (s,) = doc["sites"]
-    assert s == {"name": "t", "file": str(f), "line": 5, "column": 2, "args": ["c[0] + 1", '"s"'], "function": "prog"}
+    assert s == {"name": "t", "file": str(f), "line": 5, "column": 2, "args": ["c[0] + 1", '"s"'], "function": "prog",
+                 "via": []}
 
 
 def test_extracted_prototypes_equal_the_objects_btf(built: Path) -> None:  # noqa: F811
@@ -148,11 +150,12 @@ def test_extracted_prototypes_equal_the_objects_btf(built: Path) -> None:  # noq
                 proto = tagged_prototype(btf, t.type)
                 assert proto is not None, t.name
                 from_btf[t.name.split(":")[1]] = (
+                    [btf.c_spelling(p.type) for p in proto.members],
                     [btf.c_spelling(p.type, canonical=True) for p in proto.members],
                     [btf.size_of(p.type) for p in proto.members])
         assert set(declared) == set(from_btf), src
-        for name, d in declared.items():
-            assert (d["types"], d["sizes"]) == from_btf[name], (src.name, name)
+        for name, d in declared.items():   # spelled as declared (as `list` shows them), and canonical
+            assert (d["types"], d["canonical"], d["sizes"]) == from_btf[name], (src.name, name)
         assert analyze(obj).declarations.keys() == declared.keys()
 
 

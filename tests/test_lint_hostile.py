@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from bpf_sdt.clang_plugin import commands, parse
 from bpf_sdt.clang_plugin.parse import CompileDatabase
-from bpf_sdt.clang_plugin.results import FileResult, decode, encode
+from bpf_sdt.clang_plugin.results import FORMAT, FileResult, decode, encode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from toolchain import HEADER_DIR, clang
@@ -422,7 +422,7 @@ def test_planted_and_corrupt_cache_entries_are_misses(tmp_path: Path) -> None:
         "truncated": good_entry[: len(good_entry) // 2],
         "empty": b"",
         "JSON null": b"null",
-        "wrong format tag": good_entry.replace(b"bpf-sdt-lint-1", b"bpf-sdt-lint-0"),
+        "wrong format tag": good_entry.replace(FORMAT.encode(), b"bpf-sdt-lint-0"),
         "wrong key": good_entry.replace(entry.name.encode(), b"0" * 64),
         "findings not a list": good_entry.replace(b'"findings":[', b'"findings":{"x":[') + b"}",
         "FIFO": "fifo",
@@ -445,7 +445,7 @@ def test_planted_and_corrupt_cache_entries_are_misses(tmp_path: Path) -> None:
         assert not marker.exists(), f"{name}: the cache ran code"
         if plant in ("fifo", "zero", "dir"):
             continue
-        assert json.loads(entry.read_bytes())["format"] == "bpf-sdt-lint-1", f"{name}: rewritten as JSON"
+        assert json.loads(entry.read_bytes())["format"] == FORMAT, f"{name}: rewritten as JSON"
 
 
 def _sample_result() -> FileResult:
