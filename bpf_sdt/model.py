@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+if TYPE_CHECKING:   # only the type: importing argtype costs a warm `lint` BTF's parser
+    from bpf_sdt.argtype import ArgType
 
 # A note informs (exit code 0 whatever the notes); gcc, SARIF and editors
 # know all three.
@@ -98,8 +102,27 @@ class ArgLocation(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def _arg_json_text(loc: ArgLocation) -> str:
-    return json.dumps(loc._json(), separators=(",", ":"))
+def _arg_json_text(loc: ArgLocation, t: ArgType | None = None) -> str:
+    return json.dumps(_typed_arg_json(loc, t), separators=(",", ":"))
+
+
+def _typed_arg_json(loc: ArgLocation, t: ArgType | None) -> dict[str, Any]:
+    """An immediate's `value` at its declared type (`(__u8)255` is 255, not
+    the -1 the s32 immediate holds); `raw`, the immediate, when they differ."""
+    out = loc._json()
+    if loc.kind == "imm" and t is not None and loc.value is not None:
+        value = t.convert(loc.value)
+        if value != loc.value:
+            out["value"] = value
+            out["raw"] = loc.value
+    return out
+
+
+def describe_arg(loc: ArgLocation, t: ArgType | None) -> str:
+    """Where an argument lives, an immediate as its declared type prints it."""
+    if loc.kind == "imm" and t is not None and loc.value is not None:
+        return f"${t.format(t.convert(loc.value))}"
+    return loc.describe()
 
 
 @functools.lru_cache(maxsize=65536)
@@ -122,21 +145,46 @@ class Site:
     types: tuple[str, ...] = ()  # from BTF, if declared
     entry_offset: int = 0        # byte offset of the entry in the notes section
     symbol: str = ""             # the entry's boundary symbol
+    # from .BTF.ext line_info, when the object has it: where the invocation is
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    observers: tuple[str, ...] = ()      # what `bpf-sdt instrument` made the site call, in order
+    arg_types: tuple[ArgType, ...] = ()  # the declared types, to show immediates at
 
     @property
     def insn_index(self) -> int:
         return self.offset // 8
+
+    @property
+    def location(self) -> str:
+        """`file:line:column` (or less, as known), or "" without line info."""
+        if self.file is None:
+            return ""
+        return ":".join(str(p) for p in (self.file, self.line, self.column) if p)
+
+    def typed_args(self) -> Iterator[tuple[ArgLocation, ArgType | None]]:
+        types = self.arg_types
+        for k, loc in enumerate(self.args):
+            yield loc, types[k] if k < len(types) else None
+
+    def describe_args(self) -> list[str]:
+        return [describe_arg(loc, t) for loc, t in self.typed_args()]
 
     def json_text(self) -> str:
         """``json.dumps(self.to_json())``, built from cached pieces: `list --json`
         on 10,000 sites spends most of its time encoding otherwise.  A test
         keeps the two identical."""
         q = _json_str
+        args = ",".join(_arg_json_text(loc, t) for loc, t in self.typed_args())
         return (f'{{"name":{q(self.name)},"section":{q(self.section)},"offset":{self.offset},'
                 f'"insn":{self.insn_index},"function":{q(self.function)},'
-                f'"args":[{",".join(map(_arg_json_text, self.args))}],'
+                f'"args":[{args}],'
                 f'"types":[{",".join(map(q, self.types))}],"entry_offset":{self.entry_offset},'
-                f'"symbol":{_dumps(self.symbol)}}}')   # unique per site: not worth caching
+                f'"symbol":{_dumps(self.symbol)},'   # unique per site: not worth caching
+                f'"file":{"null" if self.file is None else q(self.file)},'
+                f'"line":{_dumps(self.line)},"column":{_dumps(self.column)},'
+                f'"observers":[{",".join(map(q, self.observers))}]}}')
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -145,10 +193,14 @@ class Site:
             "offset": self.offset,
             "insn": self.insn_index,
             "function": self.function,
-            "args": [a.to_json() for a in self.args],
+            "args": [_typed_arg_json(loc, t) for loc, t in self.typed_args()],
             "types": list(self.types),
             "entry_offset": self.entry_offset,
             "symbol": self.symbol,
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "observers": list(self.observers),
         }
 
 

@@ -12,13 +12,16 @@ object per rule.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from collections.abc import Iterator
 from functools import cached_property
 
+from bpf_sdt.argtype import ArgType
 from bpf_sdt.btf import Btf, BtfType
-from bpf_sdt.elf import SHT_NOBITS, BpfObject, is_reserved_index
+from bpf_sdt.btfext import BtfExt, LineInfo, OffsetIndex
+from bpf_sdt.elf import SHT_NOBITS, STB_LOCAL, STT_NOTYPE, BpfObject, is_reserved_index
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import DECL_TAG_PREFIX, INSN_ARRAY_MAX, NOTES_SECTION
 from bpf_sdt.model import Declaration, Finding, Severity, Site
@@ -30,6 +33,13 @@ from bpf_sdt.notes import (
     RawSymbols,
     decode_notes,
 )
+from bpf_sdt.probes import probe_types
+
+BTF_EXT = ".BTF.ext"
+# + observer: a local symbol on the first insn of each call `instrument` inserts
+# (bpf_sdt.instrument.command.CALL_LABEL_PREFIX; not imported, so that check
+# does not load the instrumenter)
+CALL_LABEL_PREFIX = "___sdt_call_"
 
 # fullmatch, never match with `$`: `$` also matches before a trailing newline.
 _TAG_RE = re.compile(r"bpf_sdt:([A-Za-z_][A-Za-z0-9_]*):(\d+)")
@@ -44,6 +54,35 @@ BTF_KIND_VAR = 14
 BTF_KIND_DECL_TAG = 17
 BTF_KIND_TYPE_TAG = 18
 _QUALIFIERS = {BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT, BTF_KIND_TYPE_TAG}
+
+# Every rule: its id, its severity and what it means (docs/check.md has the
+# table; a test keeps the two equal).  SDT105 and SDT115 are warnings in one
+# documented case each (WARNING_CASES), errors otherwise.
+RULES: dict[str, tuple[Severity, str]] = {
+    "SDT101": ("error", "the notes section has no relocation section"),
+    "SDT102": ("error", "entry boundaries: symbols missing, misplaced or entries of a bad size"),
+    "SDT103": ("error", "an entry's argument count differs from its BTF prototype"),
+    "SDT104": ("error", "an address word without exactly one relocation, or a misplaced relocation"),
+    "SDT105": ("error", "a relocation type other than R_BPF_64_ABS64"),
+    "SDT106": ("error", "a relocation symbol outside an executable section"),
+    "SDT107": ("error", "an address that is not on a goto +0 in its code section"),
+    "SDT108": ("error", "an argument instruction the format does not allow"),
+    "SDT109": ("error", "two entries describe one NOP"),
+    "SDT110": ("error", "a probe with sites but no BTF prototype"),
+    "SDT111": ("error", "a tag's count differs from its prototype, or one name has two prototypes"),
+    "SDT112": ("error", "a prototype parameter is a struct/union by value or wider than 8 bytes"),
+    "SDT113": ("warning", "a declared probe with no site in the object"),
+    "SDT114": ("warning", "notes without prototypes from GCC: counts and types unchecked"),
+    "SDT115": ("error", "a linker corrupted the address words, or the notes section is executable"),
+    "SDT116": ("warning", "more than 256 sites in one code section"),
+    "SDT117": ("error", "a malformed bpf_sdt: tag, or unreadable BTF"),
+    "SDT118": ("error", "a symbol outside its section, or in a section that does not exist"),
+    "SDT119": ("error", "more than one section named .bpf_sdt_notes"),
+}
+WARNING_CASES = {
+    "SDT105": "relocation type 12 (binutils <= 2.40, bpf-gcc 12), read as ABS64",
+    "SDT115": "the notes section is marked executable (nothing corrupted yet)",
+}
 
 # The rule each kind of undecodable note breaks.
 RULE_OF_PROBLEM = {
@@ -75,6 +114,9 @@ class ObjectReport:
         self.findings: list[Finding] = []
 
     def add(self, where: str, severity: Severity, message: str, rule: str) -> None:
+        known = RULES[rule][0]   # an unknown rule id is a bug here: KeyError
+        if severity != known and not (severity == "warning" and rule in WARNING_CASES):
+            raise ValueError(f"{rule} is a {known}, not a {severity}")
         self.findings.append(Finding(self.path, where, severity, message, rule))
 
     @property
@@ -107,14 +149,103 @@ class ObjectReport:
     def iter_sites(self) -> Iterator[Site]:
         functions = FunctionIndex(self.obj)
         decls = self.declarations
+        lines = SourceLines(self.obj)
+        observers = self.observers
+        types = self.arg_types
         for e in self.entries:
             decl = decls.get(e.probe)
+            file, line, column = lines.at(e.section.name, e.offset)
             yield Site(e.probe, e.section.name, e.offset, functions.at(e.section, e.offset),
-                       e.args, decl.types if decl else (), e.entry_offset, e.symbol)
+                       e.args, decl.types if decl else (), e.entry_offset, e.symbol, file, line, column,
+                       observers.get((e.section.index, e.offset), ()), types.get(e.probe, ()))
+
+    @cached_property
+    def arg_types(self) -> dict[str, tuple[ArgType, ...]]:
+        """Each probe's typed arguments, to show immediates at their declared
+        types; none from BTF that cannot be read (check reports it)."""
+        try:
+            return probe_types(self.obj.btf)
+        except InputError:
+            return {}
+
+    @cached_property
+    def observers(self) -> dict[tuple[int, int], tuple[str, ...]]:
+        """(code section index, NOP offset) -> the observers an instrumented
+        site calls, in order (see call_labels)."""
+        return call_labels(self.obj, self.entries)
 
     @cached_property
     def sites(self) -> list[Site]:
         return list(self.iter_sites())
+
+
+# --- where sites are, and what they call -------------------------------------
+
+
+class SourceLines:
+    """Source locations by (code section, offset) from `.BTF.ext` line_info:
+    the record in force at an offset is the last one at or before it.  clang
+    gives the probe's asm statement the location of the outermost macro
+    invocation, so an unrolled or inlined copy carries the invocation's line.
+    An object without .BTF.ext (or with a broken one) has no locations."""
+
+    def __init__(self, obj: BpfObject) -> None:
+        self._ext: BtfExt | None = None
+        self._index: dict[str, OffsetIndex[LineInfo]] = {}
+        sec = obj.section(BTF_EXT)
+        if sec is None:
+            return
+        try:
+            btf = obj.btf
+            if btf is not None:
+                self._ext = BtfExt.parse(obj.section_data(sec), btf)
+        except InputError:
+            self._ext = None
+
+    def at(self, section: str, offset: int) -> tuple[str | None, int | None, int | None]:
+        if self._ext is None:
+            return None, None, None
+        index = self._index.get(section)
+        if index is None:
+            index = self._index[section] = self._ext.line_index(section)
+        rec = index.at(offset)
+        if rec is None:
+            return None, None, None
+        try:
+            file = self._ext.file_name(rec)
+        except InputError:
+            return None, None, None
+        return file, rec.line or None, rec.col or None
+
+
+def call_labels(obj: BpfObject, entries: list[NoteEntry]) -> dict[tuple[int, int], tuple[str, ...]]:
+    """Observers each site calls in an object `bpf-sdt instrument` wrote:
+    a local STT_NOTYPE symbol `___sdt_call_<observer>` marks the first
+    instruction of each call it inserted, in the site's code section after
+    its NOP and before the next original instruction.  So a label belongs to
+    the nearest probe NOP at or before it in its section."""
+    symbols = RawSymbols(obj)
+    prefix = CALL_LABEL_PREFIX.encode()
+    labels: dict[int, list[tuple[int, str]]] = {}
+    for i, (name_off, info, _other, shndx, value, _size) in enumerate(symbols.records()):
+        if info & 0xF != STT_NOTYPE or info >> 4 != STB_LOCAL or is_reserved_index(shndx):
+            continue
+        if not symbols.has_prefix(name_off, prefix):
+            continue
+        labels.setdefault(shndx, []).append((value, symbols.name(i, name_off)[len(CALL_LABEL_PREFIX):]))
+    if not labels:
+        return {}
+    nops: dict[int, list[int]] = {}
+    for e in entries:
+        nops.setdefault(e.section.index, []).append(e.offset)
+    out: dict[tuple[int, int], list[str]] = {}
+    for shndx, found in labels.items():
+        starts = sorted(set(nops.get(shndx, ())))
+        for value, observer in sorted(found):
+            k = bisect.bisect_right(starts, value) - 1
+            if k >= 0:
+                out.setdefault((shndx, starts[k]), []).append(observer)
+    return {key: tuple(v) for key, v in out.items()}
 
 
 # --- BTF: probe prototypes --------------------------------------------------

@@ -96,13 +96,18 @@ def broken_entries(report: ObjectReport) -> list[str]:
     return [escape_text(line) for line in lines]
 
 
-_HEAD = ("PROBE", "SECTION", "FUNCTION", "INSN", "ARGS", "TYPES")
+_HEAD = ("PROBE", "SECTION", "FUNCTION", "INSN", "LOCATION", "ARGS", "TYPES")
+# Only for an object `bpf-sdt instrument` wrote (any site calls an observer).
+_OBSERVERS = "OBSERVERS"
 
 
-def _cells(site: Site) -> tuple[str, ...]:
-    return tuple(escape_text(c) for c in (
-        site.name, site.section, site.function or "-", str(site.insn_index),
-        ", ".join(a.describe() for a in site.args) or "-", ", ".join(site.types) or "-"))
+def _cells(site: Site, observers: bool = False) -> tuple[str, ...]:
+    cells: tuple[str, ...] = (site.name, site.section, site.function or "-", str(site.insn_index),
+                              site.location or "-", ", ".join(site.describe_args()) or "-",
+                              ", ".join(site.types) or "-")
+    if observers:
+        cells += (", ".join(site.observers) or "-",)
+    return tuple(escape_text(c) for c in cells)
 
 
 def _write_table(report: ObjectReport, out: TextIO) -> None:
@@ -112,12 +117,14 @@ def _write_table(report: ObjectReport, out: TextIO) -> None:
     out.write(f"{escape_text(report.path)}: {n} probe site{'s' if n != 1 else ''}\n")
     if not n:
         return
-    widths = [len(h) for h in _HEAD]
+    observers = bool(report.observers)
+    head = (*_HEAD, _OBSERVERS) if observers else _HEAD
+    widths = [len(h) for h in head]
     for site in report.iter_sites():
-        widths = [max(w, len(c)) for w, c in zip(widths, _cells(site), strict=True)]
-    out.write(_row(_HEAD, widths))
+        widths = [max(w, len(c)) for w, c in zip(widths, _cells(site, observers), strict=True)]
+    out.write(_row(head, widths))
     for site in report.iter_sites():
-        out.write(_row(_cells(site), widths))
+        out.write(_row(_cells(site, observers), widths))
 
 
 def _row(cells: tuple[str, ...], widths: list[int]) -> str:

@@ -134,11 +134,38 @@ def test_rule_fires(case: str, tmp_path: Path) -> None:
 
 
 def test_documented_rules_match_the_code() -> None:
+    """One registry (ids, severities, summaries), and docs/check.md's table
+    says the same: every rule the code names is registered and documented,
+    with the same severity; the two rules with a warning case say both."""
     import re
+
+    from bpf_sdt.postlink.check import RULES, WARNING_CASES
 
     doc = (Path(__file__).parent.parent / "docs" / "check.md").read_text()
     code = (Path(__file__).parent.parent / "postlink" / "check.py").read_text()
-    assert set(re.findall(r'"(SDT1\d\d)"', code)) == set(re.findall(r"^\| (SDT1\d\d) \|", doc, re.M))
+    rows = {m.group(1): m.group(2).strip() for m in re.finditer(r"^\| (SDT1\d\d) \| ([^|]+) \|", doc, re.M)}
+    assert set(re.findall(r'"(SDT1\d\d)"', code)) == set(RULES) == set(rows)
+    for rule, (severity, summary) in RULES.items():
+        documented = {s.strip() for s in rows[rule].split("/")}
+        assert documented == ({severity, "warning"} if rule in WARNING_CASES else {severity}), rule
+        assert summary and summary[0].islower() and not summary.endswith("."), rule
+    assert set(WARNING_CASES) <= set(RULES)
+
+
+def test_report_refuses_an_unregistered_rule_or_severity(tmp_path: Path) -> None:
+    src = tmp_path / "g.c"
+    src.write_text(prog("BPF_SDT_PROBE1(p1, *ctx);", decls="BPF_SDT_DECLARE1(p1, int);"))
+    obj = tmp_path / "g.o"
+    compile_bpf(src, obj, clang(19))
+    report = analyze(load_object(obj))
+    with pytest.raises(KeyError):
+        report.add(".text+0x0", "error", "x", "SDT199")
+    with pytest.raises(ValueError):
+        report.add(".text+0x0", "warning", "x", "SDT101")     # an error, with no warning case
+    report.add(NOTES_AT, "warning", "x", "SDT115")             # its documented warning case
+
+
+NOTES_AT = ".bpf_sdt_notes+0x0"
 
 
 # --- rules that need ELF surgery or other producers ---------------------------
