@@ -43,6 +43,7 @@ SITE_VAR_RE = re.compile(r"^__sdt_v(\d+)$")
 SITE_ASSERT_RE = re.compile(r"^\"bpf_sdt: probe '([^']*)'")
 NARGS_ASSERT_RE = re.compile(r"BPF_SDT_PROBE(\d+) passes\"$")
 DECLARATION_ASSERT = "declared type"
+UNDECLARED_RE = re.compile(r"undeclared identifier '__bpf_sdt_\w+_nargs'")
 
 # Argument classes, as the header's static asserts see them.
 INT, POINTER, RECORD, OTHER = "int", "pointer", "record", "other"
@@ -171,7 +172,7 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
     walk = _walk_functions(ci, functions)
     direct = [inv for inv in invocations if inv.kind == "PROBE"]
     table = _LazyMacros(definitions, instantiations)
-    facts.site_facts = _sites(walk, direct, table)
+    facts.site_facts = _sites(walk, direct, table, _undeclared_at(tu))
     facts.sites = [s.site for s in facts.site_facts]
     facts.mentioned = _mentioned(tu, main, source)
     facts.too_many = _too_many(ci, tu, main)
@@ -457,7 +458,18 @@ class _LazyMacros:
         return self._table
 
 
-def _sites(walk: _Walk, direct: list[Invocation], macros: _LazyMacros) -> list[SiteFacts]:
+def _undeclared_at(tu: Any) -> list[Where]:
+    """Where the compiler met a probe name never declared: the expansion lost
+    the assertion naming the probe, so only the error says a probe is there."""
+    out = []
+    for d in tu.diagnostics:
+        if UNDECLARED_RE.search(d.spelling):
+            loc = d.location
+            out.append((loc.file.name if loc.file else "", loc.line, loc.column))
+    return out
+
+
+def _sites(walk: _Walk, direct: list[Invocation], macros: _LazyMacros, undeclared: list[Where]) -> list[SiteFacts]:
     """Every expansion the AST holds, paired with its invocation as written;
     plus invocations the AST lost (an undeclared name: the compiler dropped
     the assertion that names it)."""
@@ -469,7 +481,7 @@ def _sites(walk: _Walk, direct: list[Invocation], macros: _LazyMacros) -> list[S
         direct_at.setdefault((inv.file, inv.line, inv.column), []).append(inv)
     names = _FunctionNames(walk.functions, macros)
     out: list[SiteFacts] = []
-    for where in dict.fromkeys([*by_where, *direct_at]):   # source order of first appearance
+    for where in dict.fromkeys([*by_where, *direct_at, *undeclared]):   # source order of first appearance
         found = by_where.get(where, [])
         written = direct_at.get(where)
         if written is None:

@@ -9,8 +9,9 @@ and print gcc-style: `file:line:col: error: message [SDTnnn]`.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
-from bpf_sdt.clang_plugin.extract import INT, POINTER, RECORD, ArgFact, FileFacts, Invocation
+from bpf_sdt.clang_plugin.extract import INT, POINTER, RECORD, ArgFact, FileFacts, Invocation, SiteFacts
 
 from bpf_sdt.format import MAX_ARGS
 from bpf_sdt.model import Declaration, Finding, Severity
@@ -57,25 +58,29 @@ def per_file(facts: FileFacts) -> list[Finding]:
         out += _name_rules(inv)
         out += _declared_type_rules(inv, decls.get(inv.name), facts.declared_classes.get(inv.name, ()))
     for sf in facts.site_facts:
-        inv = sf.invocation
-        out += _name_rules(inv)
-        decl = decls.get(inv.name)
-        if decl is None:
-            if inv.name_is_identifier:
-                out.append(_finding(inv.file, inv.line, inv.column, "SDT001",
-                                    f"probe '{inv.name}' is used but never declared "
-                                    f"(BPF_SDT_DECLARE{inv.arity}){_via(inv)}"))
-            continue
-        out += _arity_rules(inv, decl)
-        out += _argument_rules(inv, decl, sf.args, facts.declared_classes.get(inv.name, ()))
-        if sf.unreachable:
-            out.append(_finding(inv.file, inv.line, inv.column, "SDT009",
-                                f"probe '{inv.name}' is in code the compiler cannot reach; it will not exist"
-                                f"{_via(inv)}"))
+        site = _site_rules(sf, decls.get(sf.invocation.name), facts.declared_classes.get(sf.invocation.name, ()))
+        via = _via(sf.invocation)
+        out += [replace(f, message=f.message + via) for f in site] if via else site
     out += [_redeclared(later, first) for later, first in facts.redeclared]
     for macro, line, col in facts.too_many:
         out.append(_finding(facts.file, line, col, "SDT008",
                             f"{macro}: probes take at most {MAX_ARGS} arguments (the trampoline limit)"))
+    return out
+
+
+def _site_rules(sf: SiteFacts, decl: Declaration | None, classes: tuple[str, ...]) -> list[Finding]:
+    inv = sf.invocation
+    out = _name_rules(inv)
+    if decl is None:
+        if inv.name_is_identifier:
+            out.append(_finding(inv.file, inv.line, inv.column, "SDT001",
+                                f"probe '{inv.name}' is used but never declared (BPF_SDT_DECLARE{inv.arity})"))
+        return out
+    out += _arity_rules(inv, decl)
+    out += _argument_rules(inv, decl, sf.args, classes)
+    if sf.unreachable:
+        out.append(_finding(inv.file, inv.line, inv.column, "SDT009",
+                            f"probe '{inv.name}' is in code the compiler cannot reach; it will not exist"))
     return out
 
 

@@ -30,6 +30,7 @@ VA_ARGS = "__VA_ARGS__"
 # No space is put after these, or before the closing ones, when tokens are joined.
 _OPENERS = {"(", "[", "{", ".", "->", "!", "~", "#"}
 _CLOSERS = {")", "]", "}", ",", ";", ".", "->", "++", "--"}
+_UNARY = {"&", "*", "-", "+"}
 
 Where = tuple[str, int, int]
 
@@ -81,12 +82,19 @@ def split_args(tokens: Sequence[Any], open_at: int) -> tuple[list[list[Any]] | N
 
 
 def tokens_text(spellings: Sequence[str]) -> str:
-    """Tokens joined the way C is usually written: `c[0] + 1`, `f(a, b)`."""
+    """Tokens joined the way C is usually written: `c[0] + 1`, `f(a, b)`, `&(x)`."""
     out: list[str] = []
+    prev = ""
+    operand_start = True        # where an operand begins, `&`, `*`, `-`, `+` are unary
+    prev_unary = False
     for s in spellings:
-        if out and out[-1] not in _OPENERS and s not in _CLOSERS and not (s in ("(", "[") and _word(out[-1])):
+        if out and prev not in _OPENERS and s not in _CLOSERS and s != "[" and not prev_unary \
+                and not (s == "(" and (_word(prev) or prev == ")")):
             out.append(" ")
         out.append(s)
+        prev_unary = s in _UNARY and operand_start
+        operand_start = prev_unary or not (_word(s) or s in (")", "]"))
+        prev = s
     return "".join(out)
 
 
