@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ CACHE_ENV = "BPF_SDT_CACHE_DIR"
 MAX_CACHE_ENTRY_BYTES = 16 << 20
 # Compiler errors shown per file as SDT000.
 MAX_COMPILER_ERRORS = 5
+# Seconds of a file's deadline kept back from its IR compile, so that the
+# worker reports the other findings before its alarm ends it.
+IR_DEADLINE_MARGIN_S = 1.0
 # A NUL in the first 64 KiB: an object or other binary, not C.
 BINARY_PROBE_BYTES = 65536
 
@@ -62,12 +66,16 @@ def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask = None) ->
     hazard = include_hazard(path, data, flags)
     if hazard:
         return FileResult(path, unusable=hazard)
+    started = time.monotonic()
     pending, ir_note = _start_ir(path, ir)
     try:
         result = _analyze_parsed(path, flags, data, ci_limits=Limits, oom=ran_out_of_memory, extract=extract)
         # A file that does not compile has its errors already (and no IR).
         if pending is not None and result.facts is not None and not result.compile_errors:
-            result.findings += _ir_findings(path, data, result, pending, Limits.from_env().timeout_s)
+            # clang gets what is left of the file's deadline, less a margin:
+            # a slow clang costs the IR rules, never the file's other findings
+            left = Limits.from_env().timeout_s - (time.monotonic() - started) - IR_DEADLINE_MARGIN_S
+            result.findings += _ir_findings(path, data, result, pending, left)
         elif ir_note:
             result.ir_note = ir_note
     finally:
@@ -94,6 +102,8 @@ def _ir_findings(path: str, data: bytes, result: FileResult, pending: Any, timeo
 
     assert result.facts is not None
     try:
+        if timeout <= 0:
+            raise IrUnavailable("no time left before the file's deadline (BPF_SDT_PARSE_TIMEOUT)")
         bitcode = pending.result(timeout)
         if read_regular(path, MAX_SOURCE_BYTES, "source file") != data:   # clang read the disk, libclang `data`
             raise IrUnavailable(f"{path} changed while it was being linted")

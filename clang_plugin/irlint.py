@@ -118,13 +118,14 @@ class PendingIr:
         self.proc.wait()
         self.workdir.cleanup()
 
-    def result(self, timeout: float | None = None) -> bytes:
+    def result(self, timeout: float) -> bytes:
         """The bitcode, or IrUnavailable with clang's first error line."""
         try:
             try:
                 code = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                raise IrUnavailable(f"clang took longer than {timeout:.0f} s") from None
+                raise IrUnavailable(f"clang took longer than the {timeout:.1f} s the file's deadline left it "
+                                    "(BPF_SDT_PARSE_TIMEOUT)") from None
             if code != 0:
                 raise IrUnavailable(_first_error(self.errors.read_bytes(), code))
             return self.output.read_bytes()
