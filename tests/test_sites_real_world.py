@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from matrix_src import probes, source
 from test_compile_matrix import _configs
-from toolchain import REQUIRED_CLANGS, clang, compile_bpf, mcpus, run
+from toolchain import REQUIRED_CLANGS, clang, compile_bpf, mcpus, run, tool
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 
@@ -397,3 +397,51 @@ def test_extract_and_list_spell_types_alike(matrix_c: Path, tmp_path: Path) -> N
     for s in listed(obj):
         assert s["types"] == declared[s["name"]], s["name"]
     assert {s["function"] for s in extract(matrix_c)["sites"]} == {s["function"] for s in listed(obj)}
+
+
+# --- instrumented objects: the observers each site calls -------------------------------------
+
+INSTRUMENTED = """\
+#include <bpf_sdt.h>
+BPF_SDT_DECLARE1(hit, int);
+BPF_SDT_DECLARE1(other, long);
+BPF_SDT_DECLARE(quiet);
+__attribute__((section("xdp"), used)) int prog(int *ctx)
+{
+	BPF_SDT_PROBE1(hit, ctx[0]);
+	if (ctx[1])
+		BPF_SDT_PROBE1(other, ctx[2]);
+	BPF_SDT_PROBE(quiet);
+	return 2;
+}
+char LICENSE[] __attribute__((section("license"), used)) = "GPL";
+"""
+OBSERVERS = """\
+__attribute__((section("bpf_sdt/hit"), used)) int on_hit(unsigned long long *ctx) { return (int)ctx[0]; }
+__attribute__((section("bpf_sdt"), used)) int on_any(unsigned long long *ctx) { return (int)ctx[0]; }
+char LICENSE[] __attribute__((section("license"), used)) = "GPL";
+"""
+
+
+def test_list_shows_the_observers_of_an_instrumented_object(tmp_path: Path) -> None:
+    tool("bpftool")
+    src, obs_src = tmp_path / "prog.bpf.c", tmp_path / "obs.bpf.c"
+    src.write_text(INSTRUMENTED)
+    obs_src.write_text(OBSERVERS)
+    obj, obs = tmp_path / "prog.o", tmp_path / "obs.o"
+    compile_bpf(src, obj, clang(19))
+    compile_bpf(obs_src, obs, clang(19))
+    out = tmp_path / "out.o"
+    res = cli("instrument", str(obj), "-o", str(out), "--observer", str(obs), "--attach", "on_any=[ho]*",
+              "--record", "--probe", "hit", "--probe", "other")
+    assert res.returncode == 0, res.stderr
+    calls = {s["name"]: s["observers"] for s in listed(out)}
+    assert calls == {"hit": ["on_hit", "on_any", "bpf_sdt_record_1"], "other": ["on_any", "bpf_sdt_record_1"],
+                     "quiet": []}
+    assert all(s["observers"] == [] for s in listed(obj))
+    table = cli("list", str(out)).stdout.splitlines()
+    assert table[1].split()[-1] == "OBSERVERS" and table[2].endswith("on_hit, on_any, bpf_sdt_record_1")
+    assert table[-1].split()[0] == "quiet" and table[-1].endswith(" -")
+    assert "OBSERVERS" not in cli("list", str(obj)).stdout, "only an instrumented object has the column"
+    # the instrumented sites keep their source lines
+    assert [(s["name"], s["line"]) for s in listed(out)] == [(s["name"], s["line"]) for s in listed(obj)]
