@@ -87,9 +87,8 @@ def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask = None) ->
 def _start_ir(path: str, ir: IrTask) -> tuple[Any, str | None]:
     if ir is None:
         return None, None
-    from bpf_sdt.clang_plugin.irlint import IrCompiler, IrUnavailable, load_libc, start_ir
+    from bpf_sdt.clang_plugin.irlint import IrCompiler, IrUnavailable, start_ir
 
-    load_libc()
     try:
         return start_ir(IrCompiler(ir[0]), path, ir[1]), None
     except IrUnavailable as e:
@@ -250,9 +249,9 @@ def _plan_for(files: list[str], build_dir: str | None, extra: list[str], ir: boo
     db = CompileDatabase(build_dir) if build_dir else None   # read once for all files
     plan = _Plan({}, {})
     if ir:
-        import importlib.util
+        from bpf_sdt.clang_plugin.irlint import llvmlite_version
 
-        if importlib.util.find_spec("llvmlite") is None:
+        if llvmlite_version() == "none":
             plan.ir_skipped = "IR checks skipped: llvmlite is not installed (pip install llvmlite)"
             ir = False
     fallback: str | None = None
@@ -331,6 +330,8 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
         from bpf_sdt.clang_plugin.sandbox import Limits, run_isolated
 
         cindex()   # a broken libclang is one error here, not one per file; children inherit it loaded
+        if any(plan.ir.get(f) for f in todo):
+            import llvmlite.binding  # noqa: F401 - loaded once here, inherited by every worker
         limits = Limits.from_env()
         outcomes = run_isolated([(f, flags[f], sources[f], plan.ir.get(f)) for f in todo], _analyze_encoded,
                                 jobs or os.cpu_count() or 1, limits)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +302,7 @@ class _AstSite:
     args: dict[int, ArgFact]
     emitted: bool
     unreachable: bool = False
+    exprs: list[Any] = field(default_factory=list)   # the argument expressions
 
 
 @dataclass
@@ -329,8 +331,8 @@ def _walk_functions(ci, functions: list[Any]) -> _Walk:  # type: ignore[no-untyp
             site = _site_of(ci, node, kids, func, dead)
             if site is not None:
                 sites.append(site)
-                for ch in kids:          # arguments may refer to functions, or hold probes
-                    visit(ch, func, dead)
+                for expr in site.exprs:   # the arguments as written: they may call functions, or hold probes
+                    visit(expr, func, dead)
                 return
         if kind == K.COMPOUND_STMT:
             after_jump = False
@@ -356,62 +358,61 @@ def _walk_functions(ci, functions: list[Any]) -> _Walk:  # type: ignore[no-untyp
 
 
 def _site_of(ci, node: Any, kids: list[Any], func: Any, dead: bool) -> _AstSite | None:  # type: ignore[no-untyped-def]
-    """The probe a `do { } while (0)` expands, if it is one."""
+    """The probe a `do { } while (0)` expands, if it is one.  Only the
+    expansion's statements are read, never its expressions: the header's
+    expansion is large, and this runs for every site."""
     K = ci.CursorKind
     body = kids[0] if kids and kids[0].kind == K.COMPOUND_STMT else None
     if body is None:
         return None
-    name: str | None = None
-    arity: int | None = None
-    for stmt in body.get_children():
-        if stmt.kind != K.DECL_STMT:
-            break                                  # the assertions come first
-        for decl in stmt.get_children():
-            if decl.kind != K.STATIC_ASSERT:
-                continue
-            message = next((c.spelling for c in decl.get_children() if c.kind == K.STRING_LITERAL), "")
-            m = SITE_ASSERT_RE.match(message)
-            if m is None or DECLARATION_ASSERT in message:
-                continue
-            name = m.group(1)
-            n = NARGS_ASSERT_RE.search(message)
-            if n:
-                arity = int(n.group(1))
-        if name is not None and arity is not None:
-            break
-    if name is None:
+    stmts = list(body.get_children())
+    first = next(iter(stmts[0].get_children()), None) if stmts and stmts[0].kind == K.DECL_STMT else None
+    if first is None or first.kind != K.STATIC_ASSERT:
         return None
-    args: dict[int, ArgFact] = {}
-    emitted = _collect_site(ci, body, args)
-    return _AstSite(name, arity, _where(node), func, args, emitted, dead)
+    # The first assertion names the probe; it counts the arguments unless the
+    # name is undeclared (the compiler dropped that one).
+    message = next((c.spelling for c in first.get_children() if c.kind == K.STRING_LITERAL), "")
+    m = SITE_ASSERT_RE.match(message)
+    if m is None or DECLARATION_ASSERT in message:
+        return None
+    n = NARGS_ASSERT_RE.search(message)
+    site = _AstSite(m.group(1), int(n.group(1)) if n else None, _where(node), func, {}, False, dead)
+    _collect_site(ci, stmts, site)
+    return site
 
 
-def _collect_site(ci, body: Any, args: dict[int, ArgFact]) -> bool:  # type: ignore[no-untyped-def]
-    """Fill `args` from the expansion's `__sdt_vK` variables; whether it
-    holds an asm statement (the probe itself, absent under BPF_SDT_DISABLE)."""
+def _collect_site(ci, stmts: list[Any], site: _AstSite) -> None:  # type: ignore[no-untyped-def]
+    """The expansion's `__sdt_vK` variables (each argument's own type and its
+    expression) and whether it holds an asm statement (the probe itself,
+    absent under BPF_SDT_DISABLE).  They sit in the body, or in the branches
+    of its `if`s (BPF_SDT_DISABLE's `if (0)`, the split forms' placements)."""
     K = ci.CursorKind
-    emitted = False
-    stack = [body]
-    while stack:
-        node = stack.pop()
-        for ch in node.get_children():
-            kind = ch.kind
-            if kind == K.ASM_STMT:
-                emitted = True
-            elif kind == K.VAR_DECL:
-                m = SITE_VAR_RE.match(ch.spelling)
+    todo = list(stmts)
+    while todo:
+        stmt = todo.pop()
+        kind = stmt.kind
+        if kind == K.ASM_STMT:
+            site.emitted = True
+        elif kind == K.DECL_STMT:
+            for var in stmt.get_children():
+                m = SITE_VAR_RE.match(var.spelling) if var.kind == K.VAR_DECL else None
                 if m:
-                    fact = _arg_fact(ci, ch)
-                    if fact is not None:
-                        args.setdefault(int(m.group(1)), fact)
-                continue
-            elif kind in (K.DO_STMT, K.DECL_REF_EXPR):
-                continue                           # a nested probe is a site of its own
-            stack.append(ch)
-    return emitted
+                    found = _arg_fact(ci, var)
+                    if found is not None:
+                        site.args.setdefault(int(m.group(1)), found[0])
+                        site.exprs.append(found[1])
+        elif kind in (K.IF_STMT, K.COMPOUND_STMT):
+            todo += [c for c in stmt.get_children() if c.kind in _STATEMENT_KINDS(ci)]
 
 
-def _arg_fact(ci, var: Any) -> ArgFact | None:  # type: ignore[no-untyped-def]
+@cache
+def _STATEMENT_KINDS(ci) -> frozenset[Any]:  # type: ignore[no-untyped-def]  # noqa: N802
+    K = ci.CursorKind
+    return frozenset((K.ASM_STMT, K.DECL_STMT, K.IF_STMT, K.COMPOUND_STMT))
+
+
+def _arg_fact(ci, var: Any) -> tuple[ArgFact, Any] | None:  # type: ignore[no-untyped-def]
+    """An argument's own type, and the expression as written."""
     K = ci.CursorKind
     kids = list(var.get_children())
     e = kids[-1] if kids else None
@@ -424,7 +425,7 @@ def _arg_fact(ci, var: Any) -> ArgFact | None:  # type: ignore[no-untyped-def]
     if e is None:
         return None
     t = e.type.get_canonical()
-    return ArgFact("", t.spelling, t.get_size(), classify(ci, t))
+    return ArgFact("", t.spelling, t.get_size(), classify(ci, t)), e
 
 
 def _is_literal_zero(ci, node) -> bool:  # type: ignore[no-untyped-def]

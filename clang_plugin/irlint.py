@@ -29,10 +29,9 @@ The rules (ids in lint.RULES):
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
-import signal
+import select
 import subprocess
 import tempfile
 from collections.abc import Iterable
@@ -57,7 +56,6 @@ DEFAULT_OPT = "-O2"
 # columns, no warnings (the user's -Werror must not stop a lint).
 IR_FLAGS = ("-g", "-gcolumn-info", "-w", "-Wno-error", "-c", "-emit-llvm")
 UNDEFINED_KINDS = {"undef_value": "undef", "poison_value": "poison"}
-PR_SET_PDEATHSIG = 1
 # Constraint letters of a stack-slot argument: the slot, its immediate and its width.
 SLOT_OPERANDS = 3
 
@@ -85,12 +83,19 @@ class IrCompiler:
 
 @cache
 def llvmlite_version() -> str:
-    try:
-        from importlib.metadata import version
+    """Identifies the installed llvmlite without importing it (or
+    importlib.metadata: a warm lint must stay fast): its package file's
+    path, size and mtime, which an upgrade changes."""
+    import importlib.machinery
 
-        return version("llvmlite")
-    except Exception:   # noqa: BLE001 - any failure means "unknown", never an error
-        return "?"
+    spec = importlib.machinery.PathFinder.find_spec("llvmlite")
+    if spec is None or spec.origin is None:
+        return "none"
+    try:
+        st = os.stat(spec.origin)
+    except OSError:
+        return spec.origin
+    return f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def ir_flags(flags: list[str]) -> list[str]:
@@ -122,7 +127,7 @@ class PendingIr:
         """The bitcode, or IrUnavailable with clang's first error line."""
         try:
             try:
-                code = self.proc.wait(timeout)
+                code = _wait(self.proc, timeout)
             except subprocess.TimeoutExpired:
                 raise IrUnavailable(f"clang took longer than the {timeout:.1f} s the file's deadline left it "
                                     "(BPF_SDT_PARSE_TIMEOUT)") from None
@@ -133,37 +138,36 @@ class PendingIr:
             self.cancel()
 
 
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Popen.wait(timeout) polls with sleeps of up to 50 ms, a good part of a
+    small file's compile; a pidfd wakes up when clang exits."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):    # not Linux >= 5.3
+        return proc.wait(timeout)
+    try:
+        ready, _, _ = select.select([fd], [], [], max(timeout, 0))
+    finally:
+        os.close(fd)
+    if not ready:
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    return proc.wait()
+
+
 def start_ir(compiler: IrCompiler, path: str, flags: list[str]) -> PendingIr:
     workdir = tempfile.TemporaryDirectory(prefix="bpf-sdt-ir-")
     out, err = Path(workdir.name) / "tu.bc", Path(workdir.name) / "stderr"
     cmd = [compiler.path, *ir_flags(flags), "-o", str(out), "--", path]
     with open(err, "wb") as errors:
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
-                                    preexec_fn=_die_with_parent)  # noqa: PLW1509 - the worker is single-threaded
+            # No preexec_fn: it forces a fork of this (large) process where
+            # vfork is otherwise used.  The lint worker's process group
+            # (sandbox.py) is killed with the worker, clang included.
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
         except OSError as e:
             workdir.cleanup()
             raise IrUnavailable(f"cannot run {compiler.path}: {e.strerror or e}") from None
     return PendingIr(proc, workdir, out, err, path, cmd)
-
-
-_LIBC: Any = None
-
-
-def _die_with_parent() -> None:
-    """In the child: a clang outliving its lint worker (killed at its
-    deadline) would keep compiling for nobody."""
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def load_libc() -> None:
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL(None, use_errno=True)
-        except OSError:
-            _LIBC = None
 
 
 def _first_error(stderr: bytes, code: int) -> str:

@@ -212,6 +212,10 @@ def _worker(tasks: Sequence[T], work: Callable[[T], bytes], limits: Limits,
     try:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
+        # A process group of its own: whatever it starts (lint's IR compile)
+        # is killed with it when it dies or is killed (_reap, _stop).
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
         os.dup2(err, 2)   # libclang's crash reports go to the parent, not the terminal
         _worker_stderr = 2
         limit = limits.memory_mib << 20
@@ -288,7 +292,16 @@ def _read_from(fd: int, start: int, limit: int = 4096) -> bytes:
         return b""
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL a worker's process group (its children: a clang compiling for
+    it).  Called before the worker is reaped, so the group's id cannot have
+    been reused."""
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def _reap(w: _Worker) -> int:
+    _kill_group(w.pid)
     _, status = os.waitpid(w.pid, 0)
     for fd in (w.results, w.tasks):
         with contextlib.suppress(OSError):
@@ -305,6 +318,7 @@ def _stop(workers: list[_Worker]) -> None:
             with contextlib.suppress(OSError):
                 os.kill(w.pid, signal.SIGKILL)
     for w in workers:
+        _kill_group(w.pid)
         with contextlib.suppress(OSError):
             os.waitpid(w.pid, 0)
         with contextlib.suppress(OSError):
