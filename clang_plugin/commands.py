@@ -183,9 +183,32 @@ def _ir_identity(task: IrTask) -> str:
     mtime, llvmlite's version) and its flags."""
     if task is None:
         return "|no-ir"
-    from bpf_sdt.clang_plugin.irlint import IrCompiler
+    return f"|ir:{_file_identity(task[0])}:{_llvmlite_version()}:" + "\0".join(task[1])
 
-    return f"|ir:{IrCompiler(task[0]).identity}:" + "\0".join(task[1])
+
+def _file_identity(path: str) -> str:
+    """Path, size and mtime: what changes when a compiler or package is upgraded."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+
+
+_llvmlite: list[str] = []
+
+
+def _llvmlite_version() -> str:
+    """Identifies the installed llvmlite without importing it (nor
+    importlib.metadata: a warm lint must stay fast): its package file's
+    identity, which an upgrade changes.  "none" when it is not installed."""
+    if not _llvmlite:
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec("llvmlite")
+        origin = spec.origin if spec is not None else None
+        _llvmlite.append(_file_identity(origin) if origin else "none")
+    return _llvmlite[0]
 
 
 def cache_key(path: str, flags: list[str], data: bytes, version: str) -> str:
@@ -248,12 +271,9 @@ def _flags_for(files: list[str], build_dir: str | None, extra: list[str]) -> dic
 def _plan_for(files: list[str], build_dir: str | None, extra: list[str], ir: bool = False) -> _Plan:
     db = CompileDatabase(build_dir) if build_dir else None   # read once for all files
     plan = _Plan({}, {})
-    if ir:
-        from bpf_sdt.clang_plugin.irlint import llvmlite_version
-
-        if llvmlite_version() == "none":
-            plan.ir_skipped = "IR checks skipped: llvmlite is not installed (pip install llvmlite)"
-            ir = False
+    if ir and _llvmlite_version() == "none":
+        plan.ir_skipped = "IR checks skipped: llvmlite is not installed (pip install llvmlite)"
+        ir = False
     fallback: str | None = None
     for f in files:
         flags = None

@@ -26,12 +26,14 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bpf_sdt.clang_plugin.macros import ExpandedProbe, MacroTable, split_args, tokens_text
-
-from bpf_sdt.argtype import POINTER_SIZE, ArgType, TypeKind
 from bpf_sdt.model import Declaration, Finding, SourceSite
+
+if TYPE_CHECKING:   # a warm `lint` imports this module for its dataclasses only: no parsing machinery
+    from bpf_sdt.clang_plugin.macros import ExpandedProbe, MacroTable
+
+    from bpf_sdt.argtype import ArgType, TypeKind
 
 MACRO_RE = re.compile(r"^BPF_SDT_(PROBE|DECLARE)(\d*)$")
 TOO_MANY_RE = re.compile(r"^BPF_SDT_(PROBE|DECLARE)(\d+)$")
@@ -126,14 +128,14 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
     main = str(path)
     invocations: list[Invocation] = []
     type_vars: dict[str, Any] = {}                  # name -> the __sdt_type_ VAR_DECL cursor
-    typedefs: dict[tuple[str, int], Any] = {}       # (name, k) -> argument k's type
+    typedef_cursors: list[Any] = []                 # spelled only if a declaration needs them
     nargs: dict[str, int] = {}
     functions: list[Any] = []
     # every macro definition and outermost invocation, for user macros that
     # hold probes (indexed only if one does)
     definitions: list[tuple[int, Any]] = []
     instantiations: list[tuple[int, Any]] = []
-    for order, c in enumerate(tu.cursor.get_children()):
+    for order, c in _top_level(ci, tu):
         kind = c.kind
         if kind == K.MACRO_INSTANTIATION:
             instantiations.append((order, c))
@@ -145,14 +147,14 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
             if c.spelling.startswith("__sdt_type_"):
                 type_vars.setdefault(c.spelling[len("__sdt_type_"):], c)   # the first, as decl_at
         elif kind == K.TYPEDEF_DECL:
-            m = TYPEDEF_RE.match(c.spelling)
-            if m:
-                typedefs.setdefault((m.group(1), int(m.group(2))), c.underlying_typedef_type)
+            typedef_cursors.append(c)   # vmlinux.h has tens of thousands: not spelled now
         elif kind == K.ENUM_DECL:
-            for e in c.get_children():
-                m = NARGS_RE.match(e.spelling)
-                if m:
-                    nargs[m.group(1)] = e.enum_value
+            # `enum { __bpf_sdt_<name>_nargs = N }` has one enumerator: look
+            # at the first only (vmlinux.h's enums have tens of thousands)
+            e = _first_child(ci, c)
+            m = NARGS_RE.match(e.spelling) if e is not None else None
+            if m:
+                nargs[m.group(1)] = e.enum_value
         elif kind == K.FUNCTION_DECL and c.is_definition() and not c.location.is_in_system_header:
             functions.append(c)
 
@@ -163,6 +165,7 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
             if first is not inv and (first.file, first.line, first.column) != (inv.file, inv.line, inv.column):
                 facts.redeclared.append((inv, first))
             facts.declaration_macros.append(inv)
+    typedefs = _probe_typedefs(typedef_cursors) if set(nargs) - set(type_vars) else {}
     for name, n in nargs.items():
         decl, classes = _declaration(ci, name, n, type_vars.get(name), typedefs, decl_at.get(name))
         facts.declarations.append(decl)
@@ -181,6 +184,54 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
     return facts
 
 
+def _top_level(ci, tu: Any) -> list[tuple[int, Any]]:  # type: ignore[no-untyped-def]
+    """(order, cursor) of the translation unit's top-level cursors of the
+    kinds extract reads.  A program including vmlinux.h has tens of thousands
+    of others (structs, unions); get_children makes each a checked Python
+    object, this visitor drops them on the kind field alone."""
+    K = ci.CursorKind
+    wanted = {k.value for k in (K.MACRO_INSTANTIATION, K.MACRO_DEFINITION, K.VAR_DECL, K.TYPEDEF_DECL,
+                                K.ENUM_DECL, K.FUNCTION_DECL)}
+    root = tu.cursor
+    out: list[tuple[int, Any]] = []
+    order = [0]
+
+    def visitor(child: Any, _parent: Any, found: list[tuple[int, Any]]) -> int:
+        order[0] += 1
+        if child._kind_id in wanted:
+            child._tu = root._tu        # keeps the translation unit alive, as get_children does
+            found.append((order[0], child))
+        return 1                        # CXChildVisit_Continue
+
+    ci.conf.lib.clang_visitChildren(root, ci.callbacks["cursor_visit"](visitor), out)
+    return out
+
+
+def _first_child(ci, cursor: Any) -> Any:  # type: ignore[no-untyped-def]
+    """A cursor's first child, without visiting the others (get_children
+    collects them all)."""
+    found: list[Any] = []
+
+    def visitor(child: Any, _parent: Any, out: list[Any]) -> int:
+        child._tu = cursor._tu          # keeps the translation unit alive, as get_children does
+        out.append(child)
+        return 0                        # CXChildVisit_Break
+
+    ci.conf.lib.clang_visitChildren(cursor, ci.callbacks["cursor_visit"](visitor), found)
+    return found[0] if found else None
+
+
+def _probe_typedefs(cursors: list[Any]) -> dict[tuple[str, int], Any]:
+    """(name, k) -> argument k's declared type, from the header's per-argument
+    typedefs: under BPF_SDT_DISABLE the only record of the types."""
+    out: dict[tuple[str, int], Any] = {}
+    for c in cursors:
+        m = TYPEDEF_RE.match(c.spelling)
+        if m:
+            out.setdefault((m.group(1), int(m.group(2))), c.underlying_typedef_type)
+    return out
+
+
 def _in(c, main: str) -> bool:  # type: ignore[no-untyped-def]
     f = c.location.file
     return f is not None and f.name == main
@@ -192,6 +243,8 @@ def _where(c) -> Where:  # type: ignore[no-untyped-def]
 
 
 def _invocation(c, source: bytes | None) -> Invocation:  # type: ignore[no-untyped-def]
+    from bpf_sdt.clang_plugin.macros import split_args
+
     m = MACRO_RE.match(c.spelling)
     assert m
     tokens = list(c.get_tokens())
@@ -212,6 +265,8 @@ def _text(tokens: list, source: bytes | None) -> str:  # type: ignore[type-arg]
     if source is not None:
         start, end = tokens[0].extent.start.offset, tokens[-1].extent.end.offset
         return source[start:end].decode("utf-8", errors="replace")
+    from bpf_sdt.clang_plugin.macros import tokens_text
+
     return tokens_text([t.spelling for t in tokens])
 
 
@@ -244,6 +299,8 @@ def _kinds(ci, names: tuple[str, ...]) -> set[Any]:  # type: ignore[no-untyped-d
 def arg_type(ci, t) -> ArgType:  # type: ignore[no-untyped-def]
     """The shared typed description of a C type libclang resolved: what
     bpf_sdt.argtype builds from BTF for the same declaration."""
+    from bpf_sdt.argtype import POINTER_SIZE, ArgType
+
     TK = ci.TypeKind
     canon = t.get_canonical()
     k = canon.kind
@@ -291,25 +348,31 @@ def classify(ci, t) -> str:  # type: ignore[no-untyped-def]
 # --- the function bodies -------------------------------------------------------------
 
 
-@dataclass
 class _AstSite:
-    """One BPF_SDT_PROBEn expansion found in a function body."""
+    """One BPF_SDT_PROBEn expansion found in a function body.  (Plain
+    classes, not dataclasses, here: a warm `lint` imports this module and
+    pays for every dataclass it defines.)"""
 
-    name: str
-    arity: int | None              # from the count assertion, when the name is declared
-    where: Where
-    function: Any                  # the FUNCTION_DECL cursor
-    args: dict[int, ArgFact]
-    emitted: bool
-    unreachable: bool = False
-    exprs: list[Any] = field(default_factory=list)   # the argument expressions
+    __slots__ = ("name", "arity", "where", "function", "args", "emitted", "unreachable", "exprs")
+
+    def __init__(self, name: str, arity: int | None, where: Where, function: Any, unreachable: bool) -> None:
+        self.name = name
+        self.arity = arity                   # from the count assertion, when the name is declared
+        self.where = where
+        self.function = function             # the FUNCTION_DECL cursor
+        self.args: dict[int, ArgFact] = {}
+        self.emitted = False
+        self.unreachable = unreachable
+        self.exprs: list[Any] = []           # the argument expressions
 
 
-@dataclass
 class _Walk:
-    sites: list[_AstSite]
-    referenced: set[str]            # names of everything a function body refers to
-    functions: list[Any]
+    __slots__ = ("sites", "referenced", "functions")
+
+    def __init__(self, sites: list[_AstSite], referenced: set[str], functions: list[Any]) -> None:
+        self.sites = sites
+        self.referenced = referenced         # names of everything a function body refers to
+        self.functions = functions
 
 
 def _walk_functions(ci, functions: list[Any]) -> _Walk:  # type: ignore[no-untyped-def]
@@ -376,7 +439,7 @@ def _site_of(ci, node: Any, kids: list[Any], func: Any, dead: bool) -> _AstSite 
     if m is None or DECLARATION_ASSERT in message:
         return None
     n = NARGS_ASSERT_RE.search(message)
-    site = _AstSite(m.group(1), int(n.group(1)) if n else None, _where(node), func, {}, False, dead)
+    site = _AstSite(m.group(1), int(n.group(1)) if n else None, _where(node), func, dead)
     _collect_site(ci, stmts, site)
     return site
 
@@ -455,6 +518,8 @@ class _LazyMacros:
     @property
     def table(self) -> MacroTable:
         if self._table is None:
+            from bpf_sdt.clang_plugin.macros import MacroTable
+
             self._table = MacroTable(*self._args)
         return self._table
 

@@ -36,7 +36,6 @@ import subprocess
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -70,32 +69,6 @@ class IrUnavailable(Exception):
 @dataclass(frozen=True)
 class IrCompiler:
     path: str
-
-    @property
-    def identity(self) -> str:
-        """For cache keys: a different compiler may optimize differently."""
-        try:
-            st = os.stat(self.path)
-            return f"{self.path}:{st.st_size}:{st.st_mtime_ns}:{llvmlite_version()}"
-        except OSError:
-            return self.path
-
-
-@cache
-def llvmlite_version() -> str:
-    """Identifies the installed llvmlite without importing it (or
-    importlib.metadata: a warm lint must stay fast): its package file's
-    path, size and mtime, which an upgrade changes."""
-    import importlib.machinery
-
-    spec = importlib.machinery.PathFinder.find_spec("llvmlite")
-    if spec is None or spec.origin is None:
-        return "none"
-    try:
-        st = os.stat(spec.origin)
-    except OSError:
-        return spec.origin
-    return f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def ir_flags(flags: list[str]) -> list[str]:
