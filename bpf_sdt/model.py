@@ -102,8 +102,22 @@ class ArgLocation(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def _arg_json_text(loc: ArgLocation, t: ArgType | None = None) -> str:
+def _arg_json_text(loc: ArgLocation) -> str:
+    return json.dumps(loc._json(), separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _imm_json_text(loc: ArgLocation, t: ArgType) -> str:
     return json.dumps(_typed_arg_json(loc, t), separators=(",", ":"))
+
+
+def _typed_arg_json_text(loc: ArgLocation, t: ArgType | None) -> str:
+    """Only an immediate depends on its type (and hashing a type costs)."""
+    return _arg_json_text(loc) if t is None or loc.kind != "imm" else _imm_json_text(loc, t)
+
+
+def _int_or_null(v: int | None) -> str:
+    return "null" if v is None else str(v)
 
 
 def _typed_arg_json(loc: ArgLocation, t: ArgType | None) -> dict[str, Any]:
@@ -121,8 +135,18 @@ def _typed_arg_json(loc: ArgLocation, t: ArgType | None) -> dict[str, Any]:
 def describe_arg(loc: ArgLocation, t: ArgType | None) -> str:
     """Where an argument lives, an immediate as its declared type prints it."""
     if loc.kind == "imm" and t is not None and loc.value is not None:
-        return f"${t.format(t.convert(loc.value))}"
+        return _describe_imm(loc.value, t)
+    return _describe(loc)
+
+
+@functools.lru_cache(maxsize=4096)
+def _describe(loc: ArgLocation) -> str:
     return loc.describe()
+
+
+@functools.lru_cache(maxsize=4096)
+def _describe_imm(value: int, t: ArgType) -> str:
+    return f"${t.format(t.convert(value))}"
 
 
 @functools.lru_cache(maxsize=65536)
@@ -176,14 +200,14 @@ class Site:
         on 10,000 sites spends most of its time encoding otherwise.  A test
         keeps the two identical."""
         q = _json_str
-        args = ",".join(_arg_json_text(loc, t) for loc, t in self.typed_args())
+        args = ",".join(_typed_arg_json_text(loc, t) for loc, t in self.typed_args())
         return (f'{{"name":{q(self.name)},"section":{q(self.section)},"offset":{self.offset},'
                 f'"insn":{self.insn_index},"function":{q(self.function)},'
                 f'"args":[{args}],'
                 f'"types":[{",".join(map(q, self.types))}],"entry_offset":{self.entry_offset},'
                 f'"symbol":{_dumps(self.symbol)},'   # unique per site: not worth caching
                 f'"file":{"null" if self.file is None else q(self.file)},'
-                f'"line":{_dumps(self.line)},"column":{_dumps(self.column)},'
+                f'"line":{_int_or_null(self.line)},"column":{_int_or_null(self.column)},'
                 f'"observers":[{",".join(map(q, self.observers))}]}}')
 
     def to_json(self) -> dict[str, Any]:

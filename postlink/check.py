@@ -17,10 +17,9 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from bpf_sdt.argtype import ArgType
 from bpf_sdt.btf import Btf, BtfType
-from bpf_sdt.btfext import BtfExt, LineInfo, OffsetIndex
 from bpf_sdt.elf import SHT_NOBITS, STB_LOCAL, STT_NOTYPE, BpfObject, is_reserved_index
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import DECL_TAG_PREFIX, INSN_ARRAY_MAX, NOTES_SECTION
@@ -33,7 +32,10 @@ from bpf_sdt.notes import (
     RawSymbols,
     decode_notes,
 )
-from bpf_sdt.probes import probe_types
+
+if TYPE_CHECKING:   # imported where used: `check` reads neither line info nor typed arguments
+    from bpf_sdt.argtype import ArgType
+    from bpf_sdt.btfext import BtfExt, LineInfo, OffsetIndex
 
 BTF_EXT = ".BTF.ext"
 # + observer: a local symbol on the first insn of each call `instrument` inserts
@@ -163,6 +165,8 @@ class ObjectReport:
     def arg_types(self) -> dict[str, tuple[ArgType, ...]]:
         """Each probe's typed arguments, to show immediates at their declared
         types; none from BTF that cannot be read (check reports it)."""
+        from bpf_sdt.probes import probe_types
+
         try:
             return probe_types(self.obj.btf)
         except InputError:
@@ -192,9 +196,12 @@ class SourceLines:
     def __init__(self, obj: BpfObject) -> None:
         self._ext: BtfExt | None = None
         self._index: dict[str, OffsetIndex[LineInfo]] = {}
+        self._files: dict[int, str | None] = {}     # by string offset: a few files, many sites
         sec = obj.section(BTF_EXT)
         if sec is None:
             return
+        from bpf_sdt.btfext import BtfExt
+
         try:
             btf = obj.btf
             if btf is not None:
@@ -211,9 +218,13 @@ class SourceLines:
         rec = index.at(offset)
         if rec is None:
             return None, None, None
-        try:
-            file = self._ext.file_name(rec)
-        except InputError:
+        file = self._files.get(rec.file_name_off, "")
+        if file == "":
+            try:
+                file = self._files[rec.file_name_off] = self._ext.file_name(rec)
+            except InputError:
+                file = self._files[rec.file_name_off] = None
+        if file is None:
             return None, None, None
         return file, rec.line or None, rec.col or None
 
