@@ -112,7 +112,7 @@ def _ir_findings(path: str, data: bytes, result: FileResult, pending: Any, timeo
         return []
     probes = [SourceProbe(s.site.name, s.site.file, s.site.line, s.site.column, s.site.args, s.emitted,
                           s.emitted and s.used and not s.unreachable, s.site.via) for s in result.facts.site_facts]
-    return ir_findings(probes, sites)
+    return ir_findings(probes, sites, path)
 
 
 def _analyze_parsed(path: str, flags: list[str], data: bytes, ci_limits: Any, oom: Any, extract: Any) -> FileResult:
@@ -284,7 +284,7 @@ def _plan_for(files: list[str], build_dir: str | None, extra: list[str], ir: boo
                 raise InputError(f"{f}: not in {db.path}")
             compiler = db.compiler(f)
         plan.flags[f] = default_flags([*(flags or []), *extra])
-        if not ir:
+        if not ir or not f.endswith(".c"):   # a header alone has no code to optimize
             continue
         if compiler is None:    # the build's own clang optimizes as the build does; else the newest
             if fallback is None:

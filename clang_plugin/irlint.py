@@ -365,8 +365,10 @@ class _Paths:
         return r
 
 
-def ir_findings(probes: Iterable[SourceProbe], sites: list[IrSite]) -> list[Finding]:
-    """SDT010, SDT011 and SDT012 at the user's lines."""
+def ir_findings(probes: Iterable[SourceProbe], sites: list[IrSite], unit: str = "") -> list[Finding]:
+    """SDT010, SDT011 and SDT012 at the user's lines.  A probe in a header is
+    compiled once per file including it, maybe differently: its findings
+    name the file `unit` whose compile they are about."""
     from bpf_sdt.clang_plugin.lint import RULES
 
     real = _Paths()
@@ -383,7 +385,8 @@ def ir_findings(probes: Iterable[SourceProbe], sites: list[IrSite]) -> list[Find
     reported: set[Key] = set()
 
     def finding(p: SourceProbe, rule: str, message: str) -> None:
-        out.append(Finding(p.file, f"{p.line}:{p.column}", RULES[rule][0], message + _via(p), rule))
+        compiled = f" (compiling {unit})" if unit and real(p.file) != real(unit) else ""
+        out.append(Finding(p.file, f"{p.line}:{p.column}", RULES[rule][0], message + _via(p) + compiled, rule))
 
     for p in probes:
         k = key(p.file, p.line, p.column, p.name)

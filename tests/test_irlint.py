@@ -246,3 +246,17 @@ def test_a_slow_clang_costs_the_ir_rules_not_the_file(tmp_path: Path) -> None:
     res = lint("--no-cache", "--format", "json", str(f), env=env)
     assert [h["rule"] for h in findings(res)] == ["SDT006"] and res.returncode == 0
     assert "IR checks skipped: clang took longer" in res.stderr and len(res.stderr.splitlines()) == 1
+
+
+def test_a_header_probe_is_judged_per_file_including_it(tmp_path: Path) -> None:
+    """Each file compiles the header's helper its own way: dead in one, live
+    in the other; the finding names the file whose compile it is about."""
+    (tmp_path / "trace.h").write_text(
+        "#include <bpf_sdt.h>\nBPF_SDT_DECLARE1(maybe, int);\n"
+        "static __attribute__((always_inline)) inline void trace_if(int x, int on)\n{\n"
+        "\tif (on)\n\t\tBPF_SDT_PROBE1(maybe, x);\n}\n")
+    a, b = write(tmp_path, '#include "trace.h"\nint fa(int *c) { trace_if(c[0], 0); return 0; }\n', "a.bpf.c"), \
+        write(tmp_path, '#include "trace.h"\nint fb(int *c) { trace_if(c[0], c[1]); return 0; }\n', "b.bpf.c")
+    (hit,) = findings(lint("--no-cache", "--format", "json", str(a), str(b), env=ir_env(19)))
+    assert (Path(hit["path"]).name, hit["rule"], hit["where"]) == ("trace.h", "SDT011", "6:3")
+    assert hit["message"].endswith(f"(compiling {a})")
