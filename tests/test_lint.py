@@ -56,7 +56,7 @@ def test_rule_fires_where_it_should(rule: str, tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr, res.stderr
     got = findings(res)
     rules = {g["rule"] for g in got}
-    extra = {"SDT002": set(), "SDT009": set()}.get(rule, set())
+    extra: set[str] = {"SDT002": set(), "SDT009": set()}.get(rule, set())
     assert rule in rules and rules - {rule} <= extra | {"SDT006"} - {rule}, got
     hit = next(g for g in got if g["rule"] == rule)
     assert hit["where"].split(":")[0] == str(line), hit

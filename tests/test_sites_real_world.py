@@ -164,7 +164,10 @@ def macros_c(tmp_path: Path) -> Path:
 def test_wrapper_macros_are_sites_at_the_users_line(macros_c: Path) -> None:
     sites = extract(macros_c)["sites"]
     got = [(s["line"], s["name"], s["via"], s["args"]) for s in sites]
-    at = lambda marker: line_of(macros_c, marker)  # noqa: E731
+
+    def at(marker: str) -> int:
+        return line_of(macros_c, marker)
+
     assert got == [
         (at("@drop"), "lb_drop", ["LB_DROP"], ["__LINE__", "2", "(p)[0]", "0L"]),
         (at("@check"), "lb_drop", ["LB_CHECK", "LB_DROP"], ["__LINE__", "1", "(p)[0]", "0L"]),
