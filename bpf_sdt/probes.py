@@ -14,7 +14,8 @@ from bpf_sdt.argtype import ArgType, arg_types
 from bpf_sdt.btf import Btf, BtfKind, BtfType
 from bpf_sdt.format import DECL_TAG_PREFIX
 
-TAG_RE = re.compile(r"bpf_sdt:([A-Za-z_][A-Za-z0-9_]*):(\d+)")   # used with fullmatch
+# Use with fullmatch, never match with `$`: `$` also matches before a trailing newline.
+TAG_RE = re.compile(r"bpf_sdt:([A-Za-z_][A-Za-z0-9_]*):(\d+)")
 
 
 def tagged_prototype(btf: Btf, var_id: int) -> BtfType | None:

@@ -13,13 +13,12 @@ object per rule.
 from __future__ import annotations
 
 import bisect
-import re
 from collections import Counter
 from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from bpf_sdt.btf import Btf, BtfType
+from bpf_sdt.btf import Btf, BtfKind
 from bpf_sdt.elf import SHT_NOBITS, STB_LOCAL, STT_NOTYPE, BpfObject, is_reserved_index
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import DECL_TAG_PREFIX, INSN_ARRAY_MAX, NOTES_SECTION
@@ -32,6 +31,7 @@ from bpf_sdt.notes import (
     RawSymbols,
     decode_notes,
 )
+from bpf_sdt.probes import TAG_RE, tagged_prototype
 
 if TYPE_CHECKING:   # imported where used: `check` reads neither line info nor typed arguments
     from bpf_sdt.argtype import ArgType
@@ -43,19 +43,7 @@ BTF_EXT = ".BTF.ext"
 # does not load the instrumenter)
 CALL_LABEL_PREFIX = "___sdt_call_"
 
-# fullmatch, never match with `$`: `$` also matches before a trailing newline.
-_TAG_RE = re.compile(r"bpf_sdt:([A-Za-z_][A-Za-z0-9_]*):(\d+)")
-
-# BTF kinds this module follows (include/uapi/linux/btf.h).
-BTF_KIND_PTR = 2
-BTF_KIND_VOLATILE = 9
-BTF_KIND_CONST = 10
-BTF_KIND_RESTRICT = 11
-BTF_KIND_FUNC_PROTO = 13
-BTF_KIND_VAR = 14
-BTF_KIND_DECL_TAG = 17
-BTF_KIND_TYPE_TAG = 18
-_QUALIFIERS = {BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT, BTF_KIND_TYPE_TAG}
+_QUALIFIERS = {BtfKind.VOLATILE, BtfKind.CONST, BtfKind.RESTRICT, BtfKind.TYPE_TAG}
 
 # Every rule: its id, its severity and what it means (docs/check.md has the
 # table; a test keeps the two equal).  SDT105 and SDT115 are warnings in one
@@ -268,10 +256,10 @@ def read_declarations(obj: BpfObject, report: ObjectReport) -> None:
     if btf is None:
         return
     for t in btf.types:
-        if t.kind != BTF_KIND_DECL_TAG or not t.name.startswith(DECL_TAG_PREFIX):
+        if t.kind != BtfKind.DECL_TAG or not t.name.startswith(DECL_TAG_PREFIX):
             continue
         where = f".BTF+type{t.id}"
-        m = _TAG_RE.fullmatch(t.name)
+        m = TAG_RE.fullmatch(t.name)   # fullmatch: `$` would accept a trailing newline
         if m is None:
             report.add(where, "error", f"malformed probe tag {t.name!r} (want bpf_sdt:<name>:<n>)",
                        "SDT117")
@@ -313,18 +301,6 @@ def canonical_type(btf: Btf, type_id: int) -> str:
             break
         type_id = t.type
     return btf.c_spelling(type_id, canonical=True)
-
-
-def tagged_prototype(btf: Btf, var_id: int) -> BtfType | None:
-    """The FUNC_PROTO a probe tag's VAR points to (VAR -> [CONST] -> PTR -> FUNC_PROTO)."""
-    var = btf.get(var_id)
-    if var.kind != BTF_KIND_VAR:
-        return None
-    ptr = btf.resolve(var.type)
-    if ptr.kind != BTF_KIND_PTR:
-        return None
-    proto = btf.resolve(ptr.type)
-    return proto if proto.kind == BTF_KIND_FUNC_PROTO else None
 
 
 # --- notes -------------------------------------------------------------------

@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from bpf_sdt.postlink.check import analyze, tagged_prototype
+from bpf_sdt.postlink.check import analyze
 from test_samples import SAMPLES, built, make  # noqa: F401  (fixture)
 from toolchain import IN_CI, REPO, need, run
 
 from bpf_sdt.elf import load_object
+from bpf_sdt.probes import tagged_prototype
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 HEAD = "#include <bpf_sdt.h>\nstruct big { long a, b; };\n"

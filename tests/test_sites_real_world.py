@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from matrix_src import probes, source
 from test_compile_matrix import _configs
-from toolchain import REQUIRED_CLANGS, clang, compile_bpf, mcpus, run, tool
+from toolchain import REQUIRED_CLANGS, clang, compile_bpf, mcpus, need, run, tool
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 
@@ -274,8 +274,7 @@ NO_UNUSED_CTX = ("-Wno-unused-parameter",)          # BPF_PROG leaves ctx unused
 
 def test_bpf_prog_function_is_named_as_list_names_it(tmp_path: Path) -> None:
     """BPF_PROG's body is an inner `____do_unlinkat` the object never has."""
-    if not Path("/usr/include/bpf/bpf_tracing.h").exists():
-        pytest.skip("libbpf-dev headers not installed")
+    need(Path("/usr/include/bpf/bpf_tracing.h").exists(), "libbpf-dev headers not installed")
     f = tmp_path / "unlink.bpf.c"
     f.write_text(BPF_PROG_SOURCE)
     obj = tmp_path / "unlink.o"
