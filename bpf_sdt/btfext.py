@@ -34,10 +34,15 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from bpf_sdt.btf import Btf
 from bpf_sdt.errors import InputError
+
+if TYPE_CHECKING:
+    from bpf_sdt.elf import BpfObject
+
+BTF_EXT_SECTION = ".BTF.ext"
 
 BTF_EXT_MAGIC = 0xEB9F
 BTF_EXT_VERSION = 1
@@ -494,3 +499,44 @@ def _check_u32(rec: Record, block: str) -> None:
     for v in _values(rec):
         if not 0 <= v <= U32_MAX:
             raise ValueError(f"{block}: field value {v} does not fit u32")
+
+
+class SourceLines:
+    """Source locations by (code section, offset) from `.BTF.ext` line_info:
+    the record in force at an offset is the last one at or before it.  clang
+    gives the probe's asm statement the location of the outermost macro
+    invocation, so an unrolled or inlined copy carries the invocation's line.
+    An object without .BTF.ext (or with a broken one) has no locations."""
+
+    def __init__(self, obj: BpfObject) -> None:
+        self._ext: BtfExt | None = None
+        self._index: dict[str, OffsetIndex[LineInfo]] = {}
+        self._files: dict[int, str | None] = {}     # by string offset: a few files, many sites
+        sec = obj.section(BTF_EXT_SECTION)
+        if sec is None:
+            return
+        try:
+            btf = obj.btf
+            if btf is not None:
+                self._ext = BtfExt.parse(obj.section_data(sec), btf)
+        except InputError:
+            self._ext = None
+
+    def at(self, section: str, offset: int) -> tuple[str | None, int | None, int | None]:
+        if self._ext is None:
+            return None, None, None
+        index = self._index.get(section)
+        if index is None:
+            index = self._index[section] = self._ext.line_index(section)
+        rec = index.at(offset)
+        if rec is None:
+            return None, None, None
+        file = self._files.get(rec.file_name_off, "")
+        if file == "":
+            try:
+                file = self._files[rec.file_name_off] = self._ext.file_name(rec)
+            except InputError:
+                file = self._files[rec.file_name_off] = None
+        if file is None:
+            return None, None, None
+        return file, rec.line or None, rec.col or None

@@ -52,3 +52,7 @@ def entry_symbol_probe_name(symbol: str) -> str | None:
 RECORDER_RINGBUF_MAP = "bpf_sdt_events"
 RECORDER_LOST_MAP = "bpf_sdt_lost"
 RECORDER_DEFAULT_RINGBUF_SIZE = 1 << 22
+
+# instrument marks the first instruction of each call it inserts with a local
+# STT_NOTYPE symbol CALL_LABEL_PREFIX + observer; list reads them back.
+CALL_LABEL_PREFIX = "___sdt_call_"

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bpf_sdt.btfext import BTF_EXT_SECTION
 from bpf_sdt.elf import (
     R_BPF_64_ABS32,
     R_BPF_64_ABS64,
@@ -54,7 +55,6 @@ from bpf_sdt.insn import (
     link_code_references,
 )
 
-BTF_EXT_SECTION = ".BTF.ext"
 DWARF_PREFIX = ".debug_"
 # In-place data words a relocation may hold a code offset in: type -> width.
 _IN_PLACE_WIDTH = {R_BPF_64_ABS64: 8, R_BPF_64_ABS32: 4, R_BPF_64_NODYLD32: 4}

@@ -47,9 +47,10 @@ from bpf_sdt.instrument.observers import (
 from bpf_sdt.instrument.sequence import Frame, Observer, site_sequence
 
 from bpf_sdt.argtype import ArgType
-from bpf_sdt.btfext import BtfExt
+from bpf_sdt.btfext import SourceLines
 from bpf_sdt.elf import STT_FUNC, BpfObject, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
+from bpf_sdt.format import CALL_LABEL_PREFIX
 from bpf_sdt.fsutil import write_atomic
 from bpf_sdt.insn import CodeSection, Insn
 from bpf_sdt.notes import NoteEntry, NotesDecoding, decode_notes
@@ -57,7 +58,6 @@ from bpf_sdt.probes import probe_types
 from bpf_sdt.rewrite import CodeEdits, Label, decode_code, move_code, rewrite_object
 
 TEXT = ".text"
-CALL_LABEL_PREFIX = "___sdt_call_"     # + observer: a local symbol on each inserted call's first insn
 SLOT = 8
 
 
@@ -214,7 +214,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     index_of = {idx: {insn.orig: i for i, insn in enumerate(sec.insns)} for idx, sec in code.items()}
     inserts: dict[int, dict[int, list[Insn]]] = {}
     sites, problems = [], []
-    ext = _btf_ext(obj)
+    lines = SourceLines(obj)
     for site_id, entry in enumerate(ordered):
         names = plan.get(entry.probe)
         if not names:
@@ -226,7 +226,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
             seq, calls = _site_code(program, f, idx, entry, types.get(entry.probe, ()),
                                     [observers[n] for n in names], site_id, sec.index != text)
         except SiteError as e:
-            problems.append(f"{_where(obj, entry, f, ext)}: {e}")
+            problems.append(f"{_where(entry, f, lines)}: {e}")
             continue
         inserts.setdefault(sec.index, {})[idx] = seq
         edits.labels += [Label(CALL_LABEL_PREFIX + name, sec.index, insn) for name, insn in calls]
@@ -326,19 +326,9 @@ def _insert_after(sec: CodeSection, at: dict[int, list[Insn]]) -> None:
     sec.insns = out
 
 
-def _btf_ext(obj: BpfObject) -> BtfExt | None:
-    sec = obj.section(".BTF.ext")
-    if sec is None or obj.btf is None:
-        return None
-    try:
-        return BtfExt.parse(obj.section_data(sec), obj.btf.strings)
-    except InputError:
-        return None
-
-
-def _where(obj: BpfObject, entry: NoteEntry, f: Function, ext: BtfExt | None) -> str:
-    line = ext.line_of(entry.section.name, entry.offset) if ext else None
-    src = f" ({ext.file_name(line)}:{line.line})" if ext and line else ""
+def _where(entry: NoteEntry, f: Function, lines: SourceLines) -> str:
+    file, line, _ = lines.at(entry.section.name, entry.offset)
+    src = f" ({file}:{line})" if file else ""
     return f"{entry.probe} in {f.name}, {entry.section.name} insn {entry.offset // SLOT}{src}"
 
 

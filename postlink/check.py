@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from bpf_sdt.btf import Btf, BtfKind
 from bpf_sdt.elf import SHT_NOBITS, STB_LOCAL, STT_NOTYPE, BpfObject, is_reserved_index
 from bpf_sdt.errors import InputError
-from bpf_sdt.format import DECL_TAG_PREFIX, INSN_ARRAY_MAX, NOTES_SECTION
+from bpf_sdt.format import CALL_LABEL_PREFIX, DECL_TAG_PREFIX, INSN_ARRAY_MAX, NOTES_SECTION
 from bpf_sdt.model import Declaration, Finding, Severity, Site
 from bpf_sdt.notes import (
     FunctionIndex,
@@ -35,13 +35,6 @@ from bpf_sdt.probes import TAG_RE, tagged_prototype
 
 if TYPE_CHECKING:   # imported where used: `check` reads neither line info nor typed arguments
     from bpf_sdt.argtype import ArgType
-    from bpf_sdt.btfext import BtfExt, LineInfo, OffsetIndex
-
-BTF_EXT = ".BTF.ext"
-# + observer: a local symbol on the first insn of each call `instrument` inserts
-# (bpf_sdt.instrument.command.CALL_LABEL_PREFIX; not imported, so that check
-# does not load the instrumenter)
-CALL_LABEL_PREFIX = "___sdt_call_"
 
 _QUALIFIERS = {BtfKind.VOLATILE, BtfKind.CONST, BtfKind.RESTRICT, BtfKind.TYPE_TAG}
 
@@ -139,6 +132,8 @@ class ObjectReport:
     def iter_sites(self) -> Iterator[Site]:
         functions = FunctionIndex(self.obj)
         decls = self.declarations
+        from bpf_sdt.btfext import SourceLines  # line info only for those who list sites
+
         lines = SourceLines(self.obj)
         observers = self.observers
         types = self.arg_types
@@ -172,49 +167,6 @@ class ObjectReport:
 
 
 # --- where sites are, and what they call -------------------------------------
-
-
-class SourceLines:
-    """Source locations by (code section, offset) from `.BTF.ext` line_info:
-    the record in force at an offset is the last one at or before it.  clang
-    gives the probe's asm statement the location of the outermost macro
-    invocation, so an unrolled or inlined copy carries the invocation's line.
-    An object without .BTF.ext (or with a broken one) has no locations."""
-
-    def __init__(self, obj: BpfObject) -> None:
-        self._ext: BtfExt | None = None
-        self._index: dict[str, OffsetIndex[LineInfo]] = {}
-        self._files: dict[int, str | None] = {}     # by string offset: a few files, many sites
-        sec = obj.section(BTF_EXT)
-        if sec is None:
-            return
-        from bpf_sdt.btfext import BtfExt
-
-        try:
-            btf = obj.btf
-            if btf is not None:
-                self._ext = BtfExt.parse(obj.section_data(sec), btf)
-        except InputError:
-            self._ext = None
-
-    def at(self, section: str, offset: int) -> tuple[str | None, int | None, int | None]:
-        if self._ext is None:
-            return None, None, None
-        index = self._index.get(section)
-        if index is None:
-            index = self._index[section] = self._ext.line_index(section)
-        rec = index.at(offset)
-        if rec is None:
-            return None, None, None
-        file = self._files.get(rec.file_name_off, "")
-        if file == "":
-            try:
-                file = self._files[rec.file_name_off] = self._ext.file_name(rec)
-            except InputError:
-                file = self._files[rec.file_name_off] = None
-        if file is None:
-            return None, None, None
-        return file, rec.line or None, rec.col or None
 
 
 def call_labels(obj: BpfObject, entries: list[NoteEntry]) -> dict[tuple[int, int], tuple[str, ...]]:

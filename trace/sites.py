@@ -17,13 +17,10 @@ from pathlib import PurePath
 from bpf_sdt.instrument.command import ordered_sites
 
 from bpf_sdt.argtype import ArgType
-from bpf_sdt.btfext import BtfExt, LineInfo, OffsetIndex
+from bpf_sdt.btfext import SourceLines
 from bpf_sdt.elf import BpfObject
-from bpf_sdt.errors import InputError
 from bpf_sdt.notes import FunctionIndex, NoteEntry, decode_notes
 from bpf_sdt.probes import probe_types
-
-BTF_EXT = ".BTF.ext"
 
 
 @dataclass(frozen=True)
@@ -57,46 +54,12 @@ def site_table(instrumented: BpfObject, shown: BpfObject | None = None) -> list[
         if [(e.probe, e.section.name) for e in theirs] == [(e.probe, e.section.name) for e in ordered]:
             where, entries = shown, theirs
     functions = FunctionIndex(where)
-    lines = _Lines(_btf_ext(where))
+    lines = SourceLines(where)
     return [_site(i, e, functions, lines, types.get(e.probe, ())) for i, e in enumerate(entries)]
 
 
-class _Lines:
-    """Source lines by (section, offset), one sorted index per section."""
-
-    def __init__(self, ext: BtfExt | None) -> None:
-        self._ext = ext
-        self._index: dict[str, OffsetIndex[LineInfo]] = {}
-
-    def at(self, section: str, offset: int) -> tuple[str | None, int | None]:
-        if self._ext is None:
-            return None, None
-        index = self._index.get(section)
-        if index is None:
-            index = self._index[section] = self._ext.line_index(section)
-        rec = index.at(offset)
-        if rec is None:
-            return None, None
-        try:
-            return self._ext.file_name(rec), rec.line
-        except InputError:              # a bad string offset: no source line, still a site
-            return None, None
-
-
-def _site(site_id: int, entry: NoteEntry, functions: FunctionIndex, lines: _Lines,
+def _site(site_id: int, entry: NoteEntry, functions: FunctionIndex, lines: SourceLines,
           types: tuple[ArgType, ...]) -> Site:
-    file, line = lines.at(entry.section.name, entry.offset)
+    file, line, _column = lines.at(entry.section.name, entry.offset)
     return Site(site_id, entry.probe, functions.at(entry.section, entry.offset), entry.section.name,
                 entry.insn_index, file, line, types)
-
-
-def _btf_ext(obj: BpfObject) -> BtfExt | None:
-    """The object's line info, or None: an object without (or with broken)
-    .BTF.ext is traced all the same, without source lines."""
-    sec = obj.section(BTF_EXT)
-    if sec is None or obj.btf is None:
-        return None
-    try:
-        return BtfExt.parse(obj.section_data(sec), obj.btf)
-    except InputError:
-        return None
