@@ -290,13 +290,6 @@ class CodeSection:
         keep pointing at it, so branches to it skip the new code."""
         self.insns[index:index] = new
 
-    def at_offset(self, offset: int) -> int:
-        """Index of the decoded instruction that was at ``offset``."""
-        for i, insn in enumerate(self.insns):
-            if insn.orig == offset:
-                return i
-        raise KeyError(offset)
-
 
 def decode_section(index: int, name: str, data: bytes, relocs: Iterable[Relocation] = ()) -> CodeSection:
     """Instructions of one section, with its relocations attached and its

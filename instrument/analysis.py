@@ -21,6 +21,7 @@ Register sets are bit masks (bit n = rn).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -128,12 +129,22 @@ class Program:
             self._by_name[f.name] = f          # the first of a name wins
         self._above: dict[int, int] = {}
         self._below: dict[int, int] = {}
+        self._starts: dict[int, tuple[list[int], list[Function]]] = {}   # per section, in order
+        self._callers: dict[int, list[Function]] = {}
+        for f in self.functions:
+            starts, funcs = self._starts.setdefault(id(f.section), ([], []))
+            starts.append(f.start)
+            funcs.append(f)
+            for g in f.callees:
+                self._callers.setdefault(id(g), []).append(f)
 
     def function_of(self, sec: CodeSection, index: int) -> Function:
-        for f in self.functions:          # few functions per object; sites look up once each
-            if f.section is sec and f.start <= index < f.end:
-                return f
-        raise KeyError(index)
+        """The function holding ``sec.insns[index]`` (a bisect over its section's)."""
+        starts, funcs = self._starts[id(sec)]
+        f = funcs[bisect.bisect_right(starts, index) - 1]
+        if not f.start <= index < f.end:
+            raise KeyError(index)
+        return f
 
     def by_name(self, name: str) -> Function | None:
         return self._by_name.get(name)
@@ -186,11 +197,6 @@ class Program:
     def chain_above(self, f: Function) -> int:
         """The deepest stack of callers above ``f`` (0 for a program)."""
         if id(f) not in self._above:
-            if not hasattr(self, "_callers"):
-                self._callers: dict[int, list[Function]] = {}
-                for caller in self.functions:
-                    for g in caller.callees:
-                        self._callers.setdefault(id(g), []).append(caller)
             self._above[id(f)] = max((self.chain_above(c) + round_frame(c.frame)
                                       for c in self._callers.get(id(f), [])), default=0)
         return self._above[id(f)]

@@ -206,12 +206,13 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     notes = decode_notes(obj)
     types = probe_types(obj.btf)
     code = decode_code(obj)
-    program = Program(code, obj.symbols, _site_uses(code, notes))
+    # (section, decoded offset) -> index in its section: taken once, before code moves
+    index_of = {(idx, insn.orig): i for idx, sec in code.items() for i, insn in enumerate(sec.insns)}
+    program = Program(code, obj.symbols, _site_uses(code, notes, index_of))
     edits = CodeEdits()
-    observers = _observer_entries(obj, code, plan)     # before sections move
+    observers = _observer_entries(obj, code, plan, index_of)
     text = _gather_text(obj, code, edits)
     ordered = ordered_sites(notes)
-    index_of = {idx: {insn.orig: i for i, insn in enumerate(sec.insns)} for idx, sec in code.items()}
     inserts: dict[int, dict[int, list[Insn]]] = {}
     sites, problems = [], []
     lines = SourceLines(obj)
@@ -220,7 +221,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
         if not names:
             continue
         sec = code[entry.section.index]
-        idx = index_of[sec.index][entry.offset]
+        idx = index_of[(sec.index, entry.offset)]
         f = program.function_of(sec, idx)
         try:
             seq, calls = _site_code(program, f, idx, entry, types.get(entry.probe, ()),
@@ -243,13 +244,14 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     return data, Result(sites, plan)
 
 
-def _site_uses(code: dict[int, CodeSection], notes: NotesDecoding) -> dict[int, int]:
+def _site_uses(code: dict[int, CodeSection], notes: NotesDecoding,
+               index_of: dict[tuple[int, int], int]) -> dict[int, int]:
     """id() of every probe NOP -> the registers its arguments are in."""
-    at = {(idx, insn.orig): insn for idx, sec in code.items() for insn in sec.insns}
     out = {}
     for e in notes.entries:
-        nop = at.get((e.section.index, e.offset))
-        if nop is not None:
+        i = index_of.get((e.section.index, e.offset))
+        if i is not None:
+            nop = code[e.section.index].insns[i]
             out[id(nop)] = mask(a.reg for a in e.args if a.kind == "reg" and a.reg is not None)
     return out
 
@@ -268,26 +270,19 @@ def _gather_text(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits)
     return text
 
 
-def _observer_entries(obj: BpfObject, code: dict[int, CodeSection],
-                      plan: dict[str, list[str]]) -> dict[str, Observer]:
+def _observer_entries(obj: BpfObject, code: dict[int, CodeSection], plan: dict[str, list[str]],
+                      index_of: dict[tuple[int, int], int]) -> dict[str, Observer]:
     """Observer name -> its first instruction (found before any section moves)."""
     wanted = {n for names in plan.values() for n in names}
     out = {}
     for sym in obj.symbols:
         if sym.name in wanted and sym.name not in out and sym.type == STT_FUNC \
-                and (entry := _insn_at(code, sym.shndx, sym.value)) is not None:
-            out[sym.name] = Observer(sym.name, entry, sym.num)
+                and (i := index_of.get((sym.shndx, sym.value))) is not None:
+            out[sym.name] = Observer(sym.name, code[sym.shndx].insns[i], sym.num)
     missing = wanted - set(out)
     if missing:
         raise InputError(f"observer {', '.join(sorted(missing))} not found in the linked object")
     return out
-
-
-def _insn_at(code: dict[int, CodeSection], shndx: int, offset: int) -> Insn | None:
-    sec = code.get(shndx)
-    if sec is not None:
-        return next((i for i in sec.insns if i.orig == offset), None)
-    return None
 
 
 def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types: tuple[ArgType, ...],
