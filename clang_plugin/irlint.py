@@ -39,10 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bpf_sdt.format import ENTRY_SYMBOL_PREFIX, NOTES_SECTION
 from bpf_sdt.model import Finding
 
-NOTES_PUSH = ".pushsection .bpf_sdt_notes"
-ENTRY_LABEL_RE = re.compile(r"___sdt_jt_([A-Za-z_][A-Za-z0-9_]*):")
+NOTES_PUSH = f".pushsection {NOTES_SECTION}"
+ENTRY_LABEL_RE = re.compile(re.escape(ENTRY_SYMBOL_PREFIX) + r"([A-Za-z_][A-Za-z0-9_]*):")
 # `ptr asm [sideeffect] [alignstack] [inteldialect] [unwind] "<text>", "<constraints>"`:
 # IR escapes `"` inside both strings as \22, so neither holds a bare quote.
 ASM_RE = re.compile(r'\basm\b[^"]*"(?P<text>[^"]*)",\s*"(?P<constraints>[^"]*)"')

@@ -36,7 +36,6 @@ from bpf_sdt.instrument.analysis import (
     regs_of,
 )
 from bpf_sdt.instrument.observers import (
-    DEFAULT_RINGBUF_SIZE,
     RECORDER_PREFIX,
     ObserverDecl,
     build_recorder,
@@ -50,7 +49,7 @@ from bpf_sdt.argtype import ArgType
 from bpf_sdt.btfext import SourceLines
 from bpf_sdt.elf import STT_FUNC, BpfObject, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
-from bpf_sdt.format import CALL_LABEL_PREFIX
+from bpf_sdt.format import CALL_LABEL_PREFIX, RECORDER_DEFAULT_RINGBUF_SIZE
 from bpf_sdt.fsutil import write_atomic
 from bpf_sdt.insn import CodeSection, Insn
 from bpf_sdt.notes import NoteEntry, NotesDecoding, decode_notes
@@ -75,7 +74,7 @@ class Request:
     observers: tuple[Path, ...] = ()
     attach: tuple[str, ...] = ()            # "observer=GLOB"
     record: bool = False
-    ringbuf_size: int = DEFAULT_RINGBUF_SIZE
+    ringbuf_size: int = RECORDER_DEFAULT_RINGBUF_SIZE
     bpftool: str = "bpftool"
 
 

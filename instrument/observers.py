@@ -22,16 +22,13 @@ import jinja2
 
 from bpf_sdt.elf import STB_LOCAL, STT_FUNC, BpfObject
 from bpf_sdt.errors import InputError, ToolError
-from bpf_sdt.format import MAX_ARGS, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_LOST_MAP, RECORDER_RINGBUF_MAP
+from bpf_sdt.format import MAX_ARGS, RECORDER_LOST_MAP, RECORDER_RINGBUF_MAP
 from bpf_sdt.toolchain import find_clang
 
 OBSERVER_SECTION = "bpf_sdt"            # SEC("bpf_sdt") or SEC("bpf_sdt/<glob>")
 BPF_PROG_INNER = "____"                 # libbpf's BPF_PROG names the inlined body ____<name>
 RECORDER_PREFIX = "bpf_sdt_record_"     # + arity
-RINGBUF_MAP = RECORDER_RINGBUF_MAP      # pinned by name: /sys/fs/bpf/bpf_sdt_events
-LOST_MAP = RECORDER_LOST_MAP
 RECORDER_EVENT = "bpf_sdt_event"
-DEFAULT_RINGBUF_SIZE = RECORDER_DEFAULT_RINGBUF_SIZE
 PAGE_SIZE = 4096
 RECORDER_CFLAGS = ("-target", "bpf", "-O2", "-g", "-mcpu=v2", "-Wall", "-Werror")
 TEMPLATES = Path(__file__).with_name("templates")
@@ -94,7 +91,7 @@ def render_recorder(arities: list[int], ringbuf_size: int) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
     return env.get_template("recorder.bpf.c.j2").render(
-        arities=sorted(set(arities)), ringbuf_size=ringbuf_size, ringbuf=RINGBUF_MAP, lost=LOST_MAP,
+        arities=sorted(set(arities)), ringbuf_size=ringbuf_size, ringbuf=RECORDER_RINGBUF_MAP, lost=RECORDER_LOST_MAP,
         event=RECORDER_EVENT, prefix=RECORDER_PREFIX)
 
 

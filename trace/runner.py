@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bpf_sdt.instrument.command import Request, instrument
-from bpf_sdt.instrument.observers import DEFAULT_RINGBUF_SIZE, LOST_MAP, RECORDER_PREFIX, RINGBUF_MAP
+from bpf_sdt.instrument.observers import RECORDER_PREFIX
 from bpf_sdt.trace.output import Decoder
 from bpf_sdt.trace.pcap import MAX_PACKET, read_packets
 from bpf_sdt.trace.ring import Ring, open_ring
@@ -39,6 +39,7 @@ from bpf_sdt.trace.testrun import RAW_TP_TYPE, run_raw_tp
 
 from bpf_sdt.elf import load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
+from bpf_sdt.format import RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_LOST_MAP, RECORDER_RINGBUF_MAP
 from bpf_sdt.libbpf import BpfObject, LibbpfError, Link, Map, Program, TcFilter, strerror
 from bpf_sdt.model import escape_text
 
@@ -72,7 +73,7 @@ class Options:
     prog: str | None = None             # which program --xdp/--tc attach
     pinned: bool = False
     pin_dir: Path = DEFAULT_PIN_DIR
-    ringbuf_size: int = DEFAULT_RINGBUF_SIZE
+    ringbuf_size: int = RECORDER_DEFAULT_RINGBUF_SIZE
     reader: str | None = None           # ring reader, "mmap" or "libbpf" (default: per architecture)
 
 
@@ -109,11 +110,11 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: TextIO, err: TextIO) ->
             bpf.load()
             if stop.requested:
                 return None
-            ring_map = bpf.find_map(RINGBUF_MAP)
+            ring_map = bpf.find_map(RECORDER_RINGBUF_MAP)
             decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
                               t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
             with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder,
-                          _Lost(bpf.find_map(LOST_MAP)), stop, out, err) as session:
+                          _Lost(bpf.find_map(RECORDER_LOST_MAP)), stop, out, err) as session:
                 if opts.run:
                     assert prog is not None
                     session.test_runs(prog, packets, opts.repeat, opts.duration)
@@ -375,13 +376,14 @@ def _trace_pinned(opts: Options, stop: StopSignals, out: TextIO, err: TextIO) ->
             raise UsageError(f"--probe {glob}: matches no probe; the object has: {', '.join(probes)}")
     shown = {s.site_id for s in sites
              if not opts.probes or any(fnmatch.fnmatchcase(s.probe, g) for g in opts.probes)}
-    ring_map = _open_pin(opts.pin_dir / RINGBUF_MAP)
+    ring_map = _open_pin(opts.pin_dir / RECORDER_RINGBUF_MAP)
     lost_map = None
     try:
         if ring_map.type_id != BPF_MAP_TYPE_RINGBUF:
-            raise InputError(f"{opts.pin_dir / RINGBUF_MAP}: a {ring_map.type} map, not the recorder's ring buffer")
-        if (opts.pin_dir / LOST_MAP).exists():
-            lost_map = _open_pin(opts.pin_dir / LOST_MAP)
+            raise InputError(f"{opts.pin_dir / RECORDER_RINGBUF_MAP}: a {ring_map.type} map, "
+                             "not the recorder's ring buffer")
+        if (opts.pin_dir / RECORDER_LOST_MAP).exists():
+            lost_map = _open_pin(opts.pin_dir / RECORDER_LOST_MAP)
         decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
                           t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
         lost = _Lost(lost_map)
@@ -389,7 +391,7 @@ def _trace_pinned(opts: Options, stop: StopSignals, out: TextIO, err: TextIO) ->
             err.write(f"bpf-sdt trace: {lost.base} events were lost before trace started (ring buffer full)\n")
         with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder, lost, stop,
                       out, err) as session:
-            session.ready(sites, shown, f"the ring buffer pinned at {opts.pin_dir / RINGBUF_MAP}")
+            session.ready(sites, shown, f"the ring buffer pinned at {opts.pin_dir / RECORDER_RINGBUF_MAP}")
             session.follow(opts.duration)
             session.finish(opts.count)
     finally:
