@@ -22,6 +22,7 @@ Two layers, because neither alone is enough:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -143,15 +144,14 @@ class _Scan:
         self.seen.add(os.path.normpath(os.path.abspath(path)))
         self.bytes += len(data)
         here = os.path.dirname(os.path.abspath(path))
-        for m in DIRECTIVE_RE.finditer(data):
-            name = os.fsdecode(m.group(3))
-            found = self._resolve(name, m.group(2) == b'"', here)
+        for directive, quoted, name, offset in _directives(data):
+            found = self._resolve(name, quoted, here)
             if found is None:
                 continue
             target, st = found
             if is_hazard(st):
-                line = data.count(b"\n", 0, m.start()) + 1
-                directive, (op, cl) = m.group(1).decode(), (('"', '"') if m.group(2) == b'"' else ("<", ">"))
+                line = data.count(b"\n", 0, offset) + 1
+                op, cl = ('"', '"') if quoted else ("<", ">")
                 real = os.path.realpath(target)
                 shown = target if real == target else f"{target} -> {real}"
                 return (f"{path}:{line}: #{directive} {op}{name}{cl} is {kind(st.st_mode)} ({shown}), "
@@ -171,6 +171,25 @@ class _Scan:
             if not stat.S_ISDIR(st.st_mode):   # clang skips directories and searches on
                 return cand, st
         return None
+
+
+# A file's directives, by its bytes' digest: every file of a project scans the
+# same headers (vmlinux.h alone is 10 ms of regex), and forked parse workers
+# inherit what the planning process scanned.
+_DIRECTIVES: dict[bytes, list[tuple[str, bool, str, int]]] = {}
+MAX_REMEMBERED_FILES = 4096
+
+
+def _directives(data: bytes) -> list[tuple[str, bool, str, int]]:
+    """(directive, quoted, name, offset) of each include-like directive."""
+    digest = hashlib.blake2b(data, digest_size=16).digest()
+    found = _DIRECTIVES.get(digest)
+    if found is None:
+        found = [(m.group(1).decode(), m.group(2) == b'"', os.fsdecode(m.group(3)), m.start())
+                 for m in DIRECTIVE_RE.finditer(data)]
+        if len(_DIRECTIVES) < MAX_REMEMBERED_FILES:
+            _DIRECTIVES[digest] = found
+    return found
 
 
 def _exists_as_hazard(path: str) -> bool:
