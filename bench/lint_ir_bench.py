@@ -8,8 +8,10 @@ Two sets of files:
 Each set is timed with one process at a time (-j1 / one clang after another:
 what a pre-commit hook on a few files sees) and on all cores (`lint -j N`
 against N clangs at a time, one process per file as make -jN and ninja run
-them; for the generated set also 25 files per clang process, which spares
-clang's start-up but is not how builds compile).  Cold runs start from an empty cache; `--no-ir`
+them; for the generated set also 25 files per clang command, which shows that
+the driver does not share its start-up: it runs one front-end process per
+input, where lint's shared clang (clang_plugin/irbatch.py) runs one for many).
+Cold runs start from an empty cache; `--no-ir`
 cold runs show what the IR rules add; warm runs re-lint with the cache filled.
 Runs are interleaved (bench/run.py's timed_side_by_side); ratios use the
 fastest run of each.

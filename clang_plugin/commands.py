@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ MAX_COMPILER_ERRORS = 5
 IR_DEADLINE_MARGIN_S = 1.0
 # A NUL in the first 64 KiB: an object or other binary, not C.
 BINARY_PROBE_BYTES = 65536
+# Files with one compiler and flags that share one clang for their IR (irbatch.py).
+MIN_BATCH_FILES = 2
+# The IR rules read at most this much bitcode of one file (a BPF program's is KBs).
+MAX_BITCODE_BYTES = 64 << 20
 
 
 # --- one file ------------------------------------------------------------------
@@ -52,36 +57,47 @@ BINARY_PROBE_BYTES = 65536
 IrTask = tuple[str, list[str]] | None
 
 
-def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask = None) -> FileResult:
+def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask = None, ir_elsewhere: bool = False) -> FileResult:
     """Parse and lint one file whose bytes are `data`; never raises for a bad
     file.  Run it in a sandbox child (see analyze_files): libclang may not
     return from a hostile file.  With `ir`, clang compiles the file to
-    bitcode meanwhile, for the IR rules (irlint.py)."""
+    bitcode meanwhile, for the IR rules (irlint.py).  With `ir_elsewhere`,
+    its IR is compiled in a batch (irbatch.py) and the result carries what
+    the IR rules need of the source (site_states)."""
     from bpf_sdt.clang_plugin.extract import extract
-    from bpf_sdt.clang_plugin.includes import include_hazard
     from bpf_sdt.clang_plugin.sandbox import Limits, ran_out_of_memory
 
-    if b"\0" in data[:BINARY_PROBE_BYTES]:
-        return FileResult(path, unusable=f"{path}: binary file, not C source")
-    hazard = include_hazard(path, data, flags)
-    if hazard:
-        return FileResult(path, unusable=hazard)
+    refused = refusal(path, data, flags)
+    if refused:
+        return FileResult(path, unusable=refused)
     started = time.monotonic()
     pending, ir_note = _start_ir(path, ir)
     try:
         result = _analyze_parsed(path, flags, data, ci_limits=Limits, oom=ran_out_of_memory, extract=extract)
+        if ir_elsewhere and result.facts is not None:
+            result.site_states = [(p.emitted, p.expected) for p in _source_probes(result)]
         # A file that does not compile has its errors already (and no IR).
         if pending is not None and result.facts is not None and not result.compile_errors:
             # clang gets what is left of the file's deadline, less a margin:
             # a slow clang costs the IR rules, never the file's other findings
             left = Limits.from_env().timeout_s - (time.monotonic() - started) - IR_DEADLINE_MARGIN_S
-            result.findings += _ir_findings(path, data, result, pending, left)
+            result.findings += _ir_findings(path, data, result, lambda: pending.result(left), left)
         elif ir_note:
             result.ir_note = ir_note
     finally:
         if pending is not None:
             pending.cancel()
     return result
+
+
+def refusal(path: str, data: bytes, flags: list[str]) -> str | None:
+    """Why a file must not be parsed or compiled at all: binary, or an
+    include of a FIFO or device (includes.py)."""
+    from bpf_sdt.clang_plugin.includes import include_hazard
+
+    if b"\0" in data[:BINARY_PROBE_BYTES]:
+        return f"{path}: binary file, not C source"
+    return include_hazard(path, data, flags)
 
 
 def _start_ir(path: str, ir: IrTask) -> tuple[Any, str | None]:
@@ -95,24 +111,41 @@ def _start_ir(path: str, ir: IrTask) -> tuple[Any, str | None]:
         return None, f"IR checks skipped: {e}"
 
 
-def _ir_findings(path: str, data: bytes, result: FileResult, pending: Any, timeout: float) -> list[Finding]:
-    """The IR rules' findings; a reason in result.ir_note when there are none to have."""
-    from bpf_sdt.clang_plugin.irlint import IrUnavailable, SourceProbe, ir_findings, ir_sites
+def _source_probes(result: FileResult) -> list[Any]:
+    """The source's sites as the IR rules compare them (irlint.SourceProbe):
+    from the parse itself, or from the site states a worker sent."""
+    from bpf_sdt.clang_plugin.irlint import SourceProbe
 
-    assert result.facts is not None
+    facts = result.facts
+    assert facts is not None
+    if facts.site_facts:
+        return [SourceProbe(s.site.name, s.site.file, s.site.line, s.site.column, s.site.args, s.emitted,
+                            s.emitted and s.used and not s.unreachable, s.site.via) for s in facts.site_facts]
+    states = result.site_states or []
+    return [SourceProbe(s.name, s.file, s.line, s.column, s.args, emitted, expected, s.via)
+            for s, (emitted, expected) in zip(facts.sites, states, strict=True)]
+
+
+def _ir_findings(path: str, data: bytes, result: FileResult, bitcode: Callable[[], bytes],
+                 timeout: float = 1.0) -> list[Finding]:
+    """The IR rules' findings on the bitcode `bitcode()` returns; a reason in
+    result.ir_note when there are none to have."""
+    from bpf_sdt.clang_plugin.irlint import IrUnavailable, ir_findings, ir_sites
+
     try:
         if timeout <= 0:
             raise IrUnavailable("no time left before the file's deadline (BPF_SDT_PARSE_TIMEOUT)")
-        bitcode = pending.result(timeout)
+        code = bitcode()
+        if len(code) > MAX_BITCODE_BYTES:
+            raise IrUnavailable(f"its bitcode is {len(code) >> 20} MiB, past the {MAX_BITCODE_BYTES >> 20} MiB "
+                                "the IR rules read")
         if read_regular(path, MAX_SOURCE_BYTES, "source file") != data:   # clang read the disk, libclang `data`
             raise IrUnavailable(f"{path} changed while it was being linted")
-        sites = ir_sites(bitcode)
+        sites = ir_sites(code)
     except (IrUnavailable, InputError) as e:
         result.ir_note = f"IR checks skipped: {e}"
         return []
-    probes = [SourceProbe(s.site.name, s.site.file, s.site.line, s.site.column, s.site.args, s.emitted,
-                          s.emitted and s.used and not s.unreachable, s.site.via) for s in result.facts.site_facts]
-    return ir_findings(probes, sites, path)
+    return ir_findings(_source_probes(result), sites, path)
 
 
 def _analyze_parsed(path: str, flags: list[str], data: bytes, ci_limits: Any, oom: Any, extract: Any) -> FileResult:
@@ -164,8 +197,8 @@ def _does_not_compile(file: str, line: int, col: int, msg: str) -> Finding:
     return Finding(file, f"{line}:{col}", "error", f"does not compile: {msg}", "SDT000")
 
 
-def _analyze_encoded(task: tuple[str, list[str], bytes, IrTask]) -> bytes:
-    return encode(analyze_file(*task))
+def _analyze_encoded(task: tuple[str, list[str], bytes, IrTask, bool]) -> bytes:
+    return encode(analyze_file(*task), for_ir=task[4])
 
 
 # --- cache ---------------------------------------------------------------------
@@ -353,16 +386,72 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
         if any(plan.ir.get(f) for f in todo):
             import llvmlite.binding  # noqa: F401 - loaded once here, inherited by every worker
         limits = Limits.from_env()
-        outcomes = run_isolated([(f, flags[f], sources[f], plan.ir.get(f)) for f in todo], _analyze_encoded,
-                                jobs or os.cpu_count() or 1, limits)
+        jobs = jobs or os.cpu_count() or 1
+        batches = _ir_batches(todo, plan, sources, jobs, limits)
+        batched = {f for b in batches for f in b.files}
+        try:
+            for b in batches:
+                b.start()
+            outcomes = run_isolated([(f, flags[f], sources[f], None if f in batched else plan.ir.get(f), f in batched)
+                                     for f in todo], _analyze_encoded, jobs, limits)
+            bitcode: dict[str, bytes | Exception] = {}
+            for b in batches:
+                bitcode.update(b.collect())
+        finally:
+            for b in batches:
+                b.cancel()
         for f, outcome in zip(todo, outcomes, strict=True):
             r = decode(outcome.payload, path=f) if outcome.payload is not None else None
             if r is None:
                 r = FileResult(f, unusable=f"{f}: {outcome.failure or 'the parse returned no usable result'}")
+            if f in batched:
+                _batched_ir_findings(f, sources[f], r, bitcode.get(f))
             results[f] = r
             if use_cache:
                 cache_store(keys[f], r)
     return [results[f] for f in files]
+
+
+def _ir_batches(todo: list[str], plan: _Plan, sources: dict[str, bytes], jobs: int, limits: Any) -> list[Any]:
+    """At most `jobs` batches (irbatch.py) for the files whose IR compile
+    shares its compiler and flags with another's; the rest compile alone,
+    beside their parse."""
+    from bpf_sdt.clang_plugin.irbatch import IrBatch, cc1_command
+
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for f in todo:
+        task = plan.ir.get(f)
+        if task is not None and refusal(f, sources[f], plan.flags[f]) is None:
+            groups.setdefault((task[0], tuple(task[1])), []).append(f)
+    shared = sorted((g for g in groups.items() if len(g[1]) >= MIN_BATCH_FILES), key=lambda g: -len(g[1]))
+    batches = []
+    budget = jobs
+    for i, ((compiler, ir_flags), files) in enumerate(shared):
+        if budget == 0:
+            break
+        command = cc1_command(compiler, list(ir_flags), files[0])
+        if command is None:
+            continue
+        # the batches left are shared out by size; every group gets one
+        n = max(1, min(budget - (len(shared) - i - 1), round(jobs * len(files) / len(todo)),
+                       len(files) // MIN_BATCH_FILES))
+        budget -= n
+        batches += [IrBatch(command, files[k::n], limits.timeout_s, limits.memory_mib) for k in range(n)]
+    return batches
+
+
+def _batched_ir_findings(path: str, data: bytes, result: FileResult, bitcode: bytes | Exception | None) -> None:
+    """The IR rules on a batch-compiled file, in this process."""
+    facts = result.facts
+    if facts is None or result.compile_errors:
+        return     # unusable, or its errors already said (a file that does not compile has no IR)
+    if bitcode is None or result.site_states is None or len(result.site_states) != len(facts.sites):
+        result.ir_note = "IR checks skipped: the batch compile returned nothing for it"
+        return
+    if isinstance(bitcode, Exception):
+        result.ir_note = f"IR checks skipped: {bitcode}"
+        return
+    result.findings += _ir_findings(path, data, result, lambda: bitcode)
 
 
 # --- commands --------------------------------------------------------------------

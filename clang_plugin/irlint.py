@@ -101,18 +101,18 @@ class PendingIr:
         """The bitcode, or IrUnavailable with clang's first error line."""
         try:
             try:
-                code = _wait(self.proc, timeout)
+                code = wait_for(self.proc, timeout)
             except subprocess.TimeoutExpired:
                 raise IrUnavailable(f"clang took longer than the {timeout:.1f} s the file's deadline left it "
                                     "(BPF_SDT_PARSE_TIMEOUT)") from None
             if code != 0:
-                raise IrUnavailable(_first_error(self.errors.read_bytes(), code))
+                raise IrUnavailable(first_error(self.errors.read_bytes(), code))
             return self.output.read_bytes()
         finally:
             self.cancel()
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+def wait_for(proc: subprocess.Popen[bytes], timeout: float) -> int:
     """Popen.wait(timeout) polls with sleeps of up to 50 ms, a good part of a
     small file's compile; a pidfd wakes up when clang exits."""
     try:
@@ -144,7 +144,7 @@ def start_ir(compiler: IrCompiler, path: str, flags: list[str]) -> PendingIr:
     return PendingIr(proc, workdir, out, err, path, cmd)
 
 
-def _first_error(stderr: bytes, code: int) -> str:
+def first_error(stderr: bytes, code: int) -> str:
     text = stderr.decode("utf-8", "replace")
     for line in text.splitlines():
         if "error:" in line:

@@ -38,6 +38,9 @@ class FileResult:
     unusable: str | None = None      # one line: why the file cannot be parsed at all
     ir_note: str | None = None       # one line: why the IR rules did not run on it
     compile_errors: bool = False     # libclang reported errors (not cached: the IR step reads it)
+    # Per facts.sites: (emitted, expected) as the IR rules read them (irlint.SourceProbe).
+    # Sent from a worker when the IR is compiled elsewhere (irbatch.py); never cached.
+    site_states: list[tuple[bool, bool]] | None = None
 
 
 class _Invalid(Exception):
@@ -47,12 +50,18 @@ class _Invalid(Exception):
 # --- encode ----------------------------------------------------------------------
 
 
-def encode(result: FileResult, key: str = "") -> bytes:
+def encode(result: FileResult, key: str = "", for_ir: bool = False) -> bytes:
+    """The document; `for_ir` adds what the IR rules read in the parent
+    (compile errors, site states), which a cache entry never holds."""
     # ensure_ascii: lone surrogates (undecodable source bytes) become \\udcXX
     # escapes, which always encode and decode back to the same string.
-    doc = {"format": FORMAT, "key": key, "path": result.path, "unusable": result.unusable, "ir_note": result.ir_note,
-           "facts": _facts(result.facts) if result.facts is not None else None,
-           "findings": [_finding(f) for f in result.findings]}
+    doc: dict[str, Any] = {
+        "format": FORMAT, "key": key, "path": result.path, "unusable": result.unusable, "ir_note": result.ir_note,
+        "facts": _facts(result.facts) if result.facts is not None else None,
+        "findings": [_finding(f) for f in result.findings]}
+    if for_ir:
+        doc["compile_errors"] = result.compile_errors
+        doc["site_states"] = [list(s) for s in result.site_states or ()]
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -90,6 +99,9 @@ def decode(data: bytes, key: str = "", path: str | None = None) -> FileResult | 
         result = FileResult(_str(doc["path"]), unusable=_opt_str(doc["unusable"]), ir_note=_opt_str(doc["ir_note"]),
                             facts=None if doc["facts"] is None else _read_facts(doc["facts"]),
                             findings=[_read_finding(f) for f in _list(doc["findings"])])
+        if "site_states" in doc:
+            result.compile_errors = _bool(doc["compile_errors"])
+            result.site_states = [(_bool(e), _bool(x)) for e, x in _list(doc["site_states"])]
     except (ValueError, TypeError, KeyError, RecursionError, _Invalid):
         return None
     if path is not None and result.path != path:
@@ -141,6 +153,12 @@ def _str(v: Any) -> str:
 
 def _opt_str(v: Any) -> str | None:
     return None if v is None else _str(v)
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise _Invalid
+    return v
 
 
 def _int(v: Any) -> int:

@@ -1,0 +1,276 @@
+"""The IR compile of many files in one clang.
+
+Each `clang -c` is a new process, and clang's start-up (loading and
+relocating libLLVM and libclang-cpp) is about 13 ms here: two thirds of a
+small BPF file's whole compile.  The driver cannot share it: given several
+inputs it runs one cc1 process per input.  The front end itself can: `clang
+-cc1` compiles every input it is given, one after another, in one process.
+So files whose IR compile has the same compiler and flags share one cc1:
+
+- its command is the one the driver would run (`clang -###`, once per
+  group), less what names one input or output (`-main-file-name`, `-o`,
+  `-disable-free`, which with many inputs would keep every AST in memory);
+- its output is `-o -`: cc1 writes each input's bitcode module to stdout when
+  that input is done, so the stream is the modules in input order; they are
+  told apart by walking the bitcode's top-level blocks, whose lengths are
+  in their headers (split_bitcode);
+- a file that does not compile ends the batch at its module: its error is
+  its own, and the files after it go to a new batch.  Killed (a deadline, a
+  crash), the same: the file in progress gets the reason.
+
+The deadline is per file, as for one file alone (BPF_SDT_PARSE_TIMEOUT): it
+starts again each time a module is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shlex
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bpf_sdt.clang_plugin.irlint import IrUnavailable, first_error, ir_flags, wait_for
+
+# Raw bitcode starts with this; clang writes no wrapper for BPF.
+BITCODE_MAGIC = b"BC\xc0\xde"
+# At the top level of a bitcode file, abbreviation ids are 2 bits wide and
+# every entry is a block: ENTER_SUBBLOCK (id 1), then the block id (VBR-8),
+# the block's abbreviation width (VBR-4), alignment to 32 bits and the
+# block's length in 32-bit words.
+TOP_ABBREV_BITS = 2
+ENTER_SUBBLOCK = 1
+BLOCK_ID_VBR, ABBREV_WIDTH_VBR = 8, 4
+WORD = 4
+# cc1 arguments that name a file per input: such a command cannot be shared.
+PER_INPUT_OUTPUTS = ("-dependency-file", "-split-dwarf-file", "-split-dwarf-output", "-ftime-trace",
+                     "-header-include-file", "-stack-usage-file", "-opt-record-file", "-coverage-data-file",
+                     "-coverage-notes-file")
+# How often a waiting batch looks at its output, and how long `clang -###` may take.
+POLL_S = 0.05
+DRIVER_TIMEOUT_S = 10.0
+
+
+# --- the shared command -------------------------------------------------------------
+
+
+def cc1_command(compiler: str, flags: list[str], sample: str) -> list[str] | None:
+    """The cc1 command that compiles files with `flags` to bitcode on stdout,
+    inputs to be appended; None when the driver would not run exactly one cc1
+    job for `sample` (then each file is compiled alone)."""
+    placeholder = "bpf-sdt-batch.bc"
+    try:
+        shown = subprocess.run([compiler, "-###", *ir_flags(flags), "-o", placeholder, "--", sample],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=DRIVER_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if shown.returncode != 0:
+        return None
+    jobs = [line for line in shown.stderr.decode("utf-8", "surrogateescape").splitlines() if line.startswith(' "')]
+    if len(jobs) != 1:
+        return None
+    try:
+        argv = shlex.split(jobs[0])
+    except ValueError:
+        return None
+    if len(argv) < 3 or argv[1] != "-cc1" or argv[-1] != sample:
+        return None
+    return _shared(argv[:-1], placeholder)
+
+
+def _shared(argv: list[str], placeholder: str) -> list[str] | None:
+    """One input's cc1 arguments made input-neutral: stdout for the output."""
+    out: list[str] = []
+    skip = False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+        elif a.startswith(PER_INPUT_OUTPUTS):
+            return None
+        elif a == "-disable-free":
+            continue
+        elif a in ("-main-file-name", "-o"):
+            if a == "-o" and argv[i + 1:i + 2] != [placeholder]:
+                return None
+            skip = True
+            if a == "-o":
+                out += ["-o", "-"]
+        else:
+            out.append(a)
+    return out if "-" in out else None
+
+
+def input_name(path: str) -> str:
+    """A path cc1 cannot take for an option."""
+    return path if not path.startswith("-") else os.path.join(".", path)
+
+
+# --- the output stream --------------------------------------------------------------
+
+
+class _Bits:
+    """Little-endian bit reader over a bytes object (bitcode's bit order)."""
+
+    def __init__(self, data: bytes, byte_offset: int) -> None:
+        self.data, self.pos = data, byte_offset * 8
+
+    def read(self, n: int) -> int:
+        value = 0
+        for i in range(n):
+            byte = self.pos >> 3
+            if byte >= len(self.data):
+                raise EOFError
+            value |= ((self.data[byte] >> (self.pos & 7)) & 1) << i
+            self.pos += 1
+        return value
+
+    def vbr(self, n: int) -> int:
+        value, shift, more = 0, 0, 1 << (n - 1)
+        while True:
+            chunk = self.read(n)
+            value |= (chunk & (more - 1)) << shift
+            if not chunk & more:
+                return value
+            shift += n - 1
+            if shift > 64:
+                raise EOFError
+
+    def align32(self) -> None:
+        self.pos = (self.pos + 31) & ~31
+
+
+def split_bitcode(stream: bytes) -> list[bytes]:
+    """The complete modules of raw bitcode files written one after another
+    (a module cut short, as by a kill, is left out)."""
+    modules: list[bytes] = []
+    pos = 0
+    while stream.startswith(BITCODE_MAGIC, pos):
+        start, pos = pos, pos + len(BITCODE_MAGIC)
+        while pos < len(stream) and not stream.startswith(BITCODE_MAGIC, pos):
+            end = _block_end(stream, pos)
+            if end is None:
+                return modules
+            pos = end
+        modules.append(stream[start:pos])
+    return modules
+
+
+def _block_end(stream: bytes, pos: int) -> int | None:
+    """Where the top-level block at `pos` ends; None if it is cut short or not a block."""
+    bits = _Bits(stream, pos)
+    try:
+        if bits.read(TOP_ABBREV_BITS) != ENTER_SUBBLOCK:
+            return None
+        bits.vbr(BLOCK_ID_VBR)
+        bits.vbr(ABBREV_WIDTH_VBR)
+        bits.align32()
+        words = bits.read(32)
+    except EOFError:
+        return None
+    end = bits.pos // 8 + words * WORD
+    return end if words and end <= len(stream) else None
+
+
+# --- running a batch ----------------------------------------------------------------
+
+
+@dataclass
+class IrBatch:
+    """Files compiled to bitcode by one cc1 (see the module's comment)."""
+
+    command: list[str]
+    files: list[str]
+    timeout_s: float
+    memory_mib: int = 0             # the address-space limit of each parse, applied to the clang too
+    results: dict[str, bytes | IrUnavailable] = field(default_factory=dict)
+    _proc: subprocess.Popen[bytes] | None = None
+    _todo: list[str] = field(default_factory=list)
+    _workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self) -> None:
+        """Starts the compile; `collect` waits for it."""
+        self._workdir = tempfile.TemporaryDirectory(prefix="bpf-sdt-irbatch-")
+        self._launch(list(self.files))
+
+    def _launch(self, todo: list[str]) -> None:
+        assert self._workdir is not None
+        self._todo = todo
+        out, err = (Path(self._workdir.name) / n for n in ("stdout", "stderr"))
+        with open(out, "wb") as stdout, open(err, "wb") as stderr:
+            try:
+                self._proc = subprocess.Popen([*self.command, *map(input_name, todo)], stdin=subprocess.DEVNULL,
+                                              stdout=stdout, stderr=stderr)
+            except OSError as e:
+                self._proc = None
+                for f in todo:
+                    self.results[f] = IrUnavailable(f"cannot run {self.command[0]}: {e.strerror or e}")
+                return
+        if self.memory_mib:
+            # after the spawn (a preexec_fn would make Python fork instead of
+            # vfork); clang has not read a file yet
+            with contextlib.suppress(OSError):
+                _soft, hard = resource.prlimit(self._proc.pid, resource.RLIMIT_AS)
+                limit = self.memory_mib << 20 if hard == resource.RLIM_INFINITY else min(self.memory_mib << 20, hard)
+                resource.prlimit(self._proc.pid, resource.RLIMIT_AS, (limit, hard))
+
+    def collect(self) -> dict[str, bytes | IrUnavailable]:
+        """Every file's bitcode, or why it has none."""
+        try:
+            while self._proc is not None:
+                self._finish_attempt()
+        finally:
+            self.cancel()
+        return self.results
+
+    def _finish_attempt(self) -> None:
+        assert self._proc is not None and self._workdir is not None
+        out = Path(self._workdir.name) / "stdout"
+        done: list[bytes] = []
+        deadline = time.monotonic() + self.timeout_s
+        code: int | None = None
+        while code is None:
+            try:
+                code = wait_for(self._proc, POLL_S)
+            except subprocess.TimeoutExpired:
+                modules = split_bitcode(out.read_bytes())
+                if len(modules) > len(done):     # a file finished: the next one's deadline starts
+                    done, deadline = modules, time.monotonic() + self.timeout_s
+                elif time.monotonic() > deadline:
+                    self._proc.kill()
+                    code = self._proc.wait()
+                    break
+        timed_out = code is not None and code < 0 and time.monotonic() > deadline
+        modules = split_bitcode(out.read_bytes())
+        for f, module in zip(self._todo, modules, strict=False):
+            self.results[f] = module
+        rest = self._todo[len(modules):]
+        self._proc = None
+        if not rest:
+            return
+        if code == 0:    # every input compiled, yet a module is missing: not a stream we understand
+            for f in rest:
+                self.results[f] = IrUnavailable("clang's output held fewer modules than inputs")
+            return
+        culprit, rest = rest[0], rest[1:]
+        if timed_out:
+            self.results[culprit] = IrUnavailable(f"clang took longer than {self.timeout_s:.0f} s "
+                                                  "(BPF_SDT_PARSE_TIMEOUT)")
+        else:
+            errors = (Path(self._workdir.name) / "stderr").read_bytes()
+            self.results[culprit] = IrUnavailable(first_error(errors, code if code is not None else 1))
+        if rest:
+            self._launch(rest)
+
+    def cancel(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None

@@ -1,0 +1,132 @@
+"""The IR compile of many files in one clang (clang_plugin/irbatch.py), on
+real clang 19 and 14: the modules it splits out of the stream are byte for
+byte what the same command writes for each file alone, and the probe sites
+in them are those of a plain per-file `clang -c -emit-llvm`; a file that
+does not compile, or hangs, costs only itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from toolchain import REQUIRED_CLANGS, clang
+
+from bpf_sdt.clang_plugin.irbatch import IrBatch, cc1_command, split_bitcode
+from bpf_sdt.clang_plugin.irlint import IrCompiler, IrUnavailable, ir_sites, start_ir
+from bpf_sdt.clang_plugin.parse import compile_flags
+
+CLI = [sys.executable, "-m", "bpf_sdt.cli"]
+TIMEOUT_S = 30.0
+
+
+def source(i: int, broken: bool = False) -> str:
+    """A file with two probes, one of them reading an uninitialized field
+    (a finding the IR rules make), and optionally a compile error."""
+    return (f"#include <bpf_sdt.h>\nstruct s{i} {{ int a; int b; }};\n"
+            f"BPF_SDT_DECLARE2(p{i}, int, long);\nBPF_SDT_DECLARE1(q{i}, int);\n"
+            f"int f{i}(int *c)\n{{\n\tstruct s{i} v;\n\tv.a = c[0];\n"
+            f"\tBPF_SDT_PROBE2(p{i}, v.a, {i});\n\tBPF_SDT_PROBE1(q{i}, v.b);\n"
+            f"\treturn {'undeclared_name' if broken else 'v.a'};\n}}\n")
+
+
+def sources(tmp_path: Path, n: int, broken: tuple[int, ...] = ()) -> list[str]:
+    out = []
+    for i in range(n):
+        f = tmp_path / f"s{i}.bpf.c"
+        f.write_text(source(i, i in broken))
+        out.append(str(f))
+    return out
+
+
+def batch(files: list[str], command: list[str], timeout_s: float = TIMEOUT_S) -> dict[str, bytes | IrUnavailable]:
+    b = IrBatch(command, files, timeout_s)
+    b.start()
+    return b.collect()
+
+
+@pytest.mark.parametrize("version", REQUIRED_CLANGS)
+def test_batch_modules_are_each_file_s_own(version: int, tmp_path: Path) -> None:
+    files = sources(tmp_path, 5)
+    flags = compile_flags([])
+    command = cc1_command(clang(version), flags, files[0])
+    assert command is not None and command[1] == "-cc1" and "-disable-free" not in command
+    got = batch(files, command)
+    assert list(got) == files
+    for f in files:
+        alone = subprocess.run([*command, f], capture_output=True, check=True).stdout
+        assert got[f] == alone, f"{f}: the split module differs from the file compiled alone"
+        per_file = start_ir(IrCompiler(clang(version)), f, flags).result(TIMEOUT_S)
+        sites = ir_sites(got[f])
+        assert sites == ir_sites(per_file) and len(sites) == 2
+        assert [s.undefined for s in sites] == [(), ((1, "undef"),)] or [s.undefined for s in sites] == [
+            (), ((1, "poison"),)]
+
+
+def test_a_file_that_does_not_compile_costs_only_itself(tmp_path: Path) -> None:
+    files = sources(tmp_path, 5, broken=(1, 3))
+    command = cc1_command(clang(19), compile_flags([]), files[0])
+    assert command is not None
+    got = batch(files, command)
+    for i, f in enumerate(files):
+        if i in (1, 3):
+            assert isinstance(got[f], IrUnavailable) and "undeclared_name" in str(got[f])
+            assert Path(f).name in str(got[f]), "the error is the file's own"
+        else:
+            module = got[f]
+            assert isinstance(module, bytes) and [s.name for s in ir_sites(module)] == [f"p{i}", f"q{i}"]
+
+
+def test_a_hanging_compile_is_cut_at_the_file_s_deadline(tmp_path: Path) -> None:
+    """A fake compiler that never finishes: each file, in turn, is the one in
+    progress when its deadline passes; each gets the reason."""
+    hang = tmp_path / "hang"
+    hang.write_text("#!/bin/sh\nexec sleep 60\n")
+    hang.chmod(hang.stat().st_mode | stat.S_IXUSR)
+    files = sources(tmp_path, 2)
+    got = batch(files, [str(hang)], timeout_s=1.0)
+    assert all(isinstance(got[f], IrUnavailable) and "took longer than 1 s" in str(got[f]) for f in files)
+
+
+def test_split_keeps_only_complete_modules(tmp_path: Path) -> None:
+    files = sources(tmp_path, 3)
+    command = cc1_command(clang(19), compile_flags([]), files[0])
+    assert command is not None
+    stream = subprocess.run([*command, *files], capture_output=True, check=True).stdout
+    modules = split_bitcode(stream)
+    assert len(modules) == 3 and b"".join(modules) == stream
+    assert split_bitcode(stream[:-4]) == modules[:2], "a module cut short is left out"
+    assert split_bitcode(stream[:len(modules[0]) + 9]) == modules[:1]
+    assert split_bitcode(b"") == [] and split_bitcode(b"BC\xc0\xde\xff\xff\xff\xff") == []
+    assert split_bitcode(b"not bitcode") == []
+
+
+@pytest.mark.parametrize("flag", ["-MD", "-ftime-trace"])
+def test_per_input_outputs_are_not_shared(flag: str, tmp_path: Path) -> None:
+    (f,) = sources(tmp_path, 1)
+    assert cc1_command(clang(19), [*compile_flags([]), flag], f) is None
+    assert cc1_command(str(tmp_path / "no-such-clang"), compile_flags([]), f) is None
+
+
+def test_lint_of_many_files_equals_each_file_alone(tmp_path: Path) -> None:
+    """End to end: a batch of files with one broken one gives every file the
+    findings it has when linted by itself, and the broken one its SDT000."""
+    files = sources(tmp_path, 4, broken=(2,))
+    env = {**os.environ, "BPF_SDT_CLANG": clang(19)}
+
+    def lint(*paths: str) -> list[dict[str, str]]:
+        res = subprocess.run([*CLI, "lint", "--no-cache", "--format", "json", "-j", "2", *paths],
+                             capture_output=True, text=True, env=env, check=False)
+        assert "Traceback" not in res.stderr and res.returncode == 1, res.stderr
+        found: list[dict[str, str]] = json.loads(res.stdout)["findings"]
+        return found
+
+    together = lint(*files)
+    alone = [h for f in files for h in lint(f)]
+    assert sorted(map(json.dumps, together)) == sorted(map(json.dumps, alone))
+    rules = {(Path(h["path"]).name, h["rule"]) for h in together}
+    assert {("s0.bpf.c", "SDT010"), ("s3.bpf.c", "SDT010"), ("s2.bpf.c", "SDT000")} <= rules
