@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from toolchain import REQUIRED_CLANGS, clang
-
 from bpf_sdt.clang_plugin.irbatch import IrBatch, cc1_command, split_bitcode
 from bpf_sdt.clang_plugin.irlint import IrCompiler, IrUnavailable, ir_sites, start_ir
 from bpf_sdt.clang_plugin.parse import compile_flags
+from toolchain import REQUIRED_CLANGS, clang
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 TIMEOUT_S = 30.0
