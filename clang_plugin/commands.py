@@ -46,8 +46,6 @@ IR_DEADLINE_MARGIN_S = 1.0
 BINARY_PROBE_BYTES = 65536
 # Files with one compiler and flags that share one clang for their IR (irbatch.py).
 MIN_BATCH_FILES = 2
-# The IR rules read at most this much bitcode of one file (a BPF program's is KBs).
-MAX_BITCODE_BYTES = 64 << 20
 
 
 # --- one file ------------------------------------------------------------------
@@ -130,15 +128,14 @@ def _ir_findings(path: str, data: bytes, result: FileResult, bitcode: Callable[[
                  timeout: float = 1.0) -> list[Finding]:
     """The IR rules' findings on the bitcode `bitcode()` returns; a reason in
     result.ir_note when there are none to have."""
-    from bpf_sdt.clang_plugin.irlint import IrUnavailable, ir_findings, ir_sites
+    from bpf_sdt.clang_plugin.irlint import MAX_BITCODE_BYTES, IrUnavailable, ir_findings, ir_sites, too_much_bitcode
 
     try:
         if timeout <= 0:
             raise IrUnavailable("no time left before the file's deadline (BPF_SDT_PARSE_TIMEOUT)")
         code = bitcode()
         if len(code) > MAX_BITCODE_BYTES:
-            raise IrUnavailable(f"its bitcode is {len(code) >> 20} MiB, past the {MAX_BITCODE_BYTES >> 20} MiB "
-                                "the IR rules read")
+            raise IrUnavailable(too_much_bitcode())
         if read_regular(path, MAX_SOURCE_BYTES, "source file") != data:   # clang read the disk, libclang `data`
             raise IrUnavailable(f"{path} changed while it was being linted")
         sites = ir_sites(code)

@@ -34,7 +34,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpf_sdt.clang_plugin.irlint import IrUnavailable, first_error, ir_flags, wait_for
+from bpf_sdt.clang_plugin.irlint import (
+    MAX_BITCODE_BYTES,
+    IrUnavailable,
+    first_error,
+    ir_flags,
+    too_much_bitcode,
+    wait_for,
+)
 
 # Raw bitcode starts with this; clang writes no wrapper for BPF.
 BITCODE_MAGIC = b"BC\xc0\xde"
@@ -178,6 +185,25 @@ def _block_end(stream: bytes, pos: int) -> int | None:
 # --- running a batch ----------------------------------------------------------------
 
 
+class _Stream:
+    """clang's stdout file, read as it grows: complete modules once each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.consumed = 0      # bytes of complete modules already taken
+        self.pending = 0       # bytes written past them
+
+    def modules(self) -> list[bytes]:
+        with open(self.path, "rb") as f:
+            f.seek(self.consumed)
+            data = f.read(MAX_BITCODE_BYTES + 1)
+        found = split_bitcode(data)
+        self.consumed += sum(map(len, found))
+        self.pending = len(data) - sum(map(len, found))
+        return found
+
+
+
 @dataclass
 class IrBatch:
     """Files compiled to bitcode by one cc1 (see the module's comment)."""
@@ -227,43 +253,53 @@ class IrBatch:
         return self.results
 
     def _finish_attempt(self) -> None:
+        """Wait for the running clang, taking each module as it completes;
+        then blame the file it stopped at, and start one for the rest."""
         assert self._proc is not None and self._workdir is not None
-        out = Path(self._workdir.name) / "stdout"
-        done: list[bytes] = []
+        stream = _Stream(Path(self._workdir.name) / "stdout")
         deadline = time.monotonic() + self.timeout_s
-        code: int | None = None
-        while code is None:
+        why: str | None = None
+        while True:
             try:
                 code = wait_for(self._proc, POLL_S)
+                break
             except subprocess.TimeoutExpired:
-                modules = split_bitcode(out.read_bytes())
-                if len(modules) > len(done):     # a file finished: the next one's deadline starts
-                    done, deadline = modules, time.monotonic() + self.timeout_s
-                elif time.monotonic() > deadline:
-                    self._proc.kill()
-                    code = self._proc.wait()
-                    break
-        timed_out = code is not None and code < 0 and time.monotonic() > deadline
-        modules = split_bitcode(out.read_bytes())
-        for f, module in zip(self._todo, modules, strict=False):
-            self.results[f] = module
-        rest = self._todo[len(modules):]
+                pass
+            if self._take(stream.modules()):      # a file finished: the next one's deadline starts
+                deadline = time.monotonic() + self.timeout_s
+            if stream.pending > MAX_BITCODE_BYTES:
+                why = too_much_bitcode()
+            elif time.monotonic() > deadline:
+                why = f"clang took longer than {self.timeout_s:.0f} s (BPF_SDT_PARSE_TIMEOUT)"
+            if why:
+                self._proc.kill()
+                code = self._proc.wait()
+                break
         self._proc = None
-        if not rest:
+        while self._take(stream.modules()):
+            pass
+        if not self._todo:
             return
-        if code == 0:    # every input compiled, yet a module is missing: not a stream we understand
-            for f in rest:
+        if why is None and stream.pending > MAX_BITCODE_BYTES:
+            why = too_much_bitcode()
+        if code == 0 and why is None:   # every input compiled, yet a module is missing: a stream we do not know
+            for f in self._todo:
                 self.results[f] = IrUnavailable("clang's output held fewer modules than inputs")
             return
-        culprit, rest = rest[0], rest[1:]
-        if timed_out:
-            self.results[culprit] = IrUnavailable(f"clang took longer than {self.timeout_s:.0f} s "
-                                                  "(BPF_SDT_PARSE_TIMEOUT)")
-        else:
-            errors = (Path(self._workdir.name) / "stderr").read_bytes()
-            self.results[culprit] = IrUnavailable(first_error(errors, code if code is not None else 1))
+        culprit, rest = self._todo[0], self._todo[1:]
+        if why is None:
+            why = first_error((Path(self._workdir.name) / "stderr").read_bytes(), code)
+        self.results[culprit] = IrUnavailable(why)
         if rest:
             self._launch(rest)
+
+    def _take(self, modules: list[bytes]) -> bool:
+        """Give the first files their modules; whether there were any."""
+        for module in modules:
+            if not self._todo:
+                break
+            self.results[self._todo.pop(0)] = module
+        return bool(modules)
 
     def cancel(self) -> None:
         if self._proc is not None:

@@ -60,6 +60,14 @@ UNDEFINED_KINDS = {"undef_value": "undef", "poison_value": "poison"}
 SLOT_OPERANDS = 3
 
 
+# The bitcode of one file the IR rules read at most (a BPF program's is KBs).
+MAX_BITCODE_BYTES = 64 << 20
+
+
+def too_much_bitcode() -> str:
+    return f"its bitcode is past the {MAX_BITCODE_BYTES >> 20} MiB the IR rules read"
+
+
 class IrUnavailable(Exception):
     """The IR of a translation unit cannot be had; the message says why."""
 
@@ -107,6 +115,8 @@ class PendingIr:
                                     "(BPF_SDT_PARSE_TIMEOUT)") from None
             if code != 0:
                 raise IrUnavailable(first_error(self.errors.read_bytes(), code))
+            if self.output.stat().st_size > MAX_BITCODE_BYTES:
+                raise IrUnavailable(too_much_bitcode())
             return self.output.read_bytes()
         finally:
             self.cancel()

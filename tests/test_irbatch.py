@@ -129,3 +129,19 @@ def test_lint_of_many_files_equals_each_file_alone(tmp_path: Path) -> None:
     assert sorted(map(json.dumps, together)) == sorted(map(json.dumps, alone))
     rules = {(Path(h["path"]).name, h["rule"]) for h in together}
     assert {("s0.bpf.c", "SDT010"), ("s3.bpf.c", "SDT010"), ("s2.bpf.c", "SDT000")} <= rules
+
+
+def test_bitcode_past_the_limit_is_refused_per_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each module is read only up to the limit (a hostile file can make clang
+    write a huge one): past it, that file gets the reason, the others theirs."""
+    import bpf_sdt.clang_plugin.irbatch as irbatch
+
+    files = sources(tmp_path, 3)
+    data = "".join(chr(ord("a") + (i * 7919) % 26) for i in range(48 << 10))   # no run LLVM could fold
+    (tmp_path / "s1.bpf.c").write_text(source(1) + f'const char big[] = "{data}";\n')
+    command = cc1_command(clang(19), compile_flags([]), files[0])
+    assert command is not None
+    monkeypatch.setattr(irbatch, "MAX_BITCODE_BYTES", 32 << 10)
+    got = batch(files, command)
+    assert isinstance(got[files[1]], IrUnavailable) and "past the" in str(got[files[1]])
+    assert all(isinstance(got[f], bytes) for f in (files[0], files[2]))
