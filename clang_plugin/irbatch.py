@@ -14,9 +14,14 @@ So files whose IR compile has the same compiler and flags share one cc1:
   that input is done, so the stream is the modules in input order; they are
   told apart by walking the bitcode's top-level blocks, whose lengths are
   in their headers (split_bitcode);
-- a file that does not compile ends the batch at its module: its error is
-  its own, and the files after it go to a new batch.  Killed (a deadline, a
-  crash), the same: the file in progress gets the reason.
+- a file that does not compile ends the batch at its module, and the files
+  from it on go to a new clang, where it is first.  Only there is its error
+  its own: cc1 applies the command line's warning options (`-w`,
+  `-Wno-error`) to its first input only and resets them to the defaults
+  after it (clang 19, seen here), so a later input can stop at a warning
+  that is an error by default (-Wint-conversion) and that the IR compile of
+  the file alone ignores.  Killed (a deadline, a crash), the file in
+  progress gets the reason at once.
 
 The deadline is per file, as for one file alone (BPF_SDT_PARSE_TIMEOUT): it
 starts again each time a module is complete.
@@ -109,6 +114,34 @@ def _shared(argv: list[str], placeholder: str) -> list[str] | None:
         else:
             out.append(a)
     return out if "-" in out else None
+
+
+def with_pch(command: list[str], pch: str) -> list[str]:
+    """The shared command, loading `pch` before each input (-x, the input
+    language, is the last option)."""
+    i = len(command) - 1 - command[::-1].index("-x") if "-x" in command else len(command)
+    return [*command[:i], "-include-pch", pch, *command[i:]]
+
+
+def start_pch(compiler: str, flags: list[str], header: str, out: str, memory_mib: int) -> subprocess.Popen[bytes]:
+    """clang writing its PCH of `header` for IR compiles with `flags`
+    (preamble.py); OSError if it cannot start."""
+    pch_flags = [f for f in ir_flags(flags) if f not in ("-c", "-emit-llvm")]
+    proc = subprocess.Popen([compiler, *pch_flags, "-x", "c-header", header, "-o", out], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    limit_memory(proc, memory_mib)
+    return proc
+
+
+def limit_memory(proc: subprocess.Popen[bytes], memory_mib: int) -> None:
+    """RLIMIT_AS for a clang just started (a preexec_fn would make Python
+    fork instead of vfork); it has not read a file yet."""
+    if not memory_mib:
+        return
+    with contextlib.suppress(OSError):
+        _soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_AS)
+        limit = memory_mib << 20 if hard == resource.RLIM_INFINITY else min(memory_mib << 20, hard)
+        resource.prlimit(proc.pid, resource.RLIMIT_AS, (limit, hard))
 
 
 def input_name(path: str) -> str:
@@ -212,10 +245,19 @@ class IrBatch:
     files: list[str]
     timeout_s: float
     memory_mib: int = 0             # the address-space limit of each parse, applied to the clang too
+    fallback: list[str] | None = None   # the command without a PCH (preamble.py), if `command` has one
     results: dict[str, bytes | IrUnavailable] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
     _todo: list[str] = field(default_factory=list)
+    _first: str = ""                # the first input of the running clang
     _workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    def drop_missing_pch(self) -> None:
+        """Before start: the command without its PCH if that was not written."""
+        if self.fallback is not None:
+            i = self.command.index("-include-pch")
+            if not os.path.exists(self.command[i + 1]):
+                self.command, self.fallback = self.fallback, None
 
     def start(self) -> None:
         """Starts the compile; `collect` waits for it."""
@@ -224,7 +266,7 @@ class IrBatch:
 
     def _launch(self, todo: list[str]) -> None:
         assert self._workdir is not None
-        self._todo = todo
+        self._todo, self._first = todo, todo[0]
         out, err = (Path(self._workdir.name) / n for n in ("stdout", "stderr"))
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             try:
@@ -235,13 +277,7 @@ class IrBatch:
                 for f in todo:
                     self.results[f] = IrUnavailable(f"cannot run {self.command[0]}: {e.strerror or e}")
                 return
-        if self.memory_mib:
-            # after the spawn (a preexec_fn would make Python fork instead of
-            # vfork); clang has not read a file yet
-            with contextlib.suppress(OSError):
-                _soft, hard = resource.prlimit(self._proc.pid, resource.RLIMIT_AS)
-                limit = self.memory_mib << 20 if hard == resource.RLIM_INFINITY else min(self.memory_mib << 20, hard)
-                resource.prlimit(self._proc.pid, resource.RLIMIT_AS, (limit, hard))
+        limit_memory(self._proc, self.memory_mib)
 
     def collect(self) -> dict[str, bytes | IrUnavailable]:
         """Every file's bitcode, or why it has none."""
@@ -285,6 +321,14 @@ class IrBatch:
         if code == 0 and why is None:   # every input compiled, yet a module is missing: a stream we do not know
             for f in self._todo:
                 self.results[f] = IrUnavailable("clang's output held fewer modules than inputs")
+            return
+        failed_compiling = why is None
+        if failed_compiling and self._todo[0] != self._first:
+            self._launch(self._todo)      # not yet a verdict: see the module's comment on diagnostics
+            return
+        if failed_compiling and self.fallback is not None:   # maybe the PCH's doing: again without it
+            self.command, self.fallback = self.fallback, None
+            self._launch(self._todo)
             return
         culprit, rest = self._todo[0], self._todo[1:]
         if why is None:
