@@ -11,14 +11,17 @@ the size and mtime it had.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +58,15 @@ MIN_BATCH_FILES = 2
 IrTask = tuple[str, list[str]] | None
 
 
-def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask = None, ir_elsewhere: bool = False) -> FileResult:
+def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask = None, ir_elsewhere: bool = False,
+                 pch: str | None = None) -> FileResult:
     """Parse and lint one file whose bytes are `data`; never raises for a bad
     file.  Run it in a sandbox child (see analyze_files): libclang may not
     return from a hostile file.  With `ir`, clang compiles the file to
     bitcode meanwhile, for the IR rules (irlint.py).  With `ir_elsewhere`,
     its IR is compiled in a batch (irbatch.py) and the result carries what
-    the IR rules need of the source (site_states)."""
+    the IR rules need of the source (site_states).  With `pch`, libclang
+    loads the file's leading header from it (preamble.py)."""
     from bpf_sdt.clang_plugin.extract import extract
     from bpf_sdt.clang_plugin.sandbox import Limits, ran_out_of_memory
 
@@ -71,7 +76,14 @@ def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask = None, ir
     started = time.monotonic()
     pending, ir_note = _start_ir(path, ir)
     try:
-        result = _analyze_parsed(path, flags, data, ci_limits=Limits, oom=ran_out_of_memory, extract=extract)
+        result = None
+        if pch is not None:
+            result = _analyze_parsed(path, [*flags, "-include-pch", pch], data, ci_limits=Limits,
+                                     oom=ran_out_of_memory, extract=extract)
+            if result.unusable or result.compile_errors:
+                result = None       # maybe the PCH's doing: the plain parse decides
+        if result is None:
+            result = _analyze_parsed(path, flags, data, ci_limits=Limits, oom=ran_out_of_memory, extract=extract)
         if ir_elsewhere and result.facts is not None:
             result.site_states = [(p.emitted, p.expected) for p in _source_probes(result)]
         # A file that does not compile has its errors already (and no IR).
@@ -151,9 +163,12 @@ def _analyze_parsed(path: str, flags: list[str], data: bytes, ci_limits: Any, oo
     name = os.fsencode(path)
     try:
         # The bytes we read (and hashed for the cache) are the bytes parsed,
-        # even if the file changes meanwhile.
-        tu = ci.Index.create().parse(name, args=[os.fsencode(f) for f in flags], unsaved_files=[(name, data)],
-                                     options=ci.TranslationUnit.PARSE_DETAILED_PROCESSING_RECORD)
+        # even if the file changes meanwhile.  excludeDecls: a walk of the
+        # translation unit skips what a PCH holds (preamble.py: nothing the
+        # rules read), which would otherwise cost a callback per declaration.
+        index = ci.Index.create(excludeDecls=True)
+        tu = index.parse(name, args=[os.fsencode(f) for f in flags], unsaved_files=[(name, data)],
+                         options=ci.TranslationUnit.PARSE_DETAILED_PROCESSING_RECORD)
     except ci.TranslationUnitLoadError as e:
         if oom():
             return FileResult(path, unusable=f"{path}: {ci_limits.from_env().memory_message()}")
@@ -194,7 +209,7 @@ def _does_not_compile(file: str, line: int, col: int, msg: str) -> Finding:
     return Finding(file, f"{line}:{col}", "error", f"does not compile: {msg}", "SDT000")
 
 
-def _analyze_encoded(task: tuple[str, list[str], bytes, IrTask, bool]) -> bytes:
+def _analyze_encoded(task: tuple[str, list[str], bytes, IrTask, bool, str | None]) -> bytes:
     return encode(analyze_file(*task), for_ir=task[4])
 
 
@@ -384,56 +399,151 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
             import llvmlite.binding  # noqa: F401 - loaded once here, inherited by every worker
         limits = Limits.from_env()
         jobs = jobs or os.cpu_count() or 1
-        batches = _ir_batches(todo, plan, sources, jobs, limits)
+        with tempfile.TemporaryDirectory(prefix="bpf-sdt-pch-") as pch_dir:
+            usable = [f for f in todo if refusal(f, sources[f], flags[f]) is None]
+            pchs = _start_precompiling(usable, plan, sources, limits, pch_dir)
+            batches: list[Any] = []
+            try:
+                batches = _ir_batches(usable, plan, jobs, limits, pchs.ir)   # while clang writes its PCH
+                _finish_precompiling(pchs, jobs, limits)
+                for b in batches:
+                    b.drop_missing_pch()
+                batched = {f for b in batches for f in b.files}
+                for b in batches:
+                    b.start()
+                outcomes = run_isolated([(f, flags[f], sources[f], None if f in batched else plan.ir.get(f),
+                                          f in batched, pchs.ast.get(f)) for f in todo], _analyze_encoded, jobs, limits)
+                bitcode: dict[str, bytes | Exception] = {}
+                for b in batches:
+                    bitcode.update(b.collect())
+            finally:
+                for b in batches:
+                    b.cancel()
         batched = {f for b in batches for f in b.files}
-        try:
-            for b in batches:
-                b.start()
-            outcomes = run_isolated([(f, flags[f], sources[f], None if f in batched else plan.ir.get(f), f in batched)
-                                     for f in todo], _analyze_encoded, jobs, limits)
-            bitcode: dict[str, bytes | Exception] = {}
-            for b in batches:
-                bitcode.update(b.collect())
-        finally:
-            for b in batches:
-                b.cancel()
         for f, outcome in zip(todo, outcomes, strict=True):
             r = decode(outcome.payload, path=f) if outcome.payload is not None else None
             if r is None:
                 r = FileResult(f, unusable=f"{f}: {outcome.failure or 'the parse returned no usable result'}")
             if f in batched:
                 _batched_ir_findings(f, sources[f], r, bitcode.get(f))
+            if f in pchs.closure and r.facts is not None:
+                _add_includes(r.facts, pchs.closure[f])
             results[f] = r
             if use_cache:
                 cache_store(keys[f], r)
     return [results[f] for f in files]
 
 
-def _ir_batches(todo: list[str], plan: _Plan, sources: dict[str, bytes], jobs: int, limits: Any) -> list[Any]:
-    """At most `jobs` batches (irbatch.py) for the files whose IR compile
-    shares its compiler and flags with another's; the rest compile alone,
-    beside their parse."""
-    from bpf_sdt.clang_plugin.irbatch import IrBatch, cc1_command
+@dataclass
+class _Precompiled:
+    """PCHs of shared leading headers (preamble.py), by file: where each is
+    (or will be) written, then only those that were."""
 
-    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-    for f in todo:
+    ast: dict[str, str] = field(default_factory=dict)      # libclang's
+    ir: dict[str, str] = field(default_factory=dict)       # the IR compiler's
+    closure: dict[str, tuple[str, ...]] = field(default_factory=dict)   # the files each PCH holds
+    ast_builds: dict[str, tuple[str, list[str], list[str]]] = field(default_factory=dict)  # path: header, flags, files
+    ir_builds: list[tuple[Any, str, list[str]]] = field(default_factory=list)   # (clang, path, files)
+
+
+def _start_precompiling(usable: list[str], plan: _Plan, sources: dict[str, bytes], limits: Any,
+                        directory: str) -> _Precompiled:
+    """Plan one PCH per front end for each leading header enough files
+    share, and start the IR compiler's (libclang's are built by
+    _finish_precompiling, in the sandbox)."""
+    from bpf_sdt.clang_plugin.irbatch import start_pch
+    from bpf_sdt.clang_plugin.preamble import MIN_FILES, shared_preambles
+
+    out = _Precompiled()
+    ir_groups: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+    ast_paths: dict[tuple[str, tuple[str, ...]], str] = {}
+    for f, p in shared_preambles(usable, sources, plan.flags).items():
+        out.closure[f] = p.closure
+        key = (p.header, tuple(plan.flags[f]))
+        path = ast_paths.setdefault(key, os.path.join(directory, f"ast{len(ast_paths)}.pch"))
+        out.ast_builds.setdefault(path, (p.header, plan.flags[f], []))[2].append(f)
         task = plan.ir.get(f)
-        if task is not None and refusal(f, sources[f], plan.flags[f]) is None:
-            groups.setdefault((task[0], tuple(task[1])), []).append(f)
+        if task is not None:
+            ir_groups.setdefault((p.header, task[0], tuple(task[1])), []).append(f)
+    for i, ((header, compiler, ir_flags), files) in enumerate(ir_groups.items()):
+        if len(files) >= MIN_FILES:
+            path = os.path.join(directory, f"ir{i}.pch")
+            with contextlib.suppress(OSError):
+                proc = start_pch(compiler, list(ir_flags), header, path, limits.memory_mib)
+                out.ir_builds.append((proc, path, files))
+                out.ir.update(dict.fromkeys(files, path))
+    return out
+
+
+def _finish_precompiling(pchs: _Precompiled, jobs: int, limits: Any) -> None:
+    """libclang's PCHs, built in the sandbox, and the IR compiler's awaited;
+    a PCH that did not build is dropped (its files parse without one)."""
+    from bpf_sdt.clang_plugin.irlint import wait_for
+    from bpf_sdt.clang_plugin.preamble import build_ast_pch
+    from bpf_sdt.clang_plugin.sandbox import run_isolated
+
+    try:
+        tasks = [(header, flags, path) for path, (header, flags, _files) in pchs.ast_builds.items()]
+        for (_header, _flags, path), outcome in zip(tasks, run_isolated(tasks, build_ast_pch, jobs, limits),
+                                                     strict=True):
+            if outcome.payload == b"":
+                pchs.ast.update(dict.fromkeys(pchs.ast_builds[path][2], path))
+        deadline = time.monotonic() + limits.timeout_s
+        for proc, path, files in pchs.ir_builds:
+            code = None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = wait_for(proc, max(0.0, deadline - time.monotonic()))
+            if code != 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)     # what a killed clang left, so that batches see it missing
+                for f in files:
+                    pchs.ir.pop(f, None)
+    finally:
+        for proc, _path, _files in pchs.ir_builds:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _add_includes(facts: Any, closure: tuple[str, ...]) -> None:
+    """A PCH's headers, which the parse that loaded it did not list, for the
+    cache's staleness check."""
+    known = {p for p, _mtime, _size in facts.includes}
+    for header in closure:
+        if header not in known:
+            try:
+                st = os.stat(header)
+            except OSError:
+                continue
+            facts.includes.append((header, st.st_mtime_ns, st.st_size))
+
+
+def _ir_batches(usable: list[str], plan: _Plan, jobs: int, limits: Any, pchs: dict[str, str]) -> list[Any]:
+    """At most `jobs` batches (irbatch.py) for the files whose IR compile
+    shares its compiler, flags (and PCH) with another's; the rest compile
+    alone, beside their parse.  `usable`: the files no hazard refuses."""
+    from bpf_sdt.clang_plugin.irbatch import IrBatch, cc1_command, with_pch
+
+    groups: dict[tuple[str, tuple[str, ...], str | None], list[str]] = {}
+    for f in usable:
+        task = plan.ir.get(f)
+        if task is not None:
+            groups.setdefault((task[0], tuple(task[1]), pchs.get(f)), []).append(f)
     shared = sorted((g for g in groups.items() if len(g[1]) >= MIN_BATCH_FILES), key=lambda g: -len(g[1]))
     batches = []
     budget = jobs
-    for i, ((compiler, ir_flags), files) in enumerate(shared):
+    for i, ((compiler, ir_flags, pch), files) in enumerate(shared):
         if budget == 0:
             break
-        command = cc1_command(compiler, list(ir_flags), files[0])
-        if command is None:
+        plain = cc1_command(compiler, list(ir_flags), files[0])
+        if plain is None:
             continue
+        command, fallback = (with_pch(plain, pch), plain) if pch else (plain, None)
         # the batches left are shared out by size; every group gets one
-        n = max(1, min(budget - (len(shared) - i - 1), round(jobs * len(files) / len(todo)),
+        n = max(1, min(budget - (len(shared) - i - 1), round(jobs * len(files) / len(usable)),
                        len(files) // MIN_BATCH_FILES))
         budget -= n
-        batches += [IrBatch(command, files[k::n], limits.timeout_s, limits.memory_mib) for k in range(n)]
+        batches += [IrBatch(command, files[k::n], limits.timeout_s, limits.memory_mib, fallback) for k in range(n)]
     return batches
 
 

@@ -144,7 +144,7 @@ class _Scan:
         self.seen.add(os.path.normpath(os.path.abspath(path)))
         self.bytes += len(data)
         here = os.path.dirname(os.path.abspath(path))
-        for directive, quoted, name, offset in _directives(data):
+        for directive, quoted, name, offset in directives(data):
             found = self._resolve(name, quoted, here)
             if found is None:
                 continue
@@ -162,15 +162,20 @@ class _Scan:
         return None
 
     def _resolve(self, name: str, quoted: bool, here: str) -> tuple[str, os.stat_result] | None:
-        dirs = [here, *self.sp.quote, *self.sp.angled] if quoted else self.sp.angled
-        for cand in [name] if os.path.isabs(name) else [os.path.join(d, name) for d in dirs]:
-            try:
-                st = os.stat(cand)
-            except (OSError, ValueError):
-                continue
-            if not stat.S_ISDIR(st.st_mode):   # clang skips directories and searches on
-                return cand, st
-        return None
+        return resolve(self.sp, name, quoted, here)
+
+
+def resolve(sp: SearchPath, name: str, quoted: bool, here: str) -> tuple[str, os.stat_result] | None:
+    """Where `#include "name"` (quoted) or `<name>` in directory `here` leads, and its stat."""
+    dirs = [here, *sp.quote, *sp.angled] if quoted else sp.angled
+    for cand in [name] if os.path.isabs(name) else [os.path.join(d, name) for d in dirs]:
+        try:
+            st = os.stat(cand)
+        except (OSError, ValueError):
+            continue
+        if not stat.S_ISDIR(st.st_mode):   # clang skips directories and searches on
+            return cand, st
+    return None
 
 
 # A file's directives, by its bytes' digest: every file of a project scans the
@@ -180,7 +185,7 @@ _DIRECTIVES: dict[bytes, list[tuple[str, bool, str, int]]] = {}
 MAX_REMEMBERED_FILES = 4096
 
 
-def _directives(data: bytes) -> list[tuple[str, bool, str, int]]:
+def directives(data: bytes) -> list[tuple[str, bool, str, int]]:
     """(directive, quoted, name, offset) of each include-like directive."""
     digest = hashlib.blake2b(data, digest_size=16).digest()
     found = _DIRECTIVES.get(digest)
