@@ -51,8 +51,12 @@ MAX_CLOSURE_FILES = 256
 # Text that makes a header ours to see: the probe macros and their header.
 OWN_MARKERS = (b"BPF_SDT", b"bpf_sdt")
 
-_COMMENT_RE = re.compile(rb"/\*.*?\*/|//[^\n]*", re.S)
-_DIRECTIVE_LINE_RE = re.compile(rb"^[ \t]*#[ \t]*(\w+)[ \t]*(.*?)[ \t]*$")
+# A file's leading comments, guard and first #include are looked for in
+# this much of it; longer lines are not directives we read.  Both bound the
+# work on a hostile file (no regex here backtracks over a whole line).
+HEAD_BYTES = 64 << 10
+MAX_LINE = 4096
+_DIRECTIVE_LINE_RE = re.compile(rb"^[ \t]*#[ \t]*(\w+)(.*)$")
 _GUARD_IF_RE = re.compile(rb"^(?:ifndef[ \t]+(\w+)|if[ \t]+!\s*defined[ \t]*\(?[ \t]*(\w+)[ \t]*\)?)$")
 _INCLUDE_RE = re.compile(rb'^include[ \t]*([<"])([^>"]+)[>"]$')
 
@@ -103,12 +107,38 @@ def _chain(first: tuple[bool, bytes] | None, here: str, sp: SearchPath, guards: 
     return memo[key]
 
 
+def _strip_comments(text: bytes) -> bytes:
+    """`text` with each comment a space, in one pass (a regex would rescan
+    to the end from every unterminated `/*`)."""
+    out, i = [], 0
+    while (j := text.find(b"/", i)) >= 0 and j + 1 < len(text):
+        kind = text[j + 1:j + 2]
+        if kind not in (b"*", b"/"):
+            out.append(text[i:j + 1])
+            i = j + 1
+            continue
+        out.append(text[i:j] + b" ")
+        end = text.find(b"*/", j + 2) if kind == b"*" else text.find(b"\n", j + 2)
+        if end < 0:
+            return b"".join(out)
+        i = end + 2 if kind == b"*" else end
+    out.append(text[i:])
+    return b"".join(out)
+
+
+def _directive(line: bytes) -> tuple[bytes, bytes] | None:
+    """(name, the rest, stripped) of a directive line, else None."""
+    m = _DIRECTIVE_LINE_RE.match(line) if len(line) <= MAX_LINE else None
+    return (m.group(1), m.group(2).strip()) if m else None
+
+
 def _lines(text: bytes) -> list[bytes]:
-    """Non-blank lines with comments removed; None-like empty when the text
-    continues lines with backslashes (not worth reading further)."""
-    if b"\\\n" in text:
+    """The non-blank lines of the head of `text`, comments removed; none
+    when it continues lines with backslashes (not worth reading further)."""
+    head = text[:HEAD_BYTES]
+    if b"\\\n" in head:
         return []
-    return [ln for ln in _COMMENT_RE.sub(b" ", text).split(b"\n") if ln.strip()]
+    return [ln for ln in _strip_comments(head).split(b"\n") if ln.strip()]
 
 
 def _first_include(text: bytes, guards: list[bytes]) -> tuple[bool, bytes] | None:
@@ -116,10 +146,10 @@ def _first_include(text: bytes, guards: list[bytes]) -> tuple[bool, bytes] | Non
     precedes it (its macro is added to `guards`)."""
     opened: bytes | None = None
     for ln in _lines(text):
-        m = _DIRECTIVE_LINE_RE.match(ln)
-        if m is None:
+        d = _directive(ln)
+        if d is None:
             return None
-        name, rest = m.group(1), m.group(2)
+        name, rest = d
         body = name + (b" " + rest if rest else b"")
         inc = _INCLUDE_RE.match(name + rest) if name == b"include" else None
         if inc is not None:
@@ -141,17 +171,17 @@ def _guard(text: bytes) -> bytes | None:
     """The macro guarding the whole file (b"once" for #pragma once), or None."""
     if b"\\\n" in text:
         return None
-    code = _COMMENT_RE.sub(b" ", text)
-    head = [ln for ln in code[:4096].split(b"\n") if ln.strip()][:2]
-    first = _DIRECTIVE_LINE_RE.match(head[0]) if head else None
-    if first is not None and first.group(1) == b"pragma" and first.group(2) == b"once":
+    code = _strip_comments(text)
+    head = [ln for ln in code[:HEAD_BYTES].split(b"\n") if ln.strip()][:2]
+    first = _directive(head[0]) if head else None
+    if first == (b"pragma", b"once"):
         return b"once"
-    second = _DIRECTIVE_LINE_RE.match(head[1]) if len(head) > 1 else None
+    second = _directive(head[1]) if len(head) > 1 else None
     if first is None or second is None:
         return None
-    guard = _GUARD_IF_RE.match(first.group(1) + b" " + first.group(2))
+    guard = _GUARD_IF_RE.match(first[0] + b" " + first[1])
     name = guard and (guard.group(1) or guard.group(2))
-    if not name or second.group(1) != b"define" or second.group(2).split()[:1] != [name]:
+    if not name or second[0] != b"define" or second[1].split()[:1] != [name]:
         return None
     depth = 0
     conditionals = list(_CONDITIONAL_RE.finditer(code))

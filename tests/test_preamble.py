@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from bpf_sdt.clang_plugin import commands
 from bpf_sdt.clang_plugin.parse import compile_flags
 from bpf_sdt.clang_plugin.preamble import MIN_HEADER_BYTES, leading_header
@@ -111,3 +112,17 @@ def test_samples_with_a_pch_equal_each_file_alone(built: Path, tmp_path: Path) -
     assert extracted["sites"] == [s for e in each for s in e["sites"]] and extracted["sites"]
     assert {json.dumps(d, sort_keys=True) for d in extracted["declarations"]} == {
         json.dumps(d, sort_keys=True) for e in each for d in e["declarations"]}
+
+
+@pytest.mark.timeout(30)
+def test_hostile_text_costs_linear_time(tmp_path: Path) -> None:
+    """Unterminated comments and huge lines, in the file and in the header it
+    includes: answered in one pass (a backtracking regex took minutes)."""
+    flags = compile_flags([])
+    junk = b"/*" * (1 << 19)
+    spaces = b"#define" + b" " * (1 << 20) + b"x\n"
+    f, data = str(tmp_path / "t.bpf.c"), junk
+    assert leading_header(f, data, flags) is None
+    assert leading_header(f, spaces + b'#include "big.h"\n', flags) is None
+    (tmp_path / "big.h").write_bytes(b"#ifndef B\n#define B\n" + spaces + junk)
+    assert leading_header(f, b'#include "big.h"\n', flags) is None
