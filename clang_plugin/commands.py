@@ -16,9 +16,7 @@ import gc
 import hashlib
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -398,6 +396,8 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
         if any(plan.ir.get(f) for f in todo):
             import llvmlite.binding  # noqa: F401 - loaded once here, inherited by every worker
         limits = Limits.from_env()
+        import tempfile
+
         jobs = jobs or os.cpu_count() or 1
         with tempfile.TemporaryDirectory(prefix="bpf-sdt-pch-") as pch_dir:
             usable = [f for f in todo if refusal(f, sources[f], flags[f]) is None]
@@ -478,6 +478,8 @@ def _start_precompiling(usable: list[str], plan: _Plan, sources: dict[str, bytes
 def _finish_precompiling(pchs: _Precompiled, jobs: int, limits: Any) -> None:
     """libclang's PCHs, built in the sandbox, and the IR compiler's awaited;
     a PCH that did not build is dropped (its files parse without one)."""
+    import subprocess
+
     from bpf_sdt.clang_plugin.irlint import wait_for
     from bpf_sdt.clang_plugin.preamble import build_ast_pch
     from bpf_sdt.clang_plugin.sandbox import run_isolated
