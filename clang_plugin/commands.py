@@ -64,13 +64,12 @@ def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask = None, ir
     bitcode meanwhile, for the IR rules (irlint.py).  With `ir_elsewhere`,
     its IR is compiled in a batch (irbatch.py) and the result carries what
     the IR rules need of the source (site_states).  With `pch`, libclang
-    loads the file's leading header from it (preamble.py)."""
+    loads the file's leading header from it (preamble.py).  The caller has
+    made sure `refusal` has nothing against the file."""
     from bpf_sdt.clang_plugin.extract import extract
+    from bpf_sdt.clang_plugin.irlint import IrUnavailable
     from bpf_sdt.clang_plugin.sandbox import Limits, ran_out_of_memory
 
-    refused = refusal(path, data, flags)
-    if refused:
-        return FileResult(path, unusable=refused)
     started = time.monotonic()
     pending, ir_note = _start_ir(path, ir)
     try:
@@ -89,7 +88,14 @@ def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask = None, ir
             # clang gets what is left of the file's deadline, less a margin:
             # a slow clang costs the IR rules, never the file's other findings
             left = Limits.from_env().timeout_s - (time.monotonic() - started) - IR_DEADLINE_MARGIN_S
-            result.findings += _ir_findings(path, data, result, lambda: pending.result(left), left)
+
+            def bitcode() -> bytes:
+                if left <= 0:
+                    raise IrUnavailable("no time left before the file's deadline (BPF_SDT_PARSE_TIMEOUT)")
+                code: bytes = pending.result(left)
+                return code
+
+            result.findings += _ir_findings(path, data, result, bitcode)
         elif ir_note:
             result.ir_note = ir_note
     finally:
@@ -134,15 +140,12 @@ def _source_probes(result: FileResult) -> list[Any]:
             for s, (emitted, expected) in zip(facts.sites, states, strict=True)]
 
 
-def _ir_findings(path: str, data: bytes, result: FileResult, bitcode: Callable[[], bytes],
-                 timeout: float = 1.0) -> list[Finding]:
-    """The IR rules' findings on the bitcode `bitcode()` returns; a reason in
-    result.ir_note when there are none to have."""
+def _ir_findings(path: str, data: bytes, result: FileResult, bitcode: Callable[[], bytes]) -> list[Finding]:
+    """The IR rules' findings on the bitcode `bitcode()` returns (or raises
+    IrUnavailable for); a reason in result.ir_note when there are none to have."""
     from bpf_sdt.clang_plugin.irlint import MAX_BITCODE_BYTES, IrUnavailable, ir_findings, ir_sites, too_much_bitcode
 
     try:
-        if timeout <= 0:
-            raise IrUnavailable("no time left before the file's deadline (BPF_SDT_PARSE_TIMEOUT)")
         code = bitcode()
         if len(code) > MAX_BITCODE_BYTES:
             raise IrUnavailable(too_much_bitcode())
@@ -399,28 +402,35 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
         import tempfile
 
         jobs = jobs or os.cpu_count() or 1
+        # Refused files (binary, an include of a FIFO or device) reach
+        # neither a parse nor a compile.
+        for f in todo:
+            why = refusal(f, sources[f], flags[f])
+            if why:
+                results[f] = FileResult(f, unusable=why)
+        usable = [f for f in todo if f not in results]
         with tempfile.TemporaryDirectory(prefix="bpf-sdt-pch-") as pch_dir:
-            usable = [f for f in todo if refusal(f, sources[f], flags[f]) is None]
             pchs = _start_precompiling(usable, plan, sources, limits, pch_dir)
             batches: list[Any] = []
             try:
                 batches = _ir_batches(usable, plan, jobs, limits, pchs.ir)   # while clang writes its PCH
                 _finish_precompiling(pchs, jobs, limits)
                 for b in batches:
-                    b.drop_missing_pch()
+                    if b.files[0] not in pchs.ir:     # its PCH was not written
+                        b.drop_pch()
                 batched = {f for b in batches for f in b.files}
                 for b in batches:
                     b.start()
                 outcomes = run_isolated([(f, flags[f], sources[f], None if f in batched else plan.ir.get(f),
-                                          f in batched, pchs.ast.get(f)) for f in todo], _analyze_encoded, jobs, limits)
+                                          f in batched, pchs.ast.get(f)) for f in usable], _analyze_encoded, jobs,
+                                        limits)
                 bitcode: dict[str, bytes | Exception] = {}
                 for b in batches:
                     bitcode.update(b.collect())
             finally:
                 for b in batches:
                     b.cancel()
-        batched = {f for b in batches for f in b.files}
-        for f, outcome in zip(todo, outcomes, strict=True):
+        for f, outcome in zip(usable, outcomes, strict=True):
             r = decode(outcome.payload, path=f) if outcome.payload is not None else None
             if r is None:
                 r = FileResult(f, unusable=f"{f}: {outcome.failure or 'the parse returned no usable result'}")
@@ -443,7 +453,7 @@ class _Precompiled:
     ir: dict[str, str] = field(default_factory=dict)       # the IR compiler's
     closure: dict[str, tuple[str, ...]] = field(default_factory=dict)   # the files each PCH holds
     ast_builds: dict[str, tuple[str, list[str], list[str]]] = field(default_factory=dict)  # path: header, flags, files
-    ir_builds: list[tuple[Any, str, list[str]]] = field(default_factory=list)   # (clang, path, files)
+    ir_builds: list[tuple[Any, list[str]]] = field(default_factory=list)   # (clang writing one, its files)
 
 
 def _start_precompiling(usable: list[str], plan: _Plan, sources: dict[str, bytes], limits: Any,
@@ -470,7 +480,7 @@ def _start_precompiling(usable: list[str], plan: _Plan, sources: dict[str, bytes
             path = os.path.join(directory, f"ir{i}.pch")
             with contextlib.suppress(OSError):
                 proc = start_pch(compiler, list(ir_flags), header, path, limits.memory_mib)
-                out.ir_builds.append((proc, path, files))
+                out.ir_builds.append((proc, files))
                 out.ir.update(dict.fromkeys(files, path))
     return out
 
@@ -491,17 +501,15 @@ def _finish_precompiling(pchs: _Precompiled, jobs: int, limits: Any) -> None:
             if outcome.payload == b"":
                 pchs.ast.update(dict.fromkeys(pchs.ast_builds[path][2], path))
         deadline = time.monotonic() + limits.timeout_s
-        for proc, path, files in pchs.ir_builds:
+        for proc, files in pchs.ir_builds:
             code = None
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = wait_for(proc, max(0.0, deadline - time.monotonic()))
             if code != 0:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)     # what a killed clang left, so that batches see it missing
                 for f in files:
                     pchs.ir.pop(f, None)
     finally:
-        for proc, _path, _files in pchs.ir_builds:
+        for proc, _files in pchs.ir_builds:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()

@@ -236,7 +236,6 @@ class _Stream:
         return found
 
 
-
 @dataclass
 class IrBatch:
     """Files compiled to bitcode by one cc1 (see the module's comment)."""
@@ -252,12 +251,10 @@ class IrBatch:
     _first: str = ""                # the first input of the running clang
     _workdir: tempfile.TemporaryDirectory[str] | None = None
 
-    def drop_missing_pch(self) -> None:
-        """Before start: the command without its PCH if that was not written."""
+    def drop_pch(self) -> None:
+        """Before start: compile without the PCH (it was not written)."""
         if self.fallback is not None:
-            i = self.command.index("-include-pch")
-            if not os.path.exists(self.command[i + 1]):
-                self.command, self.fallback = self.fallback, None
+            self.command, self.fallback = self.fallback, None
 
     def start(self) -> None:
         """Starts the compile; `collect` waits for it."""
