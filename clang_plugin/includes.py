@@ -122,26 +122,46 @@ def include_hazard(path: str, source: bytes, flags: list[str]) -> str | None:
     return scan.text(path, source)
 
 
+def include_closure(path: str, source: bytes, sp: SearchPath) -> dict[str, bytes] | None:
+    """`path` and every file it includes at any depth (as the scan follows
+    them), by absolute path, with their bytes; None if one is a hazard or
+    cannot be read, or the scan's limits cut it short."""
+    scan = _Scan(sp, keep=True)
+    if scan.text(path, source) is not None or scan.incomplete:
+        return None
+    return scan.kept
+
+
 class _Scan:
-    def __init__(self, sp: SearchPath) -> None:
+    def __init__(self, sp: SearchPath, keep: bool = False) -> None:
         self.sp = sp
         self.seen: set[str] = set()
         self.bytes = 0
+        self.keep = keep                       # hold each file's bytes in `kept`
+        self.kept: dict[str, bytes] = {}
+        self.incomplete = False                # a file was left unread (limits, unreadable)
 
     def file(self, path: str) -> str | None:
         key = os.path.normpath(os.path.abspath(path))
-        if key in self.seen or len(self.seen) >= MAX_SCANNED_FILES or self.bytes >= MAX_SCANNED_BYTES:
+        if key in self.seen:
+            return None
+        if len(self.seen) >= MAX_SCANNED_FILES or self.bytes >= MAX_SCANNED_BYTES:
+            self.incomplete = True
             return None
         self.seen.add(key)
         try:
             data = read_regular(path, MAX_SOURCE_BYTES, "header")
         except InputError as e:
+            self.incomplete = True
             return str(e) if _exists_as_hazard(path) else None   # missing: libclang says so
         return self.text(key, data)
 
     def text(self, path: str, data: bytes) -> str | None:
         """Scan one file's directives; `path` as messages should show it."""
-        self.seen.add(os.path.normpath(os.path.abspath(path)))
+        key = os.path.normpath(os.path.abspath(path))
+        self.seen.add(key)
+        if self.keep:
+            self.kept[key] = data
         self.bytes += len(data)
         here = os.path.dirname(os.path.abspath(path))
         for directive, quoted, name, offset in directives(data):

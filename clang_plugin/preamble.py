@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 
 from bpf_sdt.clang_plugin.files import MAX_SOURCE_BYTES
-from bpf_sdt.clang_plugin.includes import SearchPath, directives, resolve, search_path
+from bpf_sdt.clang_plugin.includes import SearchPath, include_closure, resolve, search_path
 
 from bpf_sdt.errors import InputError
 from bpf_sdt.fsutil import read_regular
@@ -67,8 +67,8 @@ class Preamble:
     closure: tuple[str, ...]       # it and every file it includes
 
 
-# What _precompilable said of a header, for the files of one run: (header,
-# its size and mtime, the guards before it, the search path) -> answer.
+# The answer of _chain for a header, for the files of one run: (header, its
+# size and mtime, the guards before it, the search path, the depth left) -> answer.
 _Memo = dict[tuple[object, ...], "Preamble | None"]
 
 
@@ -198,8 +198,8 @@ def _guard(text: bytes) -> bytes | None:
 def _precompilable(header: str, text: bytes, sp: SearchPath, guards: list[bytes]) -> Preamble | None:
     if any(m in text for m in OWN_MARKERS) or _guard(text) is None:   # the header's own text first: cheap
         return None
-    closure = _closure(header, text, sp)
-    if closure is None:
+    closure = include_closure(header, text, sp)
+    if closure is None or len(closure) > MAX_CLOSURE_FILES:
         return None
     size = 0
     for data in closure.values():
@@ -207,30 +207,6 @@ def _precompilable(header: str, text: bytes, sp: SearchPath, guards: list[bytes]
             return None
         size += len(data)
     return Preamble(header, tuple(closure)) if size >= MIN_HEADER_BYTES else None
-
-
-def _closure(header: str, text: bytes, sp: SearchPath) -> dict[str, bytes] | None:
-    """Every file `header` includes, at any depth (text-wise, as includes.py
-    scans), with its bytes; None if one cannot be read or there are too many."""
-    out = {header: text}
-    todo = [header]
-    while todo:
-        f = todo.pop()
-        for _directive, quoted, name, _offset in directives(out[f]):
-            found = resolve(sp, name, quoted, os.path.dirname(f))
-            if found is None:
-                continue      # under an #if not taken, or missing: the parse will say
-            target = os.path.abspath(found[0])
-            if target in out:
-                continue
-            if len(out) >= MAX_CLOSURE_FILES:
-                return None
-            try:
-                out[target] = read_regular(target, MAX_SOURCE_BYTES, "header")
-            except InputError:
-                return None
-            todo.append(target)
-    return out
 
 
 def shared_preambles(files: list[str], sources: dict[str, bytes], flags: dict[str, list[str]]) -> dict[str, Preamble]:
