@@ -136,14 +136,18 @@
 	_Static_assert(__bpf_sdt_##name##_nargs == N,			\
 		       "bpf_sdt: probe '" #name "' is declared with a different number of arguments than BPF_SDT_PROBE" #N " passes")
 
-/* Classification and sizeof do not evaluate `a`. */
+/* Classification and sizeof do not evaluate `a`.  sizeof is asked of the
+ * value of `a`, the right operand of a comma (see __BPF_SDT_UNQUAL), because
+ * `a` may be a bit-field, which a call takes but sizeof and typeof refuse;
+ * unary + would also convert it, but it promotes and fails on a struct. */
+#define __BPF_SDT_RVALUE(a)		((void)0, (a))
 #define __BPF_SDT_CHECK_ARG(name, K, a)					\
 	_Static_assert(__builtin_classify_type(a) != 12 &&		\
 		       __builtin_classify_type(a) != 13,			\
 		       "bpf_sdt: probe '" #name "' argument " #K		\
 		       ": struct or union passed by value");		\
 	_Static_assert(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(a)) || \
-		       sizeof(a) <= 8,					\
+		       sizeof(__BPF_SDT_RVALUE(a)) <= 8,			\
 		       "bpf_sdt: probe '" #name "' argument " #K		\
 		       ": argument is wider than 8 bytes");		\
 	_Static_assert(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(a)) == \
@@ -209,8 +213,17 @@
 #define __BPF_SDT_IN_REG(K)							\
 	if (__BPF_SDT_NEEDS_REG(K))						\
 		__asm__("" : "+r"(__sdt_v##K))
-#define __BPF_SDT_REG_OPERAND(K)		[__sdt_a##K] "rn"(__sdt_v##K)
-#define __BPF_SDT_STRICT_OPERAND(K)	[__sdt_a##K] "r"(__sdt_v##K)
+/* The value an operand passes: a _Bool as unsigned char.  clang hands a
+ * _Bool to asm as LLVM's i1, whose register bits above bit 0 are undefined:
+ * a `_Bool b:1` bit-field arrived as its whole byte (0xff for b = 1, 0xfe
+ * for b = 0), which a consumer truncating to the BTF size (1 byte) misreads.
+ * The widening costs at most the `&= 1` that such a load needs anyway; other
+ * types pass unchanged (the choice is made at compile time). */
+#define __BPF_SDT_OPERAND(K)							\
+	__builtin_choose_expr(__builtin_types_compatible_p(__typeof__(__sdt_v##K), _Bool), \
+			      (unsigned char)__sdt_v##K, __sdt_v##K)
+#define __BPF_SDT_REG_OPERAND(K)		[__sdt_a##K] "rn"(__BPF_SDT_OPERAND(K))
+#define __BPF_SDT_STRICT_OPERAND(K)	[__sdt_a##K] "r"(__BPF_SDT_OPERAND(K))
 
 /* Args 11..12 in registers when they fit.  One asm statement takes at most
  * ten register operands, and an immediate takes none.  So a site with more
