@@ -48,7 +48,19 @@ def _cmd_header(args: argparse.Namespace) -> int:
 def _cmd_cflags(args: argparse.Namespace) -> int:
     from bpf_sdt.headers import header_dir
 
-    print(f"-I{header_dir()}")
+    flags = [f"-I{header_dir()}"]
+    if args.system:
+        from bpf_sdt.buildflags import system_include_flags
+
+        flags += system_include_flags()
+    print(" ".join(flags))
+    return EXIT_OK
+
+
+def _cmd_clang(args: argparse.Namespace) -> int:
+    from bpf_sdt.toolchain import find_clang
+
+    print(find_clang())
     return EXIT_OK
 
 
@@ -125,7 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-args", type=int, default=12, metavar="N",
                     help="largest arity to generate, 0..12 (default 12)")
 
-    add("cflags", _cmd_cflags, "print the -I flag for the installed bpf_sdt.h")
+    sp = add("cflags", _cmd_cflags, "print the -I flag for the installed bpf_sdt.h")
+    sp.add_argument("--system", action="store_true",
+                    help="also the system include directories `clang -target bpf` misses "
+                         "(the multiarch directory holding asm/types.h)")
+    add("clang", _cmd_clang, "print the clang bpf-sdt compiles with: $BPF_SDT_CLANG, $BPF_CLANG, "
+                             "clang, else the newest clang-N on PATH")
     add("makefile", _cmd_makefile, "print the path of bpf_sdt.mk, for `include` in a Makefile")
     add("meson", _cmd_meson, "print the path of the meson helper, for find_program() in meson.build")
 

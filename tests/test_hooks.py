@@ -69,6 +69,117 @@ def test_make_compile_commands_follow_the_sources(tmp_path: Path) -> None:
     assert "extra.bpf.c" in files, "a new source is listed without a clean"
 
 
+# --- make: a new project, as the README sets one up -----------------------------------
+
+# The README's program and observer styles: libbpf's headers, the kernel's
+# UAPI (which needs the multiarch asm/ directory), an enum-typed BPF_PROG.
+README_PROGRAM = """#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf_sdt.h>
+
+enum drop_reason { DROP_SHORT = 1, DROP_TTL };
+BPF_SDT_DECLARE2(drop, enum drop_reason, __u32);
+
+SEC("xdp") int prog(struct xdp_md *ctx)
+{
+	__u32 len = ctx->data_end - ctx->data;
+
+	if (len < 64) {
+		BPF_SDT_PROBE2(drop, DROP_SHORT, len);
+		return XDP_DROP;
+	}
+	return XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+README_OBSERVER = """#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+enum drop_reason { DROP_SHORT = 1, DROP_TTL };
+__u64 dropped_bytes;
+
+SEC("bpf_sdt/drop") int BPF_PROG(count_drop, enum drop_reason why, __u32 len)
+{
+	if (why == DROP_SHORT)
+		__sync_fetch_and_add(&dropped_bytes, len);
+	return 0;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+NEW_PROJECT_MAKEFILE = """BPF_SDT_OUTDIR := build
+BPF_SDT_SOURCES := $(wildcard *.bpf.c)
+include $(or $(shell bpf-sdt makefile),$(error bpf-sdt not found on PATH))
+all: build/prog.bpf.o build/observer.bpf.o build/compile_commands.json
+"""
+# What the recipes run besides the compilers (make itself runs /bin/sh).
+RECIPE_TOOLS = ("mkdir", "mv", "rm", "grep")
+
+
+def _bin_dir(root: Path, *programs: str) -> Path:
+    """A PATH directory holding exactly these programs (symlinks)."""
+    bindir = root / "bin"
+    bindir.mkdir(parents=True)
+    for prog in (*RECIPE_TOOLS, *programs):
+        found = shutil.which(prog) or prog
+        (bindir / Path(prog).name).symlink_to(found)
+    return bindir
+
+
+def _new_project(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "Makefile").write_text(NEW_PROJECT_MAKEFILE)
+    (root / "prog.bpf.c").write_text(README_PROGRAM)
+    (root / "observer.bpf.c").write_text(README_OBSERVER)
+    return root
+
+
+def _make_with_path(root: Path, bindir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("make"), "-C", str(root), *args], capture_output=True, text=True,
+                          env={"PATH": str(bindir), "HOME": str(root)}, timeout=TIMEOUT_S, check=False)
+
+
+def test_new_project_builds_with_clang_n_only(tmp_path: Path) -> None:
+    """Debian's clang-19 and bpf-sdt on PATH, no `clang`: the include finds
+    clang-19 as `instrument` does, adds the multiarch directory, and builds
+    the observer under its own warning flags; -Wall -Wextra -Werror hold."""
+    bindir = _bin_dir(tmp_path, clang(19), str(Path(sys.executable).parent / "bpf-sdt"))
+    assert not (bindir / "clang").exists()
+    root = _new_project(tmp_path / "proj")
+    res = _make_with_path(root, bindir)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "clang-19 -target bpf" in res.stdout and "-Werror" in res.stdout
+    sites = json.loads(run([*CLI, "list", "--json", str(root / "build" / "prog.bpf.o")]).stdout)
+    (site,) = sites["objects"][0]["probes"]
+    assert site["name"] == "drop" and site["args"][0] == {"kind": "imm", "value": 1}
+    inst = run([*CLI, "instrument", str(root / "build" / "prog.bpf.o"), "-o", str(tmp_path / "inst.o"),
+                "--observer", str(root / "build" / "observer.bpf.o"), "--bpftool", tool("bpftool")])
+    assert inst.returncode == 0, inst.stderr
+    assert _make_with_path(root, bindir, "-q").returncode == 0, "a second make would rebuild something"
+
+
+def test_new_project_rebuilds_on_a_flag_change_only(tmp_path: Path) -> None:
+    bindir = _bin_dir(tmp_path, clang(19), str(Path(sys.executable).parent / "bpf-sdt"))
+    root = _new_project(tmp_path / "proj")
+    assert _make_with_path(root, bindir).returncode == 0
+    changed = _make_with_path(root, bindir, "BPF_EXTRA_CFLAGS=-DEXTRA")
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stdout.count("-DEXTRA -MMD") == 2, changed.stdout
+    assert "-DEXTRA" in (root / "build" / "compile_commands.json").read_text()
+    assert _make_with_path(root, bindir, "-q", "BPF_EXTRA_CFLAGS=-DEXTRA").returncode == 0
+    assert _make_with_path(root, bindir, "-q").returncode == 1, "back to the old flags: out of date again"
+
+
+def test_new_project_without_bpf_sdt_or_clang_says_so(tmp_path: Path) -> None:
+    root = _new_project(tmp_path / "proj")
+    no_bpf_sdt = _make_with_path(root, _bin_dir(tmp_path / "a", clang(19)))
+    assert no_bpf_sdt.returncode != 0 and "bpf-sdt not found on PATH" in no_bpf_sdt.stderr
+    no_clang = _make_with_path(root, _bin_dir(tmp_path / "b", str(Path(sys.executable).parent / "bpf-sdt")))
+    assert no_clang.returncode != 0 and "clang not found" in no_clang.stderr, no_clang.stderr
+    assert "Traceback" not in no_clang.stderr
+    assert not (root / "build").exists(), "nothing built, nothing half-written"
+
+
 # --- meson ---------------------------------------------------------------------------
 
 
