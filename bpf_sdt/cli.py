@@ -109,16 +109,21 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return run_trace(args)
 
 
+def _clang_args(args: argparse.Namespace) -> list[str]:
+    """-I and -D given as options, then what followed `--`."""
+    return [*(f"-I{d}" for d in args.include_dirs), *(f"-D{d}" for d in args.defines), *args.clang_args]
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from bpf_sdt.clang_plugin.commands import run_extract
 
-    return run_extract(args.files, args.build_dir, args.clang_args, as_json=args.json)
+    return run_extract(args.files, args.build_dir, _clang_args(args), as_json=args.json)
 
 
 def _cmd_lint(args: argparse.Namespace) -> int:
     from bpf_sdt.clang_plugin.commands import run_lint
 
-    return run_lint(args.files, args.build_dir, args.clang_args, fmt=args.format,
+    return run_lint(args.files, args.build_dir, _clang_args(args), fmt=args.format,
                     jobs=args.jobs, use_cache=not args.no_cache, ir=not args.no_ir)
 
 
@@ -186,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-p", dest="build_dir", metavar="BUILD_DIR",
                         help="directory holding compile_commands.json")
         sp.add_argument("files", nargs="+", metavar="FILE")
+        # -I/-D as options (not only after `--`): pre-commit appends the
+        # staged files after a hook's args, so args must not end the options.
+        sp.add_argument("-I", dest="include_dirs", action="append", default=[], metavar="DIR",
+                        help="add DIR to clang's include path (repeatable; as `-- -IDIR`)")
+        sp.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]",
+                        help="define a macro for clang (repeatable; as `-- -DNAME`)")
         if name == "extract":
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         else:

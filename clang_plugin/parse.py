@@ -125,11 +125,16 @@ def default_flags(extra: list[str]) -> list[str]:
 
 def compile_flags(extra: list[str]) -> list[str]:
     """A real clang's flags (it has its own builtin headers): `-target bpf`
-    unless a target is given, and the shipped bpf_sdt.h's directory."""
+    unless a target is given, the shipped bpf_sdt.h's directory, and the
+    system directory `-target bpf` misses (asm/types.h), last, as a build
+    through `bpf-sdt cflags --system` has them: no compile database needed."""
+    from bpf_sdt.buildflags import system_include_flags
+
     flags = list(extra)
     if not any(f == "-target" or f.startswith("--target") for f in flags):
         flags = ["-target", "bpf", *flags]
     flags.append(_header_flag())
+    flags.extend(system_include_flags())
     return flags
 
 
