@@ -53,6 +53,12 @@ RECORDER_RINGBUF_MAP = "bpf_sdt_events"
 RECORDER_LOST_MAP = "bpf_sdt_lost"
 RECORDER_DEFAULT_RINGBUF_SIZE = 1 << 22
 
-# instrument marks the first instruction of each call it inserts with a local
-# STT_NOTYPE symbol CALL_LABEL_PREFIX + observer; list reads them back.
+# instrument records the first instruction of each call it inserts in CALLS_SECTION
+# (docs/format.md section 6): an address word per call, at a local STT_NOTYPE symbol
+# CALL_LABEL_PREFIX + observer; list reads them back.  The section is not loaded
+# (no SHF_ALLOC), so loaders ignore it; a label in a code section would look like
+# a function to some (cilium/ebpf 0.9).
 CALL_LABEL_PREFIX = "___sdt_call_"
+CALLS_SECTION = ".bpf_sdt_calls"
+CALLS_REL_SECTION = ".rel" + CALLS_SECTION
+CALL_WORD_SIZE = 8

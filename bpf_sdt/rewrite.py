@@ -11,6 +11,10 @@ lists (insert, replace); :func:`rewrite_object` writes the object back:
 - data words that hold a code offset in place (the address words of
   ``.bpf_sdt_notes``: REL relocations against a code section or function):
   moved through the old-to-new offset map;
+- call labels (:class:`Label`): written as address words of the non-loaded
+  ``.bpf_sdt_calls`` section (docs/format.md section 6), never as symbols in
+  code, where loaders would take them for functions; words already there move
+  like the notes' ones;
 - ``.BTF.ext`` func_info, line_info and CO-RE records: moved through the same
   map, so ``bpftool prog dump xlated`` still shows the right source lines;
 - DWARF (``.debug_*`` but our types section): dropped when code changed.  Its
@@ -30,6 +34,7 @@ from bpf_sdt.elf import (
     R_BPF_64_ABS64,
     R_BPF_64_NODYLD32,
     SHF_INFO_LINK,
+    SHT_PROGBITS,
     SHT_REL,
     SHT_RELA,
     STB_LOCAL,
@@ -45,7 +50,7 @@ from bpf_sdt.elf import (
     is_reserved_index,
 )
 from bpf_sdt.errors import InputError
-from bpf_sdt.format import TYPES_SECTION
+from bpf_sdt.format import CALL_WORD_SIZE, CALLS_REL_SECTION, CALLS_SECTION, TYPES_SECTION
 from bpf_sdt.insn import (
     CodeSection,
     EncodedSection,
@@ -70,7 +75,8 @@ class Moved:
 
 @dataclass
 class Label:
-    """A new local symbol naming an instruction (STT_NOTYPE, size 0)."""
+    """A name for an instruction, kept outside the code: an address word in
+    ``.bpf_sdt_calls`` at a local STT_NOTYPE symbol ``name``."""
 
     name: str
     section: int
@@ -135,9 +141,7 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
     _move_moved_symbols(obj, img, encoded, edits)
     _move_in_place_words(obj, img, encoded, values)
     _move_btf_ext(obj, img, encoded, edits)
-    for label in edits.labels:
-        img.symbols.append(SymRec(label.name, encoded[label.section].position(label.insn), 0,
-                                  (STB_LOCAL << 4) | STT_NOTYPE, 0, label.section))
+    _write_labels(img, encoded, edits.labels)
     if edits.make_static:
         _make_static(obj, img, edits.make_static)
     for idx, name in edits.renamed.items():
@@ -150,6 +154,36 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
         drop_indices |= {i for i, s in enumerate(img.sections) if s.name == ".rel" + BTF_EXT_SECTION}
     img.remove_section_indices(drop_indices)
     return img
+
+
+def _write_labels(img: ElfImage, encoded: dict[int, EncodedSection], labels: list[Label]) -> None:
+    append_call_words(img, [(label.name, label.section, encoded[label.section].position(label.insn))
+                            for label in labels])
+
+
+def append_call_words(img: ElfImage, words: list[tuple[str, int, int]]) -> None:
+    """For each (symbol name, code section index, byte offset), one address
+    word appended to the calls section (made when missing): the offset in
+    place, with an R_BPF_64_ABS64 against the code section's symbol, as a
+    note's address word (docs/format.md section 6)."""
+    if not words:
+        return
+    calls_i = img.index_of(CALLS_SECTION)
+    if calls_i is None:   # flags 0: not SHF_ALLOC, so no loader reads it
+        calls_i = img.add_section(SecRec(CALLS_SECTION, SHT_PROGBITS, 0, b"", addralign=CALL_WORD_SIZE))
+    rel_i = img.rel_section_for(calls_i)
+    if rel_i is None:
+        rel_i = img.add_section(SecRec(CALLS_REL_SECTION, SHT_REL, SHF_INFO_LINK, b"",   # to_bytes lays it out
+                                       link=img.symtab_index, info=calls_i, relocs=[]))
+    relocs = img.sections[rel_i].relocs
+    assert relocs is not None
+    data = bytearray(img.sections[calls_i].data)
+    for name, section, offset in words:
+        here = len(data)
+        img.symbols.append(SymRec(name, here, 0, (STB_LOCAL << 4) | STT_NOTYPE, 0, calls_i))
+        relocs.append(Relocation(here, R_BPF_64_ABS64, img.section_symbol(section), None))
+        data += offset.to_bytes(CALL_WORD_SIZE, "little")
+    img.sections[calls_i].data = bytes(data)
 
 
 def _move_moved_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],

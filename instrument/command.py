@@ -22,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bpf_sdt.instrument.analysis import (
@@ -47,7 +47,7 @@ from bpf_sdt.instrument.sequence import Frame, Observer, site_sequence
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.btfext import SourceLines
-from bpf_sdt.elf import STT_FUNC, BpfObject, load_object
+from bpf_sdt.elf import STT_FUNC, STT_SECTION, BpfObject, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import CALL_LABEL_PREFIX, RECORDER_DEFAULT_RINGBUF_SIZE
 from bpf_sdt.fsutil import write_atomic
@@ -211,6 +211,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     edits = CodeEdits()
     observers = _observer_entries(obj, code, plan, index_of)
     text = _gather_text(obj, code, edits)
+    observers = _called_through_section_symbol(obj, observers, text)
     ordered = ordered_sites(notes)
     inserts: dict[int, dict[int, list[Insn]]] = {}
     sites, problems = [], []
@@ -282,6 +283,19 @@ def _observer_entries(obj: BpfObject, code: dict[int, CodeSection], plan: dict[s
     if missing:
         raise InputError(f"observer {', '.join(sorted(missing))} not found in the linked object")
     return out
+
+
+def _called_through_section_symbol(obj: BpfObject, observers: dict[str, Observer],
+                                   text: int) -> dict[str, Observer]:
+    """Observers as calls from another section name them: through the section
+    symbol of the code section they now live in, with the callee in the
+    immediate, as clang writes a static call.  A relocation against the
+    observer's own (local) symbol is refused by cilium/ebpf."""
+    section_symbol = next((s.num for s in obj.symbols if s.type == STT_SECTION and s.shndx == text), None)
+    if section_symbol is None:
+        raise InputError(f"{obj.path}: section {obj.sections[text].name} has no section symbol to call "
+                         "its observers through")
+    return {name: replace(o, symbol=section_symbol) for name, o in observers.items()}
 
 
 def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types: tuple[ArgType, ...],

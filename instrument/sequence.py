@@ -68,7 +68,8 @@ _UNSIGNED_MASK = {1: 0xFF, 2: 0xFFFF}
 @dataclass(frozen=True)
 class Observer:
     """A call target: the observer's first instruction and, for calls from
-    another section, the symbol a relocation names."""
+    another section, the symbol a relocation names (its code section's
+    STT_SECTION symbol, with the callee in the immediate, as clang does)."""
 
     name: str
     entry: Insn

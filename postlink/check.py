@@ -19,9 +19,17 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from bpf_sdt.btf import Btf, BtfKind
-from bpf_sdt.elf import SHT_NOBITS, STB_LOCAL, STT_NOTYPE, BpfObject, is_reserved_index
+from bpf_sdt.elf import SHT_NOBITS, STB_LOCAL, STT_NOTYPE, STT_SECTION, BpfObject, Section, is_reserved_index
 from bpf_sdt.errors import InputError
-from bpf_sdt.format import CALL_LABEL_PREFIX, DECL_TAG_PREFIX, INSN_ARRAY_MAX, NOTES_SECTION
+from bpf_sdt.format import (
+    CALL_LABEL_PREFIX,
+    CALL_WORD_SIZE,
+    CALLS_SECTION,
+    DECL_TAG_PREFIX,
+    INSN_ARRAY_MAX,
+    NOTES_SECTION,
+    R_BPF_64_ABS64,
+)
 from bpf_sdt.model import Declaration, Finding, Severity, Site
 from bpf_sdt.notes import (
     FunctionIndex,
@@ -170,20 +178,15 @@ class ObjectReport:
 
 
 def call_labels(obj: BpfObject, entries: list[NoteEntry]) -> dict[tuple[int, int], tuple[str, ...]]:
-    """Observers each site calls in an object `bpf-sdt instrument` wrote:
-    a local STT_NOTYPE symbol `___sdt_call_<observer>` marks the first
-    instruction of each call it inserted, in the site's code section after
-    its NOP and before the next original instruction.  So a label belongs to
-    the nearest probe NOP at or before it in its section."""
-    symbols = RawSymbols(obj)
-    prefix = CALL_LABEL_PREFIX.encode()
+    """Observers each site calls in an object `bpf-sdt instrument` wrote
+    (docs/format.md section 6): per inserted call, an address word in
+    .bpf_sdt_calls at a local STT_NOTYPE symbol `___sdt_call_<observer>`
+    holds the offset of the call's first instruction, which is in the site's
+    code section after its NOP and before the next original instruction.  So
+    a call belongs to the nearest probe NOP at or before it in its section."""
     labels: dict[int, list[tuple[int, str]]] = {}
-    for i, (name_off, info, _other, shndx, value, _size) in enumerate(symbols.records()):
-        if info & 0xF != STT_NOTYPE or info >> 4 != STB_LOCAL or is_reserved_index(shndx):
-            continue
-        if not symbols.has_prefix(name_off, prefix):
-            continue
-        labels.setdefault(shndx, []).append((value, symbols.name(i, name_off)[len(CALL_LABEL_PREFIX):]))
+    for observer, code_index, offset in call_words(obj):
+        labels.setdefault(code_index, []).append((offset, observer))
     if not labels:
         return {}
     nops: dict[int, list[int]] = {}
@@ -197,6 +200,48 @@ def call_labels(obj: BpfObject, entries: list[NoteEntry]) -> dict[tuple[int, int
             if k >= 0:
                 out.setdefault((shndx, starts[k]), []).append(observer)
     return {key: tuple(v) for key, v in out.items()}
+
+
+def call_words(obj: BpfObject) -> list[tuple[str, int, int]]:
+    """(observer, code section index, byte offset) of every call the calls
+    section records, in section order."""
+    calls = obj.section(CALLS_SECTION)
+    if calls is None or calls.type == SHT_NOBITS:
+        return []
+    symbols = RawSymbols(obj)
+    targets = _call_targets(obj, calls, symbols)
+    if not targets:
+        return []
+    prefix = CALL_LABEL_PREFIX.encode()
+    found: list[tuple[int, str, int, int]] = []
+    for i, (name_off, info, _other, shndx, value, _size) in enumerate(symbols.records()):
+        if shndx != calls.index or info & 0xF != STT_NOTYPE or info >> 4 != STB_LOCAL:
+            continue
+        if symbols.has_prefix(name_off, prefix) and value in targets:
+            observer = symbols.name(i, name_off)[len(CALL_LABEL_PREFIX):]
+            found.append((value, observer, *targets[value]))
+    return [(observer, code_index, offset) for _, observer, code_index, offset in sorted(found)]
+
+
+def _call_targets(obj: BpfObject, calls: Section, symbols: RawSymbols) -> dict[int, tuple[int, int]]:
+    """Address word offset in the calls section -> (code section index, byte
+    offset), resolved as a note's address word is; a word whose relocation is
+    not an R_BPF_64_ABS64 against a defined symbol names nothing."""
+    _, relocs = obj.relocations(calls)
+    data = obj.section_data(calls)
+    out = {}
+    for r in relocs:
+        if r.type != R_BPF_64_ABS64 or not 0 <= r.symbol < symbols.count \
+                or r.offset + CALL_WORD_SIZE > len(data):
+            continue
+        _name, info, _other, shndx, value, _size = symbols.record(r.symbol)
+        if is_reserved_index(shndx):
+            continue
+        base = 0 if info & 0xF == STT_SECTION else value
+        addend = r.addend if r.addend is not None else \
+            int.from_bytes(data[r.offset: r.offset + CALL_WORD_SIZE], "little")
+        out[r.offset] = (shndx, base + addend)
+    return out
 
 
 # --- BTF: probe prototypes --------------------------------------------------

@@ -9,7 +9,9 @@ on any libbpf version (docs/linking.md).
    inputs with the notes removed, then write the notes back into the linked
    object: entries in input order, each address word moved by where the
    linker placed its input's code section, one R_BPF_64_ABS64 against that
-   section's symbol, and the entry symbols.
+   section's symbol, and the entry symbols.  The calls an instrumented
+   input records (.bpf_sdt_calls, docs/format.md section 6) are stripped and
+   written back the same way.
 
 The linker's placement (same-named sections appended in input order, each
 aligned) is computed, then verified against every input function symbol
@@ -26,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpf_sdt.postlink.check import ObjectReport, analyze
+from bpf_sdt.postlink.check import ObjectReport, analyze, call_words
 
 from bpf_sdt.elf import (
     SHF_INFO_LINK,
@@ -46,10 +48,11 @@ from bpf_sdt.elf import (
     load_object,
 )
 from bpf_sdt.errors import EXIT_OK, InputError, ToolError
-from bpf_sdt.format import NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION, R_BPF_64_ABS64
+from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION, R_BPF_64_ABS64
 from bpf_sdt.fsutil import resolve_output, write_atomic
 from bpf_sdt.model import ArgLocation, Declaration
 from bpf_sdt.notes import encode_entry
+from bpf_sdt.rewrite import append_call_words
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,16 @@ class InputSite:
     section: str
     offset: int
     args: tuple[ArgLocation, ...]
+
+
+@dataclass(frozen=True)
+class InputCall:
+    """A call instrument inserted, as one input records it."""
+
+    input: int
+    observer: str
+    section: str
+    offset: int
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,8 @@ def link(output: Path, inputs: list[Path], bpftool: str = "bpftool") -> ObjectRe
     _check_prototypes(inputs, [report for _, report in loaded])
     objs = [obj for obj, _ in loaded]
     sites = [s for i, (_, report) in enumerate(loaded) for s in _input_sites(i, report)]
+    calls = [InputCall(i, observer, o.sections[shndx].name, offset)
+             for i, o in enumerate(objs) for observer, shndx, offset in call_words(o)]
     tool = shutil.which(bpftool) or (bpftool if Path(bpftool).is_file() else None)
     if tool is None:
         raise ToolError(f"{bpftool} not found: install bpftool (Debian: apt-get install bpftool)")
@@ -105,7 +120,7 @@ def link(output: Path, inputs: list[Path], bpftool: str = "bpftool") -> ObjectRe
         if not sites:
             return _finish(output, base.read_bytes(), analyze(linked))
         placement = _placement(objs, linked)
-        data = _add_notes(linked, sites, placement)
+        data = _add_notes(linked, sites, placement, calls)
         report = analyze(BpfObject(str(output), data))
         if report.errors:
             errors = [f"{f.where}: {f.message} [{f.rule}]" for f in report.findings if f.severity == "error"]
@@ -133,12 +148,13 @@ def _load_input(path: Path) -> tuple[BpfObject, ObjectReport]:
 
 
 def strip_notes(obj: BpfObject) -> bytes:
-    """The object without its notes: the sections named .bpf_sdt_notes and the
-    relocation sections applying to them (found by what they apply to, not by
-    name: a name says nothing about what a section is)."""
+    """The object without its notes and call records: the sections named
+    .bpf_sdt_notes or .bpf_sdt_calls and the relocation sections applying to
+    them (found by what they apply to, not by name: a name says nothing about
+    what a section is)."""
     img = ElfImage.from_object(obj)
-    img.remove_section_indices({s.index for s in obj.sections_named(NOTES_SECTION)
-                                if s.type not in (SHT_SYMTAB, SHT_STRTAB)})
+    img.remove_section_indices({s.index for name in (NOTES_SECTION, CALLS_SECTION)
+                                for s in obj.sections_named(name) if s.type not in (SHT_SYMTAB, SHT_STRTAB)})
     return img.to_bytes()
 
 
@@ -217,7 +233,8 @@ def _same_sites(report: ObjectReport, objs: list[BpfObject], sites: list[InputSi
     return want == sorted((e.section.name, e.offset) for e in report.decoding.entries)
 
 
-def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement) -> bytes:
+def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement,
+               calls: list[InputCall]) -> bytes:
     img = ElfImage.from_object(linked)
     notes = bytearray()
     relocs: list[Relocation] = []
@@ -238,4 +255,12 @@ def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement) 
                            addralign=8, entsize=16, relocs=relocs))
     for name, value in entry_syms:
         img.symbols.append(SymRec(name, value, 0, (STB_LOCAL << 4) | STT_NOTYPE, 0, notes_i))
+    append_call_words(img, [_placed_call(img, c, placement) for c in calls])
     return img.to_bytes()
+
+
+def _placed_call(img: ElfImage, call: InputCall, placement: Placement) -> tuple[str, int, int]:
+    sec_index = img.index_of(call.section)
+    if sec_index is None:
+        raise InputError(f"linked object has no section {call.section}")
+    return CALL_LABEL_PREFIX + call.observer, sec_index, placement.base[(call.input, call.section)] + call.offset
