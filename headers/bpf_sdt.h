@@ -213,7 +213,9 @@
 #define __BPF_SDT_IN_REG(K)							\
 	if (__BPF_SDT_NEEDS_REG(K))						\
 		__asm__("" : "+r"(__sdt_v##K))
-/* The value an operand passes: a _Bool as unsigned char.  clang hands a
+/* The value an operand passes: a _Bool as unsigned char (through long long:
+ * the branch not chosen is still checked, and a pointer cast straight to
+ * unsigned char warns under -Wpointer-to-int-cast).  clang hands a
  * _Bool to asm as LLVM's i1, whose register bits above bit 0 are undefined:
  * a `_Bool b:1` bit-field arrived as its whole byte (0xff for b = 1, 0xfe
  * for b = 0), which a consumer truncating to the BTF size (1 byte) misreads.
@@ -221,7 +223,7 @@
  * types pass unchanged (the choice is made at compile time). */
 #define __BPF_SDT_OPERAND(K)							\
 	__builtin_choose_expr(__builtin_types_compatible_p(__typeof__(__sdt_v##K), _Bool), \
-			      (unsigned char)__sdt_v##K, __sdt_v##K)
+			      (unsigned char)(long long)__sdt_v##K, __sdt_v##K)
 #define __BPF_SDT_REG_OPERAND(K)		[__sdt_a##K] "rn"(__BPF_SDT_OPERAND(K))
 #define __BPF_SDT_STRICT_OPERAND(K)	[__sdt_a##K] "r"(__BPF_SDT_OPERAND(K))
 
