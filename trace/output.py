@@ -18,9 +18,16 @@ This keeps decoding under a microsecond per event in CPython (bench/trace_bench.
 
 from __future__ import annotations
 
+import collections
+import errno
 import json
+import os
+import select
+import socket
+import stat
 import struct
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -87,6 +94,7 @@ class Decoder:
         self.t0_ns = t0_ns
         self.err = err or sys.stderr
         self.lines: list[bytes] = []    # UTF-8: formatting bytes is faster than str, and needs no encode
+        self._other_lines = 0           # of ``lines``, those that are not events (runs, counts, lost)
         self.hits = [0] * len(self.sites)
         self.foreign = 0            # events that do not fit the site table
         self._widths = _column_widths([self.sites[i] for i in sorted(self.shown)])
@@ -170,21 +178,29 @@ class Decoder:
 
     def _line(self, text: str) -> None:
         self.lines.append(text.encode())
+        self._other_lines += 1
 
-    def flush(self, out: TextIO) -> None:
-        """Writes the lines so far: to the binary buffer under ``out`` when it
-        has one (after what is buffered in ``out`` itself), else as text."""
+    def flush(self, out: TextIO | Writer) -> None:
+        """Hands the lines so far to ``out``: a :class:`Writer` (which says
+        how many events it could not write), else a text stream, written
+        now (to its binary buffer when it has one)."""
         if self.lines:
+            events = len(self.lines) - self._other_lines
             self.lines.append(b"")          # the last line's newline, without copying the whole text again
             data = b"\n".join(self.lines)
             self.lines.clear()
+            self._other_lines = 0
+            if isinstance(out, Writer):
+                out.write(data, events)
+                return
             binary = getattr(out, "buffer", None)
             if binary is not None:
                 out.flush()
                 binary.write(data)
             else:
                 out.write(data.decode())
-        out.flush()
+        if not isinstance(out, Writer):
+            out.flush()
 
     def run_line(self, number: int, prog: str, prog_type: str, retval: int, repeat: int, events: int,
                  duration_ns: int) -> None:
@@ -235,6 +251,156 @@ class Decoder:
             self._line(json.dumps({"lost": lost}))
         self.err.write(f"bpf-sdt trace: {lost} event{'s' if lost != 1 else ''} lost: the ring buffer was full "
                        "(raise --ringbuf-size or narrow --probe)\n")
+
+
+
+# --- writing without waiting -------------------------------------------------------------
+
+MAX_PENDING = 16 << 20          # bytes of output held for a slow stdout before events are dropped
+PIPE_BUF = select.PIPE_BUF      # a blocking pipe that polls writable takes this much without waiting
+_NEWLINE = 0x0A
+
+
+class Writer:
+    """Trace's stdout, written without ever waiting on its reader.
+
+    A reader slower than the events (``| sleep 25``, a slow consumer) must
+    not stop trace from ending on time, honouring signals or reading the
+    ring.  Output queues here, at most ``limit`` bytes; what does not fit is
+    dropped and counted (``not_written``, in events), and :meth:`close` gives
+    the reader a deadline, not a wait.  Writes never block:
+
+    - a pipe, FIFO or terminal is reopened through ``/proc/self/fd`` as a
+      file description of trace's own, non-blocking (setting O_NONBLOCK on
+      the inherited one would change it for the shell and everyone sharing it),
+      and written in pieces of at most ``PIPE_BUF`` bytes of whole lines: the
+      kernel writes such a piece whole or not at all;
+    - a socket is written with ``MSG_DONTWAIT``;
+    - a regular file or other device is written directly (they do not stall);
+    - otherwise, at most ``PIPE_BUF`` bytes once ``poll`` says writable.
+
+    Whole lines are written where a line fits the write, so output cut off
+    at the deadline ends with a complete line."""
+
+    def __init__(self, out: TextIO, limit: int = MAX_PENDING) -> None:
+        self.limit = limit
+        self.not_written = 0            # events dropped or left unwritten
+        self._text: TextIO | None = None
+        self._pending: collections.deque[tuple[memoryview, int]] = collections.deque()  # (bytes, events)
+        self._bytes = 0
+        self._own_fd = -1
+        self._sock: socket.socket | None = None
+        self._fd = -1
+        self._piece: int | None = None  # most bytes per write (None: no limit)
+        self._poll_first = False        # a blocking fd that takes PIPE_BUF once poll says writable
+        try:
+            fd = out.fileno()
+        except (AttributeError, OSError, ValueError):  # io.StringIO and the like: written at once
+            self._text = out
+            return
+        out.flush()
+        self._fd = fd
+        self._open(fd)
+
+    def _open(self, fd: int) -> None:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode) or os.isatty(fd):
+            self._piece = PIPE_BUF
+            try:
+                self._own_fd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC |
+                                       os.O_NOCTTY)
+                self._fd = self._own_fd
+            except OSError:
+                self._poll_first = True
+        elif stat.S_ISSOCK(mode):
+            self._sock = socket.socket(fileno=os.dup(fd))
+
+    @property
+    def fd(self) -> int:
+        """Select for writing on this while :attr:`pending` (-1: nothing to watch)."""
+        return self._fd if self._text is None else -1
+
+    @property
+    def pending(self) -> int:
+        return self._bytes
+
+    def write(self, data: bytes, events: int) -> None:
+        """Queues ``data`` (whole lines, ``events`` of them events) and writes
+        what the reader takes now; over the limit, drops and counts them."""
+        if self._text is not None:
+            self._text.write(data.decode())
+            self._text.flush()
+            return
+        if self._bytes + len(data) > self.limit:
+            self.not_written += events
+            return
+        self._pending.append((memoryview(data), events))
+        self._bytes += len(data)
+        self.pump()
+
+    def pump(self) -> None:
+        """Writes queued output until the reader would make trace wait."""
+        while self._pending:
+            view, events = self._pending[0]
+            piece = _whole_lines(view, self._piece or len(view))
+            if self._poll_first and not select.select([], [self._fd], [], 0)[1]:
+                return
+            try:
+                done = self._write(piece)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:        # EPIPE and the like: no reader left; the rest cannot be written
+                if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
+                    raise
+                self._drop_all()
+                return
+            self._bytes -= done
+            if done == len(view):
+                self._pending.popleft()
+            else:
+                written_events = min(events, _lines_in(view[:done]))
+                self._pending[0] = (view[done:], events - written_events)
+
+    def _write(self, piece: memoryview) -> int:
+        if self._sock is not None:
+            return self._sock.send(piece, socket.MSG_DONTWAIT)
+        return os.write(self._fd, piece)
+
+    def close(self, deadline: float) -> None:
+        """Writes what is queued until ``deadline`` (time.monotonic()); what
+        is left is counted in ``not_written``."""
+        while self._pending and self._text is None:
+            self.pump()
+            timeout = deadline - time.monotonic()
+            if not self._pending or timeout <= 0:
+                break
+            select.select([], [self._fd], [], timeout)
+        self._drop_all()
+        if self._own_fd >= 0:
+            os.close(self._own_fd)
+            self._own_fd = -1
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _drop_all(self) -> None:
+        for view, events in self._pending:
+            self.not_written += min(events, _lines_in(view))
+        self._pending.clear()
+        self._bytes = 0
+
+
+def _whole_lines(view: memoryview, most: int) -> memoryview:
+    """The longest prefix of ``view`` of at most ``most`` bytes that ends a
+    line (or ``most`` bytes, if not even one line fits)."""
+    if len(view) <= most:
+        return view
+    end = bytes(view[:most]).rfind(b"\n") + 1
+    return view[:end or most]
+
+
+def _lines_in(view: memoryview) -> int:
+    return bytes(view).count(_NEWLINE)
 
 
 def _converting(converts: tuple[Callable[[int], int], ...], render: Render) -> Render:

@@ -7,6 +7,12 @@ needed.  Only Ethernet captures (link type 1) are accepted: XDP, tc and socket
 filters all receive Ethernet frames, and a program run on a cooked or raw-IP
 capture would parse garbage.
 
+Captures are streamed: :func:`iter_packets` reads one record at a time
+through a buffer of ``READ_CHUNK`` bytes and holds one packet (at most
+``MAX_PACKET`` bytes), so memory does not grow with the file (a 1 GiB capture,
+or millions of empty packets).  Blocks that carry no packet are skipped, not
+read.
+
 Files are untrusted: every length is checked against the data before use, and
 anything wrong is an :class:`InputError` with one line saying where.
 :func:`write_pcap` writes a classic pcap, for tests and the demo.
@@ -14,16 +20,19 @@ anything wrong is an :class:`InputError` with one line saying where.
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bpf_sdt.errors import InputError
-from bpf_sdt.fsutil import read_regular
+from bpf_sdt.fsutil import kind
 
 LINKTYPE_ETHERNET = 1
 MAX_PACKET = 1 << 18            # 256 KiB: libpcap's largest snapshot length
-MAX_FILE = 1 << 30              # a capture bigger than this is not a unit test
+READ_CHUNK = 1 << 20            # the read buffer: the only part of the file held at once
 
 # Classic pcap: magic, version, thiszone, sigfigs, snaplen, linktype; records
 # of ts_sec, ts_frac, incl_len, orig_len.  The magic's byte order is the file's.
@@ -43,117 +52,192 @@ PCAPNG_SPB = 0x00000003         # simple packet block (interface 0)
 PCAPNG_EPB = 0x00000006         # enhanced packet block
 PCAPNG_BLOCK_MIN = 12
 PCAPNG_SHB_MIN = 28
+PCAPNG_FRAME = 8                # block type and total length, before the body
+PCAPNG_TRAILER = 4              # the total length again, after it
+EPB_FIXED = "IIIII"             # interface, timestamp high and low, captured, original length
+PB_FIXED = "HHIIII"             # interface, drops, timestamp high and low, captured, original length
 ALIGN = 4
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
-class _Reader:
-    """Bounds-checked reads from the file's bytes, in one byte order."""
+class _Stream:
+    """Bounds-checked sequential reads of a capture file, in one byte order;
+    ``pos`` is the offset of the next byte, for error messages."""
 
-    def __init__(self, path: str, data: bytes, order: str) -> None:
-        self.path, self.data, self.order = path, data, order
+    def __init__(self, path: str) -> None:
+        self.path, self.order, self.pos = path, "<", 0
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as e:
+            raise InputError(f"{path}: {e.strerror or e}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"{path}: {kind(st.st_mode)}, not a capture")
+        except BaseException:
+            os.close(fd)
+            raise
+        self.size = st.st_size
+        self._file = io.BufferedReader(io.FileIO(fd, "rb"), buffer_size=READ_CHUNK)  # noqa: SIM115 - closed by close()
 
-    def unpack(self, fmt: str, offset: int, what: str) -> tuple[int, ...]:
-        size = struct.calcsize("<" + fmt)
-        if offset + size > len(self.data):
-            raise self.error(offset, f"truncated {what} ({len(self.data) - offset} of {size} bytes)")
-        return struct.unpack_from(self.order + fmt, self.data, offset)
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def left(self) -> int:
+        return self.size - self.pos
+
+    def read(self, size: int, what: str) -> bytes:
+        try:
+            data = self._file.read(size)
+        except OSError as e:
+            raise InputError(f"{self.path}: {e.strerror or e}") from None
+        if len(data) < size:
+            raise self.error(self.pos, f"truncated {what} ({len(data)} of {size} bytes)")
+        self.pos += size
+        return data
+
+    def unpack(self, fmt: str, what: str) -> tuple[int, ...]:
+        return struct.unpack(self.order + fmt, self.read(struct.calcsize("<" + fmt), what))
+
+    def skip(self, size: int, what: str) -> None:
+        if size < 0:
+            raise self.error(self.pos, f"{what} shorter than its fields")
+        if size > self.left:
+            raise self.error(self.pos, f"truncated {what} ({self.left} of {size} bytes)")
+        self._file.seek(size, os.SEEK_CUR)
+        self.pos += size
+
+    def at_end(self) -> bool:
+        return not self._file.peek(1)
 
     def error(self, offset: int, message: str) -> InputError:
         return InputError(f"{self.path}: broken capture at byte {offset}: {message}")
 
 
 def read_packets(path: str | Path) -> list[bytes]:
-    """Every packet of a classic pcap or pcapng file, in order."""
-    name = str(path)
-    data = read_regular(str(path), MAX_FILE, "capture")
-    if len(data) < ALIGN:
-        raise InputError(f"{name}: not a pcap or pcapng file ({len(data)} bytes)")
-    le, be = struct.unpack_from("<I", data)[0], struct.unpack_from(">I", data)[0]
-    if PCAP_MAGIC_US in (le, be) or PCAP_MAGIC_NS in (le, be):
-        packets = list(_classic(_Reader(name, data, "<" if le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">")))
-    elif le == PCAPNG_SHB:
-        packets = list(_pcapng(name, data))
-    else:
-        raise InputError(f"{name}: not a pcap or pcapng file (magic {le:#010x})")
+    """Every packet of a classic pcap or pcapng file, in order (a small
+    capture: tests, tools); trace itself streams with :func:`iter_packets`."""
+    packets = list(iter_packets(path))
     if not packets:
-        raise InputError(f"{name}: the capture holds no packets")
+        raise InputError(f"{path}: the capture holds no packets")
     return packets
 
 
-def _classic(r: _Reader) -> Iterator[bytes]:
-    _magic, major, minor, _zone, _sigfigs, snaplen, linktype = r.unpack(PCAP_HEADER, 0, "file header")
+def iter_packets(path: str | Path) -> Iterator[bytes]:
+    """The packets of a classic pcap or pcapng file, in order, one at a time.
+    The file header is checked when the first packet is asked for."""
+    s = _Stream(str(path))
+    try:
+        if s.size < ALIGN:
+            raise InputError(f"{path}: not a pcap or pcapng file ({s.size} bytes)")
+        magic = s.read(ALIGN, "magic")
+        le, be = struct.unpack("<I", magic)[0], struct.unpack(">I", magic)[0]
+        if PCAP_MAGIC_US in (le, be) or PCAP_MAGIC_NS in (le, be):
+            s.order = "<" if le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
+            yield from _classic(s)
+        elif le == PCAPNG_SHB:
+            yield from _pcapng(s)
+        else:
+            raise InputError(f"{path}: not a pcap or pcapng file (magic {le:#010x})")
+    finally:
+        s.close()
+
+
+def _classic(s: _Stream) -> Iterator[bytes]:
+    major, minor, _zone, _sigfigs, snaplen, linktype = s.unpack(PCAP_HEADER[1:], "file header")
     if (major, minor) != PCAP_VERSION:
-        raise r.error(0, f"pcap version {major}.{minor}, expected 2.4")
-    _ethernet_only(r, 0, linktype & LINKTYPE_MASK)
+        raise s.error(0, f"pcap version {major}.{minor}, expected 2.4")
+    _ethernet_only(s, 0, linktype & LINKTYPE_MASK)
     limit = min(snaplen or MAX_PACKET, MAX_PACKET)
-    pos = struct.calcsize("<" + PCAP_HEADER)
-    record = struct.calcsize("<" + PCAP_RECORD)
-    while pos < len(r.data):
-        _sec, _frac, incl, _orig = r.unpack(PCAP_RECORD, pos, "packet header")
+    while not s.at_end():
+        pos = s.pos
+        _sec, _frac, incl, _orig = s.unpack(PCAP_RECORD, "packet header")
         if incl > limit:
-            raise r.error(pos, f"packet of {incl} bytes exceeds the snapshot length {limit}")
-        start = pos + record
-        if start + incl > len(r.data):
-            raise r.error(pos, f"truncated packet ({len(r.data) - start} of {incl} bytes)")
-        yield r.data[start:start + incl]
-        pos = start + incl
+            raise s.error(pos, f"packet of {incl} bytes exceeds the snapshot length {limit}")
+        if incl > s.left:
+            raise s.error(pos, f"truncated packet ({s.left} of {incl} bytes)")
+        yield s.read(incl, "packet")
 
 
-def _ethernet_only(r: _Reader, offset: int, linktype: int) -> None:
+def _ethernet_only(s: _Stream, offset: int, linktype: int) -> None:
     if linktype != LINKTYPE_ETHERNET:
-        raise r.error(offset, f"link type {linktype}, only Ethernet ({LINKTYPE_ETHERNET}) captures can be run")
+        raise s.error(offset, f"link type {linktype}, only Ethernet ({LINKTYPE_ETHERNET}) captures can be run")
 
 
-def _pcapng(path: str, data: bytes) -> Iterator[bytes]:
-    r = _Reader(path, data, "<")
-    pos = 0
-    linktypes: list[int] = []           # per interface of the current section
-    while pos < len(data):
-        (btype,) = r.unpack("I", pos, "block type")
+def _pcapng(s: _Stream) -> Iterator[bytes]:
+    """Blocks one at a time; ``s.pos`` is 4 after the first block's type."""
+    btype: int | None = PCAPNG_SHB      # the magic already read
+    interfaces = 0                      # described in the current section (all Ethernet)
+    while True:
+        pos = s.pos - ALIGN
+        assert btype is not None
         if btype == PCAPNG_SHB:         # a palindrome: the same in either byte order
-            r = _section_reader(path, data, pos)
-            linktypes = []
-        btype, total = r.unpack("II", pos, "block header")
-        if total < PCAPNG_BLOCK_MIN or total % ALIGN or pos + total > len(data):
-            raise r.error(pos, f"block of type {btype:#x} claims {total} bytes ({len(data) - pos} left)")
-        (trailer,) = r.unpack("I", pos + total - 4, "block trailer")
-        if trailer != total:
-            raise r.error(pos, f"block length {total} and trailing length {trailer} differ")
-        body, end = pos + 8, pos + total - 4
+            total = _section_header(s, pos)
+            interfaces = 0
+            body_read = PCAPNG_FRAME + ALIGN       # type, length, byte-order magic
+        else:
+            (total,) = s.unpack("I", "block header")
+            body_read = PCAPNG_FRAME
+        if total < PCAPNG_BLOCK_MIN or total % ALIGN or total - (s.pos - pos) > s.left:
+            raise s.error(pos, f"block of type {btype:#x} claims {total} bytes ({s.left + s.pos - pos} left)")
+        body = total - body_read - PCAPNG_TRAILER
         if btype == PCAPNG_IDB:
-            (linktype,) = r.unpack("H", body, "interface description")
-            _ethernet_only(r, pos, linktype)
-            linktypes.append(linktype)
+            body = _interface(s, pos, body)
+            interfaces += 1
         elif btype in (PCAPNG_EPB, PCAPNG_PB, PCAPNG_SPB):
-            yield _packet_block(r, btype, pos, body, end, len(linktypes))
-        pos += total
+            packet, body = _packet_block(s, btype, pos, body, interfaces)
+            yield packet
+        s.skip(body, "block")
+        (trailer,) = s.unpack("I", "block trailer")
+        if trailer != total:
+            raise s.error(pos, f"block length {total} and trailing length {trailer} differ")
+        if s.at_end():
+            return
+        (btype,) = s.unpack("I", "block type")
 
 
-def _section_reader(path: str, data: bytes, pos: int) -> _Reader:
-    if pos + PCAPNG_SHB_MIN > len(data):
-        raise InputError(f"{path}: broken capture at byte {pos}: truncated section header")
+def _section_header(s: _Stream, pos: int) -> int:
+    """Reads a section header's length and byte-order magic, setting the
+    byte order of the section; returns the block's total length."""
+    if s.left < PCAPNG_SHB_MIN - ALIGN:
+        raise s.error(pos, "truncated section header")
+    raw = s.read(PCAPNG_FRAME, "section header")
     for order in "<>":
-        if struct.unpack_from(order + "I", data, pos + 8)[0] == PCAPNG_BYTE_ORDER_MAGIC:
-            return _Reader(path, data, order)
-    raise InputError(f"{path}: broken capture at byte {pos}: bad byte-order magic in the section header")
+        if struct.unpack(order + "I", raw[ALIGN:])[0] == PCAPNG_BYTE_ORDER_MAGIC:
+            s.order = order
+            total: int = struct.unpack(order + "I", raw[:ALIGN])[0]
+            if total < PCAPNG_SHB_MIN:
+                raise s.error(pos, f"section header of {total} bytes")
+            return total
+    raise s.error(pos, "bad byte-order magic in the section header")
 
 
-def _packet_block(r: _Reader, btype: int, pos: int, body: int, end: int, interfaces: int) -> bytes:
-    if btype == PCAPNG_SPB:
-        iface, incl, start = 0, None, body + 4
+def _interface(s: _Stream, pos: int, body: int) -> int:
+    """An interface description: Ethernet only.  Returns the body bytes left."""
+    if body < ALIGN:
+        raise s.error(pos, "truncated interface description")
+    (linktype, _reserved) = s.unpack("HH", "interface description")
+    _ethernet_only(s, pos, linktype)
+    return body - ALIGN
+
+
+def _packet_block(s: _Stream, btype: int, pos: int, body: int, interfaces: int) -> tuple[bytes, int]:
+    """A packet block's packet, and the body bytes after it (padding, options)."""
+    layout = {PCAPNG_SPB: "I", PCAPNG_EPB: EPB_FIXED, PCAPNG_PB: PB_FIXED}[btype]
+    fixed = struct.calcsize("<" + layout)
+    if body < fixed:
+        raise s.error(pos, "truncated packet block")
+    fields = s.unpack(layout, "packet block")
+    if btype == PCAPNG_SPB:             # interface 0; the packet fills the block (plus padding)
+        iface, incl = 0, min(fields[0], body - fixed)
     else:
-        # EPB: interface u32, ts u32 x2, captured, original; PB: interface u16, drops u16, ts x2, ...
-        fields = r.unpack("IIIII" if btype == PCAPNG_EPB else "HHIIII", body, "packet block")
         iface, incl = fields[0], fields[-2]
-        start = body + struct.calcsize("<" + ("IIIII" if btype == PCAPNG_EPB else "HHIIII"))
     if iface >= interfaces:
-        raise r.error(pos, f"packet on interface {iface}, but {interfaces} interface(s) are described")
-    if incl is None:                    # SPB: the packet fills the block (plus padding)
-        (orig,) = r.unpack("I", body, "simple packet block")
-        incl = min(orig, end - start)
-    if incl > MAX_PACKET or start + incl > end:
-        raise r.error(pos, f"packet of {incl} bytes does not fit its block")
-    return r.data[start:start + incl]
+        raise s.error(pos, f"packet on interface {iface}, but {interfaces} interface(s) are described")
+    if incl > MAX_PACKET or incl > body - fixed:
+        raise s.error(pos, f"packet of {incl} bytes does not fit its block")
+    return s.read(incl, "packet"), body - fixed - incl
 
 
 def write_pcap(path: str | Path, packets: Iterable[bytes]) -> None:

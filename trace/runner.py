@@ -16,13 +16,22 @@ bpffs that vanishes with the process (:mod:`bpf_sdt.trace.runtime`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
-import selectors
+import itertools
+import math
+import os
+import pickle
+import select
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from errno import EINTR, EINVAL, ENOENT, EOPNOTSUPP
 from pathlib import Path
@@ -30,15 +39,15 @@ from typing import TextIO
 
 from bpf_sdt.instrument.command import Request, instrument
 from bpf_sdt.instrument.observers import RECORDER_PREFIX
-from bpf_sdt.trace.output import Decoder
-from bpf_sdt.trace.pcap import MAX_PACKET, read_packets
+from bpf_sdt.trace.output import Decoder, Writer
+from bpf_sdt.trace.pcap import MAX_PACKET, iter_packets
 from bpf_sdt.trace.ring import Ring, open_ring
-from bpf_sdt.trace.runtime import StopSignals, private_bpffs
+from bpf_sdt.trace.runtime import STOP_SIGNALS, StopSignals, private_bpffs
 from bpf_sdt.trace.sites import Site, site_table
 from bpf_sdt.trace.testrun import RAW_TP_TYPE, run_raw_tp
 
 from bpf_sdt.elf import load_object
-from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_LOST_MAP, RECORDER_RINGBUF_MAP
 from bpf_sdt.libbpf import BpfObject, LibbpfError, Link, Map, Program, TcFilter, strerror
 from bpf_sdt.model import escape_text
@@ -55,6 +64,20 @@ TC_DIRECTIONS = ("ingress", "egress")
 LOST_KEY = bytes(4)
 SIGNAL_EXIT = 128               # + the signal number: the shell's convention for a run a signal ended
 REFUSED = EINVAL              # the kernel's answer to a packet it will not test-run
+# What the kernel answers for a packet it cannot test-run (bad headers; too big
+# for a test-run buffer: a 256 KiB XDP frame is ENOMEM): the packet is refused,
+# counted, and the others still run.
+REFUSED_PACKET = frozenset({EINVAL, errno.ENOMEM, errno.E2BIG, errno.ENOSPC, errno.EMSGSIZE})
+BATCH_S = 0.2                   # a test-run batch takes about this long at most: signals wait for it
+LOST_REPORT_S = 1.0             # "lost so far" at most this often (and only when it changed)
+FINISH_OUTPUT_S = 0.4           # after the end, a slow stdout gets this long for what is queued
+MIN_DURATION_S = 0.001          # shorter than the loop's own pass: not a duration
+MAX_REPEAT = (1 << 32) - 1      # the kernel's repeat is a u32
+RINGBUF_MIN = 4096              # a page: the kernel's smallest ring buffer
+RINGBUF_MAX = 1 << 29           # the largest power of two under the kernel's record limit (UINT_MAX / 4)
+INTERRUPT_EVERY_S = 0.005       # how often a verification being stopped is interrupted again
+WAIT_POLL_S = 0.05              # how often the main thread looks at the stop flag while waiting
+INTERRUPT_SIGNAL = signal.SIGURG    # sent to the loading thread to cut a verification short (ignored by default)
 
 
 @dataclass(frozen=True)
@@ -83,32 +106,45 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
     released on the way out."""
     out, err = out or sys.stdout, err or sys.stderr
     _check_options(opts)
+    writer = Writer(out)
+    try:
+        return _run(opts, writer, out, err)
+    finally:
+        writer.close(time.monotonic() + FINISH_OUTPUT_S)
+        if writer.not_written:
+            err.write(f"bpf-sdt trace: {writer.not_written} events not written: stdout too slow\n")
+
+
+def _run(opts: Options, writer: Writer, out: TextIO, err: TextIO) -> int:
+    """trace() with its output writer."""
     with StopSignals() as stop:
         if opts.pinned:
-            return _trace_pinned(opts, stop, out, err)
-        code = _trace_loaded(opts, stop, out, err)
+            return _trace_pinned(opts, stop, writer, err)
+        code = _trace_loaded(opts, stop, writer, err)
         if code is None:                    # a signal ended the work before it was done
             return SIGNAL_EXIT + (stop.signal or 0)
         return code
 
 
-def _trace_loaded(opts: Options, stop: StopSignals, out: TextIO, err: TextIO) -> int | None:
+def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) -> int | None:
     """Instrument, load, run; None when a signal cut the work short."""
     packets = _packets(opts)
     iface, direction = _interface(opts)
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
         inst = Path(tmp) / "instrumented.bpf.o"
-        result = instrument(Request(opts.obj, inst, opts.probes, ringbuf_size=opts.ringbuf_size))
+        instrumented = _instrument_interruptibly(Request(opts.obj, inst, opts.probes,
+                                                         ringbuf_size=opts.ringbuf_size), stop)
+        if instrumented is None:
+            return None
         sites = site_table(load_object(inst), load_object(opts.obj))
-        if any(s.site_id >= len(sites) or sites[s.site_id].probe != s.probe for s in result.sites):
+        if any(site_id >= len(sites) or sites[site_id].probe != probe for site_id, probe in instrumented):
             raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
-        shown = {s.site_id for s in result.sites}
+        shown = {site_id for site_id, _ in instrumented}
         if stop.requested:
             return None
         with private_bpffs(Path(tmp) / "pins") as pins, BpfObject.open(inst, pin_root_path=pins) as bpf:
             prog = _choose_program(bpf, opts)
-            bpf.load()
-            if stop.requested:
+            if not _load_interruptibly(bpf, stop) or stop.requested:
                 return None
             ring_map = bpf.find_map(RECORDER_RINGBUF_MAP)
             decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
@@ -128,7 +164,7 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: TextIO, err: TextIO) ->
     if opts.run and stop.requested:         # test runs cut short: not a result
         return None
     if session.refused:
-        err.write(f"bpf-sdt trace: the kernel refused {session.refused} of {len(packets)} test runs\n")
+        err.write(f"bpf-sdt trace: the kernel refused {session.refused} of {session.packets} test runs\n")
         return EXIT_FINDINGS
     return EXIT_OK
 
@@ -147,29 +183,45 @@ def _check_options(opts: Options) -> None:
         raise UsageError("--packet, --pcap and --repeat go with --run")
     if opts.prog and not (opts.xdp or opts.tc):
         raise UsageError("--prog goes with --xdp or --tc (--run names its program itself)")
-    if opts.repeat < 1:
-        raise UsageError(f"--repeat {opts.repeat}: must be at least 1")
-    if opts.duration is not None and opts.duration <= 0:
-        raise UsageError(f"--duration {opts.duration}: must be positive")
+    if not 1 <= opts.repeat <= MAX_REPEAT:
+        raise UsageError(f"--repeat {opts.repeat}: must be between 1 and {MAX_REPEAT}")
+    if opts.duration is not None and not (math.isfinite(opts.duration) and opts.duration >= MIN_DURATION_S):
+        raise UsageError(f"--duration {opts.duration}: must be a number of seconds, at least {MIN_DURATION_S}")
+    size = opts.ringbuf_size
+    if size & (size - 1) or not RINGBUF_MIN <= size <= RINGBUF_MAX:
+        raise UsageError(f"--ringbuf-size {size}: must be a power of two from {RINGBUF_MIN} to {RINGBUF_MAX}")
+    for option, value in (("--xdp", opts.xdp), ("--tc", opts.tc), ("--run", opts.run), ("--prog", opts.prog)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{option} {value!r}: names nothing")
+    if opts.tc is not None and ":" in opts.tc:
+        name, _, direction = opts.tc.rpartition(":")
+        if direction not in TC_DIRECTIONS or not name:
+            raise UsageError(f"--tc {escape_text(opts.tc)}: IFACE or IFACE:DIR, DIR exactly ingress or egress")
     if opts.reader not in (None, "mmap", "libbpf"):
         raise UsageError(f"ring reader {opts.reader!r}: mmap or libbpf")
     if opts.pin_dir != DEFAULT_PIN_DIR and not opts.pinned:
         raise UsageError("--pin-dir goes with --pinned")
 
 
-def _packets(opts: Options) -> Sequence[bytes | None]:
-    """The packets of --packet/--pcap (read before anything loads), or one
-    packet-less run for raw_tp programs."""
+def _packets(opts: Options) -> Iterator[bytes | None]:
+    """The packets of --packet/--pcap, or one packet-less run for raw_tp
+    programs.  A capture is streamed: its header and first packet are read
+    now, before anything loads; a record broken further on ends the runs
+    there (with the runs before it printed)."""
     if opts.pcap is not None:
-        return read_packets(opts.pcap)
+        packets = iter_packets(opts.pcap)
+        first = next(packets, None)
+        if first is None:
+            raise InputError(f"{opts.pcap}: the capture holds no packets")
+        return itertools.chain([first], packets)
     if opts.packet is None:
-        return [None]
+        return iter([None])
     from bpf_sdt.fsutil import read_regular
 
     data = read_regular(str(opts.packet), MAX_PACKET, "packet")
     if not data:
         raise InputError(f"{opts.packet}: empty packet")
-    return [data]
+    return iter([data])
 
 
 def _interface(opts: Options) -> tuple[str | None, str]:
@@ -177,10 +229,8 @@ def _interface(opts: Options) -> tuple[str | None, str]:
     spec, direction = opts.xdp or opts.tc, "ingress"
     if spec is None:
         return None, direction
-    if opts.tc:
-        name, sep, suffix = spec.rpartition(":")
-        if sep and suffix in TC_DIRECTIONS:
-            spec, direction = name, suffix
+    if opts.tc and ":" in spec:         # checked up front: IFACE:ingress or IFACE:egress exactly
+        spec, _, direction = spec.rpartition(":")
     try:
         socket.if_nametoindex(spec)
     except OSError:
@@ -267,21 +317,38 @@ class _Lost:
 class _Session:
     """One ring buffer read into one decoder, until the work is done or stopped."""
 
-    def __init__(self, ring: Ring, decoder: Decoder, lost: _Lost, stop: StopSignals, out: TextIO,
+    def __init__(self, ring: Ring, decoder: Decoder, lost: _Lost, stop: StopSignals, out: Writer | TextIO,
                  err: TextIO) -> None:
         self.ring, self.decoder, self.lost, self.stop, self.out, self.err = ring, decoder, lost, stop, out, err
-        self.refused = 0            # test runs the kernel refused (EINVAL)
+        self.refused = 0            # test runs the kernel refused (REFUSED_PACKET)
+        self.packets = 0            # packets test-run (or refused)
+        self._own_writer = not isinstance(out, Writer)      # a stream given: written through a Writer of ours
+        self.writer = out if isinstance(out, Writer) else Writer(out)
+        self.out = self.writer                              # every line goes through it, in order
 
     def __enter__(self) -> _Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.ring.close()
+        if self._own_writer:
+            self.writer.close(time.monotonic() + FINISH_OUTPUT_S)
+            if self.writer.not_written:
+                self.err.write(f"bpf-sdt trace: {self.writer.not_written} events not written: stdout too slow\n")
 
-    def drain(self) -> int:
-        used = self.ring.drain(self.decoder.sample)
-        self.decoder.flush(self.out)
-        return used
+    def drain(self, until_empty: bool = True) -> int:
+        """Reads the ring into the output: one budget of records (the live
+        loop, which looks at signals and output between), or until the ring
+        is empty, at most one ring's worth (a producer that keeps writing
+        cannot hold it).  The lines of each budget are handed to the writer
+        before the next is read, so memory does not grow with the rate."""
+        total = 0
+        while True:
+            used = self.ring.drain(self.decoder.sample)
+            self.decoder.flush(self.writer)
+            total += used
+            if not until_empty or not used or total >= self.ring.size:
+                return total
 
     def ready(self, sites: list[Site], shown: set[int], what: str) -> None:
         probes = {sites[i].probe for i in shown}
@@ -293,19 +360,24 @@ class _Session:
     def follow(self, duration: float | None) -> None:
         """Reads events as they come until the duration ends or a signal asks to stop."""
         deadline = None if duration is None else time.monotonic() + duration
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.ring.fd, selectors.EVENT_READ)
-            sel.register(self.stop.fd, selectors.EVENT_READ)
-            while not self.stop.requested:
-                timeout = PROBE_CHECK_S
-                if deadline is not None:
-                    timeout = min(timeout, deadline - time.monotonic())
-                    if timeout <= 0:
-                        break
-                sel.select(timeout)
-                self.stop.drain()
-                self.drain()
+        next_lost_check = time.monotonic() + LOST_REPORT_S
+        readable = [self.ring.fd, self.stop.fd]
+        while not self.stop.requested:
+            now = time.monotonic()
+            timeout = min(PROBE_CHECK_S, max(0.0, next_lost_check - now))
+            if deadline is not None:
+                if now >= deadline:
+                    break
+                timeout = min(timeout, deadline - now)
+            writable = [self.writer.fd] if self.writer.pending and self.writer.fd >= 0 else []
+            _, ready, _ = select.select(readable, writable, [], timeout)
+            if ready:
+                self.writer.pump()
+            self.stop.drain()
+            self.drain(until_empty=False)
+            if time.monotonic() >= next_lost_check:
                 self._lost_so_far()
+                next_lost_check = time.monotonic() + LOST_REPORT_S
 
     def _lost_so_far(self) -> None:
         lost = self.lost.since_start()
@@ -313,13 +385,16 @@ class _Session:
             self.err.write(f"bpf-sdt trace: {lost} events lost so far (ring buffer full)\n")
             self.lost.reported = lost
 
-    def test_runs(self, prog: Program, packets: Sequence[bytes | None], repeat: int, duration: float | None) -> None:
+    def test_runs(self, prog: Program, packets: Iterator[bytes | None], repeat: int, duration: float | None) -> None:
         """Each packet `repeat` times; its events, then one line with the result.
-        The first run of a packet measures how much ring buffer one run fills;
-        the rest go in batches that fill at most RING_FILL of it."""
-        capacity = self.ring.size
+        The first run of a packet measures how much ring buffer one run fills
+        and how long it takes; the rest go in batches that fill at most
+        RING_FILL of the ring and take about BATCH_S (signals wait for a batch)."""
         deadline = None if duration is None else time.monotonic() + duration
         for number, packet in enumerate(packets, 1):
+            if self._stopping(deadline):
+                break
+            self.packets = number
             before = self.decoder.events
             done, retval, total_ns, batch = 0, 0, 0, 1
             while done < repeat and not self._stopping(deadline):
@@ -330,20 +405,26 @@ class _Session:
                 except LibbpfError as e:
                     if e.errno == EINTR and self.stop.requested:
                         break
-                    if e.errno != REFUSED or done or packet is None:
+                    if e.errno not in REFUSED_PACKET or done or packet is None:
                         raise
                     self.refused += 1
                     self.decoder.refused_line(number, prog.name, len(packet), strerror(e.errno))
                     break
                 used = self.drain()
                 done, retval, total_ns = done + n, res.retval, total_ns + res.duration_ns * n
-                per_run = used / n
-                batch = MAX_BATCH if not per_run else max(1, min(MAX_BATCH, int(capacity * RING_FILL / per_run)))
+                batch = self._batch(used / n, res.duration_ns)
+            self.writer.pump()
             if not done:
                 continue
             self.decoder.run_line(number, prog.name, prog.type, retval, done, self.decoder.events - before,
                                   total_ns // done)
             self.decoder.flush(self.out)
+
+    def _batch(self, ring_per_run: float, ns_per_run: int) -> int:
+        """Runs in the next batch: at most RING_FILL of the ring, about BATCH_S."""
+        by_ring = MAX_BATCH if not ring_per_run else int(self.ring.size * RING_FILL / ring_per_run)
+        by_time = MAX_BATCH if not ns_per_run else int(BATCH_S * 1e9 / ns_per_run)
+        return max(1, min(MAX_BATCH, by_ring, by_time))
 
     def _stopping(self, deadline: float | None) -> bool:
         return self.stop.requested or (deadline is not None and time.monotonic() >= deadline)
@@ -364,7 +445,7 @@ class _Session:
 # --- --pinned ----------------------------------------------------------------------------
 
 
-def _trace_pinned(opts: Options, stop: StopSignals, out: TextIO, err: TextIO) -> int:
+def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) -> int:
     obj = load_object(opts.obj)
     if not any(s.name.startswith(RECORDER_PREFIX) for s in obj.symbols):
         raise UsageError(f"{opts.obj}: has no recorder; --pinned reads an object instrumented by "
@@ -409,3 +490,121 @@ def _open_pin(path: Path) -> Map:
             raise InputError(f"{path}: no such pin; is the instrumented object loaded (its loader pins "
                              "the recorder's maps by name there)?") from None
         raise
+
+
+# --- phases that must answer a signal within a second ------------------------------------
+
+
+def _instrument_interruptibly(req: Request, stop: StopSignals) -> list[tuple[int, str]] | None:
+    """instrument(req) in a child process (its own process group, with the
+    clang it starts), so that a stop signal ends it at once: the child is
+    killed and None returned.  Returns (site id, probe) of the instrumented
+    sites; the child's one-line errors are raised here as they were."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:                                    # the child: never returns
+        os.close(read_fd)
+        _instrument_child(req, write_fd)
+    os.close(write_fd)
+    with contextlib.suppress(OSError):          # the child does it too: whichever runs first
+        os.setpgid(pid, pid)
+    try:
+        data = _read_until_stopped(read_fd, stop)
+    finally:
+        os.close(read_fd)
+        if stop.requested:
+            _kill_group(pid)
+        os.waitpid(pid, 0)
+    if data is None:
+        return None
+    kind, payload = pickle.loads(data)
+    if kind == "ok":
+        return list(payload)
+    if kind == "error":
+        exit_code, message = payload
+        error = BpfSdtError(message)
+        error.exit_code = exit_code
+        raise error
+    raise RuntimeError(f"instrument failed in its child process:\n{payload}")
+
+
+def _instrument_child(req: Request, write_fd: int) -> None:
+    code = 0
+    try:
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        try:
+            result = instrument(req)
+            message: tuple[str, object] = ("ok", [(s.site_id, s.probe) for s in result.sites])
+        except BpfSdtError as e:
+            message = ("error", (e.exit_code, str(e)))
+        except BaseException:           # noqa: BLE001 - a bug: its traceback goes to the parent
+            message = ("crash", traceback.format_exc())
+        data = pickle.dumps(message)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_fd, view):]
+    except BaseException:               # noqa: BLE001 - nothing may unwind into the parent's code
+        code = 1
+    os._exit(code)
+
+
+def _read_until_stopped(fd: int, stop: StopSignals) -> bytes | None:
+    """Everything written to ``fd`` until its writer closes it; None if a stop
+    signal came first."""
+    chunks: list[bytes] = []
+    while not stop.requested:
+        ready, _, _ = select.select([fd, stop.fd], [], [])
+        stop.drain()
+        if fd in ready:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    return None
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL to the child's process group (the child and the clang it runs)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _load_interruptibly(bpf: BpfObject, stop: StopSignals) -> bool:
+    """bpf.load() in a worker thread, the main thread watching for a stop
+    signal; False when one came.  The verifier looks for a pending signal
+    between instructions and gives up (EAGAIN), but libbpf retries a load
+    that failed so (and again with a log buffer), so the worker is sent
+    INTERRUPT_SIGNAL every INTERRUPT_EVERY_S until libbpf gives up: a
+    verification of minutes ends in milliseconds.  Process-directed signals
+    are blocked in the worker, so they reach the main thread."""
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def load() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            bpf.load()
+        except BaseException as e:      # noqa: BLE001 - handed to the main thread
+            failure.append(e)
+        finally:
+            done.set()
+
+    previous = signal.signal(INTERRUPT_SIGNAL, lambda _sig, _frame: None)
+    try:
+        worker = threading.Thread(target=load, name="bpf-sdt-load", daemon=True)
+        worker.start()
+        while not done.wait(WAIT_POLL_S):
+            if stop.requested and worker.ident is not None:
+                signal.pthread_kill(worker.ident, INTERRUPT_SIGNAL)
+                done.wait(INTERRUPT_EVERY_S)
+        worker.join()
+    finally:
+        signal.signal(INTERRUPT_SIGNAL, previous)
+    if stop.requested:
+        return False
+    if failure:
+        raise failure[0]
+    return True

@@ -1,5 +1,5 @@
 """Process-level plumbing for trace: a private bpffs for the recorder's pins,
-and SIGINT/SIGTERM turned into a stop request.
+and SIGINT/SIGTERM/SIGHUP turned into a stop request.
 
 **Pins.** The recorder's maps are pinned by name (``LIBBPF_PIN_BY_NAME``), so
 libbpf would pin them under /sys/fs/bpf, and *reuse* a compatible map already
@@ -10,8 +10,10 @@ back) and mounts a fresh bpffs there as libbpf's ``pin_root_path``.  The
 mount, and every pin on it, exist only in trace's namespace and vanish with
 the process, whatever ends it (even SIGKILL).  /sys/fs/bpf is never touched.
 
-**Signals.** While tracing, SIGINT and SIGTERM only set a flag and write to a
-wakeup pipe (``signal.set_wakeup_fd``) that the event loop watches, so a
+**Signals.** While tracing, SIGINT, SIGTERM and SIGHUP (a closed terminal or
+SSH session: the default would kill trace with its attachments and
+temporaries in place) only set a flag and write to a wakeup pipe
+(``signal.set_wakeup_fd``) that the event loop watches, so a
 signal never raises in the middle of reading the ring or detaching: the loop
 sees the request, detaches, reads what is left and prints the summary.
 """
@@ -33,7 +35,7 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 BPFFS = b"bpf"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _libc() -> ctypes.CDLL:
@@ -69,7 +71,7 @@ def private_bpffs(where: Path) -> Iterator[Path]:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM -> ``requested`` (and the readable ``fd``), while active."""
+    """SIGINT/SIGTERM/SIGHUP -> ``requested`` (and the readable ``fd``), while active."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -85,7 +87,7 @@ class StopSignals:
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
-        """Hold SIGINT/SIGTERM back while the block runs, delivering them after.
+        """Hold the stop signals back while the block runs, delivering them after.
         A test-run batch that a signal interrupts in the kernel has run an
         unknown number of times (EINTR says nothing), so its events could not
         be matched with a run count: batches run whole, and the stop flag ends
