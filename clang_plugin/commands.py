@@ -16,6 +16,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bpf_sdt.clang_plugin.files import MAX_SOURCE_BYTES
-from bpf_sdt.clang_plugin.lint import OWN_ERRORS, RULES, cross_file, per_file
+from bpf_sdt.clang_plugin.lint import OWN_ERRORS, RULES, CompileError, cross_file, invocation_errors, per_file
 from bpf_sdt.clang_plugin.parse import CompileDatabase, cindex, compile_flags, default_flags, libclang_version
 from bpf_sdt.clang_plugin.results import FORMAT, FileResult, decode, encode
 
@@ -174,7 +175,8 @@ def _analyze_parsed(path: str, flags: list[str], data: bytes, ci_limits: Any, oo
         if oom():
             return FileResult(path, unusable=f"{path}: {ci_limits.from_env().memory_message()}")
         return FileResult(path, unusable=f"{path}: libclang could not parse it ({e})")
-    errors = []
+    errors: list[CompileError] = []
+    header_lines = _HeaderLines()
     for d in tu.diagnostics:
         if d.severity < ci.Diagnostic.Error:
             continue
@@ -185,7 +187,8 @@ def _analyze_parsed(path: str, flags: list[str], data: bytes, ci_limits: Any, oo
             if "file not found" in d.spelling:
                 hint = " (pass the project's flags: -p BUILD_DIR with compile_commands.json, or -I DIR after --)"
             return FileResult(path, unusable=f"{where}: fatal error: {d.spelling}{hint}")
-        errors.append((loc.file.name if loc.file else path, loc.line, loc.column, d.spelling))
+        errors.append(CompileError(loc.file.name if loc.file else path, loc.line, loc.column, d.spelling,
+                                   argument_of(d, header_lines)))
     facts = extract(tu, Path(path), data)
     # Errors at a BPF_SDT_* invocation itself come from inside the header's
     # expansion; the rules report those sites with a rule id.  Errors elsewhere
@@ -194,20 +197,62 @@ def _analyze_parsed(path: str, flags: list[str], data: bytes, ci_limits: Any, oo
                                                        *facts.declaration_macros)}
     too_many_lines = {(path, line) for _, line, _ in facts.too_many}   # SDT008 says it
     facts.diagnostics = [
-        _does_not_compile(*e) for e in errors
-        if (e[0], e[1], e[2]) not in macro_at and (e[0], e[1]) not in too_many_lines
-        and not any(s in e[3] for s in OWN_ERRORS)][:MAX_COMPILER_ERRORS]
+        _does_not_compile(e) for e in errors
+        if (e.file, e.line, e.column) not in macro_at and (e.file, e.line) not in too_many_lines
+        and not any(s in e.message for s in OWN_ERRORS)][:MAX_COMPILER_ERRORS]
+    findings = per_file(facts)
+    # Each failing site that no rule explains, with its own reason.
+    facts.diagnostics += invocation_errors(facts, [e for e in errors if (e.file, e.line, e.column) in macro_at],
+                                           findings)
     findings = per_file(facts)
     if errors and not any(f.severity == "error" for f in findings):
         # The compiler rejects the file, and no rule said why: a translation
         # unit that does not compile is never clean.
-        facts.diagnostics.append(_does_not_compile(*errors[0]))
+        facts.diagnostics.append(_does_not_compile(errors[0]))
         findings = per_file(facts)
     return FileResult(path, facts, findings, compile_errors=bool(errors))
 
 
-def _does_not_compile(file: str, line: int, col: int, msg: str) -> Finding:
-    return Finding(file, f"{line}:{col}", "error", f"does not compile: {msg}", "SDT000")
+def _does_not_compile(e: CompileError) -> Finding:
+    return Finding(e.file, f"{e.line}:{e.column}", "error", f"does not compile: {e.message}", "SDT000")
+
+
+# The line of a BPF_SDT_PROBEn/DECLAREn definition that an error came through
+# names the argument it handles: `__BPF_SDT_CHECK_ARG(name, 2, a2);`.
+_EXPANDED_FROM_OURS = re.compile(r"expanded from macro 'BPF_SDT_(?:PROBE|DECLARE)\d*'")
+_MACRO_ARGUMENT = re.compile(r"\b[at](\d+)\b")
+
+
+class _HeaderLines:
+    """Lines of the headers that errors were expanded through, read once each."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, list[str]] = {}
+
+    def line(self, file: str, number: int) -> str:
+        if file not in self._files:
+            try:
+                text = read_regular(file, MAX_SOURCE_BYTES, "header").decode("utf-8", "replace")
+            except InputError:
+                text = ""
+            self._files[file] = text.splitlines()
+        lines = self._files[file]
+        return lines[number - 1] if 0 < number <= len(lines) else ""
+
+
+def argument_of(diagnostic: Any, header_lines: _HeaderLines) -> int | None:
+    """The argument position an error at a probe macro came from: the macro's
+    definition has one line per argument, and clang's "expanded from macro
+    'BPF_SDT_PROBEn'" note points at the line the error came through (the
+    diagnostic itself is at the invocation, the same for every argument).
+    None when the note is missing or the line handles no single argument."""
+    for note in diagnostic.children:
+        if not _EXPANDED_FROM_OURS.search(note.spelling) or note.location.file is None:
+            continue
+        text = header_lines.line(note.location.file.name, note.location.line)
+        numbers = set(_MACRO_ARGUMENT.findall(text.split("(", 1)[1] if "(" in text else ""))
+        return int(numbers.pop()) if len(numbers) == 1 else None
+    return None
 
 
 def _analyze_encoded(task: tuple[str, list[str], bytes, IrTask, bool, str | None]) -> bytes:

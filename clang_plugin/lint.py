@@ -9,7 +9,7 @@ and print gcc-style: `file:line:col: error: message [SDTnnn]`.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from bpf_sdt.clang_plugin.extract import INT, POINTER, RECORD, ArgFact, FileFacts, Invocation, SiteFacts
 
@@ -43,8 +43,22 @@ RULES: dict[str, tuple[Severity, str]] = {
     "SDT010": ("error", "an argument is undef or poison in the optimized code"),
     "SDT011": ("warning", "a probe invocation has no site left after optimization"),
     "SDT012": ("note", "a probe invocation is compiled into several sites (loop unrolling, inlining)"),
+    "SDT013": ("error", "a probe site or declaration does not compile, for a reason no other rule names"),
 }
 IR_RULES = ("SDT010", "SDT011", "SDT012")
+
+
+@dataclass(frozen=True)
+class CompileError:
+    """One error the compiler reported, where it reported it.  ``argument``:
+    the argument position whose part of the header's expansion it came from,
+    when the expansion tells (see commands.argument_of)."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+    argument: int | None = None
 
 
 def _finding(file: str, line: int, col: int, rule: str, message: str) -> Finding:
@@ -200,3 +214,50 @@ def cross_file(all_facts: list[FileFacts]) -> list[Finding]:
                 out.append(Finding(d.file, f"{d.line}:1", "warning",
                                    f"probe '{d.name}' is declared but never probed in the files given", "SDT006"))
     return out
+
+
+def invocation_errors(facts: FileFacts, errors: list[CompileError], findings: list[Finding]) -> list[Finding]:
+    """SDT013 for each compiler error at a probe site or declaration that no
+    error finding at that place explains: every failing site named with its
+    probe, argument and the compiler's reason, not only the file's first
+    error.  One finding per distinct (argument, message) at a place: a
+    reason common to several arguments is said once per argument."""
+    explained = {(f.path, f.where) for f in findings if f.severity == "error"}
+    by_place: dict[tuple[str, int, int], list[CompileError]] = {}
+    for e in errors:
+        by_place.setdefault((e.file, e.line, e.column), []).append(e)
+    out: list[Finding] = []
+    places = [(inv, "PROBE") for inv in (sf.invocation for sf in facts.site_facts)]
+    places += [(inv, "DECLARE") for inv in facts.declaration_macros]
+    seen: set[tuple[str, int, int]] = set()
+    for inv, kind in places:
+        place = (inv.file, inv.line, inv.column)
+        if place in seen or (inv.file, f"{inv.line}:{inv.column}") in explained:
+            continue
+        seen.add(place)
+        said: set[tuple[int | None, str]] = set()
+        for e in by_place.get(place, ()):
+            if (e.argument, e.message) in said:
+                continue
+            said.add((e.argument, e.message))
+            out.append(_finding(inv.file, inv.line, inv.column, "SDT013",
+                                _invocation_error_text(inv, kind, e) + _via(inv)))
+    return out
+
+
+def _invocation_error_text(inv: Invocation, kind: str, e: CompileError) -> str:
+    what = f"probe '{inv.name}'" if kind == "PROBE" else f"declaration of probe '{inv.name}'"
+    if e.argument is not None and 0 < e.argument <= len(inv.args):
+        what += f" argument {e.argument} ('{inv.args[e.argument - 1]}')"
+    return f"{what} does not compile: {_own_reason(e.message)}"
+
+
+# The header's own _Static_assert text, after the probe and argument it names
+# (which the finding names already), and without clang's "static assertion
+# failed due to requirement '<the macro's expression>'" before it.
+_OWN_REASON = re.compile(r"bpf_sdt: probe '[^']*'(?: argument \d+)?: (.*)")
+
+
+def _own_reason(message: str) -> str:
+    m = _OWN_REASON.search(message)
+    return m.group(1) if m else message

@@ -26,7 +26,7 @@ from bpf_sdt.model import Declaration, Finding, SourceSite
 
 # Part of every cache key and checked in every document: a change of layout
 # makes old entries misses.
-FORMAT = "bpf-sdt-lint-2"
+FORMAT = "bpf-sdt-lint-3"
 SEVERITIES = ("error", "warning", "note")
 
 

@@ -221,3 +221,79 @@ def test_pre_commit_hook_on_a_repo_with_a_bad_probe(tmp_path: Path) -> None:
         pytest.skip(f"pre-commit could not build its environment here: {res.stdout[-300:]}")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "[SDT003]" in res.stdout and "bad.bpf.c:5:" in res.stdout
+
+
+# --- SDT013: every failing site with its own reason --------------------------------
+
+BITFIELDS = HEAD + """struct tcp { unsigned syn:1; int win:5; };
+BPF_SDT_DECLARE1(flag, int);
+BPF_SDT_DECLARE3(seg, long, int, int);
+int f(struct tcp *t, int y)
+{
+	BPF_SDT_PROBE1(flag, t->syn);
+	BPF_SDT_PROBE3(seg, y, y, t->win);
+	BPF_SDT_PROBE1(flag, y);
+	BPF_SDT_PROBE3(seg, t->syn, y, t->win);
+	return 0;
+}
+"""
+
+
+def _header_refusing_bitfields(tmp_path: Path) -> Path:
+    """bpf_sdt.h as it was before bit-field arguments compiled: sizeof of the
+    argument itself, which a bit-field is refused."""
+    text = (REPO / "headers" / "bpf_sdt.h").read_text()
+    fixed = "sizeof(__BPF_SDT_RVALUE(a))"
+    assert fixed in text
+    out = tmp_path / "old-header"
+    out.mkdir()
+    (out / "bpf_sdt.h").write_text(text.replace(fixed, "sizeof(a)"))
+    return out
+
+
+def test_each_failing_site_is_named_with_its_argument_and_reason(tmp_path: Path) -> None:
+    """With a header that refuses bit-fields, lint said "does not compile"
+    for the first site only; now each failing site is an SDT013 naming its
+    probe, the argument (from the line of the macro the error came through)
+    and the compiler's reason, and the good site between them has none."""
+    f = tmp_path / "bits.bpf.c"
+    f.write_text(BITFIELDS)
+    res = lint("--format", "json", "--no-ir", str(f), "--", f"-I{_header_refusing_bitfields(tmp_path)}")
+    assert res.returncode == 1, res.stdout + res.stderr
+    got = [(g["rule"], g["where"], g["message"]) for g in findings(res)]
+    reason = "does not compile: invalid application of 'sizeof' to bit-field"
+    assert got == [
+        ("SDT013", "8:2", f"probe 'flag' argument 1 ('t->syn') {reason}"),
+        ("SDT013", "9:2", f"probe 'seg' argument 3 ('t->win') {reason}"),
+        ("SDT013", "11:2", f"probe 'seg' argument 1 ('t->syn') {reason}"),
+        ("SDT013", "11:2", f"probe 'seg' argument 3 ('t->win') {reason}"),
+    ], got
+    # the header of this tree takes bit-fields
+    assert lint(str(f)).returncode == 0
+
+
+def test_header_refusals_no_rule_names_are_sdt013_per_site(tmp_path: Path) -> None:
+    """BPF_SDT_STRICT's 5-argument limit and an _Atomic declared type come
+    from the header's own assertions: each site and declaration is named,
+    with the header's reason and not clang's restatement of the assertion."""
+    f = tmp_path / "strict.bpf.c"
+    f.write_text(HEAD + """BPF_SDT_DECLARE2(bad, int, _Atomic int);
+BPF_SDT_DECLARE6(six, int, int, int, int, int, int);
+int f(int y)
+{
+	BPF_SDT_PROBE6(six, y, y, y, y, y, y);
+	BPF_SDT_PROBE2(bad, y, y);
+	BPF_SDT_PROBE6(six, y, 1, y, 2, y, 3);
+	return 0;
+}
+""")
+    res = lint("--format", "json", "--no-ir", str(f), "--", "-DBPF_SDT_STRICT")
+    assert res.returncode == 1
+    got = [(g["rule"], g["where"], g["message"]) for g in findings(res)]
+    strict = "does not compile: BPF_SDT_STRICT allows at most 5 arguments"
+    assert got == [
+        ("SDT013", "3:1", "declaration of probe 'bad' argument 2 ('_Atomic int') does not compile: "
+                          "_Atomic declared type (BTF cannot describe it); declare the plain type"),
+        ("SDT013", "7:2", f"probe 'six' {strict}"),
+        ("SDT013", "9:2", f"probe 'six' {strict}"),
+    ], got
