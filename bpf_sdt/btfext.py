@@ -30,6 +30,7 @@ each record being at least 8 bytes of input.
 from __future__ import annotations
 
 import bisect
+import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -534,7 +535,10 @@ class SourceLines:
         file = self._files.get(rec.file_name_off, "")
         if file == "":
             try:
-                file = self._files[rec.file_name_off] = self._ext.file_name(rec)
+                # clang joins its directory and a relative name as given
+                # (`build/../src/x.c` from meson): shown normalised.
+                name = self._ext.file_name(rec)
+                file = self._files[rec.file_name_off] = os.path.normpath(name) if name else name
             except InputError:
                 file = self._files[rec.file_name_off] = None
         if file is None:

@@ -43,6 +43,8 @@ def multiarch_include_dir() -> Path | None:
 
 
 def system_include_flags() -> tuple[str, ...]:
-    """Flags adding the system include directories `-target bpf` misses."""
+    """Flags adding the system include directories `-target bpf` misses, each
+    one word (`-idirafter/usr/include/...`, which clang accepts joined): a
+    build tool that splits `bpf-sdt cflags --system` on spaces keeps them whole."""
     found = multiarch_include_dir()
-    return (IDIRAFTER, str(found)) if found else ()
+    return (f"{IDIRAFTER}{found}",) if found else ()

@@ -149,7 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("clang", _cmd_clang, "print the clang bpf-sdt compiles with: $BPF_SDT_CLANG, $BPF_CLANG, "
                              "clang, else the newest clang-N on PATH")
     add("makefile", _cmd_makefile, "print the path of bpf_sdt.mk, for `include` in a Makefile")
-    add("meson", _cmd_meson, "print the path of the meson helper, for find_program() in meson.build")
+    sp = add("meson", _cmd_meson, "print the path of the meson helper, for find_program() in meson.build")
+    from bpf_sdt.hooks import meson_recipe
+
+    sp.description = meson_recipe()   # the recipe, as the installed helper documents it
+    sp.formatter_class = argparse.RawDescriptionHelpFormatter
 
     for name, handler, text in (("check", _cmd_check, "validate the probes in BPF objects"),
                                 ("list", _cmd_list, "list the probes in BPF objects")):

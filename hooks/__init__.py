@@ -12,6 +12,15 @@ def hook_path(name: str) -> Path:
     return Path(__file__).parent / name
 
 
+def meson_recipe() -> str:
+    """The helper's documentation (its docstring, the meson.build recipe
+    included), for `bpf-sdt meson --help`: written once, in the helper that
+    ships with the package, and read without importing it."""
+    text = hook_path(MESON_HELPER).read_text()
+    start = text.index('"""') + 3
+    return text[start:text.index('"""', start)].strip()
+
+
 def run_meson_path() -> int:
     """`bpf-sdt meson`: the helper's path, for meson's find_program()."""
     print(hook_path(MESON_HELPER))

@@ -22,9 +22,9 @@ In meson.build (samples/meson.build is a complete example):
 
     bpf_sdt = find_program('bpf-sdt')
     bpf_sdt_meson = find_program(run_command(bpf_sdt, 'meson', check: true).stdout().strip())
-    bpf_clang = find_program('clang', 'clang-19', 'clang-18', 'clang-17', 'clang-16')
-    bpf_cflags = ['-target', 'bpf', '-O2', '-g',
-                  run_command(bpf_sdt, 'cflags', check: true).stdout().strip()]
+    bpf_clang = find_program(run_command(bpf_sdt, 'clang', check: true).stdout().strip())
+    bpf_cflags = ['-target', 'bpf', '-O2', '-g'] + \
+                 run_command(bpf_sdt, 'cflags', '--system', check: true).stdout().split()
     prog = custom_target('prog.bpf.o', input: 'prog.bpf.c', output: 'prog.bpf.o',
       depfile: 'prog.bpf.o.d', build_by_default: true,
       command: [bpf_sdt_meson, 'compile', '--bpf-sdt', bpf_sdt, '--depfile', '@DEPFILE@',
@@ -33,7 +33,11 @@ In meson.build (samples/meson.build is a complete example):
       '--output', meson.current_build_dir() / 'bpf-sdt' / 'compile_commands.json',
       meson.current_source_dir() / 'prog.bpf.c', '--', bpf_clang, bpf_cflags, check: true)
 
-and lint with `bpf-sdt lint -p BUILD/bpf-sdt prog.bpf.c`.
+and lint with `bpf-sdt lint -p BUILD/bpf-sdt prog.bpf.c`.  `bpf-sdt clang`
+is the clang `bpf-sdt instrument` and the make include use; `cflags --system`
+adds the multiarch include directory <linux/bpf.h> needs.  Under -Wextra,
+observers written with libbpf's BPF_PROG() also need '-Wno-unused-parameter'
+(the macro's `ctx` is rarely used).  `bpf-sdt meson --help` prints this text.
 """
 
 from __future__ import annotations

@@ -250,6 +250,8 @@ def test_meson_helper_in_a_gcc_project_builds_checks_and_feeds_lint(tmp_path: Pa
     assert run([*CLI, "check", str(obj)]).returncode == 0
     (site,) = json.loads(run([*CLI, "list", "--json", str(obj)]).stdout)["objects"][0]["probes"]
     assert site["name"] == "hit" and site["args"][0] == {"kind": "imm", "value": 7}
+    # clang recorded BUILD/../proj/prog.bpf.c (meson passes paths relative to the build directory)
+    assert site["file"] == str(root / "prog.bpf.c"), "listings normalise the path"
     assert (build / "loader").exists(), "the project's own C still builds with gcc"
     assert "no work to do" in _ninja(build).stdout
     (root / "shared.h").write_text("#define SHARED 9\n")   # a header change rebuilds (depfile)
@@ -293,6 +295,15 @@ def test_meson_helper_path_is_printed(capsys: pytest.CaptureFixture[str]) -> Non
     assert printed == hook_path(MESON_HELPER) and printed.is_file()
     cli = run([*CLI, "meson"])
     assert cli.returncode == 0 and Path(cli.stdout.strip()) == printed, "bpf-sdt meson prints it too"
+
+
+def test_meson_help_documents_the_recipe() -> None:
+    """`bpf-sdt meson --help` prints the recipe the installed helper documents."""
+    res = run([*CLI, "meson", "--help"])
+    assert res.returncode == 0
+    assert " ".join(_documented_snippet().split()) in " ".join(res.stdout.split()), res.stdout
+    assert "'clang'" in _documented_snippet() and "'--system'" in _documented_snippet(), \
+        "the recipe finds clang and the system include directory as the make include does"
 
 
 def test_meson_helper_ships_in_the_package() -> None:
