@@ -109,6 +109,12 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return run_trace(args)
 
 
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from bpf_sdt.trace.restore import restore
+
+    return restore(args.where)
+
+
 def _clang_args(args: argparse.Namespace) -> list[str]:
     """-I and -D given as options, then what followed `--`."""
     return [*(f"-I{d}" for d in args.include_dirs), *(f"-D{d}" for d in args.defines), *args.clang_args]
@@ -188,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_arguments(sp)
+
+    sp = add("restore", _cmd_restore, "put back what killed traces left in the kernel (docs/live.md)")
+    sp.add_argument("where", nargs="?", metavar="WHERE",
+                    help="only this attach point (as given to trace --live); default: every record")
 
     for name, handler, text in (("extract", _cmd_extract, "extract probe declarations and sites from BPF C"),
                                 ("lint", _cmd_lint, "lint the probes in BPF C sources")):

@@ -13,13 +13,30 @@ prefix is always accepted, on old and new kernels alike.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as errnos
+import json
 import os
+import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from bpf_sdt.libbpf import LibbpfError, _check, _lib, _name
+from bpf_sdt.libbpf import (
+    LibbpfError,
+    Map,
+    _check,
+    _lib,
+    _name,
+    ifindex,
+    link_update,
+    tc_query,
+    tc_replace,
+    xdp_query,
+    xdp_replace,
+)
 
 BPF_TAG_SIZE = 8
 BPF_OBJ_NAME_LEN = 16          # names are truncated to 15 bytes + NUL by the kernel
@@ -201,3 +218,378 @@ def iter_link_infos() -> Iterator[LinkInfo]:
     """Every BPF link in the kernel, by increasing id."""
     for fd in _each("link"):
         yield link_info(fd)
+
+
+# --- where a program runs, and swapping it there --------------------------------
+
+NETNS_SELF = "/proc/thread-self/ns/net"
+# Program types whose attachments are trampolines, perf events or struct_ops:
+# the kernel has no atomic replace for them.
+UNSWAPPABLE_TYPES = {
+    "tracing": "fentry/fexit/tp_btf programs run from trampolines, which cannot be updated in place",
+    "raw_tracepoint": "raw tracepoint links cannot be updated in place",
+    "raw_tracepoint_writable": "raw tracepoint links cannot be updated in place",
+    "kprobe": "kprobes are perf-event attachments, which cannot be updated in place",
+    "tracepoint": "tracepoints are perf-event attachments, which cannot be updated in place",
+    "perf_event": "perf-event attachments cannot be updated in place",
+    "struct_ops": "struct_ops maps replace whole operation tables, not one program",
+    "ext": "freplace programs cannot be replaced in place",
+    "lsm": "LSM programs run from trampolines, which cannot be updated in place",
+}
+
+
+def netns_inode() -> int:
+    """This thread's network namespace, as the inode the kernel names it by."""
+    return os.stat(NETNS_SELF).st_ino
+
+
+class Replaced(Exception):
+    """The attach point no longer runs the program a swap expected: someone
+    else (the program's own loader) changed it meanwhile.  Nothing was swapped."""
+
+    def __init__(self, where: str, now: int) -> None:
+        super().__init__(f"{where} runs program id {now} now" if now else f"{where} runs no program now")
+        self.now = now
+
+
+def prog_id_of_fd(fd: int) -> int:
+    return prog_info(fd).id
+
+
+def _libc_setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIRS = ("/run/netns",)
+
+
+def netns_path(inode: int) -> str | None:
+    """A path that opens network namespace `inode`: a named one (ip netns),
+    else any process's; None if no namespace has that inode any more."""
+    candidates = [os.path.join(d, n) for d in NETNS_DIRS if os.path.isdir(d) for n in os.listdir(d)]
+    candidates.insert(0, NETNS_SELF)
+    candidates += [f"/proc/{p}/ns/net" for p in os.listdir("/proc") if p.isdigit()]
+    for path in candidates:
+        try:
+            if os.stat(path).st_ino == inode:
+                return path
+        except OSError:
+            continue
+    return None
+
+
+@contextlib.contextmanager
+def entered_netns(inode: int) -> Iterator[None]:
+    """Runs the block (this thread) in network namespace `inode`."""
+    if inode == netns_inode():
+        yield
+        return
+    path = netns_path(inode)
+    if path is None:
+        raise LibbpfError(f"network namespace {inode}", errnos.ENOENT, detail="it no longer exists")
+    home = os.open(NETNS_SELF, os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            _libc_setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _libc_setns(home)
+    finally:
+        os.close(home)
+
+
+class Hook:
+    """Somewhere a program runs, and how to swap the program there."""
+
+    kind = ""
+    atomic = "compare-and-swap by the kernel"
+
+    def key(self) -> tuple[object, ...]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def current(self) -> int:
+        """The id of the program running there now (0: none)."""
+        raise NotImplementedError
+
+    def swap(self, new_fd: int, old_fd: int) -> None:
+        """`new_fd` runs there instead of `old_fd`; Replaced (nothing changed)
+        if `old_fd` is not what runs there."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+
+    def close(self) -> None:
+        """Releases fds the hook holds."""
+
+
+class XdpNetlink(Hook):
+    """An interface's XDP program attached by netlink (ip link, bpftool net)."""
+
+    kind = "xdp"
+
+    def __init__(self, iface: str, ifindex: int, mode: str, mode_flag: int, netns: int) -> None:
+        self.iface, self.ifindex, self.mode, self.mode_flag, self.netns = iface, ifindex, mode, mode_flag, netns
+
+    def key(self) -> tuple[object, ...]:
+        return ("xdp", self.netns, self.ifindex)
+
+    def describe(self) -> str:
+        return f"XDP of {self.iface} ({self.mode} mode, netlink)"
+
+    def current(self) -> int:
+        with entered_netns(self.netns):
+            return xdp_query(self.ifindex).prog_id
+
+    def swap(self, new_fd: int, old_fd: int) -> None:
+        with entered_netns(self.netns):
+            try:
+                xdp_replace(self.ifindex, new_fd, old_fd, self.mode_flag)
+            except LibbpfError as e:
+                if e.errno != errnos.EEXIST:
+                    raise
+                raise Replaced(self.describe(), self.current()) from None
+
+
+class LinkHook(Hook):
+    """A BPF link (XDP, tcx, cgroup, netkit): updated with BPF_F_REPLACE."""
+
+    kind = "link"
+
+    def __init__(self, link_id: int, link_type: str, ifindex: int = 0, iface: str = "") -> None:
+        self.link_id, self.link_type, self.ifindex, self.iface = link_id, link_type, ifindex, iface
+        self._fd = link_fd_by_id(link_id)
+
+    def key(self) -> tuple[object, ...]:
+        return ("link", self.link_id)
+
+    def describe(self) -> str:
+        on = f" on {self.iface}" if self.iface else ""
+        return f"{self.link_type} link {self.link_id}{on}"
+
+    def current(self) -> int:
+        return link_info(self._fd).prog_id
+
+    def swap(self, new_fd: int, old_fd: int) -> None:
+        try:
+            link_update(self._fd, new_fd, old_fd)
+        except LibbpfError as e:
+            if e.errno == errnos.EPERM:
+                raise Replaced(self.describe(), self.current()) from None
+            if e.errno == errnos.ENOLINK:
+                raise Replaced(self.describe() + " (detached)", 0) from None
+            raise
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class ClsBpf(Hook):
+    """A cls_bpf filter (tc filter ... bpf da, libbpf's bpf_tc_attach): the
+    filter at the same handle and priority is replaced.  The kernel has no
+    compare-and-swap here, so the expected program is checked just before."""
+
+    kind = "cls_bpf"
+    atomic = "replaced in place by the kernel (same handle and priority), checked just before"
+
+    def __init__(self, iface: str, ifindex: int, direction: str, handle: int, priority: int, netns: int) -> None:
+        self.iface, self.ifindex, self.direction = iface, ifindex, direction
+        self.handle, self.priority, self.netns = handle, priority, netns
+
+    def key(self) -> tuple[object, ...]:
+        return ("tc", self.netns, self.ifindex, self.direction, self.handle, self.priority)
+
+    def describe(self) -> str:
+        return f"tc {self.direction} filter of {self.iface} (handle {self.handle:#x}, priority {self.priority})"
+
+    def current(self) -> int:
+        with entered_netns(self.netns):
+            return tc_query(self.ifindex, self.direction, self.handle, self.priority)
+
+    def swap(self, new_fd: int, old_fd: int) -> None:
+        now = self.current()
+        if now != prog_id_of_fd(old_fd):
+            raise Replaced(self.describe(), now)
+        with entered_netns(self.netns):
+            tc_replace(self.ifindex, self.direction, self.handle, self.priority, new_fd)
+
+
+class ProgArraySlot(Hook):
+    """A prog_array entry: the program tail calls reach through it."""
+
+    kind = "prog_array"
+    atomic = "one map update (the kernel swaps the slot atomically), checked just before"
+
+    def __init__(self, map_id: int, index: int, map_name: str = "") -> None:
+        self.map_id, self.index, self.map_name = map_id, index, map_name
+        self._map = Map.from_fd(map_fd_by_id(map_id), f"map id {map_id}")
+
+    def key(self) -> tuple[object, ...]:
+        return ("slot", self.map_id, self.index)
+
+    def describe(self) -> str:
+        return f"slot {self.index} of prog_array {self.map_name or self.map_id} (map id {self.map_id})"
+
+    def current(self) -> int:
+        value = self._map.lookup(self.index.to_bytes(PROG_ARRAY_KEY_SIZE, "little"))
+        return int.from_bytes(value[:PROG_ARRAY_KEY_SIZE], "little") if value else 0
+
+    def swap(self, new_fd: int, old_fd: int) -> None:
+        now = self.current()
+        if now != prog_id_of_fd(old_fd):
+            raise Replaced(self.describe(), now)
+        self._map.update(self.index.to_bytes(PROG_ARRAY_KEY_SIZE, "little"),
+                         new_fd.to_bytes(PROG_ARRAY_KEY_SIZE, "little"))
+
+    def close(self) -> None:
+        self._map.close()
+
+
+PROG_ARRAY_KEY_SIZE = 4             # keys and (from user space) values are u32: index, program fd/id
+
+
+def hook_from_dict(data: dict[str, Any]) -> Hook:
+    """The hook a record describes (Hook.to_dict's inverse)."""
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    kinds: dict[str, type[Hook]] = {c.kind: c for c in (XdpNetlink, LinkHook, ClsBpf, ProgArraySlot)}
+    cls = kinds.get(str(data.get("kind")))
+    if cls is None:
+        raise LibbpfError(f"attach point of kind {data.get('kind')!r}", errnos.EINVAL, detail="unknown kind")
+    return cls(**fields)
+
+
+# --- finding where a program runs ----------------------------------------------
+
+TC_BIN = "tc"
+TC_LIST_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class ClsBpfFilter:
+    """A cls_bpf filter as iproute2 lists it."""
+    handle: int
+    priority: int
+    prog_id: int
+    prog_name: str
+    direct_action: bool
+    protocol: str
+
+
+def tc_filter_listing(iface: str, direction: str) -> list[dict[str, Any]]:
+    """Every filter on an interface's clsact hook (any classifier) in this
+    thread's network namespace, as iproute2's `tc -json filter show` lists
+    them (netlink dumps are iproute2's job); [] without a clsact qdisc."""
+    try:
+        res = subprocess.run([TC_BIN, "-json", "filter", "show", "dev", iface, direction], capture_output=True,
+                             text=True, timeout=TC_LIST_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise LibbpfError(f"listing tc filters of {iface} (tc)", errnos.ENOEXEC, detail=str(e)) from None
+    if res.returncode != 0:
+        if "Cannot find device" in res.stderr:
+            raise LibbpfError(f"interface {iface}", errnos.ENODEV)
+        return []           # no clsact qdisc: no filters
+    try:
+        listed = json.loads(res.stdout or "[]")
+    except ValueError:
+        raise LibbpfError(f"listing tc filters of {iface}", errnos.EPROTO, detail="tc printed no JSON") from None
+    return [entry for entry in listed if isinstance(entry, dict)]
+
+
+def cls_bpf_filters(iface: str, direction: str) -> list[ClsBpfFilter]:
+    """The bpf filters on an interface's clsact hook, in priority order."""
+    found = []
+    for entry in tc_filter_listing(iface, direction):
+        options = entry.get("options") or {}
+        prog = options.get("prog") or {}
+        if entry.get("kind") != "bpf" or "id" not in prog:
+            continue            # the chain head iproute2 lists first, or another classifier
+        found.append(ClsBpfFilter(handle=int(str(options.get("handle", "0")), 0), priority=int(entry.get("pref", 0)),
+                                  prog_id=int(prog["id"]), prog_name=str(prog.get("name", "")),
+                                  direct_action=bool(options.get("direct-action")),
+                                  protocol=str(entry.get("protocol", ""))))
+    return sorted(found, key=lambda f: (f.priority, f.handle))
+
+
+def tcx_attach_type(direction: str) -> int:
+    return BPF_TCX_INGRESS if direction == "ingress" else BPF_TCX_EGRESS
+
+
+def links_of_prog(prog_id: int) -> list[LinkInfo]:
+    return [link for link in iter_link_infos() if link.prog_id == prog_id]
+
+
+def xdp_hooks(iface: str) -> list[tuple[Hook, int]]:
+    """The XDP program of an interface: by a link or by netlink."""
+    attached = xdp_query(iface)
+    if not attached.prog_id:
+        return []
+    index = ifindex(iface)
+    for link in links_of_prog(attached.prog_id):
+        if link.type == "xdp" and link.ifindex == index:
+            return [(LinkHook(link.id, link.type, index, iface), attached.prog_id)]
+    if attached.mode == "multi":
+        raise LibbpfError(f"XDP on {iface}", errnos.EOPNOTSUPP,
+                          detail="programs in several modes at once; detach all but one")
+    return [(XdpNetlink(iface, index, attached.mode, attached.mode_flag, netns_inode()), attached.prog_id)]
+
+
+def tc_hooks(iface: str, direction: str) -> list[tuple[Hook, int]]:
+    """The tc programs of an interface's hook: tcx links first (they run
+    before cls_bpf filters), then cls_bpf filters in priority order."""
+    index = ifindex(iface)
+    found: list[tuple[Hook, int]] = []
+    for link in iter_link_infos():
+        if link.type == "tcx" and link.ifindex == index and link.attach_type == tcx_attach_type(direction):
+            found.append((LinkHook(link.id, link.type, index, iface), link.prog_id))
+    for filt in cls_bpf_filters(iface, direction):
+        found.append((ClsBpf(iface, index, direction, filt.handle, filt.priority, netns_inode()), filt.prog_id))
+    return found
+
+
+def prog_array_slots(prog_id: int) -> list[ProgArraySlot]:
+    """Every prog_array entry that holds the program (from user space a
+    prog_array lookup returns program ids)."""
+    slots = []
+    for info in iter_map_infos():
+        if info.type_id != BPF_MAP_TYPE_PROG_ARRAY:
+            continue
+        try:
+            with Map.from_fd(map_fd_by_id(info.id), info.name) as prog_array:
+                for index in range(info.max_entries):
+                    value = prog_array.lookup(index.to_bytes(PROG_ARRAY_KEY_SIZE, "little"))
+                    if value and int.from_bytes(value[:PROG_ARRAY_KEY_SIZE], "little") == prog_id:
+                        slots.append((info.id, index, info.name))
+        except LibbpfError as e:
+            if e.errno != errnos.ENOENT:
+                raise
+    return [ProgArraySlot(map_id, index, name) for map_id, index, name in slots]
+
+
+def hooks_of_prog(prog_id: int) -> list[tuple[Hook, int]]:
+    """Every place program `prog_id` runs that can be swapped: its links,
+    XDP and tc hooks of this network namespace's interfaces, prog_array slots."""
+    found: list[tuple[Hook, int]] = []
+    for link in links_of_prog(prog_id):
+        found.append((LinkHook(link.id, link.type, link.ifindex), prog_id))
+    linked = {h.link_id for h, _ in found if isinstance(h, LinkHook)}
+    for _, iface in socket.if_nameindex():
+        for hook, running in xdp_hooks(iface) + [h for d in ("ingress", "egress") for h in tc_hooks(iface, d)]:
+            if running == prog_id and not (isinstance(hook, LinkHook) and hook.link_id in linked):
+                found.append((hook, running))
+            else:
+                hook.close()
+    found += [(slot, prog_id) for slot in prog_array_slots(prog_id)]
+    return found

@@ -163,6 +163,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map_get_fd_by_id": (_c_int, [_c_u32]),
     "bpf_link_get_fd_by_id": (_c_int, [_c_u32]),
     "bpf_map__reuse_fd": (_c_int, [_c_ptr, _c_int]),
+    "bpf_map_create": (_c_int, [_c_int, _c_str, _c_u32, _c_u32, _c_u32, _c_ptr]),
     "bpf_program__set_autoload": (_c_int, [_c_ptr, ctypes.c_bool]),
     "bpf_link_update": (_c_int, [_c_int, _c_int, _c_ptr]),
     "bpf_xdp_attach": (_c_int, [_c_int, _c_int, _c_u32, _c_ptr]),
@@ -453,6 +454,10 @@ class Program:
             raise LibbpfError(f"prog {self.name!r} of {self._obj.path}", errnos.EBADF, detail="not loaded")
         return fd
 
+    def set_autoload(self, load: bool) -> None:
+        """Before load: whether BpfObject.load() loads this program."""
+        _check(f"autoload of prog {self.name!r}", _lib().bpf_program__set_autoload, self._ptr, load)
+
     def attach(self) -> Link:
         """Attaches as the section name says (tp_btf/, raw_tp/, tp/, ...)."""
         self._obj._live()
@@ -521,11 +526,17 @@ class Map:
     @classmethod
     def open_pinned(cls, path: str | os.PathLike[str]) -> Map:
         """Opens a map pinned on bpffs (by another loader, or by us)."""
-        fd = obj_get(path)
+        return cls.from_fd(obj_get(path), os.fspath(path))
+
+    @classmethod
+    def from_fd(cls, fd: int, what: str = "") -> Map:
+        """A map of an fd this Map then owns (closed by close(), also when the
+        query fails): a pin's, or one opened by id."""
+        path = what or f"fd {fd}"
         info = _MapInfo()
         size = _c_u32(ctypes.sizeof(info))
         try:
-            _check(f"querying map {os.fspath(path)}", _lib().bpf_obj_get_info_by_fd, fd, ctypes.byref(info),
+            _check(f"querying map {path}", _lib().bpf_obj_get_info_by_fd, fd, ctypes.byref(info),
                    ctypes.byref(size))
         except LibbpfError:
             os.close(fd)
@@ -548,6 +559,14 @@ class Map:
         if fd < 0:
             raise LibbpfError(f"map {self.name!r} of {self._obj.path}", errnos.EBADF, detail="not created until load")
         return fd
+
+    def reuse_fd(self, fd: int) -> None:
+        """Before load: use the existing kernel map `fd` instead of creating
+        one (libbpf dups the fd and reads the map's parameters from the
+        kernel; an internal map reused this way is not re-initialised)."""
+        if self._ptr is None:
+            raise LibbpfError(f"map {self.name!r}", errnos.EINVAL, detail="only an object's map can reuse a map")
+        _check(f"reusing a kernel map for map {self.name!r}", _lib().bpf_map__reuse_fd, self._ptr, fd)
 
     @property
     def pin_path(self) -> str | None:
@@ -636,6 +655,119 @@ class Map:
 def obj_get(path: str | os.PathLike[str]) -> int:
     """An fd for a pinned BPF object (bpf_obj_get); the caller closes it."""
     return _check(f"opening pinned {os.fspath(path)}", _lib().bpf_obj_get, os.fsencode(path))
+
+
+def map_create(type_id: int, name: str, key_size: int, value_size: int, max_entries: int) -> Map:
+    """A new map outside any object (the returned Map owns its fd)."""
+    fd = _check(f"creating map {name!r}", _lib().bpf_map_create, type_id, name.encode(), key_size, value_size,
+                max_entries, None)
+    return Map.from_fd(fd, name)
+
+
+def obj_pin(fd: int, path: str | os.PathLike[str]) -> None:
+    """Pins the BPF object behind `fd` (program, map or link) at `path` on bpffs."""
+    _check(f"pinning at {os.fspath(path)}", _lib().bpf_obj_pin, fd, os.fsencode(path))
+
+
+# --- replacing what runs (compare-and-swap where the kernel offers it) ----------
+
+XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE, XDP_FLAGS_HW_MODE = 1 << 1, 1 << 2, 1 << 3
+XDP_FLAGS_REPLACE = 1 << 4
+# bpf_xdp_query's attach_mode (XDP_ATTACHED_*) -> the flag that attaches in that mode.
+XDP_ATTACHED_MODES = {1: ("native", XDP_FLAGS_DRV_MODE), 2: ("generic", XDP_FLAGS_SKB_MODE),
+                      3: ("offload", XDP_FLAGS_HW_MODE)}
+XDP_ATTACHED_MULTI = 4
+BPF_F_REPLACE = 1 << 2          # bpf_link_update: fail unless old_prog_fd is the current program
+BPF_TC_F_REPLACE = 1
+
+
+class _XdpAttachOpts(ctypes.Structure):
+    """struct bpf_xdp_attach_opts"""
+    _fields_ = [("sz", _c_size), ("old_prog_fd", _c_int)]
+
+
+class _XdpQueryOpts(ctypes.Structure):
+    """struct bpf_xdp_query_opts"""
+    _fields_ = [("sz", _c_size), ("prog_id", _c_u32), ("drv_prog_id", _c_u32), ("hw_prog_id", _c_u32),
+                ("skb_prog_id", _c_u32), ("attach_mode", ctypes.c_uint8)]
+
+
+class _LinkUpdateOpts(ctypes.Structure):
+    """struct bpf_link_update_opts"""
+    _fields_ = [("sz", _c_size), ("flags", _c_u32), ("old_prog_fd", _c_u32)]
+
+
+class XdpAttachment(NamedTuple):
+    """What runs at an interface's XDP hook (by netlink or by a link)."""
+    prog_id: int            # 0: nothing
+    mode: str               # "native", "generic", "offload", "" (none) or "multi"
+    mode_flag: int          # the XDP_FLAGS_*_MODE that attaches in this mode
+
+
+def xdp_query(interface: int | str) -> XdpAttachment:
+    """The XDP program of an interface of this thread's network namespace."""
+    opts = _opts(_XdpQueryOpts)
+    _check(f"querying XDP on {interface}", _lib().bpf_xdp_query, ifindex(interface), 0, ctypes.byref(opts))
+    if opts.attach_mode == XDP_ATTACHED_MULTI:
+        return XdpAttachment(opts.prog_id, "multi", 0)
+    mode, flag = XDP_ATTACHED_MODES.get(opts.attach_mode, ("", 0))
+    return XdpAttachment(opts.prog_id, mode, flag)
+
+
+def xdp_replace(interface: int | str, new_fd: int, old_fd: int, mode_flag: int) -> None:
+    """Netlink compare-and-swap: `new_fd` runs instead of `old_fd` in the same
+    mode, or nothing changes (EEXIST when another program runs there now)."""
+    opts = _opts(_XdpAttachOpts, old_prog_fd=old_fd)
+    _check(f"replacing the XDP program of {interface}", _lib().bpf_xdp_attach, ifindex(interface), new_fd,
+           XDP_FLAGS_REPLACE | mode_flag, ctypes.byref(opts))
+
+
+def link_update(link_fd: int, new_fd: int, old_fd: int) -> None:
+    """A link's program replaced by `new_fd` if it is still `old_fd` (EPERM
+    from the kernel otherwise), atomically."""
+    opts = _opts(_LinkUpdateOpts, flags=BPF_F_REPLACE, old_prog_fd=old_fd)
+    _check("updating a link's program", _lib().bpf_link_update, link_fd, new_fd, ctypes.byref(opts))
+
+
+def _tc_hook(interface: int | str, direction: str) -> Any:
+    if direction not in _TC_DIRECTIONS:
+        raise LibbpfError(f"tc attach point {direction!r}", errnos.EINVAL, detail="ingress or egress")
+    return _opts(_TcHook, ifindex=ifindex(interface), attach_point=_TC_DIRECTIONS[direction])
+
+
+def tc_query(interface: int | str, direction: str, handle: int, priority: int) -> int:
+    """The program id of the cls_bpf filter at handle/priority, 0 if none."""
+    hook = _tc_hook(interface, direction)
+    opts = _opts(_TcOpts, handle=handle, priority=priority)
+    ret = _lib().bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
+    if ret in (-errnos.ENOENT, -errnos.EINVAL):
+        return 0        # no such filter (EINVAL: no clsact qdisc at all)
+    _ok(f"querying tc {direction} filter {handle:#x} prio {priority} on {interface}", ret)
+    return int(opts.prog_id)
+
+
+def tc_replace(interface: int | str, direction: str, handle: int, priority: int, prog_fd: int) -> None:
+    """The filter at handle/priority runs `prog_fd` from now on (a direct-action
+    cls_bpf filter, as libbpf makes them); the kernel swaps it under RCU, so
+    no packet meets an empty hook."""
+    hook = _tc_hook(interface, direction)
+    opts = _opts(_TcOpts, prog_fd=prog_fd, flags=BPF_TC_F_REPLACE, handle=handle, priority=priority)
+    _check(f"replacing tc {direction} filter {handle:#x} prio {priority} on {interface}", _lib().bpf_tc_attach,
+           ctypes.byref(hook), ctypes.byref(opts))
+
+
+def tc_detach(interface: int | str, direction: str, handle: int, priority: int) -> None:
+    """Deletes the filter at handle/priority."""
+    hook = _tc_hook(interface, direction)
+    opts = _opts(_TcOpts, handle=handle, priority=priority)
+    _check(f"deleting tc {direction} filter {handle:#x} prio {priority} on {interface}", _lib().bpf_tc_detach,
+           ctypes.byref(hook), ctypes.byref(opts))
+
+
+def tc_remove_clsact(interface: int | str) -> None:
+    """Deletes the interface's clsact qdisc, with every filter on it."""
+    whole = _opts(_TcHook, ifindex=ifindex(interface), attach_point=TC_INGRESS | TC_EGRESS)
+    _check(f"removing clsact qdisc of {interface}", _lib().bpf_tc_hook_destroy, ctypes.byref(whole))
 
 
 def ifindex(interface: int | str) -> int:

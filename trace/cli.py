@@ -27,6 +27,9 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     how.add_argument("--xdp", metavar="IFACE", help="attach the XDP program to IFACE")
     how.add_argument("--tc", metavar="IFACE[:DIR]", help="attach the tc program to IFACE, ingress (default) or egress")
     how.add_argument("--prog", metavar="NAME", help="with --xdp/--tc: which program, if the object has several")
+    how.add_argument("--live", metavar="WHERE", help="swap an instrumented copy in for the program running at "
+                     "WHERE (xdp:IFACE, tc:IFACE[:DIR], id:N, pin:PATH), and the original back at the end "
+                     "(docs/live.md)")
     how.add_argument("--pinned", action="store_true",
                      help="OBJ is instrumented and loaded by another loader: read its pinned ring buffer")
     how.add_argument("--pin-dir", type=Path, metavar="DIR", help="with --pinned: where the maps are pinned "
@@ -41,6 +44,6 @@ def run_trace(args: argparse.Namespace) -> int:
     return trace(Options(
         obj=Path(args.object), probes=tuple(args.probe), as_json=args.json, count=args.count,
         duration=args.duration, run=args.run, packet=args.packet, pcap=args.pcap, repeat=args.repeat,
-        xdp=args.xdp, tc=args.tc, prog=args.prog, pinned=args.pinned,
+        xdp=args.xdp, tc=args.tc, prog=args.prog, pinned=args.pinned, live=args.live,
         pin_dir=args.pin_dir or DEFAULT_PIN_DIR, ringbuf_size=args.ringbuf_size,
         reader=os.environ.get(READER_ENV) or None))

@@ -95,6 +95,7 @@ class Options:
     tc: str | None = None               # IFACE[:ingress|egress]
     prog: str | None = None             # which program --xdp/--tc attach
     pinned: bool = False
+    live: str | None = None             # WHERE: xdp:IFACE, tc:IFACE[:DIR], id:N, pin:PATH (trace/live.py)
     pin_dir: Path = DEFAULT_PIN_DIR
     ringbuf_size: int = RECORDER_DEFAULT_RINGBUF_SIZE
     reader: str | None = None           # ring reader, "mmap" or "libbpf" (default: per architecture)
@@ -120,6 +121,11 @@ def _run(opts: Options, writer: Writer, out: TextIO, err: TextIO) -> int:
     with StopSignals() as stop:
         if opts.pinned:
             return _trace_pinned(opts, stop, writer, err)
+        if opts.live:
+            from bpf_sdt.trace.live import trace_live
+
+            live = trace_live(opts, stop, writer, err)
+            return SIGNAL_EXIT + (stop.signal or 0) if live is None else live
         code = _trace_loaded(opts, stop, writer, err)
         if code is None:                    # a signal ended the work before it was done
             return SIGNAL_EXIT + (stop.signal or 0)
@@ -173,7 +179,7 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
 
 
 def _check_options(opts: Options) -> None:
-    modes = [m for m, on in (("--run", opts.run), ("--xdp", opts.xdp), ("--tc", opts.tc),
+    modes = [m for m, on in (("--run", opts.run), ("--xdp", opts.xdp), ("--tc", opts.tc), ("--live", opts.live),
                              ("--pinned", opts.pinned)) if on]
     if len(modes) > 1:
         raise UsageError(f"{' and '.join(modes)}: choose one way to run the object")
@@ -181,7 +187,7 @@ def _check_options(opts: Options) -> None:
         raise UsageError("--packet and --pcap: choose one")
     if not opts.run and (opts.packet or opts.pcap or opts.repeat != 1):
         raise UsageError("--packet, --pcap and --repeat go with --run")
-    if opts.prog and not (opts.xdp or opts.tc):
+    if opts.prog and not (opts.xdp or opts.tc or opts.live):
         raise UsageError("--prog goes with --xdp or --tc (--run names its program itself)")
     if not 1 <= opts.repeat <= MAX_REPEAT:
         raise UsageError(f"--repeat {opts.repeat}: must be between 1 and {MAX_REPEAT}")

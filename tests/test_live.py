@@ -1,0 +1,426 @@
+"""`bpf-sdt trace --live` and `bpf-sdt restore` against programs that real
+loaders other than bpf-sdt loaded and attached to a veth in namespaces the
+test creates: iproute2 (`ip link ... xdp obj`, `tc filter ... bpf da obj`),
+bpftool (`prog load` + `net attach`, `prog loadall` + a prog_array update)
+and a C program on libbpf with a bpftool skeleton (an XDP link).
+
+While UDP flows without a pause, trace swaps an instrumented copy in, prints
+the probe's events, and swaps the original back; afterwards the same program
+id runs there again and its count map (and .bss) hold exactly the number of
+packets sent over the whole run: none went unprocessed, no state was reset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from netns import VethPair
+from toolchain import REPO, bpf_permitted, clang, compile_bpf, need, run, tool
+
+CLI = [sys.executable, "-m", "bpf_sdt.cli"]
+PROGS = REPO / "tests" / "progs"
+LOADERS = REPO / "tests" / "loaders"
+RECORDS = Path("/sys/fs/bpf/bpf-sdt")
+PORT = 40177
+PAYLOAD = b"live"
+UDP_FRAME = 14 + 20 + 8 + 1 + len(PAYLOAD)      # Ethernet, IPv4, UDP, the index byte, payload
+PATH_UDP, PATH_OTHER_IP, PATH_NON_IP = 0, 1, 2
+SEND_INTERVAL_S = 0.002         # ~500 packets/s: continuous, and easy on the shared cores
+READY_TIMEOUT_S = 60.0
+EVENT_TIMEOUT_S = 10.0
+SETTLE_S = 0.3                  # traffic before and after the swap, so both originals see packets
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def in_ns(net: VethPair) -> list[str]:
+    """Runs a command in the receiver's namespace without `ip netns exec`'s
+    /sys remount (bpffs, and so bpf-sdt's records, stay at /sys/fs/bpf)."""
+    return [tool("nsenter"), f"--net=/run/netns/{net.receiver.netns}"]
+
+
+def ok(cmd: list[str]) -> str:
+    res = run(cmd)
+    assert res.returncode == 0, f"{' '.join(cmd)}: {res.stderr}"
+    return res.stdout
+
+
+# --- building ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    need(bpf_permitted(), "bpf() not permitted (needs root)")
+    for name in ("ip", "tc", "bpftool", "nsenter", "gcc"):
+        tool(name)
+    out = tmp_path_factory.mktemp("live")
+    multiarch = ok([tool("gcc"), "-print-multiarch"]).strip()
+    system = (f"-I/usr/include/{multiarch}",)
+    objs = {}
+    for name, defines in (("live_xdp", ()), ("live_tc", ()), ("live_tail", ()), ("live_xdp_other", ("LIVE_VARIANT=1",))):
+        source = PROGS / f"{name.removesuffix('_other')}.bpf.c"
+        objs[name] = out / f"{name}.bpf.o"
+        compile_bpf(source, objs[name], clang(19), defines=defines, extra=system)
+    skeleton = ok([tool("bpftool"), "gen", "skeleton", str(objs["live_xdp"]), "name", "live_xdp"])
+    (out / "live_xdp.skel.h").write_text(skeleton)
+    objs["loader"] = out / "xdp_loader"
+    ok([tool("gcc"), "-O2", "-Wall", "-Werror", f"-I{out}", "-o", str(objs["loader"]), str(LOADERS / "xdp_loader.c"),
+        "-lbpf"])
+    return objs
+
+
+# --- traffic and the kernel's view ---------------------------------------------------------
+
+
+class Traffic:
+    """UDP datagrams from the sender to the receiver without a pause, in a
+    thread, until stop(); `sent` counts them."""
+
+    def __init__(self, net: VethPair) -> None:
+        with net.sender.entered():
+            self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._to = (net.receiver.addr, PORT)
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sock.sendto(bytes([self.sent % 256]) + PAYLOAD, self._to)   # the probe shows byte 0
+            self.sent += 1
+            time.sleep(SEND_INTERVAL_S)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+        time.sleep(SETTLE_S)            # the last datagrams cross the pair
+        return self.sent
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._stop.is_set():
+            self.stop()
+
+
+def xdp_prog_id(net: VethPair) -> int:
+    link = json.loads(ok([*in_ns(net), "ip", "-j", "link", "show", net.receiver.iface]))[0]
+    return int(link.get("xdp", {}).get("prog", {}).get("id", 0))
+
+
+def tc_prog_ids(net: VethPair) -> list[int]:
+    shown = json.loads(ok([*in_ns(net), "tc", "-j", "filter", "show", "dev", net.receiver.iface, "ingress"]) or "[]")
+    return [f["options"]["prog"]["id"] for f in shown if "prog" in f.get("options", {})]
+
+
+def map_of(prog_id: int, name: str) -> int:
+    shown = json.loads(ok([tool("bpftool"), "prog", "show", "id", str(prog_id), "-j"]))
+    for map_id in shown["map_ids"]:
+        info = json.loads(ok([tool("bpftool"), "map", "show", "id", str(map_id), "-j"]))
+        if info["name"] == name or (name.startswith(".") and info["name"].endswith(name)):
+            return int(map_id)
+    raise AssertionError(f"prog {prog_id} has no map {name}")
+
+
+def as_int(value: int | list[str]) -> int:
+    """A value as bpftool prints it: a number (with BTF) or hex bytes."""
+    return value if isinstance(value, int) else int.from_bytes(bytes(int(b, 16) for b in value), "little")
+
+
+def u64_values(map_id: int) -> list[int]:
+    return [as_int(e["value"]) for e in json.loads(ok([tool("bpftool"), "map", "dump", "id", str(map_id), "-j"]))]
+
+
+def our_records() -> list[str]:
+    """bpf-sdt's records of this test process's namespaces' traces."""
+    return sorted(p.name for p in RECORDS.iterdir()) if RECORDS.exists() else []
+
+
+# --- trace as a subprocess --------------------------------------------------------------------
+
+
+class Live:
+    """`bpf-sdt trace --live` running in the receiver's namespace."""
+
+    def __init__(self, net: VethPair, obj: Path, where: str, *extra: str) -> None:
+        self.proc = subprocess.Popen([*in_ns(net), *CLI, "trace", str(obj), "--live", where, "--json", *extra],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+        self.out, self.err = b"", b""
+        assert self.proc.stdout and self.proc.stderr
+        for f in (self.proc.stdout, self.proc.stderr):
+            os.set_blocking(f.fileno(), False)
+
+    def _pump(self) -> None:
+        assert self.proc.stdout and self.proc.stderr
+        self.out += self.proc.stdout.read() or b""
+        self.err += self.proc.stderr.read() or b""
+
+    def wait_for(self, text: bytes, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.err:
+            assert self.proc.poll() is None, f"trace ended early: {self.err.decode()}"
+            assert time.monotonic() < deadline, f"no {text!r}: {self.err.decode()}"
+            self._pump()
+            time.sleep(0.05)
+
+    def events(self) -> list[dict[str, Any]]:
+        self._pump()
+        return [json.loads(line) for line in self.out[: self.out.rfind(b"\n") + 1].decode().splitlines()]
+
+    def wait_events(self, count: int) -> None:
+        deadline = time.monotonic() + EVENT_TIMEOUT_S
+        while len(self.events()) < count:
+            assert time.monotonic() < deadline, f"{len(self.events())} events; {self.err.decode()}"
+            time.sleep(0.05)
+
+    def finish(self, sig: int | None = signal.SIGINT) -> int:
+        if sig is not None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=30)
+        finally:
+            self.kill()
+        self._pump()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def lives() -> Iterator[list[Live]]:
+    started: list[Live] = []
+    yield started
+    for live in started:
+        live.kill()
+
+
+def check_udp_events(events: list[dict[str, Any]]) -> None:
+    """Every event is a datagram of the traffic, typed: its length, port, and
+    index bytes counting up one by one."""
+    assert events, "no events"
+    assert {e["probe"] for e in events} == {"udp_seen"}
+    assert all(e["args"][:2] == [UDP_FRAME, PORT] for e in events), events[:3]
+    indexes = [e["args"][2] for e in events]
+    assert all(b == (a + 1) % 256 for a, b in zip(indexes, indexes[1:], strict=False)), indexes[:20]
+
+
+def traced_through_swap(net: VethPair, obj: Path, where: str, lives: list[Live], *extra: str) -> tuple[int, str]:
+    """Traffic flows before, during and after a live trace ended by SIGINT;
+    (datagrams sent, trace's stderr)."""
+    with Traffic(net) as traffic:
+        time.sleep(SETTLE_S)
+        live = Live(net, obj, where, *extra)
+        lives.append(live)
+        live.wait_for(b"Ctrl-C to stop")
+        live.wait_events(20)
+        assert live.finish() == 0, live.err.decode()
+        time.sleep(SETTLE_S)
+        sent = traffic.stop()
+    check_udp_events(live.events())
+    err = live.err.decode()
+    assert "swapped to the instrumented copy (compare-and-swap" in err or "replaced in place" in err, err
+    assert "prepared in" in err and "is back" in err, err
+    return sent, err
+
+
+def assert_counted(prog_id: int, sent: int) -> None:
+    paths = u64_values(map_of(prog_id, "path_counts"))
+    assert paths[PATH_UDP] == sent, (paths, sent)
+    assert paths[PATH_OTHER_IP] == paths[PATH_NON_IP] == 0, paths
+    assert u64_values(map_of(prog_id, ".bss")) == [sent]
+
+
+# --- the loaders ---------------------------------------------------------------------------------
+
+
+@pytest.mark.kernel
+def test_iproute2_xdp_swapped_traced_and_back_with_every_packet_counted(built: dict[str, Path],
+                                                                       lives: list[Live]) -> None:
+    with VethPair() as net:
+        ok([*in_ns(net), "ip", "link", "set", "dev", net.receiver.iface, "xdp", "obj", str(built["live_xdp"]),
+            "sec", "xdp"])
+        original = xdp_prog_id(net)
+        before = our_records()
+        sent, err = traced_through_swap(net, built["live_xdp"], f"xdp:{net.receiver.iface}", lives)
+        assert "XDP of" in err and "netlink" in err and "2 map(s) shared" in err
+        assert xdp_prog_id(net) == original
+        assert_counted(original, sent)
+        assert our_records() == before
+
+
+@pytest.mark.kernel
+def test_iproute2_tc_filter_swapped_in_place_and_back(built: dict[str, Path], lives: list[Live]) -> None:
+    with VethPair() as net:
+        iface = net.receiver.iface
+        ok([*in_ns(net), "tc", "qdisc", "add", "dev", iface, "clsact"])
+        ok([*in_ns(net), "tc", "filter", "add", "dev", iface, "ingress", "bpf", "da", "obj", str(built["live_tc"]),
+            "sec", "tc"])
+        [original] = tc_prog_ids(net)
+        sent, err = traced_through_swap(net, built["live_tc"], f"tc:{iface}:ingress", lives)
+        assert "tc ingress filter of" in err
+        assert tc_prog_ids(net) == [original]
+        assert "clsact" in ok([*in_ns(net), "tc", "qdisc", "show", "dev", iface]), "the user's qdisc was removed"
+        assert_counted(original, sent)
+
+
+@pytest.mark.kernel
+def test_bpftool_loaded_and_attached_traced_by_its_pin(built: dict[str, Path], lives: list[Live]) -> None:
+    pin = Path(f"/sys/fs/bpf/bpf_sdt_test_live_{os.getpid()}")
+    with VethPair() as net:
+        ok([tool("bpftool"), "prog", "load", str(built["live_xdp"]), str(pin), "type", "xdp"])
+        try:
+            ok([*in_ns(net), tool("bpftool"), "net", "attach", "xdp", "pinned", str(pin), "dev", net.receiver.iface])
+            original = xdp_prog_id(net)
+            sent, _ = traced_through_swap(net, built["live_xdp"], f"pin:{pin}", lives)
+            assert xdp_prog_id(net) == original
+            assert_counted(original, sent)
+        finally:
+            pin.unlink()
+
+
+@pytest.mark.kernel
+def test_libbpf_skeleton_loader_xdp_link_updated_and_back(built: dict[str, Path], lives: list[Live]) -> None:
+    with VethPair() as net:
+        loader = subprocess.Popen([*in_ns(net), str(built["loader"]), net.receiver.iface], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert loader.stdout is not None and loader.stdin is not None
+            ready, prog_id, link_id = loader.stdout.readline().split()
+            assert ready == "ready"
+            sent, err = traced_through_swap(net, built["live_xdp"], f"xdp:{net.receiver.iface}", lives)
+            assert f"xdp link {link_id}" in err, err
+            assert xdp_prog_id(net) == int(prog_id)
+            link = json.loads(ok([tool("bpftool"), "link", "show", "id", link_id, "-j"]))
+            assert link["prog_id"] == int(prog_id)
+            loader.stdin.close()
+            report = dict(line.rsplit(" ", 1) for line in loader.stdout.read().splitlines())
+        finally:
+            if loader.poll() is None:
+                loader.kill()
+            loader.wait()
+        assert int(report[f"path {PATH_UDP}"]) == sent and int(report["total"]) == sent, (report, sent)
+
+
+@pytest.mark.kernel
+def test_tail_call_target_traced_through_its_prog_array_slot(built: dict[str, Path], lives: list[Live]) -> None:
+    pins = Path(f"/sys/fs/bpf/bpf_sdt_test_tail_{os.getpid()}")
+    maps = Path(f"/sys/fs/bpf/bpf_sdt_test_tailmaps_{os.getpid()}")
+    bpftool = tool("bpftool")
+    with VethPair() as net:
+        ok([bpftool, "prog", "loadall", str(built["live_tail"]), str(pins), "type", "xdp", "pinmaps", str(maps)])
+        try:
+            ok([bpftool, "map", "update", "pinned", str(maps / "jumps"), "key", "0", "0", "0", "0", "value",
+                "pinned", str(pins / "live_target")])
+            ok([*in_ns(net), bpftool, "net", "attach", "xdp", "pinned", str(pins / "live_entry"), "dev",
+                net.receiver.iface])
+            target = json.loads(ok([bpftool, "prog", "show", "pinned", str(pins / "live_target"), "-j"]))["id"]
+            with Traffic(net) as traffic:
+                time.sleep(SETTLE_S)
+                live = Live(net, built["live_tail"], f"id:{target}")
+                lives.append(live)
+                live.wait_for(b"Ctrl-C to stop")
+                live.wait_events(10)
+                assert live.finish() == 0, live.err.decode()
+                sent = traffic.stop()
+            assert "slot 0 of prog_array jumps" in live.err.decode(), live.err.decode()
+            assert {e["probe"] for e in live.events()} == {"tail_hit"}
+            assert all(e["args"] == [UDP_FRAME] for e in live.events())
+            slot = json.loads(ok([bpftool, "map", "lookup", "pinned", str(maps / "jumps"), "key", "0", "0", "0", "0",
+                                  "-j"]))
+            assert as_int(slot["value"]) == target
+            assert u64_values(map_of(target, "tail_counts")) == [sent, 0]   # the slot was never empty
+        finally:
+            for pin_dir in (pins, maps):
+                for entry in pin_dir.iterdir():
+                    entry.unlink()
+                pin_dir.rmdir()
+
+
+# --- refusals, crashes, and the daemon -------------------------------------------------------------
+
+
+@pytest.mark.kernel
+def test_another_objects_program_is_refused_with_both_tags(built: dict[str, Path]) -> None:
+    with VethPair() as net:
+        ok([*in_ns(net), "ip", "link", "set", "dev", net.receiver.iface, "xdp", "obj", str(built["live_xdp"]),
+            "sec", "xdp"])
+        original = xdp_prog_id(net)
+        before = our_records()
+        tag = json.loads(ok([tool("bpftool"), "prog", "show", "id", str(original), "-j"]))["tag"]
+        res = run([*in_ns(net), *CLI, "trace", str(built["live_xdp_other"]), "--live", f"xdp:{net.receiver.iface}"])
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+        assert tag in res.stderr and res.stderr.count("tag ") == 2 and "nothing was swapped" in res.stderr
+        assert xdp_prog_id(net) == original
+        assert our_records() == before
+
+
+@pytest.mark.kernel
+def test_sigkill_then_restore_puts_the_original_back_and_a_second_live_is_refused(
+        built: dict[str, Path], lives: list[Live]) -> None:
+    with VethPair() as net:
+        where = f"xdp:{net.receiver.iface}"
+        ok([*in_ns(net), "ip", "link", "set", "dev", net.receiver.iface, "xdp", "obj", str(built["live_xdp"]),
+            "sec", "xdp"])
+        original = xdp_prog_id(net)
+        before = our_records()
+        with Traffic(net) as traffic:
+            live = Live(net, built["live_xdp"], where)
+            lives.append(live)
+            live.wait_for(b"Ctrl-C to stop")
+            second = run([*in_ns(net), *CLI, "trace", str(built["live_xdp"]), "--live", where])
+            assert second.returncode == 2 and "already being traced" in second.stderr, second.stderr
+            live.finish(signal.SIGKILL)
+            assert xdp_prog_id(net) not in (0, original), "the instrumented copy keeps running"
+            stale = run([*in_ns(net), *CLI, "trace", str(built["live_xdp"]), "--live", where])
+            assert stale.returncode == 2 and "run `bpf-sdt restore`" in stale.stderr, stale.stderr
+            restored = run([*in_ns(net), *CLI, "restore", where])
+            assert restored.returncode == 0, restored.stdout + restored.stderr
+            assert "is back" in restored.stdout
+            sent = traffic.stop()
+        assert xdp_prog_id(net) == original
+        assert our_records() == before, "bpf-sdt left pins behind"
+        assert_counted(original, sent)
+
+
+@pytest.mark.kernel
+def test_a_program_the_daemon_put_there_meanwhile_stays_and_trace_exits_1(built: dict[str, Path],
+                                                                         lives: list[Live]) -> None:
+    with VethPair() as net:
+        iface = net.receiver.iface
+        ok([*in_ns(net), "ip", "link", "set", "dev", iface, "xdp", "obj", str(built["live_xdp"]), "sec", "xdp"])
+        live = Live(net, built["live_xdp"], f"xdp:{iface}")
+        lives.append(live)
+        live.wait_for(b"Ctrl-C to stop")
+        ok([*in_ns(net), "ip", "-force", "link", "set", "dev", iface, "xdp", "obj", str(built["live_xdp_other"]),
+            "sec", "xdp"])
+        theirs = xdp_prog_id(net)
+        assert live.finish() == 1, live.err.decode()
+        assert "another loader replaced it" in live.err.decode()
+        assert xdp_prog_id(net) == theirs
+
+
+@pytest.mark.kernel
+def test_tracing_programs_cannot_be_swapped(built: dict[str, Path]) -> None:
+    res = run([*CLI, "trace", str(built["live_xdp"]), "--live", "id:999999999"])
+    assert res.returncode == 2 and "no such program" in res.stderr, res.stderr
+    res = run([*CLI, "trace", str(built["live_xdp"]), "--live", "bogus"])
+    assert res.returncode == 2 and "expected xdp:IFACE" in res.stderr, res.stderr

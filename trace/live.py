@@ -1,0 +1,434 @@
+"""`bpf-sdt trace OBJ --live WHERE`: trace a program someone else loaded, by
+swapping an instrumented copy in, atomically, and the original back.
+
+1. Find the running program (WHERE: ``xdp:IFACE``, ``tc:IFACE[:DIR]``,
+   ``id:N``, ``pin:PATH``) and how it is attached (kernel.*_hooks).
+2. Take the attach point: a record in bpf-sdt's bpffs directory
+   (bpf_sdt.records; a live or stale record refuses).
+3. Prove identity: OBJ's program, loaded unattached with the running
+   program's maps, must have the running program's name, type and tag.
+4. Instrument OBJ with the recorder and load the copy with every map of the
+   running program reused: only the recorder's maps are new.
+5. Pin the original and the copy in the record, then swap (kernel.Hook.swap),
+   trace, and swap back expecting the copy; if something else runs there by
+   then, it stays, and trace exits 1.
+
+docs/live.md says what is swapped, how, and what a SIGKILL leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from bpf_sdt.instrument.command import Request
+from bpf_sdt.trace.output import Decoder
+from bpf_sdt.trace.recorder import Counters
+from bpf_sdt.trace.ring import open_ring
+from bpf_sdt.trace.runtime import StopSignals, private_bpffs
+from bpf_sdt.trace.sites import site_table
+
+from bpf_sdt import kernel, records
+from bpf_sdt.elf import load_object
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
+from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_RINGBUF_MAP
+from bpf_sdt.kernel import Hook, MapInfo, ProgInfo, Replaced
+from bpf_sdt.libbpf import BpfObject, LibbpfError, Program, ifindex, obj_get
+from bpf_sdt.model import escape_text
+
+if TYPE_CHECKING:
+    from bpf_sdt.trace.output import Writer
+    from bpf_sdt.trace.runner import Options, _Session
+
+WHERE_KINDS = ("xdp", "tc", "id", "pin")
+TC_DIRECTIONS = ("ingress", "egress")
+INSTANT = "the kernel swaps one pointer: no packet sees an empty hook"
+INSTEAD = "trace it with --run on packets, or deploy the instrumented object (`bpf-sdt instrument`) and use --pinned"
+
+
+@dataclass(frozen=True)
+class Where:
+    kind: str
+    target: str                 # interface, id or path
+    direction: str = "ingress"  # tc only
+
+
+def parse_where(spec: str) -> Where:
+    """WHERE of --live, checked before anything is touched."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in WHERE_KINDS or not rest:
+        raise UsageError(f"--live {escape_text(spec)}: expected xdp:IFACE, tc:IFACE[:ingress|egress], id:N or pin:PATH")
+    if kind == "tc":
+        iface, sep, direction = rest.partition(":")
+        if sep and direction not in TC_DIRECTIONS:
+            raise UsageError(f"--live {escape_text(spec)}: tc direction is ingress or egress")
+        return Where(kind, iface, direction or "ingress")
+    if kind == "id" and not (rest.isdigit() and int(rest) > 0):
+        raise UsageError(f"--live {escape_text(spec)}: a program id is a positive number")
+    return Where(kind, rest)
+
+
+# --- finding the running program ----------------------------------------------------
+
+
+def find(where: Where, prog_name: str | None) -> tuple[Hook, int]:
+    """The attach point and the running program's id; exits 2 (InputError)
+    when nothing there can be swapped."""
+    if where.kind in ("xdp", "tc"):
+        _check_interface(where.target)
+        if where.kind == "xdp":
+            found = kernel.xdp_hooks(where.target)
+        else:
+            found = kernel.tc_hooks(where.target, where.direction)
+        what = f"{where.kind} {where.direction} of {where.target}" if where.kind == "tc" else f"XDP of {where.target}"
+        if not found:
+            raise InputError(f"--live: no BPF program runs at the {what}")
+        return _one(found, prog_name, what)
+    if where.kind == "pin":
+        return _pinned(Path(where.target), prog_name)
+    return _by_id(int(where.target), prog_name)
+
+
+def _check_interface(iface: str) -> None:
+    try:
+        ifindex(iface)
+    except LibbpfError:
+        raise UsageError(f"interface {escape_text(iface)}: no such device in this network namespace") from None
+
+
+def _one(found: list[tuple[Hook, int]], prog_name: str | None, what: str) -> tuple[Hook, int]:
+    """The hook whose program is --prog (or the only one)."""
+    if prog_name is not None and len(found) > 1:
+        named = [(h, i) for h, i in found if _prog_name(i) == prog_name[: kernel.NAME_MAX_CHARS]]
+        if len(named) == 1:
+            for hook, _ in found:
+                if hook is not named[0][0]:
+                    hook.close()
+            found = named
+    if len(found) != 1:
+        listed = ", ".join(f"{_prog_name(i)} (id {i}) in {h.describe()}" for h, i in found)
+        for hook, _ in found:
+            hook.close()
+        raise InputError(f"--live: {len(found)} programs run at the {what} ({listed}); name one with --prog "
+                         "or use id:N")
+    return found[0]
+
+
+def _prog_name(prog_id: int) -> str:
+    try:
+        fd = kernel.prog_fd_by_id(prog_id)
+    except LibbpfError:
+        return "?"
+    try:
+        return kernel.prog_info(fd).name
+    finally:
+        os.close(fd)
+
+
+def _by_id(prog_id: int, prog_name: str | None) -> tuple[Hook, int]:
+    try:
+        fd = kernel.prog_fd_by_id(prog_id)
+    except LibbpfError:
+        raise InputError(f"--live id:{prog_id}: no such program") from None
+    try:
+        _swappable(kernel.prog_info(fd))
+    finally:
+        os.close(fd)
+    found = kernel.hooks_of_prog(prog_id)
+    if not found:
+        raise InputError(f"--live id:{prog_id}: the program is not attached anywhere trace can swap it (no link, "
+                         "XDP or tc hook of this network namespace, or prog_array slot holds it)")
+    # Prefer where packets reach it directly; a slot when tail calls are the only way in.
+    found.sort(key=lambda hi: isinstance(hi[0], kernel.ProgArraySlot))
+    for hook, _ in found[1:]:
+        hook.close()
+    return found[0]
+
+
+def _pinned(path: Path, prog_name: str | None) -> tuple[Hook, int]:
+    try:
+        fd = obj_get(path)
+    except LibbpfError as e:
+        raise InputError(f"--live pin:{escape_text(str(path))}: {e}") from None
+    try:
+        kind = _fd_kind(fd)
+        if kind == "link":
+            link = kernel.link_info(fd)
+            if link.type not in ("xdp", "tcx", "cgroup", "netkit"):
+                raise InputError(f"--live pin:{escape_text(str(path))}: a {link.type} link cannot be updated "
+                                 f"in place; {INSTEAD}")
+            return kernel.LinkHook(link.id, link.type, link.ifindex), link.prog_id
+        if kind != "prog":
+            raise InputError(f"--live pin:{escape_text(str(path))}: a pinned {kind}, not a program or link")
+        prog_id = kernel.prog_info(fd).id
+    finally:
+        os.close(fd)
+    return _by_id(prog_id, prog_name)
+
+
+def _fd_kind(fd: int) -> str:
+    """"prog", "map" or "link", from the fd's fdinfo."""
+    info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    for kind in ("link", "prog", "map"):
+        if f"\n{kind}_type:" in info or info.startswith(f"{kind}_type:"):
+            return kind
+    return "object"
+
+
+def _swappable(info: ProgInfo) -> None:
+    reason = kernel.UNSWAPPABLE_TYPES.get(info.type)
+    if reason:
+        raise InputError(f"--live: program {escape_text(info.name)} (id {info.id}) is {info.type}: {reason}; "
+                         f"{INSTEAD}")
+
+
+# --- loading OBJ with the running program's maps -----------------------------------------
+
+
+class RunningMaps:
+    """fds of every map the running program uses, open while the copies load."""
+
+    def __init__(self, running: ProgInfo) -> None:
+        self.fds: dict[int, int] = {}
+        self.infos: list[MapInfo] = []
+        try:
+            for map_id in running.map_ids:
+                fd = kernel.map_fd_by_id(map_id)
+                self.fds[map_id] = fd
+                self.infos.append(kernel.map_info(fd))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def match(self, name: str, type_id: int, key_size: int, value_size: int, max_entries: int) -> MapInfo | None:
+        """The running program's map an object map stands for: same name (as
+        the kernel truncates it; internal maps like `<obj>.bss` by their
+        section suffix, since the object-name prefix depends on the loader)
+        and the same type and sizes."""
+        def same_name(kname: str) -> bool:
+            if name[: kernel.NAME_MAX_CHARS] == kname:
+                return True
+            if "." not in name or "." not in kname:
+                return False
+            section, ksection = name[name.index("."):], kname[kname.index("."):]
+            return section.startswith(ksection) and len(ksection) > 1
+        fitting = [m for m in self.infos if same_name(m.name) and m.type_id == type_id]
+        if len(fitting) > 1:
+            fitting = [m for m in fitting if m.name == name[: kernel.NAME_MAX_CHARS]]
+        if len(fitting) != 1:
+            return None
+        found = fitting[0]
+        if (found.key_size, found.value_size, found.max_entries) != (key_size, value_size, max_entries):
+            raise InputError(f"map {escape_text(name)}: the running program's map {escape_text(found.name)} "
+                             f"(id {found.id}) has key {found.key_size}, value {found.value_size}, "
+                             f"{found.max_entries} entries; OBJ's has {key_size}, {value_size}, {max_entries}")
+        return found
+
+
+def load_sharing(path: Path, prog_name: str, maps: RunningMaps, obj_name: str | None,
+                 pin_root: Path | None = None) -> tuple[BpfObject, Program, set[int]]:
+    """Opens and loads `path` with only `prog_name` loaded and every map the
+    running program uses reused; (object, program, ids of the maps reused)."""
+    bpf = BpfObject.open(path, pin_root_path=pin_root, object_name=obj_name)
+    try:
+        prog = next((p for p in bpf.programs if p.name == prog_name), None)
+        if prog is None:
+            raise InputError(f"{path}: no program {escape_text(prog_name)}")
+        for other in bpf.programs:
+            if other is not prog:
+                other.set_autoload(False)
+        reused = set()
+        for m in bpf.maps:
+            found = maps.match(m.name, m.type_id, m.key_size, m.value_size, m.max_entries)
+            if found is not None:
+                m.reuse_fd(maps.fds[found.id])
+                reused.add(found.id)
+        bpf.load()
+    except BaseException:
+        bpf.close()
+        raise
+    return bpf, prog, reused
+
+
+def choose_program(obj: Path, running: ProgInfo, prog_name: str | None) -> tuple[str, str]:
+    """(OBJ's program that should be the running one, the object's libbpf name)."""
+    with BpfObject.open(obj) as bpf:
+        names = [p.name for p in bpf.programs]
+        if prog_name is not None:
+            if prog_name not in names:
+                raise UsageError(f"{obj}: no program {escape_text(prog_name)!r} (programs: "
+                                 f"{escape_text(', '.join(names))})")
+            return prog_name, bpf.name
+        same = [n for n in names if n[: kernel.NAME_MAX_CHARS] == running.name]
+        if len(same) == 1:
+            return same[0], bpf.name
+        raise InputError(f"--live: the running program is {escape_text(running.name)} (id {running.id}); {obj} has "
+                         f"{'no program of that name' if not same else 'several'} (programs: "
+                         f"{escape_text(', '.join(names))}); name OBJ's with --prog")
+
+
+def prove_identity(obj: Path, prog_name: str, obj_name: str, running: ProgInfo, maps: RunningMaps) -> None:
+    """OBJ's program, loaded as the running one was, must get its kernel tag."""
+    bpf, prog, _ = load_sharing(obj, prog_name, maps, obj_name)
+    with bpf:
+        mine = kernel.prog_info(prog.fd)
+    if (mine.name, mine.type, mine.tag) != (running.name, running.type, running.tag):
+        raise InputError(f"--live: the running program {escape_text(running.name)} (id {running.id}, "
+                         f"{running.type}, tag {running.tag}) is not {obj}'s {escape_text(mine.name)} "
+                         f"({mine.type}, tag {mine.tag}); nothing was swapped")
+
+
+# --- the trace ---------------------------------------------------------------------------------
+
+
+def _refuse_taken(key: str, where: str, busy: records.RecordBusy) -> InputError:
+    rec = busy.record
+    if rec is not None and rec.alive():
+        return InputError(f"--live {escape_text(where)}: already being traced (bpf-sdt pid {rec.pid}, "
+                          f"{escape_text(rec.where)}); one trace per attach point")
+    return InputError(f"--live {escape_text(where)}: a trace that was killed left it changed "
+                      f"({records.root() / key}); run `bpf-sdt restore` first")
+
+
+@contextlib.contextmanager
+def _sighup_stops(stop: StopSignals) -> Iterator[None]:
+    """SIGHUP (a closed terminal) ends a live trace like SIGTERM: the original
+    must go back."""
+    previous = signal.signal(signal.SIGHUP, lambda signum, _frame: stop._on_signal(signum, _frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def trace_live(opts: Options, stop: StopSignals, out: Writer | TextIO, err: TextIO) -> int | None:
+    """The --live flow; None when a signal ended it before the swap."""
+    assert opts.live is not None
+    where = parse_where(opts.live)
+    started = time.monotonic()
+    hook, running_id = find(where, opts.prog)
+    try:
+        with _sighup_stops(stop):
+            return _with_hook(opts, hook, running_id, started, stop, out, err)
+    finally:
+        hook.close()
+
+
+def _with_hook(opts: Options, hook: Hook, running_id: int, started: float, stop: StopSignals, out: Writer | TextIO,
+               err: TextIO) -> int | None:
+    assert opts.live is not None
+    original_fd = kernel.prog_fd_by_id(running_id)     # holds the original for as long as trace runs
+    try:
+        running = kernel.prog_info(original_fd)
+        _swappable(running)
+        key = records.record_key(*hook.key())
+        try:
+            held = records.create(records.Record(key=key, kind="live", where=opts.live, hook=hook.to_dict(),
+                                                 extra={"original_id": running.id}))
+        except records.RecordBusy as busy:
+            raise _refuse_taken(key, opts.live, busy) from None
+        try:
+            held.pin(records.ORIGINAL_PIN, original_fd)
+            return _prepare_and_swap(opts, hook, running, original_fd, held, started, stop, out, err)
+        finally:
+            if held.record.state == "swapped":
+                # The swap back failed (an error, not another loader): the
+                # record stays, stale once we exit, for `bpf-sdt restore`.
+                err.write(f"bpf-sdt trace: {escape_text(hook.describe())} still runs the instrumented copy; "
+                          "run `bpf-sdt restore`\n")
+            else:
+                held.remove()
+    finally:
+        os.close(original_fd)
+
+
+def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd: int, held: records.Held,
+                      started: float, stop: StopSignals, out: Writer | TextIO, err: TextIO) -> int | None:
+    """The exit code; the record's state is "swapped" while the copy runs."""
+    from bpf_sdt.trace.runner import _instrument_interruptibly
+
+    maps = RunningMaps(running)
+    try:
+        prog_name, obj_name = choose_program(opts.obj, running, opts.prog)
+        prove_identity(opts.obj, prog_name, obj_name, running, maps)
+        with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
+            inst = Path(tmp) / opts.obj.name
+            instrumented = _instrument_interruptibly(Request(opts.obj, inst, opts.probes,
+                                                             ringbuf_size=opts.ringbuf_size), stop)
+            if instrumented is None or stop.requested:
+                return None
+            sites = site_table(load_object(inst), load_object(opts.obj))
+            shown = {site_id for site_id, _ in instrumented}
+            instrumented_at = time.monotonic()
+            with private_bpffs(Path(tmp) / "pins") as pins:
+                bpf, prog, reused = load_sharing(inst, prog_name, maps, obj_name, pins)
+                with bpf:
+                    maps.close()
+                    missing = set(running.map_ids) - reused
+                    if missing:
+                        raise InputError(f"--live: the instrumented copy does not use the running program's map(s) "
+                                         f"{', '.join(map(str, sorted(missing)))}; its state could not continue")
+                    loaded_at = time.monotonic()
+                    held.pin(records.INSTRUMENTED_PIN, prog.fd)
+                    held.write(state="swapping", instrumented_id=kernel.prog_info(prog.fd).id)
+                    if stop.requested:
+                        return None
+                    decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
+                                      t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
+                    with _session(bpf, decoder, opts, stop, out, err) as session:
+                        try:
+                            hook.swap(prog.fd, original_fd)
+                        except Replaced as e:
+                            raise InputError(f"--live: {e} instead of {running.name} (id {running.id}), changed "
+                                             "while trace prepared; nothing was swapped") from None
+                        held.write(state="swapped")
+                        err.write(f"bpf-sdt trace: prepared in {loaded_at - started:.2f} s (instrument "
+                                  f"{instrumented_at - started:.2f} s, load {loaded_at - instrumented_at:.2f} s); "
+                                  f"{escape_text(hook.describe())}: swapped to the instrumented copy ({hook.atomic}; "
+                                  f"{len(reused)} map(s) shared)\n")
+                        try:
+                            session.ready(sites, shown, f"{running.name} (id {running.id}) at {hook.describe()}")
+                            session.follow(opts.duration)
+                        finally:
+                            code = _swap_back(hook, prog.fd, original_fd, running, err)
+                            held.record.state = "restored"
+                        session.finish(opts.count)
+                    return code
+    finally:
+        maps.close()
+
+
+def _session(bpf: BpfObject, decoder: Decoder, opts: Options, stop: StopSignals, out: Writer | TextIO,
+             err: TextIO) -> _Session:
+    """trace's own ring session over the copy's recorder maps (the same
+    reading, decoding and summary as every other mode)."""
+    from bpf_sdt.trace.runner import _Session
+
+    ring_map = bpf.find_map(RECORDER_RINGBUF_MAP)
+    return _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder,
+                    Counters(bpf.find_map(RECORDER_COUNTS_MAP)), stop, out, err)
+
+
+def _swap_back(hook: Hook, instrumented_fd: int, original_fd: int, running: ProgInfo, err: TextIO) -> int:
+    """Puts the original back, expecting the copy; the exit code."""
+    try:
+        hook.swap(original_fd, instrumented_fd)
+    except Replaced as e:
+        err.write(f"bpf-sdt trace: {escape_text(hook.describe())}: {e}, not the instrumented copy: another "
+                  f"loader replaced it while trace ran; left in place ({running.name}, id {running.id}, "
+                  "not put back)\n")
+        return EXIT_FINDINGS
+    err.write(f"bpf-sdt trace: {escape_text(hook.describe())}: {running.name} (id {running.id}) is back\n")
+    return EXIT_OK

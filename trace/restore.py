@@ -1,0 +1,122 @@
+"""`bpf-sdt restore [WHERE]`: undo what killed traces left in the kernel,
+from their records (bpf_sdt.records, docs/records.md).
+
+- a live swap (``--live``): the original goes back, expecting the
+  instrumented copy there (the same swap trace makes at its end); if a third
+  program runs there now, it stays;
+- an attachment of ``--tc``: the filter goes, if it still runs trace's
+  program, and the clsact qdisc too if trace created it and it is empty.
+
+Records of traces that still run are left alone.  Every record handled is
+removed, and with it the pins that kept its programs alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import TextIO
+
+from bpf_sdt import kernel, records
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK
+from bpf_sdt.kernel import Replaced
+from bpf_sdt.libbpf import LibbpfError, tc_detach, tc_remove_clsact
+from bpf_sdt.model import escape_text
+
+TC_DIRECTIONS = ("ingress", "egress")
+
+
+def restore(where: str | None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Restores every stale record (those of `where` only, if given); the exit code."""
+    out, err = out or sys.stdout, err or sys.stderr
+    wanted = _keys_of(where) if where else None
+    code, done = EXIT_OK, 0
+    for key in records.record_keys():
+        rec = records.read(key)
+        if wanted is not None and key not in wanted and (rec is None or rec.where != where):
+            continue
+        if rec is not None and rec.alive():
+            out.write(f"{escape_text(rec.where)}: being traced (bpf-sdt pid {rec.pid}); left alone\n")
+            continue
+        ok, message = restore_record(key, rec)
+        out.write(message + "\n")
+        done += 1
+        if not ok:
+            code = EXIT_FINDINGS
+    if not done:
+        out.write("nothing to restore\n" if where is None else f"{escape_text(where)}: nothing to restore\n")
+    return code
+
+
+def _keys_of(where: str) -> set[str]:
+    """The record keys WHERE names as it is now (an attach point's key does
+    not depend on which program runs there)."""
+    from bpf_sdt.trace.live import find, parse_where
+
+    try:
+        hook, _ = find(parse_where(where), None)
+    except (LibbpfError, records.RecordBusy, Exception):   # noqa: BLE001 - a vanished hook has no key now
+        return set()
+    try:
+        return {records.record_key(*hook.key())}
+    finally:
+        hook.close()
+
+
+def restore_record(key: str, rec: records.Record | None) -> tuple[bool, str]:
+    """(whether the kernel is as before the trace, what was done)."""
+    try:
+        if rec is None:
+            return True, f"{key}: an incomplete record (the trace was killed while it began); removed"
+        if rec.kind == "live":
+            return _restore_swap(key, rec)
+        return _restore_attach(key, rec)
+    except LibbpfError as e:
+        what = rec.where if rec is not None else key
+        return False, f"{escape_text(what)}: {e}; record removed"
+    finally:
+        records.remove(key)
+
+
+def _restore_swap(key: str, rec: records.Record) -> tuple[bool, str]:
+    hook = kernel.hook_from_dict(rec.hook)
+    try:
+        with records.pinned_fd(key, records.ORIGINAL_PIN) as original, \
+                records.pinned_fd(key, records.INSTRUMENTED_PIN) as instrumented:
+            where = f"{escape_text(rec.where)} ({escape_text(hook.describe())})"
+            now = hook.current()
+            original_id = int(rec.extra.get("original_id", 0))
+            if instrumented is not None and original is not None and now == kernel.prog_id_of_fd(instrumented):
+                try:
+                    hook.swap(original, instrumented)
+                except Replaced as e:
+                    return False, f"{where}: {e}; left in place"
+                return True, f"{where}: the original program (id {original_id}) is back"
+            if now == original_id:
+                return True, f"{where}: runs the original program (id {original_id}) already"
+            return False, (f"{where}: runs program id {now}, neither the original (id {original_id}) nor trace's "
+                           "copy; left in place")
+    finally:
+        hook.close()
+
+
+def _restore_attach(key: str, rec: records.Record) -> tuple[bool, str]:
+    """A --tc trace's filter (and the clsact qdisc it created)."""
+    hook = kernel.hook_from_dict(rec.hook)
+    assert isinstance(hook, kernel.ClsBpf)
+    where = f"{escape_text(rec.where)} ({escape_text(hook.describe())})"
+    done = []
+    with records.pinned_fd(key, records.INSTRUMENTED_PIN) as attached, kernel.entered_netns(hook.netns):
+        if attached is not None and hook.current() == kernel.prog_id_of_fd(attached):
+            tc_detach(hook.ifindex, hook.direction, hook.handle, hook.priority)
+            done.append("trace's filter removed")
+        if rec.extra.get("created_qdisc") and _no_filters(hook.iface):
+            with contextlib.suppress(LibbpfError):
+                tc_remove_clsact(hook.ifindex)
+                done.append("the clsact qdisc trace created removed")
+    return True, f"{where}: {', '.join(done) or 'nothing of trace left'}"
+
+
+def _no_filters(iface: str) -> bool:
+    """No filter of any kind (bpf or not) on either side of the clsact."""
+    return not any(kernel.tc_filter_listing(iface, d) for d in TC_DIRECTIONS)
