@@ -97,10 +97,12 @@ def _cmd_link(args: argparse.Namespace) -> int:
 
 def _cmd_instrument(args: argparse.Namespace) -> int:
     from bpf_sdt.instrument.command import Request, run_instrument
+    from bpf_sdt.instrument.observers import RecorderOptions
 
     return run_instrument(Request(
         Path(args.input), Path(args.output), tuple(args.probe), tuple(map(Path, args.observer)),
-        tuple(args.attach), args.record, args.ringbuf_size, args.bpftool))
+        tuple(args.attach), args.record, args.ringbuf_size, args.bpftool,
+        recorder=RecorderOptions(pin_by_name=args.pin_by_name)))
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
@@ -185,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also call the built-in recorder (the default without --observer)")
     sp.add_argument("--ringbuf-size", type=int, default=RECORDER_DEFAULT_RINGBUF_SIZE, metavar="BYTES",
                     help="the recorder's ring buffer size (power of two, default 4 MiB)")
+    sp.add_argument("--pin-by-name", action="store_true",
+                    help="mark the recorder's maps LIBBPF_PIN_BY_NAME (pinned under libbpf's pin root); "
+                    "by default they ask for no pin, so each loader's own choice applies")
     sp.add_argument("--bpftool", default="bpftool", help="bpftool to link with")
 
     sp = add("trace", _cmd_trace, "run or attach a program and print its probes as they fire")

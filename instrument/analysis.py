@@ -11,10 +11,17 @@
 - **Definite initialisation** (forward, must): which registers hold a value on
   every path.  The verifier refuses to read (and so to spill) one that does
   not.
-- **Stack frames**: the lowest r10-relative byte a function touches, through
-  r10 itself or a register copied from it, and the call graph, so that a
+- **Stack frames** (:mod:`instrument.stackframe`): the lowest r10-relative
+  byte a function may touch, however the address is computed (copies,
+  constant and variable offsets, spills, pointers passed to calls, and what
+  a BPF callee does below a pointer it gets), or "unbounded" with the reason.
+- **Call graph**: BPF-to-BPF calls and callbacks (an ``ld_imm64`` of a
+  function, handed to bpf_loop, bpf_for_each_map_elem, timers...: the
+  verifier counts it as a call from the function that loads it), so that a
   grown frame can be checked against the verifier's 512-byte limit for a
   whole call chain (each frame rounded up to 32 bytes, as the verifier does).
+  Recursion, which the verifier refuses, is found (an iterative walk) and
+  reported instead of being followed.
 
 Register sets are bit masks (bit n = rn).
 """
@@ -25,38 +32,36 @@ import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from bpf_sdt.instrument.stackframe import MAX_STACK, Reach, analyze_frame
+
 from bpf_sdt.elf import STT_FUNC, Symbol
 from bpf_sdt.helpers import HELPER_ARGS
 from bpf_sdt.insn import (
-    ALU64,
-    ALU_ADD,
-    ALU_MOV,
-    ALU_SUB,
     ARG_REGS,
     CALLER_SAVED,
     LD,
     LD_IMM64,
-    LDX,
-    MODE_MASK,
-    MODE_MEM,
-    MODE_MEMSX,
-    OP_MASK,
     PSEUDO_CALL,
     R0,
     R1,
     R10,
     SIZE_BYTES,
     SIZE_MASK,
-    SRC_X,
-    ST,
-    STX,
     CodeSection,
     Insn,
     regs_defined,
     regs_used,
 )
 
-MAX_STACK = 512              # MAX_BPF_STACK: one frame, and a whole call chain
+# Helpers that run a callback: the argument register holding the pointer they hand it, and
+# the callback's argument register that receives it (bpf_helper_defs.h).
+CALLBACK_CTX = {
+    181: (3, 2),      # bpf_loop(nr, cb, ctx, flags) -> cb(index, ctx)
+    164: (3, 4),      # bpf_for_each_map_elem(map, cb, ctx, flags) -> cb(map, key, value, ctx)
+    180: (4, 3),      # bpf_find_vma(task, addr, cb, ctx, flags) -> cb(task, vma, ctx)
+    209: (3, 2),      # bpf_user_ringbuf_drain(map, cb, ctx, flags) -> cb(dynptr, ctx)
+}
+MIN_REACH = -MAX_STACK       # what an unknown callee may do below a stack pointer it gets
 FRAME_ROUND = 32             # the verifier rounds each frame up to this
 TEXT_SECTION = ".text"
 ALL_ARGS = sum(1 << r for r in ARG_REGS)
@@ -89,8 +94,13 @@ class Function:
     live_in: list[int] = field(default_factory=list)
     init_in: list[int] = field(default_factory=list)
     entry_uses: int = 0         # argument registers it reads before writing them
-    frame: int = 0              # bytes of stack it uses below r10
-    callees: list[Function] = field(default_factory=list)
+    reach: Reach = field(default_factory=Reach)
+    callees: list[Function] = field(default_factory=list)    # calls and callbacks, in code order
+
+    @property
+    def frame(self) -> int:
+        """Bytes of stack it may use below r10 (512 when it cannot be bounded)."""
+        return self.reach.frame
 
     @property
     def insns(self) -> list[Insn]:
@@ -122,8 +132,9 @@ class Program:
         self._solve_liveness()
         for f in self.functions:
             f.init_in = _initialised(f)
-            f.frame = _frame_depth(f)
             f.callees = self._callees(f)
+        self.recursive = _cycles(self.functions)
+        self._solve_frames()
         self._by_name = {}
         for f in reversed(self.functions):
             self._by_name[f.name] = f          # the first of a name wins
@@ -183,23 +194,135 @@ class Program:
                 out.append(g)       # ld_imm64 of a function: a callback (bpf_loop) runs on top
         return out
 
+    def _solve_frames(self) -> None:
+        """Each function's reach; a callee's reach below its pointer
+        arguments feeds its callers', so repeat until nothing changes (at
+        most one round per function on an acyclic graph)."""
+        for _ in range(len(self.functions) + 1):
+            changed = False
+            for f in self.functions:
+                reach = analyze_frame(f.insns, f.succ, f.is_program, self._call_reach(f))
+                if reach != f.reach:
+                    f.reach, changed = reach, True
+            if not changed:
+                return
+
+    def _call_reach(self, f: Function) -> Callable[[Insn, int], int]:
+        callbacks = [g for g in f.callees if g.start != f.start or g.section is not f.section]
+
+        def reach(insn: Insn, reg: int) -> int:
+            if insn.src == PSEUDO_CALL:
+                g = self.callee(insn)
+                return g.reach.arg_reach(reg) if g is not None else MIN_REACH
+            handed = CALLBACK_CTX.get(insn.imm) if insn.src == 0 else None
+            if handed is not None and handed[0] == reg:
+                # the helper hands this pointer to the callback: what the callbacks the function
+                # names do below that argument counts here
+                return min((g.reach.arg_reach(handed[1]) for g in callbacks), default=0)
+            return 0
+        return reach
+
+    def function_at(self, first: Insn) -> Function | None:
+        """The function whose first instruction is ``first``."""
+        return self._by_first.get(id(first))
+
+    def reachable(self, f: Function) -> list[Function]:
+        """``f`` and every function it may call (calls and callbacks)."""
+        return self._below_set(f)
+
+    def unbounded_in_chain(self, f: Function, extra: Iterable[Function] = ()) -> Function | None:
+        """A function on a call chain through ``f`` whose frame cannot be bounded."""
+        chain = [*self._above_set(f), *self._below_set(f), *(g for e in extra for g in self._below_set(e))]
+        return next((g for g in chain if g.reach.unbounded is not None), None)
+
+    def chain_through(self, f: Function) -> list[Function] | None:
+        """A recursive cycle reachable from ``f`` or reaching it, if any."""
+        for g in [*self._below_set(f), *self._above_set(f)]:
+            if id(g) in self.recursive:
+                return self.recursive[id(g)]
+        return None
+
+    def _below_set(self, f: Function) -> list[Function]:
+        return _reachable(f, lambda g: g.callees)
+
+    def _above_set(self, f: Function) -> list[Function]:
+        return _reachable(f, lambda g: self._callers.get(id(g), []))
+
     def chain_below(self, f: Function, frame: int | None = None, extra: Iterable[Function] = ()) -> int:
         """Stack of ``f`` (with ``frame`` bytes instead of its own) and the
-        deepest chain of callees below it."""
-        if frame is None and not extra and id(f) in self._below:
-            return self._below[id(f)]
-        deepest = max((self.chain_below(g) for g in [*f.callees, *extra]), default=0)
-        depth = round_frame(f.frame if frame is None else frame) + deepest
-        if frame is None and not extra:
-            self._below[id(f)] = depth
-        return depth
+        deepest chain of callees below it (call graph without recursion:
+        check :meth:`chain_through` first)."""
+        deepest = max((self._depth_below(g) for g in [*f.callees, *extra]), default=0)
+        return round_frame(f.frame if frame is None else frame) + deepest
+
+    def _depth_below(self, f: Function) -> int:
+        return _longest(f, lambda g: g.callees, self._below)
 
     def chain_above(self, f: Function) -> int:
         """The deepest stack of callers above ``f`` (0 for a program)."""
-        if id(f) not in self._above:
-            self._above[id(f)] = max((self.chain_above(c) + round_frame(c.frame)
-                                      for c in self._callers.get(id(f), [])), default=0)
-        return self._above[id(f)]
+        return _longest(f, lambda g: self._callers.get(id(g), []), self._above) - round_frame(f.frame)
+
+
+def _reachable(f: Function, edges: Callable[[Function], list[Function]]) -> list[Function]:
+    seen = {id(f)}
+    out, todo = [f], [f]
+    while todo:
+        for g in edges(todo.pop()):
+            if id(g) not in seen:
+                seen.add(id(g))
+                out.append(g)
+                todo.append(g)
+    return out
+
+
+def _longest(f: Function, edges: Callable[[Function], list[Function]], memo: dict[int, int]) -> int:
+    """Rounded frames along the deepest path from ``f`` (``f`` included), on
+    an acyclic graph, without recursion (a hostile object may chain
+    thousands of functions); a cycle met anyway counts once."""
+    stack: list[tuple[Function, bool]] = [(f, False)]
+    on_path: set[int] = set()
+    while stack:
+        g, done = stack.pop()
+        if id(g) in memo:
+            continue
+        if done:
+            on_path.discard(id(g))
+            memo[id(g)] = round_frame(g.frame) + max(
+                (memo.get(id(h), 0) for h in edges(g) if id(h) != id(g)), default=0)
+            continue
+        on_path.add(id(g))
+        stack.append((g, True))
+        stack += [(h, False) for h in edges(g) if id(h) not in memo and id(h) not in on_path]
+    return memo[id(f)]
+
+
+def _cycles(functions: list[Function]) -> dict[int, list[Function]]:
+    """id() of every function on a call cycle -> that cycle (iterative DFS)."""
+    out: dict[int, list[Function]] = {}
+    state: dict[int, int] = {}            # 1: on the current path, 2: finished
+    for root in functions:
+        if id(root) in state:
+            continue
+        path: list[Function] = []
+        stack: list[tuple[Function, int]] = [(root, 0)]
+        while stack:
+            g, k = stack.pop()
+            if k == 0:
+                state[id(g)] = 1
+                path.append(g)
+            if k < len(g.callees):
+                stack.append((g, k + 1))
+                h = g.callees[k]
+                if state.get(id(h)) == 1:
+                    cycle = path[[id(x) for x in path].index(id(h)):] + [h]
+                    for x in cycle:
+                        out.setdefault(id(x), cycle)
+                elif id(h) not in state:
+                    stack.append((h, 0))
+            else:
+                state[id(g)] = 2
+                path.pop()
+    return out
 
 
 def _split_functions(sec: CodeSection, symbols: list[Symbol]) -> list[Function]:
@@ -320,33 +443,6 @@ def initialised_after(f: Function, local: int) -> int:
     """Registers that hold a value on every path right after ``local`` (the
     NOP at a probe site, which changes nothing)."""
     return _init_transfer(f.insns[local], f.init_in[local])
-
-
-def _frame_depth(f: Function) -> int:
-    """Bytes below r10 the function touches.  A register copied from r10 and
-    moved by constants is followed; objects on the stack are addressed from
-    their lowest byte, so the lowest such address bounds the frame."""
-    fp: dict[int, int] = {}          # register -> its offset from r10
-    low = 0
-    for insn in f.insns:
-        c, op = insn.cls, insn.op
-        mode = op & MODE_MASK
-        if c in (LDX, ST, STX) and mode in (MODE_MEM, MODE_MEMSX, 0xC0):
-            base = insn.src if c == LDX else insn.dst
-            if base == R10 or base in fp:
-                low = min(low, (0 if base == R10 else fp[base]) + insn.off)
-        copies_fp = insn.src == R10 or insn.src in fp
-        if c == ALU64 and op & OP_MASK == ALU_MOV and op & SRC_X and insn.off == 0 and copies_fp:
-            fp[insn.dst] = 0 if insn.src == R10 else fp[insn.src]
-            low = min(low, fp[insn.dst])
-            continue
-        if c == ALU64 and not op & SRC_X and op & OP_MASK in (ALU_ADD, ALU_SUB) and insn.dst in fp:
-            fp[insn.dst] += insn.imm if op & OP_MASK == ALU_ADD else -insn.imm
-            low = min(low, fp[insn.dst])
-            continue
-        for r in regs_defined(insn):
-            fp.pop(r, None)
-    return -low
 
 
 def access_size(insn: Insn) -> int:

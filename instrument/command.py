@@ -38,10 +38,12 @@ from bpf_sdt.instrument.analysis import (
 from bpf_sdt.instrument.observers import (
     RECORDER_PREFIX,
     ObserverDecl,
+    RecorderOptions,
     build_recorder,
     check_ringbuf_size,
     find_observers,
     is_observer_section,
+    recorder_function,
 )
 from bpf_sdt.instrument.sequence import Frame, Observer, site_sequence
 
@@ -76,6 +78,7 @@ class Request:
     record: bool = False
     ringbuf_size: int = RECORDER_DEFAULT_RINGBUF_SIZE
     bpftool: str = "bpftool"
+    recorder: RecorderOptions = field(default_factory=RecorderOptions)   # filters, aggregations, pins
 
 
 @dataclass
@@ -112,8 +115,10 @@ def instrument(req: Request) -> Result:
         extra = [*req.observers]
         recorded = sorted({p for p, obs in plan.items() for o in obs if o.startswith(RECORDER_PREFIX)})
         if recorded:
-            arities = sorted({len(types.get(p, ())) for p in recorded})
-            extra.append(build_recorder(arities, req.ringbuf_size, Path(tmp)))
+            from bpf_sdt.trace.sites import recorder_identity   # trace.sites imports this module
+
+            extra.append(build_recorder({p: types.get(p, ()) for p in recorded}, req.ringbuf_size,
+                                        recorder_identity(obj), Path(tmp), req.recorder))
         linked = Path(tmp) / "linked.o"
         from bpf_sdt.postlink.link import link
 
@@ -194,7 +199,7 @@ def _plan_observers(decls: list[ObserverDecl], probes: list[str], selected: list
             plan[p].append(d.name)
     if not decls or req.record:
         for p in selected:
-            plan[p].append(f"{RECORDER_PREFIX}{len(types.get(p, ()))}")
+            plan[p].append(recorder_function(p, len(types.get(p, ())), req.recorder))
     return {p: obs for p, obs in plan.items() if obs}
 
 
@@ -237,7 +242,8 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
                         f"{'; '.join(problems[:3])}; and {len(problems) - 3} more sites")
     for idx, at in inserts.items():
         _insert_after(code[idx], at)
-    edits.make_static |= {name for names in plan.values() for name in names}
+    # The recorder stays global: verified once per program, not at every site.
+    edits.make_static |= {name for names in plan.values() for name in names if not name.startswith(RECORDER_PREFIX)}
     img = rewrite_object(obj, code, edits)
     data = img.to_bytes()
     _verify(req.output, data)
@@ -278,7 +284,8 @@ def _observer_entries(obj: BpfObject, code: dict[int, CodeSection], plan: dict[s
     for sym in obj.symbols:
         if sym.name in wanted and sym.name not in out and sym.type == STT_FUNC \
                 and (i := index_of.get((sym.shndx, sym.value))) is not None:
-            out[sym.name] = Observer(sym.name, code[sym.shndx].insns[i], sym.num)
+            out[sym.name] = Observer(sym.name, code[sym.shndx].insns[i], sym.num,
+                                     at_site_id=sym.name.startswith(RECORDER_PREFIX))
     missing = wanted - set(out)
     if missing:
         raise InputError(f"observer {', '.join(sorted(missing))} not found in the linked object")

@@ -15,20 +15,33 @@ from __future__ import annotations
 import fnmatch
 import io
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 
+from bpf_sdt.argtype import ArgType
 from bpf_sdt.elf import STB_LOCAL, STT_FUNC, BpfObject
 from bpf_sdt.errors import InputError, ToolError
-from bpf_sdt.format import MAX_ARGS, RECORDER_LOST_MAP, RECORDER_RINGBUF_MAP
+from bpf_sdt.format import (
+    MAX_ARGS,
+    RECORDER_COUNTERS,
+    RECORDER_COUNTS_MAP,
+    RECORDER_IDENTITY_PREFIX,
+    RECORDER_RINGBUF_MAP,
+)
 from bpf_sdt.toolchain import find_clang
 
 OBSERVER_SECTION = "bpf_sdt"            # SEC("bpf_sdt") or SEC("bpf_sdt/<glob>")
 BPF_PROG_INNER = "____"                 # libbpf's BPF_PROG names the inlined body ____<name>
-RECORDER_PREFIX = "bpf_sdt_record_"     # + arity
+RECORDER_PREFIX = "bpf_sdt_record_"     # + arity, or + arity_probe for a probe with its own plan
 RECORDER_EVENT = "bpf_sdt_event"
+RECORDER_ARGS_STRUCT = "bpf_sdt_args"   # + _arity: what a recorder function's pointer argument points to
+AGGREGATION_MAP_PREFIX = "bpf_sdt_agg"  # + index (map names are at most 15 characters)
+DEFAULT_MAP_ENTRIES = 10240             # keys per aggregation map (x site), unless --map-entries says
+MAX_MAP_ENTRIES = 1 << 20               # per-CPU values: each key costs 32 bytes on every CPU
+AGGREGATION_KINDS = ("count", "hist", "lhist", "sum", "min", "max", "avg")
 PAGE_SIZE = 4096
 RECORDER_CFLAGS = ("-target", "bpf", "-O2", "-g", "-mcpu=v2", "-Wall", "-Werror")
 TEMPLATES = Path(__file__).with_name("templates")
@@ -87,12 +100,87 @@ def dwarf_arities(data: bytes) -> dict[str, int]:
         return {}
 
 
-def render_recorder(arities: list[int], ringbuf_size: int) -> str:
+@dataclass(frozen=True)
+class AggregationCode:
+    """One aggregation at one probe, in C: ``keys`` and ``value`` are
+    expressions over the recorder function's typed locals arg0..argN-1."""
+
+    index: int                          # its map: AGGREGATION_MAP_PREFIX + index
+    kind: str                           # one of AGGREGATION_KINDS
+    keys: tuple[str, ...] = ()
+    value: str | None = None            # None for count
+    lmin: int = 0                       # lhist only
+    lmax: int = 0
+    step: int = 1
+
+    @property
+    def last(self) -> int:
+        """lhist's bucket for values >= lmax (after the underflow bucket 0)."""
+        return 1 + -(-(self.lmax - self.lmin) // self.step)
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    """What the recorder does when one probe fires: filter, aggregate, record."""
+
+    filter: str | None = None           # a C condition over arg0..argN-1
+    ring: bool = True                   # write the event to the ring buffer
+    aggregations: tuple[AggregationCode, ...] = ()
+
+    @property
+    def is_default(self) -> bool:
+        return self.filter is None and self.ring and not self.aggregations
+
+
+@dataclass(frozen=True)
+class RecorderOptions:
+    pin_by_name: bool = False           # LIBBPF_PIN_BY_NAME on every map (the old default)
+    probes: Mapping[str, ProbePlan] = field(default_factory=dict)
+    map_entries: int = DEFAULT_MAP_ENTRIES
+
+    def plan(self, probe: str) -> ProbePlan:
+        return self.probes.get(probe, DEFAULT_PLAN)
+
+
+DEFAULT_PLAN = ProbePlan()
+
+
+def recorder_function(probe: str, nargs: int, options: RecorderOptions) -> str:
+    """The recorder function a probe's sites call: one per arity for probes
+    that only record, one of its own for a probe that filters or aggregates."""
+    if options.plan(probe).is_default:
+        return f"{RECORDER_PREFIX}{nargs}"
+    return f"{RECORDER_PREFIX}{nargs}_{probe}"
+
+
+def c_type(t: ArgType) -> str:
+    """The C type a recorder local holds an argument in: its width and sign
+    (enums by their underlying integer; pointers as an address; _Bool as is)."""
+    if t.kind == "bool":
+        return "_Bool"
+    bits = t.bits
+    return f"__{'s' if t.signed else 'u'}{bits if bits in (8, 16, 32) else 64}"
+
+
+def render_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, identity: str,
+                    options: RecorderOptions | None = None) -> str:
+    """The recorder's C source for these probes (probe -> argument types)."""
+    options = options or RecorderOptions()
+    functions: dict[str, dict[str, object]] = {}
+    for probe, types in sorted(probes.items()):
+        name = recorder_function(probe, len(types), options)
+        plan = options.plan(probe)
+        functions.setdefault(name, {"name": name, "nargs": len(types), "ctypes": [c_type(t) for t in types],
+                                    "filter": plan.filter, "ring": plan.ring, "aggregations": plan.aggregations})
+    maps = {g.index: len(g.keys) for p in options.probes.values() for g in p.aggregations}
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
     return env.get_template("recorder.bpf.c.j2").render(
-        arities=sorted(set(arities)), ringbuf_size=ringbuf_size, ringbuf=RECORDER_RINGBUF_MAP, lost=RECORDER_LOST_MAP,
-        event=RECORDER_EVENT, prefix=RECORDER_PREFIX)
+        arities=sorted({len(t) for t in probes.values()}), functions=list(functions.values()),
+        ringbuf_size=ringbuf_size, ringbuf=RECORDER_RINGBUF_MAP, counts=RECORDER_COUNTS_MAP,
+        identity=RECORDER_IDENTITY_PREFIX + identity, counters=RECORDER_COUNTERS, event=RECORDER_EVENT,
+        args_struct=RECORDER_ARGS_STRUCT, pin_by_name=options.pin_by_name, agg_prefix=AGGREGATION_MAP_PREFIX,
+        aggregations=[{"index": i, "nkeys": n} for i, n in sorted(maps.items())], map_entries=options.map_entries)
 
 
 def check_ringbuf_size(size: int) -> None:
@@ -100,16 +188,21 @@ def check_ringbuf_size(size: int) -> None:
         raise InputError(f"ring buffer size {size}: must be a power of two and at least {PAGE_SIZE}")
 
 
-def build_recorder(arities: list[int], ringbuf_size: int, workdir: Path) -> Path:
-    """Render and compile the recorder for these probe arities."""
-    if any(not 0 <= n <= MAX_ARGS for n in arities):
-        raise InputError(f"probe arities {arities}: at most {MAX_ARGS} arguments")
+def build_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, identity: str, workdir: Path,
+                   options: RecorderOptions | None = None) -> Path:
+    """Render and compile the recorder for these probes."""
+    if any(len(t) > MAX_ARGS for t in probes.values()):
+        raise InputError(f"probes with more than {MAX_ARGS} arguments cannot be recorded")
+    options = options or RecorderOptions()
+    if not 1 <= options.map_entries <= MAX_MAP_ENTRIES:
+        raise InputError(f"map entries {options.map_entries}: must be between 1 and {MAX_MAP_ENTRIES}")
     src = workdir / "bpf_sdt_recorder.bpf.c"
     out = workdir / "bpf_sdt_recorder.bpf.o"
-    src.write_text(render_recorder(arities, ringbuf_size))
+    src.write_text(render_recorder(probes, ringbuf_size, identity, options))
     res = subprocess.run([find_clang(), *RECORDER_CFLAGS, "-c", str(src), "-o", str(out)],
                          capture_output=True, text=True, check=False)
     if res.returncode != 0:
-        last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
+        errors = [line for line in res.stderr.splitlines() if "error:" in line]
+        last = (errors or res.stderr.strip().splitlines() or ["(no output)"])[0]
         raise ToolError(f"building the recorder failed: {last}")
     return out

@@ -12,8 +12,9 @@ caller-saved registers live after the site, ``N`` the probe's arguments and
     r0 = rK ; <convert> ; *(u64 *)(r10 - A + 8j) = r0     a narrower type
     *(u64 *)(r10 - A + 8j) = imm           an immediate, converted here
     r0 = *(uM *)(r10 + off) ; <convert> ; *(u64 *)(r10 - A + 8j) = r0   a stack slot
-    *(u64 *)(r10 - A - 8) = site id        only for the recorder, which reads it as ctx[-1]
-    r1 = r10 ; r1 += -A ; call observer    once per observer, in order
+    *(u64 *)(r10 - A - 8) = site id        only for the recorder
+    r1 = r10 ; r1 += -A ; call observer    once per observer, in order (the recorder:
+                                           r1 += -A - 8, a struct {site id, args[N]})
     rS_k = *(u64 *)(r10 - (B + 8k))        fill what was spilled
 
 ``<convert>`` turns the raw 64-bit value into the declared type, as a
@@ -74,6 +75,7 @@ class Observer:
     name: str
     entry: Insn
     symbol: int
+    at_site_id: bool = False     # r1 points at the site id, the arguments after it (the global recorder)
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def site_sequence(args: Sequence[ArgLocation], types: Sequence[ArgType], frame: 
         call = pseudo_call(obs.entry)
         if cross_section:
             call.reloc = InsnReloc(R_BPF_64_32, obs.symbol)
-        seq += [mov64_reg(R1, R10), alu64_imm(ALU_ADD, R1, frame.args), call]
+        seq += [mov64_reg(R1, R10), alu64_imm(ALU_ADD, R1, frame.site_id if obs.at_site_id else frame.args), call]
     seq += [load(SIZE_DW, r, R10, frame.spill(k)) for k, r in enumerate(frame.saved)]
     return seq
 

@@ -177,8 +177,9 @@ def _input_sites(index: int, report: ObjectReport) -> list[InputSite]:
 
 def _bpftool_link(tool: str, out: Path, inputs: Sequence[Path], check: bool,
                   names: Sequence[Path] | None = None) -> bool:
+    # bpftool prints symbol names as the object spells them, in any bytes
     res = subprocess.run([tool, "gen", "object", str(out), *map(str, inputs)],
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, encoding="utf-8", errors="backslashreplace", check=False)
     if res.returncode == 0:
         return True
     if check:

@@ -580,10 +580,9 @@ def bpffs(tmp_path: Path) -> Iterator[Path]:
 
 
 def loadall(obj: Path, pins: Path) -> None:
-    """`bpftool prog loadall` with pins-by-name landing on `pins`: bpftool runs
-    in a mount namespace where `pins` is bind-mounted over /sys/fs/bpf."""
-    script = f'mount --bind "{pins}" /sys/fs/bpf && exec "{tool("bpftool")}" prog loadall "{obj}" /sys/fs/bpf/progs'
-    res = run([tool("unshare"), "-m", "--propagation", "private", "sh", "-c", script])
+    """`bpftool prog loadall OBJ DIR pinmaps MAPDIR`: the recorder's maps ask
+    for no pin, so they land where bpftool is told (docs/instrument.md)."""
+    res = run([tool("bpftool"), "prog", "loadall", str(obj), str(pins / "progs"), "pinmaps", str(pins)])
     assert res.returncode == 0, res.stderr
     assert (pins / "bpf_sdt_events").exists() and (pins / "progs" / "xdp_parse").exists()
 

@@ -32,18 +32,19 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                      "(docs/live.md)")
     how.add_argument("--pinned", action="store_true",
                      help="OBJ is instrumented and loaded by another loader: read its pinned ring buffer")
-    how.add_argument("--pin-dir", type=Path, metavar="DIR", help="with --pinned: where the maps are pinned "
-                     "(default /sys/fs/bpf)")
+    how.add_argument("--pin-dir", type=Path, metavar="DIR", help="with --pinned: where the recorder's maps are "
+                     "pinned (default: /sys/fs/bpf if they are pinned there, else found among the loaded maps "
+                     "by name and the object's identity)")
     sp.add_argument("--ringbuf-size", type=int, default=DEFAULT_RINGBUF_SIZE, metavar="BYTES",
                     help="the recorder's ring buffer size (power of two, default 4 MiB)")
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    from bpf_sdt.trace.runner import DEFAULT_PIN_DIR, Options, trace
+    from bpf_sdt.trace.runner import Options, trace
 
     return trace(Options(
         obj=Path(args.object), probes=tuple(args.probe), as_json=args.json, count=args.count,
         duration=args.duration, run=args.run, packet=args.packet, pcap=args.pcap, repeat=args.repeat,
         xdp=args.xdp, tc=args.tc, prog=args.prog, pinned=args.pinned, live=args.live,
-        pin_dir=args.pin_dir or DEFAULT_PIN_DIR, ringbuf_size=args.ringbuf_size,
+        pin_dir=args.pin_dir, ringbuf_size=args.ringbuf_size,
         reader=os.environ.get(READER_ENV) or None))

@@ -252,6 +252,15 @@ class Decoder:
         self.err.write(f"bpf-sdt trace: {lost} event{'s' if lost != 1 else ''} lost: the ring buffer was full "
                        "(raise --ringbuf-size or narrow --probe)\n")
 
+    def taken_line(self, taken: int) -> None:
+        """Events the recorder submitted that this reader never saw: another
+        reader of the same ring consumed them (each reader misses what the
+        other takes)."""
+        if self.as_json:
+            self._line(json.dumps({"taken_by_another_reader": taken}))
+        self.err.write(f"bpf-sdt trace: {taken} event{'s' if taken != 1 else ''} submitted to the ring buffer "
+                       "were read by another reader of it (counted by the recorder, not seen here)\n")
+
 
 
 # --- writing without waiting -------------------------------------------------------------

@@ -33,7 +33,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from errno import EINTR, EINVAL, ENOENT, EOPNOTSUPP
+from errno import EINTR, EINVAL, EOPNOTSUPP
 from pathlib import Path
 from typing import TextIO
 
@@ -41,19 +41,20 @@ from bpf_sdt.instrument.command import Request, instrument
 from bpf_sdt.instrument.observers import RECORDER_PREFIX
 from bpf_sdt.trace.output import Decoder, Writer
 from bpf_sdt.trace.pcap import MAX_PACKET, iter_packets
+from bpf_sdt.trace.recorder import Counters, RecorderMaps, find_loaded, open_pinned
 from bpf_sdt.trace.ring import Ring, open_ring
 from bpf_sdt.trace.runtime import STOP_SIGNALS, StopSignals, private_bpffs
-from bpf_sdt.trace.sites import Site, site_table
+from bpf_sdt.trace.sites import Site, recorder_identity, site_table
 from bpf_sdt.trace.testrun import RAW_TP_TYPE, run_raw_tp
 
+from bpf_sdt.elf import BpfObject as ElfObject
 from bpf_sdt.elf import load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
-from bpf_sdt.format import RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_LOST_MAP, RECORDER_RINGBUF_MAP
-from bpf_sdt.libbpf import BpfObject, LibbpfError, Link, Map, Program, TcFilter, strerror
+from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
+from bpf_sdt.libbpf import BpfObject, LibbpfError, Link, Program, TcFilter, strerror
 from bpf_sdt.model import escape_text
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf")
-BPF_MAP_TYPE_RINGBUF = 27
 PROBE_CHECK_S = 1.0             # how often a live trace looks at the lost-event counter
 RING_FILL = 0.5                 # a test-run batch may fill this share of the ring buffer
 MAX_BATCH = 1 << 18             # repetitions per test run: keeps Ctrl-C prompt
@@ -61,7 +62,6 @@ PACKET_TYPES = ("xdp", "sched_cls", "sched_act", "socket_filter")      # test-ru
 TEST_RUN_TYPES = (*PACKET_TYPES, RAW_TP_TYPE)                           # raw_tp: on a context
 TC_TYPES = ("sched_cls", "sched_act")
 TC_DIRECTIONS = ("ingress", "egress")
-LOST_KEY = bytes(4)
 SIGNAL_EXIT = 128               # + the signal number: the shell's convention for a run a signal ended
 REFUSED = EINVAL              # the kernel's answer to a packet it will not test-run
 # What the kernel answers for a packet it cannot test-run (bad headers; too big
@@ -96,7 +96,7 @@ class Options:
     prog: str | None = None             # which program --xdp/--tc attach
     pinned: bool = False
     live: str | None = None             # WHERE: xdp:IFACE, tc:IFACE[:DIR], id:N, pin:PATH (trace/live.py)
-    pin_dir: Path = DEFAULT_PIN_DIR
+    pin_dir: Path | None = None         # None: DEFAULT_PIN_DIR if pinned there, else found among loaded maps
     ringbuf_size: int = RECORDER_DEFAULT_RINGBUF_SIZE
     reader: str | None = None           # ring reader, "mmap" or "libbpf" (default: per architecture)
 
@@ -156,7 +156,7 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
             decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
                               t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
             with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder,
-                          _Lost(bpf.find_map(RECORDER_LOST_MAP)), stop, out, err) as session:
+                          Counters(bpf.find_map(RECORDER_COUNTS_MAP)), stop, out, err) as session:
                 if opts.run:
                     assert prog is not None
                     session.test_runs(prog, packets, opts.repeat, opts.duration)
@@ -205,7 +205,7 @@ def _check_options(opts: Options) -> None:
             raise UsageError(f"--tc {escape_text(opts.tc)}: IFACE or IFACE:DIR, DIR exactly ingress or egress")
     if opts.reader not in (None, "mmap", "libbpf"):
         raise UsageError(f"ring reader {opts.reader!r}: mmap or libbpf")
-    if opts.pin_dir != DEFAULT_PIN_DIR and not opts.pinned:
+    if opts.pin_dir is not None and not opts.pinned:
         raise UsageError("--pin-dir goes with --pinned")
 
 
@@ -302,30 +302,12 @@ def _attach(bpf: BpfObject, prog: Program | None, iface: str | None, direction: 
 # --- the session: ring, decoder, output ---------------------------------------------
 
 
-class _Lost:
-    """The recorder's count of events the ring buffer had no room for."""
-
-    def __init__(self, counter: Map | None) -> None:
-        self._map = counter
-        self.base = self._read()
-        self.reported = 0
-
-    def _read(self) -> int:
-        if self._map is None:
-            return 0
-        value = self._map.lookup(LOST_KEY)
-        return int.from_bytes(value[:8], "little") if value else 0
-
-    def since_start(self) -> int:
-        return self._read() - self.base
-
-
 class _Session:
     """One ring buffer read into one decoder, until the work is done or stopped."""
 
-    def __init__(self, ring: Ring, decoder: Decoder, lost: _Lost, stop: StopSignals, out: Writer | TextIO,
+    def __init__(self, ring: Ring, decoder: Decoder, counters: Counters, stop: StopSignals, out: Writer | TextIO,
                  err: TextIO) -> None:
-        self.ring, self.decoder, self.lost, self.stop, self.out, self.err = ring, decoder, lost, stop, out, err
+        self.ring, self.decoder, self.counters, self.stop, self.out, self.err = ring, decoder, counters, stop, out, err
         self.refused = 0            # test runs the kernel refused (REFUSED_PACKET)
         self.packets = 0            # packets test-run (or refused)
         self._own_writer = not isinstance(out, Writer)      # a stream given: written through a Writer of ours
@@ -386,10 +368,10 @@ class _Session:
                 next_lost_check = time.monotonic() + LOST_REPORT_S
 
     def _lost_so_far(self) -> None:
-        lost = self.lost.since_start()
-        if lost > self.lost.reported:
+        lost = self.counters.since_start().lost
+        if lost > self.counters.reported_lost:
             self.err.write(f"bpf-sdt trace: {lost} events lost so far (ring buffer full)\n")
-            self.lost.reported = lost
+            self.counters.reported_lost = lost
 
     def test_runs(self, prog: Program, packets: Iterator[bytes | None], repeat: int, duration: float | None) -> None:
         """Each packet `repeat` times; its events, then one line with the result.
@@ -440,9 +422,13 @@ class _Session:
         self.drain()
         if count:
             self.decoder.counts()
-        lost = self.lost.since_start()
-        if lost:
-            self.decoder.lost_line(lost)
+        counted = self.counters.since_start()
+        self.drain()        # what was submitted before the counters were read is in the ring now
+        if counted.lost:
+            self.decoder.lost_line(counted.lost)
+        taken = counted.submitted - self.decoder.events - self.decoder.foreign
+        if taken > 0:
+            self.decoder.taken_line(taken)
         if self.decoder.foreign:
             self.err.write(f"bpf-sdt trace: {self.decoder.foreign} events did not match the object's sites\n")
         self.decoder.flush(self.out)
@@ -463,39 +449,33 @@ def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
             raise UsageError(f"--probe {glob}: matches no probe; the object has: {', '.join(probes)}")
     shown = {s.site_id for s in sites
              if not opts.probes or any(fnmatch.fnmatchcase(s.probe, g) for g in opts.probes)}
-    ring_map = _open_pin(opts.pin_dir / RECORDER_RINGBUF_MAP)
-    lost_map = None
+    maps = _recorder_maps(opts, obj)
     try:
-        if ring_map.type_id != BPF_MAP_TYPE_RINGBUF:
-            raise InputError(f"{opts.pin_dir / RECORDER_RINGBUF_MAP}: a {ring_map.type} map, "
-                             "not the recorder's ring buffer")
-        if (opts.pin_dir / RECORDER_LOST_MAP).exists():
-            lost_map = _open_pin(opts.pin_dir / RECORDER_LOST_MAP)
         decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
                           t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
-        lost = _Lost(lost_map)
-        if lost.base:
-            err.write(f"bpf-sdt trace: {lost.base} events were lost before trace started (ring buffer full)\n")
-        with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder, lost, stop,
+        counters = Counters(maps.counts)
+        if counters.base.lost:
+            err.write(f"bpf-sdt trace: {counters.base.lost} events were lost before trace started "
+                      "(ring buffer full)\n")
+        with _Session(open_ring(maps.ring.fd, maps.ring.max_entries, opts.reader), decoder, counters, stop,
                       out, err) as session:
-            session.ready(sites, shown, f"the ring buffer pinned at {opts.pin_dir / RECORDER_RINGBUF_MAP}")
+            session.ready(sites, shown, maps.where)
             session.follow(opts.duration)
             session.finish(opts.count)
     finally:
-        ring_map.close()
-        if lost_map is not None:
-            lost_map.close()
+        maps.close()
     return EXIT_OK
 
 
-def _open_pin(path: Path) -> Map:
-    try:
-        return Map.open_pinned(path)
-    except LibbpfError as e:
-        if e.errno == ENOENT:
-            raise InputError(f"{path}: no such pin; is the instrumented object loaded (its loader pins "
-                             "the recorder's maps by name there)?") from None
-        raise
+def _recorder_maps(opts: Options, obj: ElfObject) -> RecorderMaps:
+    """OBJ's recorder: pinned in --pin-dir; without it, pinned in /sys/fs/bpf or
+    else found among the kernel's loaded maps.  Its identity must be OBJ's."""
+    identity = recorder_identity(obj)
+    if opts.pin_dir is not None:
+        return open_pinned(opts.pin_dir, identity, opts.obj)
+    if (DEFAULT_PIN_DIR / RECORDER_COUNTS_MAP).exists():
+        return open_pinned(DEFAULT_PIN_DIR, identity, opts.obj)
+    return find_loaded(identity, opts.obj)
 
 
 # --- phases that must answer a signal within a second ------------------------------------

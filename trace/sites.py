@@ -11,6 +11,7 @@ OBJ when the two orders agree, from the instrumented object otherwise.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -19,6 +20,7 @@ from bpf_sdt.instrument.command import ordered_sites
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.btfext import SourceLines
 from bpf_sdt.elf import BpfObject
+from bpf_sdt.format import RECORDER_IDENTITY_HEX
 from bpf_sdt.notes import FunctionIndex, NoteEntry, decode_notes
 from bpf_sdt.probes import probe_types
 
@@ -63,3 +65,16 @@ def _site(site_id: int, entry: NoteEntry, functions: FunctionIndex, lines: Sourc
     file, line, _column = lines.at(entry.section.name, entry.offset)
     return Site(site_id, entry.probe, functions.at(entry.section, entry.offset), entry.section.name,
                 entry.insn_index, file, line, types)
+
+
+def recorder_identity(obj: BpfObject) -> str:
+    """The recorder's identity of an object: a digest of what decoding its
+    events depends on, per site id: probe, code section, function and the
+    argument types.  Instrumenting keeps all of them (only instructions are
+    inserted), so the object given to `instrument` and its output have the
+    same identity, and a reader computes it from OUT alone."""
+    digest = hashlib.sha256()
+    for s in site_table(obj):
+        types = ";".join(f"{t.canonical}/{t.size}/{int(t.signed)}/{t.kind}" for t in s.types)
+        digest.update(f"{s.site_id}|{s.probe}|{s.section}|{s.function}|{types}\n".encode())
+    return digest.hexdigest()[:RECORDER_IDENTITY_HEX]
