@@ -102,7 +102,8 @@ def _cmd_instrument(args: argparse.Namespace) -> int:
     return run_instrument(Request(
         Path(args.input), Path(args.output), tuple(args.probe), tuple(map(Path, args.observer)),
         tuple(args.attach), args.record, args.ringbuf_size, args.bpftool,
-        recorder=RecorderOptions(pin_by_name=args.pin_by_name)))
+        recorder=RecorderOptions(pin_by_name=args.pin_by_name),
+        skip_unplaceable=args.skip_unplaceable, programs=tuple(args.program), in_place=args.in_place))
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
@@ -187,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also call the built-in recorder (the default without --observer)")
     sp.add_argument("--ringbuf-size", type=int, default=RECORDER_DEFAULT_RINGBUF_SIZE, metavar="BYTES",
                     help="the recorder's ring buffer size (power of two, default 4 MiB)")
+    sp.add_argument("--skip-unplaceable", action="store_true",
+                    help="skip the sites where a call cannot be placed (a warning each) and instrument the "
+                         "rest; exit 1 only if none could be placed")
+    sp.add_argument("--program", action="append", default=[], metavar="PROG",
+                    help="instrument only the sites PROG can reach (repeatable; default: every program)")
+    sp.add_argument("--in-place", action="store_true", help="allow OUT to be IN itself (replaced atomically)")
     sp.add_argument("--pin-by-name", action="store_true",
                     help="mark the recorder's maps LIBBPF_PIN_BY_NAME (pinned under libbpf's pin root); "
                     "by default they ask for no pin, so each loader's own choice applies")

@@ -13,13 +13,19 @@
 4. Write the result atomically once it passes `check`.
 
 Sites that cannot take a call (a register live after the site that is not
-set on every path; a call chain whose stack would pass 512 bytes) are
-findings: exit 1, nothing written.
+set on every path; a frame that cannot be bounded; a call chain whose stack
+would pass 512 bytes) are findings: exit 1, nothing written; with
+``skip_unplaceable`` (``--skip-unplaceable``) each is a warning, the other
+sites are instrumented and exit 1 means that none could be.  An observer
+that writes through ``ctx`` and a call graph with recursion are refused
+(exit 2).  OUT may not be IN (by any path) unless ``in_place`` is set.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -35,6 +41,7 @@ from bpf_sdt.instrument.analysis import (
     mask,
     regs_of,
 )
+from bpf_sdt.instrument.ctxwrite import Code, find_ctx_write
 from bpf_sdt.instrument.observers import (
     RECORDER_PREFIX,
     ObserverDecl,
@@ -52,8 +59,9 @@ from bpf_sdt.btfext import SourceLines
 from bpf_sdt.elf import STT_FUNC, STT_SECTION, BpfObject, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import CALL_LABEL_PREFIX, RECORDER_DEFAULT_RINGBUF_SIZE
-from bpf_sdt.fsutil import write_atomic
-from bpf_sdt.insn import CodeSection, Insn
+from bpf_sdt.fsutil import resolve_output, write_atomic
+from bpf_sdt.insn import LD_IMM64, CodeSection, Insn
+from bpf_sdt.model import escape_text
 from bpf_sdt.notes import NoteEntry, NotesDecoding, decode_notes
 from bpf_sdt.probes import probe_types
 from bpf_sdt.rewrite import CodeEdits, Label, decode_code, move_code, rewrite_object
@@ -79,6 +87,11 @@ class Request:
     ringbuf_size: int = RECORDER_DEFAULT_RINGBUF_SIZE
     bpftool: str = "bpftool"
     recorder: RecorderOptions = field(default_factory=RecorderOptions)   # filters, aggregations, pins
+    # Sites that cannot be placed are skipped (a warning each) instead of refusing the object.
+    skip_unplaceable: bool = False
+    # Only sites in functions reachable from these programs (function names); () is every program.
+    programs: tuple[str, ...] = ()
+    in_place: bool = False                   # OUT may be IN itself
 
 
 @dataclass
@@ -95,15 +108,19 @@ class InstrumentedSite:
 class Result:
     sites: list[InstrumentedSite]
     observers: dict[str, list[str]]      # probe -> observer names, in call order
+    skipped: list[str] = field(default_factory=list)   # one finding per site not placed
 
 
 def run_instrument(req: Request) -> int:
-    instrument(req)
+    result = instrument(req)
+    for line in result.skipped:
+        print(f"bpf-sdt instrument: warning: skipped {escape_text(line)}", file=sys.stderr)
     return EXIT_OK
 
 
 def instrument(req: Request) -> Result:
     check_ringbuf_size(req.ringbuf_size)
+    _check_output(req)
     obj = load_object(req.input)
     notes = _usable_notes(obj)
     types = probe_types(obj.btf)
@@ -124,8 +141,31 @@ def instrument(req: Request) -> Result:
 
         link(linked, [req.input, *extra], req.bpftool)
         data, result = _rewrite(load_object(linked), plan, req)
-    write_atomic(req.output, data)
+    _check_output(req)                       # again: the paths may have changed meanwhile
+    try:
+        write_atomic(req.output, data)
+    except OSError as e:
+        raise InputError(f"cannot write {req.output}: {e.strerror or e}") from None
     return result
+
+
+def _check_output(req: Request) -> None:
+    """OUT must be a place a regular file can be written, and not IN (through
+    a symlink or a hard link too) unless the user said so."""
+    try:
+        target = resolve_output(req.output)
+    except OSError as e:
+        raise InputError(f"cannot write {req.output}: {e.strerror or e}") from None
+    except ValueError as e:                  # an embedded NUL
+        raise UsageError(f"cannot write {req.output!r}: {e}") from None
+    if req.in_place:
+        return
+    try:
+        same = target.exists() and os.path.samefile(target, req.input)
+    except (OSError, ValueError):
+        same = False
+    if same:
+        raise UsageError(f"-o {req.output} is the input {req.input}: pass --in-place to replace it")
 
 
 # --- choosing sites and observers --------------------------------------------
@@ -215,6 +255,8 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     program = Program(code, obj.symbols, _site_uses(code, notes, index_of))
     edits = CodeEdits()
     observers = _observer_entries(obj, code, plan, index_of)
+    _refuse_ctx_writers(program, [n for n in observers if not n.startswith(RECORDER_PREFIX)])
+    reachable = _reachable_from(program, req.programs)
     text = _gather_text(obj, code, edits)
     observers = _called_through_section_symbol(obj, observers, text)
     ordered = ordered_sites(notes)
@@ -228,6 +270,8 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
         sec = code[entry.section.index]
         idx = index_of[(sec.index, entry.offset)]
         f = program.function_of(sec, idx)
+        if reachable is not None and id(f) not in reachable:
+            continue
         try:
             seq, calls = _site_code(program, f, idx, entry, types.get(entry.probe, ()),
                                     [observers[n] for n in names], site_id, sec.index != text)
@@ -237,7 +281,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
         inserts.setdefault(sec.index, {})[idx] = seq
         edits.labels += [Label(CALL_LABEL_PREFIX + name, sec.index, insn) for name, insn in calls]
         sites.append(InstrumentedSite(site_id, entry.probe, sec.name, entry.offset, f.name, list(names)))
-    if problems:
+    if problems and (not req.skip_unplaceable or not sites):
         raise SiteError("; ".join(problems) if len(problems) <= 3 else
                         f"{'; '.join(problems[:3])}; and {len(problems) - 3} more sites")
     for idx, at in inserts.items():
@@ -247,7 +291,45 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     img = rewrite_object(obj, code, edits)
     data = img.to_bytes()
     _verify(req.output, data)
-    return data, Result(sites, plan)
+    return data, Result(sites, plan, problems)
+
+
+def _refuse_ctx_writers(program: Program, names: list[str]) -> None:
+    """Exit 2 for an observer that may write into the traced program."""
+    def code(f: Function) -> Code:
+        return Code(f.name, f.insns, f.succ)
+
+    def resolve(insn: Insn) -> Code | None:
+        g = program.function_at(insn)
+        return code(g) if g is not None else None
+
+    def callbacks(c: Code) -> list[Code]:
+        return [code(g) for x in c.insns if x.op == LD_IMM64 and x.target is not None
+                and (g := program.function_at(x.target)) is not None]
+
+    for name in names:
+        f = program.by_name(name)
+        if f is None:
+            continue
+        cycle = program.chain_through(f)
+        if cycle is not None:
+            raise InputError(f"observer {name}: the verifier refuses recursion: "
+                             f"{' -> '.join(g.name for g in cycle)}")
+        found = find_ctx_write(code(f), resolve, callbacks)
+        if found is not None:
+            raise InputError(f"observer {name} may write into the traced program: {found.function} insn "
+                             f"{found.insn}: {found.why}; observers must only read their arguments")
+
+
+def _reachable_from(program: Program, names: tuple[str, ...]) -> set[int] | None:
+    """id() of the functions the named programs may run (None: no restriction)."""
+    if not names:
+        return None
+    programs = {f.name: f for f in program.functions if f.is_program}
+    unknown = [n for n in names if n not in programs]
+    if unknown:
+        raise UsageError(f"program {unknown[0]} is not in the object; it has: {', '.join(sorted(programs))}")
+    return {id(g) for n in names for g in program.reachable(programs[n])}
 
 
 def _site_uses(code: dict[int, CodeSection], notes: NotesDecoding,
@@ -319,8 +401,23 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
     if len(types) != len(entry.args):
         raise SiteError(f"probe {entry.probe}: the note has {len(entry.args)} arguments, its BTF "
                         f"prototype {len(types)}")
+    cycle = program.chain_through(f)
+    if cycle is not None:
+        raise InputError(f"{f.name}: the verifier refuses recursion: {' -> '.join(g.name for g in cycle)}")
+    if f.reach.unbounded is not None:
+        raise SiteError(f"the stack frame of {f.name} cannot be bounded ({f.reach.unbounded[1]}), so the "
+                        "call's spills and arguments could overwrite live stack")
     frame = Frame(base=-(-f.frame // SLOT) * SLOT, saved=tuple(regs_of(live)), nargs=len(entry.args))
     callees = [g for o in observers if (g := program.by_name(o.name)) is not None]
+    for g in callees:
+        cycle = program.chain_through(g)
+        if cycle is not None:
+            raise InputError(f"observer {g.name}: the verifier refuses recursion: "
+                             f"{' -> '.join(h.name for h in cycle)}")
+    unbounded = program.unbounded_in_chain(f, callees)
+    if unbounded is not None:
+        raise SiteError(f"the stack frame of {unbounded.name}, on a call chain through this site, cannot be "
+                        f"bounded ({unbounded.reach.unbounded[1] if unbounded.reach.unbounded else ''})")
     depth = program.chain_above(f) + program.chain_below(f, frame=max(f.frame, frame.depth), extra=callees)
     if depth > MAX_STACK:
         raise SiteError(f"the call chain through this site would use {depth} bytes of stack "
