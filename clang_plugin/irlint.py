@@ -430,12 +430,16 @@ def _via(p: SourceProbe) -> str:
 
 def _copies(copies: list[IrSite]) -> str:
     """`4 in f (unrolled or duplicated)`, `1 in f inlined at t.c:9, 1 in g inlined at t.c:20`."""
-    groups: dict[tuple[str, tuple[Location, ...]], int] = {}
+    # Grouped by what is printed (the function and the outermost place it was
+    # inlined at): copies whose chains differ further in (a helper calling the
+    # probe's helper twice) made one place appear several times.
+    groups: dict[tuple[str, str], int] = {}
     for c in copies:
-        groups[(c.function, c.inlined_at)] = groups.get((c.function, c.inlined_at), 0) + 1
-    parts = []
-    for (function, chain), n in groups.items():
+        chain = c.inlined_at
         where = f" inlined at {Path(chain[-1].file).name}:{chain[-1].line}" if chain else ""
+        groups[(c.function, where)] = groups.get((c.function, where), 0) + 1
+    parts = []
+    for (function, where), n in groups.items():
         again = " (unrolled or duplicated)" if n > 1 else ""
         parts.append(f"{n} in {function}{where}{again}")
     return ", ".join(parts)

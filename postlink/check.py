@@ -19,7 +19,16 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from bpf_sdt.btf import Btf, BtfKind
-from bpf_sdt.elf import SHT_NOBITS, STB_LOCAL, STT_NOTYPE, STT_SECTION, BpfObject, Section, is_reserved_index
+from bpf_sdt.elf import (
+    SHT_NOBITS,
+    STB_LOCAL,
+    STT_FUNC,
+    STT_NOTYPE,
+    STT_SECTION,
+    BpfObject,
+    Section,
+    is_reserved_index,
+)
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import (
     CALL_LABEL_PREFIX,
@@ -30,6 +39,7 @@ from bpf_sdt.format import (
     NOTES_SECTION,
     R_BPF_64_ABS64,
 )
+from bpf_sdt.insn import INSN, INSN_SIZE, JMP, JMP_CALL, LD_IMM64, PSEUDO_CALL
 from bpf_sdt.model import Declaration, Finding, Severity, Site
 from bpf_sdt.notes import (
     FunctionIndex,
@@ -65,7 +75,7 @@ RULES: dict[str, tuple[Severity, str]] = {
     "SDT113": ("warning", "a declared probe with no site in the object"),
     "SDT114": ("warning", "notes without prototypes from GCC: counts and types unchecked"),
     "SDT115": ("error", "a linker corrupted the address words, or the notes section is executable"),
-    "SDT116": ("warning", "more than 256 sites in one code section"),
+    "SDT116": ("warning", "more than 256 sites in one program (its functions and those it calls)"),
     "SDT117": ("error", "a malformed bpf_sdt: tag, or unreadable BTF"),
     "SDT118": ("error", "a symbol outside its section, or in a section that does not exist"),
     "SDT119": ("error", "more than one section named .bpf_sdt_notes"),
@@ -368,11 +378,129 @@ def cross_check(obj: BpfObject, report: ObjectReport) -> None:
                        f"has {len(e.args)} argument insns, its prototype {decl.arity}", "SDT103")
     for name in sorted(set(report.declarations) - probed - report.entry_names):
         report.add(".BTF", "warning", f"probe '{name}' is declared but never probed", "SDT113")
-    per_section = Counter(e.section.name for e in entries)
-    for sec, n in sorted(per_section.items()):
+    _sites_per_program(obj, report)
+
+
+# --- sites per program (SDT116) ------------------------------------------------
+# The RFC's consumer gives each program one insn_array map of at most 256
+# sites, and a program is its entry function plus every function it may call
+# (libbpf appends a copy of each subprogram to every program calling it).
+
+JMP_CALL_OPCODE = JMP | JMP_CALL
+# A BPF-to-BPF call: BPF_JMP|BPF_CALL with src_reg PSEUDO_CALL (dst_reg 0).
+_PSEUDO_CALL_BYTES = bytes([JMP_CALL_OPCODE, PSEUDO_CALL << 4])
+TEXT_SECTION = ".text"
+
+
+class _CallGraph:
+    """Functions (STT_FUNC symbols of code sections) and the calls between
+    them: calls and callbacks (an ld_imm64 of a function, for bpf_loop and
+    the like) through relocations, and calls within a section by their
+    pc-relative offset.  Built only from the bytes of calls and the
+    relocations of code sections, not a decode of every instruction."""
+
+    def __init__(self, obj: BpfObject) -> None:
+        self.obj = obj
+        self.symbols = RawSymbols(obj)
+        self.starts: dict[int, list[int]] = {}          # section index -> sorted function starts
+        self.names: dict[tuple[int, int], str] = {}     # (section, start) -> name
+        self.globals: set[tuple[int, int]] = set()
+        for i, (name_off, info, _other, shndx, value, _size) in enumerate(self.symbols.records()):
+            if info & 0xF == STT_FUNC and not is_reserved_index(shndx):
+                self.starts.setdefault(shndx, []).append(value)
+                self.names[(shndx, value)] = self.symbols.name(i, name_off)
+                if info >> 4 != STB_LOCAL:
+                    self.globals.add((shndx, value))
+        for starts in self.starts.values():
+            starts.sort()
+        self.callees: dict[tuple[int, int], set[tuple[int, int]]] = {}
+        for sec in obj.sections:
+            if sec.executable and sec.type != SHT_NOBITS:
+                self._scan(sec)
+
+    def function_at(self, sec_index: int, offset: int) -> tuple[int, int]:
+        """The function holding ``offset``; a section without function
+        symbols (hand-written asm) is one function at 0."""
+        starts = self.starts.get(sec_index, [])
+        i = bisect.bisect_right(starts, offset) - 1
+        return (sec_index, starts[i] if i >= 0 else 0)
+
+    def name(self, fn: tuple[int, int]) -> str:
+        sec = self.obj.section_at(fn[0])
+        return self.names.get(fn, sec.name if sec is not None else str(fn[0]))
+
+    def _edge(self, sec: Section, at: int, target: tuple[int, int] | None) -> None:
+        if target is not None:
+            self.callees.setdefault(self.function_at(sec.index, at), set()).add(
+                self.function_at(*target))
+
+    def _scan(self, sec: Section) -> None:
+        data = self.obj.section_data(sec)
+        _, relocs = self.obj.relocations(sec)
+        relocated = set()
+        for r in relocs:
+            if r.offset + INSN_SIZE > len(data) or r.offset % INSN_SIZE:
+                continue
+            relocated.add(r.offset)
+            self._edge(sec, r.offset, self._relocated_target(data, r.offset, r.symbol))
+        at = data.find(_PSEUDO_CALL_BYTES)
+        while at >= 0:
+            if at % INSN_SIZE == 0 and at not in relocated:
+                _op, _regs, _off, imm = INSN.unpack_from(data, at)
+                self._edge(sec, at, (sec.index, at + (imm + 1) * INSN_SIZE))
+            at = data.find(_PSEUDO_CALL_BYTES, at + 1)
+
+    def _relocated_target(self, data: bytes, at: int, symbol: int) -> tuple[int, int] | None:
+        """Where a call or a function's address loaded at ``at`` leads, if its
+        symbol is in a code section (REL: the addend is the insn's imm)."""
+        if symbol >= self.symbols.count:
+            return None
+        _name, _info, _other, shndx, value, _size = self.symbols.record(symbol)
+        target = self.obj.section_at(shndx) if not is_reserved_index(shndx) else None
+        if target is None or not target.executable:
+            return None
+        op, regs, _off, imm = INSN.unpack_from(data, at)
+        if op == JMP_CALL_OPCODE and regs >> 4 == PSEUDO_CALL:
+            return (shndx, value + (imm + 1) * INSN_SIZE)
+        if op == LD_IMM64:
+            return (shndx, value + imm)
+        return None
+
+    def entries(self) -> list[tuple[int, int]]:
+        """Program entries: functions outside .text (and code sections with
+        none); an object with no program yet (a library before linking) has
+        its global .text functions, which some program will call."""
+        out = []
+        for sec in self.obj.sections:
+            if sec.executable and sec.name != TEXT_SECTION:
+                out += [(sec.index, v) for v in self.starts.get(sec.index, [0])]
+        return out or sorted(self.globals)
+
+    def reachable(self, entry: tuple[int, int]) -> set[tuple[int, int]]:
+        seen, todo = {entry}, [entry]
+        while todo:
+            for g in self.callees.get(todo.pop(), ()):
+                if g not in seen:
+                    seen.add(g)
+                    todo.append(g)
+        return seen
+
+
+def _sites_per_program(obj: BpfObject, report: ObjectReport) -> None:
+    """SDT116 for each program whose functions hold more than the RFC
+    consumer's map does.  An object with no more sites than that in all
+    cannot have such a program, and is not scanned."""
+    if len(report.entries) <= INSN_ARRAY_MAX:
+        return
+    graph = _CallGraph(obj)
+    per_function = Counter(graph.function_at(e.section.index, e.offset) for e in report.entries)
+    for entry in graph.entries():
+        n = sum(per_function.get(fn, 0) for fn in graph.reachable(entry))
         if n > INSN_ARRAY_MAX:
-            report.add(f"{sec}+0x0", "warning", f"{n} probe sites in {sec}: the RFC consumer maps "
-                       f"at most {INSN_ARRAY_MAX} per program", "SDT116")
+            sec = obj.section_at(entry[0])
+            report.add(f"{sec.name if sec else entry[0]}+{entry[1]:#x}", "warning",
+                       f"{n} probe sites in program {graph.name(entry)} and the functions it calls: "
+                       f"the RFC consumer maps at most {INSN_ARRAY_MAX} per program", "SDT116")
 
 
 def _duplicate_nops(report: ObjectReport) -> None:

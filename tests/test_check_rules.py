@@ -407,3 +407,47 @@ def test_list_accounts_for_every_entry(pokes: list[tuple[int, int]]) -> None:
     for start in (0, 24, 48):
         assert start in listed or any(f"+{start:#x}: " in line for line in reported)
     assert bool(reported) == bool(report.decoding.problems)
+
+
+def _sites(n: int, arg: str = "x") -> str:
+    return "\n".join(f"BPF_SDT_PROBE2(many, {i}, {arg});" for i in range(n))
+
+
+def test_sites_are_counted_per_program_not_per_section(tmp_path: Path) -> None:
+    """SDT116 counts a program's own sites and those of every function it
+    may call, subprograms and callbacks, each once: 100 programs of 3 sites
+    in one section are fine (they were warned as 300 in one); a program over
+    the limit only through its static subprogram, or through its bpf_loop
+    callback, is warned, and a program beside them that calls neither is not."""
+    decls = ("BPF_SDT_DECLARE2(many, int, int);\n"
+             "static long (*bpf_loop)(unsigned int nr, void *cb, void *ctx, unsigned long long flags) = (void *)181;\n")
+    many = "\n".join(f'__attribute__((section("xdp"), used)) int p{i}(int *ctx) {{ int x = *ctx;\n{_sites(3)}\n'
+                     "return x; }" for i in range(100))
+    src = tmp_path / "programs.c"
+    src.write_text("#include <bpf_sdt.h>\n" + decls + many + "\n" + f"""
+__attribute__((noinline)) static int sub(int x) {{
+{_sites(200)}
+return x + 1; }}
+static long cb(unsigned int i, void *ctx) {{ int x = *(int *)ctx + i;
+{_sites(250)}
+return 0; }}
+__attribute__((section("tc/a"), used)) int a(int *ctx) {{ int x = *ctx;
+{_sites(100)}
+return sub(x); }}
+__attribute__((section("tc/b"), used)) int b(int *ctx) {{ int x = *ctx;
+{_sites(10)}
+bpf_loop(4, cb, &x, 0);
+return x; }}
+__attribute__((section("tc/c"), used)) int c(int *ctx) {{ int x = *ctx;
+{_sites(100)}
+return x; }}
+""")
+    obj = tmp_path / "programs.o"
+    compile_bpf(src, obj, clang(19))
+    rc, findings = _check(obj)
+    assert rc == 0, findings
+    got = sorted((f["where"], f["message"]) for f in findings if f["rule"] == "SDT116")
+    tail = "and the functions it calls: the RFC consumer maps at most 256 per program"
+    assert got == [("tc/a+0x0", f"300 probe sites in program a {tail}"),
+                   ("tc/b+0x0", f"260 probe sites in program b {tail}")], got
+    assert [f["rule"] for f in findings] == ["SDT116", "SDT116"], findings

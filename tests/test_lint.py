@@ -297,3 +297,43 @@ int f(int y)
         ("SDT013", "7:2", f"probe 'six' {strict}"),
         ("SDT013", "9:2", f"probe 'six' {strict}"),
     ], got
+
+
+# --- SDT012: each inlined-at place once ----------------------------------------------
+
+TWICE_IN_A_HELPER = """\
+#include <bpf_sdt.h>
+BPF_SDT_DECLARE1(hit, int);
+static __attribute__((always_inline)) inline void mark(int x)
+{
+	BPF_SDT_PROBE1(hit, x);				/* @hit */
+}
+static __attribute__((always_inline)) inline void both(int *c)
+{
+	mark(c[0]);
+	mark(c[1]);
+}
+int f(int *c)
+{
+	both(c);					/* @outer */
+	return c[0];
+}
+"""
+
+
+def test_sdt012_names_each_inlined_at_place_once(tmp_path: Path) -> None:
+    """Two copies whose chains differ inside a helper but share the place in
+    f they were inlined at: one group "2 in f inlined at t.c:N", where the
+    same place was repeated once per chain."""
+    from test_irlint import ir_env, line_of
+
+    f = tmp_path / "t.bpf.c"
+    f.write_text(TWICE_IN_A_HELPER)
+    res = subprocess.run([*CLI, "lint", "--no-cache", "--format", "json", str(f)], capture_output=True,
+                         text=True, env=ir_env(19), check=False)
+    notes = [g for g in findings(res) if g["rule"] == "SDT012"]
+    assert len(notes) == 1, notes
+    outer = line_of(TWICE_IN_A_HELPER, "@outer")
+    assert notes[0]["where"] == f"{line_of(TWICE_IN_A_HELPER, '@hit')}:2"
+    assert f"compiled into 2 sites: 2 in f inlined at t.bpf.c:{outer} (unrolled or duplicated);" \
+        in notes[0]["message"], notes[0]["message"]
