@@ -508,6 +508,17 @@ def tc_filter_listing(iface: str, direction: str) -> list[dict[str, Any]]:
     return [entry for entry in listed if isinstance(entry, dict)]
 
 
+def has_clsact(iface: str) -> bool:
+    """Does the interface (of this thread's network namespace) have a clsact qdisc?"""
+    try:
+        res = subprocess.run([TC_BIN, "-json", "qdisc", "show", "dev", iface], capture_output=True, text=True,
+                             timeout=TC_LIST_TIMEOUT_S, check=False)
+        listed = json.loads(res.stdout or "[]") if res.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired, ValueError) as e:
+        raise LibbpfError(f"listing qdiscs of {iface} (tc)", errnos.ENOEXEC, detail=str(e)) from None
+    return any(isinstance(q, dict) and q.get("kind") == "clsact" for q in listed)
+
+
 def cls_bpf_filters(iface: str, direction: str) -> list[ClsBpfFilter]:
     """The bpf filters on an interface's clsact hook, in priority order."""
     found = []

@@ -830,7 +830,7 @@ class TcFilter:
         created = lib.bpf_tc_hook_create(ctypes.byref(self._hook))
         if created < 0 and created != -errnos.EEXIST:
             _ok(f"creating clsact qdisc on {interface}", created)
-        self._owns_qdisc = created == 0
+        self._owns_qdisc: bool = created == 0
         try:
             _check(f"attaching {self._what}", lib.bpf_tc_attach, ctypes.byref(self._hook), ctypes.byref(opts))
         except LibbpfError:
@@ -838,6 +838,15 @@ class TcFilter:
             raise
         self.handle, self.priority, self.prog_id = opts.handle, opts.priority, opts.prog_id
         self._attached = True
+
+    @property
+    def owns_qdisc(self) -> bool:
+        """Did this filter create the clsact qdisc (and will remove it)?"""
+        return self._owns_qdisc
+
+    def keep_qdisc(self) -> None:
+        """destroy() leaves the qdisc: the caller decides (others may use it)."""
+        self._owns_qdisc = False
 
     def _remove_qdisc(self) -> None:
         if self._owns_qdisc:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bpf_sdt.errors import BpfSdtError
 from bpf_sdt.libbpf import LibbpfError, Map, map_create, obj_get, obj_pin
 
 RECORDS_ENV = "BPF_SDT_RECORDS"            # another root (tests, a bpffs mounted elsewhere)
@@ -123,15 +124,24 @@ def _padded(data: bytes) -> bytes:
     return data.ljust(RECORD_SIZE, b"\0")
 
 
+class RecordsUnavailable(BpfSdtError):
+    """No bpffs where records go (e.g. inside `ip netns exec`, which mounts
+    a fresh /sys without /sys/fs/bpf)."""
+
+
 def create(record: Record) -> Held:
     """Takes the attach point: mkdir (atomic; RecordBusy if it exists), then
     the record map pinned inside with the JSON."""
     record.pid_start = process_start(record.pid)
-    root().mkdir(parents=True, exist_ok=True)
     try:
+        root().mkdir(exist_ok=True)
         record.path.mkdir()
     except FileExistsError:
         raise RecordBusy(record.key, read(record.key)) from None
+    except OSError as e:
+        raise RecordsUnavailable(f"bpf-sdt's records at {root()}: {e.strerror} (is bpffs mounted at "
+                                 f"{root().parent}? `ip netns exec` mounts a /sys without it: use "
+                                 "`nsenter --net=/run/netns/NAME` instead)") from None
     try:
         rmap = map_create(BPF_MAP_TYPE_ARRAY, RECORD_MAP_NAME, len(_KEY0), RECORD_SIZE, 1)
         try:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from bpf_sdt.instrument.command import Request
+from bpf_sdt.trace.leftovers import report_stale
 from bpf_sdt.trace.output import Decoder
 from bpf_sdt.trace.recorder import Counters
 from bpf_sdt.trace.ring import open_ring
@@ -318,6 +319,7 @@ def trace_live(opts: Options, stop: StopSignals, out: Writer | TextIO, err: Text
     assert opts.live is not None
     where = parse_where(opts.live)
     started = time.monotonic()
+    report_stale(err)
     hook, running_id = find(where, opts.prog)
     try:
         with _sighup_stops(stop):
@@ -365,8 +367,10 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
         prove_identity(opts.obj, prog_name, obj_name, running, maps)
         with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
             inst = Path(tmp) / opts.obj.name
+            # Only the swapped program's sites: a site elsewhere in OBJ cannot refuse the trace.
             instrumented = _instrument_interruptibly(Request(opts.obj, inst, opts.probes,
-                                                             ringbuf_size=opts.ringbuf_size), stop)
+                                                             ringbuf_size=opts.ringbuf_size,
+                                                             programs=(prog_name,)), stop)
             if instrumented is None or stop.requested:
                 return None
             sites = site_table(load_object(inst), load_object(opts.obj))

@@ -13,14 +13,13 @@ removed, and with it the pins that kept its programs alive.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import TextIO
 
 from bpf_sdt import kernel, records
-from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError
 from bpf_sdt.kernel import Replaced
-from bpf_sdt.libbpf import LibbpfError, tc_detach, tc_remove_clsact
+from bpf_sdt.libbpf import LibbpfError, ifindex, tc_detach, tc_remove_clsact
 from bpf_sdt.model import escape_text
 
 TC_DIRECTIONS = ("ingress", "egress")
@@ -49,18 +48,29 @@ def restore(where: str | None, out: TextIO | None = None, err: TextIO | None = N
 
 
 def _keys_of(where: str) -> set[str]:
-    """The record keys WHERE names as it is now (an attach point's key does
-    not depend on which program runs there)."""
+    """The record keys WHERE names as it is now: the keys of its interface's
+    hooks (--tc's, and --live's for XDP), and for a program or a filter the
+    key of the hook it runs at."""
     from bpf_sdt.trace.live import find, parse_where
 
+    place = parse_where(where)
+    keys = set()
+    if place.kind in ("xdp", "tc"):
+        try:
+            index = ifindex(place.target)
+        except LibbpfError:
+            return set()
+        keys.add(records.record_key("xdp", kernel.netns_inode(), index) if place.kind == "xdp" else
+                 records.record_key("tc", kernel.netns_inode(), index, place.direction))
     try:
-        hook, _ = find(parse_where(where), None)
-    except (LibbpfError, records.RecordBusy, Exception):   # noqa: BLE001 - a vanished hook has no key now
-        return set()
+        hook, _ = find(place, None)
+    except BpfSdtError:
+        return keys                     # nothing runs there now that a record could name
     try:
-        return {records.record_key(*hook.key())}
+        keys.add(records.record_key(*hook.key()))
     finally:
         hook.close()
+    return keys
 
 
 def restore_record(key: str, rec: records.Record | None) -> tuple[bool, str]:
@@ -68,6 +78,10 @@ def restore_record(key: str, rec: records.Record | None) -> tuple[bool, str]:
     try:
         if rec is None:
             return True, f"{key}: an incomplete record (the trace was killed while it began); removed"
+        netns = rec.hook.get("netns")
+        if isinstance(netns, int) and kernel.netns_path(netns) is None:
+            return True, (f"{escape_text(rec.where)}: its network namespace is gone, and with it everything "
+                          "trace changed there; record removed")
         if rec.kind == "live":
             return _restore_swap(key, rec)
         return _restore_attach(key, rec)
@@ -101,19 +115,22 @@ def _restore_swap(key: str, rec: records.Record) -> tuple[bool, str]:
 
 
 def _restore_attach(key: str, rec: records.Record) -> tuple[bool, str]:
-    """A --tc trace's filter (and the clsact qdisc it created)."""
+    """A --tc trace's filter (found by trace's pinned program, whatever its
+    handle: trace may have died before it wrote it) and the clsact qdisc it
+    created, if nobody's filter is left on it."""
     hook = kernel.hook_from_dict(rec.hook)
     assert isinstance(hook, kernel.ClsBpf)
-    where = f"{escape_text(rec.where)} ({escape_text(hook.describe())})"
+    where = f"{escape_text(rec.where)} of network namespace {hook.netns}"
     done = []
     with records.pinned_fd(key, records.INSTRUMENTED_PIN) as attached, kernel.entered_netns(hook.netns):
-        if attached is not None and hook.current() == kernel.prog_id_of_fd(attached):
-            tc_detach(hook.ifindex, hook.direction, hook.handle, hook.priority)
-            done.append("trace's filter removed")
-        if rec.extra.get("created_qdisc") and _no_filters(hook.iface):
-            with contextlib.suppress(LibbpfError):
-                tc_remove_clsact(hook.ifindex)
-                done.append("the clsact qdisc trace created removed")
+        ours = kernel.prog_id_of_fd(attached) if attached is not None else None
+        for filt in kernel.cls_bpf_filters(hook.iface, hook.direction):
+            if filt.prog_id == ours:
+                tc_detach(hook.ifindex, hook.direction, filt.handle, filt.priority)
+                done.append(f"trace's filter (priority {filt.priority}) removed")
+        if rec.extra.get("created_qdisc") and kernel.has_clsact(hook.iface) and _no_filters(hook.iface):
+            tc_remove_clsact(hook.ifindex)
+            done.append("the clsact qdisc trace created removed")
     return True, f"{where}: {', '.join(done) or 'nothing of trace left'}"
 
 
