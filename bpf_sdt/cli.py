@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from bpf_sdt import __version__
-from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError
+from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError, UsageError
 from bpf_sdt.format import RECORDER_DEFAULT_RINGBUF_SIZE
 from bpf_sdt.model import escape_text
 
@@ -112,6 +114,57 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return run_trace(args)
 
 
+# Metavars of file and directory arguments: what shell completion completes as paths.
+FILE_METAVARS = frozenset({"OBJ", "IN", "OUT", "OBS.o", "FILE", "OUTPUT"})
+DIR_METAVARS = frozenset({"BUILD_DIR", "DIR"})
+COMPLETION_SHELLS = ("bash", "zsh", "tcsh")   # what shtab generates
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    parser = build_parser()
+    for action in _all_actions(parser):
+        if action.metavar in FILE_METAVARS:
+            action.complete = shtab.FILE        # type: ignore[attr-defined]
+        elif action.metavar in DIR_METAVARS:
+            action.complete = shtab.DIRECTORY   # type: ignore[attr-defined]
+    sys.stdout.write(shtab.complete(parser, shell=args.shell))
+    return EXIT_OK
+
+
+def _cmd_man(args: argparse.Namespace) -> int:
+    from argparse_manpage.manpage import Manpage
+
+    parser = build_parser()
+    if args.page is not None:
+        commands = _subcommands(parser)
+        if args.page not in commands:
+            raise UsageError(f"no command {args.page!r}: one of {', '.join(commands)}")
+        parser = commands[args.page]
+    page = Manpage(parser)
+    page.prog = parser.prog.replace(" ", "-")   # `bpf-sdt list` is the page bpf-sdt-list(1)
+    page.source = f"bpf-sdt {__version__}"
+    page.manual = "bpf-sdt manual"
+    sys.stdout.write(str(page))
+    return EXIT_OK
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every option and positional of the parser and its subcommands."""
+    found = list(parser._actions)
+    for sub in _subcommands(parser).values():
+        found += _all_actions(sub)
+    return found
+
+
 def _cmd_restore(args: argparse.Namespace) -> int:
     from bpf_sdt.trace.restore import restore
 
@@ -167,17 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, text in (("check", _cmd_check, "validate the probes in BPF objects"),
                                 ("list", _cmd_list, "list the probes in BPF objects")):
         sp = add(name, handler, text)
-        sp.add_argument("objects", nargs="+", metavar="OBJ")
+        sp.add_argument("objects", nargs="+", metavar="OBJ", help="BPF object files (compiled, linked or instrumented)")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = add("link", _cmd_link, "statically link BPF objects, keeping their probe notes")
-    sp.add_argument("-o", "--output", required=True, metavar="OUT")
-    sp.add_argument("inputs", nargs="+", metavar="IN")
+    sp.add_argument("-o", "--output", required=True, metavar="OUT", help="the linked object to write (atomically)")
+    sp.add_argument("inputs", nargs="+", metavar="IN", help="BPF objects to link, in link order")
     sp.add_argument("--bpftool", default="bpftool", help="bpftool to link with")
 
     sp = add("instrument", _cmd_instrument, "make probe sites call observers (or the built-in recorder)")
-    sp.add_argument("input", metavar="IN")
-    sp.add_argument("-o", "--output", required=True, metavar="OUT")
+    sp.add_argument("input", metavar="IN", help="BPF object with probes (compiled or linked)")
+    sp.add_argument("-o", "--output", required=True, metavar="OUT",
+                    help="the instrumented object to write (atomically)")
     sp.add_argument("--probe", action="append", default=[], metavar="GLOB",
                     help="instrument only the probes matching GLOB (repeatable; default: all)")
     sp.add_argument("--observer", action="append", default=[], metavar="OBS.o",
@@ -216,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = add(name, handler, text)
         sp.add_argument("-p", dest="build_dir", metavar="BUILD_DIR",
                         help="directory holding compile_commands.json")
-        sp.add_argument("files", nargs="+", metavar="FILE")
+        sp.add_argument("files", nargs="+", metavar="FILE", help="BPF C sources or headers")
         # -I/-D as options (not only after `--`): pre-commit appends the
         # staged files after a hook's args, so args must not end the options.
         sp.add_argument("-I", dest="include_dirs", action="append", default=[], metavar="DIR",
@@ -226,11 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "extract":
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         else:
-            sp.add_argument("--format", choices=("text", "json", "sarif"), default="text")
+            sp.add_argument("--format", choices=("text", "json", "sarif"), default="text",
+                            help="output format: text (one finding a line), json, sarif (code scanning)")
+            sp.add_argument("--json", dest="format", action="store_const", const="json",
+                            help="machine-readable output (the same as --format json)")
             sp.add_argument("-j", "--jobs", type=int, default=0, help="parallel parses (0: all cores)")
             sp.add_argument("--no-cache", action="store_true", help="ignore the result cache")
             sp.add_argument("--no-ir", action="store_true",
                             help="skip the rules on the optimized LLVM IR (SDT010-SDT012), which compile each file")
+    sp = add("completion", _cmd_completion, "print a shell completion script: "
+             "eval \"$(bpf-sdt completion bash)\", or save it where the shell loads completions")
+    sp.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell to complete for")
+    sp = add("man", _cmd_man, "print the manual page, generated from these commands' help: "
+             "bpf-sdt man | man -l -")
+    sp.add_argument("page", nargs="?", metavar="COMMAND",
+                    help="the page of one command (bpf-sdt-COMMAND(1)); default: bpf-sdt(1), every command")
+
     return p
 
 
@@ -247,8 +312,20 @@ def split_clang_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+# A closed pipe (`bpf-sdt list x.o | head -1`) ends the command quietly with
+# the status of a process killed by SIGPIPE, as `cat` or `grep` would end:
+# never 0, so a pipeline under `set -o pipefail` does not mistake cut-short
+# output (or findings) for success.  Other write errors (a full disk) are one
+# line on stderr and exit 2.  docs/cli.md says so.
+EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE
+
+
 class OutputError(BpfSdtError):
     """Standard output cannot be written (closed pipe, full disk)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(f"cannot write to standard output: {error.strerror or error}")
+        self.closed_pipe = error.errno == errno.EPIPE
 
 
 class _GuardedStdout:
@@ -263,13 +340,13 @@ class _GuardedStdout:
         try:
             return self._stream.write(text)
         except OSError as e:
-            raise OutputError(f"cannot write to standard output: {e.strerror or e}") from None
+            raise OutputError(e) from None
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except OSError as e:
-            raise OutputError(f"cannot write to standard output: {e.strerror or e}") from None
+            raise OutputError(e) from None
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._stream, name)
@@ -299,7 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv[0] if argv and not argv[0].startswith("-") else ""
     try:
         try:
-            args = build_parser().parse_args(argv)
+            parser = build_parser()
+            if not argv:          # bare `bpf-sdt`: what it can do, as a usage error
+                sys.stderr.write(parser.format_help())
+                return EXIT_UNUSABLE
+            args = parser.parse_args(argv)
             args.clang_args = clang_args
             code: int = args.handler(args)
         except SystemExit as e:   # argparse: usage errors, --help, --version
@@ -308,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except (OutputError, BrokenPipeError) as e:   # BrokenPipeError: sys.stdout.buffer writes
         _silence_stdout()
-        _complain(command, str(e) if isinstance(e, OutputError) else "cannot write to standard output: Broken pipe")
+        if isinstance(e, BrokenPipeError) or e.closed_pipe:
+            return EXIT_CLOSED_PIPE
+        _complain(command, str(e))
         return EXIT_UNUSABLE
     except BpfSdtError as e:
         _complain(command, str(e))
