@@ -9,7 +9,15 @@ vlen and names.  Every input either reads or is refused with InputError;
 anything else (an exception, an input taking longer than --hang seconds) is a
 crash: saved to bench/out/, reported once per distinct place, exit 1.
 
-    .venv/bin/python bench/fuzz.py [--seconds S | --inputs N] [--seed K] [objects...]
+With ``--target instrument`` the inputs are linked objects (targets with
+their observers, made from the test suite's generated sources by clang and
+`bpf-sdt link`, or the objects named), mutated in their instructions as well,
+and fed to instrument's analyses and rewriter in process
+(``fuzz_target.instrument_input``): a rewritten object or a one-line finding
+or refusal; the process runs under a memory limit (--max-memory).
+
+    .venv/bin/python bench/fuzz.py [--target read|instrument] [--seconds S | --inputs N] [--seed K]
+                                   [objects...]
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import argparse
 import random
 import resource
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -29,9 +38,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from fuzz_target import (  # noqa: E402
     SyntheticEntry,
+    instrument_input,
     layout_of,
     many_sites_object,
     mutate,
+    mutate_code,
     one_input,
     synthetic_object,
 )
@@ -39,6 +50,8 @@ from fuzz_target import (  # noqa: E402
 from bpf_sdt.model import ArgLocation  # noqa: E402
 
 OUT = REPO / "bench" / "out"
+MIB = 1 << 20
+CODE_MUTATION_SHARE = 0.5        # instrument inputs: instructions vs. the object's structures
 
 
 class Hang(Exception):
@@ -61,6 +74,33 @@ def synthetic_seeds() -> list[bytes]:
     return [synthetic_object(entries, protos), many_sites_object(40)]
 
 
+def instrument_seeds(work: Path) -> list[Path]:
+    """Linked target+observer objects from the generated sources of
+    tests/test_instrument_safety.py (stack through callees and variable
+    offsets, callback chains, recursion, read-only and ctx-writing observers)."""
+    import test_instrument_safety as t
+    from bpf_sdt.postlink.link import link
+    from toolchain import clang
+
+    work.mkdir(parents=True, exist_ok=True)
+    targets = {"reach": t.CALLEE_REACH, "pkt": t.TARGET, "chain": t.callback_chain(224, 280, t.TWO_PROGRAMS_EXTRA),
+               "rec": t.RECURSIVE_TARGET, "loop": t.SELF_CALLBACK}
+    observers = {"ro": t.observer_source(""), **{f"w_{k}": t.observer_source(v) for k, v in t.OBSERVERS.items()}}
+    out = []
+    for name, text in [*targets.items(), *observers.items()]:
+        src = work / f"{name}.bpf.c"
+        src.write_text(text)
+        cmd = [clang(19), "-target", "bpf", "-O2", "-g", "-mcpu=v3", f"-I{t._multiarch_include()}",
+               f"-I{REPO / 'headers'}", "-c", str(src), "-o", str(work / f"{name}.o")]
+        subprocess.run(cmd, check=True, capture_output=True)
+    for target in targets:
+        for obs in observers:
+            linked = work / f"{target}+{obs}.o"
+            link(linked, [work / f"{target}.o", work / f"{obs}.o"])
+            out.append(linked)
+    return out
+
+
 def signature(exc: BaseException) -> str:
     """Where a crash happened: the innermost frame in the project's code."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/bench/" not in f.filename]
@@ -75,10 +115,22 @@ def main() -> int:
     ap.add_argument("--inputs", type=int, default=None, help="run this many inputs")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--hang", type=int, default=10, help="seconds after which one input counts as a hang")
+    ap.add_argument("--target", choices=("read", "instrument"), default="read",
+                    help="what the inputs go through: the readers (check, list, link) or instrument")
+    ap.add_argument("--max-memory", type=int, default=3072, metavar="MIB",
+                    help="address-space limit of this process (instrument target; MemoryError is a crash)")
     ap.add_argument("objects", nargs="*", type=Path)
     args = ap.parse_args()
-    paths = args.objects or sorted((REPO / "samples" / "build").glob("*.o"))
-    seeds = [p.read_bytes() for p in paths] + synthetic_seeds()
+    instrumenting = args.target == "instrument"
+    if instrumenting:
+        paths = args.objects or instrument_seeds(OUT / "instrument-seeds")
+        seeds = [p.read_bytes() for p in paths]
+        limit = args.max_memory * MIB
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    else:
+        paths = args.objects or sorted((REPO / "samples" / "build").glob("*.o"))
+        seeds = [p.read_bytes() for p in paths] + synthetic_seeds()
+    feed = instrument_input if instrumenting else one_input
     layouts = [layout_of(s) for s in seeds]
     limit_inputs = args.inputs if args.inputs is not None else (None if args.seconds else None)
     limit_seconds = args.seconds if args.seconds is not None else (None if args.inputs else 60.0)
@@ -92,12 +144,15 @@ def main() -> int:
     while (limit_inputs is None or i < limit_inputs) and \
             (limit_seconds is None or time.monotonic() - t0 < limit_seconds):
         k = rng.randrange(len(seeds))
-        data = mutate(seeds[k], rng, layouts[k])
+        if instrumenting and rng.random() < CODE_MUTATION_SHARE:
+            data = mutate_code(seeds[k], rng)
+        else:
+            data = mutate(seeds[k], rng, layouts[k])
         start = time.monotonic()
         signal.alarm(args.hang)
         try:
-            outcomes[one_input(data)] += 1
-        except Exception as e:   # every other outcome is a crash to fix
+            outcomes[feed(data)] += 1
+        except Exception as e:   # every other outcome is a crash to fix (MemoryError and Hang too)
             sig = signature(e)
             if sig not in crashes:
                 OUT.mkdir(parents=True, exist_ok=True)

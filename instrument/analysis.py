@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from bpf_sdt.instrument.stackframe import MAX_STACK, Reach, analyze_frame
 
 from bpf_sdt.elf import STT_FUNC, Symbol
+from bpf_sdt.errors import InputError
 from bpf_sdt.helpers import HELPER_ARGS
 from bpf_sdt.insn import (
     ARG_REGS,
@@ -62,6 +63,7 @@ CALLBACK_CTX = {
     209: (3, 2),      # bpf_user_ringbuf_drain(map, cb, ctx, flags) -> cb(dynptr, ctx)
 }
 MIN_REACH = -MAX_STACK       # what an unknown callee may do below a stack pointer it gets
+CYCLE_ROUNDS = 4             # frame passes over a call graph with a cycle (refused anyway)
 FRAME_ROUND = 32             # the verifier rounds each frame up to this
 TEXT_SECTION = ".text"
 ALL_ARGS = sum(1 << r for r in ARG_REGS)
@@ -125,6 +127,7 @@ class Program:
         self.functions: list[Function] = []
         self._by_first: dict[int, Function] = {}
         for sec in code.values():
+            _check_registers(sec)
             self.functions += _split_functions(sec, symbols)
         for f in self.functions:
             self._by_first[id(f.section.insns[f.start])] = f
@@ -134,6 +137,8 @@ class Program:
             f.init_in = _initialised(f)
             f.callees = self._callees(f)
         self.recursive = _cycles(self.functions)
+        self._below_sets: dict[int, list[Function]] = {}
+        self._above_sets: dict[int, list[Function]] = {}
         self._solve_frames()
         self._by_name = {}
         for f in reversed(self.functions):
@@ -195,12 +200,14 @@ class Program:
         return out
 
     def _solve_frames(self) -> None:
-        """Each function's reach; a callee's reach below its pointer
-        arguments feeds its callers', so repeat until nothing changes (at
-        most one round per function on an acyclic graph)."""
-        for _ in range(len(self.functions) + 1):
+        """Each function's reach, callees first: a callee's reach below its
+        pointer arguments feeds its callers'.  On a cycle (which the verifier
+        refuses, and sites on it are refused) the order cannot be kept, so
+        the pass repeats, a bounded number of times."""
+        order = _callees_first(self.functions)
+        for _ in range(CYCLE_ROUNDS if self.recursive else 1):
             changed = False
-            for f in self.functions:
+            for f in order:
                 reach = analyze_frame(f.insns, f.succ, f.is_program, self._call_reach(f))
                 if reach != f.reach:
                     f.reach, changed = reach, True
@@ -208,7 +215,7 @@ class Program:
                 return
 
     def _call_reach(self, f: Function) -> Callable[[Insn, int], int]:
-        callbacks = [g for g in f.callees if g.start != f.start or g.section is not f.section]
+        callbacks = [g for x in f.insns if x.op == LD_IMM64 and (g := self.callee(x)) is not None]
 
         def reach(insn: Insn, reg: int) -> int:
             if insn.src == PSEUDO_CALL:
@@ -237,16 +244,22 @@ class Program:
 
     def chain_through(self, f: Function) -> list[Function] | None:
         """A recursive cycle reachable from ``f`` or reaching it, if any."""
+        if not self.recursive:
+            return None
         for g in [*self._below_set(f), *self._above_set(f)]:
             if id(g) in self.recursive:
                 return self.recursive[id(g)]
         return None
 
     def _below_set(self, f: Function) -> list[Function]:
-        return _reachable(f, lambda g: g.callees)
+        if id(f) not in self._below_sets:
+            self._below_sets[id(f)] = _reachable(f, lambda g: g.callees)
+        return self._below_sets[id(f)]
 
     def _above_set(self, f: Function) -> list[Function]:
-        return _reachable(f, lambda g: self._callers.get(id(g), []))
+        if id(f) not in self._above_sets:
+            self._above_sets[id(f)] = _reachable(f, lambda g: self._callers.get(id(g), []))
+        return self._above_sets[id(f)]
 
     def chain_below(self, f: Function, frame: int | None = None, extra: Iterable[Function] = ()) -> int:
         """Stack of ``f`` (with ``frame`` bytes instead of its own) and the
@@ -296,6 +309,28 @@ def _longest(f: Function, edges: Callable[[Function], list[Function]], memo: dic
     return memo[id(f)]
 
 
+def _callees_first(functions: list[Function]) -> list[Function]:
+    """Every function after the functions it calls (a postorder, iterative)."""
+    out: list[Function] = []
+    seen: set[int] = set()
+    for root in functions:
+        if id(root) in seen:
+            continue
+        seen.add(id(root))
+        stack: list[tuple[Function, int]] = [(root, 0)]
+        while stack:
+            g, k = stack.pop()
+            if k < len(g.callees):
+                stack.append((g, k + 1))
+                h = g.callees[k]
+                if id(h) not in seen:
+                    seen.add(id(h))
+                    stack.append((h, 0))
+            else:
+                out.append(g)
+    return out
+
+
 def _cycles(functions: list[Function]) -> dict[int, list[Function]]:
     """id() of every function on a call cycle -> that cycle (iterative DFS)."""
     out: dict[int, list[Function]] = {}
@@ -323,6 +358,16 @@ def _cycles(functions: list[Function]) -> dict[int, list[Function]]:
                 state[id(g)] = 2
                 path.pop()
     return out
+
+
+def _check_registers(sec: CodeSection) -> None:
+    """Every register an instruction names exists (the verifier refuses the
+    program otherwise, and the analyses index by register)."""
+    for i, insn in enumerate(sec.insns):
+        bad = [r for r in (*regs_used(insn), *regs_defined(insn)) if not 0 <= r <= R10]
+        if bad:
+            raise InputError(f"{sec.name} insn {i}: r{bad[0]} is not a BPF register (the verifier refuses "
+                             "the program)")
 
 
 def _split_functions(sec: CodeSection, symbols: list[Symbol]) -> list[Function]:

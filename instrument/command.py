@@ -56,7 +56,7 @@ from bpf_sdt.instrument.sequence import Frame, Observer, site_sequence
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.btfext import SourceLines
-from bpf_sdt.elf import STT_FUNC, STT_SECTION, BpfObject, load_object
+from bpf_sdt.elf import STT_FUNC, STT_SECTION, BpfObject, is_reserved_index, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import CALL_LABEL_PREFIX, RECORDER_DEFAULT_RINGBUF_SIZE
 from bpf_sdt.fsutil import resolve_output, write_atomic
@@ -249,6 +249,7 @@ def _plan_observers(decls: list[ObserverDecl], probes: list[str], selected: list
 def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[bytes, Result]:
     notes = decode_notes(obj)
     types = probe_types(obj.btf)
+    _check_symbol_sections(obj)
     code = decode_code(obj)
     # (section, decoded offset) -> index in its section: taken once, before code moves
     index_of = {(idx, insn.orig): i for idx, sec in code.items() for i, insn in enumerate(sec.insns)}
@@ -292,6 +293,13 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     data = img.to_bytes()
     _verify(req.output, data)
     return data, Result(sites, plan, problems)
+
+
+def _check_symbol_sections(obj: BpfObject) -> None:
+    """Every symbol is in a section the object has (rewriting moves them all)."""
+    for sym in obj.symbols:
+        if not is_reserved_index(sym.shndx) and sym.shndx >= len(obj.sections):
+            raise InputError(f"{obj.path}: symbol {sym.name} is in section {sym.shndx}, which does not exist")
 
 
 def _refuse_ctx_writers(program: Program, names: list[str]) -> None:

@@ -124,8 +124,11 @@ def _scan(code: Code, entry_taint: int, resolve: Resolve, callbacks: Callable[[C
     state: list[tuple[int, frozenset[int]] | None] = [None] * n    # tainted regs, tainted slots
     state[0] = (entry_taint, frozenset())
     work = [0]
+    queued = [False] * n
+    queued[0] = True
     while work:
         i = work.pop()
+        queued[i] = False
         st = state[i]
         assert st is not None
         insn = code.insns[i]
@@ -143,7 +146,8 @@ def _scan(code: Code, entry_taint: int, resolve: Resolve, callbacks: Callable[[C
             new = out if old is None else (old[0] | out[0], old[1] | out[1])
             if new != old:
                 state[s] = new
-                if s not in work:
+                if not queued[s]:
+                    queued[s] = True
                     work.append(s)
     return None
 

@@ -80,6 +80,8 @@ S32_MIN, S32_MAX = -(1 << 31), (1 << 31) - 1
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
 WORD_BITS = 32
+END_WIDTHS = (16, 32)        # byte swaps narrower than 64 bits zero-extend
+MOVSX_WIDTHS = (8, 16, 32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +235,11 @@ def analyze_frame(insns: Sequence[Insn], succ: Sequence[Sequence[int]], is_progr
     states[0] = State(tuple(entry_regs))
     visits = [0] * n
     work = [0]
+    queued = [False] * n
+    queued[0] = True
     while work:
         i = work.pop()
+        queued[i] = False
         st = states[i]
         assert st is not None
         insn = insns[i]
@@ -252,7 +257,8 @@ def analyze_frame(insns: Sequence[Insn], succ: Sequence[Sequence[int]], is_progr
             if new != old:
                 states[s] = new
                 visits[s] += 1
-                if s not in work:
+                if not queued[s]:
+                    queued[s] = True
                     work.append(s)
     return reach
 
@@ -444,17 +450,21 @@ def _alu(insn: Insn, regs: list[Value], at: int, reach: Reach) -> Value:
     is64 = insn.cls == ALU64
     dst = regs[insn.dst]
     if op == ALU_END:
-        return Scalar.of(Range(0, (1 << insn.imm) - 1)) if insn.imm < 64 else UNKNOWN
+        return Scalar.of(Range(0, (1 << insn.imm) - 1)) if insn.imm in END_WIDTHS else UNKNOWN
     src: Value = regs[insn.src] if insn.op & SRC_X else Scalar.of(Range(insn.imm, insn.imm))
     if op == ALU_MOV:
         return _mov(insn, src, is64)
-    if is64 and isinstance(dst, StackPtr):
+    if is64 and isinstance(dst, StackPtr) and op in (ALU_ADD, ALU_SUB):
         return _pointer_arith(insn, op, dst, src, at, reach)
     if is64 and isinstance(src, StackPtr) and op == ALU_ADD:      # rX += r10: a pointer too
         return _pointer_arith(insn, op, src, dst, at, reach)
-    if isinstance(src, StackPtr) or isinstance(dst, StackPtr):
-        # pointer arithmetic the verifier refuses or scalarises
-        return UNKNOWN if is64 else Scalar.of32(FULL32)
+    # Any other operation on a pointer is one the verifier refuses, so where the program is
+    # valid the register holds a scalar there (an argument, or a register that is a stack
+    # pointer on another path only)
+    if isinstance(dst, StackPtr):
+        dst = UNKNOWN
+    if isinstance(src, StackPtr):
+        src = UNKNOWN
     if dst is None or src is None:
         return Scalar.of32(FULL32) if not is64 else UNKNOWN
     if is64 and op == ALU_LSH and src.r == Range(WORD_BITS, WORD_BITS):
@@ -467,6 +477,8 @@ def _alu(insn: Insn, regs: list[Value], at: int, reach: Reach) -> Value:
 def _mov(insn: Insn, src: Value, is64: bool) -> Value:
     if insn.off:                              # movsx from 8, 16 or 32 bits
         bits = insn.off
+        if bits not in MOVSX_WIDTHS:
+            return UNKNOWN if is64 else Scalar.of32(FULL32)
         lim = Range(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
         v = src.r if isinstance(src, Scalar) else FULL64
         r = v if lim.lo <= v.lo and v.hi <= lim.hi else lim
@@ -479,7 +491,7 @@ def _mov(insn: Insn, src: Value, is64: bool) -> Value:
 
 
 def _pointer_arith(insn: Insn, op: int, p: StackPtr, v: Value, at: int, reach: Reach) -> Value:
-    if op not in (ALU_ADD, ALU_SUB) or not isinstance(v, Scalar):
+    if not isinstance(v, Scalar):
         reach.touch(p.base, S64_MIN, at, f"insn {at} computes a stack address the analysis cannot bound")
         return None
     d = v.r if op == ALU_ADD else Range(-v.r.hi, -v.r.lo) if v.r.lo > S64_MIN else FULL64

@@ -10,6 +10,12 @@ sites, stripping the notes).  The only acceptable outcomes are a result or an
 the structures the readers trust least: section headers, symbols, string
 offsets, relocations, notes entries and BTF type records.
 
+``instrument_input`` feeds a linked object (a target and its observers, as
+`instrument` links them) to instrument's analyses and rewriter, in process
+and without writing: the acceptable outcomes are a rewritten object or a
+one-line :class:`BpfSdtError` (a finding or a refusal).  ``mutate_code``
+aims at the instructions themselves, which the analyses read.
+
 ``synthetic_object`` builds a probe object directly with
 :class:`bpf_sdt.elf.ElfImage` (no compiler): ``many_sites_object`` uses it
 for objects with up to a million sites.
@@ -53,7 +59,7 @@ from bpf_sdt.elf import (
     SecRec,
     SymRec,
 )
-from bpf_sdt.errors import InputError
+from bpf_sdt.errors import BpfSdtError, InputError
 from bpf_sdt.format import NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.model import ArgLocation
 from bpf_sdt.notes import encode_entry
@@ -81,6 +87,62 @@ def one_input(data: bytes) -> str:
         return "ok"
     except InputError:
         return "rejected"
+
+
+def instrument_input(data: bytes) -> str:
+    """'ok' or 'rejected' for instrument's rewrite of a linked object; raises on a crash."""
+    from bpf_sdt.instrument.command import Request, _rewrite
+    from bpf_sdt.instrument.observers import find_observers
+
+    try:
+        obj = BpfObject("fuzz.o", data)
+        names = [d.name for d in find_observers(obj)]
+        probes = {e.probe for e in analyze(obj).decoding.entries}
+        plan = {p: names for p in sorted(probes)}
+        _rewrite(obj, plan, Request(Path("fuzz.o"), Path("fuzz.out.o"), skip_unplaceable=True))
+        return "ok"
+    except BpfSdtError:
+        return "rejected"
+
+
+INSN_BYTES = 8
+
+
+def mutate_code(seed_data: bytes, rng: random.Random) -> bytes:
+    """Change instructions of the executable sections: opcodes, registers,
+    offsets and immediates, the fields instrument's analyses decide on."""
+    data = bytearray(seed_data)
+    code = [(off, size) for off, size in _exec_sections(seed_data) if size >= INSN_BYTES]
+    if not code:
+        return bytes(data)
+    for _ in range(rng.randint(1, 4)):
+        off, size = rng.choice(code)
+        at = off + INSN_BYTES * rng.randrange(size // INSN_BYTES)
+        field_choice = rng.randrange(4)
+        if field_choice == 0:
+            data[at] = rng.randrange(256)                               # opcode
+        elif field_choice == 1:
+            data[at + 1] = rng.randrange(256)                           # dst and src registers
+        elif field_choice == 2:
+            struct.pack_into("<H", data, at + 2, _value(rng, 16))       # offset
+        else:
+            struct.pack_into("<I", data, at + 4, _value(rng, 32))       # immediate
+    return bytes(data)
+
+
+def _exec_sections(data: bytes) -> list[tuple[int, int]]:
+    if len(data) < EHDR.size:
+        return []
+    shoff, shnum = struct.unpack_from("<Q", data, 0x28)[0], struct.unpack_from("<H", data, 0x3C)[0]
+    out = []
+    for i in range(shnum):
+        at = shoff + SHDR.size * i
+        if at + SHDR.size > len(data):
+            break
+        _name, typ, flags, _addr, off, size, *_ = SHDR.unpack_from(data, at)
+        if typ == SHT_PROGBITS and flags & SHF_EXECINSTR and off + size <= len(data):
+            out.append((off, size))
+    return out
 
 
 # --- mutations -----------------------------------------------------------------
