@@ -16,6 +16,9 @@ from types import FrameType
 from bpf_sdt.errors import InputError
 
 DEFAULT_MODE = 0o644
+TEMP_PREFIX = "."
+TEMP_TOKEN_BYTES = 6         # 12 hex digits: unique enough beside one output
+DEFAULT_NAME_MAX = 255       # NAME_MAX where the filesystem does not say
 # Signals that end a process by default and can be caught: the temporary is
 # removed before the process ends.  SIGKILL cannot be caught (nothing can).
 CLEANUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -93,7 +96,7 @@ class _TemporaryBeside:
 
     def __init__(self, target: Path) -> None:
         self.target = target
-        self.tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        self.tmp = target.with_name(_temporary_name(target))
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> tuple[int, Path]:
@@ -136,6 +139,19 @@ class _TemporaryBeside:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
+
+
+def _temporary_name(target: Path) -> str:
+    """A hidden, unique name beside ``target`` that fits the directory's name
+    limit whenever ``target``'s own name does (the name is cut, not the suffix)."""
+    suffix = f".{secrets.token_hex(TEMP_TOKEN_BYTES)}.tmp"
+    try:
+        name_max = os.pathconf(target.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = DEFAULT_NAME_MAX
+    room = max(name_max - len(suffix) - len(TEMP_PREFIX), 1)
+    stem = os.fsencode(target.name)[:room].decode(errors="ignore") or "out"
+    return f"{TEMP_PREFIX}{stem}{suffix}"
 
 
 def _raise_killed(signum: int, frame: FrameType | None) -> None:

@@ -266,10 +266,11 @@ SEC("xdp") int chained(struct xdp_md *ctx)
 {extra}""" + LICENSE
 
 
-def test_callback_chain_over_the_limit_is_found_and_the_verifier_agrees(tmp_path: Path,
+@pytest.mark.parametrize("mcpu", ["v1", "v3"])
+def test_callback_chain_over_the_limit_is_found_and_the_verifier_agrees(tmp_path: Path, mcpu: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # 224 + 288: exactly the verifier's 512 before a site adds to main's frame
-    obj = build(tmp_path, "chain", callback_chain(224, 280))
+    obj = build(tmp_path, "chain", callback_chain(224, 280), mcpu)
     assert load_error(obj) == ""
     out = tmp_path / "o.o"
     res = instrument(obj, out)
@@ -491,3 +492,12 @@ def test_output_onto_the_input_needs_in_place(small_target: Path, tmp_path: Path
     assert res.returncode == 0, res.stderr
     # replaced atomically: the name written gets a new file (another hard link keeps the old one)
     assert out.read_bytes() != small_target.read_bytes()
+
+
+def test_longest_valid_output_name_is_written(small_target: Path, tmp_path: Path) -> None:
+    """The temporary beside OUT is cut to the name limit, so any name the
+    filesystem takes can be written."""
+    out = tmp_path / ("n" * 250)
+    res = instrument(small_target, out)
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes()[:4] == b"\x7fELF" and sorted(os.listdir(tmp_path)) == [out.name]
