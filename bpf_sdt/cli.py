@@ -395,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNUSABLE
     except BpfSdtError as e:
         _complain(command, str(e))
+        for line in getattr(e, "extra_lines", ()):      # e.g. an expression and a caret under its error
+            with contextlib.suppress(OSError):
+                print(f"    {escape_text(line)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

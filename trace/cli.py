@@ -37,6 +37,36 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                      "by name and the object's identity)")
     sp.add_argument("--ringbuf-size", type=int, default=DEFAULT_RINGBUF_SIZE, metavar="BYTES",
                     help="the recorder's ring buffer size (power of two, default 4 MiB)")
+    _add_kernel_side(sp)
+
+
+class _Aggregation(argparse.Action):
+    """--hist/--lhist/--sum/--min/--max/--avg, kept in the order given (one map each)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        kind = (option_string or "").lstrip("-")
+        namespace.aggregations = [*(namespace.aggregations or []), (kind, str(values))]
+
+
+def _add_kernel_side(sp: argparse.ArgumentParser) -> None:
+    """Filters and aggregations the recorder does in the kernel (docs/aggregate.md)."""
+    k = sp.add_argument_group("in the kernel (docs/aggregate.md); EXPR is C over arg0..argN-1 and enumerators, "
+                              "[PROBE:] limits an option to the probes matching PROBE")
+    k.add_argument("--filter", action="append", default=[], metavar="[PROBE:]EXPR",
+                   help="record only the firings where EXPR is true (repeatable: all must hold)")
+    k.add_argument("--count-by", action="append", default=[], metavar="[PROBE:]KEYS",
+                   help="count firings per tuple of key expressions (KEYS: EXPR,EXPR...)")
+    for kind, what in (("hist", "power-of-two histogram of EXPR"),
+                       ("lhist", "linear histogram: EXPR,MIN,MAX,STEP"),
+                       ("sum", "sum of EXPR"), ("min", "minimum of EXPR"), ("max", "maximum of EXPR"),
+                       ("avg", "average of EXPR")):
+        k.add_argument(f"--{kind}", action=_Aggregation, dest="aggregations", metavar="[PROBE:]EXPR[ by KEYS]",
+                       help=f"{what}, per probe (and per KEYS)")
+    k.add_argument("--per-site", action="store_true", help="aggregations per site instead of per probe")
+    k.add_argument("--map-entries", type=int, default=None, metavar="N",
+                   help="keys each aggregation map holds (default 10240); updates past it are counted")
+    k.add_argument("--interval", type=float, metavar="S", help="also print the aggregations every S seconds")
 
 
 def run_trace(args: argparse.Namespace) -> int:
@@ -47,4 +77,6 @@ def run_trace(args: argparse.Namespace) -> int:
         duration=args.duration, run=args.run, packet=args.packet, pcap=args.pcap, repeat=args.repeat,
         xdp=args.xdp, tc=args.tc, prog=args.prog, pinned=args.pinned, live=args.live,
         pin_dir=args.pin_dir, ringbuf_size=args.ringbuf_size,
-        reader=os.environ.get(READER_ENV) or None))
+        reader=os.environ.get(READER_ENV) or None, filters=tuple(args.filter), count_by=tuple(args.count_by),
+        aggregations=tuple(args.aggregations or ()), per_site=args.per_site, interval=args.interval,
+        **({"map_entries": args.map_entries} if args.map_entries is not None else {})))

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import TextIO
 
 from bpf_sdt.instrument.command import Request, instrument
-from bpf_sdt.instrument.observers import RECORDER_PREFIX
+from bpf_sdt.instrument.observers import DEFAULT_MAP_ENTRIES, RECORDER_PREFIX, RecorderOptions
+from bpf_sdt.trace.aggregate import Layout, Report, counters_line, open_report, parse_specs, plan_recorder
 from bpf_sdt.trace.leftovers import RecordedTcFilter, attach_tc, report_stale
 from bpf_sdt.trace.output import Decoder, Writer
 from bpf_sdt.trace.pcap import MAX_PACKET, iter_packets
@@ -54,6 +55,7 @@ from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, Usag
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
 from bpf_sdt.libbpf import BpfObject, LibbpfError, Link, Program, TcFilter, strerror
 from bpf_sdt.model import escape_text
+from bpf_sdt.probes import probe_types
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf")
 PROBE_CHECK_S = 1.0             # how often a live trace looks at the lost-event counter
@@ -100,6 +102,12 @@ class Options:
     pin_dir: Path | None = None         # None: DEFAULT_PIN_DIR if pinned there, else found among loaded maps
     ringbuf_size: int = RECORDER_DEFAULT_RINGBUF_SIZE
     reader: str | None = None           # ring reader, "mmap" or "libbpf" (default: per architecture)
+    filters: tuple[str, ...] = ()       # --filter [PROBE:]EXPR (trace/filters.py)
+    count_by: tuple[str, ...] = ()      # --count-by [PROBE:]KEYS (trace/aggregate.py)
+    aggregations: tuple[tuple[str, str], ...] = ()   # (hist|lhist|sum|min|max|avg, [PROBE:]EXPR[ by KEYS])
+    per_site: bool = False
+    map_entries: int = DEFAULT_MAP_ENTRIES
+    interval: float | None = None       # print the aggregations every S seconds too
 
 
 def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -139,8 +147,9 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
     iface, direction = _interface(opts)
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
         inst = Path(tmp) / "instrumented.bpf.o"
+        recorder, layout = _recorder_plan(opts)
         instrumented = _instrument_interruptibly(Request(opts.obj, inst, opts.probes,
-                                                         ringbuf_size=opts.ringbuf_size), stop)
+                                                         ringbuf_size=opts.ringbuf_size, recorder=recorder), stop)
         if instrumented is None:
             return None
         sites = site_table(load_object(inst), load_object(opts.obj))
@@ -158,6 +167,9 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
                               t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
             with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder,
                           Counters(bpf.find_map(RECORDER_COUNTS_MAP)), stop, out, err) as session:
+                session.report = open_report(bpf.find_map, layout, sites, per_site=opts.per_site,
+                                             as_json=opts.as_json, interval=opts.interval, now=time.monotonic())
+                session.summarise = bool(opts.filters) or session.report is not None
                 if opts.run:
                     assert prog is not None
                     session.test_runs(prog, packets, opts.repeat, opts.duration)
@@ -174,6 +186,16 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
         err.write(f"bpf-sdt trace: the kernel refused {session.refused} of {session.packets} test runs\n")
         return EXIT_FINDINGS
     return EXIT_OK
+
+
+def _recorder_plan(opts: Options) -> tuple[RecorderOptions, Layout]:
+    """Filters and aggregations of the traced probes, as the recorder's plan."""
+    obj = load_object(opts.obj)
+    types = probe_types(obj.btf)
+    probes = sorted(types)
+    selected = [p for p in probes if not opts.probes or any(fnmatch.fnmatchcase(p, g) for g in opts.probes)]
+    specs = parse_specs(opts.count_by, opts.aggregations)
+    return plan_recorder(types, selected, opts.filters, specs, opts.map_entries)
 
 
 # --- options ---------------------------------------------------------------------
@@ -313,6 +335,8 @@ class _Session:
                  err: TextIO) -> None:
         self.ring, self.decoder, self.counters, self.stop, self.out, self.err = ring, decoder, counters, stop, out, err
         self.refused = 0            # test runs the kernel refused (REFUSED_PACKET)
+        self.report: Report | None = None       # in-kernel aggregations, when asked for
+        self.summarise = False                  # print the recorder's counters at the end
         self.packets = 0            # packets test-run (or refused)
         self._own_writer = not isinstance(out, Writer)      # a stream given: written through a Writer of ours
         self.writer = out if isinstance(out, Writer) else Writer(out)
@@ -370,6 +394,8 @@ class _Session:
             if time.monotonic() >= next_lost_check:
                 self._lost_so_far()
                 next_lost_check = time.monotonic() + LOST_REPORT_S
+            if self.report is not None and self.report.due(time.monotonic()):
+                self.print_aggregations()
 
     def _lost_so_far(self) -> None:
         lost = self.counters.since_start().lost
@@ -435,6 +461,18 @@ class _Session:
             self.decoder.taken_line(taken)
         if self.decoder.foreign:
             self.err.write(f"bpf-sdt trace: {self.decoder.foreign} events did not match the object's sites\n")
+        if self.report is not None:
+            self.print_aggregations()
+        if self.summarise:
+            self.decoder.lines.append(counters_line(counted, self.decoder.as_json).encode())
+        if counted.overflow:
+            self.err.write(f"bpf-sdt trace: {counted.overflow} aggregation updates found their map full "
+                           "(raise --map-entries)\n")
+        self.decoder.flush(self.out)
+
+    def print_aggregations(self) -> None:
+        assert self.report is not None
+        self.decoder.lines.extend(line.encode() for line in self.report.lines())
         self.decoder.flush(self.out)
 
 
