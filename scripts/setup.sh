@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(clang-14 clang-19 llvm-19 libbpf-dev bpftool gcc-bpf meson ninja-build make xz-utils python3-venv git)
+# libelf-dev, zlib1g-dev, pkg-config: libbpf-sys builds libbpf from source for the Rust loaders.
+APT_PACKAGES=(clang-14 clang-19 llvm-19 libbpf-dev bpftool gcc-bpf meson ninja-build make xz-utils python3-venv git
+	libelf-dev zlib1g-dev pkg-config)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,4 +41,15 @@ fi
 if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/bpf 2>/dev/null; then
 	mount -t bpf bpf /sys/fs/bpf 2>/dev/null || echo "setup: could not mount bpffs on /sys/fs/bpf" >&2
 fi
+# The Go and Rust loader programs of tests/test_loaders.py, built now so the tests
+# do not spend their time in a cold build (from the Go module proxy and crates.io;
+# cached after the first run).  A missing toolchain is the tests' finding, not ours.
+for toolchain in go:go rust:cargo; do
+	if command -v "${toolchain#*:}" >/dev/null; then
+		echo "setup: building the ${toolchain%%:*} loaders"
+		tests/loaders/build.sh "${toolchain%%:*}"
+	else
+		echo "setup: ${toolchain#*:} not found: tests/test_loaders.py needs it" >&2
+	fi
+done
 exit 0
