@@ -32,7 +32,7 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -42,6 +42,8 @@ from bpf_sdt.errors import InputError
 
 if TYPE_CHECKING:
     from bpf_sdt.elf import BpfObject
+    from bpf_sdt.inlined import Chain
+    from bpf_sdt.notes import FunctionIndex, NoteEntry
 
 BTF_EXT_SECTION = ".BTF.ext"
 
@@ -510,6 +512,7 @@ class SourceLines:
     An object without .BTF.ext (or with a broken one) has no locations."""
 
     def __init__(self, obj: BpfObject) -> None:
+        self._obj = obj
         self._ext: BtfExt | None = None
         self._index: dict[str, OffsetIndex[LineInfo]] = {}
         self._files: dict[int, str | None] = {}     # by string offset: a few files, many sites
@@ -544,3 +547,14 @@ class SourceLines:
         if file is None:
             return None, None, None
         return file, rec.line or None, rec.col or None
+
+    def inlined_at(self, entries: Sequence[NoteEntry], functions: FunctionIndex) -> list[Chain]:
+        """For each of ``entries`` (every decoded entry of the object, in any
+        order), where the inlined function holding its NOP was called,
+        innermost first: from `.bpf_sdt_inline` (what link and instrument
+        wrote), else from the compiler's DWARF (bpf_sdt.inlined)."""
+        from bpf_sdt.inlined import SitePlace, inline_chains
+
+        rank = {e.entry_offset: i for i, e in enumerate(sorted(entries, key=lambda e: e.entry_offset))}
+        places = [SitePlace(e.section.name, e.offset, functions.at(e.section, e.offset)) for e in entries]
+        return inline_chains(self._obj, places, [rank[e.entry_offset] for e in entries])

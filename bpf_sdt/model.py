@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:   # only the type: importing argtype costs a warm `lint` BTF's parser
     from bpf_sdt.argtype import ArgType
+    from bpf_sdt.inlined import CallSite
 
 # A note informs (exit code 0 whatever the notes); gcc, SARIF and editors
 # know all three.
@@ -175,6 +176,8 @@ class Site:
     column: int | None = None
     observers: tuple[str, ...] = ()      # what `bpf-sdt instrument` made the site call, in order
     arg_types: tuple[ArgType, ...] = ()  # the declared types, to show immediates at
+    # where the inlined function holding the site was called, innermost first (bpf_sdt.inlined)
+    inlined_at: tuple[CallSite, ...] = ()
 
     @property
     def insn_index(self) -> int:
@@ -185,7 +188,10 @@ class Site:
         """`file:line:column` (or less, as known), or "" without line info."""
         if self.file is None:
             return ""
-        return ":".join(str(p) for p in (self.file, self.line, self.column) if p)
+        here = ":".join(str(p) for p in (self.file, self.line, self.column) if p)
+        if self.inlined_at:
+            here += " (inlined at " + ", at ".join(map(str, self.inlined_at)) + ")"
+        return here
 
     def typed_args(self) -> Iterator[tuple[ArgLocation, ArgType | None]]:
         types = self.arg_types
@@ -208,6 +214,7 @@ class Site:
                 f'"symbol":{_dumps(self.symbol)},'   # unique per site: not worth caching
                 f'"file":{"null" if self.file is None else q(self.file)},'
                 f'"line":{_int_or_null(self.line)},"column":{_int_or_null(self.column)},'
+                f'"inlined_at":{_dumps([c.as_json() for c in self.inlined_at]) if self.inlined_at else "[]"},'
                 f'"observers":[{",".join(map(q, self.observers))}]}}')
 
     def to_json(self) -> dict[str, Any]:
@@ -224,6 +231,7 @@ class Site:
             "file": self.file,
             "line": self.line,
             "column": self.column,
+            "inlined_at": [c.as_json() for c in self.inlined_at],
             "observers": list(self.observers),
         }
 

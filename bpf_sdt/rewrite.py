@@ -51,6 +51,7 @@ from bpf_sdt.elf import (
 )
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import CALL_WORD_SIZE, CALLS_REL_SECTION, CALLS_SECTION, TYPES_SECTION
+from bpf_sdt.inlined import carry_into
 from bpf_sdt.insn import (
     CodeSection,
     EncodedSection,
@@ -148,6 +149,7 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
         _rename_section(img, idx, name)
     drop_indices = set(edits.moved)
     if changed:
+        carry_into(obj, img)    # where inlined sites were called: DWARF only has it
         drop_indices |= {i for i, s in enumerate(img.sections)
                          if s.name.startswith(DWARF_PREFIX) and s.name != TYPES_SECTION}
     if changed:   # its relocations describe the old record layout; loaders ignore it

@@ -155,12 +155,13 @@ class ObjectReport:
         lines = SourceLines(self.obj)
         observers = self.observers
         types = self.arg_types
-        for e in self.entries:
+        inlined = lines.inlined_at(self.entries, functions)
+        for e, chain in zip(self.entries, inlined, strict=True):
             decl = decls.get(e.probe)
             file, line, column = lines.at(e.section.name, e.offset)
             yield Site(e.probe, e.section.name, e.offset, functions.at(e.section, e.offset),
                        e.args, decl.types if decl else (), e.entry_offset, e.symbol, file, line, column,
-                       observers.get((e.section.index, e.offset), ()), types.get(e.probe, ()))
+                       observers.get((e.section.index, e.offset), ()), types.get(e.probe, ()), chain)
 
     @cached_property
     def arg_types(self) -> dict[str, tuple[ArgType, ...]]:

@@ -50,6 +50,7 @@ from bpf_sdt.elf import (
 from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION, R_BPF_64_ABS64
 from bpf_sdt.fsutil import resolve_output, write_atomic
+from bpf_sdt.inlined import INLINE_SECTION, Chain, entry_chains, set_section
 from bpf_sdt.model import ArgLocation, Declaration
 from bpf_sdt.notes import encode_entry
 from bpf_sdt.rewrite import append_call_words
@@ -120,7 +121,8 @@ def link(output: Path, inputs: list[Path], bpftool: str = "bpftool") -> ObjectRe
         if not sites:
             return _finish(output, base.read_bytes(), analyze(linked))
         placement = _placement(objs, linked)
-        data = _add_notes(linked, sites, placement, calls)
+        inline = [c for obj, r in loaded for c in entry_chains(obj, r.decoding.entries)]   # DWARF is gone
+        data = _add_notes(linked, sites, placement, calls, inline)
         report = analyze(BpfObject(str(output), data))
         if report.errors:
             errors = [f"{f.where}: {f.message} [{f.rule}]" for f in report.findings if f.severity == "error"]
@@ -153,7 +155,7 @@ def strip_notes(obj: BpfObject) -> bytes:
     them (found by what they apply to, not by name: a name says nothing about
     what a section is)."""
     img = ElfImage.from_object(obj)
-    img.remove_section_indices({s.index for name in (NOTES_SECTION, CALLS_SECTION)
+    img.remove_section_indices({s.index for name in (NOTES_SECTION, CALLS_SECTION, INLINE_SECTION)
                                 for s in obj.sections_named(name) if s.type not in (SHT_SYMTAB, SHT_STRTAB)})
     return img.to_bytes()
 
@@ -235,7 +237,7 @@ def _same_sites(report: ObjectReport, objs: list[BpfObject], sites: list[InputSi
 
 
 def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement,
-               calls: list[InputCall]) -> bytes:
+               calls: list[InputCall], inline: Sequence[Chain] = ()) -> bytes:
     img = ElfImage.from_object(linked)
     notes = bytearray()
     relocs: list[Relocation] = []
@@ -257,6 +259,7 @@ def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement,
     for name, value in entry_syms:
         img.symbols.append(SymRec(name, value, 0, (STB_LOCAL << 4) | STT_NOTYPE, 0, notes_i))
     append_call_words(img, [_placed_call(img, c, placement) for c in calls])
+    set_section(img, inline)    # one chain per entry, in the order written above
     return img.to_bytes()
 
 
