@@ -41,6 +41,7 @@ RECORDER_ARGS_STRUCT = "bpf_sdt_args"   # + _arity: what a recorder function's p
 AGGREGATION_MAP_PREFIX = "bpf_sdt_agg"  # + index (map names are at most 15 characters)
 DEFAULT_MAP_ENTRIES = 10240             # keys per aggregation map (x site), unless --map-entries says
 MAX_MAP_ENTRIES = 1 << 20               # per-CPU values: each key costs 32 bytes on every CPU
+HITS_MAP = 0                            # the aggregation map counting hits per site
 AGGREGATION_KINDS = ("count", "hist", "lhist", "sum", "min", "max", "avg")
 PAGE_SIZE = 4096
 RECORDER_CFLAGS = ("-target", "bpf", "-O2", "-g", "-mcpu=v2", "-Wall", "-Werror")
@@ -137,6 +138,7 @@ class RecorderOptions:
     pin_by_name: bool = False           # LIBBPF_PIN_BY_NAME on every map (the old default)
     probes: Mapping[str, ProbePlan] = field(default_factory=dict)
     map_entries: int = DEFAULT_MAP_ENTRIES
+    hits_entries: int = DEFAULT_MAP_ENTRIES     # map 0 (hits per site): one key per site of the object
 
     def plan(self, probe: str) -> ProbePlan:
         return self.probes.get(probe, DEFAULT_PLAN)
@@ -180,7 +182,9 @@ def render_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, 
         ringbuf_size=ringbuf_size, ringbuf=RECORDER_RINGBUF_MAP, counts=RECORDER_COUNTS_MAP,
         identity=RECORDER_IDENTITY_PREFIX + identity, counters=RECORDER_COUNTERS, event=RECORDER_EVENT,
         args_struct=RECORDER_ARGS_STRUCT, pin_by_name=options.pin_by_name, agg_prefix=AGGREGATION_MAP_PREFIX,
-        aggregations=[{"index": i, "nkeys": n} for i, n in sorted(maps.items())], map_entries=options.map_entries)
+        aggregations=[{"index": i, "nkeys": n,
+                       "entries": options.hits_entries if i == HITS_MAP else options.map_entries}
+                      for i, n in sorted(maps.items())])
 
 
 def check_ringbuf_size(size: int) -> None:

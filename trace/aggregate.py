@@ -19,7 +19,13 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bpf_sdt.instrument.observers import AGGREGATION_MAP_PREFIX, AggregationCode, ProbePlan, RecorderOptions
+from bpf_sdt.instrument.observers import (
+    AGGREGATION_MAP_PREFIX,
+    HITS_MAP,
+    AggregationCode,
+    ProbePlan,
+    RecorderOptions,
+)
 from bpf_sdt.trace.filters import Compiled, Scope, caret_message, compile_expression, probe_filters, split_probe
 from bpf_sdt.trace.sites import Site
 
@@ -27,7 +33,7 @@ from bpf_sdt.argtype import ArgType
 from bpf_sdt.errors import UsageError
 from bpf_sdt.libbpf import Map
 
-HITS_INDEX = 0                          # map 0: hits per site, always there when aggregating
+HITS_INDEX = HITS_MAP                   # map 0: hits per site, always there when aggregating
 VALUE = struct.Struct("<QqqQ")          # count, sum, min, max (max read unsigned, converted below)
 VALUE_BYTES = VALUE.size
 KEY_HEAD = struct.Struct("<II")         # site, bucket
@@ -124,7 +130,7 @@ class Layout:
 
 
 def plan_recorder(types: Mapping[str, tuple[ArgType, ...]], selected: Sequence[str], filters: Sequence[str],
-                  specs: Sequence[AggregationSpec], map_entries: int,
+                  specs: Sequence[AggregationSpec], map_entries: int, sites: int,
                   pin_by_name: bool = False) -> tuple[RecorderOptions, Layout]:
     """The recorder's plan for the traced probes: their filters, and, when there
     are aggregations, the map updates instead of ring events."""
@@ -149,7 +155,8 @@ def plan_recorder(types: Mapping[str, tuple[ArgType, ...]], selected: Sequence[s
     for p in selected:
         hits = [AggregationCode(HITS_INDEX, "count")] if aggregating else []
         plans[p] = ProbePlan(conditions.get(p), ring=not aggregating, aggregations=tuple(hits + codes[p]))
-    return RecorderOptions(pin_by_name=pin_by_name, probes=plans, map_entries=map_entries), layout
+    return RecorderOptions(pin_by_name=pin_by_name, probes=plans, map_entries=map_entries,
+                           hits_entries=max(sites, 1)), layout
 
 
 # --- reading ------------------------------------------------------------------------
@@ -217,8 +224,11 @@ def _key_value(raw: int, t: ArgType | None, as_json: bool) -> object:
         return bool(value)
     if t.kind == "pointer":
         return f"0x{value:x}"
-    if t.kind == "enum" and not as_json:
-        return t.format(value)
+    if t.kind == "enum":
+        name = t.format(value)
+        if not as_json:
+            return name
+        return {"name": name, "value": value} if name != str(value) else value
     return value
 
 
@@ -230,10 +240,14 @@ def group(spec: AggregationSpec, layout: Layout, sites: Sequence[Site], data: Ma
             continue                    # not this object's site: the identity check makes this unreachable
         site = sites[site_id]
         args = layout.key_args.get((spec.index, site.probe), (None,) * len(keys))
-        shown = tuple(_key_value(k, site.types[a] if a is not None and a < len(site.types) else None, as_json)
-                      for k, a in zip(keys, args, strict=False))
-        ident = (site.probe, site_id if per_site else None, shown)
-        row = rows.setdefault(ident, Row(site.probe, site if per_site else None, shown))
+        key_types = [site.types[a] if a is not None and a < len(site.types) else None for a in args]
+        # Keys are compared as C values (two sites' raw slots may differ only above the type's width).
+        values = tuple(t.convert(k) if t is not None else k for k, t in zip(keys, key_types, strict=False))
+        ident = (site.probe, site_id if per_site else None, values)
+        if ident not in rows:
+            shown = tuple(_key_value(k, t, as_json) for k, t in zip(keys, key_types, strict=False))
+            rows[ident] = Row(site.probe, site if per_site else None, shown)
+        row = rows[ident]
         row.buckets[bucket] = row.buckets.get(bucket, 0) + merged.count
         if merged.count:
             row.merged.add(merged.count, merged.sum, merged.min or 0, merged.max or 0)
@@ -317,7 +331,8 @@ def json_object(spec: AggregationSpec, rows: Iterable[Row]) -> str:
             entry["buckets"] = [{"low": bucket_range(spec, b)[0], "high": bucket_range(spec, b)[1], "count": n}
                                 for b, n in sorted(row.buckets.items())]
         entries.append(entry)
-    return json.dumps({"type": spec.kind, "name": spec.name, "entries": entries}, separators=(",", ":"))
+    return json.dumps({"type": spec.kind, "name": spec.name, "probes": spec.probe_glob or "*",
+                       "map": map_name(spec.index), "entries": entries}, separators=(",", ":"))
 
 
 def check_spec_names(specs: Sequence[AggregationSpec]) -> None:

@@ -195,7 +195,7 @@ def _recorder_plan(opts: Options) -> tuple[RecorderOptions, Layout]:
     probes = sorted(types)
     selected = [p for p in probes if not opts.probes or any(fnmatch.fnmatchcase(p, g) for g in opts.probes)]
     specs = parse_specs(opts.count_by, opts.aggregations)
-    return plan_recorder(types, selected, opts.filters, specs, opts.map_entries)
+    return plan_recorder(types, selected, opts.filters, specs, opts.map_entries, len(site_table(obj)))
 
 
 # --- options ---------------------------------------------------------------------
