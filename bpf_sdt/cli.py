@@ -52,7 +52,7 @@ def _cmd_cflags(args: argparse.Namespace) -> int:
 
     flags = [f"-I{header_dir()}"]
     if args.system:
-        from bpf_sdt.buildflags import system_include_flags
+        from bpf_sdt.sysinclude import system_include_flags
 
         flags += system_include_flags()
     print(" ".join(flags))

@@ -128,7 +128,7 @@ def compile_flags(extra: list[str]) -> list[str]:
     unless a target is given, the shipped bpf_sdt.h's directory, and the
     system directory `-target bpf` misses (asm/types.h), last, as a build
     through `bpf-sdt cflags --system` has them: no compile database needed."""
-    from bpf_sdt.buildflags import system_include_flags
+    from bpf_sdt.sysinclude import system_include_flags
 
     flags = list(extra)
     if not any(f == "-target" or f.startswith("--target") for f in flags):
