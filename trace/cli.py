@@ -67,6 +67,10 @@ def _add_kernel_side(sp: argparse.ArgumentParser) -> None:
     k.add_argument("--map-entries", type=int, default=None, metavar="N",
                    help="keys each aggregation map holds (default 10240); updates past it are counted")
     k.add_argument("--interval", type=float, metavar="S", help="also print the aggregations every S seconds")
+    k.add_argument("--prometheus", metavar="[ADDR:]PORT",
+                   help="serve hit counts, the recorder's counters and the aggregations in the Prometheus text "
+                   "format at http://ADDR:PORT/metrics (ADDR 127.0.0.1 by default; PORT 0: any free port) "
+                   "until trace is stopped")
 
 
 def run_trace(args: argparse.Namespace) -> int:
@@ -79,4 +83,5 @@ def run_trace(args: argparse.Namespace) -> int:
         pin_dir=args.pin_dir, ringbuf_size=args.ringbuf_size,
         reader=os.environ.get(READER_ENV) or None, filters=tuple(args.filter), count_by=tuple(args.count_by),
         aggregations=tuple(args.aggregations or ()), per_site=args.per_site, interval=args.interval,
+        prometheus=args.prometheus,
         **({"map_entries": args.map_entries} if args.map_entries is not None else {})))

@@ -43,6 +43,7 @@ from bpf_sdt.trace.aggregate import Layout, Report, counters_line, open_report, 
 from bpf_sdt.trace.leftovers import RecordedTcFilter, attach_tc, report_stale
 from bpf_sdt.trace.output import Decoder, Writer
 from bpf_sdt.trace.pcap import MAX_PACKET, iter_packets
+from bpf_sdt.trace.prometheus import Exporter, start_exporter
 from bpf_sdt.trace.recorder import Counters, RecorderMaps, find_loaded, open_pinned
 from bpf_sdt.trace.ring import Ring, open_ring
 from bpf_sdt.trace.runtime import STOP_SIGNALS, StopSignals, private_bpffs
@@ -108,6 +109,7 @@ class Options:
     per_site: bool = False
     map_entries: int = DEFAULT_MAP_ENTRIES
     interval: float | None = None       # print the aggregations every S seconds too
+    prometheus: str | None = None       # --prometheus [ADDR:]PORT (trace/prometheus.py)
 
 
 def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -170,9 +172,15 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
                 session.report = open_report(bpf.find_map, layout, sites, per_site=opts.per_site,
                                              as_json=opts.as_json, interval=opts.interval, now=time.monotonic())
                 session.summarise = bool(opts.filters) or session.report is not None
+                session.exporter = start_exporter(opts.prometheus, sites, shown, decoder.hits,
+                                                  session.counters.read, session.report, err)
                 if opts.run:
                     assert prog is not None
                     session.test_runs(prog, packets, opts.repeat, opts.duration)
+                    if session.exporter is not None and not stop.requested:    # runs done: serve until stopped
+                        session.runs_complete = True
+                        session.ready(sites, shown, f"the finished test runs of {prog.name}")
+                        session.follow(opts.duration)
                 else:
                     links = _attach(bpf, prog, iface, direction, opts, err)
                     session.ready(sites, shown, ", ".join(what for what, _ in links))
@@ -180,7 +188,7 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
                     for _, link in reversed(links):     # no new events from here on
                         link.destroy()
                 session.finish(opts.count)
-    if opts.run and stop.requested:         # test runs cut short: not a result
+    if opts.run and stop.requested and not session.runs_complete:      # test runs cut short: not a result
         return None
     if session.refused:
         err.write(f"bpf-sdt trace: the kernel refused {session.refused} of {session.packets} test runs\n")
@@ -337,6 +345,8 @@ class _Session:
         self.refused = 0            # test runs the kernel refused (REFUSED_PACKET)
         self.report: Report | None = None       # in-kernel aggregations, when asked for
         self.summarise = False                  # print the recorder's counters at the end
+        self.exporter: Exporter | None = None   # --prometheus
+        self.runs_complete = False              # every test run done (then a signal ends the serving)
         self.packets = 0            # packets test-run (or refused)
         self._own_writer = not isinstance(out, Writer)      # a stream given: written through a Writer of ours
         self.writer = out if isinstance(out, Writer) else Writer(out)
@@ -346,6 +356,8 @@ class _Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.exporter is not None:
+            self.exporter.close()
         self.ring.close()
         if self._own_writer:
             self.writer.close(time.monotonic() + FINISH_OUTPUT_S)
@@ -501,6 +513,7 @@ def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
                       "(ring buffer full)\n")
         with _Session(open_ring(maps.ring.fd, maps.ring.max_entries, opts.reader), decoder, counters, stop,
                       out, err) as session:
+            session.exporter = start_exporter(opts.prometheus, sites, shown, decoder.hits, counters.read, None, err)
             session.ready(sites, shown, maps.where)
             session.follow(opts.duration)
             session.finish(opts.count)
