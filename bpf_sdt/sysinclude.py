@@ -13,8 +13,8 @@ has (vmlinux.h projects are unaffected).
 
 from __future__ import annotations
 
-import platform
-import sysconfig
+import os
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -29,15 +29,14 @@ def multiarch_include_dir() -> Path | None:
     """/usr/include/<triplet> holding asm/types.h, or None (not a multiarch
     system, or no kernel headers installed).
 
-    The triplet is the one Debian's Python was built for (sysconfig's
-    MULTIARCH, no subprocess); a Python built elsewhere falls back to the
-    directory whose triplet starts with this machine's name."""
-    triplet = sysconfig.get_config_var("MULTIARCH")
+    The triplet is the one this Python was built for (CPython's
+    sys.implementation._multiarch, as sysconfig's MULTIARCH has it, but with
+    no import: every lint run asks); a Python built without one falls back
+    to the directory whose triplet starts with this machine's name."""
+    triplet = getattr(sys.implementation, "_multiarch", None)
     if isinstance(triplet, str) and triplet and (SYSTEM_INCLUDE / triplet / MULTIARCH_MARKER).is_file():
         return SYSTEM_INCLUDE / triplet
-    machine = platform.machine()
-    if not machine:
-        return None
+    machine = os.uname().machine
     found = sorted(p.parent.parent for p in SYSTEM_INCLUDE.glob(f"{machine}-*/{MULTIARCH_MARKER}"))
     return found[0] if found else None
 
