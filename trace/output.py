@@ -48,6 +48,7 @@ XDP_ACTIONS = ("XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT")
 TC_ACTIONS = {-1: "TC_ACT_UNSPEC", 0: "TC_ACT_OK", 1: "TC_ACT_RECLASSIFY", 2: "TC_ACT_SHOT",
               3: "TC_ACT_PIPE", 4: "TC_ACT_STOLEN", 5: "TC_ACT_QUEUED", 6: "TC_ACT_REPEAT",
               7: "TC_ACT_REDIRECT", 8: "TC_ACT_TRAP"}
+TC_PROG_TYPES = ("sched_cls", "sched_act")
 
 Sink = Callable[[Any, int, int], None]      # (buffer, offset, size) of one event
 
@@ -68,10 +69,17 @@ def retval_name(prog_type: str, retval: int) -> str | None:
     """XDP_PASS, TC_ACT_SHOT...: what a program's return value means, if known."""
     if prog_type == "xdp" and 0 <= retval < len(XDP_ACTIONS):
         return XDP_ACTIONS[retval]
-    if prog_type in ("sched_cls", "sched_act"):
-        signed = retval - (1 << 32) if retval >= 1 << 31 else retval
-        return TC_ACTIONS.get(signed)
+    if prog_type in TC_PROG_TYPES:
+        return TC_ACTIONS.get(shown_retval(prog_type, retval))
     return None
+
+
+def shown_retval(prog_type: str, retval: int) -> int:
+    """The return value as the program type means it: tc actions are a
+    signed int (TC_ACT_UNSPEC is -1, not 4294967295); the kernel reports u32."""
+    if prog_type in TC_PROG_TYPES and retval >= 1 << 31:
+        return retval - (1 << 32)
+    return retval
 
 
 Render = Callable[[tuple[int, ...]], bytes]    # (ts, site, cpu, *slot values) -> line
@@ -205,6 +213,7 @@ class Decoder:
     def run_line(self, number: int, prog: str, prog_type: str, retval: int, repeat: int, events: int,
                  duration_ns: int) -> None:
         """One test run's result, after its events."""
+        retval = shown_retval(prog_type, retval)
         if self.as_json:
             self._line(json.dumps({"run": number, "prog": prog, "retval": retval, "repeat": repeat,
                                    "events": events, "duration_ns": duration_ns}, separators=(",", ":")))
@@ -262,10 +271,10 @@ class Decoder:
                        "were read by another reader of it (counted by the recorder, not seen here)\n")
 
 
-
 # --- writing without waiting -------------------------------------------------------------
 
-MAX_PENDING = 16 << 20          # bytes of output held for a slow stdout before events are dropped
+MAX_PENDING = 4 << 20           # bytes of output held for a slow stdout before events are dropped
+PUMP_BYTES = 256 << 10          # written per call between reads of the ring: a fast reader cannot hold trace
 PIPE_BUF = select.PIPE_BUF      # a blocking pipe that polls writable takes this much without waiting
 _NEWLINE = 0x0A
 
@@ -347,9 +356,11 @@ class Writer:
         self._bytes += len(data)
         self.pump()
 
-    def pump(self) -> None:
-        """Writes queued output until the reader would make trace wait."""
-        while self._pending:
+    def pump(self, most: int | None = PUMP_BYTES) -> None:
+        """Writes queued output until the reader would make trace wait, or
+        ``most`` bytes are written (None: no limit)."""
+        budget = most
+        while self._pending and (budget is None or budget > 0):
             view, events = self._pending[0]
             piece = _whole_lines(view, self._piece or len(view))
             if self._poll_first and not select.select([], [self._fd], [], 0)[1]:
@@ -364,6 +375,8 @@ class Writer:
                 self._drop_all()
                 return
             self._bytes -= done
+            if budget is not None:
+                budget -= done
             if done == len(view):
                 self._pending.popleft()
             else:
@@ -379,7 +392,7 @@ class Writer:
         """Writes what is queued until ``deadline`` (time.monotonic()); what
         is left is counted in ``not_written``."""
         while self._pending and self._text is None:
-            self.pump()
+            self.pump(None)
             timeout = deadline - time.monotonic()
             if not self._pending or timeout <= 0:
                 break

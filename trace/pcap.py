@@ -97,6 +97,13 @@ class _Stream:
         self.pos += size
         return data
 
+    def read_some(self, size: int) -> bytes:
+        """Up to ``size`` bytes, fewer at the end of the file; ``pos`` is not moved."""
+        try:
+            return self._file.read(size)
+        except OSError as e:
+            raise InputError(f"{self.path}: {e.strerror or e}") from None
+
     def unpack(self, fmt: str, what: str) -> tuple[int, ...]:
         return struct.unpack(self.order + fmt, self.read(struct.calcsize("<" + fmt), what))
 
@@ -150,14 +157,18 @@ def _classic(s: _Stream) -> Iterator[bytes]:
         raise s.error(0, f"pcap version {major}.{minor}, expected 2.4")
     _ethernet_only(s, 0, linktype & LINKTYPE_MASK)
     limit = min(snaplen or MAX_PACKET, MAX_PACKET)
-    while not s.at_end():
+    record = struct.Struct(s.order + PCAP_RECORD)
+    while head := s.read_some(record.size):         # the hot loop: one record per pass, nothing else
         pos = s.pos
-        _sec, _frac, incl, _orig = s.unpack(PCAP_RECORD, "packet header")
+        if len(head) < record.size:
+            raise s.error(pos, f"truncated packet header ({len(head)} of {record.size} bytes)")
+        incl = record.unpack(head)[2]
         if incl > limit:
             raise s.error(pos, f"packet of {incl} bytes exceeds the snapshot length {limit}")
+        s.pos += record.size
         if incl > s.left:
             raise s.error(pos, f"truncated packet ({s.left} of {incl} bytes)")
-        yield s.read(incl, "packet")
+        yield s.read(incl, "packet") if incl else b""
 
 
 def _ethernet_only(s: _Stream, offset: int, linktype: int) -> None:

@@ -75,6 +75,7 @@ REFUSED_PACKET = frozenset({EINVAL, errno.ENOMEM, errno.E2BIG, errno.ENOSPC, err
 BATCH_S = 0.2                   # a test-run batch takes about this long at most: signals wait for it
 LOST_REPORT_S = 1.0             # "lost so far" at most this often (and only when it changed)
 FINISH_OUTPUT_S = 0.4           # after the end, a slow stdout gets this long for what is queued
+FINISH_DRAIN_S = 0.3            # after a live trace ends, the ring is read this long at most
 MIN_DURATION_S = 0.001          # shorter than the loop's own pass: not a duration
 MAX_REPEAT = (1 << 32) - 1      # the kernel's repeat is a u32
 RINGBUF_MIN = 4096              # a page: the kernel's smallest ring buffer
@@ -349,6 +350,7 @@ class _Session:
         self.runs_complete = False              # every test run done (then a signal ends the serving)
         self.packets = 0            # packets test-run (or refused)
         self._own_writer = not isinstance(out, Writer)      # a stream given: written through a Writer of ours
+        self._drain_until: float | None = None              # set when a live trace ends: reading stops then
         self.writer = out if isinstance(out, Writer) else Writer(out)
         self.out = self.writer                              # every line goes through it, in order
 
@@ -368,14 +370,18 @@ class _Session:
         """Reads the ring into the output: one budget of records (the live
         loop, which looks at signals and output between), or until the ring
         is empty, at most one ring's worth (a producer that keeps writing
-        cannot hold it).  The lines of each budget are handed to the writer
-        before the next is read, so memory does not grow with the rate."""
+        cannot hold it), and once a live trace has ended, for at most
+        FINISH_DRAIN_S (what is still unread then is not waited for).  The
+        lines of each budget are handed to the writer before the next is
+        read, so memory does not grow with the rate."""
         total = 0
         while True:
             used = self.ring.drain(self.decoder.sample)
             self.decoder.flush(self.writer)
             total += used
             if not until_empty or not used or total >= self.ring.size:
+                return total
+            if self._drain_until is not None and time.monotonic() >= self._drain_until:
                 return total
 
     def ready(self, sites: list[Site], shown: set[int], what: str) -> None:
@@ -408,6 +414,7 @@ class _Session:
                 next_lost_check = time.monotonic() + LOST_REPORT_S
             if self.report is not None and self.report.due(time.monotonic()):
                 self.print_aggregations()
+        self._drain_until = time.monotonic() + FINISH_DRAIN_S
 
     def _lost_so_far(self) -> None:
         lost = self.counters.since_start().lost
@@ -443,8 +450,8 @@ class _Session:
                 used = self.drain()
                 done, retval, total_ns = done + n, res.retval, total_ns + res.duration_ns * n
                 batch = self._batch(used / n, res.duration_ns)
-            self.writer.pump()
-            if not done:
+            if not done:                    # refused (its line is queued) or stopped before running
+                self.decoder.flush(self.writer)
                 continue
             self.decoder.run_line(number, prog.name, prog.type, retval, done, self.decoder.events - before,
                                   total_ns // done)
@@ -573,6 +580,9 @@ def _instrument_child(req: Request, write_fd: int) -> None:
     code = 0
     try:
         os.setpgid(0, 0)
+        # instrument's own temporaries go inside trace's directory: a child
+        # killed mid-way cannot remove them, the parent's cleanup does
+        os.environ["TMPDIR"] = tempfile.tempdir = str(req.output.parent)
         signal.set_wakeup_fd(-1)
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
