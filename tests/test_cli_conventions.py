@@ -89,7 +89,7 @@ def test_closed_pipe_in_a_shell_pipeline_is_quiet(command: list[str], tmp_path: 
     assert res.returncode == EXIT_CLOSED_PIPE
 
 
-def _bash_completions(words: str) -> list[str]:
+def _bash_completions(words: str, cwd: Path | None = None) -> list[str]:
     """What bash offers after `words` with the generated completion loaded."""
     need(shutil.which("bash") is not None, "bash")
     script = run([*CLI, "completion", "bash"])
@@ -106,7 +106,7 @@ def _bash_completions(words: str) -> list[str]:
         "printf '%s\\n' \"${COMPREPLY[@]}\"",
     ])
     res = subprocess.run(["bash", "-c", driver], input=script.stdout, capture_output=True, text=True, timeout=60,
-                         check=False)
+                         cwd=cwd, check=False)
     assert res.returncode == 0, res.stderr
     return sorted(filter(None, res.stdout.splitlines()))
 
@@ -115,6 +115,13 @@ def test_bash_completion_completes_commands_and_options() -> None:
     assert _bash_completions("bpf-sdt li") == ["link", "lint", "list"]
     assert "--json" in _bash_completions("bpf-sdt list --j")
     assert _bash_completions("bpf-sdt completion ") == ["bash", "tcsh", "zsh"]
+
+
+def test_bash_completion_completes_objects_as_files(tmp_path: Path) -> None:
+    (tmp_path / "prog.bpf.o").write_bytes(b"")
+    (tmp_path / "prog.bpf.c").write_text("")
+    assert _bash_completions("bpf-sdt list prog.bpf.", cwd=tmp_path) == ["prog.bpf.c", "prog.bpf.o"]
+    assert "prog.bpf.c" in _bash_completions("bpf-sdt lint prog", cwd=tmp_path)
 
 
 def test_zsh_completion_is_generated_for_every_command() -> None:
