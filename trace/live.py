@@ -22,8 +22,9 @@ import contextlib
 import os
 import signal
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -362,9 +363,12 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
     from bpf_sdt.trace.runner import _instrument_interruptibly
 
     maps = RunningMaps(running)
+    identity: _InBackground | None = None
     try:
         prog_name, obj_name = choose_program(opts.obj, running, opts.prog)
-        prove_identity(opts.obj, prog_name, obj_name, running, maps)
+        # The identity load verifies the original while instrument works in
+        # its child: the verifier is the cost that matters, and there are two cores.
+        identity = _InBackground(prove_identity, opts.obj, prog_name, obj_name, running, maps)
         with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
             inst = Path(tmp) / opts.obj.name
             # Only the swapped program's sites: a site elsewhere in OBJ cannot refuse the trace.
@@ -372,6 +376,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                                                              ringbuf_size=opts.ringbuf_size,
                                                              programs=(prog_name,)), stop)
             if instrumented is None or stop.requested:
+                identity.result()
                 return None
             sites = site_table(load_object(inst), load_object(opts.obj))
             shown = {site_id for site_id, _ in instrumented}
@@ -379,6 +384,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
             with private_bpffs(Path(tmp) / "pins") as pins:
                 bpf, prog, reused = load_sharing(inst, prog_name, maps, obj_name, pins)
                 with bpf:
+                    identity.result()               # a mismatch stops here, before anything is pinned or swapped
                     maps.close()
                     missing = set(running.map_ids) - reused
                     if missing:
@@ -411,7 +417,33 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                         session.finish(opts.count)
                     return code
     finally:
+        if identity is not None:
+            identity.wait()                 # its load uses the maps' fds
         maps.close()
+
+
+class _InBackground:
+    """fn(*args) in a thread; result() waits and re-raises its exception."""
+
+    def __init__(self, fn: Callable[..., None], *args: object) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:   # noqa: BLE001 - re-raised by result() in the caller's thread
+            self._error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self.wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def _session(bpf: BpfObject, decoder: Decoder, opts: Options, stop: StopSignals, out: Writer | TextIO,
