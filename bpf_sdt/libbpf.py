@@ -536,6 +536,9 @@ class Map:
         info = _MapInfo()
         size = _c_u32(ctypes.sizeof(info))
         try:
+            kind = bpf_fd_kind(fd)      # the info query would read a program's info as a map's
+            if kind != "map":
+                raise LibbpfError(f"opening map {path}", errnos.EINVAL, detail=f"a pinned {kind}, not a map")
             _check(f"querying map {path}", _lib().bpf_obj_get_info_by_fd, fd, ctypes.byref(info),
                    ctypes.byref(size))
         except LibbpfError:
@@ -650,6 +653,22 @@ class Map:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_FD_KINDS = (("map_type:", "map"), ("prog_type:", "program"), ("link_type:", "link"), ("btf_id:", "BTF object"))
+
+
+def bpf_fd_kind(fd: int) -> str:
+    """"map", "program", "link" or "BTF object": what a BPF fd refers to, from
+    the kernel's fdinfo (each kind has its own fields there)."""
+    try:
+        info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    except OSError:
+        return "map"                # no procfs: let the kernel's info query decide
+    for field, kind in _FD_KINDS:
+        if f"\n{field}" in f"\n{info}":
+            return kind
+    return "BPF object of an unknown kind"
 
 
 def obj_get(path: str | os.PathLike[str]) -> int:

@@ -26,7 +26,7 @@ from test_trace import CLI, ETH_P_IP, _env, bpffs, eth, ipv4, json_lines, udp
 from toolchain import bpf_permitted, clang, compile_bpf, need, run, tool
 
 from bpf_sdt.cli import main as cli_main
-from bpf_sdt.format import RECORDER_RINGBUF_MAP
+from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_RINGBUF_MAP
 from bpf_sdt.libbpf import BpfObject
 
 __all__ = ["bpffs"]             # a fixture, used by name
@@ -118,7 +118,8 @@ class Trace:
         self.tmpdir.mkdir()
         self.proc = subprocess.Popen([*CLI, "trace", *args], stdout=stdout, stderr=subprocess.PIPE,
                                      env={**_env(), "TMPDIR": str(self.tmpdir)})
-        self.out = bytearray()
+        self.head = bytearray()             # the first MiB of stdout
+        self.out = bytearray()              # the last MiB or two
         self.err = bytearray()
         self.lines = 0
         self.max_rss_kb = 0
@@ -134,6 +135,8 @@ class Trace:
         fd = self.proc.stdout.fileno()
         while chunk := os.read(fd, 1 << 20):
             self.lines += chunk.count(b"\n")
+            if len(self.head) < keep:
+                self.head += chunk[: keep - len(self.head)]
             self.out += chunk
             if len(self.out) > 2 * keep:        # keep the tail only: the summary lines
                 del self.out[:-keep]
@@ -186,6 +189,15 @@ class Trace:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def event_lines(self) -> int:
+        """JSON lines with a probe: all lines but those before the first
+        event and after the last (version, summary, lost...)."""
+        head = self.head.split(b"\n")
+        before = next((i for i, line in enumerate(head) if b'"probe"' in line), len(head))
+        tail = self.out.rstrip(b"\n").split(b"\n")
+        after = next((i for i, line in enumerate(reversed(tail)) if b'"probe"' in line), len(tail))
+        return self.lines - before - after
 
     def leftovers(self) -> list[str]:
         return sorted(p.name for p in self.tmpdir.iterdir() if p.name.startswith("bpf-sdt"))
@@ -331,7 +343,7 @@ def test_overload_keeps_printing_in_bounded_memory_with_an_exact_lost_count(
     assert code == 0 and took < STOP_WITHIN_S, (code, took, tracer.err.decode())
     lines = json_lines(tracer.out[tracer.out.rfind(b"\n", 0, len(tracer.out) - 1) + 1:].decode())
     lost = lines[-1]["lost"]
-    read = tracer.lines - 1
+    read = tracer.event_lines()
     err = tracer.err.decode()
     unwritten = re.search(r"(\d+) events not written", err)
     dropped = int(unwritten.group(1)) if unwritten else 0       # read from the ring, but stdout was behind
@@ -524,6 +536,23 @@ def test_tc_return_values_are_signed(progs: Path, kernel: None, tmp_path: Path) 
         res = subprocess.run([*CLI, "trace", str(progs), "--run", "unspec_tc", "--packet", str(tmp_path / "p.bin"),
                               *extra], capture_output=True, text=True, env=_env(), timeout=120, check=False)
         assert res.returncode == 0 and expected in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.kernel
+def test_a_pinned_program_where_the_recorder_maps_should_be_is_called_a_program(
+        progs: Path, kernel: None, bpffs: Path, tmp_path: Path) -> None:
+    inst = instrumented(progs, tmp_path / "inst.o")
+    res = run([tool("bpftool"), "prog", "loadall", str(progs), str(bpffs / "progs")])
+    assert res.returncode == 0, res.stderr
+    (bpffs / "fake").mkdir()
+    for name in (RECORDER_COUNTS_MAP, RECORDER_RINGBUF_MAP):
+        res = run([tool("bpftool"), "prog", "pin", "pinned", str(bpffs / "progs" / "count_xdp"),
+                   str(bpffs / "fake" / name)])
+        assert res.returncode == 0, res.stderr
+    res = subprocess.run([*CLI, "trace", str(inst), "--pinned", "--pin-dir", str(bpffs / "fake")],
+                         capture_output=True, text=True, env=_env(), timeout=60, check=False)
+    assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, res.stderr
+    assert "a pinned program, not a map" in res.stderr and "percpu" not in res.stderr, res.stderr
 
 
 # --- 7. options -------------------------------------------------------------------------------
