@@ -38,6 +38,8 @@ from bpf_sdt.elf import STT_FUNC, Symbol
 from bpf_sdt.errors import InputError
 from bpf_sdt.helpers import HELPER_ARGS
 from bpf_sdt.insn import (
+    ALU64,
+    ALU_MOV,
     ARG_REGS,
     CALLER_SAVED,
     LD,
@@ -48,6 +50,8 @@ from bpf_sdt.insn import (
     R10,
     SIZE_BYTES,
     SIZE_MASK,
+    SRC_X,
+    STX,
     CodeSection,
     Insn,
     regs_defined,
@@ -62,6 +66,9 @@ CALLBACK_CTX = {
     180: (4, 3),      # bpf_find_vma(task, addr, cb, ctx, flags) -> cb(task, vma, ctx)
     209: (3, 2),      # bpf_user_ringbuf_drain(map, cb, ctx, flags) -> cb(dynptr, ctx)
 }
+HELPER_TIMER_SET_CALLBACK = 170      # bpf_timer_set_callback(timer, callback_fn)
+TIMER_CALLBACK_ARG = 2
+MOV64_X = ALU64 | ALU_MOV | SRC_X
 MIN_REACH = -MAX_STACK       # what an unknown callee may do below a stack pointer it gets
 CYCLE_ROUNDS = 4             # frame passes over a call graph with a cycle (refused anyway)
 FRAME_ROUND = 32             # the verifier rounds each frame up to this
@@ -194,10 +201,39 @@ class Program:
 
     def _callees(self, f: Function) -> list[Function]:
         out = []
+        async_only = self._async_callbacks(f)
         for insn in f.insns:
-            if (insn.is_pseudo_call or insn.op == LD_IMM64) and (g := self.callee(insn)) is not None:
+            if (insn.is_pseudo_call or insn.op == LD_IMM64) and (g := self.callee(insn)) is not None \
+                    and not (insn.op == LD_IMM64 and id(g) in async_only):
                 out.append(g)       # ld_imm64 of a function: a callback (bpf_loop) runs on top
         return out
+
+    def _async_callbacks(self, f: Function) -> set[int]:
+        """id() of the functions ``f`` names only as a timer's callback: the
+        verifier checks those as programs of their own, not on top of ``f``
+        (a linear scan of which register holds which function)."""
+        held: dict[int, Function] = {}
+        async_uses: set[int] = set()
+        other_uses: set[int] = set()
+        for insn in f.insns:
+            if insn.is_call:
+                for r in ARG_REGS:
+                    if r in held:
+                        timer = insn.src == 0 and insn.imm == HELPER_TIMER_SET_CALLBACK and r == TIMER_CALLBACK_ARG
+                        (async_uses if timer else other_uses).add(id(held[r]))
+                held = {r: g for r, g in held.items() if r not in CALLER_SAVED}
+                continue
+            if insn.op == LD_IMM64 and (g := self.callee(insn)) is not None:
+                held[insn.dst] = g
+                continue
+            if insn.cls == STX and insn.src in held:     # stored somewhere: used who knows how
+                other_uses.add(id(held[insn.src]))
+            if insn.op == MOV64_X and insn.src in held:
+                held[insn.dst] = held[insn.src]
+                continue
+            for r in regs_defined(insn):
+                held.pop(r, None)
+        return async_uses - other_uses
 
     def _solve_frames(self) -> None:
         """Each function's reach, callees first: a callee's reach below its

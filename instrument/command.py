@@ -132,7 +132,7 @@ def instrument(req: Request) -> Result:
         extra = [*req.observers]
         recorded = sorted({p for p, obs in plan.items() for o in obs if o.startswith(RECORDER_PREFIX)})
         if recorded:
-            from bpf_sdt.trace.sites import recorder_identity   # trace.sites imports this module
+            from bpf_sdt.trace.sites import recorder_identity  # trace.sites imports this module
 
             extra.append(build_recorder({p: types.get(p, ()) for p in recorded}, req.ringbuf_size,
                                         recorder_identity(obj), Path(tmp), req.recorder))

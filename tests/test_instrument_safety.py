@@ -501,3 +501,59 @@ def test_longest_valid_output_name_is_written(small_target: Path, tmp_path: Path
     res = instrument(small_target, out)
     assert res.returncode == 0, res.stderr
     assert out.read_bytes()[:4] == b"\x7fELF" and sorted(os.listdir(tmp_path)) == [out.name]
+
+
+TIMER = HEAD + """
+struct elem { struct bpf_timer t; };
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, struct elem); }
+	timers SEC(".maps");
+BPF_SDT_DECLARE1(armed, long);
+static int fire(void *map, __u32 *key, struct elem *e)
+{
+	volatile __u64 buf[30];
+	long s = 0;
+#pragma unroll
+	for (int i = 0; i < 30; i++)
+		buf[i] = i + *key;
+#pragma unroll
+	for (int i = 0; i < 30; i++)
+		s += buf[i];
+	bpf_timer_set_callback(&e->t, fire);        /* names itself: no recursion for the verifier */
+	buf[0] = s;
+	return 0;
+}
+SEC("xdp") int arm(struct xdp_md *ctx)
+{
+	volatile __u64 big[40];
+	__u32 k = 0;
+#pragma unroll
+	for (int i = 0; i < 40; i++)
+		big[i] = ctx->ingress_ifindex + i;
+	struct elem *e = bpf_map_lookup_elem(&timers, &k);
+	if (e && !bpf_timer_init(&e->t, &timers, 1))
+		bpf_timer_set_callback(&e->t, fire);
+	BPF_SDT_PROBE1(armed, big[0] + big[39]);
+	return XDP_PASS;
+}
+""" + LICENSE
+
+
+def test_timer_callback_is_its_own_root_as_for_the_verifier(tmp_path: Path) -> None:
+    """A timer callback runs later on its own stack: its frame is not on top
+    of the function that arms it (here both together pass 512 bytes, and the
+    verifier loads it), and naming itself is not recursion."""
+    obj = build(tmp_path, "timer", TIMER)
+    assert load_error(obj) == ""
+    from bpf_sdt.instrument.analysis import MAX_STACK, Program, round_frame
+
+    from bpf_sdt.elf import load_object
+    from bpf_sdt.rewrite import decode_code
+
+    o = load_object(obj)
+    frames = {f.name: round_frame(f.frame) for f in Program(decode_code(o), o.symbols).functions}
+    assert frames["arm"] + frames["fire"] > MAX_STACK, frames
+    out = tmp_path / "o.o"
+    res = instrument(obj, out)
+    assert res.returncode == 0, res.stderr
+    assert load_error(out) == ""
+    assert run_prog(out, "arm", [bytes(64)]) == [XDP_PASS]
