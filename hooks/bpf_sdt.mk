@@ -51,8 +51,12 @@ BPF_SDT_SOURCES	?=
 _bpf_sdt_sh = '$(subst ','\'',$(1))'
 # Whether source $(1) uses BPF_PROG() or BPF_PROG2() (an observer, a tp_btf
 # program).  The pattern is a variable: make would count its parenthesis.
+# Each source is read once per make run (the answer is kept in a variable
+# named after it): the stamps, the recipes and compile_commands.json all ask.
 _bpf_sdt_bpf_prog_re := 'BPF_PROG2?[[:space:]]*[(]'
-_bpf_sdt_uses_bpf_prog = $(shell grep -lE $(_bpf_sdt_bpf_prog_re) $(call _bpf_sdt_sh,$(1)) 2>/dev/null)
+_bpf_sdt_grep_bpf_prog = $(if $(shell grep -lE $(_bpf_sdt_bpf_prog_re) $(call _bpf_sdt_sh,$(1)) 2>/dev/null),yes,no)
+_bpf_sdt_uses_bpf_prog = $(filter yes,$(or $(_bpf_sdt_prog.$(1)),$(eval _bpf_sdt_prog.$(1) := \
+	$(call _bpf_sdt_grep_bpf_prog,$(1)))$(_bpf_sdt_prog.$(1))))
 # The compile command for source $(1), defined once: the recipe, the flags
 # stamp and compile_commands.json all use it.
 _bpf_sdt_cc = $(BPF_CLANG) $(BPF_TARGET) $(BPF_CFLAGS) $(BPF_WARNINGS) \
