@@ -122,6 +122,9 @@ def instrument(req: Request) -> Result:
     check_ringbuf_size(req.ringbuf_size)
     _check_output(req)
     obj = load_object(req.input)
+    from bpf_sdt.postlink.link import refuse_undecodable_names  # link loads check: only when needed
+
+    refuse_undecodable_names(obj)
     notes = _usable_notes(obj)
     types = probe_types(obj.btf)
     probes = sorted({e.probe for e in notes.entries})

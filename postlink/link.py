@@ -51,9 +51,11 @@ from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION, R_BPF_64_ABS64
 from bpf_sdt.fsutil import resolve_output, write_atomic
 from bpf_sdt.inlined import INLINE_SECTION, Chain, entry_chains, set_section
-from bpf_sdt.model import ArgLocation, Declaration
+from bpf_sdt.model import ArgLocation, Declaration, escape_text
 from bpf_sdt.notes import encode_entry
 from bpf_sdt.rewrite import append_call_words
+
+UNDECODABLE = "\ufffd"          # what the ELF reader puts for bytes that are not UTF-8
 
 
 @dataclass(frozen=True)
@@ -141,12 +143,24 @@ def _finish(output: Path, data: bytes, report: ObjectReport) -> ObjectReport:
 def _load_input(path: Path) -> tuple[BpfObject, ObjectReport]:
     """Read and analyze one input once; refuse it if its notes are broken."""
     obj = load_object(path)
+    refuse_undecodable_names(obj)
     report = analyze(obj)
     if report.errors:
         first = next(f for f in report.findings if f.severity == "error")
         raise InputError(f"{path}: its probe notes are broken ({first.where}: {first.message} "
                          f"[{first.rule}]); run `bpf-sdt check {path}`")
     return obj, report
+
+
+def refuse_undecodable_names(obj: BpfObject) -> None:
+    """An object is rewritten from its decoded names, and a name that is not
+    UTF-8 decodes with U+FFFD in place of its bytes: writing it back would
+    rename the symbol or section, so such an object is refused instead."""
+    names = [("symbol", sym.name) for sym in obj.symbols] + [("section", sec.name) for sec in obj.sections]
+    for kind, name in names:
+        if UNDECODABLE in name:
+            raise InputError(f"{obj.path}: {kind} name {escape_text(name)!r} is not UTF-8; rewriting the object "
+                             "would change it")
 
 
 def strip_notes(obj: BpfObject) -> bytes:
