@@ -283,12 +283,21 @@ def _trace_result(lines: Iterable[str]) -> TraceResult:
     for record in _records(lines):
         if "probe" in record:
             events.append(Event(record["ts"], record["site"], record["cpu"], record["probe"], record["function"],
-                                record["insn"], record["file"], record["line"], tuple(record["args"])))
+                                record["insn"], record["file"], record["line"],
+                                tuple(_number(a) for a in record["args"])))
         elif "run" in record:
             runs.append(ProgramRun(**{k: record[k] for k in ProgramRun.__dataclass_fields__ if k in record}))
         elif "lost" in record:
             lost += int(record["lost"])
     return TraceResult(tuple(events), tuple(runs), lost)
+
+
+def _number(arg: object) -> int:
+    """An event argument as a number: trace's JSON prints pointers as hex
+    strings and booleans as booleans (docs/trace.md, JSON lines)."""
+    if isinstance(arg, str):
+        return int(arg, 16)
+    return int(arg)  # type: ignore[call-overload]
 
 
 def _records(lines: Iterable[str]) -> Iterator[dict[str, Any]]:

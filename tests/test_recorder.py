@@ -173,7 +173,7 @@ def test_events_another_reader_took_are_reported(built: Path, bpffs: Path, trace
         os.kill(tracer.proc.pid, signal.SIGCONT)
     assert tracer.finish(signal.SIGTERM, owns=False) == 0, tracer.err.decode()
     lines = json_lines(tracer.out.decode())
-    assert {"taken_by_another_reader": runs} in lines
+    assert {"type": "taken", "taken_by_another_reader": runs} in lines
     assert next(x["counts"] for x in lines if "counts" in x)["probes"]["non_ip"] == 0
     assert f"{runs} events submitted to the ring buffer were read by another reader" in tracer.err.decode()
 

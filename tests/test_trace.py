@@ -135,7 +135,7 @@ def observed(events: list[dict[str, Any]]) -> list[tuple[str, list[int | None]]]
     for e in events:
         args = list(e["args"])
         if e["probe"] == "ipv4":
-            assert args[0] >= KERNEL_POINTER_MIN, f"header pointer {args[0]:#x}"
+            assert int(args[0], 16) >= KERNEL_POINTER_MIN, f"header pointer {args[0]}"   # JSON: a hex string
             args[0] = None
         out.append((e["probe"], args))
     return out
@@ -557,7 +557,7 @@ def test_tp_btf_auto_attached_sees_the_execs_the_test_makes(built: Path, kernel:
     found = mine(tracer.wait_lines(lambda ls: len(mine(ls)) == len(children)))
     assert tracer.finish(signal.SIGINT) == 0, tracer.err.decode()
     assert [e["args"][0] for e in found] == children
-    assert all(e["args"][1] == e["args"][0] and e["args"][2] >= KERNEL_POINTER_MIN for e in found)
+    assert all(e["args"][1] == e["args"][0] and int(e["args"][2], 16) >= KERNEL_POINTER_MIN for e in found)
     assert {e["function"] for e in found} == {"on_exec"}
     assert all(e["probe"] == "exec" for e in json_lines(tracer.out.decode())), "--probe exec selects"
 
@@ -693,7 +693,8 @@ def test_a_refused_test_run_is_reported_and_the_rest_run(built: Path, kernel: No
     res = trace(str(built / "tc.linked.bpf.o"), "--run", "tc_classify", "--pcap", str(tmp_path / "in.pcap"), "--json")
     assert res.returncode == 1 and "refused 1 of 2" in res.stderr, res.stderr
     lines = json_lines(res.stdout)
-    assert lines[0] == {"run": 1, "prog": "tc_classify", "error": "Invalid argument", "size": len(packets[0])}
+    assert lines[0] == {"format_version": 2, "type": "refused", "run": 1, "prog": "tc_classify",
+                        "error": "Invalid argument", "size": len(packets[0])}
     assert lines[-1]["run"] == 2 and lines[-1]["retval"] == 0 and lines[-1]["events"] == 2
 
 
@@ -783,7 +784,13 @@ def test_decoder_json_and_text_use_the_declared_types() -> None:
     data = event(0, raw)
     dec.sample(data, 0, len(data))
     line = json.loads(flushed(dec)[0])
-    assert line["args"] == [t.convert(r) for t, r in zip(ARG_TYPES, raw, strict=True)]
+    assert (line["format_version"], line["type"]) == (2, "event")
+    values = [t.convert(r) for t, r in zip(ARG_TYPES, raw, strict=True)]
+    assert line["args"] == [bool(v) if t.kind == "bool" else f"0x{v:x}" if t.kind == "pointer" else v
+                            for t, v in zip(ARG_TYPES, values, strict=True)]
+    assert isinstance(line["args"][ARG_TYPES.index(next(t for t in ARG_TYPES if t.kind == "bool"))], bool)
+    assert line["enums"] == [t.format(v) if t.kind == "enum" and t.format(v) != str(v) else None
+                             for t, v in zip(ARG_TYPES, values, strict=True)]
     assert (line["probe"], line["function"], line["insn"], line["file"], line["line"]) == ("p", "fn", 7, "/src/a.bpf.c", 12)
     text = Decoder([site], t0_ns=0)
     text.sample(data, 0, len(data))

@@ -36,10 +36,12 @@ from bpf_sdt.trace.sites import Site
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.model import escape_text
 
+JSON_FORMAT_VERSION = 2     # docs/trace.md "JSON lines": the first line of a stream carries it
 EVENT_HEADER = struct.Struct("<QII")        # ts, site id, cpu
 EVENT_FIELDS = 3
 _SITE = struct.Struct("<8xI")
 SLOT = 8                                    # bytes per argument in an event
+U64_MASK = (1 << 64) - 1
 NS_PER_S = 1_000_000_000
 _INT_CODES = {8: "b", 16: "h", 32: "i", 64: "q"}
 
@@ -103,6 +105,7 @@ class Decoder:
         self.err = err or sys.stderr
         self.lines: list[bytes] = []    # UTF-8: formatting bytes is faster than str, and needs no encode
         self._other_lines = 0           # of ``lines``, those that are not events (runs, counts, lost)
+        self._version_written = False   # JSON: the first line got the format version
         self.hits = [0] * len(self.sites)
         self.foreign = 0            # events that do not fit the site table
         self._widths = _column_widths([self.sites[i] for i in sorted(self.shown)])
@@ -123,20 +126,25 @@ class Decoder:
             return size, unpack, None, None
         converts = None if all(codes) else tuple(t.convert for t in site.types)
         if self.as_json:
-            template = self._json_template(site)
-            if converts is None:
-                return size, unpack, template, None
-            return size, unpack, None, _converting(converts, template.__mod__)
+            if all(t.kind in _JSON_NUMBERS for t in site.types):
+                template = self._json_template(site, typed=False)
+                if converts is None:
+                    return size, unpack, template, None
+                return size, unpack, None, _converting(converts, template.__mod__)
+            return size, unpack, None, _json_typed(site, self._json_template(site, typed=True))
         text = self._text_renderer(site)
         return size, unpack, None, text if converts is None else _converting(converts, text)
 
     @staticmethod
-    def _json_template(site: Site) -> bytes:
-        """A %-template for the whole unpacked event: ts, site, cpu, args."""
+    def _json_template(site: Site, typed: bool) -> bytes:
+        """A %-template for the whole unpacked event: ts, site, cpu, args
+        (``typed``: each argument a ready JSON text, and the enum names)."""
         fixed = json.dumps({"probe": site.probe, "function": site.function, "insn": site.insn, "file": site.file,
                             "line": site.line}, separators=(",", ":"))
-        args = ",".join(["%d"] * len(site.types))
-        text = '{"ts":%d,"site":%d,"cpu":%d,' + fixed[1:-1].replace("%", "%%") + ',"args":[' + args + "]}"
+        args = ",".join(["%s" if typed else "%d"] * len(site.types))
+        enums = ',"enums":%s' if typed and any(t.kind == "enum" for t in site.types) else ""
+        text = ('{"type":"event","ts":%d,"site":%d,"cpu":%d,' + fixed[1:-1].replace("%", "%%") + ',"args":['
+                + args + "]" + enums + "}")
         return text.encode()          # json.dumps escaped everything outside ASCII
 
     def _text_renderer(self, site: Site) -> Render:
@@ -188,10 +196,22 @@ class Decoder:
         self.lines.append(text.encode())
         self._other_lines += 1
 
+    def note_line(self, text: str) -> None:
+        """A line that is not an event (aggregations, the recorder's counters)."""
+        self._line(text)
+
+    def _versioned(self) -> None:
+        """The first JSON line of the stream, whatever its type, carries the format version."""
+        if self.as_json and not self._version_written and self.lines:
+            first = self.lines[0]
+            self.lines[0] = b'{"format_version":%d,' % JSON_FORMAT_VERSION + first[1:]
+            self._version_written = True
+
     def flush(self, out: TextIO | Writer) -> None:
         """Hands the lines so far to ``out``: a :class:`Writer` (which says
         how many events it could not write), else a text stream, written
         now (to its binary buffer when it has one)."""
+        self._versioned()
         if self.lines:
             events = len(self.lines) - self._other_lines
             self.lines.append(b"")          # the last line's newline, without copying the whole text again
@@ -215,7 +235,7 @@ class Decoder:
         """One test run's result, after its events."""
         retval = shown_retval(prog_type, retval)
         if self.as_json:
-            self._line(json.dumps({"run": number, "prog": prog, "retval": retval, "repeat": repeat,
+            self._line(json.dumps({"type": "run", "run": number, "prog": prog, "retval": retval, "repeat": repeat,
                                    "events": events, "duration_ns": duration_ns}, separators=(",", ":")))
             return
         name = retval_name(prog_type, retval)
@@ -229,7 +249,7 @@ class Decoder:
         running (an Ethernet header for every type; complete IPv4/IPv6
         headers for skb programs)."""
         if self.as_json:
-            self._line(json.dumps({"run": number, "prog": prog, "error": reason, "size": size},
+            self._line(json.dumps({"type": "refused", "run": number, "prog": prog, "error": reason, "size": size},
                                   separators=(",", ":")))
             return
         self._line(f"run {number}: {escape_text(prog)}: the kernel refused the {size}-byte packet ({reason}; "
@@ -244,7 +264,8 @@ class Decoder:
         if self.as_json:
             sites = [{"site": s.site_id, "probe": s.probe, "function": s.function, "insn": s.insn,
                       "file": s.file, "line": s.line, "hits": self.hits[s.site_id]} for s in shown]
-            self._line(json.dumps({"counts": {"probes": per_probe, "sites": sites}}, separators=(",", ":")))
+            self._line(json.dumps({"type": "counts", "counts": {"probes": per_probe, "sites": sites}},
+                                  separators=(",", ":")))
             return
         for line in _table(("PROBE", "HITS"), [(escape_text(p), str(n)) for p, n in sorted(per_probe.items())]):
             self._line(line)
@@ -257,7 +278,7 @@ class Decoder:
         """The ring buffer overflowed: always said, on stdout in JSON (so a
         consumer of the stream sees it) and on stderr."""
         if self.as_json:
-            self._line(json.dumps({"lost": lost}))
+            self._line(json.dumps({"type": "lost", "lost": lost}))
         self.err.write(f"bpf-sdt trace: {lost} event{'s' if lost != 1 else ''} lost: the ring buffer was full "
                        "(raise --ringbuf-size or narrow --probe)\n")
 
@@ -266,7 +287,7 @@ class Decoder:
         reader of the same ring consumed them (each reader misses what the
         other takes)."""
         if self.as_json:
-            self._line(json.dumps({"taken_by_another_reader": taken}))
+            self._line(json.dumps({"type": "taken", "taken_by_another_reader": taken}))
         self.err.write(f"bpf-sdt trace: {taken} event{'s' if taken != 1 else ''} submitted to the ring buffer "
                        "were read by another reader of it (counted by the recorder, not seen here)\n")
 
@@ -423,6 +444,39 @@ def _whole_lines(view: memoryview, most: int) -> memoryview:
 
 def _lines_in(view: memoryview) -> int:
     return bytes(view).count(_NEWLINE)
+
+
+_JSON_NUMBERS = ("int", "char")           # kinds whose JSON value is the number itself
+
+
+def _json_value(t: ArgType) -> Callable[[int], bytes]:
+    """JSON text of a converted value: booleans as booleans, enums as their
+    number (the names go beside), pointers and anything else as hex strings
+    (JSON numbers above 2^53 are not safe)."""
+    if t.kind in _JSON_NUMBERS or t.kind == "enum":
+        return lambda v: b"%d" % v
+    if t.kind == "bool":
+        return lambda v: b"true" if v else b"false"
+    return lambda v: b'"0x%x"' % (v & U64_MASK)
+
+
+def _json_typed(site: Site, template: bytes) -> Render:
+    """Render of an event with booleans, enums or pointers among its arguments."""
+    converts = tuple(t.convert for t in site.types)
+    values = tuple(_json_value(t) for t in site.types)
+    enum_names = [t if t.kind == "enum" else None for t in site.types]
+    has_enums = any(enum_names)
+
+    def render(event: tuple[int, ...]) -> bytes:
+        args = [c(v) for c, v in zip(converts, event[EVENT_FIELDS:], strict=True)]
+        pieces: list[object] = [*event[:EVENT_FIELDS], *(f(v) for f, v in zip(values, args, strict=True))]
+        if has_enums:
+            names = [t.format(v) if t is not None and t.format(v) != str(v) else None
+                     for t, v in zip(enum_names, args, strict=True)]
+            pieces.append(json.dumps(names, separators=(",", ":")).encode())
+        return template % tuple(pieces)
+
+    return render
 
 
 def _converting(converts: tuple[Callable[[int], int], ...], render: Render) -> Render:

@@ -483,7 +483,7 @@ class _Session:
         if self.report is not None:
             self.print_aggregations()
         if self.summarise:
-            self.decoder.lines.append(counters_line(counted, self.decoder.as_json).encode())
+            self.decoder.note_line(counters_line(counted, self.decoder.as_json))
         if counted.overflow:
             self.err.write(f"bpf-sdt trace: {counted.overflow} aggregation updates found their map full "
                            "(raise --map-entries)\n")
@@ -491,7 +491,8 @@ class _Session:
 
     def print_aggregations(self) -> None:
         assert self.report is not None
-        self.decoder.lines.extend(line.encode() for line in self.report.lines())
+        for line in self.report.lines():
+            self.decoder.note_line(line)
         self.decoder.flush(self.out)
 
 
