@@ -297,7 +297,9 @@ def _number(arg: object) -> int:
     strings and booleans as booleans (docs/trace.md, JSON lines)."""
     if isinstance(arg, str):
         return int(arg, 16)
-    return int(arg)  # type: ignore[call-overload]
+    if isinstance(arg, bool | int):
+        return int(arg)
+    raise InputError(f"trace printed an argument that is not a number: {arg!r}")
 
 
 def _records(lines: Iterable[str]) -> Iterator[dict[str, Any]]:

@@ -52,6 +52,7 @@ NAME: /[A-Za-z_][A-Za-z0-9_]*/
 NUMBER: /0[xX][0-9a-fA-F]+|0[bB][01]+|[0-9]+/
 %ignore /[ \t]+/
 """
+Node = lark.Tree[lark.Token] | lark.Token
 _C_OPERATOR = {"logor": "||", "logand": "&&", "bitor": "|", "bitxor": "^", "bitand": "&"}
 U64_MAX = (1 << 64) - 1
 S64_MAX = (1 << 63) - 1
@@ -119,18 +120,18 @@ class _ToC:
         self.what, self.text, self.scope = what, text, scope
         self.enums = scope.enumerators()
 
-    def fail(self, node: lark.Tree | lark.Token, problem: str) -> ExpressionError:
+    def fail(self, node: Node, problem: str) -> ExpressionError:
         column = node.column if isinstance(node, lark.Token) else node.meta.column
         return caret_message(self.what, self.text, column or 1, problem)
 
-    def emit(self, node: lark.Tree | lark.Token) -> str:
+    def emit(self, node: Node) -> str:
         if isinstance(node, lark.Token):
             raise self.fail(node, f"unexpected {node!s}")
         kind = node.data
         if kind == "name":
-            return self.name(node.children[0])
+            return self.name(_token(node))
         if kind == "number":
-            return self.number(node.children[0])
+            return self.number(_token(node))
         if kind == "unary":
             op, operand = node.children
             return f"({op}{self.emit(operand)})"
@@ -157,16 +158,23 @@ class _ToC:
             raise self.fail(token, f"{token} does not fit in 64 bits")
         return _literal(value)
 
-    def check_constant_operand(self, op: str, right: lark.Tree | lark.Token) -> None:
+    def check_constant_operand(self, op: str, right: Node) -> None:
         """Division by a constant 0 and over-long constant shifts are undefined in
         C (and clang's -Werror refuses them): say so here, with the caret."""
         if not (isinstance(right, lark.Tree) and right.data == "number"):
             return
-        value = int(str(right.children[0]), 0)
+        value = int(str(_token(right)), 0)
         if op in ("/", "%") and value == 0:
             raise self.fail(right, "division by zero")
         if op in ("<<", ">>") and value >= SHIFT_LIMIT:
             raise self.fail(right, f"shift by {value} (at most {SHIFT_LIMIT - 1})")
+
+
+def _token(node: lark.Tree[lark.Token]) -> lark.Token:
+    """The one token of a name or number node."""
+    (token,) = node.children
+    assert isinstance(token, lark.Token)
+    return token
 
 
 def _literal(value: int) -> str:
@@ -185,8 +193,8 @@ def compile_expression(text: str, scope: Scope, what: str = "--filter") -> Compi
     try:
         tree = _parser().parse(text)
     except lark.UnexpectedCharacters as e:
-        raise caret_message(what, text, e.column, f"unexpected character {text[e.pos_in_stream]!r}") \
-            from None
+        at = e.pos_in_stream or 0
+        raise caret_message(what, text, e.column, f"unexpected character {text[at:at + 1]!r}") from None
     except lark.UnexpectedEOF:
         raise caret_message(what, text, len(text) + 1, "the expression ends too early") from None
     except lark.UnexpectedToken as e:
