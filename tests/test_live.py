@@ -75,9 +75,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         compile_bpf(source, objs[name], clang(19), defines=defines, extra=system)
     skeleton = ok([tool("bpftool"), "gen", "skeleton", str(objs["live_xdp"]), "name", "live_xdp"])
     (out / "live_xdp.skel.h").write_text(skeleton)
-    objs["loader"] = out / "xdp_loader"
-    ok([tool("gcc"), "-O2", "-Wall", "-Werror", f"-I{out}", "-o", str(objs["loader"]), str(LOADERS / "xdp_loader.c"),
-        "-lbpf"])
+    for loader in ("xdp_loader", "tcx_loader"):
+        objs[loader] = out / loader
+        ok([tool("gcc"), "-O2", "-Wall", "-Werror", f"-I{out}", "-o", str(objs[loader]), str(LOADERS / f"{loader}.c"),
+            "-lbpf"])
     return objs
 
 
@@ -179,8 +180,10 @@ class Live:
             time.sleep(0.05)
 
     def events(self) -> list[dict[str, Any]]:
+        """The probe events printed so far (not the summary lines)."""
         self._pump()
-        return [json.loads(line) for line in self.out[: self.out.rfind(b"\n") + 1].decode().splitlines()]
+        lines = [json.loads(line) for line in self.out[: self.out.rfind(b"\n") + 1].decode().splitlines()]
+        return [e for e in lines if "probe" in e]
 
     def wait_events(self, count: int) -> None:
         deadline = time.monotonic() + EVENT_TIMEOUT_S
@@ -299,7 +302,7 @@ def test_bpftool_loaded_and_attached_traced_by_its_pin(built: dict[str, Path], l
 @pytest.mark.kernel
 def test_libbpf_skeleton_loader_xdp_link_updated_and_back(built: dict[str, Path], lives: list[Live]) -> None:
     with VethPair() as net:
-        loader = subprocess.Popen([*in_ns(net), str(built["loader"]), net.receiver.iface], stdin=subprocess.PIPE,
+        loader = subprocess.Popen([*in_ns(net), str(built["xdp_loader"]), net.receiver.iface], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
         try:
             assert loader.stdout is not None and loader.stdin is not None
@@ -317,6 +320,26 @@ def test_libbpf_skeleton_loader_xdp_link_updated_and_back(built: dict[str, Path]
                 loader.kill()
             loader.wait()
         assert int(report[f"path {PATH_UDP}"]) == sent and int(report["total"]) == sent, (report, sent)
+
+
+@pytest.mark.kernel
+def test_tcx_link_of_a_libbpf_loader_updated_and_back(built: dict[str, Path], lives: list[Live]) -> None:
+    with VethPair() as net:
+        loader = subprocess.Popen([*in_ns(net), str(built["tcx_loader"]), str(built["live_tc"]), net.receiver.iface],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert loader.stdout is not None and loader.stdin is not None
+            ready, prog_id, link_id = loader.stdout.readline().split()
+            assert ready == "ready", "the kernel refused a tcx link"
+            sent, err = traced_through_swap(net, built["live_tc"], f"tc:{net.receiver.iface}:ingress", lives)
+            assert f"tcx link {link_id}" in err, err
+            link = json.loads(ok([tool("bpftool"), "link", "show", "id", link_id, "-j"]))
+            assert link["prog_id"] == int(prog_id)
+            assert_counted(int(prog_id), sent)
+        finally:
+            if loader.stdin is not None:
+                loader.stdin.close()
+            loader.wait(timeout=10)
 
 
 @pytest.mark.kernel
@@ -418,8 +441,29 @@ def test_a_program_the_daemon_put_there_meanwhile_stays_and_trace_exits_1(built:
         assert xdp_prog_id(net) == theirs
 
 
+RAW_TP = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf_sdt.h>
+BPF_SDT_DECLARE1(entered, __u64);
+SEC("raw_tp/sys_enter") int on_enter(__u64 *ctx) { BPF_SDT_PROBE1(entered, ctx[1]); return 0; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
 @pytest.mark.kernel
-def test_tracing_programs_cannot_be_swapped(built: dict[str, Path]) -> None:
+def test_tracing_programs_cannot_be_swapped(built: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "raw.bpf.c").write_text(RAW_TP)
+    multiarch = ok([tool("gcc"), "-print-multiarch"]).strip()
+    compile_bpf(tmp_path / "raw.bpf.c", tmp_path / "raw.bpf.o", clang(19), extra=(f"-I/usr/include/{multiarch}",))
+    pin = Path(f"/sys/fs/bpf/bpf_sdt_test_rawtp_{os.getpid()}")
+    ok([tool("bpftool"), "prog", "load", str(tmp_path / "raw.bpf.o"), str(pin)])
+    try:
+        res = run([*CLI, "trace", str(tmp_path / "raw.bpf.o"), "--live", f"pin:{pin}"])
+    finally:
+        pin.unlink()
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "raw_tracepoint" in res.stderr and "--run" in res.stderr and "--pinned" in res.stderr, res.stderr
     res = run([*CLI, "trace", str(built["live_xdp"]), "--live", "id:999999999"])
     assert res.returncode == 2 and "no such program" in res.stderr, res.stderr
     res = run([*CLI, "trace", str(built["live_xdp"]), "--live", "bogus"])
