@@ -99,17 +99,18 @@ def test_instrument_then_trace_run_reads_the_events_the_packets_make(sample: Pat
     need(bpf_permitted(), "bpf() not permitted (needs root)")
     recorded = tmp_path / "by_length.rec.bpf.o"
     done = bpf_sdt.instrument(sample, recorded, bpftool=tool("bpftool"))
-    assert done.output == recorded and done.skipped == ()
-    assert [(s.probe, len(s.observers)) for s in done.sites] == [("seen", 1), ("seen", 1)]
+    assert done.output == recorded and done.skipped == (), done
+    assert [(s.probe, len(s.observers)) for s in done.sites] == [("seen", 1), ("seen", 1)], done
     assert all(s.observers for s in bpf_sdt.open_object(recorded).sites), "list shows what each site calls"
 
     result = bpf_sdt.trace_run(sample, "by_length", [_packet(n) for n in PACKET_SIZES])
     expected = [(SHORT, n, 1) if n < SHORT_BELOW else (LONG, n, 0) for n in PACKET_SIZES]
-    assert [e.args for e in result.events] == expected
-    assert all(e.probe == "seen" and e.function == "by_length" and e.line for e in result.events)
+    assert [e.args for e in result.events] == expected, result
+    assert all(e.probe == "seen" and e.function == "by_length" and e.line for e in result.events), result
     assert [(r.run, r.prog, r.retval, r.events) for r in result.runs] == \
-        [(i + 1, "by_length", XDP_DROP if n < SHORT_BELOW else XDP_PASS, 1) for i, n in enumerate(PACKET_SIZES)]
-    assert result.lost == 0
+        [(i + 1, "by_length", XDP_DROP if n < SHORT_BELOW else XDP_PASS, 1) for i, n in enumerate(PACKET_SIZES)], \
+        result
+    assert result.lost == 0, result
 
 
 @pytest.mark.kernel
