@@ -469,6 +469,25 @@ def test_signal_while_running_a_1_gib_capture_in_bounded_memory(progs: Path, ker
     assert last["error"] == "Invalid argument" and last["size"] == 0, last   # an empty packet, refused
 
 
+@pytest.mark.kernel
+def test_a_reader_that_leaves_ends_trace_quietly_with_141(progs: Path, kernel: None, traces: list[Trace],
+                                                          tmp_path: Path) -> None:
+    """`trace ... | head -1`: the runs stop, everything is released, no message,
+    exit 128 + SIGPIPE as every command ends on a closed pipe (docs/cli.md)."""
+    (tmp_path / "p.bin").write_bytes(PACKET)
+    tracer = Trace(tmp_path, str(progs), "--run", "count_xdp", "--packet", str(tmp_path / "p.bin"),
+                   "--repeat", str(10**9), "--json", read_stdout=False)
+    traces.append(tracer)
+    assert tracer.proc.stdout is not None
+    assert os.read(tracer.proc.stdout.fileno(), 100)
+    closed = time.monotonic()
+    tracer.proc.stdout.close()
+    tracer.join()
+    assert time.monotonic() - closed < STOP_WITHIN_S
+    assert tracer.proc.returncode == SIGNAL_EXIT + signal.SIGPIPE, tracer.err.decode()
+    assert tracer.err == b"" and tracer.leftovers() == []
+
+
 # --- 4. a slow stdout -------------------------------------------------------------------
 
 SLOW_READER_BPS = 80_000

@@ -324,6 +324,7 @@ class Writer:
     def __init__(self, out: TextIO, limit: int = MAX_PENDING) -> None:
         self.limit = limit
         self.not_written = 0            # events dropped or left unwritten
+        self.closed = False             # the reader went away (EPIPE): nothing more can be written
         self._text: TextIO | None = None
         self._pending: collections.deque[tuple[memoryview, int]] = collections.deque()  # (bytes, events)
         self._bytes = 0
@@ -370,7 +371,7 @@ class Writer:
             self._text.write(data.decode())
             self._text.flush()
             return
-        if self._bytes + len(data) > self.limit:
+        if self.closed or self._bytes + len(data) > self.limit:
             self.not_written += events
             return
         self._pending.append((memoryview(data), events))
@@ -393,6 +394,7 @@ class Writer:
             except OSError as e:        # EPIPE and the like: no reader left; the rest cannot be written
                 if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
                     raise
+                self.closed = True
                 self._drop_all()
                 return
             self._bytes -= done

@@ -67,6 +67,7 @@ TEST_RUN_TYPES = (*PACKET_TYPES, RAW_TP_TYPE)                           # raw_tp
 TC_TYPES = ("sched_cls", "sched_act")
 TC_DIRECTIONS = ("ingress", "egress")
 SIGNAL_EXIT = 128               # + the signal number: the shell's convention for a run a signal ended
+CLOSED_PIPE_EXIT = SIGNAL_EXIT + signal.SIGPIPE     # stdout's reader left: as if SIGPIPE had ended trace
 REFUSED = EINVAL              # the kernel's answer to a packet it will not test-run
 # What the kernel answers for a packet it cannot test-run (bad headers; too big
 # for a test-run buffer: a 256 KiB XDP frame is ENOMEM): the packet is refused,
@@ -121,11 +122,13 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
     _check_options(opts)
     writer = Writer(out)
     try:
-        return _run(opts, writer, out, err)
+        code = _run(opts, writer, out, err)
     finally:
         writer.close(time.monotonic() + FINISH_OUTPUT_S)
-        if writer.not_written:
+        if writer.not_written and not writer.closed:
             err.write(f"bpf-sdt trace: {writer.not_written} events not written: stdout too slow\n")
+    # a reader that left ends trace as it ends every command (docs/cli.md): quietly, 128 + SIGPIPE
+    return CLOSED_PIPE_EXIT if writer.closed else code
 
 
 def _run(opts: Options, writer: Writer, out: TextIO, err: TextIO) -> int:
@@ -318,7 +321,7 @@ def _attach(bpf: BpfObject, prog: Program | None, iface: str | None, direction: 
     if prog is not None and iface is not None:
         if opts.xdp:
             return [(f"{prog.name} on {iface} (XDP)", prog.attach_xdp(iface))]
-        return [(f"{prog.name} on {iface} (tc {direction})", attach_tc(prog, iface, direction, err))]
+        return [(f"{prog.name} on {iface} (tc {direction})", attach_tc(prog, iface, direction, err, bpf.path))]
     links: list[tuple[str, Link | TcFilter | RecordedTcFilter]] = []
     skipped = []
     for p in bpf.programs:
@@ -396,7 +399,7 @@ class _Session:
         deadline = None if duration is None else time.monotonic() + duration
         next_lost_check = time.monotonic() + LOST_REPORT_S
         readable = [self.ring.fd, self.stop.fd]
-        while not self.stop.requested:
+        while not self.stop.requested and not self.writer.closed:
             now = time.monotonic()
             timeout = min(PROBE_CHECK_S, max(0.0, next_lost_check - now))
             if deadline is not None:
@@ -464,7 +467,8 @@ class _Session:
         return max(1, min(MAX_BATCH, by_ring, by_time))
 
     def _stopping(self, deadline: float | None) -> bool:
-        return self.stop.requested or (deadline is not None and time.monotonic() >= deadline)
+        return (self.stop.requested or self.writer.closed
+                or (deadline is not None and time.monotonic() >= deadline))
 
     def finish(self, count: bool) -> None:
         """After the last event: what is left in the ring, counts, losses."""
