@@ -54,6 +54,11 @@ SEC("tc") int unspec_tc(struct __sk_buff *skb)
 	BPF_SDT_PROBE2(pkt, skb->len, skb->protocol);
 	return -1;	/* TC_ACT_UNSPEC */
 }
+SEC("raw_tp/sys_enter") int on_context(__u64 *ctx)
+{
+	BPF_SDT_PROBE2(pkt, (__u32)ctx[0], 0);
+	return 0;
+}
 char LICENSE[] SEC("license") = "GPL";
 """
 
@@ -434,6 +439,20 @@ def test_signal_with_a_blocked_stdout(progs: Path, kernel: None, traces: list[Tr
     time.sleep(0.5)
     _assert_stopped(tracer, signal.SIGINT)
     assert "events not written: stdout too slow" in tracer.err.decode(), tracer.err.decode()
+
+
+@pytest.mark.kernel
+def test_signal_during_raw_tp_runs_one_call_each(progs: Path, kernel: None, traces: list[Trace],
+                                                 tmp_path: Path) -> None:
+    """A raw_tp test run is one call per run: batches are sized by their wall
+    time, not by the kernel's much smaller figure, so a stop waits little."""
+    tracer = Trace(tmp_path, str(progs), "--run", "on_context", "--repeat", str(10**9), "--json")
+    traces.append(tracer)
+    tracer.wait_for(lambda: tracer.lines > 1000, "runs to start")
+    time.sleep(0.5)
+    _assert_stopped(tracer, signal.SIGINT)
+    run_line = json_lines(tracer.out[tracer.out.rfind(b"\n", 0, len(tracer.out) - 1) + 1:].decode())[-1]
+    assert 0 < run_line["repeat"] < 10**9 and run_line["events"] == run_line["repeat"], run_line
 
 
 def _pipe_full(tracer: Trace) -> bool:
