@@ -21,6 +21,7 @@ import errno as errnos
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from bpf_sdt.errors import BpfSdtError
 from bpf_sdt.libbpf import LibbpfError, Map, map_create, obj_get, obj_pin
 
 RECORDS_ENV = "BPF_SDT_RECORDS"            # another root (tests, a bpffs mounted elsewhere)
+TAG_ENV = "BPF_SDT_RECORD_TAG"             # written into each record: who started the trace (a test session)
+TMP_PREFIX = "bpf-sdt-trace-"              # trace's temporary directories, the only ones restore removes
 DEFAULT_ROOT = Path("/sys/fs/bpf/bpf-sdt")
 RECORD_PIN, ORIGINAL_PIN, INSTRUMENTED_PIN = "record", "original", "instrumented"
 RECORD_MAP_NAME = "bpf_sdt_record"
@@ -67,6 +70,8 @@ class Record:
     pid_start: int | None = None
     state: str = "preparing"            # preparing -> swapped/attached
     extra: dict[str, Any] = field(default_factory=dict)
+    tmp: str | None = None              # the trace's temporary directory (a SIGKILL leaves it)
+    tag: str | None = field(default_factory=lambda: os.environ.get(TAG_ENV) or None)
 
     @property
     def path(self) -> Path:
@@ -78,8 +83,8 @@ class Record:
 
     def to_json(self) -> bytes:
         return json.dumps({"version": RECORD_VERSION, "kind": self.kind, "where": self.where, "hook": self.hook,
-                           "pid": self.pid, "pid_start": self.pid_start, "state": self.state,
-                           **self.extra}, sort_keys=True).encode()
+                           "pid": self.pid, "pid_start": self.pid_start, "state": self.state, "tmp": self.tmp,
+                           "tag": self.tag, **self.extra}, sort_keys=True).encode()
 
 
 def record_key(*parts: object) -> str:
@@ -172,10 +177,12 @@ def read(key: str) -> Record | None:
         return None
     if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
         return None
-    known = {"version", "kind", "where", "hook", "pid", "pid_start", "state"}
+    known = {"version", "kind", "where", "hook", "pid", "pid_start", "state", "tmp", "tag"}
     return Record(key=key, kind=str(data.get("kind")), where=str(data.get("where")), hook=dict(data.get("hook", {})),
                   pid=int(data.get("pid", 0)), pid_start=data.get("pid_start"), state=str(data.get("state")),
-                  extra={k: v for k, v in data.items() if k not in known})
+                  extra={k: v for k, v in data.items() if k not in known},
+                  tmp=data.get("tmp") if isinstance(data.get("tmp"), str) else None,
+                  tag=data.get("tag") if isinstance(data.get("tag"), str) else None)
 
 
 def record_keys() -> list[str]:
@@ -208,6 +215,12 @@ def pinned_fd(key: str, name: str) -> Iterator[int | None]:
         yield fd
     finally:
         os.close(fd)
+
+
+def remove_tmp(rec: Record) -> None:
+    """A dead trace's temporary directory (only one named like trace's)."""
+    if rec.tmp and Path(rec.tmp).name.startswith(TMP_PREFIX) and not rec.alive():
+        shutil.rmtree(rec.tmp, ignore_errors=True)
 
 
 def remove(key: str) -> None:

@@ -13,6 +13,7 @@ the process dies, whatever kills it: they need no record.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import TextIO
 
 from bpf_sdt import kernel, records
@@ -59,9 +60,10 @@ def qdisc_unused(iface: str | int) -> bool:
     return not any(kernel.tc_filter_listing(name, d) for d in TC_DIRECTIONS)
 
 
-def attach_tc(prog: Program, iface: str, direction: str, err: TextIO) -> RecordedTcFilter:
-    """Attaches `prog` as --tc does, recorded first; refuses a hook another
-    trace holds; warns about filters that run before ours."""
+def attach_tc(prog: Program, iface: str, direction: str, err: TextIO, prog_path: str) -> RecordedTcFilter:
+    """Attaches `prog` (of the object at `prog_path`, in trace's temporary
+    directory) as --tc does, recorded first; refuses a hook another trace
+    holds; warns about filters that run before ours."""
     where = f"tc:{iface}:{direction}"
     hook = kernel.ClsBpf(iface, ifindex(iface), direction, 0, 0, kernel.netns_inode())
     key = records.record_key("tc", hook.netns, hook.ifindex, direction)
@@ -83,7 +85,7 @@ def attach_tc(prog: Program, iface: str, direction: str, err: TextIO) -> Recorde
         held.pin(records.INSTRUMENTED_PIN, prog.fd)     # restore finds our filter by this program
         filt = prog.attach_tc(iface, direction)
         hook.handle, hook.priority = filt.handle, filt.priority
-        held.write(hook=hook.to_dict(), state="attached", created_qdisc=created_qdisc)
+        held.write(hook=hook.to_dict(), state="attached", created_qdisc=created_qdisc, tmp=str(Path(prog_path).parent))
     except BaseException:
         if created_qdisc:
             with contextlib.suppress(LibbpfError):   # the failure itself is what to report

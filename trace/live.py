@@ -392,7 +392,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                                          f"{', '.join(map(str, sorted(missing)))}; its state could not continue")
                     loaded_at = time.monotonic()
                     held.pin(records.INSTRUMENTED_PIN, prog.fd)
-                    held.write(state="swapping", instrumented_id=kernel.prog_info(prog.fd).id)
+                    held.write(state="swapping", instrumented_id=kernel.prog_info(prog.fd).id, tmp=tmp)
                     if stop.requested:
                         return None
                     decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,

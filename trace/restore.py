@@ -89,6 +89,8 @@ def restore_record(key: str, rec: records.Record | None) -> tuple[bool, str]:
         what = rec.where if rec is not None else key
         return False, f"{escape_text(what)}: {e}; record removed"
     finally:
+        if rec is not None:
+            records.remove_tmp(rec)
         records.remove(key)
 
 
