@@ -2,7 +2,8 @@
 
 Every subcommand returns an exit code (0 ok, 1 findings, 2 unusable input or
 usage); :class:`bpf_sdt.errors.BpfSdtError` becomes a one-line message on
-stderr and exit 2, never a traceback.
+stderr and exit 2, never a traceback; a closed stdout pipe ends it quietly
+with 141.  docs/cli.md gives the conventions every command follows.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TextIO
 from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError, UsageError
 from bpf_sdt.format import RECORDER_DEFAULT_RINGBUF_SIZE
+from bpf_sdt.hooks import meson_recipe
 from bpf_sdt.model import escape_text
 
 Handler = Callable[[argparse.Namespace], int]
@@ -212,8 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "clang, else the newest clang-N on PATH")
     add("makefile", _cmd_makefile, "print the path of bpf_sdt.mk, for `include` in a Makefile")
     sp = add("meson", _cmd_meson, "print the path of the meson helper, for find_program() in meson.build")
-    from bpf_sdt.hooks import meson_recipe
-
     sp.description = meson_recipe()   # the recipe, as the installed helper documents it
     sp.formatter_class = argparse.RawDescriptionHelpFormatter
 
@@ -288,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--no-cache", action="store_true", help="ignore the result cache")
             sp.add_argument("--no-ir", action="store_true",
                             help="skip the rules on the optimized LLVM IR (SDT010-SDT012), which compile each file")
+
     sp = add("completion", _cmd_completion, "print a shell completion script: "
              "eval \"$(bpf-sdt completion bash)\", or save it where the shell loads completions")
     sp.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell to complete for")
@@ -329,9 +330,9 @@ class OutputError(BpfSdtError):
 
 
 class _GuardedStdout:
-    """sys.stdout whose write errors become one OutputError: a full disk or a
-    closed pipe ends the command with one line and a non-zero code, wherever
-    the write happens."""
+    """sys.stdout whose write errors become one OutputError, wherever the
+    write happens: main() ends the command on it (quietly for a closed pipe,
+    with one line for a full disk), never with a success code."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
