@@ -38,7 +38,9 @@ from bpf_sdt.insn import (
     CALLER_SAVED,
     LD_IMM64,
     LDX,
+    MODE_ATOMIC,
     MODE_MASK,
+    MODE_MEM,
     OP_MASK,
     PSEUDO_CALL,
     R1,
@@ -158,7 +160,7 @@ def _tainted(regs: int, r: int) -> bool:
 
 def _write_through(insn: Insn, regs: int) -> str | None:
     if insn.cls in (ST, STX) and _tainted(regs, insn.dst):
-        what = "an atomic operation" if insn.op & MODE_MASK == 0xC0 else "a store"
+        what = "an atomic operation" if insn.op & MODE_MASK == MODE_ATOMIC else "a store"
         return f"{what} through r{insn.dst}, which points into the traced program (ctx or derived from it)"
     return None
 
@@ -203,7 +205,7 @@ def _transfer(insn: Insn, regs: int, slots: frozenset[int]) -> tuple[int, frozen
         wide = op & SIZE_MASK == SIZE_DW
         from_slot = insn.src == R10 and insn.off in slots
         return _set(regs, insn.dst, wide and (via or from_slot)), slots
-    if c == STX and insn.dst == R10 and op & SIZE_MASK == SIZE_DW and op & MODE_MASK == 0x60:
+    if c == STX and insn.dst == R10 and op & SIZE_MASK == SIZE_DW and op & MODE_MASK == MODE_MEM:
         return regs, (slots | {insn.off}) if _tainted(regs, insn.src) else slots - {insn.off}
     if op == LD_IMM64:
         return _set(regs, insn.dst, False), slots

@@ -50,7 +50,7 @@ from bpf_sdt.insn import (
     ALU_XOR,
     ARG_REGS,
     CALLER_SAVED,
-    JMP,
+    JMP32,
     LD,
     LD_IMM64,
     LDX,
@@ -265,35 +265,55 @@ def analyze_frame(insns: Sequence[Insn], succ: Sequence[Sequence[int]], is_progr
 
 # --- branches: each edge knows its condition ---------------------------------------
 
+# jump operations (BPF_JEQ...: include/uapi/linux/bpf.h); only these narrow a range
 _JEQ, _JGT, _JGE, _JSET, _JNE, _JSGT, _JSGE = 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70
 _JLT, _JLE, _JSLT, _JSLE = 0xA0, 0xB0, 0xC0, 0xD0
 _NEGATE = {_JEQ: _JNE, _JNE: _JEQ, _JGT: _JLE, _JLE: _JGT, _JGE: _JLT, _JLT: _JGE,
            _JSGT: _JSLE, _JSLE: _JSGT, _JSGE: _JSLT, _JSLT: _JSGE}
+_SWAP = {_JEQ: _JEQ, _JNE: _JNE, _JGT: _JLT, _JLT: _JGT, _JGE: _JLE, _JLE: _JGE,     # k <op> x == x <swap> k
+         _JSGT: _JSLT, _JSLT: _JSGT, _JSGE: _JSLE, _JSLE: _JSGE}
 
 
 def _refine(insn: Insn, st: State, taken: bool) -> State | None:
     """The state on one edge of a conditional jump of a register against a
     constant (as the verifier narrows it); None if the edge is impossible."""
     op = insn.op & OP_MASK
-    if not insn.is_branch or insn.is_unconditional or op not in _NEGATE or insn.cls != JMP:
+    if not insn.is_branch or insn.is_unconditional or op not in _NEGATE:
         return st
+    word = insn.cls == JMP32                # compares the low 32 bits
+    cond = op if taken else _NEGATE[op]
+    reg = insn.dst
     if insn.op & SRC_X:
-        k = st.regs[insn.src]
-        if not (isinstance(k, Scalar) and k.r.lo == k.r.hi):
+        const_of = _constant(st.regs[insn.src], word)
+        if const_of is None:                 # `if k > rX`: the constant on the left
+            const_of, reg, cond = _constant(st.regs[insn.dst], word), insn.src, _SWAP[cond]
+        if const_of is None:
             return st
-        const = k.r.lo
+        const = const_of
     else:
         const = insn.imm
-    v = st.regs[insn.dst]
+    v = st.regs[reg]
     if not isinstance(v, Scalar):
         return st
-    cond = op if taken else _NEGATE[op]
-    r = _narrow(v.r, cond, const)
-    if r is None:
+    narrowed = _narrow(v.w if word else v.r, cond, const)
+    if narrowed is None:
         return None
+    if not word:
+        value = Scalar.of(narrowed)
+    elif U32_RANGE.lo <= v.r.lo and v.r.hi <= U32_RANGE.hi and narrowed.nonneg:
+        value = Scalar.of32(narrowed)       # a zero-extended register: the word is the value
+    else:
+        value = Scalar(v.r, narrowed)
     regs = list(st.regs)
-    regs[insn.dst] = Scalar.of(r)
+    regs[reg] = value
     return State(tuple(regs), st.slots)
+
+
+def _constant(v: Value, word: bool) -> int | None:
+    if not isinstance(v, Scalar):
+        return None
+    known = v.w if word else v.r
+    return known.lo if known.lo == known.hi else None
 
 
 def _narrow(r: Range, cond: int, k: int) -> Range | None:

@@ -133,6 +133,41 @@ def test_stack_reached_through_callees_and_variable_offsets_is_counted(tmp_path:
     assert run_prog(out, "varoff", packets()) == want
 
 
+SIGNED_INDEX = HEAD + """
+BPF_SDT_DECLARE1(idx, int);
+SEC("xdp") int signed_index(struct xdp_md *ctx)
+{
+	unsigned char *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	volatile unsigned char table[32];
+	if (data + 8 > end)
+		return XDP_ABORTED;
+	int i = *(int *)data;
+	if (i < -16 || i > 15)
+		return XDP_DROP;
+	volatile unsigned char *mid = &table[16];
+	mid[i] = data[5];
+	BPF_SDT_PROBE1(idx, i);
+	return mid[i] == data[5] ? XDP_PASS : XDP_DROP;
+}
+""" + LICENSE
+
+
+@pytest.mark.parametrize("mcpu", ["v1", "v3"])
+def test_signed_index_bounded_by_compares_is_counted(tmp_path: Path, mcpu: str) -> None:
+    """A negative variable offset that compares bound (64-bit compares at v1,
+    32-bit ones at v3, the constant on either side) is followed to its
+    range, as the verifier does: the site is placed below the whole range."""
+    obj = build(tmp_path, "signed", SIGNED_INDEX, mcpu)
+    assert re.search(r"r\d \+= r\d", disassembly(obj))
+    pkts = [i.to_bytes(4, "little", signed=True) + bytes([0, 0x5A]) + bytes(58) for i in (-16, -9, -1, 0, 7, 15, 99)]
+    want = run_prog(obj, "signed_index", pkts)
+    assert want == [XDP_PASS] * 6 + [XDP_DROP]
+    out = tmp_path / "o.o"
+    res = instrument(obj, out)
+    assert res.returncode == 0, res.stderr
+    assert run_prog(out, "signed_index", pkts) == want
+
+
 def test_frame_that_cannot_be_bounded_is_a_finding(tmp_path: Path) -> None:
     """The pointer's offset is bounded by a compare of a copy (the verifier
     links the two registers; this analysis does not)."""
