@@ -4,11 +4,12 @@
 # instrument a sample with the recorder and load it, instrument it with the
 # sample observer (samples/observer.bpf.c) and watch its map count drops, and
 # end with `bpf-sdt trace` printing the probes of two samples, typed, as test
-# runs push packets through them.  Steps 5-8 need bpf() (root).
+# runs push packets through them, and trace one that iproute2 loaded, live,
+# swapping an instrumented copy in and back (step 9).  Steps 5-9 need bpf() (root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-STEPS=8
+STEPS=9
 step() { echo; echo "==> [$1/$STEPS] $2"; }
 
 step 1 "setup (installs only what is missing)"
@@ -98,5 +99,47 @@ bpf-sdt trace xdp_parser.bpf.o --run xdp_parse --pcap demo.pcap
 echo
 echo "\$ bpf-sdt trace wide_probe.bpf.o --run xdp_flow --packet demo_udp.bin     # 12 arguments"
 bpf-sdt trace wide_probe.bpf.o --run xdp_flow --packet demo_udp.bin
+
+step 9 "bpf-sdt trace --live: xdp_parser loaded by iproute2 (ip link ... xdp obj) on a veth, traced while it runs"
+python - <<'EOF'
+import json, signal, subprocess, sys
+sys.path.insert(0, "../../tests")
+from netns import VethPair          # two namespaces joined by a veth pair, loopback-range addresses
+
+def ns(net, *cmd):
+    return ["nsenter", f"--net=/run/netns/{net.receiver.netns}", *cmd]
+
+def xdp_id(net):
+    link = json.loads(subprocess.check_output(ns(net, "ip", "-j", "link", "show", net.receiver.iface)))[0]
+    return link.get("xdp", {}).get("prog", {}).get("id")
+
+with VethPair() as net:
+    where = f"xdp:{net.receiver.iface}"
+    subprocess.run(ns(net, "ip", "link", "set", "dev", net.receiver.iface, "xdp", "obj", "xdp_parser.bpf.o",
+                      "sec", "xdp"), check=True)
+    print(f"$ ip link set dev {net.receiver.iface} xdp obj xdp_parser.bpf.o    # program id {xdp_id(net)}")
+    print(f"$ bpf-sdt trace xdp_parser.bpf.o --live {where} --probe ipv4 --duration 2   (3 datagrams sent meanwhile)",
+          flush=True)
+    live = subprocess.Popen(ns(net, "bpf-sdt", "trace", "xdp_parser.bpf.o", "--live", where, "--probe", "ipv4",
+                               "--duration", "2"), stderr=subprocess.PIPE)
+    for line in live.stderr:
+        sys.stdout.write(line.decode())
+        sys.stdout.flush()
+        if b"Ctrl-C to stop" in line:
+            net.send_udp(3, 40100, b"demo")
+    live.wait()
+    print(f"program id {xdp_id(net)} runs there again")
+    print("$ kill -9 a live trace, then bpf-sdt restore", flush=True)
+    live = subprocess.Popen(ns(net, "bpf-sdt", "trace", "xdp_parser.bpf.o", "--live", where),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for line in live.stderr:
+        if b"Ctrl-C to stop" in line:
+            break
+    live.send_signal(signal.SIGKILL)
+    live.wait()
+    print(f"after SIGKILL: program id {xdp_id(net)} (the instrumented copy) runs there", flush=True)
+    subprocess.run(ns(net, "bpf-sdt", "restore", where), check=True)
+    print(f"program id {xdp_id(net)} runs there again")
+EOF
 echo
 echo "demo finished in $(( $(date +%s) - start ))s"
