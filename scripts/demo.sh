@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-STEPS=9
+STEPS=10
 step() { echo; echo "==> [$1/$STEPS] $2"; }
 
 step 1 "setup (installs only what is missing)"
@@ -70,7 +70,7 @@ EOF
 
 step 6 "bpf-sdt instrument with the recorder, and load the result"
 bpf-sdt instrument xdp_parser.bpf.o -o xdp_parser.recorded.bpf.o
-echo "xdp_parser.recorded.bpf.o: every probe site now calls the recorder (a ring buffer pinned by name)"
+echo "xdp_parser.recorded.bpf.o: every probe site now calls the recorder (its maps pin where the loader says)"
 ../../scripts/load.sh xdp_parser.recorded.bpf.o
 
 step 7 "bpf-sdt instrument --observer observer.bpf.o: count_drop counts drops per reason"
@@ -100,7 +100,16 @@ echo
 echo "\$ bpf-sdt trace wide_probe.bpf.o --run xdp_flow --packet demo_udp.bin     # 12 arguments"
 bpf-sdt trace wide_probe.bpf.o --run xdp_flow --packet demo_udp.bin
 
-step 9 "bpf-sdt trace --live: xdp_parser loaded by iproute2 (ip link ... xdp obj) on a veth, traced while it runs"
+step 9 "in the kernel: a filtered trace, and histograms of 1000 runs per packet (docs/aggregate.md)"
+echo "\$ bpf-sdt trace xdp_parser.bpf.o --run xdp_parse --pcap demo.pcap --filter 'drop:arg0 == DROP_TTL || arg1 < 40'"
+bpf-sdt trace xdp_parser.bpf.o --run xdp_parse --pcap demo.pcap --filter 'drop:arg0 == DROP_TTL || arg1 < 40'
+echo
+echo "\$ bpf-sdt trace xdp_parser.bpf.o --run xdp_parse --pcap demo.pcap --repeat 1000 \\"
+echo "      --count-by drop:arg0 --hist ipv4:arg3 --lhist 'ipv4:arg2,0,256,32'"
+bpf-sdt trace xdp_parser.bpf.o --run xdp_parse --pcap demo.pcap --repeat 1000 \
+	--count-by drop:arg0 --hist ipv4:arg3 --lhist 'ipv4:arg2,0,256,32'
+
+step 10 "bpf-sdt trace --live: xdp_parser loaded by iproute2 (ip link ... xdp obj) on a veth, traced while it runs"
 python - <<'EOF'
 import json, signal, subprocess, sys
 sys.path.insert(0, "../../tests")
