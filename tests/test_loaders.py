@@ -27,6 +27,7 @@ import pytest
 from toolchain import REPO, bpf_permitted, clang, need, run, tool
 
 from bpf_sdt.elf import R_BPF_64_32, STT_FUNC, STT_NOTYPE, STT_SECTION, BpfObject, is_reserved_index, load_object
+from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_RINGBUF_MAP
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 LOADERS_DIR = REPO / "tests" / "loaders"
@@ -245,7 +246,7 @@ OBSERVER_MAP_ENTRIES = 8
 DROP_STATS = struct.Struct("<QQ")    # struct drop_stats: packets, bytes
 CLASS_IP, CLASS_OTHER = 0x10001, 0x10002            # tc_main.bpf.c's classids
 CLASS_MAP = "class_bytes"
-RING = "bpf_sdt_events"
+RING = RECORDER_RINGBUF_MAP
 EVENT_HEAD = struct.Struct("<QII")   # ktime, site id, cpu (docs/instrument.md)
 U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
 Event = tuple[str, tuple[int, ...]]
@@ -420,6 +421,19 @@ def test_xdp_sample_runs_with_recorder_and_observer(loader: Loader, samples: Pat
     assert got.retvals["xdp_parse"] == plain.retvals["xdp_parse"] == [ret for ret, _, _ in want]
     assert without_pointer(decode_events(out, got.ring)) == [e for _, events, _ in want for e in events]
     assert got.entries[OBSERVER_MAP] == expected_drop_stats(XDP_PACKETS)
+
+
+def test_pin_by_name_recorder_pins_where_the_loader_says(loader: Loader, samples: Path,
+                                                         instrumented: Callable[..., Path], bpffs: Path) -> None:
+    """`instrument --pin-by-name`: each loader pins the recorder's maps in the
+    directory it is given (PinPath, default_map_pin_directory, pin_root_path),
+    and the events still arrive through the pinned ring."""
+    out = instrumented(samples / "xdp_parser.bpf.o", "--pin-by-name")
+    packets = XDP_PACKETS[-1:]
+    got = load(loader, out, bpffs, packets, runs=("xdp_parse",), ring=RING)
+    (pins,) = [d for d in bpffs.iterdir() if d.is_dir()]     # the root also lists maps.debug, progs.debug
+    assert {p.name for p in pins.iterdir()} == {RING, RECORDER_COUNTS_MAP}
+    assert without_pointer(decode_events(out, got.ring)) == expected_xdp(packets[0])[1]
 
 
 def test_tc_sample_runs_with_recorder(loader: Loader, built_samples: Path, instrumented: Callable[..., Path],
