@@ -18,9 +18,10 @@ caller-saved registers live after the site, ``N`` the probe's arguments and
     rS_k = *(u64 *)(r10 - (B + 8k))        fill what was spilled
 
 ``<convert>`` turns the raw 64-bit value into the declared type, as a
-trampoline does: ``w0 = wK`` for a 32-bit unsigned type, ``r0 &= 0xff`` /
-``0xffff`` for narrower unsigned ones, ``r0 <<= 64-n ; r0 s>>= 64-n`` for an
-n-bit signed one.  r0 is the only scratch register: it is spilled first when
+trampoline does: ``w0 = wK`` for a 32-bit unsigned type, ``r0 &= 2^n-1``
+for an n-bit unsigned one narrower than 32 bits, ``r0 <<= 64-n ; r0 >>= 64-n``
+for a wider one (a BTF integer may have any size), ``r0 <<= 64-n ; r0 s>>= 64-n``
+for an n-bit signed one.  r0 is the only scratch register: it is spilled first when
 it is live, and an argument held in r0 is converted before r0 is reused.
 """
 
@@ -38,6 +39,7 @@ from bpf_sdt.insn import (
     ALU_ARSH,
     ALU_LSH,
     ALU_MOV,
+    ALU_RSH,
     R0,
     R1,
     R10,
@@ -63,7 +65,7 @@ SLOT = 8
 S32_MIN, S32_MAX = -(1 << 31), (1 << 31) - 1
 U32_MAX = (1 << 32) - 1
 _LOAD_SIZE = {1: SIZE_B, 2: SIZE_H, 4: SIZE_W, 8: SIZE_DW}
-_UNSIGNED_MASK = {1: 0xFF, 2: 0xFFFF}
+MASK_IMM_BITS = 31            # widest mask an ALU immediate holds (it is sign-extended from 32 bits)
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,10 @@ def _convert_r0(t: ArgType, src: int) -> list[Insn]:
     if not t.signed and bits == 32:
         return [mov32_reg(R0, src)]
     out = [] if src == R0 else [mov64_reg(R0, src)]
-    if not t.signed:
-        return out + [alu64_imm(ALU_AND, R0, _UNSIGNED_MASK[t.size])]
-    shift = 64 - bits
-    return out + [alu64_imm(ALU_LSH, R0, shift), alu64_imm(ALU_ARSH, R0, shift)]
+    if not t.signed and bits <= MASK_IMM_BITS:
+        return out + [alu64_imm(ALU_AND, R0, (1 << bits) - 1)]
+    shift = 64 - bits         # the type's bits moved to the top and back, zero- or sign-filling
+    return out + [alu64_imm(ALU_LSH, R0, shift), alu64_imm(ALU_ARSH if t.signed else ALU_RSH, R0, shift)]
 
 
 def _store_constant(off: int, value: int) -> list[Insn]:
