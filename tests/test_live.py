@@ -66,6 +66,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name in ("ip", "tc", "bpftool", "nsenter", "gcc"):
         tool(name)
     out = tmp_path_factory.mktemp("live")
+    os.environ["BPF_SDT_CACHE"] = str(out / "cache")      # trace's instrumented-object cache, not ~/.cache
     multiarch = ok([tool("gcc"), "-print-multiarch"]).strip()
     system = (f"-I/usr/include/{multiarch}",)
     objs = {}
@@ -468,3 +469,26 @@ def test_tracing_programs_cannot_be_swapped(built: dict[str, Path], tmp_path: Pa
     assert res.returncode == 2 and "no such program" in res.stderr, res.stderr
     res = run([*CLI, "trace", str(built["live_xdp"]), "--live", "bogus"])
     assert res.returncode == 2 and "expected xdp:IFACE" in res.stderr, res.stderr
+
+
+def test_instrumented_objects_are_cached_by_everything_they_depend_on(built: dict[str, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from bpf_sdt.instrument.command import Request, instrument
+    from bpf_sdt.trace import instcache
+
+    monkeypatch.setenv("BPF_SDT_CACHE", str(tmp_path / "cache"))
+    obj = tmp_path / "live_xdp.bpf.o"
+    obj.write_bytes(built["live_xdp"].read_bytes())
+    req = Request(obj, tmp_path / "out.bpf.o", ("udp_seen",), programs=("live_xdp",))
+    assert instcache.fetch(req) is None
+    sites = [(s.site_id, s.probe) for s in instrument(req).sites]
+    made = req.output.read_bytes()
+    instcache.store(req, sites)
+    req.output.unlink()
+    assert instcache.fetch(req) == sites and req.output.read_bytes() == made
+    assert instcache.fetch(Request(obj, req.output, ("other",), programs=("live_xdp",))) is None
+    obj.write_bytes(built["live_xdp_other"].read_bytes())             # another object at the same path
+    assert instcache.fetch(req) is None
+    monkeypatch.setenv("BPF_SDT_CACHE", "off")
+    obj.write_bytes(built["live_xdp"].read_bytes())
+    assert instcache.fetch(req) is None

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from bpf_sdt.instrument.command import Request
+from bpf_sdt.trace import instcache
 from bpf_sdt.trace.leftovers import report_stale
 from bpf_sdt.trace.output import Decoder
 from bpf_sdt.trace.recorder import Counters
@@ -372,9 +373,13 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
         with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
             inst = Path(tmp) / opts.obj.name
             # Only the swapped program's sites: a site elsewhere in OBJ cannot refuse the trace.
-            instrumented = _instrument_interruptibly(Request(opts.obj, inst, opts.probes,
-                                                             ringbuf_size=opts.ringbuf_size,
-                                                             programs=(prog_name,)), stop)
+            req = Request(opts.obj, inst, opts.probes, ringbuf_size=opts.ringbuf_size, programs=(prog_name,))
+            instrumented = instcache.fetch(req)
+            cached = instrumented is not None
+            if instrumented is None:
+                instrumented = _instrument_interruptibly(req, stop)
+                if instrumented is not None:
+                    instcache.store(req, instrumented)
             if instrumented is None or stop.requested:
                 identity.result()
                 return None
@@ -404,8 +409,10 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                             raise InputError(f"--live: {e} instead of {running.name} (id {running.id}), changed "
                                              "while trace prepared; nothing was swapped") from None
                         held.write(state="swapped")
-                        err.write(f"bpf-sdt trace: prepared in {loaded_at - started:.2f} s (instrument "
-                                  f"{instrumented_at - started:.2f} s, load {loaded_at - instrumented_at:.2f} s); "
+                        instrumenting = "instrumented object from the cache" if cached else "instrument"
+                        err.write(f"bpf-sdt trace: prepared in {loaded_at - started:.2f} s (finding, identity and "
+                                  f"{instrumenting}: {instrumented_at - started:.2f} s, load "
+                                  f"{loaded_at - instrumented_at:.2f} s); "
                                   f"{escape_text(hook.describe())}: swapped to the instrumented copy ({hook.atomic}; "
                                   f"{len(reused)} map(s) shared)\n")
                         try:
