@@ -143,6 +143,14 @@ def test_list_names_observers_from_the_calls_section_also_after_link(samples: Pa
     res = run([*CLI, "link", "-o", str(linked), str(out)], env=_env())
     assert res.returncode == 0, res.stderr
     assert _observers(linked) == listed
+    # after another input's xdp code: every call word moves with its section
+    behind = tmp_path / "behind.o"
+    res = run([*CLI, "link", "-o", str(behind), str(samples / "wide_probe.bpf.o"), str(out)], env=_env())
+    assert res.returncode == 0, res.stderr
+    moved = [site for site in _observers(behind) if site[0] != "flow"]
+    shift = moved[0][1] - listed[0][1]
+    assert shift > 0
+    assert moved == [(name, insn + shift, obs) for name, insn, obs in listed]
 
 
 # --- the loaders ------------------------------------------------------------------------
