@@ -18,7 +18,15 @@ the difference in time, so instrumenting, compiling the recorder and loading
 Every output is checked: one line per event plus the run line, all parsed in
 JSON mode.  Target: at least 500,000 events/s for `trace --json`.
 
-    sudo .venv/bin/python bench/trace_bench.py [--events N] [--trials K]
+``--robust`` measures instead what the tests check in a few seconds, at
+full length, each beside a reference run: a 20 s overload of a pinned ring
+(the kernel producing as fast as bpftool test-runs; peak RSS, events read,
+read + not written + lost against produced, and how long SIGINT takes while
+the producer keeps going), ``--duration 20`` into a reader taking 80 KB/s
+against a reader taking everything, and a 1 GiB sparse capture (zero-length
+packets) against a 1 MiB one (peak RSS).
+
+    sudo .venv/bin/python bench/trace_bench.py [--events N] [--trials K] [--robust]
 """
 
 from __future__ import annotations
@@ -26,12 +34,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +163,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000, help="test runs (= events) per large run")
     ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--robust", action="store_true", help="overload, slow stdout and huge-capture figures")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("trace_bench: loading programs needs root")
@@ -160,8 +172,182 @@ def main() -> int:
         obj = build(tmp / "samples")
         packet = tmp / "udp.bin"
         packet.write_bytes(udp_frame())
+        if args.robust:
+            print("\n".join(robust(obj, packet, tmp)))
+            return 0
         print("\n".join(measure(obj, packet, args.events, args.trials, tmp)))
     return 0
+
+
+# --- --robust ------------------------------------------------------------------------------
+
+OVERLOAD_S = 20.0
+PRODUCER_REPEAT = 200_000
+SLOW_BPS = 80_000
+SLOW_DURATION_S = 20.0
+CAPTURE_DURATION_S = 10.0
+RSS_POLL_S = 0.05
+
+
+class _Traced:
+    """A trace process whose stdout is read here (``bps``: at most that many
+    bytes per second; None: as fast as it comes), lines counted, RSS sampled."""
+
+    def __init__(self, args: list[str], bps: float | None = None) -> None:
+        self.proc = subprocess.Popen([*CLI, "trace", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env())
+        self.lines, self.tail, self.err, self.max_rss_kb = 0, b"", b"", 0
+        self.started = time.monotonic()
+        self.threads = [threading.Thread(target=self._out, args=(bps,), daemon=True),
+                        threading.Thread(target=self._err, daemon=True),
+                        threading.Thread(target=self._rss, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _out(self, bps: float | None) -> None:
+        assert self.proc.stdout is not None
+        size = 8000 if bps else 1 << 20
+        while chunk := os.read(self.proc.stdout.fileno(), size):
+            self.lines += chunk.count(b"\n")
+            self.tail = (self.tail + chunk)[-(1 << 16):]
+            if bps:
+                time.sleep(len(chunk) / bps)
+
+    def _err(self) -> None:
+        assert self.proc.stderr is not None
+        while chunk := os.read(self.proc.stderr.fileno(), 1 << 16):
+            self.err += chunk
+
+    def _rss(self) -> None:
+        while self.proc.poll() is None:
+            try:
+                for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.max_rss_kb = max(self.max_rss_kb, int(line.split()[1]))
+            except OSError:
+                return
+            time.sleep(RSS_POLL_S)
+
+    def wait_ready(self) -> None:
+        while b"Ctrl-C to stop" not in self.err:
+            if self.proc.poll() is not None:
+                sys.exit(f"trace ended: {self.err.decode()}")
+            time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGINT) -> float:
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        self.proc.wait()
+        took = time.monotonic() - start
+        for t in self.threads:
+            t.join(timeout=30)
+        return took
+
+    def wait(self) -> float:
+        self.proc.wait()
+        for t in self.threads:
+            t.join(timeout=30)
+        return time.monotonic() - self.started
+
+    def not_written(self) -> int:
+        return self._said(rb"(\d+) events not written")
+
+    def unread(self) -> int:
+        return self._said(rb"(\d+) events left unread")
+
+    def _said(self, pattern: bytes) -> int:
+        found = re.search(pattern, self.err)
+        return int(found.group(1)) if found else 0
+
+
+def _producer(pins: Path, packet: Path, stop: threading.Event, done: list[int]) -> threading.Thread:
+    def loop() -> None:
+        while not stop.is_set():
+            subprocess.run(["bpftool", "prog", "run", "pinned", str(pins / "progs" / "xdp_parse"), "data_in",
+                            str(packet), "repeat", str(PRODUCER_REPEAT)], capture_output=True, check=True)
+            done[0] += PRODUCER_REPEAT
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+def overload(obj: Path, packet: Path, tmp: Path) -> list[str]:
+    inst, pins = tmp / "inst.o", tmp / "pins"
+    subprocess.run([*CLI, "instrument", str(obj), "-o", str(inst)], check=True, env=env(), capture_output=True)
+    pins.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(pins)], check=True)
+    try:
+        subprocess.run(["bpftool", "prog", "loadall", str(inst), str(pins / "progs"), "pinmaps", str(pins)],
+                       check=True, capture_output=True)
+        rows = []
+        for ending in ("producer stopped first", "SIGINT while producing"):
+            traced = _Traced([str(inst), "--pinned", "--pin-dir", str(pins), "--json"])
+            traced.wait_ready()
+            stop, done = threading.Event(), [0]
+            producer = _producer(pins, packet, stop, done)
+            time.sleep(OVERLOAD_S)
+            if ending == "producer stopped first":
+                stop.set()
+                producer.join()
+            took = traced.stop()
+            stop.set()
+            producer.join()
+            summary = [json.loads(line) for line in traced.tail.splitlines()[1:] if b'"probe"' not in line]
+            lost = next(int(line["lost"]) for line in summary if "lost" in line)
+            read = traced.lines - len(summary)
+            accounted = read + traced.not_written() + traced.unread() + lost
+            balance = f"{accounted - done[0]:+,}" if ending.startswith("producer") else "-"
+            rows.append(f"| {ending:22} | {done[0]:>11,} | {read / OVERLOAD_S:>10,.0f} | {lost:>11,} | "
+                        f"{traced.not_written():>11,} | {traced.unread():>8,} | {balance:>9} | "
+                        f"{traced.max_rss_kb // 1024:>6} | {took:.2f} s |")
+        return [f"overload, {OVERLOAD_S:.0f} s of `bpftool prog run ... repeat {PRODUCER_REPEAT}` in a loop into "
+                "`trace --pinned --json` (stdout read as fast as it comes):", "",
+                "| ending                 |    produced |   read/s   |        lost | not written | unread | "
+                "balance | RSS MB | SIGINT  |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|", *rows]
+    finally:
+        for entry in sorted(pins.rglob("*"), reverse=True):
+            if entry.suffix != ".debug":            # bpffs's own files: they go with the mount
+                entry.rmdir() if entry.is_dir() else entry.unlink()
+        subprocess.run(["umount", str(pins)], check=False)
+
+
+def slow_stdout(obj: Path, packet: Path) -> list[str]:
+    rows = []
+    for name, bps in (("80 KB/s", float(SLOW_BPS)), ("unlimited (reference)", None)):
+        traced = _Traced([str(obj), "--run", "xdp_parse", "--packet", str(packet), "--repeat", str(10**9),
+                          "--json", "--duration", str(SLOW_DURATION_S)], bps)
+        wall = traced.wait()
+        rows.append(f"| {name:22} | {wall:6.1f} s | {traced.lines:>11,} | {traced.not_written():>12,} | "
+                    f"{traced.max_rss_kb // 1024:>6} |")
+    return [f"`--duration {SLOW_DURATION_S:.0f}` with a slow and a fast reader of stdout (wall includes "
+            "instrumenting and loading):", "",
+            "| reader                 |  wall   | lines read | not written | RSS MB |",
+            "|---|---:|---:|---:|---:|", *rows]
+
+
+def huge_capture(obj: Path, tmp: Path) -> list[str]:
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 1 << 18, 1)
+    rows = []
+    for name, size in (("1 GiB", 1 << 30), ("1 MiB (reference)", 1 << 20)):
+        capture = tmp / "sparse.pcap"
+        capture.write_bytes(header)
+        os.truncate(capture, size)
+        traced = _Traced([str(obj), "--run", "xdp_parse", "--pcap", str(capture), "--json",
+                          "--duration", str(CAPTURE_DURATION_S)])
+        wall = traced.wait()
+        rows.append(f"| {name:18} | {traced.lines:>10,} | {wall:5.1f} s | {traced.max_rss_kb // 1024:>6} |")
+        capture.unlink()
+    return [f"sparse captures of zero-length packets (each refused by the kernel), `--duration "
+            f"{CAPTURE_DURATION_S:.0f}`:", "", "| capture            | runs done  | wall   | RSS MB |",
+            "|---|---:|---:|---:|", *rows]
+
+
+def robust(obj: Path, packet: Path, tmp: Path) -> list[str]:
+    lines = [*overload(obj, packet, tmp), "", *slow_stdout(obj, packet), "", *huge_capture(obj, tmp), ""]
+    return [*lines, f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+            f"on {os.cpu_count()} CPUs"]
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ LENGTH_MASK = DISCARD_BIT - 1
 ALIGN = 8
 ORDERED_LOADS = ("x86_64", "amd64")        # architectures whose loads are never reordered with loads
 DRAIN_BUDGET = 4096                         # records per drain: bounds the time and memory of one call
+MIN_RECORD = RINGBUF_HEADER + ALIGN         # the smallest record: a header and 8 bytes
 _POS_BYTES = 8
 _HEADER = struct.Struct("<I")
 
@@ -66,6 +67,10 @@ class Ring(Protocol):
         """Hands the committed records, at most ``budget`` of them, to
         ``sink(buffer, offset, size)``; returns the bytes consumed (headers
         and padding included)."""
+        ...
+
+    def skip(self) -> int:
+        """Consumes the committed records without reading them; how many events."""
         ...
 
     def close(self) -> None: ...
@@ -111,6 +116,22 @@ class MmapRing:
             cons_pos[0] = cons
         return cons - start
 
+    def skip(self) -> int:
+        """Consumes, without reading them, the records committed so far (one
+        pass up to the producer position seen now: a producer that keeps
+        writing cannot hold it); returns how many events they were."""
+        cons_pos, prod_view = self._cons, self._prod
+        cons, prod, count = cons_pos[0], self._prod_pos[0], 0
+        mask, base, header = self.size - 1, self._data, _HEADER.unpack_from
+        while cons < prod:
+            (length,) = header(prod_view, base + (cons & mask))
+            if length & BUSY_BIT:
+                break
+            cons += ((length & LENGTH_MASK) + RINGBUF_HEADER + ALIGN - 1) & ~(ALIGN - 1)
+            count += not length & DISCARD_BIT
+        cons_pos[0] = cons
+        return count
+
     def close(self) -> None:
         self._cons.release()
         self._prod_pos.release()
@@ -147,6 +168,18 @@ class LibbpfRing:
         with contextlib.suppress(_BudgetSpent):
             self._rb.consume()
         return self._bytes
+
+    def skip(self) -> int:
+        """As MmapRing.skip, through libbpf's reader (which follows the
+        producer, so it is bounded by the ring's capacity in records)."""
+        skipped = 0
+
+        def count(_buf: object, _off: int, _size: int) -> None:
+            nonlocal skipped
+            skipped += 1
+
+        self.drain(count, budget=self.size // MIN_RECORD)
+        return skipped
 
     def close(self) -> None:
         self._rb.close()

@@ -75,8 +75,8 @@ REFUSED = EINVAL              # the kernel's answer to a packet it will not test
 REFUSED_PACKET = frozenset({EINVAL, errno.ENOMEM, errno.E2BIG, errno.ENOSPC, errno.EMSGSIZE})
 BATCH_S = 0.2                   # a test-run batch takes about this long at most: signals wait for it
 LOST_REPORT_S = 1.0             # "lost so far" at most this often (and only when it changed)
-FINISH_OUTPUT_S = 0.4           # after the end, a slow stdout gets this long for what is queued
-FINISH_DRAIN_S = 0.3            # after a live trace ends, the ring is read this long at most
+FINISH_OUTPUT_S = 0.25          # after the end, a slow stdout gets this long for what is queued
+FINISH_DRAIN_S = 0.25           # after a live trace ends, the ring is read this long at most
 MIN_DURATION_S = 0.001          # shorter than the loop's own pass: not a duration
 MAX_REPEAT = (1 << 32) - 1      # the kernel's repeat is a u32
 RINGBUF_MIN = 4096              # a page: the kernel's smallest ring buffer
@@ -207,7 +207,8 @@ def _recorder_plan(opts: Options) -> tuple[RecorderOptions, Layout]:
     probes = sorted(types)
     selected = [p for p in probes if not opts.probes or any(fnmatch.fnmatchcase(p, g) for g in opts.probes)]
     specs = parse_specs(opts.count_by, opts.aggregations)
-    return plan_recorder(types, selected, opts.filters, specs, opts.map_entries, len(site_table(obj)))
+    return plan_recorder(types, selected, opts.filters, specs, opts.map_entries, len(site_table(obj)),
+                         count_hits=opts.count or opts.prometheus is not None)
 
 
 # --- options ---------------------------------------------------------------------
@@ -354,6 +355,7 @@ class _Session:
         self.packets = 0            # packets test-run (or refused)
         self._own_writer = not isinstance(out, Writer)      # a stream given: written through a Writer of ours
         self._drain_until: float | None = None              # set when a live trace ends: reading stops then
+        self.unread = 0                                     # events skipped, undecoded, after that
         self.writer = out if isinstance(out, Writer) else Writer(out)
         self.out = self.writer                              # every line goes through it, in order
 
@@ -364,6 +366,9 @@ class _Session:
         if self.exporter is not None:
             self.exporter.close()
         self.ring.close()
+        if self.unread:
+            self.err.write(f"bpf-sdt trace: {self.unread} events left unread in the ring buffer (reading stops "
+                           f"{FINISH_DRAIN_S} s after the end)\n")
         if self._own_writer:
             self.writer.close(time.monotonic() + FINISH_OUTPUT_S)
             if self.writer.not_written:
@@ -379,13 +384,20 @@ class _Session:
         read, so memory does not grow with the rate."""
         total = 0
         while True:
+            if self._drain_until is not None and time.monotonic() >= self._drain_until:
+                self._skip_unread()
+                return total
             used = self.ring.drain(self.decoder.sample)
             self.decoder.flush(self.writer)
             total += used
             if not until_empty or not used or total >= self.ring.size:
                 return total
-            if self._drain_until is not None and time.monotonic() >= self._drain_until:
-                return total
+
+    def _skip_unread(self) -> None:
+        """Counts (and consumes, undecoded) what the ring still holds once
+        reading has stopped, so that read + not written + unread + lost still
+        adds up to what was produced (said on stderr at the end)."""
+        self.unread += self.ring.skip()
 
     def ready(self, sites: list[Site], shown: set[int], what: str) -> None:
         probes = {sites[i].probe for i in shown}
@@ -477,12 +489,16 @@ class _Session:
         """After the last event: what is left in the ring, counts, losses."""
         self.drain()
         if count:
+            if self.report is not None and self.report.layout.counts_hits:    # aggregating: no ring events
+                for site, n in self.report.hits().items():
+                    if site < len(self.decoder.hits):
+                        self.decoder.hits[site] = n
             self.decoder.counts()
         counted = self.counters.since_start()
         self.drain()        # what was submitted before the counters were read is in the ring now
         if counted.lost:
             self.decoder.lost_line(counted.lost)
-        taken = counted.submitted - self.decoder.events - self.decoder.foreign
+        taken = counted.submitted - self.decoder.events - self.decoder.foreign - self.unread
         if taken > 0:
             self.decoder.taken_line(taken)
         if self.decoder.foreign:
