@@ -33,7 +33,7 @@ from bpf_sdt.argtype import ArgType
 from bpf_sdt.errors import UsageError
 from bpf_sdt.libbpf import Map
 
-HITS_INDEX = HITS_MAP                   # map 0: hits per site, always there when aggregating
+HITS_INDEX = HITS_MAP                   # map 0: hits per site, when aggregating and hits are wanted
 VALUE = struct.Struct("<QqqQ")          # count, sum, min, max (max read unsigned, converted below)
 VALUE_BYTES = VALUE.size
 KEY_HEAD = struct.Struct("<II")         # site, bucket
@@ -126,16 +126,18 @@ class Layout:
     argument each key is exactly (for printing by its type), or None."""
 
     specs: list[AggregationSpec]
+    counts_hits: bool = False           # map 0 exists
     key_args: dict[tuple[int, str], tuple[int | None, ...]] = field(default_factory=dict)
 
 
 def plan_recorder(types: Mapping[str, tuple[ArgType, ...]], selected: Sequence[str], filters: Sequence[str],
-                  specs: Sequence[AggregationSpec], map_entries: int, sites: int,
+                  specs: Sequence[AggregationSpec], map_entries: int, sites: int, count_hits: bool = True,
                   pin_by_name: bool = False) -> tuple[RecorderOptions, Layout]:
     """The recorder's plan for the traced probes: their filters, and, when there
-    are aggregations, the map updates instead of ring events."""
+    are aggregations, the map updates instead of ring events (and, with
+    ``count_hits``, the hits per site in map 0: one more update per firing)."""
     conditions = probe_filters(filters, types, selected)
-    layout = Layout(list(specs))
+    layout = Layout(list(specs), counts_hits=bool(specs) and count_hits)
     codes: dict[str, list[AggregationCode]] = {p: [] for p in selected}
     for spec in specs:
         probes = [p for p in selected if spec.probe_glob is None or fnmatch.fnmatchcase(p, spec.probe_glob)]
@@ -153,7 +155,7 @@ def plan_recorder(types: Mapping[str, tuple[ArgType, ...]], selected: Sequence[s
     aggregating = bool(specs)
     plans = {}
     for p in selected:
-        hits = [AggregationCode(HITS_INDEX, "count")] if aggregating else []
+        hits = [AggregationCode(HITS_INDEX, "count")] if layout.counts_hits else []
         plans[p] = ProbePlan(conditions.get(p), ring=not aggregating, aggregations=tuple(hits + codes[p]))
     return RecorderOptions(pin_by_name=pin_by_name, probes=plans, map_entries=map_entries,
                            hits_entries=max(sites, 1)), layout
@@ -380,7 +382,8 @@ def open_report(find_map: Callable[[str], Map], layout: Layout, sites: Sequence[
     """The report of a loaded recorder, or None when nothing is aggregated."""
     if not layout.specs:
         return None
-    maps = {i: find_map(map_name(i)) for i in [HITS_INDEX, *(s.index for s in layout.specs)]}
+    hits = [HITS_INDEX] if layout.counts_hits else []
+    maps = {i: find_map(map_name(i)) for i in [*hits, *(s.index for s in layout.specs)]}
     return Report(maps, layout, sites, per_site=per_site, as_json=as_json, interval=interval, now=now)
 
 

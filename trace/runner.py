@@ -207,7 +207,8 @@ def _recorder_plan(opts: Options) -> tuple[RecorderOptions, Layout]:
     probes = sorted(types)
     selected = [p for p in probes if not opts.probes or any(fnmatch.fnmatchcase(p, g) for g in opts.probes)]
     specs = parse_specs(opts.count_by, opts.aggregations)
-    return plan_recorder(types, selected, opts.filters, specs, opts.map_entries, len(site_table(obj)))
+    return plan_recorder(types, selected, opts.filters, specs, opts.map_entries, len(site_table(obj)),
+                         count_hits=opts.count or opts.prometheus is not None)
 
 
 # --- options ---------------------------------------------------------------------
@@ -488,6 +489,10 @@ class _Session:
         """After the last event: what is left in the ring, counts, losses."""
         self.drain()
         if count:
+            if self.report is not None and self.report.layout.counts_hits:    # aggregating: no ring events
+                for site, n in self.report.hits().items():
+                    if site < len(self.decoder.hits):
+                        self.decoder.hits[site] = n
             self.decoder.counts()
         counted = self.counters.since_start()
         self.drain()        # what was submitted before the counters were read is in the ring now
