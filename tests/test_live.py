@@ -471,7 +471,7 @@ def test_tracing_programs_cannot_be_swapped(built: dict[str, Path], tmp_path: Pa
     assert res.returncode == 2 and "expected xdp:IFACE" in res.stderr, res.stderr
 
 
-def test_instrumented_objects_are_cached_by_everything_they_depend_on(built: dict[str, Path], tmp_path: Path,
+def test_instrumented_objects_and_identities_are_cached_by_everything_they_depend_on(built: dict[str, Path], tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from bpf_sdt.instrument.command import Request, instrument
     from bpf_sdt.trace import instcache
@@ -489,6 +489,10 @@ def test_instrumented_objects_are_cached_by_everything_they_depend_on(built: dic
     assert instcache.fetch(Request(obj, req.output, ("other",), programs=("live_xdp",))) is None
     obj.write_bytes(built["live_xdp_other"].read_bytes())             # another object at the same path
     assert instcache.fetch(req) is None
+    assert instcache.known_tag(obj, "live_xdp") is None
+    instcache.remember_tag(obj, "live_xdp", ("live_xdp", "xdp", "0123456789abcdef"))
+    assert instcache.known_tag(obj, "live_xdp") == ("live_xdp", "xdp", "0123456789abcdef")
+    obj.write_bytes(built["live_xdp"].read_bytes())                   # other bytes: unknown
+    assert instcache.known_tag(obj, "live_xdp") is None
     monkeypatch.setenv("BPF_SDT_CACHE", "off")
-    obj.write_bytes(built["live_xdp"].read_bytes())
     assert instcache.fetch(req) is None

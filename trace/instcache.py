@@ -1,6 +1,8 @@
 """A cache of instrumented objects for `trace --live`, so that tracing the
 same running program again costs only the load (the verifier), not
-instrument's analysis too.
+instrument's analysis too; and of the kernel tag OBJ's program got when
+trace last loaded it for the identity check on this kernel and libbpf, so
+that a match needs no second verification.
 
 An entry is keyed by everything the instrumented object depends on: OBJ's
 bytes, the request (probes, programs, ring size), the bpf-sdt package's
@@ -107,5 +109,47 @@ def store(req: Request, sites: list[tuple[int, str]]) -> None:
             staging.rename(where / key(req))
         except OSError:                 # another trace stored the same entry first
             shutil.rmtree(staging, ignore_errors=True)
+    except OSError:
+        return
+
+
+# --- identities: the kernel tag OBJ's program got when trace loaded it -------------
+
+TAGS_NAME = "tags"
+
+
+def _tag_key(obj: Path, prog_name: str) -> str:
+    """OBJ's bytes, the program, this kernel and this libbpf: what the tag of
+    a load depends on (libbpf's relocations follow the kernel's BTF)."""
+    from bpf_sdt.libbpf import libbpf_path, libbpf_version
+
+    uname = os.uname()
+    digest = hashlib.sha256(obj.read_bytes())
+    digest.update(json.dumps([prog_name, uname.release, uname.version, libbpf_version(), libbpf_path()]).encode())
+    return digest.hexdigest()
+
+
+def known_tag(obj: Path, prog_name: str) -> tuple[str, str, str] | None:
+    """(name, type, tag) OBJ's program had when loaded here before, if known."""
+    where = cache_dir()
+    if where is None:
+        return None
+    try:
+        name, type_name, tag = json.loads((where / TAGS_NAME / _tag_key(obj, prog_name)).read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    return str(name), str(type_name), str(tag)
+
+
+def remember_tag(obj: Path, prog_name: str, identity: tuple[str, str, str]) -> None:
+    where = cache_dir()
+    if where is None:
+        return
+    try:
+        (where / TAGS_NAME).mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(prefix=".staging-", dir=where / TAGS_NAME)
+        with os.fdopen(fd, "w") as f:
+            json.dump(list(identity), f)
+        os.replace(staging, where / TAGS_NAME / _tag_key(obj, prog_name))
     except OSError:
         return
