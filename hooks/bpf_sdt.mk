@@ -94,7 +94,11 @@ define bpf_sdt_link
 	$(BPF_SDT) check $@
 endef
 
--include $(wildcard $(BPF_SDT_OUTDIR)/*.bpf.d)
+# Dependency files of what was built so far: sources in subdirectories put
+# theirs in the same subdirectories of BPF_SDT_OUTDIR.
+_bpf_sdt_depfiles = $(BPF_SDT_OUTDIR)/*.bpf.d $(BPF_SDT_OUTDIR)/*/*.bpf.d $(BPF_SDT_OUTDIR)/*/*/*.bpf.d \
+	$(patsubst %.c,$(BPF_SDT_OUTDIR)/%.d,$(BPF_SDT_SOURCES))
+-include $(sort $(wildcard $(_bpf_sdt_depfiles)))
 
 # compile_commands.json for `bpf-sdt lint -p $(BPF_SDT_OUTDIR)`; lists
 # $(BPF_SDT_SOURCES) with the flags the pattern rule uses.  Paths are

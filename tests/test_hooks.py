@@ -170,6 +170,20 @@ def test_new_project_rebuilds_on_a_flag_change_only(tmp_path: Path) -> None:
     assert _make_with_path(root, bindir, "-q").returncode == 1, "back to the old flags: out of date again"
 
 
+def test_new_project_sources_in_a_subdirectory_follow_their_headers(tmp_path: Path) -> None:
+    bindir = _bin_dir(tmp_path, clang(19), str(Path(sys.executable).parent / "bpf-sdt"))
+    root = _new_project(tmp_path / "proj")
+    (root / "src").mkdir()
+    (root / "src" / "limit.h").write_text("#define LIMIT 64\n")
+    (root / "src" / "sub.bpf.c").write_text(README_PROGRAM.replace("< 64", "< LIMIT").replace(
+        "#include <bpf_sdt.h>", '#include <bpf_sdt.h>\n#include "limit.h"'))
+    target = "build/src/sub.bpf.o"
+    assert _make_with_path(root, bindir, target).returncode == 0
+    assert _make_with_path(root, bindir, "-q", target).returncode == 0
+    (root / "src" / "limit.h").write_text("#define LIMIT 65\n")
+    assert _make_with_path(root, bindir, "-q", target).returncode == 1, "a header change rebuilds (depfile read)"
+
+
 def test_new_project_without_bpf_sdt_or_clang_says_so(tmp_path: Path) -> None:
     root = _new_project(tmp_path / "proj")
     no_bpf_sdt = _make_with_path(root, _bin_dir(tmp_path / "a", clang(19)))
