@@ -21,6 +21,7 @@ from bpf_sdt.trace.pcap import write_pcap
 from bpf_sdt.trace.sites import site_table
 from test_trace import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, _env, eth, ipv4, json_lines, udp, xdp_parser_model
 
+from bpf_sdt.cli import main
 from bpf_sdt.elf import load_object
 from bpf_sdt.libbpf import BpfObject
 from bpf_sdt.probes import probe_types
@@ -194,3 +195,28 @@ def test_bucket_ranges() -> None:
     assert [bucket_range(lhist, b) for b in range(6)] == [(None, 10), (10, 35), (35, 60), (60, 85), (85, 100),
                                                           (100, None)]
     assert json.loads(json.dumps(hist.name)) == "@hist(arg0)"
+
+
+BAD_OPTIONS = {
+    "--interval without an aggregation": (["--interval", "1"], "go with an aggregation"),
+    "--interval nan": (["--count-by", "arg0", "--interval", "nan"], "--interval nan"),
+    "--map-entries 0": (["--count-by", "drop:arg0", "--map-entries", "0"], "--map-entries 0"),
+    "--prometheus port": (["--prometheus", "70000"], "out of range"),
+    "--prometheus address": (["--prometheus", "localhost:9000"], "numeric address"),
+    "--lhist shape": (["--lhist", "ipv4:arg2,10,5,1"], "MIN < MAX"),
+    "--lhist parts": (["--lhist", "ipv4:arg2,10"], "EXPR,MIN,MAX,STEP"),
+    "--count-by empty key": (["--count-by", "drop:arg0,"], "an empty key"),
+    "--hist unknown name": (["--hist", "drop:arg7"], "unknown name arg7"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_bad_aggregation_options_are_exit_2_before_loading(built: Path, tmp_path: Path, case: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """In-process (the CLI's main): each is refused before anything is instrumented or loaded."""
+    args, words = BAD_OPTIONS[case]
+    (tmp_path / "p.bin").write_bytes(PACKETS[0])
+    code = main(["trace", str(built / "xdp_parser.bpf.o"), "--run", "xdp_parse", "--packet", str(tmp_path / "p.bin"),
+                 *args])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.startswith("bpf-sdt trace: ") and words in err, err

@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import TextIO
 
 from bpf_sdt.instrument.command import Request, instrument
-from bpf_sdt.instrument.observers import DEFAULT_MAP_ENTRIES, RECORDER_PREFIX, RecorderOptions
+from bpf_sdt.instrument.observers import DEFAULT_MAP_ENTRIES, MAX_MAP_ENTRIES, RECORDER_PREFIX, RecorderOptions
 from bpf_sdt.trace.aggregate import Layout, Report, counters_line, open_report, parse_specs, plan_recorder
 from bpf_sdt.trace.leftovers import RecordedTcFilter, attach_tc, report_stale
 from bpf_sdt.trace.output import Decoder, Writer
 from bpf_sdt.trace.pcap import MAX_PACKET, iter_packets
-from bpf_sdt.trace.prometheus import Exporter, start_exporter
+from bpf_sdt.trace.prometheus import Exporter, parse_listen, start_exporter
 from bpf_sdt.trace.recorder import Counters, RecorderMaps, find_loaded, open_pinned
 from bpf_sdt.trace.ring import Ring, open_ring
 from bpf_sdt.trace.runtime import STOP_SIGNALS, StopSignals, private_bpffs
@@ -221,6 +221,7 @@ def _check_options(opts: Options) -> None:
         raise UsageError(f"{' and '.join(modes)}: choose one way to run the object")
     if opts.packet is not None and opts.pcap is not None:
         raise UsageError("--packet and --pcap: choose one")
+    _check_kernel_side(opts)
     if not opts.run and (opts.packet or opts.pcap or opts.repeat != 1):
         raise UsageError("--packet, --pcap and --repeat go with --run")
     if opts.prog and not (opts.xdp or opts.tc or opts.live):
@@ -243,6 +244,25 @@ def _check_options(opts: Options) -> None:
         raise UsageError(f"ring reader {opts.reader!r}: mmap or libbpf")
     if opts.pin_dir is not None and not opts.pinned:
         raise UsageError("--pin-dir goes with --pinned")
+
+
+def _check_kernel_side(opts: Options) -> None:
+    """Filters, aggregations and the exporter: what goes with what (docs/aggregate.md)."""
+    compiled = [o for o, on in (("--filter", opts.filters), ("--count-by", opts.count_by),
+                                ("--hist/--lhist/--sum/--min/--max/--avg", opts.aggregations)) if on]
+    if compiled and (opts.pinned or opts.live):
+        raise UsageError(f"{', '.join(compiled)}: compiled into the recorder trace builds, so not with "
+                         f"{'--pinned' if opts.pinned else '--live'} (the recorder there is built already)")
+    if opts.live and opts.prometheus:
+        raise UsageError("--prometheus does not go with --live")
+    if (opts.per_site or opts.interval is not None) and not (opts.count_by or opts.aggregations):
+        raise UsageError("--per-site and --interval go with an aggregation (--count-by, --hist, ...)")
+    if opts.interval is not None and not (math.isfinite(opts.interval) and opts.interval >= MIN_DURATION_S):
+        raise UsageError(f"--interval {opts.interval}: must be a number of seconds, at least {MIN_DURATION_S}")
+    if not 1 <= opts.map_entries <= MAX_MAP_ENTRIES:
+        raise UsageError(f"--map-entries {opts.map_entries}: must be from 1 to {MAX_MAP_ENTRIES}")
+    if opts.prometheus is not None:
+        parse_listen(opts.prometheus)
 
 
 def _packets(opts: Options) -> Iterator[bytes | None]:
