@@ -226,16 +226,17 @@ def check_udp_events(events: list[dict[str, Any]]) -> None:
     assert all(b == (a + 1) % 256 for a, b in zip(indexes, indexes[1:], strict=False)), indexes[:20]
 
 
-def traced_through_swap(net: VethPair, obj: Path, where: str, lives: list[Live], *extra: str) -> tuple[int, str]:
-    """Traffic flows before, during and after a live trace ended by SIGINT;
-    (datagrams sent, trace's stderr)."""
+def traced_through_swap(net: VethPair, obj: Path, where: str, lives: list[Live], *extra: str,
+                        ending: int = signal.SIGINT) -> tuple[int, str]:
+    """Traffic flows before, during and after a live trace ended by `ending`
+    (a signal); (datagrams sent, trace's stderr)."""
     with Traffic(net) as traffic:
         time.sleep(SETTLE_S)
         live = Live(net, obj, where, *extra)
         lives.append(live)
         live.wait_for(b"Ctrl-C to stop")
         live.wait_events(20)
-        assert live.finish() == 0, live.err.decode()
+        assert live.finish(ending) == 0, live.err.decode()
         time.sleep(SETTLE_S)
         sent = traffic.stop()
     check_udp_events(live.events())
@@ -256,14 +257,15 @@ def assert_counted(prog_id: int, sent: int) -> None:
 
 
 @pytest.mark.kernel
-def test_iproute2_xdp_swapped_traced_and_back_with_every_packet_counted(built: dict[str, Path],
-                                                                       lives: list[Live]) -> None:
+@pytest.mark.parametrize("ending", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_iproute2_xdp_swapped_traced_and_back_with_every_packet_counted(built: dict[str, Path], lives: list[Live],
+                                                                       ending: signal.Signals) -> None:
     with VethPair() as net:
         ok([*in_ns(net), "ip", "link", "set", "dev", net.receiver.iface, "xdp", "obj", str(built["live_xdp"]),
             "sec", "xdp"])
         original = xdp_prog_id(net)
         before = our_records()
-        sent, err = traced_through_swap(net, built["live_xdp"], f"xdp:{net.receiver.iface}", lives)
+        sent, err = traced_through_swap(net, built["live_xdp"], f"xdp:{net.receiver.iface}", lives, ending=ending)
         assert "XDP of" in err and "netlink" in err and "2 map(s) shared" in err
         assert xdp_prog_id(net) == original
         assert_counted(original, sent)

@@ -241,9 +241,12 @@ class RunningMaps:
 
 
 def load_sharing(path: Path, prog_name: str, maps: RunningMaps, obj_name: str | None,
-                 pin_root: Path | None = None) -> tuple[BpfObject, Program, set[int]]:
+                 pin_root: Path | None = None,
+                 load: Callable[[BpfObject], bool] | None = None) -> tuple[BpfObject, Program, set[int]] | None:
     """Opens and loads `path` with only `prog_name` loaded and every map the
-    running program uses reused; (object, program, ids of the maps reused)."""
+    running program uses reused; (object, program, ids of the maps reused).
+    `load` loads the object instead of BpfObject.load (False: a stop signal
+    ended it, and None is returned)."""
     bpf = BpfObject.open(path, pin_root_path=pin_root, object_name=obj_name)
     try:
         prog = next((p for p in bpf.programs if p.name == prog_name), None)
@@ -258,7 +261,11 @@ def load_sharing(path: Path, prog_name: str, maps: RunningMaps, obj_name: str | 
             if found is not None:
                 m.reuse_fd(maps.fds[found.id])
                 reused.add(found.id)
-        bpf.load()
+        if load is None:
+            bpf.load()
+        elif not load(bpf):
+            bpf.close()
+            return None
     except BaseException:
         bpf.close()
         raise
@@ -290,7 +297,9 @@ def prove_identity(obj: Path, prog_name: str, obj_name: str, running: ProgInfo, 
     wanted = (running.name, running.type, running.tag)
     if instcache.known_tag(obj, prog_name) == wanted:
         return
-    bpf, prog, _ = load_sharing(obj, prog_name, maps, obj_name)
+    loaded = load_sharing(obj, prog_name, maps, obj_name)
+    assert loaded is not None           # loaded without a stop callback
+    bpf, prog, _ = loaded
     with bpf:
         mine = kernel.prog_info(prog.fd)
     instcache.remember_tag(obj, prog_name, (mine.name, mine.type, mine.tag))
@@ -368,7 +377,7 @@ def _with_hook(opts: Options, hook: Hook, running_id: int, started: float, stop:
 def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd: int, held: records.Held,
                       started: float, stop: StopSignals, out: Writer | TextIO, err: TextIO) -> int | None:
     """The exit code; the record's state is "swapped" while the copy runs."""
-    from bpf_sdt.trace.runner import _instrument_interruptibly
+    from bpf_sdt.trace.runner import _instrument_interruptibly, _load_interruptibly
 
     maps = RunningMaps(running)
     identity: _InBackground | None = None
@@ -394,7 +403,13 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
             shown = {site_id for site_id, _ in instrumented}
             instrumented_at = time.monotonic()
             with private_bpffs(Path(tmp) / "pins") as pins:
-                bpf, prog, reused = load_sharing(inst, prog_name, maps, obj_name, pins)
+                # The copy's verification, in a thread a stop signal can cut short.
+                loaded = load_sharing(inst, prog_name, maps, obj_name, pins,
+                                      lambda b: _load_interruptibly(b, stop))
+                if loaded is None:
+                    identity.result()
+                    return None
+                bpf, prog, reused = loaded
                 with bpf:
                     identity.result()               # a mismatch stops here, before anything is pinned or swapped
                     maps.close()
