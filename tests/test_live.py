@@ -498,3 +498,29 @@ def test_instrumented_objects_and_identities_are_cached_by_everything_they_depen
     assert instcache.known_tag(obj, "live_xdp") is None
     monkeypatch.setenv("BPF_SDT_CACHE", "off")
     assert instcache.fetch(req) is None
+
+
+@pytest.mark.kernel
+def test_a_closed_stdout_ends_the_live_trace_and_puts_the_original_back(built: dict[str, Path]) -> None:
+    with VethPair() as net:
+        ok([*in_ns(net), "ip", "link", "set", "dev", net.receiver.iface, "xdp", "obj", str(built["live_xdp"]),
+            "sec", "xdp"])
+        original = xdp_prog_id(net)
+        read_end, write_end = os.pipe()
+        proc = subprocess.Popen([*in_ns(net), *CLI, "trace", str(built["live_xdp"]), "--live",
+                                 f"xdp:{net.receiver.iface}", "--json"], stdout=write_end, stderr=subprocess.PIPE,
+                                env=_env())
+        os.close(write_end)
+        try:
+            with Traffic(net) as traffic:
+                assert os.read(read_end, 1), "no event"           # the first event is out: the copy runs
+                os.close(read_end)                                # the reader leaves
+                _, err = proc.communicate(timeout=30)
+                sent = traffic.stop()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 141 and b"is back" in err, err.decode()
+        assert xdp_prog_id(net) == original
+        assert_counted(original, sent)
