@@ -121,19 +121,35 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
     out, err = out or sys.stdout, err or sys.stderr
     _check_options(opts)
     writer = Writer(out)
+    signals: list[StopSignals] = []
     try:
-        code = _run(opts, writer, out, err)
+        code = _run(opts, writer, out, err, signals)
     finally:
         writer.close(time.monotonic() + FINISH_OUTPUT_S)
         if writer.not_written and not writer.closed:
             err.write(f"bpf-sdt trace: {writer.not_written} events not written: stdout too slow\n")
     # a reader that left ends trace as it ends every command (docs/cli.md): quietly, 128 + SIGPIPE
-    return CLOSED_PIPE_EXIT if writer.closed else code
+    code = CLOSED_PIPE_EXIT if writer.closed else code
+    if signals and signals[0].signal is not None and signals[0].exit_at_once:
+        _exit_now(code, out, err)
+    return code
 
 
-def _run(opts: Options, writer: Writer, out: TextIO, err: TextIO) -> int:
-    """trace() with its output writer."""
+def _exit_now(code: int, out: TextIO, err: TextIO) -> None:
+    """Ends the process: a stop signal asked for it, and everything trace held
+    is released by now (programs detached, maps closed, temporaries gone).
+    Python's own finalization, a quarter of a second of module teardown on a
+    busy machine, would only delay the exit the signal asked for."""
+    for stream in (out, err, sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def _run(opts: Options, writer: Writer, out: TextIO, err: TextIO, signals: list[StopSignals]) -> int:
+    """trace() with its output writer; the StopSignals used is put in ``signals``."""
     with StopSignals() as stop:
+        signals.append(stop)
         if opts.pinned:
             return _trace_pinned(opts, stop, writer, err)
         if opts.live:

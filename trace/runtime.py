@@ -73,6 +73,10 @@ def private_bpffs(where: Path) -> Iterator[Path]:
 class StopSignals:
     """SIGINT/SIGTERM/SIGHUP -> ``requested`` (and the readable ``fd``), while active."""
 
+    # Whether a signal-ended trace may end the process at once after its
+    # clean-up (the CLI); in-process callers (tests) set False.
+    exit_at_once = True
+
     def __init__(self) -> None:
         self.requested = False
         self.signal: int | None = None
