@@ -69,6 +69,7 @@ CALLBACK_CTX = {
 HELPER_TIMER_SET_CALLBACK = 170      # bpf_timer_set_callback(timer, callback_fn)
 TIMER_CALLBACK_ARG = 2
 MOV64_X = ALU64 | ALU_MOV | SRC_X
+MAX_CALL_FRAMES = 8          # the verifier's limit on nested calls (callbacks included)
 MIN_REACH = -MAX_STACK       # what an unknown callee may do below a stack pointer it gets
 CYCLE_ROUNDS = 4             # frame passes over a call graph with a cycle (refused anyway)
 FRAME_ROUND = 32             # the verifier rounds each frame up to this
@@ -152,6 +153,8 @@ class Program:
             self._by_name[f.name] = f          # the first of a name wins
         self._above: dict[int, int] = {}
         self._below: dict[int, int] = {}
+        self._frames_above: dict[int, int] = {}
+        self._frames_below: dict[int, int] = {}
         self._starts: dict[int, tuple[list[int], list[Function]]] = {}   # per section, in order
         self._callers: dict[int, list[Function]] = {}
         for f in self.functions:
@@ -311,6 +314,14 @@ class Program:
         """The deepest stack of callers above ``f`` (0 for a program)."""
         return _longest(f, lambda g: self._callers.get(id(g), []), self._above) - round_frame(f.frame)
 
+    def frames_through(self, f: Function, extra: Iterable[Function] = ()) -> int:
+        """Frames on the longest call chain through ``f`` with ``extra`` as
+        more callees of ``f`` (the verifier allows :data:`MAX_CALL_FRAMES`)."""
+        above = _longest(f, lambda g: self._callers.get(id(g), []), self._frames_above, _one_frame)
+        below = max((_longest(g, lambda h: h.callees, self._frames_below, _one_frame)
+                     for g in [*f.callees, *extra]), default=0)
+        return above + below
+
 
 def _reachable(f: Function, edges: Callable[[Function], list[Function]]) -> list[Function]:
     seen = {id(f)}
@@ -324,10 +335,17 @@ def _reachable(f: Function, edges: Callable[[Function], list[Function]]) -> list
     return out
 
 
-def _longest(f: Function, edges: Callable[[Function], list[Function]], memo: dict[int, int]) -> int:
-    """Rounded frames along the deepest path from ``f`` (``f`` included), on
-    an acyclic graph, without recursion (a hostile object may chain
-    thousands of functions); a cycle met anyway counts once."""
+def _one_frame(f: Function) -> int:
+    return 1
+
+
+def _longest(f: Function, edges: Callable[[Function], list[Function]], memo: dict[int, int],
+             weight: Callable[[Function], int] | None = None) -> int:
+    """The largest sum of ``weight`` (default: the rounded frame) along a
+    path from ``f`` (``f`` included), on an acyclic graph, without recursion
+    (a hostile object may chain thousands of functions); a cycle met anyway
+    counts once."""
+    weigh = weight or (lambda g: round_frame(g.frame))
     stack: list[tuple[Function, bool]] = [(f, False)]
     on_path: set[int] = set()
     while stack:
@@ -336,7 +354,7 @@ def _longest(f: Function, edges: Callable[[Function], list[Function]], memo: dic
             continue
         if done:
             on_path.discard(id(g))
-            memo[id(g)] = round_frame(g.frame) + max(
+            memo[id(g)] = weigh(g) + max(
                 (memo.get(id(h), 0) for h in edges(g) if id(h) != id(g)), default=0)
             continue
         on_path.add(id(g))

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bpf_sdt.instrument.analysis import (
     CLOBBER,
+    MAX_CALL_FRAMES,
     MAX_STACK,
     Function,
     Program,
@@ -429,6 +430,10 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
     if unbounded is not None:
         raise SiteError(f"the stack frame of {unbounded.name}, on a call chain through this site, cannot be "
                         f"bounded ({unbounded.reach.unbounded[1] if unbounded.reach.unbounded else ''})")
+    frames = program.frames_through(f, callees)
+    if frames > MAX_CALL_FRAMES:
+        raise SiteError(f"the call chain through this site would be {frames} calls deep (the verifier allows "
+                        f"{MAX_CALL_FRAMES})")
     depth = program.chain_above(f) + program.chain_below(f, frame=max(f.frame, frame.depth), extra=callees)
     if depth > MAX_STACK:
         raise SiteError(f"the call chain through this site would use {depth} bytes of stack "

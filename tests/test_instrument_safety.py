@@ -322,6 +322,40 @@ def test_callback_chain_over_the_limit_is_found_and_the_verifier_agrees(tmp_path
     assert "combined stack size" in load_error(out)
 
 
+def nested_calls(depth: int) -> str:
+    """A program and ``depth - 1`` nested subprograms, the probe in the deepest."""
+    funcs = [f"static __attribute__((noinline)) long f{depth - 1}(long v) {{ BPF_SDT_PROBE1(deepest, v); "
+             "return v * 3 + 1; }"]
+    for k in range(depth - 2, 0, -1):
+        funcs.append(f"static __attribute__((noinline)) long f{k}(long v) {{ return f{k + 1}(v + {k}) * 2 + 1; }}")
+    return HEAD + "BPF_SDT_DECLARE1(deepest, long);\n" + "\n".join(funcs) + """
+SEC("xdp") int nested(struct xdp_md *ctx) { return f1(ctx->ingress_ifindex) & 1 ? XDP_PASS : XDP_DROP; }
+""" + LICENSE
+
+
+def test_call_chain_deeper_than_the_verifier_allows_is_a_finding(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 frames load; the observer's call at the deepest site would be the 9th."""
+    obj = build(tmp_path, "nested", nested_calls(8))
+    assert disassembly(obj).count("call ") >= 7
+    assert load_error(obj) == ""
+    out = tmp_path / "o.o"
+    res = instrument(obj, out)
+    assert res.returncode == 1, res.stderr
+    line = one_line(res)
+    assert "deepest in f7" in line and "9 calls deep (the verifier allows 8)" in line
+    from bpf_sdt.instrument import command
+
+    monkeypatch.setattr(command, "MAX_CALL_FRAMES", 1 << 10)
+    command.instrument(command.Request(obj, out))
+    assert "frames is too deep" in load_error(out)
+    # one frame less: the observer's call is the 8th, placed and loaded
+    shallower = build(tmp_path, "nested7", nested_calls(7))
+    res = instrument(shallower, tmp_path / "o7.o")
+    assert res.returncode == 0, res.stderr
+    assert load_error(tmp_path / "o7.o") == ""
+
+
 TWO_PROGRAMS_EXTRA = """
 BPF_SDT_DECLARE1(fine, long);
 SEC("xdp") int small(struct xdp_md *ctx)
