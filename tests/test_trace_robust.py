@@ -404,15 +404,16 @@ def _assert_stopped(tracer: Trace, sig: int) -> None:
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_signal_during_instrument_kills_its_compiler_and_removes_temporaries(
-        progs: Path, kernel: None, traces: list[Trace], tmp_path: Path) -> None:
+        progs: Path, kernel: None, traces: list[Trace], tmp_path: Path, sig: signal.Signals) -> None:
     (tmp_path / "p.bin").write_bytes(PACKET)
     tracer = Trace(tmp_path, str(progs), "--run", "count_xdp", "--packet", str(tmp_path / "p.bin"))
     traces.append(tracer)
     tracer.wait_for(lambda: any("clang" in name for _, name in descendants(tracer.proc.pid)),
                     "instrument to run clang")
     compilers = [pid for pid, name in descendants(tracer.proc.pid) if "clang" in name]
-    _assert_stopped(tracer, signal.SIGTERM)
+    _assert_stopped(tracer, sig)
     for pid in compilers:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
