@@ -92,6 +92,11 @@ def record_key(*parts: object) -> str:
     return _SAFE_KEY.sub("_", "-".join(str(p) for p in parts))
 
 
+class RecordsUnavailable(BpfSdtError):
+    """No bpffs where records go (e.g. inside `ip netns exec`, which mounts
+    a fresh /sys without /sys/fs/bpf)."""
+
+
 class RecordBusy(Exception):
     """The attach point has a record already: `record` says whose (None:
     a directory without a readable record, being created or left broken)."""
@@ -127,11 +132,6 @@ def _padded(data: bytes) -> bytes:
     if len(data) > RECORD_SIZE:
         raise LibbpfError("writing a bpf-sdt record", errnos.E2BIG, detail=f"{len(data)} bytes of JSON")
     return data.ljust(RECORD_SIZE, b"\0")
-
-
-class RecordsUnavailable(BpfSdtError):
-    """No bpffs where records go (e.g. inside `ip netns exec`, which mounts
-    a fresh /sys without /sys/fs/bpf)."""
 
 
 def create(record: Record) -> Held:
@@ -186,11 +186,13 @@ def read(key: str) -> Record | None:
 
 
 def record_keys() -> list[str]:
-    """Every record directory, sorted."""
+    """Every record directory, sorted (none without a records root)."""
     try:
         return sorted(p.name for p in root().iterdir() if p.is_dir())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as e:
+        raise RecordsUnavailable(f"bpf-sdt's records at {root()}: {e.strerror} (reading them needs root)") from None
 
 
 def stale() -> Iterator[tuple[str, Record | None]]:

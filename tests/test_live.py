@@ -314,6 +314,14 @@ def test_libbpf_skeleton_loader_xdp_link_updated_and_back(built: dict[str, Path]
             sent, err = traced_through_swap(net, built["live_xdp"], f"xdp:{net.receiver.iface}", lives)
             assert f"xdp link {link_id}" in err, err
             assert xdp_prog_id(net) == int(prog_id)
+            link_pin = Path(f"/sys/fs/bpf/bpf_sdt_test_link_{os.getpid()}")
+            ok([tool("bpftool"), "link", "pin", "id", link_id, str(link_pin)])      # the same link, by its pin
+            try:
+                more, err = traced_through_swap(net, built["live_xdp"], f"pin:{link_pin}", lives)
+            finally:
+                link_pin.unlink()
+            assert f"xdp link {link_id}" in err, err
+            sent += more
             link = json.loads(ok([tool("bpftool"), "link", "show", "id", link_id, "-j"]))
             assert link["prog_id"] == int(prog_id)
             loader.stdin.close()
