@@ -51,6 +51,7 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 # A test run that takes longer than this is stuck: the child is killed.
 DEFAULT_RUN_TIMEOUT_S = 300.0
+RUN_TYPES = ("run", "refused")   # trace --json lines about one test run
 
 
 # --- objects: probes, sites, typed arguments (what `check` and `list` show) -----------
@@ -222,6 +223,9 @@ class Event:
     file: str | None
     line: int | None
     args: tuple[int, ...]
+    # Per argument, the enumerator naming its value (None for a non-enum
+    # argument or a value no enumerator has); () when the probe has no enums.
+    enums: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -281,13 +285,14 @@ def _trace_result(lines: Iterable[str]) -> TraceResult:
     runs: list[ProgramRun] = []
     lost = 0
     for record in _records(lines):
-        if "probe" in record:
+        kind = record.get("type")      # every line has one (docs/trace.md, JSON lines)
+        if kind == "event":
             events.append(Event(record["ts"], record["site"], record["cpu"], record["probe"], record["function"],
                                 record["insn"], record["file"], record["line"],
-                                tuple(_number(a) for a in record["args"])))
-        elif "run" in record:
+                                tuple(_number(a) for a in record["args"]), tuple(record.get("enums") or ())))
+        elif kind in RUN_TYPES:
             runs.append(ProgramRun(**{k: record[k] for k in ProgramRun.__dataclass_fields__ if k in record}))
-        elif "lost" in record:
+        elif kind == "lost":
             lost += int(record["lost"])
     return TraceResult(tuple(events), tuple(runs), lost)
 

@@ -107,6 +107,8 @@ def test_instrument_then_trace_run_reads_the_events_the_packets_make(sample: Pat
     expected = [(SHORT, n, 1) if n < SHORT_BELOW else (LONG, n, 0) for n in PACKET_SIZES]
     assert [e.args for e in result.events] == expected, result
     assert all(e.probe == "seen" and e.function == "by_length" and e.line for e in result.events), result
+    assert [e.enums for e in result.events] == [("SHORT" if v == SHORT else "LONG", None, None)
+                                                for v, _, _ in expected], "enum arguments are named"
     assert [(r.run, r.prog, r.retval, r.events) for r in result.runs] == \
         [(i + 1, "by_length", XDP_DROP if n < SHORT_BELOW else XDP_PASS, 1) for i, n in enumerate(PACKET_SIZES)], \
         result

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from fuzz_target import many_sites_object
-from toolchain import need, run
+from toolchain import bpf_permitted, clang, need, run
 
 from bpf_sdt.cli import EXIT_CLOSED_PIPE, build_parser
 
@@ -24,6 +24,19 @@ CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 # Commands whose output is data a program reads: each takes --json.
 MACHINE_OUTPUT = ("check", "list", "extract", "lint", "trace")
 BIG_OBJECT_SITES = 20_000      # far more output than a pipe buffer holds
+MANY_RUNS = 20_000             # test runs of one packet: far more events than a pipe holds
+ETHERNET_FRAME = 64            # bytes
+TRACED = """#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf_sdt.h>
+BPF_SDT_DECLARE1(hit, __u32);
+SEC("xdp") int prog(struct xdp_md *ctx)
+{
+	BPF_SDT_PROBE1(hit, ctx->data_end - ctx->data);
+	return XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -83,6 +96,25 @@ def test_closed_pipe_in_a_shell_pipeline_is_quiet(command: list[str], tmp_path: 
     big = tmp_path / "big.o"
     big.write_bytes(many_sites_object(BIG_OBJECT_SITES))
     pipeline = " ".join([*CLI, *command, str(big)]) + " | head -c 10 >/dev/null"
+    res = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.stderr == "", res.stderr
+    assert res.returncode == EXIT_CLOSED_PIPE
+
+
+@pytest.mark.kernel
+def test_trace_ends_on_a_closed_pipe_like_every_command(tmp_path: Path) -> None:
+    """`bpf-sdt trace ... --json | head -c 10`: the reader leaves after the
+    first bytes of many runs' events; trace stops, quietly, with 141."""
+    need(bpf_permitted(), "bpf() not permitted (needs root)")
+    src, obj = tmp_path / "p.bpf.c", tmp_path / "p.bpf.o"
+    src.write_text(TRACED)
+    flags = run([*CLI, "cflags", "--system"]).stdout.split()
+    assert run([clang(19), "-target", "bpf", "-O2", "-g", *flags, "-c", str(src), "-o", str(obj)]).returncode == 0
+    packet = tmp_path / "frame.bin"
+    packet.write_bytes(bytes(ETHERNET_FRAME))
+    pipeline = " ".join([*CLI, "trace", str(obj), "--run", "prog", "--packet", str(packet), "--repeat",
+                         str(MANY_RUNS), "--json"]) + " | head -c 10 >/dev/null"
     res = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True,
                          timeout=120, check=False)
     assert res.stderr == "", res.stderr
