@@ -340,7 +340,10 @@ class Writer:
             return
         out.flush()
         self._fd = fd
-        self._open(fd)
+        try:
+            self._open(fd)
+        except OSError:                 # no stdout at all (`>&-`): as if its reader had left
+            self.closed = True
 
     def _open(self, fd: int) -> None:
         mode = os.fstat(fd).st_mode
@@ -368,8 +371,14 @@ class Writer:
         """Queues ``data`` (whole lines, ``events`` of them events) and writes
         what the reader takes now; over the limit, drops and counts them."""
         if self._text is not None:
-            self._text.write(data.decode())
-            self._text.flush()
+            if not self.closed:
+                try:
+                    self._text.write(data.decode())
+                    self._text.flush()
+                except (AttributeError, OSError, ValueError):   # no stdout (`>&-`) or a closed stream
+                    self.closed = True
+            if self.closed:
+                self.not_written += events
             return
         if self.closed or self._bytes + len(data) > self.limit:
             self.not_written += events
