@@ -63,18 +63,19 @@ class Where:
     direction: str = "ingress"  # tc only
 
 
-def parse_where(spec: str) -> Where:
-    """WHERE of --live, checked before anything is touched."""
+def parse_where(spec: str, option: str = "--live") -> Where:
+    """WHERE of --live (or of `restore`), checked before anything is touched."""
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in WHERE_KINDS or not rest:
-        raise UsageError(f"--live {escape_text(spec)}: expected xdp:IFACE, tc:IFACE[:ingress|egress], id:N or pin:PATH")
+        raise UsageError(f"{option} {escape_text(spec)}: expected xdp:IFACE, tc:IFACE[:ingress|egress], id:N "
+                         "or pin:PATH")
     if kind == "tc":
         iface, sep, direction = rest.partition(":")
         if sep and direction not in TC_DIRECTIONS:
-            raise UsageError(f"--live {escape_text(spec)}: tc direction is ingress or egress")
+            raise UsageError(f"{option} {escape_text(spec)}: tc direction is ingress or egress")
         return Where(kind, iface, direction or "ingress")
     if kind == "id" and not (rest.isdigit() and int(rest) > 0):
-        raise UsageError(f"--live {escape_text(spec)}: a program id is a positive number")
+        raise UsageError(f"{option} {escape_text(spec)}: a program id is a positive number")
     return Where(kind, rest)
 
 

@@ -53,7 +53,7 @@ def _keys_of(where: str) -> set[str]:
     key of the hook it runs at."""
     from bpf_sdt.trace.live import find, parse_where
 
-    place = parse_where(where)
+    place = parse_where(where, "WHERE")
     keys = set()
     if place.kind in ("xdp", "tc"):
         try:
