@@ -532,3 +532,16 @@ def test_a_closed_stdout_ends_the_live_trace_and_puts_the_original_back(built: d
         assert proc.returncode == 141 and b"is back" in err, err.decode()
         assert xdp_prog_id(net) == original
         assert_counted(original, sent)
+
+
+@pytest.mark.kernel
+def test_a_filter_that_is_not_direct_action_is_not_replaced(built: dict[str, Path]) -> None:
+    with VethPair() as net:
+        iface = net.receiver.iface
+        ok([*in_ns(net), "tc", "qdisc", "add", "dev", iface, "clsact"])
+        ok([*in_ns(net), "tc", "filter", "add", "dev", iface, "ingress", "protocol", "ip", "bpf", "obj",
+            str(built["live_tc"]), "sec", "tc"])
+        before = tc_prog_ids(net)
+        res = run([*in_ns(net), *CLI, "trace", str(built["live_tc"]), "--live", f"tc:{iface}"])
+        assert res.returncode == 2 and "non-direct-action filter for protocol ip" in res.stderr, res.stderr
+        assert tc_prog_ids(net) == before

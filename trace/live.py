@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 WHERE_KINDS = ("xdp", "tc", "id", "pin")
 TC_DIRECTIONS = ("ingress", "egress")
+TC_PROTOCOL_ALL = "all"             # how iproute2 names ETH_P_ALL, the protocol libbpf's filters have
 INSTANT = "the kernel swaps one pointer: no packet sees an empty hook"
 INSTEAD = "trace it with --run on packets, or deploy the instrumented object (`bpf-sdt instrument`) and use --pinned"
 
@@ -175,6 +176,22 @@ def _pinned(path: Path, prog_name: str | None) -> tuple[Hook, int]:
     finally:
         os.close(fd)
     return _by_id(prog_id, prog_name)
+
+
+def _check_replaceable(hook: Hook) -> None:
+    """A cls_bpf filter is replaced the way libbpf makes filters: direct
+    action, every protocol.  Another kind would change what the hook does."""
+    if not isinstance(hook, kernel.ClsBpf):
+        return
+    with kernel.entered_netns(hook.netns):
+        filters = kernel.cls_bpf_filters(hook.iface, hook.direction)
+    mine = next((f for f in filters if (f.handle, f.priority) == (hook.handle, hook.priority)), None)
+    if mine is None:
+        return                          # gone meanwhile: the swap's own check says so
+    if not mine.direct_action or mine.protocol != TC_PROTOCOL_ALL:
+        raise InputError(f"--live: {escape_text(hook.describe())} is a {'' if mine.direct_action else 'non-'}"
+                         f"direct-action filter for protocol {escape_text(mine.protocol)}; trace can replace only "
+                         f"direct-action filters for every protocol (tc ... protocol all bpf da); {INSTEAD}")
 
 
 def _fd_kind(fd: int) -> str:
@@ -341,6 +358,7 @@ def trace_live(opts: Options, stop: StopSignals, out: Writer | TextIO, err: Text
     report_stale(err)
     hook, running_id = find(where, opts.prog)
     try:
+        _check_replaceable(hook)
         with _sighup_stops(stop):
             return _with_hook(opts, hook, running_id, started, stop, out, err)
     finally:
