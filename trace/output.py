@@ -295,7 +295,7 @@ class Decoder:
 # --- writing without waiting -------------------------------------------------------------
 
 MAX_PENDING = 4 << 20           # bytes of output held for a slow stdout before events are dropped
-PUMP_BYTES = 256 << 10          # written per call between reads of the ring: a fast reader cannot hold trace
+PUMP_S = 0.05                   # longest a write of queued output lasts between reads of the ring
 PIPE_BUF = select.PIPE_BUF      # a blocking pipe that polls writable takes this much without waiting
 _NEWLINE = 0x0A
 
@@ -387,11 +387,12 @@ class Writer:
         self._bytes += len(data)
         self.pump()
 
-    def pump(self, most: int | None = PUMP_BYTES) -> None:
+    def pump(self, most_s: float | None = PUMP_S) -> None:
         """Writes queued output until the reader would make trace wait, or
-        ``most`` bytes are written (None: no limit)."""
-        budget = most
-        while self._pending and (budget is None or budget > 0):
+        for ``most_s`` seconds (None: no limit): a reader that keeps up with
+        a large queue cannot hold trace from the ring and its signals."""
+        until = None if most_s is None else time.monotonic() + most_s
+        while self._pending and (until is None or time.monotonic() < until):
             view, events = self._pending[0]
             piece = _whole_lines(view, self._piece or len(view))
             if self._poll_first and not select.select([], [self._fd], [], 0)[1]:
@@ -407,8 +408,6 @@ class Writer:
                 self._drop_all()
                 return
             self._bytes -= done
-            if budget is not None:
-                budget -= done
             if done == len(view):
                 self._pending.popleft()
             else:
