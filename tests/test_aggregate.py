@@ -220,3 +220,17 @@ def test_bad_aggregation_options_are_exit_2_before_loading(built: Path, tmp_path
                  *args])
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.startswith("bpf-sdt trace: ") and words in err, err
+
+
+@pytest.mark.kernel
+def test_interval_prints_the_maps_as_they_grow(built: Path, kernel: None, tmp_path: Path) -> None:
+    """--interval: the histogram printed between test-run batches too, each
+    print cumulative (never smaller), the last one complete."""
+    (tmp_path / "p.bin").write_bytes(PACKETS[0])
+    repeat = 2_000_000
+    res = trace(str(built / "xdp_parser.bpf.o"), "--run", "xdp_parse", "--packet", str(tmp_path / "p.bin"),
+                "--repeat", str(repeat), "--json", "--hist", "ipv4:arg3", "--interval", "0.05")
+    assert res.returncode == 0, res.stderr
+    totals = [sum(e["count"] for e in x["entries"]) for x in json_lines(res.stdout) if x.get("type") == "hist"]
+    assert len(totals) >= 2, totals
+    assert totals == sorted(totals) and totals[-1] == repeat, totals

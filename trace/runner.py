@@ -502,6 +502,8 @@ class _Session:
                 used = self.drain()
                 done, retval, total_ns = done + n, res.retval, total_ns + res.duration_ns * n
                 batch = self._batch(used / n, (time.monotonic_ns() - started) / n)
+                if self.report is not None and self.report.due(time.monotonic()):
+                    self.print_aggregations()           # --interval: between batches too
             if not done:                    # refused (its line is queued) or stopped before running
                 self.decoder.flush(self.writer)
                 continue
