@@ -42,6 +42,7 @@ from bpf_sdt.insn import (
     ALU_MOV,
     ARG_REGS,
     CALLER_SAVED,
+    HELPER_TAIL_CALL,
     LD,
     LD_IMM64,
     PSEUDO_CALL,
@@ -69,6 +70,7 @@ CALLBACK_CTX = {
 HELPER_TIMER_SET_CALLBACK = 170      # bpf_timer_set_callback(timer, callback_fn)
 TIMER_CALLBACK_ARG = 2
 MOV64_X = ALU64 | ALU_MOV | SRC_X
+TAIL_CALL_STACK = 256        # a subprogram with a tail call: its callers' frames must stay below this
 MAX_CALL_FRAMES = 8          # the verifier's limit on nested calls (callbacks included)
 MIN_REACH = -MAX_STACK       # what an unknown callee may do below a stack pointer it gets
 CYCLE_ROUNDS = 4             # frame passes over a call graph with a cycle (refused anyway)
@@ -106,6 +108,7 @@ class Function:
     entry_uses: int = 0         # argument registers it reads before writing them
     reach: Reach = field(default_factory=Reach)
     callees: list[Function] = field(default_factory=list)    # calls and callbacks, in code order
+    has_tail_call: bool = False
 
     @property
     def frame(self) -> int:
@@ -144,6 +147,7 @@ class Program:
         for f in self.functions:
             f.init_in = _initialised(f)
             f.callees = self._callees(f)
+            f.has_tail_call = any(x.is_call and x.src == 0 and x.imm == HELPER_TAIL_CALL for x in f.insns)
         self.recursive = _cycles(self.functions)
         self._below_sets: dict[int, list[Function]] = {}
         self._above_sets: dict[int, list[Function]] = {}
@@ -314,6 +318,22 @@ class Program:
         """The deepest stack of callers above ``f`` (0 for a program)."""
         return _longest(f, lambda g: self._callers.get(id(g), []), self._above) - round_frame(f.frame)
 
+    def tail_call_depth(self, f: Function, frame: int, extra: Iterable[Function] = ()) -> tuple[Function, int] | None:
+        """The subprogram with a tail call below ``f`` (``frame`` bytes, with
+        ``extra`` as more callees) whose callers' frames add up deepest, and
+        that sum: the verifier refuses :data:`TAIL_CALL_STACK` or more there."""
+        starts = [*f.callees, *extra]
+        below = {id(g): g for c in starts for g in self._below_set(c)}
+        worst: tuple[Function, int] | None = None
+        for g in below.values():
+            if g.is_program or not g.has_tail_call or g is f:
+                continue
+            between = max((d for c in starts if (d := _longest_to(c, g)) is not None), default=0)
+            depth = self.chain_above(f) + round_frame(frame) + between
+            if worst is None or depth > worst[1]:
+                worst = (g, depth)
+        return worst
+
     def frames_through(self, f: Function, extra: Iterable[Function] = ()) -> int:
         """Frames on the longest call chain through ``f`` with ``extra`` as
         more callees of ``f`` (the verifier allows :data:`MAX_CALL_FRAMES`)."""
@@ -333,6 +353,27 @@ def _reachable(f: Function, edges: Callable[[Function], list[Function]]) -> list
                 out.append(g)
                 todo.append(g)
     return out
+
+
+def _longest_to(start: Function, goal: Function) -> int | None:
+    """Rounded frames on the deepest path from ``start`` to ``goal`` (``goal``
+    excluded), or None if ``start`` does not reach it (iterative, memoised)."""
+    memo: dict[int, int | None] = {id(goal): 0}
+    stack: list[tuple[Function, bool]] = [(start, False)]
+    on_path: set[int] = set()
+    while stack:
+        g, done = stack.pop()
+        if id(g) in memo:
+            continue
+        if done:
+            on_path.discard(id(g))
+            reached = [d for h in g.callees if (d := memo.get(id(h))) is not None]
+            memo[id(g)] = round_frame(g.frame) + max(reached) if reached else None
+            continue
+        on_path.add(id(g))
+        stack.append((g, True))
+        stack += [(h, False) for h in g.callees if id(h) not in memo and id(h) not in on_path]
+    return memo[id(start)]
 
 
 def _one_frame(f: Function) -> int:

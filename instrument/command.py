@@ -35,6 +35,7 @@ from bpf_sdt.instrument.analysis import (
     CLOBBER,
     MAX_CALL_FRAMES,
     MAX_STACK,
+    TAIL_CALL_STACK,
     Function,
     Program,
     initialised_after,
@@ -435,6 +436,10 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
         raise SiteError(f"the call chain through this site would be {frames} calls deep (the verifier allows "
                         f"{MAX_CALL_FRAMES})")
     depth = program.chain_above(f) + program.chain_below(f, frame=max(f.frame, frame.depth), extra=callees)
+    tail = program.tail_call_depth(f, max(f.frame, frame.depth), callees)
+    if tail is not None and tail[1] >= TAIL_CALL_STACK:
+        raise SiteError(f"{tail[0].name}, below this site, makes a tail call, and the frames above it would use "
+                        f"{tail[1]} bytes (the verifier allows less than {TAIL_CALL_STACK} there)")
     if depth > MAX_STACK:
         raise SiteError(f"the call chain through this site would use {depth} bytes of stack "
                         f"(the verifier allows {MAX_STACK}); {f.name} already uses {f.frame}")

@@ -356,6 +356,45 @@ def test_call_chain_deeper_than_the_verifier_allows_is_a_finding(tmp_path: Path,
     assert load_error(tmp_path / "o7.o") == ""
 
 
+def tail_caller(words: int) -> str:
+    """A program with ``words`` u64 of stack calling a subprogram that tail-calls."""
+    return HEAD + f"""
+struct {{ __uint(type, BPF_MAP_TYPE_PROG_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, __u32); }}
+	jmp SEC(".maps");
+BPF_SDT_DECLARE1(before, long);
+static __attribute__((noinline)) int hop(struct xdp_md *ctx) {{ bpf_tail_call(ctx, &jmp, 0); return XDP_PASS; }}
+SEC("xdp") int tailer(struct xdp_md *ctx)
+{{
+	volatile __u64 big[{words}];
+	for (int i = 0; i < {words}; i++)
+		big[i] = ctx->ingress_ifindex + i;
+	BPF_SDT_PROBE1(before, big[0]);
+	return hop(ctx) + big[{words - 1}];
+}}
+""" + LICENSE
+
+
+def test_tail_call_below_a_grown_frame_is_a_finding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verifier refuses a subprogram's tail call once its callers' frames
+    reach 256 bytes: 224 loads, the site's spills and arguments would pass it."""
+    obj = build(tmp_path, "tail", tail_caller(28))
+    assert load_error(obj) == ""
+    out = tmp_path / "o.o"
+    res = instrument(obj, out)
+    assert res.returncode == 1, res.stderr
+    line = one_line(res)
+    assert "before in tailer" in line and "hop, below this site, makes a tail call" in line
+    from bpf_sdt.instrument import command
+
+    monkeypatch.setattr(command, "TAIL_CALL_STACK", 1 << 20)
+    command.instrument(command.Request(obj, out))
+    assert "tail_calls are not allowed when call stack of previous frames" in load_error(out)
+    small = build(tmp_path, "tail_small", tail_caller(16))
+    res = instrument(small, tmp_path / "small.o")
+    assert res.returncode == 0, res.stderr
+    assert load_error(tmp_path / "small.o") == ""
+
+
 TWO_PROGRAMS_EXTRA = """
 BPF_SDT_DECLARE1(fine, long);
 SEC("xdp") int small(struct xdp_md *ctx)
