@@ -545,3 +545,58 @@ def test_a_filter_that_is_not_direct_action_is_not_replaced(built: dict[str, Pat
         res = run([*in_ns(net), *CLI, "trace", str(built["live_tc"]), "--live", f"tc:{iface}"])
         assert res.returncode == 2 and "non-direct-action filter for protocol ip" in res.stderr, res.stderr
         assert tc_prog_ids(net) == before
+
+
+LAYOUT_PROBE = r"""
+#include <stdio.h>
+#include <stddef.h>
+#include <linux/bpf.h>
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#define S(s) printf("%s - %zu\n", #s, sizeof(struct s));
+#define F(s, f) printf("%s %s %zu %zu\n", #s, #f, offsetof(struct s, f), sizeof(((struct s *)0)->f));
+int main(void) {
+	S(bpf_xdp_attach_opts) F(bpf_xdp_attach_opts, sz) F(bpf_xdp_attach_opts, old_prog_fd)
+	S(bpf_xdp_query_opts) F(bpf_xdp_query_opts, sz) F(bpf_xdp_query_opts, prog_id)
+	F(bpf_xdp_query_opts, drv_prog_id) F(bpf_xdp_query_opts, hw_prog_id) F(bpf_xdp_query_opts, skb_prog_id)
+	F(bpf_xdp_query_opts, attach_mode)
+	S(bpf_link_update_opts) F(bpf_link_update_opts, sz) F(bpf_link_update_opts, flags)
+	F(bpf_link_update_opts, old_prog_fd)
+	F(bpf_prog_info, type) F(bpf_prog_info, id) F(bpf_prog_info, tag) F(bpf_prog_info, nr_map_ids)
+	F(bpf_prog_info, map_ids) F(bpf_prog_info, name) F(bpf_prog_info, ifindex)
+	F(bpf_link_info, type) F(bpf_link_info, id) F(bpf_link_info, prog_id) F(bpf_link_info, xdp.ifindex)
+	F(bpf_link_info, cgroup.attach_type)
+	return 0;
+}
+"""
+
+
+def test_struct_layouts_of_the_swap_calls_match_the_installed_headers(tmp_path: Path) -> None:
+    """The opts structs of XDP query/replace and link update, and the
+    kernel info prefixes read by bpf_sdt.kernel, as the C compiler sees them."""
+    import ctypes
+
+    from bpf_sdt import kernel, libbpf
+
+    (tmp_path / "layout.c").write_text(LAYOUT_PROBE)
+    res = run([tool("gcc"), "-Wall", "-Werror", str(tmp_path / "layout.c"), "-o", str(tmp_path / "layout")])
+    assert res.returncode == 0, res.stderr
+    ours: dict[str, Any] = {"bpf_xdp_attach_opts": libbpf._XdpAttachOpts, "bpf_xdp_query_opts": libbpf._XdpQueryOpts,
+                            "bpf_link_update_opts": libbpf._LinkUpdateOpts, "bpf_prog_info": kernel._ProgInfo,
+                            "bpf_link_info": kernel._LinkInfo}
+    union = kernel._LinkInfo.union.offset
+    checked = 0
+    for line in run([str(tmp_path / "layout")]).stdout.splitlines():
+        name, field, *numbers = line.split()
+        cls = ours[name]
+        if field == "-":
+            assert ctypes.sizeof(cls) == int(numbers[0]), name
+        elif "." in field:                      # a union member: the word kernel.link_info reads
+            offset = int(numbers[0])
+            word = {"xdp.ifindex": 0, "cgroup.attach_type": 2}[field]
+            assert offset == union + 4 * word, f"{name}.{field}"
+        else:
+            desc = getattr(cls, field)
+            assert (desc.offset, desc.size) == (int(numbers[0]), int(numbers[1])), f"{name}.{field}"
+        checked += 1
+    assert checked == 26          # 3 struct sizes + 23 fields
