@@ -70,7 +70,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     multiarch = ok([tool("gcc"), "-print-multiarch"]).strip()
     system = (f"-I/usr/include/{multiarch}",)
     objs = {}
-    for name, defines in (("live_xdp", ()), ("live_tc", ()), ("live_tail", ()), ("live_xdp_other", ("LIVE_VARIANT=1",))):
+    for name, defines in (("live_xdp", ()), ("live_tc", ()), ("live_tail", ()), ("live_tail_init", ()),
+                          ("live_xdp_other", ("LIVE_VARIANT=1",))):
         source = PROGS / f"{name.removesuffix('_other')}.bpf.c"
         objs[name] = out / f"{name}.bpf.o"
         compile_bpf(source, objs[name], clang(19), defines=defines, extra=system)
@@ -600,3 +601,26 @@ def test_struct_layouts_of_the_swap_calls_match_the_installed_headers(tmp_path: 
             assert (desc.offset, desc.size) == (int(numbers[0]), int(numbers[1])), f"{name}.{field}"
         checked += 1
     assert checked == 26          # 3 struct sizes + 23 fields
+
+
+
+@pytest.mark.kernel
+def test_an_object_that_fills_its_prog_array_itself_is_refused(built: dict[str, Path]) -> None:
+    pins = Path(f"/sys/fs/bpf/bpf_sdt_test_tailinit_{os.getpid()}")
+    maps = Path(f"/sys/fs/bpf/bpf_sdt_test_tailinitmaps_{os.getpid()}")   # a pinned prog_array keeps its slots
+    bpftool = tool("bpftool")
+    ok([bpftool, "prog", "loadall", str(built["live_tail_init"]), str(pins), "type", "xdp", "pinmaps", str(maps)])
+    try:
+        target = json.loads(ok([bpftool, "prog", "show", "pinned", str(pins / "live_target"), "-j"]))["id"]
+        before = our_records()
+        res = run([*CLI, "trace", str(built["live_tail_init"]), "--live", f"id:{target}"])
+        assert res.returncode == 2 and "fills a prog_array itself" in res.stderr, res.stderr
+        assert our_records() == before
+        slot = json.loads(ok([bpftool, "map", "lookup", "pinned", str(maps / "jumps"), "key", "0", "0", "0", "0",
+                              "-j"]))
+        assert as_int(slot["value"]) == target
+    finally:
+        for pin_dir in (pins, maps):
+            for entry in pin_dir.iterdir():
+                entry.unlink()
+            pin_dir.rmdir()

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 WHERE_KINDS = ("xdp", "tc", "id", "pin")
 TC_DIRECTIONS = ("ingress", "egress")
+MAPS_SECTION = ".maps"
 TC_PROTOCOL_ALL = "all"             # how iproute2 names ETH_P_ALL, the protocol libbpf's filters have
 INSTANT = "the kernel swaps one pointer: no packet sees an empty hook"
 INSTEAD = "trace it with --run on packets, or deploy the instrumented object (`bpf-sdt instrument`) and use --pinned"
@@ -307,6 +308,24 @@ def choose_program(obj: Path, running: ProgInfo, prog_name: str | None) -> tuple
                          f"{escape_text(', '.join(names))}); name OBJ's with --prog")
 
 
+def _fills_prog_arrays(obj: Path) -> bool:
+    """Does OBJ fill a prog_array itself (a BTF-defined map's `values = {
+    [0] = &prog }`: relocations from .maps against code)?  libbpf writes
+    those slots at every load, into a reused map too."""
+    elf = load_object(obj)
+    maps = elf.section(MAPS_SECTION)
+    if maps is None:
+        return False
+    _, relocations = elf.relocations(maps)
+    by_number = {sym.num: sym for sym in elf.symbols}
+    for rel in relocations:
+        sym = by_number.get(rel.symbol)
+        target = elf.section_at(sym.shndx) if sym is not None else None
+        if target is not None and target.executable:
+            return True
+    return False
+
+
 def prove_identity(obj: Path, prog_name: str, obj_name: str, running: ProgInfo, maps: RunningMaps) -> None:
     """OBJ's program, loaded as the running one was, must get its kernel tag.
     The tag a load of these very bytes gave on this kernel and libbpf before
@@ -398,6 +417,10 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
     """The exit code; the record's state is "swapped" while the copy runs."""
     from bpf_sdt.trace.runner import _instrument_interruptibly, _load_interruptibly
 
+    if _fills_prog_arrays(opts.obj):
+        raise InputError(f"--live: {opts.obj} fills a prog_array itself (`values = {{ ... }}` in .maps); libbpf "
+                         "would write its own programs into the running program's tail-call slots when loading a "
+                         "copy; nothing was swapped")
     maps = RunningMaps(running)
     identity: _InBackground | None = None
     try:
