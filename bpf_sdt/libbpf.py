@@ -145,6 +145,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__pin": (_c_int, [_c_ptr, _c_str]),
     "bpf_map__unpin": (_c_int, [_c_ptr, _c_str]),
     "bpf_map__pin_path": (_c_str, [_c_ptr]),
+    "bpf_map__set_pin_path": (_c_int, [_c_ptr, _c_str]),
     "bpf_map_lookup_elem": (_c_int, [_c_int, _c_ptr, _c_ptr]),
     "bpf_map_update_elem": (_c_int, [_c_int, _c_ptr, _c_ptr, _c_u64]),
     "bpf_map_get_next_key": (_c_int, [_c_int, _c_ptr, _c_ptr]),
@@ -577,6 +578,12 @@ class Map:
         if self._ptr is None:
             return None
         return _name(_lib().bpf_map__pin_path(self._ptr)) or None
+
+    def no_pin(self) -> None:
+        """Before load: libbpf neither pins this map nor reuses a pin (a
+        LIBBPF_PIN_BY_NAME map otherwise does both, under the pin root)."""
+        if self._ptr is not None:
+            _check(f"unsetting the pin path of map {self.name!r}", _lib().bpf_map__set_pin_path, self._ptr, None)
 
     def pin(self, path: str | os.PathLike[str]) -> None:
         what = f"pinning map {self.name!r} at {os.fspath(path)}"

@@ -265,7 +265,8 @@ def load_sharing(path: Path, prog_name: str, maps: RunningMaps, obj_name: str | 
     """Opens and loads `path` with only `prog_name` loaded and every map the
     running program uses reused; (object, program, ids of the maps reused).
     `load` loads the object instead of BpfObject.load (False: a stop signal
-    ended it, and None is returned)."""
+    ended it, and None is returned).  Without `pin_root` nothing is pinned
+    (the identity load runs outside trace's private bpffs)."""
     bpf = BpfObject.open(path, pin_root_path=pin_root, object_name=obj_name)
     try:
         prog = next((p for p in bpf.programs if p.name == prog_name), None)
@@ -276,6 +277,8 @@ def load_sharing(path: Path, prog_name: str, maps: RunningMaps, obj_name: str | 
                 other.set_autoload(False)
         reused = set()
         for m in bpf.maps:
+            if pin_root is None:
+                m.no_pin()              # pin by name would pin the running program's map on the host's bpffs
             found = maps.match(m.name, m.type_id, m.key_size, m.value_size, m.max_entries)
             if found is not None:
                 m.reuse_fd(maps.fds[found.id])
