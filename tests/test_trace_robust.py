@@ -528,15 +528,43 @@ def test_slow_stdout_does_not_stretch_the_duration(progs: Path, kernel: None, tr
     traces.append(tracer)
     assert tracer.proc.stdout is not None
     fd, start, got = tracer.proc.stdout.fileno(), time.monotonic(), 0
-    while chunk := os.read(fd, 8000):               # 8 KB every 0.1 s
+    ended: list[float] = []
+
+    def note_end() -> None:
+        tracer.proc.wait()
+        ended.append(time.monotonic())
+
+    threading.Thread(target=note_end, daemon=True).start()
+    while not ended and (chunk := os.read(fd, 8000)):   # 8 KB every 0.1 s, until trace has ended
         got += len(chunk)
         time.sleep(len(chunk) / SLOW_READER_BPS)
     tracer.join()
-    took = time.monotonic() - start
+    took = ended[0] - start
     assert took < SLOW_DURATION_S + READY_TIMEOUT_S / 10, f"--duration {SLOW_DURATION_S} took {took:.1f} s"
     err = tracer.err.decode()
     assert tracer.proc.returncode == 0, err
     assert "events not written: stdout too slow" in err and got > 0, err
+
+
+@pytest.mark.kernel
+def test_test_runs_without_a_duration_wait_for_a_slow_reader(progs: Path, kernel: None, traces: list[Trace],
+                                                             tmp_path: Path) -> None:
+    """No deadline, nothing lost by waiting (the runs are trace's own): a
+    reader slower than trace gets every event, none is dropped."""
+    runs = 30_000                                   # about 10 MB of JSON, read at about 4 MB/s
+    (tmp_path / "p.bin").write_bytes(PACKET)
+    tracer = Trace(tmp_path, str(progs), "--run", "count_xdp", "--packet", str(tmp_path / "p.bin"),
+                   "--repeat", str(runs), "--json", read_stdout=False)
+    traces.append(tracer)
+    assert tracer.proc.stdout is not None
+    lines = 0
+    while chunk := os.read(tracer.proc.stdout.fileno(), 1 << 16):
+        lines += chunk.count(b"\n")
+        time.sleep(len(chunk) / 4e6)
+    tracer.join()
+    assert tracer.proc.returncode == 0, tracer.err.decode()
+    assert b"not written" not in tracer.err, tracer.err.decode()
+    assert lines >= runs + 1, lines                 # every event and the run line
 
 
 # --- 5. captures ---------------------------------------------------------------------------

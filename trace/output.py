@@ -19,7 +19,9 @@ This keeps decoding under a microsecond per event in CPython (bench/trace_bench.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import select
@@ -297,6 +299,7 @@ class Decoder:
 MAX_PENDING = 4 << 20           # bytes of output held for a slow stdout before events are dropped
 PUMP_S = 0.05                   # longest a write of queued output lasts between reads of the ring
 PIPE_BUF = select.PIPE_BUF      # a blocking pipe that polls writable takes this much without waiting
+PIPE_SIZE = 1 << 20             # asked of stdout's pipe (the unprivileged limit, fs.pipe-max-size)
 _NEWLINE = 0x0A
 
 
@@ -355,6 +358,9 @@ class Writer:
                 self._fd = self._own_fd
             except OSError:
                 self._poll_first = True
+            if stat.S_ISFIFO(mode):     # a bigger pipe: fewer wake-ups of the reader (best effort)
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         elif stat.S_ISSOCK(mode):
             self._sock = socket.socket(fileno=os.dup(fd))
 

@@ -392,6 +392,7 @@ class _Session:
         self._own_writer = not isinstance(out, Writer)      # a stream given: written through a Writer of ours
         self._drain_until: float | None = None              # set when a live trace ends: reading stops then
         self.unread = 0                                     # events skipped, undecoded, after that
+        self._reader_wait: tuple[bool, float | None] = (False, None)  # test runs: wait for stdout, until
         self.writer = out if isinstance(out, Writer) else Writer(out)
         self.out = self.writer                              # every line goes through it, in order
 
@@ -426,8 +427,25 @@ class _Session:
             used = self.ring.drain(self.decoder.sample)
             self.decoder.flush(self.writer)
             total += used
+            if self._reader_wait[0]:
+                self._wait_for_reader(self._reader_wait[1])
             if not until_empty or not used or total >= self.ring.size:
                 return total
+
+    def _wait_for_reader(self, deadline: float | None, most_pending: int | None = None) -> None:
+        """Test runs wait for a slow stdout instead of dropping its lines:
+        while more than ``most_pending`` bytes (default: half the output
+        queue) are queued, until the reader takes them, a stop signal, or the
+        --duration deadline (then what is left is dropped and counted, as in
+        live modes, where the ring cannot wait)."""
+        writer = self.writer
+        most = writer.limit // 2 if most_pending is None else most_pending
+        while writer.pending > most and not writer.closed and not self.stop.requested:
+            timeout = WAIT_POLL_S if deadline is None else min(WAIT_POLL_S, deadline - time.monotonic())
+            if timeout <= 0:
+                return
+            select.select([self.stop.fd], [writer.fd], [], timeout)
+            writer.pump()
 
     def _skip_unread(self) -> None:
         """Counts (and consumes, undecoded) what the ring still holds once
@@ -479,6 +497,7 @@ class _Session:
         and how long it takes; the rest go in batches that fill at most
         RING_FILL of the ring and take about BATCH_S (signals wait for a batch)."""
         deadline = None if duration is None else time.monotonic() + duration
+        self._reader_wait = (True, deadline)     # nothing is lost by waiting: the runs are ours to pace
         for number, packet in enumerate(packets, 1):
             if self._stopping(deadline):
                 break
@@ -510,6 +529,7 @@ class _Session:
             self.decoder.run_line(number, prog.name, prog.type, retval, done, self.decoder.events - before,
                                   total_ns // done)
             self.decoder.flush(self.out)
+        self._wait_for_reader(deadline, most_pending=0)        # all of it, while signals are still ours
 
     def _batch(self, ring_per_run: float, ns_per_run: float) -> int:
         """Runs in the next batch: at most RING_FILL of the ring, about BATCH_S
