@@ -13,6 +13,7 @@ removed, and with it the pins that kept its programs alive.
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import TextIO
 
@@ -95,7 +96,13 @@ def restore_record(key: str, rec: records.Record | None) -> tuple[bool, str]:
 
 
 def _restore_swap(key: str, rec: records.Record) -> tuple[bool, str]:
-    hook = kernel.hook_from_dict(rec.hook)
+    try:
+        hook = kernel.hook_from_dict(rec.hook)
+    except LibbpfError as e:
+        if e.errno != errno.ENOENT:
+            raise
+        # A link or prog_array freed since (its loader ended): the copy runs nowhere.
+        return True, f"{escape_text(rec.where)}: its attach point is gone, and the copy with it; record removed"
     try:
         with records.pinned_fd(key, records.ORIGINAL_PIN) as original, \
                 records.pinned_fd(key, records.INSTRUMENTED_PIN) as instrumented:
