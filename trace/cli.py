@@ -26,7 +26,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     how.add_argument("--repeat", type=int, default=1, metavar="N", help="with --run: run each packet N times")
     how.add_argument("--xdp", metavar="IFACE", help="attach the XDP program to IFACE")
     how.add_argument("--tc", metavar="IFACE[:DIR]", help="attach the tc program to IFACE, ingress (default) or egress")
-    how.add_argument("--prog", metavar="NAME", help="with --xdp/--tc: which program, if the object has several")
+    how.add_argument("--prog", metavar="NAME", help="with --xdp/--tc/--live: which program, if the object has several")
     how.add_argument("--live", metavar="WHERE", help="swap an instrumented copy in for the program running at "
                      "WHERE (xdp:IFACE, tc:IFACE[:DIR], id:N, pin:PATH), and the original back at the end "
                      "(docs/live.md)")
