@@ -241,7 +241,7 @@ def _check_options(opts: Options) -> None:
     if not opts.run and (opts.packet or opts.pcap or opts.repeat != 1):
         raise UsageError("--packet, --pcap and --repeat go with --run")
     if opts.prog and not (opts.xdp or opts.tc or opts.live):
-        raise UsageError("--prog goes with --xdp or --tc (--run names its program itself)")
+        raise UsageError("--prog goes with --xdp, --tc or --live (--run names its program itself)")
     if not 1 <= opts.repeat <= MAX_REPEAT:
         raise UsageError(f"--repeat {opts.repeat}: must be between 1 and {MAX_REPEAT}")
     if opts.duration is not None and not (math.isfinite(opts.duration) and opts.duration >= MIN_DURATION_S):
