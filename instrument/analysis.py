@@ -282,6 +282,8 @@ class Program:
 
     def unbounded_in_chain(self, f: Function, extra: Iterable[Function] = ()) -> Function | None:
         """A function on a call chain through ``f`` whose frame cannot be bounded."""
+        if not any(g.reach.unbounded for g in self.functions):
+            return None
         chain = [*self._above_set(f), *self._below_set(f), *(g for e in extra for g in self._below_set(e))]
         return next((g for g in chain if g.reach.unbounded is not None), None)
 
@@ -322,6 +324,8 @@ class Program:
         """The subprogram with a tail call below ``f`` (``frame`` bytes, with
         ``extra`` as more callees) whose callers' frames add up deepest, and
         that sum: the verifier refuses :data:`TAIL_CALL_STACK` or more there."""
+        if not any(g.has_tail_call for g in self.functions):
+            return None
         starts = [*f.callees, *extra]
         below = {id(g): g for c in starts for g in self._below_set(c)}
         worst: tuple[Function, int] | None = None

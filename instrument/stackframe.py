@@ -373,14 +373,17 @@ def _widen(old: State, new: State, thresholds: list[int]) -> State:
 
 
 def _transfer(insn: Insn, st: State, at: int, reach: Reach, call_reach: CallReach) -> State:
+    if insn.is_jmp_class and not insn.is_call:
+        return st                        # jumps and exits change nothing (edges narrow: _refine)
     regs = list(st.regs)
-    slots = st.slot_map()
     c, op = insn.cls, insn.op
     mode = op & MODE_MASK
+    if c in (ALU, ALU64):                # the common case: registers only
+        regs[insn.dst] = _alu(insn, regs, at, reach)
+        return State(tuple(regs), st.slots)
+    slots = st.slot_map()
     if insn.is_call:
         _call(insn, regs, slots, at, reach, call_reach)
-    elif c in (ALU, ALU64):
-        regs[insn.dst] = _alu(insn, regs, at, reach)
     elif op == LD_IMM64:
         value = (insn.imm & U32_MAX) | (insn.imm_hi & U32_MAX) << WORD_BITS
         signed = value - (1 << 64) if value > S64_MAX else value
