@@ -27,6 +27,24 @@ TAG = f"pytest-{os.getpid()}"
 os.environ["BPF_SDT_RECORD_TAG"] = TAG
 
 
+@pytest.fixture(scope="session")
+def samples_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """samples/ built once per session (clang 19, the make include), for every
+    module that traces them (test_trace's `built` and the modules that import it)."""
+    import subprocess
+
+    from toolchain import clang, tool
+
+    tool("bpftool")
+    out = tmp_path_factory.mktemp("trace-samples")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    res = subprocess.run(["make", "-C", str(Path(__file__).resolve().parent.parent / "samples"),
+                          f"BPF_CLANG={clang(19)}", f"BPF_SDT_OUTDIR={out}"],
+                         capture_output=True, text=True, env=env, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out
+
+
 def _our_netns() -> list[str]:
     prefix = f"sdt{os.getpid() % 100000}x"          # tests/netns.py's naming
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix)) if NETNS_DIR.is_dir() else []

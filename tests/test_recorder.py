@@ -134,18 +134,41 @@ def test_two_recorders_side_by_side_and_the_wrong_object_refused(built: Path, bp
     res = trace_pinned(str(xdp), "--pinned", "--pin-dir", str(bpffs / "tc-maps"), "--duration", "1")
     assert res.returncode == 2 and res.stdout == "" and len(res.stderr.splitlines()) == 1, res.stderr
     assert "the recorder of another object" in res.stderr
-    # Without --pin-dir (and nothing in /sys/fs/bpf): found among the loaded maps by name and identity.
+
+
+UNIQUE_SOURCE = r"""
+#include "common.h"
+BPF_SDT_DECLARE1(seen_PID, __u32);
+SEC("xdp") int prog_PID(struct xdp_md *ctx)
+{
+	BPF_SDT_PROBE1(seen_PID, ctx->data_end - ctx->data);
+	return XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.mark.kernel
+def test_pinned_without_a_pin_finds_the_recorder_by_identity(built: Path, bpffs: Path, tracers: list[Tracer],
+                                                             tmp_path: Path) -> None:
+    """Without --pin-dir (and nothing in /sys/fs/bpf): the loaded maps are
+    searched by name and identity.  The object is this test's own (names with
+    the test's pid), so no other loaded copy can share its identity."""
+    pid = str(os.getpid())
+    (tmp_path / "u.bpf.c").write_text(UNIQUE_SOURCE.replace("PID", pid))
+    compile_bpf(tmp_path / "u.bpf.c", tmp_path / "u.bpf.o", clang(19), extra=("-I", str(built), "-I", str(REPO / "samples")))
+    inst = instrument(tmp_path / "u.bpf.o", tmp_path / "u.inst.o")
+    assert loadall(inst, bpffs, "u").returncode == 0
     pkt = XDP_PACKETS[0]
     (tmp_path / "p.bin").write_bytes(pkt)
-    tracer = Tracer(str(xdp), "--pinned", "--json")
+    tracer = Tracer(str(inst), "--pinned", "--json")
     tracers.append(tracer)
     tracer.wait_ready()
     assert b"map id" in tracer.err
-    prog_run(bpffs / "xdp", "xdp_parse", tmp_path / "p.bin", 2)
-    _, expected = xdp_parser_model(pkt)
-    tracer.wait_lines(lambda ls: len(ls) >= 2 * len(expected))
+    prog_run(bpffs / "u", f"prog_{pid}", tmp_path / "p.bin", 3)
+    tracer.wait_lines(lambda ls: len(ls) >= 3)
     assert tracer.finish(signal.SIGTERM, owns=False) == 0, tracer.err.decode()
-    assert observed(json_lines(tracer.out.decode())) == expected * 2
+    assert [(e["probe"], e["args"]) for e in json_lines(tracer.out.decode())] == [(f"seen_{pid}", [len(pkt)])] * 3
 
 
 @pytest.mark.kernel

@@ -169,13 +169,9 @@ def write_pcapng(path: Path, packets: list[bytes], big_endian: bool = False) -> 
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tool("bpftool")
-    out = tmp_path_factory.mktemp("trace-samples")
-    res = subprocess.run(["make", "-C", str(SAMPLES), f"BPF_CLANG={clang(19)}", f"BPF_SDT_OUTDIR={out}"],
-                         capture_output=True, text=True, env=_env(), check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return out
+def built(samples_built: Path) -> Path:
+    """The samples, built once per session (conftest.py) for every module that traces them."""
+    return samples_built
 
 
 @pytest.fixture
