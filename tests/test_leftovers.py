@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,9 @@ class TcTrace(Live):
 
 
 @pytest.fixture
-def traces() -> list[Live]:
+def traces() -> Iterator[list[Live]]:
     started: list[Live] = []
-    yield started  # type: ignore[misc]
+    yield started
     for t in started:
         t.kill()
 
