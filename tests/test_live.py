@@ -35,6 +35,7 @@ PORT = 40177
 PAYLOAD = b"live"
 UDP_FRAME = 14 + 20 + 8 + 1 + len(PAYLOAD)      # Ethernet, IPv4, UDP, the index byte, payload
 PATH_UDP, PATH_OTHER_IP, PATH_NON_IP = 0, 1, 2
+XDP_ATTACHED_SKB = 2            # iproute2's "mode" of generic XDP
 SEND_INTERVAL_S = 0.002         # ~500 packets/s: continuous, and easy on the shared cores
 READY_TIMEOUT_S = 60.0
 EVENT_TIMEOUT_S = 10.0
@@ -271,6 +272,19 @@ def test_iproute2_xdp_swapped_traced_and_back_with_every_packet_counted(built: d
         assert xdp_prog_id(net) == original
         assert_counted(original, sent)
         assert our_records() == before
+
+
+@pytest.mark.kernel
+def test_generic_mode_xdp_is_replaced_in_generic_mode(built: dict[str, Path], lives: list[Live]) -> None:
+    with VethPair() as net:
+        ok([*in_ns(net), "ip", "link", "set", "dev", net.receiver.iface, "xdpgeneric", "obj", str(built["live_xdp"]),
+            "sec", "xdp"])
+        original = xdp_prog_id(net)
+        sent, err = traced_through_swap(net, built["live_xdp"], f"xdp:{net.receiver.iface}", lives)
+        assert "generic mode, netlink" in err, err
+        link = json.loads(ok([*in_ns(net), "ip", "-j", "link", "show", net.receiver.iface]))[0]
+        assert link["xdp"]["mode"] == XDP_ATTACHED_SKB and link["xdp"]["prog"]["id"] == original
+        assert_counted(original, sent)
 
 
 @pytest.mark.kernel
