@@ -513,6 +513,17 @@ def test_a_reader_that_leaves_ends_trace_quietly_with_141(progs: Path, kernel: N
     assert tracer.err == b"" and tracer.leftovers() == []
 
 
+@pytest.mark.kernel
+def test_a_full_disk_on_stdout_is_one_line_exit_2(progs: Path, kernel: None, tmp_path: Path) -> None:
+    (tmp_path / "p.bin").write_bytes(PACKET)
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([*CLI, "trace", str(progs), "--run", "count_xdp", "--packet", str(tmp_path / "p.bin"),
+                              "--repeat", "1000", "--json"], stdout=full, stderr=subprocess.PIPE, text=True,
+                             env=_env(), timeout=120, check=False)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == "bpf-sdt trace: cannot write to standard output: No space left on device\n", res.stderr
+
+
 # --- 4. a slow stdout -------------------------------------------------------------------
 
 SLOW_READER_BPS = 80_000

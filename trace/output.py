@@ -36,6 +36,7 @@ from typing import Any, TextIO
 from bpf_sdt.trace.sites import Site
 
 from bpf_sdt.argtype import ArgType
+from bpf_sdt.errors import BpfSdtError
 from bpf_sdt.model import escape_text
 
 JSON_FORMAT_VERSION = 2     # docs/trace.md "JSON lines": the first line of a stream carries it
@@ -328,6 +329,7 @@ class Writer:
         self.limit = limit
         self.not_written = 0            # events dropped or left unwritten
         self.closed = False             # the reader went away (EPIPE): nothing more can be written
+        self.failed = False             # a write error (a full disk): said once, as the error
         self._text: TextIO | None = None
         self._pending: collections.deque[tuple[memoryview, int]] = collections.deque()  # (bytes, events)
         self._bytes = 0
@@ -409,7 +411,9 @@ class Writer:
                 return
             except OSError as e:        # EPIPE and the like: no reader left; the rest cannot be written
                 if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
-                    raise
+                    self._drop_all()    # a full disk, an I/O error: one line, exit 2 (docs/cli.md)
+                    self.failed = True
+                    raise BpfSdtError(f"cannot write to standard output: {e.strerror or e}") from None
                 self.closed = True
                 self._drop_all()
                 return
@@ -441,6 +445,14 @@ class Writer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+    def not_written_line(self) -> str | None:
+        """The stderr line about events read but not written, if it is due
+        (not after a write error or a reader that left: those say it otherwise)."""
+        if not self.not_written or self.closed or self.failed:
+            return None
+        n = self.not_written
+        return f"bpf-sdt trace: {n} event{'s' if n != 1 else ''} not written: stdout too slow\n"
 
     def _drop_all(self) -> None:
         for view, events in self._pending:

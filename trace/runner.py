@@ -126,8 +126,8 @@ def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -
         code = _run(opts, writer, out, err, signals)
     finally:
         writer.close(time.monotonic() + FINISH_OUTPUT_S)
-        if writer.not_written and not writer.closed:
-            err.write(f"bpf-sdt trace: {writer.not_written} events not written: stdout too slow\n")
+        if line := writer.not_written_line():
+            err.write(line)
     # a reader that left ends trace as it ends every command (docs/cli.md): quietly, 128 + SIGPIPE
     code = CLOSED_PIPE_EXIT if writer.closed else code
     if signals and signals[0].signal is not None and signals[0].exit_at_once:
@@ -408,8 +408,8 @@ class _Session:
                            f"{FINISH_DRAIN_S} s after the end)\n")
         if self._own_writer:
             self.writer.close(time.monotonic() + FINISH_OUTPUT_S)
-            if self.writer.not_written:
-                self.err.write(f"bpf-sdt trace: {self.writer.not_written} events not written: stdout too slow\n")
+            if line := self.writer.not_written_line():
+                self.err.write(line)
 
     def drain(self, until_empty: bool = True) -> int:
         """Reads the ring into the output: one budget of records (the live
