@@ -311,7 +311,9 @@ class Writer:
     not stop trace from ending on time, honouring signals or reading the
     ring.  Output queues here, at most ``limit`` bytes; what does not fit is
     dropped and counted (``not_written``, in events), and :meth:`close` gives
-    the reader a deadline, not a wait.  Writes never block:
+    the reader a deadline, not a wait (test runs, which can pace themselves,
+    wait for the queue to empty first: the runner's ``_wait_for_reader``).
+    Writes never block:
 
     - a pipe, FIFO or terminal is reopened through ``/proc/self/fd`` as a
       file description of trace's own, non-blocking (setting O_NONBLOCK on
