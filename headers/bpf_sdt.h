@@ -155,10 +155,22 @@
 		       "bpf_sdt: probe '" #name "' argument " #K		\
 		       ": pointer/integer mismatch with the declared type")
 
+/* The site's own variables (the copies of the arguments, their integer views
+ * and slots) have no debug info: a user debugs the arguments, not the
+ * header's copies, and with -g their variables and location records were a
+ * third of the compile time of a file with many sites (bench/compile_bench.py;
+ * docs/header.md).  Debug info never changes the code.  GCC has no such
+ * attribute (and warns about an unknown one). */
+#ifdef __clang__
+#define __BPF_SDT_NODEBUG	__attribute__((nodebug))
+#else
+#define __BPF_SDT_NODEBUG
+#endif
+
 /* Evaluate argument K once, converted to its declared type, into an
  * unqualified copy (the conversion is the same as to the qualified type). */
 #define __BPF_SDT_VALUE(name, K, a)						\
-	__BPF_SDT_VAL_T(name, K) __sdt_v##K = (a)
+	__BPF_SDT_VAL_T(name, K) __sdt_v##K __BPF_SDT_NODEBUG = (a)
 
 /* --- operand placement ---------------------------------------------------
  * A constant goes into the note as an immediate only when it survives the
@@ -180,7 +192,7 @@
 /* Any constant of a type this narrow reads back exactly from the immediate. */
 #define __BPF_SDT_NARROW(K)	(sizeof(__sdt_v##K) <= 4)
 #define __BPF_SDT_INT_VIEW(K)							\
-	long long __sdt_n##K __attribute__((unused)) = (long long)__sdt_v##K
+	long long __sdt_n##K __attribute__((unused)) __BPF_SDT_NODEBUG = (long long)__sdt_v##K
 #ifdef __OPTIMIZE__
 #define __BPF_SDT_IS_CONST(K)							\
 	__builtin_choose_expr(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(__sdt_v##K)), \
@@ -248,7 +260,7 @@
  * (otherwise the slot is left unwritten; the empty asm only tells the
  * compiler it is "initialized"). */
 #define __BPF_SDT_IN_SLOT(name, K)						\
-	__BPF_SDT_VAL_T(name, K) __sdt_s##K;				\
+	__BPF_SDT_VAL_T(name, K) __sdt_s##K __BPF_SDT_NODEBUG;		\
 	if (!__BPF_SDT_IMM_OK(K))						\
 		__sdt_s##K = __sdt_v##K;					\
 	else									\

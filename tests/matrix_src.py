@@ -22,6 +22,10 @@ struct mctx {
 	int i; __u32 u32;
 	long l; __u64 u64;
 	void *ptr;
+	/* bit-fields, each at bit 0 of a word of its own, the bits above it random */
+	__u64 bu40:40; __u64 :0;
+	int bs5:5; __u64 :0;
+	_Bool bb:1;
 };
 __u32 mglob[4];
 """
@@ -33,7 +37,8 @@ CTX_FIELDS = {  # name: (offset, size, signed)
     "u16": (6, 2, False), "i": (8, 4, True), "u32": (12, 4, False), "l": (16, 8, True),
     "u64": (24, 8, False), "ptr": (32, 8, False),
 }
-CTX_SIZE = 40
+BITFIELDS = {"bu40": (40, 40, False), "bs5": (48, 5, True), "bb": (56, 1, False)}  # name: (byte offset, bits, signed)
+CTX_SIZE = 64
 
 Fields = dict[str, int]
 
@@ -81,6 +86,10 @@ KINDS = [
     # numeric pointer constants: an immediate when it fits, else a register
     Kind("null", "const void *", "(const void *)0", lambda f: 0, 8, constant=True),
     Kind("const_ptr_wide", "void *", "(void *)0x123456789ULL", lambda f: 0x123456789, 8),
+    # bit-fields: a call's argument, so a probe's (the value is the field's, converted)
+    Kind("bitfield_u40", "__u64", "c->bu40", lambda f: f["bu40"], 8),
+    Kind("bitfield_s5", "long", "c->bs5", lambda f: f["bs5"], 8),
+    Kind("bitfield_bool", "_Bool", "c->bb", lambda f: f["bb"], 1),
 ]
 
 
@@ -122,5 +131,8 @@ def random_ctx(seed: int) -> tuple[bytes, Fields]:
     for name, (off, size, signed) in CTX_FIELDS.items():
         v = int.from_bytes(raw[off:off + size], "little")
         fields[name] = _s(v, 8 * size) if signed else v
+    for name, (off, bits, signed) in BITFIELDS.items():
+        v = int.from_bytes(raw[off:off + 8], "little") & ((1 << bits) - 1)
+        fields[name] = _s(v, bits) if signed else v
     struct.pack_into("<B", raw, 3, 0)
     return bytes(raw), fields
