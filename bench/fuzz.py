@@ -86,14 +86,16 @@ def synthetic_seeds() -> list[bytes]:
 def instrument_seeds(work: Path) -> list[Path]:
     """Linked target+observer objects from the generated sources of
     tests/test_instrument_safety.py (stack through callees and variable
-    offsets, callback chains, recursion, read-only and ctx-writing observers)."""
+    offsets, signed indices, callback chains, timers, tail calls, nested
+    calls, recursion; read-only and ctx-writing observers)."""
     import test_instrument_safety as t
     from bpf_sdt.postlink.link import link
     from toolchain import clang
 
     work.mkdir(parents=True, exist_ok=True)
     targets = {"reach": t.CALLEE_REACH, "pkt": t.TARGET, "chain": t.callback_chain(224, 280, t.TWO_PROGRAMS_EXTRA),
-               "rec": t.RECURSIVE_TARGET, "loop": t.SELF_CALLBACK}
+               "rec": t.RECURSIVE_TARGET, "loop": t.SELF_CALLBACK, "signed": t.SIGNED_INDEX, "timer": t.TIMER,
+               "tail": t.tail_caller(20), "nested": t.nested_calls(6)}
     observers = {"ro": t.observer_source(""), **{f"w_{k}": t.observer_source(v) for k, v in t.OBSERVERS.items()}}
     out = []
     for name, text in [*targets.items(), *observers.items()]:

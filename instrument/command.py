@@ -414,39 +414,44 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
     if len(types) != len(entry.args):
         raise SiteError(f"probe {entry.probe}: the note has {len(entry.args)} arguments, its BTF "
                         f"prototype {len(types)}")
-    cycle = program.chain_through(f)
-    if cycle is not None:
-        raise InputError(f"{f.name}: the verifier refuses recursion: {' -> '.join(g.name for g in cycle)}")
-    if f.reach.unbounded is not None:
-        raise SiteError(f"the stack frame of {f.name} cannot be bounded ({f.reach.unbounded[1]}), so the "
-                        "call's spills and arguments could overwrite live stack")
     frame = Frame(base=-(-f.frame // SLOT) * SLOT, saved=tuple(regs_of(live)), nargs=len(entry.args))
-    callees = [g for o in observers if (g := program.by_name(o.name)) is not None]
-    for g in callees:
-        cycle = program.chain_through(g)
-        if cycle is not None:
-            raise InputError(f"observer {g.name}: the verifier refuses recursion: "
-                             f"{' -> '.join(h.name for h in cycle)}")
-    unbounded = program.unbounded_in_chain(f, callees)
-    if unbounded is not None:
-        raise SiteError(f"the stack frame of {unbounded.name}, on a call chain through this site, cannot be "
-                        f"bounded ({unbounded.reach.unbounded[1] if unbounded.reach.unbounded else ''})")
-    frames = program.frames_through(f, callees)
-    if frames > MAX_CALL_FRAMES:
-        raise SiteError(f"the call chain through this site would be {frames} calls deep (the verifier allows "
-                        f"{MAX_CALL_FRAMES})")
-    depth = program.chain_above(f) + program.chain_below(f, frame=max(f.frame, frame.depth), extra=callees)
-    tail = program.tail_call_depth(f, max(f.frame, frame.depth), callees)
-    if tail is not None and tail[1] >= TAIL_CALL_STACK:
-        raise SiteError(f"{tail[0].name}, below this site, makes a tail call, and the frames above it would use "
-                        f"{tail[1]} bytes (the verifier allows less than {TAIL_CALL_STACK} there)")
-    if depth > MAX_STACK:
-        raise SiteError(f"the call chain through this site would use {depth} bytes of stack "
-                        f"(the verifier allows {MAX_STACK}); {f.name} already uses {f.frame}")
+    _check_call_chain(program, f, max(f.frame, frame.depth),
+                      [g for o in observers if (g := program.by_name(o.name)) is not None])
     wants_id = any(o.name.startswith(RECORDER_PREFIX) for o in observers)
     seq = site_sequence(entry.args, types, frame, observers, site_id if wants_id else None, cross_section)
     calls = [i - 2 for i, insn in enumerate(seq) if insn.is_pseudo_call]   # r1 = r10; r1 += ..; call
     return seq, [(obs.name, seq[i]) for obs, i in zip(observers, calls, strict=True)]
+
+
+def _check_call_chain(program: Program, f: Function, grown: int, observers: list[Function]) -> None:
+    """The verifier's limits on every call chain through a site in ``f``,
+    with ``grown`` bytes of frame and the observers as more callees: no
+    recursion (exit 2), no unbounded frame, at most 8 frames, less than 256
+    bytes above a tail call, at most 512 bytes (findings)."""
+    for g in [f, *observers]:
+        cycle = program.chain_through(g)
+        if cycle is not None:
+            who = f"observer {g.name}" if g is not f else g.name
+            raise InputError(f"{who}: the verifier refuses recursion: {' -> '.join(h.name for h in cycle)}")
+    if f.reach.unbounded is not None:
+        raise SiteError(f"the stack frame of {f.name} cannot be bounded ({f.reach.unbounded[1]}), so the "
+                        "call's spills and arguments could overwrite live stack")
+    unbounded = program.unbounded_in_chain(f, observers)
+    if unbounded is not None and unbounded.reach.unbounded is not None:
+        raise SiteError(f"the stack frame of {unbounded.name}, on a call chain through this site, cannot be "
+                        f"bounded ({unbounded.reach.unbounded[1]})")
+    frames = program.frames_through(f, observers)
+    if frames > MAX_CALL_FRAMES:
+        raise SiteError(f"the call chain through this site would be {frames} calls deep (the verifier allows "
+                        f"{MAX_CALL_FRAMES})")
+    tail = program.tail_call_depth(f, grown, observers)
+    if tail is not None and tail[1] >= TAIL_CALL_STACK:
+        raise SiteError(f"{tail[0].name}, below this site, makes a tail call, and the frames above it would use "
+                        f"{tail[1]} bytes (the verifier allows less than {TAIL_CALL_STACK} there)")
+    depth = program.chain_above(f) + program.chain_below(f, frame=grown, extra=observers)
+    if depth > MAX_STACK:
+        raise SiteError(f"the call chain through this site would use {depth} bytes of stack "
+                        f"(the verifier allows {MAX_STACK}); {f.name} already uses {f.frame}")
 
 
 def _insert_after(sec: CodeSection, at: dict[int, list[Insn]]) -> None:
