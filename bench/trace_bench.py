@@ -211,6 +211,8 @@ class _Traced:
             self.lines += chunk.count(b"\n")
             self.tail = (self.tail + chunk)[-(1 << 16):]
             if bps:
+                if self.proc.poll() is not None:    # what trace left in the pipe is not its time
+                    break
                 time.sleep(len(chunk) / bps)
 
     def _err(self) -> None:
@@ -244,10 +246,12 @@ class _Traced:
         return took
 
     def wait(self) -> float:
+        """Seconds until trace ended (not until its output was all read)."""
         self.proc.wait()
+        took = time.monotonic() - self.started
         for t in self.threads:
             t.join(timeout=30)
-        return time.monotonic() - self.started
+        return took
 
     def not_written(self) -> int:
         return self._said(rb"(\d+) events not written")
