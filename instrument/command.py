@@ -34,7 +34,6 @@ from pathlib import Path
 from bpf_sdt.instrument.analysis import (
     CLOBBER,
     MAX_CALL_FRAMES,
-    MAX_STACK,
     TAIL_CALL_STACK,
     Function,
     Program,
@@ -55,6 +54,7 @@ from bpf_sdt.instrument.observers import (
     recorder_function,
 )
 from bpf_sdt.instrument.sequence import Frame, Observer, site_sequence
+from bpf_sdt.instrument.stackframe import MAX_STACK
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.btfext import SourceLines
@@ -140,7 +140,7 @@ def instrument(req: Request) -> Result:
             from bpf_sdt.trace.sites import recorder_identity  # trace.sites imports this module
 
             extra.append(build_recorder({p: types.get(p, ()) for p in recorded}, req.ringbuf_size,
-                                        recorder_identity(obj), Path(tmp), req.recorder))
+                                        recorder_identity(obj, req.recorder.plan_id), Path(tmp), req.recorder))
         linked = Path(tmp) / "linked.o"
         from bpf_sdt.postlink.link import link
 

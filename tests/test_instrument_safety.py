@@ -314,10 +314,9 @@ def test_callback_chain_over_the_limit_is_found_and_the_verifier_agrees(tmp_path
     assert "deep in chained" in line and "512" in line and "chain.bpf.c:" in line
     assert not out.exists()
     # The same object instrumented without the limit: the verifier refuses it.
-    from bpf_sdt.instrument import analysis, command
+    from bpf_sdt.instrument import command
 
     monkeypatch.setattr(command, "MAX_STACK", 1 << 20)
-    monkeypatch.setattr(analysis, "MAX_STACK", 1 << 20)
     command.instrument(command.Request(obj, out))
     assert "combined stack size" in load_error(out)
 
@@ -658,7 +657,8 @@ def test_timer_callback_is_its_own_root_as_for_the_verifier(tmp_path: Path) -> N
     verifier loads it), and naming itself is not recursion."""
     obj = build(tmp_path, "timer", TIMER)
     assert load_error(obj) == ""
-    from bpf_sdt.instrument.analysis import MAX_STACK, Program, round_frame
+    from bpf_sdt.instrument.analysis import Program, round_frame
+    from bpf_sdt.instrument.stackframe import MAX_STACK
 
     from bpf_sdt.elf import load_object
     from bpf_sdt.rewrite import decode_code
