@@ -101,12 +101,12 @@ def _cmd_link(args: argparse.Namespace) -> int:
 
 def _cmd_instrument(args: argparse.Namespace) -> int:
     from bpf_sdt.instrument.command import Request, run_instrument
-    from bpf_sdt.instrument.observers import RecorderOptions
+    from bpf_sdt.trace.cli import instrument_recorder
 
     return run_instrument(Request(
         Path(args.input), Path(args.output), tuple(args.probe), tuple(map(Path, args.observer)),
         tuple(args.attach), args.record, args.ringbuf_size, args.bpftool,
-        recorder=RecorderOptions(pin_by_name=args.pin_by_name),
+        recorder=instrument_recorder(args),
         skip_unplaceable=args.skip_unplaceable, programs=tuple(args.program), in_place=args.in_place))
 
 
@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mark the recorder's maps LIBBPF_PIN_BY_NAME (pinned under libbpf's pin root); "
                     "by default they ask for no pin, so each loader's own choice applies")
     sp.add_argument("--bpftool", default="bpftool", help="bpftool to link with")
+    from bpf_sdt.trace.cli import add_recorder_arguments  # the same options trace compiles
+
+    add_recorder_arguments(sp)
 
     sp = add("trace", _cmd_trace, "run or attach a program and print its probes as they fire")
     try:

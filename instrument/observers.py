@@ -139,6 +139,7 @@ class RecorderOptions:
     probes: Mapping[str, ProbePlan] = field(default_factory=dict)
     map_entries: int = DEFAULT_MAP_ENTRIES
     hits_entries: int = DEFAULT_MAP_ENTRIES     # map 0 (hits per site): one key per site of the object
+    plan_id: str = ""           # the filter/aggregation options, canonically: part of the recorder's identity
 
     def plan(self, probe: str) -> ProbePlan:
         return self.probes.get(probe, DEFAULT_PLAN)

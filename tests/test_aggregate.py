@@ -234,3 +234,44 @@ def test_interval_prints_the_maps_as_they_grow(built: Path, kernel: None, tmp_pa
     totals = [sum(e["count"] for e in x["entries"]) for x in json_lines(res.stdout) if x.get("type") == "hist"]
     assert len(totals) >= 2, totals
     assert totals == sorted(totals) and totals[-1] == repeat, totals
+
+
+@pytest.mark.kernel
+def test_instrumented_with_aggregations_read_back_pinned(built: Path, kernel: None, tmp_path: Path) -> None:
+    """`instrument --hist/--count-by`, loaded by bpftool with its maps pinned
+    where bpftool is told, run by bpftool: `trace --pinned --pin-dir` with the
+    same options prints what the model says; with other options it refuses."""
+    options = ["--hist", "ipv4:arg3", "--count-by", "drop:arg0"]
+    inst = tmp_path / "agg.inst.o"
+    res = trace_cli("instrument", str(built / "xdp_parser.bpf.o"), "-o", str(inst), *options)
+    assert res.returncode == 0, res.stderr
+    pins = tmp_path / "bpffs"
+    pins.mkdir()
+    assert subprocess.run(["mount", "-t", "bpf", "bpf", str(pins)], check=False).returncode == 0
+    try:
+        res = subprocess.run(["bpftool", "prog", "loadall", str(inst), str(pins / "progs"), "pinmaps",
+                              str(pins / "maps")], capture_output=True, text=True, check=False)
+        assert res.returncode == 0, res.stderr
+        for i, pkt in enumerate(PACKETS):
+            (tmp_path / f"{i}.bin").write_bytes(pkt)
+            res = subprocess.run(["bpftool", "prog", "run", "pinned", str(pins / "progs" / "xdp_parse"), "data_in",
+                                  str(tmp_path / f"{i}.bin"), "repeat", str(REPEAT)], capture_output=True, text=True,
+                                 check=False)
+            assert res.returncode == 0, res.stderr
+        res = trace(str(inst), "--pinned", "--pin-dir", str(pins / "maps"), "--duration", "0.2", "--json", *options)
+        assert res.returncode == 0, res.stderr
+        maps = by_name(json_lines(res.stdout))
+        drops = {e["keys"][0]["name"]: e["count"] for e in maps["drop:@count[arg0]"]["entries"]}
+        assert drops == {DROP_NAMES[k]: n for (k,), n in counted([(a[0],) for a in model_events("drop")]).items()}
+        (hist,) = maps["ipv4:@hist(arg3)"]["entries"]
+        assert {(b["low"], b["high"]): b["count"] for b in hist["buckets"]} == \
+            counted([log2_bucket(a[3]) for a in model_events("ipv4")])
+        res = trace(str(inst), "--pinned", "--pin-dir", str(pins / "maps"), "--duration", "0.2", "--hist", "ipv4:arg2")
+        assert res.returncode == 2 and "other --filter/aggregation options" in res.stderr, res.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(pins / "progs"), str(pins / "maps")], check=False)
+        subprocess.run(["umount", str(pins)], check=False)
+
+
+def trace_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=_env(), timeout=120, check=False)

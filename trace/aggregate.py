@@ -27,11 +27,13 @@ from bpf_sdt.instrument.observers import (
     RecorderOptions,
 )
 from bpf_sdt.trace.filters import Compiled, Scope, caret_message, compile_expression, probe_filters, split_probe
-from bpf_sdt.trace.sites import Site
+from bpf_sdt.trace.sites import Site, site_table
 
 from bpf_sdt.argtype import ArgType
+from bpf_sdt.elf import BpfObject
 from bpf_sdt.errors import UsageError
 from bpf_sdt.libbpf import Map
+from bpf_sdt.probes import probe_types
 
 HITS_INDEX = HITS_MAP                   # map 0: hits per site, when aggregating and hits are wanted
 VALUE = struct.Struct("<QqqQ")          # count, sum, min, max (max read unsigned, converted below)
@@ -158,7 +160,29 @@ def plan_recorder(types: Mapping[str, tuple[ArgType, ...]], selected: Sequence[s
         hits = [AggregationCode(HITS_INDEX, "count")] if layout.counts_hits else []
         plans[p] = ProbePlan(conditions.get(p), ring=not aggregating, aggregations=tuple(hits + codes[p]))
     return RecorderOptions(pin_by_name=pin_by_name, probes=plans, map_entries=map_entries,
-                           hits_entries=max(sites, 1)), layout
+                           hits_entries=max(sites, 1),
+                           plan_id=plan_id(filters, specs, layout.counts_hits)), layout
+
+
+def plan_id(filters: Sequence[str], specs: Sequence[AggregationSpec], counts_hits: bool) -> str:
+    """The options a recorder was built with, canonically (their order numbers
+    the maps), for its identity: a reader given other options is refused."""
+    if not filters and not specs:
+        return ""
+    return json.dumps({"filters": list(filters), "hits": counts_hits,
+                       "aggregations": [[s.kind, s.probe_glob, s.value, list(s.keys), s.lmin, s.lmax, s.step]
+                                        for s in specs]}, separators=(",", ":"))
+
+
+def recorder_for(obj: BpfObject, probe_globs: Sequence[str], filters: Sequence[str], count_by: Sequence[str],
+                 values: Sequence[tuple[str, str]], map_entries: int, count_hits: bool,
+                 pin_by_name: bool = False) -> tuple[RecorderOptions, Layout]:
+    """The recorder plan of these options for OBJ's probes (``probe_globs``:
+    --probe, default all): what instrument compiles and trace reads back."""
+    types = probe_types(obj.btf)
+    selected = [p for p in sorted(types) if not probe_globs or any(fnmatch.fnmatchcase(p, g) for g in probe_globs)]
+    return plan_recorder(types, selected, filters, parse_specs(count_by, values), map_entries,
+                         len(site_table(obj)), count_hits=count_hits, pin_by_name=pin_by_name)
 
 
 # --- reading ------------------------------------------------------------------------

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bpf_sdt.format import RECORDER_DEFAULT_RINGBUF_SIZE as DEFAULT_RINGBUF_SIZE
+
+if TYPE_CHECKING:
+    from bpf_sdt.instrument.observers import RecorderOptions
 
 READER_ENV = "BPF_SDT_TRACE_READER"     # "mmap" or "libbpf": force a ring reader (tests, other architectures)
 
@@ -51,6 +55,18 @@ class _Aggregation(argparse.Action):
 
 def _add_kernel_side(sp: argparse.ArgumentParser) -> None:
     """Filters and aggregations the recorder does in the kernel (docs/aggregate.md)."""
+    k = add_recorder_arguments(sp)
+    k.add_argument("--per-site", action="store_true", help="aggregations per site instead of per probe")
+    k.add_argument("--interval", type=float, metavar="S", help="also print the aggregations every S seconds")
+    k.add_argument("--prometheus", metavar="[ADDR:]PORT",
+                   help="serve hit counts, the recorder's counters and the aggregations in the Prometheus text "
+                   "format at http://ADDR:PORT/metrics (ADDR 127.0.0.1 by default; PORT 0: any free port) "
+                   "until trace is stopped")
+
+
+def add_recorder_arguments(sp: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The options compiled into the recorder, for trace and for instrument
+    (whose output trace --pinned reads with the same options)."""
     k = sp.add_argument_group("in the kernel (docs/aggregate.md); EXPR is C over arg0..argN-1 and enumerators, "
                               "[PROBE:] limits an option to the probes matching PROBE")
     k.add_argument("--filter", action="append", default=[], metavar="[PROBE:]EXPR",
@@ -63,14 +79,28 @@ def _add_kernel_side(sp: argparse.ArgumentParser) -> None:
                        ("avg", "average of EXPR")):
         k.add_argument(f"--{kind}", action=_Aggregation, dest="aggregations", metavar="[PROBE:]EXPR[ by KEYS]",
                        help=f"{what}, per probe (and per KEYS)")
-    k.add_argument("--per-site", action="store_true", help="aggregations per site instead of per probe")
     k.add_argument("--map-entries", type=int, default=None, metavar="N",
                    help="keys each aggregation map holds (default 10240); updates past it are counted")
-    k.add_argument("--interval", type=float, metavar="S", help="also print the aggregations every S seconds")
-    k.add_argument("--prometheus", metavar="[ADDR:]PORT",
-                   help="serve hit counts, the recorder's counters and the aggregations in the Prometheus text "
-                   "format at http://ADDR:PORT/metrics (ADDR 127.0.0.1 by default; PORT 0: any free port) "
-                   "until trace is stopped")
+    return k
+
+
+def instrument_recorder(args: argparse.Namespace) -> RecorderOptions:
+    """instrument's recorder options: its plan when filters or aggregations are given
+    (the per-site hits counted too, for trace --pinned --count and --prometheus)."""
+    from bpf_sdt.instrument.observers import DEFAULT_MAP_ENTRIES, MAX_MAP_ENTRIES, RecorderOptions
+    from bpf_sdt.trace.aggregate import recorder_for
+
+    from bpf_sdt.elf import load_object
+    from bpf_sdt.errors import UsageError
+
+    if not (args.filter or args.count_by or args.aggregations):
+        return RecorderOptions(pin_by_name=args.pin_by_name)
+    entries = DEFAULT_MAP_ENTRIES if args.map_entries is None else args.map_entries
+    if not 1 <= entries <= MAX_MAP_ENTRIES:
+        raise UsageError(f"--map-entries {entries}: must be from 1 to {MAX_MAP_ENTRIES}")
+    recorder, _ = recorder_for(load_object(args.input), args.probe, args.filter, args.count_by,
+                               args.aggregations or (), entries, count_hits=True, pin_by_name=args.pin_by_name)
+    return recorder
 
 
 def run_trace(args: argparse.Namespace) -> int:

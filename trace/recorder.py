@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from errno import ENOENT
 from pathlib import Path
 
@@ -134,15 +134,43 @@ class Counters:
 
 @dataclass
 class RecorderMaps:
-    """The ring and the counters of one loaded recorder, opened here (closed by close())."""
+    """The ring and the counters of one loaded recorder, opened here (closed
+    by close()), and how to find its other maps (the aggregations)."""
 
     ring: Map
     counts: Map
     where: str                  # for messages: the pin or the kernel map id
+    pin_dir: Path | None = None             # its maps are pinned here, or
+    map_ids: tuple[int, ...] = ()           # they are among these (the program's)
+    others: list[Map] = field(default_factory=list)
+
+    def find(self, name: str) -> Map:
+        """Another map of the same recorder, by name."""
+        if self.pin_dir is not None:
+            m = _open_pin(self.pin_dir / name)
+        else:
+            from bpf_sdt.kernel import map_fd_by_id, map_info
+
+            found = None
+            for ident in self.map_ids:
+                fd = map_fd_by_id(ident)
+                try:
+                    if map_info(fd).name == name:
+                        found = ident
+                        break
+                finally:
+                    os.close(fd)
+            if found is None:
+                raise InputError(f"the loaded recorder has no map {name}")
+            m = _map_by_id(found)
+        self.others.append(m)
+        return m
 
     def close(self) -> None:
         self.ring.close()
         self.counts.close()
+        for m in self.others:
+            m.close()
 
 
 def check_identity(counts: Map, expected: str, obj: Path, where: str) -> None:
@@ -151,8 +179,9 @@ def check_identity(counts: Map, expected: str, obj: Path, where: str) -> None:
     if found is None:
         raise InputError(f"{where}: not a bpf-sdt recorder's counters (its value type carries no identity)")
     if found != expected:
-        raise InputError(f"{where}: the recorder of another object (identity {found}, {obj} has {expected}); "
-                         "give the instrumented object that was loaded")
+        raise InputError(f"{where}: the recorder of another object, or of other --filter/aggregation options "
+                         f"(identity {found}, {obj} with these options has {expected}); give the instrumented "
+                         "object that was loaded and the options it was instrumented with")
 
 
 def open_pinned(pin_dir: Path, identity: str, obj: Path) -> RecorderMaps:
@@ -168,7 +197,7 @@ def open_pinned(pin_dir: Path, identity: str, obj: Path) -> RecorderMaps:
         ring.close()
         counts.close()
         raise InputError(f"{pin_dir / RECORDER_RINGBUF_MAP}: a {ring.type} map, not the recorder's ring buffer")
-    return RecorderMaps(ring, counts, f"the ring buffer pinned at {pin_dir / RECORDER_RINGBUF_MAP}")
+    return RecorderMaps(ring, counts, f"the ring buffer pinned at {pin_dir / RECORDER_RINGBUF_MAP}", pin_dir=pin_dir)
 
 
 def _open_pin(path: Path) -> Map:
@@ -198,9 +227,12 @@ def find_loaded(identity: str, obj: Path) -> RecorderMaps:
     if not counts_ids:
         raise InputError(f"{obj}: no loaded recorder has this object's identity ({identity}); is it loaded?")
     rings = {m.id: m for m in iter_map_infos() if m.name == RECORDER_RINGBUF_MAP and m.type_id == BPF_MAP_TYPE_RINGBUF}
-    pairs = sorted({(c, r) for p in iter_prog_infos() for c in p.map_ids if c in counts_ids
-                    for r in p.map_ids if r in rings})
+    progs = list(iter_prog_infos())
+    pairs = sorted({(c, r) for p in progs for c in p.map_ids if c in counts_ids for r in p.map_ids if r in rings})
     if len({c for c, _ in pairs}) != 1 or len(pairs) != 1:
+        if not pairs and any(c in p.map_ids for p in progs for c in counts_ids):
+            what = "the program of its recorder uses no ring buffer (it only aggregates), so its maps cannot be"
+            raise InputError(f"{obj}: {what} told apart from others' by the kernel's ids; name them with --pin-dir DIR")
         what = "no program uses" if not pairs else f"{len(pairs)} loaded copies have"
         raise InputError(f"{obj}: {what} its recorder's maps; name them with --pin-dir DIR")
     counts_id, ring_id = pairs[0]
@@ -210,7 +242,8 @@ def find_loaded(identity: str, obj: Path) -> RecorderMaps:
     except BaseException:
         counts.close()
         raise
-    return RecorderMaps(ring, counts, f"the ring buffer map id {ring_id}")
+    map_ids = tuple(sorted({m for p in progs if counts_id in p.map_ids for m in p.map_ids}))
+    return RecorderMaps(ring, counts, f"the ring buffer map id {ring_id}", map_ids=map_ids)
 
 
 def _map_by_id(ident: int) -> Map:

@@ -39,7 +39,7 @@ from typing import TextIO
 
 from bpf_sdt.instrument.command import Request, instrument
 from bpf_sdt.instrument.observers import DEFAULT_MAP_ENTRIES, MAX_MAP_ENTRIES, RECORDER_PREFIX, RecorderOptions
-from bpf_sdt.trace.aggregate import Layout, Report, counters_line, open_report, parse_specs, plan_recorder
+from bpf_sdt.trace.aggregate import Layout, Report, counters_line, open_report, recorder_for
 from bpf_sdt.trace.leftovers import RecordedTcFilter, attach_tc, report_stale
 from bpf_sdt.trace.output import Decoder, Writer
 from bpf_sdt.trace.pcap import MAX_PACKET, iter_packets
@@ -56,7 +56,6 @@ from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, Usag
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
 from bpf_sdt.libbpf import BpfObject, LibbpfError, Link, Program, TcFilter, strerror
 from bpf_sdt.model import escape_text
-from bpf_sdt.probes import probe_types
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf")
 PROBE_CHECK_S = 1.0             # how often a live trace looks at the lost-event counter
@@ -216,15 +215,11 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
     return EXIT_OK
 
 
-def _recorder_plan(opts: Options) -> tuple[RecorderOptions, Layout]:
-    """Filters and aggregations of the traced probes, as the recorder's plan."""
-    obj = load_object(opts.obj)
-    types = probe_types(obj.btf)
-    probes = sorted(types)
-    selected = [p for p in probes if not opts.probes or any(fnmatch.fnmatchcase(p, g) for g in opts.probes)]
-    specs = parse_specs(opts.count_by, opts.aggregations)
-    return plan_recorder(types, selected, opts.filters, specs, opts.map_entries, len(site_table(obj)),
-                         count_hits=opts.count or opts.prometheus is not None)
+def _recorder_plan(opts: Options, obj: ElfObject | None = None) -> tuple[RecorderOptions, Layout]:
+    """Filters and aggregations of the traced probes, as the recorder's plan.
+    --pinned reads a recorder `instrument` built, which always counts hits."""
+    return recorder_for(obj or load_object(opts.obj), opts.probes, opts.filters, opts.count_by, opts.aggregations,
+                        opts.map_entries, count_hits=opts.pinned or opts.count or opts.prometheus is not None)
 
 
 # --- options ---------------------------------------------------------------------
@@ -266,9 +261,8 @@ def _check_kernel_side(opts: Options) -> None:
     """Filters, aggregations and the exporter: what goes with what (docs/aggregate.md)."""
     compiled = [o for o, on in (("--filter", opts.filters), ("--count-by", opts.count_by),
                                 ("--hist/--lhist/--sum/--min/--max/--avg", opts.aggregations)) if on]
-    if compiled and (opts.pinned or opts.live):
-        raise UsageError(f"{', '.join(compiled)}: compiled into the recorder trace builds, so not with "
-                         f"{'--pinned' if opts.pinned else '--live'} (the recorder there is built already)")
+    if compiled and opts.live:
+        raise UsageError(f"{', '.join(compiled)}: not with --live (the copy swapped in records every event)")
     if opts.live and opts.prometheus:
         raise UsageError("--prometheus does not go with --live")
     if (opts.per_site or opts.interval is not None) and not (opts.count_by or opts.aggregations):
@@ -592,6 +586,7 @@ def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
             raise UsageError(f"--probe {glob}: matches no probe; the object has: {', '.join(probes)}")
     shown = {s.site_id for s in sites
              if not opts.probes or any(fnmatch.fnmatchcase(s.probe, g) for g in opts.probes)}
+    _, layout = _recorder_plan(opts, obj)      # what `instrument` was given: checked through the identity
     maps = _recorder_maps(opts, obj)
     try:
         decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
@@ -602,7 +597,11 @@ def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
                       "(ring buffer full)\n")
         with _Session(open_ring(maps.ring.fd, maps.ring.max_entries, opts.reader), decoder, counters, stop,
                       out, err) as session:
-            session.exporter = start_exporter(opts.prometheus, sites, shown, decoder.hits, counters.read, None, err)
+            session.report = open_report(maps.find, layout, sites, per_site=opts.per_site, as_json=opts.as_json,
+                                         interval=opts.interval, now=time.monotonic())
+            session.summarise = bool(opts.filters) or session.report is not None
+            session.exporter = start_exporter(opts.prometheus, sites, shown, decoder.hits, counters.read,
+                                              session.report, err)
             session.ready(sites, shown, maps.where)
             session.follow(opts.duration)
             session.finish(opts.count)
@@ -614,7 +613,7 @@ def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
 def _recorder_maps(opts: Options, obj: ElfObject) -> RecorderMaps:
     """OBJ's recorder: pinned in --pin-dir; without it, pinned in /sys/fs/bpf or
     else found among the kernel's loaded maps.  Its identity must be OBJ's."""
-    identity = recorder_identity(obj)
+    identity = recorder_identity(obj, _recorder_plan(opts, obj)[0].plan_id)
     if opts.pin_dir is not None:
         return open_pinned(opts.pin_dir, identity, opts.obj)
     if (DEFAULT_PIN_DIR / RECORDER_COUNTS_MAP).exists():

@@ -67,13 +67,17 @@ def _site(site_id: int, entry: NoteEntry, functions: FunctionIndex, lines: Sourc
                 entry.insn_index, file, line, types)
 
 
-def recorder_identity(obj: BpfObject) -> str:
+def recorder_identity(obj: BpfObject, plan_id: str = "") -> str:
     """The recorder's identity of an object: a digest of what decoding its
     events depends on, per site id: probe, code section, function and the
-    argument types.  Instrumenting keeps all of them (only instructions are
-    inserted), so the object given to `instrument` and its output have the
-    same identity, and a reader computes it from OUT alone."""
+    argument types, and the recorder's filter and aggregation options
+    (``plan_id``, trace.aggregate.plan_id; empty without any).  Instrumenting
+    keeps the sites (only instructions are inserted), so the object given to
+    `instrument` and its output have the same identity, and a reader computes
+    it from OUT and the same options alone."""
     digest = hashlib.sha256()
+    if plan_id:
+        digest.update(f"plan {plan_id}\n".encode())
     for s in site_table(obj):
         types = ";".join(f"{t.canonical}/{t.size}/{int(t.signed)}/{t.kind}" for t in s.types)
         digest.update(f"{s.site_id}|{s.probe}|{s.section}|{s.function}|{types}\n".encode())
