@@ -3,8 +3,8 @@
 # print "OBJ: loaded (processed N insns)" per object.  Exit 0 if all loaded,
 # 1 if one was rejected, 3 if this process may not use bpf() at all.
 #
-# bpftool pins maps that ask for it (LIBBPF_PIN_BY_NAME, e.g. the recorder's
-# bpf_sdt_events in an instrumented object) under /sys/fs/bpf, and would reuse
+# bpftool pins maps that ask for it (LIBBPF_PIN_BY_NAME, e.g. a recorder built
+# with `instrument --pin-by-name`) under /sys/fs/bpf, and would reuse
 # a map already pinned there.  So each load runs in a private mount namespace
 # with a fresh bpffs over /sys/fs/bpf: its pins vanish with it, and the host's
 # /sys/fs/bpf is never touched.  Without unshare(1), pins are removed by hand.

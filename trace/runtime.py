@@ -1,10 +1,10 @@
-"""Process-level plumbing for trace: a private bpffs for the recorder's pins,
+"""Process-level plumbing for trace: a private bpffs for pins by name,
 and SIGINT/SIGTERM/SIGHUP turned into a stop request.
 
-**Pins.** The recorder's maps are pinned by name (``LIBBPF_PIN_BY_NAME``), so
+**Pins.** The recorder's maps ask for no pin (docs/instrument.md, "Pins"), but
+the traced object's own maps may be pinned by name (``LIBBPF_PIN_BY_NAME``):
 libbpf would pin them under /sys/fs/bpf, and *reuse* a compatible map already
-pinned there: two traces, or a trace and a production loader, would share
-one ring buffer.  Trace therefore moves itself into a private mount namespace
+pinned there, shared with a production loader.  Trace therefore moves itself into a private mount namespace
 (``unshare(CLONE_NEWNS)``, with mount propagation turned off so nothing leaks
 back) and mounts a fresh bpffs there as libbpf's ``pin_root_path``.  The
 mount, and every pin on it, exist only in trace's namespace and vanish with
