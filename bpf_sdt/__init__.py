@@ -2,10 +2,12 @@
 
 The public Python API (docs/api.md) is what this package exports: open an
 object and iterate its probes and sites with typed arguments
-(:func:`open_object`), instrument it (:func:`instrument`), test-run a program
-and read its probes' events (:func:`trace_run`).  Nothing else is API; tools
-should not import the submodules.  The names resolve on first use, so the
-command line, which imports this package, pays nothing for them.
+(:func:`open_object`), instrument it (:func:`instrument_object`: the name
+``instrument`` is the subpackage's, which any import of the stage would set
+on this package), test-run a program and read its probes' events
+(:func:`trace_run`).  Nothing else is API; tools should not import the
+submodules.  The names resolve on first use, so the command line, which
+imports this package, pays nothing for them.
 
 Stages, one module each, sharing the data model in :mod:`bpf_sdt.model`:
 
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
         SdtObject,
         Site,
         TraceResult,
-        instrument,
+        instrument_object,
         open_object,
         trace_run,
     )
@@ -52,7 +54,7 @@ __all__ = [
     "Site",
     "TraceResult",
     "__version__",
-    "instrument",
+    "instrument_object",
     "open_object",
     "trace_run",
 ]

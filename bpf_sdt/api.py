@@ -43,7 +43,7 @@ __all__ = [
     "SdtObject",
     "Site",
     "TraceResult",
-    "instrument",
+    "instrument_object",
     "open_object",
     "trace_run",
 ]
@@ -185,7 +185,7 @@ class Instrumented:
     skipped: tuple[str, ...] = ()    # one warning per site left a NOP
 
 
-def instrument(input: PathLike, output: PathLike, *, probes: Sequence[str] = (),
+def instrument_object(input: PathLike, output: PathLike, *, probes: Sequence[str] = (),
                observers: Sequence[PathLike] = (), attach: Sequence[str] = (), record: bool = False,
                ringbuf_size: int | None = None, bpftool: str = "bpftool") -> Instrumented:
     """`bpf-sdt instrument INPUT -o OUTPUT`: probe sites call observers from
