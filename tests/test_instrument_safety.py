@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import json
 import os
 import re
 import subprocess
@@ -437,6 +438,20 @@ def test_python_request_restricts_sites_to_programs(tmp_path: Path) -> None:
     tool("bpftool")
     result = run_instrument(Request(obj, tmp_path / "o.o", programs=("small",)))
     assert [s.probe for s in result.sites] == ["fine"] and result.skipped == []
+
+
+@pytest.mark.kernel
+def test_trace_of_one_program_is_not_refused_for_a_site_in_another(tmp_path: Path) -> None:
+    """trace --run PROG instruments only what PROG reaches: the unplaceable
+    site of the other program neither refuses the trace nor is skipped."""
+    obj = build(tmp_path, "two", callback_chain(224, 280, TWO_PROGRAMS_EXTRA))
+    packet = tmp_path / "p.bin"
+    packet.write_bytes(bytes(64))
+    res = run([*CLI, "trace", str(obj), "--run", "small", "--packet", str(packet), "--json"])
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(x) for x in res.stdout.splitlines() if '"probe"' in x]
+    assert [e["probe"] for e in events] == ["fine"], res.stdout
+    assert events[0]["args"] == [1], events      # ingress_ifindex of a test run without context: loopback
 
 
 # --- 4. recursion -----------------------------------------------------------------

@@ -170,7 +170,8 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
         inst = Path(tmp) / "instrumented.bpf.o"
         recorder, layout = _recorder_plan(opts)
         instrumented = _instrument_interruptibly(Request(opts.obj, inst, opts.probes,
-                                                         ringbuf_size=opts.ringbuf_size, recorder=recorder), stop)
+                                                         ringbuf_size=opts.ringbuf_size, recorder=recorder,
+                                                         programs=_traced_programs(opts)), stop)
         if instrumented is None:
             return None
         sites = site_table(load_object(inst), load_object(opts.obj))
@@ -213,6 +214,14 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
         err.write(f"bpf-sdt trace: the kernel refused {session.refused} of {session.packets} test runs\n")
         return EXIT_FINDINGS
     return EXIT_OK
+
+
+def _traced_programs(opts: Options) -> tuple[str, ...]:
+    """The programs whose sites trace instruments: the one it runs or attaches
+    when named, so that a site in an unrelated program, which instrument
+    could not place, does not refuse the trace; () is every program."""
+    named = opts.run or ((opts.xdp or opts.tc) and opts.prog)
+    return (named,) if named else ()
 
 
 def _recorder_plan(opts: Options, obj: ElfObject | None = None) -> tuple[RecorderOptions, Layout]:
