@@ -155,3 +155,28 @@ def test_linked_object_with_the_section_loads(tmp_path: Path) -> None:
             pin.unlink()
         if pins.exists():
             pins.rmdir()
+
+
+@pytest.mark.kernel
+def test_trace_shows_where_each_site_was_inlined(tmp_path: Path) -> None:
+    """trace's events carry the same chains as `list`: JSON `inlined_at`, and
+    the text's source column names the calls."""
+    need(bpf_permitted(), "bpf() not permitted (needs root)")
+    tool("bpftool")
+    src = tmp_path / "traced.bpf.c"        # every value ingress_ifindex: XDP's packet pointers are no ints
+    src.write_text(SOURCE.replace("PREFIX", "traced").replace("c[0]", "c[3]").replace("c[1]", "c[3]")
+                   .replace("c[2]", "c[3]"))
+    obj = tmp_path / "traced.o"
+    compile_bpf(src, obj, clang(19))
+    packet = tmp_path / "p.bin"
+    packet.write_bytes(bytes(64))
+    res = run([*CLI, "trace", str(obj), "--run", "traced_xdp", "--packet", str(packet), "--json"])
+    assert res.returncode == 0, res.stderr
+    events = [e for e in map(json.loads, res.stdout.splitlines()) if e.get("type") == "event"]
+    assert sorted(e["args"][1] for e in events) == [1, 2, 3], events
+    for e in events:
+        want = [{"file": str(src), "line": line_of(m), "column": 2} for m in CHAINS[e["args"][1]]]
+        assert (e["line"], e["inlined_at"]) == (line_of("@probe"), want), e
+    text = run([*CLI, "trace", str(obj), "--run", "traced_xdp", "--packet", str(packet)]).stdout
+    chain = ", at ".join(f"{src.name}:{line_of(m)}" for m in CHAINS[1])
+    assert f"{src.name}:{line_of('@probe')} (inlined at {chain})" in text, text

@@ -142,8 +142,11 @@ class Decoder:
     def _json_template(site: Site, typed: bool) -> bytes:
         """A %-template for the whole unpacked event: ts, site, cpu, args
         (``typed``: each argument a ready JSON text, and the enum names)."""
-        fixed = json.dumps({"probe": site.probe, "function": site.function, "insn": site.insn, "file": site.file,
-                            "line": site.line}, separators=(",", ":"))
+        where: dict[str, object] = {"probe": site.probe, "function": site.function, "insn": site.insn,
+                                    "file": site.file, "line": site.line}
+        if site.inlined_at:
+            where["inlined_at"] = [c.as_json() for c in site.inlined_at]
+        fixed = json.dumps(where, separators=(",", ":"))
         args = ",".join(["%s" if typed else "%d"] * len(site.types))
         enums = ',"enums":%s' if typed and any(t.kind == "enum" for t in site.types) else ""
         text = ('{"type":"event","ts":%d,"site":%d,"cpu":%d,' + fixed[1:-1].replace("%", "%%") + ',"args":['

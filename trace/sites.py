@@ -21,6 +21,7 @@ from bpf_sdt.argtype import ArgType
 from bpf_sdt.btfext import SourceLines
 from bpf_sdt.elf import BpfObject
 from bpf_sdt.format import RECORDER_IDENTITY_HEX
+from bpf_sdt.inlined import CallSite
 from bpf_sdt.notes import FunctionIndex, NoteEntry, decode_notes
 from bpf_sdt.probes import probe_types
 
@@ -35,13 +36,19 @@ class Site:
     file: str | None            # source file and line from .BTF.ext line_info, when present
     line: int | None
     types: tuple[ArgType, ...]
+    # where the inlined function holding the site was called, innermost first (as `list` shows)
+    inlined_at: tuple[CallSite, ...] = ()
 
     @property
     def source(self) -> str | None:
-        """``file:line`` with the file's base name, for text output."""
+        """``file:line`` with the file's base name, for text output, and the
+        lines the site's function was inlined at."""
         if self.file is None:
             return None
-        return f"{PurePath(self.file).name}:{self.line}"
+        here = f"{PurePath(self.file).name}:{self.line}"
+        if self.inlined_at:
+            here += " (inlined at " + ", at ".join(f"{PurePath(c.file).name}:{c.line}" for c in self.inlined_at) + ")"
+        return here
 
 
 def site_table(instrumented: BpfObject, shown: BpfObject | None = None) -> list[Site]:
@@ -57,14 +64,16 @@ def site_table(instrumented: BpfObject, shown: BpfObject | None = None) -> list[
             where, entries = shown, theirs
     functions = FunctionIndex(where)
     lines = SourceLines(where)
-    return [_site(i, e, functions, lines, types.get(e.probe, ())) for i, e in enumerate(entries)]
+    chains = lines.inlined_at(entries, functions)
+    return [_site(i, e, functions, lines, types.get(e.probe, ()), chain)
+            for i, (e, chain) in enumerate(zip(entries, chains, strict=True))]
 
 
 def _site(site_id: int, entry: NoteEntry, functions: FunctionIndex, lines: SourceLines,
-          types: tuple[ArgType, ...]) -> Site:
+          types: tuple[ArgType, ...], inlined_at: tuple[CallSite, ...]) -> Site:
     file, line, _column = lines.at(entry.section.name, entry.offset)
     return Site(site_id, entry.probe, functions.at(entry.section, entry.offset), entry.section.name,
-                entry.insn_index, file, line, types)
+                entry.insn_index, file, line, types, inlined_at)
 
 
 def recorder_identity(obj: BpfObject, plan_id: str = "") -> str:
