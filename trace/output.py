@@ -129,7 +129,7 @@ class Decoder:
             return size, unpack, None, None
         converts = None if all(codes) else tuple(t.convert for t in site.types)
         if self.as_json:
-            if all(t.kind in _JSON_NUMBERS for t in site.types):
+            if all(t.kind in _JSON_TEMPLATED for t in site.types):
                 template = self._json_template(site, typed=False)
                 if converts is None:
                     return size, unpack, template, None
@@ -147,7 +147,7 @@ class Decoder:
         if site.inlined_at:
             where["inlined_at"] = [c.as_json() for c in site.inlined_at]
         fixed = json.dumps(where, separators=(",", ":"))
-        args = ",".join(["%s" if typed else "%d"] * len(site.types))
+        args = ",".join("%s" if typed else _JSON_PLACEHOLDER[t.kind] for t in site.types)
         enums = ',"enums":%s' if typed and any(t.kind == "enum" for t in site.types) else ""
         text = ('{"type":"event","ts":%d,"site":%d,"cpu":%d,' + fixed[1:-1].replace("%", "%%") + ',"args":['
                 + args + "]" + enums + "}")
@@ -480,6 +480,10 @@ def _lines_in(view: memoryview) -> int:
 
 
 _JSON_NUMBERS = ("int", "char")           # kinds whose JSON value is the number itself
+# Kinds a %-template writes straight from the unpacked slot (the hot path):
+# numbers, and pointers as hex strings (a pointer's slot unpacks unsigned).
+_JSON_PLACEHOLDER = {"int": "%d", "char": "%d", "pointer": '"0x%x"'}
+_JSON_TEMPLATED = tuple(_JSON_PLACEHOLDER)
 
 
 def _json_value(t: ArgType) -> Callable[[int], bytes]:
