@@ -550,6 +550,28 @@ def test_a_closed_stdout_ends_the_live_trace_and_puts_the_original_back(built: d
 
 
 @pytest.mark.kernel
+def test_a_closed_stderr_cannot_keep_the_copy_running_or_the_record(built: dict[str, Path]) -> None:
+    """stderr's reader gone before trace writes a line: every message is
+    lost, but the original goes back and the record goes."""
+    with VethPair() as net:
+        ok([*in_ns(net), "ip", "link", "set", "dev", net.receiver.iface, "xdp", "obj", str(built["live_xdp"]),
+            "sec", "xdp"])
+        original = xdp_prog_id(net)
+        before = our_records()
+        read_end, write_end = os.pipe()
+        os.close(read_end)                                      # the reader left before the first line
+        try:
+            proc = subprocess.run([*in_ns(net), *CLI, "trace", str(built["live_xdp"]), "--live",
+                                   f"xdp:{net.receiver.iface}", "--duration", "1"], stdout=subprocess.DEVNULL,
+                                  stderr=write_end, env=_env(), timeout=120, check=False)
+        finally:
+            os.close(write_end)
+        assert proc.returncode in (0, 141), proc.returncode
+        assert xdp_prog_id(net) == original, "the instrumented copy still runs"
+        assert our_records() == before, "the record was left"
+
+
+@pytest.mark.kernel
 def test_a_filter_that_is_not_direct_action_is_not_replaced(built: dict[str, Path]) -> None:
     with VethPair() as net:
         iface = net.receiver.iface

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, cast
 
 from bpf_sdt.instrument.command import Request
 from bpf_sdt.trace import instcache
@@ -377,6 +377,7 @@ def trace_live(opts: Options, stop: StopSignals, out: Writer | TextIO, err: Text
     assert opts.live is not None
     where = parse_where(opts.live)
     started = time.monotonic()
+    err = cast(TextIO, _Stderr(err))     # every writer of the live path writes through it
     report_stale(err)
     hook, running_id = find(where, opts.prog)
     try:
@@ -475,19 +476,22 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                         except Replaced as e:
                             raise InputError(f"--live: {e} instead of {running.name} (id {running.id}), changed "
                                              "while trace prepared; nothing was swapped") from None
-                        held.write(state="swapped")
-                        instrumenting = "instrumented object from the cache" if cached else "instrument"
-                        err.write(f"bpf-sdt trace: prepared in {loaded_at - started:.2f} s (finding, identity and "
-                                  f"{instrumenting}: {instrumented_at - started:.2f} s, load "
-                                  f"{loaded_at - instrumented_at:.2f} s); "
-                                  f"{escape_text(hook.describe())}: swapped to the instrumented copy ({hook.atomic}; "
-                                  f"{len(reused)} map(s) shared)\n")
+                        # From here on the copy runs: whatever fails (the record
+                        # update, a closed stderr or stdout), the swap back runs.
                         try:
+                            held.write(state="swapped")
+                            instrumenting = "instrumented object from the cache" if cached else "instrument"
+                            err.write(f"bpf-sdt trace: prepared in {loaded_at - started:.2f} s (finding, identity "
+                                      f"and {instrumenting}: {instrumented_at - started:.2f} s, load "
+                                      f"{loaded_at - instrumented_at:.2f} s); "
+                                      f"{escape_text(hook.describe())}: swapped to the instrumented copy "
+                                      f"({hook.atomic}; {len(reused)} map(s) shared)\n")
                             session.ready(sites, shown, f"{running.name} (id {running.id}) at {hook.describe()}")
                             session.follow(opts.duration)
                         finally:
-                            code = _swap_back(hook, prog.fd, original_fd, running, err)
-                            held.record.state = "restored"
+                            code, said = _swap_back(hook, prog.fd, original_fd, running)
+                            held.record.state = "restored"      # before anything is written
+                            err.write(said)
                         session.finish(opts.count)
                     return code
     finally:
@@ -531,14 +535,34 @@ def _session(bpf: BpfObject, decoder: Decoder, opts: Options, stop: StopSignals,
                     Counters(bpf.find_map(RECORDER_COUNTS_MAP)), stop, out, err)
 
 
-def _swap_back(hook: Hook, instrumented_fd: int, original_fd: int, running: ProgInfo, err: TextIO) -> int:
-    """Puts the original back, expecting the copy; the exit code."""
+def _swap_back(hook: Hook, instrumented_fd: int, original_fd: int, running: ProgInfo) -> tuple[int, str]:
+    """Puts the original back, expecting the copy; (the exit code, the line
+    to say), written by the caller once the record says so."""
     try:
         hook.swap(original_fd, instrumented_fd)
     except Replaced as e:
-        err.write(f"bpf-sdt trace: {escape_text(hook.describe())}: {e}, not the instrumented copy: another "
-                  f"loader replaced it while trace ran; left in place ({running.name}, id {running.id}, "
-                  "not put back)\n")
-        return EXIT_FINDINGS
-    err.write(f"bpf-sdt trace: {escape_text(hook.describe())}: {running.name} (id {running.id}) is back\n")
-    return EXIT_OK
+        return EXIT_FINDINGS, (f"bpf-sdt trace: {escape_text(hook.describe())}: {e}, not the instrumented copy: "
+                               f"another loader replaced it while trace ran; left in place ({running.name}, id "
+                               f"{running.id}, not put back)\n")
+    return EXIT_OK, f"bpf-sdt trace: {escape_text(hook.describe())}: {running.name} (id {running.id}) is back\n"
+
+
+class _Stderr:
+    """trace's stderr on the live path: a write that fails (a closed pipe, a
+    full disk) is dropped, so it can never skip the swap back or the record
+    update; the kernel state matters more than the message."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            return self._stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
