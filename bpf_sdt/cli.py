@@ -337,23 +337,30 @@ class _GuardedStdout:
     write happens: main() ends the command on it (quietly for a closed pipe,
     with one line for a full disk), never with a success code."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream       # None: the command was started with fd 1 closed (`>&-`)
+
+    def _open(self) -> TextIO:
+        if self._stream is None:
+            raise OutputError(OSError(errno.EBADF, "it is closed"))
+        return self._stream
 
     def write(self, text: str) -> int:
         try:
-            return self._stream.write(text)
+            return self._open().write(text)
         except OSError as e:
             raise OutputError(e) from None
 
     def flush(self) -> None:
+        if self._stream is None:    # nothing was written, so nothing was lost
+            return
         try:
             self._stream.flush()
         except OSError as e:
             raise OutputError(e) from None
 
     def __getattr__(self, name: str) -> object:
-        return getattr(self._stream, name)
+        return getattr(self._open(), name)
 
 
 def _silence_stdout() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from fuzz_target import many_sites_object
-from toolchain import bpf_permitted, clang, need, run
+from toolchain import bpf_permitted, clang, need, run, tool
 
 from bpf_sdt.cli import EXIT_CLOSED_PIPE, build_parser
 
@@ -161,22 +161,22 @@ def test_zsh_completion_is_generated_for_every_command() -> None:
     assert script.returncode == 0 and script.stdout.startswith("#compdef bpf-sdt")
     for name in _commands(build_parser()):
         assert re.search(rf"^\s+{re.escape(name)}:'", script.stdout, re.M), name
-    if zsh := shutil.which("zsh"):
-        assert subprocess.run([zsh, "-n"], input=script.stdout, text=True, check=False).returncode == 0
+    zsh = tool("zsh")               # setup.sh installs it: in CI a missing zsh fails, never skips
+    assert subprocess.run([zsh, "-n"], input=script.stdout, text=True, check=False).returncode == 0
 
 
 def _rendered(page: str) -> str:
     """The page as text.  Always from the roff itself (the escapes undone);
-    where groff is installed (bpf-sdt does not need it; CI images may lack
-    it) also through groff, which must render it without error."""
+    also through groff (setup.sh installs groff-base), which must render it
+    without error."""
     text = re.sub(r"\\f[BIRP]|\\[,/]", "", page).replace("\\-", "-")
-    if groff := shutil.which("groff"):
-        res = subprocess.run([groff, "-man", "-Tutf8"], input=page, capture_output=True, text=True, timeout=60,
-                             check=False)
-        assert res.returncode == 0, res.stderr
-        # Plain text: bold and underline are overstrikes (c BS c), hyphens typographic.
-        plain = re.sub(".\b", "", res.stdout).replace("\u2010", "-").replace("\u2212", "-")
-        assert "bpf-sdt" in plain and "OPTIONS" in plain
+    groff = tool("groff")
+    res = subprocess.run([groff, "-man", "-Tutf8"], input=page, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    # Plain text: bold and underline are overstrikes (c BS c), hyphens typographic.
+    plain = re.sub(".\b", "", res.stdout).replace("\u2010", "-").replace("\u2212", "-")
+    assert "bpf-sdt" in plain and "OPTIONS" in plain
     return text
 
 
@@ -198,3 +198,15 @@ def test_man_page_of_one_command(tmp_path: Path) -> None:
     unknown = run([*CLI, "man", "no-such-command"])
     assert unknown.returncode == 2 and unknown.stdout == ""
     assert len(unknown.stderr.strip().splitlines()) == 1 and "no-such-command" in unknown.stderr
+
+
+@pytest.mark.parametrize("command", [["list"], ["list", "--json"]])
+def test_closed_stdout_is_one_line_and_exit_2(command: list[str], tmp_path: Path) -> None:
+    """Started with fd 1 closed (`>&-`): Python has no sys.stdout at all; the
+    command says so in one line instead of a traceback."""
+    big = tmp_path / "big.o"
+    big.write_bytes(many_sites_object(10))
+    res = subprocess.run(["bash", "-c", " ".join([*CLI, *command, str(big)]) + " >&-"], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == ["bpf-sdt list: cannot write to standard output: it is closed"], res.stderr
