@@ -306,6 +306,16 @@ def entered_netns(inode: int) -> Iterator[None]:
         os.close(home)
 
 
+def _check_ifindex(index: int, iface: str) -> None:
+    """The interface is still there (in this thread's namespace): a query of
+    a missing one would say "no program", as if the hook were empty."""
+    try:
+        socket.if_indextoname(index)
+    except OSError:
+        raise LibbpfError(f"interface {iface} (index {index})", errnos.ENODEV,
+                          detail="not in its network namespace any more: deleted or moved") from None
+
+
 class Hook:
     """Somewhere a program runs, and how to swap the program there."""
 
@@ -350,6 +360,7 @@ class XdpNetlink(Hook):
 
     def current(self) -> int:
         with entered_netns(self.netns):
+            _check_ifindex(self.ifindex, self.iface)
             return xdp_query(self.ifindex).prog_id
 
     def swap(self, new_fd: int, old_fd: int) -> None:
@@ -417,6 +428,7 @@ class ClsBpf(Hook):
 
     def current(self) -> int:
         with entered_netns(self.netns):
+            _check_ifindex(self.ifindex, self.iface)
             return tc_query(self.ifindex, self.direction, self.handle, self.priority)
 
     def swap(self, new_fd: int, old_fd: int) -> None:
@@ -468,7 +480,10 @@ def hook_from_dict(data: dict[str, Any]) -> Hook:
     cls = kinds.get(str(data.get("kind")))
     if cls is None:
         raise LibbpfError(f"attach point of kind {data.get('kind')!r}", errnos.EINVAL, detail="unknown kind")
-    return cls(**fields)
+    try:
+        return cls(**fields)
+    except TypeError as e:              # a record of another shape
+        raise LibbpfError(f"attach point of kind {data.get('kind')!r}", errnos.EINVAL, detail=str(e)) from None
 
 
 # --- finding where a program runs ----------------------------------------------

@@ -467,6 +467,38 @@ def test_a_program_the_daemon_put_there_meanwhile_stays_and_trace_exits_1(built:
         assert xdp_prog_id(net) == theirs
 
 
+STALE_RECORD = """
+import sys
+from bpf_sdt import kernel, records
+key, where, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
+hook = kernel.XdpNetlink(where.removeprefix("xdp:"), index, "native", 4, kernel.netns_inode())
+records.create(records.Record(key=key, kind="live", where=where, hook=hook.to_dict(), state="swapped",
+                              extra={"original_id": 1}))
+"""
+
+
+@pytest.mark.kernel
+def test_a_restore_that_fails_keeps_the_record_and_exits_1(built: dict[str, Path]) -> None:
+    """A killed trace's record whose interface is not where it was (moved to
+    another namespace, or deleted: restore cannot tell): the record and the
+    pin holding the original stay for another attempt."""
+    from bpf_sdt import records
+
+    key = f"bpf_sdt_test_restore_{os.getpid()}"
+    where = f"xdp:sdtg{os.getpid()}"                # no such interface: restore selects the record by it
+    ok([sys.executable, "-c", STALE_RECORD, key, where, str(2_000_000_000 + os.getpid())])
+    try:
+        ok([tool("bpftool"), "prog", "load", str(built["live_xdp"]), str(records.root() / key / "original"),
+            "type", "xdp"])
+        res = run([*CLI, "restore", where])
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert res.stderr == "" and res.stdout.count("\n") == 1, res.stdout + res.stderr
+        assert "not in its network namespace any more" in res.stdout and "record kept" in res.stdout, res.stdout
+        assert sorted(p.name for p in (records.root() / key).iterdir()) == ["original", "record"]
+    finally:
+        records.remove(key)
+
+
 RAW_TP = r"""
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>

@@ -7,8 +7,10 @@ from their records (bpf_sdt.records, docs/records.md).
 - an attachment of ``--tc``: the filter goes, if it still runs trace's
   program, and the clsact qdisc too if trace created it and it is empty.
 
-Records of traces that still run are left alone.  Every record handled is
-removed, and with it the pins that kept its programs alive.
+Records of traces that still run are left alone.  A record is removed,
+and with it the pins that kept its programs alive, once its outcome is
+known (put back, already original, a third program there, the attach point
+or namespace gone); one whose restore failed is kept, and restore exits 1.
 """
 
 from __future__ import annotations
@@ -74,25 +76,40 @@ def _keys_of(where: str) -> set[str]:
     return keys
 
 
+KEPT = "record kept: run `bpf-sdt restore` again once it can be done"
+
+
 def restore_record(key: str, rec: records.Record | None) -> tuple[bool, str]:
-    """(whether the kernel is as before the trace, what was done)."""
+    """(whether the kernel is as before the trace, what was done).  The
+    record, and with it the pin holding the original, is removed only when
+    the outcome is known; a failure keeps it for another attempt."""
+    what = escape_text(rec.where if rec is not None else key)
     try:
-        if rec is None:
-            return True, f"{key}: an incomplete record (the trace was killed while it began); removed"
-        netns = rec.hook.get("netns")
-        if isinstance(netns, int) and kernel.netns_path(netns) is None:
-            return True, (f"{escape_text(rec.where)}: its network namespace is gone, and with it everything "
-                          "trace changed there; record removed")
-        if rec.kind == "live":
-            return _restore_swap(key, rec)
-        return _restore_attach(key, rec)
+        ok, message, done = _restore(key, rec)
     except LibbpfError as e:
-        what = rec.where if rec is not None else key
-        return False, f"{escape_text(what)}: {e}; record removed"
-    finally:
+        ok, message, done = False, f"{what}: {escape_text(str(e))}; {KEPT}", False
+    except OSError as e:                # entering a network namespace, reading /proc
+        ok, message, done = False, f"{what}: {escape_text(e.strerror or str(e))}; {KEPT}", False
+    if done:
         if rec is not None:
             records.remove_tmp(rec)
         records.remove(key)
+    return ok, message
+
+
+def _restore(key: str, rec: records.Record | None) -> tuple[bool, str, bool]:
+    """(ok, message, whether the record is done with and goes)."""
+    if rec is None:
+        return True, f"{key}: an incomplete record (the trace was killed while it began); removed", True
+    netns = rec.hook.get("netns")
+    if isinstance(netns, int) and kernel.netns_path(netns) is None:
+        return True, (f"{escape_text(rec.where)}: its network namespace is gone, and with it everything "
+                      "trace changed there; record removed"), True
+    if rec.kind == "live":
+        ok, message = _restore_swap(key, rec)
+    else:
+        ok, message = _restore_attach(key, rec)
+    return ok, message, True
 
 
 def _restore_swap(key: str, rec: records.Record) -> tuple[bool, str]:
@@ -113,12 +130,12 @@ def _restore_swap(key: str, rec: records.Record) -> tuple[bool, str]:
                 try:
                     hook.swap(original, instrumented)
                 except Replaced as e:
-                    return False, f"{where}: {e}; left in place"
+                    return False, f"{where}: {e}, a third program; left in place, record removed"
                 return True, f"{where}: the original program (id {original_id}) is back"
             if now == original_id:
                 return True, f"{where}: runs the original program (id {original_id}) already"
             return False, (f"{where}: runs program id {now}, neither the original (id {original_id}) nor trace's "
-                           "copy; left in place")
+                           "copy; left in place, record removed")
     finally:
         hook.close()
 
