@@ -553,8 +553,10 @@ class SourceLines:
         order), where the inlined function holding its NOP was called,
         innermost first: from `.bpf_sdt_inline` (what link and instrument
         wrote), else from the compiler's DWARF (bpf_sdt.inlined)."""
-        from bpf_sdt.inlined import SitePlace, inline_chains
+        from bpf_sdt.inlined import DEBUG_INFO_SECTION, INLINE_SECTION, SitePlace, inline_chains
 
+        if self._obj.section(INLINE_SECTION) is None and self._obj.section(DEBUG_INFO_SECTION) is None:
+            return [()] * len(entries)       # nothing says where anything was inlined: no per-site records
         rank = {e.entry_offset: i for i, e in enumerate(sorted(entries, key=lambda e: e.entry_offset))}
         places = [SitePlace(e.section.name, e.offset, functions.at(e.section, e.offset)) for e in entries]
         return inline_chains(self._obj, places, [rank[e.entry_offset] for e in entries])
