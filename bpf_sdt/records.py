@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,10 @@ BPF_MAP_TYPE_ARRAY = 2
 _KEY0 = bytes(4)
 _SAFE_KEY = re.compile(r"[^A-Za-z0-9_.-]")
 _STAT_START_FIELD = 21                  # /proc/PID/stat: starttime, after "pid (comm)" and 19 fields
+# A directory without a readable record is a trace taking the attach point
+# (mkdir, then the record pin a moment later) until it is this old; only
+# then is it a trace killed while it began, for restore to remove.
+STARTING_GRACE_S = 10.0
 
 
 def root() -> Path:
@@ -195,10 +200,24 @@ def record_keys() -> list[str]:
         raise RecordsUnavailable(f"bpf-sdt's records at {root()}: {e.strerror} (reading them needs root)") from None
 
 
+def starting(key: str, now: float | None = None) -> bool:
+    """Is `key`, a directory without a readable record, a trace that is
+    still taking the attach point (younger than STARTING_GRACE_S)?  False
+    once it is gone."""
+    try:
+        mtime = (root() / key).stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return (time.time() if now is None else now) - mtime < STARTING_GRACE_S
+
+
 def stale() -> Iterator[tuple[str, Record | None]]:
-    """Records whose trace is gone (killed): what `bpf-sdt restore` puts back."""
+    """Records whose trace is gone (killed): what `bpf-sdt restore` puts back.
+    A directory without a record counts only once it is no longer starting."""
     for key in record_keys():
         rec = read(key)
+        if rec is None and starting(key):
+            continue
         if rec is None or not rec.alive():
             yield key, rec
 

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,3 +134,29 @@ def test_a_foreign_filter_running_first_is_warned_about(built: dict[str, Path], 
         assert len(tc_filters(net)) == 1 and has_clsact(net), "the foreign filter and qdisc stay"
 
 
+
+
+def test_a_directory_without_a_record_is_stale_only_after_the_grace_period(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a trace's mkdir and its record pin the directory has no
+    record: a concurrent restore must not take the lock away from it."""
+    import io
+
+    from bpf_sdt.trace.restore import restore
+
+    from bpf_sdt import records
+
+    monkeypatch.setenv(records.RECORDS_ENV, str(tmp_path))
+    key = "xdp-1-2"
+    (tmp_path / key).mkdir()
+    assert records.starting(key) and list(records.stale()) == []
+    out = io.StringIO()
+    assert restore(None, out, io.StringIO()) == 0
+    assert "left alone" in out.getvalue() and (tmp_path / key).is_dir(), out.getvalue()
+    old = time.time() - records.STARTING_GRACE_S - 1
+    os.utime(tmp_path / key, (old, old))
+    assert not records.starting(key) and list(records.stale()) == [(key, None)]
+    out = io.StringIO()
+    assert restore(None, out, io.StringIO()) == 0
+    assert "incomplete record" in out.getvalue() and not (tmp_path / key).exists(), out.getvalue()
+    assert not records.starting(key)                    # gone: not starting either

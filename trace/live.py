@@ -357,6 +357,9 @@ def _refuse_taken(key: str, where: str, busy: records.RecordBusy) -> InputError:
     if rec is not None and rec.alive():
         return InputError(f"--live {escape_text(where)}: already being traced (bpf-sdt pid {rec.pid}, "
                           f"{escape_text(rec.where)}); one trace per attach point")
+    if rec is None and records.starting(key):
+        return InputError(f"--live {escape_text(where)}: another bpf-sdt trace is taking it right now; one trace "
+                          "per attach point")
     return InputError(f"--live {escape_text(where)}: a trace that was killed left it changed "
                       f"({records.root() / key}); run `bpf-sdt restore` first")
 

@@ -40,6 +40,9 @@ def restore(where: str | None, out: TextIO | None = None, err: TextIO | None = N
         if rec is not None and rec.alive():
             out.write(f"{escape_text(rec.where)}: being traced (bpf-sdt pid {rec.pid}); left alone\n")
             continue
+        if rec is None and records.starting(key):
+            out.write(f"{key}: a trace is taking it (no record yet); left alone\n")
+            continue
         ok, message = restore_record(key, rec)
         out.write(message + "\n")
         done += 1
