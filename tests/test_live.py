@@ -526,6 +526,19 @@ def test_tracing_programs_cannot_be_swapped(built: dict[str, Path], tmp_path: Pa
     assert res.returncode == 2 and "no such program" in res.stderr, res.stderr
     res = run([*CLI, "trace", str(built["live_xdp"]), "--live", "bogus"])
     assert res.returncode == 2 and "expected xdp:IFACE" in res.stderr, res.stderr
+    res = run([*CLI, "trace", str(built["live_xdp"]), "--live", f"id:{2**32 + 1}"])
+    assert res.returncode == 2 and "32 bits" in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_a_program_id_beyond_32_bits_is_refused_not_truncated() -> None:
+    from bpf_sdt.trace.live import parse_where
+
+    from bpf_sdt.errors import UsageError
+
+    assert parse_where("id:4294967295").target == "4294967295"
+    for spec in ("id:4294967296", "id:4294990840", "id:0", "id:-1", "id:\u0661"):
+        with pytest.raises(UsageError, match="program id"):
+            parse_where(spec)
 
 
 def test_instrumented_objects_and_identities_are_cached_by_everything_they_depend_on(built: dict[str, Path], tmp_path: Path,

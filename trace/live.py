@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 WHERE_KINDS = ("xdp", "tc", "id", "pin")
 TC_DIRECTIONS = ("ingress", "egress")
 MAPS_SECTION = ".maps"
+PROG_ID_MAX = 0xFFFFFFFF               # program ids are u32: a larger N would be truncated by the kernel call
 TC_PROTOCOL_ALL = "all"             # how iproute2 names ETH_P_ALL, the protocol libbpf's filters have
 INSTANT = "the kernel swaps one pointer: no packet sees an empty hook"
 INSTEAD = "trace it with --run on packets, or deploy the instrumented object (`bpf-sdt instrument`) and use --pinned"
@@ -76,8 +77,9 @@ def parse_where(spec: str, option: str = "--live") -> Where:
         if sep and direction not in TC_DIRECTIONS:
             raise UsageError(f"{option} {escape_text(spec)}: tc direction is ingress or egress")
         return Where(kind, iface, direction or "ingress")
-    if kind == "id" and not (rest.isdigit() and int(rest) > 0):
-        raise UsageError(f"{option} {escape_text(spec)}: a program id is a positive number")
+    if kind == "id" and not (rest.isascii() and rest.isdigit() and 0 < int(rest) <= PROG_ID_MAX):
+        raise UsageError(f"{option} {escape_text(spec)}: a program id is a number from 1 to {PROG_ID_MAX} "
+                         "(32 bits)")
     return Where(kind, rest)
 
 
