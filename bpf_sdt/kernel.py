@@ -320,6 +320,8 @@ class Hook:
     """Somewhere a program runs, and how to swap the program there."""
 
     kind = ""
+    # How swap() replaces the program, as stderr says it: a compare-and-swap
+    # only where the kernel makes one (XDP_FLAGS_REPLACE, BPF_F_REPLACE).
     atomic = "compare-and-swap by the kernel"
 
     def key(self) -> tuple[object, ...]:
@@ -414,17 +416,21 @@ class ClsBpf(Hook):
     compare-and-swap here, so the expected program is checked just before."""
 
     kind = "cls_bpf"
-    atomic = "replaced in place by the kernel (same handle and priority), checked just before"
+    atomic = ("check-then-replace, not a compare-and-swap: the program there checked, then the filter replaced in "
+              "place by the kernel (same handle and priority)")
 
-    def __init__(self, iface: str, ifindex: int, direction: str, handle: int, priority: int, netns: int) -> None:
+    def __init__(self, iface: str, ifindex: int, direction: str, handle: int, priority: int, netns: int,
+                 chain: int = 0) -> None:
         self.iface, self.ifindex, self.direction = iface, ifindex, direction
-        self.handle, self.priority, self.netns = handle, priority, netns
+        self.handle, self.priority, self.netns, self.chain = handle, priority, netns, chain
 
     def key(self) -> tuple[object, ...]:
         return ("tc", self.netns, self.ifindex, self.direction, self.handle, self.priority)
 
     def describe(self) -> str:
-        return f"tc {self.direction} filter of {self.iface} (handle {self.handle:#x}, priority {self.priority})"
+        chain = f", chain {self.chain}" if self.chain else ""
+        return (f"tc {self.direction} filter of {self.iface} (handle {self.handle:#x}, priority {self.priority}"
+                f"{chain})")
 
     def current(self) -> int:
         with entered_netns(self.netns):
@@ -443,7 +449,8 @@ class ProgArraySlot(Hook):
     """A prog_array entry: the program tail calls reach through it."""
 
     kind = "prog_array"
-    atomic = "one map update (the kernel swaps the slot atomically), checked just before"
+    atomic = ("check-then-replace, not a compare-and-swap: the slot checked, then rewritten by one map update "
+              "(no tail call sees it empty)")
 
     def __init__(self, map_id: int, index: int, map_name: str = "") -> None:
         self.map_id, self.index, self.map_name = map_id, index, map_name
@@ -501,6 +508,7 @@ class ClsBpfFilter:
     prog_name: str
     direct_action: bool
     protocol: str
+    chain: int = 0              # tc chain: libbpf's (and so trace's) replace reaches chain 0 only
 
 
 def tc_filter_listing(iface: str, direction: str) -> list[dict[str, Any]]:
@@ -545,7 +553,7 @@ def cls_bpf_filters(iface: str, direction: str) -> list[ClsBpfFilter]:
         found.append(ClsBpfFilter(handle=int(str(options.get("handle", "0")), 0), priority=int(entry.get("pref", 0)),
                                   prog_id=int(prog["id"]), prog_name=str(prog.get("name", "")),
                                   direct_action=bool(options.get("direct-action")),
-                                  protocol=str(entry.get("protocol", ""))))
+                                  protocol=str(entry.get("protocol", "")), chain=int(entry.get("chain", 0))))
     return sorted(found, key=lambda f: (f.priority, f.handle))
 
 
@@ -581,7 +589,8 @@ def tc_hooks(iface: str, direction: str) -> list[tuple[Hook, int]]:
         if link.type == "tcx" and link.ifindex == index and link.attach_type == tcx_attach_type(direction):
             found.append((LinkHook(link.id, link.type, index, iface), link.prog_id))
     for filt in cls_bpf_filters(iface, direction):
-        found.append((ClsBpf(iface, index, direction, filt.handle, filt.priority, netns_inode()), filt.prog_id))
+        found.append((ClsBpf(iface, index, direction, filt.handle, filt.priority, netns_inode(), filt.chain),
+                      filt.prog_id))
     return found
 
 

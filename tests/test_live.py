@@ -296,7 +296,8 @@ def test_iproute2_tc_filter_swapped_in_place_and_back(built: dict[str, Path], li
             "sec", "tc"])
         [original] = tc_prog_ids(net)
         sent, err = traced_through_swap(net, built["live_tc"], f"tc:{iface}:ingress", lives)
-        assert "tc ingress filter of" in err
+        assert "tc ingress filter of" in err and "check-then-replace, not a compare-and-swap" in err, err
+        assert "atomic" not in err, err
         assert tc_prog_ids(net) == [original]
         assert "clsact" in ok([*in_ns(net), "tc", "qdisc", "show", "dev", iface]), "the user's qdisc was removed"
         assert_counted(original, sent)
@@ -390,6 +391,7 @@ def test_tail_call_target_traced_through_its_prog_array_slot(built: dict[str, Pa
                 assert live.finish() == 0, live.err.decode()
                 sent = traffic.stop()
             assert "slot 0 of prog_array jumps" in live.err.decode(), live.err.decode()
+            assert "check-then-replace, not a compare-and-swap" in live.err.decode(), live.err.decode()
             assert {e["probe"] for e in live.events()} == {"tail_hit"}
             assert all(e["args"] == [UDP_FRAME] for e in live.events())
             slot = json.loads(ok([bpftool, "map", "lookup", "pinned", str(maps / "jumps"), "key", "0", "0", "0", "0",
@@ -626,6 +628,20 @@ def test_a_filter_that_is_not_direct_action_is_not_replaced(built: dict[str, Pat
         before = tc_prog_ids(net)
         res = run([*in_ns(net), *CLI, "trace", str(built["live_tc"]), "--live", f"tc:{iface}"])
         assert res.returncode == 2 and "non-direct-action filter for protocol ip" in res.stderr, res.stderr
+        assert tc_prog_ids(net) == before
+
+
+@pytest.mark.kernel
+def test_a_filter_in_another_chain_is_refused_as_such(built: dict[str, Path]) -> None:
+    with VethPair() as net:
+        iface = net.receiver.iface
+        ok([*in_ns(net), "tc", "qdisc", "add", "dev", iface, "clsact"])
+        ok([*in_ns(net), "tc", "filter", "add", "dev", iface, "ingress", "chain", "1", "bpf", "da", "obj",
+            str(built["live_tc"]), "sec", "tc"])
+        before = tc_prog_ids(net)
+        res = run([*in_ns(net), *CLI, "trace", str(built["live_tc"]), "--live", f"tc:{iface}"])
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+        assert "chain 1" in res.stderr and "chains other than 0 are not supported" in res.stderr, res.stderr
         assert tc_prog_ids(net) == before
 
 

@@ -1,5 +1,7 @@
 """`bpf-sdt trace OBJ --live WHERE`: trace a program someone else loaded, by
-swapping an instrumented copy in, atomically, and the original back.
+swapping an instrumented copy in and the original back (a compare-and-swap
+by the kernel for XDP and links; check-then-replace for cls_bpf filters and
+prog_array slots).
 
 1. Find the running program (WHERE: ``xdp:IFACE``, ``tc:IFACE[:DIR]``,
    ``id:N``, ``pin:PATH``) and how it is attached (kernel.*_hooks).
@@ -55,7 +57,6 @@ TC_DIRECTIONS = ("ingress", "egress")
 MAPS_SECTION = ".maps"
 PROG_ID_MAX = 0xFFFFFFFF               # program ids are u32: a larger N would be truncated by the kernel call
 TC_PROTOCOL_ALL = "all"             # how iproute2 names ETH_P_ALL, the protocol libbpf's filters have
-INSTANT = "the kernel swaps one pointer: no packet sees an empty hook"
 INSTEAD = "trace it with --run on packets, or deploy the instrumented object (`bpf-sdt instrument`) and use --pinned"
 
 
@@ -186,9 +187,12 @@ def _check_replaceable(hook: Hook) -> None:
     action, every protocol.  Another kind would change what the hook does."""
     if not isinstance(hook, kernel.ClsBpf):
         return
+    if hook.chain:
+        raise InputError(f"--live: {escape_text(hook.describe())} is in tc chain {hook.chain}; chains other than 0 "
+                         f"are not supported (trace replaces filters in chain 0 only); {INSTEAD}")
     with kernel.entered_netns(hook.netns):
         filters = kernel.cls_bpf_filters(hook.iface, hook.direction)
-    mine = next((f for f in filters if (f.handle, f.priority) == (hook.handle, hook.priority)), None)
+    mine = next((f for f in filters if (f.handle, f.priority, f.chain) == (hook.handle, hook.priority, 0)), None)
     if mine is None:
         return                          # gone meanwhile: the swap's own check says so
     if not mine.direct_action or mine.protocol != TC_PROTOCOL_ALL:
