@@ -19,6 +19,7 @@ import pytest
 from netns import VethPair
 from test_live import CLI, Live, in_ns, ok, our_records
 from test_live import built as built  # noqa: F401 - the module-scoped fixture, shared
+from test_live import private_records as private_records  # noqa: F401 - autouse: this module's records root too
 from toolchain import run
 
 PORT = 40178

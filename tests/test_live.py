@@ -11,6 +11,7 @@ packets sent over the whole run: none went unprocessed, no state was reset."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +31,10 @@ from toolchain import REPO, bpf_permitted, clang, compile_bpf, need, run, tool
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 PROGS = REPO / "tests" / "progs"
 LOADERS = REPO / "tests" / "loaders"
-RECORDS = Path("/sys/fs/bpf/bpf-sdt")
+# This module's records root (BPF_SDT_RECORDS, docs/records.md), private to the session: another
+# session's stale record can neither show in our_records() nor add a line to trace's stderr.  It is on
+# bpffs, named like the session's pins, so one left non-empty fails the session (tests/conftest.py).
+RECORDS = Path(f"/sys/fs/bpf/bpf_sdt_test_records_{os.getpid()}")
 PORT = 40177
 PAYLOAD = b"live"
 UDP_FRAME = 14 + 20 + 8 + 1 + len(PAYLOAD)      # Ethernet, IPv4, UDP, the index byte, payload
@@ -150,8 +154,25 @@ def u64_values(map_id: int) -> list[int]:
     return [as_int(e["value"]) for e in json.loads(ok([tool("bpftool"), "map", "dump", "id", str(map_id), "-j"]))]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_records() -> Iterator[Path]:
+    """Every trace and restore of the module (subprocesses inherit the
+    environment) keeps its records in RECORDS; removed at the end if empty."""
+    before = os.environ.get("BPF_SDT_RECORDS")
+    os.environ["BPF_SDT_RECORDS"] = str(RECORDS)
+    try:
+        yield RECORDS
+    finally:
+        if before is None:
+            del os.environ["BPF_SDT_RECORDS"]
+        else:
+            os.environ["BPF_SDT_RECORDS"] = before
+        with contextlib.suppress(OSError):  # absent, or records left: the session's check names it
+            RECORDS.rmdir()
+
+
 def our_records() -> list[str]:
-    """bpf-sdt's records of this test process's namespaces' traces."""
+    """bpf-sdt's records of this session's traces (its private root)."""
     return sorted(p.name for p in RECORDS.iterdir()) if RECORDS.exists() else []
 
 
