@@ -90,7 +90,11 @@ def restore_record(key: str, rec: records.Record | None) -> tuple[bool, str]:
     try:
         ok, message, done = _restore(key, rec)
     except LibbpfError as e:
-        ok, message, done = False, f"{what}: {escape_text(str(e))}; {KEPT}", False
+        kept = KEPT
+        if e.errno == errno.ENODEV:     # deleted (trace's copy gone with it) or moved (it runs there)
+            kept = (f"record kept: move the interface back and run `bpf-sdt restore` again, or if it was deleted "
+                    f"(nothing of trace is left) remove {escape_text(str(records.root() / key))}")
+        ok, message, done = False, f"{what}: {escape_text(str(e))}; {kept}", False
     except OSError as e:                # entering a network namespace, reading /proc
         ok, message, done = False, f"{what}: {escape_text(e.strerror or str(e))}; {KEPT}", False
     if done:
