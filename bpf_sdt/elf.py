@@ -85,6 +85,8 @@ R_BPF_64_ABS32 = 3       # a 32-bit data word (DWARF)
 R_BPF_64_NODYLD32 = 4    # a 32-bit data word no loader applies (.BTF, .BTF.ext)
 R_BPF_64_32 = 10         # call imm: helper-less BPF-to-BPF calls, kfuncs
 
+TEXT_SECTION = ".text"   # the subprograms' code section (a program's code is in its own section)
+
 MAX_FILE_SIZE = 1 << 30
 MAX_ALIGN = 1 << 16      # far above any BPF toolchain's section alignment (8)
 

@@ -20,11 +20,9 @@ REG_ARGS = 10          # r0..r9: at most 10 arguments of a site can be registers
 STRICT_MAX_ARGS = 5    # the RFC encoding (BPF_SDT_STRICT)
 INSN_ARRAY_MAX = 256   # entries per BPF_MAP_TYPE_INSN_ARRAY in the RFC consumer
 
-INSN_SIZE = 8
 NOP_INSN = bytes([0x05, 0, 0, 0, 0, 0, 0, 0])   # goto +0 (BPF_JMP|BPF_JA, off 0)
 
-# Relocation types of the address word.
-R_BPF_64_ABS64 = 2
+# The address word's relocation is elf.R_BPF_64_ABS64, or this number for it:
 R_BPF_64_ABS64_OLD_BINUTILS = 12   # what binutils <= 2.40 (bpf-gcc 12) writes
 
 # Argument insn opcodes.

@@ -35,6 +35,8 @@ from bpf_sdt.errors import InputError
 
 INSN_SIZE = 8
 INSN = struct.Struct("<BBhi")
+MAX_STACK = 512          # MAX_BPF_STACK: the verifier refuses any stack access below r10 - 512
+STACK_SLOT = 8           # bytes of a stack slot (a register spill; the frame's alignment)
 
 # --- opcode fields (include/uapi/linux/bpf.h, bpf_common.h) ------------------
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from bpf_sdt.elf import (
+    R_BPF_64_ABS64,
     REL,
     RELA,
     SHT_NOBITS,
@@ -42,7 +43,6 @@ from bpf_sdt.errors import InputError
 from bpf_sdt.format import (
     ENTRY_SYMBOL_PREFIX,
     FRAME_REG,
-    INSN_SIZE,
     MAX_ARGS,
     NAMED_ARGS,
     NOP_INSN,
@@ -50,10 +50,10 @@ from bpf_sdt.format import (
     OP_LDX,
     OP_MOV64_K,
     OP_MOV64_X,
-    R_BPF_64_ABS64,
     R_BPF_64_ABS64_OLD_BINUTILS,
     entry_symbol_probe_name,
 )
+from bpf_sdt.insn import INSN_SIZE, MAX_STACK
 from bpf_sdt.model import ArgLocation
 
 # An object holds at most this many notes entries (documented in docs/check.md).
@@ -63,7 +63,6 @@ MAX_ENTRIES = 1 << 20
 
 ADDRESS_WORD_SIZE = 8
 MAX_ENTRY_SIZE = ADDRESS_WORD_SIZE + INSN_SIZE * MAX_ARGS
-STACK_FRAME_SIZE = 512          # a BPF stack slot lies in r10 - 512 .. r10 - 1
 MAX_REGISTER = 9                # r0..r9 hold values; r10 is the frame pointer
 _INSN = struct.Struct("<BBhi")  # code, dst:4|src:4, off, imm
 _ENTRY_PREFIX = ENTRY_SYMBOL_PREFIX.encode()
@@ -212,7 +211,7 @@ def decode_arg(insn: bytes, index: int) -> tuple[ArgLocation | None, str | None]
             return None, f"argument {index}: stack slots are for arguments {NAMED_ARGS + 1}.. only"
         if src != FRAME_REG or imm:
             return None, f"argument {index}: load must be relative to r10"
-        if off >= 0 or off < -STACK_FRAME_SIZE or off % size:
+        if off >= 0 or off < -MAX_STACK or off % size:
             return None, f"argument {index}: stack offset {off} is not an aligned slot in the frame"
         loc = ArgLocation("stack", offset=off, size=size)
     else:
@@ -312,8 +311,29 @@ class _Boundary:
         self.names: list[str] = []              # probe names (shared strings)
 
 
+# The last few decodings by (path, bytes): one command reads the same object
+# in several stages (instrument: its own checks, link's check of its inputs and
+# output, the recorder's identity), and the bytes, not the instance, decide
+# the result.  Callers only read a decoding.
+_DECODED: dict[tuple[str, bytes], NotesDecoding] = {}
+_DECODED_KEPT = 4
+
+
 def decode_notes(obj: BpfObject) -> NotesDecoding:
     """Every entry of the object's notes that decodes, and what did not."""
+    if not isinstance(obj.data, bytes):
+        return _decode_notes(obj)
+    key = (obj.path, obj.data)
+    out = _DECODED.get(key)
+    if out is None:
+        out = _decode_notes(obj)
+        if len(_DECODED) >= _DECODED_KEPT:
+            del _DECODED[next(iter(_DECODED))]
+        _DECODED[key] = out
+    return out
+
+
+def _decode_notes(obj: BpfObject) -> NotesDecoding:
     out = NotesDecoding()
     candidates = obj.sections_named(NOTES_SECTION)
     if not candidates:

@@ -32,9 +32,9 @@ import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from bpf_sdt.instrument.stackframe import MAX_STACK, Reach, analyze_frame
+from bpf_sdt.instrument.stackframe import Reach, analyze_frame
 
-from bpf_sdt.elf import STT_FUNC, Symbol
+from bpf_sdt.elf import STT_FUNC, TEXT_SECTION, Symbol
 from bpf_sdt.errors import InputError
 from bpf_sdt.helpers import HELPER_ARGS
 from bpf_sdt.insn import (
@@ -45,6 +45,7 @@ from bpf_sdt.insn import (
     HELPER_TAIL_CALL,
     LD,
     LD_IMM64,
+    MAX_STACK,
     PSEUDO_CALL,
     R0,
     R1,
@@ -75,7 +76,6 @@ MAX_CALL_FRAMES = 8          # the verifier's limit on nested calls (callbacks i
 MIN_REACH = -MAX_STACK       # what an unknown callee may do below a stack pointer it gets
 CYCLE_ROUNDS = 4             # frame passes over a call graph with a cycle (refused anyway)
 FRAME_ROUND = 32             # the verifier rounds each frame up to this
-TEXT_SECTION = ".text"
 ALL_ARGS = sum(1 << r for r in ARG_REGS)
 CLOBBER = sum(1 << r for r in CALLER_SAVED)
 

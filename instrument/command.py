@@ -54,22 +54,18 @@ from bpf_sdt.instrument.observers import (
     recorder_function,
 )
 from bpf_sdt.instrument.sequence import Frame, Observer, site_sequence
-from bpf_sdt.instrument.stackframe import MAX_STACK
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.btfext import SourceLines
-from bpf_sdt.elf import STT_FUNC, STT_SECTION, BpfObject, is_reserved_index, load_object
+from bpf_sdt.elf import STT_FUNC, STT_SECTION, TEXT_SECTION, BpfObject, is_reserved_index, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import CALL_LABEL_PREFIX, RECORDER_DEFAULT_RINGBUF_SIZE
 from bpf_sdt.fsutil import resolve_output, write_atomic
-from bpf_sdt.insn import LD_IMM64, CodeSection, Insn
+from bpf_sdt.insn import INSN_SIZE, LD_IMM64, MAX_STACK, STACK_SLOT, CodeSection, Insn
 from bpf_sdt.model import escape_text
 from bpf_sdt.notes import NoteEntry, NotesDecoding, decode_notes
 from bpf_sdt.probes import probe_types
 from bpf_sdt.rewrite import CodeEdits, Label, decode_code, move_code, rewrite_object
-
-TEXT = ".text"
-SLOT = 8
 
 
 class SiteError(BpfSdtError):
@@ -269,6 +265,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     inserts: dict[int, dict[int, list[Insn]]] = {}
     sites, problems = [], []
     lines = SourceLines(obj)
+    chains: dict[tuple[int, int, tuple[str, ...]], str | None] = {}   # call-chain verdicts, per function
     for site_id, entry in enumerate(ordered):
         names = plan.get(entry.probe)
         if not names:
@@ -280,7 +277,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
             continue
         try:
             seq, calls = _site_code(program, f, idx, entry, types.get(entry.probe, ()),
-                                    [observers[n] for n in names], site_id, sec.index != text)
+                                    [observers[n] for n in names], site_id, sec.index != text, chains)
         except SiteError as e:
             problems.append(f"{_where(entry, f, lines)}: {e}")
             continue
@@ -359,13 +356,13 @@ def _site_uses(code: dict[int, CodeSection], notes: NotesDecoding,
 
 def _gather_text(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits) -> int:
     """Move every observer section into .text; the section index of .text."""
-    text = next((idx for idx, sec in code.items() if sec.name == TEXT), None)
+    text = next((idx for idx, sec in code.items() if sec.name == TEXT_SECTION), None)
     moving = [idx for idx, sec in code.items() if is_observer_section(sec.name)]
     if text is None:
         if not moving:
             raise InputError(f"{obj.path}: no .text to hold the observers")
         text, moving = moving[0], moving[1:]
-        edits.renamed[text] = TEXT
+        edits.renamed[text] = TEXT_SECTION
     for idx in moving:
         move_code(code, idx, text, edits)
     return text
@@ -401,9 +398,13 @@ def _called_through_section_symbol(obj: BpfObject, observers: dict[str, Observer
 
 
 def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types: tuple[ArgType, ...],
-               observers: list[Observer], site_id: int,
-               cross_section: bool) -> tuple[list[Insn], list[tuple[str, Insn]]]:
-    """The site's sequence, and for each observer the first insn of its call."""
+               observers: list[Observer], site_id: int, cross_section: bool,
+               chains: dict[tuple[int, int, tuple[str, ...]], str | None] | None = None,
+               ) -> tuple[list[Insn], list[tuple[str, Insn]]]:
+    """The site's sequence, and for each observer the first insn of its call.
+    ``chains`` keeps :func:`_check_call_chain`'s verdict (None: passed; else
+    the finding) by function, grown frame and observers: it depends on
+    nothing else, and sites share them."""
     local = idx - f.start
     live = live_after(f, local) & CLOBBER
     unset = live & ~initialised_after(f, local)
@@ -414,9 +415,21 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
     if len(types) != len(entry.args):
         raise SiteError(f"probe {entry.probe}: the note has {len(entry.args)} arguments, its BTF "
                         f"prototype {len(types)}")
-    frame = Frame(base=-(-f.frame // SLOT) * SLOT, saved=tuple(regs_of(live)), nargs=len(entry.args))
-    _check_call_chain(program, f, max(f.frame, frame.depth),
-                      [g for o in observers if (g := program.by_name(o.name)) is not None])
+    frame = Frame(base=-(-f.frame // STACK_SLOT) * STACK_SLOT, saved=tuple(regs_of(live)), nargs=len(entry.args))
+    grown = max(f.frame, frame.depth)
+    key = (id(f), grown, tuple(o.name for o in observers))
+    if chains is None or key not in chains:
+        try:
+            _check_call_chain(program, f, grown, [g for o in observers if (g := program.by_name(o.name)) is not None])
+            verdict = None
+        except SiteError as e:
+            verdict = str(e)
+        if chains is not None:
+            chains[key] = verdict
+    else:
+        verdict = chains[key]
+    if verdict is not None:
+        raise SiteError(verdict)
     wants_id = any(o.name.startswith(RECORDER_PREFIX) for o in observers)
     seq = site_sequence(entry.args, types, frame, observers, site_id if wants_id else None, cross_section)
     calls = [i - 2 for i, insn in enumerate(seq) if insn.is_pseudo_call]   # r1 = r10; r1 += ..; call
@@ -467,7 +480,7 @@ def _insert_after(sec: CodeSection, at: dict[int, list[Insn]]) -> None:
 def _where(entry: NoteEntry, f: Function, lines: SourceLines) -> str:
     file, line, _ = lines.at(entry.section.name, entry.offset)
     src = f" ({file}:{line})" if file else ""
-    return f"{entry.probe} in {f.name}, {entry.section.name} insn {entry.offset // SLOT}{src}"
+    return f"{entry.probe} in {f.name}, {entry.section.name} insn {entry.offset // INSN_SIZE}{src}"
 
 
 def _verify(output: Path, data: bytes) -> None:

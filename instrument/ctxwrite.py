@@ -78,7 +78,6 @@ READ_ONLY_ARGS: dict[int, frozenset[int]] = {
 }
 # Helpers that call a function the program names, handing it a pointer it was given.
 CALLBACK_HELPERS = frozenset({164, 170, 180, 181, 209})   # for_each_map_elem, timer, find_vma, loop, user_ringbuf
-SLOT = 8
 
 
 @dataclass(frozen=True)

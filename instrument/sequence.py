@@ -48,6 +48,7 @@ from bpf_sdt.insn import (
     SIZE_H,
     SIZE_W,
     SRC_K,
+    STACK_SLOT,
     Insn,
     InsnReloc,
     alu64_imm,
@@ -61,7 +62,6 @@ from bpf_sdt.insn import (
 )
 from bpf_sdt.model import ArgLocation
 
-SLOT = 8
 S32_MIN, S32_MAX = -(1 << 31), (1 << 31) - 1
 U32_MAX = (1 << 32) - 1
 _LOAD_SIZE = {1: SIZE_B, 2: SIZE_H, 4: SIZE_W, 8: SIZE_DW}
@@ -89,16 +89,16 @@ class Frame:
     nargs: int
 
     def spill(self, k: int) -> int:
-        return -(self.base + SLOT * (k + 1))
+        return -(self.base + STACK_SLOT * (k + 1))
 
     @property
     def args(self) -> int:
         """r10-relative offset of argument 0 (what r1 points to)."""
-        return -(self.base + SLOT * len(self.saved) + SLOT * self.nargs)
+        return -(self.base + STACK_SLOT * len(self.saved) + STACK_SLOT * self.nargs)
 
     @property
     def site_id(self) -> int:
-        return self.args - SLOT
+        return self.args - STACK_SLOT
 
     @property
     def depth(self) -> int:
@@ -150,11 +150,11 @@ def site_sequence(args: Sequence[ArgLocation], types: Sequence[ArgType], frame: 
             if needs_conversion(t):
                 narrow.append((j, loc.reg, t))
             else:
-                seq.append(store_reg(SIZE_DW, R10, frame.args + SLOT * j, loc.reg))
+                seq.append(store_reg(SIZE_DW, R10, frame.args + STACK_SLOT * j, loc.reg))
     for j, reg, t in sorted(narrow, key=lambda n: n[1] != R0):   # r0's own value first
-        seq += _convert_r0(t, reg) + [store_reg(SIZE_DW, R10, frame.args + SLOT * j, R0)]
+        seq += _convert_r0(t, reg) + [store_reg(SIZE_DW, R10, frame.args + STACK_SLOT * j, R0)]
     for j, (loc, t) in enumerate(zip(args, types, strict=True)):
-        off = frame.args + SLOT * j
+        off = frame.args + STACK_SLOT * j
         if loc.kind == "imm":
             seq += _store_constant(off, t.convert(loc.value or 0))
         elif loc.kind == "stack":

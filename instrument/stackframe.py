@@ -54,6 +54,7 @@ from bpf_sdt.insn import (
     LD,
     LD_IMM64,
     LDX,
+    MAX_STACK,
     MODE_ATOMIC,
     MODE_MASK,
     MODE_MEM,
@@ -66,13 +67,12 @@ from bpf_sdt.insn import (
     SIZE_MASK,
     SRC_X,
     ST,
+    STACK_SLOT,
     STX,
     Insn,
     regs_defined,
 )
 
-MAX_STACK = 512              # MAX_BPF_STACK: the verifier refuses any stack access below -512
-SLOT = 8                     # a register spill: the only store through which the verifier keeps a pointer
 WIDEN_AFTER = 8              # visits of one instruction before a still-changing value is widened
 FP = R10                     # the base "own frame"; argument bases are their register numbers
 S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
@@ -411,7 +411,7 @@ def _call(insn: Insn, regs: list[Value], slots: dict[int, Value], at: int, reach
             reach.touch(p.base, p.off.lo + below, at,
                         f"insn {at} passes r{r}, a stack pointer that may reach below -{MAX_STACK}, to a call")
             if p.base == FP:            # what the callee writes there is no spilled register any more
-                for k in [k for k in slots if k + SLOT > p.off.lo + below]:
+                for k in [k for k in slots if k + STACK_SLOT > p.off.lo + below]:
                     del slots[k]
     for r in CALLER_SAVED:
         regs[r] = None
@@ -426,7 +426,7 @@ def _access(base: Value, insn: Insn, at: int, reach: Reach, what: str) -> None:
 
 
 def _exact_slot(p: Value, off: int) -> int | None:
-    if isinstance(p, StackPtr) and p.base == FP and p.off.lo == p.off.hi and (p.off.lo + off) % SLOT == 0:
+    if isinstance(p, StackPtr) and p.base == FP and p.off.lo == p.off.hi and (p.off.lo + off) % STACK_SLOT == 0:
         return p.off.lo + off
     return None
 
@@ -455,8 +455,8 @@ def _store(insn: Insn, regs: list[Value], slots: dict[int, Value], at: int, reac
     if isinstance(base, StackPtr) and base.base == FP:
         size = SIZE_BYTES[insn.op & SIZE_MASK]
         lo = base.off.lo + insn.off
-        hi = base.off.hi + insn.off + size if base.off.hi < S64_MAX - SLOT else S64_MAX
-        for k in [k for k in slots if k < hi and k + SLOT > lo]:
+        hi = base.off.hi + insn.off + size if base.off.hi < S64_MAX - STACK_SLOT else S64_MAX
+        for k in [k for k in slots if k < hi and k + STACK_SLOT > lo]:
             del slots[k]
         if slot is not None and (is_spill or insn.cls == ST) and insn.op & SIZE_MASK == SIZE_DW:
             slots[slot] = value

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING
 
 from bpf_sdt.btf import Btf, BtfKind
 from bpf_sdt.elf import (
+    R_BPF_64_ABS64,
     SHT_NOBITS,
     STB_LOCAL,
     STT_FUNC,
     STT_NOTYPE,
     STT_SECTION,
+    TEXT_SECTION,
     BpfObject,
     Section,
     is_reserved_index,
@@ -37,7 +39,6 @@ from bpf_sdt.format import (
     DECL_TAG_PREFIX,
     INSN_ARRAY_MAX,
     NOTES_SECTION,
-    R_BPF_64_ABS64,
 )
 from bpf_sdt.insn import INSN, INSN_SIZE, JMP, JMP_CALL, LD_IMM64, PSEUDO_CALL
 from bpf_sdt.model import Declaration, Finding, Severity, Site
@@ -390,7 +391,6 @@ def cross_check(obj: BpfObject, report: ObjectReport) -> None:
 JMP_CALL_OPCODE = JMP | JMP_CALL
 # A BPF-to-BPF call: BPF_JMP|BPF_CALL with src_reg PSEUDO_CALL (dst_reg 0).
 _PSEUDO_CALL_BYTES = bytes([JMP_CALL_OPCODE, PSEUDO_CALL << 4])
-TEXT_SECTION = ".text"
 
 
 class _CallGraph:

@@ -31,6 +31,7 @@ from pathlib import Path
 from bpf_sdt.postlink.check import ObjectReport, analyze, call_words
 
 from bpf_sdt.elf import (
+    R_BPF_64_ABS64,
     SHF_INFO_LINK,
     SHT_PROGBITS,
     SHT_REL,
@@ -48,7 +49,7 @@ from bpf_sdt.elf import (
     load_object,
 )
 from bpf_sdt.errors import EXIT_OK, InputError, ToolError
-from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION, R_BPF_64_ABS64
+from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.fsutil import resolve_output, write_atomic
 from bpf_sdt.inlined import INLINE_SECTION, Chain, entry_chains, set_section
 from bpf_sdt.model import ArgLocation, Declaration, escape_text

@@ -673,9 +673,9 @@ def test_timer_callback_is_its_own_root_as_for_the_verifier(tmp_path: Path) -> N
     obj = build(tmp_path, "timer", TIMER)
     assert load_error(obj) == ""
     from bpf_sdt.instrument.analysis import Program, round_frame
-    from bpf_sdt.instrument.stackframe import MAX_STACK
 
     from bpf_sdt.elf import load_object
+    from bpf_sdt.insn import MAX_STACK
     from bpf_sdt.rewrite import decode_code
 
     o = load_object(obj)
