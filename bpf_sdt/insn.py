@@ -70,6 +70,17 @@ R0, R1, R5, R6, R9, R10 = 0, 1, 5, 6, 9, 10
 CALLER_SAVED = frozenset(range(R0, R5 + 1))     # clobbered by every call
 ARG_REGS = tuple(range(R1, R5 + 1))
 
+# What an opcode is, looked up by its low byte (class and operation live there, so
+# ``op & 0xFF`` answers the same as ``op`` for any int): the properties below are
+# asked millions of times per instrument run.
+_OPS = range(256)
+_IS_JMP_CLASS = tuple(op & CLASS_MASK in (JMP, JMP32) for op in _OPS)
+_IS_CALL = tuple(op & CLASS_MASK == JMP and op & OP_MASK == JMP_CALL for op in _OPS)
+_IS_EXIT = tuple(op & CLASS_MASK == JMP and op & OP_MASK == JMP_EXIT for op in _OPS)
+_IS_BRANCH = tuple(_IS_JMP_CLASS[op] and op & OP_MASK not in (JMP_CALL, JMP_EXIT) for op in _OPS)
+_IS_UNCONDITIONAL = tuple(_IS_BRANCH[op] and op & OP_MASK == JMP_JA for op in _OPS)
+_IS_GOTOL = tuple(op & CLASS_MASK == JMP32 and op & OP_MASK == JMP_JA for op in _OPS)
+
 
 @dataclass(eq=False, slots=True)
 class Insn:
@@ -101,29 +112,29 @@ class Insn:
 
     @property
     def is_jmp_class(self) -> bool:
-        return self.cls in (JMP, JMP32)
+        return _IS_JMP_CLASS[self.op & 0xFF]
 
     @property
     def is_call(self) -> bool:
-        return self.cls == JMP and self.op & OP_MASK == JMP_CALL
+        return _IS_CALL[self.op & 0xFF]
 
     @property
     def is_pseudo_call(self) -> bool:
-        return self.is_call and self.src == PSEUDO_CALL
+        return _IS_CALL[self.op & 0xFF] and self.src == PSEUDO_CALL
 
     @property
     def is_exit(self) -> bool:
-        return self.cls == JMP and self.op & OP_MASK == JMP_EXIT
+        return _IS_EXIT[self.op & 0xFF]
 
     @property
     def is_branch(self) -> bool:
         """A jump whose target is relative to it (everything in the JMP classes
         but call and exit)."""
-        return self.is_jmp_class and self.op & OP_MASK not in (JMP_CALL, JMP_EXIT)
+        return _IS_BRANCH[self.op & 0xFF]
 
     @property
     def is_unconditional(self) -> bool:
-        return self.is_branch and self.op & OP_MASK == JMP_JA
+        return _IS_UNCONDITIONAL[self.op & 0xFF]
 
     @property
     def is_nop(self) -> bool:
@@ -133,7 +144,7 @@ class Insn:
     @property
     def is_gotol(self) -> bool:
         """JMP32|JA keeps its (32-bit) offset in imm, not off."""
-        return self.cls == JMP32 and self.op & OP_MASK == JMP_JA
+        return _IS_GOTOL[self.op & 0xFF]
 
     def encode(self) -> bytes:
         regs = (self.src << 4) | self.dst
