@@ -141,13 +141,18 @@
  * `a` may be a bit-field, which a call takes but sizeof and typeof refuse;
  * unary + would also convert it, but it promotes and fails on a struct. */
 #define __BPF_SDT_RVALUE(a)		((void)0, (a))
+/* What the width check measures: a pointer-class argument (pointers, and
+ * arrays and functions, which decay as call arguments do) is never too wide,
+ * so it is not measured at all; measuring a decayed array would be clang's
+ * -Wsizeof-array-decay (an error under -Werror) for a string literal. */
+#define __BPF_SDT_SIZED(a)							\
+	__builtin_choose_expr(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(a)), 0, __BPF_SDT_RVALUE(a))
 #define __BPF_SDT_CHECK_ARG(name, K, a)					\
 	_Static_assert(__builtin_classify_type(a) != 12 &&		\
 		       __builtin_classify_type(a) != 13,			\
 		       "bpf_sdt: probe '" #name "' argument " #K		\
 		       ": struct or union passed by value");		\
-	_Static_assert(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(a)) || \
-		       sizeof(__BPF_SDT_RVALUE(a)) <= 8,			\
+	_Static_assert(sizeof(__BPF_SDT_SIZED(a)) <= 8,			\
 		       "bpf_sdt: probe '" #name "' argument " #K		\
 		       ": argument is wider than 8 bytes");		\
 	_Static_assert(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(a)) == \
