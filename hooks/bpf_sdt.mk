@@ -58,9 +58,12 @@ _bpf_sdt_grep_bpf_prog = $(if $(shell grep -lE $(_bpf_sdt_bpf_prog_re) $(call _b
 _bpf_sdt_uses_bpf_prog = $(filter yes,$(or $(_bpf_sdt_prog.$(1)),$(eval _bpf_sdt_prog.$(1) := \
 	$(call _bpf_sdt_grep_bpf_prog,$(1)))$(_bpf_sdt_prog.$(1))))
 # The compile command for source $(1), defined once: the recipe, the flags
-# stamp and compile_commands.json all use it.
+# stamp and compile_commands.json all use it.  BPF_PROG_WARNINGS a project
+# already passes to every source are not repeated, so such a project's sources
+# keep one command line (and lint can compile them together).
+_bpf_sdt_prog_warnings = $(filter-out $(BPF_CFLAGS) $(BPF_WARNINGS) $(BPF_EXTRA_CFLAGS),$(BPF_PROG_WARNINGS))
 _bpf_sdt_cc = $(BPF_CLANG) $(BPF_TARGET) $(BPF_CFLAGS) $(BPF_WARNINGS) \
-	$(if $(call _bpf_sdt_uses_bpf_prog,$(1)),$(BPF_PROG_WARNINGS)) $(BPF_SDT_CFLAGS) $(BPF_EXTRA_CFLAGS)
+	$(if $(call _bpf_sdt_uses_bpf_prog,$(1)),$(_bpf_sdt_prog_warnings)) $(BPF_SDT_CFLAGS) $(BPF_EXTRA_CFLAGS)
 
 # $(1).cmd holds the command object $(1) was built with from source $(2).
 # Expanded as a prerequisite (second expansion, after every makefile is read):
