@@ -195,14 +195,27 @@ class Program:
         return ALL_ARGS          # kfuncs: their prototypes live in the kernel's BTF
 
     def _solve_liveness(self) -> None:
-        changed = True
-        while changed:           # callees' entry uses feed their callers'
-            changed = False
-            for f in self.functions:
-                f.live_in = _liveness(f, self._call_uses, self.site_uses)
-                uses = f.live_in[0] & ALL_ARGS if f.live_in else 0
-                if uses != f.entry_uses:
-                    f.entry_uses, changed = uses, True
+        """Callees' entry uses feed their callers': a function is solved again
+        only when a callee's grew (a worklist; the masks only grow, so it ends,
+        at the same fixed point as re-solving every function until none changes)."""
+        callers: dict[int, list[Function]] = {}
+        for f in self.functions:
+            for x in f.insns:
+                if x.is_pseudo_call and (g := self.callee(x)) is not None:
+                    callers.setdefault(id(g), []).append(f)
+        work = self.functions[::-1]          # pop() takes them in order
+        queued = {id(f) for f in work}
+        while work:
+            f = work.pop()
+            queued.discard(id(f))
+            f.live_in = _liveness(f, self._call_uses, self.site_uses)
+            uses = f.live_in[0] & ALL_ARGS if f.live_in else 0
+            if uses != f.entry_uses:
+                f.entry_uses = uses
+                for c in callers.get(id(f), ()):
+                    if id(c) not in queued:
+                        queued.add(id(c))
+                        work.append(c)
 
     # --- call graph -------------------------------------------------------
 
@@ -586,7 +599,7 @@ def _init_transfer(insn: Insn, state: int) -> int:
 def initialised_after(f: Function, local: int) -> int:
     """Registers that hold a value on every path right after ``local`` (the
     NOP at a probe site, which changes nothing)."""
-    return _init_transfer(f.insns[local], f.init_in[local])
+    return _init_transfer(f.section.insns[f.start + local], f.init_in[local])   # not f.insns: a copy per site
 
 
 def access_size(insn: Insn) -> int:
