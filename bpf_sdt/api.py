@@ -187,7 +187,7 @@ class Instrumented:
 
 def instrument_object(input: PathLike, output: PathLike, *, probes: Sequence[str] = (),
                observers: Sequence[PathLike] = (), attach: Sequence[str] = (), record: bool = False,
-               ringbuf_size: int | None = None, bpftool: str = "bpftool") -> Instrumented:
+               ringbuf_size: int | None = None, bpftool: str | None = None) -> Instrumented:
     """`bpf-sdt instrument INPUT -o OUTPUT`: probe sites call observers from
     ``observers`` (objects with SEC("bpf_sdt/<probe>") programs), or the
     built-in recorder when there are none (or ``record``).  ``probes`` are

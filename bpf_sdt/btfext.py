@@ -253,10 +253,6 @@ class BtfExt:
         sec = self.sections.get(section)
         return OffsetIndex(sec.line_info if sec else ())
 
-    def func_index(self, section: str) -> OffsetIndex[FuncInfo]:
-        sec = self.sections.get(section)
-        return OffsetIndex(sec.func_info if sec else ())
-
     # --- edits ---------------------------------------------------------------
 
     def remap(self, section: str, mapping: Callable[[int], int]) -> None:

@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("link", _cmd_link, "statically link BPF objects, keeping their probe notes")
     sp.add_argument("-o", "--output", required=True, metavar="OUT", help="the linked object to write (atomically)")
     sp.add_argument("inputs", nargs="+", metavar="IN", help="BPF objects to link, in link order")
-    sp.add_argument("--bpftool", default="bpftool", help="bpftool to link with")
+    sp.add_argument("--bpftool",
+                    help="bpftool to link with (default: $BPF_SDT_BPFTOOL, else bpftool on PATH or in /usr/sbin)")
 
     sp = add("instrument", _cmd_instrument, "make probe sites call observers (or the built-in recorder)")
     sp.add_argument("input", metavar="IN", help="BPF object with probes (compiled or linked)")
@@ -251,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pin-by-name", action="store_true",
                     help="mark the recorder's maps LIBBPF_PIN_BY_NAME (pinned under libbpf's pin root); "
                     "by default they ask for no pin, so each loader's own choice applies")
-    sp.add_argument("--bpftool", default="bpftool", help="bpftool to link with")
+    sp.add_argument("--bpftool",
+                    help="bpftool to link with (default: $BPF_SDT_BPFTOOL, else bpftool on PATH or in /usr/sbin)")
     from bpf_sdt.trace.cli import add_recorder_arguments  # the same options trace compiles
 
     add_recorder_arguments(sp)

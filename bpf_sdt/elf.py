@@ -310,10 +310,6 @@ class BpfObject:
             return None
         return parse_btf(self.section_data(sec))
 
-    def functions_in(self, sec: Section) -> list[Symbol]:
-        return sorted((s for s in self.symbols if s.shndx == sec.index and s.type == STT_FUNC),
-                      key=lambda s: s.value)
-
 
 def load_object(path: str | Path) -> BpfObject:
     data = read_regular(str(path), MAX_FILE_SIZE, "BPF object")

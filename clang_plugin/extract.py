@@ -28,6 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bpf_sdt.format import TYPE_VAR_PREFIX
 from bpf_sdt.model import Declaration, Finding, SourceSite
 
 if TYPE_CHECKING:   # a warm `lint` imports this module for its dataclasses only: no parsing machinery
@@ -144,8 +145,8 @@ def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-unty
         elif kind == K.MACRO_DEFINITION:
             definitions.append((order, c))
         elif kind == K.VAR_DECL:
-            if c.spelling.startswith("__sdt_type_"):
-                type_vars.setdefault(c.spelling[len("__sdt_type_"):], c)   # the first, as decl_at
+            if c.spelling.startswith(TYPE_VAR_PREFIX):
+                type_vars.setdefault(c.spelling[len(TYPE_VAR_PREFIX):], c)   # the first, as decl_at
         elif kind == K.TYPEDEF_DECL:
             typedef_cursors.append(c)   # vmlinux.h has tens of thousands: not spelled now
         elif kind == K.ENUM_DECL:

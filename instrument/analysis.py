@@ -50,8 +50,6 @@ from bpf_sdt.insn import (
     R0,
     R1,
     R10,
-    SIZE_BYTES,
-    SIZE_MASK,
     SRC_X,
     STX,
     CodeSection,
@@ -118,12 +116,6 @@ class Function:
     @property
     def insns(self) -> list[Insn]:
         return self.section.insns[self.start:self.end]
-
-    def local_index(self, insn: Insn) -> int:
-        for i, x in enumerate(self.insns):
-            if x is insn:
-                return i
-        raise KeyError(insn)
 
 
 class Program:
@@ -601,7 +593,4 @@ def initialised_after(f: Function, local: int) -> int:
     NOP at a probe site, which changes nothing)."""
     return _init_transfer(f.section.insns[f.start + local], f.init_in[local])   # not f.insns: a copy per site
 
-
-def access_size(insn: Insn) -> int:
-    return SIZE_BYTES[insn.op & SIZE_MASK]
 

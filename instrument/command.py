@@ -83,7 +83,7 @@ class Request:
     attach: tuple[str, ...] = ()            # "observer=GLOB"
     record: bool = False
     ringbuf_size: int = RECORDER_DEFAULT_RINGBUF_SIZE
-    bpftool: str = "bpftool"
+    bpftool: str | None = None               # None: toolchain.find_bpftool's lookup
     recorder: RecorderOptions = field(default_factory=RecorderOptions)   # filters, aggregations, pins
     # Sites that cannot be placed are skipped (a warning each) instead of refusing the object.
     skip_unplaceable: bool = False

@@ -21,7 +21,6 @@ only once it passes `check`.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -55,6 +54,7 @@ from bpf_sdt.inlined import INLINE_SECTION, Chain, entry_chains, set_section
 from bpf_sdt.model import ArgLocation, Declaration, escape_text
 from bpf_sdt.notes import encode_entry
 from bpf_sdt.rewrite import append_call_words
+from bpf_sdt.toolchain import find_bpftool
 
 UNDECODABLE = "\ufffd"          # what the ELF reader puts for bytes that are not UTF-8
 
@@ -87,12 +87,12 @@ class Placement:
     base: dict[tuple[int, str], int]
 
 
-def run_link(output: str, inputs: Sequence[str], bpftool: str = "bpftool") -> int:
+def run_link(output: str, inputs: Sequence[str], bpftool: str | None = None) -> int:
     link(Path(output), [Path(p) for p in inputs], bpftool)
     return EXIT_OK
 
 
-def link(output: Path, inputs: list[Path], bpftool: str = "bpftool") -> ObjectReport:
+def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> ObjectReport:
     try:   # refuse an output that is no regular file before doing any work
         resolve_output(output)
     except OSError as e:
@@ -103,9 +103,7 @@ def link(output: Path, inputs: list[Path], bpftool: str = "bpftool") -> ObjectRe
     sites = [s for i, (_, report) in enumerate(loaded) for s in _input_sites(i, report)]
     calls = [InputCall(i, observer, o.sections[shndx].name, offset)
              for i, o in enumerate(objs) for observer, shndx, offset in call_words(o)]
-    tool = shutil.which(bpftool) or (bpftool if Path(bpftool).is_file() else None)
-    if tool is None:
-        raise ToolError(f"{bpftool} not found: install bpftool (Debian: apt-get install bpftool)")
+    tool = find_bpftool(bpftool)     # bpftool, else $BPF_SDT_BPFTOOL, else PATH and /usr/sbin
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
         direct = Path(tmp) / "direct.o"
         if sites and _bpftool_link(tool, direct, inputs, check=False):

@@ -5,6 +5,7 @@ inputs; the results load into the kernel verifier."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -355,3 +356,15 @@ def test_same_prototype_spelled_differently_links(tmp_path: Path) -> None:
     out = tmp_path / "out.o"
     assert link(out, a, b).returncode == 0
     assert run([*CLI, "check", str(out)]).returncode == 0
+
+
+def test_link_finds_bpftool_like_instrument(tmp_path: Path) -> None:
+    """link looks bpftool up as every command does (bpf_sdt/toolchain.py):
+    $BPF_SDT_BPFTOOL names it, and --bpftool overrides that."""
+    a = build(tmp_path, "a", A)
+    env = dict(os.environ, BPF_SDT_BPFTOOL=str(tmp_path / "no-such-bpftool"))
+    res = run([*CLI, "link", "-o", str(tmp_path / "out.o"), str(a)], env=env)
+    assert res.returncode != 0 and "no-such-bpftool not found" in res.stderr, res.stderr
+    assert not (tmp_path / "out.o").exists()
+    res = run([*CLI, "link", "-o", str(tmp_path / "out.o"), str(a), "--bpftool", tool("bpftool")], env=env)
+    assert res.returncode == 0, res.stderr
