@@ -311,12 +311,14 @@ class _Boundary:
         self.names: list[str] = []              # probe names (shared strings)
 
 
-# The last few decodings by (path, bytes): one command reads the same object
-# in several stages (instrument: its own checks, link's check of its inputs and
-# output, the recorder's identity), and the bytes, not the instance, decide
-# the result.  Callers only read a decoding.
+# The last decoding, by (path, bytes): one command reads the same object in
+# several stages one after the other (instrument: its own checks, the
+# recorder's identity and link's check of IN; link's check of its output and
+# the rewrite), and the bytes, not the instance, decide the result.  Only one
+# is kept, and dropped before the next is decoded, so that checking many
+# large objects in turn holds no more than one decoding more.  Callers only
+# read a decoding.
 _DECODED: dict[tuple[str, bytes], NotesDecoding] = {}
-_DECODED_KEPT = 4
 
 
 def decode_notes(obj: BpfObject) -> NotesDecoding:
@@ -326,10 +328,8 @@ def decode_notes(obj: BpfObject) -> NotesDecoding:
     key = (obj.path, obj.data)
     out = _DECODED.get(key)
     if out is None:
-        out = _decode_notes(obj)
-        if len(_DECODED) >= _DECODED_KEPT:
-            del _DECODED[next(iter(_DECODED))]
-        _DECODED[key] = out
+        _DECODED.clear()
+        out = _DECODED[key] = _decode_notes(obj)
     return out
 
 
