@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,6 +295,46 @@ def test_iproute2_xdp_swapped_traced_and_back_with_every_packet_counted(built: d
         assert xdp_prog_id(net) == original
         assert_counted(original, sent)
         assert our_records() == before
+
+
+@pytest.mark.kernel
+def test_aggregations_and_the_exporter_work_on_the_swapped_copy(built: dict[str, Path], lives: list[Live]) -> None:
+    """--count-by and --prometheus with --live: the copy counts in the kernel
+    (no ring events), the endpoint serves its hits while it runs, and what it
+    counted is what it served; the original still counts every datagram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with VethPair() as net:
+        ok([*in_ns(net), "ip", "link", "set", "dev", net.receiver.iface, "xdp", "obj", str(built["live_xdp"]),
+            "sec", "xdp"])
+        ok([*in_ns(net), "ip", "link", "set", "lo", "up"])
+        original = xdp_prog_id(net)
+        with Traffic(net) as traffic:
+            live = Live(net, built["live_xdp"], f"xdp:{net.receiver.iface}", "--count-by", "udp_seen:arg1",
+                        "--prometheus", "0")
+            lives.append(live)
+            live.wait_for(b"Ctrl-C to stop")
+            port = re.search(rb"metrics at http://127\.0\.0\.1:(\d+)/metrics", live.err)
+            assert port, live.err.decode()
+            served = 0.0
+            deadline = time.monotonic() + EVENT_TIMEOUT_S
+            while served < 20:
+                assert time.monotonic() < deadline, live.err.decode()
+                time.sleep(0.2)
+                with net.receiver.entered(), urllib.request.urlopen(
+                        f"http://127.0.0.1:{int(port[1])}/metrics", timeout=5) as r:
+                    families = {f.name: list(f.samples) for f in text_string_to_metric_families(r.read().decode())}
+                served = sum(x.value for x in families["bpf_sdt_site_hits"]
+                             if x.name.endswith("_total") and x.labels["probe"] == "udp_seen")
+            assert live.finish(signal.SIGINT) == 0, live.err.decode()
+            sent = traffic.stop()
+        lines = [json.loads(x) for x in live.out.decode().splitlines()]
+        assert not [x for x in lines if x.get("type") == "event"], "aggregating: no ring events"
+        (counts,) = [x for x in lines if x.get("type") == "count"]
+        by_port = {tuple(e["keys"]): e["count"] for e in counts["entries"]}
+        assert list(by_port) == [(PORT,)] and served <= by_port[(PORT,)] <= sent, (by_port, served, sent)
+        assert xdp_prog_id(net) == original
+        assert_counted(original, sent)
 
 
 @pytest.mark.kernel

@@ -75,7 +75,10 @@ def key(req: Request) -> str:
     clang = find_clang()
     stat = os.stat(clang)
     digest = hashlib.sha256(Path(req.input).read_bytes())
+    rec = req.recorder
+    recorder = [rec.plan_id, rec.map_entries, rec.hits_entries, rec.pin_by_name]   # what the recorder compiles in
     digest.update(json.dumps({"probes": req.probes, "programs": req.programs, "ringbuf": req.ringbuf_size,
+                              "recorder": recorder,
                               "clang": [clang, stat.st_size, stat.st_mtime_ns], "sources": _package_digest()},
                              sort_keys=True).encode())
     return digest.hexdigest()

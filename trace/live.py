@@ -428,7 +428,7 @@ def _with_hook(opts: Options, hook: Hook, running_id: int, started: float, stop:
 def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd: int, held: records.Held,
                       started: float, stop: StopSignals, out: Writer | TextIO, err: TextIO) -> int | None:
     """The exit code; the record's state is "swapped" while the copy runs."""
-    from bpf_sdt.trace.runner import _instrument_interruptibly, _load_interruptibly
+    from bpf_sdt.trace.runner import _instrument_interruptibly, _load_interruptibly, _recorder_plan, open_outputs
 
     if _fills_prog_arrays(opts.obj):
         raise InputError(f"--live: {opts.obj} fills a prog_array itself (`values = {{ ... }}` in .maps); libbpf "
@@ -444,7 +444,9 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
         with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
             inst = Path(tmp) / opts.obj.name
             # Only the swapped program's sites: a site elsewhere in OBJ cannot refuse the trace.
-            req = Request(opts.obj, inst, opts.probes, ringbuf_size=opts.ringbuf_size, programs=(prog_name,))
+            recorder, layout = _recorder_plan(opts)      # filters and aggregations compiled into the copy
+            req = Request(opts.obj, inst, opts.probes, ringbuf_size=opts.ringbuf_size, programs=(prog_name,),
+                          recorder=recorder)
             instrumented = instcache.fetch(req)
             cached = instrumented is not None
             if instrumented is None:
@@ -480,6 +482,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                     decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
                                       t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
                     with _session(bpf, decoder, opts, stop, out, err) as session:
+                        open_outputs(session, bpf, layout, sites, shown, opts, err)
                         try:
                             hook.swap(prog.fd, original_fd)
                         except Replaced as e:

@@ -189,11 +189,7 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
                               t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
             with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder,
                           Counters(bpf.find_map(RECORDER_COUNTS_MAP)), stop, out, err) as session:
-                session.report = open_report(bpf.find_map, layout, sites, per_site=opts.per_site,
-                                             as_json=opts.as_json, interval=opts.interval, now=time.monotonic())
-                session.summarise = bool(opts.filters) or session.report is not None
-                session.exporter = start_exporter(opts.prometheus, sites, shown, decoder.hits,
-                                                  session.counters.read, session.report, err)
+                open_outputs(session, bpf, layout, sites, shown, opts, err)
                 if opts.run:
                     assert prog is not None
                     session.test_runs(prog, packets, opts.repeat, opts.duration)
@@ -214,6 +210,18 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
         err.write(f"bpf-sdt trace: the kernel refused {session.refused} of {session.packets} test runs\n")
         return EXIT_FINDINGS
     return EXIT_OK
+
+
+def open_outputs(session: _Session, bpf: BpfObject, layout: Layout, sites: list[Site], shown: set[int],
+                 opts: Options, err: TextIO) -> None:
+    """What a session shows besides events: the in-kernel aggregations'
+    report, the recorder's counters and the Prometheus exporter (every way
+    of running that loads a recorder: test runs, attach, --live)."""
+    session.report = open_report(bpf.find_map, layout, sites, per_site=opts.per_site,
+                                 as_json=opts.as_json, interval=opts.interval, now=time.monotonic())
+    session.summarise = bool(opts.filters) or session.report is not None
+    session.exporter = start_exporter(opts.prometheus, sites, shown, session.decoder.hits,
+                                      session.counters.read, session.report, err)
 
 
 def _traced_programs(opts: Options) -> tuple[str, ...]:
@@ -268,12 +276,6 @@ def _check_options(opts: Options) -> None:
 
 def _check_kernel_side(opts: Options) -> None:
     """Filters, aggregations and the exporter: what goes with what (docs/aggregate.md)."""
-    compiled = [o for o, on in (("--filter", opts.filters), ("--count-by", opts.count_by),
-                                ("--hist/--lhist/--sum/--min/--max/--avg", opts.aggregations)) if on]
-    if compiled and opts.live:
-        raise UsageError(f"{', '.join(compiled)}: not with --live (the copy swapped in records every event)")
-    if opts.live and opts.prometheus:
-        raise UsageError("--prometheus does not go with --live")
     if (opts.per_site or opts.interval is not None) and not (opts.count_by or opts.aggregations):
         raise UsageError("--per-site and --interval go with an aggregation (--count-by, --hist, ...)")
     if opts.interval is not None and not (math.isfinite(opts.interval) and opts.interval >= MIN_DURATION_S):
