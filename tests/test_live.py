@@ -530,6 +530,34 @@ def test_a_program_the_daemon_put_there_meanwhile_stays_and_trace_exits_1(built:
         assert live.finish() == 1, live.err.decode()
         assert "another loader replaced it" in live.err.decode()
         assert xdp_prog_id(net) == theirs
+        assert our_records() == []
+
+
+@pytest.mark.kernel
+def test_a_filter_the_daemon_replaced_meanwhile_stays_and_trace_exits_1(built: dict[str, Path],
+                                                                        lives: list[Live]) -> None:
+    """The cls_bpf path (check-then-replace): the daemon replaces the filter
+    trace swapped (same priority and handle) while trace runs; trace finds
+    the daemon's program, not its copy, and leaves it."""
+    with VethPair() as net:
+        iface = net.receiver.iface
+        ok([*in_ns(net), "tc", "qdisc", "add", "dev", iface, "clsact"])
+        ok([*in_ns(net), "tc", "filter", "add", "dev", iface, "ingress", "bpf", "da", "obj", str(built["live_tc"]),
+            "sec", "tc"])
+        [original] = tc_prog_ids(net)
+        [shown] = [f for f in json.loads(ok([*in_ns(net), "tc", "-j", "filter", "show", "dev", iface, "ingress"]))
+                   if "prog" in f.get("options", {})]
+        live = Live(net, built["live_tc"], f"tc:{iface}:ingress")
+        lives.append(live)
+        live.wait_for(b"Ctrl-C to stop")
+        ok([*in_ns(net), "tc", "filter", "replace", "dev", iface, "ingress", "pref", str(shown["pref"]),
+            "handle", str(shown["options"]["handle"]), "bpf", "da", "obj", str(built["live_tc"]), "sec", "tc"])
+        [theirs] = tc_prog_ids(net)
+        assert theirs != original
+        assert live.finish() == 1, live.err.decode()
+        assert "another loader replaced it" in live.err.decode()
+        assert tc_prog_ids(net) == [theirs]
+        assert our_records() == []
 
 
 STALE_RECORD = """
