@@ -24,6 +24,7 @@ that writes through ``ctx`` and a call graph with recursion are refused
 from __future__ import annotations
 
 import fnmatch
+import gc
 import os
 import sys
 import tempfile
@@ -117,6 +118,20 @@ def run_instrument(req: Request) -> int:
 
 
 def instrument(req: Request) -> Result:
+    """Without the cyclic garbage collector: a run makes objects for every
+    instruction and drops few before it ends, so the collector would walk
+    them again and again (a fifth of the time on 10,000 sites) for cycles
+    this code does not make."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _instrument(req)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _instrument(req: Request) -> Result:
     check_ringbuf_size(req.ringbuf_size)
     _check_output(req)
     obj = load_object(req.input)
