@@ -243,7 +243,7 @@ def _header_refusing_bitfields(tmp_path: Path) -> Path:
     """bpf_sdt.h as it was before bit-field arguments compiled: sizeof of the
     argument itself, which a bit-field is refused."""
     text = (REPO / "headers" / "bpf_sdt.h").read_text()
-    fixed = "sizeof(__BPF_SDT_RVALUE(a))"
+    fixed = "sizeof(__BPF_SDT_SIZED(a))"
     assert fixed in text
     out = tmp_path / "old-header"
     out.mkdir()
