@@ -29,6 +29,7 @@ from bpf_sdt.libbpf import (
     Map,
     _check,
     _lib,
+    _MapInfo,
     _name,
     ifindex,
     link_update,
@@ -61,13 +62,6 @@ class _ProgInfo(ctypes.Structure):
                 ("flags", ctypes.c_uint32)]
 
 
-class _MapInfo(ctypes.Structure):
-    """struct bpf_map_info, up to name."""
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
-                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
-                ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
-
-
 _LINK_UNION_WORDS = 8          # the per-type union: the fields read here fit in its first words
 
 
@@ -97,6 +91,8 @@ class MapInfo:
     value_size: int
     max_entries: int
     flags: int
+    btf_id: int = 0             # the map's BTF object (0: none), and its value's type there
+    btf_value_type_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,7 +131,33 @@ def map_info(fd: int) -> MapInfo:
     _info(fd, info, "querying map")
     return MapInfo(id=info.id, type_id=info.type, type=_name(_lib().libbpf_bpf_map_type_str(info.type)) or "unknown",
                    name=_name(info.name), key_size=info.key_size, value_size=info.value_size,
-                   max_entries=info.max_entries, flags=info.map_flags)
+                   max_entries=info.max_entries, flags=info.map_flags, btf_id=info.btf_id,
+                   btf_value_type_id=info.btf_value_type_id)
+
+
+MAX_BTF_BYTES = 64 << 20        # a program's BTF is kilobytes to megabytes; a bound against a hostile size
+
+
+class _BtfInfo(ctypes.Structure):
+    """struct bpf_btf_info, up to id."""
+    _fields_ = [("btf", ctypes.c_uint64), ("btf_size", ctypes.c_uint32), ("id", ctypes.c_uint32)]
+
+
+def btf_bytes(btf_id: int) -> bytes:
+    """The raw BTF the kernel holds as object ``btf_id`` (a map's or program's)."""
+    fd = _check(f"opening BTF id {btf_id}", _lib().bpf_btf_get_fd_by_id, btf_id)
+    try:
+        info = _BtfInfo()
+        _info(fd, info, f"querying BTF id {btf_id}")
+        size = info.btf_size
+        if not 0 < size <= MAX_BTF_BYTES:
+            raise LibbpfError(f"reading BTF id {btf_id}", errnos.E2BIG, detail=f"{size} bytes")
+        buf = ctypes.create_string_buffer(size)
+        info = _BtfInfo(btf=ctypes.addressof(buf), btf_size=size)
+        _info(fd, info, f"reading BTF id {btf_id}")
+        return buf.raw[:size]
+    finally:
+        os.close(fd)
 
 
 def link_info(fd: int) -> LinkInfo:

@@ -162,6 +162,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_link_get_next_id": (_c_int, [_c_u32, ctypes.POINTER(_c_u32)]),
     "bpf_prog_get_fd_by_id": (_c_int, [_c_u32]),
     "bpf_map_get_fd_by_id": (_c_int, [_c_u32]),
+    "bpf_btf_get_fd_by_id": (_c_int, [_c_u32]),
     "bpf_link_get_fd_by_id": (_c_int, [_c_u32]),
     "bpf_map__reuse_fd": (_c_int, [_c_ptr, _c_int]),
     "bpf_map_create": (_c_int, [_c_int, _c_str, _c_u32, _c_u32, _c_u32, _c_ptr]),
@@ -332,7 +333,10 @@ class _MapInfo(ctypes.Structure):
     """The leading fields of the kernel's struct bpf_map_info (linux/bpf.h); the
     kernel fills as much as info_len says, so a prefix is always accepted."""
     _fields_ = [("type", _c_u32), ("id", _c_u32), ("key_size", _c_u32), ("value_size", _c_u32),
-                ("max_entries", _c_u32), ("map_flags", _c_u32), ("name", ctypes.c_char * 16)]
+                ("max_entries", _c_u32), ("map_flags", _c_u32), ("name", ctypes.c_char * 16),
+                ("ifindex", _c_u32), ("btf_vmlinux_value_type_id", _c_u32), ("netns_dev", ctypes.c_uint64),
+                ("netns_ino", ctypes.c_uint64), ("btf_id", _c_u32), ("btf_key_type_id", _c_u32),
+                ("btf_value_type_id", _c_u32)]
 
 
 def _opts(struct: type[ctypes.Structure], **fields: Any) -> Any:

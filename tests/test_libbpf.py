@@ -240,6 +240,9 @@ int main(void) {
 	F(bpf_tc_opts, handle) F(bpf_tc_opts, priority)
 	F(bpf_map_info, type) F(bpf_map_info, id) F(bpf_map_info, key_size) F(bpf_map_info, value_size)
 	F(bpf_map_info, max_entries) F(bpf_map_info, map_flags) F(bpf_map_info, name)
+	F(bpf_map_info, ifindex) F(bpf_map_info, btf_vmlinux_value_type_id) F(bpf_map_info, netns_dev)
+	F(bpf_map_info, netns_ino) F(bpf_map_info, btf_id) F(bpf_map_info, btf_key_type_id)
+	F(bpf_map_info, btf_value_type_id)
 	return 0;
 }
 """
@@ -268,7 +271,7 @@ def test_struct_layouts_match_the_installed_headers(tmp_path: Path) -> None:
             desc = getattr(cls, field)
             assert (desc.offset, desc.size) == (int(a), int(b)), f"{struct_name}.{field}"
         checked += 1
-    assert checked == 45          # 4 struct sizes + 41 fields
+    assert checked == 52          # 4 struct sizes + 48 fields
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:

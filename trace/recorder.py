@@ -22,7 +22,6 @@ ids), through :mod:`bpf_sdt.kernel`'s iterators.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from dataclasses import dataclass, field
 from errno import ENOENT
@@ -31,66 +30,21 @@ from pathlib import Path
 from bpf_sdt.btf import parse_btf
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import RECORDER_COUNTERS, RECORDER_COUNTS_MAP, RECORDER_IDENTITY_PREFIX, RECORDER_RINGBUF_MAP
-from bpf_sdt.libbpf import LibbpfError, Map, _check, _lib, libbpf_path
+from bpf_sdt.libbpf import LibbpfError, Map
 
 COUNTER_BYTES = 8
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 COUNTS_KEY = bytes(4)
-MAX_BTF_BYTES = 64 << 20        # a recorder's program BTF is kilobytes; a bound against a hostile size
-
-
-class _MapBtfInfo(ctypes.Structure):
-    """struct bpf_map_info (linux/bpf.h) up to btf_value_type_id."""
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
-                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
-                ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
-                ("btf_vmlinux_value_type_id", ctypes.c_uint32), ("netns_dev", ctypes.c_uint64),
-                ("netns_ino", ctypes.c_uint64), ("btf_id", ctypes.c_uint32), ("btf_key_type_id", ctypes.c_uint32),
-                ("btf_value_type_id", ctypes.c_uint32)]
-
-
-class _BtfInfo(ctypes.Structure):
-    """struct bpf_btf_info up to id."""
-    _fields_ = [("btf", ctypes.c_uint64), ("btf_size", ctypes.c_uint32), ("id", ctypes.c_uint32)]
-
-
-def _info(fd: int, info: ctypes.Structure, what: str) -> None:
-    size = ctypes.c_uint32(ctypes.sizeof(info))
-    _check(what, _lib().bpf_obj_get_info_by_fd, fd, ctypes.byref(info), ctypes.byref(size))
-
-
-def _btf_fd_by_id(btf_id: int) -> int:
-    lib = ctypes.CDLL(libbpf_path(), use_errno=True)     # a function libbpf.py does not type
-    fn = lib.bpf_btf_get_fd_by_id
-    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_uint32]
-    return _check(f"opening BTF id {btf_id}", fn, btf_id)
-
-
-def _btf_bytes(btf_id: int) -> bytes:
-    fd = _btf_fd_by_id(btf_id)
-    try:
-        info = _BtfInfo()
-        _info(fd, info, f"querying BTF id {btf_id}")
-        size = info.btf_size
-        if not 0 < size <= MAX_BTF_BYTES:
-            raise InputError(f"BTF id {btf_id}: {size} bytes")
-        buf = ctypes.create_string_buffer(size)
-        info = _BtfInfo(btf=ctypes.addressof(buf), btf_size=size)
-        _info(fd, info, f"reading BTF id {btf_id}")
-        return buf.raw[:size]
-    finally:
-        os.close(fd)
-
-
 def map_identity(fd: int) -> str | None:
     """The identity a recorder's counters map carries (the hex digest), or
     None when the map's value type is not named as a recorder's."""
-    info = _MapBtfInfo()
-    _info(fd, info, "querying map")
+    from bpf_sdt.kernel import btf_bytes, map_info
+
+    info = map_info(fd)
     if not info.btf_id or not info.btf_value_type_id:
         return None
-    name = parse_btf(_btf_bytes(info.btf_id)).get(info.btf_value_type_id).name
+    name = parse_btf(btf_bytes(info.btf_id)).get(info.btf_value_type_id).name
     if not name.startswith(RECORDER_IDENTITY_PREFIX):
         return None
     return name[len(RECORDER_IDENTITY_PREFIX):]
