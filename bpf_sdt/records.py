@@ -49,6 +49,9 @@ _STAT_START_FIELD = 21                  # /proc/PID/stat: starttime, after "pid 
 STARTING_GRACE_S = 10.0
 
 
+ROOT_RETRIES = 3                # a record's mkdir racing the removal of the empty root
+
+
 def root() -> Path:
     return Path(os.environ.get(RECORDS_ENV) or DEFAULT_ROOT)
 
@@ -139,13 +142,25 @@ def _padded(data: bytes) -> bytes:
     return data.ljust(RECORD_SIZE, b"\0")
 
 
+def _make_record_dir(path: Path) -> None:
+    """mkdir of a record's directory, and of the root if it is missing: the
+    root goes with its last record (remove), maybe between the two mkdirs."""
+    for _ in range(ROOT_RETRIES):
+        root().mkdir(exist_ok=True)
+        try:
+            path.mkdir()
+            return
+        except FileNotFoundError:
+            continue
+    path.mkdir()
+
+
 def create(record: Record) -> Held:
     """Takes the attach point: mkdir (atomic; RecordBusy if it exists), then
     the record map pinned inside with the JSON."""
     record.pid_start = process_start(record.pid)
     try:
-        root().mkdir(exist_ok=True)
-        record.path.mkdir()
+        _make_record_dir(record.path)
     except FileExistsError:
         raise RecordBusy(record.key, read(record.key)) from None
     except OSError as e:
@@ -253,3 +268,5 @@ def remove(key: str) -> None:
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
         path.rmdir()
+    with contextlib.suppress(OSError):      # the last record: leave no empty bpf-sdt directory behind
+        root().rmdir()
