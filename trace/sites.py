@@ -51,7 +51,7 @@ class Site:
         return here
 
 
-def site_table(instrumented: BpfObject, shown: BpfObject | None = None) -> list[Site]:
+def site_table(instrumented: BpfObject, shown: BpfObject | None = None, *, sources: bool = True) -> list[Site]:
     """Site id -> Site for an object instrumented with the recorder.  Functions,
     instructions and lines come from ``shown`` (the object the user gave) when
     its sites line up with the instrumented object's, one for one."""
@@ -63,15 +63,15 @@ def site_table(instrumented: BpfObject, shown: BpfObject | None = None) -> list[
         if [(e.probe, e.section.name) for e in theirs] == [(e.probe, e.section.name) for e in ordered]:
             where, entries = shown, theirs
     functions = FunctionIndex(where)
-    lines = SourceLines(where)
-    chains = lines.inlined_at(entries, functions)
+    lines = SourceLines(where) if sources else None
+    chains = lines.inlined_at(entries, functions) if lines is not None else [()] * len(entries)
     return [_site(i, e, functions, lines, types.get(e.probe, ()), chain)
             for i, (e, chain) in enumerate(zip(entries, chains, strict=True))]
 
 
-def _site(site_id: int, entry: NoteEntry, functions: FunctionIndex, lines: SourceLines,
+def _site(site_id: int, entry: NoteEntry, functions: FunctionIndex, lines: SourceLines | None,
           types: tuple[ArgType, ...], inlined_at: tuple[CallSite, ...]) -> Site:
-    file, line, _column = lines.at(entry.section.name, entry.offset)
+    file, line, _column = lines.at(entry.section.name, entry.offset) if lines is not None else (None, None, None)
     return Site(site_id, entry.probe, functions.at(entry.section, entry.offset), entry.section.name,
                 entry.insn_index, file, line, types, inlined_at)
 
@@ -87,7 +87,7 @@ def recorder_identity(obj: BpfObject, plan_id: str = "") -> str:
     digest = hashlib.sha256()
     if plan_id:
         digest.update(f"plan {plan_id}\n".encode())
-    for s in site_table(obj):
+    for s in site_table(obj, sources=False):     # no line info or DWARF read: the digest needs neither
         types = ";".join(f"{t.canonical}/{t.size}/{int(t.signed)}/{t.kind}" for t in s.types)
         digest.update(f"{s.site_id}|{s.probe}|{s.section}|{s.function}|{types}\n".encode())
     return digest.hexdigest()[:RECORDER_IDENTITY_HEX]
