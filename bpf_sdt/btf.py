@@ -36,13 +36,18 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import overload
+from typing import NamedTuple, overload
 
 from bpf_sdt.errors import InputError
 
 BTF_MAGIC = 0xEB9F
+BTF_VERSION = 1
 BASE_HEADER_LEN = 24
 LAYOUT_HEADER_LEN = 32
+# struct btf_header through str_len: magic, version, flags, hdr_len, then the
+# type and string sections' offsets and lengths (relative to the header's end)
+HEADER = struct.Struct("<HBBIIIII")
+BYTE_SWAPPED_MAGIC = 0x9FEB    # BTF_MAGIC as a big-endian file stores it
 WORD = 4                       # BTF records are sequences of little-endian u32 words
 RECORD_WORDS = 3               # name_off, info, size_or_type
 MAX_TYPES = 0x00FFFFFF         # a bound far above any real object, below memory trouble
@@ -526,20 +531,40 @@ def _read_layout(data: bytes, hdr_len: int, body: int) -> dict[int, tuple[int, i
     return out
 
 
-def parse_btf(data: bytes) -> Btf:
-    """Parse a little-endian ``.BTF`` section."""
+class BtfHeader(NamedTuple):
+    """The fixed part of ``struct btf_header``, in :data:`HEADER`'s order."""
+
+    magic: int
+    version: int
+    flags: int
+    hdr_len: int
+    type_off: int
+    type_len: int
+    str_off: int
+    str_len: int
+
+
+def read_header(data: bytes) -> BtfHeader:
+    """The header of a little-endian ``.BTF`` section, checked to fit ``data``."""
     if len(data) < BASE_HEADER_LEN:
         raise InputError(f"BTF: {len(data)} bytes is shorter than a BTF header")
-    magic, version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
-    if magic != BTF_MAGIC:
-        if magic == 0x9FEB:
+    header = BtfHeader(*HEADER.unpack_from(data, 0))
+    if header.magic != BTF_MAGIC:
+        if header.magic == BYTE_SWAPPED_MAGIC:
             raise InputError("BTF: big-endian BTF is not supported")
-        raise InputError(f"BTF: bad magic 0x{magic:04x}")
-    if version != 1:
-        raise InputError(f"BTF: unsupported version {version}")
-    if hdr_len < BASE_HEADER_LEN or hdr_len > len(data):
-        raise InputError(f"BTF: header length {hdr_len} does not fit {len(data)} bytes")
-    type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        raise InputError(f"BTF: bad magic 0x{header.magic:04x}")
+    if header.version != BTF_VERSION:
+        raise InputError(f"BTF: unsupported version {header.version}")
+    if header.hdr_len < BASE_HEADER_LEN or header.hdr_len > len(data):
+        raise InputError(f"BTF: header length {header.hdr_len} does not fit {len(data)} bytes")
+    return header
+
+
+def parse_btf(data: bytes) -> Btf:
+    """Parse a little-endian ``.BTF`` section."""
+    header = read_header(data)
+    hdr_len, type_off, type_len = header.hdr_len, header.type_off, header.type_len
+    str_off, str_len = header.str_off, header.str_len
     body = hdr_len
     if body + type_off + type_len > len(data) or body + str_off + str_len > len(data):
         raise InputError("BTF: type or string section runs past the data")
@@ -641,11 +666,11 @@ def append_string(btf_bytes: bytes, text: str) -> tuple[bytes, int]:
     found = btf.strings.find(b"\0" + text.encode() + b"\0")
     if found >= 0:
         return btf_bytes, found + 1
-    _magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", btf_bytes, 0)
-    type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", btf_bytes, 8)
-    if hdr_len + str_off + str_len != len(btf_bytes):
+    header = read_header(btf_bytes)
+    if header.hdr_len + header.str_off + header.str_len != len(btf_bytes):
         raise InputError("BTF: the string section is not at the end, cannot add a string")
+    added = text.encode() + b"\0"
     out = bytearray(btf_bytes)
-    out += text.encode() + b"\0"
-    struct.pack_into("<I", out, 20, str_len + len(text.encode()) + 1)
-    return bytes(out), str_len
+    out += added
+    HEADER.pack_into(out, 0, *header._replace(str_len=header.str_len + len(added)))
+    return bytes(out), header.str_len

@@ -2,11 +2,12 @@
 (:class:`BpfObject`) and a writer (:class:`ElfImage`) for BPF relocatable
 objects.
 
-Reading: pyelftools parses and validates the ELF header and the section
-header table (where the structure is subtle); the flat arrays that can hold
-tens of thousands of records (symbols, relocations) are decoded in bulk with
-the record layouts below, since a per-record parse would dominate ``check``
-on large objects.  The file is untrusted: every size and offset is checked
+Reading: pyelftools parses and names the ELF header; the section header
+table and the flat arrays that can hold tens of thousands of records
+(symbols, relocations) are decoded in bulk with the record layouts below,
+the same ones the writer packs, since a per-record parse would dominate
+``check`` on large objects.  :class:`SymbolTable` is the one reader of the
+symbol table.  The file is untrusted: every size and offset is checked
 against the real file length before anything is read, so a section claiming
 4 GB costs nothing, and any malformation becomes an :class:`InputError`.
 
@@ -28,10 +29,11 @@ are easy to get wrong are all in it, once:
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.structs import ELFStructs
@@ -42,6 +44,9 @@ from bpf_sdt.fsutil import read_regular
 
 # --- named constants (ELF gABI and the BPF psABI) ---------------------------
 
+EI_NIDENT = 16           # e_ident: its size, and where its class and data encoding bytes are
+EI_CLASS = 4
+EI_DATA = 5
 EM_BPF = 247
 ELFCLASS64 = 2
 ELFDATA2LSB = 1
@@ -76,6 +81,8 @@ STT_FUNC = 2
 STT_SECTION = 3
 STT_FILE = 4
 STV_DEFAULT = 0
+ST_TYPE_MASK = 0xF       # st_info: type in the low 4 bits, binding above them
+ST_BIND_SHIFT = 4
 STV_HIDDEN = 2
 
 R_BPF_NONE = 0
@@ -84,6 +91,8 @@ R_BPF_64_ABS64 = 2       # a 64-bit data word
 R_BPF_64_ABS32 = 3       # a 32-bit data word (DWARF)
 R_BPF_64_NODYLD32 = 4    # a 32-bit data word no loader applies (.BTF, .BTF.ext)
 R_BPF_64_32 = 10         # call imm: helper-less BPF-to-BPF calls, kfuncs
+R_SYM_SHIFT = 32         # r_info: symbol index in the high 32 bits, type in the low 32
+R_TYPE_MASK = 0xFFFFFFFF
 
 TEXT_SECTION = ".text"   # the subprograms' code section (a program's code is in its own section)
 
@@ -97,6 +106,7 @@ SHDR = struct.Struct("<IIQQQQIIQQ")         # Elf64_Shdr
 SYM = struct.Struct("<IBBHQQ")              # Elf64_Sym
 REL = struct.Struct("<QQ")                  # Elf64_Rel
 RELA = struct.Struct("<QQq")                # Elf64_Rela
+_SH_OFFSET, _SH_SIZE = 4, 5                 # sh_offset, sh_size: their places in an SHDR record
 
 # Exceptions pyelftools (and its construct layer) raise on malformed input.
 _PARSE_ERRORS: tuple[type[BaseException], ...] = (
@@ -117,7 +127,7 @@ def is_reserved_index(shndx: int) -> bool:
 
 
 def r_info(symbol: int, rtype: int) -> int:
-    return (symbol << 32) | rtype
+    return (symbol << R_SYM_SHIFT) | rtype
 
 
 # --- reading -----------------------------------------------------------------
@@ -168,9 +178,9 @@ class BpfObject:
         self.path = path
         self.data = data
         try:
-            structs, header = self._parse_header()
+            header = self._parse_header()
             self.e_flags: int = header["e_flags"]
-            self.sections = self._read_sections(structs, header)
+            self.sections = self._read_sections(header)
         except InputError:
             raise
         except _PARSE_ERRORS as e:
@@ -183,53 +193,51 @@ class BpfObject:
 
     # --- construction ------------------------------------------------------
 
-    def _parse_header(self) -> tuple[ELFStructs, dict]:  # type: ignore[type-arg]
-        """pyelftools' ELF structures (not ELFFile, which also loads DWARF support
-        and costs a third of `check`'s start-up)."""
-        ident = self.data[:16]
+    def _parse_header(self) -> dict[str, Any]:
+        """The ELF header, parsed and named by pyelftools' header structure (not
+        ELFFile, which also loads DWARF support and costs a third of `check`'s
+        start-up)."""
+        ident = self.data[:EI_NIDENT]
         if len(self.data) < EHDR.size:
             raise InputError(f"{self.path}: {len(self.data)} bytes is shorter than an ELF header")
-        if ident[4] != ELFCLASS64:
-            raise InputError(f"{self.path}: ELF class {ident[4]}, BPF objects are 64-bit")
-        if ident[5] != ELFDATA2LSB:
+        if ident[EI_CLASS] != ELFCLASS64:
+            raise InputError(f"{self.path}: ELF class {ident[EI_CLASS]}, BPF objects are 64-bit")
+        if ident[EI_DATA] != ELFDATA2LSB:
             raise InputError(f"{self.path}: big-endian BPF objects are not supported")
         structs = ELFStructs(little_endian=True, elfclass=64)
         structs.create_basic_structs()
-        header = structs.Elf_Ehdr.parse(self.data)
+        header: dict[str, Any] = structs.Elf_Ehdr.parse(self.data)
         if header["e_machine"] not in ("EM_BPF", EM_BPF):
             raise InputError(f"{self.path}: not a BPF object (e_machine {header['e_machine']})")
         if header["e_type"] != "ET_REL":
             raise InputError(f"{self.path}: {header['e_type']}, expected a relocatable object (ET_REL)")
-        structs.create_advanced_structs(header["e_type"], header["e_machine"],
-                                        header["e_ident"]["EI_OSABI"])
-        return structs, header
+        return header
 
-    def _read_sections(self, structs: ELFStructs, header: dict) -> list[Section]:  # type: ignore[type-arg]
+    def _read_sections(self, header: dict[str, Any]) -> list[Section]:
+        """The section header table, decoded with :data:`SHDR` (the layout the
+        writer packs) and checked against the file before any section is read."""
         shoff, shnum, shentsize = header["e_shoff"], header["e_shnum"], header["e_shentsize"]
         if shoff == 0 or shnum == 0:
             raise InputError(f"{self.path}: no section header table")
         if shentsize != SHDR.size or shoff + shnum * SHDR.size > len(self.data):
             raise InputError(f"{self.path}: section header table ({shnum} x {shentsize} bytes at "
                              f"{shoff}) runs past the end of the file ({len(self.data)} bytes)")
-        headers = [structs.Elf_Shdr.parse(self.data[shoff + SHDR.size * i: shoff + SHDR.size * (i + 1)])
-                   for i in range(shnum)]
+        headers = list(SHDR.iter_unpack(memoryview(self.data)[shoff: shoff + shnum * SHDR.size]))
         strndx = header["e_shstrndx"]
         if not 0 < strndx < shnum:
             raise InputError(f"{self.path}: section name table index {strndx} out of range")
-        names_h = headers[strndx]
-        if names_h["sh_offset"] + names_h["sh_size"] > len(self.data):
+        names_offset, names_size = headers[strndx][_SH_OFFSET], headers[strndx][_SH_SIZE]
+        if names_offset + names_size > len(self.data):
             raise InputError(f"{self.path}: section name table runs past the end of the file")
-        names = self.data[names_h["sh_offset"]: names_h["sh_offset"] + names_h["sh_size"]]
+        names = self.data[names_offset: names_offset + names_size]
         out = []
-        for i, h in enumerate(headers):
-            if i and h["sh_name"] >= max(len(names), 1):
-                raise InputError(f"{self.path}: section {i}: name offset {h['sh_name']} is outside "
+        for i, (sh_name, sh_type, flags, _addr, offset, size, link, info, addralign,
+                entsize) in enumerate(headers):
+            if i and sh_name >= max(len(names), 1):
+                raise InputError(f"{self.path}: section {i}: name offset {sh_name} is outside "
                                  f"the section name table ({len(names)} bytes)")
-            name = _cstr(names, h["sh_name"]) if i else ""
-            # the raw number: pyelftools turns types it knows by name into strings
-            raw_type = SHDR.unpack_from(self.data, shoff + SHDR.size * i)[1]
-            sec = Section(i, name, raw_type, h["sh_flags"], h["sh_offset"],
-                          h["sh_size"], h["sh_link"], h["sh_info"], h["sh_entsize"], h["sh_addralign"])
+            name = _cstr(names, sh_name) if i else ""
+            sec = Section(i, name, sh_type, flags, offset, size, link, info, entsize, addralign)
             if sec.type != SHT_NOBITS and sec.offset + sec.size > len(self.data):
                 raise InputError(f"{self.path}: section {name or i} ({sec.size} bytes at "
                                  f"{sec.offset}) runs past the end of the file ({len(self.data)} bytes)")
@@ -261,24 +269,18 @@ class BpfObject:
         return next((s for s in self.sections if s.type == SHT_SYMTAB), None)
 
     @cached_property
+    def symbol_table(self) -> SymbolTable:
+        """The symbol table as records, read in place (see :class:`SymbolTable`)."""
+        return SymbolTable(self)
+
+    @cached_property
     def symbols(self) -> list[Symbol]:
-        sec = self.symtab_section
-        if sec is None:
-            return []
-        strtab = self.section_at(sec.link)
-        if strtab is None:
-            raise InputError(f"{self.path}: symbol table links to missing string table {sec.link}")
-        names = self.section_data(strtab)
-        raw = self.section_data(sec)
-        if sec.entsize not in (0, SYM.size) or len(raw) % SYM.size:
-            raise InputError(f"{self.path}: symbol table size {len(raw)} is not a multiple of {SYM.size}")
-        out = []
-        for i, (name_off, info, other, shndx, value, size) in enumerate(SYM.iter_unpack(raw)):
-            if name_off and name_off >= len(names):
-                raise InputError(f"{self.path}: symbol {i}: name offset {name_off} is outside the "
-                                 f"string table ({len(names)} bytes)")
-            out.append(Symbol(i, _cstr(names, name_off), value, size, info & 0xF, info >> 4, shndx, other))
-        return out
+        """Every symbol as a :class:`Symbol`, for the code that edits or resolves
+        a handful of them; bulk readers walk :attr:`symbol_table` instead."""
+        table = self.symbol_table
+        return [Symbol(i, table.name(i, name_off), value, size, info & ST_TYPE_MASK,
+                       info >> ST_BIND_SHIFT, shndx, other)
+                for i, (name_off, info, other, shndx, value, size) in enumerate(table.records())]
 
     def relocations(self, target: Section) -> tuple[Section | None, list[Relocation]]:
         """The REL/RELA section applying to ``target`` and its entries."""
@@ -299,9 +301,10 @@ class BpfObject:
         if len(raw) % layout.size:
             raise InputError(f"{self.path}: {sec.name}: size {len(raw)} is not a multiple of {layout.size}")
         if rela:
-            return [Relocation(off, info & 0xFFFFFFFF, info >> 32, addend)
+            return [Relocation(off, info & R_TYPE_MASK, info >> R_SYM_SHIFT, addend)
                     for off, info, addend in RELA.iter_unpack(raw)]
-        return [Relocation(off, info & 0xFFFFFFFF, info >> 32, None) for off, info in REL.iter_unpack(raw)]
+        return [Relocation(off, info & R_TYPE_MASK, info >> R_SYM_SHIFT, None)
+                for off, info in REL.iter_unpack(raw)]
 
     @cached_property
     def btf(self) -> Btf | None:
@@ -309,6 +312,55 @@ class BpfObject:
         if sec is None:
             return None
         return parse_btf(self.section_data(sec))
+
+
+def section_view(obj: BpfObject, sec: Section) -> memoryview:
+    """A section's bytes without copying them (SHT_NOBITS: none).  The reader
+    has checked that every section with bytes lies inside the file."""
+    if sec.type == SHT_NOBITS:
+        return memoryview(b"")
+    return memoryview(obj.data)[sec.offset: sec.offset + sec.size]
+
+
+class SymbolTable:
+    """The one reader of the symbol table: records decoded with :data:`SYM`
+    straight from the file's bytes, names looked up on demand, without a
+    :class:`Symbol` per record or a copy of the tables (an object with 1M probe
+    sites has 1M entry symbols, and most readers need a few fields of each)."""
+
+    def __init__(self, obj: BpfObject) -> None:
+        self.obj = obj
+        sec = obj.symtab_section
+        self.raw = section_view(obj, sec) if sec is not None else memoryview(b"")
+        strtab = obj.section_at(sec.link) if sec is not None else None
+        if sec is not None and strtab is None:
+            raise InputError(f"{obj.path}: symbol table links to missing string table {sec.link}")
+        self._data = obj.data
+        self._names_start = strtab.offset if strtab is not None else 0
+        self._names_len = len(section_view(obj, strtab)) if strtab is not None else 0
+        if sec is not None and (sec.entsize not in (0, SYM.size) or len(self.raw) % SYM.size):
+            raise InputError(f"{obj.path}: symbol table size {len(self.raw)} is not a multiple of {SYM.size}")
+        self.count = len(self.raw) // SYM.size
+
+    def records(self) -> Iterator[tuple[int, int, int, int, int, int]]:
+        """(name offset, info, other, shndx, value, size) per symbol, index order."""
+        return SYM.iter_unpack(self.raw)
+
+    def record(self, index: int) -> tuple[int, int, int, int, int, int]:
+        return SYM.unpack_from(self.raw, SYM.size * index)
+
+    def name(self, index: int, name_off: int) -> str:
+        if name_off and name_off >= self._names_len:
+            raise InputError(f"{self.obj.path}: symbol {index}: name offset {name_off} is outside "
+                             f"the string table ({self._names_len} bytes)")
+        start, stop = self._names_start + name_off, self._names_start + self._names_len
+        end = self._data.find(b"\0", start, stop)
+        return self._data[start: end if end >= 0 else stop].decode("utf-8", errors="replace")
+
+    def has_prefix(self, name_off: int, prefix: bytes) -> bool:
+        start = self._names_start + name_off
+        return name_off < self._names_len and \
+            self._data.startswith(prefix, start, self._names_start + self._names_len)
 
 
 def load_object(path: str | Path) -> BpfObject:
@@ -362,11 +414,11 @@ class SymRec:
 
     @property
     def bind(self) -> int:
-        return self.info >> 4
+        return self.info >> ST_BIND_SHIFT
 
     @property
     def type(self) -> int:
-        return self.info & 0xF
+        return self.info & ST_TYPE_MASK
 
 
 @dataclass
@@ -382,7 +434,7 @@ class ElfImage:
 
     @classmethod
     def from_object(cls, obj: BpfObject) -> ElfImage:
-        img = cls(obj.data[:16], ET_REL, EM_BPF, obj.e_flags)
+        img = cls(obj.data[:EI_NIDENT], ET_REL, EM_BPF, obj.e_flags)
         for s in obj.sections:
             if s.addralign > MAX_ALIGN or s.addralign & (s.addralign - 1):
                 # the writer pads to it: 2**40 would be a terabyte of zeros
@@ -399,7 +451,7 @@ class ElfImage:
                     raise InputError(f"{obj.path}: {s.name}: relocation at {bad.offset:#x} names symbol "
                                      f"{bad.symbol}, which does not exist")
             img.sections.append(rec)
-        img.symbols = [SymRec(s.name, s.value, s.size, (s.bind << 4) | s.type, s.other, s.shndx)
+        img.symbols = [SymRec(s.name, s.value, s.size, (s.bind << ST_BIND_SHIFT) | s.type, s.other, s.shndx)
                        for s in obj.symbols]
         if not img.symbols:
             raise InputError(f"{obj.path}: no symbol table")

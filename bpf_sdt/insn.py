@@ -34,7 +34,9 @@ from bpf_sdt.elf import SHN_LORESERVE, SHN_UNDEF, STT_SECTION, Relocation, Symbo
 from bpf_sdt.errors import InputError
 
 INSN_SIZE = 8
-INSN = struct.Struct("<BBhi")
+INSN = struct.Struct("<BBhi")   # code, dst:4|src:4 (the register byte), off, imm
+DST_MASK = 0x0F                 # the register byte: dst in the low nibble, src in the high one
+SRC_SHIFT = 4
 MAX_STACK = 512          # MAX_BPF_STACK: the verifier refuses any stack access below r10 - 512
 STACK_SLOT = 8           # bytes of a stack slot (a register spill; the frame's alignment)
 
@@ -147,7 +149,7 @@ class Insn:
         return _IS_GOTOL[self.op & 0xFF]
 
     def encode(self) -> bytes:
-        regs = (self.src << 4) | self.dst
+        regs = (self.src << SRC_SHIFT) | self.dst
         first = INSN.pack(self.op, regs, self.off, self.imm)
         if self.op == LD_IMM64:
             return first + INSN.pack(0, 0, 0, self.imm_hi)
@@ -304,6 +306,13 @@ class CodeSection:
         self.insns[index:index] = new
 
 
+def decode_insn(raw: bytes) -> Insn:
+    """One 8-byte instruction on its own (a note's argument insn): the fields
+    as :func:`decode_section` reads them, with no references resolved."""
+    op, regs, off, imm = INSN.unpack(raw)
+    return Insn(op, regs & DST_MASK, regs >> SRC_SHIFT, off, imm)
+
+
 def decode_section(index: int, name: str, data: bytes, relocs: Iterable[Relocation] = ()) -> CodeSection:
     """Instructions of one section, with its relocations attached and its
     relative branches and same-section calls resolved.  Cross-section code
@@ -316,7 +325,7 @@ def decode_section(index: int, name: str, data: bytes, relocs: Iterable[Relocati
     slot = 0
     while slot < len(raw):
         op, regs, off, imm = raw[slot]
-        insn = Insn(op, regs & 0xF, regs >> 4, off, imm, orig=slot * INSN_SIZE)
+        insn = Insn(op, regs & DST_MASK, regs >> SRC_SHIFT, off, imm, orig=slot * INSN_SIZE)
         if op == LD_IMM64:
             if slot + 1 >= len(raw):
                 raise InputError(f"{name}+{slot * INSN_SIZE:#x}: ld_imm64 cut off by the section end")

@@ -21,23 +21,26 @@ import bisect
 import functools
 import struct
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
+    R_SYM_SHIFT,
+    R_TYPE_MASK,
     REL,
     RELA,
-    SHT_NOBITS,
     SHT_REL,
     SHT_RELA,
+    ST_TYPE_MASK,
     STT_FUNC,
     STT_SECTION,
-    SYM,
     BpfObject,
     Section,
+    SymbolTable,
     is_reserved_index,
+    section_view,
 )
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import (
@@ -53,8 +56,11 @@ from bpf_sdt.format import (
     R_BPF_64_ABS64_OLD_BINUTILS,
     entry_symbol_probe_name,
 )
-from bpf_sdt.insn import INSN_SIZE, MAX_STACK
+from bpf_sdt.insn import INSN_SIZE, MAX_STACK, Insn, decode_insn
 from bpf_sdt.model import ArgLocation
+
+# The symbol table's reader is the ELF layer's; its old name here stays importable.
+RawSymbols = SymbolTable
 
 # An object holds at most this many notes entries (documented in docs/check.md).
 # A program is at most 1M instructions, so no real object comes near it; the cap
@@ -64,7 +70,6 @@ MAX_ENTRIES = 1 << 20
 ADDRESS_WORD_SIZE = 8
 MAX_ENTRY_SIZE = ADDRESS_WORD_SIZE + INSN_SIZE * MAX_ARGS
 MAX_REGISTER = 9                # r0..r9 hold values; r10 is the frame pointer
-_INSN = struct.Struct("<BBhi")  # code, dst:4|src:4, off, imm
 _ENTRY_PREFIX = ENTRY_SYMBOL_PREFIX.encode()
 _LDX_OPCODE = {size: op for op, size in OP_LDX.items()}
 
@@ -154,11 +159,11 @@ def encode_arg(loc: ArgLocation, index: int) -> bytes:
     dst = index if index <= NAMED_ARGS else 0
     try:
         if loc.kind == "reg" and loc.reg is not None:
-            insn = _INSN.pack(OP_MOV64_X, (loc.reg << 4) | dst, 0, 0)
+            insn = Insn(OP_MOV64_X, dst, loc.reg).encode()
         elif loc.kind == "imm" and loc.value is not None:
-            insn = _INSN.pack(OP_MOV64_K, dst, 0, loc.value)
+            insn = Insn(OP_MOV64_K, dst, imm=loc.value).encode()
         elif loc.kind == "stack" and loc.offset is not None and loc.size in _LDX_OPCODE:
-            insn = _INSN.pack(_LDX_OPCODE[loc.size], FRAME_REG << 4, loc.offset, 0)
+            insn = Insn(_LDX_OPCODE[loc.size], src=FRAME_REG, off=loc.offset).encode()
         else:
             raise ValueError(f"argument {index}: {loc} is not a location the format can hold")
     except struct.error:
@@ -192,8 +197,8 @@ def decode_args(body: bytes) -> tuple[tuple[ArgLocation, ...], tuple[tuple[int, 
 def decode_arg(insn: bytes, index: int) -> tuple[ArgLocation | None, str | None]:
     """One argument insn -> its location, or an error message.  Memoized: the
     same few words repeat across thousands of sites, and the result is immutable."""
-    op, regs, off, imm = _INSN.unpack(insn)
-    dst, src = regs & 0xF, regs >> 4
+    decoded = decode_insn(insn)
+    op, dst, src, off, imm = decoded.op, decoded.dst, decoded.src, decoded.off, decoded.imm
     want_dst = index if index <= NAMED_ARGS else 0
     if op == OP_MOV64_X:
         if off or imm:
@@ -221,66 +226,18 @@ def decode_arg(insn: bytes, index: int) -> tuple[ArgLocation | None, str | None]
     return loc, None
 
 
-# --- the raw symbol table -----------------------------------------------------
-
-
-def section_view(obj: BpfObject, sec: Section) -> memoryview:
-    """A section's bytes without copying them (SHT_NOBITS: none).  The reader
-    has checked that every section with bytes lies inside the file."""
-    if sec.type == SHT_NOBITS:
-        return memoryview(b"")
-    return memoryview(obj.data)[sec.offset: sec.offset + sec.size]
-
-
-class RawSymbols:
-    """The symbol table read record by record with the shared layout, without
-    building a Symbol per record or copying the tables: an object with 1M probe
-    sites has 1M entry symbols, and the decoder needs a few fields of each."""
-
-    def __init__(self, obj: BpfObject) -> None:
-        self.obj = obj
-        sec = obj.symtab_section
-        self.raw = section_view(obj, sec) if sec is not None else memoryview(b"")
-        strtab = obj.section_at(sec.link) if sec is not None else None
-        if sec is not None and strtab is None:
-            raise InputError(f"{obj.path}: symbol table links to missing string table {sec.link}")
-        self._data = obj.data
-        self._names_start = strtab.offset if strtab is not None else 0
-        self._names_len = len(section_view(obj, strtab)) if strtab is not None else 0
-        if sec is not None and (sec.entsize not in (0, SYM.size) or len(self.raw) % SYM.size):
-            raise InputError(f"{obj.path}: symbol table size {len(self.raw)} is not a multiple of {SYM.size}")
-        self.count = len(self.raw) // SYM.size
-
-    def records(self) -> Iterator[tuple[int, int, int, int, int, int]]:
-        """(name offset, info, other, shndx, value, size) per symbol, index order."""
-        return SYM.iter_unpack(self.raw)
-
-    def record(self, index: int) -> tuple[int, int, int, int, int, int]:
-        return SYM.unpack_from(self.raw, SYM.size * index)
-
-    def name(self, index: int, name_off: int) -> str:
-        if name_off and name_off >= self._names_len:
-            raise InputError(f"{self.obj.path}: symbol {index}: name offset {name_off} is outside "
-                             f"the string table ({self._names_len} bytes)")
-        start, stop = self._names_start + name_off, self._names_start + self._names_len
-        end = self._data.find(b"\0", start, stop)
-        return self._data[start: end if end >= 0 else stop].decode("utf-8", errors="replace")
-
-    def has_prefix(self, name_off: int, prefix: bytes) -> bool:
-        start = self._names_start + name_off
-        return name_off < self._names_len and \
-            self._data.startswith(prefix, start, self._names_start + self._names_len)
+# --- functions by offset ------------------------------------------------------
 
 
 class FunctionIndex:
     """The function symbol containing an offset, per code section (bisect)."""
 
-    def __init__(self, obj: BpfObject, symbols: RawSymbols | None = None) -> None:
+    def __init__(self, obj: BpfObject, symbols: SymbolTable | None = None) -> None:
         self._by_section: dict[int, tuple[list[int], list[tuple[int, str]]]] = {}
-        syms = symbols or RawSymbols(obj)
+        syms = symbols or obj.symbol_table
         found: dict[int, list[tuple[int, int, str]]] = {}
         for i, (name_off, info, _other, shndx, value, size) in enumerate(syms.records()):
-            if info & 0xF == STT_FUNC and not is_reserved_index(shndx):
+            if info & ST_TYPE_MASK == STT_FUNC and not is_reserved_index(shndx):
                 found.setdefault(shndx, []).append((value, size, syms.name(i, name_off)))
         for shndx, funcs in found.items():
             funcs.sort(key=lambda f: f[0])
@@ -349,7 +306,7 @@ def _decode_notes(obj: BpfObject) -> NotesDecoding:
         out.problem(ProblemKind.NO_BYTES, 0, f"{NOTES_SECTION} claims {notes.size} bytes but has "
                     f"{len(data)} in the file (section type {notes.type})")
         return out
-    symbols = RawSymbols(obj)
+    symbols = obj.symbol_table
     bounds = _entry_symbols(obj, notes, symbols, out)
     out.entry_probes.update(bounds.names)
     valid = _valid_entries(bounds, notes.size, out)
@@ -364,7 +321,7 @@ def _decode_notes(obj: BpfObject) -> NotesDecoding:
     return out
 
 
-def _entry_symbols(obj: BpfObject, notes: Section, symbols: RawSymbols, out: NotesDecoding) -> _Boundary:
+def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: NotesDecoding) -> _Boundary:
     """Entry symbols of the notes section, sorted by value (then index)."""
     values, indices, name_offs = array("Q"), array("q"), array("q")
     for i, (name_off, _info, _other, shndx, value, _size) in enumerate(symbols.records()):
@@ -473,7 +430,7 @@ class _Targets:
     code, its bytes) is worked out once per symbol: thousands of entries share
     one section symbol."""
 
-    def __init__(self, obj: BpfObject, symbols: RawSymbols) -> None:
+    def __init__(self, obj: BpfObject, symbols: SymbolTable) -> None:
         self.obj = obj
         self.symbols = symbols
         self._cache: dict[int, tuple[Section, int, memoryview] | str] = {}
@@ -493,12 +450,12 @@ class _Targets:
         if sec is None or not sec.executable:
             name = self.symbols.name(index, name_off) or "a symbol"
             return f"relocation against {name} outside any executable section"
-        base = 0 if info & 0xF == STT_SECTION else value
+        base = 0 if info & ST_TYPE_MASK == STT_SECTION else value
         return sec, base, section_view(self.obj, sec)
 
 
 def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: _Boundary, valid: array[int],
-                    first: array[int], repeats: dict[int, int], symbols: RawSymbols,
+                    first: array[int], repeats: dict[int, int], symbols: SymbolTable,
                     out: NotesDecoding) -> None:
     layout = _layout(obj, rel_sec)
     rela = rel_sec.type == SHT_RELA
@@ -518,7 +475,7 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: 
         if pos in repeats:
             out.problem(ProblemKind.RELOCATION, start, f"address word has {repeats[pos]} relocations", start)
         rec = layout.unpack_from(raw_rels, layout.size * k)
-        rtype, rsym = rec[1] & 0xFFFFFFFF, rec[1] >> 32
+        rtype, rsym = rec[1] & R_TYPE_MASK, rec[1] >> R_SYM_SHIFT
         if rtype == R_BPF_64_ABS64_OLD_BINUTILS:
             out.legacy_relocations += 1
         elif rtype != R_BPF_64_ABS64:
