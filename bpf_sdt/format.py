@@ -1,7 +1,17 @@
 """Constants of the on-disk format (normative text: docs/format.md).
 
 Everything that reads or writes notes imports these; nothing else spells them.
+The recorder's map names are part of the on-disk contract too; they are defined
+with the rest of the recorder's contract in :mod:`bpf_sdt.recorder_abi` and
+re-exported here.
 """
+
+from bpf_sdt.recorder_abi import RECORDER_COUNTERS as RECORDER_COUNTERS
+from bpf_sdt.recorder_abi import RECORDER_COUNTS_MAP as RECORDER_COUNTS_MAP
+from bpf_sdt.recorder_abi import RECORDER_DEFAULT_RINGBUF_SIZE as RECORDER_DEFAULT_RINGBUF_SIZE
+from bpf_sdt.recorder_abi import RECORDER_IDENTITY_HEX as RECORDER_IDENTITY_HEX
+from bpf_sdt.recorder_abi import RECORDER_IDENTITY_PREFIX as RECORDER_IDENTITY_PREFIX
+from bpf_sdt.recorder_abi import RECORDER_RINGBUF_MAP as RECORDER_RINGBUF_MAP
 
 FORMAT_VERSION = 1
 
@@ -44,22 +54,6 @@ def entry_symbol_probe_name(symbol: str) -> str | None:
     name = symbol[len(ENTRY_SYMBOL_PREFIX):].split(".", 1)[0]
     return name or None
 
-
-# The recorder (docs/instrument.md): what `instrument` writes and `trace --pinned`
-# reads.  Loaders pin maps under these names (bpftool's pinmaps DIR, libbpf's pin
-# root with --pin-by-name), and trace finds them by name among the kernel's maps,
-# so the names are part of the contract.
-RECORDER_RINGBUF_MAP = "bpf_sdt_events"
-RECORDER_COUNTS_MAP = "bpf_sdt_counts"
-RECORDER_DEFAULT_RINGBUF_SIZE = 1 << 22
-# bpf_sdt_counts is a per-CPU array of one value whose BTF struct is named
-# RECORDER_IDENTITY_PREFIX + the hex digest of the instrumented object's site
-# table (trace.sites.recorder_identity): the kernel keeps a map's value type, so
-# a reader proves from the loaded map alone which object's sites its events use.
-RECORDER_IDENTITY_PREFIX = "bpf_sdt_id_"
-RECORDER_IDENTITY_HEX = 32                     # 128 bits of SHA-256
-# The value's u64 fields, in this order, summed over CPUs by the reader.
-RECORDER_COUNTERS = ("submitted", "lost", "filtered", "overflow")
 
 # instrument records the first instruction of each call it inserts in CALLS_SECTION
 # (docs/format.md section 6): an address word per call, at a local STT_NOTYPE symbol

@@ -24,24 +24,32 @@ import jinja2
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.elf import STB_LOCAL, STT_FUNC, BpfObject
 from bpf_sdt.errors import InputError, ToolError
-from bpf_sdt.format import (
-    MAX_ARGS,
-    RECORDER_COUNTERS,
+from bpf_sdt.format import MAX_ARGS
+from bpf_sdt.recorder_abi import (
+    AGGREGATION_KEY_STRUCT,
+    AGGREGATION_VALUE_STRUCT,
+    ARG_SLOT,
+    RECORDER_ARGS_STRUCT,
     RECORDER_COUNTS_MAP,
-    RECORDER_IDENTITY_PREFIX,
+    RECORDER_EVENT,
     RECORDER_RINGBUF_MAP,
+    aggregation_key_struct,
+    aggregation_value_struct,
+    args_struct,
+    counters_struct,
+    event_struct,
 )
+
+# Re-exported: the stages that plan or call recorders import these names from here.
+from bpf_sdt.recorder_abi import AGGREGATION_MAP_PREFIX as AGGREGATION_MAP_PREFIX
+from bpf_sdt.recorder_abi import HITS_MAP as HITS_MAP
+from bpf_sdt.recorder_abi import RECORDER_PREFIX as RECORDER_PREFIX
 from bpf_sdt.toolchain import find_clang
 
 OBSERVER_SECTION = "bpf_sdt"            # SEC("bpf_sdt") or SEC("bpf_sdt/<glob>")
 BPF_PROG_INNER = "____"                 # libbpf's BPF_PROG names the inlined body ____<name>
-RECORDER_PREFIX = "bpf_sdt_record_"     # + arity, or + arity_probe for a probe with its own plan
-RECORDER_EVENT = "bpf_sdt_event"
-RECORDER_ARGS_STRUCT = "bpf_sdt_args"   # + _arity: what a recorder function's pointer argument points to
-AGGREGATION_MAP_PREFIX = "bpf_sdt_agg"  # + index (map names are at most 15 characters)
 DEFAULT_MAP_ENTRIES = 10240             # keys per aggregation map (x site), unless --map-entries says
 MAX_MAP_ENTRIES = 1 << 20               # per-CPU values: each key costs 32 bytes on every CPU
-HITS_MAP = 0                            # the aggregation map counting hits per site
 AGGREGATION_KINDS = ("count", "hist", "lhist", "sum", "min", "max", "avg")
 PAGE_SIZE = 4096
 RECORDER_CFLAGS = ("-target", "bpf", "-O2", "-g", "-mcpu=v2", "-Wall", "-Werror")
@@ -178,12 +186,16 @@ def render_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, 
     maps = {g.index: len(g.keys) for p in options.probes.values() for g in p.aggregations}
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
+    counters = counters_struct(identity)
     return env.get_template("recorder.bpf.c.j2").render(
-        arities=sorted({len(t) for t in probes.values()}), functions=list(functions.values()),
-        ringbuf_size=ringbuf_size, ringbuf=RECORDER_RINGBUF_MAP, counts=RECORDER_COUNTS_MAP,
-        identity=RECORDER_IDENTITY_PREFIX + identity, counters=RECORDER_COUNTERS, event=RECORDER_EVENT,
-        args_struct=RECORDER_ARGS_STRUCT, pin_by_name=options.pin_by_name, agg_prefix=AGGREGATION_MAP_PREFIX,
-        aggregations=[{"index": i, "nkeys": n,
+        functions=list(functions.values()), ringbuf_size=ringbuf_size, ringbuf=RECORDER_RINGBUF_MAP,
+        counts=RECORDER_COUNTS_MAP, identity=counters.name, counters_struct=counters.c_definition(),
+        event=RECORDER_EVENT, event_struct=event_struct().c_definition(), slot=ARG_SLOT,
+        args_struct=RECORDER_ARGS_STRUCT,
+        args_structs=[args_struct(n).c_definition() for n in sorted({len(t) for t in probes.values()})],
+        pin_by_name=options.pin_by_name, agg_prefix=AGGREGATION_MAP_PREFIX, key_prefix=AGGREGATION_KEY_STRUCT,
+        value_name=AGGREGATION_VALUE_STRUCT, value_struct=aggregation_value_struct().c_definition(),
+        aggregations=[{"index": i, "key_struct": aggregation_key_struct(i, n).c_definition(),
                        "entries": options.hits_entries if i == HITS_MAP else options.map_entries}
                       for i, n in sorted(maps.items())])
 

@@ -12,17 +12,28 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import test_trace
+from bpf_sdt.instrument.observers import (
+    HITS_MAP,
+    PAGE_SIZE,
+    AggregationCode,
+    ProbePlan,
+    RecorderOptions,
+    build_recorder,
+)
 from bpf_sdt.trace.recorder import Counters, map_identity
 from bpf_sdt.trace.sites import recorder_identity
 from test_trace import CLI, XDP_PACKETS, Tracer, _env, json_lines, observed, xdp_parser_model
 from toolchain import REPO, clang, compile_bpf, run, tool
 
+from bpf_sdt import recorder_abi as abi
+from bpf_sdt.argtype import ArgType
 from bpf_sdt.btf import BtfKind
 from bpf_sdt.elf import load_object
-from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_IDENTITY_PREFIX, RECORDER_RINGBUF_MAP
+from bpf_sdt.format import MAX_ARGS, RECORDER_COUNTS_MAP, RECORDER_IDENTITY_PREFIX, RECORDER_RINGBUF_MAP
 from bpf_sdt.libbpf import Map, RingBuffer
 
 # test_trace's fixtures, found by pytest under these names.
@@ -210,3 +221,105 @@ def test_pin_by_name_keeps_libbpf_pinning(built: Path, tmp_path: Path) -> None:
 
     assert pinning_members(instrument(built / "xdp_parser.bpf.o", tmp_path / "x.o", "--pin-by-name")) == 2
     assert pinning_members(instrument(built / "xdp_parser.bpf.o", tmp_path / "y.o")) == 0
+
+
+# --- one contract: the compiled recorder's BTF is what the readers decode --------------------
+
+CONTRACT_TYPES = {"__u32": ArgType("__u32", "unsigned int", 4, False, "int"),
+                  "__s8": ArgType("signed char", "signed char", 1, True, "int")}
+CONTRACT_IDENTITY = "ab" * 16
+CONTRACT_NAMES = ("bpf_sdt_",)          # every struct the contract describes, and nothing of clang's own
+
+
+def _bpftool_structs(obj: Path) -> dict[str, list[tuple[str, int, int]]]:
+    """Struct name -> (member, byte offset, byte size), from bpftool's BTF dump:
+    an oracle independent of bpf_sdt.btf."""
+    res = run([tool("bpftool"), "btf", "dump", "file", str(obj), "-j"])
+    assert res.returncode == 0, res.stderr
+    import json
+
+    types = {t["id"]: t for t in json.loads(res.stdout)["types"]}
+
+    def size(type_id: int) -> int:
+        t = types[type_id]
+        if t["kind"] == "TYPEDEF":
+            return size(t["type_id"])
+        if t["kind"] == "ARRAY":
+            return int(t["nr_elems"]) * size(t["type_id"])
+        return int(t["size"])
+
+    return {t["name"]: [(m["name"], m["bits_offset"] // 8, size(m["type_id"])) for m in t["members"]]
+            for t in types.values() if t["kind"] == "STRUCT" and t["name"].startswith(CONTRACT_NAMES)}
+
+
+def _own_structs(obj: Path) -> dict[str, list[tuple[str, int, int]]]:
+    btf = load_object(obj).btf
+    assert btf is not None
+    return {t.name: [(m.name, m.offset // 8, btf.size_of(m.type)) for m in t.members]
+            for t in btf.types if t.kind == BtfKind.STRUCT and t.name}
+
+
+def _dwarf_structs(obj: Path) -> dict[str, list[tuple[str, int, int]]]:
+    """The same from DWARF, through pyelftools: BTF has no types of locals, so
+    the event struct (a local pointer's target) is only described there."""
+    from elftools.elf.elffile import ELFFile
+
+    def size(die: Any) -> int:
+        while "DW_AT_byte_size" not in die.attributes:
+            if die.tag == "DW_TAG_array_type":
+                count = sum(c.attributes["DW_AT_count"].value if "DW_AT_count" in c.attributes else 0
+                            for c in die.iter_children() if c.tag == "DW_TAG_subrange_type")
+                return int(count) * size(die.get_DIE_from_attribute("DW_AT_type"))
+            die = die.get_DIE_from_attribute("DW_AT_type")
+        return int(die.attributes["DW_AT_byte_size"].value)
+
+    out = {}
+    with obj.open("rb") as f:
+        for cu in ELFFile(f).get_dwarf_info().iter_CUs():
+            for die in cu.iter_DIEs():
+                name = die.attributes.get("DW_AT_name")
+                if die.tag != "DW_TAG_structure_type" or name is None or not name.value.startswith(b"bpf_sdt_"):
+                    continue
+                out[name.value.decode()] = [(m.attributes["DW_AT_name"].value.decode(),
+                                             int(m.attributes["DW_AT_data_member_location"].value), size(m))
+                                            for m in die.iter_children() if m.tag == "DW_TAG_member"]
+    return out
+
+
+def test_the_compiled_recorder_lays_out_its_structs_as_the_contract_says(tmp_path: Path) -> None:
+    """Every struct the recorder shares with trace, compiled by clang, has
+    the members, offsets and sizes of recorder_abi's description, and the
+    readers' struct codecs have the same sizes: the C is rendered from the
+    description, and this proves the compiler agrees with both."""
+    probes = {"none": (), "one": (CONTRACT_TYPES["__u32"],), "three": (CONTRACT_TYPES["__s8"],) * 3,
+              "twelve": (CONTRACT_TYPES["__u32"],) * MAX_ARGS}
+    aggregations = (AggregationCode(HITS_MAP, "count"), AggregationCode(1, "count", ("arg0", "arg1")),
+                    AggregationCode(2, "hist", (), "arg2"))
+    options = RecorderOptions(probes={"three": ProbePlan(filter="arg0 > 1", aggregations=aggregations)})
+    obj = build_recorder(probes, PAGE_SIZE, CONTRACT_IDENTITY, tmp_path, options)
+    expected = [abi.event_struct(), abi.counters_struct(CONTRACT_IDENTITY), abi.aggregation_value_struct(),
+                abi.aggregation_key_struct(0, 0), abi.aggregation_key_struct(1, 2), abi.aggregation_key_struct(2, 0),
+                *(abi.args_struct(len(t)) for t in probes.values())]
+    by_bpftool, by_ours, by_dwarf = _bpftool_structs(obj), _own_structs(obj), _dwarf_structs(obj)
+    for s in expected:
+        assert by_dwarf.get(s.name) == list(s.members()), s.name
+        if s.name == abi.RECORDER_EVENT:
+            continue                    # a local's type: not in BTF
+        assert by_bpftool.get(s.name) == list(s.members()), s.name
+        assert by_ours.get(s.name) == by_bpftool[s.name], s.name
+    # The readers' codecs: the event's fixed part, the site id's place, the counters, the aggregation maps.
+    assert abi.EVENT_HEADER.size == sum(size for _, _, size in abi.event_struct().members())
+    event = {name: (off, size) for name, off, size in by_dwarf[abi.RECORDER_EVENT]}
+    assert abi.EVENT_SITE.size == event["site"][0] + event["site"][1]
+    assert abi.EVENT_HEADER.size == event["args"][0]
+    assert abi.COUNTERS.size == sum(size for _, _, size in by_bpftool[abi.counters_struct(CONTRACT_IDENTITY).name])
+    assert [name for name, _, _ in by_bpftool[abi.counters_struct(CONTRACT_IDENTITY).name]] == \
+        list(abi.RECORDER_COUNTERS)
+    assert abi.AGGREGATION_VALUE.size == sum(size for _, _, size in by_bpftool[abi.AGGREGATION_VALUE_STRUCT])
+    assert abi.aggregation_key(2).size == sum(size for _, _, size in by_bpftool[abi.aggregation_key_struct(1, 2).name])
+    assert abi.aggregation_key(0).size == sum(size for _, _, size in by_bpftool[abi.aggregation_key_struct(0, 0).name])
+    # The recorder functions are named by the contract's prefix, and the maps by its names.
+    names = {s.name for s in load_object(obj).symbols}
+    assert {f"{abi.RECORDER_PREFIX}{len(t)}" for p, t in probes.items() if p != "three"} <= names
+    assert f"{abi.RECORDER_PREFIX}3_three" in names
+    assert {abi.RECORDER_RINGBUF_MAP, abi.RECORDER_COUNTS_MAP, f"{abi.AGGREGATION_MAP_PREFIX}1"} <= names

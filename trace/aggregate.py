@@ -4,7 +4,8 @@ maps, and printing them (bpftrace-style text, or one JSON object per map).
 
 Each aggregation option is one map ``bpf_sdt_agg<N>``, a per-CPU hash keyed by
 ``{u32 site, u32 bucket, u64 keys[K]}`` with the value ``{u64 count, s64 sum,
-s64 min, s64 max}`` (instrument/templates/recorder.bpf.c.j2).  Map 0 is
+s64 min, s64 max}`` (both laid out in :mod:`bpf_sdt.recorder_abi`, from which the
+recorder's C is rendered).  Map 0 is
 always the per-site hit count.  The kernel keys by site; the reader merges the
 CPUs (count and sum add; min and max over the CPUs that saw the key) and,
 unless ``--per-site``, the sites of each probe.  An update that finds its map
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,12 +34,9 @@ from bpf_sdt.elf import BpfObject
 from bpf_sdt.errors import UsageError
 from bpf_sdt.libbpf import Map
 from bpf_sdt.probes import probe_types
+from bpf_sdt.recorder_abi import AGGREGATION_VALUE, RECORDER_COUNTERS, aggregation_key, percpu_stride
 
 HITS_INDEX = HITS_MAP                   # map 0: hits per site, when aggregating and hits are wanted
-VALUE = struct.Struct("<QqqQ")          # count, sum, min, max (max read unsigned, converted below)
-VALUE_BYTES = VALUE.size
-KEY_HEAD = struct.Struct("<II")         # site, bucket
-SLOT = 8
 BY = " by "                             # EXPR by KEY,KEY
 MAX_KEYS = 8
 BAR_WIDTH = 52                          # bpftrace's histogram bars
@@ -210,8 +207,8 @@ Entry = tuple[int, int, tuple[int, ...]]      # site, bucket, keys (raw u64)
 def read_map(m: Map, nkeys: int) -> dict[Entry, Merged]:
     """Every key of one aggregation map, its CPUs merged."""
     out: dict[Entry, Merged] = {}
-    key_format = struct.Struct(f"<II{max(nkeys, 1)}Q")
-    stride = -(-m.value_size // SLOT) * SLOT
+    key_format = aggregation_key(nkeys)
+    stride = percpu_stride(m.value_size)
     for key in list(m.keys()):
         raw = m.lookup(key)
         if raw is None:                 # deleted meanwhile: nothing deletes our keys, but never assume
@@ -219,8 +216,7 @@ def read_map(m: Map, nkeys: int) -> dict[Entry, Merged]:
         site, bucket, *keys = key_format.unpack(key)
         merged = out.setdefault((site, bucket, tuple(keys[:nkeys])), Merged())
         for cpu in range(0, len(raw), stride):
-            count, total, low, high = VALUE.unpack_from(raw, cpu)
-            merged.add(count, total, low, high - S64 if high >= S64 // 2 else high)
+            merged.add(*AGGREGATION_VALUE.unpack_from(raw, cpu))
     return out
 
 
@@ -413,7 +409,7 @@ def open_report(find_map: Callable[[str], Map], layout: Layout, sites: Sequence[
 
 def counters_line(counted: object, as_json: bool) -> str:
     """The recorder's own counts, for runs that filter or aggregate."""
-    values = {k: getattr(counted, k) for k in ("submitted", "lost", "filtered", "overflow")}
+    values = {k: getattr(counted, k) for k in RECORDER_COUNTERS}
     if as_json:
         return json.dumps({"type": "recorder", **values}, separators=(",", ":"))
     return "recorder: " + ", ".join(f"{v} {k}" for k, v in values.items())

@@ -1,6 +1,7 @@
 """Decoding recorder events and printing them: text, JSON lines, or counts.
 
-An event (instrument/templates/recorder.bpf.c.j2) is, little endian::
+An event (:func:`bpf_sdt.recorder_abi.event_struct`, rendered into the
+recorder's C) is, little endian::
 
     u64 ts (bpf_ktime_get_ns, CLOCK_MONOTONIC)   u32 site id   u32 cpu
     u64 arg[n]      already converted to the probe's declared C type
@@ -38,12 +39,10 @@ from bpf_sdt.trace.sites import Site
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.errors import BpfSdtError
 from bpf_sdt.model import escape_text
+from bpf_sdt.recorder_abi import ARG_SLOT, EVENT_HEADER, EVENT_HEADER_FIELDS, EVENT_SITE
 
 JSON_FORMAT_VERSION = 2     # docs/trace.md "JSON lines": the first line of a stream carries it
-EVENT_HEADER = struct.Struct("<QII")        # ts, site id, cpu
-EVENT_FIELDS = 3
-_SITE = struct.Struct("<8xI")
-SLOT = 8                                    # bytes per argument in an event
+EVENT_FIELDS = EVENT_HEADER_FIELDS          # ts, site id, cpu: the unpacked event's first values
 U64_MASK = (1 << 64) - 1
 NS_PER_S = 1_000_000_000
 _INT_CODES = {8: "b", 16: "h", 32: "i", 64: "q"}
@@ -66,7 +65,7 @@ def slot_code(t: ArgType) -> str | None:
         return None
     if not t.signed:
         code = code.upper()
-    pad = SLOT - t.bits // 8
+    pad = ARG_SLOT - t.bits // 8
     return code + (f"{pad}x" if pad else "")
 
 
@@ -124,7 +123,7 @@ class Decoder:
     def _codec(self, site: Site, render: bool) -> _Codec:
         codes = [slot_code(t) for t in site.types]
         unpack = struct.Struct(EVENT_HEADER.format + "".join(c or "Q" for c in codes)).unpack_from
-        size = EVENT_HEADER.size + SLOT * len(site.types)
+        size = EVENT_HEADER.size + ARG_SLOT * len(site.types)
         if not render:
             return size, unpack, None, None
         converts = None if all(codes) else tuple(t.convert for t in site.types)
@@ -169,7 +168,7 @@ class Decoder:
 
     def _sampler(self) -> Sink:
         codecs, hits, append, foreign = self._codecs, self.hits, self.lines.append, self._foreign
-        site_of = _SITE.unpack_from
+        site_of = EVENT_SITE.unpack_from
 
         def sample(buf: Any, off: int, size: int) -> None:
             (site,) = site_of(buf, off)

@@ -29,13 +29,21 @@ from pathlib import Path
 
 from bpf_sdt.btf import parse_btf
 from bpf_sdt.errors import InputError
-from bpf_sdt.format import RECORDER_COUNTERS, RECORDER_COUNTS_MAP, RECORDER_IDENTITY_PREFIX, RECORDER_RINGBUF_MAP
 from bpf_sdt.libbpf import LibbpfError, Map
+from bpf_sdt.recorder_abi import (
+    COUNTERS,
+    RECORDER_COUNTERS,
+    RECORDER_COUNTS_MAP,
+    RECORDER_IDENTITY_PREFIX,
+    RECORDER_RINGBUF_MAP,
+    percpu_stride,
+)
 
-COUNTER_BYTES = 8
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 COUNTS_KEY = bytes(4)
+
+
 def map_identity(fd: int) -> str | None:
     """The identity a recorder's counters map carries (the hex digest), or
     None when the map's value type is not named as a recorder's."""
@@ -74,12 +82,11 @@ class Counters:
         if self._map is None:
             return CounterValues()
         raw = self._map.lookup(COUNTS_KEY) or b""
-        stride = -(-self._map.value_size // COUNTER_BYTES) * COUNTER_BYTES
+        stride = percpu_stride(self._map.value_size)
         sums = [0] * len(RECORDER_COUNTERS)
-        for cpu in range(0, len(raw), stride):
-            for k in range(len(RECORDER_COUNTERS)):
-                at = cpu + COUNTER_BYTES * k
-                sums[k] += int.from_bytes(raw[at:at + COUNTER_BYTES], "little")
+        for cpu in range(0, len(raw) - COUNTERS.size + 1, stride):
+            for k, value in enumerate(COUNTERS.unpack_from(raw, cpu)):
+                sums[k] += value
         return CounterValues(*sums)
 
     def since_start(self) -> CounterValues:
