@@ -57,16 +57,16 @@ from bpf_sdt.instrument.observers import (
 from bpf_sdt.instrument.sequence import Frame, Observer, site_sequence
 
 from bpf_sdt.argtype import ArgType
-from bpf_sdt.btfext import SourceLines
 from bpf_sdt.elf import STT_FUNC, STT_SECTION, TEXT_SECTION, BpfObject, is_reserved_index, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import CALL_LABEL_PREFIX, RECORDER_DEFAULT_RINGBUF_SIZE
 from bpf_sdt.fsutil import resolve_output, write_atomic
 from bpf_sdt.insn import INSN_SIZE, LD_IMM64, MAX_STACK, STACK_SLOT, CodeSection, Insn
 from bpf_sdt.model import escape_text
-from bpf_sdt.notes import NoteEntry, NotesDecoding, decode_notes
-from bpf_sdt.probes import probe_types
+from bpf_sdt.notes import NoteEntry
 from bpf_sdt.rewrite import CodeEdits, Label, decode_code, move_code, rewrite_object
+from bpf_sdt.sites import SiteTable, recorder_identity, site_table
+from bpf_sdt.sites import ordered_sites as ordered_sites  # tests read the site-id order here
 
 
 class SiteError(BpfSdtError):
@@ -138,9 +138,9 @@ def _instrument(req: Request) -> Result:
     from bpf_sdt.postlink.link import refuse_undecodable_names  # link loads check: only when needed
 
     refuse_undecodable_names(obj)
-    notes = _usable_notes(obj)
-    types = probe_types(obj.btf)
-    probes = sorted({e.probe for e in notes.entries})
+    table = _usable_sites(obj)
+    types = table.types
+    probes = table.probes()
     selected = _select_probes(probes, req.probes)
     decls = [d for path in req.observers for d in _observers_of(path)]
     plan = _plan_observers(decls, probes, selected, req, types)
@@ -148,8 +148,6 @@ def _instrument(req: Request) -> Result:
         extra = [*req.observers]
         recorded = sorted({p for p, obs in plan.items() for o in obs if o.startswith(RECORDER_PREFIX)})
         if recorded:
-            from bpf_sdt.trace.sites import recorder_identity  # trace.sites imports this module
-
             extra.append(build_recorder({p: types.get(p, ()) for p in recorded}, req.ringbuf_size,
                                         recorder_identity(obj, req.recorder.plan_id), Path(tmp), req.recorder))
         linked = Path(tmp) / "linked.o"
@@ -187,22 +185,15 @@ def _check_output(req: Request) -> None:
 # --- choosing sites and observers --------------------------------------------
 
 
-def ordered_sites(notes: NotesDecoding) -> list[NoteEntry]:
-    """Every site in site-id order: by code section name, then NOP offset (the
-    order `bpf-sdt list` prints).  Inserting code keeps the order, so the ids
-    the recorder writes name the same sites in the instrumented object."""
-    return sorted(notes.entries, key=lambda e: (e.section.name, e.offset, e.entry_offset))
-
-
-def _usable_notes(obj: BpfObject) -> NotesDecoding:
-    notes = decode_notes(obj)
-    if notes.problems:
-        p = notes.problems[0]
+def _usable_sites(obj: BpfObject) -> SiteTable:
+    table = site_table(obj)
+    if table.decoding.problems:
+        p = table.decoding.problems[0]
         raise InputError(f"{obj.path}: its probe notes are broken ({p.where}: {p.message}); "
                          f"run `bpf-sdt check {obj.path}`")
-    if not notes.entries:
+    if not table.entries:
         raise InputError(f"{obj.path}: has no probe sites to instrument")
-    return notes
+    return table
 
 
 def _select_probes(probes: list[str], globs: Sequence[str]) -> list[str]:
@@ -263,25 +254,23 @@ def _plan_observers(decls: list[ObserverDecl], probes: list[str], selected: list
 
 
 def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[bytes, Result]:
-    notes = decode_notes(obj)
-    types = probe_types(obj.btf)
+    table = site_table(obj)
+    types = table.types
     _check_symbol_sections(obj)
     code = decode_code(obj)
     # (section, decoded offset) -> index in its section: taken once, before code moves
     index_of = {(idx, insn.orig): i for idx, sec in code.items() for i, insn in enumerate(sec.insns)}
-    program = Program(code, obj.symbols, _site_uses(code, notes, index_of))
+    program = Program(code, obj.symbols, _site_uses(code, table.entries, index_of))
     edits = CodeEdits()
     observers = _observer_entries(obj, code, plan, index_of)
     _refuse_ctx_writers(program, [n for n in observers if not n.startswith(RECORDER_PREFIX)])
     reachable = _reachable_from(program, req.programs)
     text = _gather_text(obj, code, edits)
     observers = _called_through_section_symbol(obj, observers, text)
-    ordered = ordered_sites(notes)
     inserts: dict[int, dict[int, list[Insn]]] = {}
     sites, problems = [], []
-    lines = SourceLines(obj)
     chains: dict[tuple[int, int, tuple[str, ...]], str | None] = {}   # call-chain verdicts, per function
-    for site_id, entry in enumerate(ordered):
+    for site_id, entry in enumerate(table.entries):
         names = plan.get(entry.probe)
         if not names:
             continue
@@ -294,7 +283,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
             seq, calls = _site_code(program, f, idx, entry, types.get(entry.probe, ()),
                                     [observers[n] for n in names], site_id, sec.index != text, chains)
         except SiteError as e:
-            problems.append(f"{_where(entry, f, lines)}: {e}")
+            problems.append(f"{_where(entry, f, table)}: {e}")
             continue
         inserts.setdefault(sec.index, {})[idx] = seq
         edits.labels += [Label(CALL_LABEL_PREFIX + name, sec.index, insn) for name, insn in calls]
@@ -357,11 +346,11 @@ def _reachable_from(program: Program, names: tuple[str, ...]) -> set[int] | None
     return {id(g) for n in names for g in program.reachable(programs[n])}
 
 
-def _site_uses(code: dict[int, CodeSection], notes: NotesDecoding,
+def _site_uses(code: dict[int, CodeSection], entries: list[NoteEntry],
                index_of: dict[tuple[int, int], int]) -> dict[int, int]:
     """id() of every probe NOP -> the registers its arguments are in."""
     out = {}
-    for e in notes.entries:
+    for e in entries:
         i = index_of.get((e.section.index, e.offset))
         if i is not None:
             nop = code[e.section.index].insns[i]
@@ -492,8 +481,8 @@ def _insert_after(sec: CodeSection, at: dict[int, list[Insn]]) -> None:
     sec.insns = out
 
 
-def _where(entry: NoteEntry, f: Function, lines: SourceLines) -> str:
-    file, line, _ = lines.at(entry.section.name, entry.offset)
+def _where(entry: NoteEntry, f: Function, table: SiteTable) -> str:
+    file, line, _ = table.location(entry)
     src = f" ({file}:{line})" if file else ""
     return f"{entry.probe} in {f.name}, {entry.section.name} insn {entry.offset // INSN_SIZE}{src}"
 

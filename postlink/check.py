@@ -42,15 +42,9 @@ from bpf_sdt.format import (
 )
 from bpf_sdt.insn import INSN, INSN_SIZE, JMP, JMP_CALL, LD_IMM64, PSEUDO_CALL
 from bpf_sdt.model import Declaration, Finding, Severity, Site
-from bpf_sdt.notes import (
-    FunctionIndex,
-    NoteEntry,
-    NotesDecoding,
-    ProblemKind,
-    RawSymbols,
-    decode_notes,
-)
+from bpf_sdt.notes import NoteEntry, ProblemKind, RawSymbols
 from bpf_sdt.probes import TAG_RE, tagged_prototype
+from bpf_sdt.sites import SiteTable, site_table
 
 if TYPE_CHECKING:   # imported where used: `check` reads neither line info nor typed arguments
     from bpf_sdt.argtype import ArgType
@@ -104,14 +98,15 @@ NOTES_START = f"{NOTES_SECTION}+0x0"
 
 
 class ObjectReport:
-    """What ``analyze`` found in one object: its decoded notes, prototypes and
-    findings.  Sites are built on demand from the decoded entries (``check``
-    needs none; ``list`` streams them)."""
+    """What ``analyze`` found in one object: its site table, prototypes and
+    findings.  Sites are built on demand from the table (``check`` needs
+    none; ``list`` streams them)."""
 
-    def __init__(self, obj: BpfObject, decoding: NotesDecoding) -> None:
+    def __init__(self, obj: BpfObject, table: SiteTable) -> None:
         self.path = obj.path
         self.obj = obj
-        self.decoding = decoding
+        self.table = table
+        self.decoding = table.decoding
         self.declarations: dict[str, Declaration] = {}
         self.findings: list[Finding] = []
 
@@ -125,53 +120,47 @@ class ObjectReport:
     def errors(self) -> int:
         return sum(1 for f in self.findings if f.severity == "error")
 
+    def first_error(self) -> str:
+        """The first error, as one line ("" if none)."""
+        first = next((f for f in self.findings if f.severity == "error"), None)
+        return f"{first.where}: {first.message} [{first.rule}]" if first else ""
+
     @property
     def entry_names(self) -> set[str]:
         """Probe names of every entry, decoded or not."""
         return self.decoding.entry_probes
 
-    @cached_property
+    @property
     def entries(self) -> list[NoteEntry]:
-        """Decoded entries by code section name, NOP offset, entry offset."""
-        entries = self.decoding.entries
-        rank = {name: i for i, name in enumerate(sorted({e.section.name for e in entries}))}
-
-        def key(e: NoteEntry) -> int:   # one int, not a tuple: up to MAX_ENTRIES keys
-            return (rank[e.section.name] << 64) | (e.offset << 32) | e.entry_offset
-
-        # Compilers emit notes in code order, so most objects need no sorted copy.
-        if all(key(a) < key(b) for a, b in zip(entries, entries[1:], strict=False)):
-            return entries
-        return sorted(entries, key=key)
+        """Decoded entries in site-id order (bpf_sdt.sites)."""
+        return self.table.entries
 
     @property
     def site_count(self) -> int:
         return len(self.decoding.entries)
 
     def iter_sites(self) -> Iterator[Site]:
-        functions = FunctionIndex(self.obj)
+        """`list`'s record of each site, in site-id order: the table's
+        function, location and chain, the prototype's spellings and the
+        observers the site calls."""
+        table = self.table
         decls = self.declarations
-        from bpf_sdt.btfext import SourceLines  # line info only for those who list sites
-
-        lines = SourceLines(self.obj)
         observers = self.observers
         types = self.arg_types
-        inlined = lines.inlined_at(self.entries, functions)
-        for e, chain in zip(self.entries, inlined, strict=True):
+        function, location = table.function, table.location
+        for e, chain in zip(table.entries, table.inlined_at, strict=True):
             decl = decls.get(e.probe)
-            file, line, column = lines.at(e.section.name, e.offset)
-            yield Site(e.probe, e.section.name, e.offset, functions.at(e.section, e.offset),
-                       e.args, decl.types if decl else (), e.entry_offset, e.symbol, file, line, column,
+            file, line, column = location(e)
+            yield Site(e.probe, e.section.name, e.offset, function(e), e.args, decl.types if decl else (),
+                       e.entry_offset, e.symbol, file, line, column,
                        observers.get((e.section.index, e.offset), ()), types.get(e.probe, ()), chain)
 
     @cached_property
     def arg_types(self) -> dict[str, tuple[ArgType, ...]]:
         """Each probe's typed arguments, to show immediates at their declared
         types; none from BTF that cannot be read (check reports it)."""
-        from bpf_sdt.probes import probe_types
-
         try:
-            return probe_types(self.obj.btf)
+            return self.table.types
         except InputError:
             return {}
 
@@ -526,7 +515,7 @@ def _has_gcc_comment(obj: BpfObject) -> bool:
 
 
 def analyze(obj: BpfObject) -> ObjectReport:
-    report = ObjectReport(obj, decode_notes(obj))
+    report = ObjectReport(obj, site_table(obj))
     try:
         read_declarations(obj, report)
     except InputError as e:

@@ -1,0 +1,190 @@
+"""The site table of an object: its probe sites in site-id order, located.
+
+A site's **id** is its index in one order: code section name, then the NOP's
+offset there (then the entry's offset in the notes, for two entries on one
+NOP, which `check` refuses).  It is the order `list` prints, the order whose
+indices `instrument` passes to the recorder and the one `trace` decodes an
+event's site id with.  Instrumenting inserts code only after NOPs and keeps
+section names, so an object and its instrumented copy have the same order.
+
+:func:`site_table` builds one :class:`SiteTable` per object, once, over what
+:func:`bpf_sdt.notes.decode_notes` decoded: the ordered entries at once, and on
+first use what needs more of the object (each site's function, its source
+location from `.BTF.ext`, its inlined-at chain, the probes' typed arguments).
+`check`, `list`, `link`, `instrument` and `trace` all read it, so each of those
+is worked out once per object and in one place.  Sites found in C sources
+(:class:`bpf_sdt.model.SourceSite`) are another thing, joined to these by
+source location.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import PurePath
+from typing import TYPE_CHECKING
+
+from bpf_sdt.elf import BpfObject
+from bpf_sdt.format import RECORDER_IDENTITY_HEX
+from bpf_sdt.notes import FunctionIndex, NoteEntry, NotesDecoding, decode_notes
+
+if TYPE_CHECKING:   # imported where used: `check` reads neither line info nor typed arguments
+    from bpf_sdt.argtype import ArgType
+    from bpf_sdt.btfext import SourceLines
+    from bpf_sdt.inlined import CallSite
+
+# The packed sort key below: (section rank, NOP offset, entry offset) in one
+# int.  Offsets are byte offsets into sections of an object held in memory,
+# so they stay below 2**32.
+_OFFSET_BITS = 32
+_RANK_SHIFT = 2 * _OFFSET_BITS
+# Where the table is kept on its object (see site_table).
+_CACHE_ATTRIBUTE = "_bpf_sdt_site_table"
+NO_LOCATION: tuple[None, None, None] = (None, None, None)
+
+
+def ordered_sites(decoding: NotesDecoding) -> list[NoteEntry]:
+    """Every decoded entry in site-id order: by code section name, NOP offset,
+    entry offset.  Compilers emit notes in code order, so most objects need
+    no sorted copy."""
+    entries = decoding.entries
+    rank = {name: i for i, name in enumerate(sorted({e.section.name for e in entries}))}
+
+    def key(e: NoteEntry) -> int:   # one int, not a tuple: up to MAX_ENTRIES keys
+        return (rank[e.section.name] << _RANK_SHIFT) | (e.offset << _OFFSET_BITS) | e.entry_offset
+
+    if all(key(a) < key(b) for a, b in zip(entries, entries[1:], strict=False)):
+        return entries
+    return sorted(entries, key=key)
+
+
+@dataclass(frozen=True, slots=True)
+class LocatedSite:
+    """One site of the table: its id and where it is (the note entry itself
+    is ``table.entries[site_id]``).  Plain data: trace keeps these beside a
+    cached instrumented object."""
+
+    site_id: int
+    probe: str
+    function: str               # the function symbol holding the NOP, "" if none
+    section: str                # the code section holding the NOP
+    insn: int                   # the NOP's instruction index in that section
+    file: str | None            # from .BTF.ext line_info, when the object has it
+    line: int | None
+    types: tuple[ArgType, ...]  # the probe's declared argument types (from BTF)
+    # where the inlined function holding the site was called, innermost first
+    inlined_at: tuple[CallSite, ...] = ()
+    column: int | None = None
+
+    @property
+    def source(self) -> str | None:
+        """``file:line`` with the file's base name, and the lines the site's
+        function was inlined at: how trace prints a site."""
+        if self.file is None:
+            return None
+        here = f"{PurePath(self.file).name}:{self.line}"
+        if self.inlined_at:
+            here += " (inlined at " + ", at ".join(f"{PurePath(c.file).name}:{c.line}" for c in self.inlined_at) + ")"
+        return here
+
+
+class SiteTable:
+    """An object's sites in site-id order (``entries[site_id]``), and what is
+    known of each, worked out once on first use."""
+
+    def __init__(self, obj: BpfObject, decoding: NotesDecoding) -> None:
+        self.obj = obj
+        self.decoding = decoding
+        self.entries = ordered_sites(decoding)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @cached_property
+    def functions(self) -> FunctionIndex:
+        return FunctionIndex(self.obj)
+
+    @cached_property
+    def lines(self) -> SourceLines:
+        from bpf_sdt.btfext import SourceLines
+
+        return SourceLines(self.obj)
+
+    @cached_property
+    def types(self) -> dict[str, tuple[ArgType, ...]]:
+        """Probe name -> its typed arguments.  Raises InputError for BTF that
+        cannot be read (check reports it; other stages refuse the object)."""
+        from bpf_sdt.probes import probe_types
+
+        return probe_types(self.obj.btf)
+
+    @cached_property
+    def inlined_at(self) -> list[tuple[CallSite, ...]]:
+        """Per site (in id order), where its inlined function was called."""
+        return self.lines.inlined_at(self.entries, self.functions)
+
+    def function(self, entry: NoteEntry) -> str:
+        return self.functions.at(entry.section, entry.offset)
+
+    def location(self, entry: NoteEntry) -> tuple[str | None, int | None, int | None]:
+        """(file, line, column) of a site, as .BTF.ext line_info gives it."""
+        return self.lines.at(entry.section.name, entry.offset)
+
+    def probes(self) -> list[str]:
+        """The probe names that have sites, sorted."""
+        return sorted({e.probe for e in self.entries})
+
+    def keys(self) -> list[tuple[str, str]]:
+        """(probe, code section) per site: what two tables must agree on to
+        name the same sites by the same ids."""
+        return [(e.probe, e.section.name) for e in self.entries]
+
+    def sites(self, *, sources: bool = True,
+              types: dict[str, tuple[ArgType, ...]] | None = None) -> Iterator[LocatedSite]:
+        """Every site, in id order.  Without ``sources`` no line info or
+        DWARF is read (file, line and chain are None and ()); ``types``
+        replaces the table's own (another object's prototypes)."""
+        functions = self.functions.at
+        declared = self.types if types is None else types
+        where = self.lines.at if sources else None
+        chains: Sequence[tuple[CallSite, ...]] = self.inlined_at if sources else ()
+        for site_id, e in enumerate(self.entries):
+            file, line, column = where(e.section.name, e.offset) if where is not None else NO_LOCATION
+            yield LocatedSite(site_id, e.probe, functions(e.section, e.offset), e.section.name, e.insn_index,
+                              file, line, declared.get(e.probe, ()), chains[site_id] if sources else (),
+                              column)
+
+
+def site_table(obj: BpfObject) -> SiteTable:
+    """The object's site table, built on first use and kept on the object
+    (as its cached properties are), so that every stage of one command reads
+    the same one; an object's bytes do not change."""
+    table = obj.__dict__.get(_CACHE_ATTRIBUTE)
+    if not isinstance(table, SiteTable):
+        table = SiteTable(obj, decode_notes(obj))
+        obj.__dict__[_CACHE_ATTRIBUTE] = table
+    return table
+
+
+def recorder_identity(obj: BpfObject, plan_id: str = "") -> str:
+    """The recorder's identity of an object: a digest of what decoding its
+    events depends on, per site id: probe, code section, function and the
+    argument types, and the recorder's filter and aggregation options
+    (``plan_id``, trace.aggregate.plan_id; empty without any).  Instrumenting
+    keeps the sites (only instructions are inserted), so the object given to
+    `instrument` and its output have the same identity, and a reader computes
+    it from OUT and the same options alone."""
+    digest = hashlib.sha256()
+    if plan_id:
+        digest.update(f"plan {plan_id}\n".encode())
+    table = site_table(obj)
+    typed: dict[str, str] = {}      # per probe: thousands of sites share a few prototypes
+    for site_id, e in enumerate(table.entries):    # no line info or DWARF: the digest needs neither
+        types = typed.get(e.probe)
+        if types is None:
+            types = typed[e.probe] = ";".join(f"{t.canonical}/{t.size}/{int(t.signed)}/{t.kind}"
+                                              for t in table.types.get(e.probe, ()))
+        digest.update(f"{site_id}|{e.probe}|{e.section.name}|{table.function(e)}|{types}\n".encode())
+    return digest.hexdigest()[:RECORDER_IDENTITY_HEX]
