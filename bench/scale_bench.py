@@ -17,13 +17,17 @@ figure is taken).  Bytecode is compiled once per tree beforehand
 
 Objects.  A count of N sites is UNITS translation units of N/UNITS sites,
 each a set of XDP programs of SITES_PER_PROGRAM sites (2- and 3-argument
-probes on context fields and constants), compiled with clang-19 -O2 -g and
-the *previous* tree's header (so the same bytes serve both trees and the
-object cache survives header edits during a session).  The units are what
-`link` links; their link (by the previous tree, else now's) is the N-site
-object every other row reads.  Objects are cached in --object-cache, keyed
-by source, header and compiler; the 1M units cost about 12 CPU minutes to
-build once.
+probes on context fields and constants, one after the other: about 1 insn
+per site built, 17 once instrumented), compiled with clang-19 -O2 -g and the
+*previous* tree's header (so the same bytes serve both trees and the object
+cache survives header edits during a session).  The units are what `link`
+links; their link (by the previous tree, else now's) is the N-site object
+every other row reads.  Objects are cached in --object-cache (`--only
+objects` just builds them), keyed by source, header and compiler; the 1M
+units cost about 12 CPU minutes to build once.  Straight-line sites keep
+that affordable (a site under its own condition compiles 2.7x slower) but
+are cheap for the verifier too: the kernel-load reference is smaller here
+than on branchy programs, so instrument's ratio to it is the harder one.
 
 Rows (all commands are printed with the table):
   instrument  `bpf-sdt instrument OBJ -o OUT` against `bpftool gen object`
@@ -173,9 +177,12 @@ def run_bounded(cmd: Sequence[str], limits: Limits, env: dict[str, str] | None =
         return Run(failure="skipped: over --budget")
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE if first_line else subprocess.DEVNULL,
-                                stderr=err, env=env, preexec_fn=_limit_memory(limits.memory),
-                                start_new_session=True)
+        try:
+            proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE if first_line else subprocess.DEVNULL,
+                                    stderr=err, env=env, preexec_fn=_limit_memory(limits.memory),
+                                    start_new_session=True)
+        except OSError as e:
+            return Run(failure=f"cannot run {cmd[0]}: {e.strerror}")
         killed = threading.Event()
 
         def kill() -> None:
@@ -191,6 +198,12 @@ def run_bounded(cmd: Sequence[str], limits: Limits, env: dict[str, str] | None =
                     if math.isnan(first) and first_line in line:
                         first = time.perf_counter() - start
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            # Interrupted: the child is in a session of its own, so no ^C reached it.
+            os.killpg(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)
+            proc.returncode = -signal.SIGKILL
+            raise
         finally:
             timer.cancel()
         wall = time.perf_counter() - start
@@ -290,8 +303,10 @@ def package_mapping(root: Path, pkg: Path) -> None:
 
 def prepare_tree(label: str, rev: str, tmp: Path) -> Tree:
     resolved = rev if rev == WORKTREE else subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", rev], capture_output=True, text=True,
-        check=True).stdout.strip()
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", "--short", f"{rev}^{{commit}}"],
+        capture_output=True, text=True, check=False).stdout.strip()
+    if not resolved:
+        raise Unusable(f"--{'current' if label == 'now' else 'previous'} {rev}: no such commit")
     root = extract(resolved, tmp / f"src-{label}")
     tree = Tree(label, resolved, root, tmp / f"pkg-{label}", tmp / f"pycache-{label}")
     package_mapping(root, tree.pkg)
@@ -501,7 +516,7 @@ class Bench:
         gen = self.job("bpftool gen object", [self.bpftool, "gen", "object", str(self.tmp / "gen.o"),
                                               str(o.stripped)])
         load_cell = Cell("kernel load")
-        pins = BPFFS / f"sdt_scale_{os.getpid()}"
+        pins = pin_directory()
         loaded = self.tmp / f"instr{o.sites}.now.o"
         load_cmd = [self.bpftool, "prog", "loadall", str(loaded), str(pins)]
         self.commands.setdefault("kernel load", self.shown(load_cmd[:-1], None) + " /sys/fs/bpf/sdt_scale_<pid>")
@@ -557,6 +572,7 @@ class Bench:
     def compile(self) -> list[str]:
         clang = shutil.which(CLANG)
         assert clang
+        counts = sorted(self.args.compile_counts)
         lines = [f"compile: bench/compile_bench.py's source(n, arity) and measure(), {CLANG} -O2 -g, median CPU s "
                  f"of {COMPILE_RUNS} interleaved runs; previous = probes with {self.previous.rev}'s header"
                  if self.previous else "compile: (no previous)"]
@@ -568,7 +584,7 @@ class Bench:
         for nargs, family in compile_bench.FAMILIES.items():
             modes = family + ((compile_bench.REFERENCE,) if reference else ())
             series: dict[str, list[float]] = {m: [] for m in modes}
-            for n in COMPILE_COUNTS:
+            for n in counts:
                 if self.limits.remaining() <= 0:
                     lines.append(f"| {nargs} | {n} | skipped: over --budget |")
                     self.failed = True
@@ -586,9 +602,9 @@ class Bench:
                              f"{_s(t.get('strict', math.nan))} | {_s(ref)} | {t['probes'] / t['disabled']:.2f}x | "
                              f"{_x(t['probes'], t.get('strict', math.nan))} | {_x(t['probes'], ref)} | "
                              f"{'; '.join(met)} |")
-            if all(len(v) == len(COMPILE_COUNTS) for v in series.values()):
-                lines.append(f"growth exponent {COMPILE_COUNTS[0]:,} -> {COMPILE_COUNTS[-1]:,}, {nargs} args: "
-                             + ", ".join(f"{m} {compile_bench.exponent(list(COMPILE_COUNTS), v):.2f}"
+            if len(counts) > 1 and all(len(v) == len(counts) for v in series.values()):
+                lines.append(f"growth exponent {counts[0]:,} -> {counts[-1]:,}, {nargs} args: "
+                             + ", ".join(f"{m} {compile_bench.exponent(counts, v):.2f}"
                                          for m, v in series.items()))
         self.commands["compile"] = (f"{CLANG} -target bpf -O2 -g -Wall -Wextra -Werror -I<tree>/headers "
                                     "[-DBPF_SDT_DISABLE | -DBPF_SDT_STRICT] -c SRC -o /dev/null")
@@ -661,6 +677,11 @@ class Bench:
                         f"BPF_CLANG={CLANG}", f"BPF_SDT_OUTDIR={out}", str(out / "xdp_parser.bpf.o")],
                        env=env, check=True, capture_output=True)
         return out / "xdp_parser.bpf.o"
+
+
+def pin_directory() -> Path:
+    """Where the kernel-load reference pins its programs: this process's own."""
+    return BPFFS / f"sdt_scale_{os.getpid()}"
 
 
 def udp_frame() -> bytes:
@@ -773,6 +794,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--memory-limit", type=int, default=DEFAULT_MEMORY, help="RLIMIT_AS bytes per child")
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                     help="seconds after which no child starts (default %(default)s)")
+    ap.add_argument("--compile-counts", type=lambda v: [int(c) for c in v.split(",")],
+                    default=list(COMPILE_COUNTS), help="sites per file for the compile rows (default 1000,4000)")
     ap.add_argument("--object-cache", type=Path, default=DEFAULT_CACHE, help="generated objects (%(default)s)")
     ap.add_argument("--report", type=Path, help="also write the report to this file")
     args = ap.parse_args(argv)
@@ -820,7 +843,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             bench.link(objs)
         if "check" in args.only:
             bench.check_and_list(objs)
-    report += table(bench.rows) + ["", "growth exponents (1.0 is linear):", *growth(bench.rows), ""]
+    if bench.rows:
+        report += table(bench.rows) + ["", "growth exponents (1.0 is linear):", *growth(bench.rows), ""]
     if "compile" in args.only:
         report += bench.compile() + [""]
     if "trace" in args.only:
@@ -835,8 +859,13 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     return 1 if bench.failed else 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)     # SIGTERM too ends the children and removes the pins
     missing = missing_tools()
     if missing:
         print(f"scale_bench: missing tools: {', '.join(missing)}", file=sys.stderr)
@@ -853,6 +882,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("scale_bench: interrupted", file=sys.stderr)
             return 1
+        finally:
+            shutil.rmtree(pin_directory(), ignore_errors=True)     # a load interrupted before its own cleanup
 
 
 if __name__ == "__main__":
