@@ -636,29 +636,41 @@ def test_a_program_id_beyond_32_bits_is_refused_not_truncated() -> None:
 
 def test_instrumented_objects_and_identities_are_cached_by_everything_they_depend_on(built: dict[str, Path], tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from bpf_sdt.instrument.command import Request, instrument
     from bpf_sdt.trace import instcache
+    from bpf_sdt.trace.runner import Options, cache_job, instrumented_object
+    from bpf_sdt.trace.runtime import StopSignals
 
     monkeypatch.setenv("BPF_SDT_CACHE", str(tmp_path / "cache"))
     obj = tmp_path / "live_xdp.bpf.o"
     obj.write_bytes(built["live_xdp"].read_bytes())
-    req = Request(obj, tmp_path / "out.bpf.o", ("udp_seen",), programs=("live_xdp",))
-    assert instcache.fetch(req) is None
-    sites = [(s.site_id, s.probe) for s in instrument(req).sites]
-    made = req.output.read_bytes()
-    instcache.store(req, sites)
-    req.output.unlink()
-    assert instcache.fetch(req) == sites and req.output.read_bytes() == made
-    assert instcache.fetch(Request(obj, req.output, ("other",), programs=("live_xdp",))) is None
+    opts = Options(obj, probes=("udp_seen",))
+    job, out = cache_job(opts, ("live_xdp",)), tmp_path / "out.bpf.o"
+    assert instcache.fetch(job, out) is None
+    with StopSignals() as stop:
+        made = instrumented_object(opts, ("live_xdp",), out, stop)
+    assert made is not None and not made[1]                         # instrumented, in the child
+    made_bytes = out.read_bytes()
+    out.unlink()
+    cached = instcache.fetch(job, out)
+    assert cached == made[0] and out.read_bytes() == made_bytes      # the object, its sites and site table
+    assert [s.probe for s in cached.sites] and cached.sites[0].types and cached.sites[0].line
+    assert instcache.fetch(cache_job(Options(obj, probes=("other",)), ("live_xdp",)), out) is None
+    assert instcache.fetch(cache_job(Options(obj, probes=("udp_seen",), filters=("arg0 > 1",)), ("live_xdp",)),
+                           out) is None
+    entry = tmp_path / "cache" / instcache.key(job)
+    entry.chmod(0o770)                                              # others may write it: not read
+    assert instcache.fetch(job, out) is None
+    entry.chmod(0o700)
+    assert instcache.fetch(job, out) == made[0]
     obj.write_bytes(built["live_xdp_other"].read_bytes())             # another object at the same path
-    assert instcache.fetch(req) is None
+    assert instcache.fetch(job, out) is None
     assert instcache.known_tag(obj, "live_xdp") is None
     instcache.remember_tag(obj, "live_xdp", ("live_xdp", "xdp", "0123456789abcdef"))
     assert instcache.known_tag(obj, "live_xdp") == ("live_xdp", "xdp", "0123456789abcdef")
     obj.write_bytes(built["live_xdp"].read_bytes())                   # other bytes: unknown
     assert instcache.known_tag(obj, "live_xdp") is None
     monkeypatch.setenv("BPF_SDT_CACHE", "off")
-    assert instcache.fetch(req) is None
+    assert instcache.fetch(job, out) is None
 
 
 @pytest.mark.kernel

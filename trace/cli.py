@@ -114,4 +114,4 @@ def run_trace(args: argparse.Namespace) -> int:
         reader=os.environ.get(READER_ENV) or None, filters=tuple(args.filter), count_by=tuple(args.count_by),
         aggregations=tuple(args.aggregations or ()), per_site=args.per_site, interval=args.interval,
         prometheus=args.prometheus,
-        **({"map_entries": args.map_entries} if args.map_entries is not None else {})))
+        map_entries=args.map_entries))

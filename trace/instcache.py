@@ -1,15 +1,25 @@
-"""A cache of instrumented objects for `trace --live`, so that tracing the
-same running program again costs only the load (the verifier), not
-instrument's analysis too; and of the kernel tag OBJ's program got when
-trace last loaded it for the identity check on this kernel and libbpf, so
-that a match needs no second verification.
+"""A cache of instrumented objects for `trace` (test runs, attaching and
+`--live`), so that tracing the same object again costs only the load (the
+verifier), not instrument's analysis, the recorder's compilation and the
+site table's parse too; and of the kernel tag OBJ's program got when trace
+last loaded it for the identity check on this kernel and libbpf, so that a
+match needs no second verification.
 
 An entry is keyed by everything the instrumented object depends on: OBJ's
-bytes, the request (probes, programs, ring size), the bpf-sdt package's
-own source files (instrument's analysis and the recorder's template), and
-the clang that builds the recorder (its path, size and modification time).
-Anything else changing gives a new key; an entry is never updated, only
-written whole (atomically, by rename) or not at all.
+bytes, the job (probes, programs, ring size, the recorder's options as
+given), the bpf-sdt package's own source files (instrument's analysis and
+the recorder's template), and the clang that builds the recorder (its
+path, size and modification time).  Anything else changing gives a new
+key; an entry is never updated, only written whole (atomically, by rename)
+or not at all.  It holds the instrumented object, the sites instrument
+instrumented and the site table trace decodes events with, as JSON: each
+dataclass by its init fields and its class name, decoded only into
+bpf-sdt's own dataclasses (their shape follows the sources, which are part
+of the key).  An entry of any other shape is a miss, never an error and
+never code run.  The instrumented object is loaded into the kernel, so the
+cache is trusted like bpf-sdt's own files: a cache directory or entry that
+is not the user's own, or that others may write to, is not read (it is
+created mode 0700).
 
 The directory is ``$BPF_SDT_CACHE`` (``off`` disables the cache), else
 ``$XDG_CACHE_HOME/bpf-sdt/instrumented``, else ``~/.cache/bpf-sdt/instrumented``.
@@ -17,24 +27,51 @@ The directory is ``$BPF_SDT_CACHE`` (``off`` disables the cache), else
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
-import importlib
+import importlib.util
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
-
-from bpf_sdt.instrument.command import Request
+from typing import TYPE_CHECKING, NamedTuple
 
 import bpf_sdt
 from bpf_sdt.toolchain import find_clang
+
+if TYPE_CHECKING:
+    from bpf_sdt.trace.sites import Site
 
 CACHE_ENV = "BPF_SDT_CACHE"
 CACHE_OFF = "off"
 SOURCE_SUFFIXES = (".py", ".j2", ".c", ".h")
 OBJECT_NAME, SITES_NAME = "instrumented.bpf.o", "sites.json"
+OWN_MODULES = "bpf_sdt."              # the only classes an entry may name
+CLASS_KEY, FIELDS_KEY, BYTES_KEY = "class", "fields", "hex"
+OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+PACKAGES = ("bpf_sdt", "bpf_sdt.instrument", "bpf_sdt.trace")     # whose sources the output depends on
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """An instrumented object trace asks for: the input and every option the
+    output depends on besides bpf-sdt's sources and clang."""
+
+    input: Path
+    probes: tuple[str, ...] = ()
+    programs: tuple[str, ...] = ()                  # () is every program
+    ringbuf_size: int = 0
+    recorder: tuple[object, ...] = ()               # the recorder's options, as trace was given them
+
+
+class Instrumented(NamedTuple):
+    """What trace needs of an instrumented object besides its bytes."""
+
+    shown: list[tuple[int, str]]                    # (site id, probe) of every instrumented site
+    sites: list[Site]                               # site id -> Site: the table events are decoded with
 
 
 def cache_dir() -> Path | None:
@@ -66,54 +103,109 @@ def _package_digest() -> str:
 
 def _package_dirs() -> list[Path]:
     """The directories of bpf-sdt's packages: bpf_sdt.instrument and
-    bpf_sdt.trace live outside bpf_sdt/ in a source tree (package-dir)."""
-    modules = [importlib.import_module(name) for name in ("bpf_sdt", "bpf_sdt.instrument.command", __name__)]
-    return sorted({Path(m.__file__).resolve().parent for m in modules if m.__file__})
+    bpf_sdt.trace live outside bpf_sdt/ in a source tree (package-dir).
+    Found by their specs, not imported: importing instrument costs more
+    than a whole cached trace."""
+    dirs = set()
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            dirs.add(Path(location).resolve())
+    return sorted(dirs)
 
 
-def key(req: Request) -> str:
+def key(job: Job) -> str:
     clang = find_clang()
     stat = os.stat(clang)
-    digest = hashlib.sha256(Path(req.input).read_bytes())
-    rec = req.recorder
-    recorder = [rec.plan_id, rec.map_entries, rec.hits_entries, rec.pin_by_name]   # what the recorder compiles in
-    digest.update(json.dumps({"probes": req.probes, "programs": req.programs, "ringbuf": req.ringbuf_size,
-                              "recorder": recorder,
+    digest = hashlib.sha256(Path(job.input).read_bytes())
+    digest.update(json.dumps({"probes": job.probes, "programs": job.programs, "ringbuf": job.ringbuf_size,
+                              "recorder": job.recorder,
                               "clang": [clang, stat.st_size, stat.st_mtime_ns], "sources": _package_digest()},
                              sort_keys=True).encode())
     return digest.hexdigest()
 
 
-def fetch(req: Request) -> list[tuple[int, str]] | None:
-    """Copies a cached instrumented object to req.output; its sites, or None."""
+def fetch(job: Job, output: Path) -> Instrumented | None:
+    """Copies a cached instrumented object to ``output``; its sites, or None."""
     where = cache_dir()
     if where is None:
         return None
-    entry = where / key(req)
+    entry = where / key(job)
     try:
-        sites = json.loads((entry / SITES_NAME).read_text())
-        shutil.copyfile(entry / OBJECT_NAME, req.output)
-    except (OSError, ValueError):
+        if not (_own(where) and _own(entry)):
+            return None
+        cached = json.loads((entry / SITES_NAME).read_text())
+        found = Instrumented([(int(site_id), str(probe)) for site_id, probe in cached["shown"]],
+                             [_decoded(s) for s in cached["sites"]])
+        shutil.copyfile(entry / OBJECT_NAME, output)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError):
         return None
-    return [(int(site_id), str(probe)) for site_id, probe in sites]
+    return found
 
 
-def store(req: Request, sites: list[tuple[int, str]]) -> None:
-    """Keeps req.output for next time; a cache that cannot be written is no error."""
+def _own(path: Path) -> bool:
+    """Is ``path`` this user's own, and written by nobody else?"""
+    st = path.stat()
+    return st.st_uid == os.geteuid() and not st.st_mode & OTHERS_WRITE
+
+
+def store(job: Job, output: Path, instrumented: Instrumented) -> None:
+    """Keeps ``output`` for next time; a cache that cannot be written is no error."""
     where = cache_dir()
     if where is None:
         return
     try:
-        where.mkdir(parents=True, exist_ok=True)
+        sites = json.dumps({"shown": instrumented.shown, "sites": [_encoded(s) for s in instrumented.sites]})
+    except TypeError:                   # a site table this cache cannot keep: traced without the cache
+        return
+    try:
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)     # read only if ours alone (_own)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=where))
-        shutil.copyfile(req.output, staging / OBJECT_NAME)
-        (staging / SITES_NAME).write_text(json.dumps(sites))
+        shutil.copyfile(output, staging / OBJECT_NAME)
+        (staging / SITES_NAME).write_text(sites)
         try:
-            staging.rename(where / key(req))
+            staging.rename(where / key(job))
         except OSError:                 # another trace stored the same entry first
             shutil.rmtree(staging, ignore_errors=True)
     except OSError:
         return
+
+
+def _encoded(value: object) -> object:
+    """A site-table value as JSON: a dataclass as its class and init fields,
+    tuples as lists, bytes as hex; ints, strings, bools and None as they are."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        cls = type(value)
+        return {CLASS_KEY: f"{cls.__module__}:{cls.__qualname__}",
+                FIELDS_KEY: {f.name: _encoded(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}}
+    if isinstance(value, tuple | list):
+        return [_encoded(v) for v in value]
+    if isinstance(value, bytes):
+        return {BYTES_KEY: value.hex()}
+    if value is None or isinstance(value, int | str):
+        return value
+    raise TypeError(f"a site table holds a {type(value).__name__}, which the cache does not keep")
+
+
+def _decoded(data: object) -> object:
+    """_encoded's inverse.  Only bpf-sdt's own dataclasses are made, through
+    their constructors; anything else raises (the entry is then a miss)."""
+    if isinstance(data, list):
+        return tuple(_decoded(v) for v in data)
+    if isinstance(data, dict):
+        if set(data) == {BYTES_KEY}:
+            return bytes.fromhex(str(data[BYTES_KEY]))
+        module, _, name = str(data[CLASS_KEY]).partition(":")
+        if not module.startswith(OWN_MODULES) or "." in name:
+            raise ValueError(f"not a bpf-sdt class: {data[CLASS_KEY]}")
+        cls = getattr(importlib.import_module(module), name)
+        fields = data[FIELDS_KEY]
+        if not (dataclasses.is_dataclass(cls) and isinstance(cls, type) and isinstance(fields, dict)):
+            raise ValueError(f"not a bpf-sdt dataclass: {data[CLASS_KEY]}")
+        return cls(**{str(k): _decoded(v) for k, v in fields.items()})
+    if data is None or isinstance(data, int | str):
+        return data
+    raise ValueError(f"unexpected {type(data).__name__} in a cached site table")
 
 
 # --- identities: the kernel tag OBJ's program got when trace loaded it -------------

@@ -31,17 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
-from bpf_sdt.instrument.command import Request
 from bpf_sdt.trace import instcache
 from bpf_sdt.trace.leftovers import report_stale
 from bpf_sdt.trace.output import Decoder
 from bpf_sdt.trace.recorder import Counters
 from bpf_sdt.trace.ring import open_ring
 from bpf_sdt.trace.runtime import StopSignals, private_bpffs
-from bpf_sdt.trace.sites import site_table
 
 from bpf_sdt import kernel, records
-from bpf_sdt.elf import load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_RINGBUF_MAP
 from bpf_sdt.kernel import Hook, MapInfo, ProgInfo, Replaced
@@ -321,6 +318,8 @@ def _fills_prog_arrays(obj: Path) -> bool:
     """Does OBJ fill a prog_array itself (a BTF-defined map's `values = {
     [0] = &prog }`: relocations from .maps against code)?  libbpf writes
     those slots at every load, into a reused map too."""
+    from bpf_sdt.elf import load_object  # pyelftools: read here only, not at import
+
     elf = load_object(obj)
     maps = elf.section(MAPS_SECTION)
     if maps is None:
@@ -428,35 +427,38 @@ def _with_hook(opts: Options, hook: Hook, running_id: int, started: float, stop:
 def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd: int, held: records.Held,
                       started: float, stop: StopSignals, out: Writer | TextIO, err: TextIO) -> int | None:
     """The exit code; the record's state is "swapped" while the copy runs."""
-    from bpf_sdt.trace.runner import _instrument_interruptibly, _load_interruptibly, _recorder_plan, open_outputs
+    from bpf_sdt.trace.runner import _layout, _load_interruptibly, instrumented_object, open_outputs
 
     if _fills_prog_arrays(opts.obj):
         raise InputError(f"--live: {opts.obj} fills a prog_array itself (`values = {{ ... }}` in .maps); libbpf "
                          "would write its own programs into the running program's tail-call slots when loading a "
                          "copy; nothing was swapped")
     maps = RunningMaps(running)
-    identity: _InBackground | None = None
+    identity: list[_InBackground] = []          # the identity load, once instrument is under way
     try:
         prog_name, obj_name = choose_program(opts.obj, running, opts.prog)
-        # The identity load verifies the original while instrument works in
-        # its child: the verifier is the cost that matters, and there are two cores.
-        identity = _InBackground(prove_identity, opts.obj, prog_name, obj_name, running, maps)
+
+        def prove_meanwhile() -> None:
+            # The identity load verifies the original while instrument works in
+            # its child (forked first, so the fork does not wait for the
+            # verifier's core): the verifier is the cost that matters, and
+            # there are two cores.
+            identity.append(_InBackground(prove_identity, opts.obj, prog_name, obj_name, running, maps))
+
+        def proved() -> None:
+            """Waits for the identity load; a mismatch raises here."""
+            for load in identity:
+                load.result()
+
         with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
             inst = Path(tmp) / opts.obj.name
+            layout = _layout(opts)                  # filters and aggregations compiled into the copy
             # Only the swapped program's sites: a site elsewhere in OBJ cannot refuse the trace.
-            recorder, layout = _recorder_plan(opts)      # filters and aggregations compiled into the copy
-            req = Request(opts.obj, inst, opts.probes, ringbuf_size=opts.ringbuf_size, programs=(prog_name,),
-                          recorder=recorder)
-            instrumented = instcache.fetch(req)
-            cached = instrumented is not None
-            if instrumented is None:
-                instrumented = _instrument_interruptibly(req, stop)
-                if instrumented is not None:
-                    instcache.store(req, instrumented)
-            if instrumented is None or stop.requested:
-                identity.result()
+            made = instrumented_object(opts, (prog_name,), inst, stop, prove_meanwhile)
+            if made is None or stop.requested:
+                proved()
                 return None
-            sites = site_table(load_object(inst), load_object(opts.obj))
+            (instrumented, sites), cached = made
             shown = {site_id for site_id, _ in instrumented}
             instrumented_at = time.monotonic()
             with private_bpffs(Path(tmp) / "pins") as pins:
@@ -464,11 +466,11 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                 loaded = load_sharing(inst, prog_name, maps, obj_name, pins,
                                       lambda b: _load_interruptibly(b, stop))
                 if loaded is None:
-                    identity.result()
+                    proved()
                     return None
                 bpf, prog, reused = loaded
                 with bpf:
-                    identity.result()               # a mismatch stops here, before anything is pinned or swapped
+                    proved()                        # a mismatch stops here, before anything is pinned or swapped
                     maps.close()
                     missing = set(running.map_ids) - reused
                     if missing:
@@ -507,8 +509,8 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                         session.finish(opts.count)
                     return code
     finally:
-        if identity is not None:
-            identity.wait()                 # its load uses the maps' fds
+        for load in identity:
+            load.wait()                     # its load uses the maps' fds
         maps.close()
 
 

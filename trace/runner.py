@@ -31,31 +31,39 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from errno import EINTR, EINVAL, EOPNOTSUPP
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from bpf_sdt.instrument.command import Request, instrument
-from bpf_sdt.instrument.observers import DEFAULT_MAP_ENTRIES, MAX_MAP_ENTRIES, RECORDER_PREFIX, RecorderOptions
-from bpf_sdt.trace.aggregate import Layout, Report, counters_line, open_report, recorder_for
+# Imported where used, not here: the instrument stage (only a cache miss
+# instruments, in a child), the recorder's planning (Jinja2 and the filter
+# grammar: only with --filter or an aggregation), the Prometheus exporter and
+# pyelftools' ELF reader are a tenth of a second of imports that a cached
+# trace --run or --live does not need (docs/cli.md, start-up).
+from bpf_sdt.trace import instcache
+from bpf_sdt.trace.instcache import Instrumented, Job
 from bpf_sdt.trace.leftovers import RecordedTcFilter, attach_tc, report_stale
 from bpf_sdt.trace.output import Decoder, Writer
 from bpf_sdt.trace.pcap import MAX_PACKET, iter_packets
-from bpf_sdt.trace.prometheus import Exporter, parse_listen, start_exporter
 from bpf_sdt.trace.recorder import Counters, RecorderMaps, find_loaded, open_pinned
 from bpf_sdt.trace.ring import Ring, open_ring
 from bpf_sdt.trace.runtime import STOP_SIGNALS, StopSignals, private_bpffs
-from bpf_sdt.trace.sites import Site, recorder_identity, site_table
 from bpf_sdt.trace.testrun import RAW_TP_TYPE, run_raw_tp
 
-from bpf_sdt.elf import BpfObject as ElfObject
-from bpf_sdt.elf import load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
 from bpf_sdt.libbpf import BpfObject, LibbpfError, Link, Program, TcFilter, strerror
 from bpf_sdt.model import escape_text
+
+if TYPE_CHECKING:
+    from bpf_sdt.instrument.observers import RecorderOptions
+    from bpf_sdt.trace.aggregate import Layout, Report
+    from bpf_sdt.trace.prometheus import Exporter
+    from bpf_sdt.trace.sites import Site
+
+    from bpf_sdt.elf import BpfObject as ElfObject
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf")
 PROBE_CHECK_S = 1.0             # how often a live trace looks at the lost-event counter
@@ -108,7 +116,7 @@ class Options:
     count_by: tuple[str, ...] = ()      # --count-by [PROBE:]KEYS (trace/aggregate.py)
     aggregations: tuple[tuple[str, str], ...] = ()   # (hist|lhist|sum|min|max|avg, [PROBE:]EXPR[ by KEYS])
     per_site: bool = False
-    map_entries: int = DEFAULT_MAP_ENTRIES
+    map_entries: int | None = None      # --map-entries; None: the recorder's default (DEFAULT_MAP_ENTRIES)
     interval: float | None = None       # print the aggregations every S seconds too
     prometheus: str | None = None       # --prometheus [ADDR:]PORT (trace/prometheus.py)
 
@@ -168,16 +176,12 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
     iface, direction = _interface(opts)
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
         inst = Path(tmp) / "instrumented.bpf.o"
-        recorder, layout = _recorder_plan(opts)
-        instrumented = _instrument_interruptibly(Request(opts.obj, inst, opts.probes,
-                                                         ringbuf_size=opts.ringbuf_size, recorder=recorder,
-                                                         programs=_traced_programs(opts)), stop)
-        if instrumented is None:
+        layout = _layout(opts)
+        made = instrumented_object(opts, _traced_programs(opts), inst, stop)
+        if made is None:
             return None
-        sites = site_table(load_object(inst), load_object(opts.obj))
-        if any(site_id >= len(sites) or sites[site_id].probe != probe for site_id, probe in instrumented):
-            raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
-        shown = {site_id for site_id, _ in instrumented}
+        (_, sites), _ = made
+        shown = {site_id for site_id, _ in made[0].shown}
         if stop.requested:
             return None
         with private_bpffs(Path(tmp) / "pins") as pins, BpfObject.open(inst, pin_root_path=pins) as bpf:
@@ -212,16 +216,70 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
     return EXIT_OK
 
 
-def open_outputs(session: _Session, bpf: BpfObject, layout: Layout, sites: list[Site], shown: set[int],
+def open_outputs(session: _Session, bpf: BpfObject, layout: Layout | None, sites: list[Site], shown: set[int],
                  opts: Options, err: TextIO) -> None:
     """What a session shows besides events: the in-kernel aggregations'
     report, the recorder's counters and the Prometheus exporter (every way
-    of running that loads a recorder: test runs, attach, --live)."""
-    session.report = open_report(bpf.find_map, layout, sites, per_site=opts.per_site,
-                                 as_json=opts.as_json, interval=opts.interval, now=time.monotonic())
+    of running that loads a recorder: test runs, attach, --live).  No
+    layout: nothing is aggregated (_layout)."""
+    if layout is not None:
+        from bpf_sdt.trace.aggregate import open_report
+
+        session.report = open_report(bpf.find_map, layout, sites, per_site=opts.per_site,
+                                     as_json=opts.as_json, interval=opts.interval, now=time.monotonic())
     session.summarise = bool(opts.filters) or session.report is not None
-    session.exporter = start_exporter(opts.prometheus, sites, shown, session.decoder.hits,
-                                      session.counters.read, session.report, err)
+    if opts.prometheus is not None:
+        from bpf_sdt.trace.prometheus import start_exporter
+
+        session.exporter = start_exporter(opts.prometheus, sites, shown, session.decoder.hits,
+                                          session.counters.read, session.report, err)
+
+
+def _kernel_side(opts: Options) -> bool:
+    """Does the recorder filter or aggregate (else it only writes events)?"""
+    return bool(opts.filters or opts.count_by or opts.aggregations)
+
+
+def _layout(opts: Options) -> Layout | None:
+    """How to read the recorder's aggregation maps; None when nothing is
+    filtered or aggregated (then there are none, and the recorder's plan,
+    a parse of OBJ, is made only if instrument runs)."""
+    return _recorder_plan(opts)[1] if _kernel_side(opts) else None
+
+
+def cache_job(opts: Options, programs: tuple[str, ...]) -> Job:
+    """The instrumented object these options ask for, as the cache keys it:
+    the recorder's options as given (the plan is made from them and OBJ,
+    both part of the key)."""
+    recorder = (list(opts.filters), list(opts.count_by), [list(a) for a in opts.aggregations], opts.map_entries,
+                _counts_hits(opts))
+    return Job(opts.obj, opts.probes, programs, opts.ringbuf_size, recorder)
+
+
+def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, stop: StopSignals,
+                        meanwhile: Callable[[], None] | None = None) -> tuple[Instrumented, bool] | None:
+    """OBJ instrumented with the recorder at ``output`` (only ``programs``'
+    sites, () all), and whether it came from the cache (instcache); None
+    when a stop signal came first.  A miss instruments in a child process,
+    which also makes the site table from the objects it has parsed.
+    ``meanwhile`` runs once the work is under way (the child started, or
+    the entry found): --live's identity load then does not compete with the
+    fork for the core."""
+    job = cache_job(opts, programs)
+    cached = instcache.fetch(job, output)
+    if cached is not None:
+        if meanwhile is not None:
+            meanwhile()
+        return cached, True
+    plan = _recorder_plan(opts)[0] if _kernel_side(opts) else None     # the child would make the same
+    made = _instrument_interruptibly(opts, job, output, plan, stop, meanwhile)
+    if made is None:
+        return None
+    shown, sites = made
+    if any(site_id >= len(sites) or sites[site_id].probe != probe for site_id, probe in shown):
+        raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
+    instcache.store(job, output, made)
+    return made, False
 
 
 def _traced_programs(opts: Options) -> tuple[str, ...]:
@@ -233,10 +291,21 @@ def _traced_programs(opts: Options) -> tuple[str, ...]:
 
 
 def _recorder_plan(opts: Options, obj: ElfObject | None = None) -> tuple[RecorderOptions, Layout]:
-    """Filters and aggregations of the traced probes, as the recorder's plan.
-    --pinned reads a recorder `instrument` built, which always counts hits."""
+    """Filters and aggregations of the traced probes, as the recorder's plan."""
+    from bpf_sdt.instrument.observers import DEFAULT_MAP_ENTRIES
+    from bpf_sdt.trace.aggregate import recorder_for
+
+    from bpf_sdt.elf import load_object
+
+    entries = DEFAULT_MAP_ENTRIES if opts.map_entries is None else opts.map_entries
     return recorder_for(obj or load_object(opts.obj), opts.probes, opts.filters, opts.count_by, opts.aggregations,
-                        opts.map_entries, count_hits=opts.pinned or opts.count or opts.prometheus is not None)
+                        entries, count_hits=_counts_hits(opts))
+
+
+def _counts_hits(opts: Options) -> bool:
+    """Does the recorder count hits per site?  --pinned reads a recorder
+    `instrument` built, which always does."""
+    return opts.pinned or opts.count or opts.prometheus is not None
 
 
 # --- options ---------------------------------------------------------------------
@@ -280,9 +349,14 @@ def _check_kernel_side(opts: Options) -> None:
         raise UsageError("--per-site and --interval go with an aggregation (--count-by, --hist, ...)")
     if opts.interval is not None and not (math.isfinite(opts.interval) and opts.interval >= MIN_DURATION_S):
         raise UsageError(f"--interval {opts.interval}: must be a number of seconds, at least {MIN_DURATION_S}")
-    if not 1 <= opts.map_entries <= MAX_MAP_ENTRIES:
-        raise UsageError(f"--map-entries {opts.map_entries}: must be from 1 to {MAX_MAP_ENTRIES}")
+    if opts.map_entries is not None:
+        from bpf_sdt.instrument.observers import MAX_MAP_ENTRIES
+
+        if not 1 <= opts.map_entries <= MAX_MAP_ENTRIES:
+            raise UsageError(f"--map-entries {opts.map_entries}: must be from 1 to {MAX_MAP_ENTRIES}")
     if opts.prometheus is not None:
+        from bpf_sdt.trace.prometheus import parse_listen
+
         parse_listen(opts.prometheus)
 
 
@@ -569,6 +643,8 @@ class _Session:
         if self.report is not None:
             self.print_aggregations()
         if self.summarise:
+            from bpf_sdt.trace.aggregate import counters_line
+
             self.decoder.note_line(counters_line(counted, self.decoder.as_json))
         if counted.overflow:
             self.err.write(f"bpf-sdt trace: {counted.overflow} aggregation updates found their map full "
@@ -586,11 +662,17 @@ class _Session:
 
 
 def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) -> int:
+    from bpf_sdt.instrument.observers import RECORDER_PREFIX
+    from bpf_sdt.trace.aggregate import open_report
+    from bpf_sdt.trace.prometheus import start_exporter
+
+    from bpf_sdt.elf import load_object
+
     obj = load_object(opts.obj)
     if not any(s.name.startswith(RECORDER_PREFIX) for s in obj.symbols):
         raise UsageError(f"{opts.obj}: has no recorder; --pinned reads an object instrumented by "
                          "`bpf-sdt instrument` without --observer (or with --record)")
-    sites = site_table(obj)
+    sites = _site_table(obj)
     probes = sorted({s.probe for s in sites})
     for glob in opts.probes:
         if not any(fnmatch.fnmatchcase(p, glob) for p in probes):
@@ -624,6 +706,8 @@ def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
 def _recorder_maps(opts: Options, obj: ElfObject) -> RecorderMaps:
     """OBJ's recorder: pinned in --pin-dir; without it, pinned in /sys/fs/bpf or
     else found among the kernel's loaded maps.  Its identity must be OBJ's."""
+    from bpf_sdt.trace.sites import recorder_identity
+
     identity = recorder_identity(obj, _recorder_plan(opts, obj)[0].plan_id)
     if opts.pin_dir is not None:
         return open_pinned(opts.pin_dir, identity, opts.obj)
@@ -635,31 +719,38 @@ def _recorder_maps(opts: Options, obj: ElfObject) -> RecorderMaps:
 # --- phases that must answer a signal within a second ------------------------------------
 
 
-def _instrument_interruptibly(req: Request, stop: StopSignals) -> list[tuple[int, str]] | None:
-    """instrument(req) in a child process (its own process group, with the
-    clang it starts), so that a stop signal ends it at once: the child is
-    killed and None returned.  Returns (site id, probe) of the instrumented
-    sites; the child's one-line errors are raised here as they were."""
+def _instrument_interruptibly(opts: Options, job: Job, output: Path, plan: RecorderOptions | None,
+                              stop: StopSignals, meanwhile: Callable[[], None] | None = None) -> Instrumented | None:
+    """Instruments job's object in a child process (forked: its own process
+    group, with the clang it starts), so that a stop signal ends it at once:
+    the child is killed and None returned.  ``plan``: the recorder's, if
+    the parent made it already; ``meanwhile`` runs once the child has
+    started.  Returns the instrumented sites and the site table; the child's
+    one-line errors are raised here as they were."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:                                    # the child: never returns
         os.close(read_fd)
-        _instrument_child(req, write_fd)
+        _instrument_child(opts, job, output, plan, write_fd)
     os.close(write_fd)
     with contextlib.suppress(OSError):          # the child does it too: whichever runs first
         os.setpgid(pid, pid)
+    data = None
     try:
+        if meanwhile is not None:
+            meanwhile()
         data = _read_until_stopped(read_fd, stop)
     finally:
         os.close(read_fd)
-        if stop.requested:
+        if data is None:                        # stopped, or meanwhile failed: the child's work is not wanted
             _kill_group(pid)
         os.waitpid(pid, 0)
     if data is None:
         return None
-    kind, payload = pickle.loads(data)
+    kind, payload = pickle.loads(data)              # our own child's answer
     if kind == "ok":
-        return list(payload)
+        shown, sites = payload
+        return Instrumented(list(shown), list(sites))
     if kind == "error":
         exit_code, message = payload
         error = BpfSdtError(message)
@@ -668,19 +759,18 @@ def _instrument_interruptibly(req: Request, stop: StopSignals) -> list[tuple[int
     raise RuntimeError(f"instrument failed in its child process:\n{payload}")
 
 
-def _instrument_child(req: Request, write_fd: int) -> None:
+def _instrument_child(opts: Options, job: Job, output: Path, plan: RecorderOptions | None, write_fd: int) -> None:
     code = 0
     try:
         os.setpgid(0, 0)
         # instrument's own temporaries go inside trace's directory: a child
         # killed mid-way cannot remove them, the parent's cleanup does
-        os.environ["TMPDIR"] = tempfile.tempdir = str(req.output.parent)
+        os.environ["TMPDIR"] = tempfile.tempdir = str(output.parent)
         signal.set_wakeup_fd(-1)
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         try:
-            result = instrument(req)
-            message: tuple[str, object] = ("ok", [(s.site_id, s.probe) for s in result.sites])
+            message: tuple[str, object] = ("ok", _instrument_here(opts, job, output, plan))
         except BpfSdtError as e:
             message = ("error", (e.exit_code, str(e)))
         except BaseException:           # noqa: BLE001 - a bug: its traceback goes to the parent
@@ -692,6 +782,27 @@ def _instrument_child(req: Request, write_fd: int) -> None:
     except BaseException:               # noqa: BLE001 - nothing may unwind into the parent's code
         code = 1
     os._exit(code)
+
+
+def _instrument_here(opts: Options, job: Job, output: Path, plan: RecorderOptions | None) -> Instrumented:
+    """The child's work: instrument, then the site table from the objects
+    instrument has parsed (the notes decoder keeps the last decoding)."""
+    from bpf_sdt.instrument.command import Request, instrument
+
+    from bpf_sdt.elf import load_object
+
+    recorder = plan if plan is not None else _recorder_plan(opts)[0]
+    result = instrument(Request(job.input, output, job.probes, ringbuf_size=job.ringbuf_size, recorder=recorder,
+                                programs=job.programs))
+    shown = [(s.site_id, s.probe) for s in result.sites]
+    return Instrumented(shown, _site_table(load_object(output), load_object(job.input)))
+
+
+def _site_table(instrumented: ElfObject, shown: ElfObject | None = None) -> list[Site]:
+    """trace.sites.site_table: the one place trace's runner imports it (the sites module may move)."""
+    from bpf_sdt.trace.sites import site_table
+
+    return site_table(instrumented, shown)
 
 
 def _read_until_stopped(fd: int, stop: StopSignals) -> bytes | None:
