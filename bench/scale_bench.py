@@ -395,8 +395,9 @@ def strip_notes(obj: Path, dest: Path, limits: Limits) -> Path:
     return _atomic(build, dest)
 
 
-def build_objects(n: int, header: Path, linker: Tree, cache: Path, limits: Limits, cacheable: bool) -> Objects:
-    """The N-site units (compiled in parallel, cached) and their link."""
+def build_objects(n: int, header: Path, linker: Tree, cache: Path, limits: Limits, scratch: Path | None) -> Objects:
+    """The N-site units (compiled in parallel, cached) and their link (into
+    ``scratch`` when the linker is the work tree, whose code has no name)."""
     clang_id = subprocess.run([CLANG, "--version"], capture_output=True, check=True).stdout
     header_bytes = (header / "bpf_sdt.h").read_bytes()
     cache.mkdir(parents=True, exist_ok=True)
@@ -417,7 +418,7 @@ def build_objects(n: int, header: Path, linker: Tree, cache: Path, limits: Limit
         built = list(pool.map(unit, range(UNITS)))
     units = [u for u, _ in built]
     key = _digest(*(u.name.encode() for u in units), linker.rev.encode())
-    linked_dest = cache / f"linked-{n}-{key}.o" if cacheable else cache / f"linked-{n}-{os.getpid()}.o"
+    linked_dest = scratch / f"linked-{n}.o" if scratch else cache / f"linked-{n}-{key}.o"
 
     def link(tmp: Path) -> None:
         _checked(run_bounded(linker.cli("link", "-o", str(tmp), *map(str, units)), limits, env=linker.env()),
@@ -480,7 +481,9 @@ class Bench:
         """Show o's paths as OBJ and UNITS in the commands."""
         self.aliases.update({" ".join(map(str, o.units)): "UNITS...",
                              " ".join(map(str, o.stripped_units)): "UNITS.stripped...",
-                             str(o.linked): "OBJ", str(o.stripped): "OBJ.stripped"})
+                             str(o.linked): "OBJ", str(o.stripped): "OBJ.stripped",
+                             str(self.tmp / f"instr{o.sites}"): "$TMP/instrN",
+                             str(self.tmp / f"link{o.sites}"): "$TMP/linkN"})
 
     def sdt(self, name: str, tree: Tree | None, *args: str, ok: Sequence[int] = (0,)
             ) -> tuple[Cell, Callable[[], Run]] | None:
@@ -829,7 +832,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         t0 = time.monotonic()
         try:
             objs = build_objects(n, header, previous or now, args.object_cache, bench.limits,
-                                 cacheable=(previous or now).rev != WORKTREE)
+                                 scratch=tmp if (previous or now).rev == WORKTREE else None)
         except RuntimeError as e:
             print(f"scale_bench: {e}", file=sys.stderr)
             bench.failed = True
