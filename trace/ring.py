@@ -41,11 +41,15 @@ import contextlib
 import mmap
 import platform
 import struct
-from typing import Protocol
-
-from bpf_sdt.trace.output import Sink
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from bpf_sdt.libbpf import RingBuffer
+
+# What a ring hands each record to: (buffer, offset, size) of one event in the
+# ring's own memory, which the consumer must read before it returns (the space
+# is given back to the producer after the drain).
+Sink = Callable[[Any, int, int], None]
 
 RINGBUF_HEADER = 8
 BUSY_BIT = 1 << 31
