@@ -3,17 +3,13 @@
 Each file is parsed in a worker process under a memory limit and a deadline
 (sandbox.py), after a scan that refuses includes of FIFOs and devices
 (includes.py).  Its facts and per-file findings are cached as JSON
-(results.py) under $BPF_SDT_CACHE_DIR (default ~/.cache/bpf-sdt/lint), keyed
-by the file's content, its flags, the libclang and bpf-sdt versions and the
-cache format.  A hit is only used if every file the parse included still has
-the size and mtime it had.
+(results.py) by cache.py; each file's flags and IR compile come from
+plan.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
-import hashlib
 import json
 import os
 import re
@@ -26,19 +22,19 @@ from typing import Any
 
 from bpf_sdt.clang_plugin.files import MAX_SOURCE_BYTES
 from bpf_sdt.clang_plugin.lint import OWN_ERRORS, RULES, CompileError, cross_file, invocation_errors, per_file
-from bpf_sdt.clang_plugin.parse import CompileDatabase, cindex, compile_flags, default_flags, libclang_version
-from bpf_sdt.clang_plugin.results import FORMAT, FileResult, decode, encode
+from bpf_sdt.clang_plugin.parse import cindex, libclang_version
+from bpf_sdt.clang_plugin.results import FileResult, decode, encode
 
 from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
 from bpf_sdt.fsutil import read_regular
 from bpf_sdt.model import Finding, escape_text
 
+from .cache import cache_store, load_cached
+from .plan import IrTask, Plan, plan_for
+
 __all__ = ["FileResult", "analyze_file", "analyze_files", "run_extract", "run_lint"]
 
-CACHE_ENV = "BPF_SDT_CACHE_DIR"
-# A cache entry is a few KB; anything near this is not one of ours.
-MAX_CACHE_ENTRY_BYTES = 16 << 20
 # Compiler errors shown per file as SDT000.
 MAX_COMPILER_ERRORS = 5
 # Seconds of a file's deadline kept back from its IR compile, so that the
@@ -53,11 +49,7 @@ MIN_BATCH_FILES = 2
 # --- one file ------------------------------------------------------------------
 
 
-# (compiler, flags) for the IR compile of one file; None: no IR rules
-IrTask = tuple[str, list[str]] | None
-
-
-def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask = None, ir_elsewhere: bool = False,
+def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask | None = None, ir_elsewhere: bool = False,
                  pch: str | None = None) -> FileResult:
     """Parse and lint one file whose bytes are `data`; never raises for a bad
     file.  Run it in a sandbox child (see analyze_files): libclang may not
@@ -115,13 +107,13 @@ def refusal(path: str, data: bytes, flags: list[str]) -> str | None:
     return include_hazard(path, data, flags)
 
 
-def _start_ir(path: str, ir: IrTask) -> tuple[Any, str | None]:
+def _start_ir(path: str, ir: IrTask | None) -> tuple[Any, str | None]:
     if ir is None:
         return None, None
     from bpf_sdt.clang_plugin.irlint import IrCompiler, IrUnavailable, start_ir
 
     try:
-        return start_ir(IrCompiler(ir[0]), path, ir[1]), None
+        return start_ir(IrCompiler(ir.compiler), path, ir.flags), None
     except IrUnavailable as e:
         return None, f"IR checks skipped: {e}"
 
@@ -255,166 +247,8 @@ def argument_of(diagnostic: Any, header_lines: _HeaderLines) -> int | None:
     return None
 
 
-def _analyze_encoded(task: tuple[str, list[str], bytes, IrTask, bool, str | None]) -> bytes:
+def _analyze_encoded(task: tuple[str, list[str], bytes, IrTask | None, bool, str | None]) -> bytes:
     return encode(analyze_file(*task), for_ir=task[4])
-
-
-# --- cache ---------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "bpf-sdt" / "lint"
-
-
-def _ir_identity(task: IrTask) -> str:
-    """The IR rules' part of a cache key: none, or the compiler (path, size,
-    mtime, llvmlite's version) and its flags."""
-    if task is None:
-        return "|no-ir"
-    return f"|ir:{_file_identity(task[0])}:{_llvmlite_version()}:" + "\0".join(task[1])
-
-
-def _file_identity(path: str) -> str:
-    """Path, size and mtime: what changes when a compiler or package is upgraded."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return path
-    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
-
-
-_llvmlite: list[str] = []
-
-
-def _llvmlite_version() -> str:
-    """Identifies the installed llvmlite without importing it (nor
-    importlib.metadata: a warm lint must stay fast): its package file's
-    identity, which an upgrade changes.  "none" when it is not installed."""
-    if not _llvmlite:
-        import importlib.machinery
-
-        spec = importlib.machinery.PathFinder.find_spec("llvmlite")
-        origin = spec.origin if spec is not None else None
-        _llvmlite.append(_file_identity(origin) if origin else "none")
-    return _llvmlite[0]
-
-
-def cache_key(path: str, flags: list[str], data: bytes, version: str) -> str:
-    h = hashlib.sha256()
-    for part in (FORMAT, version, __version__, path, "\0".join(flags)):
-        h.update(os.fsencode(part) + b"\0")
-    h.update(data)
-    return h.hexdigest()
-
-
-def cache_load(key: str, directory: str, path: str | None = None) -> FileResult | None:
-    """The entry for `key`, or None: missing, not a regular file, not ours in
-    shape (see results.decode), or stale (an include changed)."""
-    try:
-        data = read_regular(os.path.join(directory, key[:2], key), MAX_CACHE_ENTRY_BYTES, "cache entry")
-    except InputError:
-        return None
-    result = decode(data, key, path)
-    if result is None or result.facts is None:
-        return None
-    for inc, mtime, size in result.facts.includes:
-        try:
-            st = os.stat(inc)
-        except (OSError, ValueError):
-            return None
-        if st.st_mtime_ns != mtime or st.st_size != size:
-            return None
-    return result
-
-
-def cache_store(key: str, result: FileResult) -> None:
-    if result.facts is None:   # unusable files are re-parsed: the cause may be elsewhere
-        return
-    from bpf_sdt.fsutil import write_atomic
-
-    d = cache_dir() / key[:2]
-    try:
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(d / key, encode(result, key))
-    except OSError:
-        pass   # a cache that cannot be written is only slower
-
-
-# --- many files ------------------------------------------------------------------
-
-
-@dataclass
-class _Plan:
-    """Per file: libclang's flags, and the IR compile's (compiler, flags)."""
-
-    flags: dict[str, list[str]]
-    ir: dict[str, IrTask]
-    ir_skipped: str | None = None    # why no file gets the IR rules
-
-
-def _flags_for(files: list[str], build_dir: str | None, extra: list[str]) -> dict[str, list[str]]:
-    return _plan_for(files, build_dir, extra).flags
-
-
-def _plan_for(files: list[str], build_dir: str | None, extra: list[str], ir: bool = False) -> _Plan:
-    db = CompileDatabase(build_dir) if build_dir else None   # read once for all files
-    plan = _Plan({}, {})
-    if ir and _llvmlite_version() == "none":
-        plan.ir_skipped = "IR checks skipped: llvmlite is not installed (pip install llvmlite)"
-        ir = False
-    fallback: str | None = None
-    for f in files:
-        flags = None
-        compiler = None
-        if db is not None:
-            flags = db.flags(f)
-            if flags is None:
-                raise InputError(f"{f}: not in {db.path}")
-            compiler = db.compiler(f)
-        plan.flags[f] = default_flags([*(flags or []), *extra])
-        if not ir or not f.endswith(".c"):   # a header alone has no code to optimize
-            continue
-        if compiler is None:    # the build's own clang optimizes as the build does; else the newest
-            if fallback is None:
-                fallback = _find_ir_clang(plan)
-            compiler = fallback or None
-        plan.ir[f] = (compiler, compile_flags([*(flags or []), *extra])) if compiler else None
-    return plan
-
-
-def _find_ir_clang(plan: _Plan) -> str:
-    """The newest clang (BPF_SDT_CLANG names one)."""
-    from bpf_sdt.errors import ToolError
-    from bpf_sdt.toolchain import find_clang
-
-    try:
-        return find_clang()
-    except ToolError as e:
-        plan.ir_skipped = f"IR checks skipped: {e}"
-        return ""
-
-
-def _load_cached(files: list[str], flags: dict[str, list[str]], sources: dict[str, bytes], version: str,
-                 ir: dict[str, IrTask]) -> tuple[dict[str, FileResult], dict[str, str]]:
-    """Cache hits by file, and every file's cache key.  The cyclic collector is
-    paused meanwhile: decoding allocates tens of thousands of small objects,
-    which set it off dozens of times (each pass also walking every imported
-    module), though none of them can be garbage yet."""
-    hits, keys = {}, {}
-    directory = str(cache_dir())
-    gc.disable()
-    try:
-        for f in files:
-            keys[f] = cache_key(os.path.realpath(f), flags[f], sources[f], version + _ir_identity(ir.get(f)))
-            hit = cache_load(keys[f], directory, f)
-            if hit is not None:
-                hits[f] = hit
-    finally:
-        gc.enable()
-    return hits, keys
 
 
 def analyze_files(files: list[str], build_dir: str | None, extra: list[str], jobs: int = 0,
@@ -424,14 +258,14 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
     # Every input is read once, here: a FIFO, a device or a directory is one
     # error line now, and the bytes read are the bytes hashed and parsed.
     sources = {f: read_regular(f, MAX_SOURCE_BYTES, "source file") for f in files}
-    plan = _plan_for(files, build_dir, extra, ir)
+    plan = plan_for(files, build_dir, extra, ir)
     flags = plan.flags
     if plan.ir_skipped and notes is not None:
         notes.append(plan.ir_skipped)
     results: dict[str, FileResult] = {}
     keys: dict[str, str] = {}
     if use_cache:
-        results, keys = _load_cached(files, flags, sources, libclang_version(), plan.ir)
+        results, keys = load_cached(files, flags, sources, libclang_version(), plan.ir)
     todo = list(dict.fromkeys(f for f in files if f not in results))
     if todo:
         # Only cold runs pay for these imports, and they happen here, once,
@@ -501,7 +335,7 @@ class _Precompiled:
     ir_builds: list[tuple[Any, list[str]]] = field(default_factory=list)   # (clang writing one, its files)
 
 
-def _start_precompiling(usable: list[str], plan: _Plan, sources: dict[str, bytes], limits: Any,
+def _start_precompiling(usable: list[str], plan: Plan, sources: dict[str, bytes], limits: Any,
                         directory: str) -> _Precompiled:
     """Plan one PCH per front end for each leading header enough files
     share, and start the IR compiler's (libclang's are built by
@@ -519,7 +353,7 @@ def _start_precompiling(usable: list[str], plan: _Plan, sources: dict[str, bytes
         out.ast_builds.setdefault(path, (p.header, plan.flags[f], []))[2].append(f)
         task = plan.ir.get(f)
         if task is not None:
-            ir_groups.setdefault((p.header, task[0], tuple(task[1])), []).append(f)
+            ir_groups.setdefault((p.header, task.compiler, tuple(task.flags)), []).append(f)
     for i, ((header, compiler, ir_flags), files) in enumerate(ir_groups.items()):
         if len(files) >= MIN_FILES:
             path = os.path.join(directory, f"ir{i}.pch")
@@ -573,7 +407,7 @@ def _add_includes(facts: Any, closure: tuple[str, ...]) -> None:
             facts.includes.append((header, st.st_mtime_ns, st.st_size))
 
 
-def _ir_batches(usable: list[str], plan: _Plan, jobs: int, limits: Any, pchs: dict[str, str]) -> list[Any]:
+def _ir_batches(usable: list[str], plan: Plan, jobs: int, limits: Any, pchs: dict[str, str]) -> list[Any]:
     """At most `jobs` batches (irbatch.py) for the files whose IR compile
     shares its compiler, flags (and PCH) with another's; the rest compile
     alone, beside their parse.  `usable`: the files no hazard refuses."""
@@ -583,7 +417,7 @@ def _ir_batches(usable: list[str], plan: _Plan, jobs: int, limits: Any, pchs: di
     for f in usable:
         task = plan.ir.get(f)
         if task is not None:
-            groups.setdefault((task[0], tuple(task[1]), pchs.get(f)), []).append(f)
+            groups.setdefault((task.compiler, tuple(task.flags), pchs.get(f)), []).append(f)
     shared = sorted((g for g in groups.items() if len(g[1]) >= MIN_BATCH_FILES), key=lambda g: -len(g[1]))
     batches = []
     budget = jobs

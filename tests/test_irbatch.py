@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from bpf_sdt.clang_plugin.commands import _plan_for
 from bpf_sdt.clang_plugin.irbatch import IrBatch, cc1_command, split_bitcode
 from bpf_sdt.clang_plugin.irlint import IrCompiler, IrUnavailable, ir_sites, start_ir
 from bpf_sdt.clang_plugin.parse import compile_flags
+from bpf_sdt.clang_plugin.plan import plan_for
 from test_samples import SAMPLES, built, make  # noqa: F401  (fixture)
 from toolchain import REQUIRED_CLANGS, clang
 
@@ -156,14 +156,14 @@ def test_a_later_input_gets_the_diagnostics_of_a_file_alone(built: Path) -> None
     batch compiles it again as a first input: no file loses its IR."""
     make("-s", f"BPF_SDT_OUTDIR={built}", f"{built}/compile_commands.json")
     tc, trace = str(SAMPLES / "tc_main.bpf.c"), str(SAMPLES / "trace_exec.bpf.c")
-    plan = _plan_for([tc, trace], str(built), [], ir=True)
+    plan = plan_for([tc, trace], str(built), [], ir=True)
     task = plan.ir[trace]
     assert task is not None and plan.ir[tc] == task
-    command = cc1_command(task[0], task[1], trace)
+    command = cc1_command(task.compiler, task.flags, trace)
     assert command is not None
     later = subprocess.run([*command, tc, trace], capture_output=True, check=False)
     assert later.returncode != 0 and b"-Wint-conversion" in later.stderr, "clang now keeps the state?"
-    alone = start_ir(IrCompiler(task[0]), trace, task[1]).result(TIMEOUT_S)
+    alone = start_ir(IrCompiler(task.compiler), trace, task.flags).result(TIMEOUT_S)
     got = batch([tc, trace], command)
     assert all(isinstance(v, bytes) for v in got.values()), got
     assert ir_sites(got[trace]) == ir_sites(alone) and ir_sites(alone)

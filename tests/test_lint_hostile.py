@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bpf_sdt.clang_plugin import commands, parse
+from bpf_sdt.clang_plugin import commands, parse, plan
 from bpf_sdt.clang_plugin.parse import CompileDatabase
 from bpf_sdt.clang_plugin.results import FORMAT, FileResult, decode, encode
 from hypothesis import HealthCheck, given, settings
@@ -363,7 +363,7 @@ def test_compile_commands_is_read_once_for_many_files(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(parse, "read_regular", counting)
     start = time.monotonic()
-    flags = commands._flags_for(files, str(tmp_path), [])
+    flags = plan.flags_for(files, str(tmp_path), [])
     elapsed = time.monotonic() - start
     assert reads == [str(tmp_path / "compile_commands.json")]
     assert elapsed < 2.0, f"{elapsed:.2f} s for {n} lookups"

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from bpf_sdt.clang_plugin import commands
+from bpf_sdt.clang_plugin import commands, plan
 from bpf_sdt.clang_plugin.parse import compile_flags
 from bpf_sdt.clang_plugin.preamble import MIN_HEADER_BYTES, leading_header
 from bpf_sdt.clang_plugin.sandbox import Limits
@@ -77,10 +77,10 @@ def test_what_a_pch_may_not_stand_in_for(tmp_path: Path) -> None:
 def test_samples_get_one_pch_per_front_end(built: Path) -> None:  # noqa: F811
     make("-s", f"BPF_SDT_OUTDIR={built}", f"{built}/compile_commands.json")
     files = sorted(map(str, SAMPLES.glob("*.bpf.c")))
-    plan = commands._plan_for(files, str(built), [], ir=True)
+    compile_plan = plan.plan_for(files, str(built), [], ir=True)
     sources = {f: Path(f).read_bytes() for f in files}
     with tempfile.TemporaryDirectory() as d:
-        pchs = commands._start_precompiling(files, plan, sources, Limits.from_env(), d)
+        pchs = commands._start_precompiling(files, compile_plan, sources, Limits.from_env(), d)
         commands._finish_precompiling(pchs, 2, Limits.from_env())
         assert set(pchs.ast) == set(pchs.ir) == set(files), "every sample starts with vmlinux.h"
         assert len(set(pchs.ast.values())) == len(set(pchs.ir.values())) == 1
