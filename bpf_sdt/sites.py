@@ -125,6 +125,12 @@ class SiteTable:
         """Per site (in id order), where its inlined function was called."""
         return self.lines.inlined_at(self.entries, self.functions)
 
+    def notes_order_chains(self) -> list[tuple[CallSite, ...]]:
+        """The inlined-at chain of every entry in notes order: what
+        `.bpf_sdt_inline` holds (bpf_sdt.inlined)."""
+        by_entry = {e.entry_offset: chain for e, chain in zip(self.entries, self.inlined_at, strict=True)}
+        return [by_entry[e.entry_offset] for e in self.decoding.entries]
+
     def function(self, entry: NoteEntry) -> str:
         return self.functions.at(entry.section, entry.offset)
 

@@ -60,7 +60,7 @@ from bpf_sdt.argtype import ArgType
 from bpf_sdt.elf import STT_FUNC, STT_SECTION, TEXT_SECTION, BpfObject, is_reserved_index, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import CALL_LABEL_PREFIX, RECORDER_DEFAULT_RINGBUF_SIZE
-from bpf_sdt.fsutil import resolve_output, write_atomic
+from bpf_sdt.fsutil import resolve_output
 from bpf_sdt.insn import INSN_SIZE, LD_IMM64, MAX_STACK, STACK_SLOT, CodeSection, Insn
 from bpf_sdt.model import escape_text
 from bpf_sdt.notes import NoteEntry
@@ -134,32 +134,32 @@ def instrument(req: Request) -> Result:
 def _instrument(req: Request) -> Result:
     check_ringbuf_size(req.ringbuf_size)
     _check_output(req)
-    obj = load_object(req.input)
-    from bpf_sdt.postlink.link import refuse_undecodable_names  # link loads check: only when needed
+    obj = load_object(req.input)            # IN is read and decoded once: every stage takes this object
+    # postlink loads check's dependencies: only when needed
+    from bpf_sdt.postlink.check import write_checked
+    from bpf_sdt.postlink.link import checked_input, link_objects, refuse_undecodable_names
 
     refuse_undecodable_names(obj)
     table = _usable_sites(obj)
+    checked = [checked_input(obj)]
     types = table.types
     probes = table.probes()
     selected = _select_probes(probes, req.probes)
-    decls = [d for path in req.observers for d in _observers_of(path)]
+    observer_objects = [load_object(path) for path in req.observers]
+    decls = [d for o in observer_objects for d in _observers_of(o)]
     plan = _plan_observers(decls, probes, selected, req, types)
+    checked += [checked_input(o) for o in observer_objects]
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-instrument-") as tmp:
-        extra = [*req.observers]
         recorded = sorted({p for p, obs in plan.items() for o in obs if o.startswith(RECORDER_PREFIX)})
         if recorded:
-            extra.append(build_recorder({p: types.get(p, ()) for p in recorded}, req.ringbuf_size,
-                                        recorder_identity(obj, req.recorder.plan_id), Path(tmp), req.recorder))
-        linked = Path(tmp) / "linked.o"
-        from bpf_sdt.postlink.link import link
-
-        link(linked, [req.input, *extra], req.bpftool)
-        data, result = _rewrite(load_object(linked), plan, req)
+            recorder = build_recorder({p: types.get(p, ()) for p in recorded}, req.ringbuf_size,
+                                      recorder_identity(obj, req.recorder.plan_id), Path(tmp), req.recorder)
+            checked.append(checked_input(load_object(recorder)))
+        # Not checked here: what is written is, once rewritten (write_checked below).
+        linked = link_objects(checked, str(Path(tmp) / "linked.o"), req.bpftool)
+        data, result = _rewrite(linked.obj, plan, req)
     _check_output(req)                       # again: the paths may have changed meanwhile
-    try:
-        write_atomic(req.output, data)
-    except OSError as e:
-        raise InputError(f"cannot write {req.output}: {e.strerror or e}") from None
+    write_checked(req.output, data, "the instrumented object")
     return result
 
 
@@ -205,10 +205,10 @@ def _select_probes(probes: list[str], globs: Sequence[str]) -> list[str]:
     return [p for p in probes if any(fnmatch.fnmatchcase(p, g) for g in globs)]
 
 
-def _observers_of(path: Path) -> list[ObserverDecl]:
-    found = find_observers(load_object(path))
+def _observers_of(obj: BpfObject) -> list[ObserverDecl]:
+    found = find_observers(obj)
     if not found:
-        raise InputError(f"{path}: has no observer (a function in SEC(\"bpf_sdt\") or "
+        raise InputError(f"{obj.path}: has no observer (a function in SEC(\"bpf_sdt\") or "
                          "SEC(\"bpf_sdt/<probe>\"))")
     return found
 
@@ -296,9 +296,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     # The recorder stays global: verified once per program, not at every site.
     edits.make_static |= {name for names in plan.values() for name in names if not name.startswith(RECORDER_PREFIX)}
     img = rewrite_object(obj, code, edits)
-    data = img.to_bytes()
-    _verify(req.output, data)
-    return data, Result(sites, plan, problems)
+    return img.to_bytes(), Result(sites, plan, problems)
 
 
 def _check_symbol_sections(obj: BpfObject) -> None:
@@ -485,12 +483,3 @@ def _where(entry: NoteEntry, f: Function, table: SiteTable) -> str:
     file, line, _ = table.location(entry)
     src = f" ({file}:{line})" if file else ""
     return f"{entry.probe} in {f.name}, {entry.section.name} insn {entry.offset // INSN_SIZE}{src}"
-
-
-def _verify(output: Path, data: bytes) -> None:
-    from bpf_sdt.postlink.check import analyze
-
-    report = analyze(BpfObject(str(output), data))
-    if report.errors:
-        first = next(f for f in report.findings if f.severity == "error")
-        raise InputError(f"the instrumented object fails check ({first.where}: {first.message} [{first.rule}])")

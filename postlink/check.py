@@ -16,6 +16,7 @@ import bisect
 from collections import Counter
 from collections.abc import Iterator
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bpf_sdt.btf import Btf, BtfKind
@@ -40,6 +41,7 @@ from bpf_sdt.format import (
     INSN_ARRAY_MAX,
     NOTES_SECTION,
 )
+from bpf_sdt.fsutil import write_atomic
 from bpf_sdt.insn import INSN, INSN_SIZE, JMP, JMP_CALL, LD_IMM64, PSEUDO_CALL
 from bpf_sdt.model import Declaration, Finding, Severity, Site
 from bpf_sdt.notes import NoteEntry, ProblemKind, RawSymbols
@@ -95,6 +97,8 @@ RULE_OF_PROBLEM = {
 }
 RULE_SYMBOL_OUTSIDE_SECTION = "SDT118"
 NOTES_START = f"{NOTES_SECTION}+0x0"
+# A refused output's message names this many of its errors.
+MAX_ERRORS_SHOWN = 3
 
 
 class ObjectReport:
@@ -524,3 +528,30 @@ def analyze(obj: BpfObject) -> ObjectReport:
     check_symbols(obj, report)
     cross_check(obj, report)
     return report
+
+
+# --- verify, then write ---------------------------------------------------------
+
+
+def verified(path: str, data: bytes, what: str) -> ObjectReport:
+    """`check` of bytes about to be written as ``path`` (by link or
+    instrument): the report, or InputError naming the first errors."""
+    report = analyze(BpfObject(path, data))
+    if report.errors:
+        errors = [f"{f.where}: {f.message} [{f.rule}]" for f in report.findings if f.severity == "error"]
+        raise InputError(f"{path}: {what} fails check: " + "; ".join(errors[:MAX_ERRORS_SHOWN]))
+    return report
+
+
+def write_checked(output: Path, data: bytes, what: str) -> ObjectReport:
+    """Write ``data`` to ``output`` atomically, only if it passes check."""
+    report = verified(str(output), data, what)
+    write_output(output, data)
+    return report
+
+
+def write_output(output: Path, data: bytes) -> None:
+    try:
+        write_atomic(output, data)
+    except OSError as e:
+        raise InputError(f"cannot write {output}: {e.strerror or e}") from None

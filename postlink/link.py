@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpf_sdt.postlink.check import ObjectReport, analyze, call_words
+from bpf_sdt.postlink.check import ObjectReport, analyze, call_words, write_checked, write_output
 
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
@@ -49,25 +49,14 @@ from bpf_sdt.elf import (
 )
 from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION
-from bpf_sdt.fsutil import resolve_output, write_atomic
-from bpf_sdt.inlined import INLINE_SECTION, Chain, entry_chains, set_section
-from bpf_sdt.model import ArgLocation, Declaration, escape_text
-from bpf_sdt.notes import encode_entry
+from bpf_sdt.fsutil import resolve_output
+from bpf_sdt.inlined import INLINE_SECTION, Chain, set_section
+from bpf_sdt.model import Declaration, escape_text
+from bpf_sdt.notes import NoteEntry, encode_entry
 from bpf_sdt.rewrite import append_call_words
 from bpf_sdt.toolchain import find_bpftool
 
 UNDECODABLE = "\ufffd"          # what the ELF reader puts for bytes that are not UTF-8
-
-
-@dataclass(frozen=True)
-class InputSite:
-    """A site as decoded from one input: re-encoded, never copied, into the output."""
-
-    input: int
-    symbol: str
-    section: str
-    offset: int
-    args: tuple[ArgLocation, ...]
 
 
 @dataclass(frozen=True)
@@ -87,68 +76,90 @@ class Placement:
     base: dict[tuple[int, str], int]
 
 
+@dataclass(frozen=True)
+class Linked:
+    """The linked object, decoded, and check's report of it when linking ran
+    one (None: nothing was checked yet; the caller checks what it writes)."""
+
+    obj: BpfObject
+    report: ObjectReport | None
+
+
+# A site of one input: the input's index and its decoded entry, re-encoded
+# (never copied) into the output.
+InputSite = tuple[int, NoteEntry]
+
+
 def run_link(output: str, inputs: Sequence[str], bpftool: str | None = None) -> int:
     link(Path(output), [Path(p) for p in inputs], bpftool)
     return EXIT_OK
 
 
 def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> ObjectReport:
+    """`bpf-sdt link`: OUT written atomically, once it passes check."""
     try:   # refuse an output that is no regular file before doing any work
         resolve_output(output)
     except OSError as e:
         raise InputError(f"cannot write {output}: {e.strerror}") from None
-    loaded = [_load_input(p) for p in inputs]
-    _check_prototypes(inputs, [report for _, report in loaded])
-    objs = [obj for obj, _ in loaded]
-    sites = [s for i, (_, report) in enumerate(loaded) for s in _input_sites(i, report)]
+    linked = link_objects([checked_input(load_object(p)) for p in inputs], str(output), bpftool)
+    if linked.report is None:
+        return write_checked(output, linked.obj.data, "the linked object")
+    write_output(output, linked.obj.data)
+    return linked.report
+
+
+def link_objects(inputs: list[ObjectReport], name: str, bpftool: str | None = None) -> Linked:
+    """Link the analyzed inputs (see checked_input) into one object, decoded
+    as ``name``.  Nothing is written but temporaries for the linker."""
+    _check_prototypes(inputs)
+    objs = [r.obj for r in inputs]
+    sites = [(i, e) for i, r in enumerate(inputs) for e in r.decoding.entries]    # notes order: kept
     calls = [InputCall(i, observer, o.sections[shndx].name, offset)
              for i, o in enumerate(objs) for observer, shndx, offset in call_words(o)]
+    names = [Path(r.path) for r in inputs]
     tool = find_bpftool(bpftool)     # bpftool, else $BPF_SDT_BPFTOOL, else PATH and /usr/sbin
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
         direct = Path(tmp) / "direct.o"
-        if sites and _bpftool_link(tool, direct, inputs, check=False):
+        if sites and _bpftool_link(tool, direct, _copies(objs, Path(tmp)), check=False):
             linked = load_object(direct)
             report = analyze(linked)
             if not report.errors and _same_sites(report, objs, sites, linked):
-                return _finish(output, direct.read_bytes(), report)
+                return Linked(BpfObject(name, linked.data), report)
         stripped = []
         for i, o in enumerate(objs):
             path = Path(tmp) / f"in{i}.o"
             path.write_bytes(strip_notes(o))
             stripped.append(path)
         base = Path(tmp) / "base.o"
-        _bpftool_link(tool, base, stripped, check=True, names=inputs)
+        _bpftool_link(tool, base, stripped, check=True, names=names)
         linked = load_object(base)
-        if not sites:
-            return _finish(output, base.read_bytes(), analyze(linked))
-        placement = _placement(objs, linked)
-        inline = [c for obj, r in loaded for c in entry_chains(obj, r.decoding.entries)]   # DWARF is gone
-        data = _add_notes(linked, sites, placement, calls, inline)
-        report = analyze(BpfObject(str(output), data))
-        if report.errors:
-            errors = [f"{f.where}: {f.message} [{f.rule}]" for f in report.findings if f.severity == "error"]
-            raise InputError(f"{output}: the linked notes failed verification: " + "; ".join(errors[:3]))
-        return _finish(output, data, report)
+    if not sites:
+        return Linked(BpfObject(name, linked.data), analyze(linked))
+    placement = _placement(objs, linked)
+    inline = [c for r in inputs for c in r.table.notes_order_chains()]   # the linker drops DWARF
+    return Linked(BpfObject(name, _add_notes(linked, sites, placement, calls, inline)), None)
 
 
-def _finish(output: Path, data: bytes, report: ObjectReport) -> ObjectReport:
-    try:
-        write_atomic(output, data)
-    except OSError as e:
-        raise InputError(f"cannot write {output}: {e.strerror}") from None
-    return report
+def _copies(objs: list[BpfObject], tmp: Path) -> list[Path]:
+    """The inputs' bytes as files for the linker: the bytes checked are the
+    bytes linked, whatever happens to the user's files meanwhile."""
+    paths = []
+    for i, o in enumerate(objs):
+        path = tmp / f"input{i}.o"
+        path.write_bytes(o.data)
+        paths.append(path)
+    return paths
 
 
-def _load_input(path: Path) -> tuple[BpfObject, ObjectReport]:
-    """Read and analyze one input once; refuse it if its notes are broken."""
-    obj = load_object(path)
+def checked_input(obj: BpfObject) -> ObjectReport:
+    """An input's check report; the input is refused if its notes are broken
+    (or its names could not be written back)."""
     refuse_undecodable_names(obj)
     report = analyze(obj)
     if report.errors:
-        first = next(f for f in report.findings if f.severity == "error")
-        raise InputError(f"{path}: its probe notes are broken ({first.where}: {first.message} "
-                         f"[{first.rule}]); run `bpf-sdt check {path}`")
-    return obj, report
+        raise InputError(f"{obj.path}: its probe notes are broken ({report.first_error()}); "
+                         f"run `bpf-sdt check {obj.path}`")
+    return report
 
 
 def refuse_undecodable_names(obj: BpfObject) -> None:
@@ -173,21 +184,17 @@ def strip_notes(obj: BpfObject) -> bytes:
     return img.to_bytes()
 
 
-def _check_prototypes(inputs: list[Path], reports: list[ObjectReport]) -> None:
+def _check_prototypes(reports: list[ObjectReport]) -> None:
     """One probe name, one prototype: an observer of a linked object gets one
     argument list, so inputs that disagree are refused, naming both."""
-    seen: dict[str, tuple[Declaration, Path]] = {}
-    for path, report in zip(inputs, reports, strict=True):
+    seen: dict[str, tuple[Declaration, str]] = {}
+    for report in reports:
+        path = report.path
         for name, decl in sorted(report.declarations.items()):
             first = seen.setdefault(name, (decl, path))
             if not first[0].same_prototype(decl):
                 raise InputError(f"probe '{name}' is declared as {first[0].prototype()} in {first[1]} "
                                  f"and as {decl.prototype()} in {path}; one name needs one prototype")
-
-
-def _input_sites(index: int, report: ObjectReport) -> list[InputSite]:
-    """The input's sites in notes order (the order the output keeps)."""
-    return [InputSite(index, e.symbol, e.section.name, e.offset, e.args) for e in report.decoding.entries]
 
 
 def _bpftool_link(tool: str, out: Path, inputs: Sequence[Path], check: bool,
@@ -245,7 +252,7 @@ def _same_sites(report: ObjectReport, objs: list[BpfObject], sites: list[InputSi
         placement = _placement(objs, linked)
     except InputError:
         return False
-    want = sorted((s.section, placement.base[(s.input, s.section)] + s.offset) for s in sites)
+    want = sorted((e.section.name, placement.base[(i, e.section.name)] + e.offset) for i, e in sites)
     return want == sorted((e.section.name, e.offset) for e in report.decoding.entries)
 
 
@@ -255,17 +262,18 @@ def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement,
     notes = bytearray()
     relocs: list[Relocation] = []
     entry_syms: list[tuple[str, int]] = []
-    for s in sites:
-        target = placement.base[(s.input, s.section)] + s.offset
-        sec_index = img.index_of(s.section)
+    for i, e in sites:
+        section = e.section.name
+        target = placement.base[(i, section)] + e.offset
+        sec_index = img.index_of(section)
         if sec_index is None:
-            raise InputError(f"linked object has no section {s.section}")
+            raise InputError(f"linked object has no section {section}")
         code = img.sections[sec_index].data
         if code[target: target + 8] != NOP_INSN:
-            raise InputError(f"{s.section}+{target:#x} in the linked object is not the probe NOP")
-        entry_syms.append((s.symbol, len(notes)))
+            raise InputError(f"{section}+{target:#x} in the linked object is not the probe NOP")
+        entry_syms.append((e.symbol, len(notes)))
         relocs.append(Relocation(len(notes), R_BPF_64_ABS64, img.section_symbol(sec_index), None))
-        notes += encode_entry(target, s.args)
+        notes += encode_entry(target, e.args)
     notes_i = img.add_section(SecRec(NOTES_SECTION, SHT_PROGBITS, 0, bytes(notes), addralign=1))
     img.add_section(SecRec(NOTES_REL_SECTION, SHT_REL, SHF_INFO_LINK, b"", link=img.symtab_index, info=notes_i,
                            addralign=8, entsize=16, relocs=relocs))

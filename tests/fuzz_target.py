@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bpf_sdt.postlink.check import analyze
 from bpf_sdt.postlink.commands import _cells, broken_entries
-from bpf_sdt.postlink.link import _check_prototypes, _input_sites, strip_notes
+from bpf_sdt.postlink.link import _check_prototypes, strip_notes
 
 from bpf_sdt.elf import (
     EHDR,
@@ -81,8 +81,8 @@ def one_input(data: bytes) -> str:
             f.render()
             f.to_json()
         if not report.errors:                         # link: what it does to each input
-            _check_prototypes([Path("fuzz.o")], [report])
-            _input_sites(0, report)
+            _check_prototypes([report])
+            report.table.notes_order_chains()
             BpfObject("stripped.o", strip_notes(obj))
         return "ok"
     except InputError:
