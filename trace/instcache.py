@@ -136,7 +136,7 @@ def fetch(job: Job, output: Path) -> Instrumented | None:
             return None
         cached = json.loads((entry / SITES_NAME).read_text())
         found = Instrumented([(int(site_id), str(probe)) for site_id, probe in cached["shown"]],
-                             [_decoded(s) for s in cached["sites"]])
+                             [_site(s) for s in cached["sites"]])
         shutil.copyfile(entry / OBJECT_NAME, output)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError):
         return None
@@ -185,6 +185,15 @@ def _encoded(value: object) -> object:
     if value is None or isinstance(value, int | str):
         return value
     raise TypeError(f"a site table holds a {type(value).__name__}, which the cache does not keep")
+
+
+def _site(data: object) -> Site:
+    from bpf_sdt.trace.sites import Site  # the one place the cache names the site table's type
+
+    site = _decoded(data)
+    if not isinstance(site, Site):
+        raise ValueError(f"a cached site is a {type(site).__name__}")
+    return site
 
 
 def _decoded(data: object) -> object:

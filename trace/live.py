@@ -24,7 +24,6 @@ import contextlib
 import os
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from bpf_sdt.trace.leftovers import report_stale
 from bpf_sdt.trace.output import Decoder
 from bpf_sdt.trace.recorder import Counters
 from bpf_sdt.trace.ring import open_ring
-from bpf_sdt.trace.runtime import StopSignals, private_bpffs
+from bpf_sdt.trace.runtime import InBackground, StopSignals, private_bpffs
 
 from bpf_sdt import kernel, records
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
@@ -434,7 +433,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                          "would write its own programs into the running program's tail-call slots when loading a "
                          "copy; nothing was swapped")
     maps = RunningMaps(running)
-    identity: list[_InBackground] = []          # the identity load, once instrument is under way
+    identity: list[InBackground[None]] = []          # the identity load, once instrument is under way
     try:
         prog_name, obj_name = choose_program(opts.obj, running, opts.prog)
 
@@ -443,7 +442,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
             # its child (forked first, so the fork does not wait for the
             # verifier's core): the verifier is the cost that matters, and
             # there are two cores.
-            identity.append(_InBackground(prove_identity, opts.obj, prog_name, obj_name, running, maps))
+            identity.append(InBackground(prove_identity, opts.obj, prog_name, obj_name, running, maps))
 
         def proved() -> None:
             """Waits for the identity load; a mismatch raises here."""
@@ -512,30 +511,6 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
         for load in identity:
             load.wait()                     # its load uses the maps' fds
         maps.close()
-
-
-class _InBackground:
-    """fn(*args) in a thread; result() waits and re-raises its exception."""
-
-    def __init__(self, fn: Callable[..., None], *args: object) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable[..., None], *args: object) -> None:
-        try:
-            fn(*args)
-        except BaseException as e:   # noqa: BLE001 - re-raised by result() in the caller's thread
-            self._error = e
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def result(self) -> None:
-        self.wait()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
 
 
 def _session(bpf: BpfObject, decoder: Decoder, opts: Options, stop: StopSignals, out: Writer | TextIO,

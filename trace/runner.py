@@ -17,6 +17,7 @@ bpffs that vanishes with the process (:mod:`bpf_sdt.trace.runtime`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fnmatch
 import itertools
@@ -49,7 +50,7 @@ from bpf_sdt.trace.output import Decoder, Writer
 from bpf_sdt.trace.pcap import MAX_PACKET, iter_packets
 from bpf_sdt.trace.recorder import Counters, RecorderMaps, find_loaded, open_pinned
 from bpf_sdt.trace.ring import Ring, open_ring
-from bpf_sdt.trace.runtime import STOP_SIGNALS, StopSignals, private_bpffs
+from bpf_sdt.trace.runtime import STOP_SIGNALS, InBackground, StopSignals, private_bpffs
 from bpf_sdt.trace.testrun import RAW_TP_TYPE, run_raw_tp
 
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
@@ -260,11 +261,12 @@ def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, 
                         meanwhile: Callable[[], None] | None = None) -> tuple[Instrumented, bool] | None:
     """OBJ instrumented with the recorder at ``output`` (only ``programs``'
     sites, () all), and whether it came from the cache (instcache); None
-    when a stop signal came first.  A miss instruments in a child process,
-    which also makes the site table from the objects it has parsed.
+    when a stop signal came first.  A miss instruments in a child process
+    while a thread here reads OBJ's sites, lines and inlined-at chains (the
+    DWARF: a third of the child's time if it did it after instrumenting).
     ``meanwhile`` runs once the work is under way (the child started, or
     the entry found): --live's identity load then does not compete with the
-    fork for the core."""
+    fork for the core, and no thread runs when the process forks."""
     job = cache_job(opts, programs)
     cached = instcache.fetch(job, output)
     if cached is not None:
@@ -272,14 +274,34 @@ def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, 
             meanwhile()
         return cached, True
     plan = _recorder_plan(opts)[0] if _kernel_side(opts) else None     # the child would make the same
-    made = _instrument_interruptibly(opts, job, output, plan, stop, meanwhile)
-    if made is None:
+    parsed: list[InBackground[ElfObject]] = []
+
+    def start() -> None:
+        parsed.append(InBackground(_with_site_table, opts.obj))
+        if meanwhile is not None:
+            meanwhile()
+
+    shown = _instrument_interruptibly(job, output, plan, stop, start)
+    if shown is None:
         return None
-    shown, sites = made
+    from bpf_sdt.elf import load_object
+
+    sites = _site_table(load_object(output), parsed[0].result())
     if any(site_id >= len(sites) or sites[site_id].probe != probe for site_id, probe in shown):
         raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
+    made = Instrumented(shown, sites)
     instcache.store(job, output, made)
     return made, False
+
+
+def _with_site_table(path: Path) -> ElfObject:
+    """OBJ parsed, with its site table worked out (kept on the object: the
+    instrumented object's table takes OBJ's lines and chains from it)."""
+    from bpf_sdt.elf import load_object
+
+    obj = load_object(path)
+    _site_table(obj)
+    return obj
 
 
 def _traced_programs(opts: Options) -> tuple[str, ...]:
@@ -719,19 +741,19 @@ def _recorder_maps(opts: Options, obj: ElfObject) -> RecorderMaps:
 # --- phases that must answer a signal within a second ------------------------------------
 
 
-def _instrument_interruptibly(opts: Options, job: Job, output: Path, plan: RecorderOptions | None,
-                              stop: StopSignals, meanwhile: Callable[[], None] | None = None) -> Instrumented | None:
+def _instrument_interruptibly(job: Job, output: Path, plan: RecorderOptions | None, stop: StopSignals,
+                              meanwhile: Callable[[], None] | None = None) -> list[tuple[int, str]] | None:
     """Instruments job's object in a child process (forked: its own process
     group, with the clang it starts), so that a stop signal ends it at once:
     the child is killed and None returned.  ``plan``: the recorder's, if
     the parent made it already; ``meanwhile`` runs once the child has
-    started.  Returns the instrumented sites and the site table; the child's
-    one-line errors are raised here as they were."""
+    started.  Returns (site id, probe) of the instrumented sites; the
+    child's one-line errors are raised here as they were."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:                                    # the child: never returns
         os.close(read_fd)
-        _instrument_child(opts, job, output, plan, write_fd)
+        _instrument_child(job, output, plan, write_fd)
     os.close(write_fd)
     with contextlib.suppress(OSError):          # the child does it too: whichever runs first
         os.setpgid(pid, pid)
@@ -749,8 +771,7 @@ def _instrument_interruptibly(opts: Options, job: Job, output: Path, plan: Recor
         return None
     kind, payload = pickle.loads(data)              # our own child's answer
     if kind == "ok":
-        shown, sites = payload
-        return Instrumented(list(shown), list(sites))
+        return list(payload)
     if kind == "error":
         exit_code, message = payload
         error = BpfSdtError(message)
@@ -759,7 +780,7 @@ def _instrument_interruptibly(opts: Options, job: Job, output: Path, plan: Recor
     raise RuntimeError(f"instrument failed in its child process:\n{payload}")
 
 
-def _instrument_child(opts: Options, job: Job, output: Path, plan: RecorderOptions | None, write_fd: int) -> None:
+def _instrument_child(job: Job, output: Path, plan: RecorderOptions | None, write_fd: int) -> None:
     code = 0
     try:
         os.setpgid(0, 0)
@@ -770,7 +791,7 @@ def _instrument_child(opts: Options, job: Job, output: Path, plan: RecorderOptio
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         try:
-            message: tuple[str, object] = ("ok", _instrument_here(opts, job, output, plan))
+            message: tuple[str, object] = ("ok", _instrument_here(job, output, plan))
         except BpfSdtError as e:
             message = ("error", (e.exit_code, str(e)))
         except BaseException:           # noqa: BLE001 - a bug: its traceback goes to the parent
@@ -784,18 +805,17 @@ def _instrument_child(opts: Options, job: Job, output: Path, plan: RecorderOptio
     os._exit(code)
 
 
-def _instrument_here(opts: Options, job: Job, output: Path, plan: RecorderOptions | None) -> Instrumented:
-    """The child's work: instrument, then the site table from the objects
-    instrument has parsed (the notes decoder keeps the last decoding)."""
+def _instrument_here(job: Job, output: Path, plan: RecorderOptions | None) -> list[tuple[int, str]]:
+    """The child's work: (site id, probe) of every site instrumented.  No
+    plan: the recorder only writes events, which instrument's default
+    recorder does (the plan of no options makes the same object, and costs
+    a parse of OBJ's DWARF)."""
     from bpf_sdt.instrument.command import Request, instrument
 
-    from bpf_sdt.elf import load_object
-
-    recorder = plan if plan is not None else _recorder_plan(opts)[0]
-    result = instrument(Request(job.input, output, job.probes, ringbuf_size=job.ringbuf_size, recorder=recorder,
-                                programs=job.programs))
-    shown = [(s.site_id, s.probe) for s in result.sites]
-    return Instrumented(shown, _site_table(load_object(output), load_object(job.input)))
+    request = Request(job.input, output, job.probes, ringbuf_size=job.ringbuf_size, programs=job.programs)
+    if plan is not None:
+        request = dataclasses.replace(request, recorder=plan)
+    return [(s.site_id, s.probe) for s in instrument(request).sites]
 
 
 def _site_table(instrumented: ElfObject, shown: ElfObject | None = None) -> list[Site]:

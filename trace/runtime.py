@@ -24,9 +24,11 @@ import contextlib
 import ctypes
 import os
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Generic, TypeVar
 
 from bpf_sdt.errors import InputError
 
@@ -36,6 +38,37 @@ MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 BPFFS = b"bpf"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+T = TypeVar("T")
+
+
+class InBackground(Generic[T]):
+    """fn(*args) in a thread (a daemon: a stop signal does not wait for it);
+    result() waits and returns its value or re-raises its exception in the
+    caller's thread.  For work that overlaps a child process or the kernel's
+    verifier (both outside the GIL)."""
+
+    def __init__(self, fn: Callable[..., T], *args: object) -> None:
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., T], *args: object) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as e:   # noqa: BLE001 - re-raised by result() in the caller's thread
+            self._error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> T:
+        self.wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self._value  # type: ignore[return-value]   # set when fn returned
 
 
 def _libc() -> ctypes.CDLL:
