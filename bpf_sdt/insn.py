@@ -41,13 +41,19 @@ MAX_STACK = 512          # MAX_BPF_STACK: the verifier refuses any stack access 
 STACK_SLOT = 8           # bytes of a stack slot (a register spill; the frame's alignment)
 
 # --- opcode fields (include/uapi/linux/bpf.h, bpf_common.h) ------------------
+#
+# An opcode byte is class | op | source for ALU and JMP classes, and
+# class | size | mode for loads and stores: every opcode anywhere in the
+# project is spelled from these names.
 
+OPCODE_BYTE = 0xFF       # the opcode is one byte; ``op & OPCODE_BYTE`` indexes per-opcode tables
 CLASS_MASK = 0x07
 LD, LDX, ST, STX, ALU, JMP, JMP32, ALU64 = range(8)
 
 SIZE_MASK = 0x18
 SIZE_W, SIZE_H, SIZE_B, SIZE_DW = 0x00, 0x08, 0x10, 0x18
 SIZE_BYTES = {SIZE_W: 4, SIZE_H: 2, SIZE_B: 1, SIZE_DW: 8}
+SIZE_OF_BYTES = {n: size for size, n in SIZE_BYTES.items()}   # 1, 2, 4, 8 -> the size field
 MODE_MASK = 0xE0
 MODE_IMM, MODE_ABS, MODE_IND, MODE_MEM, MODE_MEMSX, MODE_ATOMIC = 0x00, 0x20, 0x40, 0x60, 0x80, 0xC0
 
@@ -57,31 +63,59 @@ ALU_ADD, ALU_SUB, ALU_MUL, ALU_DIV, ALU_OR, ALU_AND, ALU_LSH, ALU_RSH = (
     0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70)
 ALU_NEG, ALU_MOD, ALU_XOR, ALU_MOV, ALU_ARSH, ALU_END = 0x80, 0x90, 0xA0, 0xB0, 0xC0, 0xD0
 JMP_JA, JMP_CALL, JMP_EXIT, JMP_JCOND = 0x00, 0x80, 0x90, 0xE0
+JMP_JEQ, JMP_JGT, JMP_JGE, JMP_JSET, JMP_JNE, JMP_JSGT, JMP_JSGE = 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70
+JMP_JLT, JMP_JLE, JMP_JSLT, JMP_JSLE = 0xA0, 0xB0, 0xC0, 0xD0
 
+HELPER_CALL = 0          # src_reg of a call: a helper, numbered by imm
 PSEUDO_CALL = 1          # src_reg of a call: BPF-to-BPF
 PSEUDO_KFUNC_CALL = 2    # src_reg of a call: kernel function
+LD_IMM64_CONSTANT = 0    # src_reg of ld_imm64: a plain 64-bit constant (others name maps, functions...)
 PSEUDO_FUNC = 4          # src_reg of ld_imm64: a function's address (set by the loader)
 ATOMIC_FETCH = 0x01
 ATOMIC_XCHG = 0xE0 | ATOMIC_FETCH
 ATOMIC_CMPXCHG = 0xF0 | ATOMIC_FETCH
 
 LD_IMM64 = LD | SIZE_DW | MODE_IMM      # 0x18: the only 16-byte instruction
+MOV64_X = ALU64 | ALU_MOV | SRC_X       # rD = rS
+MOV64_K = ALU64 | ALU_MOV | SRC_K       # rD = imm
 HELPER_TAIL_CALL = 12
 
+# The value range of an instruction's 32-bit ``imm`` (sign-extended by 64-bit
+# operations, zero-extended into a register by 32-bit ones) and of a register.
+S32_MIN, S32_MAX = -(1 << 31), (1 << 31) - 1
+U32_MAX = (1 << 32) - 1
+S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
+U64_MAX = (1 << 64) - 1
+REG_BITS = 64
+WORD_BITS = 32           # what the 32-bit ALU and JMP32 classes operate on
+
 R0, R1, R5, R6, R9, R10 = 0, 1, 5, 6, 9, 10
+REGISTER_COUNT = R10 + 1                        # r0..r10
 CALLER_SAVED = frozenset(range(R0, R5 + 1))     # clobbered by every call
 ARG_REGS = tuple(range(R1, R5 + 1))
 
 # What an opcode is, looked up by its low byte (class and operation live there, so
-# ``op & 0xFF`` answers the same as ``op`` for any int): the properties below are
-# asked millions of times per instrument run.
-_OPS = range(256)
+# ``op & OPCODE_BYTE`` answers the same as ``op`` for any int): the properties below
+# are asked millions of times per instrument run.
+_OPS = range(OPCODE_BYTE + 1)
 _IS_JMP_CLASS = tuple(op & CLASS_MASK in (JMP, JMP32) for op in _OPS)
 _IS_CALL = tuple(op & CLASS_MASK == JMP and op & OP_MASK == JMP_CALL for op in _OPS)
 _IS_EXIT = tuple(op & CLASS_MASK == JMP and op & OP_MASK == JMP_EXIT for op in _OPS)
 _IS_BRANCH = tuple(_IS_JMP_CLASS[op] and op & OP_MASK not in (JMP_CALL, JMP_EXIT) for op in _OPS)
 _IS_UNCONDITIONAL = tuple(_IS_BRANCH[op] and op & OP_MASK == JMP_JA for op in _OPS)
 _IS_GOTOL = tuple(op & CLASS_MASK == JMP32 and op & OP_MASK == JMP_JA for op in _OPS)
+
+
+class _OpcodeTest:
+    """A read-only ``bool`` attribute of an instruction that depends on its
+    opcode alone, answered from a table indexed by the opcode byte."""
+
+    def __init__(self, table: tuple[bool, ...], doc: str) -> None:
+        self.table = table
+        self.__doc__ = doc
+
+    def __get__(self, insn: Insn, owner: object = None) -> bool:
+        return self.table[insn.op & OPCODE_BYTE]
 
 
 @dataclass(eq=False, slots=True)
@@ -112,41 +146,26 @@ class Insn:
         """8-byte slots: 2 for ld_imm64, 1 for everything else."""
         return 2 if self.op == LD_IMM64 else 1
 
-    @property
-    def is_jmp_class(self) -> bool:
-        return _IS_JMP_CLASS[self.op & 0xFF]
-
-    @property
-    def is_call(self) -> bool:
-        return _IS_CALL[self.op & 0xFF]
+    is_jmp_class = _OpcodeTest(_IS_JMP_CLASS, "JMP or JMP32.")
+    is_call = _OpcodeTest(_IS_CALL, "A call of any kind (helper, BPF-to-BPF, kfunc).")
+    is_exit = _OpcodeTest(_IS_EXIT, "``exit``.")
+    is_branch = _OpcodeTest(_IS_BRANCH, "A jump whose target is relative to it (everything in the "
+                            "JMP classes but call and exit).")
+    is_unconditional = _OpcodeTest(_IS_UNCONDITIONAL, "``goto`` or ``gotol``.")
+    is_gotol = _OpcodeTest(_IS_GOTOL, "JMP32|JA keeps its (32-bit) offset in imm, not off.")
 
     @property
     def is_pseudo_call(self) -> bool:
-        return _IS_CALL[self.op & 0xFF] and self.src == PSEUDO_CALL
+        return _IS_CALL[self.op & OPCODE_BYTE] and self.src == PSEUDO_CALL
 
     @property
-    def is_exit(self) -> bool:
-        return _IS_EXIT[self.op & 0xFF]
-
-    @property
-    def is_branch(self) -> bool:
-        """A jump whose target is relative to it (everything in the JMP classes
-        but call and exit)."""
-        return _IS_BRANCH[self.op & 0xFF]
-
-    @property
-    def is_unconditional(self) -> bool:
-        return _IS_UNCONDITIONAL[self.op & 0xFF]
+    def is_helper_call(self) -> bool:
+        return _IS_CALL[self.op & OPCODE_BYTE] and self.src == HELPER_CALL
 
     @property
     def is_nop(self) -> bool:
         """``goto +0``: the probe site's NOP, which loaders delete."""
         return self.op == JMP | JMP_JA and self.off == 0 and self.imm == 0 and self.target is None
-
-    @property
-    def is_gotol(self) -> bool:
-        """JMP32|JA keeps its (32-bit) offset in imm, not off."""
-        return _IS_GOTOL[self.op & 0xFF]
 
     def encode(self) -> bytes:
         regs = (self.src << SRC_SHIFT) | self.dst
@@ -174,12 +193,17 @@ class InsnReloc:
 
 
 def mov64_reg(dst: int, src: int) -> Insn:
-    return Insn(ALU64 | ALU_MOV | SRC_X, dst, src)
+    return Insn(MOV64_X, dst, src)
 
 
 def mov32_reg(dst: int, src: int) -> Insn:
     """``wD = wS``: zero-extends the low 32 bits into the 64-bit register."""
     return Insn(ALU | ALU_MOV | SRC_X, dst, src)
+
+
+def mov32_imm(dst: int, imm: int) -> Insn:
+    """``wD = imm``: zero-extends into the 64-bit register."""
+    return Insn(ALU | ALU_MOV | SRC_K, dst, 0, 0, imm)
 
 
 def alu64_imm(op: int, dst: int, imm: int) -> Insn:
@@ -201,9 +225,9 @@ def load(size: int, dst: int, base: int, off: int) -> Insn:
 
 
 def ld_imm64(dst: int, value: int) -> Insn:
-    value &= (1 << 64) - 1
-    lo, hi = value & 0xFFFFFFFF, value >> 32
-    return Insn(LD_IMM64, dst, 0, 0, _s32(lo), _s32(hi))
+    value &= U64_MAX
+    lo, hi = value & U32_MAX, value >> WORD_BITS
+    return Insn(LD_IMM64, dst, 0, 0, s32(lo), s32(hi))
 
 
 def pseudo_call(target: Insn) -> Insn:
@@ -215,9 +239,10 @@ def nop() -> Insn:
     return Insn(JMP | JMP_JA, target=None)
 
 
-def _s32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v >> 31 else v
+def s32(v: int) -> int:
+    """The low 32 bits of ``v`` as a signed ``imm``."""
+    v &= U32_MAX
+    return v - (U32_MAX + 1) if v > S32_MAX else v
 
 
 # --- registers read and written ----------------------------------------------

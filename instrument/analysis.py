@@ -31,32 +31,36 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-
-from bpf_sdt.instrument.stackframe import Reach, analyze_frame
+from typing import TypeVar
 
 from bpf_sdt.elf import STT_FUNC, TEXT_SECTION, Symbol
 from bpf_sdt.errors import InputError
 from bpf_sdt.helpers import HELPER_ARGS
 from bpf_sdt.insn import (
-    ALU64,
-    ALU_MOV,
     ARG_REGS,
     CALLER_SAVED,
+    HELPER_CALL,
     HELPER_TAIL_CALL,
     LD,
     LD_IMM64,
     MAX_STACK,
+    MOV64_X,
     PSEUDO_CALL,
     R0,
     R1,
     R10,
-    SRC_X,
+    REGISTER_COUNT,
     STX,
     CodeSection,
     Insn,
     regs_defined,
     regs_used,
 )
+
+from .dataflow import Worklist
+from .stackframe import Reach, analyze_frame
+
+T = TypeVar("T")
 
 # Helpers that run a callback: the argument register holding the pointer they hand it, and
 # the callback's argument register that receives it (bpf_helper_defs.h).
@@ -68,7 +72,6 @@ CALLBACK_CTX = {
 }
 HELPER_TIMER_SET_CALLBACK = 170      # bpf_timer_set_callback(timer, callback_fn)
 TIMER_CALLBACK_ARG = 2
-MOV64_X = ALU64 | ALU_MOV | SRC_X
 TAIL_CALL_STACK = 256        # a subprogram with a tail call: its callers' frames must stay below this
 MAX_CALL_FRAMES = 8          # the verifier's limit on nested calls (callbacks included)
 MIN_REACH = -MAX_STACK       # what an unknown callee may do below a stack pointer it gets
@@ -86,7 +89,7 @@ def mask(regs: Iterable[int]) -> int:
 
 
 def regs_of(m: int) -> list[int]:
-    return [r for r in range(11) if m >> r & 1]
+    return [r for r in range(REGISTER_COUNT) if m >> r & 1]
 
 
 def round_frame(depth: int) -> int:
@@ -139,7 +142,7 @@ class Program:
         for f in self.functions:
             f.init_in = _initialised(f)
             f.callees = self._callees(f)
-            f.has_tail_call = any(x.is_call and x.src == 0 and x.imm == HELPER_TAIL_CALL for x in f.insns)
+            f.has_tail_call = any(x.is_helper_call and x.imm == HELPER_TAIL_CALL for x in f.insns)
         self.recursive = _cycles(self.functions)
         self._below_sets: dict[int, list[Function]] = {}
         self._above_sets: dict[int, list[Function]] = {}
@@ -181,7 +184,7 @@ class Program:
         if insn.src == PSEUDO_CALL:
             f = self.callee(insn)
             return f.entry_uses if f is not None else ALL_ARGS
-        if insn.src == 0:
+        if insn.src == HELPER_CALL:
             n = HELPER_ARGS.get(insn.imm, len(ARG_REGS))
             return mask(ARG_REGS[:n])
         return ALL_ARGS          # kfuncs: their prototypes live in the kernel's BTF
@@ -231,7 +234,8 @@ class Program:
             if insn.is_call:
                 for r in ARG_REGS:
                     if r in held:
-                        timer = insn.src == 0 and insn.imm == HELPER_TIMER_SET_CALLBACK and r == TIMER_CALLBACK_ARG
+                        timer = (insn.is_helper_call and insn.imm == HELPER_TIMER_SET_CALLBACK
+                                 and r == TIMER_CALLBACK_ARG)
                         (async_uses if timer else other_uses).add(id(held[r]))
                 held = {r: g for r, g in held.items() if r not in CALLER_SAVED}
                 continue
@@ -269,7 +273,7 @@ class Program:
             if insn.src == PSEUDO_CALL:
                 g = self.callee(insn)
                 return g.reach.arg_reach(reg) if g is not None else MIN_REACH
-            handed = CALLBACK_CTX.get(insn.imm) if insn.src == 0 else None
+            handed = CALLBACK_CTX.get(insn.imm) if insn.src == HELPER_CALL else None
             if handed is not None and handed[0] == reg:
                 # the helper hands this pointer to the callback: what the callbacks the function
                 # names do below that argument counts here
@@ -367,22 +371,12 @@ def _reachable(f: Function, edges: Callable[[Function], list[Function]]) -> list
 def _longest_to(start: Function, goal: Function) -> int | None:
     """Rounded frames on the deepest path from ``start`` to ``goal`` (``goal``
     excluded), or None if ``start`` does not reach it (iterative, memoised)."""
+    def deepest(g: Function, below: list[int | None]) -> int | None:
+        reached = [d for d in below if d is not None]
+        return round_frame(g.frame) + max(reached) if reached else None
+
     memo: dict[int, int | None] = {id(goal): 0}
-    stack: list[tuple[Function, bool]] = [(start, False)]
-    on_path: set[int] = set()
-    while stack:
-        g, done = stack.pop()
-        if id(g) in memo:
-            continue
-        if done:
-            on_path.discard(id(g))
-            reached = [d for h in g.callees if (d := memo.get(id(h))) is not None]
-            memo[id(g)] = round_frame(g.frame) + max(reached) if reached else None
-            continue
-        on_path.add(id(g))
-        stack.append((g, True))
-        stack += [(h, False) for h in g.callees if id(h) not in memo and id(h) not in on_path]
-    return memo[id(start)]
+    return _fold_calls(start, lambda g: g.callees, memo, deepest)
 
 
 def _one_frame(f: Function) -> int:
@@ -396,7 +390,20 @@ def _longest(f: Function, edges: Callable[[Function], list[Function]], memo: dic
     (a hostile object may chain thousands of functions); a cycle met anyway
     counts once."""
     weigh = weight or (lambda g: round_frame(g.frame))
-    stack: list[tuple[Function, bool]] = [(f, False)]
+
+    def heaviest(g: Function, below: list[int | None]) -> int:
+        return weigh(g) + max((d for d in below if d is not None), default=0)
+
+    return _fold_calls(f, edges, memo, heaviest)
+
+
+def _fold_calls(start: Function, edges: Callable[[Function], list[Function]], memo: dict[int, T],
+                combine: Callable[[Function, list[T | None]], T]) -> T:
+    """``memo[id(g)] = combine(g, what its successors hold)`` for every
+    function reachable from ``start`` along ``edges``, successors first (an
+    iterative depth-first postorder).  A successor still on the path (a
+    cycle, or ``g`` itself) holds None; what ``memo`` already holds is kept."""
+    stack: list[tuple[Function, bool]] = [(start, False)]
     on_path: set[int] = set()
     while stack:
         g, done = stack.pop()
@@ -404,13 +411,12 @@ def _longest(f: Function, edges: Callable[[Function], list[Function]], memo: dic
             continue
         if done:
             on_path.discard(id(g))
-            memo[id(g)] = weigh(g) + max(
-                (memo.get(id(h), 0) for h in edges(g) if id(h) != id(g)), default=0)
+            memo[id(g)] = combine(g, [memo.get(id(h)) for h in edges(g)])
             continue
         on_path.add(id(g))
         stack.append((g, True))
         stack += [(h, False) for h in edges(g) if id(h) not in memo and id(h) not in on_path]
-    return memo[id(f)]
+    return memo[id(start)]
 
 
 def _callees_first(functions: list[Function]) -> list[Function]:
@@ -526,11 +532,9 @@ def _liveness(f: Function, call_uses: Callable[[Insn], int], site_uses: dict[int
         for s in ss:
             preds[s].append(i)
     live_in = [0] * n
-    work = list(range(n))
-    queued = [True] * n
+    work = Worklist(n, range(n))
     while work:
         i = work.pop()
-        queued[i] = False
         out = 0
         for s in f.succ[i]:
             out |= live_in[s]
@@ -539,9 +543,7 @@ def _liveness(f: Function, call_uses: Callable[[Insn], int], site_uses: dict[int
         if new != live_in[i]:
             live_in[i] = new
             for p in preds[i]:
-                if not queued[p]:
-                    queued[p] = True
-                    work.append(p)
+                work.push(p)
     return live_in
 
 
@@ -559,26 +561,18 @@ def _initialised(f: Function) -> list[int]:
     if not n:
         return []
     entry = mask([R1, R10]) if f.is_program else (1 << R10) | f.entry_uses
-    full = (1 << 11) - 1
+    full = (1 << REGISTER_COUNT) - 1
     init_in = [full] * n
     init_in[0] = entry
-    preds: list[list[int]] = [[] for _ in range(n)]
-    for i, ss in enumerate(f.succ):
-        for s in ss:
-            preds[s].append(i)
-    work = list(range(n - 1, -1, -1))
-    queued = [True] * n
+    work = Worklist(n, range(n - 1, -1, -1))
     while work:
         i = work.pop()
-        queued[i] = False
         out = _init_transfer(insns[i], init_in[i])
         for s in f.succ[i]:
             new = init_in[s] & out       # must: meet is intersection
             if new != init_in[s]:
                 init_in[s] = new
-                if not queued[s]:
-                    queued[s] = True
-                    work.append(s)
+                work.push(s)
     return init_in
 
 

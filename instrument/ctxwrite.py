@@ -36,6 +36,7 @@ from bpf_sdt.insn import (
     ALU_SUB,
     ARG_REGS,
     CALLER_SAVED,
+    HELPER_CALL,
     LD_IMM64,
     LDX,
     MODE_ATOMIC,
@@ -53,6 +54,8 @@ from bpf_sdt.insn import (
     Insn,
     regs_defined,
 )
+
+from .dataflow import Worklist
 
 # Helper id -> the (1-based) arguments it only reads.  Anything else a helper gets may be
 # written (bpf_probe_read_kernel's destination, bpf_skb_store_bytes's skb...).
@@ -124,12 +127,9 @@ def _scan(code: Code, entry_taint: int, resolve: Resolve, callbacks: Callable[[C
         return None
     state: list[tuple[int, frozenset[int]] | None] = [None] * n    # tainted regs, tainted slots
     state[0] = (entry_taint, frozenset())
-    work = [0]
-    queued = [False] * n
-    queued[0] = True
+    work = Worklist(n, [0])
     while work:
         i = work.pop()
-        queued[i] = False
         st = state[i]
         assert st is not None
         insn = code.insns[i]
@@ -147,9 +147,7 @@ def _scan(code: Code, entry_taint: int, resolve: Resolve, callbacks: Callable[[C
             new = out if old is None else (old[0] | out[0], old[1] | out[1])
             if new != old:
                 state[s] = new
-                if not queued[s]:
-                    queued[s] = True
-                    work.append(s)
+                work.push(s)
     return None
 
 
@@ -175,7 +173,7 @@ def _call(code: Code, insn: Insn, regs: int, resolve: Resolve, callbacks: Callab
             return f"a call to an unknown function with r{args[0]} pointing into the traced program"
         todo.append((callee, sum(1 << r for r in args)))
         return None
-    if insn.src != 0:
+    if insn.src != HELPER_CALL:
         return f"a kfunc call with r{args[0]} pointing into the traced program (it may write there)"
     if insn.imm in CALLBACK_HELPERS:
         for cb in callbacks(code):

@@ -33,38 +33,36 @@ from dataclasses import dataclass
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.elf import R_BPF_64_32
 from bpf_sdt.insn import (
-    ALU,
     ALU_ADD,
     ALU_AND,
     ALU_ARSH,
     ALU_LSH,
-    ALU_MOV,
     ALU_RSH,
     R0,
     R1,
     R10,
-    SIZE_B,
+    REG_BITS,
+    S32_MAX,
+    S32_MIN,
     SIZE_DW,
-    SIZE_H,
-    SIZE_W,
-    SRC_K,
+    SIZE_OF_BYTES,
     STACK_SLOT,
+    U32_MAX,
     Insn,
     InsnReloc,
     alu64_imm,
     ld_imm64,
     load,
+    mov32_imm,
     mov32_reg,
     mov64_reg,
     pseudo_call,
+    s32,
     store_imm,
     store_reg,
 )
 from bpf_sdt.model import ArgLocation
 
-S32_MIN, S32_MAX = -(1 << 31), (1 << 31) - 1
-U32_MAX = (1 << 32) - 1
-_LOAD_SIZE = {1: SIZE_B, 2: SIZE_H, 4: SIZE_W, 8: SIZE_DW}
 MASK_IMM_BITS = 31            # widest mask an ALU immediate holds (it is sign-extended from 32 bits)
 
 
@@ -106,7 +104,7 @@ class Frame:
 
 
 def needs_conversion(t: ArgType) -> bool:
-    return t.bits < 64
+    return t.bits < REG_BITS
 
 
 def _convert_r0(t: ArgType, src: int) -> list[Insn]:
@@ -117,7 +115,7 @@ def _convert_r0(t: ArgType, src: int) -> list[Insn]:
     out = [] if src == R0 else [mov64_reg(R0, src)]
     if not t.signed and bits <= MASK_IMM_BITS:
         return out + [alu64_imm(ALU_AND, R0, (1 << bits) - 1)]
-    shift = 64 - bits         # the type's bits moved to the top and back, zero- or sign-filling
+    shift = REG_BITS - bits         # the type's bits moved to the top and back, zero- or sign-filling
     return out + [alu64_imm(ALU_LSH, R0, shift), alu64_imm(ALU_ARSH if t.signed else ALU_RSH, R0, shift)]
 
 
@@ -126,14 +124,13 @@ def _store_constant(off: int, value: int) -> list[Insn]:
     if S32_MIN <= value <= S32_MAX:
         return [store_imm(SIZE_DW, R10, off, value)]
     if 0 <= value <= U32_MAX:     # w0 = imm zero-extends
-        imm = value - (1 << 32) if value > S32_MAX else value
-        return [Insn(ALU | ALU_MOV | SRC_K, R0, 0, 0, imm), store_reg(SIZE_DW, R10, off, R0)]
+        return [mov32_imm(R0, s32(value)), store_reg(SIZE_DW, R10, off, R0)]
     return [ld_imm64(R0, value), store_reg(SIZE_DW, R10, off, R0)]
 
 
 def _load_stack_arg(loc: ArgLocation, t: ArgType, off: int) -> list[Insn]:
-    size = loc.size or 8
-    out = [load(_LOAD_SIZE[size], R0, R10, loc.offset or 0)]
+    size = loc.size or STACK_SLOT
+    out = [load(SIZE_OF_BYTES[size], R0, R10, loc.offset or 0)]
     # A load zero-extends: an unsigned type at least as wide as the load is exact.
     if needs_conversion(t) and (t.signed or size > t.size):
         out += _convert_r0(t, R0)

@@ -51,8 +51,19 @@ from bpf_sdt.insn import (
     ARG_REGS,
     CALLER_SAVED,
     JMP32,
+    JMP_JEQ,
+    JMP_JGE,
+    JMP_JGT,
+    JMP_JLE,
+    JMP_JLT,
+    JMP_JNE,
+    JMP_JSGE,
+    JMP_JSGT,
+    JMP_JSLE,
+    JMP_JSLT,
     LD,
     LD_IMM64,
+    LD_IMM64_CONSTANT,
     LDX,
     MAX_STACK,
     MODE_ATOMIC,
@@ -62,6 +73,12 @@ from bpf_sdt.insn import (
     OP_MASK,
     R0,
     R10,
+    REG_BITS,
+    REGISTER_COUNT,
+    S32_MAX,
+    S32_MIN,
+    S64_MAX,
+    S64_MIN,
     SIZE_BYTES,
     SIZE_DW,
     SIZE_MASK,
@@ -69,17 +86,17 @@ from bpf_sdt.insn import (
     ST,
     STACK_SLOT,
     STX,
+    U32_MAX,
+    U64_MAX,
+    WORD_BITS,
     Insn,
     regs_defined,
 )
 
+from .dataflow import Worklist
+
 WIDEN_AFTER = 8              # visits of one instruction before a still-changing value is widened
 FP = R10                     # the base "own frame"; argument bases are their register numbers
-S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
-S32_MIN, S32_MAX = -(1 << 31), (1 << 31) - 1
-U32_MAX = (1 << 32) - 1
-U64_MAX = (1 << 64) - 1
-WORD_BITS = 32
 END_WIDTHS = (16, 32)        # byte swaps narrower than 64 bits zero-extend
 MOVSX_WIDTHS = (8, 16, 32)
 
@@ -226,7 +243,7 @@ def analyze_frame(insns: Sequence[Insn], succ: Sequence[Sequence[int]], is_progr
         return reach
     pos = {id(x): i for i, x in enumerate(insns)}
     thresholds = _thresholds(insns)
-    entry_regs: list[Value] = [None] * 11
+    entry_regs: list[Value] = [None] * REGISTER_COUNT
     entry_regs[FP] = StackPtr(FP, Range(0, 0))
     if not is_program:
         for r in ARG_REGS:
@@ -234,12 +251,9 @@ def analyze_frame(insns: Sequence[Insn], succ: Sequence[Sequence[int]], is_progr
     states: list[State | None] = [None] * n
     states[0] = State(tuple(entry_regs))
     visits = [0] * n
-    work = [0]
-    queued = [False] * n
-    queued[0] = True
+    work = Worklist(n, [0])
     while work:
         i = work.pop()
-        queued[i] = False
         st = states[i]
         assert st is not None
         insn = insns[i]
@@ -257,21 +271,20 @@ def analyze_frame(insns: Sequence[Insn], succ: Sequence[Sequence[int]], is_progr
             if new != old:
                 states[s] = new
                 visits[s] += 1
-                if not queued[s]:
-                    queued[s] = True
-                    work.append(s)
+                work.push(s)
     return reach
 
 
 # --- branches: each edge knows its condition ---------------------------------------
 
-# jump operations (BPF_JEQ...: include/uapi/linux/bpf.h); only these narrow a range
-_JEQ, _JGT, _JGE, _JSET, _JNE, _JSGT, _JSGE = 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70
-_JLT, _JLE, _JSLT, _JSLE = 0xA0, 0xB0, 0xC0, 0xD0
-_NEGATE = {_JEQ: _JNE, _JNE: _JEQ, _JGT: _JLE, _JLE: _JGT, _JGE: _JLT, _JLT: _JGE,
-           _JSGT: _JSLE, _JSLE: _JSGT, _JSGE: _JSLT, _JSLT: _JSGE}
-_SWAP = {_JEQ: _JEQ, _JNE: _JNE, _JGT: _JLT, _JLT: _JGT, _JGE: _JLE, _JLE: _JGE,     # k <op> x == x <swap> k
-         _JSGT: _JSLT, _JSLT: _JSGT, _JSGE: _JSLE, _JSLE: _JSGE}
+# Only these jump operations narrow a range: each with its negation, and the one
+# it becomes when its operands swap sides.
+_NEGATE = {JMP_JEQ: JMP_JNE, JMP_JNE: JMP_JEQ, JMP_JGT: JMP_JLE, JMP_JLE: JMP_JGT,
+           JMP_JGE: JMP_JLT, JMP_JLT: JMP_JGE, JMP_JSGT: JMP_JSLE, JMP_JSLE: JMP_JSGT,
+           JMP_JSGE: JMP_JSLT, JMP_JSLT: JMP_JSGE}
+_SWAP = {JMP_JEQ: JMP_JEQ, JMP_JNE: JMP_JNE, JMP_JGT: JMP_JLT, JMP_JLT: JMP_JGT,   # k <op> x == x <swap> k
+         JMP_JGE: JMP_JLE, JMP_JLE: JMP_JGE, JMP_JSGT: JMP_JSLT, JMP_JSLT: JMP_JSGT,
+         JMP_JSGE: JMP_JSLE, JMP_JSLE: JMP_JSGE}
 
 
 def _refine(insn: Insn, st: State, taken: bool) -> State | None:
@@ -319,24 +332,24 @@ def _constant(v: Value, word: bool) -> int | None:
 def _narrow(r: Range, cond: int, k: int) -> Range | None:
     """``r`` where ``value <cond> k`` holds (unsigned conditions only for a
     non-negative range and constant, where they agree with the signed ones)."""
-    unsigned = cond in (_JGT, _JGE, _JLT, _JLE)
+    unsigned = cond in (JMP_JGT, JMP_JGE, JMP_JLT, JMP_JLE)
     if unsigned and not (r.nonneg and k >= 0):
-        if cond in (_JLT, _JLE) and k >= 0:       # unsigned < k: 0 <= value < k, whatever r says
-            lo, hi = 0, k - 1 if cond == _JLT else k
+        if cond in (JMP_JLT, JMP_JLE) and k >= 0:       # unsigned < k: 0 <= value < k, whatever r says
+            lo, hi = 0, k - 1 if cond == JMP_JLT else k
             return Range(lo, hi) if lo <= hi else None
         return r
     lo, hi = r.lo, r.hi
-    if cond == _JEQ:
+    if cond == JMP_JEQ:
         lo, hi = max(lo, k), min(hi, k)
-    elif cond in (_JGT, _JSGT):
+    elif cond in (JMP_JGT, JMP_JSGT):
         lo = max(lo, k + 1)
-    elif cond in (_JGE, _JSGE):
+    elif cond in (JMP_JGE, JMP_JSGE):
         lo = max(lo, k)
-    elif cond in (_JLT, _JSLT):
+    elif cond in (JMP_JLT, JMP_JSLT):
         hi = min(hi, k - 1)
-    elif cond in (_JLE, _JSLE):
+    elif cond in (JMP_JLE, JMP_JSLE):
         hi = min(hi, k)
-    elif cond == _JNE and lo == hi == k:
+    elif cond == JMP_JNE and lo == hi == k:
         return None
     return Range(lo, hi) if lo <= hi else None
 
@@ -386,8 +399,8 @@ def _transfer(insn: Insn, st: State, at: int, reach: Reach, call_reach: CallReac
         _call(insn, regs, slots, at, reach, call_reach)
     elif op == LD_IMM64:
         value = (insn.imm & U32_MAX) | (insn.imm_hi & U32_MAX) << WORD_BITS
-        signed = value - (1 << 64) if value > S64_MAX else value
-        regs[insn.dst] = Scalar.of(Range(signed, signed)) if insn.src == 0 else None
+        signed = value - (U64_MAX + 1) if value > S64_MAX else value
+        regs[insn.dst] = Scalar.of(Range(signed, signed)) if insn.src == LD_IMM64_CONSTANT else None
     elif c == LDX and mode in (MODE_MEM, MODE_MEMSX):
         regs[insn.dst] = _load(insn, regs, slots, at, reach)
     elif c in (ST, STX) and mode in (MODE_MEM, MODE_ATOMIC):
@@ -493,8 +506,8 @@ def _alu(insn: Insn, regs: list[Value], at: int, reach: Reach) -> Value:
     if is64 and op == ALU_LSH and src.r == Range(WORD_BITS, WORD_BITS):
         return Scalar.of(Range(dst.w.lo << WORD_BITS, dst.w.hi << WORD_BITS))   # exact: the low word moved up
     if is64:
-        return Scalar.of(_arith(op, dst.r, src.r, insn.off, 64))
-    return Scalar.of32(_arith(op, dst.w, src.w, insn.off, 32))
+        return Scalar.of(_arith(op, dst.r, src.r, insn.off, REG_BITS))
+    return Scalar.of32(_arith(op, dst.w, src.w, insn.off, WORD_BITS))
 
 
 def _mov(insn: Insn, src: Value, is64: bool) -> Value:
@@ -528,9 +541,9 @@ def _pointer_arith(insn: Insn, op: int, p: StackPtr, v: Value, at: int, reach: R
 
 def _arith(op: int, a: Range, b: Range, off: int, bits: int) -> Range:
     """Interval of ``a <op> b`` in ``bits``-bit signed arithmetic (full on overflow)."""
-    fit = _fit64 if bits == 64 else _fit32
-    full = FULL64 if bits == 64 else FULL32
-    umax = U64_MAX if bits == 64 else U32_MAX
+    fit = _fit64 if bits == REG_BITS else _fit32
+    full = FULL64 if bits == REG_BITS else FULL32
+    umax = U64_MAX if bits == REG_BITS else U32_MAX
     if op == ALU_ADD:
         return fit(a.lo + b.lo, a.hi + b.hi)
     if op == ALU_SUB:
