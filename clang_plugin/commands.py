@@ -1,8 +1,8 @@
 """`bpf-sdt extract` and `bpf-sdt lint`.
 
-Each file is parsed in a worker process under a memory limit and a deadline
-(sandbox.py), after a scan that refuses includes of FIFOs and devices
-(includes.py).  Its facts and per-file findings are cached as JSON
+Each file is parsed in a worker process (worker.py) under a memory limit
+and a deadline (sandbox.py), after a scan that refuses includes of FIFOs and
+devices (includes.py).  Its facts and per-file findings are cached as JSON
 (results.py) by cache.py; each file's flags and IR compile come from
 plan.py.
 """
@@ -12,243 +12,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bpf_sdt.clang_plugin.files import MAX_SOURCE_BYTES
-from bpf_sdt.clang_plugin.lint import OWN_ERRORS, RULES, CompileError, cross_file, invocation_errors, per_file
+from bpf_sdt.clang_plugin.lint import RULES, cross_file
 from bpf_sdt.clang_plugin.parse import cindex, libclang_version
-from bpf_sdt.clang_plugin.results import FileResult, decode, encode
+from bpf_sdt.clang_plugin.results import FileResult, decode
 
 from bpf_sdt import __version__
-from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE
 from bpf_sdt.fsutil import read_regular
 from bpf_sdt.model import Finding, escape_text
 
 from .cache import cache_store, load_cached
-from .plan import IrTask, Plan, plan_for
+from .plan import Plan, plan_for
+from .worker import ParseTask, analyze_encoded, batched_ir_findings, refusal
 
-__all__ = ["FileResult", "analyze_file", "analyze_files", "run_extract", "run_lint"]
+__all__ = ["FileResult", "analyze_files", "run_extract", "run_lint"]
 
-# Compiler errors shown per file as SDT000.
-MAX_COMPILER_ERRORS = 5
-# Seconds of a file's deadline kept back from its IR compile, so that the
-# worker reports the other findings before its alarm ends it.
-IR_DEADLINE_MARGIN_S = 1.0
-# A NUL in the first 64 KiB: an object or other binary, not C.
-BINARY_PROBE_BYTES = 65536
 # Files with one compiler and flags that share one clang for their IR (irbatch.py).
 MIN_BATCH_FILES = 2
-
-
-# --- one file ------------------------------------------------------------------
-
-
-def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask | None = None, ir_elsewhere: bool = False,
-                 pch: str | None = None) -> FileResult:
-    """Parse and lint one file whose bytes are `data`; never raises for a bad
-    file.  Run it in a sandbox child (see analyze_files): libclang may not
-    return from a hostile file.  With `ir`, clang compiles the file to
-    bitcode meanwhile, for the IR rules (irlint.py).  With `ir_elsewhere`,
-    its IR is compiled in a batch (irbatch.py) and the result carries what
-    the IR rules need of the source (site_states).  With `pch`, libclang
-    loads the file's leading header from it (preamble.py).  The caller has
-    made sure `refusal` has nothing against the file."""
-    from bpf_sdt.clang_plugin.extract import extract
-    from bpf_sdt.clang_plugin.irlint import IrUnavailable
-    from bpf_sdt.clang_plugin.sandbox import Limits, ran_out_of_memory
-
-    started = time.monotonic()
-    pending, ir_note = _start_ir(path, ir)
-    try:
-        result = None
-        if pch is not None:
-            result = _analyze_parsed(path, [*flags, "-include-pch", pch], data, ci_limits=Limits,
-                                     oom=ran_out_of_memory, extract=extract)
-            if result.unusable or result.compile_errors:
-                result = None       # maybe the PCH's doing: the plain parse decides
-        if result is None:
-            result = _analyze_parsed(path, flags, data, ci_limits=Limits, oom=ran_out_of_memory, extract=extract)
-        if ir_elsewhere and result.facts is not None:
-            result.site_states = [(p.emitted, p.expected) for p in _source_probes(result)]
-        # A file that does not compile has its errors already (and no IR).
-        if pending is not None and result.facts is not None and not result.compile_errors:
-            # clang gets what is left of the file's deadline, less a margin:
-            # a slow clang costs the IR rules, never the file's other findings
-            left = Limits.from_env().timeout_s - (time.monotonic() - started) - IR_DEADLINE_MARGIN_S
-
-            def bitcode() -> bytes:
-                if left <= 0:
-                    raise IrUnavailable("no time left before the file's deadline (BPF_SDT_PARSE_TIMEOUT)")
-                code: bytes = pending.result(left)
-                return code
-
-            result.findings += _ir_findings(path, data, result, bitcode)
-        elif ir_note:
-            result.ir_note = ir_note
-    finally:
-        if pending is not None:
-            pending.cancel()
-    return result
-
-
-def refusal(path: str, data: bytes, flags: list[str]) -> str | None:
-    """Why a file must not be parsed or compiled at all: binary, or an
-    include of a FIFO or device (includes.py)."""
-    from bpf_sdt.clang_plugin.includes import include_hazard
-
-    if b"\0" in data[:BINARY_PROBE_BYTES]:
-        return f"{path}: binary file, not C source"
-    return include_hazard(path, data, flags)
-
-
-def _start_ir(path: str, ir: IrTask | None) -> tuple[Any, str | None]:
-    if ir is None:
-        return None, None
-    from bpf_sdt.clang_plugin.irlint import IrCompiler, IrUnavailable, start_ir
-
-    try:
-        return start_ir(IrCompiler(ir.compiler), path, ir.flags), None
-    except IrUnavailable as e:
-        return None, f"IR checks skipped: {e}"
-
-
-def _source_probes(result: FileResult) -> list[Any]:
-    """The source's sites as the IR rules compare them (irlint.SourceProbe):
-    from the parse itself, or from the site states a worker sent."""
-    from bpf_sdt.clang_plugin.irlint import SourceProbe
-
-    facts = result.facts
-    assert facts is not None
-    if facts.site_facts:
-        return [SourceProbe(s.site.name, s.site.file, s.site.line, s.site.column, s.site.args, s.emitted,
-                            s.emitted and s.used and not s.unreachable, s.site.via) for s in facts.site_facts]
-    states = result.site_states or []
-    return [SourceProbe(s.name, s.file, s.line, s.column, s.args, emitted, expected, s.via)
-            for s, (emitted, expected) in zip(facts.sites, states, strict=True)]
-
-
-def _ir_findings(path: str, data: bytes, result: FileResult, bitcode: Callable[[], bytes]) -> list[Finding]:
-    """The IR rules' findings on the bitcode `bitcode()` returns (or raises
-    IrUnavailable for); a reason in result.ir_note when there are none to have."""
-    from bpf_sdt.clang_plugin.irlint import MAX_BITCODE_BYTES, IrUnavailable, ir_findings, ir_sites, too_much_bitcode
-
-    try:
-        code = bitcode()
-        if len(code) > MAX_BITCODE_BYTES:
-            raise IrUnavailable(too_much_bitcode())
-        if read_regular(path, MAX_SOURCE_BYTES, "source file") != data:   # clang read the disk, libclang `data`
-            raise IrUnavailable(f"{path} changed while it was being linted")
-        sites = ir_sites(code)
-    except (IrUnavailable, InputError) as e:
-        result.ir_note = f"IR checks skipped: {e}"
-        return []
-    return ir_findings(_source_probes(result), sites, path)
-
-
-def _analyze_parsed(path: str, flags: list[str], data: bytes, ci_limits: Any, oom: Any, extract: Any) -> FileResult:
-    """The libclang half of analyze_file."""
-    ci = cindex()
-    name = os.fsencode(path)
-    try:
-        # The bytes we read (and hashed for the cache) are the bytes parsed,
-        # even if the file changes meanwhile.  excludeDecls: a walk of the
-        # translation unit skips what a PCH holds (preamble.py: nothing the
-        # rules read), which would otherwise cost a callback per declaration.
-        index = ci.Index.create(excludeDecls=True)
-        tu = index.parse(name, args=[os.fsencode(f) for f in flags], unsaved_files=[(name, data)],
-                         options=ci.TranslationUnit.PARSE_DETAILED_PROCESSING_RECORD)
-    except ci.TranslationUnitLoadError as e:
-        if oom():
-            return FileResult(path, unusable=f"{path}: {ci_limits.from_env().memory_message()}")
-        return FileResult(path, unusable=f"{path}: libclang could not parse it ({e})")
-    errors: list[CompileError] = []
-    header_lines = _HeaderLines()
-    for d in tu.diagnostics:
-        if d.severity < ci.Diagnostic.Error:
-            continue
-        loc = d.location
-        where = f"{loc.file.name if loc.file else path}:{loc.line}:{loc.column}"
-        if d.severity >= ci.Diagnostic.Fatal:
-            hint = ""
-            if "file not found" in d.spelling:
-                hint = " (pass the project's flags: -p BUILD_DIR with compile_commands.json, or -I DIR after --)"
-            return FileResult(path, unusable=f"{where}: fatal error: {d.spelling}{hint}")
-        errors.append(CompileError(loc.file.name if loc.file else path, loc.line, loc.column, d.spelling,
-                                   argument_of(d, header_lines)))
-    facts = extract(tu, Path(path), data)
-    # Errors at a BPF_SDT_* invocation itself come from inside the header's
-    # expansion; the rules report those sites with a rule id.  Errors elsewhere
-    # (including in an argument's own text) are the user's: SDT000.
-    macro_at = {(m.file, m.line, m.column) for m in (*(s.invocation for s in facts.site_facts),
-                                                       *facts.declaration_macros)}
-    too_many_lines = {(path, line) for _, line, _ in facts.too_many}   # SDT008 says it
-    facts.diagnostics = [
-        _does_not_compile(e) for e in errors
-        if (e.file, e.line, e.column) not in macro_at and (e.file, e.line) not in too_many_lines
-        and not any(s in e.message for s in OWN_ERRORS)][:MAX_COMPILER_ERRORS]
-    findings = per_file(facts)
-    # Each failing site that no rule explains, with its own reason.
-    facts.diagnostics += invocation_errors(facts, [e for e in errors if (e.file, e.line, e.column) in macro_at],
-                                           findings)
-    findings = per_file(facts)
-    if errors and not any(f.severity == "error" for f in findings):
-        # The compiler rejects the file, and no rule said why: a translation
-        # unit that does not compile is never clean.
-        facts.diagnostics.append(_does_not_compile(errors[0]))
-        findings = per_file(facts)
-    return FileResult(path, facts, findings, compile_errors=bool(errors))
-
-
-def _does_not_compile(e: CompileError) -> Finding:
-    return Finding(e.file, f"{e.line}:{e.column}", "error", f"does not compile: {e.message}", "SDT000")
-
-
-# The line of a BPF_SDT_PROBEn/DECLAREn definition that an error came through
-# names the argument it handles: `__BPF_SDT_CHECK_ARG(name, 2, a2);`.
-_EXPANDED_FROM_OURS = re.compile(r"expanded from macro 'BPF_SDT_(?:PROBE|DECLARE)\d*'")
-_MACRO_ARGUMENT = re.compile(r"\b[at](\d+)\b")
-
-
-class _HeaderLines:
-    """Lines of the headers that errors were expanded through, read once each."""
-
-    def __init__(self) -> None:
-        self._files: dict[str, list[str]] = {}
-
-    def line(self, file: str, number: int) -> str:
-        if file not in self._files:
-            try:
-                text = read_regular(file, MAX_SOURCE_BYTES, "header").decode("utf-8", "replace")
-            except InputError:
-                text = ""
-            self._files[file] = text.splitlines()
-        lines = self._files[file]
-        return lines[number - 1] if 0 < number <= len(lines) else ""
-
-
-def argument_of(diagnostic: Any, header_lines: _HeaderLines) -> int | None:
-    """The argument position an error at a probe macro came from: the macro's
-    definition has one line per argument, and clang's "expanded from macro
-    'BPF_SDT_PROBEn'" note points at the line the error came through (the
-    diagnostic itself is at the invocation, the same for every argument).
-    None when the note is missing or the line handles no single argument."""
-    for note in diagnostic.children:
-        if not _EXPANDED_FROM_OURS.search(note.spelling) or note.location.file is None:
-            continue
-        text = header_lines.line(note.location.file.name, note.location.line)
-        numbers = set(_MACRO_ARGUMENT.findall(text.split("(", 1)[1] if "(" in text else ""))
-        return int(numbers.pop()) if len(numbers) == 1 else None
-    return None
-
-
-def _analyze_encoded(task: tuple[str, list[str], bytes, IrTask | None, bool, str | None]) -> bytes:
-    return encode(analyze_file(*task), for_ir=task[4])
 
 
 def analyze_files(files: list[str], build_dir: str | None, extra: list[str], jobs: int = 0,
@@ -300,9 +87,9 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
                 batched = {f for b in batches for f in b.files}
                 for b in batches:
                     b.start()
-                outcomes = run_isolated([(f, flags[f], sources[f], None if f in batched else plan.ir.get(f),
-                                          f in batched, pchs.ast.get(f)) for f in usable], _analyze_encoded, jobs,
-                                        limits)
+                tasks = [ParseTask(f, flags[f], sources[f], None if f in batched else plan.ir.get(f),
+                                   f in batched, pchs.ast.get(f)) for f in usable]
+                outcomes = run_isolated(tasks, analyze_encoded, jobs, limits)
                 bitcode: dict[str, bytes | Exception] = {}
                 for b in batches:
                     bitcode.update(b.collect())
@@ -314,7 +101,7 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
             if r is None:
                 r = FileResult(f, unusable=f"{f}: {outcome.failure or 'the parse returned no usable result'}")
             if f in batched:
-                _batched_ir_findings(f, sources[f], r, bitcode.get(f))
+                batched_ir_findings(f, sources[f], r, bitcode.get(f))
             if f in pchs.closure and r.facts is not None:
                 _add_includes(r.facts, pchs.closure[f])
             results[f] = r
@@ -434,20 +221,6 @@ def _ir_batches(usable: list[str], plan: Plan, jobs: int, limits: Any, pchs: dic
         budget -= n
         batches += [IrBatch(command, files[k::n], limits.timeout_s, limits.memory_mib, fallback) for k in range(n)]
     return batches
-
-
-def _batched_ir_findings(path: str, data: bytes, result: FileResult, bitcode: bytes | Exception | None) -> None:
-    """The IR rules on a batch-compiled file, in this process."""
-    facts = result.facts
-    if facts is None or result.compile_errors:
-        return     # unusable, or its errors already said (a file that does not compile has no IR)
-    if bitcode is None or result.site_states is None or len(result.site_states) != len(facts.sites):
-        result.ir_note = "IR checks skipped: the batch compile returned nothing for it"
-        return
-    if isinstance(bitcode, Exception):
-        result.ir_note = f"IR checks skipped: {bitcode}"
-        return
-    result.findings += _ir_findings(path, data, result, lambda: bitcode)
 
 
 # --- commands --------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bpf_sdt.clang_plugin import commands, parse, plan
+from bpf_sdt.clang_plugin import parse, plan, worker
 from bpf_sdt.clang_plugin.parse import CompileDatabase
 from bpf_sdt.clang_plugin.results import FORMAT, FileResult, decode, encode
 from hypothesis import HealthCheck, given, settings
@@ -596,6 +596,6 @@ def test_sources_are_parsed_as_read(tmp_path: Path) -> None:
     data = src.read_bytes()
     src.unlink()
     os.mkfifo(src)
-    r = commands.analyze_file(str(src), parse.default_flags([]), data)
+    r = worker.analyze_file(str(src), parse.default_flags([]), data)
     assert r.unusable is None and [f.rule for f in r.findings] == ["SDT003"]
 
