@@ -4,19 +4,16 @@ Each file is parsed in a worker process (worker.py) under a memory limit
 and a deadline (sandbox.py), after a scan that refuses includes of FIFOs and
 devices (includes.py).  Its facts and per-file findings are cached as JSON
 (results.py) by cache.py; each file's flags and IR compile come from
-plan.py.
+plan.py; what files share (PCHs, shared IR clangs) is planned by
+schedule.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bpf_sdt.clang_plugin.files import MAX_SOURCE_BYTES
 from bpf_sdt.clang_plugin.lint import RULES, cross_file
@@ -29,13 +26,11 @@ from bpf_sdt.fsutil import read_regular
 from bpf_sdt.model import Finding, escape_text
 
 from .cache import cache_store, load_cached
-from .plan import Plan, plan_for
+from .plan import plan_for
 from .worker import ParseTask, analyze_encoded, batched_ir_findings, refusal
 
 __all__ = ["FileResult", "analyze_files", "run_extract", "run_lint"]
 
-# Files with one compiler and flags that share one clang for their IR (irbatch.py).
-MIN_BATCH_FILES = 2
 
 
 def analyze_files(files: list[str], build_dir: str | None, extra: list[str], jobs: int = 0,
@@ -61,6 +56,8 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
         import bpf_sdt.clang_plugin.includes  # noqa: F401
         from bpf_sdt.clang_plugin.sandbox import Limits, run_isolated
 
+        from .schedule import add_includes, finish_precompiling, ir_batches, start_precompiling
+
         cindex()   # a broken libclang is one error here, not one per file; children inherit it loaded
         if any(plan.ir.get(f) for f in todo):
             import llvmlite.binding  # noqa: F401 - loaded once here, inherited by every worker
@@ -76,11 +73,11 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
                 results[f] = FileResult(f, unusable=why)
         usable = [f for f in todo if f not in results]
         with tempfile.TemporaryDirectory(prefix="bpf-sdt-pch-") as pch_dir:
-            pchs = _start_precompiling(usable, plan, sources, limits, pch_dir)
-            batches: list[Any] = []
+            pchs = start_precompiling(usable, plan, sources, limits, pch_dir)
+            batches = []
             try:
-                batches = _ir_batches(usable, plan, jobs, limits, pchs.ir)   # while clang writes its PCH
-                _finish_precompiling(pchs, jobs, limits)
+                batches = ir_batches(usable, plan, jobs, limits, pchs.ir)   # while clang writes its PCH
+                finish_precompiling(pchs, jobs, limits)
                 for b in batches:
                     if b.files[0] not in pchs.ir:     # its PCH was not written
                         b.drop_pch()
@@ -103,124 +100,11 @@ def analyze_files(files: list[str], build_dir: str | None, extra: list[str], job
             if f in batched:
                 batched_ir_findings(f, sources[f], r, bitcode.get(f))
             if f in pchs.closure and r.facts is not None:
-                _add_includes(r.facts, pchs.closure[f])
+                add_includes(r.facts, pchs.closure[f])
             results[f] = r
             if use_cache:
                 cache_store(keys[f], r)
     return [results[f] for f in files]
-
-
-@dataclass
-class _Precompiled:
-    """PCHs of shared leading headers (preamble.py), by file: where each is
-    (or will be) written, then only those that were."""
-
-    ast: dict[str, str] = field(default_factory=dict)      # libclang's
-    ir: dict[str, str] = field(default_factory=dict)       # the IR compiler's
-    closure: dict[str, tuple[str, ...]] = field(default_factory=dict)   # the files each PCH holds
-    ast_builds: dict[str, tuple[str, list[str], list[str]]] = field(default_factory=dict)  # path: header, flags, files
-    ir_builds: list[tuple[Any, list[str]]] = field(default_factory=list)   # (clang writing one, its files)
-
-
-def _start_precompiling(usable: list[str], plan: Plan, sources: dict[str, bytes], limits: Any,
-                        directory: str) -> _Precompiled:
-    """Plan one PCH per front end for each leading header enough files
-    share, and start the IR compiler's (libclang's are built by
-    _finish_precompiling, in the sandbox)."""
-    from bpf_sdt.clang_plugin.irbatch import start_pch
-    from bpf_sdt.clang_plugin.preamble import MIN_FILES, shared_preambles
-
-    out = _Precompiled()
-    ir_groups: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
-    ast_paths: dict[tuple[str, tuple[str, ...]], str] = {}
-    for f, p in shared_preambles(usable, sources, plan.flags).items():
-        out.closure[f] = p.closure
-        key = (p.header, tuple(plan.flags[f]))
-        path = ast_paths.setdefault(key, os.path.join(directory, f"ast{len(ast_paths)}.pch"))
-        out.ast_builds.setdefault(path, (p.header, plan.flags[f], []))[2].append(f)
-        task = plan.ir.get(f)
-        if task is not None:
-            ir_groups.setdefault((p.header, task.compiler, tuple(task.flags)), []).append(f)
-    for i, ((header, compiler, ir_flags), files) in enumerate(ir_groups.items()):
-        if len(files) >= MIN_FILES:
-            path = os.path.join(directory, f"ir{i}.pch")
-            with contextlib.suppress(OSError):
-                proc = start_pch(compiler, list(ir_flags), header, path, limits.memory_mib)
-                out.ir_builds.append((proc, files))
-                out.ir.update(dict.fromkeys(files, path))
-    return out
-
-
-def _finish_precompiling(pchs: _Precompiled, jobs: int, limits: Any) -> None:
-    """libclang's PCHs, built in the sandbox, and the IR compiler's awaited;
-    a PCH that did not build is dropped (its files parse without one)."""
-    import subprocess
-
-    from bpf_sdt.clang_plugin.irlint import wait_for
-    from bpf_sdt.clang_plugin.preamble import build_ast_pch
-    from bpf_sdt.clang_plugin.sandbox import run_isolated
-
-    try:
-        tasks = [(header, flags, path) for path, (header, flags, _files) in pchs.ast_builds.items()]
-        for (_header, _flags, path), outcome in zip(tasks, run_isolated(tasks, build_ast_pch, jobs, limits),
-                                                     strict=True):
-            if outcome.payload == b"":
-                pchs.ast.update(dict.fromkeys(pchs.ast_builds[path][2], path))
-        deadline = time.monotonic() + limits.timeout_s
-        for proc, files in pchs.ir_builds:
-            code = None
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = wait_for(proc, max(0.0, deadline - time.monotonic()))
-            if code != 0:
-                for f in files:
-                    pchs.ir.pop(f, None)
-    finally:
-        for proc, _files in pchs.ir_builds:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-
-
-def _add_includes(facts: Any, closure: tuple[str, ...]) -> None:
-    """A PCH's headers, which the parse that loaded it did not list, for the
-    cache's staleness check."""
-    known = {p for p, _mtime, _size in facts.includes}
-    for header in closure:
-        if header not in known:
-            try:
-                st = os.stat(header)
-            except OSError:
-                continue
-            facts.includes.append((header, st.st_mtime_ns, st.st_size))
-
-
-def _ir_batches(usable: list[str], plan: Plan, jobs: int, limits: Any, pchs: dict[str, str]) -> list[Any]:
-    """At most `jobs` batches (irbatch.py) for the files whose IR compile
-    shares its compiler, flags (and PCH) with another's; the rest compile
-    alone, beside their parse.  `usable`: the files no hazard refuses."""
-    from bpf_sdt.clang_plugin.irbatch import IrBatch, cc1_command, with_pch
-
-    groups: dict[tuple[str, tuple[str, ...], str | None], list[str]] = {}
-    for f in usable:
-        task = plan.ir.get(f)
-        if task is not None:
-            groups.setdefault((task.compiler, tuple(task.flags), pchs.get(f)), []).append(f)
-    shared = sorted((g for g in groups.items() if len(g[1]) >= MIN_BATCH_FILES), key=lambda g: -len(g[1]))
-    batches = []
-    budget = jobs
-    for i, ((compiler, ir_flags, pch), files) in enumerate(shared):
-        if budget == 0:
-            break
-        plain = cc1_command(compiler, list(ir_flags), files[0])
-        if plain is None:
-            continue
-        command, fallback = (with_pch(plain, pch), plain) if pch else (plain, None)
-        # the batches left are shared out by size; every group gets one
-        n = max(1, min(budget - (len(shared) - i - 1), round(jobs * len(files) / len(usable)),
-                       len(files) // MIN_BATCH_FILES))
-        budget -= n
-        batches += [IrBatch(command, files[k::n], limits.timeout_s, limits.memory_mib, fallback) for k in range(n)]
-    return batches
 
 
 # --- commands --------------------------------------------------------------------

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from bpf_sdt.clang_plugin import commands, plan
+from bpf_sdt.clang_plugin import plan, schedule
 from bpf_sdt.clang_plugin.parse import compile_flags
 from bpf_sdt.clang_plugin.preamble import MIN_HEADER_BYTES, leading_header
 from bpf_sdt.clang_plugin.sandbox import Limits
@@ -80,8 +80,8 @@ def test_samples_get_one_pch_per_front_end(built: Path) -> None:  # noqa: F811
     compile_plan = plan.plan_for(files, str(built), [], ir=True)
     sources = {f: Path(f).read_bytes() for f in files}
     with tempfile.TemporaryDirectory() as d:
-        pchs = commands._start_precompiling(files, compile_plan, sources, Limits.from_env(), d)
-        commands._finish_precompiling(pchs, 2, Limits.from_env())
+        pchs = schedule.start_precompiling(files, compile_plan, sources, Limits.from_env(), d)
+        schedule.finish_precompiling(pchs, 2, Limits.from_env())
         assert set(pchs.ast) == set(pchs.ir) == set(files), "every sample starts with vmlinux.h"
         assert len(set(pchs.ast.values())) == len(set(pchs.ir.values())) == 1
         assert all(os.path.getsize(p) > MIN_HEADER_BYTES for p in {*pchs.ast.values(), *pchs.ir.values()})
