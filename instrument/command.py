@@ -159,7 +159,9 @@ def _instrument(req: Request) -> Result:
         linked = link_objects(checked, str(Path(tmp) / "linked.o"), req.bpftool)
         data, result = _rewrite(linked.obj, plan, req)
     _check_output(req)                       # again: the paths may have changed meanwhile
-    write_checked(req.output, data, "the instrumented object")
+    written = write_checked(req.output, data, "the instrumented object")
+    for site in result.sites:                # code was inserted before some NOPs: where they are in OUT
+        site.offset = written.entries[site.site_id].offset
     return result
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from toolchain import REPO, bpf_permitted, clang, need, run, tool
 
-from bpf_sdt.elf import STT_FUNC, load_object
+from bpf_sdt.elf import STT_FUNC, BpfObject, load_object
 from bpf_sdt.insn import Insn, encode_sections, nop
 from bpf_sdt.notes import decode_notes
 from bpf_sdt.rewrite import decode_code, rewrite_object
@@ -525,3 +525,143 @@ int main(void)
     res = run([str(exe)])
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.split() == ["0", str(expected_xdp(pkt)[0]), str(len(pkt))]    # on_pkt saw the length
+
+
+# --- the site table: one order for check, list, instrument, the recorder and trace ---------
+
+# Probes in two code sections, xdp_main's written first, so that the notes hold
+# the sites in another order than the site table (code section name, offset).
+# The second argument of each site is a marker no other site has: the NOP that
+# fired is known from the event itself, not from any table.
+SITE_ORDER_C = r"""
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf_sdt.h>
+
+BPF_SDT_DECLARE2(mark, __u32, __u32);
+static __attribute__((noinline)) __u32 sub(__u32 x);
+
+SEC("xdp") int xdp_main(struct xdp_md *ctx)
+{
+	__u32 v = ctx->data_end - ctx->data;
+	BPF_SDT_PROBE2(mark, v, 20);
+	v = sub(v);
+	BPF_SDT_PROBE2(mark, v, 30);
+	return XDP_PASS;
+}
+
+static __attribute__((noinline)) __u32 sub(__u32 x)
+{
+	BPF_SDT_PROBE2(mark, x, 10);
+	return x + 1;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+MARKER_ARG = 1      # the argument holding the marker
+
+
+def _marker(entry_args: tuple[object, ...]) -> int:
+    loc = entry_args[MARKER_ARG]
+    value = getattr(loc, "value", None)
+    assert getattr(loc, "kind", None) == "imm" and isinstance(value, int), loc
+    return value
+
+
+def test_site_ids_are_one_order_in_check_list_instrument_recorder_and_trace(
+        tmp_path: Path, vmlinux_h: Path, bpffs: Path) -> None:
+    import json
+
+    from bpf_sdt.instrument.command import Request
+    from bpf_sdt.instrument.command import instrument as instrument_api
+    from bpf_sdt.postlink.check import analyze
+    from bpf_sdt.trace.sites import site_table as trace_sites
+
+    from bpf_sdt.sites import site_table
+
+    src = tmp_path / "order.bpf.c"
+    src.write_text(SITE_ORDER_C)
+    obj_path = build(src, tmp_path / "order.o", vmlinux_h)
+    obj = load_object(obj_path)
+    notes_order = [_marker(e.args) for e in decode_notes(obj).entries]
+    table = site_table(obj)
+    assert [_marker(e.args) for e in table.entries] == [10, 20, 30], "by section name (.text < xdp), then offset"
+    assert notes_order != [10, 20, 30], f"the compiler wrote the notes in site order ({notes_order}): no test"
+    assert site_table(obj) is table, "one table per object"
+    assert analyze(obj).entries == table.entries, "check judges the table's order"
+
+    listed = run([*CLI, "list", "--json", str(obj_path)])
+    assert listed.returncode == 0, listed.stderr
+    records = json.loads(listed.stdout)["objects"][0]["probes"]
+    assert [r["args"][MARKER_ARG]["value"] for r in records] == [10, 20, 30]
+    assert [r["function"] for r in records] == ["sub", "xdp_main", "xdp_main"]
+
+    out = tmp_path / "order.instr.o"
+    result = instrument_api(Request(input=obj_path, output=out))
+    instr = load_object(out)
+    out_table = site_table(instr)
+    assert [(s.site_id, s.section, s.offset) for s in result.sites] == \
+        [(i, e.section.name, e.offset) for i, e in enumerate(out_table.entries)], "instrument's ids are the table's"
+    assert [_marker(e.args) for e in out_table.entries] == [10, 20, 30]
+
+    decoded = trace_sites(instr, obj)
+    assert [(s.site_id, s.probe, s.function, s.insn) for s in decoded] == \
+        [(i, r["name"], r["function"], r["insn"]) for i, r in enumerate(records)], "trace shows what list shows"
+
+    # The recorder writes the site id the inserted code passes: the event's
+    # marker names the NOP that fired, and the table's entry at that id is it.
+    pkt = packet(1)
+    _rets, _state, events = run_object(out, bpffs, [pkt])
+    fired = []
+    for ev in events:
+        _ts, site_id, _cpu = EVENT_HEAD.unpack_from(ev)
+        args = struct.unpack_from("<2Q", ev, EVENT_HEAD.size)
+        fired.append(args[MARKER_ARG])
+        assert _marker(out_table.entries[site_id].args) == args[MARKER_ARG], (site_id, args)
+        assert decoded[site_id].function == ("sub" if args[MARKER_ARG] == 10 else "xdp_main")
+    assert fired == [20, 10, 30], "program order: xdp_main, its call to sub, xdp_main again"
+
+
+def test_instrument_reads_each_object_once(tmp_path: Path, vmlinux_h: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """IN is decoded and checked once, the linked object is decoded once and
+    not checked (what is written is), OUT is checked once before it is written."""
+    from collections import Counter
+
+    from bpf_sdt.instrument.command import Request
+    from bpf_sdt.instrument.command import instrument as instrument_api
+    from bpf_sdt.postlink import check, link
+
+    from bpf_sdt import notes
+
+    decodes: Counter[str] = Counter()
+    checks: Counter[str] = Counter()
+    decode, analyze = notes._decode_notes, check.analyze
+
+    def counted_decode(obj: BpfObject) -> notes.NotesDecoding:
+        decodes[obj.path] += 1
+        return decode(obj)
+
+    def counted_analyze(obj: BpfObject) -> check.ObjectReport:
+        checks[obj.path] += 1
+        return analyze(obj)
+
+    monkeypatch.setattr(notes, "_decode_notes", counted_decode)
+    monkeypatch.setattr(check, "analyze", counted_analyze)
+    monkeypatch.setattr(link, "analyze", counted_analyze)     # link imported it by name
+    src = tmp_path / "order.bpf.c"
+    src.write_text(SITE_ORDER_C)
+    obj_path = build(src, tmp_path / "order.o", vmlinux_h)
+    out = tmp_path / "order.instr.o"
+    instrument_api(Request(input=obj_path, output=out))
+    linked = [p for p in decodes if p.endswith("/linked.o")]
+    assert decodes[str(obj_path)] == 1 and decodes[str(out)] == 1 and len(linked) == 1, decodes
+    assert decodes[linked[0]] == 1, decodes
+    assert checks[str(obj_path)] == 1 and checks[str(out)] == 1 and linked[0] not in checks, checks
+
+
+def test_trace_takes_the_site_order_from_the_core() -> None:
+    """trace's site table does not import instrument's command (issue 18)."""
+    res = run([sys.executable, "-c", "import sys, bpf_sdt.trace.sites; "
+               "print(sorted(m for m in sys.modules if m.startswith('bpf_sdt.instrument')))"])
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
