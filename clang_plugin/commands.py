@@ -13,20 +13,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 from bpf_sdt.clang_plugin.files import MAX_SOURCE_BYTES
-from bpf_sdt.clang_plugin.lint import RULES, cross_file
+from bpf_sdt.clang_plugin.lint import cross_file
 from bpf_sdt.clang_plugin.parse import cindex, libclang_version
 from bpf_sdt.clang_plugin.results import FileResult, decode
 
-from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE
 from bpf_sdt.fsutil import read_regular
-from bpf_sdt.model import Finding, escape_text
+from bpf_sdt.model import escape_text
 
 from .cache import cache_store, load_cached
 from .plan import plan_for
+from .sarif import line_col, sarif
 from .worker import ParseTask, analyze_encoded, batched_ir_findings, refusal
 
 __all__ = ["FileResult", "analyze_files", "run_extract", "run_lint"]
@@ -143,7 +142,7 @@ def run_lint(files: list[str], build_dir: str | None, extra: list[str], fmt: str
     facts = [r.facts for r in results if r.facts is not None]
     # A header's probes are seen by every file including it: one finding each.
     findings = list(dict.fromkeys([f for r in results for f in r.findings] + cross_file(facts)))
-    findings.sort(key=lambda f: (f.path, *_line_col(f.where), f.rule))
+    findings.sort(key=lambda f: (f.path, *line_col(f.where), f.rule))
     for note in notes:
         print(escape_text(f"bpf-sdt lint: {note}"), file=sys.stderr)
     for r in results:
@@ -168,28 +167,3 @@ def _report_unusable(results: list[FileResult], command: str) -> int:
     for msg in bad:
         print(escape_text(f"bpf-sdt {command}: {msg}"), file=sys.stderr)
     return EXIT_UNUSABLE if bad else 0
-
-
-def _line_col(where: str) -> tuple[int, int]:
-    parts = where.split(":")
-    try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        return 0, 0
-
-
-def sarif(findings: list[Finding]) -> dict:  # type: ignore[type-arg]
-    """SARIF 2.1.0 for GitHub code scanning."""
-    rules = [{"id": rid, "shortDescription": {"text": text},
-              "defaultConfiguration": {"level": sev},
-              "helpUri": "docs/lint.md#" + rid.lower()} for rid, (sev, text) in RULES.items()]
-    results = []
-    for f in findings:
-        line, col = _line_col(f.where)
-        results.append({"ruleId": f.rule, "level": f.severity, "message": {"text": f.message},
-                        "locations": [{"physicalLocation": {
-                            "artifactLocation": {"uri": Path(f.path).as_posix()},
-                            "region": {"startLine": max(line, 1), "startColumn": max(col, 1)}}}]})
-    return {"$schema": "https://json.schemastore.org/sarif-2.1.0.json", "version": "2.1.0",
-            "runs": [{"tool": {"driver": {"name": "bpf-sdt", "version": __version__, "rules": rules}},
-                      "results": results}]}
