@@ -46,6 +46,8 @@ from bpf_sdt.recorder_abi import HITS_MAP as HITS_MAP
 from bpf_sdt.recorder_abi import RECORDER_PREFIX as RECORDER_PREFIX
 from bpf_sdt.toolchain import find_clang
 
+from . import recorder_cache
+
 OBSERVER_SECTION = "bpf_sdt"            # SEC("bpf_sdt") or SEC("bpf_sdt/<glob>")
 BPF_PROG_INNER = "____"                 # libbpf's BPF_PROG names the inlined body ____<name>
 DEFAULT_MAP_ENTRIES = 10240             # keys per aggregation map (x site), unless --map-entries says
@@ -53,6 +55,8 @@ MAX_MAP_ENTRIES = 1 << 20               # per-CPU values: each key costs 32 byte
 AGGREGATION_KINDS = ("count", "hist", "lhist", "sum", "min", "max", "avg")
 PAGE_SIZE = 4096
 RECORDER_CFLAGS = ("-target", "bpf", "-O2", "-g", "-mcpu=v2", "-Wall", "-Werror")
+RECORDER_SOURCE = "bpf_sdt_recorder.bpf.c"      # in the build directory: its path is in the object's BTF
+RECORDER_OBJECT = "bpf_sdt_recorder.bpf.o"
 TEMPLATES = Path(__file__).with_name("templates")
 
 
@@ -213,13 +217,29 @@ def build_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, i
     options = options or RecorderOptions()
     if not 1 <= options.map_entries <= MAX_MAP_ENTRIES:
         raise InputError(f"map entries {options.map_entries}: must be between 1 and {MAX_MAP_ENTRIES}")
-    src = workdir / "bpf_sdt_recorder.bpf.c"
-    out = workdir / "bpf_sdt_recorder.bpf.o"
-    src.write_text(render_recorder(probes, ringbuf_size, identity, options))
-    res = subprocess.run([find_clang(), *RECORDER_CFLAGS, "-c", str(src), "-o", str(out)],
-                         capture_output=True, text=True, check=False)
+    src = workdir / RECORDER_SOURCE
+    out = workdir / RECORDER_OBJECT
+    source = render_recorder(probes, ringbuf_size, identity, options)
+    build = recorder_cache.Build(source, identity, workdir, find_clang(), RECORDER_CFLAGS)
+    cached = recorder_cache.fetch(build, _recorder_symbols(probes, options))
+    if cached is not None:
+        out.write_bytes(cached)
+        return out
+    src.write_text(source)
+    # clang runs in the build directory, so that the only path the object holds
+    # is that directory's (the cache puts the next build's in its place).
+    res = subprocess.run([build.clang, *RECORDER_CFLAGS, "-c", str(src), "-o", str(out)],
+                         capture_output=True, text=True, check=False, cwd=workdir)
     if res.returncode != 0:
         errors = [line for line in res.stderr.splitlines() if "error:" in line]
         last = (errors or res.stderr.strip().splitlines() or ["(no output)"])[0]
         raise ToolError(f"building the recorder failed: {last}")
+    recorder_cache.store(build, out.read_bytes())
     return out
+
+
+def _recorder_symbols(probes: Mapping[str, Sequence[ArgType]], options: RecorderOptions) -> set[str]:
+    """The symbols every build of this recorder defines: its functions and maps."""
+    functions = {recorder_function(p, len(t), options) for p, t in probes.items()}
+    aggregations = {f"{AGGREGATION_MAP_PREFIX}{g.index}" for plan in options.probes.values() for g in plan.aggregations}
+    return functions | aggregations | {RECORDER_RINGBUF_MAP, RECORDER_COUNTS_MAP}

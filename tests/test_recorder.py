@@ -323,3 +323,109 @@ def test_the_compiled_recorder_lays_out_its_structs_as_the_contract_says(tmp_pat
     assert {f"{abi.RECORDER_PREFIX}{len(t)}" for p, t in probes.items() if p != "three"} <= names
     assert f"{abi.RECORDER_PREFIX}3_three" in names
     assert {abi.RECORDER_RINGBUF_MAP, abi.RECORDER_COUNTS_MAP, f"{abi.AGGREGATION_MAP_PREFIX}1"} <= names
+
+
+# --- the recorder build cache (issue 22: no clang run for a recorder built before) ----------
+
+CACHE_PROBES = {"one": (CONTRACT_TYPES["__u32"],), "three": (CONTRACT_TYPES["__s8"],) * 3}
+OTHER_IDENTITY = "cd" * 16
+
+
+def counting_clang(tmp_path: Path) -> tuple[Path, Path]:
+    """A clang that logs each compile (not --version) before running the real one."""
+    log = tmp_path / "compiles"
+    wrapper = tmp_path / "clang-counting"
+    wrapper.write_text(f'#!/bin/sh\n[ "$1" = --version ] || echo "$@" >> {log}\nexec {clang(19)} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, log
+
+
+def compiles(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def build_in(workdir: Path, identity: str) -> bytes:
+    workdir.mkdir()
+    return build_recorder(CACHE_PROBES, PAGE_SIZE, identity, workdir).read_bytes()
+
+
+@pytest.fixture
+def recorder_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    wrapper, log = counting_clang(tmp_path)
+    monkeypatch.setenv("BPF_SDT_CLANG", str(wrapper))
+    monkeypatch.setenv("BPF_SDT_CACHE", str(tmp_path / "cache"))
+    return log
+
+
+def fresh_build(workdir: Path, identity: str, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """What clang writes for this build without any cache, in the same directory."""
+    with monkeypatch.context() as m:
+        m.setenv("BPF_SDT_CACHE", "off")
+        for f in workdir.iterdir():
+            f.unlink()
+        return build_recorder(CACHE_PROBES, PAGE_SIZE, identity, workdir).read_bytes()
+
+
+def test_a_second_recorder_build_runs_no_clang_and_gives_clangs_bytes(recorder_cache: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another object (another identity) in another build directory of the same
+    length: the cache's object is exactly what clang writes there."""
+    first = build_in(tmp_path / "build-1", CONTRACT_IDENTITY)
+    second = build_in(tmp_path / "build-2", OTHER_IDENTITY)
+    assert compiles(recorder_cache) == 1, "the second build ran clang"
+    assert first != second
+    assert second == fresh_build(tmp_path / "build-2", OTHER_IDENTITY, monkeypatch)
+    assert compiles(recorder_cache) == 2
+    btf = load_object(tmp_path / "build-2" / "bpf_sdt_recorder.bpf.o").btf
+    assert btf is not None and btf.find(abi.counters_struct(OTHER_IDENTITY).name, BtfKind.STRUCT)
+
+
+def test_a_build_directory_of_another_length_is_built_by_clang(recorder_cache: Path, tmp_path: Path) -> None:
+    build_in(tmp_path / "build-1", CONTRACT_IDENTITY)
+    build_in(tmp_path / "a-longer-build-directory", CONTRACT_IDENTITY)
+    assert compiles(recorder_cache) == 2
+
+
+@pytest.mark.parametrize("damage", ["object", "header", "counts", "empty", "others-may-write"])
+def test_a_damaged_or_foreign_cache_entry_is_rebuilt(recorder_cache: Path, tmp_path: Path, damage: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    build_in(tmp_path / "build-1", CONTRACT_IDENTITY)
+    (entry,) = (tmp_path / "cache" / "recorders").glob("*.entry")
+    header, _, data = entry.read_bytes().partition(b"\n")
+    if damage == "object":              # still an ELF file, but not a BPF object with the recorder's symbols
+        entry.write_bytes(header + b"\n" + data[:64] + bytes(len(data) - 64))
+    elif damage == "header":
+        entry.write_bytes(b"{not json\n" + data)
+    elif damage == "counts":            # a header that does not describe these bytes
+        entry.write_bytes(header.replace(b'", 1]', b'", 7]').replace(b'", 2]', b'", 7]') + b"\n" + data)
+    elif damage == "empty":
+        entry.write_bytes(b"")
+    else:
+        entry.chmod(0o666)
+    rebuilt = build_in(tmp_path / "build-2", OTHER_IDENTITY)
+    assert compiles(recorder_cache) == 2, "a damaged entry was used"
+    assert rebuilt == fresh_build(tmp_path / "build-2", OTHER_IDENTITY, monkeypatch)
+    assert entry.stat().st_mode & 0o777 == 0o600
+    build_in(tmp_path / "build-3", CONTRACT_IDENTITY)
+    assert compiles(recorder_cache) == 3, "the rewritten entry serves the next build"
+
+
+def test_instrument_record_with_and_without_the_cache_writes_the_same_bytes(built: Path, recorder_cache: Path,
+                                                                            tmp_path: Path) -> None:
+    """The command: outputs equal to an uncached run's (the temporary build
+    directory's random name aside, which every run has its own of)."""
+    import re
+
+    temp_name = re.compile(rb"(bpf-sdt-instrument-)[a-z0-9_]{8}/")
+
+    def recorded(name: str, **env: str) -> bytes:
+        out = tmp_path / name
+        res = run([*CLI, "instrument", "--record", str(built / "xdp_parser.bpf.o"), "-o", str(out)],
+                  env={**_env(), **env})
+        assert res.returncode == 0, res.stderr
+        return temp_name.sub(rb"\1XXXXXXXX/", out.read_bytes())
+
+    uncached = recorded("uncached.o", BPF_SDT_CACHE="off")
+    first, second = recorded("first.o"), recorded("second.o")
+    assert compiles(recorder_cache) == 2, "the cached run ran clang"
+    assert uncached == first == second

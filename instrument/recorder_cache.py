@@ -1,0 +1,218 @@
+"""A cache of compiled recorders, so that instrumenting (and so tracing) again
+runs no clang when a recorder of the same source was built before.
+
+**Key.** A SHA-256 over the rendered recorder source with the object's
+identity (the only part of the source that names the object: its counters'
+struct, docs/instrument.md "Identity") replaced by a token of the same length,
+the clang that compiles it (its path, the resolved binary's path, size and
+modification time, and its ``--version`` output) and the flags.  So every object
+whose probes have the same arities and options shares one entry, and a new
+template, clang or flag is a new key.
+
+**Entry.** One file ``<key>.entry``: a JSON header line, then the object clang
+wrote.  The header names the three strings that differ between two builds of one
+key, each with the number of times it occurs in the object: the identity, the
+build directory (clang runs in it, so its path is the only one the object
+holds: the source's name in BTF and DWARF, DWARF's compilation directory) and
+the MD5 of the source (DWARF 5 line tables carry it).  A hit puts this build's
+strings in their place, each of the same length, which gives exactly the bytes
+clang would have written (tests/test_recorder.py compares); a build directory of
+another length is a miss.
+
+**Trust.** An entry is written whole or not at all (``fsutil.write_atomic``),
+read only when it is this user's and nobody else may write it, and checked
+before use: the header's counts must match, and the result must parse as a BPF
+ELF object carrying the expected functions, maps and identity.  Anything else
+is a miss: clang builds the recorder and the entry is written again.
+
+The directory is ``$BPF_SDT_CACHE/recorders`` (``BPF_SDT_CACHE=off`` disables
+it, as for trace's cache of instrumented objects), else
+``$XDG_CACHE_HOME/bpf-sdt/recorders``, else ``~/.cache/bpf-sdt/recorders``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpf_sdt.btf import BtfKind
+from bpf_sdt.elf import BpfObject
+from bpf_sdt.errors import BpfSdtError
+from bpf_sdt.fsutil import write_atomic
+from bpf_sdt.recorder_abi import RECORDER_IDENTITY_PREFIX
+
+CACHE_ENV = "BPF_SDT_CACHE"
+CACHE_OFF = "off"
+SUBDIR = "recorders"
+ENTRY_SUFFIX = ".entry"
+VERSION_SUFFIX = ".clang-version"
+ENTRY_FORMAT = 1                        # the header's layout: a new one is a new key
+ENTRY_MODE = 0o600
+DIR_MODE = 0o700
+OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+MAX_ENTRY = 16 << 20                    # a recorder object is some 10-100 KB: more is not an entry
+MAX_HEADER = 4096
+VERSION_TIMEOUT_S = 10                  # a clang that does not answer --version: no cache, not a hang
+IDENTITY_TOKEN_CHAR = "0"               # the key's stand-in for an identity, of its length
+
+
+@dataclass(frozen=True)
+class Build:
+    """One recorder build: what instrument asks for."""
+
+    source: str                         # the rendered C
+    identity: str                       # the hex digest named in the source
+    workdir: Path                       # where clang runs and the source is
+    clang: str
+    cflags: tuple[str, ...]
+
+    @property
+    def strings(self) -> dict[str, bytes]:
+        """The bytes that differ between two builds of one key, by name."""
+        return {"identity": self.identity.encode(), "workdir": os.fsencode(self.workdir),
+                "md5": hashlib.md5(self.source.encode()).digest()}
+
+
+def cache_dir() -> Path | None:
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen == CACHE_OFF:
+        return None
+    if chosen:
+        return Path(chosen) / SUBDIR
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bpf-sdt" / SUBDIR
+
+
+def fetch(build: Build, expected_symbols: Iterable[str]) -> bytes | None:
+    """The object clang would write for ``build``, from the cache; None on a miss."""
+    where = cache_dir()
+    if where is None:
+        return None
+    try:
+        entry = where / (_key(build, where) + ENTRY_SUFFIX)
+        raw = _read_own(entry)
+        if raw is None:
+            return None
+        header, _, data = raw.partition(b"\n")
+        if len(header) > MAX_HEADER:
+            return None
+        relocated = _relocated(json.loads(header), data, build.strings)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, subprocess.SubprocessError):
+        return None
+    if relocated is None or not _is_recorder(relocated, build.identity, expected_symbols):
+        return None
+    return relocated
+
+
+def store(build: Build, data: bytes) -> None:
+    """Keeps clang's object for the next build of the same key; a cache that
+    cannot be written is no error."""
+    where = cache_dir()
+    if where is None:
+        return
+    strings = build.strings
+    header = {"format": ENTRY_FORMAT,
+              "strings": {name: [value.hex(), data.count(value)] for name, value in strings.items()}}
+    try:
+        where.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        if not _own(where):
+            return
+        entry = where / (_key(build, where) + ENTRY_SUFFIX)
+        write_atomic(entry, json.dumps(header, sort_keys=True).encode() + b"\n" + data, mode=ENTRY_MODE)
+        os.chmod(entry, ENTRY_MODE)     # write_atomic keeps a replaced file's mode: one others could write
+    except (OSError, BpfSdtError, subprocess.SubprocessError):
+        return
+
+
+# --- the key ------------------------------------------------------------------------------
+
+
+def _key(build: Build, where: Path) -> str:
+    neutral = build.source.replace(build.identity, IDENTITY_TOKEN_CHAR * len(build.identity))
+    digest = hashlib.sha256(json.dumps({"format": ENTRY_FORMAT, "source": neutral,
+                                        "clang": _clang_identity(build.clang, where),
+                                        "cflags": list(build.cflags)}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _clang_identity(clang: str, where: Path) -> list[object]:
+    """Path, resolved binary, size, mtime and ``--version`` output.  The version
+    is asked once per binary (clang takes some 80 ms to answer) and kept beside
+    the entries, under a name made of the other four."""
+    real = os.path.realpath(clang)
+    st = os.stat(real)
+    ident: list[object] = [clang, real, st.st_size, st.st_mtime_ns]
+    memo = where / (hashlib.sha256(json.dumps(ident).encode()).hexdigest() + VERSION_SUFFIX)
+    version = _read_own(memo)
+    if version is None:
+        res = subprocess.run([clang, "--version"], capture_output=True, check=False, timeout=VERSION_TIMEOUT_S)
+        version = res.stdout
+        if res.returncode == 0:
+            try:
+                where.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                write_atomic(memo, version, mode=ENTRY_MODE)
+            except (OSError, BpfSdtError):
+                pass
+    return [*ident, version.decode("utf-8", "replace")]
+
+
+# --- reading an entry ---------------------------------------------------------------------
+
+
+def _own(path: Path) -> bool:
+    """Is ``path`` this user's own, and written by nobody else?"""
+    st = path.stat()
+    return st.st_uid == os.geteuid() and not st.st_mode & OTHERS_WRITE
+
+
+def _read_own(path: Path) -> bytes | None:
+    """The bytes of a regular file of this user's that nobody else may write, or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & OTHERS_WRITE
+                or st.st_size > MAX_ENTRY or not _own(path.parent)):
+            return None
+        return f.read(MAX_ENTRY + 1)[:MAX_ENTRY]
+
+
+def _relocated(header: dict[str, object], data: bytes, wanted: dict[str, bytes]) -> bytes | None:
+    """``data`` with the header's strings replaced by ``wanted``'s, or None when
+    they do not fit: another length, or counts that do not match the bytes."""
+    if header.get("format") != ENTRY_FORMAT:
+        return None
+    strings = header["strings"]
+    if not isinstance(strings, dict) or set(strings) != set(wanted):
+        return None
+    for name, new in wanted.items():
+        old_hex, count = strings[name]
+        old = bytes.fromhex(old_hex)
+        if not isinstance(count, int) or len(old) != len(new) or data.count(old) != count:
+            return None
+        if old != new:
+            if data.count(new):
+                return None             # this build's string is in the object already: no safe place
+            data = data.replace(old, new)
+    return data
+
+
+def _is_recorder(data: bytes, identity: str, expected_symbols: Iterable[str]) -> bool:
+    """Does ``data`` parse as a BPF object with these symbols and the counters'
+    struct named after ``identity``?"""
+    try:
+        obj = BpfObject("(cached recorder)", data)
+        names = {s.name for s in obj.symbols}
+        btf = obj.btf
+    except (BpfSdtError, ValueError, IndexError, KeyError):
+        return False
+    return (btf is not None and set(expected_symbols) <= names
+            and bool(btf.find(RECORDER_IDENTITY_PREFIX + identity, BtfKind.STRUCT)))
