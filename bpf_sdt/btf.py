@@ -44,9 +44,12 @@ BTF_MAGIC = 0xEB9F
 BTF_VERSION = 1
 BASE_HEADER_LEN = 24
 LAYOUT_HEADER_LEN = 32
-# struct btf_header through str_len: magic, version, flags, hdr_len, then the
-# type and string sections' offsets and lengths (relative to the header's end)
-HEADER = struct.Struct("<HBBIIIII")
+# How a .BTF and a .BTF.ext header both start: magic, version, flags, hdr_len.
+PREAMBLE_FORMAT = "<HBBI"
+PREAMBLE = struct.Struct(PREAMBLE_FORMAT)
+# struct btf_header through str_len: the preamble, then the type and string
+# sections' offsets and lengths (relative to the header's end)
+HEADER = struct.Struct(PREAMBLE_FORMAT + "IIII")
 BYTE_SWAPPED_MAGIC = 0x9FEB    # BTF_MAGIC as a big-endian file stores it
 WORD = 4                       # BTF records are sequences of little-endian u32 words
 RECORD_WORDS = 3               # name_off, info, size_or_type
@@ -107,7 +110,6 @@ INT_CHAR = 2
 INT_BOOL = 4
 
 K = BtfKind
-KIND_NAMES = {k.value: k.name for k in BtfKind if k is not BtfKind.UNKN}
 _KIND_OF: dict[int, BtfKind] = {k.value: k for k in BtfKind}
 # Words after the 3-word common record: (fixed extra, per-vlen element).
 _RECORD_SHAPE: dict[int, tuple[int, int]] = {

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from bpf_sdt.btf import Btf
+from bpf_sdt.btf import BTF_MAGIC, BYTE_SWAPPED_MAGIC, PREAMBLE, PREAMBLE_FORMAT, U32_MAX, WORD, Btf
 from bpf_sdt.errors import InputError
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 BTF_EXT_SECTION = ".BTF.ext"
 
-BTF_EXT_MAGIC = 0xEB9F
+BTF_EXT_MAGIC = BTF_MAGIC      # struct btf_ext_header starts as struct btf_header does
 BTF_EXT_VERSION = 1
 BASE_HEADER_LEN = 24            # through line_info_len
 CORE_HEADER_LEN = 32            # through core_relo_len
@@ -56,7 +56,6 @@ SEC_HEADER_LEN = 8              # sec_name_off, num_info
 LINE_SHIFT = 10                 # line_col: line << 10 | column
 COL_MASK = (1 << LINE_SHIFT) - 1
 MAX_LINE = (1 << (32 - LINE_SHIFT)) - 1
-U32_MAX = 0xFFFFFFFF
 
 FUNC_INFO = "func_info"
 LINE_INFO = "line_info"
@@ -338,9 +337,9 @@ class BtfExt:
     def _parse_header(self, data: bytes) -> tuple[int, dict[str, tuple[int, int]]]:
         if len(data) < BASE_HEADER_LEN:
             raise InputError(f".BTF.ext: {len(data)} bytes is shorter than its header")
-        magic, self.version, self.flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        magic, self.version, self.flags, hdr_len = PREAMBLE.unpack_from(data, 0)
         if magic != BTF_EXT_MAGIC:
-            if magic == 0x9FEB:
+            if magic == BYTE_SWAPPED_MAGIC:
                 raise InputError(".BTF.ext: big-endian .BTF.ext is not supported")
             raise InputError(f".BTF.ext: bad magic 0x{magic:04x}")
         if self.version != BTF_EXT_VERSION:
@@ -350,7 +349,7 @@ class BtfExt:
         self.hdr_len = hdr_len
         known = CORE_HEADER_LEN if hdr_len >= CORE_HEADER_LEN else BASE_HEADER_LEN
         self.header_tail = bytes(data[known:hdr_len])
-        words = struct.unpack_from(f"<{(known - 8) // 4}I", data, 8)
+        words = struct.unpack_from(f"<{(known - PREAMBLE.size) // WORD}I", data, PREAMBLE.size)
         spans = {block: (words[2 * i], words[2 * i + 1]) for i, block in enumerate(BLOCKS[:len(words) // 2])}
         body_len = len(data) - hdr_len
         for block, (off, length) in spans.items():
@@ -468,7 +467,8 @@ class BtfExt:
         words: list[int] = []
         for block in BLOCKS[:nblocks]:
             words += spans.get(block, (0, 0))
-        header = struct.pack(f"<HBBI{2 * nblocks}I", BTF_EXT_MAGIC, self.version, self.flags, self.hdr_len, *words)
+        header = struct.pack(f"{PREAMBLE_FORMAT}{2 * nblocks}I", BTF_EXT_MAGIC, self.version, self.flags,
+                             self.hdr_len, *words)
         return header + self.header_tail + b"".join(body), fields
 
     def encode(self) -> bytes:

@@ -53,7 +53,6 @@ ELFDATA2LSB = 1
 ET_REL = 1
 EV_CURRENT = 1
 
-SHT_NULL = 0
 SHT_PROGBITS = 1
 SHT_SYMTAB = 2
 SHT_STRTAB = 3
@@ -69,23 +68,17 @@ SHF_INFO_LINK = 0x40
 
 SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
-SHN_ABS = 0xFFF1
-SHN_COMMON = 0xFFF2
 
 STB_LOCAL = 0
 STB_GLOBAL = 1
-STB_WEAK = 2
 STT_NOTYPE = 0
 STT_OBJECT = 1
 STT_FUNC = 2
 STT_SECTION = 3
-STT_FILE = 4
 STV_DEFAULT = 0
 ST_TYPE_MASK = 0xF       # st_info: type in the low 4 bits, binding above them
 ST_BIND_SHIFT = 4
-STV_HIDDEN = 2
 
-R_BPF_NONE = 0
 R_BPF_64_64 = 1          # ld_imm64: map, global data, subprogram address
 R_BPF_64_ABS64 = 2       # a 64-bit data word
 R_BPF_64_ABS32 = 3       # a 32-bit data word (DWARF)
@@ -97,6 +90,7 @@ R_TYPE_MASK = 0xFFFFFFFF
 TEXT_SECTION = ".text"   # the subprograms' code section (a program's code is in its own section)
 
 MAX_FILE_SIZE = 1 << 30
+TABLE_ALIGN = 8          # Elf64 symbol, relocation and section header tables: 8-byte aligned
 MAX_ALIGN = 1 << 16      # far above any BPF toolchain's section alignment (8)
 
 # --- record layouts: the one definition reader and writer share --------------
@@ -550,14 +544,14 @@ class ElfImage:
                                   s.value, s.size)
         sym_rec = self.sections[symtab_i]
         sym_rec.data, sym_rec.info, sym_rec.entsize = bytes(sym_bytes), n_locals, SYM.size
-        sym_rec.addralign = max(sym_rec.addralign, 8)
+        sym_rec.addralign = max(sym_rec.addralign, TABLE_ALIGN)
         self.sections[strtab_i].data = strtab.bytes()
 
         for sec in self.sections:
             if sec.relocs is not None:
                 sec.data = _encode_relocations(sec.relocs, sec.type == SHT_RELA, new_index)
                 sec.link, sec.entsize = symtab_i, (RELA if sec.type == SHT_RELA else REL).size
-                sec.addralign = max(sec.addralign, 8)
+                sec.addralign = max(sec.addralign, TABLE_ALIGN)
 
         shstr = _StringTable()
         name_offs = [shstr.add(sec.name) if i else 0 for i, sec in enumerate(self.sections)]
@@ -572,7 +566,7 @@ class ElfImage:
             offsets[i] = len(blob)
             if sec.type != SHT_NOBITS:
                 blob += sec.data
-        blob += bytes(-len(blob) % 8)
+        blob += bytes(-len(blob) % TABLE_ALIGN)
         shoff = len(blob)
         blob += bytes(SHDR.size)                       # the null section header
         for i, sec in enumerate(self.sections[1:], 1):

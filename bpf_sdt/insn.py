@@ -68,9 +68,7 @@ JMP_JLT, JMP_JLE, JMP_JSLT, JMP_JSLE = 0xA0, 0xB0, 0xC0, 0xD0
 
 HELPER_CALL = 0          # src_reg of a call: a helper, numbered by imm
 PSEUDO_CALL = 1          # src_reg of a call: BPF-to-BPF
-PSEUDO_KFUNC_CALL = 2    # src_reg of a call: kernel function
 LD_IMM64_CONSTANT = 0    # src_reg of ld_imm64: a plain 64-bit constant (others name maps, functions...)
-PSEUDO_FUNC = 4          # src_reg of ld_imm64: a function's address (set by the loader)
 ATOMIC_FETCH = 0x01
 ATOMIC_XCHG = 0xE0 | ATOMIC_FETCH
 ATOMIC_CMPXCHG = 0xF0 | ATOMIC_FETCH

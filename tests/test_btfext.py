@@ -33,7 +33,7 @@ from bpf_sdt.btfext import (
     FuncInfo,
     LineInfo,
 )
-from bpf_sdt.elf import BpfObject, load_object
+from bpf_sdt.elf import TEXT_SECTION, BpfObject, load_object
 from bpf_sdt.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -259,7 +259,7 @@ def test_line_info_equals_the_kernels_and_edits_load(objects: dict[str, Path], t
     need(bpf_permitted(), "bpf() not permitted (needs root)")
     obj = objects["core19"]
     raw, ext, _ = _ext(obj)
-    prog_secs = ["tp_btf/sched_switch", ".text"]     # libbpf appends the subprogram
+    prog_secs = ["tp_btf/sched_switch", TEXT_SECTION]     # libbpf appends the subprogram
     assert _load_and_dump(obj, "on_switch") == _expected_lines(ext, prog_secs)
 
     # an edit that changes the section's size: fewer records, other lines
@@ -281,23 +281,23 @@ def test_line_info_equals_the_kernels_and_edits_load(objects: dict[str, Path], t
 
 def test_remap_moves_every_record_of_one_section(objects: dict[str, Path]) -> None:
     raw, ext, _ = _ext(objects["core19"])
-    ext.remap(".text", lambda off: off)
+    ext.remap(TEXT_SECTION, lambda off: off)
     assert ext.encode() == raw
     before = BtfExt.parse(raw, ext.strings)
     cut = 5 * 8                                      # two instructions inserted before insn 5
-    ext.remap(".text", lambda off: off + 16 if off >= cut else off)
-    old, new = before.sections[".text"], ext.sections[".text"]
+    ext.remap(TEXT_SECTION, lambda off: off + 16 if off >= cut else off)
+    old, new = before.sections[TEXT_SECTION], ext.sections[TEXT_SECTION]
     for kind in (FUNC_INFO, LINE_INFO, CORE_RELO):
         pairs = list(zip(old.records(kind), new.records(kind), strict=True))
         assert pairs and all(n.insn_off == o.insn_off + (16 if o.insn_off >= cut else 0) for o, n in pairs)
         assert all(replace(n, insn_off=o.insn_off) == o for o, n in pairs)
-    old_line = before.line_of(".text", cut)
+    old_line = before.line_of(TEXT_SECTION, cut)
     assert old_line is not None
-    assert ext.line_of(".text", cut + 16) == replace(old_line, insn_off=cut + 16)
+    assert ext.line_of(TEXT_SECTION, cut + 16) == replace(old_line, insn_off=cut + 16)
     assert ext.sections["tp_btf/sched_switch"] == before.sections["tp_btf/sched_switch"]
     assert BtfExt.parse(ext.encode(), ext.strings).sections == ext.sections
     with pytest.raises(ValueError, match="outside u32"):
-        ext.remap(".text", lambda off: off - 1_000_000)
+        ext.remap(TEXT_SECTION, lambda off: off - 1_000_000)
     with pytest.raises(InputError, match="no records for section"):
         ext.remap(".nope", lambda off: off)
 
@@ -306,17 +306,17 @@ def test_add_records_restores_a_removed_function(objects: dict[str, Path]) -> No
     raw, ext, obj = _ext(objects["multi19"])
     btf = obj.btf
     assert btf is not None
-    text = ext.sections[".text"]
+    text = ext.sections[TEXT_SECTION]
     assert len(text.func_info) == 2
     start = text.func_info[1].insn_off
     func = text.func_info.pop()
     lines = [li for li in text.line_info if li.insn_off >= start]
     text.line_info = [li for li in text.line_info if li.insn_off < start]
     assert ext.encode() != raw
-    assert ext.func_of(".text", start) == text.func_info[0]
-    ext.add_records(".text", func_info=[func], line_info=reversed(lines))
+    assert ext.func_of(TEXT_SECTION, start) == text.func_info[0]
+    ext.add_records(TEXT_SECTION, func_info=[func], line_info=reversed(lines))
     assert ext.encode() == raw
-    assert ext.func_of(".text", start + 8) == func
+    assert ext.func_of(TEXT_SECTION, start + 8) == func
 
     # a section new to .BTF.ext: its name must be a BTF string
     sum_id = btf.find("sum", BtfKind.FUNC)[0]
@@ -331,9 +331,9 @@ def test_add_records_restores_a_removed_function(objects: dict[str, Path]) -> No
     with pytest.raises(InputError, match="not in the BTF strings"):
         ext.add_records("no_such_section", func_info=[FuncInfo(0, sum_id)])
     with pytest.raises(TypeError):
-        ext.add_records(".text", func_info=[LineInfo(0, 0, 0, 0)])  # type: ignore[list-item]
+        ext.add_records(TEXT_SECTION, func_info=[LineInfo(0, 0, 0, 0)])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="fit"):
-        ext.add_records(".text", func_info=[FuncInfo(-8, sum_id)])
+        ext.add_records(TEXT_SECTION, func_info=[FuncInfo(-8, sum_id)])
     with pytest.raises(ValueError):
         LineInfo.make(0, 0, 0, line=1 << 22)
 
@@ -374,7 +374,7 @@ def test_larger_records_longer_header_and_padding_survive(core: bool) -> None:
     data = _synthetic(hdr_tail=tail, core=core)
     ext = BtfExt.parse(data, STRINGS)
     assert ext.encode() == data
-    text = ext.sections[".text"]
+    text = ext.sections[TEXT_SECTION]
     assert text.func_info[1] == FuncInfo(64, 4, struct.pack("<I", 0xBEEF))
     assert (text.line_info[0].line, text.line_info[0].col, ext.line_text(text.line_info[0])) == (3, 2, "int x;")
     if core:
@@ -392,7 +392,7 @@ def test_larger_records_longer_header_and_padding_survive(core: bool) -> None:
 def test_no_core_block_in_a_short_header() -> None:
     ext = BtfExt.parse(_synthetic(hdr_tail=b"", core=False), STRINGS)
     with pytest.raises(ValueError, match="no core_relo block"):
-        ext.add_records(".text", core_relo=[CoreRelo(0, 1, ACCESS, 0)])
+        ext.add_records(TEXT_SECTION, core_relo=[CoreRelo(0, 1, ACCESS, 0)])
 
 
 # --- hostile input --------------------------------------------------------------

@@ -19,6 +19,7 @@ from toolchain import clang, compile_bpf, tool
 from bpf_sdt.elf import BpfObject, load_object
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import MAX_ARGS, NAMED_ARGS, NOTES_SECTION
+from bpf_sdt.insn import MAX_STACK
 from bpf_sdt.model import ArgLocation
 from bpf_sdt.notes import (
     MAX_ENTRIES,
@@ -99,7 +100,7 @@ def arg_at(index: int) -> st.SearchStrategy[ArgLocation]:
         return reg | imm
     slot = st.sampled_from([1, 2, 4, 8]).flatmap(
         lambda size: st.builds(lambda k: ArgLocation("stack", offset=-size * k, size=size),
-                               st.integers(1, 512 // size)))
+                               st.integers(1, MAX_STACK // size)))
     return reg | imm | slot
 
 
