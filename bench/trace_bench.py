@@ -18,6 +18,16 @@ the difference in time, so instrumenting, compiling the recorder and loading
 Every output is checked: one line per event plus the run line, all parsed in
 JSON mode.  Target: at least 500,000 events/s for `trace --json`.
 
+``--startup`` measures instead how long `bpf-sdt trace OBJ --run PROG`
+takes from the command's start to its first event line on stdout, with
+warm caches (the instrumented object trace cached, trace/instcache.py),
+next to bpftrace's start to its first event for a tracepoint one-liner
+(`tracepoint:syscalls:sys_enter_getpid`, while a thread of the bench calls
+getpid every half millisecond), interleaved, medians of --trials (at least
+7 for this section); and the same trace with an empty cache (it
+instruments).  Target (issue 22): trace's figure at most bpftrace's.
+tracefs is mounted for bpftrace if it is not (and unmounted after).
+
 ``--robust`` measures instead what the tests check in a few seconds, at
 full length, each beside a reference run: a 20 s overload of a pinned ring
 (the kernel producing as fast as bpftool test-runs; peak RSS, events read,
@@ -26,7 +36,7 @@ the producer keeps going), ``--duration 20`` into a reader taking 80 KB/s
 against a reader taking everything, and a 1 GiB sparse capture (zero-length
 packets) against a 1 MiB one (peak RSS).
 
-    sudo .venv/bin/python bench/trace_bench.py [--events N] [--trials K] [--robust]
+    sudo .venv/bin/python bench/trace_bench.py [--events N] [--trials K] [--robust | --startup]
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -164,6 +175,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=1_000_000, help="test runs (= events) per large run")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--robust", action="store_true", help="overload, slow stdout and huge-capture figures")
+    ap.add_argument("--startup", action="store_true", help="command start to first event, next to bpftrace's")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("trace_bench: loading programs needs root")
@@ -175,8 +187,100 @@ def main() -> int:
         if args.robust:
             print("\n".join(robust(obj, packet, tmp)))
             return 0
+        if args.startup:
+            print("\n".join(startup(obj, packet, max(args.trials, MIN_STARTUP_TRIALS), tmp)))
+            return 0
         print("\n".join(measure(obj, packet, args.events, args.trials, tmp)))
     return 0
+
+
+# --- --startup -----------------------------------------------------------------------------
+
+MIN_STARTUP_TRIALS = 7
+STARTUP_TIMEOUT_S = 60.0
+STARTUP_TARGET = 1.0            # trace's start to first event at most bpftrace's
+BPFTRACE_PROBE = 'tracepoint:syscalls:sys_enter_getpid { printf("x\\n"); exit(); }'
+GETPID_EVERY_S = 0.0005
+TRACEFS = Path("/sys/kernel/tracing")
+ENTRY_POINT = Path(sys.executable).parent / "bpf-sdt"      # what a user runs
+
+
+def first_line(cmd: list[str], environ: dict[str, str], wanted: bytes) -> float:
+    """Seconds from starting ``cmd`` to its first stdout line containing ``wanted``."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ)
+    assert proc.stdout is not None
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            _, err = proc.communicate()
+            sys.exit(f"{cmd[0]} ended before its first event: {err.decode(errors='replace').strip()}")
+        if wanted in line:
+            took = time.perf_counter() - start
+            break
+    proc.communicate(timeout=STARTUP_TIMEOUT_S)
+    return took
+
+
+class _Getpid:
+    """A thread calling getpid(2) until stopped: what bpftrace's one-liner waits for."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(GETPID_EVERY_S):
+            os.getpid()             # glibc does not cache it: one syscall each
+
+    def __enter__(self) -> _Getpid:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _tracefs_mounted() -> bool:
+    return (TRACEFS / "events").is_dir()
+
+
+def startup(obj: Path, packet: Path, trials: int, tmp: Path) -> list[str]:
+    bpftrace = shutil.which("bpftrace")
+    if bpftrace is None:
+        sys.exit("trace_bench --startup: bpftrace is the reference; install it (apt-get install bpftrace)")
+    cli = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else CLI
+    trace = [*cli, "trace", str(obj), "--run", "xdp_parse", "--packet", str(packet)]
+    warm_env = env(BPF_SDT_CACHE=str(tmp / "startup-cache"))
+    mounted = False
+    if not _tracefs_mounted():
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], check=True)
+        mounted = True
+    try:
+        first_line(trace, warm_env, b" ipv4 ")                   # fills the cache
+        ours, theirs, cold = [], [], []
+        with _Getpid():
+            for trial in range(trials):                 # interleaved: load changes hit both alike
+                ours.append(first_line(trace, warm_env, b" ipv4 "))
+                theirs.append(first_line([bpftrace, "-e", BPFTRACE_PROBE], env(), b"x"))
+                cold.append(first_line(trace, env(BPF_SDT_CACHE=str(tmp / f"cold-{trial}")), b" ipv4 "))
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(TRACEFS)], check=False)
+    mine, ref, empty = (statistics.median(x) for x in (ours, theirs, cold))
+    verdict = "met" if mine <= STARTUP_TARGET * ref else "NOT met"
+    return ["command start to first event line on stdout, medians of "
+            f"{trials} interleaved runs (min .. max):", "",
+            "| command | start to first event | ratio to bpftrace |", "|---|---:|---:|",
+            f"| `bpf-sdt trace xdp_parser.bpf.o --run xdp_parse --packet udp.bin`, cached | {mine * 1e3:.0f} ms "
+            f"({min(ours) * 1e3:.0f} .. {max(ours) * 1e3:.0f}) | {mine / ref:.2f}x |",
+            f"| the same, empty cache (instruments) | {empty * 1e3:.0f} ms ({min(cold) * 1e3:.0f} .. "
+            f"{max(cold) * 1e3:.0f}) | {empty / ref:.2f}x |",
+            f"| `bpftrace -e '{BPFTRACE_PROBE}'` | {ref * 1e3:.0f} ms ({min(theirs) * 1e3:.0f} .. "
+            f"{max(theirs) * 1e3:.0f}) | 1.00x |", "",
+            f"target: cached trace start-up <= {STARTUP_TARGET:.1f}x bpftrace's: {verdict} ({mine / ref:.2f}x)",
+            f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs"]
 
 
 # --- --robust ------------------------------------------------------------------------------

@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, TextIO
 
 # Imported where used, not here: the instrument stage (only a cache miss
 # instruments, in a child), the recorder's planning (Jinja2 and the filter
-# grammar: only with --filter or an aggregation), the Prometheus exporter and
+# grammar: only with --filter or an aggregation), the Prometheus exporter,
+# the kernel layer of leftovers and records (only when attaching) and
 # pyelftools' ELF reader are a tenth of a second of imports that a cached
-# trace --run or --live does not need (docs/cli.md, start-up).
+# trace --run does not need (docs/cli.md, start-up).
 from bpf_sdt.trace import instcache
 from bpf_sdt.trace.instcache import Instrumented, Job
-from bpf_sdt.trace.leftovers import RecordedTcFilter, attach_tc, report_stale
 from bpf_sdt.trace.output import Decoder, Writer
 from bpf_sdt.trace.pcap import MAX_PACKET, iter_packets
 from bpf_sdt.trace.recorder import Counters, RecorderMaps, find_loaded, open_pinned
@@ -61,6 +61,7 @@ from bpf_sdt.model import escape_text
 if TYPE_CHECKING:
     from bpf_sdt.instrument.observers import RecorderOptions
     from bpf_sdt.trace.aggregate import Layout, Report
+    from bpf_sdt.trace.leftovers import RecordedTcFilter
     from bpf_sdt.trace.prometheus import Exporter
     from bpf_sdt.trace.sites import Site
 
@@ -455,6 +456,8 @@ def _attach(bpf: BpfObject, prog: Program | None, iface: str | None, direction: 
     """Attach as asked; (description, attachment) of each.  A tc filter is
     recorded in bpffs first (trace/leftovers.py): a SIGKILL leaves it
     findable for `bpf-sdt restore`; links end with the process anyway."""
+    from bpf_sdt.trace.leftovers import attach_tc, report_stale  # the kernel layer: only when attaching
+
     report_stale(err)
     if prog is not None and iface is not None:
         if opts.xdp:
