@@ -25,7 +25,7 @@ lists (insert, replace); :func:`rewrite_object` writes the object back:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bpf_sdt.btfext import BTF_EXT_SECTION
@@ -165,27 +165,40 @@ def _write_labels(img: ElfImage, encoded: dict[int, EncodedSection], labels: lis
 
 def append_call_words(img: ElfImage, words: list[tuple[str, int, int]]) -> None:
     """For each (symbol name, code section index, byte offset), one address
-    word appended to the calls section (made when missing): the offset in
-    place, with an R_BPF_64_ABS64 against the code section's symbol, as a
-    note's address word (docs/format.md section 6)."""
-    if not words:
+    word appended to the calls section (made when missing), as a note's
+    address word (docs/format.md section 6)."""
+    append_address_entries(img, CALLS_SECTION, CALLS_REL_SECTION, CALL_WORD_SIZE,
+                           [(name, section, offset.to_bytes(CALL_WORD_SIZE, "little"))
+                            for name, section, offset in words])
+
+
+def append_address_entries(img: ElfImage, section: str, rel_section: str, addralign: int,
+                           entries: Sequence[tuple[str, int, bytes]]) -> None:
+    """The one writer of sections whose entries start with an address word
+    into code (the notes, the calls): for each (symbol name, code section
+    index, entry bytes, the address word first, holding the code offset in
+    place), the entry appended to ``section`` (made when missing, with its
+    REL section; flags 0: not SHF_ALLOC, so no loader reads it), one
+    R_BPF_64_ABS64 at the entry against the code section's symbol, and a
+    local STT_NOTYPE symbol ``name`` at it."""
+    if not entries:
         return
-    calls_i = img.index_of(CALLS_SECTION)
-    if calls_i is None:   # flags 0: not SHF_ALLOC, so no loader reads it
-        calls_i = img.add_section(SecRec(CALLS_SECTION, SHT_PROGBITS, 0, b"", addralign=CALL_WORD_SIZE))
-    rel_i = img.rel_section_for(calls_i)
+    sec_i = img.index_of(section)
+    if sec_i is None:
+        sec_i = img.add_section(SecRec(section, SHT_PROGBITS, 0, b"", addralign=addralign))
+    rel_i = img.rel_section_for(sec_i)
     if rel_i is None:
-        rel_i = img.add_section(SecRec(CALLS_REL_SECTION, SHT_REL, SHF_INFO_LINK, b"",   # to_bytes lays it out
-                                       link=img.symtab_index, info=calls_i, relocs=[]))
+        rel_i = img.add_section(SecRec(rel_section, SHT_REL, SHF_INFO_LINK, b"",   # to_bytes lays it out
+                                       link=img.symtab_index, info=sec_i, relocs=[]))
     relocs = img.sections[rel_i].relocs
     assert relocs is not None
-    data = bytearray(img.sections[calls_i].data)
-    for name, section, offset in words:
+    data = bytearray(img.sections[sec_i].data)
+    for name, code_section, entry in entries:
         here = len(data)
-        img.symbols.append(SymRec(name, here, 0, (STB_LOCAL << 4) | STT_NOTYPE, 0, calls_i))
-        relocs.append(Relocation(here, R_BPF_64_ABS64, img.section_symbol(section), None))
-        data += offset.to_bytes(CALL_WORD_SIZE, "little")
-    img.sections[calls_i].data = bytes(data)
+        img.symbols.append(SymRec(name, here, 0, (STB_LOCAL << 4) | STT_NOTYPE, 0, sec_i))
+        relocs.append(Relocation(here, R_BPF_64_ABS64, img.section_symbol(code_section), None))
+        data += entry
+    img.sections[sec_i].data = bytes(data)
 
 
 def _move_moved_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],

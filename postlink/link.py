@@ -30,20 +30,11 @@ from pathlib import Path
 from bpf_sdt.postlink.check import ObjectReport, analyze, call_words, write_checked, write_output
 
 from bpf_sdt.elf import (
-    R_BPF_64_ABS64,
-    SHF_INFO_LINK,
-    SHT_PROGBITS,
-    SHT_REL,
     SHT_STRTAB,
     SHT_SYMTAB,
-    STB_LOCAL,
     STT_FUNC,
-    STT_NOTYPE,
     BpfObject,
     ElfImage,
-    Relocation,
-    SecRec,
-    SymRec,
     is_reserved_index,
     load_object,
 )
@@ -51,12 +42,15 @@ from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.fsutil import resolve_output
 from bpf_sdt.inlined import INLINE_SECTION, Chain, set_section
+from bpf_sdt.insn import INSN_SIZE
 from bpf_sdt.model import Declaration, escape_text
 from bpf_sdt.notes import NoteEntry, encode_entry
-from bpf_sdt.rewrite import append_call_words
+from bpf_sdt.rewrite import append_address_entries, append_call_words
 from bpf_sdt.toolchain import find_bpftool
 
 UNDECODABLE = "\ufffd"          # what the ELF reader puts for bytes that are not UTF-8
+# The notes section as the compiler emits it: no alignment (docs/format.md).
+NOTES_ALIGN = 1
 
 
 @dataclass(frozen=True)
@@ -259,9 +253,7 @@ def _same_sites(report: ObjectReport, objs: list[BpfObject], sites: list[InputSi
 def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement,
                calls: list[InputCall], inline: Sequence[Chain] = ()) -> bytes:
     img = ElfImage.from_object(linked)
-    notes = bytearray()
-    relocs: list[Relocation] = []
-    entry_syms: list[tuple[str, int]] = []
+    entries = []
     for i, e in sites:
         section = e.section.name
         target = placement.base[(i, section)] + e.offset
@@ -269,16 +261,10 @@ def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement,
         if sec_index is None:
             raise InputError(f"linked object has no section {section}")
         code = img.sections[sec_index].data
-        if code[target: target + 8] != NOP_INSN:
+        if code[target: target + INSN_SIZE] != NOP_INSN:
             raise InputError(f"{section}+{target:#x} in the linked object is not the probe NOP")
-        entry_syms.append((e.symbol, len(notes)))
-        relocs.append(Relocation(len(notes), R_BPF_64_ABS64, img.section_symbol(sec_index), None))
-        notes += encode_entry(target, e.args)
-    notes_i = img.add_section(SecRec(NOTES_SECTION, SHT_PROGBITS, 0, bytes(notes), addralign=1))
-    img.add_section(SecRec(NOTES_REL_SECTION, SHT_REL, SHF_INFO_LINK, b"", link=img.symtab_index, info=notes_i,
-                           addralign=8, entsize=16, relocs=relocs))
-    for name, value in entry_syms:
-        img.symbols.append(SymRec(name, value, 0, (STB_LOCAL << 4) | STT_NOTYPE, 0, notes_i))
+        entries.append((e.symbol, sec_index, encode_entry(target, e.args)))
+    append_address_entries(img, NOTES_SECTION, NOTES_REL_SECTION, NOTES_ALIGN, entries)
     append_call_words(img, [_placed_call(img, c, placement) for c in calls])
     set_section(img, inline)    # one chain per entry, in the order written above
     return img.to_bytes()
