@@ -141,19 +141,15 @@ def run_object(path: Path, pin_root: Path | None, packets: list[bytes],
 
 def decode_events(obj_path: Path, raw: list[bytes]) -> list[tuple[str, tuple[int, ...]]]:
     """(probe, argument values) per recorder event, the values signed per type."""
-    from bpf_sdt.instrument.command import ordered_sites
+    from bpf_sdt.sites import site_table
 
-    from bpf_sdt.probes import probe_types
-
-    obj = load_object(obj_path)
-    sites = ordered_sites(decode_notes(obj))
-    types = probe_types(obj.btf)
+    table = site_table(load_object(obj_path))
     out = []
     for ev in raw:
         _ts, site, _cpu = EVENT_HEAD.unpack_from(ev)
-        probe = sites[site].probe
+        probe = table.entries[site].probe
         words = struct.unpack_from(f"<{(len(ev) - EVENT_HEAD.size) // 8}Q", ev, EVENT_HEAD.size)
-        out.append((probe, tuple(t.convert(w) for t, w in zip(types[probe], words, strict=True))))
+        out.append((probe, tuple(t.convert(w) for t, w in zip(table.types[probe], words, strict=True))))
     return out
 
 
