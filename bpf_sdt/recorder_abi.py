@@ -33,8 +33,14 @@ RECORDER_DEFAULT_RINGBUF_SIZE = 1 << 22
 # a reader proves from the loaded map alone which object's sites its events use.
 RECORDER_IDENTITY_PREFIX = "bpf_sdt_id_"
 RECORDER_IDENTITY_HEX = 32                     # 128 bits of SHA-256
-# The counters, in the value's order, summed over CPUs by the reader.
-RECORDER_COUNTERS = ("submitted", "lost", "filtered", "overflow")
+# The counters, in the value's order (summed over CPUs by the reader), and what each counts.
+RECORDER_COUNTER_MEANINGS = {
+    "submitted": "events the recorder put on the ring buffer",
+    "lost": "events the ring buffer had no room for",
+    "filtered": "firings a --filter refused in the kernel",
+    "overflow": "aggregation updates that found their map full",
+}
+RECORDER_COUNTERS = tuple(RECORDER_COUNTER_MEANINGS)
 
 RECORDER_PREFIX = "bpf_sdt_record_"     # + arity, or + arity_probe for a probe with its own plan
 RECORDER_EVENT = "bpf_sdt_event"

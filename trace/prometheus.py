@@ -34,6 +34,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from bpf_sdt.errors import UsageError
+from bpf_sdt.recorder_abi import RECORDER_COUNTER_MEANINGS
 
 DEFAULT_ADDRESS = "127.0.0.1"
 PREFIX = "bpf_sdt"
@@ -84,10 +85,7 @@ class RecorderCollector(Collector):
                 hits.add_metric(site_labels(site), counts.get(site.site_id, 0))
         yield hits
         values = s.counters()
-        for name, doc in (("submitted", "events the recorder put on the ring buffer"),
-                          ("lost", "events the ring buffer had no room for"),
-                          ("filtered", "firings a --filter refused in the kernel"),
-                          ("overflow", "aggregation updates that found their map full")):
+        for name, doc in RECORDER_COUNTER_MEANINGS.items():
             yield CounterMetricFamily(f"{PREFIX}_recorder_{name}", doc, value=getattr(values, name))
         if s.report is not None:
             yield from self._aggregations(s.report)
