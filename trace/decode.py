@@ -21,14 +21,14 @@ This keeps decoding under a microsecond per event in CPython
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bpf_sdt.trace.sites import Site
 
 from bpf_sdt.argtype import ArgType
-from bpf_sdt.recorder_abi import ARG_SLOT, EVENT_HEADER, EVENT_HEADER_FIELDS, EVENT_SITE
+from bpf_sdt.recorder_abi import ARG_SLOT, EVENT_HEADER, EVENT_HEADER_FIELDS
 
 EVENT_FIELDS = EVENT_HEADER_FIELDS          # ts, site id, cpu: an unpacked event's first values
 _INT_CODES = {8: "b", 16: "h", 32: "i", 64: "q"}
@@ -66,25 +66,7 @@ def site_codec(site: Site) -> SiteCodec:
     return SiteCodec(EVENT_HEADER.size + ARG_SLOT * len(site.types), unpack, converts)
 
 
-def event_site(buf: Any, off: int) -> int:
-    """The site id of the event at ``off``, before its codec is known."""
-    site: int = EVENT_SITE.unpack_from(buf, off)[0]
-    return site
-
-
 def converted(converts: tuple[Convert, ...], event: tuple[int, ...]) -> tuple[int, ...]:
     """An unpacked event with every argument through its ArgType.convert."""
     args = tuple(f(v) for f, v in zip(converts, event[EVENT_FIELDS:], strict=True))
     return (*event[:EVENT_FIELDS], *args)
-
-
-def decode(codecs: Sequence[SiteCodec], buf: Any, off: int, size: int) -> tuple[int, ...] | None:
-    """One event as (ts, site, cpu, *typed arguments), or None when it fits no
-    site (another object's, or of the wrong size).  The per-event hot path
-    (:class:`.output.Decoder`) inlines this; it is here for other readers."""
-    site = event_site(buf, off)
-    if site >= len(codecs) or codecs[site].size != size:
-        return None
-    codec = codecs[site]
-    event = codec.unpack(buf, off)
-    return event if codec.converts is None else converted(codec.converts, event)
