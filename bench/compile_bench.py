@@ -9,13 +9,15 @@ types.  Each source is compiled with `clang -O2 -g -target bpf` three ways:
 - `-DBPF_SDT_DISABLE` (the same file without probes: the reference),
 - `-DBPF_SDT_STRICT` (the RFC's own encoding; at most 5 arguments, so the
   5-argument family only),
+- the floor: bench/run.py's header whose probes are only an empty asm with
+  the converted values as "ri" operands and one NOP (no checks, no notes),
 - with `--reference-header-dir`, with probes again under another header
   (a previous version: the change's own ratio),
 
 interleaved, `--runs` times, and the median CPU time (user + system of the
 child, so other load on the machine counts less than in wall time) is
-reported with the ratios and the growth exponent between the smallest and
-the largest count (1.0 is linear).
+reported with the ratio of the probes to each other mode and the growth
+exponent between the smallest and the largest count (1.0 is linear).
 
     .venv/bin/python bench/compile_bench.py [--counts 250,1000,4000] [--runs 3] [--clang clang-19]
         [--header-dir DIR] [--reference-header-dir DIR]
@@ -35,6 +37,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import floor_header  # noqa: E402
+
 HEADER_DIR = REPO / "headers"
 SITES_PER_FUNCTION = 100
 DEFAULT_COUNTS = (250, 1000, 4000)
@@ -44,9 +49,11 @@ DEFAULT_RUNS = 3
 TYPES = ("__u32", "int", "long", "const void *", "__u16", "__u64", "_Bool")
 INT_EXPRS = ("c->a", "c->b + i", "c->e", "c->f", "c->e * 3 + i", "c->a > i", "i")
 PTR_EXPRS = ("(const void *)c", "(const void *)&c->f")
-FAMILIES = {7: ("probes", "disabled"), 5: ("probes", "strict", "disabled")}
-MODE_FLAGS = {"probes": [], "disabled": ["-DBPF_SDT_DISABLE"], "strict": ["-DBPF_SDT_STRICT"], "reference": []}
+FAMILIES = {7: ("probes", "floor", "disabled"), 5: ("probes", "strict", "floor", "disabled")}
+MODE_FLAGS = {"probes": [], "disabled": ["-DBPF_SDT_DISABLE"], "strict": ["-DBPF_SDT_STRICT"], "floor": [],
+              "reference": []}
 REFERENCE = "reference"     # probes with --reference-header-dir's header (a previous version)
+FLOOR = "floor"             # bench/run.py's floor header, included before the real one
 
 
 def source(sites: int, nargs: int) -> str:
@@ -80,13 +87,22 @@ def cpu_seconds(cmd: list[str]) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def include_dirs(mode: str, header_dir: Path, reference: Path | None, floor: Path) -> list[str]:
+    """-I options of one mode: the floor's header wraps the real one (#include_next)."""
+    if mode == REFERENCE and reference is not None:
+        return [f"-I{reference}"]
+    if mode == FLOOR:
+        return [f"-I{floor}", f"-I{header_dir}"]
+    return [f"-I{header_dir}"]
+
+
 def measure(clang: str, src: Path, modes: tuple[str, ...], runs: int, header_dir: Path,
-            reference: Path | None) -> dict[str, float]:
+            reference: Path | None, floor: Path) -> dict[str, float]:
     times: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(runs):                   # interleaved: load changes hit every mode alike
         for m in modes:
-            header = reference if m == REFERENCE and reference is not None else header_dir
-            cmd = [clang, "-target", "bpf", "-O2", "-g", "-Wall", "-Wextra", "-Werror", f"-I{header}",
+            cmd = [clang, "-target", "bpf", "-O2", "-g", "-Wall", "-Wextra", "-Werror",
+                   *include_dirs(m, header_dir, reference, floor),
                    *MODE_FLAGS[m], "-c", str(src), "-o", os.devnull]
             times[m].append(cpu_seconds(cmd))
     return {m: statistics.median(t) for m, t in times.items()}
@@ -115,26 +131,21 @@ def main() -> int:
         sys.exit(f"{args.clang} not found")
     print(f"compile time, {args.clang} -O2 -g, median CPU s of {args.runs} interleaved runs")
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-compile-bench-") as tmp:
+        floor = floor_header(Path(tmp))
         for nargs, family in FAMILIES.items():
             modes = family + ((REFERENCE,) if args.reference_header_dir else ())
+            others = [m for m in modes if m != "probes"]
             print(f"\n{nargs}-argument sites")
-            head = "  sites " + "".join(f"{m:>10}" for m in modes) + "   probes/disabled" + \
-                ("   probes/strict" if "strict" in modes else "") + \
-                ("   probes/reference" if REFERENCE in modes else "")
-            print(head)
+            print("  sites " + "".join(f"{m:>10}" for m in modes) + "".join(f"{'probes/' + m:>20}" for m in others))
             per_mode: dict[str, list[float]] = {m: [] for m in modes}
             for n in counts:
                 src = Path(tmp) / f"s{n}-{nargs}.bpf.c"
                 src.write_text(source(n, nargs))
-                t = measure(clang, src, modes, args.runs, args.header_dir, args.reference_header_dir)
+                t = measure(clang, src, modes, args.runs, args.header_dir, args.reference_header_dir, floor)
                 for m in modes:
                     per_mode[m].append(t[m])
                 row = f"  {n:>5} " + "".join(f"{t[m]:>10.2f}" for m in modes)
-                row += f"   {t['probes'] / t['disabled']:>15.2f}x"
-                if "strict" in t:
-                    row += f"   {t['probes'] / t['strict']:>13.2f}x"
-                if REFERENCE in t:
-                    row += f"   {t['probes'] / t[REFERENCE]:>16.2f}x"
+                row += "".join(f"{t['probes'] / t[m]:>19.2f}x" for m in others)
                 print(row, flush=True)
             if len(counts) > 1:
                 print("  growth exponent " + ", ".join(f"{m} {exponent(counts, per_mode[m]):.2f}" for m in modes))
