@@ -2,11 +2,12 @@
 (:class:`BpfObject`) and a writer (:class:`ElfImage`) for BPF relocatable
 objects.
 
-Reading: pyelftools parses and names the ELF header; the section header
-table and the flat arrays that can hold tens of thousands of records
-(symbols, relocations) are decoded in bulk with the record layouts below,
-the same ones the writer packs, since a per-record parse would dominate
-``check`` on large objects.  :class:`SymbolTable` is the one reader of the
+Reading: the ELF header, the section header table and the flat arrays
+that can hold tens of thousands of records (symbols, relocations) are decoded
+with the record layouts below, the same ones the writer packs, in bulk where
+there are many (a per-record parse would dominate ``check`` on large
+objects; pyelftools' reader, used for DWARF in :mod:`bpf_sdt.inlined`, costs
+a tenth of a second of imports before reading a byte).  :class:`SymbolTable` is the one reader of the
 symbol table.  The file is untrusted: every size and offset is checked
 against the real file length before anything is read, so a section claiming
 4 GB costs nothing, and any malformation becomes an :class:`InputError`.
@@ -33,10 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple
-
-from elftools.common.exceptions import ELFError, ELFParseError
-from elftools.elf.structs import ELFStructs
+from typing import NamedTuple
 
 from bpf_sdt.btf import Btf, parse_btf
 from bpf_sdt.errors import InputError
@@ -50,7 +48,7 @@ EI_DATA = 5
 EM_BPF = 247
 ELFCLASS64 = 2
 ELFDATA2LSB = 1
-ET_REL = 1
+ET_NONE, ET_REL, ET_EXEC, ET_DYN, ET_CORE = range(5)
 EV_CURRENT = 1
 
 SHT_PROGBITS = 1
@@ -102,17 +100,26 @@ REL = struct.Struct("<QQ")                  # Elf64_Rel
 RELA = struct.Struct("<QQq")                # Elf64_Rela
 _SH_OFFSET, _SH_SIZE = 4, 5                 # sh_offset, sh_size: their places in an SHDR record
 
-# Exceptions pyelftools (and its construct layer) raise on malformed input.
-_PARSE_ERRORS: tuple[type[BaseException], ...] = (
-    ELFError, ELFParseError, struct.error, ValueError, IndexError, KeyError,
-    UnicodeDecodeError, OverflowError, AssertionError, TypeError, AttributeError,
-)
-try:  # construct's own errors, where the installed version exposes them
-    from elftools.construct.core import ConstructError
+_ELF_TYPE_NAMES = {ET_NONE: "ET_NONE", ET_REL: "ET_REL", ET_EXEC: "ET_EXEC", ET_DYN: "ET_DYN", ET_CORE: "ET_CORE"}
 
-    _PARSE_ERRORS += (ConstructError,)
-except ImportError:  # pragma: no cover - depends on the pyelftools version
-    pass
+
+class ElfHeader(NamedTuple):
+    """Elf64_Ehdr, in :data:`EHDR`'s order."""
+
+    e_ident: bytes
+    e_type: int
+    e_machine: int
+    e_version: int
+    e_entry: int
+    e_phoff: int
+    e_shoff: int
+    e_flags: int
+    e_ehsize: int
+    e_phentsize: int
+    e_phnum: int
+    e_shentsize: int
+    e_shnum: int
+    e_shstrndx: int
 
 
 def is_reserved_index(shndx: int) -> bool:
@@ -173,11 +180,11 @@ class BpfObject:
         self.data = data
         try:
             header = self._parse_header()
-            self.e_flags: int = header["e_flags"]
+            self.e_flags: int = header.e_flags
             self.sections = self._read_sections(header)
         except InputError:
             raise
-        except _PARSE_ERRORS as e:
+        except (struct.error, ValueError, UnicodeDecodeError) as e:   # the checks above should leave none
             raise InputError(f"{path}: not a readable ELF object ({_reason(e)})") from None
         self._by_name: dict[str, Section] = {}
         for s in self.sections:
@@ -187,10 +194,9 @@ class BpfObject:
 
     # --- construction ------------------------------------------------------
 
-    def _parse_header(self) -> dict[str, Any]:
-        """The ELF header, parsed and named by pyelftools' header structure (not
-        ELFFile, which also loads DWARF support and costs a third of `check`'s
-        start-up)."""
+    def _parse_header(self) -> ElfHeader:
+        """The ELF header, decoded with :data:`EHDR` (the layout the writer
+        packs) and checked to be a little-endian 64-bit BPF relocatable object."""
         ident = self.data[:EI_NIDENT]
         if len(self.data) < EHDR.size:
             raise InputError(f"{self.path}: {len(self.data)} bytes is shorter than an ELF header")
@@ -198,26 +204,25 @@ class BpfObject:
             raise InputError(f"{self.path}: ELF class {ident[EI_CLASS]}, BPF objects are 64-bit")
         if ident[EI_DATA] != ELFDATA2LSB:
             raise InputError(f"{self.path}: big-endian BPF objects are not supported")
-        structs = ELFStructs(little_endian=True, elfclass=64)
-        structs.create_basic_structs()
-        header: dict[str, Any] = structs.Elf_Ehdr.parse(self.data)
-        if header["e_machine"] not in ("EM_BPF", EM_BPF):
-            raise InputError(f"{self.path}: not a BPF object (e_machine {header['e_machine']})")
-        if header["e_type"] != "ET_REL":
-            raise InputError(f"{self.path}: {header['e_type']}, expected a relocatable object (ET_REL)")
+        header = ElfHeader(*EHDR.unpack_from(self.data, 0))
+        if header.e_machine != EM_BPF:
+            raise InputError(f"{self.path}: not a BPF object (e_machine {header.e_machine}, BPF is {EM_BPF})")
+        if header.e_type != ET_REL:
+            kind = _ELF_TYPE_NAMES.get(header.e_type, f"e_type {header.e_type}")
+            raise InputError(f"{self.path}: {kind}, expected a relocatable object (ET_REL)")
         return header
 
-    def _read_sections(self, header: dict[str, Any]) -> list[Section]:
+    def _read_sections(self, header: ElfHeader) -> list[Section]:
         """The section header table, decoded with :data:`SHDR` (the layout the
         writer packs) and checked against the file before any section is read."""
-        shoff, shnum, shentsize = header["e_shoff"], header["e_shnum"], header["e_shentsize"]
+        shoff, shnum, shentsize = header.e_shoff, header.e_shnum, header.e_shentsize
         if shoff == 0 or shnum == 0:
             raise InputError(f"{self.path}: no section header table")
         if shentsize != SHDR.size or shoff + shnum * SHDR.size > len(self.data):
             raise InputError(f"{self.path}: section header table ({shnum} x {shentsize} bytes at "
                              f"{shoff}) runs past the end of the file ({len(self.data)} bytes)")
         headers = list(SHDR.iter_unpack(memoryview(self.data)[shoff: shoff + shnum * SHDR.size]))
-        strndx = header["e_shstrndx"]
+        strndx = header.e_shstrndx
         if not 0 < strndx < shnum:
             raise InputError(f"{self.path}: section name table index {strndx} out of range")
         names_offset, names_size = headers[strndx][_SH_OFFSET], headers[strndx][_SH_SIZE]
