@@ -193,10 +193,14 @@ def append_address_entries(img: ElfImage, section: str, rel_section: str, addral
     relocs = img.sections[rel_i].relocs
     assert relocs is not None
     data = bytearray(img.sections[sec_i].data)
+    section_symbols: dict[int, int] = {}     # thousands of entries name a few code sections
     for name, code_section, entry in entries:
         here = len(data)
+        symbol = section_symbols.get(code_section)
+        if symbol is None:
+            symbol = section_symbols[code_section] = img.section_symbol(code_section)
         img.symbols.append(SymRec(name, here, 0, (STB_LOCAL << 4) | STT_NOTYPE, 0, sec_i))
-        relocs.append(Relocation(here, R_BPF_64_ABS64, img.section_symbol(code_section), None))
+        relocs.append(Relocation(here, R_BPF_64_ABS64, symbol, None))
         data += entry
     img.sections[sec_i].data = bytes(data)
 

@@ -55,9 +55,14 @@ def ordered_sites(decoding: NotesDecoding) -> list[NoteEntry]:
     def key(e: NoteEntry) -> int:   # one int, not a tuple: up to MAX_ENTRIES keys
         return (rank[e.section.name] << _RANK_SHIFT) | (e.offset << _OFFSET_BITS) | e.entry_offset
 
-    if all(key(a) < key(b) for a, b in zip(entries, entries[1:], strict=False)):
+    keys = [key(e) for e in entries]     # once each: the check below would compute them twice
+    if all(a < b for a, b in zip(keys, keys[1:], strict=False)):
         return entries
-    return sorted(entries, key=key)
+    return [e for _, e in sorted(zip(keys, entries, strict=True), key=_first)]
+
+
+def _first(pair: tuple[int, NoteEntry]) -> int:
+    return pair[0]
 
 
 @dataclass(frozen=True, slots=True)
