@@ -660,7 +660,9 @@ def test_instrumented_objects_and_identities_are_cached_by_everything_they_depen
     assert instcache.fetch(cache_job(Options(obj, probes=("other",)), ("live_xdp",)), out) is None
     assert instcache.fetch(cache_job(Options(obj, probes=("udp_seen",), filters=("arg0 > 1",)), ("live_xdp",)),
                            out) is None
-    entry = tmp_path / "cache" / instcache.key(job)
+    where = instcache.cache_dir()
+    assert where is not None and where.parent == tmp_path / "cache"
+    entry = where / instcache.key(job)
     entry.chmod(0o770)                                              # others may write it: not read
     assert instcache.fetch(job, out) is None
     entry.chmod(0o700)
@@ -672,6 +674,10 @@ def test_instrumented_objects_and_identities_are_cached_by_everything_they_depen
     assert instcache.known_tag(obj, "live_xdp") == ("live_xdp", "xdp", "0123456789abcdef")
     obj.write_bytes(built["live_xdp"].read_bytes())                   # other bytes: unknown
     assert instcache.known_tag(obj, "live_xdp") is None
+    monkeypatch.setattr(instcache, "MAX_ENTRIES", 1)              # the least recently used go
+    other = cache_job(Options(obj, probes=("other",)), ("live_xdp",))
+    instcache.store(other, out, made[0])
+    assert instcache.fetch(other, out) == made[0] and instcache.fetch(job, out) is None
     monkeypatch.setenv("BPF_SDT_CACHE", "off")
     assert instcache.fetch(job, out) is None
 

@@ -37,6 +37,7 @@ RSS_CEILING_KB = 200 * 1024
 READY_TIMEOUT_S = 60.0
 PACKET = eth(ETH_P_IP, ipv4(udp(1000, 2000, b"robust")))
 GIB = 1 << 30
+PROC_STAT_STARTTIME = 19        # starttime's index in /proc/PID/stat after the ")" ending the name (field 22)
 
 PROGS = r"""
 #include <linux/bpf.h>
@@ -118,11 +119,13 @@ class Trace:
     thread that counts lines (or not read at all: ``read_stdout=False``)."""
 
     def __init__(self, tmp: Path, *args: str, read_stdout: bool = True,
-                 stdout: int | None = subprocess.PIPE) -> None:
+                 stdout: int | None = subprocess.PIPE, cache: str | None = None) -> None:
         self.tmpdir = tmp / f"tmpdir-{os.getpid()}-{time.monotonic_ns()}"
         self.tmpdir.mkdir()
-        self.proc = subprocess.Popen([*CLI, "trace", *args], stdout=stdout, stderr=subprocess.PIPE,
-                                     env={**_env(), "TMPDIR": str(self.tmpdir)})
+        env = {**_env(), "TMPDIR": str(self.tmpdir)}
+        if cache is not None:
+            env["BPF_SDT_CACHE"] = cache        # "off": instrument runs, whatever an earlier trace cached
+        self.proc = subprocess.Popen([*CLI, "trace", *args], stdout=stdout, stderr=subprocess.PIPE, env=env)
         self.head = bytearray()             # the first MiB of stdout
         self.out = bytearray()              # the last MiB or two
         self.err = bytearray()
@@ -408,14 +411,51 @@ def _assert_stopped(tracer: Trace, sig: int) -> None:
 def test_signal_during_instrument_kills_its_compiler_and_removes_temporaries(
         progs: Path, kernel: None, traces: list[Trace], tmp_path: Path, sig: signal.Signals) -> None:
     (tmp_path / "p.bin").write_bytes(PACKET)
-    tracer = Trace(tmp_path, str(progs), "--run", "count_xdp", "--packet", str(tmp_path / "p.bin"))
+    tracer = Trace(tmp_path, str(progs), "--run", "count_xdp", "--packet", str(tmp_path / "p.bin"), cache="off")
     traces.append(tracer)
     tracer.wait_for(lambda: any("clang" in name for _, name in descendants(tracer.proc.pid)),
                     "instrument to run clang")
-    compilers = [pid for pid, name in descendants(tracer.proc.pid) if "clang" in name]
+    compilers = [(pid, _started(pid)) for pid, name in descendants(tracer.proc.pid) if "clang" in name]
     _assert_stopped(tracer, sig)
-    for pid in compilers:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    for pid, started in compilers:
+        # the same process (pids are reused fast on a busy machine: pid_max is 32768 here), dead or a zombie
+        if started is not None and _started(pid) == started:
+            assert "zombie" in Path(f"/proc/{pid}/status").read_text(), f"clang {pid} survived"
+
+
+def _started(pid: int) -> int | None:
+    """A process's start time (clock ticks after boot), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[PROC_STAT_STARTTIME])
+
+
+@pytest.mark.kernel
+def test_a_cached_trace_runs_no_compiler_and_prints_the_same(progs: Path, kernel: None, tmp_path: Path) -> None:
+    """trace --run again on the same object and options takes the instrumented
+    object, its sites and its site table from the cache (trace/instcache.py):
+    no clang runs, and the events are the same."""
+    (tmp_path / "p.bin").write_bytes(PACKET)
+    log = tmp_path / "clang.log"
+    wrapper = tmp_path / "clang-wrapper"
+    wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec {clang(19)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    env = {**_env(), "BPF_SDT_CACHE": str(tmp_path / "cache"), "BPF_SDT_CLANG": str(wrapper)}
+    cmd = [*CLI, "trace", str(progs), "--run", "count_xdp", "--packet", str(tmp_path / "p.bin"), "--json"]
+
+    def events() -> list[object]:
+        res = run(cmd, env=env)
+        assert res.returncode == 0, res.stderr
+        return [(e["probe"], e["args"], e.get("site")) for e in json_lines(res.stdout) if "probe" in e]
+
+    first = events()
+    assert first and log.exists(), "the first trace builds the recorder with the wrapper"
+    compiled = log.read_text()
+    assert events() == first
+    assert log.read_text() == compiled, "a cached trace ran clang"
+    assert len([p for p in (tmp_path / "cache" / "instrumented").iterdir() if not p.name.startswith(".")]) == 1
 
 
 @pytest.mark.kernel

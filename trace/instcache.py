@@ -21,12 +21,16 @@ cache is trusted like bpf-sdt's own files: a cache directory or entry that
 is not the user's own, or that others may write to, is not read (it is
 created mode 0700).
 
-The directory is ``$BPF_SDT_CACHE`` (``off`` disables the cache), else
-``$XDG_CACHE_HOME/bpf-sdt/instrumented``, else ``~/.cache/bpf-sdt/instrumented``.
+The directory is ``$BPF_SDT_CACHE/instrumented`` (``BPF_SDT_CACHE=off``
+disables the cache; instrument's recorder cache is ``recorders`` beside it),
+else ``$XDG_CACHE_HOME/bpf-sdt/instrumented``, else
+``~/.cache/bpf-sdt/instrumented``.  It keeps the MAX_ENTRIES entries used
+last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -36,6 +40,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -47,6 +52,11 @@ if TYPE_CHECKING:
 
 CACHE_ENV = "BPF_SDT_CACHE"
 CACHE_OFF = "off"
+INSTRUMENTED_DIR = "instrumented"
+MAX_ENTRIES = 64                # the least recently used beyond these are removed when one is stored
+KEY_HEX = 64                    # an entry's name: a sha256
+STAGING_PREFIX = ".staging-"
+STALE_STAGING_S = 24 * 3600
 SOURCE_SUFFIXES = (".py", ".j2", ".c", ".h")
 PYCACHE = "__pycache__"
 OBJECT_NAME, SITES_NAME = "instrumented.bpf.o", "sites.json"
@@ -80,9 +90,9 @@ def cache_dir() -> Path | None:
     if chosen == CACHE_OFF:
         return None
     if chosen:
-        return Path(chosen)
+        return Path(chosen) / INSTRUMENTED_DIR      # beside the recorder cache's directory (instrument)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "bpf-sdt" / "instrumented"
+    return Path(base) / "bpf-sdt" / INSTRUMENTED_DIR
 
 
 @functools.cache
@@ -140,6 +150,7 @@ def fetch(job: Job, output: Path) -> Instrumented | None:
         found = Instrumented([(int(site_id), str(probe)) for site_id, probe in cached["shown"]],
                              [_site(s) for s in cached["sites"]])
         shutil.copyfile(entry / OBJECT_NAME, output)
+        os.utime(entry)                             # recently used: kept by _prune
     except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError):
         return None
     return found
@@ -162,15 +173,31 @@ def store(job: Job, output: Path, instrumented: Instrumented) -> None:
         return
     try:
         where.mkdir(mode=0o700, parents=True, exist_ok=True)     # read only if ours alone (_own)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=where))
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=where))
         shutil.copyfile(output, staging / OBJECT_NAME)
         (staging / SITES_NAME).write_text(sites)
         try:
             staging.rename(where / key(job))
         except OSError:                 # another trace stored the same entry first
             shutil.rmtree(staging, ignore_errors=True)
+        _prune(where)
     except OSError:
         return
+
+
+def _prune(where: Path) -> None:
+    """Removes the least recently used entries beyond MAX_ENTRIES (and
+    staging directories of traces that died storing, a day old), so that the
+    cache does not grow with every object and bpf-sdt version traced."""
+    entries, now = [], time.time()
+    for path in where.iterdir():
+        with contextlib.suppress(OSError):
+            if len(path.name) == KEY_HEX and path.is_dir():
+                entries.append((path.stat().st_mtime, path))
+            elif path.name.startswith(STAGING_PREFIX) and now - path.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(path, ignore_errors=True)
+    for _, path in sorted(entries, reverse=True)[MAX_ENTRIES:]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _encoded(value: object) -> object:
