@@ -1,0 +1,96 @@
+"""Every file's result for `lint` and `extract`: from the cache (cache.py) or
+from a parse in a sandboxed worker (worker.py, sandbox.py), after a scan that
+refuses includes of FIFOs and devices (includes.py), with the PCHs and shared
+IR clangs that files have in common (schedule.py)."""
+
+from __future__ import annotations
+
+import os
+
+from bpf_sdt.fsutil import read_regular
+
+from .cache import cache_store, load_cached
+from .files import MAX_SOURCE_BYTES
+from .parse import cindex, libclang_version
+from .plan import Plan, plan_for
+from .results import FileResult, decode
+from .worker import ParseTask, analyze_encoded, batched_ir_findings, refusal
+
+
+def analyze_files(files: list[str], build_dir: str | None, extra: list[str], jobs: int = 0,
+                  use_cache: bool = True, ir: bool = False, notes: list[str] | None = None) -> list[FileResult]:
+    """Each file's result.  With `ir`, the IR rules too; why they could not
+    run for any file is appended to `notes`."""
+    # Every input is read once, here: a FIFO, a device or a directory is one
+    # error line now, and the bytes read are the bytes hashed and parsed.
+    sources = {f: read_regular(f, MAX_SOURCE_BYTES, "source file") for f in files}
+    plan = plan_for(files, build_dir, extra, ir)
+    if plan.ir_skipped and notes is not None:
+        notes.append(plan.ir_skipped)
+    results: dict[str, FileResult] = {}
+    keys: dict[str, str] = {}
+    if use_cache:
+        results, keys = load_cached(files, plan.flags, sources, libclang_version(), plan.ir)
+    todo = list(dict.fromkeys(f for f in files if f not in results))
+    if todo:
+        results.update(_analyze_cold(todo, plan, sources, jobs, keys if use_cache else None))
+    return [results[f] for f in files]
+
+
+def _analyze_cold(todo: list[str], plan: Plan, sources: dict[str, bytes], jobs: int,
+                  keys: dict[str, str] | None) -> dict[str, FileResult]:
+    """The files the cache did not have, parsed (results stored under `keys`)."""
+    # Only cold runs pay for these imports, and they happen here, once,
+    # rather than in every child: a warm run never parses.
+    import tempfile
+
+    from . import extract, includes  # noqa: F401
+    from .sandbox import Limits, run_isolated
+    from .schedule import add_includes, finish_precompiling, ir_batches, start_precompiling
+
+    cindex()   # a broken libclang is one error here, not one per file; children inherit it loaded
+    if any(plan.ir.get(f) for f in todo):
+        import llvmlite.binding  # noqa: F401 - loaded once here, inherited by every worker
+    limits = Limits.from_env()
+    jobs = jobs or os.cpu_count() or 1
+    # Refused files (binary, an include of a FIFO or device) reach
+    # neither a parse nor a compile.
+    results: dict[str, FileResult] = {}
+    for f in todo:
+        why = refusal(f, sources[f], plan.flags[f])
+        if why:
+            results[f] = FileResult(f, unusable=why)
+    usable = [f for f in todo if f not in results]
+    with tempfile.TemporaryDirectory(prefix="bpf-sdt-pch-") as pch_dir:
+        pchs = start_precompiling(usable, plan, sources, limits, pch_dir)
+        batches = []
+        try:
+            batches = ir_batches(usable, plan, jobs, limits, pchs.ir)   # while clang writes its PCH
+            finish_precompiling(pchs, jobs, limits)
+            for b in batches:
+                if b.files[0] not in pchs.ir:     # its PCH was not written
+                    b.drop_pch()
+            batched = {f for b in batches for f in b.files}
+            for b in batches:
+                b.start()
+            tasks = [ParseTask(f, plan.flags[f], sources[f], None if f in batched else plan.ir.get(f),
+                               f in batched, pchs.ast.get(f)) for f in usable]
+            outcomes = run_isolated(tasks, analyze_encoded, jobs, limits)
+            bitcode: dict[str, bytes | Exception] = {}
+            for b in batches:
+                bitcode.update(b.collect())
+        finally:
+            for b in batches:
+                b.cancel()
+    for f, outcome in zip(usable, outcomes, strict=True):
+        r = decode(outcome.payload, path=f) if outcome.payload is not None else None
+        if r is None:
+            r = FileResult(f, unusable=f"{f}: {outcome.failure or 'the parse returned no usable result'}")
+        if f in batched:
+            batched_ir_findings(f, sources[f], r, bitcode.get(f))
+        if f in pchs.closure and r.facts is not None:
+            add_includes(r.facts, pchs.closure[f])
+        results[f] = r
+        if keys is not None:
+            cache_store(keys[f], r)
+    return results
