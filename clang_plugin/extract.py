@@ -32,9 +32,9 @@ from bpf_sdt.format import TYPE_VAR_PREFIX
 from bpf_sdt.model import Declaration, Finding, SourceSite
 
 if TYPE_CHECKING:   # a warm `lint` imports this module for its dataclasses only: no parsing machinery
-    from bpf_sdt.clang_plugin.macros import ExpandedProbe, MacroTable
-
     from bpf_sdt.argtype import ArgType, TypeKind
+
+    from .macros import ExpandedProbe, MacroTable
 
 MACRO_RE = re.compile(r"^BPF_SDT_(PROBE|DECLARE)(\d*)$")
 TOO_MANY_RE = re.compile(r"^BPF_SDT_(PROBE|DECLARE)(\d+)$")
@@ -121,7 +121,7 @@ Where = tuple[str, int, int]   # (file, line, column) of an expansion
 
 def extract(tu, path: Path, source: bytes) -> FileFacts:  # type: ignore[no-untyped-def]
     """Walk a parsed translation unit."""
-    from bpf_sdt.clang_plugin.parse import cindex
+    from .parse import cindex
 
     ci = cindex()
     K = ci.CursorKind
@@ -244,7 +244,7 @@ def _where(c) -> Where:  # type: ignore[no-untyped-def]
 
 
 def _invocation(c, source: bytes | None) -> Invocation:  # type: ignore[no-untyped-def]
-    from bpf_sdt.clang_plugin.macros import split_args
+    from .macros import split_args
 
     m = MACRO_RE.match(c.spelling)
     assert m
@@ -266,7 +266,7 @@ def _text(tokens: list, source: bytes | None) -> str:  # type: ignore[type-arg]
     if source is not None:
         start, end = tokens[0].extent.start.offset, tokens[-1].extent.end.offset
         return source[start:end].decode("utf-8", errors="replace")
-    from bpf_sdt.clang_plugin.macros import tokens_text
+    from .macros import tokens_text
 
     return tokens_text([t.spelling for t in tokens])
 
@@ -519,7 +519,7 @@ class _LazyMacros:
     @property
     def table(self) -> MacroTable:
         if self._table is None:
-            from bpf_sdt.clang_plugin.macros import MacroTable
+            from .macros import MacroTable
 
             self._table = MacroTable(*self._args)
         return self._table
@@ -637,7 +637,7 @@ def _mentioned(tu: Any, main: str, source: bytes) -> set[str]:
     """Probe names the file uses where this parse does not compile them:
     preprocessor branches not taken (libclang's skipped ranges) and macro
     definitions (a wrapper whose invocations are all in such branches)."""
-    from bpf_sdt.clang_plugin.parse import skipped_ranges
+    from .parse import skipped_ranges
 
     spans = [source[start:end] for start, end in skipped_ranges(tu, main)]
     spans += [m.group(0) for m in _DEFINE_RE.finditer(source)] if b"define" in source else []

@@ -28,10 +28,10 @@ import re
 import stat
 from dataclasses import dataclass, field
 
-from bpf_sdt.clang_plugin.files import MAX_SOURCE_BYTES, is_hazard
-
 from bpf_sdt.errors import InputError
 from bpf_sdt.fsutil import kind, read_regular
+
+from .files import MAX_SOURCE_BYTES, is_hazard
 
 # Directives that make the preprocessor open a file.  `__has_include` only
 # looks a name up, so it is no hazard.

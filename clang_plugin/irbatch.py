@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpf_sdt.clang_plugin.irlint import (
+from .irlint import (
     MAX_BITCODE_BYTES,
     IrUnavailable,
     first_error,

@@ -380,7 +380,7 @@ def ir_findings(probes: Iterable[SourceProbe], sites: list[IrSite], unit: str = 
     """SDT010, SDT011 and SDT012 at the user's lines.  A probe in a header is
     compiled once per file including it, maybe differently: its findings
     name the file `unit` whose compile they are about."""
-    from bpf_sdt.clang_plugin.lint import RULES
+    from .lint import RULES
 
     real = _Paths()
     # Debug info without columns (-gno-column-info) locates by line only.

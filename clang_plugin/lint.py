@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from bpf_sdt.clang_plugin.extract import INT, POINTER, RECORD, ArgFact, FileFacts, Invocation, SiteFacts
-
 from bpf_sdt.format import MAX_ARGS
 from bpf_sdt.model import Declaration, Finding, Severity
+
+from .extract import INT, POINTER, RECORD, ArgFact, FileFacts, Invocation, SiteFacts
 
 C_KEYWORDS = {
     "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum",

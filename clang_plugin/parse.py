@@ -21,10 +21,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from bpf_sdt.clang_plugin.files import MAX_COMPDB_BYTES
-
 from bpf_sdt.errors import InputError
 from bpf_sdt.fsutil import read_regular
+
+from .files import MAX_COMPDB_BYTES
 
 LIBCLANG_ENV = "BPF_SDT_LIBCLANG"
 # clang, clang-19, bpf-clang...: a compiler whose IR the IR rules can read

@@ -36,11 +36,11 @@ import os
 import re
 from dataclasses import dataclass
 
-from bpf_sdt.clang_plugin.files import MAX_SOURCE_BYTES
-from bpf_sdt.clang_plugin.includes import SearchPath, include_closure, resolve, search_path
-
 from bpf_sdt.errors import InputError
 from bpf_sdt.fsutil import read_regular
+
+from .files import MAX_SOURCE_BYTES
+from .includes import SearchPath, include_closure, resolve, search_path
 
 MIN_HEADER_BYTES = 512 << 10
 MIN_FILES = 3
@@ -226,7 +226,7 @@ def shared_preambles(files: list[str], sources: dict[str, bytes], flags: dict[st
 def build_ast_pch(task: tuple[str, list[str], str]) -> bytes:
     """In a sandbox worker: libclang's PCH of `header` with `flags`, saved to
     `out`.  Empty on success, else why not."""
-    from bpf_sdt.clang_plugin.parse import cindex
+    from .parse import cindex
 
     header, flags, out = task
     ci = cindex()

@@ -20,9 +20,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from bpf_sdt.clang_plugin.extract import FileFacts
-
 from bpf_sdt.model import Declaration, Finding, SourceSite
+
+from .extract import FileFacts
 
 # Part of every cache key and checked in every document: a change of layout
 # makes old entries misses.
