@@ -34,13 +34,25 @@ def _reports(paths: list[str], command: str, unusable: list[str]) -> Iterator[Ob
         yield report
 
 
+def _objects(paths: list[str], command: str, unusable: list[str], as_json: bool,
+             out: TextIO) -> Iterator[tuple[int, ObjectReport]]:
+    """(index, report) per usable object, after the JSON envelope's start."""
+    if as_json:
+        out.write('{"objects":[')
+    return enumerate(_reports(paths, command, unusable))
+
+
+def _exit_code(unusable: list[str], findings: bool) -> int:
+    if unusable:
+        return EXIT_UNUSABLE
+    return EXIT_FINDINGS if findings else EXIT_OK
+
+
 def run_check(paths: list[str], as_json: bool = False) -> int:
     unusable: list[str] = []
     errors = False
     out = sys.stdout
-    if as_json:
-        out.write('{"objects":[')
-    for n, r in enumerate(_reports(paths, "check", unusable)):
+    for n, r in _objects(paths, "check", unusable, as_json, out):
         errors = errors or r.errors > 0
         if as_json:
             out.write(("," if n else "") + json.dumps({"path": r.path, "sites": r.site_count,
@@ -50,9 +62,7 @@ def run_check(paths: list[str], as_json: bool = False) -> int:
                 out.write(f.render() + "\n")
     if as_json:
         out.write(f'],"unusable":{json.dumps(unusable)}}}\n')
-    if unusable:
-        return EXIT_UNUSABLE
-    return EXIT_FINDINGS if errors else EXIT_OK
+    return _exit_code(unusable, errors)
 
 
 def run_list(paths: list[str], as_json: bool = False) -> int:
@@ -61,9 +71,7 @@ def run_list(paths: list[str], as_json: bool = False) -> int:
     unusable: list[str] = []
     broken = False
     out = sys.stdout
-    if as_json:
-        out.write('{"objects":[')
-    for n, r in enumerate(_reports(paths, "list", unusable)):
+    for n, r in _objects(paths, "list", unusable, as_json, out):
         if as_json:
             out.write(f'{"," if n else ""}{{"path":{json.dumps(r.path)},"probes":[')
             for i, site in enumerate(r.iter_sites()):
@@ -76,9 +84,7 @@ def run_list(paths: list[str], as_json: bool = False) -> int:
             print(f"bpf-sdt list: {line}", file=sys.stderr)
     if as_json:
         out.write("]}\n")
-    if unusable:
-        return EXIT_UNUSABLE
-    return EXIT_FINDINGS if broken else EXIT_OK
+    return _exit_code(unusable, broken)
 
 
 def broken_entries(report: ObjectReport) -> list[str]:
