@@ -30,7 +30,7 @@ are easy to get wrong are all in it, once:
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -355,6 +355,21 @@ class SymbolTable:
         start, stop = self._names_start + name_off, self._names_start + self._names_len
         end = self._data.find(b"\0", start, stop)
         return self._data[start: end if end >= 0 else stop].decode("utf-8", errors="replace")
+
+    def names(self, indices: Sequence[int], name_offs: Sequence[int]) -> list[str]:
+        """:meth:`name` of many symbols at once (symbol ``indices[k]`` has its
+        name at ``name_offs[k]``): one loop with no call per name."""
+        data, first, size = self._data, self._names_start, self._names_len
+        stop = first + size
+        find = data.find
+        out = []
+        for index, name_off in zip(indices, name_offs, strict=True):
+            if name_off and name_off >= size:
+                self.name(index, name_off)        # raises the one error message
+            start = first + name_off
+            end = find(b"\0", start, stop)
+            out.append(data[start: end if end >= 0 else stop].decode("utf-8", errors="replace"))
+        return out
 
     def has_prefix(self, name_off: int, prefix: bytes) -> bool:
         start = self._names_start + name_off

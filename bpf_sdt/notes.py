@@ -67,7 +67,8 @@ RawSymbols = SymbolTable
 # bounds what a hostile file can make the decoder allocate.
 MAX_ENTRIES = 1 << 20
 
-ADDRESS_WORD_SIZE = 8
+ADDRESS_WORD = struct.Struct("<Q")    # a notes entry's first word: the NOP's offset (the REL addend)
+ADDRESS_WORD_SIZE = ADDRESS_WORD.size
 MAX_ENTRY_SIZE = ADDRESS_WORD_SIZE + INSN_SIZE * MAX_ARGS
 MAX_REGISTER = 9                # r0..r9 hold values; r10 is the frame pointer
 _ENTRY_PREFIX = ENTRY_SYMBOL_PREFIX.encode()
@@ -338,11 +339,11 @@ def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: No
         order = array("q", sorted(range(n), key=values.__getitem__))   # stable: ties keep index order
     bounds = _Boundary()
     probes: dict[str, str] = {}
-    for k in order:
-        sym = symbols.name(indices[k], name_offs[k])
+    ordered = order if isinstance(order, range) else list(order)
+    bounds.symbols = symbols.names([indices[k] for k in ordered], [name_offs[k] for k in ordered])
+    bounds.starts = array("Q", [values[k] for k in ordered])
+    for sym in bounds.symbols:
         probe = entry_symbol_probe_name(sym) or ""
-        bounds.starts.append(values[k])
-        bounds.symbols.append(sym)
         bounds.names.append(probes.setdefault(probe, probe))
     if notes.size and not n:
         out.problem(ProblemKind.BOUNDARY, 0, "notes section has no ___sdt_jt_ entry symbols, so "
@@ -433,13 +434,13 @@ class _Targets:
     def __init__(self, obj: BpfObject, symbols: SymbolTable) -> None:
         self.obj = obj
         self.symbols = symbols
-        self._cache: dict[int, tuple[Section, int, memoryview] | str] = {}
+        self.cache: dict[int, tuple[Section, int, memoryview] | str] = {}
 
     def symbol(self, index: int) -> tuple[Section, int, memoryview] | str:
         """(code section, base offset, section bytes), or why the symbol is unusable."""
-        hit = self._cache.get(index)
+        hit = self.cache.get(index)
         if hit is None:
-            hit = self._cache[index] = self._lookup(index)
+            hit = self.cache[index] = self._lookup(index)
         return hit
 
     def _lookup(self, index: int) -> tuple[Section, int, memoryview] | str:
@@ -461,10 +462,15 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: 
     rela = rel_sec.type == SHT_RELA
     raw_rels = section_view(obj, rel_sec)
     targets = _Targets(obj, symbols)
+    known_targets = targets.cache
     shared_raw: dict[bytes, bytes] = {}
     starts, names, syms = bounds.starts, bounds.names, bounds.symbols
     n = len(starts)
     entries = out.entries
+    # The loop runs once per site (up to MAX_ENTRIES): it reads the file's bytes in
+    # place (no slice objects) and finds a relocation's symbol in the cache first.
+    file = obj.data
+    notes_at = out.notes.offset if out.notes is not None else 0
     for pos, i in enumerate(valid):
         start = starts[i]
         end = starts[i + 1] if i + 1 < n else len(data)
@@ -482,19 +488,19 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: 
             out.problem(ProblemKind.RELOCATION_TYPE, start, f"relocation type {rtype}, want "
                         "R_BPF_64_ABS64 (2)", start)
             continue
-        info = targets.symbol(rsym)
+        info = known_targets.get(rsym) or targets.symbol(rsym)
         if isinstance(info, str):
             out.problem(ProblemKind.RELOCATION_SYMBOL, start, info, start)
             continue
         sec, base, code = info
-        word = int.from_bytes(data[start: start + ADDRESS_WORD_SIZE], "little")
+        word = ADDRESS_WORD.unpack_from(data, start)[0]
         addend = rec[2] if rela else word
         target = base + addend
         if not (target >= 0 and target % INSN_SIZE == 0 and target + INSN_SIZE <= sec.size
-                and code[target: target + INSN_SIZE] == NOP_INSN):
+                and len(code) == sec.size and file.startswith(NOP_INSN, sec.offset + target)):
             _explain(out, start, sec, base, word, addend, target, not rela, code)
             continue
-        body = bytes(data[start + ADDRESS_WORD_SIZE: end])
+        body = bytes(file[notes_at + start + ADDRESS_WORD_SIZE: notes_at + end])   # no copy of a bytes slice
         args, errors = decode_args(body)
         if errors:
             for index, err in errors:
