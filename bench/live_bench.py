@@ -53,6 +53,7 @@ CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 SWAPPED = b"swapped to the instrumented copy"
 TIMEOUT_S = 300.0
 TARGET_RATIO = 1.5
+NO_BYTECODE_ENV = "PYTHONDONTWRITEBYTECODE"
 DEFAULT_RULES, DEFAULT_FORKS = 100, 7
 ETH_LEN = 14
 HEADER_BYTES = 64               # the rules look at the first bytes after the Ethernet header
@@ -154,6 +155,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-live-bench-") as tmp, VethPair() as net:
         os.environ["BPF_SDT_CACHE"] = str(Path(tmp) / "cache")    # empty: the first trial instruments
+        # Python's bytecode cache, as an installed package has it (build's instrument
+        # writes it): without it every trace compiles the modules it imports again
+        os.environ.pop(NO_BYTECODE_ENV, None)
         obj, inst = build(Path(tmp), args.rules, args.forks)
         sh(["nsenter", f"--net=/run/netns/{net.receiver.netns}", "ip", "link", "set", "dev", net.receiver.iface,
             "xdp", "obj", str(obj), "sec", "xdp"])
