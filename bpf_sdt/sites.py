@@ -55,14 +55,13 @@ def ordered_sites(decoding: NotesDecoding) -> list[NoteEntry]:
     def key(e: NoteEntry) -> int:   # one int, not a tuple: up to MAX_ENTRIES keys
         return (rank[e.section.name] << _RANK_SHIFT) | (e.offset << _OFFSET_BITS) | e.entry_offset
 
-    keys = [key(e) for e in entries]     # once each: the check below would compute them twice
-    if all(a < b for a, b in zip(keys, keys[1:], strict=False)):
-        return entries
-    return [e for _, e in sorted(zip(keys, entries, strict=True), key=_first)]
-
-
-def _first(pair: tuple[int, NoteEntry]) -> int:
-    return pair[0]
+    previous = -1
+    for e in entries:                   # one key each, none kept: up to MAX_ENTRIES of them
+        here = key(e)
+        if here <= previous:
+            return sorted(entries, key=key)
+        previous = here
+    return entries
 
 
 @dataclass(frozen=True, slots=True)
