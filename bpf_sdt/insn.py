@@ -101,6 +101,7 @@ _IS_CALL = tuple(op & CLASS_MASK == JMP and op & OP_MASK == JMP_CALL for op in _
 _IS_EXIT = tuple(op & CLASS_MASK == JMP and op & OP_MASK == JMP_EXIT for op in _OPS)
 _IS_BRANCH = tuple(_IS_JMP_CLASS[op] and op & OP_MASK not in (JMP_CALL, JMP_EXIT) for op in _OPS)
 _IS_UNCONDITIONAL = tuple(_IS_BRANCH[op] and op & OP_MASK == JMP_JA for op in _OPS)
+_MAY_REFER = tuple(_IS_BRANCH[op] or _IS_CALL[op] for op in _OPS)   # may hold a relative target
 _IS_GOTOL = tuple(op & CLASS_MASK == JMP32 and op & OP_MASK == JMP_JA for op in _OPS)
 
 
@@ -343,23 +344,24 @@ def decode_section(index: int, name: str, data: bytes, relocs: Iterable[Relocati
     if len(data) % INSN_SIZE:
         raise InputError(f"{name}: {len(data)} bytes is not a whole number of instructions")
     sec = CodeSection(index, name, orig_size=len(data))
-    by_slot: dict[int, Insn] = {}
     raw = list(INSN.iter_unpack(data))
-    slot = 0
-    while slot < len(raw):
-        op, regs, off, imm = raw[slot]
-        insn = Insn(op, regs & DST_MASK, regs >> SRC_SHIFT, off, imm, orig=slot * INSN_SIZE)
-        if op == LD_IMM64:
-            if slot + 1 >= len(raw):
-                raise InputError(f"{name}+{slot * INSN_SIZE:#x}: ld_imm64 cut off by the section end")
-            second = raw[slot + 1]
-            if second[0] or second[1] or second[2]:
-                raise InputError(f"{name}+{slot * INSN_SIZE:#x}: malformed second half of ld_imm64")
-            insn.imm_hi = second[3]
-        by_slot[slot] = insn
-        sec.insns.append(insn)
-        slot += insn.slots
-    by_slot[slot] = sec.end
+    # ld_imm64 is the one instruction of two slots; its second half is no instruction.
+    # A second half has opcode 0, so every LD_IMM64 opcode byte starts one (else the
+    # object is malformed, which the check of the half before it reports).
+    wide = [s for s, rec in enumerate(raw) if rec[0] == LD_IMM64]
+    for s in wide:
+        if s + 1 >= len(raw):
+            raise InputError(f"{name}+{s * INSN_SIZE:#x}: ld_imm64 cut off by the section end")
+        second = raw[s + 1]
+        if second[0] or second[1] or second[2]:
+            raise InputError(f"{name}+{s * INSN_SIZE:#x}: malformed second half of ld_imm64")
+    halves = {s + 1 for s in wide}
+    sec.insns = [Insn(op, regs & DST_MASK, regs >> SRC_SHIFT, off, imm, orig=s * INSN_SIZE)
+                 for s, (op, regs, off, imm) in enumerate(raw) if s not in halves]
+    by_slot: dict[int, Insn] = {insn.orig // INSN_SIZE: insn for insn in sec.insns}
+    for s in wide:
+        by_slot[s].imm_hi = raw[s + 1][3]
+    by_slot[len(raw)] = sec.end
     for r in relocs:
         patched = by_slot.get(r.offset // INSN_SIZE) if r.offset % INSN_SIZE == 0 else None
         if patched is None or patched is sec.end:
@@ -367,9 +369,10 @@ def decode_section(index: int, name: str, data: bytes, relocs: Iterable[Relocati
         if patched.reloc is not None:
             raise InputError(f"{name}+{r.offset:#x}: two relocations on one instruction")
         patched.reloc = InsnReloc(r.type, r.symbol, r.addend)
-    for s, insn in list(by_slot.items()):
-        if insn is sec.end:
-            continue
+    for insn in sec.insns:
+        if not _MAY_REFER[insn.op & OPCODE_BYTE]:
+            continue                  # the common case, told by the opcode alone
+        s = insn.orig // INSN_SIZE
         rel_target = _relative_target(insn)
         if rel_target is None:
             continue

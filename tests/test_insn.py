@@ -18,6 +18,7 @@ from toolchain import clang, compile_bpf, objdump, run
 
 from bpf_sdt import format as fmt
 from bpf_sdt.elf import load_object
+from bpf_sdt.errors import InputError
 from bpf_sdt.insn import (
     ALU,
     ALU64,
@@ -63,6 +64,7 @@ from bpf_sdt.insn import (
     MODE_MEMSX,
     MOV64_K,
     MOV64_X,
+    R1,
     R10,
     SIZE_B,
     SIZE_DW,
@@ -73,8 +75,10 @@ from bpf_sdt.insn import (
     SRC_X,
     ST,
     STX,
+    U32_MAX,
     Insn,
     decode_section,
+    ld_imm64,
 )
 
 # Every operation the opcode names cover, in C that clang cannot fold away
@@ -298,3 +302,29 @@ def test_format_argument_opcodes_are_the_named_ones() -> None:
     assert {LDX | MODE_MEM | size: n for n, size in SIZE_OF_BYTES.items()} == fmt.OP_LDX
     assert fmt.FRAME_REG == R10
     assert {SIZE_B, SIZE_H, SIZE_W, SIZE_DW} == set(SIZE_OF_BYTES.values())
+
+
+def _code(*insns: Insn) -> bytes:
+    return b"".join(i.encode() for i in insns)
+
+
+def test_ld_imm64_halves_and_hostile_code_sections() -> None:
+    """The 16-byte ld_imm64 decodes as one instruction wherever it stands; a
+    cut-off or malformed one, or a jump into its second half, is an
+    InputError naming the place."""
+    wide = ld_imm64(R1, 0x1122334455667788)
+    code = decode_section(1, "xdp", _code(wide, Insn(JMP | JMP_EXIT), wide, Insn(JMP | JMP_EXIT)))
+    assert [(i.op, i.orig) for i in code.insns] == [(LD_IMM64, 0), (JMP | JMP_EXIT, 16), (LD_IMM64, 24),
+                                                    (JMP | JMP_EXIT, 40)]
+    assert [(i.imm & U32_MAX) | (i.imm_hi & U32_MAX) << 32 for i in code.insns if i.op == LD_IMM64] == \
+        [0x1122334455667788] * 2
+    assert code.layout()[id(code.end)] == 48
+    with pytest.raises(InputError, match=r"xdp\+0x8: ld_imm64 cut off by the section end"):
+        decode_section(1, "xdp", _code(Insn(JMP | JMP_EXIT)) + wide.encode()[:INSN_SIZE])
+    with pytest.raises(InputError, match=r"xdp\+0x0: malformed second half of ld_imm64"):
+        decode_section(1, "xdp", wide.encode()[:INSN_SIZE] + Insn(JMP | JMP_EXIT).encode())
+    with pytest.raises(InputError, match=r"xdp\+0x0: malformed second half of ld_imm64"):
+        decode_section(1, "xdp", wide.encode()[:INSN_SIZE] * 2 + bytes(INSN_SIZE))
+    into_half = Insn(JMP | JMP_JA, off=1)          # goto +1: the second half of the ld_imm64 after it
+    with pytest.raises(InputError, match=r"xdp\+0x0: jump to 0x10, which is not an instruction"):
+        decode_section(1, "xdp", _code(into_half, wide, Insn(JMP | JMP_EXIT)))
