@@ -24,7 +24,9 @@ cache survives header edits during a session).  The units are what `link`
 links; their link (by the previous tree, else now's) is the N-site object
 every other row reads.  Objects are cached in --object-cache (`--only
 objects` just builds them), keyed by source, header and compiler; the 1M
-units cost about 12 CPU minutes to build once.  Straight-line sites keep
+units and their link cost about 12 CPU minutes once (22 minutes of wall time
+the first time here, on a shared and busy machine), so build them with
+`--only objects` before a timed run.  Straight-line sites keep
 that affordable (a site under its own condition compiles 2.7x slower) but
 are cheap for the verifier too: the kernel-load reference is smaller here
 than on branchy programs, so instrument's ratio to it is the harder one.
