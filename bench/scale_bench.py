@@ -216,7 +216,7 @@ def run_bounded(cmd: Sequence[str], limits: Limits, env: dict[str, str] | None =
             err.seek(0)
             text = err.read().decode(errors="replace")
             why = "over the memory limit" if "MemoryError" in text or "Cannot allocate" in text else \
-                f"exit {proc.returncode}: {_last_line(text)}"
+                f"exit {proc.returncode} (RLIMIT_AS {limits.memory // MIB} MB): {_last_line(text)}"
             return Run(failure=why)
         return Run(wall, usage.ru_maxrss * KIB, first_event=first)
 
@@ -856,7 +856,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         report += bench.trace() + [""]
     report += ["commands (OBJ: the N-site object, UNITS: its units, .stripped: notes removed; $TMP: the bench's "
                "temporary directory):", *(f"  {name}: {cmd}" for name, cmd in bench.commands.items()),
-               f"bench time {time.monotonic() - started:.0f} s"]
+               f"bench time {time.monotonic() - started:.0f} s; load average at the end "
+               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"]
     text = "\n".join(report)
     print("\n" + text)
     if args.report:
