@@ -47,8 +47,9 @@ Rows (all commands are printed with the table):
               <= 1.5x (check) and 2x (list) the time, <= 2x the peak RSS.
   compile     bench/compile_bench.py's source() and measure() (median CPU
               seconds of clang -O2 -g): probes against -DBPF_SDT_DISABLE,
-              the RFC's encoding (-DBPF_SDT_STRICT, 5-argument sites) and the
-              previous tree's header.  Targets: <= 2x disabled, <= strict.
+              the RFC's encoding (-DBPF_SDT_STRICT, 5-argument sites), the
+              floor (bench/run.py's empty-asm header) and the previous
+              tree's header.  Targets: <= 2x disabled, <= strict.
   trace       start-up: command start to the first event line of `trace
               xdp_parser.bpf.o --run xdp_parse --packet P --repeat 1 --json`
               with the instrumented-object cache warm (one untimed run
@@ -98,6 +99,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compile_bench  # noqa: E402  (its generator and measurement, reused)
+from run import floor_header  # noqa: E402  (the floor compile_bench measures against)
 
 PYTHON = sys.executable
 DEFAULT_PREVIOUS = "f90471f"
@@ -578,42 +580,46 @@ class Bench:
         clang = shutil.which(CLANG)
         assert clang
         counts = sorted(self.args.compile_counts)
-        lines = [f"compile: bench/compile_bench.py's source(n, arity) and measure(), {CLANG} -O2 -g, median CPU s "
-                 f"of {COMPILE_RUNS} interleaved runs; previous = probes with {self.previous.rev}'s header"
-                 if self.previous else "compile: (no previous)"]
         header = self.now.root / "headers"
         reference = self.previous.root / "headers" if self.previous else None
-        lines.append("| arity | sites | probes | disabled | strict (RFC) | previous | probes/disabled | "
-                     "probes/strict | probes/previous | targets |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        floor = floor_header(self.tmp / "compile-floor")
+        lines = [f"compile: bench/compile_bench.py's source(n, arity) and measure(), {CLANG} -O2 -g, median CPU s "
+                 f"of {COMPILE_RUNS} interleaved runs"
+                 + (f"; previous = probes with {self.previous.rev}'s header" if self.previous else "")]
         for nargs, family in compile_bench.FAMILIES.items():
             modes = family + ((compile_bench.REFERENCE,) if reference else ())
+            names = [self.compile_mode(m) for m in modes]
+            lines += ["", f"| {nargs} args: sites | " + " | ".join(names) + " | "
+                      + " | ".join(f"probes/{m}" for m in names[1:]) + " | targets |",
+                      "|---" * (2 * len(modes) + 1) + "|"]
             series: dict[str, list[float]] = {m: [] for m in modes}
             for n in counts:
                 if self.limits.remaining() <= 0:
-                    lines.append(f"| {nargs} | {n} | skipped: over --budget |")
+                    lines.append(f"| {n:,} | skipped: over --budget |")
                     self.failed = True
                     continue
                 src = self.tmp / f"compile-{n}-{nargs}.bpf.c"
                 src.write_text(compile_bench.source(n, nargs))
-                t = compile_bench.measure(clang, src, modes, COMPILE_RUNS, header, reference)
+                t = compile_bench.measure(clang, src, modes, COMPILE_RUNS, header, reference, floor)
                 for m in modes:
                     series[m].append(t[m])
-                met = [f"<= {COMPILE_DISABLED_RATIO:.0f}x disabled: {_mark(_le(t['probes'], 2 * t['disabled']))}"]
+                met = [f"<= {COMPILE_DISABLED_RATIO:.0f}x disabled: "
+                       f"{_mark(_le(t['probes'], COMPILE_DISABLED_RATIO * t['disabled']))}"]
                 if "strict" in t:
                     met.append(f"<= strict: {_mark(_le(t['probes'], t['strict']))}")
-                ref = t.get(compile_bench.REFERENCE, math.nan)
-                lines.append(f"| {nargs} | {n:,} | {t['probes']:.2f} s | {t['disabled']:.2f} s | "
-                             f"{_s(t.get('strict', math.nan))} | {_s(ref)} | {t['probes'] / t['disabled']:.2f}x | "
-                             f"{_x(t['probes'], t.get('strict', math.nan))} | {_x(t['probes'], ref)} | "
-                             f"{'; '.join(met)} |")
+                lines.append(f"| {n:,} | " + " | ".join(_s(t[m]) for m in modes) + " | "
+                             + " | ".join(_x(t["probes"], t[m]) for m in modes[1:]) + f" | {'; '.join(met)} |")
             if len(counts) > 1 and all(len(v) == len(counts) for v in series.values()):
                 lines.append(f"growth exponent {counts[0]:,} -> {counts[-1]:,}, {nargs} args: "
-                             + ", ".join(f"{m} {compile_bench.exponent(counts, v):.2f}"
+                             + ", ".join(f"{self.compile_mode(m)} {compile_bench.exponent(counts, v):.2f}"
                                          for m, v in series.items()))
         self.commands["compile"] = (f"{CLANG} -target bpf -O2 -g -Wall -Wextra -Werror -I<tree>/headers "
-                                    "[-DBPF_SDT_DISABLE | -DBPF_SDT_STRICT] -c SRC -o /dev/null")
+                                    "[-DBPF_SDT_DISABLE | -DBPF_SDT_STRICT | -I<floor header>] -c SRC -o /dev/null")
         return lines
+
+    @staticmethod
+    def compile_mode(mode: str) -> str:
+        return {compile_bench.REFERENCE: "previous", "strict": "strict (RFC)"}.get(mode, mode)
 
     # trace start-up -----------------------------------------------------------
 
