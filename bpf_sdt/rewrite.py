@@ -128,11 +128,11 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
     """An image of ``obj`` with the edited ``code`` written in and every
     reference into it moved."""
     edits = edits or CodeEdits()
-    img = ElfImage.from_object(obj)
     moved_symbols = {sym.num: edits.moved[sym.shndx].at[sym.value] for sym in obj.symbols
                      if sym.shndx in edits.moved and sym.type != STT_SECTION
                      and sym.value in edits.moved[sym.shndx].at}
     encoded, values = encode_sections(code, obj.symbols, moved_symbols)
+    img = ElfImage.from_object(obj)     # after encoding, the peak of a rewrite: not alive during it
     changed = bool(edits.moved) or any(enc.data != obj.section_data(obj.sections[idx])
                                        for idx, enc in encoded.items())
     for idx, enc in encoded.items():

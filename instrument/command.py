@@ -295,6 +295,8 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
                         f"{'; '.join(problems[:3])}; and {len(problems) - 3} more sites")
     for idx, at in inserts.items():
         _insert_after(code[idx], at)
+    # What only placing the calls needed goes before the rewrite, whose encoding is the run's peak.
+    del program, index_of, inserts, chains, observers, reachable
     # The recorder stays global: verified once per program, not at every site.
     edits.make_static |= {name for names in plan.values() for name in names if not name.startswith(RECORDER_PREFIX)}
     img = rewrite_object(obj, code, edits)
