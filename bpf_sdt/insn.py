@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from bpf_sdt.elf import SHN_LORESERVE, SHN_UNDEF, STT_SECTION, Relocation, Symbol
 from bpf_sdt.errors import InputError
+from bpf_sdt.helpers import HELPER_IDS
 
 INSN_SIZE = 8
 INSN = struct.Struct("<BBhi")   # code, dst:4|src:4 (the register byte), off, imm
@@ -76,7 +77,7 @@ ATOMIC_CMPXCHG = 0xF0 | ATOMIC_FETCH
 LD_IMM64 = LD | SIZE_DW | MODE_IMM      # 0x18: the only 16-byte instruction
 MOV64_X = ALU64 | ALU_MOV | SRC_X       # rD = rS
 MOV64_K = ALU64 | ALU_MOV | SRC_K       # rD = imm
-HELPER_TAIL_CALL = 12
+HELPER_TAIL_CALL = HELPER_IDS["bpf_tail_call"]
 
 # The value range of an instruction's 32-bit ``imm`` (sign-extended by 64-bit
 # operations, zero-extended into a register by 32-bit ones) and of a register.

@@ -35,7 +35,7 @@ from typing import TypeVar
 
 from bpf_sdt.elf import STT_FUNC, TEXT_SECTION, Symbol
 from bpf_sdt.errors import InputError
-from bpf_sdt.helpers import HELPER_ARGS
+from bpf_sdt.helpers import HELPER_ARGS, HELPER_IDS
 from bpf_sdt.insn import (
     ARG_REGS,
     CALLER_SAVED,
@@ -65,12 +65,12 @@ T = TypeVar("T")
 # Helpers that run a callback: the argument register holding the pointer they hand it, and
 # the callback's argument register that receives it (bpf_helper_defs.h).
 CALLBACK_CTX = {
-    181: (3, 2),      # bpf_loop(nr, cb, ctx, flags) -> cb(index, ctx)
-    164: (3, 4),      # bpf_for_each_map_elem(map, cb, ctx, flags) -> cb(map, key, value, ctx)
-    180: (4, 3),      # bpf_find_vma(task, addr, cb, ctx, flags) -> cb(task, vma, ctx)
-    209: (3, 2),      # bpf_user_ringbuf_drain(map, cb, ctx, flags) -> cb(dynptr, ctx)
+    HELPER_IDS["bpf_loop"]: (3, 2),                 # bpf_loop(nr, cb, ctx, flags) -> cb(index, ctx)
+    HELPER_IDS["bpf_for_each_map_elem"]: (3, 4),    # (map, cb, ctx, flags) -> cb(map, key, value, ctx)
+    HELPER_IDS["bpf_find_vma"]: (4, 3),             # (task, addr, cb, ctx, flags) -> cb(task, vma, ctx)
+    HELPER_IDS["bpf_user_ringbuf_drain"]: (3, 2),   # (map, cb, ctx, flags) -> cb(dynptr, ctx)
 }
-HELPER_TIMER_SET_CALLBACK = 170      # bpf_timer_set_callback(timer, callback_fn)
+HELPER_TIMER_SET_CALLBACK = HELPER_IDS["bpf_timer_set_callback"]   # (timer, callback_fn)
 TIMER_CALLBACK_ARG = 2
 TAIL_CALL_STACK = 256        # a subprogram with a tail call: its callers' frames must stay below this
 MAX_CALL_FRAMES = 8          # the verifier's limit on nested calls (callbacks included)

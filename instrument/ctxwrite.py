@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bpf_sdt.helpers import HELPER_IDS
 from bpf_sdt.insn import (
     ALU64,
     ALU_ADD,
@@ -60,27 +61,28 @@ from .dataflow import Worklist
 # Helper id -> the (1-based) arguments it only reads.  Anything else a helper gets may be
 # written (bpf_probe_read_kernel's destination, bpf_skb_store_bytes's skb...).
 READ_ONLY_ARGS: dict[int, frozenset[int]] = {
-    1: frozenset({2}),             # bpf_map_lookup_elem(map, key)
-    2: frozenset({2, 3}),          # bpf_map_update_elem(map, key, value, flags)
-    3: frozenset({2}),             # bpf_map_delete_elem(map, key)
-    4: frozenset({3}),             # bpf_probe_read(dst, size, src)
-    6: frozenset({1, 3, 4, 5}),    # bpf_trace_printk(fmt, size, ...)
-    25: frozenset({1, 4}),         # bpf_perf_event_output(ctx, map, flags, data, size)
-    26: frozenset({1}),            # bpf_skb_load_bytes(skb, off, to, len)
-    28: frozenset({1, 3}),         # bpf_csum_diff(from, from_size, to, to_size, seed)
-    45: frozenset({3}),            # bpf_probe_read_str(dst, size, src)
-    87: frozenset({2}),            # bpf_map_push_elem(map, value, flags)
-    112: frozenset({3}),           # bpf_probe_read_user(dst, size, src)
-    113: frozenset({3}),           # bpf_probe_read_kernel(dst, size, src)
-    114: frozenset({3}),           # bpf_probe_read_user_str(dst, size, src)
-    115: frozenset({3}),           # bpf_probe_read_kernel_str(dst, size, src)
-    130: frozenset({2}),           # bpf_ringbuf_output(ringbuf, data, size, flags)
-    165: frozenset({3, 4}),        # bpf_snprintf(str, size, fmt, data, data_len)
-    177: frozenset({1, 3}),        # bpf_trace_vprintk(fmt, size, data, data_len)
-    189: frozenset({1}),           # bpf_xdp_load_bytes(xdp_md, off, buf, len)
+    HELPER_IDS["bpf_map_lookup_elem"]: frozenset({2}),  # (map, key)
+    HELPER_IDS["bpf_map_update_elem"]: frozenset({2, 3}),  # (map, key, value, flags)
+    HELPER_IDS["bpf_map_delete_elem"]: frozenset({2}),  # (map, key)
+    HELPER_IDS["bpf_probe_read"]: frozenset({3}),  # (dst, size, src)
+    HELPER_IDS["bpf_trace_printk"]: frozenset({1, 3, 4, 5}),  # (fmt, size, ...)
+    HELPER_IDS["bpf_perf_event_output"]: frozenset({1, 4}),  # (ctx, map, flags, data, size)
+    HELPER_IDS["bpf_skb_load_bytes"]: frozenset({1}),  # (skb, off, to, len)
+    HELPER_IDS["bpf_csum_diff"]: frozenset({1, 3}),  # (from, from_size, to, to_size, seed)
+    HELPER_IDS["bpf_probe_read_str"]: frozenset({3}),  # (dst, size, src)
+    HELPER_IDS["bpf_map_push_elem"]: frozenset({2}),  # (map, value, flags)
+    HELPER_IDS["bpf_probe_read_user"]: frozenset({3}),  # (dst, size, src)
+    HELPER_IDS["bpf_probe_read_kernel"]: frozenset({3}),  # (dst, size, src)
+    HELPER_IDS["bpf_probe_read_user_str"]: frozenset({3}),  # (dst, size, src)
+    HELPER_IDS["bpf_probe_read_kernel_str"]: frozenset({3}),  # (dst, size, src)
+    HELPER_IDS["bpf_ringbuf_output"]: frozenset({2}),  # (ringbuf, data, size, flags)
+    HELPER_IDS["bpf_snprintf"]: frozenset({3, 4}),  # (str, size, fmt, data, data_len)
+    HELPER_IDS["bpf_trace_vprintk"]: frozenset({1, 3}),  # (fmt, size, data, data_len)
+    HELPER_IDS["bpf_xdp_load_bytes"]: frozenset({1}),  # (xdp_md, off, buf, len)
 }
 # Helpers that call a function the program names, handing it a pointer it was given.
-CALLBACK_HELPERS = frozenset({164, 170, 180, 181, 209})   # for_each_map_elem, timer, find_vma, loop, user_ringbuf
+CALLBACK_HELPERS = frozenset(HELPER_IDS[name] for name in (
+    "bpf_for_each_map_elem", "bpf_timer_set_callback", "bpf_find_vma", "bpf_loop", "bpf_user_ringbuf_drain"))
 
 
 @dataclass(frozen=True)
