@@ -10,7 +10,8 @@ tree as it is.  Before it imports the command, the child wraps the notes
 decoder (``bpf_sdt.notes._decode_notes``, which only runs when the decoding
 cache misses) and ``bpf_sdt.postlink.check.analyze`` with counters per object
 path, then runs `bpf-sdt instrument IN -o OUT` through the CLI's ``main`` and
-reports its wall time and its own peak RSS (ru_maxrss; the clang and bpftool
+reports its wall time, its own CPU time (which load from other jobs on a
+shared machine disturbs less than the wall time) and its own peak RSS (ru_maxrss; the clang and bpftool
 it starts are not counted).  Runs alternate between the sides, so load on a
 shared machine falls on both alike; the fastest run and the median are shown,
 and the two outputs are compared byte for byte (the recorder's temporary
@@ -68,10 +69,11 @@ def counted_analyze(obj):
 notes._decode_notes, check.analyze = counted_decode, counted_analyze
 from bpf_sdt import cli
 
-start = time.perf_counter()
+start, cpu_start = time.perf_counter(), time.process_time()
 code = cli.main(["instrument", sys.argv[2], "-o", sys.argv[3]])
-wall = time.perf_counter() - start
-print(json.dumps({"code": code, "wall": wall, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+print(json.dumps({"code": code, "wall": wall, "cpu": cpu,
+                  "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "decodes": decodes, "checks": checks}))
 """
 
@@ -148,8 +150,8 @@ def main() -> int:
         shutil.rmtree(tmp / "src-before")
     b, a = runs["before"], runs["after"]
 
-    def fastest(rs: list[dict[str, Any]]) -> float:
-        return min(r["wall"] for r in rs)
+    def fastest(rs: list[dict[str, Any]], what: str = "wall") -> float:
+        return min(r[what] for r in rs)
 
     def peak(rs: list[dict[str, Any]]) -> float:
         return statistics.median(r["maxrss_kib"] for r in rs) / KIB_PER_MIB
@@ -159,6 +161,8 @@ def main() -> int:
     print(row("", f"before ({args.before})", "after", "after / before"))
     print("|---|---|---|---|")
     print(row("wall, fastest run (s)", f"{fastest(b):.2f}", f"{fastest(a):.2f}", f"{fastest(a) / fastest(b):.2f}x"))
+    print(row("CPU of the command's process, fastest (s)", f"{fastest(b, 'cpu'):.2f}", f"{fastest(a, 'cpu'):.2f}",
+              f"{fastest(a, 'cpu') / fastest(b, 'cpu'):.2f}x"))
     print(row("wall, median (s)", f"{statistics.median(r['wall'] for r in b):.2f}",
               f"{statistics.median(r['wall'] for r in a):.2f}", ""))
     print(row("peak RSS, median (MiB)", f"{peak(b):.0f}", f"{peak(a):.0f}", f"{peak(a) / peak(b):.2f}x"))
