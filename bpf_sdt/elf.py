@@ -277,9 +277,10 @@ class BpfObject:
         """Every symbol as a :class:`Symbol`, for the code that edits or resolves
         a handful of them; bulk readers walk :attr:`symbol_table` instead."""
         table = self.symbol_table
-        return [Symbol(i, table.name(i, name_off), value, size, info & ST_TYPE_MASK,
-                       info >> ST_BIND_SHIFT, shndx, other)
-                for i, (name_off, info, other, shndx, value, size) in enumerate(table.records())]
+        records = list(table.records())
+        names = table.names(range(len(records)), [rec[0] for rec in records])
+        return [Symbol(i, names[i], value, size, info & ST_TYPE_MASK, info >> ST_BIND_SHIFT, shndx, other)
+                for i, (_name_off, info, other, shndx, value, size) in enumerate(records)]
 
     def relocations(self, target: Section) -> tuple[Section | None, list[Relocation]]:
         """The REL/RELA section applying to ``target`` and its entries."""
