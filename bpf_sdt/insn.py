@@ -458,12 +458,9 @@ def encode_sections(sections: dict[int, CodeSection], symbols: Sequence[Symbol],
     instruction of symbols whose section was merged into another one."""
     layouts = {idx: sec.layout() for idx, sec in sections.items()}
     offsets = {idx: sec.offset_map(layouts[idx]) for idx, sec in sections.items()}
-    owner: dict[int, tuple[int, int]] = {}   # id(insn) -> (section index, byte offset)
-    for idx, sec in sections.items():
-        lay = layouts[idx]
-        for insn in sec.insns:
-            owner[id(insn)] = (idx, lay[id(insn)])
-        owner[id(sec.end)] = (idx, lay[id(sec.end)])
+    owner: dict[int, int] = {}   # id(insn) -> its section's index (every insn and end)
+    for idx, lay in layouts.items():
+        owner.update(dict.fromkeys(lay, idx))
     values = {}
     for sym in symbols:
         shndx = _symbol_section(sym)
@@ -474,31 +471,30 @@ def encode_sections(sections: dict[int, CodeSection], symbols: Sequence[Symbol],
                                  "on an instruction")
             values[sym.num] = new
     for num, insn in (moved_symbols or {}).items():
-        values[num] = owner[id(insn)][1]
+        values[num] = layouts[owner[id(insn)]][id(insn)]
     out = {}
     for idx, sec in sections.items():
         lay = layouts[idx]
-        blob = bytearray()
         relocs = []
-        for insn in sec.insns:
-            here = lay[id(insn)]
+        for insn in sec.insns:       # references first: they set the fields encoded below
             if insn.target is not None:
-                _derive_reference(insn, here, idx, owner, symbols, values, sec)
+                _derive_reference(insn, lay[id(insn)], idx, owner, layouts, symbols, values, sec)
             if insn.reloc is not None:
                 r = insn.reloc
-                relocs.append(Relocation(here, r.type, r.symbol, r.addend))
-            blob += insn.encode()
-        out[idx] = EncodedSection(bytes(blob), relocs, offsets[idx], lay)
+                relocs.append(Relocation(lay[id(insn)], r.type, r.symbol, r.addend))
+        data = b"".join([insn.encode() for insn in sec.insns])
+        out[idx] = EncodedSection(data, relocs, offsets[idx], lay)
     return out, values
 
 
-def _derive_reference(insn: Insn, here: int, sec_idx: int, owner: dict[int, tuple[int, int]],
-                      symbols: Sequence[Symbol], values: dict[int, int], sec: CodeSection) -> None:
+def _derive_reference(insn: Insn, here: int, sec_idx: int, owner: dict[int, int],
+                      layouts: dict[int, dict[int, int]], symbols: Sequence[Symbol], values: dict[int, int],
+                      sec: CodeSection) -> None:
     assert insn.target is not None
-    where = owner.get(id(insn.target))
-    if where is None:
+    t_sec = owner.get(id(insn.target))
+    if t_sec is None:
         raise InputError(f"{sec.name}+{here:#x}: refers to an instruction that was removed")
-    t_sec, t_off = where
+    t_off = layouts[t_sec][id(insn.target)]
     if insn.reloc is None:
         if t_sec != sec_idx:
             raise InputError(f"{sec.name}+{here:#x}: a relative reference cannot leave its section")
