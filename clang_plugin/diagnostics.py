@@ -12,13 +12,13 @@ from bpf_sdt.fsutil import read_regular
 from bpf_sdt.model import Finding
 
 from .files import MAX_SOURCE_BYTES
+from .header import EXPANDED_FROM_MACRO_RE
 from .lint import CompileError
 
 # Compiler errors shown per file as SDT000.
 MAX_COMPILER_ERRORS = 5
 # The line of a BPF_SDT_PROBEn/DECLAREn definition that an error came through
 # names the argument it handles: `__BPF_SDT_CHECK_ARG(name, 2, a2);`.
-_EXPANDED_FROM_OURS = re.compile(r"expanded from macro 'BPF_SDT_(?:PROBE|DECLARE)\d*'")
 _MACRO_ARGUMENT = re.compile(r"\b[at](\d+)\b")
 _MISSING_HEADER_HINT = " (pass the project's flags: -p BUILD_DIR with compile_commands.json, or -I DIR after --)"
 
@@ -73,7 +73,7 @@ def argument_of(diagnostic: Any, header_lines: _HeaderLines) -> int | None:
     diagnostic itself is at the invocation, the same for every argument).
     None when the note is missing or the line handles no single argument."""
     for note in diagnostic.children:
-        if not _EXPANDED_FROM_OURS.search(note.spelling) or note.location.file is None:
+        if not EXPANDED_FROM_MACRO_RE.search(note.spelling) or note.location.file is None:
             continue
         text = header_lines.line(note.location.file.name, note.location.line)
         numbers = set(_MACRO_ARGUMENT.findall(text.split("(", 1)[1] if "(" in text else ""))

@@ -31,23 +31,23 @@ from typing import TYPE_CHECKING, Any
 from bpf_sdt.format import TYPE_VAR_PREFIX
 from bpf_sdt.model import Declaration, Finding, SourceSite
 
+from .header import (
+    ARG_TYPEDEF_RE,
+    ARITY_MACRO_RE,
+    DECLARATION_ASSERT,
+    MACRO_RE,
+    NARGS_ASSERT_RE,
+    NARGS_RE,
+    SITE_ASSERT_RE,
+    SITE_VAR_RE,
+    UNDECLARED_RE,
+)
+
 if TYPE_CHECKING:   # a warm `lint` imports this module for its dataclasses only: no parsing machinery
     from bpf_sdt.argtype import ArgType, TypeKind
 
     from .macros import ExpandedProbe, MacroTable
 
-MACRO_RE = re.compile(r"^BPF_SDT_(PROBE|DECLARE)(\d*)$")
-TOO_MANY_RE = re.compile(r"^BPF_SDT_(PROBE|DECLARE)(\d+)$")
-TYPEDEF_RE = re.compile(r"^__bpf_sdt_(\w+)_arg(\d+)_t$")
-NARGS_RE = re.compile(r"^__bpf_sdt_(\w+)_nargs$")
-SITE_VAR_RE = re.compile(r"^__sdt_v(\d+)$")
-# The header's per-site assertions name the probe; the one checking the
-# count also names the macro ("... than BPF_SDT_PROBE3 passes").  Assertions
-# of a declaration say "declared type" and are not sites.
-SITE_ASSERT_RE = re.compile(r"^\"bpf_sdt: probe '([^']*)'")
-NARGS_ASSERT_RE = re.compile(r"BPF_SDT_PROBE(\d+) passes\"$")
-DECLARATION_ASSERT = "declared type"
-UNDECLARED_RE = re.compile(r"undeclared identifier '__bpf_sdt_\w+_nargs'")
 
 # Argument classes, as the header's static asserts see them.
 INT, POINTER, RECORD, OTHER = "int", "pointer", "record", "other"
@@ -227,7 +227,7 @@ def _probe_typedefs(cursors: list[Any]) -> dict[tuple[str, int], Any]:
     typedefs: under BPF_SDT_DISABLE the only record of the types."""
     out: dict[tuple[str, int], Any] = {}
     for c in cursors:
-        m = TYPEDEF_RE.match(c.spelling)
+        m = ARG_TYPEDEF_RE.match(c.spelling)
         if m:
             out.setdefault((m.group(1), int(m.group(2))), c.underlying_typedef_type)
     return out
@@ -649,7 +649,7 @@ def _too_many(ci, tu, main: str) -> list[tuple[str, int, int]]:  # type: ignore[
     out = []
     for t in tu.get_tokens(extent=tu.cursor.extent):
         if t.kind == ci.TokenKind.IDENTIFIER:
-            m = TOO_MANY_RE.match(t.spelling)
+            m = ARITY_MACRO_RE.match(t.spelling)
             if m and int(m.group(2)) > 12:
                 loc = t.location
                 out.append((t.spelling, loc.line, loc.column))

@@ -15,6 +15,7 @@ from bpf_sdt.format import MAX_ARGS
 from bpf_sdt.model import Declaration, Finding, Severity
 
 from .extract import INT, POINTER, RECORD, ArgFact, FileFacts, Invocation, SiteFacts
+from .header import ASSERT_REASON_RE
 
 C_KEYWORDS = {
     "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum",
@@ -24,9 +25,6 @@ C_KEYWORDS = {
     "_Generic", "_Noreturn", "_Static_assert", "_Thread_local",
 }
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Compiler errors the header raises on purpose; the rules below say the same
-# thing with a rule id, so these are not repeated as SDT000.
-OWN_ERRORS = ("bpf_sdt:", "__bpf_sdt_", "__sdt_")
 
 RULES: dict[str, tuple[Severity, str]] = {
     "SDT000": ("error", "the file does not compile"),
@@ -255,9 +253,6 @@ def _invocation_error_text(inv: Invocation, kind: str, e: CompileError) -> str:
 # The header's own _Static_assert text, after the probe and argument it names
 # (which the finding names already), and without clang's "static assertion
 # failed due to requirement '<the macro's expression>'" before it.
-_OWN_REASON = re.compile(r"bpf_sdt: probe '[^']*'(?: argument \d+)?: (.*)")
-
-
 def _own_reason(message: str) -> str:
-    m = _OWN_REASON.search(message)
+    m = ASSERT_REASON_RE.search(message)
     return m.group(1) if m else message

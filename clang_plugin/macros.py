@@ -17,12 +17,12 @@ the two by name and falls back to the AST's facts when this finds nothing).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-PROBE_MACRO_RE = re.compile(r"^BPF_SDT_PROBE(\d*)$")
+from .header import PROBE_MACRO_RE
+
 # Deeper macro nesting than this is not followed (C has no limit, real code
 # stays far below; a bound keeps a hostile file from recursing forever).
 MAX_DEPTH = 32

@@ -18,7 +18,8 @@ from bpf_sdt.model import Finding
 
 from .diagnostics import MAX_COMPILER_ERRORS, FatalError, compile_errors, does_not_compile
 from .files import MAX_SOURCE_BYTES
-from .lint import OWN_ERRORS, invocation_errors, per_file
+from .header import OWN_ERRORS
+from .lint import invocation_errors, per_file
 from .parse import cindex
 from .plan import IrTask
 from .results import FileResult, encode
