@@ -63,7 +63,10 @@ OBJECT_NAME, SITES_NAME = "instrumented.bpf.o", "sites.json"
 OWN_MODULES = "bpf_sdt."              # the only classes an entry may name
 CLASS_KEY, FIELDS_KEY, BYTES_KEY = "class", "fields", "hex"
 OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
-PACKAGES = ("bpf_sdt", "bpf_sdt.instrument", "bpf_sdt.trace")     # whose sources the output depends on
+# Whose sources the output depends on: instrument links with postlink's linker,
+# the recorder includes the headers codegen renders.
+PACKAGES = ("bpf_sdt", "bpf_sdt.instrument", "bpf_sdt.trace", "bpf_sdt.postlink", "bpf_sdt.codegen",
+            "bpf_sdt.headers")
 
 
 @dataclasses.dataclass(frozen=True)
