@@ -41,6 +41,7 @@ from typing import Any
 
 from bpf_sdt.format import ENTRY_SYMBOL_PREFIX, NOTES_SECTION
 from bpf_sdt.model import Finding
+from bpf_sdt.rules import rule_finding
 
 NOTES_PUSH = f".pushsection {NOTES_SECTION}"
 ENTRY_LABEL_RE = re.compile(re.escape(ENTRY_SYMBOL_PREFIX) + r"([A-Za-z_][A-Za-z0-9_]*):")
@@ -397,7 +398,7 @@ def ir_findings(probes: Iterable[SourceProbe], sites: list[IrSite], unit: str = 
 
     def finding(p: SourceProbe, rule: str, message: str) -> None:
         compiled = f" (compiling {unit})" if unit and real(p.file) != real(unit) else ""
-        out.append(Finding(p.file, f"{p.line}:{p.column}", RULES[rule][0], message + _via(p) + compiled, rule))
+        out.append(rule_finding(RULES, rule, p.file, f"{p.line}:{p.column}", message + _via(p) + compiled))
 
     for p in probes:
         k = key(p.file, p.line, p.column, p.name)

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, replace
 
 from bpf_sdt.format import MAX_ARGS
-from bpf_sdt.model import Declaration, Finding, Severity
+from bpf_sdt.model import Declaration, Finding
+from bpf_sdt.rules import Rule, RuleTable, rule_finding
 
 from .extract import INT, POINTER, RECORD, ArgFact, FileFacts, Invocation, SiteFacts
 from .header import ASSERT_REASON_RE
@@ -26,22 +27,22 @@ C_KEYWORDS = {
 }
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-RULES: dict[str, tuple[Severity, str]] = {
-    "SDT000": ("error", "the file does not compile"),
-    "SDT001": ("error", "probe used but not declared"),
-    "SDT002": ("error", "argument count differs from the declaration"),
-    "SDT003": ("error", "argument type not convertible to the declared type"),
-    "SDT004": ("error", "argument or declared type is a struct/union by value or wider than 8 bytes"),
-    "SDT005": ("error", "the same name declared with different prototypes, or twice in one translation unit"),
-    "SDT006": ("warning", "declared but never probed"),
-    "SDT007": ("error", "probe name is not a valid identifier, or is reserved"),
-    "SDT008": ("error", "more than 12 arguments"),
-    "SDT009": ("warning", "probe in code the compiler cannot reach"),
+RULES: RuleTable = {
+    "SDT000": Rule("error", "the file does not compile"),
+    "SDT001": Rule("error", "probe used but not declared"),
+    "SDT002": Rule("error", "argument count differs from the declaration"),
+    "SDT003": Rule("error", "argument type not convertible to the declared type"),
+    "SDT004": Rule("error", "argument or declared type is a struct/union by value or wider than 8 bytes"),
+    "SDT005": Rule("error", "the same name declared with different prototypes, or twice in one translation unit"),
+    "SDT006": Rule("warning", "declared but never probed"),
+    "SDT007": Rule("error", "probe name is not a valid identifier, or is reserved"),
+    "SDT008": Rule("error", "more than 12 arguments"),
+    "SDT009": Rule("warning", "probe in code the compiler cannot reach"),
     # From the optimized LLVM IR (irlint.py); `lint --no-ir` skips them.
-    "SDT010": ("error", "an argument is undef or poison in the optimized code"),
-    "SDT011": ("warning", "a probe invocation has no site left after optimization"),
-    "SDT012": ("note", "a probe invocation is compiled into several sites (loop unrolling, inlining)"),
-    "SDT013": ("error", "a probe site or declaration does not compile, for a reason no other rule names"),
+    "SDT010": Rule("error", "an argument is undef or poison in the optimized code"),
+    "SDT011": Rule("warning", "a probe invocation has no site left after optimization"),
+    "SDT012": Rule("note", "a probe invocation is compiled into several sites (loop unrolling, inlining)"),
+    "SDT013": Rule("error", "a probe site or declaration does not compile, for a reason no other rule names"),
 }
 IR_RULES = ("SDT010", "SDT011", "SDT012")
 
@@ -50,7 +51,7 @@ IR_RULES = ("SDT010", "SDT011", "SDT012")
 class CompileError:
     """One error the compiler reported, where it reported it.  ``argument``:
     the argument position whose part of the header's expansion it came from,
-    when the expansion tells (see commands.argument_of)."""
+    when the expansion tells (see diagnostics.argument_of)."""
 
     file: str
     line: int
@@ -60,7 +61,7 @@ class CompileError:
 
 
 def _finding(file: str, line: int, col: int, rule: str, message: str) -> Finding:
-    return Finding(file, f"{line}:{col}", RULES[rule][0], message, rule)
+    return rule_finding(RULES, rule, file, f"{line}:{col}", message)
 
 
 def per_file(facts: FileFacts) -> list[Finding]:
