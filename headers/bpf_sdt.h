@@ -190,35 +190,33 @@
 /* Any constant of a type this narrow reads back exactly from the immediate. */
 #define __BPF_SDT_NARROW(K)	(sizeof(__sdt_v##K) <= 4)
 /* x survives BPF_MOV|BPF_K's sign extension from 32 bits: x + 2^31 has no
- * bits above bit 31.  Arithmetic, not a comparison with (int)x: a string
- * literal argument compared with anything is -Wstring-compare. */
+ * bits above bit 31 (one expression for pointers and integers of either
+ * sign). */
 #define __BPF_SDT_S32_RANGE	0x80000000ULL
 #define __BPF_SDT_FITS_S32(x)							\
 	(!(((unsigned long long)(long long)(x) + __BPF_SDT_S32_RANGE) >> 32))
 #if defined(__OPTIMIZE__) && defined(__clang__)
-/* clang: whether an 8-byte argument is an immediate is decided by the front
- * end, from the argument expression converted to its declared type:
- * __builtin_choose_expr asks __builtin_constant_p in a constant context,
- * where it is folded at once (true for a literal, NULL, a numeric pointer;
- * false for anything not constant in the source and for anything with side
- * effects, which is then not evaluated).  Asked of the site's variable, as
- * before, __builtin_constant_p became llvm.is.constant, which is resolved
- * only late in the pipeline: until then every 8-byte argument carried a
- * branch, three blocks and a phi through SROA, InstCombine, GVN,
- * JumpThreading and SimplifyCFG, about half of a site's compile time
- * (docs/header.md).  An 8-byte value that becomes constant only after
- * inlining or propagation is kept in a register (never truncated; one
- * `rN = imm` in the code).  A narrow argument is an immediate whenever the
- * back end sees a constant: any constant of its type fits.  A symbol address
- * (&global, a string, (long)&global) is never a front-end number here, and
- * "n" (below) refuses it anyway. */
-#define __BPF_SDT_CONST_FITS(name, K, a)					\
-	__builtin_choose_expr(__builtin_constant_p(__BPF_SDT_FITS_S32((__BPF_SDT_VAL_T(name, K))(a))), \
-			      __BPF_SDT_FITS_S32((__BPF_SDT_VAL_T(name, K))(a)), 0)
-#define __BPF_SDT_IMM_OK(name, K, a)						\
-	(__BPF_SDT_NARROW(K) ? __builtin_constant_p(__sdt_v##K) : __BPF_SDT_CONST_FITS(name, K, a))
-#define __BPF_SDT_NEEDS_REG(name, K, a)					\
-	(!__BPF_SDT_NARROW(K) && !__BPF_SDT_CONST_FITS(name, K, a))
+/* clang: whether argument K is a constant is __builtin_constant_p, which
+ * clang lowers to llvm.is.constant and resolves only late in the pipeline
+ * (after inlining, so a constant that only inlining reveals is still seen).
+ * Until then each test is a branch: every 8-byte argument's guard (below)
+ * carries its blocks and a phi through SROA, InstCombine, GVN, JumpThreading
+ * and SimplifyCFG, which made it about half of a site's compile time.  So
+ * each argument asks once, and the guard combines its tests with `&`, not
+ * `&&`: one branch per 8-byte argument instead of three (docs/header.md,
+ * "Compile time").  A pointer is asked as a `long long` (clang folds
+ * __builtin_constant_p of any pointer to false in the front end); a numeric
+ * pointer constant folds, a symbol address does not.  An integer is asked in
+ * its own type: asking of a widened copy keeps that copy alive, and clang
+ * then reuses it for later conversions of the same value, which costs
+ * registers.  When the value is a constant, FITS_S32 of it is one too. */
+#define __BPF_SDT_IS_CONST(K)							\
+	__builtin_choose_expr(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(__sdt_v##K)), \
+			      __builtin_constant_p((long long)__sdt_v##K), __builtin_constant_p(__sdt_v##K))
+#define __BPF_SDT_IMM_OK(K)						\
+	(__BPF_SDT_IS_CONST(K) && (__BPF_SDT_NARROW(K) || __BPF_SDT_FITS_S32(__sdt_v##K)))
+#define __BPF_SDT_NEEDS_REG(K)					\
+	(!__BPF_SDT_NARROW(K) && (__BPF_SDT_IS_CONST(K) & !__BPF_SDT_FITS_S32(__sdt_v##K)))
 /* Argument K as a `long long` (a slot's immediate operand). */
 #define __BPF_SDT_AS_LL(K)	((long long)__sdt_v##K)
 #elif defined(__OPTIMIZE__)
@@ -233,15 +231,15 @@
 	__builtin_choose_expr(__BPF_SDT_IS_PTR_CLASS(__builtin_classify_type(__sdt_v##K)), \
 			      __builtin_constant_p(__sdt_n##K), __builtin_constant_p(__sdt_v##K))
 #define __BPF_SDT_FITS_IMM(K)	(__BPF_SDT_NARROW(K) || __sdt_n##K == (int)__sdt_n##K)
-#define __BPF_SDT_IMM_OK(name, K, a)						\
+#define __BPF_SDT_IMM_OK(K)						\
 	(__BPF_SDT_IS_CONST(K) && __builtin_constant_p(__BPF_SDT_FITS_IMM(K)) && \
 	 __BPF_SDT_FITS_IMM(K))
-#define __BPF_SDT_NEEDS_REG(name, K, a)					\
-	(!__BPF_SDT_NARROW(K) && __BPF_SDT_IS_CONST(K) && !__BPF_SDT_IMM_OK(name, K, a))
+#define __BPF_SDT_NEEDS_REG(K)					\
+	(!__BPF_SDT_NARROW(K) && __BPF_SDT_IS_CONST(K) && !__BPF_SDT_IMM_OK(K))
 #define __BPF_SDT_AS_LL(K)	__sdt_n##K
 #else
-#define __BPF_SDT_IMM_OK(name, K, a)	0
-#define __BPF_SDT_NEEDS_REG(name, K, a)	1
+#define __BPF_SDT_IMM_OK(K)	0
+#define __BPF_SDT_NEEDS_REG(K)	1
 #define __BPF_SDT_AS_LL(K)	((long long)__sdt_v##K)
 #endif
 #ifndef __BPF_SDT_INT_VIEW
@@ -256,8 +254,8 @@
  * asm that emits nothing (it pins the value in a register; at -O0 every
  * value gets it).  The NARROW test comes first so that for narrower types
  * the front end drops the statement altogether. */
-#define __BPF_SDT_IN_REG(name, K, a)						\
-	if (__BPF_SDT_NEEDS_REG(name, K, a))					\
+#define __BPF_SDT_IN_REG(K)						\
+	if (__BPF_SDT_NEEDS_REG(K))					\
 		__asm__("" : "+r"(__sdt_v##K))
 /* The value an operand passes: a _Bool as unsigned char (through long long:
  * the branch not chosen is still checked, and a pointer cast straight to
@@ -287,22 +285,22 @@
  * although the compiler would pass one register twice, because nothing in C
  * tells that safely (docs/header.md has the measured cases). */
 #define __BPF_SDT_REG_ARGS	10
-#define __BPF_SDT_NOT_IMM(name, K, a)	(!__BPF_SDT_IMM_OK(name, K, a))
+#define __BPF_SDT_NOT_IMM(K)	(!__BPF_SDT_IMM_OK(K))
 
 /* A stack slot of the argument's unqualified type (args 11..12 when registers run out,
  * args 6..12 under GCC), written only when the value is not an immediate
  * (otherwise the slot is left unwritten; the empty asm only tells the
  * compiler it is "initialized"). */
-#define __BPF_SDT_IN_SLOT(name, K, a)						\
+#define __BPF_SDT_IN_SLOT(name, K)						\
 	__BPF_SDT_VAL_T(name, K) __sdt_s##K __BPF_SDT_NODEBUG;		\
-	if (!__BPF_SDT_IMM_OK(name, K, a))					\
+	if (!__BPF_SDT_IMM_OK(K))					\
 		__sdt_s##K = __sdt_v##K;					\
 	else									\
 		__asm__("" : "=m"(__sdt_s##K))
-#define __BPF_SDT_SLOT_OPERANDS(name, K, a)						\
+#define __BPF_SDT_SLOT_OPERANDS(K)						\
 	[__sdt_m##K] "m"(__sdt_s##K),						\
-	[__sdt_i##K] "i"(__BPF_SDT_IMM_OK(name, K, a) ? __BPF_SDT_AS_LL(K) : 0),		\
-	[__sdt_f##K] "i"(__BPF_SDT_IMM_OK(name, K, a) ? 0 : sizeof(__sdt_s##K))
+	[__sdt_i##K] "i"(__BPF_SDT_IMM_OK(K) ? __BPF_SDT_AS_LL(K) : 0),		\
+	[__sdt_f##K] "i"(__BPF_SDT_IMM_OK(K) ? 0 : sizeof(__sdt_s##K))
 
 /* --- assembler text -------------------------------------------------------
  * clang speaks the pseudo-C dialect, bpf-gcc 12 (binutils 2.40) the normal
@@ -424,7 +422,7 @@
 	__BPF_SDT_CHECK_NARGS(name, 1);					\
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
+	__BPF_SDT_IN_REG(1);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_TAIL					\
@@ -436,7 +434,7 @@
 	__BPF_SDT_CHECK_ARG(name, 1, a1);				\
 	__BPF_SDT_VALUE(name, 1, a1);				\
 	__BPF_SDT_INT_VIEW(1);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
+	__BPF_SDT_IN_REG(1);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_TAIL					\
@@ -483,8 +481,8 @@
 	__BPF_SDT_VALUE(name, 1, a1);				\
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -500,8 +498,8 @@
 	__BPF_SDT_CHECK_ARG(name, 2, a2);				\
 	__BPF_SDT_VALUE(name, 2, a2);				\
 	__BPF_SDT_INT_VIEW(2);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -558,9 +556,9 @@
 	__BPF_SDT_VALUE(name, 2, a2);				\
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -580,9 +578,9 @@
 	__BPF_SDT_CHECK_ARG(name, 3, a3);				\
 	__BPF_SDT_VALUE(name, 3, a3);				\
 	__BPF_SDT_INT_VIEW(3);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -649,10 +647,10 @@
 	__BPF_SDT_VALUE(name, 3, a3);				\
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -676,10 +674,10 @@
 	__BPF_SDT_CHECK_ARG(name, 4, a4);				\
 	__BPF_SDT_VALUE(name, 4, a4);				\
 	__BPF_SDT_INT_VIEW(4);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -756,11 +754,11 @@
 	__BPF_SDT_VALUE(name, 4, a4);				\
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -788,11 +786,11 @@
 	__BPF_SDT_CHECK_ARG(name, 5, a5);				\
 	__BPF_SDT_VALUE(name, 5, a5);				\
 	__BPF_SDT_INT_VIEW(5);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -858,12 +856,12 @@
 	__BPF_SDT_VALUE(name, 5, a5);				\
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_REG(name, 6, a6);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_REG(6);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -895,12 +893,12 @@
 	__BPF_SDT_CHECK_ARG(name, 6, a6);				\
 	__BPF_SDT_VALUE(name, 6, a6);				\
 	__BPF_SDT_INT_VIEW(6);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_SLOT(name, 6, a6);					\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_SLOT(name, 6);					\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -909,7 +907,7 @@
 			     __BPF_SDT_ASM_REG_ARG(5)	\
 			     __BPF_SDT_ASM_SLOT_ARG(6)	\
 			     __BPF_SDT_ASM_TAIL					\
-			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(name, 6, a6));	\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(6));	\
 } while (0)
 #endif
 
@@ -973,13 +971,13 @@
 	__BPF_SDT_VALUE(name, 6, a6);				\
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_REG(name, 6, a6);				\
-	__BPF_SDT_IN_REG(name, 7, a7);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_REG(6);				\
+	__BPF_SDT_IN_REG(7);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1015,13 +1013,13 @@
 	__BPF_SDT_CHECK_ARG(name, 7, a7);				\
 	__BPF_SDT_VALUE(name, 7, a7);				\
 	__BPF_SDT_INT_VIEW(7);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_SLOT(name, 6, a6);					\
-	__BPF_SDT_IN_SLOT(name, 7, a7);					\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_SLOT(name, 6);					\
+	__BPF_SDT_IN_SLOT(name, 7);					\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1031,7 +1029,7 @@
 			     __BPF_SDT_ASM_SLOT_ARG(6)	\
 			     __BPF_SDT_ASM_SLOT_ARG(7)	\
 			     __BPF_SDT_ASM_TAIL					\
-			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(name, 6, a6), __BPF_SDT_SLOT_OPERANDS(name, 7, a7));	\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(6), __BPF_SDT_SLOT_OPERANDS(7));	\
 } while (0)
 #endif
 
@@ -1101,14 +1099,14 @@
 	__BPF_SDT_VALUE(name, 7, a7);				\
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_REG(name, 6, a6);				\
-	__BPF_SDT_IN_REG(name, 7, a7);				\
-	__BPF_SDT_IN_REG(name, 8, a8);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_REG(6);				\
+	__BPF_SDT_IN_REG(7);				\
+	__BPF_SDT_IN_REG(8);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1148,14 +1146,14 @@
 	__BPF_SDT_CHECK_ARG(name, 8, a8);				\
 	__BPF_SDT_VALUE(name, 8, a8);				\
 	__BPF_SDT_INT_VIEW(8);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_SLOT(name, 6, a6);					\
-	__BPF_SDT_IN_SLOT(name, 7, a7);					\
-	__BPF_SDT_IN_SLOT(name, 8, a8);					\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_SLOT(name, 6);					\
+	__BPF_SDT_IN_SLOT(name, 7);					\
+	__BPF_SDT_IN_SLOT(name, 8);					\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1166,7 +1164,7 @@
 			     __BPF_SDT_ASM_SLOT_ARG(7)	\
 			     __BPF_SDT_ASM_SLOT_ARG(8)	\
 			     __BPF_SDT_ASM_TAIL					\
-			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(name, 6, a6), __BPF_SDT_SLOT_OPERANDS(name, 7, a7), __BPF_SDT_SLOT_OPERANDS(name, 8, a8));	\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(6), __BPF_SDT_SLOT_OPERANDS(7), __BPF_SDT_SLOT_OPERANDS(8));	\
 } while (0)
 #endif
 
@@ -1242,15 +1240,15 @@
 	__BPF_SDT_VALUE(name, 8, a8);				\
 	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
 	__BPF_SDT_VALUE(name, 9, a9);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_REG(name, 6, a6);				\
-	__BPF_SDT_IN_REG(name, 7, a7);				\
-	__BPF_SDT_IN_REG(name, 8, a8);				\
-	__BPF_SDT_IN_REG(name, 9, a9);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_REG(6);				\
+	__BPF_SDT_IN_REG(7);				\
+	__BPF_SDT_IN_REG(8);				\
+	__BPF_SDT_IN_REG(9);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1294,15 +1292,15 @@
 	__BPF_SDT_CHECK_ARG(name, 9, a9);				\
 	__BPF_SDT_VALUE(name, 9, a9);				\
 	__BPF_SDT_INT_VIEW(9);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_SLOT(name, 6, a6);					\
-	__BPF_SDT_IN_SLOT(name, 7, a7);					\
-	__BPF_SDT_IN_SLOT(name, 8, a8);					\
-	__BPF_SDT_IN_SLOT(name, 9, a9);					\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_SLOT(name, 6);					\
+	__BPF_SDT_IN_SLOT(name, 7);					\
+	__BPF_SDT_IN_SLOT(name, 8);					\
+	__BPF_SDT_IN_SLOT(name, 9);					\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1314,7 +1312,7 @@
 			     __BPF_SDT_ASM_SLOT_ARG(8)	\
 			     __BPF_SDT_ASM_SLOT_ARG(9)	\
 			     __BPF_SDT_ASM_TAIL					\
-			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(name, 6, a6), __BPF_SDT_SLOT_OPERANDS(name, 7, a7), __BPF_SDT_SLOT_OPERANDS(name, 8, a8), __BPF_SDT_SLOT_OPERANDS(name, 9, a9));	\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(6), __BPF_SDT_SLOT_OPERANDS(7), __BPF_SDT_SLOT_OPERANDS(8), __BPF_SDT_SLOT_OPERANDS(9));	\
 } while (0)
 #endif
 
@@ -1396,16 +1394,16 @@
 	__BPF_SDT_VALUE(name, 9, a9);				\
 	__BPF_SDT_CHECK_ARG(name, 10, a10);				\
 	__BPF_SDT_VALUE(name, 10, a10);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_REG(name, 6, a6);				\
-	__BPF_SDT_IN_REG(name, 7, a7);				\
-	__BPF_SDT_IN_REG(name, 8, a8);				\
-	__BPF_SDT_IN_REG(name, 9, a9);				\
-	__BPF_SDT_IN_REG(name, 10, a10);				\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_REG(6);				\
+	__BPF_SDT_IN_REG(7);				\
+	__BPF_SDT_IN_REG(8);				\
+	__BPF_SDT_IN_REG(9);				\
+	__BPF_SDT_IN_REG(10);				\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1453,16 +1451,16 @@
 	__BPF_SDT_CHECK_ARG(name, 10, a10);				\
 	__BPF_SDT_VALUE(name, 10, a10);				\
 	__BPF_SDT_INT_VIEW(10);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_SLOT(name, 6, a6);					\
-	__BPF_SDT_IN_SLOT(name, 7, a7);					\
-	__BPF_SDT_IN_SLOT(name, 8, a8);					\
-	__BPF_SDT_IN_SLOT(name, 9, a9);					\
-	__BPF_SDT_IN_SLOT(name, 10, a10);					\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_SLOT(name, 6);					\
+	__BPF_SDT_IN_SLOT(name, 7);					\
+	__BPF_SDT_IN_SLOT(name, 8);					\
+	__BPF_SDT_IN_SLOT(name, 9);					\
+	__BPF_SDT_IN_SLOT(name, 10);					\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1475,7 +1473,7 @@
 			     __BPF_SDT_ASM_SLOT_ARG(9)	\
 			     __BPF_SDT_ASM_SLOT_ARG(10)	\
 			     __BPF_SDT_ASM_TAIL					\
-			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(name, 6, a6), __BPF_SDT_SLOT_OPERANDS(name, 7, a7), __BPF_SDT_SLOT_OPERANDS(name, 8, a8), __BPF_SDT_SLOT_OPERANDS(name, 9, a9), __BPF_SDT_SLOT_OPERANDS(name, 10, a10));	\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(6), __BPF_SDT_SLOT_OPERANDS(7), __BPF_SDT_SLOT_OPERANDS(8), __BPF_SDT_SLOT_OPERANDS(9), __BPF_SDT_SLOT_OPERANDS(10));	\
 } while (0)
 #endif
 
@@ -1563,18 +1561,18 @@
 	__BPF_SDT_VALUE(name, 10, a10);				\
 	__BPF_SDT_CHECK_ARG(name, 11, a11);				\
 	__BPF_SDT_VALUE(name, 11, a11);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_REG(name, 6, a6);				\
-	__BPF_SDT_IN_REG(name, 7, a7);				\
-	__BPF_SDT_IN_REG(name, 8, a8);				\
-	__BPF_SDT_IN_REG(name, 9, a9);				\
-	__BPF_SDT_IN_REG(name, 10, a10);				\
-	if (__BPF_SDT_NOT_IMM(name, 1, a1) + __BPF_SDT_NOT_IMM(name, 2, a2) + __BPF_SDT_NOT_IMM(name, 3, a3) + __BPF_SDT_NOT_IMM(name, 4, a4) + __BPF_SDT_NOT_IMM(name, 5, a5) + __BPF_SDT_NOT_IMM(name, 6, a6) + __BPF_SDT_NOT_IMM(name, 7, a7) + __BPF_SDT_NOT_IMM(name, 8, a8) + __BPF_SDT_NOT_IMM(name, 9, a9) + __BPF_SDT_NOT_IMM(name, 10, a10) + __BPF_SDT_NOT_IMM(name, 11, a11) <= __BPF_SDT_REG_ARGS) {	\
-		__BPF_SDT_IN_REG(name, 11, a11);			\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_REG(6);				\
+	__BPF_SDT_IN_REG(7);				\
+	__BPF_SDT_IN_REG(8);				\
+	__BPF_SDT_IN_REG(9);				\
+	__BPF_SDT_IN_REG(10);				\
+	if (__BPF_SDT_NOT_IMM(1) + __BPF_SDT_NOT_IMM(2) + __BPF_SDT_NOT_IMM(3) + __BPF_SDT_NOT_IMM(4) + __BPF_SDT_NOT_IMM(5) + __BPF_SDT_NOT_IMM(6) + __BPF_SDT_NOT_IMM(7) + __BPF_SDT_NOT_IMM(8) + __BPF_SDT_NOT_IMM(9) + __BPF_SDT_NOT_IMM(10) + __BPF_SDT_NOT_IMM(11) <= __BPF_SDT_REG_ARGS) {	\
+		__BPF_SDT_IN_REG(11);			\
 		__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 				     __BPF_SDT_ASM_REG_ARG(1)	\
 				     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1590,7 +1588,7 @@
 				     __BPF_SDT_ASM_TAIL					\
 				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_REG_OPERAND(11));	\
 	} else {								\
-		__BPF_SDT_IN_SLOT(name, 11, a11);					\
+		__BPF_SDT_IN_SLOT(name, 11);					\
 		__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 				     __BPF_SDT_ASM_REG_ARG(1)	\
 				     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1604,7 +1602,7 @@
 				     __BPF_SDT_ASM_REG_ARG_R0(10)	\
 				     __BPF_SDT_ASM_SLOT_ARG(11)	\
 				     __BPF_SDT_ASM_TAIL					\
-				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_SLOT_OPERANDS(name, 11, a11));	\
+				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_SLOT_OPERANDS(11));	\
 	}									\
 } while (0)
 #else	/* GCC cannot allocate ten asm register operands */
@@ -1643,17 +1641,17 @@
 	__BPF_SDT_CHECK_ARG(name, 11, a11);				\
 	__BPF_SDT_VALUE(name, 11, a11);				\
 	__BPF_SDT_INT_VIEW(11);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_SLOT(name, 6, a6);					\
-	__BPF_SDT_IN_SLOT(name, 7, a7);					\
-	__BPF_SDT_IN_SLOT(name, 8, a8);					\
-	__BPF_SDT_IN_SLOT(name, 9, a9);					\
-	__BPF_SDT_IN_SLOT(name, 10, a10);					\
-	__BPF_SDT_IN_SLOT(name, 11, a11);					\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_SLOT(name, 6);					\
+	__BPF_SDT_IN_SLOT(name, 7);					\
+	__BPF_SDT_IN_SLOT(name, 8);					\
+	__BPF_SDT_IN_SLOT(name, 9);					\
+	__BPF_SDT_IN_SLOT(name, 10);					\
+	__BPF_SDT_IN_SLOT(name, 11);					\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1667,7 +1665,7 @@
 			     __BPF_SDT_ASM_SLOT_ARG(10)	\
 			     __BPF_SDT_ASM_SLOT_ARG(11)	\
 			     __BPF_SDT_ASM_TAIL					\
-			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(name, 6, a6), __BPF_SDT_SLOT_OPERANDS(name, 7, a7), __BPF_SDT_SLOT_OPERANDS(name, 8, a8), __BPF_SDT_SLOT_OPERANDS(name, 9, a9), __BPF_SDT_SLOT_OPERANDS(name, 10, a10), __BPF_SDT_SLOT_OPERANDS(name, 11, a11));	\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(6), __BPF_SDT_SLOT_OPERANDS(7), __BPF_SDT_SLOT_OPERANDS(8), __BPF_SDT_SLOT_OPERANDS(9), __BPF_SDT_SLOT_OPERANDS(10), __BPF_SDT_SLOT_OPERANDS(11));	\
 } while (0)
 #endif
 
@@ -1761,19 +1759,19 @@
 	__BPF_SDT_VALUE(name, 11, a11);				\
 	__BPF_SDT_CHECK_ARG(name, 12, a12);				\
 	__BPF_SDT_VALUE(name, 12, a12);				\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_REG(name, 6, a6);				\
-	__BPF_SDT_IN_REG(name, 7, a7);				\
-	__BPF_SDT_IN_REG(name, 8, a8);				\
-	__BPF_SDT_IN_REG(name, 9, a9);				\
-	__BPF_SDT_IN_REG(name, 10, a10);				\
-	if (__BPF_SDT_NOT_IMM(name, 1, a1) + __BPF_SDT_NOT_IMM(name, 2, a2) + __BPF_SDT_NOT_IMM(name, 3, a3) + __BPF_SDT_NOT_IMM(name, 4, a4) + __BPF_SDT_NOT_IMM(name, 5, a5) + __BPF_SDT_NOT_IMM(name, 6, a6) + __BPF_SDT_NOT_IMM(name, 7, a7) + __BPF_SDT_NOT_IMM(name, 8, a8) + __BPF_SDT_NOT_IMM(name, 9, a9) + __BPF_SDT_NOT_IMM(name, 10, a10) + __BPF_SDT_NOT_IMM(name, 11, a11) + __BPF_SDT_NOT_IMM(name, 12, a12) <= __BPF_SDT_REG_ARGS) {	\
-		__BPF_SDT_IN_REG(name, 11, a11);			\
-		__BPF_SDT_IN_REG(name, 12, a12);			\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_REG(6);				\
+	__BPF_SDT_IN_REG(7);				\
+	__BPF_SDT_IN_REG(8);				\
+	__BPF_SDT_IN_REG(9);				\
+	__BPF_SDT_IN_REG(10);				\
+	if (__BPF_SDT_NOT_IMM(1) + __BPF_SDT_NOT_IMM(2) + __BPF_SDT_NOT_IMM(3) + __BPF_SDT_NOT_IMM(4) + __BPF_SDT_NOT_IMM(5) + __BPF_SDT_NOT_IMM(6) + __BPF_SDT_NOT_IMM(7) + __BPF_SDT_NOT_IMM(8) + __BPF_SDT_NOT_IMM(9) + __BPF_SDT_NOT_IMM(10) + __BPF_SDT_NOT_IMM(11) + __BPF_SDT_NOT_IMM(12) <= __BPF_SDT_REG_ARGS) {	\
+		__BPF_SDT_IN_REG(11);			\
+		__BPF_SDT_IN_REG(12);			\
 		__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 				     __BPF_SDT_ASM_REG_ARG(1)	\
 				     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1789,9 +1787,9 @@
 				     __BPF_SDT_ASM_REG_ARG_R0(12)	\
 				     __BPF_SDT_ASM_TAIL					\
 				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_REG_OPERAND(11), __BPF_SDT_REG_OPERAND(12));	\
-	} else if (__BPF_SDT_NOT_IMM(name, 1, a1) + __BPF_SDT_NOT_IMM(name, 2, a2) + __BPF_SDT_NOT_IMM(name, 3, a3) + __BPF_SDT_NOT_IMM(name, 4, a4) + __BPF_SDT_NOT_IMM(name, 5, a5) + __BPF_SDT_NOT_IMM(name, 6, a6) + __BPF_SDT_NOT_IMM(name, 7, a7) + __BPF_SDT_NOT_IMM(name, 8, a8) + __BPF_SDT_NOT_IMM(name, 9, a9) + __BPF_SDT_NOT_IMM(name, 10, a10) + __BPF_SDT_NOT_IMM(name, 11, a11) <= __BPF_SDT_REG_ARGS) {	\
-		__BPF_SDT_IN_REG(name, 11, a11);			\
-		__BPF_SDT_IN_SLOT(name, 12, a12);					\
+	} else if (__BPF_SDT_NOT_IMM(1) + __BPF_SDT_NOT_IMM(2) + __BPF_SDT_NOT_IMM(3) + __BPF_SDT_NOT_IMM(4) + __BPF_SDT_NOT_IMM(5) + __BPF_SDT_NOT_IMM(6) + __BPF_SDT_NOT_IMM(7) + __BPF_SDT_NOT_IMM(8) + __BPF_SDT_NOT_IMM(9) + __BPF_SDT_NOT_IMM(10) + __BPF_SDT_NOT_IMM(11) <= __BPF_SDT_REG_ARGS) {	\
+		__BPF_SDT_IN_REG(11);			\
+		__BPF_SDT_IN_SLOT(name, 12);					\
 		__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 				     __BPF_SDT_ASM_REG_ARG(1)	\
 				     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1806,10 +1804,10 @@
 				     __BPF_SDT_ASM_REG_ARG_R0(11)	\
 				     __BPF_SDT_ASM_SLOT_ARG(12)	\
 				     __BPF_SDT_ASM_TAIL					\
-				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_REG_OPERAND(11), __BPF_SDT_SLOT_OPERANDS(name, 12, a12));	\
+				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_REG_OPERAND(11), __BPF_SDT_SLOT_OPERANDS(12));	\
 	} else {								\
-		__BPF_SDT_IN_SLOT(name, 11, a11);					\
-		__BPF_SDT_IN_SLOT(name, 12, a12);					\
+		__BPF_SDT_IN_SLOT(name, 11);					\
+		__BPF_SDT_IN_SLOT(name, 12);					\
 		__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 				     __BPF_SDT_ASM_REG_ARG(1)	\
 				     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1824,7 +1822,7 @@
 				     __BPF_SDT_ASM_SLOT_ARG(11)	\
 				     __BPF_SDT_ASM_SLOT_ARG(12)	\
 				     __BPF_SDT_ASM_TAIL					\
-				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_SLOT_OPERANDS(name, 11, a11), __BPF_SDT_SLOT_OPERANDS(name, 12, a12));	\
+				     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_REG_OPERAND(6), __BPF_SDT_REG_OPERAND(7), __BPF_SDT_REG_OPERAND(8), __BPF_SDT_REG_OPERAND(9), __BPF_SDT_REG_OPERAND(10), __BPF_SDT_SLOT_OPERANDS(11), __BPF_SDT_SLOT_OPERANDS(12));	\
 	}									\
 } while (0)
 #else	/* GCC cannot allocate ten asm register operands */
@@ -1866,18 +1864,18 @@
 	__BPF_SDT_CHECK_ARG(name, 12, a12);				\
 	__BPF_SDT_VALUE(name, 12, a12);				\
 	__BPF_SDT_INT_VIEW(12);						\
-	__BPF_SDT_IN_REG(name, 1, a1);				\
-	__BPF_SDT_IN_REG(name, 2, a2);				\
-	__BPF_SDT_IN_REG(name, 3, a3);				\
-	__BPF_SDT_IN_REG(name, 4, a4);				\
-	__BPF_SDT_IN_REG(name, 5, a5);				\
-	__BPF_SDT_IN_SLOT(name, 6, a6);					\
-	__BPF_SDT_IN_SLOT(name, 7, a7);					\
-	__BPF_SDT_IN_SLOT(name, 8, a8);					\
-	__BPF_SDT_IN_SLOT(name, 9, a9);					\
-	__BPF_SDT_IN_SLOT(name, 10, a10);					\
-	__BPF_SDT_IN_SLOT(name, 11, a11);					\
-	__BPF_SDT_IN_SLOT(name, 12, a12);					\
+	__BPF_SDT_IN_REG(1);				\
+	__BPF_SDT_IN_REG(2);				\
+	__BPF_SDT_IN_REG(3);				\
+	__BPF_SDT_IN_REG(4);				\
+	__BPF_SDT_IN_REG(5);				\
+	__BPF_SDT_IN_SLOT(name, 6);					\
+	__BPF_SDT_IN_SLOT(name, 7);					\
+	__BPF_SDT_IN_SLOT(name, 8);					\
+	__BPF_SDT_IN_SLOT(name, 9);					\
+	__BPF_SDT_IN_SLOT(name, 10);					\
+	__BPF_SDT_IN_SLOT(name, 11);					\
+	__BPF_SDT_IN_SLOT(name, 12);					\
 	__asm__ __volatile__(__BPF_SDT_ASM_HEAD(name)				\
 			     __BPF_SDT_ASM_REG_ARG(1)	\
 			     __BPF_SDT_ASM_REG_ARG(2)	\
@@ -1892,7 +1890,7 @@
 			     __BPF_SDT_ASM_SLOT_ARG(11)	\
 			     __BPF_SDT_ASM_SLOT_ARG(12)	\
 			     __BPF_SDT_ASM_TAIL					\
-			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(name, 6, a6), __BPF_SDT_SLOT_OPERANDS(name, 7, a7), __BPF_SDT_SLOT_OPERANDS(name, 8, a8), __BPF_SDT_SLOT_OPERANDS(name, 9, a9), __BPF_SDT_SLOT_OPERANDS(name, 10, a10), __BPF_SDT_SLOT_OPERANDS(name, 11, a11), __BPF_SDT_SLOT_OPERANDS(name, 12, a12));	\
+			     : : __BPF_SDT_REG_OPERAND(1), __BPF_SDT_REG_OPERAND(2), __BPF_SDT_REG_OPERAND(3), __BPF_SDT_REG_OPERAND(4), __BPF_SDT_REG_OPERAND(5), __BPF_SDT_SLOT_OPERANDS(6), __BPF_SDT_SLOT_OPERANDS(7), __BPF_SDT_SLOT_OPERANDS(8), __BPF_SDT_SLOT_OPERANDS(9), __BPF_SDT_SLOT_OPERANDS(10), __BPF_SDT_SLOT_OPERANDS(11), __BPF_SDT_SLOT_OPERANDS(12));	\
 } while (0)
 #endif
 
