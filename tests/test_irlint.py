@@ -110,12 +110,20 @@ def no_clang_warning(f: Path, version: int, tmp_path: Path) -> None:
     assert "warning" not in res.stderr, res.stderr
 
 
-@pytest.mark.parametrize("version", REQUIRED_CLANGS)
-def test_uninitialized_struct_field_argument(version: int, tmp_path: Path) -> None:
-    f = write(tmp_path, UNINIT_FIELD)
+def the_one_finding(tmp_path: Path, text: str, version: int) -> tuple[Path, dict[str, Any],
+                                                                       subprocess.CompletedProcess[str]]:
+    """`text` written out, checked to be a case no clang warning reports,
+    and the single finding `lint --format json` has on it."""
+    f = write(tmp_path, text)
     no_clang_warning(f, version, tmp_path)
     res = lint("--no-cache", "--format", "json", str(f), env=ir_env(version))
     (hit,) = findings(res)
+    return f, hit, res
+
+
+@pytest.mark.parametrize("version", REQUIRED_CLANGS)
+def test_uninitialized_struct_field_argument(version: int, tmp_path: Path) -> None:
+    f, hit, res = the_one_finding(tmp_path, UNINIT_FIELD, version)
     assert (hit["rule"], hit["severity"], hit["where"]) == ("SDT010", "error", f"{line_of(UNINIT_FIELD, '@pk')}:2")
     assert "argument 2 ('p.proto') is undef" in hit["message"]
     assert res.returncode == 1 and res.stderr == ""
@@ -125,10 +133,7 @@ def test_uninitialized_struct_field_argument(version: int, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("version", REQUIRED_CLANGS)
 def test_probe_dead_only_after_inlining(version: int, tmp_path: Path) -> None:
-    f = write(tmp_path, DEAD_AFTER_INLINING)
-    no_clang_warning(f, version, tmp_path)
-    res = lint("--no-cache", "--format", "json", str(f), env=ir_env(version))
-    (hit,) = findings(res)
+    f, hit, res = the_one_finding(tmp_path, DEAD_AFTER_INLINING, version)
     assert (hit["rule"], hit["severity"]) == ("SDT011", "warning")
     assert hit["where"] == f"{line_of(DEAD_AFTER_INLINING, '@maybe')}:3" and "'maybe'" in hit["message"]
     assert res.returncode == 0
