@@ -29,6 +29,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from bpf_sdt.elf import SHN_LORESERVE, SHN_UNDEF, STT_SECTION, Relocation, Symbol
 from bpf_sdt.errors import InputError
@@ -40,6 +41,8 @@ DST_MASK = 0x0F                 # the register byte: dst in the low nibble, src 
 SRC_SHIFT = 4
 MAX_STACK = 512          # MAX_BPF_STACK: the verifier refuses any stack access below r10 - 512
 STACK_SLOT = 8           # bytes of a stack slot (a register spill; the frame's alignment)
+
+T = TypeVar("T")
 
 # --- opcode fields (include/uapi/linux/bpf.h, bpf_common.h) ------------------
 #
@@ -103,18 +106,19 @@ _IS_EXIT = tuple(op & CLASS_MASK == JMP and op & OP_MASK == JMP_EXIT for op in _
 _IS_BRANCH = tuple(_IS_JMP_CLASS[op] and op & OP_MASK not in (JMP_CALL, JMP_EXIT) for op in _OPS)
 _IS_UNCONDITIONAL = tuple(_IS_BRANCH[op] and op & OP_MASK == JMP_JA for op in _OPS)
 _MAY_REFER = tuple(_IS_BRANCH[op] or _IS_CALL[op] for op in _OPS)   # may hold a relative target
+_SLOTS = tuple(2 if op == LD_IMM64 else 1 for op in _OPS)
 _IS_GOTOL = tuple(op & CLASS_MASK == JMP32 and op & OP_MASK == JMP_JA for op in _OPS)
 
 
-class _OpcodeTest:
-    """A read-only ``bool`` attribute of an instruction that depends on its
-    opcode alone, answered from a table indexed by the opcode byte."""
+class _ByOpcode(Generic[T]):
+    """A read-only attribute of an instruction that depends on its opcode
+    alone, answered from a table indexed by the opcode byte."""
 
-    def __init__(self, table: tuple[bool, ...], doc: str) -> None:
+    def __init__(self, table: tuple[T, ...], doc: str) -> None:
         self.table = table
         self.__doc__ = doc
 
-    def __get__(self, insn: Insn, owner: object = None) -> bool:
+    def __get__(self, insn: Insn, owner: object = None) -> T:
         return self.table[insn.op & OPCODE_BYTE]
 
 
@@ -141,18 +145,15 @@ class Insn:
     def cls(self) -> int:
         return self.op & CLASS_MASK
 
-    @property
-    def slots(self) -> int:
-        """8-byte slots: 2 for ld_imm64, 1 for everything else."""
-        return 2 if self.op == LD_IMM64 else 1
+    slots = _ByOpcode(_SLOTS, "8-byte slots: 2 for ld_imm64, 1 for everything else.")
 
-    is_jmp_class = _OpcodeTest(_IS_JMP_CLASS, "JMP or JMP32.")
-    is_call = _OpcodeTest(_IS_CALL, "A call of any kind (helper, BPF-to-BPF, kfunc).")
-    is_exit = _OpcodeTest(_IS_EXIT, "``exit``.")
-    is_branch = _OpcodeTest(_IS_BRANCH, "A jump whose target is relative to it (everything in the "
+    is_jmp_class = _ByOpcode(_IS_JMP_CLASS, "JMP or JMP32.")
+    is_call = _ByOpcode(_IS_CALL, "A call of any kind (helper, BPF-to-BPF, kfunc).")
+    is_exit = _ByOpcode(_IS_EXIT, "``exit``.")
+    is_branch = _ByOpcode(_IS_BRANCH, "A jump whose target is relative to it (everything in the "
                             "JMP classes but call and exit).")
-    is_unconditional = _OpcodeTest(_IS_UNCONDITIONAL, "``goto`` or ``gotol``.")
-    is_gotol = _OpcodeTest(_IS_GOTOL, "JMP32|JA keeps its (32-bit) offset in imm, not off.")
+    is_unconditional = _ByOpcode(_IS_UNCONDITIONAL, "``goto`` or ``gotol``.")
+    is_gotol = _ByOpcode(_IS_GOTOL, "JMP32|JA keeps its (32-bit) offset in imm, not off.")
 
     @property
     def is_pseudo_call(self) -> bool:
