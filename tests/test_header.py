@@ -613,3 +613,29 @@ def test_qualified_types_load_and_run_in_the_kernel(compiler: str, tmp_path: Pat
     (site,) = analyze(load_object(obj)).sites
     assert len(site.args) == 12
     assert _kernel_test_run(obj, tmp_path) == 0
+
+
+# --- compile cost: what a site leaves for the optimizer (issue 22) -------------
+
+# One site per argument kind: 8-byte integer, pointer, 4-, 2- and 1-byte integer.
+GUARD_SRC = """#include <bpf_sdt.h>
+BPF_SDT_DECLARE5(g5, long, const void *, int, unsigned short, _Bool);
+int f(long *c) { BPF_SDT_PROBE5(g5, c[1], (const void *)c, (int)c[2], (unsigned short)c[3], c[4] > 0); return 0; }
+"""
+WIDE_ARGS = 2   # long and const void *: the only ones a constant could overflow s32 in
+
+
+@pytest.mark.parametrize("version", [14, 19])
+def test_site_leaves_one_constant_test_per_wide_argument(version: int, tmp_path: Path) -> None:
+    """Each llvm.is.constant is a branch that stays until late in the pipeline
+    (docs/header.md, "Compile time"): the header asks once per 8-byte argument
+    and never for one of 4 bytes or less, in the IR as clang emits it."""
+    src = tmp_path / "guard.c"
+    src.write_text(GUARD_SRC)
+    res = run([clang(version), "-target", "bpf", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{HEADER_DIR}",
+               "-S", "-emit-llvm", "-Xclang", "-disable-llvm-passes", "-o", "-", str(src)])
+    assert res.returncode == 0, res.stderr
+    body = res.stdout[res.stdout.index("define "):]
+    body = body[:body.index("\n}\n")]
+    assert len(re.findall(r"call i1 @llvm\.is\.constant", body)) == WIDE_ARGS, body
+    assert len(re.findall(r"\bbr i1\b", body)) == WIDE_ARGS, body
