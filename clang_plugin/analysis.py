@@ -6,6 +6,7 @@ IR clangs that files have in common (schedule.py)."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from bpf_sdt.fsutil import read_regular
 
@@ -13,8 +14,13 @@ from .cache import cache_store, load_cached
 from .files import MAX_SOURCE_BYTES
 from .parse import cindex, libclang_version
 from .plan import Plan, plan_for
-from .results import FileResult, decode
+from .results import FileResult, decode, encode
 from .worker import ParseTask, analyze_encoded, batched_ir_findings, refusal
+
+if TYPE_CHECKING:   # loaded only by a cold run
+    from .sandbox import Limits
+
+IR_READ_FAILED = "IR checks skipped: llvmlite could not read the bitcode (its LLVM ended the worker reading it)"
 
 
 def analyze_files(files: list[str], build_dir: str | None, extra: list[str], jobs: int = 0,
@@ -86,11 +92,37 @@ def _analyze_cold(todo: list[str], plan: Plan, sources: dict[str, bytes], jobs: 
         r = decode(outcome.payload, path=f) if outcome.payload is not None else None
         if r is None:
             r = FileResult(f, unusable=f"{f}: {outcome.failure or 'the parse returned no usable result'}")
-        if f in batched:
-            batched_ir_findings(f, sources[f], r, bitcode.get(f))
         if f in pchs.closure and r.facts is not None:
             add_includes(r.facts, pchs.closure[f])
         results[f] = r
-        if keys is not None:
-            cache_store(keys[f], r)
+    _batched_ir(results, [f for f in usable if f in batched], sources, bitcode, jobs, limits)
+    if keys is not None:
+        for f in usable:
+            cache_store(keys[f], results[f])
     return results
+
+
+def _batched_ir(results: dict[str, FileResult], files: list[str], sources: dict[str, bytes],
+                bitcode: dict[str, bytes | Exception], jobs: int, limits: Limits) -> None:
+    """The IR rules on the batch-compiled `files`.  Their bitcode is read in
+    sandboxed workers too: llvmlite's LLVM verifies a module with debug info
+    as it reads it and aborts its whole process when the module is broken
+    ("Broken module found"; clang 19's bitcode of a later cc1 input did that
+    now and then), which in this process would end the run with no output."""
+    from .sandbox import run_isolated
+
+    to_read = [f for f in files if isinstance(bitcode.get(f), bytes)]
+    for f in files:
+        if f not in to_read:     # nothing to read: the reason, or the file's own errors
+            batched_ir_findings(f, sources[f], results[f], bitcode.get(f))
+
+    def read(f: str) -> bytes:
+        batched_ir_findings(f, sources[f], results[f], bitcode.get(f))
+        return encode(results[f], for_ir=True)
+
+    for f, outcome in zip(to_read, run_isolated(to_read, read, jobs, limits), strict=True):
+        read_back = decode(outcome.payload, path=f) if outcome.payload is not None else None
+        if read_back is None:
+            results[f].ir_note = IR_READ_FAILED
+        else:
+            results[f].findings, results[f].ir_note = read_back.findings, read_back.ir_note

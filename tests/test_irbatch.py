@@ -19,7 +19,7 @@ from bpf_sdt.clang_plugin.irlint import IrCompiler, IrUnavailable, ir_sites, sta
 from bpf_sdt.clang_plugin.parse import compile_flags
 from bpf_sdt.clang_plugin.plan import plan_for
 from test_samples import SAMPLES, built, make  # noqa: F401  (fixture)
-from toolchain import REQUIRED_CLANGS, clang
+from toolchain import REQUIRED_CLANGS, clang, tool
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 TIMEOUT_S = 30.0
@@ -147,6 +147,46 @@ def test_bitcode_past_the_limit_is_refused_per_file(tmp_path: Path, monkeypatch:
     got = batch(files, command)
     assert isinstance(got[files[1]], IrUnavailable) and "past the" in str(got[files[1]])
     assert all(isinstance(got[f], bytes) for f in (files[0], files[2]))
+
+
+# A module LLVM's verifier rejects, with debug info: llvmlite's LLVM verifies
+# such a module as it reads it and aborts its process ("Broken module found").
+BROKEN_MODULE = """\
+define i64 @f(ptr %p) {
+entry:
+  %a = load i64, ptr %q, align 8
+  %q = getelementptr inbounds i8, ptr %p, i64 8
+  ret i64 %a
+}
+!llvm.module.flags = !{!0}
+!0 = !{i32 2, !"Debug Info Version", i32 3}
+"""
+
+
+def test_bitcode_that_aborts_llvm_costs_only_its_file(tmp_path: Path) -> None:
+    """Batch-compiled modules are read in sandboxed workers: a module that
+    makes llvmlite's LLVM abort (assembled with llvm-as -disable-verify, as
+    no clang writes one on purpose) ends a worker, not lint; that file gets a
+    note, the others their IR findings."""
+    from bpf_sdt.clang_plugin.analysis import IR_READ_FAILED, _batched_ir
+    from bpf_sdt.clang_plugin.sandbox import Limits
+    from bpf_sdt.clang_plugin.worker import analyze_file
+
+    broken = tmp_path / "broken.bc"
+    (tmp_path / "broken.ll").write_text(BROKEN_MODULE)
+    subprocess.run([tool("llvm-as-19"), "-disable-verify", str(tmp_path / "broken.ll"), "-o", str(broken)],
+                   check=True)
+    files = sources(tmp_path, 2)
+    flags = compile_flags([])
+    command = cc1_command(clang(19), flags, files[0])
+    assert command is not None
+    bitcode: dict[str, bytes | Exception] = dict(batch(files, command))
+    bitcode[files[1]] = broken.read_bytes()
+    data = {f: Path(f).read_bytes() for f in files}
+    results = {f: analyze_file(f, flags, data[f], ir_elsewhere=True) for f in files}
+    _batched_ir(results, files, data, bitcode, 2, Limits.from_env())
+    assert results[files[1]].ir_note == IR_READ_FAILED
+    assert [f.rule for f in results[files[0]].findings] == ["SDT010"] and results[files[0]].ir_note is None
 
 
 def test_a_later_input_gets_the_diagnostics_of_a_file_alone(built: Path) -> None:  # noqa: F811
