@@ -194,8 +194,8 @@ def instrument_object(input: PathLike, output: PathLike, *, probes: Sequence[str
     globs selecting probes (default all); ``attach`` "OBSERVER=GLOB" pairs.
     OUTPUT is written atomically; raises BpfSdtError (exit_code 1 for sites
     that cannot be instrumented, 2 for unusable input)."""
-    from bpf_sdt.instrument.command import Request
-    from bpf_sdt.instrument.command import instrument as rewrite
+    from bpf_sdt.instrument.commands import Request
+    from bpf_sdt.instrument.commands import instrument as rewrite
 
     options: dict[str, Any] = {} if ringbuf_size is None else {"ringbuf_size": ringbuf_size}
     result = rewrite(Request(input=Path(input), output=Path(output), probes=tuple(probes),

@@ -100,7 +100,7 @@ def _cmd_link(args: argparse.Namespace) -> int:
 
 
 def _cmd_instrument(args: argparse.Namespace) -> int:
-    from bpf_sdt.instrument.command import Request, run_instrument
+    from bpf_sdt.instrument.commands import Request, run_instrument
     from bpf_sdt.trace.cli import instrument_recorder
 
     return run_instrument(Request(

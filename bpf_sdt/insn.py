@@ -31,9 +31,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from bpf_sdt.bpf_helpers import HELPER_IDS
 from bpf_sdt.elf import SHN_LORESERVE, SHN_UNDEF, STT_SECTION, Relocation, Symbol
 from bpf_sdt.errors import InputError
-from bpf_sdt.helpers import HELPER_IDS
 
 INSN_SIZE = 8
 INSN = struct.Struct("<BBhi")   # code, dst:4|src:4 (the register byte), off, imm

@@ -345,7 +345,7 @@ def _opts(struct: type[ctypes.Structure], **fields: Any) -> Any:
 
 # --- objects, programs, maps -------------------------------------------------
 
-class BpfObject:
+class LoadedObject:
     """An opened BPF ELF object (struct bpf_object).  Use as a context manager."""
 
     def __init__(self, ptr: int, path: str) -> None:
@@ -353,12 +353,12 @@ class BpfObject:
         self.path = path
         self.name = _name(_lib().bpf_object__name(ptr))
         self._attachments: list[Link | TcFilter] = []
-        self.programs = [Program(self, p) for p in self._walk("bpf_object__next_program")]
+        self.programs = [LoadedProgram(self, p) for p in self._walk("bpf_object__next_program")]
         self.maps = [Map(self, m) for m in self._walk("bpf_object__next_map")]
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], pin_root_path: str | os.PathLike[str] | None = None,
-             object_name: str | None = None) -> BpfObject:
+             object_name: str | None = None) -> LoadedObject:
         """Opens (parses) an object; maps pinned by name go under `pin_root_path`
         (a bpffs directory; libbpf's default is /sys/fs/bpf)."""
         path = os.fspath(path)
@@ -378,7 +378,7 @@ class BpfObject:
             raise LibbpfError(self.path, errnos.EBADF, detail="object closed")
         return self._ptr
 
-    def load(self) -> BpfObject:
+    def load(self) -> LoadedObject:
         """Creates the maps and loads every program into the kernel.  On failure
         the object is closed (libbpf cannot retry a failed load)."""
         try:
@@ -388,7 +388,7 @@ class BpfObject:
             raise
         return self
 
-    def find_program(self, name: str) -> Program:
+    def find_program(self, name: str) -> LoadedProgram:
         for prog in self.programs:
             if prog.name == name:
                 return prog
@@ -417,7 +417,7 @@ class BpfObject:
         if errors:
             raise errors[0]
 
-    def __enter__(self) -> BpfObject:
+    def __enter__(self) -> LoadedObject:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -437,10 +437,10 @@ _TC_DIRECTIONS = {"ingress": TC_INGRESS, "egress": TC_EGRESS}
 TEST_RUN_DATA_SLACK = 4096    # room for a program that grows the packet (at most a page for XDP)
 
 
-class Program:
+class LoadedProgram:
     """A program of a BpfObject (struct bpf_program); valid while the object is open."""
 
-    def __init__(self, obj: BpfObject, ptr: int) -> None:
+    def __init__(self, obj: LoadedObject, ptr: int) -> None:
         lib = _lib()
         self._obj, self._ptr = obj, ptr
         self.name = _name(lib.bpf_program__name(ptr))
@@ -516,7 +516,7 @@ class Map:
     """A BPF map: one of a BpfObject's (fd owned by the object), or one opened
     from its pin with :meth:`open_pinned` (fd owned here, closed by close())."""
 
-    def __init__(self, obj: BpfObject | None, ptr: int | None, *, fd: int = -1, name: str = "",
+    def __init__(self, obj: LoadedObject | None, ptr: int | None, *, fd: int = -1, name: str = "",
                  type_id: int = 0, key_size: int = 0, value_size: int = 0, max_entries: int = 0) -> None:
         self._obj, self._ptr, self._fd = obj, ptr, fd
         if ptr is not None:
@@ -815,7 +815,7 @@ def ifindex(interface: int | str) -> int:
 class Link:
     """An attachment (struct bpf_link): destroying it detaches the program."""
 
-    def __init__(self, ptr: int, obj: BpfObject, what: str) -> None:
+    def __init__(self, ptr: int, obj: LoadedObject, what: str) -> None:
         self._ptr: int | None = ptr
         self._obj, self._what = obj, what
 
@@ -848,7 +848,7 @@ class TcFilter:
     attached to it since).  Netlink works in the calling thread's network
     namespace: destroy from the namespace the filter was attached in."""
 
-    def __init__(self, prog: Program, interface: int | str, direction: str, priority: int, handle: int) -> None:
+    def __init__(self, prog: LoadedProgram, interface: int | str, direction: str, priority: int, handle: int) -> None:
         if direction not in _TC_DIRECTIONS:
             raise LibbpfError(f"tc attach point {direction!r}", errnos.EINVAL, detail="ingress or egress")
         self.interface, self.direction = interface, direction

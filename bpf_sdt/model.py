@@ -159,7 +159,7 @@ _dumps = json.dumps
 
 
 @dataclass(slots=True)
-class Site:
+class SiteRecord:
     """One probe site in an object: one entry of the notes section."""
 
     name: str

@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from bpf_sdt.bpf_helpers import HELPER_ARGS, HELPER_IDS
 from bpf_sdt.elf import STT_FUNC, TEXT_SECTION, Symbol
 from bpf_sdt.errors import InputError
-from bpf_sdt.helpers import HELPER_ARGS, HELPER_IDS
 from bpf_sdt.insn import (
     ARG_REGS,
     CALLER_SAVED,

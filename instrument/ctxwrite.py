@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bpf_sdt.helpers import HELPER_IDS
+from bpf_sdt.bpf_helpers import HELPER_IDS
 from bpf_sdt.insn import (
     ALU64,
     ALU_ADD,

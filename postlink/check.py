@@ -43,7 +43,7 @@ from bpf_sdt.format import (
 )
 from bpf_sdt.fsutil import write_atomic
 from bpf_sdt.insn import INSN, INSN_SIZE, JMP, JMP_CALL, LD_IMM64, PSEUDO_CALL
-from bpf_sdt.model import Declaration, Finding, Severity, Site
+from bpf_sdt.model import Declaration, Finding, Severity, SiteRecord
 from bpf_sdt.notes import NoteEntry, ProblemKind, RawSymbols
 from bpf_sdt.probes import TAG_RE, tagged_prototype
 from bpf_sdt.sites import SiteTable, site_table
@@ -143,7 +143,7 @@ class ObjectReport:
     def site_count(self) -> int:
         return len(self.decoding.entries)
 
-    def iter_sites(self) -> Iterator[Site]:
+    def iter_sites(self) -> Iterator[SiteRecord]:
         """`list`'s record of each site, in site-id order: the table's
         function, location and chain, the prototype's spellings and the
         observers the site calls."""
@@ -155,7 +155,7 @@ class ObjectReport:
         for e, chain in zip(table.entries, table.inlined_at, strict=True):
             decl = decls.get(e.probe)
             file, line, column = location(e)
-            yield Site(e.probe, e.section.name, e.offset, function(e), e.args, decl.types if decl else (),
+            yield SiteRecord(e.probe, e.section.name, e.offset, function(e), e.args, decl.types if decl else (),
                        e.entry_offset, e.symbol, file, line, column,
                        observers.get((e.section.index, e.offset), ()), types.get(e.probe, ()), chain)
 
@@ -175,7 +175,7 @@ class ObjectReport:
         return call_labels(self.obj, self.entries)
 
     @cached_property
-    def sites(self) -> list[Site]:
+    def sites(self) -> list[SiteRecord]:
         return list(self.iter_sites())
 
 

@@ -17,7 +17,7 @@ from bpf_sdt.postlink.check import ObjectReport, analyze
 from bpf_sdt.elf import load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
 from bpf_sdt.format import NOTES_SECTION
-from bpf_sdt.model import Site, escape_text
+from bpf_sdt.model import SiteRecord, escape_text
 from bpf_sdt.notes import NoteProblem
 
 
@@ -107,7 +107,7 @@ _HEAD = ("PROBE", "SECTION", "FUNCTION", "INSN", "LOCATION", "ARGS", "TYPES")
 _OBSERVERS = "OBSERVERS"
 
 
-def _cells(site: Site, observers: bool = False) -> tuple[str, ...]:
+def _cells(site: SiteRecord, observers: bool = False) -> tuple[str, ...]:
     cells: tuple[str, ...] = (site.name, site.section, site.function or "-", str(site.insn_index),
                               site.location or "-", ", ".join(site.describe_args()) or "-",
                               ", ".join(site.types) or "-")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate bpf_sdt/helpers.py: each BPF helper's id, and how many arguments it takes.
+"""Regenerate bpf_sdt/bpf_helpers.py: each BPF helper's id, and how many arguments it takes.
 
 The rewriter's liveness pass needs to know which of r1..r5 a helper call
 reads; without the count it must assume all five, which makes registers look
@@ -8,7 +8,7 @@ bpf_helper_defs.h (Debian: libbpf-dev), whose every helper reads
 
     static long (*bpf_map_update_elem)(void *map, const void *key, ...) = (void *) 2;
 
-Usage: scripts/gen_helpers.py [/usr/include/bpf/bpf_helper_defs.h] > bpf_sdt/helpers.py
+Usage: scripts/gen_helpers.py [/usr/include/bpf/bpf_helper_defs.h] > bpf_sdt/bpf_helpers.py
 """
 import re
 import sys

@@ -91,7 +91,7 @@ def one_input(data: bytes) -> str:
 
 def instrument_input(data: bytes) -> str:
     """'ok' or 'rejected' for instrument's rewrite of a linked object; raises on a crash."""
-    from bpf_sdt.instrument.command import Request, _rewrite
+    from bpf_sdt.instrument.commands import Request, _rewrite
     from bpf_sdt.instrument.observers import find_observers
 
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import test_trace
-from bpf_sdt.instrument.command import Request, instrument
+from bpf_sdt.instrument.commands import Request, instrument
 from bpf_sdt.trace.aggregate import bucket_range, map_name, parse_specs, plan_recorder, read_map
 from bpf_sdt.trace.pcap import write_pcap
 from bpf_sdt.trace.sites import site_table
@@ -23,7 +23,7 @@ from test_trace import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, _env, eth, ipv4, json_li
 
 from bpf_sdt.cli import main
 from bpf_sdt.elf import load_object
-from bpf_sdt.libbpf import BpfObject
+from bpf_sdt.libbpf import LoadedObject
 from bpf_sdt.probes import probe_types
 
 built, kernel = test_trace.built, test_trace.kernel      # test_trace's fixtures, by name
@@ -167,7 +167,7 @@ def test_per_cpu_values_are_merged(built: Path, kernel: None, tmp_path: Path) ->
     runs = [(cpus[0], eth(ETH_P_IP, ipv4(udp(1, 2, bytes(10)), ttl=9)), 5),
             (cpus[1], eth(ETH_P_IP, ipv4(udp(1, 2, bytes(90)), ttl=200)), 7)]
     saved = os.sched_getaffinity(0)
-    with BpfObject.open(out) as bpf:
+    with LoadedObject.open(out) as bpf:
         bpf.load()
         prog = bpf.find_program("xdp_parse")
         try:

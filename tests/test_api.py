@@ -98,7 +98,7 @@ def test_bad_input_is_one_error_not_a_traceback(tmp_path: Path) -> None:
 def test_instrument_then_trace_run_reads_the_events_the_packets_make(sample: Path, tmp_path: Path) -> None:
     need(bpf_permitted(), "bpf() not permitted (needs root)")
     recorded = tmp_path / "by_length.rec.bpf.o"
-    import bpf_sdt.instrument.command  # noqa: F401  the stage's import must not hide the API's name
+    import bpf_sdt.instrument.commands  # noqa: F401  the stage's import must not hide the API's name
     done = bpf_sdt.instrument_object(sample, recorded, bpftool=tool("bpftool"))
     assert done.output == recorded and done.skipped == (), done
     assert [(s.probe, len(s.observers)) for s in done.sites] == [("seen", 1), ("seen", 1)], done

@@ -23,7 +23,7 @@ from toolchain import need, run
 from bpf_sdt.cli import EXIT_CLOSED_PIPE, split_clang_args
 from bpf_sdt.elf import BpfObject, ElfImage
 from bpf_sdt.fsutil import NotRegularFileError, write_atomic
-from bpf_sdt.model import ArgLocation, Site, escape_text
+from bpf_sdt.model import ArgLocation, SiteRecord, escape_text
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 ARGS = (ArgLocation("reg", reg=1), ArgLocation("imm", value=7))
@@ -138,8 +138,8 @@ def test_extract_still_takes_clang_arguments(tmp_path: Path) -> None:
 
 def test_json_dicts_are_not_shared_between_callers() -> None:
     loc = ArgLocation("reg", reg=1)
-    a = Site("p", ".text", 0, "f", (loc,))
-    b = Site("q", ".text", 8, "f", (loc,))
+    a = SiteRecord("p", ".text", 0, "f", (loc,))
+    b = SiteRecord("q", ".text", 8, "f", (loc,))
     first = a.to_json()
     first["args"][0]["reg"] = 99
     first["args"][0]["extra"] = True

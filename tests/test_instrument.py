@@ -121,10 +121,10 @@ def run_object(path: Path, pin_root: Path | None, packets: list[bytes],
                prog: str = "xdp_main") -> tuple[list[int], dict[str, bytes], list[bytes]]:
     """Load with libbpf, test-run ``prog`` on each packet; return values, the
     program's own map state, and the recorder's events (if any)."""
-    from bpf_sdt.libbpf import BpfObject, RingBuffer
+    from bpf_sdt.libbpf import LoadedObject, RingBuffer
 
     events: list[bytes] = []
-    with BpfObject.open(path, pin_root_path=pin_root) as obj:
+    with LoadedObject.open(path, pin_root_path=pin_root) as obj:
         obj.load()
         p = obj.find_program(prog)
         rets = [p.test_run(pkt).retval for pkt in packets]
@@ -230,7 +230,7 @@ def source_lines(path: Path) -> list[str]:
 def test_padding_anywhere_keeps_every_object_loadable_with_equal_results(
         samples: list[Path], objs: dict[str, Path], tmp_path: Path) -> None:
     need(bpf_permitted(), "bpf() not permitted (needs root)")
-    from bpf_sdt.libbpf import BpfObject
+    from bpf_sdt.libbpf import LoadedObject
 
     packets = [packet(s) for s in range(6)]
     base_rets, base_state, _ = run_object(objs["instr"], None, packets)
@@ -242,7 +242,7 @@ def test_padding_anywhere_keeps_every_object_loadable_with_equal_results(
     for path in samples:
         padded = pad(path, tmp_path / f"{path.stem}.pad.o", 1)
         assert run([*CLI, "check", str(padded)]).returncode == 0, path.name
-        with BpfObject.open(padded) as obj:
+        with LoadedObject.open(padded) as obj:
             obj.load()            # every program of every sample passes the verifier
     # The kernel still maps instructions to source lines (func and line info moved too).
     xlated = tmp_path / "xlated"
@@ -306,13 +306,13 @@ def test_tc_and_socket_filter_sites(objs: dict[str, Path], tmp_path: Path, bpffs
 
 def test_observers_get_typed_arguments_and_pointers(objs: dict[str, Path], tmp_path: Path) -> None:
     need(bpf_permitted(), "bpf() not permitted (needs root)")
-    from bpf_sdt.libbpf import BpfObject
+    from bpf_sdt.libbpf import LoadedObject
 
     out = instrumented(objs["instr"], tmp_path / "obs.o", "--observer", str(objs["observer"]),
                        "--attach", "on_any=w*", "--attach", "on_any=sub")
     pkt = packet(5)
     base_ret = run_object(objs["instr"], None, [pkt])[0]
-    with BpfObject.open(out) as obj:
+    with LoadedObject.open(out) as obj:
         obj.load()
         assert obj.find_program("xdp_main").test_run(pkt).retval == base_ret[0]
         seen = obj.find_map("seen")
@@ -328,7 +328,7 @@ def test_observers_get_typed_arguments_and_pointers(objs: dict[str, Path], tmp_p
 
 def test_instrumented_object_can_be_instrumented_again(objs: dict[str, Path], tmp_path: Path,
                                                        bpffs: Path) -> None:
-    from bpf_sdt.libbpf import BpfObject, RingBuffer
+    from bpf_sdt.libbpf import LoadedObject, RingBuffer
 
     once = instrumented(objs["instr"], tmp_path / "once.o", "--observer", str(objs["observer"]),
                         "--attach", "on_any=pkt", "--probe", "pkt")
@@ -338,7 +338,7 @@ def test_instrumented_object_can_be_instrumented_again(objs: dict[str, Path], tm
     twice = tmp_path / "twice.o"
     res = instrument(once, twice, "--probe", "ptrs")
     assert res.returncode == 0, res.stderr
-    with BpfObject.open(twice, pin_root_path=bpffs) as obj:
+    with LoadedObject.open(twice, pin_root_path=bpffs) as obj:
         obj.load()
         assert obj.find_program("xdp_main").test_run(packet(1)).retval == expected_xdp(packet(1))[0]
         seen = obj.find_map("seen").lookup(struct.pack("<I", 0))
@@ -353,12 +353,12 @@ def test_instrumented_object_can_be_instrumented_again(objs: dict[str, Path], tm
 
 
 def test_every_sample_instruments_and_loads(samples: list[Path], tmp_path: Path, bpffs: Path) -> None:
-    from bpf_sdt.libbpf import BpfObject
+    from bpf_sdt.libbpf import LoadedObject
 
     for path in samples:
         out = instrumented(path, tmp_path / path.name)
         assert run([*CLI, "check", str(out)]).returncode == 0
-        with BpfObject.open(out, pin_root_path=bpffs) as obj:
+        with LoadedObject.open(out, pin_root_path=bpffs) as obj:
             obj.load()
         for pin in bpffs.glob("bpf_sdt_*"):
             pin.unlink()
@@ -475,9 +475,9 @@ def test_register_not_set_on_every_path_is_a_finding(tmp_path: Path, vmlinux_h: 
     crafted = tmp_path / "crafted.o"
     crafted.write_bytes(rewrite_object(obj, code).to_bytes())
     need(bpf_permitted(), "bpf() not permitted (needs root)")
-    from bpf_sdt.libbpf import BpfObject
+    from bpf_sdt.libbpf import LoadedObject
 
-    with BpfObject.open(crafted) as o:
+    with LoadedObject.open(crafted) as o:
         o.load()                                # the verifier accepts the original
     res = instrument(crafted, tmp_path / "o.o")
     assert res.returncode == 1, res.stderr
@@ -568,8 +568,8 @@ def test_site_ids_are_one_order_in_check_list_instrument_recorder_and_trace(
         tmp_path: Path, vmlinux_h: Path, bpffs: Path) -> None:
     import json
 
-    from bpf_sdt.instrument.command import Request
-    from bpf_sdt.instrument.command import instrument as instrument_api
+    from bpf_sdt.instrument.commands import Request
+    from bpf_sdt.instrument.commands import instrument as instrument_api
     from bpf_sdt.postlink.check import analyze
     from bpf_sdt.trace.sites import site_table as trace_sites
 
@@ -624,8 +624,8 @@ def test_instrument_reads_each_object_once(tmp_path: Path, vmlinux_h: Path,
     not checked (what is written is), OUT is checked once before it is written."""
     from collections import Counter
 
-    from bpf_sdt.instrument.command import Request
-    from bpf_sdt.instrument.command import instrument as instrument_api
+    from bpf_sdt.instrument.commands import Request
+    from bpf_sdt.instrument.commands import instrument as instrument_api
     from bpf_sdt.postlink import check, link
 
     from bpf_sdt import notes

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bpf_sdt.instrument.command import ordered_sites
+from bpf_sdt.instrument.commands import ordered_sites
 from matrix_src import CTX_DECL, CTX_SIZE, probes, random_ctx
 from test_instrument import EVENT_HEAD, bpffs  # noqa: F401  (fixture)
 from toolchain import REQUIRED_CLANGS, bpf_permitted, clang, clangs, compile_bpf, mcpus, need, tool
@@ -68,7 +68,7 @@ def test_matrix_instruments_loads_and_records_every_value(version: int, mcpu: st
                                                           bpffs: Path) -> None:  # noqa: F811
     need(bpf_permitted(), "bpf() not permitted (needs root)")
     tool("bpftool")
-    from bpf_sdt.libbpf import BpfObject, RingBuffer
+    from bpf_sdt.libbpf import LoadedObject, RingBuffer
 
     obj = tmp_path / "m.o"
     compile_bpf(loadable_c, obj, clang(version), mcpu=mcpu, opt=opt)
@@ -86,7 +86,7 @@ def test_matrix_instruments_loads_and_records_every_value(version: int, mcpu: st
     ctx, fields = random_ctx(version * 100 + len(mcpu + opt))
     packet = ctx + bytes(max(0, 64 - CTX_SIZE))
     events: list[bytes] = []
-    with BpfObject.open(out, pin_root_path=bpffs) as o:
+    with LoadedObject.open(out, pin_root_path=bpffs) as o:
         o.load()
         for p in PROBES:
             assert o.find_program(p.function).test_run(packet).retval == fields["i"] & 3, p.name

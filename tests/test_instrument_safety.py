@@ -61,9 +61,9 @@ def disassembly(obj: Path) -> str:
 
 def run_prog(obj: Path, prog: str, packets: list[bytes]) -> list[int]:
     need(bpf_permitted(), "bpf() not permitted (needs root)")
-    from bpf_sdt.libbpf import BpfObject
+    from bpf_sdt.libbpf import LoadedObject
 
-    with BpfObject.open(obj) as o:
+    with LoadedObject.open(obj) as o:
         o.load()
         p = o.find_program(prog)
         return [p.test_run(pkt).retval for pkt in packets]
@@ -315,7 +315,7 @@ def test_callback_chain_over_the_limit_is_found_and_the_verifier_agrees(tmp_path
     assert "deep in chained" in line and "512" in line and "chain.bpf.c:" in line
     assert not out.exists()
     # The same object instrumented without the limit: the verifier refuses it.
-    from bpf_sdt.instrument import command
+    from bpf_sdt.instrument import commands as command
 
     monkeypatch.setattr(command, "MAX_STACK", 1 << 20)
     command.instrument(command.Request(obj, out))
@@ -344,7 +344,7 @@ def test_call_chain_deeper_than_the_verifier_allows_is_a_finding(tmp_path: Path,
     assert res.returncode == 1, res.stderr
     line = one_line(res)
     assert "deepest in f7" in line and "9 calls deep (the verifier allows 8)" in line
-    from bpf_sdt.instrument import command
+    from bpf_sdt.instrument import commands as command
 
     monkeypatch.setattr(command, "MAX_CALL_FRAMES", 1 << 10)
     command.instrument(command.Request(obj, out))
@@ -384,7 +384,7 @@ def test_tail_call_below_a_grown_frame_is_a_finding(tmp_path: Path, monkeypatch:
     assert res.returncode == 1, res.stderr
     line = one_line(res)
     assert "before in tailer" in line and "hop, below this site, makes a tail call" in line
-    from bpf_sdt.instrument import command
+    from bpf_sdt.instrument import commands as command
 
     monkeypatch.setattr(command, "TAIL_CALL_STACK", 1 << 20)
     command.instrument(command.Request(obj, out))
@@ -431,8 +431,8 @@ def test_skip_unplaceable_writes_the_rest_and_names_each_skipped_site(tmp_path: 
 
 
 def test_python_request_restricts_sites_to_programs(tmp_path: Path) -> None:
-    from bpf_sdt.instrument.command import Request
-    from bpf_sdt.instrument.command import instrument as run_instrument
+    from bpf_sdt.instrument.commands import Request
+    from bpf_sdt.instrument.commands import instrument as run_instrument
 
     obj = build(tmp_path, "two", callback_chain(224, 280, TWO_PROGRAMS_EXTRA))
     tool("bpftool")

@@ -21,7 +21,7 @@ from netns import VethPair, netns_exists
 from toolchain import REPO, bpf_permitted, clang, compile_bpf, need, run, tool
 
 from bpf_sdt.errors import EXIT_UNUSABLE
-from bpf_sdt.libbpf import BpfObject, LibbpfError, Map, RingBuffer, obj_get
+from bpf_sdt.libbpf import LibbpfError, LoadedObject, Map, RingBuffer, obj_get
 
 PREFIX = "sdtt_"          # every program and pinned map of these tests; nothing else uses it
 UDP_PORT = 40123
@@ -286,8 +286,8 @@ def test_library_override_by_environment() -> None:
     real = next(p for p in Path("/usr/lib").glob("*/libbpf.so.1*") if p.is_file())
     chosen = _python(code, BPF_SDT_LIBBPF=str(real))
     assert chosen.stdout.split() == [str(real), default.stdout.split()[1]], chosen.stderr
-    missing = _python("from bpf_sdt.libbpf import BpfObject\n"
-                      "try:\n    BpfObject.open('x.o')\nexcept Exception as e:\n    print(type(e).__name__, e.errno, e)",
+    missing = _python("from bpf_sdt.libbpf import LoadedObject\n"
+                      "try:\n    LoadedObject.open('x.o')\nexcept Exception as e:\n    print(type(e).__name__, e.errno, e)",
                       BPF_SDT_LIBBPF="/nonexistent/libbpf.so.1")
     assert missing.stdout.strip() == f"LibbpfError {ENOENT} BPF_SDT_LIBBPF=/nonexistent/libbpf.so.1: " \
                                      "No such file or directory", missing.stdout + missing.stderr
@@ -301,7 +301,7 @@ def test_library_override_by_environment() -> None:
 
 @pytest.mark.kernel
 def test_object_lists_its_programs_and_maps(objs: dict[str, Path], kernel: None) -> None:
-    with BpfObject.open(objs["progs"], object_name="named") as obj:
+    with LoadedObject.open(objs["progs"], object_name="named") as obj:
         assert obj.name == "named"
         progs = {p.name: (p.section, p.type) for p in obj.programs}
         assert progs == {"sdtt_xdp_count": ("xdp", "xdp"), "sdtt_xdp_event": ("xdp", "xdp"),
@@ -330,7 +330,7 @@ def test_object_lists_its_programs_and_maps(objs: dict[str, Path], kernel: None)
 @pytest.mark.kernel
 def test_xdp_test_run_returns_the_action_and_counts_in_a_map(objs: dict[str, Path], kernel: None) -> None:
     packets = [bytes([first]) + bytes(range(40)) for first in (0, 1, 5, 0xff, 0xff, 2, 9)]
-    with BpfObject.open(objs["progs"]) as obj:
+    with LoadedObject.open(objs["progs"]) as obj:
         obj.load()
         prog, counts = obj.find_program("sdtt_xdp_count"), obj.find_map("counts")
         for pkt in packets:
@@ -348,7 +348,7 @@ def test_xdp_test_run_returns_the_action_and_counts_in_a_map(objs: dict[str, Pat
 
 @pytest.mark.kernel
 def test_map_update_lookup_and_keys(objs: dict[str, Path], kernel: None) -> None:
-    with BpfObject.open(objs["progs"]) as obj:
+    with LoadedObject.open(objs["progs"]) as obj:
         obj.load()
         table = obj.find_map("table")
         assert table.lookup(key(3)) is None and list(table.keys()) == []
@@ -368,7 +368,7 @@ def test_map_update_lookup_and_keys(objs: dict[str, Path], kernel: None) -> None
 def test_test_run_passes_a_context(objs: dict[str, Path], kernel: None) -> None:
     mark = 0x5d
     skb_ctx = struct.pack("<III", 0, 0, mark)           # struct __sk_buff up to .mark; len, pkt_type must be 0
-    with BpfObject.open(objs["progs"]) as obj:
+    with LoadedObject.open(objs["progs"]) as obj:
         obj.load()
         prog = obj.find_program("sdtt_tc_mark")
         assert prog.test_run(bytes(64), ctx=skb_ctx).retval == mark
@@ -384,7 +384,7 @@ def test_ring_buffer_delivers_exact_events(objs: dict[str, Path], kernel: None) 
     for pkt, repeat in runs:
         expected += [(len(pkt), int.from_bytes(pkt[:4], "little"))] * repeat
     got: list[bytes] = []
-    with BpfObject.open(objs["progs"]) as obj:
+    with LoadedObject.open(objs["progs"]) as obj:
         obj.load()
         prog = obj.find_program("sdtt_xdp_event")
         with RingBuffer(obj.find_map("events"), got.append) as rb:
@@ -407,7 +407,7 @@ def test_ring_buffer_callback_exception_stops_and_propagates(objs: dict[str, Pat
         if len(seen) == 2:
             raise ValueError("stop here")
 
-    with BpfObject.open(objs["progs"]) as obj:
+    with LoadedObject.open(objs["progs"]) as obj:
         obj.load()
         obj.find_program("sdtt_xdp_event").test_run(bytes(16), repeat=4)
         with RingBuffer(obj.find_map("events"), callback) as rb:
@@ -437,7 +437,7 @@ def test_a_signal_interrupts_a_waiting_poll(objs: dict[str, Path], kernel: None)
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted
 
-    with BpfObject.open(objs["progs"]) as obj:
+    with LoadedObject.open(objs["progs"]) as obj:
         obj.load()
         with RingBuffer(obj.find_map("events"), lambda _: None) as rb:
             old = signal.getsignal(signal.SIGALRM)
@@ -466,13 +466,13 @@ def test_pinned_ring_buffer_read_through_bpf_obj_get(objs: dict[str, Path], kern
     bpffs.mkdir()
     assert run(["mount", "-t", "bpf", "bpf", str(bpffs)]).returncode == 0
     try:
-        with BpfObject.open(objs["pinned"], pin_root_path=bpffs) as obj:
+        with LoadedObject.open(objs["pinned"], pin_root_path=bpffs) as obj:
             obj.load()
             assert obj.find_map("sdtt_pinned").pin_path == str(bpffs / "sdtt_pinned")
             for size in (20, 64, 100):
                 obj.find_program("sdtt_xdp_pinned").test_run(bytes(size))
             counts_pin = bpffs / "sdtt_counts"               # any map, pinned by hand
-            with BpfObject.open(objs["progs"]) as progs:
+            with LoadedObject.open(objs["progs"]) as progs:
                 progs.load()
                 progs.find_program("sdtt_xdp_count").test_run(b"\x03" + bytes(13), repeat=4)
                 progs.find_map("counts").pin(counts_pin)
@@ -498,7 +498,7 @@ def test_pinned_ring_buffer_read_through_bpf_obj_get(objs: dict[str, Path], kern
 
 @pytest.mark.kernel
 def test_pin_root_path_off_bpffs_is_one_line_error(objs: dict[str, Path], kernel: None, tmp_path: Path) -> None:
-    with pytest.raises(LibbpfError) as err, BpfObject.open(objs["pinned"], pin_root_path=tmp_path) as obj:
+    with pytest.raises(LibbpfError) as err, LoadedObject.open(objs["pinned"], pin_root_path=tmp_path) as obj:
         obj.load()
     assert err.value.errno == EINVAL
     assert str(err.value) == (f"loading {objs['pinned']}: Invalid argument (specified path "
@@ -518,7 +518,7 @@ def test_tp_btf_auto_attach_fires_on_exec(objs: dict[str, Path], kernel: None) -
         pid, comm = struct.unpack("<I16s", sample)
         got.append((pid, comm.rstrip(b"\0")))
 
-    with BpfObject.open(objs["progs"]) as obj:
+    with LoadedObject.open(objs["progs"]) as obj:
         obj.load()
         with RingBuffer(obj.find_map("exec_events"), on_event) as rb:
             with obj.find_program("sdtt_on_exec").attach() as link:
@@ -537,7 +537,7 @@ def test_tp_btf_auto_attach_fires_on_exec(objs: dict[str, Path], kernel: None) -
 def test_xdp_on_a_veth_sees_the_udp_packets_sent(objs: dict[str, Path], kernel: None) -> None:
     count = 25
     with veth_pair() as net:
-        with BpfObject.open(objs["progs"]) as obj:
+        with LoadedObject.open(objs["progs"]) as obj:
             obj.load()
             with net.receiver.entered():
                 link = obj.find_program("sdtt_xdp_udp").attach_xdp(net.receiver.iface)
@@ -556,7 +556,7 @@ def test_xdp_on_a_veth_sees_the_udp_packets_sent(objs: dict[str, Path], kernel: 
 @pytest.mark.kernel
 def test_tc_ingress_attach_and_detach_on_a_veth(objs: dict[str, Path], kernel: None) -> None:
     count = 12
-    with veth_pair() as net, BpfObject.open(objs["progs"]) as obj:
+    with veth_pair() as net, LoadedObject.open(objs["progs"]) as obj:
         obj.load()
         with net.receiver.entered():
             with obj.find_program("sdtt_tc_udp").attach_tc(net.receiver.iface, "ingress") as filt:
@@ -576,7 +576,7 @@ def test_tc_ingress_attach_and_detach_on_a_veth(objs: dict[str, Path], kernel: N
 @pytest.mark.kernel
 def test_an_exception_in_the_block_detaches_everything(objs: dict[str, Path], kernel: None) -> None:
     with veth_pair() as net, net.receiver.entered():
-        with pytest.raises(RuntimeError, match="mid-trace"), BpfObject.open(objs["progs"]) as obj:
+        with pytest.raises(RuntimeError, match="mid-trace"), LoadedObject.open(objs["progs"]) as obj:
             obj.load()
             obj.find_program("sdtt_xdp_udp").attach_xdp(net.receiver.iface)
             obj.find_program("sdtt_tc_udp").attach_tc(net.receiver.iface, "ingress")
@@ -590,7 +590,7 @@ def test_an_exception_in_the_block_detaches_everything(objs: dict[str, Path], ke
 
 @pytest.mark.kernel
 def test_tc_keeps_a_clsact_qdisc_it_did_not_create(objs: dict[str, Path], kernel: None) -> None:
-    with veth_pair() as net, BpfObject.open(objs["progs"]) as obj:
+    with veth_pair() as net, LoadedObject.open(objs["progs"]) as obj:
         obj.load()
         with net.receiver.entered():
             assert run(["tc", "qdisc", "add", "dev", net.receiver.iface, "clsact"]).returncode == 0
@@ -604,25 +604,25 @@ def test_tc_keeps_a_clsact_qdisc_it_did_not_create(objs: dict[str, Path], kernel
 
 def test_missing_and_non_elf_files(tmp_path: Path) -> None:
     with pytest.raises(LibbpfError) as missing:
-        BpfObject.open(tmp_path / "nope.o")
+        LoadedObject.open(tmp_path / "nope.o")
     assert missing.value.errno == ENOENT
     assert str(missing.value) == f"opening {tmp_path}/nope.o: No such file or directory"
     text = tmp_path / "notes.txt"
     text.write_text("not an object\n")
     with pytest.raises(LibbpfError) as not_elf:
-        BpfObject.open(text)
+        LoadedObject.open(text)
     assert not_elf.value.errno == LIBBPF_ERRNO_FORMAT and not_elf.value.exit_code == EXIT_UNUSABLE
     assert str(not_elf.value) == (f"opening {text}: BPF object format invalid "
                                   f"(elf: '{text}' is not a proper ELF object)")
     with pytest.raises(LibbpfError) as host_elf:
-        BpfObject.open(sys.executable)
+        LoadedObject.open(sys.executable)
     assert host_elf.value.errno == LIBBPF_ERRNO_FORMAT and "not a valid eBPF object file" in str(host_elf.value)
 
 
 @pytest.mark.kernel
 def test_verifier_rejection_is_one_line_with_the_reason(objs: dict[str, Path], kernel: None,
                                                         capfd: pytest.CaptureFixture[str]) -> None:
-    obj = BpfObject.open(objs["rejected"])
+    obj = LoadedObject.open(objs["rejected"])
     with pytest.raises(LibbpfError) as err:
         obj.load()
     msg = str(err.value)
@@ -641,7 +641,7 @@ def test_verifier_rejection_is_one_line_with_the_reason(objs: dict[str, Path], k
 def test_reason_comes_from_the_end_of_a_long_verifier_log(objs: dict[str, Path], kernel: None) -> None:
     """The print callback sizes each message before formatting it (a va_list
     copy), so a log of any length arrives whole, and its end names the reason."""
-    with pytest.raises(LibbpfError) as err, BpfObject.open(objs["long"]) as obj:
+    with pytest.raises(LibbpfError) as err, LoadedObject.open(objs["long"]) as obj:
         obj.load()
     assert len(err.value.log) > LONG_LOG_MIN and err.value.log.endswith(f"failed to load object '{objs['long']}'\n")
     assert str(err.value).endswith("R1 offset is outside of the packet)") and "\n" not in str(err.value)
@@ -649,7 +649,7 @@ def test_reason_comes_from_the_end_of_a_long_verifier_log(objs: dict[str, Path],
 
 @pytest.mark.kernel
 def test_attach_of_a_section_without_auto_attach(objs: dict[str, Path], kernel: None) -> None:
-    with BpfObject.open(objs["progs"]) as obj:
+    with LoadedObject.open(objs["progs"]) as obj:
         obj.load()
         with pytest.raises(LibbpfError) as err:
             obj.find_program("sdtt_xdp_udp").attach()
@@ -659,7 +659,7 @@ def test_attach_of_a_section_without_auto_attach(objs: dict[str, Path], kernel: 
 
 @pytest.mark.kernel
 def test_nonexistent_interface(objs: dict[str, Path], kernel: None) -> None:
-    with BpfObject.open(objs["progs"]) as obj:
+    with LoadedObject.open(objs["progs"]) as obj:
         obj.load()
         xdp, tc = obj.find_program("sdtt_xdp_udp"), obj.find_program("sdtt_tc_udp")
         for attach in (xdp.attach_xdp, tc.attach_tc):

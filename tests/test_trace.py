@@ -30,7 +30,7 @@ from toolchain import REPO, bpf_permitted, clang, compile_bpf, need, run, tool
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.errors import InputError
-from bpf_sdt.libbpf import BpfObject
+from bpf_sdt.libbpf import LoadedObject
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 SAMPLES = REPO / "samples"
@@ -142,7 +142,7 @@ def observed(events: list[dict[str, Any]]) -> list[tuple[str, list[int | None]]]
 
 
 def original_retvals(obj: Path, prog: str, packets: list[bytes]) -> list[int]:
-    with BpfObject.open(obj) as o:
+    with LoadedObject.open(obj) as o:
         o.load()
         p = o.find_program(prog)
         return [p.test_run(pkt).retval for pkt in packets]

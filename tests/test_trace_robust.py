@@ -27,7 +27,7 @@ from toolchain import bpf_permitted, clang, compile_bpf, need, run, tool
 
 from bpf_sdt.cli import main as cli_main
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_RINGBUF_MAP
-from bpf_sdt.libbpf import BpfObject
+from bpf_sdt.libbpf import LoadedObject
 
 __all__ = ["bpffs"]             # a fixture, used by name
 
@@ -265,7 +265,7 @@ def test_ring_read_at_50k_events_per_second_loses_nothing(progs: Path, kernel: N
         nonlocal read
         read += 1
 
-    with BpfObject.open(inst, pin_root_path=bpffs) as bpf:
+    with LoadedObject.open(inst, pin_root_path=bpffs) as bpf:
         bpf.load()
         prog = bpf.find_program("count_xdp")
         ring_map = bpf.find_map(RECORDER_RINGBUF_MAP)

@@ -18,7 +18,7 @@ from typing import TextIO
 
 from bpf_sdt import kernel, records
 from bpf_sdt.errors import InputError
-from bpf_sdt.libbpf import LibbpfError, Program, TcFilter, ifindex, tc_remove_clsact
+from bpf_sdt.libbpf import LibbpfError, LoadedProgram, TcFilter, ifindex, tc_remove_clsact
 from bpf_sdt.model import escape_text
 
 TC_DIRECTIONS = ("ingress", "egress")
@@ -60,7 +60,7 @@ def qdisc_unused(iface: str | int) -> bool:
     return not any(kernel.tc_filter_listing(name, d) for d in TC_DIRECTIONS)
 
 
-def attach_tc(prog: Program, iface: str, direction: str, err: TextIO, prog_path: str) -> RecordedTcFilter:
+def attach_tc(prog: LoadedProgram, iface: str, direction: str, err: TextIO, prog_path: str) -> RecordedTcFilter:
     """Attaches `prog` (of the object at `prog_path`, in trace's temporary
     directory) as --tc does, recorded first; refuses a hook another trace
     holds; warns about filters that run before ours."""

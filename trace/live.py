@@ -41,7 +41,7 @@ from bpf_sdt import kernel, records
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_RINGBUF_MAP
 from bpf_sdt.kernel import Hook, MapInfo, ProgInfo, Replaced
-from bpf_sdt.libbpf import BpfObject, LibbpfError, Program, ifindex, obj_get
+from bpf_sdt.libbpf import LibbpfError, LoadedObject, LoadedProgram, ifindex, obj_get
 from bpf_sdt.model import escape_text
 
 if TYPE_CHECKING:
@@ -263,13 +263,14 @@ class RunningMaps:
 
 def load_sharing(path: Path, prog_name: str, maps: RunningMaps, obj_name: str | None,
                  pin_root: Path | None = None,
-                 load: Callable[[BpfObject], bool] | None = None) -> tuple[BpfObject, Program, set[int]] | None:
+                 load: Callable[[LoadedObject], bool] | None = None
+                 ) -> tuple[LoadedObject, LoadedProgram, set[int]] | None:
     """Opens and loads `path` with only `prog_name` loaded and every map the
     running program uses reused; (object, program, ids of the maps reused).
     `load` loads the object instead of BpfObject.load (False: a stop signal
     ended it, and None is returned).  Without `pin_root` nothing is pinned
     (the identity load runs outside trace's private bpffs)."""
-    bpf = BpfObject.open(path, pin_root_path=pin_root, object_name=obj_name)
+    bpf = LoadedObject.open(path, pin_root_path=pin_root, object_name=obj_name)
     try:
         prog = next((p for p in bpf.programs if p.name == prog_name), None)
         if prog is None:
@@ -298,7 +299,7 @@ def load_sharing(path: Path, prog_name: str, maps: RunningMaps, obj_name: str | 
 
 def choose_program(obj: Path, running: ProgInfo, prog_name: str | None) -> tuple[str, str]:
     """(OBJ's program that should be the running one, the object's libbpf name)."""
-    with BpfObject.open(obj) as bpf:
+    with LoadedObject.open(obj) as bpf:
         names = [p.name for p in bpf.programs]
         if prog_name is not None:
             if prog_name not in names:
@@ -513,7 +514,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
         maps.close()
 
 
-def _session(bpf: BpfObject, decoder: Decoder, opts: Options, stop: StopSignals, out: Writer | TextIO,
+def _session(bpf: LoadedObject, decoder: Decoder, opts: Options, stop: StopSignals, out: Writer | TextIO,
              err: TextIO) -> _Session:
     """trace's own ring session over the copy's recorder maps (the same
     reading, decoding and summary as every other mode)."""

@@ -55,7 +55,7 @@ from bpf_sdt.trace.testrun import RAW_TP_TYPE, run_raw_tp
 
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
-from bpf_sdt.libbpf import BpfObject, LibbpfError, Link, Program, TcFilter, strerror
+from bpf_sdt.libbpf import LibbpfError, Link, LoadedObject, LoadedProgram, TcFilter, strerror
 from bpf_sdt.model import escape_text
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
         shown = {site_id for site_id, _ in made[0].shown}
         if stop.requested:
             return None
-        with private_bpffs(Path(tmp) / "pins") as pins, BpfObject.open(inst, pin_root_path=pins) as bpf:
+        with private_bpffs(Path(tmp) / "pins") as pins, LoadedObject.open(inst, pin_root_path=pins) as bpf:
             prog = _choose_program(bpf, opts)
             if not _load_interruptibly(bpf, stop) or stop.requested:
                 return None
@@ -218,7 +218,7 @@ def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
     return EXIT_OK
 
 
-def open_outputs(session: _Session, bpf: BpfObject, layout: Layout | None, sites: list[Site], shown: set[int],
+def open_outputs(session: _Session, bpf: LoadedObject, layout: Layout | None, sites: list[Site], shown: set[int],
                  opts: Options, err: TextIO) -> None:
     """What a session shows besides events: the in-kernel aggregations'
     report, the recorder's counters and the Prometheus exporter (every way
@@ -418,7 +418,7 @@ def _interface(opts: Options) -> tuple[str | None, str]:
     return spec, direction
 
 
-def _choose_program(bpf: BpfObject, opts: Options) -> Program | None:
+def _choose_program(bpf: LoadedObject, opts: Options) -> LoadedProgram | None:
     """The program --run, --xdp or --tc works on (checked before loading)."""
     if opts.run:
         prog = _program(bpf, opts.run, TEST_RUN_TYPES, opts.obj, "--run")
@@ -434,7 +434,7 @@ def _choose_program(bpf: BpfObject, opts: Options) -> Program | None:
     return None
 
 
-def _program(bpf: BpfObject, name: str | None, types: Sequence[str], obj: Path, option: str) -> Program:
+def _program(bpf: LoadedObject, name: str | None, types: Sequence[str], obj: Path, option: str) -> LoadedProgram:
     have = ", ".join(f"{p.name} ({p.type})" for p in bpf.programs) or "none"
     if name is not None:
         prog = next((p for p in bpf.programs if p.name == name), None)
@@ -451,7 +451,7 @@ def _program(bpf: BpfObject, name: str | None, types: Sequence[str], obj: Path, 
     return fitting[0]
 
 
-def _attach(bpf: BpfObject, prog: Program | None, iface: str | None, direction: str,
+def _attach(bpf: LoadedObject, prog: LoadedProgram | None, iface: str | None, direction: str,
             opts: Options, err: TextIO) -> list[tuple[str, Link | TcFilter | RecordedTcFilter]]:
     """Attach as asked; (description, attachment) of each.  A tc filter is
     recorded in bpffs first (trace/leftovers.py): a SIGKILL leaves it
@@ -595,7 +595,8 @@ class _Session:
             self.err.write(f"bpf-sdt trace: {lost} events lost so far (ring buffer full)\n")
             self.counters.reported_lost = lost
 
-    def test_runs(self, prog: Program, packets: Iterator[bytes | None], repeat: int, duration: float | None) -> None:
+    def test_runs(self, prog: LoadedProgram, packets: Iterator[bytes | None], repeat: int,
+                  duration: float | None) -> None:
         """Each packet `repeat` times; its events, then one line with the result.
         The first run of a packet measures how much ring buffer one run fills
         and how long it takes; the rest go in batches that fill at most
@@ -813,7 +814,7 @@ def _instrument_here(job: Job, output: Path, plan: RecorderOptions | None) -> li
     plan: the recorder only writes events, which instrument's default
     recorder does (the plan of no options makes the same object, and costs
     a parse of OBJ's DWARF)."""
-    from bpf_sdt.instrument.command import Request, instrument
+    from bpf_sdt.instrument.commands import Request, instrument
 
     request = Request(job.input, output, job.probes, ringbuf_size=job.ringbuf_size, programs=job.programs)
     if plan is not None:
@@ -849,7 +850,7 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _load_interruptibly(bpf: BpfObject, stop: StopSignals) -> bool:
+def _load_interruptibly(bpf: LoadedObject, stop: StopSignals) -> bool:
     """bpf.load() in a worker thread, the main thread watching for a stop
     signal; False when one came.  The verifier looks for a pending signal
     between instructions and gives up (EAGAIN), but libbpf retries a load

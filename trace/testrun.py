@@ -7,14 +7,14 @@ one call of :meth:`Program.test_run` without data.
 
 from __future__ import annotations
 
-from bpf_sdt.libbpf import Program, RunResult
+from bpf_sdt.libbpf import LoadedProgram, RunResult
 
 RAW_TP_TYPE = "raw_tracepoint"
 MAX_ARGS = 12                   # MAX_BPF_FUNC_ARGS: the largest context the kernel accepts
 CONTEXT = bytes(8 * MAX_ARGS)   # every argument 0: enough for any program that reads ctx[0..11]
 
 
-def run_raw_tp(prog: Program, repeat: int = 1) -> RunResult:
+def run_raw_tp(prog: LoadedProgram, repeat: int = 1) -> RunResult:
     """Runs ``prog`` ``repeat`` times (one call each) on a zeroed context."""
     retval = duration = 0
     for _ in range(repeat):
