@@ -32,30 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bpf_sdt.instrument.analysis import (
-    CLOBBER,
-    MAX_CALL_FRAMES,
-    TAIL_CALL_STACK,
-    Function,
-    Program,
-    initialised_after,
-    live_after,
-    mask,
-    regs_of,
-)
-from bpf_sdt.instrument.ctxwrite import Code, find_ctx_write
-from bpf_sdt.instrument.observers import (
-    RECORDER_PREFIX,
-    ObserverDecl,
-    RecorderOptions,
-    build_recorder,
-    check_ringbuf_size,
-    find_observers,
-    is_observer_section,
-    recorder_function,
-)
-from bpf_sdt.instrument.sequence import Frame, Observer, site_sequence
-
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.elf import STT_FUNC, STT_SECTION, TEXT_SECTION, BpfObject, is_reserved_index, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
@@ -67,6 +43,30 @@ from bpf_sdt.notes import NoteEntry
 from bpf_sdt.rewrite import CodeEdits, Label, decode_code, move_code, rewrite_object
 from bpf_sdt.sites import SiteTable, recorder_identity, site_table
 from bpf_sdt.sites import ordered_sites as ordered_sites  # tests read the site-id order here
+
+from .analysis import (
+    CLOBBER,
+    MAX_CALL_FRAMES,
+    TAIL_CALL_STACK,
+    Function,
+    Program,
+    initialised_after,
+    live_after,
+    mask,
+    regs_of,
+)
+from .ctxwrite import Code, find_ctx_write
+from .observers import (
+    RECORDER_PREFIX,
+    ObserverDecl,
+    RecorderOptions,
+    build_recorder,
+    check_ringbuf_size,
+    find_observers,
+    is_observer_section,
+    recorder_function,
+)
+from .sequence import Frame, Observer, site_sequence
 
 
 class SiteError(BpfSdtError):

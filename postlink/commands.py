@@ -12,13 +12,13 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
-from bpf_sdt.postlink.check import ObjectReport, analyze
-
 from bpf_sdt.elf import load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
 from bpf_sdt.format import NOTES_SECTION
 from bpf_sdt.model import SiteRecord, escape_text
 from bpf_sdt.notes import NoteProblem
+
+from .check import ObjectReport, analyze
 
 
 def _reports(paths: list[str], command: str, unusable: list[str]) -> Iterator[ObjectReport]:

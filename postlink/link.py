@@ -27,8 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpf_sdt.postlink.check import ObjectReport, analyze, call_words, write_checked, write_output
-
 from bpf_sdt.elf import (
     SHT_STRTAB,
     SHT_SYMTAB,
@@ -47,6 +45,8 @@ from bpf_sdt.model import Declaration, escape_text
 from bpf_sdt.notes import NoteEntry, encode_entry
 from bpf_sdt.rewrite import append_address_entries, append_call_words
 from bpf_sdt.toolchain import find_bpftool
+
+from .check import ObjectReport, analyze, call_words, write_checked, write_output
 
 UNDECODABLE = "\ufffd"          # what the ELF reader puts for bytes that are not UTF-8
 # The notes section as the compiler emits it: no alignment (docs/format.md).

@@ -19,22 +19,24 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bpf_sdt.instrument.observers import (
-    AGGREGATION_MAP_PREFIX,
-    HITS_MAP,
-    AggregationCode,
-    ProbePlan,
-    RecorderOptions,
-)
-from bpf_sdt.trace.filters import Compiled, Scope, caret_message, compile_expression, probe_filters, split_probe
-from bpf_sdt.trace.sites import Site, site_table
+from bpf_sdt.instrument.observers import AggregationCode, ProbePlan, RecorderOptions
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.elf import BpfObject
 from bpf_sdt.errors import UsageError
 from bpf_sdt.libbpf import Map
 from bpf_sdt.probes import probe_types
-from bpf_sdt.recorder_abi import AGGREGATION_VALUE, RECORDER_COUNTERS, aggregation_key, percpu_stride
+from bpf_sdt.recorder_abi import (
+    AGGREGATION_MAP_PREFIX,
+    AGGREGATION_VALUE,
+    HITS_MAP,
+    RECORDER_COUNTERS,
+    aggregation_key,
+    percpu_stride,
+)
+
+from .filters import Compiled, Scope, caret_message, compile_expression, probe_filters, split_probe
+from .sites import Site, site_table
 
 HITS_INDEX = HITS_MAP                   # map 0: hits per site, when aggregating and hits are wanted
 BY = " by "                             # EXPR by KEY,KEY

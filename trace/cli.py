@@ -88,10 +88,11 @@ def instrument_recorder(args: argparse.Namespace) -> RecorderOptions:
     """instrument's recorder options: its plan when filters or aggregations are given
     (the per-site hits counted too, for trace --pinned --count and --prometheus)."""
     from bpf_sdt.instrument.observers import DEFAULT_MAP_ENTRIES, MAX_MAP_ENTRIES, RecorderOptions
-    from bpf_sdt.trace.aggregate import recorder_for
 
     from bpf_sdt.elf import load_object
     from bpf_sdt.errors import UsageError
+
+    from .aggregate import recorder_for
 
     if not (args.filter or args.count_by or args.aggregations):
         return RecorderOptions(pin_by_name=args.pin_by_name)
@@ -104,7 +105,7 @@ def instrument_recorder(args: argparse.Namespace) -> RecorderOptions:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    from bpf_sdt.trace.runner import Options, trace
+    from .runner import Options, trace
 
     return trace(Options(
         obj=Path(args.object), probes=tuple(args.probe), as_json=args.json, count=args.count,

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bpf_sdt.trace.sites import Site
-
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.recorder_abi import ARG_SLOT, EVENT_HEADER, EVENT_HEADER_FIELDS
+
+from .sites import Site
 
 EVENT_FIELDS = EVENT_HEADER_FIELDS          # ts, site id, cpu: an unpacked event's first values
 _INT_CODES = {8: "b", 16: "h", 32: "i", 64: "q"}

@@ -48,7 +48,7 @@ import bpf_sdt
 from bpf_sdt.toolchain import find_clang
 
 if TYPE_CHECKING:
-    from bpf_sdt.trace.sites import Site
+    from .sites import Site
 
 CACHE_ENV = "BPF_SDT_CACHE"
 CACHE_OFF = "off"
@@ -220,7 +220,7 @@ def _encoded(value: object) -> object:
 
 
 def _site(data: object) -> Site:
-    from bpf_sdt.trace.sites import Site  # the one place the cache names the site table's type
+    from .sites import Site  # the one place the cache names the site table's type
 
     site = _decoded(data)
     if not isinstance(site, Site):

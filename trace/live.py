@@ -30,13 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
-from bpf_sdt.trace import instcache
-from bpf_sdt.trace.leftovers import report_stale
-from bpf_sdt.trace.output import Decoder
-from bpf_sdt.trace.recorder import Counters
-from bpf_sdt.trace.ring import open_ring
-from bpf_sdt.trace.runtime import InBackground, StopSignals, private_bpffs
-
 from bpf_sdt import kernel, records
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_RINGBUF_MAP
@@ -44,9 +37,16 @@ from bpf_sdt.kernel import Hook, MapInfo, ProgInfo, Replaced
 from bpf_sdt.libbpf import LibbpfError, LoadedObject, LoadedProgram, ifindex, obj_get
 from bpf_sdt.model import escape_text
 
+from . import instcache
+from .leftovers import report_stale
+from .output import Decoder
+from .recorder import Counters
+from .ring import open_ring
+from .runtime import InBackground, StopSignals, private_bpffs
+
 if TYPE_CHECKING:
-    from bpf_sdt.trace.output import Writer
-    from bpf_sdt.trace.runner import Options, _Session
+    from .output import Writer
+    from .runner import Options, _Session
 
 WHERE_KINDS = ("xdp", "tc", "id", "pin")
 TC_DIRECTIONS = ("ingress", "egress")
@@ -427,7 +427,7 @@ def _with_hook(opts: Options, hook: Hook, running_id: int, started: float, stop:
 def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd: int, held: records.Held,
                       started: float, stop: StopSignals, out: Writer | TextIO, err: TextIO) -> int | None:
     """The exit code; the record's state is "swapped" while the copy runs."""
-    from bpf_sdt.trace.runner import _layout, _load_interruptibly, instrumented_object, open_outputs
+    from .runner import _layout, _load_interruptibly, instrumented_object, open_outputs
 
     if _fills_prog_arrays(opts.obj):
         raise InputError(f"--live: {opts.obj} fills a prog_array itself (`values = {{ ... }}` in .maps); libbpf "
@@ -518,7 +518,7 @@ def _session(bpf: LoadedObject, decoder: Decoder, opts: Options, stop: StopSigna
              err: TextIO) -> _Session:
     """trace's own ring session over the copy's recorder maps (the same
     reading, decoding and summary as every other mode)."""
-    from bpf_sdt.trace.runner import _Session
+    from .runner import _Session
 
     ring_map = bpf.find_map(RECORDER_RINGBUF_MAP)
     return _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder,

@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from bpf_sdt.trace.decode import SiteCodec, Unpack, site_codec
-from bpf_sdt.trace.decode import slot_code as slot_code
-from bpf_sdt.trace.report import Render, ReportLines, column_widths, event_formatter
-from bpf_sdt.trace.sites import Site
-from bpf_sdt.trace.writer import Writer as Writer
-
 from bpf_sdt.recorder_abi import EVENT_SITE
 
+from .decode import SiteCodec, Unpack, site_codec
+from .decode import slot_code as slot_code
+from .report import Render, ReportLines, column_widths, event_formatter
+from .sites import Site
+from .writer import Writer as Writer
+
 if TYPE_CHECKING:
-    from bpf_sdt.trace.ring import Sink
+    from .ring import Sink
 
 # Per site: event size, event unpacker (header and arguments), and either a
 # %-template for the unpacked event (struct codes converting) or a render function.

@@ -26,15 +26,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from bpf_sdt.trace.aggregate import Report, Row, bucket_range, group, read_map
-from bpf_sdt.trace.recorder import CounterValues
-from bpf_sdt.trace.sites import Site
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from bpf_sdt.errors import UsageError
 from bpf_sdt.recorder_abi import RECORDER_COUNTER_MEANINGS
+
+from .aggregate import Report, Row, bucket_range, group, read_map
+from .recorder import CounterValues
+from .sites import Site
 
 DEFAULT_ADDRESS = "127.0.0.1"
 PREFIX = "bpf_sdt"

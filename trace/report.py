@@ -15,12 +15,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from bpf_sdt.trace.decode import EVENT_FIELDS, Convert, converted
-from bpf_sdt.trace.sites import Site
-from bpf_sdt.trace.writer import Writer
-
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.model import escape_text
+
+from .decode import EVENT_FIELDS, Convert, converted
+from .sites import Site
+from .writer import Writer
 
 JSON_FORMAT_VERSION = 2     # docs/trace.md "JSON lines": the first line of a stream carries it
 U64_MASK = (1 << 64) - 1

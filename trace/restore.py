@@ -57,7 +57,7 @@ def _keys_of(where: str) -> set[str]:
     """The record keys WHERE names as it is now: the keys of its interface's
     hooks (--tc's, and --live's for XDP), and for a program or a filter the
     key of the hook it runs at."""
-    from bpf_sdt.trace.live import find, parse_where
+    from .live import find, parse_where
 
     place = parse_where(where, "WHERE")
     keys = set()

@@ -38,34 +38,35 @@ from errno import EINTR, EINVAL, EOPNOTSUPP
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
+from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
+from bpf_sdt.libbpf import LibbpfError, Link, LoadedObject, LoadedProgram, TcFilter, strerror
+from bpf_sdt.model import escape_text
+
 # Imported where used, not here: the instrument stage (only a cache miss
 # instruments, in a child), the recorder's planning (Jinja2 and the filter
 # grammar: only with --filter or an aggregation), the Prometheus exporter,
 # the kernel layer of leftovers and records (only when attaching) and
 # pyelftools' ELF reader are a tenth of a second of imports that a cached
 # trace --run does not need (docs/cli.md, start-up).
-from bpf_sdt.trace import instcache
-from bpf_sdt.trace.instcache import Instrumented, Job
-from bpf_sdt.trace.output import Decoder, Writer
-from bpf_sdt.trace.pcap import MAX_PACKET, iter_packets
-from bpf_sdt.trace.recorder import Counters, RecorderMaps, find_loaded, open_pinned
-from bpf_sdt.trace.ring import Ring, open_ring
-from bpf_sdt.trace.runtime import STOP_SIGNALS, InBackground, StopSignals, private_bpffs
-from bpf_sdt.trace.testrun import RAW_TP_TYPE, run_raw_tp
-
-from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
-from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
-from bpf_sdt.libbpf import LibbpfError, Link, LoadedObject, LoadedProgram, TcFilter, strerror
-from bpf_sdt.model import escape_text
+from . import instcache
+from .instcache import Instrumented, Job
+from .output import Decoder, Writer
+from .pcap import MAX_PACKET, iter_packets
+from .recorder import Counters, RecorderMaps, find_loaded, open_pinned
+from .ring import Ring, open_ring
+from .runtime import STOP_SIGNALS, InBackground, StopSignals, private_bpffs
+from .testrun import RAW_TP_TYPE, run_raw_tp
 
 if TYPE_CHECKING:
     from bpf_sdt.instrument.observers import RecorderOptions
-    from bpf_sdt.trace.aggregate import Layout, Report
-    from bpf_sdt.trace.leftovers import RecordedTcFilter
-    from bpf_sdt.trace.prometheus import Exporter
-    from bpf_sdt.trace.sites import Site
 
     from bpf_sdt.elf import BpfObject as ElfObject
+
+    from .aggregate import Layout, Report
+    from .leftovers import RecordedTcFilter
+    from .prometheus import Exporter
+    from .sites import Site
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf")
 PROBE_CHECK_S = 1.0             # how often a live trace looks at the lost-event counter
@@ -162,7 +163,7 @@ def _run(opts: Options, writer: Writer, out: TextIO, err: TextIO, signals: list[
         if opts.pinned:
             return _trace_pinned(opts, stop, writer, err)
         if opts.live:
-            from bpf_sdt.trace.live import trace_live
+            from .live import trace_live
 
             live = trace_live(opts, stop, writer, err)
             return SIGNAL_EXIT + (stop.signal or 0) if live is None else live
@@ -225,13 +226,13 @@ def open_outputs(session: _Session, bpf: LoadedObject, layout: Layout | None, si
     of running that loads a recorder: test runs, attach, --live).  No
     layout: nothing is aggregated (_layout)."""
     if layout is not None:
-        from bpf_sdt.trace.aggregate import open_report
+        from .aggregate import open_report
 
         session.report = open_report(bpf.find_map, layout, sites, per_site=opts.per_site,
                                      as_json=opts.as_json, interval=opts.interval, now=time.monotonic())
     session.summarise = bool(opts.filters) or session.report is not None
     if opts.prometheus is not None:
-        from bpf_sdt.trace.prometheus import start_exporter
+        from .prometheus import start_exporter
 
         session.exporter = start_exporter(opts.prometheus, sites, shown, session.decoder.hits,
                                           session.counters.read, session.report, err)
@@ -316,9 +317,10 @@ def _traced_programs(opts: Options) -> tuple[str, ...]:
 def _recorder_plan(opts: Options, obj: ElfObject | None = None) -> tuple[RecorderOptions, Layout]:
     """Filters and aggregations of the traced probes, as the recorder's plan."""
     from bpf_sdt.instrument.observers import DEFAULT_MAP_ENTRIES
-    from bpf_sdt.trace.aggregate import recorder_for
 
     from bpf_sdt.elf import load_object
+
+    from .aggregate import recorder_for
 
     entries = DEFAULT_MAP_ENTRIES if opts.map_entries is None else opts.map_entries
     return recorder_for(obj or load_object(opts.obj), opts.probes, opts.filters, opts.count_by, opts.aggregations,
@@ -378,7 +380,7 @@ def _check_kernel_side(opts: Options) -> None:
         if not 1 <= opts.map_entries <= MAX_MAP_ENTRIES:
             raise UsageError(f"--map-entries {opts.map_entries}: must be from 1 to {MAX_MAP_ENTRIES}")
     if opts.prometheus is not None:
-        from bpf_sdt.trace.prometheus import parse_listen
+        from .prometheus import parse_listen
 
         parse_listen(opts.prometheus)
 
@@ -456,7 +458,7 @@ def _attach(bpf: LoadedObject, prog: LoadedProgram | None, iface: str | None, di
     """Attach as asked; (description, attachment) of each.  A tc filter is
     recorded in bpffs first (trace/leftovers.py): a SIGKILL leaves it
     findable for `bpf-sdt restore`; links end with the process anyway."""
-    from bpf_sdt.trace.leftovers import attach_tc, report_stale  # the kernel layer: only when attaching
+    from .leftovers import attach_tc, report_stale  # the kernel layer: only when attaching
 
     report_stale(err)
     if prog is not None and iface is not None:
@@ -669,7 +671,7 @@ class _Session:
         if self.report is not None:
             self.print_aggregations()
         if self.summarise:
-            from bpf_sdt.trace.aggregate import counters_line
+            from .aggregate import counters_line
 
             self.decoder.note_line(counters_line(counted, self.decoder.as_json))
         if counted.overflow:
@@ -688,11 +690,11 @@ class _Session:
 
 
 def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) -> int:
-    from bpf_sdt.instrument.observers import RECORDER_PREFIX
-    from bpf_sdt.trace.aggregate import open_report
-    from bpf_sdt.trace.prometheus import start_exporter
-
     from bpf_sdt.elf import load_object
+    from bpf_sdt.recorder_abi import RECORDER_PREFIX
+
+    from .aggregate import open_report
+    from .prometheus import start_exporter
 
     obj = load_object(opts.obj)
     if not any(s.name.startswith(RECORDER_PREFIX) for s in obj.symbols):
@@ -732,7 +734,7 @@ def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
 def _recorder_maps(opts: Options, obj: ElfObject) -> RecorderMaps:
     """OBJ's recorder: pinned in --pin-dir; without it, pinned in /sys/fs/bpf or
     else found among the kernel's loaded maps.  Its identity must be OBJ's."""
-    from bpf_sdt.trace.sites import recorder_identity
+    from .sites import recorder_identity
 
     identity = recorder_identity(obj, _recorder_plan(opts, obj)[0].plan_id)
     if opts.pin_dir is not None:
@@ -824,7 +826,7 @@ def _instrument_here(job: Job, output: Path, plan: RecorderOptions | None) -> li
 
 def _site_table(instrumented: ElfObject, shown: ElfObject | None = None) -> list[Site]:
     """trace.sites.site_table: the one place trace's runner imports it (the sites module may move)."""
-    from bpf_sdt.trace.sites import site_table
+    from .sites import site_table
 
     return site_table(instrumented, shown)
 
