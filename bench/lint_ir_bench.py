@@ -89,7 +89,7 @@ def bench_set(name: str, sdt: str, files: list[str], lint_args: list[str], clang
             run_quiet([sdt, "lint", *extra, *lint_args], env)
         return go
 
-    jobs_dict: dict[str, Callable[[], None]] = {
+    jobs_dict: dict[str, Callable[[], object]] = {
         "clang1": clang_one, "lint1": lint("-j", "1"), "noir1": lint("-j", "1", "--no-ir"),
         "clangN": clang_all, "lintN": lint("-j", str(jobs)), "noirN": lint("-j", str(jobs), "--no-ir"),
     }
