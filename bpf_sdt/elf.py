@@ -77,6 +77,13 @@ STV_DEFAULT = 0
 ST_TYPE_MASK = 0xF       # st_info: type in the low 4 bits, binding above them
 ST_BIND_SHIFT = 4
 
+
+def st_info(bind: int, type_: int) -> int:
+    """A symbol's st_info byte from its binding and type."""
+    return (bind << ST_BIND_SHIFT) | type_
+
+
+
 R_BPF_64_64 = 1          # ld_imm64: map, global data, subprogram address
 R_BPF_64_ABS64 = 2       # a 64-bit data word
 R_BPF_64_ABS32 = 3       # a 32-bit data word (DWARF)
@@ -466,7 +473,7 @@ class ElfImage:
                     raise InputError(f"{obj.path}: {s.name}: relocation at {bad.offset:#x} names symbol "
                                      f"{bad.symbol}, which does not exist")
             img.sections.append(rec)
-        img.symbols = [SymRec(s.name, s.value, s.size, (s.bind << ST_BIND_SHIFT) | s.type, s.other, s.shndx)
+        img.symbols = [SymRec(s.name, s.value, s.size, st_info(s.bind, s.type), s.other, s.shndx)
                        for s in obj.symbols]
         if not img.symbols:
             raise InputError(f"{obj.path}: no symbol table")

@@ -6,6 +6,7 @@ with the rest of the recorder's contract in :mod:`bpf_sdt.recorder_abi` and
 re-exported here.
 """
 
+from bpf_sdt.insn import INSN_SIZE, JMP, JMP_JA, LDX, MODE_MEM, MOV64_K, MOV64_X, R10, SIZE_BYTES
 from bpf_sdt.recorder_abi import RECORDER_COUNTERS as RECORDER_COUNTERS
 from bpf_sdt.recorder_abi import RECORDER_COUNTS_MAP as RECORDER_COUNTS_MAP
 from bpf_sdt.recorder_abi import RECORDER_DEFAULT_RINGBUF_SIZE as RECORDER_DEFAULT_RINGBUF_SIZE
@@ -30,16 +31,16 @@ REG_ARGS = 10          # r0..r9: at most 10 arguments of a site can be registers
 STRICT_MAX_ARGS = 5    # the RFC encoding (BPF_SDT_STRICT)
 INSN_ARRAY_MAX = 256   # entries per BPF_MAP_TYPE_INSN_ARRAY in the RFC consumer
 
-NOP_INSN = bytes([0x05, 0, 0, 0, 0, 0, 0, 0])   # goto +0 (BPF_JMP|BPF_JA, off 0)
+NOP_INSN = bytes([JMP | JMP_JA]) + bytes(INSN_SIZE - 1)   # goto +0 (BPF_JMP|BPF_JA, off 0): 05 00 00 00 00 00 00 00
 
 # The address word's relocation is elf.R_BPF_64_ABS64, or this number for it:
 R_BPF_64_ABS64_OLD_BINUTILS = 12   # what binutils <= 2.40 (bpf-gcc 12) writes
 
-# Argument insn opcodes.
-OP_MOV64_X = 0xBF   # BPF_ALU64 | BPF_MOV | BPF_X: value in src_reg
-OP_MOV64_K = 0xB7   # BPF_ALU64 | BPF_MOV | BPF_K: value is the s32 imm
-OP_LDX = {0x71: 1, 0x69: 2, 0x61: 4, 0x79: 8}   # BPF_LDX | BPF_MEM | size -> bytes
-FRAME_REG = 10
+# Argument insn opcodes, spelled from insn.py's opcode fields.
+OP_MOV64_X = MOV64_X   # BPF_ALU64 | BPF_MOV | BPF_X: value in src_reg
+OP_MOV64_K = MOV64_K   # BPF_ALU64 | BPF_MOV | BPF_K: value is the s32 imm
+OP_LDX = {LDX | MODE_MEM | size: nbytes for size, nbytes in SIZE_BYTES.items()}   # a stack slot's load -> bytes
+FRAME_REG = R10
 
 
 def entry_symbol_probe_name(symbol: str) -> str | None:

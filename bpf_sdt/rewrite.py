@@ -48,6 +48,7 @@ from bpf_sdt.elf import (
     SecRec,
     SymRec,
     is_reserved_index,
+    st_info,
 )
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import CALL_WORD_SIZE, CALLS_REL_SECTION, CALLS_SECTION, TYPES_SECTION
@@ -199,7 +200,7 @@ def append_address_entries(img: ElfImage, section: str, rel_section: str, addral
         symbol = section_symbols.get(code_section)
         if symbol is None:
             symbol = section_symbols[code_section] = img.section_symbol(code_section)
-        img.symbols.append(SymRec(name, here, 0, (STB_LOCAL << 4) | STT_NOTYPE, 0, sec_i))
+        img.symbols.append(SymRec(name, here, 0, st_info(STB_LOCAL, STT_NOTYPE), 0, sec_i))
         relocs.append(Relocation(here, R_BPF_64_ABS64, symbol, None))
         data += entry
     img.sections[sec_i].data = bytes(data)
@@ -228,7 +229,7 @@ def _make_static(obj: BpfObject, img: ElfImage, names: set[str]) -> None:
 
     for rec in img.symbols:
         if rec.name in names and rec.type == STT_FUNC:
-            rec.info = (STB_LOCAL << 4) | STT_FUNC
+            rec.info = st_info(STB_LOCAL, STT_FUNC)
             rec.other = STV_DEFAULT
     btf_i = img.index_of(".BTF")
     if btf_i is None or obj.btf is None:

@@ -23,6 +23,8 @@ from bpf_sdt.btf import Btf, BtfKind
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
     SHT_NOBITS,
+    ST_BIND_SHIFT,
+    ST_TYPE_MASK,
     STB_LOCAL,
     STT_FUNC,
     STT_NOTYPE,
@@ -42,7 +44,7 @@ from bpf_sdt.format import (
     NOTES_SECTION,
 )
 from bpf_sdt.fsutil import write_atomic
-from bpf_sdt.insn import INSN, INSN_SIZE, JMP, JMP_CALL, LD_IMM64, PSEUDO_CALL
+from bpf_sdt.insn import INSN, INSN_SIZE, JMP, JMP_CALL, LD_IMM64, PSEUDO_CALL, SRC_SHIFT
 from bpf_sdt.model import Declaration, Finding, Severity, SiteRecord
 from bpf_sdt.notes import NoteEntry, ProblemKind, RawSymbols
 from bpf_sdt.probes import TAG_RE, tagged_prototype
@@ -220,7 +222,7 @@ def call_words(obj: BpfObject) -> list[tuple[str, int, int]]:
     prefix = CALL_LABEL_PREFIX.encode()
     found: list[tuple[int, str, int, int]] = []
     for i, (name_off, info, _other, shndx, value, _size) in enumerate(symbols.records()):
-        if shndx != calls.index or info & 0xF != STT_NOTYPE or info >> 4 != STB_LOCAL:
+        if shndx != calls.index or info & ST_TYPE_MASK != STT_NOTYPE or info >> ST_BIND_SHIFT != STB_LOCAL:
             continue
         if symbols.has_prefix(name_off, prefix) and value in targets:
             observer = symbols.name(i, name_off)[len(CALL_LABEL_PREFIX):]
@@ -242,7 +244,7 @@ def _call_targets(obj: BpfObject, calls: Section, symbols: RawSymbols) -> dict[i
         _name, info, _other, shndx, value, _size = symbols.record(r.symbol)
         if is_reserved_index(shndx):
             continue
-        base = 0 if info & 0xF == STT_SECTION else value
+        base = 0 if info & ST_TYPE_MASK == STT_SECTION else value
         addend = r.addend if r.addend is not None else \
             int.from_bytes(data[r.offset: r.offset + CALL_WORD_SIZE], "little")
         out[r.offset] = (shndx, base + addend)
@@ -383,7 +385,7 @@ def cross_check(obj: BpfObject, report: ObjectReport) -> None:
 
 JMP_CALL_OPCODE = JMP | JMP_CALL
 # A BPF-to-BPF call: BPF_JMP|BPF_CALL with src_reg PSEUDO_CALL (dst_reg 0).
-_PSEUDO_CALL_BYTES = bytes([JMP_CALL_OPCODE, PSEUDO_CALL << 4])
+_PSEUDO_CALL_BYTES = bytes([JMP_CALL_OPCODE, PSEUDO_CALL << SRC_SHIFT])
 
 
 class _CallGraph:
@@ -400,10 +402,10 @@ class _CallGraph:
         self.names: dict[tuple[int, int], str] = {}     # (section, start) -> name
         self.globals: set[tuple[int, int]] = set()
         for i, (name_off, info, _other, shndx, value, _size) in enumerate(self.symbols.records()):
-            if info & 0xF == STT_FUNC and not is_reserved_index(shndx):
+            if info & ST_TYPE_MASK == STT_FUNC and not is_reserved_index(shndx):
                 self.starts.setdefault(shndx, []).append(value)
                 self.names[(shndx, value)] = self.symbols.name(i, name_off)
-                if info >> 4 != STB_LOCAL:
+                if info >> ST_BIND_SHIFT != STB_LOCAL:
                     self.globals.add((shndx, value))
         for starts in self.starts.values():
             starts.sort()
@@ -454,7 +456,7 @@ class _CallGraph:
         if target is None or not target.executable:
             return None
         op, regs, _off, imm = INSN.unpack_from(data, at)
-        if op == JMP_CALL_OPCODE and regs >> 4 == PSEUDO_CALL:
+        if op == JMP_CALL_OPCODE and regs >> SRC_SHIFT == PSEUDO_CALL:
             return (shndx, value + (imm + 1) * INSN_SIZE)
         if op == LD_IMM64:
             return (shndx, value + imm)
