@@ -183,8 +183,8 @@ def kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_regular(path: str, limit: int, what: str = "file") -> bytes:
-    """The bytes of a regular file of at most `limit` bytes, else InputError.
+def open_regular(path: str, what: str = "file") -> tuple[int, os.stat_result]:
+    """A read-only descriptor of a regular file and its fstat, else InputError.
 
     Opened non-blocking (a FIFO's open returns at once instead of waiting for
     a writer) and checked with fstat on the open descriptor, so a path
@@ -197,6 +197,17 @@ def read_regular(path: str, limit: int, what: str = "file") -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise InputError(f"{path}: {kind(st.st_mode)}, not a {what}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_regular(path: str, limit: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else InputError
+    (opened as :func:`open_regular` does)."""
+    fd, st = open_regular(path, what)
+    try:
         if st.st_size > limit:
             raise InputError(f"{path}: {st.st_size} bytes, larger than any {what} ({limit})")
         chunks, total = [], 0

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bpf_sdt.errors import InputError
-from bpf_sdt.fsutil import kind
+from bpf_sdt.fsutil import open_regular
 
 LINKTYPE_ETHERNET = 1
 MAX_PACKET = 1 << 18            # 256 KiB: libpcap's largest snapshot length
@@ -57,7 +56,6 @@ PCAPNG_TRAILER = 4              # the total length again, after it
 EPB_FIXED = "IIIII"             # interface, timestamp high and low, captured, original length
 PB_FIXED = "HHIIII"             # interface, drops, timestamp high and low, captured, original length
 ALIGN = 4
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
 class _Stream:
@@ -66,17 +64,7 @@ class _Stream:
 
     def __init__(self, path: str) -> None:
         self.path, self.order, self.pos = path, "<", 0
-        try:
-            fd = os.open(path, _OPEN_FLAGS)
-        except OSError as e:
-            raise InputError(f"{path}: {e.strerror or e}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise InputError(f"{path}: {kind(st.st_mode)}, not a capture")
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, st = open_regular(path, "capture")
         self.size = st.st_size
         self._file = io.BufferedReader(io.FileIO(fd, "rb"), buffer_size=READ_CHUNK)  # noqa: SIM115 - closed by close()
 
