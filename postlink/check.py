@@ -48,6 +48,7 @@ from bpf_sdt.insn import INSN, INSN_SIZE, JMP, JMP_CALL, LD_IMM64, PSEUDO_CALL, 
 from bpf_sdt.model import Declaration, Finding, Severity, SiteRecord
 from bpf_sdt.notes import NoteEntry, ProblemKind, RawSymbols
 from bpf_sdt.probes import TAG_RE, tagged_prototype
+from bpf_sdt.rules import Rule, RuleTable
 from bpf_sdt.sites import SiteTable, site_table
 
 if TYPE_CHECKING:   # imported where used: `check` reads neither line info nor typed arguments
@@ -58,26 +59,26 @@ _QUALIFIERS = {BtfKind.VOLATILE, BtfKind.CONST, BtfKind.RESTRICT, BtfKind.TYPE_T
 # Every rule: its id, its severity and what it means (docs/check.md has the
 # table; a test keeps the two equal).  SDT105 and SDT115 are warnings in one
 # documented case each (WARNING_CASES), errors otherwise.
-RULES: dict[str, tuple[Severity, str]] = {
-    "SDT101": ("error", "the notes section has no relocation section"),
-    "SDT102": ("error", "entry boundaries: symbols missing, misplaced or entries of a bad size"),
-    "SDT103": ("error", "an entry's argument count differs from its BTF prototype"),
-    "SDT104": ("error", "an address word without exactly one relocation, or a misplaced relocation"),
-    "SDT105": ("error", "a relocation type other than R_BPF_64_ABS64"),
-    "SDT106": ("error", "a relocation symbol outside an executable section"),
-    "SDT107": ("error", "an address that is not on a goto +0 in its code section"),
-    "SDT108": ("error", "an argument instruction the format does not allow"),
-    "SDT109": ("error", "two entries describe one NOP"),
-    "SDT110": ("error", "a probe with sites but no BTF prototype"),
-    "SDT111": ("error", "a tag's count differs from its prototype, or one name has two prototypes"),
-    "SDT112": ("error", "a prototype parameter is a struct/union by value or wider than 8 bytes"),
-    "SDT113": ("warning", "a declared probe with no site in the object"),
-    "SDT114": ("warning", "notes without prototypes from GCC: counts and types unchecked"),
-    "SDT115": ("error", "a linker corrupted the address words, or the notes section is executable"),
-    "SDT116": ("warning", "more than 256 sites in one program (its functions and those it calls)"),
-    "SDT117": ("error", "a malformed bpf_sdt: tag, or unreadable BTF"),
-    "SDT118": ("error", "a symbol outside its section, or in a section that does not exist"),
-    "SDT119": ("error", "more than one section named .bpf_sdt_notes"),
+RULES: RuleTable = {
+    "SDT101": Rule("error", "the notes section has no relocation section"),
+    "SDT102": Rule("error", "entry boundaries: symbols missing, misplaced or entries of a bad size"),
+    "SDT103": Rule("error", "an entry's argument count differs from its BTF prototype"),
+    "SDT104": Rule("error", "an address word without exactly one relocation, or a misplaced relocation"),
+    "SDT105": Rule("error", "a relocation type other than R_BPF_64_ABS64"),
+    "SDT106": Rule("error", "a relocation symbol outside an executable section"),
+    "SDT107": Rule("error", "an address that is not on a goto +0 in its code section"),
+    "SDT108": Rule("error", "an argument instruction the format does not allow"),
+    "SDT109": Rule("error", "two entries describe one NOP"),
+    "SDT110": Rule("error", "a probe with sites but no BTF prototype"),
+    "SDT111": Rule("error", "a tag's count differs from its prototype, or one name has two prototypes"),
+    "SDT112": Rule("error", "a prototype parameter is a struct/union by value or wider than 8 bytes"),
+    "SDT113": Rule("warning", "a declared probe with no site in the object"),
+    "SDT114": Rule("warning", "notes without prototypes from GCC: counts and types unchecked"),
+    "SDT115": Rule("error", "a linker corrupted the address words, or the notes section is executable"),
+    "SDT116": Rule("warning", "more than 256 sites in one program (its functions and those it calls)"),
+    "SDT117": Rule("error", "a malformed bpf_sdt: tag, or unreadable BTF"),
+    "SDT118": Rule("error", "a symbol outside its section, or in a section that does not exist"),
+    "SDT119": Rule("error", "more than one section named .bpf_sdt_notes"),
 }
 WARNING_CASES = {
     "SDT105": "relocation type 12 (binutils <= 2.40, bpf-gcc 12), read as ABS64",
@@ -117,7 +118,7 @@ class ObjectReport:
         self.findings: list[Finding] = []
 
     def add(self, where: str, severity: Severity, message: str, rule: str) -> None:
-        known = RULES[rule][0]   # an unknown rule id is a bug here: KeyError
+        known = RULES[rule].severity   # an unknown rule id is a bug here: KeyError
         if severity != known and not (severity == "warning" and rule in WARNING_CASES):
             raise ValueError(f"{rule} is a {known}, not a {severity}")
         self.findings.append(Finding(self.path, where, severity, message, rule))
