@@ -266,10 +266,52 @@ def s32(v: int) -> int:
 
 # --- registers read and written ----------------------------------------------
 
+# What an instruction reads and writes depends on its opcode and registers alone, but for
+# an atomic (whose imm names the operation): the analyses ask it for every instruction
+# several times, so the answers are kept by (op, dst, src).  Only for real registers, so
+# hostile register numbers add no entries: at most 256 * 11 * 11 of them.
+_Regs = tuple[frozenset[int], frozenset[int], int, int]   # used, defined, and each as a mask
+_REGS_BY_FIELDS: dict[tuple[int, int, int], _Regs] = {}
+
+
+def _regs(insn: Insn) -> _Regs:
+    key = (insn.op, insn.dst, insn.src)
+    known = _REGS_BY_FIELDS.get(key)
+    if known is not None:
+        return known
+    used, defined = _regs_used(insn), _regs_defined(insn)
+    regs = (used, defined, _mask(used), _mask(defined))
+    cacheable = insn.op & CLASS_MASK != STX or insn.op & MODE_MASK != MODE_ATOMIC
+    if cacheable and 0 <= insn.dst <= R10 and 0 <= insn.src <= R10:
+        _REGS_BY_FIELDS[key] = regs
+    return regs
+
+
+def _mask(regs: Iterable[int]) -> int:
+    m = 0
+    for r in regs:
+        m |= 1 << r
+    return m
+
 
 def regs_used(insn: Insn) -> frozenset[int]:
     """Registers an instruction reads, calls excepted (their argument count
     depends on the callee: see :func:`call_clobbers` and the liveness pass)."""
+    return _regs(insn)[0]
+
+
+def regs_defined(insn: Insn) -> frozenset[int]:
+    """Registers an instruction writes (a call: r0, and it clobbers r1..r5)."""
+    return _regs(insn)[1]
+
+
+def regs_masks(insn: Insn) -> tuple[int, int]:
+    """:func:`regs_used` and :func:`regs_defined` as bit masks (bit r: register r)."""
+    regs = _regs(insn)
+    return regs[2], regs[3]
+
+
+def _regs_used(insn: Insn) -> frozenset[int]:
     c, op = insn.cls, insn.op
     if c in (ALU, ALU64):
         aop = op & OP_MASK
@@ -299,8 +341,7 @@ def regs_used(insn: Insn) -> frozenset[int]:
     return frozenset()
 
 
-def regs_defined(insn: Insn) -> frozenset[int]:
-    """Registers an instruction writes (a call: r0, and it clobbers r1..r5)."""
+def _regs_defined(insn: Insn) -> frozenset[int]:
     c, op = insn.cls, insn.op
     if c in (ALU, ALU64, LDX) or op == LD_IMM64:
         return frozenset({insn.dst})

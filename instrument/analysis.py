@@ -54,6 +54,7 @@ from bpf_sdt.insn import (
     CodeSection,
     Insn,
     regs_defined,
+    regs_masks,
     regs_used,
 )
 
@@ -520,7 +521,7 @@ def _uses_defs(insn: Insn, call_uses: Callable[[Insn], int], site_uses: dict[int
         return call_uses(insn), CLOBBER
     if insn.is_nop:
         return site_uses.get(id(insn), 0), 0
-    return mask(regs_used(insn)), mask(regs_defined(insn))
+    return regs_masks(insn)
 
 
 def _liveness(f: Function, call_uses: Callable[[Insn], int], site_uses: dict[int, int]) -> list[int]:
@@ -579,7 +580,7 @@ def _initialised(f: Function) -> list[int]:
 def _init_transfer(insn: Insn, state: int) -> int:
     if insn.is_call or (insn.cls == LD and insn.op != LD_IMM64):
         return (state & ~CLOBBER) | (1 << R0)
-    return state | mask(regs_defined(insn))
+    return state | regs_masks(insn)[1]
 
 
 def initialised_after(f: Function, local: int) -> int:

@@ -107,7 +107,14 @@ class Range:
     hi: int
 
     def join(self, other: Range) -> Range:
-        return Range(min(self.lo, other.lo), max(self.hi, other.hi))
+        # Most joins meet a range that already holds the other: keeping the object
+        # spares an allocation and lets later joins and comparisons stop at identity.
+        lo, hi = self.lo, self.hi
+        if lo <= other.lo and other.hi <= hi:
+            return self
+        if other.lo <= lo and hi <= other.hi:
+            return other
+        return Range(min(lo, other.lo), max(hi, other.hi))
 
     @property
     def nonneg(self) -> bool:
@@ -151,7 +158,12 @@ class Scalar:
         return Scalar(_zero_extended(w), w)
 
     def join(self, other: Scalar) -> Scalar:
-        return Scalar(self.r.join(other.r), self.w.join(other.w))
+        r, w = self.r.join(other.r), self.w.join(other.w)
+        if r is self.r and w is self.w:
+            return self
+        if r is other.r and w is other.w:
+            return other
+        return Scalar(r, w)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +172,8 @@ class StackPtr:
     off: Range               # offset from the base
 
     def join(self, other: StackPtr) -> StackPtr:
-        return StackPtr(self.base, self.off.join(other.off))
+        off = self.off.join(other.off)
+        return self if off is self.off else other if off is other.off else StackPtr(self.base, off)
 
 
 Value = Scalar | StackPtr | None
@@ -168,6 +181,8 @@ UNKNOWN = Scalar(FULL64, FULL32)
 
 
 def _join_value(a: Value, b: Value) -> Value:
+    if a is b:
+        return a                 # one value reached both ways (the common case)
     if a is None or b is None:
         return None
     if isinstance(a, Scalar) and isinstance(b, Scalar):
@@ -191,7 +206,14 @@ class State:
 
 
 def _join_state(a: State, b: State) -> State:
-    regs = tuple(_join_value(x, y) for x, y in zip(a.regs, b.regs, strict=True))
+    """The hull of two states; ``a`` itself when it already holds ``b`` (so
+    that the caller's comparison with ``a`` stops at identity)."""
+    regs = tuple([_join_value(x, y) for x, y in zip(a.regs, b.regs, strict=True)])
+    same_regs = all(x is y for x, y in zip(regs, a.regs, strict=True))
+    if (a.slots is b.slots or a.slots == b.slots) and all(v is not None for _, v in a.slots):
+        # the same spills on both paths: each slot joins with itself, so it is kept (a slot
+        # that holds nothing known is dropped, below)
+        return a if same_regs else State(regs, a.slots)
     sa, sb = a.slot_map(), b.slot_map()
     slots = {}
     for off in sa.keys() | sb.keys():
@@ -394,6 +416,9 @@ def _transfer(insn: Insn, st: State, at: int, reach: Reach, call_reach: CallReac
     if c in (ALU, ALU64):                # the common case: registers only
         regs[insn.dst] = _alu(insn, regs, at, reach)
         return State(tuple(regs), st.slots)
+    if c == LDX and mode in (MODE_MEM, MODE_MEMSX):     # a load changes no spilled slot
+        regs[insn.dst] = _load(insn, regs, st, at, reach)
+        return State(tuple(regs), st.slots)
     slots = st.slot_map()
     if insn.is_call:
         _call(insn, regs, slots, at, reach, call_reach)
@@ -401,8 +426,6 @@ def _transfer(insn: Insn, st: State, at: int, reach: Reach, call_reach: CallReac
         value = (insn.imm & U32_MAX) | (insn.imm_hi & U32_MAX) << WORD_BITS
         signed = value - (U64_MAX + 1) if value > S64_MAX else value
         regs[insn.dst] = Scalar.of(Range(signed, signed)) if insn.src == LD_IMM64_CONSTANT else None
-    elif c == LDX and mode in (MODE_MEM, MODE_MEMSX):
-        regs[insn.dst] = _load(insn, regs, slots, at, reach)
     elif c in (ST, STX) and mode in (MODE_MEM, MODE_ATOMIC):
         _store(insn, regs, slots, at, reach)
         if c == STX and mode == MODE_ATOMIC:
@@ -433,9 +456,12 @@ def _call(insn: Insn, regs: list[Value], slots: dict[int, Value], at: int, reach
 
 def _access(base: Value, insn: Insn, at: int, reach: Reach, what: str) -> None:
     if isinstance(base, StackPtr):
-        reach.touch(base.base, base.off.lo + insn.off, at,
-                    f"insn {at} {what} through a stack pointer whose offset may be below -{MAX_STACK} "
-                    "(a variable offset that is not known to be non-negative)")
+        off = base.off.lo + insn.off
+        # the reason is only kept for an offset below the stack: worded only then (every access
+        # through a stack pointer comes here)
+        why = (f"insn {at} {what} through a stack pointer whose offset may be below -{MAX_STACK} "
+               "(a variable offset that is not known to be non-negative)") if off < -MAX_STACK else ""
+        reach.touch(base.base, off, at, why)
 
 
 def _exact_slot(p: Value, off: int) -> int | None:
@@ -444,14 +470,16 @@ def _exact_slot(p: Value, off: int) -> int | None:
     return None
 
 
-def _load(insn: Insn, regs: list[Value], slots: dict[int, Value], at: int, reach: Reach) -> Value:
+def _load(insn: Insn, regs: list[Value], st: State, at: int, reach: Reach) -> Value:
     base = regs[insn.src]
     _access(base, insn, at, reach, "reads")
     size = SIZE_BYTES[insn.op & SIZE_MASK]
     if insn.op & SIZE_MASK == SIZE_DW:
         slot = _exact_slot(base, insn.off)
-        if slot is not None and slot in slots:
-            return slots[slot]
+        if slot is not None:             # a fill: what was spilled there, if known
+            slots = st.slot_map()
+            if slot in slots:
+                return slots[slot]
         return UNKNOWN
     bits = 8 * size
     if insn.op & MODE_MASK == MODE_MEMSX:
