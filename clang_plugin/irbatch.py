@@ -14,6 +14,8 @@ So files whose IR compile has the same compiler and flags share one cc1:
   that input is done, so the stream is the modules in input order; they are
   told apart by walking the bitcode's top-level blocks, whose lengths are
   in their headers (split_bitcode);
+- a module with CO-RE relocations ends the batch there too: the files after
+  it go to a new clang (see CORE_RELOCATION_NAME);
 - a file that does not compile ends the batch at its module, and the files
   from it on go to a new clang, where it is first.  Only there is its error
   its own: cc1 applies the command line's warning options (`-w`,
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import shlex
 import subprocess
@@ -58,6 +61,18 @@ TOP_ABBREV_BITS = 2
 ENTER_SUBBLOCK = 1
 BLOCK_ID_VBR, ABBREV_WIDTH_VBR = 8, 4
 WORD = 4
+# The name of a CO-RE relocation's global, `llvm.<type>:<kind>:<patch>$<access>`
+# (LLVM's BPF member-access pass, clang 14 and 19).  The pass keeps these
+# globals in one map per process, by name, and never empties it: a later cc1
+# input with an access an earlier one had gets the earlier module's global
+# instead of its own.  While that module lives (the one before), the new
+# module refers into it and its bitcode cannot be read ("Never resolved
+# value"); once it is freed, the pointer dangles: clang 19 writes a module
+# that reads fine and computes garbage, clang 14 crashes.  Only modules with
+# such a global fill the map, so the files after one go to a new clang.  The
+# names are in the module's string table, a blob of raw bytes; a string
+# elsewhere that looks like one costs only a restart.
+CORE_RELOCATION_NAME = re.compile(rb"llvm\.[^:$\0]{0,1024}:[0-9]+:[0-9]+\$")
 # cc1 arguments that name a file per input: such a command cannot be shared.
 PER_INPUT_OUTPUTS = ("-dependency-file", "-split-dwarf-file", "-split-dwarf-output", "-ftime-trace",
                      "-header-include-file", "-stack-usage-file", "-opt-record-file", "-coverage-data-file",
@@ -215,6 +230,11 @@ def _block_end(stream: bytes, pos: int) -> int | None:
     return end if words and end <= len(stream) else None
 
 
+def has_core_relocations(module: bytes) -> bool:
+    """Whether a module names a CO-RE relocation's global (CORE_RELOCATION_NAME)."""
+    return CORE_RELOCATION_NAME.search(module) is not None
+
+
 # --- running a batch ----------------------------------------------------------------
 
 
@@ -249,6 +269,7 @@ class IrBatch:
     _proc: subprocess.Popen[bytes] | None = None
     _todo: list[str] = field(default_factory=list)
     _first: str = ""                # the first input of the running clang
+    _after_core: bool = False       # it wrote a module with CO-RE relocations: the rest need a new one
     _workdir: tempfile.TemporaryDirectory[str] | None = None
 
     def drop_pch(self) -> None:
@@ -300,6 +321,10 @@ class IrBatch:
                 pass
             if self._take(stream.modules()):      # a file finished: the next one's deadline starts
                 deadline = time.monotonic() + self.timeout_s
+            if self._after_core:
+                self._proc.kill()
+                code = self._proc.wait()
+                break
             if stream.pending > MAX_BITCODE_BYTES:
                 why = too_much_bitcode()
             elif time.monotonic() > deadline:
@@ -311,6 +336,10 @@ class IrBatch:
         self._proc = None
         while self._take(stream.modules()):
             pass
+        if self._after_core:        # not a verdict on the file in progress: it starts again, first
+            self._after_core = False
+            self._launch(self._todo)
+            return
         if not self._todo:
             return
         if why is None and stream.pending > MAX_BITCODE_BYTES:
@@ -335,11 +364,13 @@ class IrBatch:
             self._launch(rest)
 
     def _take(self, modules: list[bytes]) -> bool:
-        """Give the first files their modules; whether there were any."""
+        """Give the first files their modules, up to one with CO-RE
+        relocations if files remain; whether there were any."""
         for module in modules:
-            if not self._todo:
+            if not self._todo or self._after_core:
                 break
             self.results[self._todo.pop(0)] = module
+            self._after_core = bool(self._todo) and has_core_relocations(module)
         return bool(modules)
 
     def cancel(self) -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bpf_sdt.clang_plugin.irbatch import IrBatch, cc1_command, split_bitcode
+from bpf_sdt.clang_plugin.irbatch import IrBatch, cc1_command, has_core_relocations, split_bitcode
 from bpf_sdt.clang_plugin.irlint import IrCompiler, IrUnavailable, ir_sites, start_ir
 from bpf_sdt.clang_plugin.parse import compile_flags
 from bpf_sdt.clang_plugin.plan import plan_for
@@ -33,6 +33,25 @@ def source(i: int, broken: bool = False) -> str:
             f"int f{i}(int *c)\n{{\n\tstruct s{i} v;\n\tv.a = c[0];\n"
             f"\tBPF_SDT_PROBE2(p{i}, v.a, {i});\n\tBPF_SDT_PROBE1(q{i}, v.b);\n"
             f"\treturn {'undeclared_name' if broken else 'v.a'};\n}}\n")
+
+
+# A struct whose member reads are CO-RE relocations (with -g, as the IR compile has).
+CORE_STRUCT = "struct hdr { int x; int y; } __attribute__((preserve_access_index));\n"
+
+
+def core_source(i: int) -> str:
+    """source(i) with a CO-RE read of the same field every such file reads."""
+    return (source(i).replace(f"int f{i}(int *c)", CORE_STRUCT + f"int f{i}(struct hdr *c)")
+            .replace("v.a = c[0];", "v.a = c->y;"))
+
+
+def core_sources(tmp_path: Path, core: tuple[bool, ...]) -> list[str]:
+    out = []
+    for i, with_core in enumerate(core):
+        f = tmp_path / f"c{i}.bpf.c"
+        f.write_text(core_source(i) if with_core else source(i))
+        out.append(str(f))
+    return out
 
 
 def sources(tmp_path: Path, n: int, broken: tuple[int, ...] = ()) -> list[str]:
@@ -207,3 +226,39 @@ def test_a_later_input_gets_the_diagnostics_of_a_file_alone(built: Path) -> None
     got = batch([tc, trace], command)
     assert all(isinstance(v, bytes) for v in got.values()), got
     assert ir_sites(got[trace]) == ir_sites(alone) and ir_sites(alone)
+
+
+# CO-RE files right after another (its module still alive in cc1), and two
+# inputs later (freed): the files that shared one clang had unreadable or
+# silently wrong modules, and lint said only "IR checks skipped".
+CORE_LAYOUT = (True, True, False, True)
+
+
+@pytest.mark.parametrize("version", REQUIRED_CLANGS)
+def test_co_re_relocations_do_not_leak_into_later_inputs(version: int, tmp_path: Path) -> None:
+    """LLVM's BPF member-access pass keeps its CO-RE globals in a map per
+    process: a later cc1 input with the same access got the earlier module's
+    global.  The batch gives the files after a CO-RE module a new clang, so
+    each module is what the file compiled alone writes."""
+    files = core_sources(tmp_path, CORE_LAYOUT)
+    command = cc1_command(clang(version), compile_flags([]), files[0])
+    assert command is not None
+    shared = subprocess.run([*command, *files], capture_output=True, check=False)
+    alone = {f: subprocess.run([*command, f], capture_output=True, check=True).stdout for f in files}
+    assert shared.returncode != 0 or split_bitcode(shared.stdout)[1] != alone[files[1]], \
+        "one cc1 now keeps CO-RE relocations per module? then irbatch need not restart after one"
+    assert all(has_core_relocations(alone[f]) == core for f, core in zip(files, CORE_LAYOUT, strict=True))
+    got = batch(files, command)
+    for f in files:
+        assert got[f] == alone[f], f"{f}: the split module differs from the file compiled alone"
+
+
+def test_lint_of_co_re_files_together_runs_the_ir_rules_on_each(tmp_path: Path) -> None:
+    """End to end, -j1 (one shared clang): every file gets its SDT010, none
+    the note that its IR checks were skipped."""
+    files = core_sources(tmp_path, CORE_LAYOUT)
+    res = subprocess.run([*CLI, "lint", "--no-cache", "--format", "json", "-j", "1", *files],
+                         capture_output=True, text=True, env={**os.environ, "BPF_SDT_CLANG": clang(19)}, check=False)
+    assert res.returncode == 1 and "IR checks skipped" not in res.stderr, res.stderr
+    found = {(Path(h["path"]).name, h["rule"]) for h in json.loads(res.stdout)["findings"]}
+    assert found == {(Path(f).name, "SDT010") for f in files}
