@@ -17,7 +17,12 @@ shared machine falls on both alike; the fastest run and the median are shown,
 and the two outputs are compared byte for byte (the recorder's temporary
 source path normalised, as bench/compare_outputs.py does).
 
-Usage: .venv/bin/python bench/decode_once_bench.py [--before REV] [--runs N] [--sites N]
+With ``--profile N``, the work tree's command also runs once more under
+cProfile, after the timed runs (so the profile slows none of them), and the
+N functions with the most CPU time of their own are printed: where the time
+goes now, for the next step.
+
+Usage: .venv/bin/python bench/decode_once_bench.py [--before REV] [--runs N] [--sites N] [--profile N]
 """
 
 from __future__ import annotations
@@ -106,6 +111,26 @@ def checkout(rev: str, dest: Path) -> Path:
     return dest
 
 
+# Runs in the child under the profiler.  argv: package tree, IN, OUT, how many functions.
+PROFILED_CHILD = r"""
+import cProfile, pstats, sys
+sys.path.insert(0, sys.argv[1])
+from bpf_sdt import cli
+profile = cProfile.Profile()
+profile.runcall(cli.main, ["instrument", sys.argv[2], "-o", sys.argv[3]])
+pstats.Stats(profile).sort_stats("tottime").print_stats(int(sys.argv[4]))
+"""
+
+
+def profile_side(tree: Path, obj: Path, out: Path, top: int) -> str:
+    """cProfile's table of the ``top`` functions by their own CPU time."""
+    res = subprocess.run([sys.executable, "-c", PROFILED_CHILD, str(tree), str(obj), str(out), str(top)],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"profiled instrument failed in {tree}: {res.stderr.strip().splitlines()[-1:]}")
+    return res.stdout
+
+
 def run_side(tree: Path, obj: Path, out: Path) -> dict[str, Any]:
     res = subprocess.run([sys.executable, "-c", CHILD, str(tree), str(obj), str(out)],
                          capture_output=True, text=True, check=False)
@@ -135,6 +160,8 @@ def main() -> int:
     ap.add_argument("--before", default=DEFAULT_BEFORE, help="git revision measured as 'before'")
     ap.add_argument("--runs", type=int, default=DEFAULT_RUNS)
     ap.add_argument("--sites", type=int, default=DEFAULT_SITES)
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile the work tree's run once and print its N costliest functions")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-decode-bench-") as t:
         tmp = Path(t)
@@ -147,14 +174,15 @@ def main() -> int:
             for side, tree in trees.items():
                 runs[side].append(run_side(tree, obj, outs[side]))
         same = normalised(outs["before"]) == normalised(outs["after"])
+        profile = profile_side(trees["after"], obj, tmp / "profiled.instr.o", args.profile) if args.profile else ""
         shutil.rmtree(tmp / "src-before")
     b, a = runs["before"], runs["after"]
 
     def fastest(rs: list[dict[str, Any]], what: str = "wall") -> float:
-        return min(r[what] for r in rs)
+        return float(min(r[what] for r in rs))
 
     def peak(rs: list[dict[str, Any]]) -> float:
-        return statistics.median(r["maxrss_kib"] for r in rs) / KIB_PER_MIB
+        return float(statistics.median(r["maxrss_kib"] for r in rs)) / KIB_PER_MIB
 
     print(f"instrument (recorder) on {args.sites:,} sites, {args.runs} alternating runs; "
           f"before = {args.before}, after = the work tree\n")
@@ -173,6 +201,8 @@ def main() -> int:
     print(row("check runs: IN / OUT / others", per_object(b[0]["checks"], obj, outs["before"]),
               per_object(a[0]["checks"], obj, outs["after"]), ""))
     print(f"\noutputs byte-identical (recorder source path normalised): {'yes' if same else 'NO'}")
+    if profile:
+        print(f"\nthe work tree's run under cProfile (its overhead included), by own time:\n{profile}")
     return 0 if same else 1
 
 

@@ -66,7 +66,7 @@ from .observers import (
     is_observer_section,
     recorder_function,
 )
-from .sequence import Frame, Observer, site_sequence
+from .sequence import Frame, Observer, SequenceShapes, site_sequence
 
 
 class SiteError(BpfSdtError):
@@ -272,6 +272,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     inserts: dict[int, dict[int, list[Insn]]] = {}
     sites, problems = [], []
     chains: dict[tuple[int, int, tuple[str, ...]], str | None] = {}   # call-chain verdicts, per function
+    shapes = SequenceShapes()                                           # sites of one shape share fields
     for site_id, entry in enumerate(table.entries):
         names = plan.get(entry.probe)
         if not names:
@@ -283,7 +284,8 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
             continue
         try:
             seq, calls = _site_code(program, f, idx, entry, types.get(entry.probe, ()),
-                                    [observers[n] for n in names], site_id, sec.index != text, chains)
+                                    [observers[n] for n in names], site_id, sec.index != text, chains,
+                                    shapes)
         except SiteError as e:
             problems.append(f"{_where(entry, f, table)}: {e}")
             continue
@@ -296,7 +298,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     for idx, at in inserts.items():
         _insert_after(code[idx], at)
     # What only placing the calls needed goes before the rewrite, whose encoding is the run's peak.
-    del program, index_of, inserts, chains, observers, reachable
+    del program, index_of, inserts, chains, shapes, observers, reachable
     # The recorder stays global: verified once per program, not at every site.
     edits.make_static |= {name for names in plan.values() for name in names if not name.startswith(RECORDER_PREFIX)}
     img = rewrite_object(obj, code, edits)
@@ -406,7 +408,7 @@ def _called_through_section_symbol(obj: BpfObject, observers: dict[str, Observer
 def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types: tuple[ArgType, ...],
                observers: list[Observer], site_id: int, cross_section: bool,
                chains: dict[tuple[int, int, tuple[str, ...]], str | None] | None = None,
-               ) -> tuple[list[Insn], list[tuple[str, Insn]]]:
+               shapes: SequenceShapes | None = None) -> tuple[list[Insn], list[tuple[str, Insn]]]:
     """The site's sequence, and for each observer the first insn of its call.
     ``chains`` keeps :func:`_check_call_chain`'s verdict (None: passed; else
     the finding) by function, grown frame and observers: it depends on
@@ -437,7 +439,7 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
     if verdict is not None:
         raise SiteError(verdict)
     wants_id = any(o.name.startswith(RECORDER_PREFIX) for o in observers)
-    seq = site_sequence(entry.args, types, frame, observers, site_id if wants_id else None, cross_section)
+    seq = site_sequence(entry.args, types, frame, observers, site_id if wants_id else None, cross_section, shapes)
     calls = [i - 2 for i, insn in enumerate(seq) if insn.is_pseudo_call]   # r1 = r10; r1 += ..; call
     return seq, [(obs.name, seq[i]) for obs, i in zip(observers, calls, strict=True)]
 

@@ -138,31 +138,95 @@ def _load_stack_arg(loc: ArgLocation, t: ArgType, off: int) -> list[Insn]:
 
 
 def site_sequence(args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
-                  observers: Sequence[Observer], site_id: int | None, cross_section: bool) -> list[Insn]:
-    """The instructions for one enabled site (see the module docstring)."""
+                  observers: Sequence[Observer], site_id: int | None, cross_section: bool,
+                  shapes: SequenceShapes | None = None) -> list[Insn]:
+    """The instructions for one enabled site (see the module docstring).
+    With ``shapes``, sites of one shape are derived from the first one's."""
+    if shapes is None:
+        return [*_stores(args, types, frame), *_site_id(frame, site_id),
+                *_calls_and_fills(frame, observers, cross_section)]
+    return shapes.sequence(args, types, frame, observers, site_id, cross_section)
+
+
+def _stores(args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame) -> list[Insn]:
+    """The spills, then each argument stored into the array."""
     seq = [store_reg(SIZE_DW, R10, frame.spill(k), r) for k, r in enumerate(frame.saved)]
+    first = frame.args
     narrow: list[tuple[int, int, ArgType]] = []
     for j, (loc, t) in enumerate(zip(args, types, strict=True)):
         if loc.kind == "reg" and loc.reg is not None:
             if needs_conversion(t):
                 narrow.append((j, loc.reg, t))
             else:
-                seq.append(store_reg(SIZE_DW, R10, frame.args + STACK_SLOT * j, loc.reg))
+                seq.append(store_reg(SIZE_DW, R10, first + STACK_SLOT * j, loc.reg))
     for j, reg, t in sorted(narrow, key=lambda n: n[1] != R0):   # r0's own value first
-        seq += _convert_r0(t, reg) + [store_reg(SIZE_DW, R10, frame.args + STACK_SLOT * j, R0)]
+        seq += _convert_r0(t, reg) + [store_reg(SIZE_DW, R10, first + STACK_SLOT * j, R0)]
     for j, (loc, t) in enumerate(zip(args, types, strict=True)):
-        off = frame.args + STACK_SLOT * j
+        off = first + STACK_SLOT * j
         if loc.kind == "imm":
             seq += _store_constant(off, t.convert(loc.value or 0))
         elif loc.kind == "stack":
             seq += _load_stack_arg(loc, t, off)
-    if site_id is not None:
-        seq += _store_constant(frame.site_id, site_id)
+    return seq
+
+
+def _site_id(frame: Frame, site_id: int | None) -> list[Insn]:
+    return [] if site_id is None else _store_constant(frame.site_id, site_id)
+
+
+def _calls_and_fills(frame: Frame, observers: Sequence[Observer], cross_section: bool) -> list[Insn]:
+    seq = []
     for obs in observers:
-        call = pseudo_call(obs.entry)
-        if cross_section:
-            call.reloc = InsnReloc(R_BPF_64_32, obs.symbol)
-        seq += [mov64_reg(R1, R10), alu64_imm(ALU_ADD, R1, frame.site_id if obs.at_site_id else frame.args), call]
+        seq += [mov64_reg(R1, R10), alu64_imm(ALU_ADD, R1, frame.site_id if obs.at_site_id else frame.args),
+                _call(obs, cross_section)]
     seq += [load(SIZE_DW, r, R10, frame.spill(k)) for k, r in enumerate(frame.saved)]
     return seq
 
+
+def _call(obs: Observer, cross_section: bool) -> Insn:
+    call = pseudo_call(obs.entry)
+    if cross_section:
+        call.reloc = InsnReloc(R_BPF_64_32, obs.symbol)
+    return call
+
+
+# An instruction of a shape: its fields (op, dst, src, off, imm, imm_hi), or None where an
+# observer's call goes (a call carries a reference and a relocation of its own).
+_Fields = tuple[int, int, int, int, int, int]
+_ShapeKey = tuple[tuple[ArgLocation, ...], tuple[ArgType, ...], Frame, tuple[Observer, ...], bool]
+
+
+def _fields(insn: Insn) -> _Fields:
+    return insn.op, insn.dst, insn.src, insn.off, insn.imm, insn.imm_hi
+
+
+class SequenceShapes:
+    """The sequences of one instrument run by shape: sites with the same
+    argument locations and types, frame, observers and section get the same
+    instructions but for the site id, so the first such site's are kept as
+    fields and the others built from them (new instructions each time: each
+    site's are its own objects).  For one run: the observers' entries are
+    that run's instructions.  At most :data:`MAX_SHAPES` are kept, so a
+    program of all different sites costs no more than without."""
+
+    MAX_SHAPES = 4096
+
+    def __init__(self) -> None:
+        self._shapes: dict[_ShapeKey, tuple[tuple[_Fields, ...], tuple[_Fields | None, ...]]] = {}
+
+    def sequence(self, args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
+                 observers: Sequence[Observer], site_id: int | None, cross_section: bool) -> list[Insn]:
+        key = (tuple(args), tuple(types), frame, tuple(observers), cross_section)
+        shape = self._shapes.get(key)
+        if shape is None:
+            stores, rest = _stores(args, types, frame), _calls_and_fills(frame, observers, cross_section)
+            if len(self._shapes) < self.MAX_SHAPES:
+                self._shapes[key] = (tuple(_fields(x) for x in stores),
+                                     tuple(None if x.is_pseudo_call else _fields(x) for x in rest))
+            return [*stores, *_site_id(frame, site_id), *rest]
+        before, after = shape
+        seq = [Insn(*f) for f in before]
+        seq += _site_id(frame, site_id)
+        calls = iter(observers)
+        seq += [_call(next(calls), cross_section) if f is None else Insn(*f) for f in after]
+        return seq
