@@ -475,6 +475,8 @@ def _check_registers(sec: CodeSection) -> None:
     """Every register an instruction names exists (the verifier refuses the
     program otherwise, and the analyses index by register)."""
     for i, insn in enumerate(sec.insns):
+        if 0 <= insn.dst <= R10 and 0 <= insn.src <= R10:
+            continue        # the registers it names are these two and fixed ones (r0, r1..r5, r6)
         bad = [r for r in (*regs_used(insn), *regs_defined(insn)) if not 0 <= r <= R10]
         if bad:
             raise InputError(f"{sec.name} insn {i}: r{bad[0]} is not a BPF register (the verifier refuses "
@@ -543,8 +545,7 @@ def _liveness(f: Function, call_uses: Callable[[Insn], int], site_uses: dict[int
         new = uses | (out & ~defs)
         if new != live_in[i]:
             live_in[i] = new
-            for p in preds[i]:
-                work.push(p)
+            work.push_all(preds[i])
     return live_in
 
 

@@ -22,8 +22,7 @@ class Worklist:
     def __init__(self, size: int, initial: Iterable[int]) -> None:
         self._todo: list[int] = []
         self._queued = [False] * size
-        for i in initial:
-            self.push(i)
+        self.push_all(initial)
 
     def __bool__(self) -> bool:
         return bool(self._todo)
@@ -32,6 +31,15 @@ class Worklist:
         if not self._queued[i]:
             self._queued[i] = True
             self._todo.append(i)
+
+    def push_all(self, indices: Iterable[int]) -> None:
+        """:meth:`push` of each, in order (one call for a whole list: the analyses
+        queue every predecessor or successor of a changed instruction)."""
+        todo, queued = self._todo, self._queued
+        for i in indices:
+            if not queued[i]:
+                queued[i] = True
+                todo.append(i)
 
     def pop(self) -> int:
         i = self._todo.pop()

@@ -481,10 +481,20 @@ def _load(insn: Insn, regs: list[Value], st: State, at: int, reach: Reach) -> Va
             if slot in slots:
                 return slots[slot]
         return UNKNOWN
+    return (_SIGN_EXTENDED_LOAD if insn.op & MODE_MASK == MODE_MEMSX else _ZERO_EXTENDED_LOAD)[size]
+
+
+def _loaded(size: int, signed: bool) -> Scalar:
+    """What a load of ``size`` bytes that is not a known fill leaves in its register."""
     bits = 8 * size
-    if insn.op & MODE_MASK == MODE_MEMSX:
+    if signed:
         return Scalar.of(Range(-(1 << (bits - 1)), (1 << (bits - 1)) - 1))
     return Scalar.of(Range(0, (1 << bits) - 1))
+
+
+# by load size (values are immutable, so every load of a size shares one)
+_ZERO_EXTENDED_LOAD = {size: _loaded(size, signed=False) for size in SIZE_BYTES.values()}
+_SIGN_EXTENDED_LOAD = {size: _loaded(size, signed=True) for size in SIZE_BYTES.values()}
 
 
 def _store(insn: Insn, regs: list[Value], slots: dict[int, Value], at: int, reach: Reach) -> None:
