@@ -262,7 +262,8 @@ class BtfExt:
             new = mapping(rec.insn_off)
             if not 0 <= new <= U32_MAX:
                 raise ValueError(f"{section}: insn_off {rec.insn_off} maps to {new}, outside u32")
-            return replace(rec, insn_off=new)
+            # records are immutable: one that stays keeps its object (replace() is slow)
+            return rec if new == rec.insn_off else replace(rec, insn_off=new)
 
         sec.func_info = [moved(r) for r in sec.func_info]
         sec.line_info = [moved(r) for r in sec.line_info]

@@ -440,7 +440,8 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
         raise SiteError(verdict)
     wants_id = any(o.name.startswith(RECORDER_PREFIX) for o in observers)
     seq = site_sequence(entry.args, types, frame, observers, site_id if wants_id else None, cross_section, shapes)
-    calls = [i - 2 for i, insn in enumerate(seq) if insn.is_pseudo_call]   # r1 = r10; r1 += ..; call
+    # r1 = r10; r1 += ..; call (only a call has a target in the sequence: that is asked first)
+    calls = [i - 2 for i, insn in enumerate(seq) if insn.target is not None and insn.is_pseudo_call]
     return seq, [(obs.name, seq[i]) for obs, i in zip(observers, calls, strict=True)]
 
 

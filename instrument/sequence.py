@@ -193,7 +193,7 @@ def _call(obs: Observer, cross_section: bool) -> Insn:
 # An instruction of a shape: its fields (op, dst, src, off, imm, imm_hi), or None where an
 # observer's call goes (a call carries a reference and a relocation of its own).
 _Fields = tuple[int, int, int, int, int, int]
-_ShapeKey = tuple[tuple[ArgLocation, ...], tuple[ArgType, ...], Frame, tuple[Observer, ...], bool]
+_ShapeKey = tuple[tuple[ArgLocation, ...], int, Frame, tuple[int, ...], bool]
 
 
 def _fields(insn: Insn) -> _Fields:
@@ -213,10 +213,21 @@ class SequenceShapes:
 
     def __init__(self) -> None:
         self._shapes: dict[_ShapeKey, tuple[tuple[_Fields, ...], tuple[_Fields | None, ...]]] = {}
+        self._tokens: dict[int, tuple[object, int]] = {}
+
+    def _token(self, obj: object) -> int:
+        """A number for one types tuple or observer of this run: the sites share
+        these objects, whose own hashes (of frozen dataclasses) cost more to
+        compute than everything else in the key.  The object is kept with
+        its number, so its id() is not reused while the shapes live."""
+        known = self._tokens.get(id(obj))
+        if known is None:
+            known = self._tokens[id(obj)] = (obj, len(self._tokens))
+        return known[1]
 
     def sequence(self, args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
                  observers: Sequence[Observer], site_id: int | None, cross_section: bool) -> list[Insn]:
-        key = (tuple(args), tuple(types), frame, tuple(observers), cross_section)
+        key = (tuple(args), self._token(types), frame, tuple([self._token(o) for o in observers]), cross_section)
         shape = self._shapes.get(key)
         if shape is None:
             stores, rest = _stores(args, types, frame), _calls_and_fills(frame, observers, cross_section)
