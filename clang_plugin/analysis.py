@@ -6,6 +6,7 @@ IR clangs that files have in common (schedule.py)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bpf_sdt.fsutil import read_regular
@@ -15,7 +16,7 @@ from .files import MAX_SOURCE_BYTES
 from .parse import cindex, libclang_version
 from .plan import Plan, plan_for
 from .results import FileResult, decode, encode
-from .worker import ParseTask, analyze_encoded, batched_ir_findings, refusal
+from .worker import ParseTask, analyze_encoded, batched_ir_findings, compiled_alone, refusal
 
 if TYPE_CHECKING:   # loaded only by a cold run
     from .sandbox import Limits
@@ -95,7 +96,7 @@ def _analyze_cold(todo: list[str], plan: Plan, sources: dict[str, bytes], jobs: 
         if f in pchs.closure and r.facts is not None:
             add_includes(r.facts, pchs.closure[f])
         results[f] = r
-    _batched_ir(results, [f for f in usable if f in batched], sources, bitcode, jobs, limits)
+    _batched_ir(results, [f for f in usable if f in batched], sources, bitcode, plan, jobs, limits)
     if keys is not None:
         for f in usable:
             cache_store(keys[f], results[f])
@@ -103,26 +104,56 @@ def _analyze_cold(todo: list[str], plan: Plan, sources: dict[str, bytes], jobs: 
 
 
 def _batched_ir(results: dict[str, FileResult], files: list[str], sources: dict[str, bytes],
-                bitcode: dict[str, bytes | Exception], jobs: int, limits: Limits) -> None:
+                bitcode: dict[str, bytes | Exception], plan: Plan, jobs: int, limits: Limits) -> None:
     """The IR rules on the batch-compiled `files`.  Their bitcode is read in
     sandboxed workers too: llvmlite's LLVM verifies a module with debug info
     as it reads it and aborts its whole process when the module is broken
-    ("Broken module found"; clang 19's bitcode of a later cc1 input did that
-    now and then), which in this process would end the run with no output."""
-    from .sandbox import run_isolated
+    ("Broken module found"), which in this process would end the run with no
+    output.  A module LLVM refuses, or that ends its worker, is a shared
+    clang's that cannot be trusted (a later cc1 input inherits state from
+    earlier ones, irbatch.py): the file is compiled alone and read again."""
+    from .irlint import IrUnavailable
 
     to_read = [f for f in files if isinstance(bitcode.get(f), bytes)]
     for f in files:
         if f not in to_read:     # nothing to read: the reason, or the file's own errors
             batched_ir_findings(f, sources[f], results[f], bitcode.get(f))
 
+    def alone(f: str) -> Callable[[], bytes]:
+        task = plan.ir[f]
+        assert task is not None     # batched because it has an IR compile
+        return compiled_alone(f, task)
+
     def read(f: str) -> bytes:
-        batched_ir_findings(f, sources[f], results[f], bitcode.get(f))
+        batched_ir_findings(f, sources[f], results[f], bitcode.get(f), alone(f))
         return encode(results[f], for_ir=True)
 
-    for f, outcome in zip(to_read, run_isolated(to_read, read, jobs, limits), strict=True):
+    def read_alone(f: str) -> bytes:
+        code: bytes | Exception
+        try:
+            code = alone(f)()
+        except IrUnavailable as e:
+            code = e
+        results[f].ir_note = None       # the note of the read that ended a worker, now replaced
+        batched_ir_findings(f, sources[f], results[f], code)
+        return encode(results[f], for_ir=True)
+
+    ended = _read_isolated(results, to_read, read, jobs, limits)
+    _read_isolated(results, ended, read_alone, jobs, limits)
+
+
+def _read_isolated(results: dict[str, FileResult], files: list[str], read: Callable[[str], bytes], jobs: int,
+                   limits: Limits) -> list[str]:
+    """`read` of each file in a sandboxed worker, its IR findings and note
+    taken back; the files whose worker ended (each noted IR_READ_FAILED)."""
+    from .sandbox import run_isolated
+
+    ended = []
+    for f, outcome in zip(files, run_isolated(files, read, jobs, limits), strict=True):
         read_back = decode(outcome.payload, path=f) if outcome.payload is not None else None
         if read_back is None:
             results[f].ir_note = IR_READ_FAILED
+            ended.append(f)
         else:
             results[f].findings, results[f].ir_note = read_back.findings, read_back.ir_note
+    return ended

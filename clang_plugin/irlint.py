@@ -73,6 +73,10 @@ class IrUnavailable(Exception):
     """The IR of a translation unit cannot be had; the message says why."""
 
 
+class UnreadableBitcode(IrUnavailable):
+    """llvmlite's LLVM refused a module (the message says what it said)."""
+
+
 # --- compiling ----------------------------------------------------------------------
 
 
@@ -197,7 +201,7 @@ def ir_sites(bitcode: bytes) -> list[IrSite]:
         module = llvm.parse_bitcode(bitcode)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[:1] or ["unreadable"]
-        raise IrUnavailable(f"llvmlite (LLVM {'.'.join(map(str, llvm.llvm_version_info))}) cannot read the "
+        raise UnreadableBitcode(f"llvmlite (LLVM {'.'.join(map(str, llvm.llvm_version_info))}) cannot read the "
                             f"bitcode: {first[0]}") from None
     found: list[tuple[str, str, tuple[tuple[int, str], ...]]] = []
     for fn in module.functions:

@@ -25,7 +25,7 @@ from .plan import IrTask
 from .results import FileResult, encode
 
 if TYPE_CHECKING:   # a warm lint never parses: these load only in a cold run's workers
-    from .irlint import PendingIr, SourceProbe
+    from .irlint import IrSite, PendingIr, SourceProbe
 
 # Seconds of a file's deadline kept back from its IR compile, so that the
 # worker reports the other findings before its alarm ends it.
@@ -131,26 +131,55 @@ def _source_probes(result: FileResult) -> list[SourceProbe]:
             for s, (emitted, expected) in zip(facts.sites, states, strict=True)]
 
 
-def _ir_findings(path: str, data: bytes, result: FileResult, bitcode: Callable[[], bytes]) -> list[Finding]:
+def _ir_findings(path: str, data: bytes, result: FileResult, bitcode: Callable[[], bytes],
+                 again: Callable[[], bytes] | None = None) -> list[Finding]:
     """The IR rules' findings on the bitcode `bitcode()` returns (or raises
-    IrUnavailable for); a reason in result.ir_note when there are none to have."""
-    from .irlint import MAX_BITCODE_BYTES, IrUnavailable, ir_findings, ir_sites, too_much_bitcode
+    IrUnavailable for); if LLVM cannot read it, on `again()`'s.  A reason in
+    result.ir_note when there are none to have."""
+    from .irlint import IrUnavailable, UnreadableBitcode, ir_findings
 
     try:
-        code = bitcode()
-        if len(code) > MAX_BITCODE_BYTES:
-            raise IrUnavailable(too_much_bitcode())
-        if read_regular(path, MAX_SOURCE_BYTES, "source file") != data:   # clang read the disk, libclang `data`
-            raise IrUnavailable(f"{path} changed while it was being linted")
-        sites = ir_sites(code)
+        try:
+            sites = _read_sites(path, data, bitcode())
+        except UnreadableBitcode:
+            if again is None:
+                raise
+            sites = _read_sites(path, data, again())
     except (IrUnavailable, InputError) as e:
         result.ir_note = f"IR checks skipped: {e}"
         return []
     return ir_findings(_source_probes(result), sites, path)
 
 
-def batched_ir_findings(path: str, data: bytes, result: FileResult, bitcode: bytes | Exception | None) -> None:
-    """The IR rules on a batch-compiled file, in this process."""
+def _read_sites(path: str, data: bytes, code: bytes) -> list[IrSite]:
+    """The probe sites of `code`, the bitcode of `path` (whose bytes libclang read are `data`)."""
+    from .irlint import MAX_BITCODE_BYTES, IrUnavailable, ir_sites, too_much_bitcode
+
+    if len(code) > MAX_BITCODE_BYTES:
+        raise IrUnavailable(too_much_bitcode())
+    if read_regular(path, MAX_SOURCE_BYTES, "source file") != data:   # clang read the disk, libclang `data`
+        raise IrUnavailable(f"{path} changed while it was being linted")
+    return ir_sites(code)
+
+
+def compiled_alone(path: str, task: IrTask) -> Callable[[], bytes]:
+    """The file's bitcode from a clang of its own, as beside its parse (with
+    the worker's deadline, less the margin): for a file whose shared clang's
+    module cannot be trusted (irbatch.py)."""
+    from .irlint import IrCompiler, start_ir
+    from .sandbox import Limits
+
+    def compile_it() -> bytes:
+        return start_ir(IrCompiler(task.compiler), path, task.flags).result(
+            Limits.from_env().timeout_s - IR_DEADLINE_MARGIN_S)
+
+    return compile_it
+
+
+def batched_ir_findings(path: str, data: bytes, result: FileResult, bitcode: bytes | Exception | None,
+                        alone: Callable[[], bytes] | None = None) -> None:
+    """The IR rules on a batch-compiled file, in this process; on `alone()`'s
+    bitcode if LLVM cannot read the batch's."""
     facts = result.facts
     if facts is None or result.compile_errors:
         return     # unusable, or its errors already said (a file that does not compile has no IR)
@@ -160,7 +189,7 @@ def batched_ir_findings(path: str, data: bytes, result: FileResult, bitcode: byt
     if isinstance(bitcode, Exception):
         result.ir_note = f"IR checks skipped: {bitcode}"
         return
-    result.findings += _ir_findings(path, data, result, lambda: bitcode)
+    result.findings += _ir_findings(path, data, result, lambda: bitcode, alone)
 
 
 def _analyze_parsed(path: str, flags: list[str], data: bytes) -> FileResult:

@@ -182,12 +182,15 @@ entry:
 """
 
 
-def test_bitcode_that_aborts_llvm_costs_only_its_file(tmp_path: Path) -> None:
-    """Batch-compiled modules are read in sandboxed workers: a module that
+def test_a_module_llvm_refuses_is_compiled_again_alone(tmp_path: Path) -> None:
+    """Batch-compiled modules are read in sandboxed workers.  A module that
     makes llvmlite's LLVM abort (assembled with llvm-as -disable-verify, as
-    no clang writes one on purpose) ends a worker, not lint; that file gets a
-    note, the others their IR findings."""
-    from bpf_sdt.clang_plugin.analysis import IR_READ_FAILED, _batched_ir
+    no clang writes one on purpose) ends a worker, not lint; one it cannot
+    parse is refused.  Either way the shared clang's module is not trusted:
+    the file is compiled alone and gets its IR findings; if that fails too,
+    a note says why."""
+    from bpf_sdt.clang_plugin.analysis import _batched_ir
+    from bpf_sdt.clang_plugin.plan import IrTask, Plan
     from bpf_sdt.clang_plugin.sandbox import Limits
     from bpf_sdt.clang_plugin.worker import analyze_file
 
@@ -195,17 +198,23 @@ def test_bitcode_that_aborts_llvm_costs_only_its_file(tmp_path: Path) -> None:
     (tmp_path / "broken.ll").write_text(BROKEN_MODULE)
     subprocess.run([tool("llvm-as-19"), "-disable-verify", str(tmp_path / "broken.ll"), "-o", str(broken)],
                    check=True)
-    files = sources(tmp_path, 2)
+    unreadable = broken.read_bytes()[:-8]
+    files = sources(tmp_path, 4)
     flags = compile_flags([])
     command = cc1_command(clang(19), flags, files[0])
     assert command is not None
     bitcode: dict[str, bytes | Exception] = dict(batch(files, command))
     bitcode[files[1]] = broken.read_bytes()
+    bitcode[files[2]] = bitcode[files[3]] = unreadable
+    plan = Plan({f: flags for f in files}, {f: IrTask(clang(19), flags) for f in files})
+    plan.ir[files[3]] = IrTask(str(tmp_path / "no-such-clang"), flags)
     data = {f: Path(f).read_bytes() for f in files}
     results = {f: analyze_file(f, flags, data[f], ir_elsewhere=True) for f in files}
-    _batched_ir(results, files, data, bitcode, 2, Limits.from_env())
-    assert results[files[1]].ir_note == IR_READ_FAILED
-    assert [f.rule for f in results[files[0]].findings] == ["SDT010"] and results[files[0]].ir_note is None
+    _batched_ir(results, files, data, bitcode, plan, 2, Limits.from_env())
+    for f in files[:3]:
+        assert [h.rule for h in results[f].findings] == ["SDT010"] and results[f].ir_note is None, f
+    note = results[files[3]].ir_note
+    assert note is not None and "cannot run" in note and "no-such-clang" in note
 
 
 def test_a_later_input_gets_the_diagnostics_of_a_file_alone(built: Path) -> None:  # noqa: F811
