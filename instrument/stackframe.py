@@ -280,10 +280,12 @@ def analyze_frame(insns: Sequence[Insn], succ: Sequence[Sequence[int]], is_progr
         assert st is not None
         insn = insns[i]
         out = _transfer(insn, st, i, reach, call_reach)
-        target = pos.get(id(insn.target)) if insn.is_branch and insn.target is not None else None
+        branch = insn.is_branch
+        target = pos.get(id(insn.target)) if branch and insn.target is not None else None
+        # only a branch's edges carry a condition (a conditional goto +0: one edge, none known)
+        conditional = branch and target != i + 1
         for s in succ[i]:
-            both = target == i + 1          # a conditional goto +0: one edge, no condition known
-            edge = out if both else _refine(insn, out, taken=s == target)
+            edge = _refine(insn, out, taken=s == target) if conditional else out
             if edge is None:
                 continue                     # this edge cannot be taken with these ranges
             old = states[s]

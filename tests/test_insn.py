@@ -64,6 +64,7 @@ from bpf_sdt.insn import (
     MODE_MEMSX,
     MOV64_K,
     MOV64_X,
+    R0,
     R1,
     R10,
     SIZE_B,
@@ -78,7 +79,11 @@ from bpf_sdt.insn import (
     U32_MAX,
     Insn,
     decode_section,
+    encode_sections,
     ld_imm64,
+    regs_defined,
+    regs_masks,
+    regs_used,
 )
 
 # Every operation the opcode names cover, in C that clang cannot fold away
@@ -328,3 +333,26 @@ def test_ld_imm64_halves_and_hostile_code_sections() -> None:
     into_half = Insn(JMP | JMP_JA, off=1)          # goto +1: the second half of the ld_imm64 after it
     with pytest.raises(InputError, match=r"xdp\+0x0: jump to 0x10, which is not an instruction"):
         decode_section(1, "xdp", _code(into_half, wide, Insn(JMP | JMP_EXIT)))
+
+
+def test_registers_of_atomics_follow_their_imm_and_a_stale_position_is_refused() -> None:
+    """What an instruction reads and writes is kept per opcode and registers,
+    but an atomic's depends on its imm (cmpxchg writes r0, a fetch its src);
+    and an instruction a later encoding did not lay out (removed from its
+    section meanwhile) is refused as a branch target, not read at its old place."""
+    cmpxchg = Insn(STX | MODE_ATOMIC | SIZE_DW, R10, R1, -8, ATOMIC_CMPXCHG)
+    fetch_add = Insn(STX | MODE_ATOMIC | SIZE_DW, R10, R1, -8, ALU_ADD | ATOMIC_FETCH)
+    plain_add = Insn(STX | MODE_ATOMIC | SIZE_DW, R10, R1, -8, ALU_ADD)
+    for _ in range(2):            # the second round asks again, where a cache would answer
+        assert (regs_defined(cmpxchg), regs_defined(fetch_add), regs_defined(plain_add)) == \
+            (frozenset({R0}), frozenset({R1}), frozenset())
+        assert regs_used(cmpxchg) == frozenset({R10, R1, R0}) and regs_used(fetch_add) == frozenset({R10, R1})
+        assert regs_masks(cmpxchg) == ((1 << R10) | (1 << R1) | (1 << R0), 1 << R0)
+    skip = Insn(JMP | JMP_JA, off=1)                       # goto +1: over the mov, to the exit
+    code = decode_section(1, "xdp", _code(skip, Insn(MOV64_K, R0, 0, 0, 7), Insn(JMP | JMP_EXIT)))
+    encoded, _ = encode_sections({1: code}, [])
+    assert encoded[1].data == _code(skip, Insn(MOV64_K, R0, 0, 0, 7), Insn(JMP | JMP_EXIT))
+    assert encoded[1].position(code.insns[2]) == 2 * INSN_SIZE
+    del code.insns[2]                                      # the branch's target, laid out before
+    with pytest.raises(InputError, match=r"xdp\+0x0: refers to an instruction that was removed"):
+        encode_sections({1: code}, [])

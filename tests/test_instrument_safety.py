@@ -686,3 +686,37 @@ def test_timer_callback_is_its_own_root_as_for_the_verifier(tmp_path: Path) -> N
     assert res.returncode == 0, res.stderr
     assert load_error(out) == ""
     assert run_prog(out, "arm", [bytes(64)]) == [XDP_PASS]
+
+
+def test_sites_of_one_shape_get_the_instructions_built_alone() -> None:
+    """SequenceShapes: a site of a shape seen before gets, from the kept
+    fields, exactly what site_sequence builds for it alone (its own site id,
+    however many instructions that takes, its own calls and relocations),
+    each instruction a new object; a site of another shape is built afresh."""
+    from bpf_sdt.instrument.sequence import Frame, Observer, SequenceShapes, site_sequence
+
+    from bpf_sdt.argtype import ArgType
+    from bpf_sdt.insn import Insn, nop
+    from bpf_sdt.model import ArgLocation
+
+    u8, s64 = ArgType("__u8", "unsigned char", 1, False, "int"), ArgType("long", "long", 8, True, "int")
+    types = (u8, s64, u8)
+    args = (ArgLocation("reg", reg=3), ArgLocation("imm", value=-5), ArgLocation("stack", offset=-16, size=1))
+    recorder, observer = nop(), nop()
+    observers = [Observer("recorder", recorder, 4, at_site_id=True), Observer("obs", observer, 4)]
+
+    def fields(seq: list[Insn]) -> list[tuple[object, ...]]:
+        return [(x.op, x.dst, x.src, x.off, x.imm, x.imm_hi, x.target, x.orig,
+                 None if x.reloc is None else (x.reloc.type, x.reloc.symbol, x.reloc.addend)) for x in seq]
+
+    shapes = SequenceShapes()
+    built: list[Insn] = []
+    for frame, site_id, cross in [(Frame(24, (0, 2), 3), 7, True), (Frame(24, (0, 2), 3), 1 << 40, True),
+                                  (Frame(24, (0, 2), 3), 3, True), (Frame(24, (0, 2), 3), 3, False),
+                                  (Frame(32, (2,), 3), None, True)]:
+        shaped = site_sequence(args, types, frame, observers, site_id, cross, shapes)
+        alone = site_sequence(args, types, frame, observers, site_id, cross)
+        assert fields(shaped) == fields(alone)
+        assert sum(x.target is recorder for x in shaped) == sum(x.target is observer for x in shaped) == 1
+        built += shaped
+    assert len({id(x) for x in built}) == len(built)       # no instruction shared between sites
