@@ -475,8 +475,9 @@ class Bench:
 
     def shown(self, cmd: list[str], env: dict[str, str] | None) -> str:
         text = " ".join(cmd)
-        if env and "PYTHONPATH" in env:
-            text = f"PYTHONPATH={env['PYTHONPATH']} {text}"
+        for var in ("BPF_SDT_CACHE", "PYTHONPATH"):         # what tells the trees and the trace rows apart
+            if env and var in env:
+                text = f"{var}={env[var]} {text}"
         for path, alias in sorted(self.aliases.items(), key=lambda a: -len(a[0])):
             text = text.replace(path, alias)
         return text
