@@ -63,8 +63,9 @@ def _analyze_cold(todo: list[str], plan: Plan, sources: dict[str, bytes], jobs: 
     # Refused files (binary, an include of a FIFO or device) reach
     # neither a parse nor a compile.
     results: dict[str, FileResult] = {}
+    core: set[str] = set()      # the files that may have CO-RE relocations
     for f in todo:
-        why = refusal(f, sources[f], plan.flags[f])
+        why = refusal(f, sources[f], plan.flags[f], core)
         if why:
             results[f] = FileResult(f, unusable=why)
     usable = [f for f in todo if f not in results]
@@ -72,7 +73,7 @@ def _analyze_cold(todo: list[str], plan: Plan, sources: dict[str, bytes], jobs: 
         pchs = start_precompiling(usable, plan, sources, limits, pch_dir)
         batches = []
         try:
-            batches = ir_batches(usable, plan, jobs, limits, pchs.ir)   # while clang writes its PCH
+            batches = ir_batches(usable, plan, jobs, limits, pchs.ir, core)   # while clang writes its PCH
             finish_precompiling(pchs, jobs, limits)
             for b in batches:
                 if b.files[0] not in pchs.ir:     # its PCH was not written

@@ -42,6 +42,10 @@ SYSTEM_DIRS = ("/usr/local/include", "/usr/include")
 # Enough for any real program's include graph; past it the sandbox's limits
 # still hold, the scan only stops looking.
 MAX_SCANNED_FILES = 5000
+# What may make a file's IR hold CO-RE relocations (irbatch.py: a shared
+# clang's last input): the attribute, or a builtin that makes one.
+CORE_HINT = b"preserve_"
+CORE_RE = re.compile(rb"preserve_(?:access_index|field_info|type_info|enum_value)")
 MAX_SCANNED_BYTES = 512 << 20
 
 _QUOTE_FLAGS = ("-iquote",)
@@ -110,16 +114,22 @@ def _flag_paths(a: str) -> list[str]:
 def include_hazard(path: str, source: bytes, flags: list[str]) -> str | None:
     """The first directive, at any depth, whose file is a FIFO/device/socket:
     'file:line: #include "x" is a character device (/dev/zero) ...'."""
+    return scan_includes(path, source, flags)[0]
+
+
+def scan_includes(path: str, source: bytes, flags: list[str]) -> tuple[str | None, bool]:
+    """include_hazard's message, and whether the files scanned name a CO-RE
+    attribute or builtin (CORE_RE; a guess: directives under #if count too)."""
     msg = flag_hazard(flags)
     if msg:
-        return f"{path}: {msg}"
+        return f"{path}: {msg}", False
     sp = search_path(flags)
     scan = _Scan(sp)
     for forced in sp.forced:
         msg = scan.file(forced)
         if msg:
-            return msg
-    return scan.text(path, source)
+            return msg, scan.core
+    return scan.text(path, source), scan.core
 
 
 def include_closure(path: str, source: bytes, sp: SearchPath) -> dict[str, bytes] | None:
@@ -140,6 +150,7 @@ class _Scan:
         self.keep = keep                       # hold each file's bytes in `kept`
         self.kept: dict[str, bytes] = {}
         self.incomplete = False                # a file was left unread (limits, unreadable)
+        self.core = False                      # a file names a CO-RE attribute or builtin
 
     def file(self, path: str) -> str | None:
         key = os.path.normpath(os.path.abspath(path))
@@ -163,6 +174,7 @@ class _Scan:
         if self.keep:
             self.kept[key] = data
         self.bytes += len(data)
+        self.core = self.core or (CORE_HINT in data and CORE_RE.search(data) is not None)
         here = os.path.dirname(os.path.abspath(path))
         for directive, quoted, name, offset in directives(data):
             found = self._resolve(name, quoted, here)

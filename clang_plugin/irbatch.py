@@ -15,7 +15,9 @@ So files whose IR compile has the same compiler and flags share one cc1:
   told apart by walking the bitcode's top-level blocks, whose lengths are
   in their headers (split_bitcode);
 - a module with CO-RE relocations ends the batch there too: the files after
-  it go to a new clang (see CORE_RELOCATION_NAME);
+  it go to a new clang (see CORE_RELOCATION_NAME).  A file the include scan
+  guesses has them (it or a header names the attribute or a CO-RE builtin)
+  is given as its clang's last input, so no compile after it is thrown away;
 - a file that does not compile ends the batch at its module, and the files
   from it on go to a new clang, where it is first.  Only there is its error
   its own: cc1 applies the command line's warning options (`-w`,
@@ -265,11 +267,15 @@ class IrBatch:
     timeout_s: float
     memory_mib: int = 0             # the address-space limit of each parse, applied to the clang too
     fallback: list[str] | None = None   # the command without a PCH (preamble.py), if `command` has one
+    # Files that may have CO-RE relocations: each is the last input of its
+    # clang, so that none waits for one to be killed after it.
+    last_inputs: frozenset[str] = frozenset()
     results: dict[str, bytes | IrUnavailable] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
     _todo: list[str] = field(default_factory=list)
     _first: str = ""                # the first input of the running clang
     _after_core: bool = False       # it wrote a module with CO-RE relocations: the rest need a new one
+    _unfinished: int = 0            # its inputs whose module has not come yet
     _workdir: tempfile.TemporaryDirectory[str] | None = None
 
     def drop_pch(self) -> None:
@@ -285,10 +291,12 @@ class IrBatch:
     def _launch(self, todo: list[str]) -> None:
         assert self._workdir is not None
         self._todo, self._first = todo, todo[0]
+        inputs = next((todo[:i + 1] for i, f in enumerate(todo) if f in self.last_inputs), todo)
+        self._unfinished = len(inputs)
         out, err = (Path(self._workdir.name) / n for n in ("stdout", "stderr"))
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             try:
-                self._proc = subprocess.Popen([*self.command, *map(input_name, todo)], stdin=subprocess.DEVNULL,
+                self._proc = subprocess.Popen([*self.command, *map(input_name, inputs)], stdin=subprocess.DEVNULL,
                                               stdout=stdout, stderr=stderr)
             except OSError as e:
                 self._proc = None
@@ -344,6 +352,9 @@ class IrBatch:
             return
         if why is None and stream.pending > MAX_BITCODE_BYTES:
             why = too_much_bitcode()
+        if code == 0 and why is None and not self._unfinished:   # its inputs are done: a clang for the rest
+            self._launch(self._todo)
+            return
         if code == 0 and why is None:   # every input compiled, yet a module is missing: a stream we do not know
             for f in self._todo:
                 self.results[f] = IrUnavailable("clang's output held fewer modules than inputs")
@@ -370,7 +381,8 @@ class IrBatch:
             if not self._todo or self._after_core:
                 break
             self.results[self._todo.pop(0)] = module
-            self._after_core = bool(self._todo) and has_core_relocations(module)
+            self._unfinished -= 1
+            self._after_core = self._unfinished > 0 and has_core_relocations(module)
         return bool(modules)
 
     def cancel(self) -> None:

@@ -139,10 +139,12 @@ def add_includes(facts: FileFacts, closure: tuple[str, ...]) -> None:
             facts.includes.append((header, st.st_mtime_ns, st.st_size))
 
 
-def ir_batches(usable: list[str], plan: Plan, jobs: int, limits: Limits, pchs: dict[str, str]) -> list[IrBatch]:
+def ir_batches(usable: list[str], plan: Plan, jobs: int, limits: Limits, pchs: dict[str, str],
+               core: set[str] | frozenset[str] = frozenset()) -> list[IrBatch]:
     """At most `jobs` batches (irbatch.py) for the files whose IR compile
     shares its compiler, flags (and PCH) with another's; the rest compile
-    alone, beside their parse.  `usable`: the files no hazard refuses."""
+    alone, beside their parse.  `usable`: the files no hazard refuses;
+    `core`: those that may have CO-RE relocations (each a clang's last input)."""
     from .irbatch import IrBatch, cc1_command, with_pch
 
     groups: dict[BatchGroup, list[str]] = {}
@@ -164,5 +166,6 @@ def ir_batches(usable: list[str], plan: Plan, jobs: int, limits: Limits, pchs: d
         n = max(1, min(budget - (len(shared) - i - 1), round(jobs * len(files) / len(usable)),
                        len(files) // MIN_BATCH_FILES))
         budget -= n
-        batches += [IrBatch(command, files[k::n], limits.timeout_s, limits.memory_mib, fallback) for k in range(n)]
+        batches += [IrBatch(command, files[k::n], limits.timeout_s, limits.memory_mib, fallback,
+                            last_inputs=frozenset(core)) for k in range(n)]
     return batches

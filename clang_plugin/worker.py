@@ -95,14 +95,18 @@ def analyze_file(path: str, flags: list[str], data: bytes, ir: IrTask | None = N
     return result
 
 
-def refusal(path: str, data: bytes, flags: list[str]) -> str | None:
+def refusal(path: str, data: bytes, flags: list[str], core: set[str] | None = None) -> str | None:
     """Why a file must not be parsed or compiled at all: binary, or an
-    include of a FIFO or device (includes.py)."""
-    from .includes import include_hazard
+    include of a FIFO or device (includes.py).  `path` is added to `core`
+    when it or a file it includes names a CO-RE attribute or builtin."""
+    from .includes import scan_includes
 
     if b"\0" in data[:BINARY_PROBE_BYTES]:
         return f"{path}: binary file, not C source"
-    return include_hazard(path, data, flags)
+    why, names_core = scan_includes(path, data, flags)
+    if names_core and core is not None:
+        core.add(path)
+    return why
 
 
 def _start_ir(path: str, ir: IrTask | None) -> tuple[PendingIr | None, str | None]:

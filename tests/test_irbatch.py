@@ -271,3 +271,28 @@ def test_lint_of_co_re_files_together_runs_the_ir_rules_on_each(tmp_path: Path) 
     assert res.returncode == 1 and "IR checks skipped" not in res.stderr, res.stderr
     found = {(Path(h["path"]).name, h["rule"]) for h in json.loads(res.stdout)["findings"]}
     assert found == {(Path(f).name, "SDT010") for f in files}
+
+
+def test_a_file_that_may_have_co_re_relocations_is_its_clang_s_last(tmp_path: Path) -> None:
+    """The include scan guesses which files have CO-RE relocations (they name
+    the attribute); each such file is the last input of its clang, so none
+    after it is compiled, killed and compiled again: each file is compiled
+    once (a wrapper around cc1 logs each clang's inputs)."""
+    from bpf_sdt.clang_plugin.includes import scan_includes
+
+    files = core_sources(tmp_path, CORE_LAYOUT)
+    flags = compile_flags([])
+    guessed = {f for f in files if scan_includes(f, Path(f).read_bytes(), flags)[1]}
+    assert guessed == {f for f, core in zip(files, CORE_LAYOUT, strict=True) if core}
+    command = cc1_command(clang(19), flags, files[0])
+    assert command is not None
+    log, wrapper = tmp_path / "inputs", tmp_path / "cc1"
+    wrapper.write_text(f'#!/bin/sh\nfor a; do case "$a" in *.bpf.c) printf "%s " "$a" >> {log};; esac; done\n'
+                       f'echo >> {log}\nexec {command[0]} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    b = IrBatch([str(wrapper), *command[1:]], files, TIMEOUT_S, last_inputs=frozenset(guessed))
+    b.start()
+    got = b.collect()
+    assert [line.split() for line in log.read_text().splitlines()] == [files[:1], files[1:2], files[2:]]
+    for f in files:
+        assert got[f] == subprocess.run([*command, f], capture_output=True, check=True).stdout, f
