@@ -62,6 +62,7 @@ from bpf_sdt.insn import (
     store_reg,
 )
 from bpf_sdt.model import ArgLocation
+from bpf_sdt.recorder_abi import ARG_SLOT, args_struct, member_offset
 
 MASK_IMM_BITS = 31            # widest mask an ALU immediate holds (it is sign-extended from 32 bits)
 
@@ -78,6 +79,12 @@ class Observer:
     at_site_id: bool = False     # r1 points at the site id, the arguments after it (the global recorder)
 
 
+# The recorder's argument block (recorder_abi.args_struct): the site id, then
+# one ARG_SLOT per argument; observers get the arguments alone (BPF_PROG's
+# u64 array), which is the same block from its "args" member on.
+_ARGS_AFTER_SITE_ID = member_offset(args_struct(1), "args") - member_offset(args_struct(1), "site")
+
+
 @dataclass(frozen=True)
 class Frame:
     """Where a site's spills, argument array and site id live."""
@@ -92,11 +99,11 @@ class Frame:
     @property
     def args(self) -> int:
         """r10-relative offset of argument 0 (what r1 points to)."""
-        return -(self.base + STACK_SLOT * len(self.saved) + STACK_SLOT * self.nargs)
+        return -(self.base + STACK_SLOT * len(self.saved) + ARG_SLOT * self.nargs)
 
     @property
     def site_id(self) -> int:
-        return self.args - STACK_SLOT
+        return self.args - _ARGS_AFTER_SITE_ID
 
     @property
     def depth(self) -> int:
@@ -158,11 +165,11 @@ def _stores(args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame)
             if needs_conversion(t):
                 narrow.append((j, loc.reg, t))
             else:
-                seq.append(store_reg(SIZE_DW, R10, first + STACK_SLOT * j, loc.reg))
+                seq.append(store_reg(SIZE_DW, R10, first + ARG_SLOT * j, loc.reg))
     for j, reg, t in sorted(narrow, key=lambda n: n[1] != R0):   # r0's own value first
-        seq += _convert_r0(t, reg) + [store_reg(SIZE_DW, R10, first + STACK_SLOT * j, R0)]
+        seq += _convert_r0(t, reg) + [store_reg(SIZE_DW, R10, first + ARG_SLOT * j, R0)]
     for j, (loc, t) in enumerate(zip(args, types, strict=True)):
-        off = first + STACK_SLOT * j
+        off = first + ARG_SLOT * j
         if loc.kind == "imm":
             seq += _store_constant(off, t.convert(loc.value or 0))
         elif loc.kind == "stack":
