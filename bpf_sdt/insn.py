@@ -280,14 +280,15 @@ def _regs(insn: Insn) -> _Regs:
     if known is not None:
         return known
     used, defined = _regs_used(insn), _regs_defined(insn)
-    regs = (used, defined, _mask(used), _mask(defined))
+    regs = (used, defined, reg_mask(used), reg_mask(defined))
     cacheable = insn.op & CLASS_MASK != STX or insn.op & MODE_MASK != MODE_ATOMIC
     if cacheable and 0 <= insn.dst <= R10 and 0 <= insn.src <= R10:
         _REGS_BY_FIELDS[key] = regs
     return regs
 
 
-def _mask(regs: Iterable[int]) -> int:
+def reg_mask(regs: Iterable[int]) -> int:
+    """The registers as a bit set: bit r for register r."""
     m = 0
     for r in regs:
         m |= 1 << r

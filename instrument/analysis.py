@@ -53,6 +53,7 @@ from bpf_sdt.insn import (
     STX,
     CodeSection,
     Insn,
+    reg_mask,
     regs_defined,
     regs_masks,
     regs_used,
@@ -80,13 +81,6 @@ CYCLE_ROUNDS = 4             # frame passes over a call graph with a cycle (refu
 FRAME_ROUND = 32             # the verifier rounds each frame up to this
 ALL_ARGS = sum(1 << r for r in ARG_REGS)
 CLOBBER = sum(1 << r for r in CALLER_SAVED)
-
-
-def mask(regs: Iterable[int]) -> int:
-    m = 0
-    for r in regs:
-        m |= 1 << r
-    return m
 
 
 def regs_of(m: int) -> list[int]:
@@ -187,7 +181,7 @@ class Program:
             return f.entry_uses if f is not None else ALL_ARGS
         if insn.src == HELPER_CALL:
             n = HELPER_ARGS.get(insn.imm, len(ARG_REGS))
-            return mask(ARG_REGS[:n])
+            return reg_mask(ARG_REGS[:n])
         return ALL_ARGS          # kfuncs: their prototypes live in the kernel's BTF
 
     def _solve_liveness(self) -> None:
@@ -562,7 +556,7 @@ def _initialised(f: Function) -> list[int]:
     n = len(insns)
     if not n:
         return []
-    entry = mask([R1, R10]) if f.is_program else (1 << R10) | f.entry_uses
+    entry = reg_mask([R1, R10]) if f.is_program else (1 << R10) | f.entry_uses
     full = (1 << REGISTER_COUNT) - 1
     init_in = [full] * n
     init_in[0] = entry

@@ -37,7 +37,7 @@ from bpf_sdt.elf import STT_FUNC, STT_SECTION, TEXT_SECTION, BpfObject, is_reser
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import CALL_LABEL_PREFIX, RECORDER_DEFAULT_RINGBUF_SIZE
 from bpf_sdt.fsutil import resolve_output
-from bpf_sdt.insn import INSN_SIZE, LD_IMM64, MAX_STACK, STACK_SLOT, CodeSection, Insn
+from bpf_sdt.insn import INSN_SIZE, LD_IMM64, MAX_STACK, STACK_SLOT, CodeSection, Insn, reg_mask
 from bpf_sdt.model import escape_text
 from bpf_sdt.notes import NoteEntry
 from bpf_sdt.rewrite import CodeEdits, Label, decode_code, move_code, rewrite_object
@@ -52,7 +52,6 @@ from .analysis import (
     Program,
     initialised_after,
     live_after,
-    mask,
     regs_of,
 )
 from .ctxwrite import Code, find_ctx_write
@@ -358,7 +357,7 @@ def _site_uses(code: dict[int, CodeSection], entries: list[NoteEntry],
         i = index_of.get((e.section.index, e.offset))
         if i is not None:
             nop = code[e.section.index].insns[i]
-            out[id(nop)] = mask(a.reg for a in e.args if a.kind == "reg" and a.reg is not None)
+            out[id(nop)] = reg_mask(a.reg for a in e.args if a.kind == "reg" and a.reg is not None)
     return out
 
 
