@@ -11,7 +11,6 @@ filters, qdiscs and links live in those namespaces or behind those pins;
 trace's temporary directories are listed in its records (a killed trace's
 is removed by `bpf-sdt restore`)."""
 
-import contextlib
 import json
 import os
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from netns import Iproute2PinDirs  # noqa: E402 - the tests' helper, after the path
 
 BPFFS = Path("/sys/fs/bpf")
 RECORDS = BPFFS / "bpf-sdt"
@@ -81,39 +82,18 @@ def _our_records() -> list[str]:
     return found
 
 
-# iproute2 makes its pin directory tc/globals/ and the symlinks ip and xdp to
-# it on first use of `ip ... xdp obj` or `tc ... bpf obj`; what this session
-# caused goes again (tc first, then the links that then point nowhere).
-IPROUTE2_PIN_DIRS = ("tc", "ip", "xdp")
-_preexisting_dirs: set[str] = set()
+# What of iproute2's pin directories this session caused goes again.
+_iproute2_dirs: Iproute2PinDirs | None = None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    _preexisting_dirs.update(d for d in IPROUTE2_PIN_DIRS if os.path.lexists(BPFFS / d))
-
-
-def _remove_empty_tree(path: Path) -> None:
-    """rmdir of `path` and its subdirectories, bottom up; stops at anything
-    that holds a pin (nothing pinned is ever removed)."""
-    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        try:
-            sub.rmdir()
-        except OSError:
-            return
-    with contextlib.suppress(OSError):
-        path.rmdir()
+    global _iproute2_dirs
+    _iproute2_dirs = Iproute2PinDirs()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    for d in IPROUTE2_PIN_DIRS:
-        path = BPFFS / d
-        if d in _preexisting_dirs:
-            continue
-        if path.is_symlink():
-            if not path.exists():
-                path.unlink()
-        elif path.is_dir():
-            _remove_empty_tree(path)
+    if _iproute2_dirs is not None:
+        _iproute2_dirs.remove_new()
     left = {"network namespaces": _our_netns(), "pins": _our_pins(), "bpf-sdt records": _our_records()}
     left = {what: names for what, names in left.items() if names}
     if left:

@@ -158,3 +158,42 @@ class VethPair:
 
 def netns_exists(name: str) -> bool:
     return os.path.exists(f"/run/netns/{name}")
+
+
+# iproute2 makes its pin directory tc/globals/ and the symlinks ip and xdp to
+# it on first use of `ip ... xdp obj` or `tc ... bpf obj`.
+BPFFS = "/sys/fs/bpf"
+IPROUTE2_PIN_DIRS = ("tc", "ip", "xdp")
+
+
+class Iproute2PinDirs:
+    """Remembers which of iproute2's pin directories exist now; remove_new()
+    removes those that did not and hold no pin (tc first, then the links that
+    then point nowhere)."""
+
+    def __init__(self) -> None:
+        self.preexisting = {d for d in IPROUTE2_PIN_DIRS if os.path.lexists(os.path.join(BPFFS, d))}
+
+    def remove_new(self) -> None:
+        for d in IPROUTE2_PIN_DIRS:
+            path = os.path.join(BPFFS, d)
+            if d in self.preexisting:
+                continue
+            if os.path.islink(path):
+                if not os.path.exists(path):
+                    os.unlink(path)
+            elif os.path.isdir(path):
+                _remove_empty_tree(path)
+
+
+def _remove_empty_tree(path: str) -> None:
+    """rmdir of `path` and its subdirectories, bottom up; stops at anything
+    that holds a pin (nothing pinned is ever removed)."""
+    subdirs = [os.path.join(root, d) for root, dirs, _ in os.walk(path) for d in dirs]
+    for sub in sorted(subdirs, key=lambda p: p.count(os.sep), reverse=True):
+        try:
+            os.rmdir(sub)
+        except OSError:
+            return
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
