@@ -35,27 +35,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bpf_sdt import usercache
 from bpf_sdt.btf import BtfKind
 from bpf_sdt.elf import BpfObject
 from bpf_sdt.errors import BpfSdtError
 from bpf_sdt.fsutil import write_atomic
 from bpf_sdt.recorder_abi import RECORDER_IDENTITY_PREFIX
 
-CACHE_ENV = "BPF_SDT_CACHE"
-CACHE_OFF = "off"
 SUBDIR = "recorders"
 ENTRY_SUFFIX = ".entry"
 VERSION_SUFFIX = ".clang-version"
 ENTRY_FORMAT = 1                        # the header's layout: a new one is a new key
-ENTRY_MODE = 0o600
-DIR_MODE = 0o700
-OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 MAX_ENTRY = 16 << 20                    # a recorder object is some 10-100 KB: more is not an entry
 MAX_HEADER = 4096
 VERSION_TIMEOUT_S = 10                  # a clang that does not answer --version: no cache, not a hang
@@ -80,13 +75,7 @@ class Build:
 
 
 def cache_dir() -> Path | None:
-    chosen = os.environ.get(CACHE_ENV)
-    if chosen == CACHE_OFF:
-        return None
-    if chosen:
-        return Path(chosen) / SUBDIR
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "bpf-sdt" / SUBDIR
+    return usercache.cache_dir(SUBDIR)
 
 
 def fetch(build: Build, expected_symbols: Iterable[str]) -> bytes | None:
@@ -96,7 +85,7 @@ def fetch(build: Build, expected_symbols: Iterable[str]) -> bytes | None:
         return None
     try:
         entry = where / (_key(build, where) + ENTRY_SUFFIX)
-        raw = _read_own(entry)
+        raw = usercache.read_own(entry, MAX_ENTRY)
         if raw is None:
             return None
         header, _, data = raw.partition(b"\n")
@@ -120,12 +109,12 @@ def store(build: Build, data: bytes) -> None:
     header = {"format": ENTRY_FORMAT,
               "strings": {name: [value.hex(), data.count(value)] for name, value in strings.items()}}
     try:
-        where.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        if not _own(where):
+        where.mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)
+        if not usercache.is_own(where):
             return
         entry = where / (_key(build, where) + ENTRY_SUFFIX)
-        write_atomic(entry, json.dumps(header, sort_keys=True).encode() + b"\n" + data, mode=ENTRY_MODE)
-        os.chmod(entry, ENTRY_MODE)     # write_atomic keeps a replaced file's mode: one others could write
+        write_atomic(entry, json.dumps(header, sort_keys=True).encode() + b"\n" + data, mode=usercache.ENTRY_MODE)
+        os.chmod(entry, usercache.ENTRY_MODE)     # write_atomic keeps a replaced file's mode: one others could write
     except (OSError, BpfSdtError, subprocess.SubprocessError):
         return
 
@@ -149,40 +138,20 @@ def _clang_identity(clang: str, where: Path) -> list[object]:
     st = os.stat(real)
     ident: list[object] = [clang, real, st.st_size, st.st_mtime_ns]
     memo = where / (hashlib.sha256(json.dumps(ident).encode()).hexdigest() + VERSION_SUFFIX)
-    version = _read_own(memo)
+    version = usercache.read_own(memo, MAX_ENTRY)
     if version is None:
         res = subprocess.run([clang, "--version"], capture_output=True, check=False, timeout=VERSION_TIMEOUT_S)
         version = res.stdout
         if res.returncode == 0:
             try:
-                where.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-                write_atomic(memo, version, mode=ENTRY_MODE)
+                where.mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)
+                write_atomic(memo, version, mode=usercache.ENTRY_MODE)
             except (OSError, BpfSdtError):
                 pass
     return [*ident, version.decode("utf-8", "replace")]
 
 
 # --- reading an entry ---------------------------------------------------------------------
-
-
-def _own(path: Path) -> bool:
-    """Is ``path`` this user's own, and written by nobody else?"""
-    st = path.stat()
-    return st.st_uid == os.geteuid() and not st.st_mode & OTHERS_WRITE
-
-
-def _read_own(path: Path) -> bytes | None:
-    """The bytes of a regular file of this user's that nobody else may write, or None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & OTHERS_WRITE
-                or st.st_size > MAX_ENTRY or not _own(path.parent)):
-            return None
-        return f.read(MAX_ENTRY + 1)[:MAX_ENTRY]
 
 
 def _relocated(header: dict[str, object], data: bytes, wanted: dict[str, bytes]) -> bytes | None:

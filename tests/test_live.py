@@ -672,6 +672,16 @@ def test_instrumented_objects_and_identities_are_cached_by_everything_they_depen
     assert instcache.known_tag(obj, "live_xdp") is None
     instcache.remember_tag(obj, "live_xdp", ("live_xdp", "xdp", "0123456789abcdef"))
     assert instcache.known_tag(obj, "live_xdp") == ("live_xdp", "xdp", "0123456789abcdef")
+    # A tag stands in for the identity load: one that others may write, or in a
+    # directory others may write, is not believed.
+    [tag_file] = (where / instcache.TAGS_NAME).iterdir()
+    tag_file.chmod(0o622)
+    assert instcache.known_tag(obj, "live_xdp") is None
+    tag_file.chmod(0o600)
+    tag_file.parent.chmod(0o777)
+    assert instcache.known_tag(obj, "live_xdp") is None
+    tag_file.parent.chmod(0o700)
+    assert instcache.known_tag(obj, "live_xdp") == ("live_xdp", "xdp", "0123456789abcdef")
     obj.write_bytes(built["live_xdp"].read_bytes())                   # other bytes: unknown
     assert instcache.known_tag(obj, "live_xdp") is None
     monkeypatch.setattr(instcache, "MAX_ENTRIES", 1)              # the least recently used go

@@ -38,20 +38,18 @@ import importlib.util
 import json
 import os
 import shutil
-import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import bpf_sdt
+from bpf_sdt import usercache
 from bpf_sdt.toolchain import find_clang
 
 if TYPE_CHECKING:
     from .sites import Site
 
-CACHE_ENV = "BPF_SDT_CACHE"
-CACHE_OFF = "off"
 INSTRUMENTED_DIR = "instrumented"
 MAX_ENTRIES = 64                # the least recently used beyond these are removed when one is stored
 KEY_HEX = 64                    # an entry's name: a sha256
@@ -62,7 +60,7 @@ PYCACHE = "__pycache__"
 OBJECT_NAME, SITES_NAME = "instrumented.bpf.o", "sites.json"
 OWN_MODULES = "bpf_sdt."              # the only classes an entry may name
 CLASS_KEY, FIELDS_KEY, BYTES_KEY = "class", "fields", "hex"
-OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+MAX_TAG_FILE = 4096              # a tag file is a short JSON list
 # Whose sources the output depends on: instrument links with postlink's linker,
 # the recorder includes the headers codegen renders.
 PACKAGES = ("bpf_sdt", "bpf_sdt.instrument", "bpf_sdt.trace", "bpf_sdt.postlink", "bpf_sdt.codegen",
@@ -89,13 +87,7 @@ class Instrumented(NamedTuple):
 
 
 def cache_dir() -> Path | None:
-    chosen = os.environ.get(CACHE_ENV)
-    if chosen == CACHE_OFF:
-        return None
-    if chosen:
-        return Path(chosen) / INSTRUMENTED_DIR      # beside the recorder cache's directory (instrument)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "bpf-sdt" / INSTRUMENTED_DIR
+    return usercache.cache_dir(INSTRUMENTED_DIR)     # beside the recorder cache's directory (instrument)
 
 
 @functools.cache
@@ -147,7 +139,7 @@ def fetch(job: Job, output: Path) -> Instrumented | None:
         return None
     entry = where / key(job)
     try:
-        if not (_own(where) and _own(entry)):
+        if not (usercache.is_own(where) and usercache.is_own(entry)):
             return None
         cached = json.loads((entry / SITES_NAME).read_text())
         found = Instrumented([(int(site_id), str(probe)) for site_id, probe in cached["shown"]],
@@ -157,12 +149,6 @@ def fetch(job: Job, output: Path) -> Instrumented | None:
     except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError):
         return None
     return found
-
-
-def _own(path: Path) -> bool:
-    """Is ``path`` this user's own, and written by nobody else?"""
-    st = path.stat()
-    return st.st_uid == os.geteuid() and not st.st_mode & OTHERS_WRITE
 
 
 def store(job: Job, output: Path, instrumented: Instrumented) -> None:
@@ -175,7 +161,7 @@ def store(job: Job, output: Path, instrumented: Instrumented) -> None:
     except TypeError:                   # a site table this cache cannot keep: traced without the cache
         return
     try:
-        where.mkdir(mode=0o700, parents=True, exist_ok=True)     # read only if ours alone (_own)
+        where.mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)     # read only if ours alone
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=where))
         shutil.copyfile(output, staging / OBJECT_NAME)
         (staging / SITES_NAME).write_text(sites)
@@ -270,9 +256,13 @@ def known_tag(obj: Path, prog_name: str) -> tuple[str, str, str] | None:
     where = cache_dir()
     if where is None:
         return None
+    # A tag read here stands in for the identity load: trusted only as the cache's entries are.
+    raw = usercache.read_own(where / TAGS_NAME / _tag_key(obj, prog_name), MAX_TAG_FILE)
+    if raw is None:
+        return None
     try:
-        name, type_name, tag = json.loads((where / TAGS_NAME / _tag_key(obj, prog_name)).read_text())
-    except (OSError, ValueError, TypeError):
+        name, type_name, tag = json.loads(raw)
+    except (ValueError, TypeError):
         return None
     return str(name), str(type_name), str(tag)
 
@@ -282,7 +272,7 @@ def remember_tag(obj: Path, prog_name: str, identity: tuple[str, str, str]) -> N
     if where is None:
         return
     try:
-        (where / TAGS_NAME).mkdir(parents=True, exist_ok=True)
+        (where / TAGS_NAME).mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)
         fd, staging = tempfile.mkstemp(prefix=".staging-", dir=where / TAGS_NAME)
         with os.fdopen(fd, "w") as f:
             json.dump(list(identity), f)
