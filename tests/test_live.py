@@ -137,6 +137,13 @@ def tc_prog_ids(net: VethPair) -> list[int]:
     return [f["options"]["prog"]["id"] for f in shown if "prog" in f.get("options", {})]
 
 
+def tc_filter_by_iproute2(net: VethPair, obj: Path, *options: str) -> None:
+    """clsact on the receiver and `tc filter add ... ingress OPTIONS bpf ... obj OBJ sec tc`."""
+    iface = net.receiver.iface
+    ok([*in_ns(net), "tc", "qdisc", "add", "dev", iface, "clsact"])
+    ok([*in_ns(net), "tc", "filter", "add", "dev", iface, "ingress", *options, "obj", str(obj), "sec", "tc"])
+
+
 def map_of(prog_id: int, name: str) -> int:
     shown = json.loads(ok([tool("bpftool"), "prog", "show", "id", str(prog_id), "-j"]))
     for map_id in shown["map_ids"]:
@@ -353,9 +360,7 @@ def test_generic_mode_xdp_is_replaced_in_generic_mode(built: dict[str, Path], li
 def test_iproute2_tc_filter_swapped_in_place_and_back(built: dict[str, Path], lives: list[Live]) -> None:
     with VethPair() as net:
         iface = net.receiver.iface
-        ok([*in_ns(net), "tc", "qdisc", "add", "dev", iface, "clsact"])
-        ok([*in_ns(net), "tc", "filter", "add", "dev", iface, "ingress", "bpf", "da", "obj", str(built["live_tc"]),
-            "sec", "tc"])
+        tc_filter_by_iproute2(net, built["live_tc"], "bpf", "da")
         [original] = tc_prog_ids(net)
         sent, err = traced_through_swap(net, built["live_tc"], f"tc:{iface}:ingress", lives)
         assert "tc ingress filter of" in err and "check-then-replace, not a compare-and-swap" in err, err
@@ -544,9 +549,7 @@ def test_a_filter_the_daemon_replaced_meanwhile_stays_and_trace_exits_1(built: d
     the daemon's program, not its copy, and leaves it."""
     with VethPair() as net:
         iface = net.receiver.iface
-        ok([*in_ns(net), "tc", "qdisc", "add", "dev", iface, "clsact"])
-        ok([*in_ns(net), "tc", "filter", "add", "dev", iface, "ingress", "bpf", "da", "obj", str(built["live_tc"]),
-            "sec", "tc"])
+        tc_filter_by_iproute2(net, built["live_tc"], "bpf", "da")
         [original] = tc_prog_ids(net)
         [shown] = [f for f in json.loads(ok([*in_ns(net), "tc", "-j", "filter", "show", "dev", iface, "ingress"]))
                    if "prog" in f.get("options", {})]
@@ -744,9 +747,7 @@ def test_a_closed_stderr_cannot_keep_the_copy_running_or_the_record(built: dict[
 def test_a_filter_that_is_not_direct_action_is_not_replaced(built: dict[str, Path]) -> None:
     with VethPair() as net:
         iface = net.receiver.iface
-        ok([*in_ns(net), "tc", "qdisc", "add", "dev", iface, "clsact"])
-        ok([*in_ns(net), "tc", "filter", "add", "dev", iface, "ingress", "protocol", "ip", "bpf", "obj",
-            str(built["live_tc"]), "sec", "tc"])
+        tc_filter_by_iproute2(net, built["live_tc"], "protocol", "ip", "bpf")
         before = tc_prog_ids(net)
         res = run([*in_ns(net), *CLI, "trace", str(built["live_tc"]), "--live", f"tc:{iface}"])
         assert res.returncode == 2 and "non-direct-action filter for protocol ip" in res.stderr, res.stderr
@@ -757,9 +758,7 @@ def test_a_filter_that_is_not_direct_action_is_not_replaced(built: dict[str, Pat
 def test_a_filter_in_another_chain_is_refused_as_such(built: dict[str, Path]) -> None:
     with VethPair() as net:
         iface = net.receiver.iface
-        ok([*in_ns(net), "tc", "qdisc", "add", "dev", iface, "clsact"])
-        ok([*in_ns(net), "tc", "filter", "add", "dev", iface, "ingress", "chain", "1", "bpf", "da", "obj",
-            str(built["live_tc"]), "sec", "tc"])
+        tc_filter_by_iproute2(net, built["live_tc"], "chain", "1", "bpf", "da")
         before = tc_prog_ids(net)
         res = run([*in_ns(net), *CLI, "trace", str(built["live_tc"]), "--live", f"tc:{iface}"])
         assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
