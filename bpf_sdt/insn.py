@@ -16,7 +16,7 @@ section is decoded, and turned back into numbers when it is encoded:
 So inserting instructions is one list operation: nothing else needs fixing
 by hand, because every offset, ``imm``, relocation offset and symbol value
 is derived again from the instructions' new positions when the section is
-written (:meth:`CodeSection.layout`, :func:`encode_sections`).  Line and
+written (:func:`encode_sections`, which records each one's on the instruction).  Line and
 function info (``.BTF.ext``) and notes follow through the old-offset to
 new-offset map each layout produces.
 
@@ -369,23 +369,6 @@ class CodeSection:
     orig_size: int = 0
     appended: Insn | None = None   # first instruction moved in from another section, if any
 
-    def layout(self) -> dict[int, int]:
-        """Byte offset of every instruction (and of :attr:`end`) by id()."""
-        pos, out = 0, {}
-        for insn in self.insns:
-            out[id(insn)] = pos
-            pos += INSN_SIZE * insn.slots
-        out[id(self.end)] = pos
-        return out
-
-    def offset_map(self, layout: dict[int, int]) -> dict[int, int]:
-        """Old byte offset -> new byte offset, for every decoded instruction
-        and for the old end of the section."""
-        out = {insn.orig: layout[id(insn)] for insn in self.insns if insn.orig >= 0}
-        # The old end is where the section's own code ends, before anything moved in.
-        out[self.orig_size] = layout[id(self.appended if self.appended is not None else self.end)]
-        return out
-
     def insert(self, index: int, new: Sequence[Insn]) -> None:
         """Insert before ``self.insns[index]``.  References to that instruction
         keep pointing at it, so branches to it skip the new code."""
@@ -521,8 +504,8 @@ def _place(sec: CodeSection, placement: Placement) -> None:
 
 def _offset_map(sec: CodeSection) -> dict[int, int]:
     """Old byte offset -> new byte offset, for every decoded instruction and
-    for the old end of the section (as :meth:`CodeSection.offset_map`), from
-    the positions :func:`_place` recorded."""
+    for the old end of the section (where its own code ends, before anything
+    moved in), from the positions :func:`_place` recorded."""
     out = {insn.orig: insn.pos for insn in sec.insns if insn.orig >= 0}
     out[sec.orig_size] = (sec.appended if sec.appended is not None else sec.end).pos
     return out

@@ -42,7 +42,6 @@ from bpf_sdt.model import escape_text
 from bpf_sdt.notes import NoteEntry
 from bpf_sdt.rewrite import CodeEdits, Label, decode_code, move_code, rewrite_object
 from bpf_sdt.sites import SiteTable, recorder_identity, site_table
-from bpf_sdt.sites import ordered_sites as ordered_sites  # tests read the site-id order here
 
 from .analysis import (
     CLOBBER,

@@ -323,7 +323,8 @@ def test_ld_imm64_halves_and_hostile_code_sections() -> None:
                                                     (JMP | JMP_EXIT, 40)]
     assert [(i.imm & U32_MAX) | (i.imm_hi & U32_MAX) << 32 for i in code.insns if i.op == LD_IMM64] == \
         [0x1122334455667788] * 2
-    assert code.layout()[id(code.end)] == 48
+    encoded, _ = encode_sections({1: code}, [])
+    assert encoded[1].position(code.end) == 48 and len(encoded[1].data) == 48
     with pytest.raises(InputError, match=r"xdp\+0x8: ld_imm64 cut off by the section end"):
         decode_section(1, "xdp", _code(Insn(JMP | JMP_EXIT)) + wide.encode()[:INSN_SIZE])
     with pytest.raises(InputError, match=r"xdp\+0x0: malformed second half of ld_imm64"):

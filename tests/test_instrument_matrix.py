@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from bpf_sdt.instrument.commands import ordered_sites
 from matrix_src import CTX_DECL, CTX_SIZE, probes, random_ctx
 from test_instrument import EVENT_HEAD, bpffs  # noqa: F401  (fixture)
 from toolchain import REQUIRED_CLANGS, bpf_permitted, clang, clangs, compile_bpf, mcpus, need, tool
@@ -24,6 +23,7 @@ from bpf_sdt.insn import encode_sections
 from bpf_sdt.notes import decode_notes
 from bpf_sdt.probes import probe_types
 from bpf_sdt.rewrite import decode_code
+from bpf_sdt.sites import ordered_sites
 
 PROBES = probes()
 BY_NAME = {p.name: p for p in PROBES}

@@ -330,10 +330,9 @@ def expected_tc(packets: list[bytes]) -> tuple[list[Event], dict[bytes, bytes]]:
 
 def decode_events(obj_path: Path, raw: list[bytes]) -> list[tuple[str, tuple[int, ...]]]:
     """(probe, values) per recorder event, each value converted to its type."""
-    from bpf_sdt.instrument.commands import ordered_sites
-
     from bpf_sdt.notes import decode_notes
     from bpf_sdt.probes import probe_types
+    from bpf_sdt.sites import ordered_sites
 
     obj = load_object(obj_path)
     sites = ordered_sites(decode_notes(obj))
