@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bpf_sdt.errors import BpfSdtError
+from bpf_sdt.insn import INSN_SIZE
 
 LIBBPF_ENV = "BPF_SDT_LIBBPF"
 LIBBPF_SONAME = "libbpf.so.1"
@@ -131,6 +132,11 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__name": (_c_str, [_c_ptr]),
     "bpf_program__section_name": (_c_str, [_c_ptr]),
     "bpf_program__type": (_c_int, [_c_ptr]),
+    "bpf_program__expected_attach_type": (_c_int, [_c_ptr]),
+    "bpf_program__insns": (_c_ptr, [_c_ptr]),
+    "bpf_program__insn_cnt": (_c_size, [_c_ptr]),
+    "libbpf_register_prog_handler": (_c_int, [_c_str, _c_int, _c_int, _c_ptr]),
+    "libbpf_unregister_prog_handler": (_c_int, [_c_int]),
     "bpf_program__fd": (_c_int, [_c_ptr]),
     "bpf_program__attach": (_c_ptr, [_c_ptr]),
     "bpf_program__attach_xdp": (_c_ptr, [_c_ptr, _c_int]),
@@ -329,6 +335,16 @@ class _TcOpts(ctypes.Structure):
                 ("handle", _c_u32), ("priority", _c_u32)]
 
 
+# libbpf_prog_prepare_load_fn_t: int (*)(struct bpf_program *, struct bpf_prog_load_opts *, long cookie)
+_PREPARE_LOAD_FN = ctypes.CFUNCTYPE(_c_int, _c_ptr, _c_ptr, ctypes.c_long)
+
+
+class _ProgHandlerOpts(ctypes.Structure):
+    """struct libbpf_prog_handler_opts"""
+    _fields_ = [("sz", _c_size), ("cookie", ctypes.c_long), ("prog_setup_fn", _c_ptr),
+                ("prog_prepare_load_fn", _PREPARE_LOAD_FN), ("prog_attach_fn", _c_ptr)]
+
+
 class _MapInfo(ctypes.Structure):
     """The leading fields of the kernel's struct bpf_map_info (linux/bpf.h); the
     kernel fills as much as info_len says, so a prefix is always accepted."""
@@ -344,6 +360,23 @@ def _opts(struct: type[ctypes.Structure], **fields: Any) -> Any:
 
 
 # --- objects, programs, maps -------------------------------------------------
+
+# libbpf's program handlers are process-wide and bind to an object's programs
+# when it is opened: no object opens while relocated_program() has one
+# registered (a re-entrant lock: it opens objects itself).
+_HANDLER_LOCK = threading.RLock()
+# libbpf 1.1 frees its handler array when the last handler goes and keeps the
+# freed pointer, so the next registration corrupts the heap (measured: glibc
+# aborts on the second call).  One handler for a section no object has stays
+# registered for the process's life, and the count never reaches zero.
+_ANCHOR_SECTION = b"bpf-sdt/no-program-has-this-section"
+_PROG_TYPE_SOCKET_FILTER = 1
+
+
+@functools.cache
+def _anchor_handler() -> int:
+    return _check("registering bpf-sdt's anchor program handler", _lib().libbpf_register_prog_handler,
+                  _ANCHOR_SECTION, _PROG_TYPE_SOCKET_FILTER, 0, ctypes.byref(_opts(_ProgHandlerOpts)))
 
 class LoadedObject:
     """An opened BPF ELF object (struct bpf_object).  Use as a context manager."""
@@ -365,7 +398,8 @@ class LoadedObject:
         opts = _opts(_OpenOpts, object_name=object_name.encode() if object_name else None,
                      pin_root_path=os.fsencode(pin_root_path) if pin_root_path else None)
         lib = _lib()
-        ptr = _check_ptr(f"opening {path}", lib.bpf_object__open_file, os.fsencode(path), ctypes.byref(opts))
+        with _HANDLER_LOCK:
+            ptr = _check_ptr(f"opening {path}", lib.bpf_object__open_file, os.fsencode(path), ctypes.byref(opts))
         return cls(ptr, path)
 
     def _walk(self, next_fn: str) -> Iterator[int]:
@@ -424,6 +458,63 @@ class LoadedObject:
         self.close()
 
 
+class RelocatedProgram(NamedTuple):
+    name: str
+    type: str                   # libbpf's name for the type it gives the program
+    instructions: bytes
+
+
+def relocated_program(path: str | os.PathLike[str], prog_name: str, object_name: str | None = None,
+                      prepare: Callable[[LoadedObject], object] | None = None) -> RelocatedProgram:
+    """The instructions libbpf hands the kernel for `prog_name` of `path`:
+    maps, subprograms and CO-RE relocated, map fds in their ld_imm64s, but
+    never loaded (no verifier run).  A handler registered for the program's
+    section copies them in its prepare-load callback, which libbpf calls just
+    before the load syscall, and cancels the load there.  `prepare(object)`
+    sets the opened object up first (maps to reuse, as the real load would);
+    the object's other programs are not loaded.  The maps a load would create
+    are created, and freed again on return."""
+    path = os.fspath(path)
+    with LoadedObject.open(path, object_name=object_name) as probe:
+        wanted = probe.find_program(prog_name)
+        section, type_id, attach_type = wanted.section, wanted.type_id, wanted.expected_attach_type
+        type_name = wanted.type
+    lib = _lib()
+    copied: list[bytes] = []
+
+    def copy_and_cancel(prog: int, _load_opts: int, _cookie: int) -> int:
+        with contextlib.suppress(Exception):   # an exception must never unwind into C
+            if _name(lib.bpf_program__name(prog)) == prog_name:
+                copied.append(ctypes.string_at(lib.bpf_program__insns(prog),
+                                               lib.bpf_program__insn_cnt(prog) * INSN_SIZE))
+        return -errnos.ECANCELED
+
+    callback = _PREPARE_LOAD_FN(copy_and_cancel)     # referenced until the handler is gone
+    handler_opts = _opts(_ProgHandlerOpts, prog_prepare_load_fn=callback)
+    what = f"relocating prog {prog_name!r} of {path}"
+    with _HANDLER_LOCK:
+        _anchor_handler()
+        handler = _check(f"{what}: registering a handler for section {section!r}",
+                         lib.libbpf_register_prog_handler, section.encode(), type_id, attach_type,
+                         ctypes.byref(handler_opts))
+        try:
+            with LoadedObject.open(path, object_name=object_name) as bpf:
+                for prog in bpf.programs:
+                    if prog.name != prog_name:
+                        prog.set_autoload(False)
+                if prepare is not None:
+                    prepare(bpf)
+                with _captured() as log:
+                    ret = int(lib.bpf_object__load(bpf._live()))
+        finally:
+            # After the close: the object's program points at the handler's entry.
+            lib.libbpf_unregister_prog_handler(handler)
+    if not copied:
+        raise LibbpfError(what, -ret if ret < 0 else errnos.ENOEXEC, log,
+                          detail=None if ret < 0 else "libbpf did not reach the program's load")
+    return RelocatedProgram(prog_name, type_name, copied[0])
+
+
 class RunResult(NamedTuple):
     """One BPF_PROG_TEST_RUN: the program's return value, the packet as the
     program left it, and the mean run time per repetition."""
@@ -445,7 +536,9 @@ class LoadedProgram:
         self._obj, self._ptr = obj, ptr
         self.name = _name(lib.bpf_program__name(ptr))
         self.section = _name(lib.bpf_program__section_name(ptr))
-        self.type = _name(lib.libbpf_bpf_prog_type_str(lib.bpf_program__type(ptr))) or "unknown"
+        self.type_id = int(lib.bpf_program__type(ptr))
+        self.type = _name(lib.libbpf_bpf_prog_type_str(self.type_id)) or "unknown"
+        self.expected_attach_type = int(lib.bpf_program__expected_attach_type(ptr))
 
     def __repr__(self) -> str:
         return f"<Program {self.name} section={self.section!r} type={self.type}>"

@@ -157,6 +157,25 @@ SEC("xdp") int sdtt_long_bad(struct xdp_md *ctx)
 char LICENSE[] SEC("license") = "GPL";
 """
 LONG_LOG_MIN = 256 * 1024
+# A local flavor of task_struct with tgid at offset 4: CO-RE moves it to the
+# running kernel's offset, so the relocated instructions differ from the object's.
+CORE = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+struct task_struct___sdtt { int pid; int tgid; } __attribute__((preserve_access_index));
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, int); __type(value, long); } tgids SEC(".maps");
+int base = 3;
+SEC("tp/syscalls/sys_enter_getppid")
+int sdtt_core_tgid(void *ctx __attribute__((unused))) {
+	struct task_struct___sdtt *task = (void *)bpf_get_current_task();
+	int key = 0;
+	long tgid = BPF_CORE_READ(task, tgid) + base;
+	bpf_map_update_elem(&tgids, &key, &tgid, 0);
+	return 0;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
 
 
 def multiarch_include() -> str:
@@ -167,7 +186,8 @@ def multiarch_include() -> str:
 def objs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("libbpf")
     built = {}
-    for name, src in (("progs", PROGS), ("pinned", PINNED), ("rejected", REJECTED), ("long", LONG_REJECTED)):
+    for name, src in (("progs", PROGS), ("pinned", PINNED), ("rejected", REJECTED), ("long", LONG_REJECTED),
+                      ("core", CORE)):
         (out / f"{name}.bpf.c").write_text(src)
         built[name] = out / f"{name}.bpf.o"
         compile_bpf(out / f"{name}.bpf.c", built[name], clang(19), defines=(f"UDP_PORT={UDP_PORT}",),
@@ -243,6 +263,9 @@ int main(void) {
 	F(bpf_map_info, ifindex) F(bpf_map_info, btf_vmlinux_value_type_id) F(bpf_map_info, netns_dev)
 	F(bpf_map_info, netns_ino) F(bpf_map_info, btf_id) F(bpf_map_info, btf_key_type_id)
 	F(bpf_map_info, btf_value_type_id)
+	S(libbpf_prog_handler_opts) F(libbpf_prog_handler_opts, sz) F(libbpf_prog_handler_opts, cookie)
+	F(libbpf_prog_handler_opts, prog_setup_fn) F(libbpf_prog_handler_opts, prog_prepare_load_fn)
+	F(libbpf_prog_handler_opts, prog_attach_fn)
 	return 0;
 }
 """
@@ -260,7 +283,8 @@ def test_struct_layouts_match_the_installed_headers(tmp_path: Path) -> None:
     res = run([tool("gcc"), "-Wall", "-Werror", str(src), "-o", str(exe)])
     assert res.returncode == 0, res.stderr
     ours = {"bpf_object_open_opts": libbpf._OpenOpts, "bpf_test_run_opts": libbpf._TestRunOpts,
-            "bpf_tc_hook": libbpf._TcHook, "bpf_tc_opts": libbpf._TcOpts, "bpf_map_info": libbpf._MapInfo}
+            "bpf_tc_hook": libbpf._TcHook, "bpf_tc_opts": libbpf._TcOpts, "bpf_map_info": libbpf._MapInfo,
+            "libbpf_prog_handler_opts": libbpf._ProgHandlerOpts}
     checked = 0
     for line in run([str(exe)]).stdout.splitlines():
         struct_name, field, a, b = line.split()
@@ -271,7 +295,7 @@ def test_struct_layouts_match_the_installed_headers(tmp_path: Path) -> None:
             desc = getattr(cls, field)
             assert (desc.offset, desc.size) == (int(a), int(b)), f"{struct_name}.{field}"
         checked += 1
-    assert checked == 52          # 4 struct sizes + 48 fields
+    assert checked == 58          # 5 struct sizes + 53 fields
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -344,6 +368,39 @@ def test_xdp_test_run_returns_the_action_and_counts_in_a_map(objs: dict[str, Pat
         expected[2] += 50
         assert list(counts.keys()) == [key(k) for k in range(4)]
         assert [u64(counts.lookup(key(k))) for k in range(4)] == expected
+
+
+@pytest.mark.kernel
+def test_relocated_instructions_get_the_kernels_tag_without_a_load(objs: dict[str, Path], kernel: None) -> None:
+    """libbpf's relocated instructions (CO-RE applied, maps and .data as fds)
+    hash to the tag the kernel gives a load of the same object, and getting
+    them loads nothing.  Several times in one process: libbpf 1.1 corrupts
+    its heap when its last program handler goes (the anchor prevents it)."""
+    from bpf_sdt.elf import load_object
+    from bpf_sdt.kernel import prog_id_of_fd, program_tags
+    from bpf_sdt.libbpf import relocated_program
+
+    cases = [(objs["core"], "sdtt_core_tgid"), (objs["progs"], "sdtt_xdp_udp"), (objs["progs"], "sdtt_tc_mark"),
+             (objs["progs"], "sdtt_on_exec")]
+    for path, name in cases * 2:
+        mine = relocated_program(path, name)
+        assert ours_loaded() == []                                  # no verifier run, nothing left
+        with LoadedObject.open(path) as obj:
+            obj.load()
+            loaded = obj.find_program(name)
+            tag = json.loads(run([tool("bpftool"), "prog", "show", "id",
+                                  str(prog_id_of_fd(loaded.fd)), "--json"]).stdout)["tag"]
+            assert (mine.name, mine.type) == (loaded.name, loaded.type)
+        assert tag in program_tags(mine.instructions), (name, tag)
+    core = relocated_program(objs["core"], "sdtt_core_tgid").instructions
+    elf = load_object(objs["core"])
+    section = elf.section("tp/syscalls/sys_enter_getppid")
+    assert section is not None
+    as_compiled = elf.section_data(section)
+    assert len(core) == len(as_compiled) and core != as_compiled                 # CO-RE and map fds applied
+    with pytest.raises(LibbpfError) as missing:
+        relocated_program(objs["progs"], "sdtt_nope")
+    assert missing.value.errno == ENOENT
 
 
 @pytest.mark.kernel
