@@ -16,14 +16,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno as errnos
+import hashlib
 import json
 import os
 import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bpf_sdt.insn import INSN_SIZE, LD_IMM64, PSEUDO_MAP_FD, PSEUDO_MAP_VALUE
 from bpf_sdt.libbpf import (
     LibbpfError,
     Map,
@@ -124,6 +127,34 @@ def prog_info(fd: int) -> ProgInfo:
     lib = _lib()
     return ProgInfo(id=info.id, type_id=info.type, type=_name(lib.libbpf_bpf_prog_type_str(info.type)) or "unknown",
                     name=_name(info.name), tag=bytes(info.tag).hex(), map_ids=tuple(ids[:count]))
+
+
+# The kernel's program tag (bpf_prog_calc_tag): the first 8 bytes of a hash
+# of the instructions as loaded, with both immediates of each map-fd and
+# map-value ld_imm64 zeroed, so that the fds of one load do not show.  The
+# hash is SHA-256 on this machine's 6.18 (measured: tests/test_live.py) and
+# SHA-1 on older kernels.
+_INSN = struct.Struct("<BBhi")
+_TAG_HASHES = ("sha256", "sha1")
+
+
+def program_tags(insns: bytes) -> frozenset[str]:
+    """The tags, one per hash kernels have used, that a program of exactly
+    these instructions gets: a running program's tag among them proves it
+    was loaded from these bytes."""
+    canonical = bytearray(insns)
+    in_map_load = False
+    for at in range(0, len(canonical) - len(canonical) % INSN_SIZE, INSN_SIZE):
+        code, regs, off, _ = _INSN.unpack_from(canonical, at)
+        if not in_map_load and code == LD_IMM64 and regs >> 4 in (PSEUDO_MAP_FD, PSEUDO_MAP_VALUE):
+            in_map_load = True
+        elif in_map_load and code == 0 and regs == 0 and off == 0:
+            in_map_load = False                         # its second half
+        else:
+            in_map_load = False
+            continue
+        _INSN.pack_into(canonical, at, code, regs, off, 0)
+    return frozenset(hashlib.new(name, canonical).digest()[:BPF_TAG_SIZE].hex() for name in _TAG_HASHES)
 
 
 def map_info(fd: int) -> MapInfo:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bpf_sdt.trace.live import IDENTITY_COMPUTED
 from netns import VethPair
 from toolchain import REPO, bpf_permitted, clang, compile_bpf, need, run, tool
 
@@ -274,6 +275,8 @@ def traced_through_swap(net: VethPair, obj: Path, where: str, lives: list[Live],
     err = live.err.decode()
     assert "swapped to the instrumented copy (compare-and-swap" in err or "replaced in place" in err, err
     assert "prepared in" in err and "is back" in err, err
+    # Whatever the loader, OBJ's relocated instructions get the running tag: no identity load.
+    assert IDENTITY_COMPUTED in err, err
     return sent, err
 
 

@@ -7,8 +7,10 @@ prog_array slots).
    ``id:N``, ``pin:PATH``) and how it is attached (kernel.*_hooks).
 2. Take the attach point: a record in bpf-sdt's bpffs directory
    (bpf_sdt.records; a live or stale record refuses).
-3. Prove identity: OBJ's program, loaded unattached with the running
-   program's maps, must have the running program's name, type and tag.
+3. Prove identity: OBJ's program, relocated by libbpf against the running
+   program's maps, must have the running program's name, type and tag (the
+   kernel's hash of those instructions; an unattached load of it where the
+   hash does not match).
 4. Instrument OBJ with the recorder and load the copy with every map of the
    running program reused: only the recorder's maps are new.
 5. Pin the original and the copy in the record, then swap (kernel.Hook.swap),
@@ -34,7 +36,7 @@ from bpf_sdt import kernel, records
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_RINGBUF_MAP
 from bpf_sdt.kernel import Hook, MapInfo, ProgInfo, Replaced
-from bpf_sdt.libbpf import LibbpfError, LoadedObject, LoadedProgram, ifindex, obj_get
+from bpf_sdt.libbpf import LibbpfError, LoadedObject, LoadedProgram, ifindex, obj_get, relocated_program
 from bpf_sdt.model import escape_text
 
 from . import instcache
@@ -278,14 +280,7 @@ def load_sharing(path: Path, prog_name: str, maps: RunningMaps, obj_name: str | 
         for other in bpf.programs:
             if other is not prog:
                 other.set_autoload(False)
-        reused = set()
-        for m in bpf.maps:
-            if pin_root is None:
-                m.no_pin()              # pin by name would pin the running program's map on the host's bpffs
-            found = maps.match(m.name, m.type_id, m.key_size, m.value_size, m.max_entries)
-            if found is not None:
-                m.reuse_fd(maps.fds[found.id])
-                reused.add(found.id)
+        reused = share_maps(bpf, maps, pinning=pin_root is not None)
         if load is None:
             bpf.load()
         elif not load(bpf):
@@ -295,6 +290,21 @@ def load_sharing(path: Path, prog_name: str, maps: RunningMaps, obj_name: str | 
         bpf.close()
         raise
     return bpf, prog, reused
+
+
+def share_maps(bpf: LoadedObject, maps: RunningMaps, pinning: bool) -> set[int]:
+    """Before load: each of the object's maps the running program has is
+    reused; the ids of those.  Without `pinning`, no map is pinned by name
+    (that would pin the running program's map on the host's bpffs)."""
+    reused = set()
+    for m in bpf.maps:
+        if not pinning:
+            m.no_pin()
+        found = maps.match(m.name, m.type_id, m.key_size, m.value_size, m.max_entries)
+        if found is not None:
+            m.reuse_fd(maps.fds[found.id])
+            reused.add(found.id)
+    return reused
 
 
 def choose_program(obj: Path, running: ProgInfo, prog_name: str | None) -> tuple[str, str]:
@@ -334,14 +344,25 @@ def _fills_prog_arrays(obj: Path) -> bool:
     return False
 
 
-def prove_identity(obj: Path, prog_name: str, obj_name: str, running: ProgInfo, maps: RunningMaps) -> None:
-    """OBJ's program, loaded as the running one was, must get its kernel tag.
-    The tag a load of these very bytes gave on this kernel and libbpf before
-    is as good as a new load (the same input makes the same instructions);
-    anything else is loaded and compared."""
+IDENTITY_COMPUTED = "identity by the tag of OBJ's relocated instructions"
+IDENTITY_LEARNED = "identity by the tag a load of OBJ gave before"
+IDENTITY_LOADED = "identity by a load of OBJ"
+
+
+def prove_identity(obj: Path, prog_name: str, obj_name: str, running: ProgInfo, maps: RunningMaps) -> str:
+    """OBJ's program, loaded as the running one was, must get its kernel tag;
+    how that was shown (IDENTITY_*).  The tag is computed from the
+    instructions libbpf would load, relocated against the running program's
+    maps, without a load: the kernel tags the bytes it is given, so a match
+    proves them.  Where the computed tag does not match (a kernel hashing
+    another way, a loader relocating another way), the tag of a real load is
+    the proof: one learned on this kernel and libbpf from these very bytes,
+    else a new identity load, whose mismatch refuses."""
     wanted = (running.name, running.type, running.tag)
+    if computed_identity(obj, prog_name, obj_name, running, maps):
+        return IDENTITY_COMPUTED
     if instcache.known_tag(obj, prog_name) == wanted:
-        return
+        return IDENTITY_LEARNED
     loaded = load_sharing(obj, prog_name, maps, obj_name)
     assert loaded is not None           # loaded without a stop callback
     bpf, prog, _ = loaded
@@ -352,6 +373,19 @@ def prove_identity(obj: Path, prog_name: str, obj_name: str, running: ProgInfo, 
         raise InputError(f"--live: the running program {escape_text(running.name)} (id {running.id}, "
                          f"{running.type}, tag {running.tag}) is not {obj}'s {escape_text(mine.name)} "
                          f"({mine.type}, tag {mine.tag}); nothing was swapped")
+    return IDENTITY_LOADED
+
+
+def computed_identity(obj: Path, prog_name: str, obj_name: str, running: ProgInfo, maps: RunningMaps) -> bool:
+    """Is the running program OBJ's, by the tag its relocated instructions
+    get (libbpf.relocated_program: no verifier run)?  False also when
+    libbpf could not relocate them (the identity load then says why)."""
+    try:
+        mine = relocated_program(obj, prog_name, obj_name, lambda b: share_maps(b, maps, pinning=False))
+    except LibbpfError:
+        return False
+    return ((mine.name[: kernel.NAME_MAX_CHARS], mine.type) == (running.name, running.type)
+            and running.tag in kernel.program_tags(mine.instructions))
 
 
 # --- the trace ---------------------------------------------------------------------------------
@@ -434,21 +468,20 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                          "would write its own programs into the running program's tail-call slots when loading a "
                          "copy; nothing was swapped")
     maps = RunningMaps(running)
-    identity: list[InBackground[None]] = []          # the identity load, once instrument is under way
+    identity: list[InBackground[str]] = []           # the identity proof, once instrument is under way
     try:
         prog_name, obj_name = choose_program(opts.obj, running, opts.prog)
 
         def prove_meanwhile() -> None:
-            # The identity load verifies the original while instrument works in
-            # its child (forked first, so the fork does not wait for the
-            # verifier's core): the verifier is the cost that matters, and
-            # there are two cores.
+            # The identity proof runs while instrument works in its child
+            # (forked first, so the fork does not wait for it): where it comes
+            # to a load, the verifier is the cost that matters, and there are
+            # two cores.
             identity.append(InBackground(prove_identity, opts.obj, prog_name, obj_name, running, maps))
 
-        def proved() -> None:
-            """Waits for the identity load; a mismatch raises here."""
-            for load in identity:
-                load.result()
+        def proved() -> str:
+            """Waits for the identity proof (how it was made); a mismatch raises here."""
+            return "; ".join(proof.result() for proof in identity)
 
         with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
             inst = Path(tmp) / opts.obj.name
@@ -470,7 +503,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                     return None
                 bpf, prog, reused = loaded
                 with bpf:
-                    proved()                        # a mismatch stops here, before anything is pinned or swapped
+                    how = proved()                  # a mismatch stops here, before anything is pinned or swapped
                     maps.close()
                     missing = set(running.map_ids) - reused
                     if missing:
@@ -497,7 +530,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                             instrumenting = "instrumented object from the cache" if cached else "instrument"
                             err.write(f"bpf-sdt trace: prepared in {loaded_at - started:.2f} s (finding, identity "
                                       f"and {instrumenting}: {instrumented_at - started:.2f} s, load "
-                                      f"{loaded_at - instrumented_at:.2f} s); "
+                                      f"{loaded_at - instrumented_at:.2f} s; {how}); "
                                       f"{escape_text(hook.describe())}: swapped to the instrumented copy "
                                       f"({hook.atomic}; {len(reused)} map(s) shared)\n")
                             session.ready(sites, shown, f"{running.name} (id {running.id}) at {hook.describe()}")
@@ -509,8 +542,8 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                         session.finish(opts.count)
                     return code
     finally:
-        for load in identity:
-            load.wait()                     # its load uses the maps' fds
+        for proof in identity:
+            proof.wait()                    # it uses the maps' fds
         maps.close()
 
 
