@@ -14,16 +14,16 @@ it to a veth in a namespace of the bench (`ip link set dev X xdp obj`).
 Per trial, with UDP flowing the whole time:
 
 - live: wall time from starting `bpf-sdt trace --live xdp:X` to its line
-  saying the copy was swapped in (Python start, finding, identity load,
+  saying the copy was swapped in (Python start, finding, identity proof,
   instrument, copy load, pins, the swap), and the preparation time trace
   reports itself;
 - reference: `bpftool prog load` of the same instrumented object (what
   `bpf-sdt instrument` writes), wall time: the verifier's work on the copy.
 
 The first --first-trials trials each start from an empty cache, so each
-instruments, builds the recorder and proves identity by a load, as a user's
-first trace of a program does; the others load the instrumented object
-trace cached (trace/instcache.py).  Each group is reported by its median.  Then the original
+instruments and builds the recorder, as a user's first trace of a program
+does; the others load the instrumented object trace cached
+(trace/instcache.py).  Each group is reported by its median.  Then the original
 must be back, and its count map and .bss must hold exactly the number of
 packets sent.  Target: live <= 1.5x the reference, the first trial (a
 user's first trace of the program) and the cached ones each reported
