@@ -139,6 +139,24 @@ def test_rfc_notes_are_refused_by_this_linker(tmp_path: Path) -> None:
     assert "STT_SECTION in non-exec section" in res.stderr
 
 
+
+@pytest.mark.parametrize("version", [14, 19])
+def test_the_direct_link_is_tried_only_where_the_linker_can_take_it(tmp_path: Path, version: int) -> None:
+    """link predicts libbpf's refusal of the notes as they are (a relocation
+    against a section symbol outside code) instead of paying a linker run to
+    learn it: for each clang's objects the prediction is what bpftool does."""
+    from bpf_sdt.postlink.link import _linker_refuses_records
+
+    objs = []
+    for name, src in (("a", A), ("b", B)):
+        (tmp_path / f"{name}.c").write_text(src)
+        compile_bpf(tmp_path / f"{name}.c", tmp_path / f"{name}.o", clang(version))
+        objs.append(tmp_path / f"{name}.o")
+    res = run([tool("bpftool"), "gen", "object", str(tmp_path / "x.o"), *map(str, objs)])
+    assert _linker_refuses_records([load_object(o) for o in objs]) == (res.returncode != 0), res.stderr
+    assert link(tmp_path / "out.o", *objs).returncode == 0
+
+
 # --- failures: nothing partial, inputs untouched, the input named ------------
 
 def test_unusable_input_is_named_and_nothing_written(tmp_path: Path) -> None:
