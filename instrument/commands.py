@@ -23,12 +23,13 @@ that writes through ``ctx`` and a call graph with recursion are refused
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import gc
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -57,12 +58,13 @@ from .ctxwrite import Code, find_ctx_write
 from .observers import (
     RECORDER_PREFIX,
     ObserverDecl,
+    PendingRecorder,
     RecorderOptions,
-    build_recorder,
     check_ringbuf_size,
     find_observers,
     is_observer_section,
     recorder_function,
+    start_recorder,
 )
 from .sequence import Frame, Observer, SequenceShapes, site_sequence
 
@@ -139,20 +141,21 @@ def _instrument(req: Request) -> Result:
 
     refuse_undecodable_names(obj)
     table = _usable_sites(obj)
-    checked = [checked_input(obj)]
     types = table.types
     probes = table.probes()
     selected = _select_probes(probes, req.probes)
     observer_objects = [load_object(path) for path in req.observers]
     decls = [d for o in observer_objects for d in _observers_of(o)]
     plan = _plan_observers(decls, probes, selected, req, types)
-    checked += [checked_input(o) for o in observer_objects]
-    with tempfile.TemporaryDirectory(prefix="bpf-sdt-instrument-") as tmp:
-        recorded = sorted({p for p, obs in plan.items() for o in obs if o.startswith(RECORDER_PREFIX)})
-        if recorded:
-            recorder = build_recorder({p: types.get(p, ()) for p in recorded}, req.ringbuf_size,
-                                      recorder_identity(obj, req.recorder.plan_id), Path(tmp), req.recorder)
-            checked.append(checked_input(load_object(recorder)))
+    with tempfile.TemporaryDirectory(prefix="bpf-sdt-instrument-") as tmp, \
+            _recorder_for(plan, types, obj, Path(tmp), req) as recorder:
+        # clang builds the recorder meanwhile: reading the inputs, down to where
+        # their sites were inlined (link's question, the DWARF), is the other core's work
+        checked = [checked_input(obj), *(checked_input(o) for o in observer_objects)]
+        for report in checked:
+            report.table.inlined_at  # noqa: B018  read now, kept on the table for link
+        if recorder is not None:
+            checked.append(checked_input(load_object(recorder.result())))
         # Not checked here: what is written is, once rewritten (write_checked below).
         linked = link_objects(checked, str(Path(tmp) / "linked.o"), req.bpftool)
         data, result = _rewrite(linked.obj, plan, req)
@@ -161,6 +164,20 @@ def _instrument(req: Request) -> Result:
     for site in result.sites:                # code was inserted before some NOPs: where they are in OUT
         site.offset = written.entries[site.site_id].offset
     return result
+
+
+@contextlib.contextmanager
+def _recorder_for(plan: dict[str, list[str]], types: dict[str, tuple[ArgType, ...]], obj: BpfObject, tmp: Path,
+                  req: Request) -> Iterator[PendingRecorder | None]:
+    """The recorder of the probes the plan records, its build started (None
+    when the plan records none)."""
+    recorded = sorted({p for p, obs in plan.items() for o in obs if o.startswith(RECORDER_PREFIX)})
+    if not recorded:
+        yield None
+        return
+    with start_recorder({p: types.get(p, ()) for p in recorded}, req.ringbuf_size,
+                        recorder_identity(obj, req.recorder.plan_id), tmp, req.recorder) as pending:
+        yield pending
 
 
 def _check_output(req: Request) -> None:

@@ -13,6 +13,7 @@ describes (BTF only has the outer ``<name>(u64 *ctx)``).  pyelftools reads it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import io
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -188,10 +189,8 @@ def render_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, 
         functions.setdefault(name, {"name": name, "nargs": len(types), "ctypes": [c_type(t) for t in types],
                                     "filter": plan.filter, "ring": plan.ring, "aggregations": plan.aggregations})
     maps = {g.index: len(g.keys) for p in options.probes.values() for g in p.aggregations}
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
     counters = counters_struct(identity)
-    return env.get_template("recorder.bpf.c.j2").render(
+    return recorder_template().render(
         functions=list(functions.values()), ringbuf_size=ringbuf_size, ringbuf=RECORDER_RINGBUF_MAP,
         counts=RECORDER_COUNTS_MAP, identity=counters.name, counters_struct=counters.c_definition(),
         event=RECORDER_EVENT, event_struct=event_struct().c_definition(), slot=ARG_SLOT,
@@ -204,6 +203,16 @@ def render_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, 
                       for i, n in sorted(maps.items())])
 
 
+@functools.cache
+def recorder_template() -> jinja2.Template:
+    """The recorder's template, compiled once per process (Jinja2 compiles
+    it to Python: a few hundredths of a second, which trace's instrument
+    worker spends before its job is known)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    return env.get_template("recorder.bpf.c.j2")
+
+
 def check_ringbuf_size(size: int) -> None:
     if size < PAGE_SIZE or size & (size - 1):
         raise InputError(f"ring buffer size {size}: must be a power of two and at least {PAGE_SIZE}")
@@ -212,30 +221,69 @@ def check_ringbuf_size(size: int) -> None:
 def build_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, identity: str, workdir: Path,
                    options: RecorderOptions | None = None) -> Path:
     """Render and compile the recorder for these probes."""
+    with start_recorder(probes, ringbuf_size, identity, workdir, options) as pending:
+        return pending.result()
+
+
+def start_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, identity: str, workdir: Path,
+                   options: RecorderOptions | None = None) -> PendingRecorder:
+    """Render the recorder and start clang on it (unless the cache has the
+    object), returning at once: instrument reads its input meanwhile, on the
+    other core.  Use it as a context manager: a build nobody waited for is
+    stopped on the way out."""
     if any(len(t) > MAX_ARGS for t in probes.values()):
         raise InputError(f"probes with more than {MAX_ARGS} arguments cannot be recorded")
     options = options or RecorderOptions()
     if not 1 <= options.map_entries <= MAX_MAP_ENTRIES:
         raise InputError(f"map entries {options.map_entries}: must be between 1 and {MAX_MAP_ENTRIES}")
-    src = workdir / RECORDER_SOURCE
     out = workdir / RECORDER_OBJECT
     source = render_recorder(probes, ringbuf_size, identity, options)
     build = recorder_cache.Build(source, identity, workdir, find_clang(), RECORDER_CFLAGS)
-    cached = recorder_cache.fetch(build, _recorder_symbols(probes, options))
-    if cached is not None:
-        out.write_bytes(cached)
-        return out
-    src.write_text(source)
+    version = recorder_cache.ClangVersion(build.clang)
+    if version.known:                   # else no entry can be this clang's: a build, its version asked beside
+        cached = recorder_cache.fetch(build, _recorder_symbols(probes, options))
+        if cached is not None:
+            out.write_bytes(cached)
+            return PendingRecorder(out, build, version, None)
+    (workdir / RECORDER_SOURCE).write_text(source)
     # clang runs in the build directory, so that the only path the object holds
     # is that directory's (the cache puts the next build's in its place).
-    res = subprocess.run([build.clang, *RECORDER_CFLAGS, "-c", str(src), "-o", str(out)],
-                         capture_output=True, text=True, check=False, cwd=workdir)
-    if res.returncode != 0:
-        errors = [line for line in res.stderr.splitlines() if "error:" in line]
-        last = (errors or res.stderr.strip().splitlines() or ["(no output)"])[0]
-        raise ToolError(f"building the recorder failed: {last}")
-    recorder_cache.store(build, out.read_bytes())
-    return out
+    clang = subprocess.Popen([build.clang, *RECORDER_CFLAGS, "-c", str(workdir / RECORDER_SOURCE), "-o", str(out)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=workdir)
+    return PendingRecorder(out, build, version, clang)
+
+
+class PendingRecorder:
+    """A recorder object being made: :meth:`result` waits for clang (or has
+    the cached object) and keeps a new build in the cache."""
+
+    def __init__(self, out: Path, build: recorder_cache.Build, version: recorder_cache.ClangVersion,
+                 clang: subprocess.Popen[str] | None) -> None:
+        self._out, self._build, self._version, self._clang = out, build, version, clang
+
+    def result(self) -> Path:
+        if self._clang is None:
+            return self._out
+        clang, self._clang = self._clang, None
+        _, stderr = clang.communicate()
+        if clang.returncode != 0:
+            errors = [line for line in stderr.splitlines() if "error:" in line]
+            last = (errors or stderr.strip().splitlines() or ["(no output)"])[0]
+            raise ToolError(f"building the recorder failed: {last}")
+        self._version.result()          # remembered, so that the entry below is keyed by it
+        recorder_cache.store(self._build, self._out.read_bytes())
+        return self._out
+
+    def __enter__(self) -> PendingRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._clang is not None:     # the caller failed before it needed the recorder
+            self._clang.kill()
+            self._clang.communicate()
+            self._clang = None
+        self._version.close()
 
 
 def _recorder_symbols(probes: Mapping[str, Sequence[ArgType]], options: RecorderOptions) -> set[str]:

@@ -134,21 +134,71 @@ def _clang_identity(clang: str, where: Path) -> list[object]:
     """Path, resolved binary, size, mtime and ``--version`` output.  The version
     is asked once per binary (clang takes some 80 ms to answer) and kept beside
     the entries, under a name made of the other four."""
-    real = os.path.realpath(clang)
-    st = os.stat(real)
-    ident: list[object] = [clang, real, st.st_size, st.st_mtime_ns]
-    memo = where / (hashlib.sha256(json.dumps(ident).encode()).hexdigest() + VERSION_SUFFIX)
+    ident, memo = _version_memo(clang, where)
     version = usercache.read_own(memo, MAX_ENTRY)
     if version is None:
         res = subprocess.run([clang, "--version"], capture_output=True, check=False, timeout=VERSION_TIMEOUT_S)
         version = res.stdout
         if res.returncode == 0:
-            try:
-                where.mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)
-                write_atomic(memo, version, mode=usercache.ENTRY_MODE)
-            except (OSError, BpfSdtError):
-                pass
+            _remember_version(memo, version)
     return [*ident, version.decode("utf-8", "replace")]
+
+
+def _version_memo(clang: str, where: Path) -> tuple[list[object], Path]:
+    real = os.path.realpath(clang)
+    st = os.stat(real)
+    ident: list[object] = [clang, real, st.st_size, st.st_mtime_ns]
+    return ident, where / (hashlib.sha256(json.dumps(ident).encode()).hexdigest() + VERSION_SUFFIX)
+
+
+def _remember_version(memo: Path, version: bytes) -> None:
+    try:
+        memo.parent.mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)
+        write_atomic(memo, version, mode=usercache.ENTRY_MODE)
+    except (OSError, BpfSdtError):
+        pass
+
+
+class ClangVersion:
+    """Whether this clang's ``--version`` is remembered (``known``: then an
+    entry may be this clang's); if not, it is asked in the background, while
+    the recorder compiles, and remembered by :meth:`result`, so that the
+    entry the build leaves is keyed without a second clang run on the way."""
+
+    def __init__(self, clang: str) -> None:
+        self.known = False
+        self._memo: Path | None = None
+        self._query: subprocess.Popen[bytes] | None = None
+        where = cache_dir()
+        if where is None:
+            return
+        try:
+            _, self._memo = _version_memo(clang, where)
+            self.known = usercache.read_own(self._memo, MAX_ENTRY) is not None
+            if not self.known:
+                self._query = subprocess.Popen([clang, "--version"], stdin=subprocess.DEVNULL,
+                                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except (OSError, ValueError):
+            self._query = None          # no cache for this clang: the build goes on without one
+
+    def result(self) -> None:
+        query, self._query = self._query, None
+        if query is None or self._memo is None:
+            return
+        try:
+            version, _ = query.communicate(timeout=VERSION_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            query.kill()
+            query.communicate()
+            return
+        if query.returncode == 0:
+            _remember_version(self._memo, version)
+
+    def close(self) -> None:
+        if self._query is not None:
+            self._query.kill()
+            self._query.communicate()
+            self._query = None
 
 
 # --- reading an entry ---------------------------------------------------------------------
