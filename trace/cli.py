@@ -105,8 +105,19 @@ def instrument_recorder(args: argparse.Namespace) -> RecorderOptions:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    from .runner import Options, trace
+    # --live instruments on the user's interactive path: its worker is forked
+    # first, to import instrument while trace's modules are imported here.
+    worker = None
+    if args.live:
+        from .worker import InstrumentWorker
 
+        worker = InstrumentWorker()
+    try:
+        from .runner import Options, trace
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        raise
     return trace(Options(
         obj=Path(args.object), probes=tuple(args.probe), as_json=args.json, count=args.count,
         duration=args.duration, run=args.run, packet=args.packet, pcap=args.pcap, repeat=args.repeat,
@@ -115,4 +126,4 @@ def run_trace(args: argparse.Namespace) -> int:
         reader=os.environ.get(READER_ENV) or None, filters=tuple(args.filter), count_by=tuple(args.count_by),
         aggregations=tuple(args.aggregations or ()), per_site=args.per_site, interval=args.interval,
         prometheus=args.prometheus,
-        map_entries=args.map_entries))
+        map_entries=args.map_entries), worker=worker)

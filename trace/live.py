@@ -49,6 +49,7 @@ from .runtime import InBackground, StopSignals, private_bpffs
 if TYPE_CHECKING:
     from .output import Writer
     from .runner import Options, _Session
+    from .worker import InstrumentWorker
 
 WHERE_KINDS = ("xdp", "tc", "id", "pin")
 TC_DIRECTIONS = ("ingress", "egress")
@@ -414,8 +415,11 @@ def _sighup_stops(stop: StopSignals) -> Iterator[None]:
         signal.signal(signal.SIGHUP, previous)
 
 
-def trace_live(opts: Options, stop: StopSignals, out: Writer | TextIO, err: TextIO) -> int | None:
-    """The --live flow; None when a signal ended it before the swap."""
+def trace_live(opts: Options, stop: StopSignals, out: Writer | TextIO, err: TextIO,
+               worker: InstrumentWorker) -> int | None:
+    """The --live flow; None when a signal ended it before the swap.
+    ``worker`` instruments OBJ unless the cache has the copy (the caller
+    closes it)."""
     assert opts.live is not None
     where = parse_where(opts.live)
     started = time.monotonic()
@@ -425,13 +429,13 @@ def trace_live(opts: Options, stop: StopSignals, out: Writer | TextIO, err: Text
     try:
         _check_replaceable(hook)
         with _sighup_stops(stop):
-            return _with_hook(opts, hook, running_id, started, stop, out, err)
+            return _with_hook(opts, hook, running_id, started, stop, out, err, worker)
     finally:
         hook.close()
 
 
 def _with_hook(opts: Options, hook: Hook, running_id: int, started: float, stop: StopSignals, out: Writer | TextIO,
-               err: TextIO) -> int | None:
+               err: TextIO, worker: InstrumentWorker) -> int | None:
     assert opts.live is not None
     original_fd = kernel.prog_fd_by_id(running_id)     # holds the original for as long as trace runs
     try:
@@ -445,7 +449,7 @@ def _with_hook(opts: Options, hook: Hook, running_id: int, started: float, stop:
             raise _refuse_taken(key, opts.live, busy) from None
         try:
             held.pin(records.ORIGINAL_PIN, original_fd)
-            return _prepare_and_swap(opts, hook, running, original_fd, held, started, stop, out, err)
+            return _prepare_and_swap(opts, hook, running, original_fd, held, started, stop, out, err, worker)
         finally:
             if held.record.state == "swapped":
                 # The swap back failed (an error, not another loader): the
@@ -459,7 +463,8 @@ def _with_hook(opts: Options, hook: Hook, running_id: int, started: float, stop:
 
 
 def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd: int, held: records.Held,
-                      started: float, stop: StopSignals, out: Writer | TextIO, err: TextIO) -> int | None:
+                      started: float, stop: StopSignals, out: Writer | TextIO, err: TextIO,
+                      worker: InstrumentWorker) -> int | None:
     """The exit code; the record's state is "swapped" while the copy runs."""
     from .runner import _layout, _load_interruptibly, instrumented_object, open_outputs
 
@@ -487,7 +492,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
             inst = Path(tmp) / opts.obj.name
             layout = _layout(opts)                  # filters and aggregations compiled into the copy
             # Only the swapped program's sites: a site elsewhere in OBJ cannot refuse the trace.
-            made = instrumented_object(opts, (prog_name,), inst, stop, prove_meanwhile)
+            made = instrumented_object(opts, (prog_name,), inst, stop, prove_meanwhile, worker)
             if made is None or stop.requested:
                 proved()
                 return None

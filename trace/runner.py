@@ -17,13 +17,11 @@ bpffs that vanishes with the process (:mod:`bpf_sdt.trace.runtime`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fnmatch
 import itertools
 import math
 import os
-import pickle
 import select
 import signal
 import socket
@@ -31,14 +29,13 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from errno import EINTR, EINVAL, EOPNOTSUPP
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
 from bpf_sdt.libbpf import LibbpfError, Link, LoadedObject, LoadedProgram, TcFilter, strerror
 from bpf_sdt.model import escape_text
@@ -57,6 +54,7 @@ from .recorder import Counters, RecorderMaps, find_loaded, open_pinned
 from .ring import Ring, open_ring
 from .runtime import STOP_SIGNALS, InBackground, StopSignals, private_bpffs
 from .testrun import RAW_TP_TYPE, run_raw_tp
+from .worker import InstrumentWorker
 
 if TYPE_CHECKING:
     from bpf_sdt.instrument.observers import RecorderOptions
@@ -124,17 +122,26 @@ class Options:
     prometheus: str | None = None       # --prometheus [ADDR:]PORT (trace/prometheus.py)
 
 
-def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def trace(opts: Options, out: TextIO | None = None, err: TextIO | None = None,
+          worker: InstrumentWorker | None = None) -> int:
     """Runs `bpf-sdt trace`; the exit code.  SIGINT/SIGTERM only set a flag
     from the start, so whenever one comes, everything set up so far is
-    released on the way out."""
+    released on the way out.  ``worker``: an instrument worker forked
+    early (trace/worker.py), closed here whatever happens."""
     out, err = out or sys.stdout, err or sys.stderr
-    _check_options(opts)
+    try:
+        _check_options(opts)
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        raise
     writer = Writer(out)
     signals: list[StopSignals] = []
     try:
-        code = _run(opts, writer, out, err, signals)
+        code = _run(opts, writer, out, err, signals, worker)
     finally:
+        if worker is not None:
+            worker.close()
         writer.close(time.monotonic() + FINISH_OUTPUT_S)
         if line := writer.not_written_line():
             err.write(line)
@@ -156,7 +163,8 @@ def _exit_now(code: int, out: TextIO, err: TextIO) -> None:
     os._exit(code)
 
 
-def _run(opts: Options, writer: Writer, out: TextIO, err: TextIO, signals: list[StopSignals]) -> int:
+def _run(opts: Options, writer: Writer, out: TextIO, err: TextIO, signals: list[StopSignals],
+         worker: InstrumentWorker | None = None) -> int:
     """trace() with its output writer; the StopSignals used is put in ``signals``."""
     with StopSignals() as stop:
         signals.append(stop)
@@ -165,7 +173,7 @@ def _run(opts: Options, writer: Writer, out: TextIO, err: TextIO, signals: list[
         if opts.live:
             from .live import trace_live
 
-            live = trace_live(opts, stop, writer, err)
+            live = trace_live(opts, stop, writer, err, worker or InstrumentWorker())
             return SIGNAL_EXIT + (stop.signal or 0) if live is None else live
         code = _trace_loaded(opts, stop, writer, err)
         if code is None:                    # a signal ended the work before it was done
@@ -260,7 +268,8 @@ def cache_job(opts: Options, programs: tuple[str, ...]) -> Job:
 
 
 def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, stop: StopSignals,
-                        meanwhile: Callable[[], None] | None = None) -> tuple[Instrumented, bool] | None:
+                        meanwhile: Callable[[], None] | None = None, worker: InstrumentWorker | None = None,
+                        ) -> tuple[Instrumented, bool] | None:
     """OBJ instrumented with the recorder at ``output`` (only ``programs``'
     sites, () all), and whether it came from the cache (instcache); None
     when a stop signal came first.  A miss instruments in a child process
@@ -268,7 +277,9 @@ def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, 
     DWARF: a third of the child's time if it did it after instrumenting).
     ``meanwhile`` runs once the work is under way (the child started, or
     the entry found): --live's identity load then does not compete with the
-    fork for the core, and no thread runs when the process forks."""
+    fork for the core, and no thread runs when the process forks.
+    ``worker``: one forked earlier (--live forks it first thing); else one
+    is forked here.  The caller closes a worker it passed."""
     job = cache_job(opts, programs)
     cached = instcache.fetch(job, output)
     if cached is not None:
@@ -283,7 +294,7 @@ def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, 
         if meanwhile is not None:
             meanwhile()
 
-    shown = _instrument_interruptibly(job, output, plan, stop, start)
+    shown = (worker or InstrumentWorker()).run(job, output, plan, stop, start)
     if shown is None:
         return None
     from bpf_sdt.elf import load_object
@@ -747,109 +758,11 @@ def _recorder_maps(opts: Options, obj: ElfObject) -> RecorderMaps:
 # --- phases that must answer a signal within a second ------------------------------------
 
 
-def _instrument_interruptibly(job: Job, output: Path, plan: RecorderOptions | None, stop: StopSignals,
-                              meanwhile: Callable[[], None] | None = None) -> list[tuple[int, str]] | None:
-    """Instruments job's object in a child process (forked: its own process
-    group, with the clang it starts), so that a stop signal ends it at once:
-    the child is killed and None returned.  ``plan``: the recorder's, if
-    the parent made it already; ``meanwhile`` runs once the child has
-    started.  Returns (site id, probe) of the instrumented sites; the
-    child's one-line errors are raised here as they were."""
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:                                    # the child: never returns
-        os.close(read_fd)
-        _instrument_child(job, output, plan, write_fd)
-    os.close(write_fd)
-    with contextlib.suppress(OSError):          # the child does it too: whichever runs first
-        os.setpgid(pid, pid)
-    data = None
-    try:
-        if meanwhile is not None:
-            meanwhile()
-        data = _read_until_stopped(read_fd, stop)
-    finally:
-        os.close(read_fd)
-        if data is None:                        # stopped, or meanwhile failed: the child's work is not wanted
-            _kill_group(pid)
-        os.waitpid(pid, 0)
-    if data is None:
-        return None
-    kind, payload = pickle.loads(data)              # our own child's answer
-    if kind == "ok":
-        return list(payload)
-    if kind == "error":
-        exit_code, message = payload
-        error = BpfSdtError(message)
-        error.exit_code = exit_code
-        raise error
-    raise RuntimeError(f"instrument failed in its child process:\n{payload}")
-
-
-def _instrument_child(job: Job, output: Path, plan: RecorderOptions | None, write_fd: int) -> None:
-    code = 0
-    try:
-        os.setpgid(0, 0)
-        # instrument's own temporaries go inside trace's directory: a child
-        # killed mid-way cannot remove them, the parent's cleanup does
-        os.environ["TMPDIR"] = tempfile.tempdir = str(output.parent)
-        signal.set_wakeup_fd(-1)
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        try:
-            message: tuple[str, object] = ("ok", _instrument_here(job, output, plan))
-        except BpfSdtError as e:
-            message = ("error", (e.exit_code, str(e)))
-        except BaseException:           # noqa: BLE001 - a bug: its traceback goes to the parent
-            message = ("crash", traceback.format_exc())
-        data = pickle.dumps(message)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(write_fd, view):]
-    except BaseException:               # noqa: BLE001 - nothing may unwind into the parent's code
-        code = 1
-    os._exit(code)
-
-
-def _instrument_here(job: Job, output: Path, plan: RecorderOptions | None) -> list[tuple[int, str]]:
-    """The child's work: (site id, probe) of every site instrumented.  No
-    plan: the recorder only writes events, which instrument's default
-    recorder does (the plan of no options makes the same object, and costs
-    a parse of OBJ's DWARF)."""
-    from bpf_sdt.instrument.commands import Request, instrument
-
-    request = Request(job.input, output, job.probes, ringbuf_size=job.ringbuf_size, programs=job.programs)
-    if plan is not None:
-        request = dataclasses.replace(request, recorder=plan)
-    return [(s.site_id, s.probe) for s in instrument(request).sites]
-
-
 def _site_table(instrumented: ElfObject, shown: ElfObject | None = None) -> list[Site]:
     """trace.sites.site_table: the one place trace's runner imports it (the sites module may move)."""
     from .sites import site_table
 
     return site_table(instrumented, shown)
-
-
-def _read_until_stopped(fd: int, stop: StopSignals) -> bytes | None:
-    """Everything written to ``fd`` until its writer closes it; None if a stop
-    signal came first."""
-    chunks: list[bytes] = []
-    while not stop.requested:
-        ready, _, _ = select.select([fd, stop.fd], [], [])
-        stop.drain()
-        if fd in ready:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-    return None
-
-
-def _kill_group(pid: int) -> None:
-    """SIGKILL to the child's process group (the child and the clang it runs)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def _load_interruptibly(bpf: LoadedObject, stop: StopSignals) -> bool:
