@@ -723,3 +723,44 @@ def test_bad_option_from_a_real_process(progs: Path, tmp_path: Path) -> None:
     res = subprocess.run([*CLI, "trace", str(progs), "--tc", "lo:egres"], capture_output=True, text=True,
                          env=_env(), timeout=60, check=False)
     assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1, res.stderr
+
+
+# --- the instrument worker (trace/worker.py) ------------------------------------------------
+
+
+def _gone(pid: int, within_s: float = 10.0) -> bool:
+    """Whether ``pid`` has exited (and was reaped, or is a zombie) within the time."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_an_unused_instrument_worker_is_ended_by_close() -> None:
+    """--live forks its worker before it knows whether the cache has the
+    copy: closing it unused ends and reaps it, and a second close is a no-op."""
+    from bpf_sdt.trace.worker import InstrumentWorker
+
+    worker = InstrumentWorker()
+    pid = worker.pid
+    assert pid is not None and not _gone(pid, 0.0)
+    worker.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)       # reaped by close: no child of that pid is left
+    worker.close()
+
+
+def test_the_worker_of_a_killed_trace_exits_by_itself() -> None:
+    """SIGKILL of trace before it sent the job: the worker reads the end of its
+    job pipe and exits, so nothing of a killed trace keeps running."""
+    code = ("import os, sys\nfrom bpf_sdt.trace.worker import InstrumentWorker\n"
+            "w = InstrumentWorker()\nprint(w.pid, flush=True)\nos.kill(os.getpid(), 9)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert _gone(int(res.stdout)), "the worker outlived its killed parent"
