@@ -35,6 +35,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
+from functools import cached_property
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from bpf_sdt.btf import BTF_MAGIC, BYTE_SWAPPED_MAGIC, PREAMBLE, PREAMBLE_FORMAT, U32_MAX, WORD, Btf
@@ -510,18 +511,21 @@ class SourceLines:
 
     def __init__(self, obj: BpfObject) -> None:
         self._obj = obj
-        self._ext: BtfExt | None = None
         self._index: dict[str, OffsetIndex[LineInfo]] = {}
         self._files: dict[int, str | None] = {}     # by string offset: a few files, many sites
-        sec = obj.section(BTF_EXT_SECTION)
+
+    @cached_property
+    def _ext(self) -> BtfExt | None:
+        """Read on the first location asked for: where sites were inlined
+        (link's question) needs none of it."""
+        sec = self._obj.section(BTF_EXT_SECTION)
         if sec is None:
-            return
+            return None
         try:
-            btf = obj.btf
-            if btf is not None:
-                self._ext = BtfExt.parse(obj.section_data(sec), btf)
+            btf = self._obj.btf
+            return BtfExt.parse(self._obj.section_data(sec), btf) if btf is not None else None
         except InputError:
-            self._ext = None
+            return None
 
     def at(self, section: str, offset: int) -> tuple[str | None, int | None, int | None]:
         if self._ext is None:
@@ -550,9 +554,9 @@ class SourceLines:
         order), where the inlined function holding its NOP was called,
         innermost first: from `.bpf_sdt_inline` (what link and instrument
         wrote), else from the compiler's DWARF (bpf_sdt.inlined)."""
-        from bpf_sdt.inlined import DEBUG_INFO_SECTION, INLINE_SECTION, SitePlace, inline_chains
+        from bpf_sdt.inlined import SitePlace, has_inline_information, inline_chains
 
-        if self._obj.section(INLINE_SECTION) is None and self._obj.section(DEBUG_INFO_SECTION) is None:
+        if not has_inline_information(self._obj):
             return [()] * len(entries)       # nothing says where anything was inlined: no per-site records
         rank = {e.entry_offset: i for i, e in enumerate(sorted(entries, key=lambda e: e.entry_offset))}
         places = [SitePlace(e.section.name, e.offset, functions.at(e.section, e.offset)) for e in entries]

@@ -83,13 +83,33 @@ def dwarf_chains(obj: BpfObject, places: Sequence[SitePlace]) -> list[Chain]:
         return empty
 
 
-def _read_chains(obj: BpfObject, places: Sequence[SitePlace]) -> list[Chain]:
+def has_inline_information(obj: BpfObject) -> bool:
+    """Whether anything in ``obj`` may say where a site was inlined: its
+    `.bpf_sdt_inline`, or DWARF with a unit that declares inlined
+    subroutines.  Where nothing does, every chain is () and readers build no
+    per-site records (an object of generated code has a million sites and
+    DWARF without inlining)."""
+    if obj.section(INLINE_SECTION) is not None:
+        return True
+    if obj.section(DEBUG_INFO_SECTION) is None:
+        return False
+    try:
+        return any(_declares_inlining(cu) for cu in _dwarf_info(obj).iter_CUs())
+    except Exception:   # noqa: BLE001  as dwarf_chains: DWARF pyelftools cannot read says nothing
+        return False
+
+
+def _dwarf_info(obj: BpfObject) -> Any:
     from elftools.elf.elffile import ELFFile
 
     elf = ELFFile(io.BytesIO(obj.data))
     # Not relocated: clang relocates BPF debug addresses against section
     # symbols (value 0), so the addend in place is the offset in the section.
-    dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
+    return elf.get_dwarf_info(relocate_dwarf_sections=False)
+
+
+def _read_chains(obj: BpfObject, places: Sequence[SitePlace]) -> list[Chain]:
+    dwarf = _dwarf_info(obj)
     wanted = {p.function for p in places}
     scopes: dict[str, list[tuple[int, int, int, Chain]]] = {}   # function -> (lo, hi, depth, chain)
     for cu in dwarf.iter_CUs():
@@ -220,7 +240,7 @@ def entry_chains(obj: BpfObject, entries: Sequence[NoteEntry]) -> list[Chain]:
     from the object's section or its DWARF, as a reader would see them."""
     from bpf_sdt.notes import FunctionIndex
 
-    if obj.section(INLINE_SECTION) is None and obj.section(DEBUG_INFO_SECTION) is None:
+    if not has_inline_information(obj):
         return [() for _ in entries]
     functions = FunctionIndex(obj)
     rank = {e.entry_offset: i for i, e in enumerate(sorted(entries, key=lambda e: e.entry_offset))}

@@ -136,7 +136,11 @@ class Insn:
     ``pos`` and ``placed`` are where the last :func:`encode_sections` put it
     (its byte offset, and that run's placement of its section): kept on the
     instruction so that encoding needs no map from instruction to position
-    (about 170 bytes per instruction as two dicts keyed by id())."""
+    (about 170 bytes per instruction as two dicts keyed by id()).  An
+    instruction that refers to nothing may stand at several places (the
+    sites of one shape share their inserted code): its ``pos`` is then the
+    last one's, so positions are asked only of instructions that stand once
+    (targets, calls, symbols' first instructions)."""
 
     op: int
     dst: int = 0

@@ -142,6 +142,9 @@ class Program:
         self._below_sets: dict[int, list[Function]] = {}
         self._above_sets: dict[int, list[Function]] = {}
         self._solve_frames()
+        # Asked at every site's chain check: once here, not a walk of every function each time.
+        self._any_unbounded = any(g.reach.unbounded for g in self.functions)
+        self._any_tail_call = any(g.has_tail_call for g in self.functions)
         self._by_name = {}
         for f in reversed(self.functions):
             self._by_name[f.name] = f          # the first of a name wins
@@ -286,7 +289,7 @@ class Program:
 
     def unbounded_in_chain(self, f: Function, extra: Iterable[Function] = ()) -> Function | None:
         """A function on a call chain through ``f`` whose frame cannot be bounded."""
-        if not any(g.reach.unbounded for g in self.functions):
+        if not self._any_unbounded:
             return None
         chain = [*self._above_set(f), *self._below_set(f), *(g for e in extra for g in self._below_set(e))]
         return next((g for g in chain if g.reach.unbounded is not None), None)
@@ -328,7 +331,7 @@ class Program:
         """The subprogram with a tail call below ``f`` (``frame`` bytes, with
         ``extra`` as more callees) whose callers' frames add up deepest, and
         that sum: the verifier refuses :data:`TAIL_CALL_STACK` or more there."""
-        if not any(g.has_tail_call for g in self.functions):
+        if not self._any_tail_call:
             return None
         starts = [*f.callees, *extra]
         below = {id(g): g for c in starts for g in self._below_set(c)}

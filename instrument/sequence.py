@@ -182,12 +182,19 @@ def _site_id(frame: Frame, site_id: int | None) -> list[Insn]:
 
 
 def _calls_and_fills(frame: Frame, observers: Sequence[Observer], cross_section: bool) -> list[Insn]:
+    return [*_calls(frame, observers, cross_section), *_fills(frame)]
+
+
+def _calls(frame: Frame, observers: Sequence[Observer], cross_section: bool) -> list[Insn]:
     seq = []
     for obs in observers:
         seq += [mov64_reg(R1, R10), alu64_imm(ALU_ADD, R1, frame.site_id if obs.at_site_id else frame.args),
                 _call(obs, cross_section)]
-    seq += [load(SIZE_DW, r, R10, frame.spill(k)) for k, r in enumerate(frame.saved)]
     return seq
+
+
+def _fills(frame: Frame) -> list[Insn]:
+    return [load(SIZE_DW, r, R10, frame.spill(k)) for k, r in enumerate(frame.saved)]
 
 
 def _call(obs: Observer, cross_section: bool) -> Insn:
@@ -197,29 +204,28 @@ def _call(obs: Observer, cross_section: bool) -> Insn:
     return call
 
 
-# An instruction of a shape: its fields (op, dst, src, off, imm, imm_hi), or None where an
-# observer's call goes (a call carries a reference and a relocation of its own).
-_Fields = tuple[int, int, int, int, int, int]
 _ShapeKey = tuple[tuple[ArgLocation, ...], int, Frame, tuple[int, ...], bool]
-
-
-def _fields(insn: Insn) -> _Fields:
-    return insn.op, insn.dst, insn.src, insn.off, insn.imm, insn.imm_hi
 
 
 class SequenceShapes:
     """The sequences of one instrument run by shape: sites with the same
     argument locations and types, frame, observers and section get the same
-    instructions but for the site id, so the first such site's are kept as
-    fields and the others built from them (new instructions each time: each
-    site's are its own objects).  For one run: the observers' entries are
-    that run's instructions.  At most :data:`MAX_SHAPES` are kept, so a
-    program of all different sites costs no more than without."""
+    instructions but for the site id and the calls, so the first such site's
+    spills, stores and fills are kept and the others share them.  An
+    instruction that refers to nothing is a value wherever it stands
+    (encoding reads its fields and records its position, which nobody asks
+    of them): one object at every site of its shape spares most of a site's
+    new instructions, their allocation and their memory.  Each site builds
+    its own site-id store and calls: a call's target and relocation are its
+    own, and ``.bpf_sdt_calls`` records where each call's ``r1 = r10`` is.  For
+    one run: the observers' entries are that run's instructions.  At most
+    :data:`MAX_SHAPES` are kept, so a program of all different sites costs
+    no more than without."""
 
     MAX_SHAPES = 4096
 
     def __init__(self) -> None:
-        self._shapes: dict[_ShapeKey, tuple[tuple[_Fields, ...], tuple[_Fields | None, ...]]] = {}
+        self._shapes: dict[_ShapeKey, tuple[tuple[Insn, ...], tuple[Insn, ...]]] = {}   # stores, fills
         self._tokens: dict[int, tuple[object, int]] = {}
 
     def _token(self, obj: object) -> int:
@@ -237,14 +243,8 @@ class SequenceShapes:
         key = (tuple(args), self._token(types), frame, tuple([self._token(o) for o in observers]), cross_section)
         shape = self._shapes.get(key)
         if shape is None:
-            stores, rest = _stores(args, types, frame), _calls_and_fills(frame, observers, cross_section)
+            shape = (tuple(_stores(args, types, frame)), tuple(_fills(frame)))
             if len(self._shapes) < self.MAX_SHAPES:
-                self._shapes[key] = (tuple(_fields(x) for x in stores),
-                                     tuple(None if x.is_pseudo_call else _fields(x) for x in rest))
-            return [*stores, *_site_id(frame, site_id), *rest]
-        before, after = shape
-        seq = [Insn(*f) for f in before]
-        seq += _site_id(frame, site_id)
-        calls = iter(observers)
-        seq += [_call(next(calls), cross_section) if f is None else Insn(*f) for f in after]
-        return seq
+                self._shapes[key] = shape
+        stores, fills = shape
+        return [*stores, *_site_id(frame, site_id), *_calls(frame, observers, cross_section), *fills]

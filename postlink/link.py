@@ -44,9 +44,8 @@ from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.fsutil import resolve_output
 from bpf_sdt.inlined import INLINE_SECTION, Chain, set_section
-from bpf_sdt.insn import INSN_SIZE
-from bpf_sdt.model import Declaration, escape_text
-from bpf_sdt.notes import NoteEntry, encode_entry
+from bpf_sdt.model import ArgLocation, Declaration, escape_text
+from bpf_sdt.notes import ADDRESS_WORD_SIZE, NoteEntry, encode_entry
 from bpf_sdt.rewrite import append_address_entries, append_call_words
 from bpf_sdt.toolchain import find_bpftool
 
@@ -277,25 +276,34 @@ def _same_sites(report: ObjectReport, objs: list[BpfObject], sites: list[InputSi
 def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement,
                calls: list[InputCall], inline: Sequence[Chain] = ()) -> bytes:
     img = ElfImage.from_object(linked)
+    section_index: dict[str, int] = {}        # a million sites name a few code sections
+    args_bytes: dict[tuple[ArgLocation, ...], bytes] = {}     # and have a few argument lists
     entries = []
     for i, e in sites:
         section = e.section.name
         target = placement.base[(i, section)] + e.offset
-        sec_index = img.index_of(section)
+        sec_index = section_index.get(section)
         if sec_index is None:
-            raise InputError(f"linked object has no section {section}")
-        code = img.sections[sec_index].data
-        if code[target: target + INSN_SIZE] != NOP_INSN:
+            sec_index = section_index[section] = _linked_section(img, section)
+        if not img.sections[sec_index].data.startswith(NOP_INSN, target):
             raise InputError(f"{section}+{target:#x} in the linked object is not the probe NOP")
-        entries.append((e.symbol, sec_index, encode_entry(target, e.args)))
+        args = args_bytes.get(e.args)
+        if args is None:      # the argument insns alone: an entry of no address word's worth
+            args = args_bytes[e.args] = encode_entry(0, e.args)[ADDRESS_WORD_SIZE:]
+        entries.append((e.symbol, sec_index, encode_entry(target, ()) + args))
     append_address_entries(img, NOTES_SECTION, NOTES_REL_SECTION, NOTES_ALIGN, entries)
     append_call_words(img, [_placed_call(img, c, placement) for c in calls])
     set_section(img, inline)    # one chain per entry, in the order written above
     return img.to_bytes()
 
 
-def _placed_call(img: ElfImage, call: InputCall, placement: Placement) -> tuple[str, int, int]:
-    sec_index = img.index_of(call.section)
+def _linked_section(img: ElfImage, name: str) -> int:
+    sec_index = img.index_of(name)
     if sec_index is None:
-        raise InputError(f"linked object has no section {call.section}")
-    return CALL_LABEL_PREFIX + call.observer, sec_index, placement.base[(call.input, call.section)] + call.offset
+        raise InputError(f"linked object has no section {name}")
+    return sec_index
+
+
+def _placed_call(img: ElfImage, call: InputCall, placement: Placement) -> tuple[str, int, int]:
+    return (CALL_LABEL_PREFIX + call.observer, _linked_section(img, call.section),
+            placement.base[(call.input, call.section)] + call.offset)
