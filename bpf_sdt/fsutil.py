@@ -29,7 +29,8 @@ class NotRegularFileError(OSError):
     directory, socket): replacing it would destroy it, so nothing is written."""
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int | None = None) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int | None = None,
+                 durable: bool = True) -> None:
     """Write ``data`` to ``path`` via a temporary file beside it.
 
     - A symlink is written through: its target is replaced, the link stays.
@@ -40,6 +41,9 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int | No
       their usual effect.
     - An existing file keeps its permission bits; a new one gets ``mode``
       (default 0644).
+    - ``durable``: the data and the rename are on disk when it returns (two
+      fsyncs).  False for what nobody needs after a crash: a cache entry
+      checked when read (a torn one is a miss), a temporary loaded at once.
     """
     target = resolve_output(Path(path))
     payload = data.encode() if isinstance(data, str) else data
@@ -47,14 +51,16 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int | No
         with os.fdopen(fd, "wb", closefd=True) as f:
             f.write(payload)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         try:
             old_mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
         except FileNotFoundError:
             old_mode = None
         os.chmod(tmp, old_mode if old_mode is not None else mode if mode is not None else DEFAULT_MODE)
         os.replace(tmp, target)
-    _sync_directory(target.parent)
+    if durable:
+        _sync_directory(target.parent)
 
 
 def resolve_output(path: Path) -> Path:

@@ -91,6 +91,9 @@ class Request:
     # Only sites in functions reachable from these programs (function names); () is every program.
     programs: tuple[str, ...] = ()
     in_place: bool = False                   # OUT may be IN itself
+    # OUT is on disk when instrument returns (fsyncs); trace's copy in its
+    # temporary directory, loaded at once and removed, needs no such thing.
+    durable: bool = True
 
 
 @dataclass
@@ -160,7 +163,7 @@ def _instrument(req: Request) -> Result:
         linked = link_objects(checked, str(Path(tmp) / "linked.o"), req.bpftool)
         data, result = _rewrite(linked.obj, plan, req)
     _check_output(req)                       # again: the paths may have changed meanwhile
-    written = write_checked(req.output, data, "the instrumented object")
+    written = write_checked(req.output, data, "the instrumented object", req.durable)
     for site in result.sites:                # code was inserted before some NOPs: where they are in OUT
         site.offset = written.entries[site.site_id].offset
     return result

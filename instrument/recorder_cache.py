@@ -19,11 +19,12 @@ strings in their place, each of the same length, which gives exactly the bytes
 clang would have written (tests/test_recorder.py compares); a build directory of
 another length is a miss.
 
-**Trust.** An entry is written whole or not at all (``fsutil.write_atomic``),
-read only when it is this user's and nobody else may write it, and checked
-before use: the header's counts must match, and the result must parse as a BPF
-ELF object carrying the expected functions, maps and identity.  Anything else
-is a miss: clang builds the recorder and the entry is written again.
+**Trust.** An entry is written whole or not at all (``fsutil.write_atomic``,
+not fsynced: one torn by a crash fails the checks below and is a miss), read
+only when it is this user's and nobody else may write it, and checked before
+use: the header's counts must match, and the result must parse as a BPF ELF
+object carrying the expected functions, maps and identity.  Anything else is
+a miss: clang builds the recorder and the entry is written again.
 
 The directory is ``$BPF_SDT_CACHE/recorders`` (``BPF_SDT_CACHE=off`` disables
 it, as for trace's cache of instrumented objects), else
@@ -113,7 +114,9 @@ def store(build: Build, data: bytes) -> None:
         if not usercache.is_own(where):
             return
         entry = where / (_key(build, where) + ENTRY_SUFFIX)
-        write_atomic(entry, json.dumps(header, sort_keys=True).encode() + b"\n" + data, mode=usercache.ENTRY_MODE)
+        # Not durable: an entry torn by a crash fails the checks of fetch, a miss.
+        write_atomic(entry, json.dumps(header, sort_keys=True).encode() + b"\n" + data, mode=usercache.ENTRY_MODE,
+                     durable=False)
         os.chmod(entry, usercache.ENTRY_MODE)     # write_atomic keeps a replaced file's mode: one others could write
     except (OSError, BpfSdtError, subprocess.SubprocessError):
         return
@@ -154,7 +157,8 @@ def _version_memo(clang: str, where: Path) -> tuple[list[object], Path]:
 def _remember_version(memo: Path, version: bytes) -> None:
     try:
         memo.parent.mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)
-        write_atomic(memo, version, mode=usercache.ENTRY_MODE)
+        # Not durable: a memo torn by a crash only makes keys no entry has yet.
+        write_atomic(memo, version, mode=usercache.ENTRY_MODE, durable=False)
     except (OSError, BpfSdtError):
         pass
 

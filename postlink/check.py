@@ -546,15 +546,16 @@ def verified(path: str, data: bytes, what: str) -> ObjectReport:
     return report
 
 
-def write_checked(output: Path, data: bytes, what: str) -> ObjectReport:
-    """Write ``data`` to ``output`` atomically, only if it passes check."""
+def write_checked(output: Path, data: bytes, what: str, durable: bool = True) -> ObjectReport:
+    """Write ``data`` to ``output`` atomically, only if it passes check
+    (``durable``: fsutil.write_atomic's)."""
     report = verified(str(output), data, what)
-    write_output(output, data)
+    write_output(output, data, durable)
     return report
 
 
-def write_output(output: Path, data: bytes) -> None:
+def write_output(output: Path, data: bytes, durable: bool = True) -> None:
     try:
-        write_atomic(output, data)
+        write_atomic(output, data, durable=durable)
     except OSError as e:
         raise InputError(f"cannot write {output}: {e.strerror or e}") from None

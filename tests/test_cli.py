@@ -271,6 +271,20 @@ def test_write_atomic_raises_an_oserror_callers_already_handle(tmp_path: Path) -
     assert isinstance(e.value, OSError) and "FIFO" in str(e.value.strerror)
 
 
+def test_write_atomic_syncs_only_what_must_survive_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """durable (the default): the data and the rename are fsynced; not durable
+    (a cache entry checked on read, trace's temporary copy): neither is, and
+    the write is atomic all the same."""
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    out = tmp_path / "out.o"
+    write_atomic(out, b"cache entry", durable=False)
+    assert synced == [] and out.read_bytes() == b"cache entry"
+    write_atomic(out, b"output")
+    assert len(synced) == 2 and out.read_bytes() == b"output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.o"]
+
+
 _SLOW_WRITER = textwrap.dedent("""
     import os, sys, time
     def slow_fsync(fd):            # the write is under way: say so, then hang

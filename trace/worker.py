@@ -159,7 +159,8 @@ def _instrument_here(job: Job, output: Path, plan: RecorderOptions | None) -> li
     a parse of OBJ's DWARF)."""
     from bpf_sdt.instrument.commands import Request, instrument
 
-    request = Request(job.input, output, job.probes, ringbuf_size=job.ringbuf_size, programs=job.programs)
+    request = Request(job.input, output, job.probes, ringbuf_size=job.ringbuf_size, programs=job.programs,
+                      durable=False)
     if plan is not None:
         request = dataclasses.replace(request, recorder=plan)
     return [(s.site_id, s.probe) for s in instrument(request).sites]
