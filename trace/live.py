@@ -474,6 +474,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                          "copy; nothing was swapped")
     maps = RunningMaps(running)
     identity: list[InBackground[str]] = []           # the identity proof, once instrument is under way
+    storing: list[InBackground[None]] = []           # the cache entry, written while the copy loads
     try:
         prog_name, obj_name = choose_program(opts.obj, running, opts.prog)
 
@@ -492,7 +493,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
             inst = Path(tmp) / opts.obj.name
             layout = _layout(opts)                  # filters and aggregations compiled into the copy
             # Only the swapped program's sites: a site elsewhere in OBJ cannot refuse the trace.
-            made = instrumented_object(opts, (prog_name,), inst, stop, prove_meanwhile, worker)
+            made = instrumented_object(opts, (prog_name,), inst, stop, prove_meanwhile, worker, storing)
             if made is None or stop.requested:
                 proved()
                 return None
@@ -501,8 +502,12 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
             instrumented_at = time.monotonic()
             with private_bpffs(Path(tmp) / "pins") as pins:
                 # The copy's verification, in a thread a stop signal can cut short.
-                loaded = load_sharing(inst, prog_name, maps, obj_name, pins,
-                                      lambda b: _load_interruptibly(b, stop))
+                try:
+                    loaded = load_sharing(inst, prog_name, maps, obj_name, pins,
+                                          lambda b: _load_interruptibly(b, stop))
+                finally:
+                    for entry in storing:
+                        entry.wait()            # it copies the copy, which goes with the directory
                 if loaded is None:
                     proved()
                     return None

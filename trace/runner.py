@@ -269,7 +269,7 @@ def cache_job(opts: Options, programs: tuple[str, ...]) -> Job:
 
 def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, stop: StopSignals,
                         meanwhile: Callable[[], None] | None = None, worker: InstrumentWorker | None = None,
-                        ) -> tuple[Instrumented, bool] | None:
+                        storing: list[InBackground[None]] | None = None) -> tuple[Instrumented, bool] | None:
     """OBJ instrumented with the recorder at ``output`` (only ``programs``'
     sites, () all), and whether it came from the cache (instcache); None
     when a stop signal came first.  A miss instruments in a child process
@@ -279,7 +279,9 @@ def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, 
     the entry found): --live's identity load then does not compete with the
     fork for the core, and no thread runs when the process forks.
     ``worker``: one forked earlier (--live forks it first thing); else one
-    is forked here.  The caller closes a worker it passed."""
+    is forked here.  The caller closes a worker it passed.  ``storing``: the
+    cache entry is written in a thread put there (the copy's load does not
+    wait for it), which the caller waits for before ``output`` goes."""
     job = cache_job(opts, programs)
     cached = instcache.fetch(job, output)
     if cached is not None:
@@ -303,17 +305,26 @@ def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, 
     if any(site_id >= len(sites) or sites[site_id].probe != probe for site_id, probe in shown):
         raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
     made = Instrumented(shown, sites)
-    instcache.store(job, output, made)
+    if storing is None:
+        instcache.store(job, output, made)
+    else:
+        storing.append(InBackground(instcache.store, job, output, made))
     return made, False
 
 
 def _with_site_table(path: Path) -> ElfObject:
-    """OBJ parsed, with its site table worked out (kept on the object: the
-    instrumented object's table takes OBJ's lines and chains from it)."""
+    """OBJ parsed, with its sites' functions and lines worked out (kept on
+    the object: the instrumented object's table takes them from it).  Not
+    its DWARF: the chains come from the instrumented object
+    (trace.sites.site_table)."""
     from bpf_sdt.elf import load_object
+    from bpf_sdt.sites import site_table as table_of
 
     obj = load_object(path)
-    _site_table(obj)
+    table = table_of(obj)
+    for entry in table.entries:
+        table.function(entry)
+        table.location(entry)
     return obj
 
 

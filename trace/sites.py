@@ -31,4 +31,8 @@ def site_table(instrumented: BpfObject, shown: BpfObject | None = None, *, sourc
         theirs = table_of(shown)
         if theirs.keys() == table.keys():
             where = theirs
+            if sources:
+                # The chains of the same sites, from the section instrument
+                # wrote from OBJ's DWARF: no second read of that DWARF here.
+                theirs.inlined_at = table.inlined_at
     return list(where.sites(sources=sources, types=table.types))
