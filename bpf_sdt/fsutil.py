@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import signal
 import stat
 import threading
@@ -150,7 +149,9 @@ class _TemporaryBeside:
 def _temporary_name(target: Path) -> str:
     """A hidden, unique name beside ``target`` that fits the directory's name
     limit whenever ``target``'s own name does (the name is cut, not the suffix)."""
-    suffix = f".{secrets.token_hex(TEMP_TOKEN_BYTES)}.tmp"
+    # os.urandom is what secrets.token_hex reads; importing secrets (hmac, random)
+    # cost every command some 4 ms at start-up, as bpf_sdt.elf imports this module.
+    suffix = f".{os.urandom(TEMP_TOKEN_BYTES).hex()}.tmp"
     try:
         name_max = os.pathconf(target.parent, "PC_NAME_MAX")
     except (OSError, ValueError):
