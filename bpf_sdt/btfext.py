@@ -530,11 +530,36 @@ class SourceLines:
     def at(self, section: str, offset: int) -> tuple[str | None, int | None, int | None]:
         if self._ext is None:
             return None, None, None
+        return self._place(self._section_index(section).at(offset))
+
+    def places(self, section: str, offsets: Sequence[int]) -> list[tuple[str | None, int | None, int | None]]:
+        """:meth:`at` of many offsets in one section: a site's record is
+        usually its neighbour's too, so each record's place is worked out
+        once (`list` asks for every site)."""
+        if self._ext is None:
+            return [(None, None, None)] * len(offsets)
+        index = self._section_index(section)
+        offs, records, find = index._offs, index._records, bisect.bisect_right   # OffsetIndex.at, inlined
+        out = []
+        last: LineInfo | None = None
+        place = self._place(None)
+        for offset in offsets:
+            i = find(offs, offset)
+            rec = records[i - 1] if i else None
+            if rec is not last:
+                last, place = rec, self._place(rec)
+            out.append(place)
+        return out
+
+    def _section_index(self, section: str) -> OffsetIndex[LineInfo]:
         index = self._index.get(section)
         if index is None:
+            assert self._ext is not None
             index = self._index[section] = self._ext.line_index(section)
-        rec = index.at(offset)
-        if rec is None:
+        return index
+
+    def _place(self, rec: LineInfo | None) -> tuple[str | None, int | None, int | None]:
+        if rec is None or self._ext is None:
             return None, None, None
         file = self._files.get(rec.file_name_off, "")
         if file == "":

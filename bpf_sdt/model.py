@@ -151,11 +151,48 @@ def _describe_imm(value: int, t: ArgType) -> str:
 
 
 @functools.lru_cache(maxsize=65536)
-def _json_str(s: str) -> str:
+def json_str(s: str) -> str:
     return json.dumps(s)
 
 
 _dumps = json.dumps
+# json.dumps of one str is this C function behind three Python calls
+# (dumps, JSONEncoder.encode, the isinstance test): the same bytes, faster.
+encode_str = json.encoder.encode_basestring_ascii
+
+
+def _percent_safe(text: str) -> str:
+    """A constant part of a %-template: a name may hold a '%'."""
+    return text.replace("%", "%%")
+
+
+@functools.lru_cache(maxsize=4096)
+def site_json_template(name: str, section: str, args: tuple[ArgLocation, ...], types: tuple[str, ...],
+                       observers: tuple[str, ...], arg_types: tuple[ArgType, ...]) -> str:
+    """A site's JSON text with what differs from site to site left as
+    %-placeholders, in this order: offset (%d), insn (%d), the function's
+    JSON string, entry_offset (%d), the symbol's JSON string, the
+    file/line/column members (:func:`place_json`) and the inlined_at array
+    (:func:`inlined_json`).  What the rest depends on (the probe, its
+    section, arguments and types) is shared by many sites, so it is encoded
+    once per shape."""
+    q = json_str
+    typed = [(loc, arg_types[k] if k < len(arg_types) else None) for k, loc in enumerate(args)]
+    constant = _percent_safe
+    return (f'{{"name":{constant(q(name))},"section":{constant(q(section))},"offset":%d,"insn":%d,'
+            f'"function":%s,"args":[{",".join(_typed_arg_json_text(loc, t) for loc, t in typed)}],'
+            f'"types":[{constant(",".join(map(q, types)))}],"entry_offset":%d,"symbol":%s,%s,'
+            f'"inlined_at":%s,"observers":[{constant(",".join(map(q, observers)))}]}}')
+
+
+def place_json(file: str | None, line: int | None, column: int | None) -> str:
+    """The "file", "line" and "column" members of a site's JSON."""
+    return (f'"file":{"null" if file is None else json_str(file)},'
+            f'"line":{_int_or_null(line)},"column":{_int_or_null(column)}')
+
+
+def inlined_json(chain: tuple[CallSite, ...]) -> str:
+    return _dumps([c.as_json() for c in chain]) if chain else "[]"
 
 
 @dataclass(slots=True)
@@ -204,18 +241,13 @@ class SiteRecord:
     def json_text(self) -> str:
         """``json.dumps(self.to_json())``, built from cached pieces: `list --json`
         on 10,000 sites spends most of its time encoding otherwise.  A test
-        keeps the two identical."""
-        q = _json_str
-        args = ",".join(_typed_arg_json_text(loc, t) for loc, t in self.typed_args())
-        return (f'{{"name":{q(self.name)},"section":{q(self.section)},"offset":{self.offset},'
-                f'"insn":{self.insn_index},"function":{q(self.function)},'
-                f'"args":[{args}],'
-                f'"types":[{",".join(map(q, self.types))}],"entry_offset":{self.entry_offset},'
-                f'"symbol":{_dumps(self.symbol)},'   # unique per site: not worth caching
-                f'"file":{"null" if self.file is None else q(self.file)},'
-                f'"line":{_int_or_null(self.line)},"column":{_int_or_null(self.column)},'
-                f'"inlined_at":{_dumps([c.as_json() for c in self.inlined_at]) if self.inlined_at else "[]"},'
-                f'"observers":[{",".join(map(q, self.observers))}]}}')
+        keeps the two identical; `list` fills the same template without a
+        record per site (:func:`site_json_template`)."""
+        template = site_json_template(self.name, self.section, self.args, self.types, self.observers,
+                                      self.arg_types)
+        return template % (self.offset, self.insn_index, json_str(self.function), self.entry_offset,
+                           encode_str(self.symbol), place_json(self.file, self.line, self.column),
+                           inlined_json(self.inlined_at))
 
     def to_json(self) -> dict[str, Any]:
         return {

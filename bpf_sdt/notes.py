@@ -253,6 +253,23 @@ class FunctionIndex:
         end, name = funcs[i]   # the last function starting at or before the offset
         return name if offset < end or end == starts[i] else ""
 
+    def names(self, sec: Section, offsets: Sequence[int]) -> list[str]:
+        """:meth:`at` of many offsets in one section, in one loop (`list`
+        asks it of every site)."""
+        starts, funcs = self._by_section.get(sec.index, ((), ()))
+        if not starts:
+            return [""] * len(offsets)
+        out = []
+        find = bisect.bisect_right
+        for offset in offsets:
+            i = find(starts, offset) - 1
+            if i < 0:
+                out.append("")
+                continue
+            end, name = funcs[i]
+            out.append(name if offset < end or end == starts[i] else "")
+        return out
+
 
 # --- decoding the section -------------------------------------------------------
 

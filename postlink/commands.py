@@ -10,15 +10,19 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bpf_sdt.elf import load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
 from bpf_sdt.format import NOTES_SECTION
-from bpf_sdt.model import SiteRecord, escape_text
-from bpf_sdt.notes import NoteProblem
+from bpf_sdt.insn import INSN_SIZE
+from bpf_sdt.model import SiteRecord, encode_str, escape_text, inlined_json, json_str, place_json, site_json_template
+from bpf_sdt.notes import NoteEntry, NoteProblem
 
 from .check import ObjectReport, analyze
+
+if TYPE_CHECKING:
+    from bpf_sdt.inlined import Chain
 
 
 def _reports(paths: list[str], command: str, unusable: list[str]) -> Iterator[ObjectReport]:
@@ -74,8 +78,8 @@ def run_list(paths: list[str], as_json: bool = False) -> int:
     for n, r in _objects(paths, "list", unusable, as_json, out):
         if as_json:
             out.write(f'{"," if n else ""}{{"path":{json.dumps(r.path)},"probes":[')
-            for i, site in enumerate(r.iter_sites()):
-                out.write(("," if i else "") + site.json_text())
+            for i, chunk in enumerate(_json_chunks(r)):
+                out.write(("," if i else "") + ",".join(chunk))
             out.write("]}")
         else:
             _write_table(r, out)
@@ -85,6 +89,68 @@ def run_list(paths: list[str], as_json: bool = False) -> int:
     if as_json:
         out.write("]}\n")
     return _exit_code(unusable, broken)
+
+
+# Sites encoded per write: few writes, and a bounded list of texts (a million
+# sites' JSON is about 450 MB); small lists keep the peak low.
+_CHUNK = 512
+
+
+def _json_chunks(report: ObjectReport) -> Iterator[list[str]]:
+    """The JSON text of every site, in site-id order and in lists of at most
+    _CHUNK: what ``site.json_text()`` of each of ``report.iter_sites()`` is,
+    without a SiteRecord per site (`list --json` of a large object spent
+    most of its time building and encoding those).  A test keeps the two
+    identical."""
+    table = report.table
+    entries = table.entries
+    chains = table.inlined_at
+    for start, stop in _runs(entries):
+        yield _json_run(report, entries[start:stop], chains[start:stop])
+
+
+def _runs(entries: list[NoteEntry]) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive entries in one code section, at most
+    _CHUNK of them."""
+    start = 0
+    for i in range(1, len(entries) + 1):
+        if i == len(entries) or i - start == _CHUNK or entries[i].section is not entries[start].section:
+            yield start, i
+            start = i
+
+
+def _json_run(report: ObjectReport, run: list[NoteEntry], chains: list[Chain]) -> list[str]:
+    """The JSON texts of sites of one code section.  Sites of one probe with
+    the same argument bytes (and observers) share a template, so per site
+    only what is its own is formatted: offsets, function, symbol, place."""
+    table = report.table
+    sec = run[0].section
+    offsets = [e.offset for e in run]
+    functions = table.functions.names(sec, offsets)
+    places = table.lines.places(sec.name, offsets)
+    observers = report.observers
+    templates: dict[tuple[str, bytes, tuple[str, ...]], str] = {}
+    texts = []
+    last_place, place_text = None, ""
+    for e, function, place, chain in zip(run, functions, places, chains, strict=True):
+        if place is not last_place:     # neighbours share one line record's place (SourceLines.places)
+            last_place, place_text = place, place_json(*place)
+        calls = observers.get((sec.index, e.offset), ()) if observers else ()
+        key = (e.probe, e.raw_args, calls)   # the bytes decide the arguments (and hash once)
+        template = templates.get(key)
+        if template is None:
+            template = templates[key] = _template(report, e, calls)
+        texts.append(template % (e.offset, e.offset // INSN_SIZE, json_str(function), e.entry_offset,
+                                 encode_str(e.symbol), place_text,
+                                 inlined_json(chain) if chain else "[]"))
+    return texts
+
+
+def _template(report: ObjectReport, e: NoteEntry, calls: tuple[str, ...]) -> str:
+    """What ObjectReport.iter_sites gives a site's record, as a template."""
+    decl = report.declarations.get(e.probe)
+    return site_json_template(e.probe, e.section.name, e.args, decl.types if decl else (), calls,
+                              report.arg_types.get(e.probe, ()))
 
 
 def broken_entries(report: ObjectReport) -> list[str]:
