@@ -188,7 +188,7 @@ def site_json_template(name: str, section: str, args: tuple[ArgLocation, ...], t
 def place_json(file: str | None, line: int | None, column: int | None) -> str:
     """The "file", "line" and "column" members of a site's JSON."""
     return (f'"file":{"null" if file is None else json_str(file)},'
-            f'"line":{_int_or_null(line)},"column":{_int_or_null(column)}')
+            f'"line":{"null" if line is None else line},"column":{"null" if column is None else column}')
 
 
 def inlined_json(chain: tuple[CallSite, ...]) -> str:

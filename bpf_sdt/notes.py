@@ -20,10 +20,13 @@ from __future__ import annotations
 import bisect
 import functools
 import struct
+import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import lt
+from typing import NamedTuple
 
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
@@ -36,6 +39,7 @@ from bpf_sdt.elf import (
     ST_TYPE_MASK,
     STT_FUNC,
     STT_SECTION,
+    SYM,
     BpfObject,
     Section,
     SymbolTable,
@@ -54,7 +58,6 @@ from bpf_sdt.format import (
     OP_MOV64_K,
     OP_MOV64_X,
     R_BPF_64_ABS64_OLD_BINUTILS,
-    entry_symbol_probe_name,
 )
 from bpf_sdt.insn import INSN_SIZE, MAX_STACK, Insn, decode_insn
 from bpf_sdt.model import ArgLocation
@@ -72,6 +75,7 @@ ADDRESS_WORD_SIZE = ADDRESS_WORD.size
 MAX_ENTRY_SIZE = ADDRESS_WORD_SIZE + INSN_SIZE * MAX_ARGS
 MAX_REGISTER = 9                # r0..r9 hold values; r10 is the frame pointer
 _ENTRY_PREFIX = ENTRY_SYMBOL_PREFIX.encode()
+_ENTRY_PREFIX_LEN = len(ENTRY_SYMBOL_PREFIX)
 _LDX_OPCODE = {size: op for op, size in OP_LDX.items()}
 
 
@@ -104,9 +108,10 @@ class NoteProblem:
         return f"{NOTES_SECTION}+{self.offset:#x}"
 
 
-@dataclass(frozen=True, slots=True)
-class NoteEntry:
-    """One decoded entry: a probe site."""
+class NoteEntry(NamedTuple):
+    """One decoded entry: a probe site.  A named tuple (immutable, like a
+    frozen dataclass) because one is made per site and a tuple is made
+    three times faster."""
 
     symbol: str                         # ___sdt_jt_<name>[.n]
     probe: str
@@ -339,28 +344,51 @@ def _decode_notes(obj: BpfObject) -> NotesDecoding:
     return out
 
 
+def _u64_words(view: memoryview) -> array[int]:
+    """``view`` (a multiple of 8 bytes) as little-endian u64s, decoded in C:
+    a column of a table of records is one slice, ``words[field::stride]``,
+    instead of a tuple per record (an object may have a million symbols)."""
+    words = array("Q")
+    words.frombytes(view)
+    if sys.byteorder == "big":
+        words.byteswap()
+    return words
+
+
+# An Elf64_Sym (elf.SYM) is 3 u64 words: st_name | st_info << 32 | st_other << 40
+# | st_shndx << 48, then st_value, then st_size.
+_SYM_WORDS = SYM.size // 8
+_SYM_SHNDX_SHIFT = 48
+_U32_MASK = 0xFFFFFFFF
+
+
 def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: NotesDecoding) -> _Boundary:
     """Entry symbols of the notes section, sorted by value (then index)."""
-    values, indices, name_offs = array("Q"), array("q"), array("q")
-    for i, (name_off, _info, _other, shndx, value, _size) in enumerate(symbols.records()):
-        if shndx == notes.index and symbols.has_prefix(name_off, _ENTRY_PREFIX):
-            values.append(value)
-            indices.append(i)
-            name_offs.append(name_off)
+    words = _u64_words(symbols.raw)
+    heads, all_values = words[0::_SYM_WORDS], words[1::_SYM_WORDS]
+    want = notes.index
+    in_notes = [i for i, head in enumerate(heads) if head >> _SYM_SHNDX_SHIFT == want]
+    has_prefix = symbols.has_prefix
+    indices = array("q", [i for i in in_notes if has_prefix(heads[i] & _U32_MASK, _ENTRY_PREFIX)])
+    values = array("Q", [all_values[i] for i in indices])
+    name_offs = array("q", [heads[i] & _U32_MASK for i in indices])
     if len(values) > MAX_ENTRIES:
         raise InputError(f"{obj.path}: {len(values)} notes entries, more than the {MAX_ENTRIES} "
                          "an object may hold")
-    n = len(values)
-    order: Sequence[int] = range(n)
-    if any(values[k] > values[k + 1] for k in range(n - 1)):   # compilers emit them in order
-        order = array("q", sorted(range(n), key=values.__getitem__))   # stable: ties keep index order
     bounds = _Boundary()
     probes: dict[str, str] = {}
-    ordered = order if isinstance(order, range) else list(order)
-    bounds.symbols = symbols.names([indices[k] for k in ordered], [name_offs[k] for k in ordered])
-    bounds.starts = array("Q", [values[k] for k in ordered])
+    if values.tolist() == sorted(values):       # compilers emit them in order: no reordered copies
+        bounds.symbols = symbols.names(indices, name_offs)
+        bounds.starts = values
+    else:
+        ordered = sorted(range(len(values)), key=values.__getitem__)   # stable: ties keep index order
+        bounds.symbols = symbols.names([indices[k] for k in ordered], [name_offs[k] for k in ordered])
+        bounds.starts = array("Q", [values[k] for k in ordered])
+    n = len(bounds.starts)
     for sym in bounds.symbols:
-        probe = entry_symbol_probe_name(sym) or ""
+        # entry_symbol_probe_name(sym) or "", inlined (it runs once per site):
+        # every name here starts with the prefix.
+        probe = sym[_ENTRY_PREFIX_LEN:].partition(".")[0]
         bounds.names.append(probes.setdefault(probe, probe))
     if notes.size and not n:
         out.problem(ProblemKind.BOUNDARY, 0, "notes section has no ___sdt_jt_ entry symbols, so "
@@ -411,15 +439,18 @@ def _match_relocations(obj: BpfObject, rel_sec: Section, bounds: _Boundary, vali
                        size: int, out: NotesDecoding) -> tuple[array[int], dict[int, int]]:
     """Per valid entry, the index of the first relocation on its address word
     (-1: none), and how many relocations each entry with more than one has."""
-    layout = _layout(obj, rel_sec)
     starts = bounds.starts
+    offsets = _relocation_words(obj, rel_sec)[0]
+    if offsets == starts and all(map(lt, starts, starts[1:])):
+        # What compilers and linkers write: relocation k is on entry k's
+        # address word, one each, so entry i's first relocation is i.
+        return array("q", valid), {}
     slot = array("q", [-1]) * len(starts)       # bounds index -> valid position
     for pos, i in enumerate(valid):
         slot[i] = pos
     first = array("q", [-1]) * len(valid)
     repeats: dict[int, int] = {}
-    for k, rec in enumerate(layout.iter_unpack(section_view(obj, rel_sec))):
-        offset = rec[0]
+    for k, offset in enumerate(offsets):
         i = bisect.bisect_left(starts, offset)
         if i < len(starts) and starts[i] == offset:
             pos = slot[i]
@@ -436,6 +467,14 @@ def _match_relocations(obj: BpfObject, rel_sec: Section, bounds: _Boundary, vali
             out.problem(ProblemKind.RELOCATION, offset, "relocation inside an entry, not on an "
                         "address word", _containing(starts, offset))
     return first, repeats
+
+
+def _relocation_words(obj: BpfObject, rel_sec: Section) -> tuple[array[int], array[int], array[int]]:
+    """The r_offset, r_info and (RELA only, as u64) r_addend columns of a
+    relocation section (elf.REL, elf.RELA: 2 or 3 u64 words a record)."""
+    stride = _layout(obj, rel_sec).size // 8
+    words = _u64_words(section_view(obj, rel_sec))
+    return words[0::stride], words[1::stride], words[2::stride] if stride > 2 else array("Q")
 
 
 def _containing(starts: Sequence[int], offset: int) -> int:
@@ -475,9 +514,8 @@ class _Targets:
 def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: _Boundary, valid: array[int],
                     first: array[int], repeats: dict[int, int], symbols: SymbolTable,
                     out: NotesDecoding) -> None:
-    layout = _layout(obj, rel_sec)
     rela = rel_sec.type == SHT_RELA
-    raw_rels = section_view(obj, rel_sec)
+    _, rel_infos, rel_addends = _relocation_words(obj, rel_sec)
     targets = _Targets(obj, symbols)
     known_targets = targets.cache
     shared_raw: dict[bytes, bytes] = {}
@@ -497,8 +535,8 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: 
             continue
         if pos in repeats:
             out.problem(ProblemKind.RELOCATION, start, f"address word has {repeats[pos]} relocations", start)
-        rec = layout.unpack_from(raw_rels, layout.size * k)
-        rtype, rsym = rec[1] & R_TYPE_MASK, rec[1] >> R_SYM_SHIFT
+        rel_info = rel_infos[k]
+        rtype, rsym = rel_info & R_TYPE_MASK, rel_info >> R_SYM_SHIFT
         if rtype == R_BPF_64_ABS64_OLD_BINUTILS:
             out.legacy_relocations += 1
         elif rtype != R_BPF_64_ABS64:
@@ -511,7 +549,7 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: 
             continue
         sec, base, code = info
         word = ADDRESS_WORD.unpack_from(data, start)[0]
-        addend = rec[2] if rela else word
+        addend = _signed64(rel_addends[k]) if rela else word
         target = base + addend
         if not (target >= 0 and target % INSN_SIZE == 0 and target + INSN_SIZE <= sec.size
                 and len(code) == sec.size and file.startswith(NOP_INSN, sec.offset + target)):
@@ -526,6 +564,10 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: 
             continue
         entries.append(NoteEntry(syms[i], names[i], start, sec, target, args,
                                  shared_raw.setdefault(body, body)))
+
+
+def _signed64(u: int) -> int:
+    return u - (1 << 64) if u >> 63 else u
 
 
 def _explain(out: NotesDecoding, start: int, sec: Section, base: int, word: int, addend: int,

@@ -105,8 +105,9 @@ def _json_chunks(report: ObjectReport) -> Iterator[list[str]]:
     table = report.table
     entries = table.entries
     chains = table.inlined_at
+    templates: dict[tuple[str, str, bytes, tuple[str, ...]], str] = {}
     for start, stop in _runs(entries):
-        yield _json_run(report, entries[start:stop], chains[start:stop])
+        yield _json_run(report, entries[start:stop], chains[start:stop], templates)
 
 
 def _runs(entries: list[NoteEntry]) -> Iterator[tuple[int, int]]:
@@ -119,7 +120,8 @@ def _runs(entries: list[NoteEntry]) -> Iterator[tuple[int, int]]:
             start = i
 
 
-def _json_run(report: ObjectReport, run: list[NoteEntry], chains: list[Chain]) -> list[str]:
+def _json_run(report: ObjectReport, run: list[NoteEntry], chains: list[Chain],
+              templates: dict[tuple[str, str, bytes, tuple[str, ...]], str]) -> list[str]:
     """The JSON texts of sites of one code section.  Sites of one probe with
     the same argument bytes (and observers) share a template, so per site
     only what is its own is formatted: offsets, function, symbol, place."""
@@ -129,14 +131,13 @@ def _json_run(report: ObjectReport, run: list[NoteEntry], chains: list[Chain]) -
     functions = table.functions.names(sec, offsets)
     places = table.lines.places(sec.name, offsets)
     observers = report.observers
-    templates: dict[tuple[str, bytes, tuple[str, ...]], str] = {}
     texts = []
     last_place, place_text = None, ""
     for e, function, place, chain in zip(run, functions, places, chains, strict=True):
         if place is not last_place:     # neighbours share one line record's place (SourceLines.places)
             last_place, place_text = place, place_json(*place)
         calls = observers.get((sec.index, e.offset), ()) if observers else ()
-        key = (e.probe, e.raw_args, calls)   # the bytes decide the arguments (and hash once)
+        key = (sec.name, e.probe, e.raw_args, calls)   # the bytes decide the arguments (and hash once)
         template = templates.get(key)
         if template is None:
             template = templates[key] = _template(report, e, calls)
