@@ -89,13 +89,14 @@ def instrument_recorder(args: argparse.Namespace) -> RecorderOptions:
     (the per-site hits counted too, for trace --pinned --count and --prometheus)."""
     from bpf_sdt.instrument.observers import DEFAULT_MAP_ENTRIES, MAX_MAP_ENTRIES, RecorderOptions
 
+    if not (args.filter or args.count_by or args.aggregations):
+        return RecorderOptions(pin_by_name=args.pin_by_name)
+    # Only now: the expression parser and the aggregation planner cost an
+    # instrument without them some 30 ms of imports.
     from bpf_sdt.elf import load_object
     from bpf_sdt.errors import UsageError
 
     from .aggregate import recorder_for
-
-    if not (args.filter or args.count_by or args.aggregations):
-        return RecorderOptions(pin_by_name=args.pin_by_name)
     entries = DEFAULT_MAP_ENTRIES if args.map_entries is None else args.map_entries
     if not 1 <= entries <= MAX_MAP_ENTRIES:
         raise UsageError(f"--map-entries {entries}: must be from 1 to {MAX_MAP_ENTRIES}")
