@@ -7,6 +7,8 @@ escapes control characters (names come from the object); JSON is exact.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import sys
 from collections.abc import Iterator
@@ -75,20 +77,26 @@ def run_list(paths: list[str], as_json: bool = False) -> int:
     unusable: list[str] = []
     broken = False
     out = sys.stdout
-    for n, r in _objects(paths, "list", unusable, as_json, out):
-        if as_json:
-            out.write(f'{"," if n else ""}{{"path":{json.dumps(r.path)},"probes":[')
-            for i, chunk in enumerate(_json_chunks(r)):
-                out.write(("," if i else "") + ",".join(chunk))
-            out.write("]}")
-        else:
-            _write_table(r, out)
-        for line in broken_entries(r):
-            broken = True
-            print(f"bpf-sdt list: {line}", file=sys.stderr)
+    with _collector_paused():
+        for n, r in _objects(paths, "list", unusable, as_json, out):
+            if as_json:
+                _write_json(r, n, out)
+            else:
+                _write_table(r, out)
+            for line in broken_entries(r):
+                broken = True
+                print(f"bpf-sdt list: {line}", file=sys.stderr)
     if as_json:
         out.write("]}\n")
     return _exit_code(unusable, broken)
+
+
+def _write_json(report: ObjectReport, n: int, out: TextIO) -> None:
+    """The ``n``-th object of the JSON envelope."""
+    out.write(f'{"," if n else ""}{{"path":{json.dumps(report.path)},"probes":[')
+    for i, chunk in enumerate(_json_chunks(report)):
+        out.write(("," if i else "") + ",".join(chunk))
+    out.write("]}")
 
 
 # Sites encoded per write: few writes, and a bounded list of texts (a million
@@ -152,6 +160,22 @@ def _template(report: ObjectReport, e: NoteEntry, calls: tuple[str, ...]) -> str
     decl = report.declarations.get(e.probe)
     return site_json_template(e.probe, e.section.name, e.args, decl.types if decl else (), calls,
                               report.arg_types.get(e.probe, ()))
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while objects are listed: their decoding
+    is hundreds of thousands of small objects in no cycle (entries, line
+    records, names), which the collector would traverse again and again,
+    about a tenth of `list --json`'s time at 100k sites, to free nothing.
+    Reference counting frees them as usual."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def broken_entries(report: ObjectReport) -> list[str]:
