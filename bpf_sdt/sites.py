@@ -19,7 +19,6 @@ source location.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -186,6 +185,8 @@ def recorder_identity(obj: BpfObject, plan_id: str = "") -> str:
     keeps the sites (only instructions are inserted), so the object given to
     `instrument` and its output have the same identity, and a reader computes
     it from OUT and the same options alone."""
+    import hashlib   # here: loading OpenSSL costs `check` and `list` 2-3 ms of start-up
+
     digest = hashlib.sha256()
     if plan_id:
         digest.update(f"plan {plan_id}\n".encode())

@@ -11,7 +11,8 @@ import contextlib
 import gc
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import repeat
 from typing import TYPE_CHECKING, TextIO
 
 from bpf_sdt.elf import load_object
@@ -132,27 +133,39 @@ def _json_run(report: ObjectReport, run: list[NoteEntry], chains: list[Chain],
               templates: dict[tuple[str, str, bytes, tuple[str, ...]], str]) -> list[str]:
     """The JSON texts of sites of one code section.  Sites of one probe with
     the same argument bytes (and observers) share a template, so per site
-    only what is its own is formatted: offsets, function, symbol, place."""
+    only what is its own is formatted: offsets, function, symbol, place.
+    Neighbours mostly share a function and a line record, so those are
+    encoded again only when they change (the lookups give the same object)."""
     table = report.table
     sec = run[0].section
     offsets = [e.offset for e in run]
     functions = table.functions.names(sec, offsets)
     places = table.lines.places(sec.name, offsets)
-    observers = report.observers
+    calls_at = _calls_at(report, sec.index, offsets)
     texts = []
+    last_function, function_text = None, ""
     last_place, place_text = None, ""
-    for e, function, place, chain in zip(run, functions, places, chains, strict=True):
-        if place is not last_place:     # neighbours share one line record's place (SourceLines.places)
+    for e, function, place, calls, chain in zip(run, functions, places, calls_at, chains, strict=True):
+        if function is not last_function:
+            last_function, function_text = function, json_str(function)
+        if place is not last_place:
             last_place, place_text = place, place_json(*place)
-        calls = observers.get((sec.index, e.offset), ()) if observers else ()
         key = (sec.name, e.probe, e.raw_args, calls)   # the bytes decide the arguments (and hash once)
         template = templates.get(key)
         if template is None:
             template = templates[key] = _template(report, e, calls)
-        texts.append(template % (e.offset, e.offset // INSN_SIZE, json_str(function), e.entry_offset,
-                                 encode_str(e.symbol), place_text,
-                                 inlined_json(chain) if chain else "[]"))
+        offset = e.offset
+        texts.append(template % (offset, offset // INSN_SIZE, function_text, e.entry_offset,
+                                 encode_str(e.symbol), place_text, inlined_json(chain) if chain else "[]"))
     return texts
+
+
+def _calls_at(report: ObjectReport, sec_index: int, offsets: list[int]) -> Iterable[tuple[str, ...]]:
+    """The observers of each site at ``offsets`` (of one code section)."""
+    observers = report.observers
+    if not observers:       # not an instrumented object
+        return repeat((), len(offsets))
+    return [observers.get((sec_index, offset), ()) for offset in offsets]
 
 
 def _template(report: ObjectReport, e: NoteEntry, calls: tuple[str, ...]) -> str:
