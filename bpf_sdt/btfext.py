@@ -572,7 +572,8 @@ class SourceLines:
                 file = self._files[rec.file_name_off] = None
         if file is None:
             return None, None, None
-        return file, rec.line or None, rec.col or None
+        line_col = rec.line_col     # rec.line and rec.col, without two calls (once per site)
+        return file, line_col >> LINE_SHIFT or None, line_col & COL_MASK or None
 
     def inlined_at(self, entries: Sequence[NoteEntry], functions: FunctionIndex) -> list[Chain]:
         """For each of ``entries`` (every decoded entry of the object, in any

@@ -344,15 +344,17 @@ def _decode_notes(obj: BpfObject) -> NotesDecoding:
     return out
 
 
-def _u64_words(view: memoryview) -> array[int]:
-    """``view`` (a multiple of 8 bytes) as little-endian u64s, decoded in C:
-    a column of a table of records is one slice, ``words[field::stride]``,
-    instead of a tuple per record (an object may have a million symbols)."""
+def _u64_words(view: memoryview) -> memoryview:
+    """``view`` (a multiple of 8 bytes) as little-endian u64s, read in C: a
+    column of a table of records is one slice, ``words[field::stride]``,
+    instead of a tuple per record (an object may have a million symbols).
+    On a little-endian host it is the file's bytes themselves, no copy."""
+    if sys.byteorder == "little":
+        return view.cast("Q")
     words = array("Q")
     words.frombytes(view)
-    if sys.byteorder == "big":
-        words.byteswap()
-    return words
+    words.byteswap()
+    return memoryview(words)
 
 
 # An Elf64_Sym (elf.SYM) is 3 u64 words: st_name | st_info << 32 | st_other << 40
@@ -367,9 +369,9 @@ def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: No
     words = _u64_words(symbols.raw)
     heads, all_values = words[0::_SYM_WORDS], words[1::_SYM_WORDS]
     want = notes.index
-    in_notes = [i for i, head in enumerate(heads) if head >> _SYM_SHNDX_SHIFT == want]
     has_prefix = symbols.has_prefix
-    indices = array("q", [i for i in in_notes if has_prefix(heads[i] & _U32_MASK, _ENTRY_PREFIX)])
+    indices = array("q", [i for i, head in enumerate(heads) if head >> _SYM_SHNDX_SHIFT == want
+                          and has_prefix(head & _U32_MASK, _ENTRY_PREFIX)])
     values = array("Q", [all_values[i] for i in indices])
     name_offs = array("q", [heads[i] & _U32_MASK for i in indices])
     if len(values) > MAX_ENTRIES:
@@ -385,11 +387,10 @@ def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: No
         bounds.symbols = symbols.names([indices[k] for k in ordered], [name_offs[k] for k in ordered])
         bounds.starts = array("Q", [values[k] for k in ordered])
     n = len(bounds.starts)
-    for sym in bounds.symbols:
-        # entry_symbol_probe_name(sym) or "", inlined (it runs once per site):
-        # every name here starts with the prefix.
-        probe = sym[_ENTRY_PREFIX_LEN:].partition(".")[0]
-        bounds.names.append(probes.setdefault(probe, probe))
+    # entry_symbol_probe_name(sym) or "", inlined (it runs once per site):
+    # every name here starts with the prefix.  One string per probe name.
+    bounds.names = [probes.setdefault(probe, probe)
+                    for probe in (sym[_ENTRY_PREFIX_LEN:].partition(".")[0] for sym in bounds.symbols)]
     if notes.size and not n:
         out.problem(ProblemKind.BOUNDARY, 0, "notes section has no ___sdt_jt_ entry symbols, so "
                     "its entries cannot be told apart")
@@ -469,12 +470,12 @@ def _match_relocations(obj: BpfObject, rel_sec: Section, bounds: _Boundary, vali
     return first, repeats
 
 
-def _relocation_words(obj: BpfObject, rel_sec: Section) -> tuple[array[int], array[int], array[int]]:
+def _relocation_words(obj: BpfObject, rel_sec: Section) -> tuple[memoryview, memoryview, memoryview]:
     """The r_offset, r_info and (RELA only, as u64) r_addend columns of a
     relocation section (elf.REL, elf.RELA: 2 or 3 u64 words a record)."""
     stride = _layout(obj, rel_sec).size // 8
     words = _u64_words(section_view(obj, rel_sec))
-    return words[0::stride], words[1::stride], words[2::stride] if stride > 2 else array("Q")
+    return words[0::stride], words[1::stride], words[2::stride] if stride > 2 else words[:0]
 
 
 def _containing(starts: Sequence[int], offset: int) -> int:
@@ -518,22 +519,25 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: 
     _, rel_infos, rel_addends = _relocation_words(obj, rel_sec)
     targets = _Targets(obj, symbols)
     known_targets = targets.cache
-    shared_raw: dict[bytes, bytes] = {}
+    # Per distinct argument bytes: (the one copy every entry shares, locations, errors).
+    bodies: dict[bytes, tuple[bytes, tuple[ArgLocation, ...], tuple[tuple[int, str], ...]]] = {}
     starts, names, syms = bounds.starts, bounds.names, bounds.symbols
-    n = len(starts)
+    ends = starts[1:]
+    ends.append(len(data))
+    # Every valid entry is 8-aligned and lies inside the section, so its
+    # address word is one of these (a ragged tail holds none).
+    words = _u64_words(data[:len(data) - len(data) % ADDRESS_WORD_SIZE])
     entries = out.entries
     # The loop runs once per site (up to MAX_ENTRIES): it reads the file's bytes in
     # place (no slice objects) and finds a relocation's symbol in the cache first.
     file = obj.data
     notes_at = out.notes.offset if out.notes is not None else 0
-    for pos, i in enumerate(valid):
+    for pos, (i, k) in enumerate(zip(valid, first, strict=True)):
         start = starts[i]
-        end = starts[i + 1] if i + 1 < n else len(data)
-        k = first[pos]
         if k < 0:
             out.problem(ProblemKind.RELOCATION, start, "address word has no relocation", start)
             continue
-        if pos in repeats:
+        if repeats and pos in repeats:
             out.problem(ProblemKind.RELOCATION, start, f"address word has {repeats[pos]} relocations", start)
         rel_info = rel_infos[k]
         rtype, rsym = rel_info & R_TYPE_MASK, rel_info >> R_SYM_SHIFT
@@ -548,22 +552,24 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: 
             out.problem(ProblemKind.RELOCATION_SYMBOL, start, info, start)
             continue
         sec, base, code = info
-        word = ADDRESS_WORD.unpack_from(data, start)[0]
+        word = words[start >> 3]
         addend = _signed64(rel_addends[k]) if rela else word
         target = base + addend
         if not (target >= 0 and target % INSN_SIZE == 0 and target + INSN_SIZE <= sec.size
                 and len(code) == sec.size and file.startswith(NOP_INSN, sec.offset + target)):
             _explain(out, start, sec, base, word, addend, target, not rela, code)
             continue
-        body = bytes(file[notes_at + start + ADDRESS_WORD_SIZE: notes_at + end])   # no copy of a bytes slice
-        args, errors = decode_args(body)
+        body = bytes(file[notes_at + start + ADDRESS_WORD_SIZE: notes_at + ends[i]])   # no copy of a bytes slice
+        decoded = bodies.get(body)
+        if decoded is None:
+            decoded = bodies[body] = (body, *decode_args(body))
+        raw, args, errors = decoded
         if errors:
             for index, err in errors:
                 out.problem(ProblemKind.ARGUMENT, start + INSN_SIZE * index,
                             f"probe '{names[i]}' {err}", start)
             continue
-        entries.append(NoteEntry(syms[i], names[i], start, sec, target, args,
-                                 shared_raw.setdefault(body, body)))
+        entries.append(NoteEntry(syms[i], names[i], start, sec, target, args, raw))
 
 
 def _signed64(u: int) -> int:

@@ -185,7 +185,7 @@ def recorder_identity(obj: BpfObject, plan_id: str = "") -> str:
     keeps the sites (only instructions are inserted), so the object given to
     `instrument` and its output have the same identity, and a reader computes
     it from OUT and the same options alone."""
-    import hashlib   # here: loading OpenSSL costs `check` and `list` 2-3 ms of start-up
+    import hashlib  # here: loading OpenSSL costs `check` and `list` 2-3 ms of start-up
 
     digest = hashlib.sha256()
     if plan_id:
