@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from functools import cached_property
+from operator import itemgetter
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from bpf_sdt.btf import BTF_MAGIC, BYTE_SWAPPED_MAGIC, PREAMBLE, PREAMBLE_FORMAT, U32_MAX, WORD, Btf
@@ -201,6 +202,9 @@ class BtfExt:
         self.sections: dict[str, ExtSection] = {}
         self._blocks: dict[str, _Block] = {}
         self._empty_anchor: dict[str, str | None] = {}
+        # parse(records=False): per code section, its line_info as
+        # (insn_off, file_name_off, line_off, line_col), in file order.
+        self.line_rows: dict[str, list[tuple[int, ...]]] = {}
 
     # --- strings -----------------------------------------------------------
 
@@ -325,7 +329,11 @@ class BtfExt:
     # --- parse ---------------------------------------------------------------
 
     @classmethod
-    def parse(cls, data: bytes, btf_strings: bytes | Btf) -> BtfExt:
+    def parse(cls, data: bytes, btf_strings: bytes | Btf, *, records: bool = True) -> BtfExt:
+        """Without ``records``: the same checks, the same errors, but no
+        record objects; line_info is kept as plain rows in ``line_rows``
+        (what a reader of source lines needs, and one record per probe
+        site is most of the parse of a large object)."""
         strings = btf_strings.strings if isinstance(btf_strings, Btf) else bytes(btf_strings)
         ext = cls(strings)
         hdr_len, spans = ext._parse_header(data)
@@ -333,7 +341,7 @@ class BtfExt:
         ext._layout(body, spans)
         for block, (off, length) in spans.items():
             if length:
-                ext._parse_block(block, body[off:off + length])
+                ext._parse_block(block, body[off:off + length], records)
         return ext
 
     def _parse_header(self, data: bytes) -> tuple[int, dict[str, tuple[int, int]]]:
@@ -380,7 +388,7 @@ class BtfExt:
                 self._blocks[block] = _Block(_FORMATS[block][1].size, False, off)
                 self._empty_anchor[block] = ends.get(off)
 
-    def _parse_block(self, block: str, raw: bytes) -> None:
+    def _parse_block(self, block: str, raw: bytes, records: bool = True) -> None:
         info = self._blocks[block]
         if len(raw) < REC_SIZE_LEN:
             raise InputError(f".BTF.ext: {block} is {len(raw)} bytes, too short for its record size")
@@ -406,8 +414,12 @@ class BtfExt:
             sec = self.sections.get(name)
             if sec is None:
                 sec = self.sections[name] = ExtSection(name)
-            recs = sec.records(block)
-            recs.extend(self._records(block, raw, pos, count, rec_size, fmt))
+            if records:
+                sec.records(block).extend(self._records(block, raw, pos, count, rec_size, fmt))
+            else:
+                rows = self._rows(block, raw, pos, count, rec_size, fmt)
+                if block == LINE_INFO:
+                    self.line_rows[name] = rows
             pos += count * rec_size
 
     def _records(self, block: str, raw: bytes, pos: int, count: int, rec_size: int,
@@ -424,6 +436,17 @@ class BtfExt:
             extra = bytes(raw[start + fmt.size:start + rec_size]) if rec_size > fmt.size else b""
             out.append(_MAKE[block](values, extra))
         return out
+
+    def _rows(self, block: str, raw: bytes, pos: int, count: int, rec_size: int,
+              fmt: struct.Struct) -> list[tuple[int, ...]]:
+        """The known fields of each record (bytes past them skipped), checked
+        as :meth:`_records` checks them, which says which record is bad."""
+        padded = struct.Struct(fmt.format + f"{rec_size - fmt.size}x")
+        rows = list(padded.iter_unpack(raw[pos:pos + count * rec_size]))
+        limit = len(self.strings)
+        if any(max(map(itemgetter(i), rows), default=0) >= limit for i in _STRING_FIELDS[block]):
+            self._records(block, raw, pos, count, rec_size, fmt)    # raises (unless every offset is 0)
+        return rows
 
     # --- encode --------------------------------------------------------------
 
@@ -484,6 +507,9 @@ class BtfExt:
         return self._build()[1]
 
 
+_first = itemgetter(0)
+
+
 def _insn_off(r: Record) -> int:
     return r.insn_off
 
@@ -511,7 +537,8 @@ class SourceLines:
 
     def __init__(self, obj: BpfObject) -> None:
         self._obj = obj
-        self._index: dict[str, OffsetIndex[LineInfo]] = {}
+        # per code section: its line rows (BtfExt.line_rows) sorted by insn_off, and those offsets
+        self._index: dict[str, tuple[list[int], list[tuple[int, ...]]]] = {}
         self._files: dict[int, str | None] = {}     # by string offset: a few files, many sites
 
     @cached_property
@@ -523,14 +550,16 @@ class SourceLines:
             return None
         try:
             btf = self._obj.btf
-            return BtfExt.parse(self._obj.section_data(sec), btf) if btf is not None else None
+            return BtfExt.parse(self._obj.section_data(sec), btf, records=False) if btf is not None else None
         except InputError:
             return None
 
     def at(self, section: str, offset: int) -> tuple[str | None, int | None, int | None]:
         if self._ext is None:
             return None, None, None
-        return self._place(self._section_index(section).at(offset))
+        offs, rows = self._section_index(section)
+        i = bisect.bisect_right(offs, offset)   # the last row at or before the offset
+        return self._place(rows[i - 1] if i else None)
 
     def places(self, section: str, offsets: Sequence[int]) -> list[tuple[str | None, int | None, int | None]]:
         """:meth:`at` of many offsets in one section: a site's record is
@@ -538,41 +567,43 @@ class SourceLines:
         once (`list` asks for every site)."""
         if self._ext is None:
             return [(None, None, None)] * len(offsets)
-        index = self._section_index(section)
-        offs, records, find = index._offs, index._records, bisect.bisect_right   # OffsetIndex.at, inlined
+        offs, rows = self._section_index(section)
+        find = bisect.bisect_right
         out = []
-        last: LineInfo | None = None
+        last: tuple[int, ...] | None = None
         place = self._place(None)
         for offset in offsets:
             i = find(offs, offset)
-            rec = records[i - 1] if i else None
-            if rec is not last:
-                last, place = rec, self._place(rec)
+            row = rows[i - 1] if i else None
+            if row is not last:
+                last, place = row, self._place(row)
             out.append(place)
         return out
 
-    def _section_index(self, section: str) -> OffsetIndex[LineInfo]:
+    def _section_index(self, section: str) -> tuple[list[int], list[tuple[int, ...]]]:
         index = self._index.get(section)
         if index is None:
             assert self._ext is not None
-            index = self._index[section] = self._ext.line_index(section)
+            rows = sorted(self._ext.line_rows.get(section, ()), key=_first)   # stable, as OffsetIndex
+            index = self._index[section] = ([r[0] for r in rows], rows)
         return index
 
-    def _place(self, rec: LineInfo | None) -> tuple[str | None, int | None, int | None]:
-        if rec is None or self._ext is None:
+    def _place(self, row: tuple[int, ...] | None) -> tuple[str | None, int | None, int | None]:
+        """(file, line, column) of a line row (LineInfo's fields), None for unknown."""
+        if row is None or self._ext is None:
             return None, None, None
-        file = self._files.get(rec.file_name_off, "")
+        _insn_off, file_name_off, _line_off, line_col = row
+        file = self._files.get(file_name_off, "")
         if file == "":
             try:
                 # clang joins its directory and a relative name as given
                 # (`build/../src/x.c` from meson): shown normalised.
-                name = self._ext.file_name(rec)
-                file = self._files[rec.file_name_off] = os.path.normpath(name) if name else name
+                name = self._ext.string(file_name_off)
+                file = self._files[file_name_off] = os.path.normpath(name) if name else name
             except InputError:
-                file = self._files[rec.file_name_off] = None
+                file = self._files[file_name_off] = None
         if file is None:
             return None, None, None
-        line_col = rec.line_col     # rec.line and rec.col, without two calls (once per site)
         return file, line_col >> LINE_SHIFT or None, line_col & COL_MASK or None
 
     def inlined_at(self, entries: Sequence[NoteEntry], functions: FunctionIndex) -> list[Chain]:
