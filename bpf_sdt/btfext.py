@@ -568,7 +568,7 @@ class SourceLines:
         if self._ext is None:
             return [(None, None, None)] * len(offsets)
         offs, rows = self._section_index(section)
-        find = bisect.bisect_right
+        find, files = bisect.bisect_right, self._files
         out = []
         last: tuple[int, ...] | None = None
         place = self._place(None)
@@ -576,7 +576,13 @@ class SourceLines:
             i = find(offs, offset)
             row = rows[i - 1] if i else None
             if row is not last:
-                last, place = row, self._place(row)
+                last = row
+                file = files.get(row[1]) if row is not None else None
+                if file:    # _place of a row whose file is known already, inlined: once per site
+                    line_col = row[3]
+                    place = (file, line_col >> LINE_SHIFT or None, line_col & COL_MASK or None)
+                else:
+                    place = self._place(row)
             out.append(place)
         return out
 
