@@ -577,8 +577,8 @@ class SourceLines:
             row = rows[i - 1] if i else None
             if row is not last:
                 last = row
-                file = files.get(row[1]) if row is not None else None
-                if file:    # _place of a row whose file is known already, inlined: once per site
+                if row is not None and (file := files.get(row[1])):
+                    # _place of a row whose file is known already, inlined: once per site
                     line_col = row[3]
                     place = (file, line_col >> LINE_SHIFT or None, line_col & COL_MASK or None)
                 else:
