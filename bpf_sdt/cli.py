@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError, UsageError
@@ -418,5 +418,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = real_stdout
 
 
+# Commands that leave nothing to flush, join or remove once main() returns
+# (one thread, no temporaries, output flushed): their process may end without
+# the interpreter's teardown, which frees every object they decoded one by one
+# (0.04-0.05 s of a check at 100,000 sites, a tenth of the run).
+_ENDS_WITHOUT_TEARDOWN = frozenset({"check", "list"})
+
+
+def entry() -> NoReturn:
+    """The `bpf-sdt` command (console script, `python -m bpf_sdt.cli`): main(),
+    then the exit.  In-process callers use main(), which always returns."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv and argv[0] in _ENDS_WITHOUT_TEARDOWN:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):   # a pipe closed meanwhile: main() has said all it could
+            pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

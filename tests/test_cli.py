@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from toolchain import need, run
 
-from bpf_sdt.cli import EXIT_CLOSED_PIPE, split_clang_args
+from bpf_sdt.cli import EXIT_CLOSED_PIPE, main, split_clang_args
 from bpf_sdt.elf import BpfObject, ElfImage
 from bpf_sdt.fsutil import NotRegularFileError, write_atomic
 from bpf_sdt.model import ArgLocation, SiteRecord, escape_text
@@ -269,6 +269,22 @@ def test_write_atomic_raises_an_oserror_callers_already_handle(tmp_path: Path) -
     with pytest.raises(NotRegularFileError) as e:
         write_atomic(tmp_path / "f", b"x")
     assert isinstance(e.value, OSError) and "FIFO" in str(e.value.strerror)
+
+
+@pytest.mark.parametrize("command", [["list", "--json"], ["list"], ["check", "--json"], ["check"]])
+def test_the_command_ends_without_teardown_with_all_its_output(command: list[str], samples_built: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """list and check end their process without the interpreter's teardown
+    (cli.entry): through a pipe, the console script and `python -m` still
+    deliver every byte and the exit code main() gives in-process."""
+    objects = [str(o) for o in sorted(samples_built.glob("*.o"))]
+    assert objects
+    code = main([*command, *objects])
+    expected = capsys.readouterr()
+    script = Path(sys.executable).with_name("bpf-sdt")
+    for argv in ([str(script)], CLI):
+        res = subprocess.run([*argv, *command, *objects], capture_output=True, text=True, check=False)
+        assert (res.returncode, res.stdout, res.stderr) == (code, expected.out, expected.err), argv
 
 
 def test_write_atomic_syncs_only_what_must_survive_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
