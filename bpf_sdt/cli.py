@@ -431,11 +431,11 @@ def entry() -> NoReturn:
     argv = sys.argv[1:]
     code = main(argv)
     if argv and argv[0] in _ENDS_WITHOUT_TEARDOWN:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):   # a pipe closed meanwhile: main() has said all it could
-            pass
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:      # None: started with it closed (`>&-`)
+                # a pipe closed meanwhile: main() has said all it could
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
         os._exit(code)
     sys.exit(code)
 
