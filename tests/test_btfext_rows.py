@@ -4,13 +4,14 @@ its LineInfo records."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_btfext import HOSTILE, STRINGS, _synthetic, objects, samples  # noqa: F401  (fixtures)
 
 from bpf_sdt.btfext import BtfExt
-from bpf_sdt.elf import load_object
+from bpf_sdt.elf import BpfObject, load_object
 from bpf_sdt.errors import InputError
 from bpf_sdt.notes import decode_notes
 
@@ -26,13 +27,18 @@ def test_rows_of_larger_records_are_the_records_fields(core: bool) -> None:
     assert BtfExt.parse(data, STRINGS, records=False).line_rows == rows_of(BtfExt.parse(data, STRINGS))
 
 
-def test_rows_of_every_object(objects: dict[str, Path]) -> None:  # noqa: F811
-    for path in objects.values():
+def _with_btf_ext(paths: dict[str, Path]) -> Iterator[tuple[BpfObject, bytes]]:
+    """Each object that has .BTF.ext and BTF, with the .BTF.ext bytes."""
+    for path in paths.values():
         obj = load_object(path)
         sec = obj.section(".BTF.ext")
-        if sec is None or obj.btf is None:
-            continue
-        raw = obj.section_data(sec)
+        if sec is not None and obj.btf is not None:
+            yield obj, obj.section_data(sec)
+
+
+def test_rows_of_every_object(objects: dict[str, Path]) -> None:  # noqa: F811
+    for obj, raw in _with_btf_ext(objects):
+        assert obj.btf is not None
         assert BtfExt.parse(raw, obj.btf, records=False).line_rows == rows_of(BtfExt.parse(raw, obj.btf))
 
 
@@ -53,12 +59,9 @@ def test_source_lines_agree_with_the_records(objects: dict[str, Path]) -> None: 
 
     from bpf_sdt.btfext import SourceLines
 
-    for path in objects.values():
-        obj = load_object(path)
-        sec = obj.section(".BTF.ext")
-        if sec is None or obj.btf is None:
-            continue
-        ext = BtfExt.parse(obj.section_data(sec), obj.btf)
+    for obj, raw in _with_btf_ext(objects):
+        assert obj.btf is not None
+        ext = BtfExt.parse(raw, obj.btf)
         lines = SourceLines(obj)
         for e in decode_notes(obj).entries:
             rec = ext.line_index(e.section.name).at(e.offset)
