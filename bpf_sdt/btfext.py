@@ -154,18 +154,23 @@ class ExtSection:
         return getattr(self, block)  # type: ignore[no-any-return]
 
 
-class OffsetIndex(Generic[R]):
-    """A sorted snapshot of records for many lookups by instruction offset
-    (:meth:`BtfExt.line_index`); it does not follow later edits."""
+Indexed = TypeVar("Indexed")   # what an OffsetIndex holds: records, or line rows (BtfExt.line_rows)
 
-    def __init__(self, records: Iterable[R]) -> None:
-        self._records: list[R] = sorted(records, key=lambda r: r.insn_off)
-        self._offs: list[int] = [r.insn_off for r in self._records]
 
-    def at(self, insn_off: int) -> R | None:
-        """The last record at or before ``insn_off``."""
-        i = bisect.bisect_right(self._offs, insn_off)
-        return self._records[i - 1] if i else None
+class OffsetIndex(Generic[Indexed]):
+    """A sorted snapshot of records (or rows, by ``insn_off``: the row's
+    first field) for many lookups by instruction offset; it does not follow
+    later edits.  ``items`` and ``offsets`` are public for a caller's own
+    loop over many offsets (SourceLines.places)."""
+
+    def __init__(self, items: Iterable[Indexed], insn_off: Callable[[Indexed], int]) -> None:
+        self.items: list[Indexed] = sorted(items, key=insn_off)     # stable: equal offsets keep file order
+        self.offsets: list[int] = [insn_off(r) for r in self.items]
+
+    def at(self, insn_off: int) -> Indexed | None:
+        """The last item at or before ``insn_off``."""
+        i = bisect.bisect_right(self.offsets, insn_off)
+        return self.items[i - 1] if i else None
 
 
 def _last_at_or_before(records: Iterable[R], insn_off: int) -> R | None:
@@ -255,7 +260,7 @@ class BtfExt:
 
     def line_index(self, section: str) -> OffsetIndex[LineInfo]:
         sec = self.sections.get(section)
-        return OffsetIndex(sec.line_info if sec else ())
+        return OffsetIndex(sec.line_info if sec else (), _insn_off)
 
     # --- edits ---------------------------------------------------------------
 
@@ -507,7 +512,7 @@ class BtfExt:
         return self._build()[1]
 
 
-_first = itemgetter(0)
+_row_insn_off = itemgetter(0)     # a line row is (insn_off, file_name_off, line_off, line_col)
 
 
 def _insn_off(r: Record) -> int:
@@ -537,8 +542,8 @@ class SourceLines:
 
     def __init__(self, obj: BpfObject) -> None:
         self._obj = obj
-        # per code section: its line rows (BtfExt.line_rows) sorted by insn_off, and those offsets
-        self._index: dict[str, tuple[list[int], list[tuple[int, ...]]]] = {}
+        # per code section: its line rows (BtfExt.line_rows) by insn_off
+        self._index: dict[str, OffsetIndex[tuple[int, ...]]] = {}
         self._files: dict[int, str | None] = {}     # by string offset: a few files, many sites
 
     @cached_property
@@ -557,9 +562,7 @@ class SourceLines:
     def at(self, section: str, offset: int) -> tuple[str | None, int | None, int | None]:
         if self._ext is None:
             return None, None, None
-        offs, rows = self._section_index(section)
-        i = bisect.bisect_right(offs, offset)   # the last row at or before the offset
-        return self._place(rows[i - 1] if i else None)
+        return self._place(self._section_index(section).at(offset))
 
     def places(self, section: str, offsets: Sequence[int]) -> list[tuple[str | None, int | None, int | None]]:
         """:meth:`at` of many offsets in one section: a site's record is
@@ -567,7 +570,8 @@ class SourceLines:
         once (`list` asks for every site)."""
         if self._ext is None:
             return [(None, None, None)] * len(offsets)
-        offs, rows = self._section_index(section)
+        index = self._section_index(section)
+        offs, rows = index.offsets, index.items     # OffsetIndex.at, without a call per site
         find, files = bisect.bisect_right, self._files
         out = []
         last: tuple[int, ...] | None = None
@@ -586,12 +590,11 @@ class SourceLines:
             out.append(place)
         return out
 
-    def _section_index(self, section: str) -> tuple[list[int], list[tuple[int, ...]]]:
+    def _section_index(self, section: str) -> OffsetIndex[tuple[int, ...]]:
         index = self._index.get(section)
         if index is None:
             assert self._ext is not None
-            rows = sorted(self._ext.line_rows.get(section, ()), key=_first)   # stable, as OffsetIndex
-            index = self._index[section] = ([r[0] for r in rows], rows)
+            index = self._index[section] = OffsetIndex(self._ext.line_rows.get(section, ()), _row_insn_off)
         return index
 
     def _place(self, row: tuple[int, ...] | None) -> tuple[str | None, int | None, int | None]:
