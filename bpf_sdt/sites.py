@@ -150,15 +150,20 @@ class SiteTable:
         name the same sites by the same ids."""
         return [(e.probe, e.section.name) for e in self.entries]
 
-    def sites(self, *, sources: bool = True,
-              types: dict[str, tuple[ArgType, ...]] | None = None) -> Iterator[LocatedSite]:
+    def sites(self, *, sources: bool = True, types: dict[str, tuple[ArgType, ...]] | None = None,
+              chains: Sequence[tuple[CallSite, ...]] | None = None) -> Iterator[LocatedSite]:
         """Every site, in id order.  Without ``sources`` no line info or
         DWARF is read (file, line and chain are None and ()); ``types``
-        replaces the table's own (another object's prototypes)."""
+        replaces the table's own (another object's prototypes), ``chains``
+        its inlined-at chains (another object's, of the same sites in the
+        same order: its DWARF is then not read)."""
         functions = self.functions.at
         declared = self.types if types is None else types
         where = self.lines.at if sources else None
-        chains: Sequence[tuple[CallSite, ...]] = self.inlined_at if sources else ()
+        if not sources:
+            chains = ()
+        elif chains is None:
+            chains = self.inlined_at
         for site_id, e in enumerate(self.entries):
             file, line, column = where(e.section.name, e.offset) if where is not None else NO_LOCATION
             yield LocatedSite(site_id, e.probe, functions(e.section, e.offset), e.section.name, e.insn_index,

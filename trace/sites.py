@@ -24,15 +24,14 @@ def site_table(instrumented: BpfObject, shown: BpfObject | None = None, *, sourc
     """Site id -> Site for an object instrumented with the recorder.  Functions,
     instructions and lines come from ``shown`` (the object the user gave) when
     its sites line up with the instrumented object's, one for one; argument
-    types always from the instrumented object, whose recorder decodes them."""
+    types and inlined-at chains always from the instrumented object (its
+    recorder decodes the arguments; its `.bpf_sdt_inline` holds the chains)."""
     table = table_of(instrumented)
-    where = table
     if shown is not None and shown is not instrumented:
         theirs = table_of(shown)
         if theirs.keys() == table.keys():
-            where = theirs
-            if sources:
-                # The chains of the same sites, from the section instrument
-                # wrote from OBJ's DWARF: no second read of that DWARF here.
-                theirs.inlined_at = table.inlined_at
-    return list(where.sites(sources=sources, types=table.types))
+            # Chains from the instrumented object's section, which instrument
+            # wrote from OBJ's DWARF: that DWARF is not read a second time.
+            chains = table.inlined_at if sources else None
+            return list(theirs.sites(sources=sources, types=table.types, chains=chains))
+    return list(table.sites(sources=sources, types=table.types))
