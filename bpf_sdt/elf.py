@@ -30,6 +30,8 @@ are easy to get wrong are all in it, once:
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -179,6 +181,40 @@ class Relocation(NamedTuple):
     addend: int | None      # RELA only; REL keeps the addend in place
 
 
+class RelocationColumns(NamedTuple):
+    """A REL/RELA section's fields as columns of u64 words over the file's
+    bytes (:func:`u64_words`): record k is ``offsets[k]``, ``infos[k]`` and,
+    RELA only, ``addends[k]`` (unsigned: :func:`signed64`)."""
+
+    offsets: memoryview
+    infos: memoryview
+    addends: memoryview     # empty for REL
+
+
+# Elf64_Sym (SYM) as 3 u64 words: st_name | st_info << 32 | st_other << 40 |
+# st_shndx << 48, then st_value, then st_size.
+_SYM_WORDS = SYM.size // 8
+_SYM_SHNDX_SHIFT = 48
+_U32_MASK = 0xFFFFFFFF
+
+
+def u64_words(view: memoryview) -> memoryview:
+    """``view`` (a multiple of 8 bytes) as little-endian u64s, read in C: a
+    column of a table of records is one slice, ``words[field::stride]``,
+    instead of a tuple per record (an object may have a million symbols).
+    On a little-endian host it is the file's bytes themselves, no copy."""
+    if sys.byteorder == "little":
+        return view.cast("Q")
+    words = array("Q")
+    words.frombytes(view)
+    words.byteswap()
+    return memoryview(words)
+
+
+def signed64(u: int) -> int:
+    return u - (1 << 64) if u >> 63 else u
+
+
 class BpfObject:
     """One BPF ELF relocatable object, read fully into memory."""
 
@@ -303,15 +339,27 @@ class BpfObject:
 
     def decode_relocations(self, sec: Section) -> list[Relocation]:
         rela = sec.type == SHT_RELA
-        layout = RELA if rela else REL
         raw = self.section_data(sec)
-        if len(raw) % layout.size:
-            raise InputError(f"{self.path}: {sec.name}: size {len(raw)} is not a multiple of {layout.size}")
+        self._relocation_layout(sec, len(raw))
         if rela:
             return [Relocation(off, info & R_TYPE_MASK, info >> R_SYM_SHIFT, addend)
                     for off, info, addend in RELA.iter_unpack(raw)]
         return [Relocation(off, info & R_TYPE_MASK, info >> R_SYM_SHIFT, None)
                 for off, info in REL.iter_unpack(raw)]
+
+    def relocation_columns(self, sec: Section) -> RelocationColumns:
+        """:meth:`decode_relocations` as columns, no object per record (the
+        notes' relocations: one per probe site)."""
+        raw = section_view(self, sec)
+        stride = self._relocation_layout(sec, len(raw)).size // 8
+        words = u64_words(raw)
+        return RelocationColumns(words[0::stride], words[1::stride], words[2::stride] if stride > 2 else words[:0])
+
+    def _relocation_layout(self, sec: Section, size: int) -> struct.Struct:
+        layout = RELA if sec.type == SHT_RELA else REL
+        if size % layout.size:
+            raise InputError(f"{self.path}: {sec.name}: size {size} is not a multiple of {layout.size}")
+        return layout
 
     @cached_property
     def btf(self) -> Btf | None:
@@ -383,6 +431,17 @@ class SymbolTable:
         start = self._names_start + name_off
         return name_off < self._names_len and \
             self._data.startswith(prefix, start, self._names_start + self._names_len)
+
+    def in_section(self, shndx: int, prefix: bytes) -> tuple[array[int], array[int], array[int]]:
+        """(indices, values, name offsets) of the symbols of section ``shndx``
+        whose names start with ``prefix``, in index order: read as columns
+        of the table's words (:func:`u64_words`), no tuple per symbol."""
+        words = u64_words(self.raw)
+        heads, values = words[0::_SYM_WORDS], words[1::_SYM_WORDS]
+        has_prefix = self.has_prefix
+        indices = array("q", [i for i, head in enumerate(heads) if head >> _SYM_SHNDX_SHIFT == shndx
+                              and has_prefix(head & _U32_MASK, prefix)])
+        return indices, array("Q", [values[i] for i in indices]), array("q", [heads[i] & _U32_MASK for i in indices])
 
 
 def load_object(path: str | Path) -> BpfObject:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import bisect
 import functools
 import struct
-import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,19 +31,19 @@ from bpf_sdt.elf import (
     R_BPF_64_ABS64,
     R_SYM_SHIFT,
     R_TYPE_MASK,
-    REL,
-    RELA,
     SHT_REL,
     SHT_RELA,
     ST_TYPE_MASK,
     STT_FUNC,
     STT_SECTION,
-    SYM,
     BpfObject,
+    RelocationColumns,
     Section,
     SymbolTable,
     is_reserved_index,
     section_view,
+    signed64,
+    u64_words,
 )
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import (
@@ -339,41 +338,15 @@ def _decode_notes(obj: BpfObject) -> NotesDecoding:
             out.problem(ProblemKind.NO_RELOCATIONS, 0, f"{NOTES_SECTION} has no relocation section, "
                         "so no address word can be resolved")
         return out
-    first, repeats = _match_relocations(obj, rel_sec, bounds, valid, notes.size, out)
-    _decode_entries(obj, data, rel_sec, bounds, valid, first, repeats, symbols, out)
+    relocations = obj.relocation_columns(rel_sec)
+    first, repeats = _match_relocations(relocations, bounds, valid, notes.size, out)
+    _decode_entries(obj, data, rel_sec, relocations, bounds, valid, first, repeats, symbols, out)
     return out
-
-
-def _u64_words(view: memoryview) -> memoryview:
-    """``view`` (a multiple of 8 bytes) as little-endian u64s, read in C: a
-    column of a table of records is one slice, ``words[field::stride]``,
-    instead of a tuple per record (an object may have a million symbols).
-    On a little-endian host it is the file's bytes themselves, no copy."""
-    if sys.byteorder == "little":
-        return view.cast("Q")
-    words = array("Q")
-    words.frombytes(view)
-    words.byteswap()
-    return memoryview(words)
-
-
-# An Elf64_Sym (elf.SYM) is 3 u64 words: st_name | st_info << 32 | st_other << 40
-# | st_shndx << 48, then st_value, then st_size.
-_SYM_WORDS = SYM.size // 8
-_SYM_SHNDX_SHIFT = 48
-_U32_MASK = 0xFFFFFFFF
 
 
 def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: NotesDecoding) -> _Boundary:
     """Entry symbols of the notes section, sorted by value (then index)."""
-    words = _u64_words(symbols.raw)
-    heads, all_values = words[0::_SYM_WORDS], words[1::_SYM_WORDS]
-    want = notes.index
-    has_prefix = symbols.has_prefix
-    indices = array("q", [i for i, head in enumerate(heads) if head >> _SYM_SHNDX_SHIFT == want
-                          and has_prefix(head & _U32_MASK, _ENTRY_PREFIX)])
-    values = array("Q", [all_values[i] for i in indices])
-    name_offs = array("q", [heads[i] & _U32_MASK for i in indices])
+    indices, values, name_offs = symbols.in_section(notes.index, _ENTRY_PREFIX)
     if len(values) > MAX_ENTRIES:
         raise InputError(f"{obj.path}: {len(values)} notes entries, more than the {MAX_ENTRIES} "
                          "an object may hold")
@@ -429,19 +402,12 @@ def _relocation_section(obj: BpfObject, notes: Section, out: NotesDecoding) -> S
     return found[0] if found else None
 
 
-def _layout(obj: BpfObject, rel_sec: Section) -> struct.Struct:
-    layout = RELA if rel_sec.type == SHT_RELA else REL
-    if rel_sec.size % layout.size:
-        raise InputError(f"{obj.path}: {rel_sec.name}: size {rel_sec.size} is not a multiple of {layout.size}")
-    return layout
-
-
-def _match_relocations(obj: BpfObject, rel_sec: Section, bounds: _Boundary, valid: array[int],
+def _match_relocations(relocations: RelocationColumns, bounds: _Boundary, valid: array[int],
                        size: int, out: NotesDecoding) -> tuple[array[int], dict[int, int]]:
     """Per valid entry, the index of the first relocation on its address word
     (-1: none), and how many relocations each entry with more than one has."""
     starts = bounds.starts
-    offsets = _relocation_words(obj, rel_sec)[0]
+    offsets = relocations.offsets
     if offsets == starts and all(map(lt, starts, starts[1:])):
         # What compilers and linkers write: relocation k is on entry k's
         # address word, one each, so entry i's first relocation is i.
@@ -468,14 +434,6 @@ def _match_relocations(obj: BpfObject, rel_sec: Section, bounds: _Boundary, vali
             out.problem(ProblemKind.RELOCATION, offset, "relocation inside an entry, not on an "
                         "address word", _containing(starts, offset))
     return first, repeats
-
-
-def _relocation_words(obj: BpfObject, rel_sec: Section) -> tuple[memoryview, memoryview, memoryview]:
-    """The r_offset, r_info and (RELA only, as u64) r_addend columns of a
-    relocation section (elf.REL, elf.RELA: 2 or 3 u64 words a record)."""
-    stride = _layout(obj, rel_sec).size // 8
-    words = _u64_words(section_view(obj, rel_sec))
-    return words[0::stride], words[1::stride], words[2::stride] if stride > 2 else words[:0]
 
 
 def _containing(starts: Sequence[int], offset: int) -> int:
@@ -512,11 +470,11 @@ class _Targets:
         return sec, base, section_view(self.obj, sec)
 
 
-def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: _Boundary, valid: array[int],
-                    first: array[int], repeats: dict[int, int], symbols: SymbolTable,
-                    out: NotesDecoding) -> None:
+def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, relocations: RelocationColumns,
+                    bounds: _Boundary, valid: array[int], first: array[int], repeats: dict[int, int],
+                    symbols: SymbolTable, out: NotesDecoding) -> None:
     rela = rel_sec.type == SHT_RELA
-    _, rel_infos, rel_addends = _relocation_words(obj, rel_sec)
+    rel_infos, rel_addends = relocations.infos, relocations.addends
     targets = _Targets(obj, symbols)
     known_targets = targets.cache
     # Per distinct argument bytes: (the one copy every entry shares, locations, errors).
@@ -526,7 +484,7 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: 
     ends.append(len(data))
     # Every valid entry is 8-aligned and lies inside the section, so its
     # address word is one of these (a ragged tail holds none).
-    words = _u64_words(data[:len(data) - len(data) % ADDRESS_WORD_SIZE])
+    words = u64_words(data[:len(data) - len(data) % ADDRESS_WORD_SIZE])
     entries = out.entries
     # The loop runs once per site (up to MAX_ENTRIES): it reads the file's bytes in
     # place (no slice objects) and finds a relocation's symbol in the cache first.
@@ -553,7 +511,7 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: 
             continue
         sec, base, code = info
         word = words[start >> 3]
-        addend = _signed64(rel_addends[k]) if rela else word
+        addend = signed64(rel_addends[k]) if rela else word
         target = base + addend
         if not (target >= 0 and target % INSN_SIZE == 0 and target + INSN_SIZE <= sec.size
                 and len(code) == sec.size and file.startswith(NOP_INSN, sec.offset + target)):
@@ -570,10 +528,6 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, bounds: 
                             f"probe '{names[i]}' {err}", start)
             continue
         entries.append(NoteEntry(syms[i], names[i], start, sec, target, args, raw))
-
-
-def _signed64(u: int) -> int:
-    return u - (1 << 64) if u >> 63 else u
 
 
 def _explain(out: NotesDecoding, start: int, sec: Section, base: int, word: int, addend: int,
