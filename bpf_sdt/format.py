@@ -6,6 +6,8 @@ with the rest of the recorder's contract in :mod:`bpf_sdt.recorder_abi` and
 re-exported here.
 """
 
+from collections.abc import Iterable
+
 from bpf_sdt.insn import INSN_SIZE, JMP, JMP_JA, LDX, MODE_MEM, MOV64_K, MOV64_X, R10, SIZE_BYTES
 from bpf_sdt.recorder_abi import RECORDER_COUNTERS as RECORDER_COUNTERS
 from bpf_sdt.recorder_abi import RECORDER_COUNTS_MAP as RECORDER_COUNTS_MAP
@@ -52,8 +54,15 @@ def entry_symbol_probe_name(symbol: str) -> str | None:
     """
     if not symbol.startswith(ENTRY_SYMBOL_PREFIX):
         return None
-    name = symbol[len(ENTRY_SYMBOL_PREFIX):].split(".", 1)[0]
-    return name or None
+    return entry_symbols_probe_names((symbol,))[0] or None
+
+
+def entry_symbols_probe_names(symbols: Iterable[str]) -> list[str]:
+    """The probe name of each of ``symbols``, entry symbols all ("" where
+    the name is empty): :func:`entry_symbol_probe_name`'s rule in one loop,
+    for the notes decoder, which has a symbol per site."""
+    start = len(ENTRY_SYMBOL_PREFIX)
+    return [symbol[start:].partition(".")[0] for symbol in symbols]
 
 
 # instrument records the first instruction of each call it inserts in CALLS_SECTION

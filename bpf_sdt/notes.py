@@ -57,6 +57,7 @@ from bpf_sdt.format import (
     OP_MOV64_K,
     OP_MOV64_X,
     R_BPF_64_ABS64_OLD_BINUTILS,
+    entry_symbols_probe_names,
 )
 from bpf_sdt.insn import INSN_SIZE, MAX_STACK, Insn, decode_insn
 from bpf_sdt.model import ArgLocation
@@ -74,7 +75,6 @@ ADDRESS_WORD_SIZE = ADDRESS_WORD.size
 MAX_ENTRY_SIZE = ADDRESS_WORD_SIZE + INSN_SIZE * MAX_ARGS
 MAX_REGISTER = 9                # r0..r9 hold values; r10 is the frame pointer
 _ENTRY_PREFIX = ENTRY_SYMBOL_PREFIX.encode()
-_ENTRY_PREFIX_LEN = len(ENTRY_SYMBOL_PREFIX)
 _LDX_OPCODE = {size: op for op, size in OP_LDX.items()}
 
 
@@ -360,10 +360,8 @@ def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: No
         bounds.symbols = symbols.names([indices[k] for k in ordered], [name_offs[k] for k in ordered])
         bounds.starts = array("Q", [values[k] for k in ordered])
     n = len(bounds.starts)
-    # entry_symbol_probe_name(sym) or "", inlined (it runs once per site):
-    # every name here starts with the prefix.  One string per probe name.
-    bounds.names = [probes.setdefault(probe, probe)
-                    for probe in (sym[_ENTRY_PREFIX_LEN:].partition(".")[0] for sym in bounds.symbols)]
+    # One string per probe name (every name here starts with the prefix).
+    bounds.names = [probes.setdefault(probe, probe) for probe in entry_symbols_probe_names(bounds.symbols)]
     if notes.size and not n:
         out.problem(ProblemKind.BOUNDARY, 0, "notes section has no ___sdt_jt_ entry symbols, so "
                     "its entries cannot be told apart")
