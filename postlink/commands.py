@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, TextIO
 from bpf_sdt.elf import load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
 from bpf_sdt.format import NOTES_SECTION
-from bpf_sdt.insn import INSN_SIZE
 from bpf_sdt.model import SiteRecord, encode_str, escape_text, inlined_json, json_str, place_json, site_json_template
 from bpf_sdt.notes import NoteEntry, NoteProblem
 
@@ -155,7 +154,7 @@ def _json_run(report: ObjectReport, run: list[NoteEntry], chains: list[Chain],
         if template is None:
             template = templates[key] = _template(report, e, calls)
         offset = e.offset
-        texts.append(template % (offset, offset // INSN_SIZE, function_text, e.entry_offset,
+        texts.append(template % (offset, e.insn_index, function_text, e.entry_offset,
                                  encode_str(e.symbol), place_text, inlined_json(chain) if chain else "[]"))
     return texts
 
