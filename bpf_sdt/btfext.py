@@ -572,7 +572,7 @@ class SourceLines:
             return [(None, None, None)] * len(offsets)
         index = self._section_index(section)
         offs, rows = index.offsets, index.items     # OffsetIndex.at, without a call per site
-        find, files = bisect.bisect_right, self._files
+        find = bisect.bisect_right
         out = []
         last: tuple[int, ...] | None = None
         place = self._place(None)
@@ -580,13 +580,7 @@ class SourceLines:
             i = find(offs, offset)
             row = rows[i - 1] if i else None
             if row is not last:
-                last = row
-                if row is not None and (file := files.get(row[1])):
-                    # _place of a row whose file is known already, inlined: once per site
-                    line_col = row[3]
-                    place = (file, line_col >> LINE_SHIFT or None, line_col & COL_MASK or None)
-                else:
-                    place = self._place(row)
+                last, place = row, self._place(row)
             out.append(place)
         return out
 
