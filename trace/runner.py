@@ -313,18 +313,18 @@ def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, 
 
 
 def _with_site_table(path: Path) -> ElfObject:
-    """OBJ parsed, with its sites' functions and lines worked out (kept on
-    the object: the instrumented object's table takes them from it).  Not
-    its DWARF: the chains come from the instrumented object
-    (trace.sites.site_table)."""
+    """OBJ parsed, its notes decoded and its function and line indexes
+    built (kept on the object: the instrumented object's table takes its
+    sites' functions and lines from it).  Not its DWARF: the chains come
+    from the instrumented object (trace.sites.site_table)."""
     from bpf_sdt.elf import load_object
     from bpf_sdt.sites import site_table as table_of
 
     obj = load_object(path)
     table = table_of(obj)
-    for entry in table.entries:
-        table.function(entry)
-        table.location(entry)
+    table.functions  # noqa: B018  built now, beside the worker
+    if table.entries:
+        table.location(table.entries[0])     # the .BTF.ext parse and its first section's index
     return obj
 
 
