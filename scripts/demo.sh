@@ -111,9 +111,13 @@ bpf-sdt trace xdp_parser.bpf.o --run xdp_parse --pcap demo.pcap --repeat 1000 \
 
 step 10 "bpf-sdt trace --live: xdp_parser loaded by iproute2 (ip link ... xdp obj) on a veth, traced while it runs"
 python - <<'EOF'
-import json, signal, subprocess, sys
+import contextlib, json, signal, subprocess, sys
 sys.path.insert(0, "../../tests")
-from netns import VethPair          # two namespaces joined by a veth pair, loopback-range addresses
+from netns import Iproute2PinDirs, VethPair   # veth pair in two namespaces, loopback-range addresses
+
+# `ip link ... xdp obj` makes iproute2's pin directories (/sys/fs/bpf/tc, ip,
+# xdp) when they are missing; the ones it made here go again at the end.
+pin_dirs = Iproute2PinDirs()
 
 def ns(net, *cmd):
     return ["nsenter", f"--net=/run/netns/{net.receiver.netns}", *cmd]
@@ -122,7 +126,8 @@ def xdp_id(net):
     link = json.loads(subprocess.check_output(ns(net, "ip", "-j", "link", "show", net.receiver.iface)))[0]
     return link.get("xdp", {}).get("prog", {}).get("id")
 
-with VethPair() as net:
+with contextlib.ExitStack() as cleanup, VethPair() as net:
+    cleanup.callback(pin_dirs.remove_new)     # after the veth pair and its program are gone
     where = f"xdp:{net.receiver.iface}"
     subprocess.run(ns(net, "ip", "link", "set", "dev", net.receiver.iface, "xdp", "obj", "xdp_parser.bpf.o",
                       "sec", "xdp"), check=True)
