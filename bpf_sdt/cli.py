@@ -20,8 +20,6 @@ from typing import NoReturn, TextIO
 
 from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError, UsageError
-from bpf_sdt.format import RECORDER_DEFAULT_RINGBUF_SIZE
-from bpf_sdt.hooks import meson_recipe
 from bpf_sdt.model import escape_text
 
 Handler = Callable[[argparse.Namespace], int]
@@ -191,45 +189,45 @@ def _cmd_lint(args: argparse.Namespace) -> int:
                     jobs=args.jobs, use_cache=not args.no_cache, ir=not args.no_ir)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bpf-sdt", description="Statically defined tracing probes for BPF programs.")
-    p.add_argument("--version", action="version", version=f"bpf-sdt {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.set_defaults(handler=handler)
-        return sp
-
-    sp = add("header", _cmd_header, "render bpf_sdt.h from the templates")
+def _header_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("-o", "--output", help="write here (atomically) instead of stdout")
     sp.add_argument("--max-args", type=int, default=12, metavar="N",
                     help="largest arity to generate, 0..12 (default 12)")
 
-    sp = add("cflags", _cmd_cflags, "print the -I flag for the installed bpf_sdt.h")
+
+def _cflags_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--system", action="store_true",
                     help="also the system include directories `clang -target bpf` misses "
                          "(the multiarch directory holding asm/types.h)")
-    add("clang", _cmd_clang, "print the clang bpf-sdt compiles with: $BPF_SDT_CLANG, $BPF_CLANG, "
-                             "clang, else the newest clang-N on PATH")
-    add("makefile", _cmd_makefile, "print the path of bpf_sdt.mk, for `include` in a Makefile")
-    sp = add("meson", _cmd_meson, "print the path of the meson helper, for find_program() in meson.build")
+
+
+def _no_arguments(sp: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _meson_arguments(sp: argparse.ArgumentParser) -> None:
+    from bpf_sdt.hooks import meson_recipe
+
     sp.description = meson_recipe()   # the recipe, as the installed helper documents it
     sp.formatter_class = argparse.RawDescriptionHelpFormatter
 
-    for name, handler, text in (("check", _cmd_check, "validate the probes in BPF objects"),
-                                ("list", _cmd_list, "list the probes in BPF objects")):
-        sp = add(name, handler, text)
-        sp.add_argument("objects", nargs="+", metavar="OBJ", help="BPF object files (compiled, linked or instrumented)")
-        sp.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sp = add("link", _cmd_link, "statically link BPF objects, keeping their probe notes")
+def _objects_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("objects", nargs="+", metavar="OBJ", help="BPF object files (compiled, linked or instrumented)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _link_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("-o", "--output", required=True, metavar="OUT", help="the linked object to write (atomically)")
     sp.add_argument("inputs", nargs="+", metavar="IN", help="BPF objects to link, in link order")
     sp.add_argument("--bpftool",
                     help="bpftool to link with (default: $BPF_SDT_BPFTOOL, else bpftool on PATH or in /usr/sbin)")
 
-    sp = add("instrument", _cmd_instrument, "make probe sites call observers (or the built-in recorder)")
+
+def _instrument_arguments(sp: argparse.ArgumentParser) -> None:
+    from bpf_sdt.format import RECORDER_DEFAULT_RINGBUF_SIZE
+    from bpf_sdt.trace.cli import add_recorder_arguments  # the same options trace compiles
+
     sp.add_argument("input", metavar="IN", help="BPF object with probes (compiled or linked)")
     sp.add_argument("-o", "--output", required=True, metavar="OUT",
                     help="the instrumented object to write (atomically)")
@@ -254,11 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "by default they ask for no pin, so each loader's own choice applies")
     sp.add_argument("--bpftool",
                     help="bpftool to link with (default: $BPF_SDT_BPFTOOL, else bpftool on PATH or in /usr/sbin)")
-    from bpf_sdt.trace.cli import add_recorder_arguments  # the same options trace compiles
-
     add_recorder_arguments(sp)
 
-    sp = add("trace", _cmd_trace, "run or attach a program and print its probes as they fire")
+
+def _trace_arguments(sp: argparse.ArgumentParser) -> None:
     try:
         from bpf_sdt.trace.cli import add_arguments
     except ImportError:  # pragma: no cover - the trace package is part of every install
@@ -266,43 +263,95 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_arguments(sp)
 
-    sp = add("restore", _cmd_restore, "put back what killed traces left in the kernel (docs/live.md)")
+
+def _restore_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("where", nargs="?", metavar="WHERE",
                     help="only this attach point (as given to trace --live); default: every record")
 
-    for name, handler, text in (("extract", _cmd_extract, "extract probe declarations and sites from BPF C"),
-                                ("lint", _cmd_lint, "lint the probes in BPF C sources")):
-        sp = add(name, handler, text)
-        sp.add_argument("-p", dest="build_dir", metavar="BUILD_DIR",
-                        help="directory holding compile_commands.json")
-        sp.add_argument("files", nargs="+", metavar="FILE", help="BPF C sources or headers")
-        # -I/-D as options (not only after `--`): pre-commit appends the
-        # staged files after a hook's args, so args must not end the options.
-        sp.add_argument("-I", dest="include_dirs", action="append", default=[], metavar="DIR",
-                        help="add DIR to clang's include path (repeatable; as `-- -IDIR`)")
-        sp.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]",
-                        help="define a macro for clang (repeatable; as `-- -DNAME`)")
-        if name == "extract":
-            sp.add_argument("--json", action="store_true", help="machine-readable output")
-        else:
-            sp.add_argument("--format", choices=("text", "json", "sarif"), default="text",
-                            help="output format: text (one finding a line), json, sarif (code scanning)")
-            sp.add_argument("--json", dest="format", action="store_const", const="json",
-                            help="machine-readable output (the same as --format json)")
-            sp.add_argument("-j", "--jobs", type=int, default=0, help="parallel parses (0: all cores)")
-            sp.add_argument("--no-cache", action="store_true", help="ignore the result cache")
-            sp.add_argument("--no-ir", action="store_true",
-                            help="skip the rules on the optimized LLVM IR (SDT010-SDT012), which compile each file")
 
-    sp = add("completion", _cmd_completion, "print a shell completion script: "
-             "eval \"$(bpf-sdt completion bash)\", or save it where the shell loads completions")
+def _source_arguments(sp: argparse.ArgumentParser) -> None:
+    """extract's and lint's: BPF C files and how clang reads them."""
+    sp.add_argument("-p", dest="build_dir", metavar="BUILD_DIR",
+                    help="directory holding compile_commands.json")
+    sp.add_argument("files", nargs="+", metavar="FILE", help="BPF C sources or headers")
+    # -I/-D as options (not only after `--`): pre-commit appends the
+    # staged files after a hook's args, so args must not end the options.
+    sp.add_argument("-I", dest="include_dirs", action="append", default=[], metavar="DIR",
+                    help="add DIR to clang's include path (repeatable; as `-- -IDIR`)")
+    sp.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]",
+                    help="define a macro for clang (repeatable; as `-- -DNAME`)")
+
+
+def _extract_arguments(sp: argparse.ArgumentParser) -> None:
+    _source_arguments(sp)
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _lint_arguments(sp: argparse.ArgumentParser) -> None:
+    _source_arguments(sp)
+    sp.add_argument("--format", choices=("text", "json", "sarif"), default="text",
+                    help="output format: text (one finding a line), json, sarif (code scanning)")
+    sp.add_argument("--json", dest="format", action="store_const", const="json",
+                    help="machine-readable output (the same as --format json)")
+    sp.add_argument("-j", "--jobs", type=int, default=0, help="parallel parses (0: all cores)")
+    sp.add_argument("--no-cache", action="store_true", help="ignore the result cache")
+    sp.add_argument("--no-ir", action="store_true",
+                    help="skip the rules on the optimized LLVM IR (SDT010-SDT012), which compile each file")
+
+
+def _completion_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell to complete for")
-    sp = add("man", _cmd_man, "print the manual page, generated from these commands' help: "
-             "bpf-sdt man | man -l -")
+
+
+def _man_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("page", nargs="?", metavar="COMMAND",
                     help="the page of one command (bpf-sdt-COMMAND(1)); default: bpf-sdt(1), every command")
 
+
+# Every subcommand, in --help's order: (name, handler, help, its arguments).
+COMMANDS: tuple[tuple[str, Handler, str, Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("header", _cmd_header, "render bpf_sdt.h from the templates", _header_arguments),
+    ("cflags", _cmd_cflags, "print the -I flag for the installed bpf_sdt.h", _cflags_arguments),
+    ("clang", _cmd_clang, "print the clang bpf-sdt compiles with: $BPF_SDT_CLANG, $BPF_CLANG, "
+                          "clang, else the newest clang-N on PATH", _no_arguments),
+    ("makefile", _cmd_makefile, "print the path of bpf_sdt.mk, for `include` in a Makefile", _no_arguments),
+    ("meson", _cmd_meson, "print the path of the meson helper, for find_program() in meson.build",
+     _meson_arguments),
+    ("check", _cmd_check, "validate the probes in BPF objects", _objects_arguments),
+    ("list", _cmd_list, "list the probes in BPF objects", _objects_arguments),
+    ("link", _cmd_link, "statically link BPF objects, keeping their probe notes", _link_arguments),
+    ("instrument", _cmd_instrument, "make probe sites call observers (or the built-in recorder)",
+     _instrument_arguments),
+    ("trace", _cmd_trace, "run or attach a program and print its probes as they fire", _trace_arguments),
+    ("restore", _cmd_restore, "put back what killed traces left in the kernel (docs/live.md)",
+     _restore_arguments),
+    ("extract", _cmd_extract, "extract probe declarations and sites from BPF C", _extract_arguments),
+    ("lint", _cmd_lint, "lint the probes in BPF C sources", _lint_arguments),
+    ("completion", _cmd_completion, "print a shell completion script: "
+     "eval \"$(bpf-sdt completion bash)\", or save it where the shell loads completions",
+     _completion_arguments),
+    ("man", _cmd_man, "print the manual page, generated from these commands' help: "
+     "bpf-sdt man | man -l -", _man_arguments),
+)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, every subcommand is there (so
+    the top level's help and errors are the same) but only ``only`` has its
+    arguments: building every subcommand's options (and importing what
+    instrument's and trace's need) was a fifth of a small check's run."""
+    p = _Parser(prog="bpf-sdt", description="Statically defined tracing probes for BPF programs.")
+    p.add_argument("--version", action="version", version=f"bpf-sdt {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, handler, help_text, arguments in COMMANDS:
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(handler=handler)
+        if only is None or name == only:
+            arguments(sp)
     return p
+
+
+_COMMAND_NAMES = frozenset(name for name, *_ in COMMANDS)
 
 
 # Only these pass what follows `--` to clang; everywhere else `--` ends the
@@ -389,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv[0] if argv and not argv[0].startswith("-") else ""
     try:
         try:
-            parser = build_parser()
+            parser = build_parser(command if command in _COMMAND_NAMES else None)
             if not argv:          # bare `bpf-sdt`: what it can do, as a usage error
                 sys.stderr.write(parser.format_help())
                 return EXIT_UNUSABLE
