@@ -26,9 +26,9 @@ Kinds:
 
 from __future__ import annotations
 
+import functools
 import struct
-from dataclasses import dataclass, field
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 from bpf_sdt.btf import INT_BOOL, INT_CHAR, INT_SIGNED, Btf, BtfKind
 from bpf_sdt.errors import InputError
@@ -42,9 +42,10 @@ POINTER_SIZE = 8
 _FLOAT_FORMATS = {2: "<e", 4: "<f", 8: "<d"}
 
 
-@dataclass(frozen=True, slots=True)
-class ArgType:
-    """One argument's C type, reduced to what converting and printing need."""
+class ArgType(NamedTuple):
+    """One argument's C type, reduced to what converting and printing need.
+    Its kind is one of TYPE_KINDS (the type checker holds code to it;
+    :meth:`from_json` checks what it reads)."""
 
     spelling: str                   # as declared: ``__u32``, ``const char *``
     canonical: str                  # typedefs resolved: ``unsigned int``
@@ -52,16 +53,6 @@ class ArgType:
     signed: bool                    # convert() sign-extends
     kind: TypeKind
     enumerators: tuple[tuple[str, int], ...] = ()
-    # value -> first enumerator with that value (C allows duplicates)
-    _names: dict[int, str] = field(init=False, repr=False, compare=False, hash=False)
-
-    def __post_init__(self) -> None:
-        if self.kind not in TYPE_KINDS:
-            raise ValueError(f"unknown argument kind {self.kind!r}")
-        names: dict[int, str] = {}
-        for name, value in self.enumerators:
-            names.setdefault(value, name)
-        object.__setattr__(self, "_names", names)
 
     @property
     def bits(self) -> int:
@@ -85,7 +76,7 @@ class ArgType:
         if self.kind == "bool":
             return "true" if value else "false"
         if self.kind == "enum":
-            name = self._names.get(value)
+            name = _first_names(self.enumerators).get(value)
             return name if name is not None else str(value)
         if self.kind in ("int", "char"):
             return str(value)
@@ -114,6 +105,15 @@ class ArgType:
                        bool(data["signed"]), cast(TypeKind, kind), enumerators)
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"argument type: malformed JSON ({e})") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _first_names(enumerators: tuple[tuple[str, int], ...]) -> dict[int, str]:
+    """value -> the first enumerator with that value (C allows duplicates)."""
+    names: dict[int, str] = {}
+    for name, value in enumerators:
+        names.setdefault(value, name)
+    return names
 
 
 def arg_type_from_btf(btf: Btf, type_id: int) -> ArgType:

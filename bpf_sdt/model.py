@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:   # only the type: importing argtype costs a warm `lint` BTF's parser
@@ -43,8 +42,7 @@ def _escape_char(c: str) -> str:
 ArgKind = Literal["reg", "imm", "stack"]
 
 
-@dataclass(frozen=True)
-class Declaration:
+class Declaration(NamedTuple):
     """A probe prototype: from BPF_SDT_DECLAREn in a source or its BTF in an object."""
 
     name: str
@@ -195,8 +193,7 @@ def inlined_json(chain: tuple[CallSite, ...]) -> str:
     return _dumps([c.as_json() for c in chain]) if chain else "[]"
 
 
-@dataclass(slots=True)
-class SiteRecord:
+class SiteRecord(NamedTuple):
     """One probe site in an object: one entry of the notes section."""
 
     name: str
@@ -268,8 +265,7 @@ class SiteRecord:
         }
 
 
-@dataclass(frozen=True)
-class SourceSite:
+class SourceSite(NamedTuple):
     """A BPF_SDT_PROBEn invocation found in C source."""
 
     name: str
@@ -281,14 +277,13 @@ class SourceSite:
     via: tuple[str, ...] = ()     # the user's macros the probe came through, outermost first
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = self._asdict()
         d["args"] = list(self.args)
         d["via"] = list(self.via)
         return d
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One diagnostic.  ``where`` is the place inside ``path``: ``.text+0x18``
     for an object, ``12:5`` (line:column) for a source."""
 
@@ -307,4 +302,4 @@ class Finding:
         return escape_text(f"{location}: {self.severity}: {self.message} [{self.rule}]")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()

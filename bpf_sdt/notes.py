@@ -22,7 +22,6 @@ import functools
 import struct
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from operator import lt
 from typing import NamedTuple
@@ -93,8 +92,7 @@ class ProblemKind(Enum):
     ARGUMENT = "argument"                      # an argument insn the format does not allow
 
 
-@dataclass(frozen=True, slots=True)
-class NoteProblem:
+class NoteProblem(NamedTuple):
     """Something in the notes that could not be decoded."""
 
     kind: ProblemKind
@@ -130,13 +128,15 @@ class NoteEntry(NamedTuple):
         return ADDRESS_WORD_SIZE + len(self.raw_args)
 
 
-@dataclass
 class NotesDecoding:
-    notes: Section | None = None                 # the section read (the first of that name)
-    entries: list[NoteEntry] = field(default_factory=list)
-    problems: list[NoteProblem] = field(default_factory=list)
-    entry_probes: set[str] = field(default_factory=set)   # probe names of every entry symbol
-    legacy_relocations: int = 0                  # type-12 words read as R_BPF_64_ABS64
+    """What decoding a notes section found: its entries and its problems."""
+
+    def __init__(self) -> None:
+        self.notes: Section | None = None              # the section read (the first of that name)
+        self.entries: list[NoteEntry] = []
+        self.problems: list[NoteProblem] = []
+        self.entry_probes: set[str] = set()            # probe names of every entry symbol
+        self.legacy_relocations = 0                    # type-12 words read as R_BPF_64_ABS64
 
     def problem(self, kind: ProblemKind, offset: int, message: str, entry_offset: int = -1) -> None:
         self.problems.append(NoteProblem(kind, offset, message, entry_offset))

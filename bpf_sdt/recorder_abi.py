@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # --- names -----------------------------------------------------------------------------
 
@@ -61,29 +61,27 @@ PERCPU_VALUE_ALIGN = 8
 FLEXIBLE = -1                           # an array member's count: a C flexible array (`args[]`)
 
 
-@dataclass(frozen=True)
-class CField:
+class CField(NamedTuple):
     name: str
     ctype: str                          # a key of C_TYPE_CODES
-    count: int | None = None            # None: a scalar; FLEXIBLE or N: an array
+    length: int | None = None           # None: a scalar; FLEXIBLE or N: an array of N
 
     @property
     def code(self) -> str:
         """Its struct code; a flexible array adds nothing to the fixed part."""
         one = C_TYPE_CODES[self.ctype]
-        if self.count is None:
+        if self.length is None:
             return one
-        return "" if self.count == FLEXIBLE else f"{self.count}{one}"
+        return "" if self.length == FLEXIBLE else f"{self.length}{one}"
 
     @property
     def declaration(self) -> str:
-        if self.count is None:
+        if self.length is None:
             return f"{self.ctype} {self.name};"
-        return f"{self.ctype} {self.name}[{'' if self.count == FLEXIBLE else self.count}];"
+        return f"{self.ctype} {self.name}[{'' if self.length == FLEXIBLE else self.length}];"
 
 
-@dataclass(frozen=True)
-class CStruct:
+class CStruct(NamedTuple):
     """One struct both sides of the recorder agree on."""
 
     name: str
@@ -111,7 +109,7 @@ class CStruct:
             one = struct.calcsize("<" + C_TYPE_CODES[f.ctype])
             if offset % one:
                 raise ValueError(f"struct {self.name}: {f.name} would need padding; the codecs assume none")
-            size = 0 if f.count == FLEXIBLE else one * (f.count or 1)
+            size = 0 if f.length == FLEXIBLE else one * (f.length or 1)
             yield f.name, offset, size
             offset += size
 

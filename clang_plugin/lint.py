@@ -9,7 +9,7 @@ and print gcc-style: `file:line:col: error: message [SDTnnn]`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from bpf_sdt.format import MAX_ARGS
 from bpf_sdt.model import Declaration, Finding
@@ -73,7 +73,7 @@ def per_file(facts: FileFacts) -> list[Finding]:
     for sf in facts.site_facts:
         site = _site_rules(sf, decls.get(sf.invocation.name), facts.declared_classes.get(sf.invocation.name, ()))
         via = _via(sf.invocation)
-        out += [replace(f, message=f.message + via) for f in site] if via else site
+        out += [f._replace(message=f.message + via) for f in site] if via else site
     out += [_redeclared(later, first) for later, first in facts.redeclared]
     for macro, line, col in facts.too_many:
         out.append(_finding(facts.file, line, col, "SDT008",
