@@ -26,6 +26,12 @@ use: the header's counts must match, and the result must parse as a BPF ELF
 object carrying the expected functions, maps and identity.  Anything else is
 a miss: clang builds the recorder and the entry is written again.
 
+**Deferred writes.** A process that has better things to do first (trace's
+instrument worker, whose parent waits for the instrumented object) calls
+:func:`defer_writes`: a new entry, and the ``--version`` of a clang not
+asked before, are then kept for :func:`write_deferred`, which it calls once
+its answer is out; the build itself is the same.
+
 The directory is ``$BPF_SDT_CACHE/recorders`` (``BPF_SDT_CACHE=off`` disables
 it, as for trace's cache of instrumented objects), else
 ``$XDG_CACHE_HOME/bpf-sdt/recorders``, else ``~/.cache/bpf-sdt/recorders``.
@@ -37,7 +43,7 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +62,9 @@ MAX_ENTRY = 16 << 20                    # a recorder object is some 10-100 KB: m
 MAX_HEADER = 4096
 VERSION_TIMEOUT_S = 10                  # a clang that does not answer --version: no cache, not a hang
 IDENTITY_TOKEN_CHAR = "0"               # the key's stand-in for an identity, of its length
+
+# The writes kept for write_deferred() (a list) once defer_writes() was called in this process.
+_deferred: list[Callable[[], None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,9 +109,34 @@ def fetch(build: Build, expected_symbols: Iterable[str]) -> bytes | None:
     return relocated
 
 
+def defer_writes() -> None:
+    """From now on this process keeps new entries, and the ``--version``
+    query their keys need, for :func:`write_deferred`: a clang run of some
+    30 ms that would otherwise compete with the build on the caller's path."""
+    global _deferred
+    if _deferred is None:
+        _deferred = []
+
+
+def write_deferred() -> None:
+    """Writes the entries kept since :func:`defer_writes` (asking clang's
+    version first where it is not remembered), and writes at once again."""
+    global _deferred
+    kept, _deferred = _deferred or [], None
+    for write in kept:
+        write()
+
+
 def store(build: Build, data: bytes) -> None:
     """Keeps clang's object for the next build of the same key; a cache that
     cannot be written is no error."""
+    if _deferred is not None:
+        _deferred.append(lambda: _store_now(build, data))
+        return
+    _store_now(build, data)
+
+
+def _store_now(build: Build, data: bytes) -> None:
     where = cache_dir()
     if where is None:
         return
@@ -167,7 +201,8 @@ class ClangVersion:
     """Whether this clang's ``--version`` is remembered (``known``: then an
     entry may be this clang's); if not, it is asked in the background, while
     the recorder compiles, and remembered by :meth:`result`, so that the
-    entry the build leaves is keyed without a second clang run on the way."""
+    entry the build leaves is keyed without a second clang run on the way
+    (with writes deferred, not asked here: when the entry is written)."""
 
     def __init__(self, clang: str) -> None:
         self.known = False
@@ -179,7 +214,8 @@ class ClangVersion:
         try:
             _, self._memo = _version_memo(clang, where)
             self.known = usercache.read_own(self._memo, MAX_ENTRY) is not None
-            if not self.known:
+            # Deferred writes: the entry's key asks the version when it is written.
+            if not self.known and _deferred is None:
                 self._query = subprocess.Popen([clang, "--version"], stdin=subprocess.DEVNULL,
                                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         except (OSError, ValueError):

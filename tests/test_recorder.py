@@ -431,3 +431,23 @@ def test_instrument_record_with_and_without_the_cache_writes_the_same_bytes(buil
     first, second = recorded("first.o"), recorded("second.o")
     assert compiles(recorder_cache) == 2, "the cached run ran clang"
     assert uncached == first == second
+
+
+def test_deferred_writes_leave_the_entry_once_written(recorder_cache: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """trace's instrument worker defers the cache's writes (the entry and the
+    --version memo its key needs) until its answer is out: until then the
+    build leaves nothing, afterwards the same entry a build writes at once."""
+    from bpf_sdt.instrument import recorder_cache as cache
+
+    entries = tmp_path / "cache" / "recorders"
+    cache.defer_writes()
+    try:
+        first = build_in(tmp_path / "build-1", CONTRACT_IDENTITY)
+        assert not entries.exists() or not list(entries.iterdir()), "written before write_deferred"
+    finally:
+        cache.write_deferred()
+    assert {p.suffix for p in entries.iterdir()} == {cache.VERSION_SUFFIX, cache.ENTRY_SUFFIX}
+    second = build_in(tmp_path / "build-2", OTHER_IDENTITY)
+    assert compiles(recorder_cache) == 1, "the deferred entry did not serve the next build"
+    assert first != second == fresh_build(tmp_path / "build-2", OTHER_IDENTITY, monkeypatch)

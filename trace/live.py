@@ -466,7 +466,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                       started: float, stop: StopSignals, out: Writer | TextIO, err: TextIO,
                       worker: InstrumentWorker) -> int | None:
     """The exit code; the record's state is "swapped" while the copy runs."""
-    from .runner import _layout, _load_interruptibly, instrumented_object, open_outputs
+    from .runner import _layout, _load_interruptibly, instrumented_copy, open_outputs
 
     if _fills_prog_arrays(opts.obj):
         raise InputError(f"--live: {opts.obj} fills a prog_array itself (`values = {{ ... }}` in .maps); libbpf "
@@ -474,7 +474,6 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                          "copy; nothing was swapped")
     maps = RunningMaps(running)
     identity: list[InBackground[str]] = []           # the identity proof, once instrument is under way
-    storing: list[InBackground[None]] = []           # the cache entry, written while the copy loads
     try:
         prog_name, obj_name = choose_program(opts.obj, running, opts.prog)
 
@@ -493,26 +492,31 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
             inst = Path(tmp) / opts.obj.name
             layout = _layout(opts)                  # filters and aggregations compiled into the copy
             # Only the swapped program's sites: a site elsewhere in OBJ cannot refuse the trace.
-            made = instrumented_object(opts, (prog_name,), inst, stop, prove_meanwhile, worker, storing)
-            if made is None or stop.requested:
+            copy = instrumented_copy(opts, (prog_name,), inst, stop, prove_meanwhile, worker, reap_later=True)
+            if copy is None or stop.requested:
                 proved()
                 return None
-            (instrumented, sites), cached = made
-            shown = {site_id for site_id, _ in instrumented}
+            shown = {site_id for site_id, _ in copy.shown}
             instrumented_at = time.monotonic()
             with private_bpffs(Path(tmp) / "pins") as pins:
                 # The copy's verification, in a thread a stop signal can cut short.
+                def load(bpf: LoadedObject) -> bool:
+                    # The site table and the cache entry are made meanwhile, and
+                    # the worker writes the recorder's: the verifier holds no GIL.
+                    copy.finish_in_background()
+                    return _load_interruptibly(bpf, stop)
+
                 try:
-                    loaded = load_sharing(inst, prog_name, maps, obj_name, pins,
-                                          lambda b: _load_interruptibly(b, stop))
+                    loaded = load_sharing(inst, prog_name, maps, obj_name, pins, load)
                 finally:
-                    for entry in storing:
-                        entry.wait()            # it copies the copy, which goes with the directory
+                    copy.wait()                 # it copies the copy, which goes with the directory
+                    worker.close(kill=stop.requested)     # its cache writes are done by now (reap_later)
                 if loaded is None:
                     proved()
                     return None
                 bpf, prog, reused = loaded
                 with bpf:
+                    sites = copy.result().sites     # a site table that does not match stops here too
                     how = proved()                  # a mismatch stops here, before anything is pinned or swapped
                     maps.close()
                     missing = set(running.map_ids) - reused
@@ -537,7 +541,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                         # update, a closed stderr or stdout), the swap back runs.
                         try:
                             held.write(state="swapped")
-                            instrumenting = "instrumented object from the cache" if cached else "instrument"
+                            instrumenting = "instrumented object from the cache" if copy.cached else "instrument"
                             err.write(f"bpf-sdt trace: prepared in {loaded_at - started:.2f} s (finding, identity "
                                       f"and {instrumenting}: {instrumented_at - started:.2f} s, load "
                                       f"{loaded_at - instrumented_at:.2f} s; {how}); "

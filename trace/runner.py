@@ -268,26 +268,78 @@ def cache_job(opts: Options, programs: tuple[str, ...]) -> Job:
 
 
 def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, stop: StopSignals,
-                        meanwhile: Callable[[], None] | None = None, worker: InstrumentWorker | None = None,
-                        storing: list[InBackground[None]] | None = None) -> tuple[Instrumented, bool] | None:
+                        meanwhile: Callable[[], None] | None = None,
+                        worker: InstrumentWorker | None = None) -> tuple[Instrumented, bool] | None:
     """OBJ instrumented with the recorder at ``output`` (only ``programs``'
     sites, () all), and whether it came from the cache (instcache); None
-    when a stop signal came first.  A miss instruments in a child process
-    while a thread here reads OBJ's sites, lines and inlined-at chains (the
-    DWARF: a third of the child's time if it did it after instrumenting).
-    ``meanwhile`` runs once the work is under way (the child started, or
-    the entry found): --live's identity load then does not compete with the
-    fork for the core, and no thread runs when the process forks.
-    ``worker``: one forked earlier (--live forks it first thing); else one
-    is forked here.  The caller closes a worker it passed.  ``storing``: the
-    cache entry is written in a thread put there (the copy's load does not
-    wait for it), which the caller waits for before ``output`` goes."""
+    when a stop signal came first.  :func:`instrumented_copy`, its site
+    table read and its cache entry written before it returns."""
+    copy = instrumented_copy(opts, programs, output, stop, meanwhile, worker)
+    if copy is None:
+        return None
+    copy.finish()
+    return copy.result(), copy.cached
+
+
+class InstrumentedCopy:
+    """OBJ instrumented at its path, as instrument left it: the sites it
+    instrumented (``shown``) and whether it came from the cache.  On a miss
+    the site table still has to be read and the cache entry written: by
+    :meth:`finish`, which may run in a thread beside the copy's load (the
+    verifier holds no GIL), and :meth:`result` waits for it."""
+
+    def __init__(self, shown: list[tuple[int, str]], cached: Instrumented | None,
+                 finish: Callable[[], Instrumented] | None = None) -> None:
+        self.shown = shown
+        self.cached = cached is not None
+        self._made = cached
+        self._finish = finish
+        self._background: InBackground[Instrumented] | None = None
+
+    def finish(self) -> None:
+        if self._finish is not None and self._made is None:
+            self._made = self._finish()
+
+    def finish_in_background(self) -> None:
+        if self._finish is not None and self._made is None and self._background is None:
+            self._background = InBackground(self._finish)
+
+    def wait(self) -> None:
+        """For the work in the background to end (it reads the copy's file)."""
+        if self._background is not None:
+            self._background.wait()
+
+    def result(self) -> Instrumented:
+        """The sites and the site table; the site table's one-line error is raised here."""
+        if self._background is not None:
+            background, self._background = self._background, None
+            self._made = background.result()
+        self.finish()
+        assert self._made is not None
+        return self._made
+
+
+def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, stop: StopSignals,
+                      meanwhile: Callable[[], None] | None = None, worker: InstrumentWorker | None = None,
+                      reap_later: bool = False) -> InstrumentedCopy | None:
+    """OBJ instrumented with the recorder at ``output`` (only ``programs``'
+    sites, () all); None when a stop signal came first.  A miss instruments
+    in a child process while a thread here reads OBJ's sites and lines (its
+    site table's indexes).  ``meanwhile`` runs once the work is under way
+    (the child started, or the entry found): --live's identity load then
+    does not compete with the fork for the core, and no thread runs when
+    the process forks.  ``worker``: one forked earlier (--live forks it
+    first thing); else one is forked here.  The caller closes a worker it
+    passed; ``reap_later``: it does so once the copy is loaded, and the
+    worker writes the recorder cache's entries meanwhile (worker.run)."""
     job = cache_job(opts, programs)
     cached = instcache.fetch(job, output)
     if cached is not None:
+        if worker is not None:
+            worker.close()          # not needed: its imports would compete with the identity proof and the load
         if meanwhile is not None:
             meanwhile()
-        return cached, True
+        return InstrumentedCopy(cached.shown, cached)
     plan = _recorder_plan(opts)[0] if _kernel_side(opts) else None     # the child would make the same
     parsed: list[InBackground[ElfObject]] = []
 
@@ -296,20 +348,24 @@ def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, 
         if meanwhile is not None:
             meanwhile()
 
-    shown = (worker or InstrumentWorker()).run(job, output, plan, stop, start)
+    if worker is None:
+        worker, reap_later = InstrumentWorker(), False
+    shown = worker.run(job, output, plan, stop, start, reap_later)
     if shown is None:
         return None
-    from bpf_sdt.elf import load_object
+    answered = shown
 
-    sites = _site_table(load_object(output), parsed[0].result())
-    if any(site_id >= len(sites) or sites[site_id].probe != probe for site_id, probe in shown):
-        raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
-    made = Instrumented(shown, sites)
-    if storing is None:
+    def finish() -> Instrumented:
+        from bpf_sdt.elf import load_object
+
+        sites = _site_table(load_object(output), parsed[0].result())
+        if any(site_id >= len(sites) or sites[site_id].probe != probe for site_id, probe in answered):
+            raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
+        made = Instrumented(answered, sites)
         instcache.store(job, output, made)
-    else:
-        storing.append(InBackground(instcache.store, job, output, made))
-    return made, False
+        return made
+
+    return InstrumentedCopy(shown, None, finish)
 
 
 def _with_site_table(path: Path) -> ElfObject:

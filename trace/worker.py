@@ -58,22 +58,27 @@ class InstrumentWorker:
             os.setpgid(pid, pid)
 
     def run(self, job: Job, output: Path, plan: RecorderOptions | None, stop: StopSignals,
-            meanwhile: Callable[[], None] | None = None) -> list[tuple[int, str]] | None:
+            meanwhile: Callable[[], None] | None = None, reap_later: bool = False) -> list[tuple[int, str]] | None:
         """Instruments ``job``'s object at ``output``; None if a stop signal
         came first.  ``plan``: the recorder's, if the parent made it already;
         ``meanwhile`` runs once the job is sent.  Returns (site id, probe) of
         the instrumented sites; the child's one-line errors are raised here
-        as they were."""
+        as they were.  ``reap_later``: the child writes instrument's cache
+        entries after its answer (recorder_cache.defer_writes), while the
+        caller goes on; the caller's :meth:`close` waits for them."""
         data = None
         try:
-            _write_all(self._job_fd, pickle.dumps((job, output, plan)))
+            _write_all(self._job_fd, pickle.dumps((job, output, plan, reap_later)))
             os.close(self._job_fd)
             self._job_fd = -1
             if meanwhile is not None:
                 meanwhile()
             data = _read_until_stopped(self._answer_fd, stop)
         finally:
-            self.close(kill=data is None)           # stopped, or meanwhile failed: the work is not wanted
+            if data is None or not reap_later:
+                self.close(kill=data is None)       # stopped, or meanwhile failed: the work is not wanted
+            else:
+                self._close_pipes()
         if data is None:
             return None
         kind, payload = pickle.loads(data)          # our own child's answer
@@ -87,16 +92,20 @@ class InstrumentWorker:
         raise RuntimeError(f"instrument failed in its child process:\n{payload}")
 
     def close(self, kill: bool = True) -> None:
+        """Ends the child (``kill``) or waits for it to end."""
         if self.pid is None:
             return
-        for fd in (self._job_fd, self._answer_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._job_fd = self._answer_fd = -1
+        self._close_pipes()
         if kill:
             _kill_group(self.pid)
         os.waitpid(self.pid, 0)
         self.pid = None
+
+    def _close_pipes(self) -> None:
+        for fd in (self._job_fd, self._answer_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._job_fd = self._answer_fd = -1
 
 
 def _worker_child(job_fd: int, answer_fd: int) -> None:
@@ -111,10 +120,14 @@ def _worker_child(job_fd: int, answer_fd: int) -> None:
         request = _read_all(job_fd)
         if not request:                         # closed unused
             os._exit(0)
-        job, output, plan = pickle.loads(request)   # from our own parent
+        job, output, plan, writes_after = pickle.loads(request)   # from our own parent
         # instrument's own temporaries go inside trace's directory: a child
         # killed mid-way cannot remove them, the parent's cleanup does
         os.environ["TMPDIR"] = tempfile.tempdir = str(output.parent)
+        if writes_after:
+            from bpf_sdt.instrument import recorder_cache
+
+            recorder_cache.defer_writes()
         try:
             message: tuple[str, object] = ("ok", _instrument_here(job, output, plan))
         except BpfSdtError as e:
@@ -122,9 +135,22 @@ def _worker_child(job_fd: int, answer_fd: int) -> None:
         except BaseException:           # noqa: BLE001 - a bug: its traceback goes to the parent
             message = ("crash", traceback.format_exc())
         _write_all(answer_fd, pickle.dumps(message))
+        os.close(answer_fd)                     # the parent has its answer: it goes on
+        if writes_after:
+            _write_cache_entries()
     except BaseException:               # noqa: BLE001 - nothing may unwind into the parent's code
         code = 1
     os._exit(code)
+
+
+def _write_cache_entries() -> None:
+    """The recorder cache's entries kept while the parent waited (its
+    --version query, a clang run, among them): written while the parent
+    loads the copy, on the core the verifier leaves free."""
+    from bpf_sdt.instrument import recorder_cache
+
+    with contextlib.suppress(Exception):    # noqa: BLE001 - a cache that cannot be written is no error
+        recorder_cache.write_deferred()
 
 
 def _prepare_to_instrument() -> None:
