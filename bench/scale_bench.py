@@ -10,10 +10,13 @@ revision is extracted with `git archive REV | tar -x` and run as
 `python -m bpf_sdt.cli` with PYTHONPATH on a directory of symlinks that
 rebuilds the package mapping of that revision's pyproject.toml
 ([tool.setuptools] package-dir: bpf_sdt.instrument -> instrument/, ...), so
-both trees are imported the same way (PYTHONPATH comes before the dev
-venv's editable finder; each tree's module __file__ is checked before any
-figure is taken).  Bytecode is compiled once per tree beforehand
-(PYTHONPYCACHEPREFIX per tree), as an installed package has it.
+both trees are imported the same way (each tree's module __file__ is checked
+before any figure is taken).  The interpreter is a venv of the bench's own
+that sees the dev venv's site-packages as a plain path, so its start-up is
+an installed package's: the dev venv's editable-install finder, which `pip
+install bpf-sdt` does not have, is not imported (installed_python).
+Bytecode is compiled once per tree beforehand (PYTHONPYCACHEPREFIX per
+tree), as an installed package has it.
 
 Objects.  A count of N sites is UNITS translation units of N/UNITS sites,
 each a set of XDP programs of SITES_PER_PROGRAM sites (2- and 3-argument
@@ -88,6 +91,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -268,6 +272,7 @@ class Tree:
     root: Path
     pkg: Path           # PYTHONPATH: the package mapping as symlinks
     pycache: Path
+    python: str         # the interpreter of an installed package (installed_python)
 
     def env(self, **extra: str) -> dict[str, str]:
         e = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -276,7 +281,23 @@ class Tree:
         return e
 
     def cli(self, *args: str) -> list[str]:
-        return [PYTHON, "-m", "bpf_sdt.cli", *args]
+        return [self.python, "-m", "bpf_sdt.cli", *args]
+
+
+def installed_python(tmp: Path) -> str:
+    """An interpreter that runs bpf-sdt as an installed package runs: a venv
+    whose only addition is this venv's site-packages, as a plain path.  The
+    dev venv's editable install puts an import finder in every start-up
+    (its .pth imports pathlib and importlib.util, 5-10 ms of a 10k-site
+    check) that `pip install bpf-sdt` does not; a path line in a .pth runs
+    no code, and the trees come first on PYTHONPATH anyway."""
+    venv = tmp / "installed-venv"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "bpf_sdt_bench_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return str(python)
 
 
 def extract(rev: str, dest: Path) -> Path:
@@ -305,18 +326,18 @@ def package_mapping(root: Path, pkg: Path) -> None:
             target.symlink_to(source, target_is_directory=True)
 
 
-def prepare_tree(label: str, rev: str, tmp: Path) -> Tree:
+def prepare_tree(label: str, rev: str, tmp: Path, python: str) -> Tree:
     resolved = rev if rev == WORKTREE else subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", "--short", f"{rev}^{{commit}}"],
         capture_output=True, text=True, check=False).stdout.strip()
     if not resolved:
         raise Unusable(f"--{'current' if label == 'now' else 'previous'} {rev}: no such commit")
     root = extract(resolved, tmp / f"src-{label}")
-    tree = Tree(label, resolved, root, tmp / f"pkg-{label}", tmp / f"pycache-{label}")
+    tree = Tree(label, resolved, root, tmp / f"pkg-{label}", tmp / f"pycache-{label}", python)
     package_mapping(root, tree.pkg)
-    subprocess.run([PYTHON, "-m", "compileall", "-q", str(tree.pkg)], env=tree.env(), check=False,
+    subprocess.run([python, "-m", "compileall", "-q", str(tree.pkg)], env=tree.env(), check=False,
                    stdout=subprocess.DEVNULL)
-    probe = subprocess.run([PYTHON, "-c", "import bpf_sdt.cli, bpf_sdt.instrument, bpf_sdt.postlink;"
+    probe = subprocess.run([python, "-c", "import bpf_sdt.cli, bpf_sdt.instrument, bpf_sdt.postlink;"
                             "print(bpf_sdt.cli.__file__); print(bpf_sdt.instrument.__file__)"],
                            env=tree.env(), capture_output=True, text=True, check=False)
     files = probe.stdout.split()
@@ -681,7 +702,7 @@ class Bench:
     def build_sample(self) -> Path:
         """xdp_parser.bpf.o built by the samples' Makefile with now's tree."""
         wrapper = self.tmp / "bpf-sdt"
-        wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={self.now.pkg} exec {PYTHON} -m bpf_sdt.cli \"$@\"\n")
+        wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={self.now.pkg} exec {self.now.python} -m bpf_sdt.cli \"$@\"\n")
         wrapper.chmod(0o755)
         out = self.tmp / "samples"
         env = dict(os.environ, PATH=f"{self.tmp}:{os.environ['PATH']}")
@@ -825,8 +846,9 @@ def missing_tools() -> list[str]:
 
 def run(args: argparse.Namespace, tmp: Path) -> int:
     started = time.monotonic()
-    now = prepare_tree("now", args.current, tmp)
-    previous = None if args.no_previous else prepare_tree("previous", args.previous, tmp)
+    python = installed_python(tmp)
+    now = prepare_tree("now", args.current, tmp, python)
+    previous = None if args.no_previous else prepare_tree("previous", args.previous, tmp, python)
     bench = Bench(args, tmp, now, previous)
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, check=False).stdout.strip()
