@@ -336,17 +336,19 @@ COMMANDS: tuple[tuple[str, Handler, str, Callable[[argparse.ArgumentParser], Non
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole command line; with ``only``, every subcommand is there (so
-    the top level's help and errors are the same) but only ``only`` has its
-    arguments: building every subcommand's options (and importing what
+    """The whole command line, or only what parsing subcommand ``only``
+    needs: the top level and that one subcommand.  Once the first argument
+    names a subcommand, nothing else can be asked of the top level (its help
+    and its errors need the others: a bare `bpf-sdt`, an unknown command),
+    and building every subcommand's parser and options (and importing what
     instrument's and trace's need) was a fifth of a small check's run."""
     p = _Parser(prog="bpf-sdt", description="Statically defined tracing probes for BPF programs.")
     p.add_argument("--version", action="version", version=f"bpf-sdt {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, handler, help_text, arguments in COMMANDS:
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.set_defaults(handler=handler)
         if only is None or name == only:
+            sp = sub.add_parser(name, help=help_text, description=help_text)
+            sp.set_defaults(handler=handler)
             arguments(sp)
     return p
 
@@ -474,11 +476,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 _ENDS_WITHOUT_TEARDOWN = frozenset({"check", "list"})
 
 
+def _forks_live_worker(argv: list[str]) -> bool:
+    """`trace ... --live WHERE`: its instrument worker is forked before the
+    arguments are parsed (trace/worker.py, fork_early), to start its imports
+    on the other core meanwhile."""
+    if not argv or argv[0] != "trace" or not any(a == "--live" or a.startswith("--live=") for a in argv):
+        return False
+    from bpf_sdt.trace.worker import fork_early
+
+    fork_early()
+    return True
+
+
 def entry() -> NoReturn:
     """The `bpf-sdt` command (console script, `python -m bpf_sdt.cli`): main(),
     then the exit.  In-process callers use main(), which always returns."""
     argv = sys.argv[1:]
-    code = main(argv)
+    early = _forks_live_worker(argv)
+    try:
+        code = main(argv)
+    finally:
+        if early:
+            from bpf_sdt.trace.worker import discard_early
+
+            discard_early()     # not taken: the arguments said otherwise, or were refused
     if argv and argv[0] in _ENDS_WITHOUT_TEARDOWN:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:      # None: started with it closed (`>&-`)
