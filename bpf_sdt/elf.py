@@ -466,7 +466,7 @@ def _reason(e: BaseException) -> str:
 # --- writing -----------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class SecRec:
     name: str
     type: int
@@ -484,7 +484,7 @@ class SecRec:
         return self.nobits_size if self.type == SHT_NOBITS else len(self.data)
 
 
-@dataclass
+@dataclass(slots=True)          # no __dict__: an image holds one per symbol, a million for 1M sites
 class SymRec:
     name: str
     value: int
@@ -612,10 +612,8 @@ class ElfImage:
     # --- writing --------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        order = sorted(range(len(self.symbols)),
-                       key=lambda i: (i != 0, self.symbols[i].bind != STB_LOCAL, i))
+        order, n_locals = self._symbol_order()
         new_index = {old: new for new, old in enumerate(order)}
-        n_locals = sum(1 for i in order if self.symbols[i].bind == STB_LOCAL)
         symtab_i = self.symtab_index
         strtab_i = self.sections[symtab_i].link
         shstr_i = next((i for i, s in enumerate(self.sections)
@@ -624,11 +622,12 @@ class ElfImage:
             shstr_i = self.add_section(SecRec(".shstrtab", SHT_STRTAB, 0, b""))
 
         strtab = _StringTable()
-        sym_bytes = bytearray()
-        for old in order:
-            s = self.symbols[old]
-            sym_bytes += SYM.pack(strtab.add(s.name) if s.name else 0, s.info, s.other, s.shndx,
-                                  s.value, s.size)
+        sym_bytes = bytearray(SYM.size * len(order))
+        pack_into, add, symbols = SYM.pack_into, strtab.add, self.symbols
+        for new, old in enumerate(order):
+            s = symbols[old]
+            pack_into(sym_bytes, SYM.size * new, add(s.name) if s.name else 0, s.info, s.other, s.shndx,
+                      s.value, s.size)
         sym_rec = self.sections[symtab_i]
         sym_rec.data, sym_rec.info, sym_rec.entsize = bytes(sym_bytes), n_locals, SYM.size
         sym_rec.addralign = max(sym_rec.addralign, TABLE_ALIGN)
@@ -664,11 +663,29 @@ class ElfImage:
         return bytes(blob)
 
 
+    def _symbol_order(self) -> tuple[list[int], int]:
+        """The symbols' indices as written (the null symbol, the locals, then
+        the others, each in index order, as ELF wants locals first) and the
+        number of locals with the null symbol."""
+        if not self.symbols:
+            return [], 0
+        local: list[int] = [0]
+        other: list[int] = []
+        for i, s in enumerate(self.symbols[1:], 1):
+            (local if s.bind == STB_LOCAL else other).append(i)
+        return local + other, len(local) - (self.symbols[0].bind != STB_LOCAL)
+
+
 def _encode_relocations(relocs: list[Relocation], rela: bool, new_index: dict[int, int]) -> bytes:
-    out = bytearray()
-    for r in relocs:
+    layout = RELA if rela else REL
+    out = bytearray(layout.size * len(relocs))
+    pack_into, size = layout.pack_into, layout.size
+    for k, r in enumerate(relocs):
         info = r_info(new_index[r.symbol], r.type)
-        out += RELA.pack(r.offset, info, r.addend or 0) if rela else REL.pack(r.offset, info)
+        if rela:
+            pack_into(out, size * k, r.offset, info, r.addend or 0)
+        else:
+            pack_into(out, size * k, r.offset, info)
     return bytes(out)
 
 
