@@ -89,6 +89,9 @@ class FuncInfo:
     type_id: int                # a FUNC
     extra: bytes = b""          # bytes past the 8 known here (larger rec_size)
 
+    def moved_to(self, insn_off: int) -> FuncInfo:
+        return FuncInfo(insn_off, self.type_id, self.extra)
+
 
 @dataclass(frozen=True, slots=True)
 class LineInfo:
@@ -97,6 +100,9 @@ class LineInfo:
     line_off: int               # BTF string: the source line's text
     line_col: int
     extra: bytes = b""
+
+    def moved_to(self, insn_off: int) -> LineInfo:
+        return LineInfo(insn_off, self.file_name_off, self.line_off, self.line_col, self.extra)
 
     @property
     def line(self) -> int:
@@ -120,6 +126,9 @@ class CoreRelo:
     access_str_off: int         # BTF string: "0:1:2", the access spec
     kind: int                   # CoreReloKind, kept as read
     extra: bytes = b""
+
+    def moved_to(self, insn_off: int) -> CoreRelo:
+        return CoreRelo(insn_off, self.type_id, self.access_str_off, self.kind, self.extra)
 
 
 Record = FuncInfo | LineInfo | CoreRelo
@@ -272,8 +281,9 @@ class BtfExt:
             new = mapping(rec.insn_off)
             if not 0 <= new <= U32_MAX:
                 raise ValueError(f"{section}: insn_off {rec.insn_off} maps to {new}, outside u32")
-            # records are immutable: one that stays keeps its object (replace() is slow)
-            return rec if new == rec.insn_off else replace(rec, insn_off=new)
+            # records are immutable: one that stays keeps its object; a moved one is
+            # a copy by its own constructor (dataclasses.replace() is ten times slower)
+            return rec if new == rec.insn_off else rec.moved_to(new)
 
         sec.func_info = [moved(r) for r in sec.func_info]
         sec.line_info = [moved(r) for r in sec.line_info]
