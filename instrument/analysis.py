@@ -39,12 +39,17 @@ from bpf_sdt.errors import InputError
 from bpf_sdt.insn import (
     ARG_REGS,
     CALLER_SAVED,
+    CLASS_MASK,
     HELPER_CALL,
     HELPER_TAIL_CALL,
+    JMP,
+    JMP_CALL,
     LD,
     LD_IMM64,
     MAX_STACK,
     MOV64_X,
+    OP_MASK,
+    OPCODE_BYTE,
     PSEUDO_CALL,
     R0,
     R1,
@@ -575,8 +580,14 @@ def _initialised(f: Function) -> list[int]:
     return init_in
 
 
+# By opcode byte: whether r0 is set and r1..r5 lost after it (a call, a legacy
+# packet load); asked once per instruction and site by the initialisation pass.
+_SETS_R0_ONLY = tuple((op & CLASS_MASK == JMP and op & OP_MASK == JMP_CALL)
+                      or (op & CLASS_MASK == LD and op != LD_IMM64) for op in range(OPCODE_BYTE + 1))
+
+
 def _init_transfer(insn: Insn, state: int) -> int:
-    if insn.is_call or (insn.cls == LD and insn.op != LD_IMM64):
+    if _SETS_R0_ONLY[insn.op & OPCODE_BYTE]:
         return (state & ~CLOBBER) | (1 << R0)
     return state | regs_masks(insn)[1]
 
