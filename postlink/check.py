@@ -13,6 +13,8 @@ object per rule.
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 from collections import Counter
 from collections.abc import Iterator
 from functools import cached_property
@@ -362,9 +364,25 @@ def cross_check(obj: BpfObject, report: ObjectReport) -> None:
         else:
             report.add(NOTES_START, "error", "no BTF probe prototypes "
                        "(bpf_sdt:<name>:<n> decl tags) for the probes used here", "SDT110")
-    probed = set()
-    for e in entries:
-        probed.add(e.probe)
+    # Per distinct (probe, argument count), not per site: only when one does
+    # not fit its prototype are the sites walked, for their findings in order.
+    shapes = {(e.probe, len(e.args)) for e in entries}
+    if not all(_fits(report.declarations.get(probe), n) for probe, n in shapes):
+        _report_prototypes(report, have_tags)
+    probed = {probe for probe, _ in shapes}
+    for name in sorted(set(report.declarations) - probed - report.entry_names):
+        report.add(".BTF", "warning", f"probe '{name}' is declared but never probed", "SDT113")
+    _sites_per_program(obj, report)
+
+
+def _fits(decl: Declaration | None, nargs: int) -> bool:
+    return decl is not None and nargs == decl.arity
+
+
+def _report_prototypes(report: ObjectReport, have_tags: bool) -> None:
+    """SDT110 and SDT103 for each site whose probe has no prototype (when the
+    object has prototypes at all) or another argument count, in site order."""
+    for e in report.entries:
         decl = report.declarations.get(e.probe)
         if decl is None:
             if have_tags:
@@ -374,9 +392,6 @@ def cross_check(obj: BpfObject, report: ObjectReport) -> None:
         if len(e.args) != decl.arity:
             report.add(f"{NOTES_SECTION}+{e.entry_offset:#x}", "error", f"probe '{e.probe}': entry "
                        f"has {len(e.args)} argument insns, its prototype {decl.arity}", "SDT103")
-    for name in sorted(set(report.declarations) - probed - report.entry_names):
-        report.add(".BTF", "warning", f"probe '{name}' is declared but never probed", "SDT113")
-    _sites_per_program(obj, report)
 
 
 # --- sites per program (SDT116) ------------------------------------------------
@@ -490,7 +505,7 @@ def _sites_per_program(obj: BpfObject, report: ObjectReport) -> None:
     if len(report.entries) <= INSN_ARRAY_MAX:
         return
     graph = _CallGraph(obj)
-    per_function = Counter(graph.function_at(e.section.index, e.offset) for e in report.entries)
+    per_function = _sites_per_function(graph, report.entries)
     for entry in graph.entries():
         n = sum(per_function.get(fn, 0) for fn in graph.reachable(entry))
         if n > INSN_ARRAY_MAX:
@@ -500,9 +515,36 @@ def _sites_per_program(obj: BpfObject, report: ObjectReport) -> None:
                        f"the RFC consumer maps at most {INSN_ARRAY_MAX} per program", "SDT116")
 
 
+def _sites_per_function(graph: _CallGraph, entries: list[NoteEntry]) -> Counter[tuple[int, int]]:
+    """How many of ``entries`` each function holds (:meth:`_CallGraph.function_at`
+    of each), counted by bisecting each run of one section's entries at its
+    function starts, not by looking up every site: entries are in site
+    order, so a run's offsets are sorted."""
+    per_function: Counter[tuple[int, int]] = Counter()
+    for section, run in itertools.groupby(entries, key=_entry_section):
+        offsets = [e.offset for e in run]
+        starts = graph.starts.get(section.index, [])
+        # Sites before the first function start belong to "function" 0, as function_at says.
+        bounds = [0, *starts[bisect.bisect_right(starts, 0):]] if starts else [0]
+        lows = [bisect.bisect_left(offsets, b) for b in bounds[1:]]
+        for start, low, high in zip(bounds, [0, *lows], [*lows, len(offsets)], strict=True):
+            if high > low:
+                per_function[(section.index, start)] += high - low
+    return per_function
+
+
+def _entry_section(e: NoteEntry) -> Section:
+    return e.section
+
+
 def _duplicate_nops(report: ObjectReport) -> None:
-    """SDT109: entries are sorted by NOP, so entries describing one NOP are adjacent."""
+    """SDT109: entries are sorted by NOP, so entries describing one NOP are
+    adjacent, and have equal offsets: without two neighbours at one offset
+    (one C-level pass) there is nothing to look for."""
     entries = report.entries
+    offsets = [e.offset for e in entries]
+    if not any(map(operator.eq, offsets, itertools.islice(offsets, 1, None))):
+        return
     i = 0
     while i < len(entries):
         j = i + 1
