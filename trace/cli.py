@@ -107,11 +107,16 @@ def instrument_recorder(args: argparse.Namespace) -> RecorderOptions:
 
 def run_trace(args: argparse.Namespace) -> int:
     # --live instruments on the user's interactive path: its worker is forked
-    # first, to import instrument while trace's modules are imported here.
-    worker = None
-    if args.live:
-        from .worker import InstrumentWorker
+    # first (by the command's entry point, before the arguments were parsed,
+    # if it saw --live), to import instrument while trace's modules are
+    # imported here.
+    from .worker import InstrumentWorker, take_early
 
+    worker = take_early()
+    if worker is not None and not args.live:      # "--live" was not the option (an argument's value)
+        worker.close()
+        worker = None
+    if args.live and worker is None:
         worker = InstrumentWorker()
     try:
         from .runner import Options, trace
