@@ -205,9 +205,10 @@ class Placement:
         self.index = index       # the section's ELF index
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class InsnReloc:
-    """A relocation in a code section, owned by the instruction it patches."""
+    """A relocation in a code section, attached to the instruction it
+    patches.  A value (frozen): the calls of sites of one shape share one."""
 
     type: int
     symbol: int                  # index into the object's symbol table

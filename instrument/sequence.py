@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.elf import R_BPF_64_32
@@ -96,12 +98,14 @@ class Frame:
     def spill(self, k: int) -> int:
         return -(self.base + STACK_SLOT * (k + 1))
 
-    @property
+    # Kept once worked out: a site's sequence asks them several times, and
+    # sites of one function share their frame (instrument keeps one per shape).
+    @cached_property
     def args(self) -> int:
         """r10-relative offset of argument 0 (what r1 points to)."""
         return -(self.base + STACK_SLOT * len(self.saved) + ARG_SLOT * self.nargs)
 
-    @property
+    @cached_property
     def site_id(self) -> int:
         return self.args - _ARGS_AFTER_SITE_ID
 
@@ -181,6 +185,17 @@ def _site_id(frame: Frame, site_id: int | None) -> list[Insn]:
     return [] if site_id is None else _store_constant(frame.site_id, site_id)
 
 
+# A call is three instructions, ``r1 = r10 ; r1 += off ; call``.
+CALL_LENGTH = 3
+
+
+def call_starts(length: int, frame: Frame, observers: int) -> range:
+    """Where each observer's ``r1 = r10`` stands in a site's sequence of
+    ``length`` instructions: the calls come last, but for the fills."""
+    first = length - len(frame.saved) - CALL_LENGTH * observers
+    return range(first, first + CALL_LENGTH * observers, CALL_LENGTH)
+
+
 def _calls_and_fills(frame: Frame, observers: Sequence[Observer], cross_section: bool) -> list[Insn]:
     return [*_calls(frame, observers, cross_section), *_fills(frame)]
 
@@ -188,9 +203,13 @@ def _calls_and_fills(frame: Frame, observers: Sequence[Observer], cross_section:
 def _calls(frame: Frame, observers: Sequence[Observer], cross_section: bool) -> list[Insn]:
     seq = []
     for obs in observers:
-        seq += [mov64_reg(R1, R10), alu64_imm(ALU_ADD, R1, frame.site_id if obs.at_site_id else frame.args),
-                _call(obs, cross_section)]
+        seq += [mov64_reg(R1, R10), _call_argument(frame, obs), _call(obs, cross_section)]
     return seq
+
+
+def _call_argument(frame: Frame, obs: Observer) -> Insn:
+    """``r1 += off``: r1 = r10 made the pointer to what the observer reads."""
+    return alu64_imm(ALU_ADD, R1, frame.site_id if obs.at_site_id else frame.args)
 
 
 def _fills(frame: Frame) -> list[Insn]:
@@ -198,10 +217,29 @@ def _fills(frame: Frame) -> list[Insn]:
 
 
 def _call(obs: Observer, cross_section: bool) -> Insn:
+    return _call_through(obs, _call_reloc(obs, cross_section))
+
+
+def _call_reloc(obs: Observer, cross_section: bool) -> InsnReloc | None:
+    """A call from another section names its callee through a relocation; one
+    in the callee's section is relative (None)."""
+    return InsnReloc(R_BPF_64_32, obs.symbol) if cross_section else None
+
+
+def _call_through(obs: Observer, reloc: InsnReloc | None) -> Insn:
     call = pseudo_call(obs.entry)
-    if cross_section:
-        call.reloc = InsnReloc(R_BPF_64_32, obs.symbol)
+    call.reloc = reloc
     return call
+
+
+class _Shape(NamedTuple):
+    """What the sites of one shape share: instructions that refer to nothing,
+    and the calls' relocations (values: nothing changes a relocation)."""
+
+    stores: tuple[Insn, ...]
+    fills: tuple[Insn, ...]
+    arguments: tuple[Insn, ...]             # each observer's ``r1 += off``
+    relocs: tuple[InsnReloc | None, ...]    # each observer's call relocation
 
 
 _ShapeKey = tuple[tuple[ArgLocation, ...], int, Frame, tuple[int, ...], bool]
@@ -216,8 +254,10 @@ class SequenceShapes:
     (encoding reads its fields and records its position, which nobody asks
     of them): one object at every site of its shape spares most of a site's
     new instructions, their allocation and their memory.  Each site builds
-    its own site-id store and calls: a call's target and relocation are its
-    own, and ``.bpf_sdt_calls`` records where each call's ``r1 = r10`` is.  For
+    its own site-id store, calls and their ``r1 = r10``: a call's target is
+    its own, and ``.bpf_sdt_calls`` records where each call's ``r1 = r10`` is
+    (the ``r1 += off`` between them and the call's relocation, a value, are
+    the shape's).  For
     one run: the observers' entries are that run's instructions.  At most
     :data:`MAX_SHAPES` are kept, so a program of all different sites costs
     no more than without."""
@@ -225,7 +265,7 @@ class SequenceShapes:
     MAX_SHAPES = 4096
 
     def __init__(self) -> None:
-        self._shapes: dict[_ShapeKey, tuple[tuple[Insn, ...], tuple[Insn, ...]]] = {}   # stores, fills
+        self._shapes: dict[_ShapeKey, _Shape] = {}
         self._tokens: dict[int, tuple[object, int]] = {}
 
     def _token(self, obj: object) -> int:
@@ -243,8 +283,13 @@ class SequenceShapes:
         key = (tuple(args), self._token(types), frame, tuple([self._token(o) for o in observers]), cross_section)
         shape = self._shapes.get(key)
         if shape is None:
-            shape = (tuple(_stores(args, types, frame)), tuple(_fills(frame)))
+            shape = _Shape(tuple(_stores(args, types, frame)), tuple(_fills(frame)),
+                           tuple([_call_argument(frame, obs) for obs in observers]),
+                           tuple([_call_reloc(obs, cross_section) for obs in observers]))
             if len(self._shapes) < self.MAX_SHAPES:
                 self._shapes[key] = shape
-        stores, fills = shape
-        return [*stores, *_site_id(frame, site_id), *_calls(frame, observers, cross_section), *fills]
+        seq = [*shape.stores, *_site_id(frame, site_id)]
+        for obs, argument, reloc in zip(observers, shape.arguments, shape.relocs, strict=True):
+            seq += [mov64_reg(R1, R10), argument, _call_through(obs, reloc)]
+        seq += shape.fills
+        return seq

@@ -692,8 +692,9 @@ def test_sites_of_one_shape_get_the_instructions_built_alone() -> None:
     """SequenceShapes: a site of a shape seen before gets, from the kept
     instructions, exactly what site_sequence builds for it alone (its own
     site id, however many instructions that takes, its own calls and
-    relocations): its calls are its own objects, the instructions that
-    refer to nothing are shared; a site of another shape is built afresh."""
+    relocations): its calls and their r1 = r10 are its own objects, the
+    instructions that refer to nothing are shared; a site of another shape is
+    built afresh."""
     from bpf_sdt.instrument.sequence import Frame, Observer, SequenceShapes, site_sequence
 
     from bpf_sdt.argtype import ArgType
@@ -720,7 +721,8 @@ def test_sites_of_one_shape_get_the_instructions_built_alone() -> None:
         assert fields(shaped) == fields(alone)
         assert sum(x.target is recorder for x in shaped) == sum(x.target is observer for x in shaped) == 1
         built += shaped
-    # each site's own calls (targets, relocations) from their r1 = r10, where .bpf_sdt_calls points
-    calls = [y for i, x in enumerate(built) if x.target is not None for y in built[i - 2:i + 1]]
+    # each site's own calls (targets, relocations) and their r1 = r10, where .bpf_sdt_calls points;
+    # the r1 += between the two refers to nothing, and is the shape's
+    calls = [y for i, x in enumerate(built) if x.target is not None for y in (built[i - 2], x)]
     assert len({id(x) for x in calls}) == len(calls)
     assert len({id(x) for x in built}) < len(built)        # what refers to nothing: shared by a shape's sites
