@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from functools import cached_property
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from bpf_sdt.btf import BTF_MAGIC, BYTE_SWAPPED_MAGIC, PREAMBLE, PREAMBLE_FORMAT, U32_MAX, WORD, Btf
@@ -144,6 +144,12 @@ _MAKE: dict[str, Callable[[tuple[int, ...], bytes], Record]] = {
     FUNC_INFO: lambda v, x: FuncInfo(v[0], v[1], x),
     LINE_INFO: lambda v, x: LineInfo(v[0], v[1], v[2], v[3], x),
     CORE_RELO: lambda v, x: CoreRelo(v[0], v[1], v[2], v[3], x),
+}
+# The known fields of a block's record, in file order (what encode packs).
+_FIELDS_OF: dict[str, Callable[[Record], tuple[int, ...]]] = {
+    FUNC_INFO: attrgetter("insn_off", "type_id"),
+    LINE_INFO: attrgetter("insn_off", "file_name_off", "line_off", "line_col"),
+    CORE_RELO: attrgetter("insn_off", "type_id", "access_str_off", "kind"),
 }
 # Fields that are offsets into the BTF strings, by block (checked at parse).
 _STRING_FIELDS = {FUNC_INFO: (), LINE_INFO: (1, 2), CORE_RELO: (2,)}
@@ -439,29 +445,36 @@ class BtfExt:
 
     def _records(self, block: str, raw: bytes, pos: int, count: int, rec_size: int,
                  fmt: struct.Struct) -> list[Record]:
-        limit = len(self.strings)
-        string_fields = _STRING_FIELDS[block]
-        out: list[Record] = []
-        for start in range(pos, pos + count * rec_size, rec_size):
-            values = fmt.unpack_from(raw, start)
-            for i in string_fields:
-                if values[i] >= limit and values[i]:
-                    raise InputError(f".BTF.ext: {block} record at byte {start}: string offset {values[i]} "
-                                     f"past the BTF strings ({limit} bytes)")
-            extra = bytes(raw[start + fmt.size:start + rec_size]) if rec_size > fmt.size else b""
-            out.append(_MAKE[block](values, extra))
-        return out
+        """The records of one section's block: its rows (:meth:`_rows`, one
+        unpack for them all), each with the bytes past its known fields."""
+        make = _MAKE[block]
+        rows = self._rows(block, raw, pos, count, rec_size, fmt)
+        extra = rec_size - fmt.size
+        if not extra:
+            return [make(values, b"") for values in rows]
+        starts = range(pos + fmt.size, pos + count * rec_size, rec_size)
+        return [make(values, bytes(raw[start:start + extra])) for values, start in zip(rows, starts, strict=True)]
 
     def _rows(self, block: str, raw: bytes, pos: int, count: int, rec_size: int,
               fmt: struct.Struct) -> list[tuple[int, ...]]:
-        """The known fields of each record (bytes past them skipped), checked
-        as :meth:`_records` checks them, which says which record is bad."""
+        """The known fields of each record (bytes past them skipped), their
+        string offsets checked (:meth:`_refuse_bad_string` names the record)."""
         padded = struct.Struct(fmt.format + f"{rec_size - fmt.size}x")
         rows = list(padded.iter_unpack(raw[pos:pos + count * rec_size]))
         limit = len(self.strings)
         if any(max(map(itemgetter(i), rows), default=0) >= limit for i in _STRING_FIELDS[block]):
-            self._records(block, raw, pos, count, rec_size, fmt)    # raises (unless every offset is 0)
+            self._refuse_bad_string(block, rows, pos, rec_size)
         return rows
+
+    def _refuse_bad_string(self, block: str, rows: list[tuple[int, ...]], pos: int, rec_size: int) -> None:
+        """InputError for the first record whose string offset is past the BTF
+        strings (0 always passes: the empty name)."""
+        limit = len(self.strings)
+        for k, values in enumerate(rows):
+            for i in _STRING_FIELDS[block]:
+                if values[i] >= limit and values[i]:
+                    raise InputError(f".BTF.ext: {block} record at byte {pos + k * rec_size}: string offset "
+                                     f"{values[i]} past the BTF strings ({limit} bytes)")
 
     # --- encode --------------------------------------------------------------
 
@@ -476,8 +489,9 @@ class BtfExt:
             recs = self.sections[name].records(block)
             out.append(struct.pack("<II", info.name_offs[name], len(recs)))
             pos += SEC_HEADER_LEN
+            values = _FIELDS_OF[block]
             for r in recs:
-                out.append(fmt.pack(*_values(r)) + r.extra)
+                out.append(fmt.pack(*values(r)) + r.extra)
                 fields.append((pos, name))
                 pos += info.rec_size
         return b"".join(out)
