@@ -234,6 +234,8 @@ class Program:
         async_uses: set[int] = set()
         other_uses: set[int] = set()
         for insn in f.insns:
+            if not held and insn.op != LD_IMM64:
+                continue              # no function in a register: nothing below can use one
             if insn.is_call:
                 for r in ARG_REGS:
                     if r in held:
