@@ -75,7 +75,7 @@ class Moved:
     at: dict[int, Insn]                  # old byte offset -> the instruction
 
 
-@dataclass
+@dataclass(slots=True)     # one per inserted call
 class Label:
     """A name for an instruction, kept outside the code: an address word in
     ``.bpf_sdt_calls`` at a local STT_NOTYPE symbol ``name``."""
