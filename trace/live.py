@@ -473,15 +473,15 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                          "would write its own programs into the running program's tail-call slots when loading a "
                          "copy; nothing was swapped")
     maps = RunningMaps(running)
-    identity: list[InBackground[str]] = []           # the identity proof, once instrument is under way
+    identity: list[InBackground[str]] = []           # the identity proof, made while the copy loads
     try:
         prog_name, obj_name = choose_program(opts.obj, running, opts.prog)
 
         def prove_meanwhile() -> None:
-            # The identity proof runs while instrument works in its child
-            # (forked first, so the fork does not wait for it): where it comes
-            # to a load, the verifier is the cost that matters, and there are
-            # two cores.
+            # The identity proof runs while the copy loads: the verifier leaves
+            # the other core free (while instrument works in its child, clang
+            # shares that core with it).  Where the proof comes to a load of
+            # its own, the two verifications run on the two cores.
             identity.append(InBackground(prove_identity, opts.obj, prog_name, obj_name, running, maps))
 
         def proved() -> str:
@@ -492,7 +492,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
             inst = Path(tmp) / opts.obj.name
             layout = _layout(opts)                  # filters and aggregations compiled into the copy
             # Only the swapped program's sites: a site elsewhere in OBJ cannot refuse the trace.
-            copy = instrumented_copy(opts, (prog_name,), inst, stop, prove_meanwhile, worker, reap_later=True)
+            copy = instrumented_copy(opts, (prog_name,), inst, stop, None, worker, reap_later=True, beside_load=True)
             if copy is None or stop.requested:
                 proved()
                 return None
@@ -501,8 +501,10 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
             with private_bpffs(Path(tmp) / "pins") as pins:
                 # The copy's verification, in a thread a stop signal can cut short.
                 def load(bpf: LoadedObject) -> bool:
-                    # The site table and the cache entry are made meanwhile, and
-                    # the worker writes the recorder's: the verifier holds no GIL.
+                    # The identity proof, the site table and the cache entry are
+                    # made meanwhile, and the worker writes the recorder's: the
+                    # verifier holds no GIL.
+                    prove_meanwhile()
                     copy.finish_in_background()
                     return _load_interruptibly(bpf, stop)
 

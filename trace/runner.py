@@ -321,7 +321,7 @@ class InstrumentedCopy:
 
 def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, stop: StopSignals,
                       meanwhile: Callable[[], None] | None = None, worker: InstrumentWorker | None = None,
-                      reap_later: bool = False) -> InstrumentedCopy | None:
+                      reap_later: bool = False, beside_load: bool = False) -> InstrumentedCopy | None:
     """OBJ instrumented with the recorder at ``output`` (only ``programs``'
     sites, () all); None when a stop signal came first.  A miss instruments
     in a child process while a thread here reads OBJ's sites and lines (its
@@ -331,7 +331,10 @@ def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, st
     the process forks.  ``worker``: one forked earlier (--live forks it
     first thing); else one is forked here.  The caller closes a worker it
     passed; ``reap_later``: it does so once the copy is loaded, and the
-    worker writes the recorder cache's entries meanwhile (worker.run)."""
+    worker writes the recorder cache's entries meanwhile (worker.run).
+    ``beside_load``: the caller finishes the copy in the background while
+    it loads it, and OBJ is read then too, not while the child works: the
+    child's path is the one waited for, and clang shares the other core."""
     job = cache_job(opts, programs)
     cached = instcache.fetch(job, output)
     if cached is not None:
@@ -344,7 +347,8 @@ def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, st
     parsed: list[InBackground[ElfObject]] = []
 
     def start() -> None:
-        parsed.append(InBackground(_with_site_table, opts.obj))
+        if not beside_load:
+            parsed.append(InBackground(_with_site_table, opts.obj))
         if meanwhile is not None:
             meanwhile()
 
@@ -358,7 +362,8 @@ def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, st
     def finish() -> Instrumented:
         from bpf_sdt.elf import load_object
 
-        sites = _site_table(load_object(output), parsed[0].result())
+        shown_obj = parsed[0].result() if parsed else _with_site_table(opts.obj)
+        sites = _site_table(load_object(output), shown_obj)
         if any(site_id >= len(sites) or sites[site_id].probe != probe for site_id, probe in answered):
             raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
         made = Instrumented(answered, sites)
