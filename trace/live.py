@@ -544,8 +544,8 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                         try:
                             held.write(state="swapped")
                             instrumenting = "instrumented object from the cache" if copy.cached else "instrument"
-                            err.write(f"bpf-sdt trace: prepared in {loaded_at - started:.2f} s (finding, identity "
-                                      f"and {instrumenting}: {instrumented_at - started:.2f} s, load "
+                            err.write(f"bpf-sdt trace: prepared in {loaded_at - started:.2f} s (finding "
+                                      f"and {instrumenting}: {instrumented_at - started:.2f} s, load and identity "
                                       f"{loaded_at - instrumented_at:.2f} s; {how}); "
                                       f"{escape_text(hook.describe())}: swapped to the instrumented copy "
                                       f"({hook.atomic}; {len(reused)} map(s) shared)\n")
