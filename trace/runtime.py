@@ -21,16 +21,18 @@ sees the request, detaches, reads what is left and prints the summary.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from bpf_sdt.errors import InputError
+
+if TYPE_CHECKING:
+    import ctypes
 
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
@@ -72,6 +74,11 @@ class InBackground(Generic[T]):
 
 
 def _libc() -> ctypes.CDLL:
+    # ctypes is imported here, not with the module: trace --live's instrument
+    # worker, forked by the command's entry point, imports this module (its
+    # stop signals) and needs no ctypes; the import was on the way to the fork.
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
     libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -80,6 +87,8 @@ def _libc() -> ctypes.CDLL:
 
 
 def _fail(what: str) -> InputError:
+    import ctypes
+
     err = ctypes.get_errno()
     return InputError(f"{what}: {os.strerror(err)} (trace loads programs: it needs root)")
 

@@ -20,7 +20,6 @@ import pickle
 import select
 import signal
 import tempfile
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -159,6 +158,9 @@ def _worker_child(job_fd: int, answer_fd: int) -> None:
         except BpfSdtError as e:
             message = ("error", (e.exit_code, str(e)))
         except BaseException:           # noqa: BLE001 - a bug: its traceback goes to the parent
+            # Imported only then: the import was on the way to the fork.
+            import traceback
+
             message = ("crash", traceback.format_exc())
         _write_all(answer_fd, pickle.dumps(message))
         os.close(answer_fd)                     # the parent has its answer: it goes on
