@@ -640,6 +640,8 @@ class SourceLines:
         wrote), else from the compiler's DWARF (bpf_sdt.inlined)."""
         from bpf_sdt.inlined import SitePlace, has_inline_information, inline_chains
 
+        if not entries:                      # nothing to place (instrument's recorder): no DWARF read
+            return []
         if not has_inline_information(self._obj):
             return [()] * len(entries)       # nothing says where anything was inlined: no per-site records
         rank = {e.entry_offset: i for i, e in enumerate(sorted(entries, key=lambda e: e.entry_offset))}

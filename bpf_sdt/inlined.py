@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bpf_sdt.elf import SHT_PROGBITS, BpfObject, ElfImage, SecRec
+from bpf_sdt.elf import SHF_COMPRESSED, SHT_PROGBITS, BpfObject, ElfImage, SecRec
 
 if TYPE_CHECKING:
     from bpf_sdt.notes import NoteEntry
@@ -34,6 +34,14 @@ if TYPE_CHECKING:
 INLINE_SECTION = ".bpf_sdt_inline"
 INLINE_FORMAT = 1
 DEBUG_INFO_SECTION = ".debug_info"
+DEBUG_ABBREV_SECTION = ".debug_abbrev"
+# DWARF 4 and 5 (section 7.5.3): an abbreviation's tag, and the one attribute
+# form whose specification carries a value (a SLEB128 constant).
+DW_TAG_INLINED_SUBROUTINE = 0x1D
+DW_FORM_IMPLICIT_CONST = 0x21
+ULEB_MORE = 0x80          # a (S/U)LEB128 byte with more to come
+ULEB_BITS = 0x7F
+ULEB_SHIFT = 7
 _INLINED_TAG = "DW_TAG_inlined_subroutine"
 _SCOPE_TAGS = frozenset({_INLINED_TAG, "DW_TAG_lexical_block"})
 # A hostile section may claim anything; a real one is about 40 bytes a site.
@@ -93,10 +101,55 @@ def has_inline_information(obj: BpfObject) -> bool:
         return True
     if obj.section(DEBUG_INFO_SECTION) is None:
         return False
+    if _abbreviations_declare_inlining(obj) is False:
+        return False         # no unit can hold an inlined subroutine: pyelftools not even loaded
     try:
         return any(_declares_inlining(cu) for cu in _dwarf_info(obj).iter_CUs())
     except Exception:   # noqa: BLE001  as dwarf_chains: DWARF pyelftools cannot read says nothing
         return False
+
+
+def _abbreviations_declare_inlining(obj: BpfObject) -> bool | None:
+    """Whether any abbreviation in ``.debug_abbrev`` has the tag
+    DW_TAG_inlined_subroutine, read here without pyelftools (whose import
+    and set-up cost an instrument run some 30 ms): a unit whose table has
+    none cannot hold one.  None when the section is missing, compressed or
+    not read to its end (then pyelftools answers, as before)."""
+    sec = obj.section(DEBUG_ABBREV_SECTION)
+    if sec is None or sec.flags & SHF_COMPRESSED:
+        return None
+    data = obj.section_data(sec)
+    pos, end = 0, len(data)
+
+    def leb() -> int:           # the value's bits; SLEB128's sign is not needed to skip it
+        nonlocal pos
+        value, shift = 0, 0
+        while True:
+            if pos >= end:
+                raise IndexError(pos)
+            byte = data[pos]
+            pos += 1
+            value |= (byte & ULEB_BITS) << shift
+            shift += ULEB_SHIFT
+            if not byte & ULEB_MORE:
+                return value
+
+    try:
+        while pos < end:
+            if leb() == 0:          # a table's end (tables follow one another)
+                continue
+            if leb() == DW_TAG_INLINED_SUBROUTINE:
+                return True
+            pos += 1                # DW_CHILDREN_yes or _no
+            while True:             # (attribute, form) pairs up to (0, 0)
+                name, form = leb(), leb()
+                if form == DW_FORM_IMPLICIT_CONST:
+                    leb()
+                if name == 0 and form == 0:
+                    break
+    except IndexError:
+        return None
+    return False
 
 
 def _dwarf_info(obj: BpfObject) -> Any:
