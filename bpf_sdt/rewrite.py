@@ -193,17 +193,19 @@ def append_address_entries(img: ElfImage, section: str, rel_section: str, addral
                                        link=img.symtab_index, info=sec_i, relocs=[]))
     relocs = img.sections[rel_i].relocs
     assert relocs is not None
-    data = bytearray(img.sections[sec_i].data)
+    chunks = [img.sections[sec_i].data]
+    here = len(chunks[0])
     section_symbols: dict[int, int] = {}     # thousands of entries name a few code sections
+    symbols, info = img.symbols, st_info(STB_LOCAL, STT_NOTYPE)
     for name, code_section, entry in entries:
-        here = len(data)
         symbol = section_symbols.get(code_section)
-        if symbol is None:
+        if symbol is None:   # asked here, between the entries' symbols: a missing one is added in its turn
             symbol = section_symbols[code_section] = img.section_symbol(code_section)
-        img.symbols.append(SymRec(name, here, 0, st_info(STB_LOCAL, STT_NOTYPE), 0, sec_i))
+        symbols.append(SymRec(name, here, 0, info, 0, sec_i))
         relocs.append(Relocation(here, R_BPF_64_ABS64, symbol, None))
-        data += entry
-    img.sections[sec_i].data = bytes(data)
+        chunks.append(entry)
+        here += len(entry)
+    img.sections[sec_i].data = b"".join(chunks)
 
 
 def _move_moved_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],

@@ -44,7 +44,7 @@ from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.fsutil import resolve_output
 from bpf_sdt.inlined import INLINE_SECTION, Chain, set_section
-from bpf_sdt.model import ArgLocation, Declaration, escape_text
+from bpf_sdt.model import Declaration, escape_text
 from bpf_sdt.notes import ADDRESS_WORD_SIZE, NoteEntry, encode_entry
 from bpf_sdt.rewrite import append_address_entries, append_call_words
 from bpf_sdt.toolchain import find_bpftool
@@ -277,7 +277,7 @@ def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement,
                calls: list[InputCall], inline: Sequence[Chain] = ()) -> bytes:
     img = ElfImage.from_object(linked)
     section_index: dict[str, int] = {}        # a million sites name a few code sections
-    args_bytes: dict[tuple[ArgLocation, ...], bytes] = {}     # and have a few argument lists
+    args_bytes: dict[int, bytes] = {}     # and have a few argument lists: by id(), the decoder shares them
     entries = []
     for i, e in sites:
         section = e.section.name
@@ -287,9 +287,9 @@ def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement,
             sec_index = section_index[section] = _linked_section(img, section)
         if not img.sections[sec_index].data.startswith(NOP_INSN, target):
             raise InputError(f"{section}+{target:#x} in the linked object is not the probe NOP")
-        args = args_bytes.get(e.args)
+        args = args_bytes.get(id(e.args))
         if args is None:      # the argument insns alone: an entry of no address word's worth
-            args = args_bytes[e.args] = encode_entry(0, e.args)[ADDRESS_WORD_SIZE:]
+            args = args_bytes[id(e.args)] = encode_entry(0, e.args)[ADDRESS_WORD_SIZE:]
         entries.append((e.symbol, sec_index, encode_entry(target, ()) + args))
     append_address_entries(img, NOTES_SECTION, NOTES_REL_SECTION, NOTES_ALIGN, entries)
     append_call_words(img, [_placed_call(img, c, placement) for c in calls])
