@@ -33,6 +33,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.elf import STT_FUNC, STT_SECTION, TEXT_SECTION, BpfObject, is_reserved_index, load_object
@@ -44,6 +45,9 @@ from bpf_sdt.model import escape_text
 from bpf_sdt.notes import NoteEntry
 from bpf_sdt.rewrite import CodeEdits, Label, decode_code, move_code, rewrite_object
 from bpf_sdt.sites import SiteTable, recorder_identity, site_table
+
+if TYPE_CHECKING:   # postlink is imported when the run needs it
+    from bpf_sdt.postlink.check import ObjectReport
 
 from .analysis import (
     CLOBBER,
@@ -132,11 +136,14 @@ def instrument(req: Request) -> Result:
     linked) walks only what the run made: what existed before is frozen."""
     was_enabled = gc.isenabled()
     gc.disable()
-    gc.freeze()
+    freezing = gc.get_freeze_count() == 0        # a caller's own frozen objects stay frozen
+    if freezing:
+        gc.freeze()
     try:
         return _instrument(req)
     finally:
-        gc.unfreeze()
+        if freezing:
+            gc.unfreeze()
         if was_enabled:
             gc.enable()
 
@@ -164,15 +171,14 @@ def _instrument(req: Request) -> Result:
         # clang builds the recorder meanwhile: reading the inputs, down to where
         # their sites were inlined (link's question, the DWARF), is the other core's work
         checked = [checked_input(obj), *(checked_input(o) for o in observer_objects)]
-        for report in checked:
-            report.table.inlined_at  # noqa: B018  read now, kept on the table for link
+        _read_inline_chains(checked)
         if recorder is not None:
             checked.append(checked_input(load_object(recorder.result())))
         # Not checked here: what is written is, once rewritten (write_checked below).
         linked = link_objects(checked, str(Path(tmp) / "linked.o"), req.bpftool)
         # The inputs are linked: IN, its check and its DWARF chains go before the rewrite, the
         # run's peak.  Their caches refer back to their objects, so only the collector frees
-        # them (off for the run): one pass here, under 1 ms per 1,000 sites.
+        # them (off for the run): one pass here, about 1 ms per 1,000 sites.
         del checked, table, obj, observer_objects, decls
         gc.collect()
         data, result = _rewrite(linked.obj, plan, req)
@@ -181,6 +187,15 @@ def _instrument(req: Request) -> Result:
     for site in result.sites:                # code was inserted before some NOPs: where they are in OUT
         site.offset = written.entries[site.site_id].offset
     return result
+
+
+def _read_inline_chains(reports: list[ObjectReport]) -> None:
+    """Where each input's sites were inlined (link's question, from their
+    DWARF), read now and kept on their site tables for link.  A function of
+    its own: a loop variable in _instrument would keep the last input alive
+    past the point where it is dropped."""
+    for report in reports:
+        report.table.inlined_at  # noqa: B018  read for its cached value
 
 
 def _recorded_probes(plan: dict[str, list[str]]) -> list[str]:
