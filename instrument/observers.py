@@ -3,7 +3,8 @@
 A user writes them as the RFC does, ``SEC("bpf_sdt/<probe or glob>") int
 BPF_PROG(name, <args>)``, or ``SEC("bpf_sdt")`` and names the probes with
 ``--attach name=GLOB``.  Without observers, instrument generates the
-recorder from a Jinja2 template and builds it with clang.
+recorder from a Jinja2 template and builds it with clang (both cached:
+recorder_cache.py; Jinja2 is imported only to render).
 
 An observer's argument count is what its ``BPF_PROG`` declared: the macro
 wraps the user's body in an inlined ``____<name>(ctx, args...)``, which DWARF
@@ -12,15 +13,19 @@ describes (BTF only has the outer ``<name>(u64 *ctx)``).  pyelftools reads it.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
+import hashlib
+import importlib.util
 import io
+import json
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.elf import STB_LOCAL, STT_FUNC, BpfObject
@@ -49,6 +54,9 @@ from bpf_sdt.toolchain import find_clang
 
 from . import recorder_cache
 
+if TYPE_CHECKING:
+    import jinja2
+
 OBSERVER_SECTION = "bpf_sdt"            # SEC("bpf_sdt") or SEC("bpf_sdt/<glob>")
 BPF_PROG_INNER = "____"                 # libbpf's BPF_PROG names the inlined body ____<name>
 DEFAULT_MAP_ENTRIES = 10240             # keys per aggregation map (x site), unless --map-entries says
@@ -59,6 +67,11 @@ RECORDER_CFLAGS = ("-target", "bpf", "-O2", "-g", "-mcpu=v2", "-Wall", "-Werror"
 RECORDER_SOURCE = "bpf_sdt_recorder.bpf.c"      # in the build directory: its path is in the object's BTF
 RECORDER_OBJECT = "bpf_sdt_recorder.bpf.o"
 TEMPLATES = Path(__file__).with_name("templates")
+RECORDER_TEMPLATE = "recorder.bpf.c.j2"
+# The Jinja2 environment's options besides its loader (undefined is StrictUndefined): the source cache's key has them.
+KEEP_TRAILING_NEWLINE = True
+AUTOESCAPE = False                      # C, not HTML
+TEMPLATE_OPTIONS = {"undefined": "strict", "keep_trailing_newline": KEEP_TRAILING_NEWLINE, "autoescape": AUTOESCAPE}
 
 
 @dataclass(frozen=True)
@@ -181,6 +194,13 @@ def c_type(t: ArgType) -> str:
 def render_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, identity: str,
                     options: RecorderOptions | None = None) -> str:
     """The recorder's C source for these probes (probe -> argument types)."""
+    return recorder_template().render(recorder_context(probes, ringbuf_size, identity, options))
+
+
+def recorder_context(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, identity: str,
+                     options: RecorderOptions | None = None) -> dict[str, object]:
+    """The template's variables: everything the source depends on besides the
+    template itself, worked out without Jinja2."""
     options = options or RecorderOptions()
     functions: dict[str, dict[str, object]] = {}
     for probe, types in sorted(probes.items()):
@@ -190,7 +210,7 @@ def render_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, 
                                     "filter": plan.filter, "ring": plan.ring, "aggregations": plan.aggregations})
     maps = {g.index: len(g.keys) for p in options.probes.values() for g in p.aggregations}
     counters = counters_struct(identity)
-    return recorder_template().render(
+    return dict(
         functions=list(functions.values()), ringbuf_size=ringbuf_size, ringbuf=RECORDER_RINGBUF_MAP,
         counts=RECORDER_COUNTS_MAP, identity=counters.name, counters_struct=counters.c_definition(),
         event=RECORDER_EVENT, event_struct=event_struct().c_definition(), slot=ARG_SLOT,
@@ -206,11 +226,65 @@ def render_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, 
 @functools.cache
 def recorder_template() -> jinja2.Template:
     """The recorder's template, compiled once per process (Jinja2 compiles
-    it to Python: a few hundredths of a second, which trace's instrument
-    worker spends before its job is known)."""
+    it to Python: a few hundredths of a second).  Jinja2 is imported here,
+    not with this module: a recorder whose source is cached needs none of
+    its some 30 ms."""
+    import jinja2
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
-    return env.get_template("recorder.bpf.c.j2")
+                             keep_trailing_newline=KEEP_TRAILING_NEWLINE, autoescape=AUTOESCAPE)
+    return env.get_template(RECORDER_TEMPLATE)
+
+
+def prepare_recorder() -> None:
+    """What trace's instrument worker does for the recorder before its job
+    is known: compile the template, if a render is likely (the recorder
+    cache is off or holds no source yet); else nothing, since the source
+    will most likely be a cache hit that needs no Jinja2."""
+    if not recorder_cache.has_sources():
+        recorder_template()
+
+
+def recorder_source(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, identity: str,
+                    options: RecorderOptions) -> str:
+    """:func:`render_recorder`'s source, from the recorder cache when these
+    parameters were rendered before (no Jinja2), else rendered and kept."""
+    context = recorder_context(probes, ringbuf_size, identity, options)
+    inputs = render_inputs(context)
+    cached = recorder_cache.fetch_source(inputs, identity)
+    if cached is not None:
+        return cached
+    source = recorder_template().render(context)
+    recorder_cache.store_source(inputs, identity, source,
+                                lambda other: render_recorder(probes, ringbuf_size, other, options))
+    return source
+
+
+def render_inputs(context: Mapping[str, object]) -> str:
+    """Everything a render depends on, as canonical text: the template's
+    bytes (hashed), the Jinja2 that renders them, the environment's options
+    and the variables.  Read and hashed, never rendered: no Jinja2."""
+    template = hashlib.sha256((TEMPLATES / RECORDER_TEMPLATE).read_bytes()).hexdigest()
+    return json.dumps({"template": template, "jinja2": _jinja2_identity(), "options": TEMPLATE_OPTIONS,
+                       "context": context}, sort_keys=True, default=_plain)
+
+
+def _jinja2_identity() -> list[object]:
+    """Jinja2's package by path, size and modification time, found without
+    importing it (another version may render the same template otherwise)."""
+    spec = importlib.util.find_spec("jinja2")
+    origin = spec.origin if spec is not None else None
+    if origin is None:
+        return [None]
+    st = os.stat(origin)
+    return [origin, st.st_size, st.st_mtime_ns]
+
+
+def _plain(value: object) -> object:
+    """JSON for the variables' dataclasses (the aggregations'), by type and fields."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [type(value).__name__, dataclasses.asdict(value)]
+    raise TypeError(f"{type(value).__name__} in the recorder's template variables")
 
 
 def check_ringbuf_size(size: int) -> None:
@@ -237,7 +311,7 @@ def start_recorder(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, i
     if not 1 <= options.map_entries <= MAX_MAP_ENTRIES:
         raise InputError(f"map entries {options.map_entries}: must be between 1 and {MAX_MAP_ENTRIES}")
     out = workdir / RECORDER_OBJECT
-    source = render_recorder(probes, ringbuf_size, identity, options)
+    source = recorder_source(probes, ringbuf_size, identity, options)
     build = recorder_cache.Build(source, identity, workdir, find_clang(), RECORDER_CFLAGS)
     version = recorder_cache.ClangVersion(build.clang)
     if version.known:                   # else no entry can be this clang's: a build, its version asked beside

@@ -1,5 +1,6 @@
 """A cache of compiled recorders, so that instrumenting (and so tracing) again
-runs no clang when a recorder of the same source was built before.
+runs no clang when a recorder of the same source was built before, and no
+Jinja2 when a recorder of the same template and parameters was rendered before.
 
 **Key.** A SHA-256 over the rendered recorder source with the object's
 identity (the only part of the source that names the object: its counters'
@@ -18,6 +19,22 @@ the MD5 of the source (DWARF 5 line tables carry it).  A hit puts this build's
 strings in their place, each of the same length, which gives exactly the bytes
 clang would have written (tests/test_recorder.py compares); a build directory of
 another length is a miss.
+
+**Rendered sources.** Rendering the source (importing Jinja2 and compiling
+the template: some 45 ms of CPU under load) would be the whole cost of a hit,
+so the source is cached too, keyed without rendering: a SHA-256 over what
+rendering depends on (observers.py's ``render_inputs``: the template's bytes,
+hashed; the Jinja2 that renders it, by path, size and modification time; the
+environment's options; the template's variables, which carry the probes'
+argument types, the ring size and the plan's options) with the identity
+replaced by the same token.  One file ``<key>.source``, JSON: ``{"format":
+1, "parts": [...]}``, the rendered source split at the identity's
+occurrences, so this build's source is ``identity.join(parts)`` (and then
+its object is looked up by the key above, through the same checks).  It is
+written only once a second render, for another identity of the same length,
+was seen to equal that join (the template uses the identity as text only):
+a template that did otherwise leaves no entry.  An entry of any other shape
+(not that JSON, no identity in it, of more than 1 MB) is a miss.
 
 **Trust.** An entry is written whole or not at all (``fsutil.write_atomic``,
 not fsynced: one torn by a crash fails the checks below and is a miss), read
@@ -56,6 +73,10 @@ from bpf_sdt.recorder_abi import RECORDER_IDENTITY_PREFIX
 
 SUBDIR = "recorders"
 ENTRY_SUFFIX = ".entry"
+SOURCE_SUFFIX = ".source"
+SOURCE_FORMAT = 1                       # the source entry's layout: a new one is a new key
+MAX_SOURCE = 1 << 20                    # a rendered recorder is some 10-50 KB: more is not an entry
+CHECK_IDENTITY_CHARS = "fe"             # the second render's identity, of another string than this build's
 VERSION_SUFFIX = ".clang-version"
 ENTRY_FORMAT = 1                        # the header's layout: a new one is a new key
 MAX_ENTRY = 16 << 20                    # a recorder object is some 10-100 KB: more is not an entry
@@ -109,6 +130,68 @@ def fetch(build: Build, expected_symbols: Iterable[str]) -> bytes | None:
     return relocated
 
 
+def fetch_source(inputs: str, identity: str) -> str | None:
+    """The source that rendering ``inputs`` (which name ``identity``) gives,
+    from the cache; None on a miss."""
+    where = cache_dir()
+    if where is None:
+        return None
+    raw = usercache.read_own(where / (_source_key(inputs, identity) + SOURCE_SUFFIX), MAX_SOURCE)
+    if raw is None:
+        return None
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return None
+    parts = entry.get("parts") if isinstance(entry, dict) and entry.get("format") == SOURCE_FORMAT else None
+    if not (isinstance(parts, list) and len(parts) > 1 and all(isinstance(p, str) for p in parts)):
+        return None                     # not an entry this module wrote, or one without the identity
+    return identity.join(parts)
+
+
+def has_sources() -> bool:
+    """Does the cache hold a rendered source (of this user's, by name only)?
+    No when caching is off: then every recorder is rendered."""
+    where = cache_dir()
+    if where is None:
+        return False
+    try:
+        with os.scandir(where) as entries:
+            return any(e.name.endswith(SOURCE_SUFFIX) for e in entries)
+    except OSError:
+        return False
+
+
+def store_source(inputs: str, identity: str, source: str, render: Callable[[str], str]) -> None:
+    """Keeps ``source`` (the render of ``inputs``) for the next render of the
+    same key.  ``render(other)`` renders the same parameters for another
+    identity: the entry is written only if that equals the source with the
+    identity replaced, the join a hit makes."""
+    _write_soon(lambda: _store_source_now(inputs, identity, source, render))
+
+
+def _store_source_now(inputs: str, identity: str, source: str, render: Callable[[str], str]) -> None:
+    parts = source.split(identity)
+    other = _check_identity(identity)
+    if len(parts) < 2 or render(other) != other.join(parts):
+        return                          # the identity is not plain text in the source: no entry can stand for it
+    where = cache_dir()
+    if where is None:
+        return
+    entry = json.dumps({"format": SOURCE_FORMAT, "parts": parts}).encode()
+    _write_entry(where, _source_key(inputs, identity) + SOURCE_SUFFIX, entry)
+
+
+def _check_identity(identity: str) -> str:
+    """An identity of the same length that differs from ``identity`` at every character."""
+    return "".join(CHECK_IDENTITY_CHARS[c == CHECK_IDENTITY_CHARS[0]] for c in identity)
+
+
+def _source_key(inputs: str, identity: str) -> str:
+    neutral = inputs.replace(identity, IDENTITY_TOKEN_CHAR * len(identity))
+    return hashlib.sha256(json.dumps({"format": SOURCE_FORMAT, "inputs": neutral}).encode()).hexdigest()
+
+
 def defer_writes() -> None:
     """From now on this process keeps new entries, and the ``--version``
     query their keys need, for :func:`write_deferred`: a clang run of some
@@ -130,10 +213,15 @@ def write_deferred() -> None:
 def store(build: Build, data: bytes) -> None:
     """Keeps clang's object for the next build of the same key; a cache that
     cannot be written is no error."""
+    _write_soon(lambda: _store_now(build, data))
+
+
+def _write_soon(write: Callable[[], None]) -> None:
+    """Runs ``write`` now, or keeps it for :func:`write_deferred`."""
     if _deferred is not None:
-        _deferred.append(lambda: _store_now(build, data))
+        _deferred.append(write)
         return
-    _store_now(build, data)
+    write()
 
 
 def _store_now(build: Build, data: bytes) -> None:
@@ -144,15 +232,23 @@ def _store_now(build: Build, data: bytes) -> None:
     header = {"format": ENTRY_FORMAT,
               "strings": {name: [value.hex(), data.count(value)] for name, value in strings.items()}}
     try:
+        name = _key(build, where) + ENTRY_SUFFIX
+    except (OSError, subprocess.SubprocessError):
+        return
+    _write_entry(where, name, json.dumps(header, sort_keys=True).encode() + b"\n" + data)
+
+
+def _write_entry(where: Path, name: str, content: bytes) -> None:
+    """Writes one entry whole, mode 0600, in a directory of this user's alone."""
+    try:
         where.mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)
         if not usercache.is_own(where):
             return
-        entry = where / (_key(build, where) + ENTRY_SUFFIX)
-        # Not durable: an entry torn by a crash fails the checks of fetch, a miss.
-        write_atomic(entry, json.dumps(header, sort_keys=True).encode() + b"\n" + data, mode=usercache.ENTRY_MODE,
-                     durable=False)
+        entry = where / name
+        # Not durable: an entry torn by a crash fails the checks of its fetch, a miss.
+        write_atomic(entry, content, mode=usercache.ENTRY_MODE, durable=False)
         os.chmod(entry, usercache.ENTRY_MODE)     # write_atomic keeps a replaced file's mode: one others could write
-    except (OSError, BpfSdtError, subprocess.SubprocessError):
+    except (OSError, BpfSdtError):
         return
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -447,7 +448,161 @@ def test_deferred_writes_leave_the_entry_once_written(recorder_cache: Path, tmp_
         assert not entries.exists() or not list(entries.iterdir()), "written before write_deferred"
     finally:
         cache.write_deferred()
-    assert {p.suffix for p in entries.iterdir()} == {cache.VERSION_SUFFIX, cache.ENTRY_SUFFIX}
+    assert {p.suffix for p in entries.iterdir()} == {cache.VERSION_SUFFIX, cache.ENTRY_SUFFIX, cache.SOURCE_SUFFIX}
     second = build_in(tmp_path / "build-2", OTHER_IDENTITY)
     assert compiles(recorder_cache) == 1, "the deferred entry did not serve the next build"
     assert first != second == fresh_build(tmp_path / "build-2", OTHER_IDENTITY, monkeypatch)
+
+
+# --- the rendered-source cache (a cached recorder needs no Jinja2) -------------------------
+
+SOURCE_PROBE_SETS = {
+    "record": (CACHE_PROBES, RecorderOptions()),
+    "one arity": ({"solo": (CONTRACT_TYPES["__u32"],) * 2}, RecorderOptions()),
+    "aggregating": ({"one": (CONTRACT_TYPES["__u32"],), "agg": (CONTRACT_TYPES["__s8"], CONTRACT_TYPES["__u32"])},
+                    RecorderOptions(probes={"agg": ProbePlan(filter="arg1 > 2", ring=False, aggregations=(
+                        AggregationCode(1, "count", keys=("arg0",)), AggregationCode(2, "sum", ("arg0",), "arg1")))},
+                        plan_id="agg-sum")),
+}
+SOURCE_IDENTITIES = (CONTRACT_IDENTITY, OTHER_IDENTITY, "0123456789abcdef" * 2)
+
+
+def recorder_from(workdir: Path, probes: Any, options: RecorderOptions, identity: str) -> bytes:
+    """Built in ``workdir``, emptied first: its path is in the object."""
+    workdir.mkdir(exist_ok=True)
+    for f in workdir.iterdir():
+        f.unlink()
+    return build_recorder(probes, PAGE_SIZE, identity, workdir, options).read_bytes()
+
+
+def cache_files(cache: Path, suffix: str) -> list[Path]:
+    return list((cache / "recorders").glob(f"*{suffix}"))
+
+
+@pytest.mark.parametrize("probe_set", sorted(SOURCE_PROBE_SETS))
+def test_the_recorder_is_the_same_bytes_rendered_from_the_old_key_or_the_source_key(
+        recorder_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe_set: str) -> None:
+    """For several identities: the object clang writes for the rendered
+    source (no cache), the one relocated from an object entry found by the
+    rendered source's key (the source entries removed: rendered again), and
+    the one found through the source entry (no render) are equal, byte for byte."""
+    from bpf_sdt.instrument import observers
+    from bpf_sdt.instrument import recorder_cache as cache
+
+    probes, options = SOURCE_PROBE_SETS[probe_set]
+    where, workdir = tmp_path / "cache", tmp_path / "build"
+    for identity in SOURCE_IDENTITIES:
+        with monkeypatch.context() as m:
+            m.setenv("BPF_SDT_CACHE", "off")
+            rendered = recorder_from(workdir, probes, options, identity)
+        for entry in cache_files(where, cache.SOURCE_SUFFIX):
+            entry.unlink()
+        by_old_key = recorder_from(workdir, probes, options, identity)
+        assert cache_files(where, cache.SOURCE_SUFFIX), "the render left no source entry"
+        with monkeypatch.context() as m:
+            m.setattr(observers, "recorder_template", _no_render)
+            by_source_key = recorder_from(workdir, probes, options, identity)
+        assert rendered == by_old_key == by_source_key, identity
+    assert compiles(recorder_cache) == len(SOURCE_IDENTITIES) + 1, "a cached build ran clang"
+
+
+def _no_render() -> None:
+    raise AssertionError("rendered although the source was cached")
+
+
+def test_a_cached_source_equals_the_render_for_every_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bpf_sdt.instrument.observers import recorder_source, render_recorder
+
+    monkeypatch.setenv("BPF_SDT_CACHE", str(tmp_path / "cache"))
+    for probes, options in SOURCE_PROBE_SETS.values():
+        for identity in SOURCE_IDENTITIES:
+            assert recorder_source(probes, PAGE_SIZE, identity, options) == \
+                render_recorder(probes, PAGE_SIZE, identity, options)
+        assert recorder_source(probes, PAGE_SIZE * 2, OTHER_IDENTITY, options) == \
+            render_recorder(probes, PAGE_SIZE * 2, OTHER_IDENTITY, options), "the ring size is part of the key"
+
+
+def test_a_recorder_built_before_imports_no_jinja2(recorder_cache: Path, tmp_path: Path) -> None:
+    """A fresh process builds a cached recorder for another identity without
+    Jinja2 (whose import and template compilation cost some 45 ms under load)."""
+    build_in(tmp_path / "build-1", CONTRACT_IDENTITY)
+    (tmp_path / "build-2").mkdir()
+    script = ("import sys\n"
+              "from bpf_sdt.argtype import ArgType\n"
+              "from bpf_sdt.instrument.observers import PAGE_SIZE, build_recorder, prepare_recorder\n"
+              "prepare_recorder()\n"
+              f"probes = {{'one': ({CONTRACT_TYPES['__u32']!r},), 'three': ({CONTRACT_TYPES['__s8']!r},) * 3}}\n"
+              f"build_recorder(probes, PAGE_SIZE, {OTHER_IDENTITY!r}, __import__('pathlib').Path({str(tmp_path / 'build-2')!r}))\n"
+              "print(sorted(m for m in sys.modules if m.startswith(('jinja2', 'markupsafe'))))\n")
+    res = run([sys.executable, "-c", script], env=dict(os.environ))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+    assert compiles(recorder_cache) == 1
+
+
+def test_with_the_cache_off_the_worker_prepares_the_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BPF_SDT_CACHE=off means no cache, the rendered sources' too: every
+    trace renders, so trace's worker compiles the template before its job."""
+    from bpf_sdt.instrument import observers
+
+    monkeypatch.setenv("BPF_SDT_CACHE", "off")
+    observers.recorder_template.cache_clear()
+    observers.prepare_recorder()
+    assert observers.recorder_template.cache_info().currsize == 1
+
+
+@pytest.mark.parametrize("damage", ["not json", "no parts", "parts not strings", "no identity", "empty",
+                                    "others-may-write", "a link"])
+def test_a_damaged_or_foreign_source_entry_is_rendered_again(recorder_cache: Path, tmp_path: Path, damage: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from bpf_sdt.instrument import recorder_cache as cache
+
+    build_in(tmp_path / "build-1", CONTRACT_IDENTITY)
+    (entry,) = cache_files(tmp_path / "cache", cache.SOURCE_SUFFIX)
+    good = entry.read_bytes()
+    if damage == "not json":
+        entry.write_bytes(good[:-10])
+    elif damage == "no parts":
+        entry.write_text('{"format": 1}')
+    elif damage == "parts not strings":
+        entry.write_text('{"format": 1, "parts": ["a", 2]}')
+    elif damage == "no identity":             # one part: the source would not name this build's identity
+        entry.write_text('{"format": 1, "parts": ["int x;"]}')
+    elif damage == "empty":
+        entry.write_bytes(b"")
+    elif damage == "others-may-write":
+        entry.chmod(0o666)
+    else:
+        (tmp_path / "elsewhere").write_bytes(good)
+        entry.unlink()
+        entry.symlink_to(tmp_path / "elsewhere")
+    rendered = []
+    from bpf_sdt.instrument import observers
+
+    real = observers.recorder_template
+    monkeypatch.setattr(observers, "recorder_template", lambda: rendered.append(1) or real())
+    rebuilt = build_in(tmp_path / "build-2", OTHER_IDENTITY)
+    assert rendered, "a damaged source entry was used"
+    assert compiles(recorder_cache) == 1, "the object entry was not used"
+    assert rebuilt == fresh_build(tmp_path / "build-2", OTHER_IDENTITY, monkeypatch)
+    # Rewritten as the render left it (a link is written through, as fsutil.write_atomic does: never read).
+    assert entry.read_bytes() == good and entry.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_template_that_uses_the_identity_otherwise_leaves_no_source_entry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entry stands for every identity only if the identity is plain text
+    in the source: checked by a second render before the entry is written."""
+    from bpf_sdt.instrument import recorder_cache as cache
+
+    monkeypatch.setenv("BPF_SDT_CACHE", str(tmp_path / "cache"))
+    def render(identity: str) -> str:         # the identity's first characters too, not the identity
+        return f"struct s_{identity} {{ int x_{identity[:4]}; }};"
+
+    source = render(CONTRACT_IDENTITY)
+    cache.store_source("inputs " + CONTRACT_IDENTITY, CONTRACT_IDENTITY, source, render)
+    assert not cache_files(tmp_path / "cache", cache.SOURCE_SUFFIX)
+    cache.store_source("inputs " + CONTRACT_IDENTITY, CONTRACT_IDENTITY, source,
+                       lambda other: source.replace(CONTRACT_IDENTITY, other))
+    assert cache.fetch_source("inputs " + OTHER_IDENTITY, OTHER_IDENTITY) == source.replace(CONTRACT_IDENTITY,
+                                                                                          OTHER_IDENTITY)

@@ -188,9 +188,9 @@ def _prepare_to_instrument() -> None:
     import bpf_sdt.instrument.commands  # noqa: F401
     import bpf_sdt.postlink.check  # noqa: F401
     import bpf_sdt.postlink.link  # noqa: F401
-    from bpf_sdt.instrument.observers import recorder_template
+    from bpf_sdt.instrument.observers import prepare_recorder
 
-    recorder_template()
+    prepare_recorder()
 
 
 def _write_all(fd: int, data: bytes) -> None:
