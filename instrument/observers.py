@@ -17,7 +17,7 @@ import dataclasses
 import fnmatch
 import functools
 import hashlib
-import importlib.util
+import importlib.machinery
 import io
 import json
 import os
@@ -272,7 +272,8 @@ def render_inputs(context: Mapping[str, object]) -> str:
 def _jinja2_identity() -> list[object]:
     """Jinja2's package by path, size and modification time, found without
     importing it (another version may render the same template otherwise)."""
-    spec = importlib.util.find_spec("jinja2")
+    # The path finder, not importlib.util (some 6 ms to import): Jinja2 is an ordinary package on sys.path.
+    spec = importlib.machinery.PathFinder.find_spec("jinja2")
     origin = spec.origin if spec is not None else None
     if origin is None:
         return [None]
