@@ -22,8 +22,19 @@ Per trial, with UDP flowing the whole time:
 
 The first --first-trials trials each start from an empty cache, so each
 instruments and builds the recorder, as a user's first trace of a program
-does; the others load the instrumented object trace cached
-(trace/instcache.py).  Each group is reported by its median.  Then the original
+does on a machine new to bpf-sdt; --recorder-trials trials, interleaved with
+those, start with only the recorder cache warm (instrument/recorder_cache.py:
+the compiled recorder and its rendered source, copied from the untimed
+warm-up trace's cache), so they instrument but neither render nor compile
+the recorder, as a first trace of a program does where bpf-sdt has traced
+before; the others load the instrumented object trace cached
+(trace/instcache.py).  Each group is reported by its median and range, as
+the ratio, as bpf-sdt's part (start to swap minus the reference load) and
+as the start to swap less the copy's load as trace measured it (its 'load
+and identity' figure, to 10 ms), which leaves the verifier's noise out.
+--against REV runs the same trials with the code at REV too, each trial's
+two trees one after the other (in alternating order), for an A/B under the
+same load.  Then the original
 must be back, and its count map and .bss must hold exactly the number of
 packets sent.  bpf-sdt runs as an installed package starts (the scale
 bench's tree: a venv without the dev venv's editable-install finder, whose
@@ -31,7 +42,8 @@ start-up import `pip install bpf-sdt` does not have), from the work tree.
 Target: live <= 1.5x the reference, the first trial (a user's first trace
 of the program) and the cached ones each reported against it.
 
-    sudo .venv/bin/python bench/live_bench.py [--first-trials K] [--trials K] [--rules N] [--forks N]
+    sudo .venv/bin/python bench/live_bench.py [--first-trials K] [--recorder-trials K] [--trials K]
+        [--rules N] [--forks N] [--against REV]
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -46,6 +59,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -63,6 +77,11 @@ DEFAULT_RULES, DEFAULT_FORKS = 100, 7
 ETH_LEN = 14
 HEADER_BYTES = 64               # the rules look at the first bytes after the Ethernet header
 PORT = 40199
+MS = 1000
+RECORDERS = "recorders"         # the recorder cache's directory in BPF_SDT_CACHE (recorder_cache.SUBDIR)
+FIRST, RECORDER_BUILT, CACHED = ("first trace (instruments, empty cache)",
+                                 "first trace of this program, recorder already built",
+                                 "traced again (cached copy)")
 
 
 def program(rules: int, forks: int) -> str:
@@ -129,8 +148,9 @@ def map_values(prog_id: int, name: str) -> list[int]:
     raise SystemExit(f"program {prog_id} has no map {name}")
 
 
-def live_swap(net: VethPair, obj: Path, tree: Tree, cache: Path) -> tuple[float, float]:
-    """(wall seconds from start to the swap, trace's own preparation figure)."""
+def live_swap(net: VethPair, obj: Path, tree: Tree, cache: Path) -> tuple[float, float, float]:
+    """(wall seconds from start to the swap, trace's own preparation figure,
+    the first less the copy's load as trace measured it)."""
     ns = ["nsenter", f"--net=/run/netns/{net.receiver.netns}"]
     start = time.monotonic()
     proc = subprocess.Popen([*ns, *tree.cli("trace", str(obj), "--live", f"xdp:{net.receiver.iface}", "--count")],
@@ -148,18 +168,24 @@ def live_swap(net: VethPair, obj: Path, tree: Tree, cache: Path) -> tuple[float,
     if proc.returncode != 0:
         raise SystemExit(f"trace exited {proc.returncode}: {(err + rest).decode()}")
     prepared = float(err.split(b"prepared in ", 1)[1].split(b" s", 1)[0])
-    return swapped, prepared
+    # "(finding and instrument: A s, load and identity B s; ...)"
+    loaded = float(err.split(b"load and identity ", 1)[1].split(b" s", 1)[0])
+    return swapped, prepared, swapped - loaded
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--first-trials", type=int, default=5, help="trials from an empty cache (>= 1)")
-    ap.add_argument("--trials", type=int, default=8, help="trials in all (more than --first-trials)")
+    ap.add_argument("--recorder-trials", type=int, default=5,
+                    help="trials with only the recorder cache warm (in addition to --trials)")
+    ap.add_argument("--trials", type=int, default=8,
+                    help="empty-cache and cached-copy trials in all (more than --first-trials)")
     ap.add_argument("--rules", type=int, default=DEFAULT_RULES)
     ap.add_argument("--forks", type=int, default=DEFAULT_FORKS)
+    ap.add_argument("--against", metavar="REV", help="also run every trial with the code at REV")
     args = ap.parse_args()
-    if not 1 <= args.first_trials < args.trials:
-        ap.error("need 1 <= --first-trials < --trials")
+    if not 1 <= args.first_trials < args.trials or args.recorder_trials < 0:
+        ap.error("need 1 <= --first-trials < --trials and --recorder-trials >= 0")
 
     iproute2_dirs = Iproute2PinDirs()      # `ip link set ... xdp obj` makes them; they go again
     try:
@@ -168,10 +194,55 @@ def main() -> int:
         iproute2_dirs.remove_new()
 
 
-def report(what: str, ratios: list[float]) -> None:
+def report(what: str, trials: list[Trial]) -> None:
+    ratios = [t.live / t.reference for t in trials]
     median = statistics.median(ratios)
     print(f"{what}, median of {len(ratios)}: {median:.2f}x ({min(ratios):.2f}x to {max(ratios):.2f}x), "
-          f"target <= {TARGET_RATIO}x: {'met' if median <= TARGET_RATIO else 'NOT met'}")
+          f"target <= {TARGET_RATIO}x: {'met' if median <= TARGET_RATIO else 'NOT met'}; bpf-sdt's part "
+          f"{_ms([t.live - t.reference for t in trials])}, start to swap less the load "
+          f"{_ms([t.unloaded for t in trials])}")
+
+
+def _ms(seconds: list[float]) -> str:
+    """Median (range) in milliseconds."""
+    ms = [x * MS for x in seconds]
+    return f"{statistics.median(ms):.0f} ms ({min(ms):.0f} to {max(ms):.0f})"
+
+
+class Trial(NamedTuple):
+    """One timed trace: its kind (FIRST, RECORDER_BUILT, CACHED), its tree and the figures (seconds)."""
+
+    kind: str
+    label: str
+    reference: float            # bpftool prog load, just before
+    live: float                 # trace --live, start to swap
+    prepared: float             # trace's own 'prepared in'
+    unloaded: float             # start to swap less trace's own 'load and identity' (to 10 ms): no verifier noise
+
+
+def schedule(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(kind, index) in the order run: the empty-cache and recorder-warm
+    trials interleaved, then the cached-copy ones."""
+    order = []
+    for i in range(max(args.first_trials, args.recorder_trials)):
+        order += [(FIRST, i)] * (i < args.first_trials) + [(RECORDER_BUILT, i)] * (i < args.recorder_trials)
+    return order + [(CACHED, i) for i in range(args.trials - args.first_trials)]
+
+
+def trial_cache(tmp: Path, tree: Tree, kind: str, index: int, first_trials: int) -> Path:
+    """The BPF_SDT_CACHE of one trial: empty for a first trace; the warm-up
+    trace's recorder cache alone for a recorder-warm one; the last first
+    trace's for a cached copy."""
+    if kind == CACHED:
+        return tmp / f"cache-{tree.label}-first-{first_trials - 1}"
+    cache = tmp / f"cache-{tree.label}-{'first' if kind == FIRST else 'recorder'}-{index}"
+    if kind == RECORDER_BUILT:
+        shutil.copytree(warm_up_cache(tmp, tree) / RECORDERS, cache / RECORDERS)   # modes kept: 0700, 0600
+    return cache
+
+
+def warm_up_cache(tmp: Path, tree: Tree) -> Path:
+    return tmp / f"cache-{tree.label}-warm-up"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -180,38 +251,43 @@ def _run(args: argparse.Namespace) -> int:
         # writes it): without it every trace compiles the modules it imports again
         os.environ.pop(NO_BYTECODE_ENV, None)
         obj, inst = build(Path(tmp), args.rules, args.forks)
-        tree = prepare_tree("now", WORKTREE, Path(tmp), installed_python(Path(tmp)))
+        python = installed_python(Path(tmp))
+        trees = [prepare_tree("now", WORKTREE, Path(tmp), python)]
+        if args.against:
+            trees.append(prepare_tree("previous", args.against, Path(tmp), python))
         sh(["nsenter", f"--net=/run/netns/{net.receiver.netns}", "ip", "link", "set", "dev", net.receiver.iface,
             "xdp", "obj", str(obj), "sec", "xdp"])
         link = json.loads(sh(["nsenter", f"--net=/run/netns/{net.receiver.netns}", "ip", "-j", "link", "show",
                               net.receiver.iface]))[0]
         original = int(link["xdp"]["prog"]["id"])
-        lives, prepares, references = [], [], []
+        trials: list[Trial] = []
         with Traffic(net) as traffic:
             # Untimed: the tree's interpreter writes the bytecode of everything a trace
             # imports (the standard library's and the dependencies' too) under its own
-            # pycache prefix on its first run, as an installed package has it already.
-            live_swap(net, obj, tree, Path(tmp) / "cache-warm-up")
-            for trial in range(args.trials):
-                # An empty cache for each first trial; the last of them fills the one the others use.
-                cache = Path(tmp) / f"cache-{min(trial, args.first_trials - 1)}"
-                references.append(reference_load(inst))
-                swapped, prepared = live_swap(net, obj, tree, cache)
-                lives.append(swapped)
-                prepares.append(prepared)
+            # pycache prefix on its first run, as an installed package has it already;
+            # its recorder cache is the one the recorder-warm trials start from.
+            for tree in trees:
+                live_swap(net, obj, tree, warm_up_cache(Path(tmp), tree))
+            for n, (kind, index) in enumerate(schedule(args)):
+                for tree in trees[n % 2:] + trees[:n % 2]:     # alternating: neither tree always goes first
+                    cache = trial_cache(Path(tmp), tree, kind, index, args.first_trials)
+                    reference = reference_load(inst)
+                    trials.append(Trial(kind, tree.label, reference, *live_swap(net, obj, tree, cache)))
             sent = traffic.stop()
         counted, total = map_values(original, "path_counts")[0], map_values(original, ".bss")[0]
         now = json.loads(sh(["nsenter", f"--net=/run/netns/{net.receiver.netns}", "ip", "-j", "link", "show",
                              net.receiver.iface]))[0]["xdp"]["prog"]["id"]
     print(f"program: {args.rules} rules ({args.forks} of them forking the verifier's paths), "
           f"{args.rules} probe sites")
-    for trial, (ref, live, prep) in enumerate(zip(references, lives, prepares, strict=True), 1):
-        how = "instruments" if trial <= args.first_trials else "cached copy"
-        print(f"trial {trial} ({how}): bpftool prog load {ref:5.2f} s | trace --live start to swap {live:5.2f} s "
-              f"{live / ref:.2f}x | trace's own 'prepared in' {prep:5.2f} s {prep / ref:.2f}x")
-    ratios = [live / ref for ref, live in zip(references, lives, strict=True)]
-    report("first trace (instruments, empty cache)", ratios[:args.first_trials])
-    report("traced again (cached copy)", ratios[args.first_trials:])
+    for n, t in enumerate(trials, 1):
+        print(f"trial {n} ({t.label}, {t.kind}): bpftool prog load {t.reference:5.2f} s | trace --live start to "
+              f"swap {t.live:5.2f} s {t.live / t.reference:.2f}x | trace's own 'prepared in' {t.prepared:5.2f} s "
+              f"{t.prepared / t.reference:.2f}x | start to swap less the load {t.unloaded:5.2f} s")
+    for tree in trees:
+        for kind in (FIRST, RECORDER_BUILT, CACHED):
+            chosen = [t for t in trials if t.kind == kind and t.label == tree.label]
+            if chosen:
+                report(f"{tree.label} ({tree.rev}): {kind}", chosen)
     print(f"packets sent {sent}, counted by the original's map {counted}, .bss {total}; "
           f"original back: {now == original}")
     ok = counted == total == sent and now == original
