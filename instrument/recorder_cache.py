@@ -123,7 +123,7 @@ def fetch(build: Build, expected_symbols: Iterable[str]) -> bytes | None:
         if len(header) > MAX_HEADER:
             return None
         relocated = _relocated(json.loads(header), data, build.strings)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, subprocess.SubprocessError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError, subprocess.SubprocessError):
         return None
     if relocated is None or not _is_recorder(relocated, build.identity, expected_symbols):
         return None
@@ -141,7 +141,7 @@ def fetch_source(inputs: str, identity: str) -> str | None:
         return None
     try:
         entry = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         return None
     parts = entry.get("parts") if isinstance(entry, dict) and entry.get("format") == SOURCE_FORMAT else None
     if not (isinstance(parts, list) and len(parts) > 1 and all(isinstance(p, str) for p in parts)):

@@ -389,7 +389,7 @@ def test_a_build_directory_of_another_length_is_built_by_clang(recorder_cache: P
     assert compiles(recorder_cache) == 2
 
 
-@pytest.mark.parametrize("damage", ["object", "header", "counts", "empty", "others-may-write"])
+@pytest.mark.parametrize("damage", ["object", "header", "counts", "empty", "deep header", "others-may-write"])
 def test_a_damaged_or_foreign_cache_entry_is_rebuilt(recorder_cache: Path, tmp_path: Path, damage: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     build_in(tmp_path / "build-1", CONTRACT_IDENTITY)
@@ -403,6 +403,8 @@ def test_a_damaged_or_foreign_cache_entry_is_rebuilt(recorder_cache: Path, tmp_p
         entry.write_bytes(header.replace(b'", 1]', b'", 7]').replace(b'", 2]', b'", 7]') + b"\n" + data)
     elif damage == "empty":
         entry.write_bytes(b"")
+    elif damage == "deep header":               # within MAX_HEADER, deeper than json's recursion
+        entry.write_bytes(b"[" * 4000 + b"\n" + data)
     else:
         entry.chmod(0o666)
     rebuilt = build_in(tmp_path / "build-2", OTHER_IDENTITY)
@@ -551,7 +553,7 @@ def test_with_the_cache_off_the_worker_prepares_the_template(monkeypatch: pytest
     assert observers.recorder_template.cache_info().currsize == 1
 
 
-@pytest.mark.parametrize("damage", ["not json", "no parts", "parts not strings", "no identity", "empty",
+@pytest.mark.parametrize("damage", ["not json", "no parts", "parts not strings", "no identity", "empty", "deep",
                                     "others-may-write", "a link"])
 def test_a_damaged_or_foreign_source_entry_is_rendered_again(recorder_cache: Path, tmp_path: Path, damage: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
@@ -570,6 +572,8 @@ def test_a_damaged_or_foreign_source_entry_is_rendered_again(recorder_cache: Pat
         entry.write_text('{"format": 1, "parts": ["int x;"]}')
     elif damage == "empty":
         entry.write_bytes(b"")
+    elif damage == "deep":                      # deeper than json's recursion: a miss, not a RecursionError
+        entry.write_bytes(b"[" * 100_000)
     elif damage == "others-may-write":
         entry.chmod(0o666)
     else:
