@@ -34,7 +34,8 @@ as the start to swap less the copy's load as trace measured it (its 'load
 and identity' figure, to 10 ms), which leaves the verifier's noise out.
 --against REV runs the same trials with the code at REV too, each trial's
 two trees one after the other (in alternating order), for an A/B under the
-same load.  Then the original
+same load; --current REV measures a commit instead of the work tree (whose
+uncommitted edits, anyone's, are otherwise part of the figures).  Then the original
 must be back, and its count map and .bss must hold exactly the number of
 packets sent.  bpf-sdt runs as an installed package starts (the scale
 bench's tree: a venv without the dev venv's editable-install finder, whose
@@ -43,7 +44,7 @@ Target: live <= 1.5x the reference, the first trial (a user's first trace
 of the program) and the cached ones each reported against it.
 
     sudo .venv/bin/python bench/live_bench.py [--first-trials K] [--recorder-trials K] [--trials K]
-        [--rules N] [--forks N] [--against REV]
+        [--rules N] [--forks N] [--current REV] [--against REV]
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def main() -> int:
     ap.add_argument("--rules", type=int, default=DEFAULT_RULES)
     ap.add_argument("--forks", type=int, default=DEFAULT_FORKS)
     ap.add_argument("--against", metavar="REV", help="also run every trial with the code at REV")
+    ap.add_argument("--current", metavar="REV", default=WORKTREE, help="the code measured as now (%(default)s)")
     args = ap.parse_args()
     if not 1 <= args.first_trials < args.trials or args.recorder_trials < 0:
         ap.error("need 1 <= --first-trials < --trials and --recorder-trials >= 0")
@@ -252,7 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.pop(NO_BYTECODE_ENV, None)
         obj, inst = build(Path(tmp), args.rules, args.forks)
         python = installed_python(Path(tmp))
-        trees = [prepare_tree("now", WORKTREE, Path(tmp), python)]
+        trees = [prepare_tree("now", args.current, Path(tmp), python)]
         if args.against:
             trees.append(prepare_tree("previous", args.against, Path(tmp), python))
         sh(["nsenter", f"--net=/run/netns/{net.receiver.netns}", "ip", "link", "set", "dev", net.receiver.iface,
