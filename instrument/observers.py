@@ -261,12 +261,22 @@ def recorder_source(probes: Mapping[str, Sequence[ArgType]], ringbuf_size: int, 
 
 
 def render_inputs(context: Mapping[str, object]) -> str:
-    """Everything a render depends on, as canonical text: the template's
+    """Everything a render depends on, as canonical text: the templates'
     bytes (hashed), the Jinja2 that renders them, the environment's options
     and the variables.  Read and hashed, never rendered: no Jinja2."""
-    template = hashlib.sha256((TEMPLATES / RECORDER_TEMPLATE).read_bytes()).hexdigest()
-    return json.dumps({"template": template, "jinja2": _jinja2_identity(), "options": TEMPLATE_OPTIONS,
+    return json.dumps({"templates": _templates_digest(), "jinja2": _jinja2_identity(), "options": TEMPLATE_OPTIONS,
                        "context": context}, sort_keys=True, default=_plain)
+
+
+def _templates_digest() -> str:
+    """A SHA-256 over every file of the templates' directory, by name and
+    bytes: the recorder's template and whatever it may come to include."""
+    digest = hashlib.sha256()
+    for path in sorted(TEMPLATES.iterdir()):
+        if path.is_file():
+            digest.update(json.dumps([path.name, path.stat().st_size]).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _jinja2_identity() -> list[object]:

@@ -23,7 +23,7 @@ another length is a miss.
 **Rendered sources.** Rendering the source (importing Jinja2 and compiling
 the template: some 45 ms of CPU under load) would be the whole cost of a hit,
 so the source is cached too, keyed without rendering: a SHA-256 over what
-rendering depends on (observers.py's ``render_inputs``: the template's bytes,
+rendering depends on (observers.py's ``render_inputs``: the templates' bytes,
 hashed; the Jinja2 that renders it, by path, size and modification time; the
 environment's options; the template's variables, which carry the probes'
 argument types, the ring size and the plan's options) with the identity
