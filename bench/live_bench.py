@@ -31,7 +31,10 @@ before; the others load the instrumented object trace cached
 (trace/instcache.py).  Each group is reported by its median and range, as
 the ratio, as bpf-sdt's part (start to swap minus the reference load) and
 as the start to swap less the copy's load as trace measured it (its 'load
-and identity' figure, to 10 ms), which leaves the verifier's noise out.
+and identity' figure, to 10 ms), which leaves the verifier's noise out,
+and by the user CPU time of the trace and its children (the worker, clang:
+what a second core's load competes with; the verifier's work is
+system time).
 --against REV runs the same trials with the code at REV too, each trial's
 two trees one after the other (in alternating order), for an A/B under the
 same load; --current REV measures a commit instead of the work tree (whose
@@ -52,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -149,10 +153,13 @@ def map_values(prog_id: int, name: str) -> list[int]:
     raise SystemExit(f"program {prog_id} has no map {name}")
 
 
-def live_swap(net: VethPair, obj: Path, tree: Tree, cache: Path) -> tuple[float, float, float]:
+def live_swap(net: VethPair, obj: Path, tree: Tree, cache: Path) -> tuple[float, float, float, float]:
     """(wall seconds from start to the swap, trace's own preparation figure,
-    the first less the copy's load as trace measured it)."""
+    the first less the copy's load as trace measured it, the user CPU
+    seconds of trace and its children: Python's work and clang's, not the
+    verifier's, which is system time)."""
     ns = ["nsenter", f"--net=/run/netns/{net.receiver.netns}"]
+    user_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
     start = time.monotonic()
     proc = subprocess.Popen([*ns, *tree.cli("trace", str(obj), "--live", f"xdp:{net.receiver.iface}", "--count")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=tree.env(BPF_SDT_CACHE=str(cache)))
@@ -171,7 +178,7 @@ def live_swap(net: VethPair, obj: Path, tree: Tree, cache: Path) -> tuple[float,
     prepared = float(err.split(b"prepared in ", 1)[1].split(b" s", 1)[0])
     # "(finding and instrument: A s, load and identity B s; ...)"
     loaded = float(err.split(b"load and identity ", 1)[1].split(b" s", 1)[0])
-    return swapped, prepared, swapped - loaded
+    return swapped, prepared, swapped - loaded, resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - user_before
 
 
 def main() -> int:
@@ -202,7 +209,7 @@ def report(what: str, trials: list[Trial]) -> None:
     print(f"{what}, median of {len(ratios)}: {median:.2f}x ({min(ratios):.2f}x to {max(ratios):.2f}x), "
           f"target <= {TARGET_RATIO}x: {'met' if median <= TARGET_RATIO else 'NOT met'}; bpf-sdt's part "
           f"{_ms([t.live - t.reference for t in trials])}, start to swap less the load "
-          f"{_ms([t.unloaded for t in trials])}")
+          f"{_ms([t.unloaded for t in trials])}, user CPU {_ms([t.user_cpu for t in trials])}")
 
 
 def _ms(seconds: list[float]) -> str:
@@ -220,6 +227,7 @@ class Trial(NamedTuple):
     live: float                 # trace --live, start to swap
     prepared: float             # trace's own 'prepared in'
     unloaded: float             # start to swap less trace's own 'load and identity' (to 10 ms): no verifier noise
+    user_cpu: float             # user CPU of the whole trace, children included (to its end, after the swap)
 
 
 def schedule(args: argparse.Namespace) -> list[tuple[str, int]]:
@@ -284,7 +292,8 @@ def _run(args: argparse.Namespace) -> int:
     for n, t in enumerate(trials, 1):
         print(f"trial {n} ({t.label}, {t.kind}): bpftool prog load {t.reference:5.2f} s | trace --live start to "
               f"swap {t.live:5.2f} s {t.live / t.reference:.2f}x | trace's own 'prepared in' {t.prepared:5.2f} s "
-              f"{t.prepared / t.reference:.2f}x | start to swap less the load {t.unloaded:5.2f} s")
+              f"{t.prepared / t.reference:.2f}x | start to swap less the load {t.unloaded:5.2f} s | "
+              f"user CPU {t.user_cpu:5.3f} s")
     for tree in trees:
         for kind in (FIRST, RECORDER_BUILT, CACHED):
             chosen = [t for t in trials if t.kind == kind and t.label == tree.label]
