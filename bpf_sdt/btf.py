@@ -34,7 +34,6 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple, overload
 
@@ -134,8 +133,7 @@ def kind_name(kind: int) -> str:
     return k.name if k is not None else f"KIND_{kind}"
 
 
-@dataclass(slots=True)
-class Member:
+class Member(NamedTuple):
     """A struct/union member, enum value, func-proto param or datasec entry."""
 
     name: str

@@ -33,11 +33,10 @@ import bisect
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from functools import cached_property
 from operator import attrgetter, itemgetter
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from bpf_sdt.btf import BTF_MAGIC, BYTE_SWAPPED_MAGIC, PREAMBLE, PREAMBLE_FORMAT, U32_MAX, WORD, Btf
 from bpf_sdt.errors import InputError
@@ -83,8 +82,7 @@ class CoreReloKind(IntEnum):
     TYPE_MATCHES = 12
 
 
-@dataclass(frozen=True, slots=True)
-class FuncInfo:
+class FuncInfo(NamedTuple):
     insn_off: int
     type_id: int                # a FUNC
     extra: bytes = b""          # bytes past the 8 known here (larger rec_size)
@@ -93,8 +91,7 @@ class FuncInfo:
         return FuncInfo(insn_off, self.type_id, self.extra)
 
 
-@dataclass(frozen=True, slots=True)
-class LineInfo:
+class LineInfo(NamedTuple):
     insn_off: int
     file_name_off: int          # BTF string: the source file
     line_off: int               # BTF string: the source line's text
@@ -119,8 +116,7 @@ class LineInfo:
         return LineInfo(insn_off, file_name_off, line_off, (line << LINE_SHIFT) | col)
 
 
-@dataclass(frozen=True, slots=True)
-class CoreRelo:
+class CoreRelo(NamedTuple):
     insn_off: int
     type_id: int
     access_str_off: int         # BTF string: "0:1:2", the access spec
@@ -155,15 +151,23 @@ _FIELDS_OF: dict[str, Callable[[Record], tuple[int, ...]]] = {
 _STRING_FIELDS = {FUNC_INFO: (), LINE_INFO: (1, 2), CORE_RELO: (2,)}
 
 
-@dataclass
 class ExtSection:
     """The records of one code section, each list in file order.  The lists
     are plain lists: edit them directly or through :class:`BtfExt`'s methods."""
 
-    name: str
-    func_info: list[FuncInfo] = field(default_factory=list)
-    line_info: list[LineInfo] = field(default_factory=list)
-    core_relo: list[CoreRelo] = field(default_factory=list)
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.func_info: list[FuncInfo] = []
+        self.line_info: list[LineInfo] = []
+        self.core_relo: list[CoreRelo] = []
+
+    def __eq__(self, other: object) -> bool:    # the same records (what a round trip must keep)
+        if not isinstance(other, ExtSection):
+            return NotImplemented
+        return (self.name, self.func_info, self.line_info, self.core_relo) == \
+            (other.name, other.func_info, other.line_info, other.core_relo)
+
+    __hash__ = None     # type: ignore[assignment]  # mutable: no hash, as a list has none
 
     def records(self, block: str) -> list[Record]:
         return getattr(self, block)  # type: ignore[no-any-return]
@@ -196,16 +200,16 @@ def _last_at_or_before(records: Iterable[R], insn_off: int) -> R | None:
     return best
 
 
-@dataclass
 class _Block:
     """How one info block was laid out, so that encode() can reproduce it."""
 
-    rec_size: int
-    present: bool                   # had a non-zero length
-    offset: int                     # as read, relative to the header end
-    order: list[str] = field(default_factory=list)      # section names, file order
-    name_offs: dict[str, int] = field(default_factory=dict)
-    gap_after: bytes = b""          # bytes up to the next block or the end
+    def __init__(self, rec_size: int, present: bool, offset: int, gap_after: bytes = b"") -> None:
+        self.rec_size = rec_size
+        self.present = present                  # had a non-zero length
+        self.offset = offset                    # as read, relative to the header end
+        self.order: list[str] = []              # section names, file order
+        self.name_offs: dict[str, int] = {}
+        self.gap_after = gap_after              # bytes up to the next block or the end
 
 
 class BtfExt:
@@ -288,7 +292,7 @@ class BtfExt:
             if not 0 <= new <= U32_MAX:
                 raise ValueError(f"{section}: insn_off {rec.insn_off} maps to {new}, outside u32")
             # records are immutable: one that stays keeps its object; a moved one is
-            # a copy by its own constructor (dataclasses.replace() is ten times slower)
+            # a copy by its own constructor (dataclasses.replace() was ten times slower)
             return rec if new == rec.insn_off else rec.moved_to(new)
 
         sec.func_info = [moved(r) for r in sec.func_info]
@@ -320,7 +324,7 @@ class BtfExt:
                 if len(rec.extra) > info.rec_size - base:
                     raise ValueError(f"{block}: record has {len(rec.extra)} extra bytes, rec_size {info.rec_size} "
                                      f"leaves room for {info.rec_size - base}")
-                rec = replace(rec, extra=rec.extra.ljust(info.rec_size - base, b"\0"))
+                rec = rec._replace(extra=rec.extra.ljust(info.rec_size - base, b"\0"))
                 _check_u32(rec, block)
                 recs.insert(bisect.bisect_right(recs, rec.insn_off, key=_insn_off), rec)
 

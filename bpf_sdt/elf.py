@@ -33,7 +33,6 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
@@ -144,9 +143,10 @@ def r_info(symbol: int, rtype: int) -> int:
 # --- reading -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Section:
-    index: int
+class Section(NamedTuple):
+    """One section header (a tuple: immutable, compared and hashed by value)."""
+
+    index: int  # type: ignore[assignment]  # the section's index, which shadows tuple.index
     name: str
     type: int
     flags: int
@@ -467,32 +467,44 @@ def _reason(e: BaseException) -> str:
 # --- writing -----------------------------------------------------------------
 
 
-@dataclass(slots=True)
 class SecRec:
-    name: str
-    type: int
-    flags: int
-    data: bytes
-    link: int = 0           # index into the image's sections (remapped on write)
-    info: int = 0
-    addralign: int = 1
-    entsize: int = 0
-    relocs: list[Relocation] | None = None   # REL/RELA kept decoded
-    nobits_size: int = 0    # SHT_NOBITS: the size it occupies at load time
+    """A section being written: its header fields and bytes (or relocations)."""
+
+    __slots__ = ("name", "type", "flags", "data", "link", "info", "addralign", "entsize", "relocs",
+                 "nobits_size")
+
+    def __init__(self, name: str, type: int, flags: int, data: bytes, link: int = 0, info: int = 0,
+                 addralign: int = 1, entsize: int = 0, relocs: list[Relocation] | None = None,
+                 nobits_size: int = 0) -> None:
+        self.name = name
+        self.type = type
+        self.flags = flags
+        self.data = data
+        self.link = link                # index into the image's sections (remapped on write)
+        self.info = info
+        self.addralign = addralign
+        self.entsize = entsize
+        self.relocs = relocs            # REL/RELA kept decoded
+        self.nobits_size = nobits_size  # SHT_NOBITS: the size it occupies at load time
 
     @property
     def size(self) -> int:
         return self.nobits_size if self.type == SHT_NOBITS else len(self.data)
 
 
-@dataclass(slots=True)          # no __dict__: an image holds one per symbol, a million for 1M sites
 class SymRec:
-    name: str
-    value: int
-    size: int
-    info: int
-    other: int
-    shndx: int              # index into the image's sections, or a reserved index
+    """A symbol being written.  Slots, no __dict__: an image holds one per
+    symbol, a million for 1M sites."""
+
+    __slots__ = ("name", "value", "size", "info", "other", "shndx")
+
+    def __init__(self, name: str, value: int, size: int, info: int, other: int, shndx: int) -> None:
+        self.name = name
+        self.value = value
+        self.size = size
+        self.info = info
+        self.other = other
+        self.shndx = shndx      # index into the image's sections, or a reserved index
 
     @property
     def bind(self) -> int:
@@ -503,14 +515,16 @@ class SymRec:
         return self.info & ST_TYPE_MASK
 
 
-@dataclass
 class ElfImage:
-    ident: bytes
-    e_type: int
-    e_machine: int
-    e_flags: int
-    sections: list[SecRec] = field(default_factory=list)    # [0] is the null section
-    symbols: list[SymRec] = field(default_factory=list)     # [0] is the null symbol
+    """An object being written: sections and symbols, laid out by to_bytes."""
+
+    def __init__(self, ident: bytes, e_type: int, e_machine: int, e_flags: int) -> None:
+        self.ident = ident
+        self.e_type = e_type
+        self.e_machine = e_machine
+        self.e_flags = e_flags
+        self.sections: list[SecRec] = []     # [0] is the null section
+        self.symbols: list[SymRec] = []      # [0] is the null symbol
 
     # --- reading ------------------------------------------------------------
 

@@ -23,8 +23,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bpf_sdt.elf import SHF_COMPRESSED, SHT_PROGBITS, BpfObject, ElfImage, SecRec
 
@@ -48,8 +47,7 @@ _SCOPE_TAGS = frozenset({_INLINED_TAG, "DW_TAG_lexical_block"})
 MAX_INLINE_SECTION_BYTES = 256 << 20
 
 
-@dataclass(frozen=True)
-class CallSite:
+class CallSite(NamedTuple):
     """One place an inlined function was called at."""
 
     file: str
@@ -66,8 +64,7 @@ class CallSite:
 Chain = tuple[CallSite, ...]     # innermost call first, outermost (the program's own line) last
 
 
-@dataclass(frozen=True)
-class SitePlace:
+class SitePlace(NamedTuple):
     """What the DWARF lookup needs of a site: its code section, the NOP's
     offset there and the function symbol holding it."""
 

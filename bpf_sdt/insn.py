@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from bpf_sdt.bpf_helpers import HELPER_IDS
 from bpf_sdt.elf import SHN_LORESERVE, SHN_UNDEF, STT_SECTION, Relocation, Symbol
@@ -124,7 +123,6 @@ class _ByOpcode(Generic[T]):
         return self.table[insn.op & OPCODE_BYTE]
 
 
-@dataclass(eq=False, slots=True)
 class Insn:
     """One instruction.  ``imm_hi`` is the second half of an ``ld_imm64``.
 
@@ -142,17 +140,21 @@ class Insn:
     last one's, so positions are asked only of instructions that stand once
     (targets, calls, symbols' first instructions)."""
 
-    op: int
-    dst: int = 0
-    src: int = 0
-    off: int = 0
-    imm: int = 0
-    imm_hi: int = 0
-    target: Insn | None = None
-    reloc: InsnReloc | None = None
-    orig: int = -1
-    pos: int = -1
-    placed: Placement | None = None
+    __slots__ = ("op", "dst", "src", "off", "imm", "imm_hi", "target", "reloc", "orig", "pos", "placed")
+
+    def __init__(self, op: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0, imm_hi: int = 0,
+                 target: Insn | None = None, reloc: InsnReloc | None = None, orig: int = -1) -> None:
+        self.op = op
+        self.dst = dst
+        self.src = src
+        self.off = off
+        self.imm = imm
+        self.imm_hi = imm_hi
+        self.target = target
+        self.reloc = reloc
+        self.orig = orig
+        self.pos = -1
+        self.placed: Placement | None = None
 
     @property
     def cls(self) -> int:
@@ -205,10 +207,9 @@ class Placement:
         self.index = index       # the section's ELF index
 
 
-@dataclass(eq=False, frozen=True, slots=True)
-class InsnReloc:
+class InsnReloc(NamedTuple):
     """A relocation in a code section, attached to the instruction it
-    patches.  A value (frozen): the calls of sites of one shape share one."""
+    patches.  A value (immutable): the calls of sites of one shape share one."""
 
     type: int
     symbol: int                  # index into the object's symbol table
@@ -365,16 +366,16 @@ def _regs_defined(insn: Insn) -> frozenset[int]:
 # --- code sections --------------------------------------------------------
 
 
-@dataclass(eq=False)
 class CodeSection:
     """The instructions of one executable section."""
 
-    index: int                   # ELF section index
-    name: str
-    insns: list[Insn] = field(default_factory=list)
-    end: Insn = field(default_factory=lambda: Insn(0))   # "past the last insn": a branch target
-    orig_size: int = 0
-    appended: Insn | None = None   # first instruction moved in from another section, if any
+    def __init__(self, index: int, name: str, insns: list[Insn] | None = None, orig_size: int = 0) -> None:
+        self.index = index                      # ELF section index
+        self.name = name
+        self.insns: list[Insn] = [] if insns is None else insns
+        self.end = Insn(0)                      # "past the last insn": a branch target
+        self.orig_size = orig_size
+        self.appended: Insn | None = None       # first instruction moved in from another section, if any
 
     def insert(self, index: int, new: Sequence[Insn]) -> None:
         """Insert before ``self.insns[index]``.  References to that instruction
@@ -485,8 +486,7 @@ def link_code_references(sections: dict[int, CodeSection], symbols: Sequence[Sym
             insn.target = t
 
 
-@dataclass
-class EncodedSection:
+class EncodedSection(NamedTuple):
     data: bytes
     relocs: list[Relocation]
     offsets: dict[int, int]      # old byte offset -> new byte offset

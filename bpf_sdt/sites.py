@@ -20,10 +20,9 @@ source location.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import PurePath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from bpf_sdt.elf import BpfObject
 from bpf_sdt.format import RECORDER_IDENTITY_HEX
@@ -63,8 +62,7 @@ def ordered_sites(decoding: NotesDecoding) -> list[NoteEntry]:
     return entries
 
 
-@dataclass(frozen=True, slots=True)
-class LocatedSite:
+class LocatedSite(NamedTuple):
     """One site of the table: its id and where it is (the note entry itself
     is ``table.entries[site_id]``).  Plain data: trace keeps these beside a
     cached instrumented object."""

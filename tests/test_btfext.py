@@ -14,7 +14,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -264,7 +263,7 @@ def test_line_info_equals_the_kernels_and_edits_load(objects: dict[str, Path], t
 
     # an edit that changes the section's size: fewer records, other lines
     main = ext.sections["tp_btf/sched_switch"]
-    main.line_info = [replace(li, line_col=li.line_col + (1000 << 10)) for li in main.line_info[::3]]
+    main.line_info = [li._replace(line_col=li.line_col + (1000 << 10)) for li in main.line_info[::3]]
     edited = ext.encode()
     assert len(edited) < len(raw)
     (tmp_path / "ext.bin").write_bytes(edited)
@@ -290,10 +289,10 @@ def test_remap_moves_every_record_of_one_section(objects: dict[str, Path]) -> No
     for kind in (FUNC_INFO, LINE_INFO, CORE_RELO):
         pairs = list(zip(old.records(kind), new.records(kind), strict=True))
         assert pairs and all(n.insn_off == o.insn_off + (16 if o.insn_off >= cut else 0) for o, n in pairs)
-        assert all(replace(n, insn_off=o.insn_off) == o for o, n in pairs)
+        assert all(n._replace(insn_off=o.insn_off) == o for o, n in pairs)
     old_line = before.line_of(TEXT_SECTION, cut)
     assert old_line is not None
-    assert ext.line_of(TEXT_SECTION, cut + 16) == replace(old_line, insn_off=cut + 16)
+    assert ext.line_of(TEXT_SECTION, cut + 16) == old_line._replace(insn_off=cut + 16)
     assert ext.sections["tp_btf/sched_switch"] == before.sections["tp_btf/sched_switch"]
     assert BtfExt.parse(ext.encode(), ext.strings).sections == ext.sections
     with pytest.raises(ValueError, match="outside u32"):

@@ -337,3 +337,15 @@ def test_link_output_is_refused_before_linking(tmp_path: Path) -> None:
     res = run([*CLI, "link", "-o", str(tmp_path / "out.o"), str(obj), "--bpftool", "/nonexistent"])
     assert res.returncode == 2 and "not a regular file" in assert_one_clean_line(res.stderr)
     assert stat.S_ISFIFO(os.lstat(tmp_path / "out.o").st_mode)
+
+
+def test_check_and_list_import_no_dataclasses() -> None:
+    """What check and list import defines its records without dataclasses
+    (docs/cli.md, "Start-up"): decorating one compiles its generated methods
+    at import, and the module imports inspect.  A subprocess, so that what
+    this test process imported does not count."""
+    modules = ("bpf_sdt.cli", "bpf_sdt.postlink.commands", "bpf_sdt.btfext", "bpf_sdt.inlined")
+    code = (f"import sys; import {', '.join(modules)}; "
+            "print(' '.join(m for m in ('dataclasses', 'inspect') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "", f"{' and '.join(modules)} imported {res.stdout.strip()}"

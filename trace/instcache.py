@@ -223,10 +223,10 @@ def _is_named_tuple_class(cls: object) -> bool:
 
 
 def _site(data: object) -> Site:
-    from .sites import Site  # the one place the cache names the site table's type
+    from bpf_sdt.sites import LocatedSite  # the site table's type (trace.sites.Site), named once here
 
     site = _decoded(data)
-    if not isinstance(site, Site):
+    if not isinstance(site, LocatedSite):
         raise ValueError(f"a cached site is a {type(site).__name__}")
     return site
 
