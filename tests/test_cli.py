@@ -339,12 +339,15 @@ def test_link_output_is_refused_before_linking(tmp_path: Path) -> None:
     assert stat.S_ISFIFO(os.lstat(tmp_path / "out.o").st_mode)
 
 
-def test_check_and_list_import_no_dataclasses() -> None:
-    """What check and list import defines its records without dataclasses
-    (docs/cli.md, "Start-up"): decorating one compiles its generated methods
-    at import, and the module imports inspect.  A subprocess, so that what
-    this test process imported does not count."""
-    modules = ("bpf_sdt.cli", "bpf_sdt.postlink.commands", "bpf_sdt.btfext", "bpf_sdt.inlined")
+@pytest.mark.parametrize("modules", [
+    ("bpf_sdt.cli", "bpf_sdt.postlink.commands", "bpf_sdt.btfext", "bpf_sdt.inlined"),     # check, list
+    ("bpf_sdt.cli", "bpf_sdt.trace.cli", "bpf_sdt.trace.runner"),                        # trace, cached
+], ids=["check-list", "trace"])
+def test_start_up_imports_no_dataclasses(modules: tuple[str, ...]) -> None:
+    """What check, list and a cached trace import defines its records
+    without dataclasses (docs/cli.md, "Start-up"): decorating one compiles
+    its generated methods at import, and the module imports inspect.  A
+    subprocess, so that what this test process imported does not count."""
     code = (f"import sys; import {', '.join(modules)}; "
             "print(' '.join(m for m in ('dataclasses', 'inspect') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

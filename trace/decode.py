@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.recorder_abi import ARG_SLOT, EVENT_HEADER, EVENT_HEADER_FIELDS
@@ -50,8 +49,7 @@ def slot_code(t: ArgType) -> str | None:
     return code + (f"{pad}x" if pad else "")
 
 
-@dataclass(frozen=True)
-class SiteCodec:
+class SiteCodec(NamedTuple):
     """How one site's events are read."""
 
     size: int                               # the event's bytes: a record of another size is foreign

@@ -13,9 +13,9 @@ path, size and modification time).  Anything else changing gives a new
 key; an entry is never updated, only written whole (atomically, by rename)
 or not at all.  It holds the instrumented object, the sites instrument
 instrumented and the site table trace decodes events with, as JSON: each
-dataclass or named tuple by its init fields and its class name, decoded
-only into bpf-sdt's own dataclasses and named tuples (their shape follows
-the sources, which are part of the key).  An entry of any other shape is a miss, never an error and
+named tuple by its fields and its class name, decoded only into bpf-sdt's
+own named tuples (their shape follows the sources, which are part of the
+key).  An entry of any other shape is a miss, never an error and
 never code run.  The instrumented object is loaded into the kernel, so the
 cache is trusted like bpf-sdt's own files: a cache directory or entry that
 is not the user's own, or that others may write to, is not read (it is
@@ -31,7 +31,6 @@ last.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -67,8 +66,7 @@ PACKAGES = ("bpf_sdt", "bpf_sdt.instrument", "bpf_sdt.trace", "bpf_sdt.postlink"
             "bpf_sdt.headers")
 
 
-@dataclasses.dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """An instrumented object trace asks for: the input and every option the
     output depends on besides bpf-sdt's sources and clang."""
 
@@ -190,8 +188,8 @@ def _prune(where: Path) -> None:
 
 
 def _encoded(value: object) -> object:
-    """A site-table value as JSON: a dataclass or named tuple as its class and
-    init fields, other tuples as lists, bytes as hex; ints, strings, bools and
+    """A site-table value as JSON: a named tuple as its class and fields,
+    other tuples as lists, bytes as hex; ints, strings, bools and
     None as they are."""
     fields = _record_fields(value)
     if fields is not None:
@@ -208,11 +206,8 @@ def _encoded(value: object) -> object:
 
 
 def _record_fields(value: object) -> tuple[str, ...] | None:
-    """The fields a record's constructor takes: a dataclass's init fields, a
-    named tuple's fields (the site table's types are either); None for
-    anything else."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return tuple(f.name for f in dataclasses.fields(value) if f.init)
+    """The fields a record's constructor takes: a named tuple's (the site
+    table's types are all named tuples); None for anything else."""
     if _is_named_tuple_class(type(value)):
         return tuple(type(value)._fields)     # type: ignore[attr-defined]
     return None
@@ -232,9 +227,9 @@ def _site(data: object) -> Site:
 
 
 def _decoded(data: object) -> object:
-    """_encoded's inverse.  Only bpf-sdt's own dataclasses and named tuples
-    are made, through their constructors; anything else raises (the entry
-    is then a miss)."""
+    """_encoded's inverse.  Only bpf-sdt's own named tuples are made,
+    through their constructors; anything else raises (the entry is then a
+    miss)."""
     if isinstance(data, list):
         return tuple(_decoded(v) for v in data)
     if isinstance(data, dict):
@@ -245,9 +240,8 @@ def _decoded(data: object) -> object:
             raise ValueError(f"not a bpf-sdt class: {data[CLASS_KEY]}")
         cls = getattr(importlib.import_module(module), name)
         fields = data[FIELDS_KEY]
-        is_record = (dataclasses.is_dataclass(cls) and isinstance(cls, type)) or _is_named_tuple_class(cls)
-        if not (is_record and isinstance(fields, dict)):
-            raise ValueError(f"not a bpf-sdt dataclass or named tuple: {data[CLASS_KEY]}")
+        if not (_is_named_tuple_class(cls) and isinstance(fields, dict)):
+            raise ValueError(f"not a bpf-sdt named tuple: {data[CLASS_KEY]}")
         return cls(**{str(k): _decoded(v) for k, v in fields.items()})
     if data is None or isinstance(data, int | str):
         return data

@@ -23,9 +23,9 @@ ids), through :mod:`bpf_sdt.kernel`'s iterators.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from errno import ENOENT
 from pathlib import Path
+from typing import NamedTuple
 
 from bpf_sdt.btf import parse_btf
 from bpf_sdt.errors import InputError
@@ -58,8 +58,7 @@ def map_identity(fd: int) -> str | None:
     return name[len(RECORDER_IDENTITY_PREFIX):]
 
 
-@dataclass(frozen=True)
-class CounterValues:
+class CounterValues(NamedTuple):
     submitted: int = 0
     lost: int = 0
     filtered: int = 0
@@ -93,17 +92,18 @@ class Counters:
         return self.read() - self.base
 
 
-@dataclass
 class RecorderMaps:
     """The ring and the counters of one loaded recorder, opened here (closed
     by close()), and how to find its other maps (the aggregations)."""
 
-    ring: Map
-    counts: Map
-    where: str                  # for messages: the pin or the kernel map id
-    pin_dir: Path | None = None             # its maps are pinned here, or
-    map_ids: tuple[int, ...] = ()           # they are among these (the program's)
-    others: list[Map] = field(default_factory=list)
+    def __init__(self, ring: Map, counts: Map, where: str, pin_dir: Path | None = None,
+                 map_ids: tuple[int, ...] = ()) -> None:
+        self.ring = ring
+        self.counts = counts
+        self.where = where                  # for messages: the pin or the kernel map id
+        self.pin_dir = pin_dir              # its maps are pinned here, or
+        self.map_ids = map_ids              # they are among these (the program's)
+        self.others: list[Map] = []
 
     def find(self, name: str) -> Map:
         """Another map of the same recorder, by name."""

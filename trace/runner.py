@@ -30,10 +30,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from errno import EINTR, EINVAL, EOPNOTSUPP
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
@@ -94,12 +93,11 @@ WAIT_POLL_S = 0.05              # how often the main thread looks at the stop fl
 INTERRUPT_SIGNAL = signal.SIGURG    # sent to the loading thread to cut a verification short (ignored by default)
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     obj: Path
     probes: tuple[str, ...] = ()
     as_json: bool = False
-    count: bool = False
+    count: bool = False  # type: ignore[assignment]  # --count, which shadows tuple.count
     duration: float | None = None
     run: str | None = None
     packet: Path | None = None

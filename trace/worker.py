@@ -13,7 +13,6 @@ this module does.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import os
 import pickle
@@ -216,6 +215,8 @@ def _instrument_here(job: Job, output: Path, plan: RecorderOptions | None) -> li
     request = Request(job.input, output, job.probes, ringbuf_size=job.ringbuf_size, programs=job.programs,
                       durable=False)
     if plan is not None:
+        import dataclasses  # instrument's Request is one; a cached trace imports neither
+
         request = dataclasses.replace(request, recorder=plan)
     return [(s.site_id, s.probe) for s in instrument(request).sites]
 
