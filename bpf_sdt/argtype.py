@@ -54,6 +54,20 @@ class ArgType(NamedTuple):
     kind: TypeKind
     enumerators: tuple[tuple[str, int], ...] = ()
 
+    def check_fields(self) -> None:
+        """ValueError unless every field has its type and the kind is one of
+        TYPE_KINDS: for one made from stored data (trace's cache), which the
+        constructor takes as it is."""
+        if not (isinstance(self.spelling, str) and isinstance(self.canonical, str)
+                and type(self.size) is int and self.size >= 0 and isinstance(self.signed, bool)):
+            raise ValueError(f"malformed argument type {self!r}")
+        if self.kind not in TYPE_KINDS:
+            raise ValueError(f"unknown argument kind {self.kind!r}")
+        if not isinstance(self.enumerators, tuple) or not all(
+                isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], str) and type(e[1]) is int
+                for e in self.enumerators):
+            raise ValueError(f"malformed enumerators of {self.spelling!r}")
+
     @property
     def bits(self) -> int:
         """How many bits of the 64-bit raw value the C value uses."""
@@ -101,8 +115,10 @@ class ArgType(NamedTuple):
             kind = data["kind"]
             if kind not in TYPE_KINDS:
                 raise ValueError(f"unknown kind {kind!r}")
-            return cls(str(data["spelling"]), str(data["canonical"]), int(data["size"]),
-                       bool(data["signed"]), cast(TypeKind, kind), enumerators)
+            t = cls(str(data["spelling"]), str(data["canonical"]), int(data["size"]),
+                    bool(data["signed"]), cast(TypeKind, kind), enumerators)
+            t.check_fields()
+            return t
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"argument type: malformed JSON ({e})") from None
 

@@ -482,9 +482,12 @@ def _forks_live_worker(argv: list[str]) -> bool:
     on the other core meanwhile."""
     if not argv or argv[0] != "trace" or not any(a == "--live" or a.startswith("--live=") for a in argv):
         return False
-    from bpf_sdt.trace.worker import fork_early
+    try:
+        from bpf_sdt.trace.worker import fork_early
 
-    fork_early()
+        fork_early()
+    except (OSError, ImportError):  # no fork now (EAGAIN, EMFILE): trace forks its worker later, or says why
+        return False
     return True
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bpf_sdt import argtype, recorder_abi
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.elf import STB_LOCAL, STT_FUNC, BpfObject
 from bpf_sdt.errors import InputError, ToolError
@@ -264,7 +265,8 @@ def render_inputs(context: Mapping[str, object]) -> str:
     """Everything a render depends on, as canonical text: the templates'
     bytes (hashed), the Jinja2 that renders them, the environment's options
     and the variables.  Read and hashed, never rendered: no Jinja2."""
-    return json.dumps({"templates": _templates_digest(), "jinja2": _jinja2_identity(), "options": TEMPLATE_OPTIONS,
+    return json.dumps({"templates": _templates_digest(), "renderer": _renderer_digest(),
+                       "jinja2": _jinja2_identity(), "options": TEMPLATE_OPTIONS,
                        "context": context}, sort_keys=True, default=_plain)
 
 
@@ -276,6 +278,21 @@ def _templates_digest() -> str:
         if path.is_file():
             digest.update(json.dumps([path.name, path.stat().st_size]).encode())
             digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+# The modules whose classes the template's variables are (their methods and
+# properties run while it renders: AggregationCode.last, ArgType's, the
+# structs' C definitions), so their code decides the source as the template does.
+_RENDERER_MODULES = (__file__, argtype.__file__, recorder_abi.__file__)
+
+
+@functools.lru_cache(maxsize=1)
+def _renderer_digest() -> str:
+    """A SHA-256 over the Python the render runs besides Jinja2 and the template."""
+    digest = hashlib.sha256()
+    for path in _RENDERER_MODULES:
+        digest.update(Path(path).read_bytes())
     return digest.hexdigest()
 
 

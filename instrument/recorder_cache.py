@@ -24,17 +24,21 @@ another length is a miss.
 the template: some 45 ms of CPU under load) would be the whole cost of a hit,
 so the source is cached too, keyed without rendering: a SHA-256 over what
 rendering depends on (observers.py's ``render_inputs``: the templates' bytes,
-hashed; the Jinja2 that renders it, by path, size and modification time; the
-environment's options; the template's variables, which carry the probes'
-argument types, the ring size and the plan's options) with the identity
-replaced by the same token.  One file ``<key>.source``, JSON: ``{"format":
-1, "parts": [...]}``, the rendered source split at the identity's
-occurrences, so this build's source is ``identity.join(parts)`` (and then
-its object is looked up by the key above, through the same checks).  It is
+hashed; the Python whose methods and properties the template calls on its
+variables (observers.py, argtype.py, recorder_abi.py), hashed; the Jinja2 that
+renders it, by path, size and modification time; the environment's options;
+the template's variables, which carry the probes' argument types, the ring
+size and the plan's options) with the identity replaced by the same token.
+One file ``<key>.source``, JSON: ``{"format": 2, "parts": [...], "sha256":
+H}``, the rendered source split at the identity's occurrences, so this
+build's source is ``identity.join(parts)`` (and then its object is looked up
+by the key above, through the same checks), and H the SHA-256 of the parts'
+JSON, so that an entry damaged since it was written is a miss, not a source
+clang refuses at every build.  It is
 written only once a second render, for another identity of the same length,
 was seen to equal that join (the template uses the identity as text only):
 a template that did otherwise leaves no entry.  An entry of any other shape
-(not that JSON, no identity in it, of more than 1 MB) is a miss.
+(not that JSON, no identity in it, another digest, of more than 1 MB) is a miss.
 
 **Trust.** An entry is written whole or not at all (``fsutil.write_atomic``,
 not fsynced: one torn by a crash fails the checks below and is a miss), read
@@ -74,7 +78,7 @@ from bpf_sdt.recorder_abi import RECORDER_IDENTITY_PREFIX
 SUBDIR = "recorders"
 ENTRY_SUFFIX = ".entry"
 SOURCE_SUFFIX = ".source"
-SOURCE_FORMAT = 1                       # the source entry's layout: a new one is a new key
+SOURCE_FORMAT = 2                       # the source entry's layout: a new one is a new key
 MAX_SOURCE = 1 << 20                    # a rendered recorder is some 10-50 KB: more is not an entry
 CHECK_IDENTITY_CHARS = "fe"             # the second render's identity, of another string than this build's
 VERSION_SUFFIX = ".clang-version"
@@ -146,7 +150,13 @@ def fetch_source(inputs: str, identity: str) -> str | None:
     parts = entry.get("parts") if isinstance(entry, dict) and entry.get("format") == SOURCE_FORMAT else None
     if not (isinstance(parts, list) and len(parts) > 1 and all(isinstance(p, str) for p in parts)):
         return None                     # not an entry this module wrote, or one without the identity
+    if entry.get("sha256") != _parts_digest(parts):
+        return None                     # damaged since it was written
     return identity.join(parts)
+
+
+def _parts_digest(parts: list[str]) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def has_sources() -> bool:
@@ -178,7 +188,7 @@ def _store_source_now(inputs: str, identity: str, source: str, render: Callable[
     where = cache_dir()
     if where is None:
         return
-    entry = json.dumps({"format": SOURCE_FORMAT, "parts": parts}).encode()
+    entry = json.dumps({"format": SOURCE_FORMAT, "parts": parts, "sha256": _parts_digest(parts)}).encode()
     _write_entry(where, _source_key(inputs, identity) + SOURCE_SUFFIX, entry)
 
 

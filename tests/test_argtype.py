@@ -245,3 +245,27 @@ def test_hostile_btf_is_an_input_error() -> None:
         arg_type_from_btf(btf, 1)
     with pytest.raises(InputError, match="out of range"):
         arg_type_from_btf(btf, 3)
+
+
+@pytest.mark.parametrize("fields", [
+    {"kind": "bogus"},
+    {"enumerators": (("a", 1, 2),)},
+    {"enumerators": (("a", "1"),)},
+    {"size": -1},
+    {"signed": 1},
+])
+def test_a_cached_site_with_a_malformed_argument_type_is_refused(fields: dict[str, object]) -> None:
+    """trace's cache makes its site table's ArgTypes with the constructor,
+    which checks nothing: a malformed one in a stored entry must make the
+    entry a miss (ValueError), not an error while events are decoded."""
+    from bpf_sdt.trace import instcache
+
+    from bpf_sdt.sites import LocatedSite
+
+    good = ArgType("enum e", "enum e", 4, False, "enum", (("A", 1),))
+    site = LocatedSite(0, "p", "f", ".text", 3, None, None, (good,))
+    encoded = instcache._encoded(site)
+    assert instcache._site(encoded) == site
+    bad = site._replace(types=(good._replace(**fields),))
+    with pytest.raises(ValueError):
+        instcache._site(instcache._encoded(bad))

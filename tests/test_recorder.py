@@ -8,6 +8,7 @@ bpftool as the loader and test runner."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -552,8 +553,8 @@ def test_with_the_cache_off_the_worker_prepares_the_template(monkeypatch: pytest
     assert observers.recorder_template.cache_info().currsize == 1
 
 
-@pytest.mark.parametrize("damage", ["not json", "no parts", "parts not strings", "no identity", "empty", "deep",
-                                    "others-may-write", "a link"])
+@pytest.mark.parametrize("damage", ["not json", "no parts", "parts not strings", "no identity", "a part cut short",
+                                    "empty", "deep", "others-may-write", "a link"])
 def test_a_damaged_or_foreign_source_entry_is_rendered_again(recorder_cache: Path, tmp_path: Path, damage: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from bpf_sdt.instrument import recorder_cache as cache
@@ -564,11 +565,15 @@ def test_a_damaged_or_foreign_source_entry_is_rendered_again(recorder_cache: Pat
     if damage == "not json":
         entry.write_bytes(good[:-10])
     elif damage == "no parts":
-        entry.write_text('{"format": 1}')
+        entry.write_text(json.dumps({"format": cache.SOURCE_FORMAT}))
     elif damage == "parts not strings":
-        entry.write_text('{"format": 1, "parts": ["a", 2]}')
+        entry.write_text(json.dumps({"format": cache.SOURCE_FORMAT, "parts": ["a", 2]}))
     elif damage == "no identity":             # one part: the source would not name this build's identity
-        entry.write_text('{"format": 1, "parts": ["int x;"]}')
+        entry.write_text(json.dumps({"format": cache.SOURCE_FORMAT, "parts": ["int x;"]}))
+    elif damage == "a part cut short":        # well-formed, but not what was written: clang would refuse it
+        data = json.loads(good)
+        data["parts"][-1] = data["parts"][-1][:-40]
+        entry.write_text(json.dumps(data))
     elif damage == "empty":
         entry.write_bytes(b"")
     elif damage == "deep":                      # deeper than json's recursion: a miss, not a RecursionError
@@ -609,3 +614,22 @@ def test_a_template_that_uses_the_identity_otherwise_leaves_no_source_entry(
                        lambda other: source.replace(CONTRACT_IDENTITY, other))
     assert cache.fetch_source("inputs " + OTHER_IDENTITY, OTHER_IDENTITY) == source.replace(CONTRACT_IDENTITY,
                                                                                           OTHER_IDENTITY)
+
+
+def test_a_changed_renderer_is_a_new_source_key(recorder_cache: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The template calls methods of its variables (AggregationCode.last,
+    ArgType's): the Python that defines them is part of the source's key, so
+    an upgrade that changes it renders again instead of serving the old
+    source."""
+    from bpf_sdt.instrument import observers
+
+    build_in(tmp_path / "build-1", CONTRACT_IDENTITY)
+    rendered = []
+    real = observers.recorder_template
+    monkeypatch.setattr(observers, "recorder_template", lambda: rendered.append(1) or real())
+    build_in(tmp_path / "build-2", OTHER_IDENTITY)
+    assert not rendered, "the same renderer rendered again"
+    monkeypatch.setattr(observers, "_renderer_digest", lambda: "another bpf-sdt")
+    build_in(tmp_path / "build-3", OTHER_IDENTITY)
+    assert rendered, "a source of another renderer was served"

@@ -242,7 +242,11 @@ def _decoded(data: object) -> object:
         fields = data[FIELDS_KEY]
         if not (_is_named_tuple_class(cls) and isinstance(fields, dict)):
             raise ValueError(f"not a bpf-sdt named tuple: {data[CLASS_KEY]}")
-        return cls(**{str(k): _decoded(v) for k, v in fields.items()})
+        record = cls(**{str(k): _decoded(v) for k, v in fields.items()})
+        check_fields = getattr(record, "check_fields", None)    # a record that can say it is malformed
+        if check_fields is not None:
+            check_fields()
+        return record
     if data is None or isinstance(data, int | str):
         return data
     raise ValueError(f"unexpected {type(data).__name__} in a cached site table")

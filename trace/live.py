@@ -512,7 +512,7 @@ def _prepare_and_swap(opts: Options, hook: Hook, running: ProgInfo, original_fd:
                     loaded = load_sharing(inst, prog_name, maps, obj_name, pins, load)
                 finally:
                     copy.wait()                 # it copies the copy, which goes with the directory
-                    worker.close(kill=stop.requested)     # its cache writes are done by now (reap_later)
+                    worker.close(kill=stop.requested, wait=False)     # reaped if its cache writes are done
                 if loaded is None:
                     proved()
                     return None

@@ -64,7 +64,8 @@ class InstrumentWorker:
         the instrumented sites; the child's one-line errors are raised here
         as they were.  ``reap_later``: the child writes instrument's cache
         entries after its answer (recorder_cache.defer_writes), while the
-        caller goes on; the caller's :meth:`close` waits for them."""
+        caller goes on; the caller's :meth:`close` reaps the child, or ends
+        it if it is still at them."""
         data = None
         try:
             _write_all(self._job_fd, pickle.dumps((job, output, plan, reap_later)))
@@ -90,14 +91,22 @@ class InstrumentWorker:
             raise error
         raise RuntimeError(f"instrument failed in its child process:\n{payload}")
 
-    def close(self, kill: bool = True) -> None:
-        """Ends the child (``kill``) or waits for it to end."""
+    def close(self, kill: bool = True, wait: bool = True) -> None:
+        """Ends the child (``kill``) or waits for it to end; with ``wait``
+        false, only reaps it if it has ended: one still writing its cache
+        entries after its answer (reap_later) is left to them rather than
+        waited for, which would hold a stop signal up too; the trace's last
+        close() kills it if it is still at them (an entry is written whole
+        or not at all)."""
         if self.pid is None:
             return
         self._close_pipes()
         if kill:
             _kill_group(self.pid)
-        os.waitpid(self.pid, 0)
+        if kill or wait:
+            os.waitpid(self.pid, 0)
+        elif os.waitpid(self.pid, os.WNOHANG)[0] == 0:
+            return                  # still writing: reaped, or killed, by the next close()
         self.pid = None
 
     def _close_pipes(self) -> None:
