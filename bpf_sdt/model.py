@@ -115,10 +115,6 @@ def _typed_arg_json_text(loc: ArgLocation, t: ArgType | None) -> str:
     return _arg_json_text(loc) if t is None or loc.kind != "imm" else _imm_json_text(loc, t)
 
 
-def _int_or_null(v: int | None) -> str:
-    return "null" if v is None else str(v)
-
-
 def _typed_arg_json(loc: ArgLocation, t: ArgType | None) -> dict[str, Any]:
     """An immediate's `value` at its declared type (`(__u8)255` is 255, not
     the -1 the s32 immediate holds); `raw`, the immediate, when they differ."""

@@ -355,16 +355,15 @@ def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, st
     shown = worker.run(job, output, plan, stop, start, reap_later)
     if shown is None:
         return None
-    answered = shown
 
     def finish() -> Instrumented:
         from bpf_sdt.elf import load_object
 
         shown_obj = parsed[0].result() if parsed else _with_site_table(opts.obj)
         sites = _site_table(load_object(output), shown_obj)
-        if any(site_id >= len(sites) or sites[site_id].probe != probe for site_id, probe in answered):
+        if any(site_id >= len(sites) or sites[site_id].probe != probe for site_id, probe in shown):
             raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
-        made = Instrumented(answered, sites)
+        made = Instrumented(shown, sites)
         instcache.store(job, output, made)
         return made
 
