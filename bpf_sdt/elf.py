@@ -29,6 +29,7 @@ are easy to get wrong are all in it, once:
 
 from __future__ import annotations
 
+import itertools
 import struct
 import sys
 from array import array
@@ -195,8 +196,11 @@ class RelocationColumns(NamedTuple):
 # Elf64_Sym (SYM) as 3 u64 words: st_name | st_info << 32 | st_other << 40 |
 # st_shndx << 48, then st_value, then st_size.
 _SYM_WORDS = SYM.size // 8
+_SYM_INFO_SHIFT = 32
+_SYM_OTHER_SHIFT = 40
 _SYM_SHNDX_SHIFT = 48
 _U32_MASK = 0xFFFFFFFF
+_U8_MASK = 0xFF
 
 
 def u64_words(view: memoryview) -> memoryview:
@@ -444,6 +448,30 @@ class SymbolTable:
                               and has_prefix(head & _U32_MASK, prefix)])
         return indices, array("Q", [values[i] for i in indices]), array("q", [heads[i] & _U32_MASK for i in indices])
 
+    def columns(self) -> tuple[memoryview, memoryview, memoryview]:
+        """(heads, values, sizes): the table as three u64 columns, record k
+        being ``heads[k]`` (st_name | st_info << 32 | st_other << 40 |
+        st_shndx << 48), ``values[k]`` and ``sizes[k]``."""
+        words = u64_words(self.raw)
+        return words[0::_SYM_WORDS], words[1::_SYM_WORDS], words[2::_SYM_WORDS]
+
+    def of_type(self, stt: int) -> list[tuple[str, int, int]]:
+        """(name, shndx, value) of every symbol of type ``stt``, index order:
+        a column scan, no tuple per symbol of the million entry symbols."""
+        heads, values, _ = self.columns()
+        indices = [i for i, head in enumerate(heads) if head >> _SYM_INFO_SHIFT & ST_TYPE_MASK == stt]
+        names = self.names(indices, [heads[i] & _U32_MASK for i in indices])
+        return [(name, heads[i] >> _SYM_SHNDX_SHIFT, values[i]) for name, i in zip(names, indices, strict=True)]
+
+    def names_are_ascii(self) -> bool:
+        """Whether every name the table can give is ASCII and inside the
+        string table: then none decodes with U+FFFD and :meth:`name` raises
+        for none, known from one scan of the bytes instead of a name per symbol."""
+        heads = self.columns()[0]
+        if max((head & _U32_MASK for head in heads), default=0) >= max(self._names_len, 1):
+            return False
+        return self._data[self._names_start: self._names_start + self._names_len].isascii()
+
 
 def load_object(path: str | Path) -> BpfObject:
     data = read_regular(str(path), MAX_FILE_SIZE, "BPF object")
@@ -467,15 +495,86 @@ def _reason(e: BaseException) -> str:
 # --- writing -----------------------------------------------------------------
 
 
+class PackedRelocations:
+    """REL/RELA records kept as columns instead of a :class:`Relocation` per
+    record: the notes of a million sites have a million, and a stripped copy
+    of an input keeps its ``.rel.BTF.ext``, about one per site.  Record k is
+    ``offsets[k]``, ``infos[k]`` (symbol index in the image's numbering <<
+    R_SYM_SHIFT | type) and, RELA only, ``addends[k]`` (as u64)."""
+
+    __slots__ = ("offsets", "infos", "addends")
+
+    def __init__(self, offsets: array[int], infos: array[int], addends: array[int] | None) -> None:
+        self.offsets = offsets
+        self.infos = infos
+        self.addends = addends
+
+    @classmethod
+    def read(cls, obj: BpfObject, sec: Section) -> PackedRelocations:
+        """A REL/RELA section's records as they are in the file."""
+        columns = obj.relocation_columns(sec)
+        return cls(array("Q", columns.offsets), array("Q", columns.infos),
+                   array("Q", columns.addends) if sec.type == SHT_RELA else None)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def symbols(self) -> set[int]:
+        """The symbol indices the records name."""
+        return {info >> R_SYM_SHIFT for info in self.infos}
+
+    def renumbered(self, new_index: dict[int, int]) -> PackedRelocations:
+        """The records with symbol i renamed new_index[i] (every symbol they
+        name must have one); the same object when nothing changes."""
+        moved = {old: new_index[old] for old in self.symbols() if new_index[old] != old}
+        if not moved:
+            return self
+        shifted = {old: new << R_SYM_SHIFT for old, new in moved.items()}
+        infos = array("Q", [shifted.get(info >> R_SYM_SHIFT, info & ~R_TYPE_MASK) | info & R_TYPE_MASK
+                            for info in self.infos])
+        return PackedRelocations(self.offsets, infos, self.addends)
+
+    def extended(self, more: PackedRelocations) -> PackedRelocations:
+        if self.addends is None and more.addends is None:
+            return PackedRelocations(self.offsets + more.offsets, self.infos + more.infos, None)
+        mine, theirs = self.with_addends().addends, more.with_addends().addends
+        assert mine is not None and theirs is not None
+        return PackedRelocations(self.offsets + more.offsets, self.infos + more.infos, mine + theirs)
+
+    def with_addends(self) -> PackedRelocations:
+        """As RELA records: REL ones get addend 0 (what a Relocation without
+        an addend writes into a RELA section)."""
+        if self.addends is not None:
+            return self
+        return PackedRelocations(self.offsets, self.infos, array("Q", bytes(8 * len(self))))
+
+    def encode(self) -> bytes:
+        """The records in :data:`REL` or :data:`RELA` layout."""
+        columns = [self.offsets, self.infos] if self.addends is None else [self.offsets, self.infos, self.addends]
+        return _interleave(columns)
+
+
+def _interleave(columns: Sequence[array[int]]) -> bytes:
+    """Equal-length u64 columns as little-endian records of one word per
+    column: one slice assignment per column, no call per record."""
+    stride = len(columns)
+    words = array("Q", bytes(8 * stride * len(columns[0])))
+    for k, column in enumerate(columns):
+        words[k::stride] = column
+    if sys.byteorder != "little":
+        words.byteswap()
+    return words.tobytes()
+
+
 class SecRec:
     """A section being written: its header fields and bytes (or relocations)."""
 
     __slots__ = ("name", "type", "flags", "data", "link", "info", "addralign", "entsize", "relocs",
-                 "nobits_size")
+                 "packed", "nobits_size")
 
     def __init__(self, name: str, type: int, flags: int, data: bytes, link: int = 0, info: int = 0,
                  addralign: int = 1, entsize: int = 0, relocs: list[Relocation] | None = None,
-                 nobits_size: int = 0) -> None:
+                 nobits_size: int = 0, packed: PackedRelocations | None = None) -> None:
         self.name = name
         self.type = type
         self.flags = flags
@@ -485,11 +584,16 @@ class SecRec:
         self.addralign = addralign
         self.entsize = entsize
         self.relocs = relocs            # REL/RELA kept decoded
+        self.packed = packed            # REL/RELA kept as columns, written after relocs
         self.nobits_size = nobits_size  # SHT_NOBITS: the size it occupies at load time
 
     @property
     def size(self) -> int:
         return self.nobits_size if self.type == SHT_NOBITS else len(self.data)
+
+    @property
+    def is_relocations(self) -> bool:
+        return self.relocs is not None or self.packed is not None
 
 
 class SymRec:
@@ -497,6 +601,7 @@ class SymRec:
     symbol, a million for 1M sites."""
 
     __slots__ = ("name", "value", "size", "info", "other", "shndx")
+    width = 1           # symbols it writes (SymbolRun: many)
 
     def __init__(self, name: str, value: int, size: int, info: int, other: int, shndx: int) -> None:
         self.name = name
@@ -513,6 +618,24 @@ class SymRec:
     @property
     def type(self) -> int:
         return self.info & ST_TYPE_MASK
+
+
+class SymbolRun(SymRec):
+    """Consecutive local STT_NOTYPE symbols of size 0 in one section, one
+    element of :attr:`ElfImage.symbols` that writes ``len(names)`` records:
+    the entry symbols of a notes section, the labels of the calls section.
+    Nothing refers to them by index, so they need no index of their own."""
+
+    __slots__ = ("names", "values")
+
+    def __init__(self, names: list[str], values: array[int], shndx: int) -> None:
+        super().__init__("", 0, 0, st_info(STB_LOCAL, STT_NOTYPE), 0, shndx)
+        self.names = names
+        self.values = values
+
+    @property
+    def width(self) -> int:     # type: ignore[override]  # a property where SymRec has a constant
+        return len(self.names)
 
 
 class ElfImage:
@@ -532,25 +655,65 @@ class ElfImage:
     def from_object(cls, obj: BpfObject) -> ElfImage:
         img = cls(obj.data[:EI_NIDENT], ET_REL, EM_BPF, obj.e_flags)
         for s in obj.sections:
-            if s.addralign > MAX_ALIGN or s.addralign & (s.addralign - 1):
-                # the writer pads to it: 2**40 would be a terabyte of zeros
-                raise InputError(f"{obj.path}: section {s.name}: alignment {s.addralign} is not a "
-                                 f"power of two up to {MAX_ALIGN}")
-            rec = SecRec(s.name, s.type, s.flags, obj.section_data(s), s.link, s.info,
-                         s.addralign, s.entsize, nobits_size=s.size if s.type == SHT_NOBITS else 0)
+            _check_alignment(obj, s)
+            rec = _section_record(obj, s)
             if s.type in (SHT_REL, SHT_RELA):
-                if obj.section_at(s.info) is None:
-                    raise InputError(f"{obj.path}: {s.name} applies to missing section {s.info}")
+                _check_relocation_target(obj, s)
                 rec.relocs = obj.decode_relocations(s)
                 bad = next((r for r in rec.relocs if r.symbol >= len(obj.symbols)), None)
-                if bad is not None:   # the writer renumbers symbols: it must know each one
-                    raise InputError(f"{obj.path}: {s.name}: relocation at {bad.offset:#x} names symbol "
-                                     f"{bad.symbol}, which does not exist")
+                if bad is not None:
+                    raise _unknown_symbol(obj, s, bad.offset, bad.symbol)
             img.sections.append(rec)
         img.symbols = [SymRec(s.name, s.value, s.size, st_info(s.bind, s.type), s.other, s.shndx)
                        for s in obj.symbols]
         if not img.symbols:
             raise InputError(f"{obj.path}: no symbol table")
+        return img
+
+    @classmethod
+    def without_sections(cls, obj: BpfObject, removed: set[int]) -> ElfImage:
+        """``from_object(obj)`` then ``remove_section_indices(removed)``: the
+        same image and the same refusals, built without a SymRec for each
+        symbol it drops or a Relocation per record it keeps (an input of a
+        million sites has a million entry symbols, and about as many
+        ``.rel.BTF.ext`` records)."""
+        img = cls(obj.data[:EI_NIDENT], ET_REL, EM_BPF, obj.e_flags)
+        table = obj.symbol_table
+        for s in obj.sections:        # what from_object refuses, in its order
+            _check_alignment(obj, s)
+            if s.type in (SHT_REL, SHT_RELA):
+                _check_relocation_target(obj, s)
+                _check_relocation_symbols(obj, s, table.count)
+        if not table.count:
+            raise InputError(f"{obj.path}: no symbol table")
+        doomed = _removal_closure([(s.type, s.info) for s in obj.sections], removed)
+        sec_map = _kept_indices(len(obj.sections), doomed)
+        heads, values, sizes = table.columns()
+        kept = [i for i, head in enumerate(heads) if head >> _SYM_SHNDX_SHIFT not in doomed]
+        names = table.names(kept, [heads[i] & _U32_MASK for i in kept])
+        sym_map = {old: new for new, old in enumerate(kept)}
+        for name, i in zip(names, kept, strict=True):
+            head = heads[i]
+            shndx = head >> _SYM_SHNDX_SHIFT
+            if not is_reserved_index(shndx):
+                if shndx not in sec_map:
+                    raise InputError(f"{obj.path}: symbol {name or i} is in section {shndx}, which does not exist")
+                shndx = sec_map[shndx]
+            img.symbols.append(SymRec(name, values[i], sizes[i], head >> _SYM_INFO_SHIFT & _U8_MASK,
+                                      head >> _SYM_OTHER_SHIFT & _U8_MASK, shndx))
+        for s in obj.sections:
+            if s.index in doomed:
+                continue
+            rec = _section_record(obj, s)
+            if s.type in (SHT_REL, SHT_RELA, SHT_SYMTAB):
+                rec.link = sec_map.get(s.link, 0)
+            if s.type in (SHT_REL, SHT_RELA):
+                rec.info = sec_map[s.info]
+                packed = PackedRelocations.read(obj, s)
+                if not packed.symbols() <= sym_map.keys():
+                    raise _removed_symbol(s.name)
+                rec.data, rec.packed = b"", packed.renumbered(sym_map)
+            img.sections.append(rec)
         return img
 
     def index_of(self, name: str) -> int | None:
@@ -581,23 +744,11 @@ class ElfImage:
 
     def remove_section_indices(self, doomed: set[int]) -> None:
         """:meth:`remove_sections` by index."""
-        doomed = {i for i in doomed if i}
-        # An address-significance table lists symbol indices, which change.
-        doomed |= {i for i, s in enumerate(self.sections) if s.type == SHT_LLVM_ADDRSIG}
-        while True:   # relocations for whatever goes (also for relocation sections) go too
-            more = {i for i, s in enumerate(self.sections)
-                    if s.type in (SHT_REL, SHT_RELA) and s.info in doomed} - doomed
-            if not more:
-                break
-            doomed |= more
+        doomed = _removal_closure([(s.type, s.info) for s in self.sections], doomed)
         if not doomed:
             return
-        sec_map = {}
-        kept: list[SecRec] = []
-        for i, s in enumerate(self.sections):
-            if i not in doomed:
-                sec_map[i] = len(kept)
-                kept.append(s)
+        sec_map = _kept_indices(len(self.sections), doomed)
+        kept = [s for i, s in enumerate(self.sections) if i not in doomed]
         sym_map: dict[int, int] = {}
         kept_syms: list[SymRec] = []
         for i, sym in enumerate(self.symbols):
@@ -612,11 +763,15 @@ class ElfImage:
                 s.link = sec_map.get(s.link, 0)
             if s.type in (SHT_REL, SHT_RELA):
                 s.info = sec_map[s.info]
-                assert s.relocs is not None
-                for r in s.relocs:
-                    if r.symbol not in sym_map:
-                        raise InputError(f"a relocation in {s.name} refers to a symbol in a removed section")
-                s.relocs = [Relocation(r.offset, r.type, sym_map[r.symbol], r.addend) for r in s.relocs]
+                assert s.is_relocations
+                if s.relocs is not None:
+                    if any(r.symbol not in sym_map for r in s.relocs):
+                        raise _removed_symbol(s.name)
+                    s.relocs = [Relocation(r.offset, r.type, sym_map[r.symbol], r.addend) for r in s.relocs]
+                if s.packed is not None:
+                    if not s.packed.symbols() <= sym_map.keys():
+                        raise _removed_symbol(s.name)
+                    s.packed = s.packed.renumbered(sym_map)
         self.sections, self.symbols = kept, kept_syms
 
     def add_section(self, rec: SecRec) -> int:
@@ -628,7 +783,11 @@ class ElfImage:
 
     def to_bytes(self) -> bytes:
         order, n_locals = self._symbol_order()
-        new_index = {old: new for new, old in enumerate(order)}
+        new_index: dict[int, int] = {}      # image index -> index written (a run writes many)
+        written = 0
+        for old in order:
+            new_index[old] = written
+            written += self.symbols[old].width
         symtab_i = self.symtab_index
         strtab_i = self.sections[symtab_i].link
         shstr_i = next((i for i, s in enumerate(self.sections)
@@ -637,21 +796,30 @@ class ElfImage:
             shstr_i = self.add_section(SecRec(".shstrtab", SHT_STRTAB, 0, b""))
 
         strtab = _StringTable()
-        sym_bytes = bytearray(SYM.size * len(order))
+        sym_bytes = bytearray(SYM.size * written)
         pack_into, add, symbols = SYM.pack_into, strtab.add, self.symbols
-        for new, old in enumerate(order):
+        for old in order:
             s = symbols[old]
-            pack_into(sym_bytes, SYM.size * new, add(s.name) if s.name else 0, s.info, s.other, s.shndx,
-                      s.value, s.size)
+            if isinstance(s, SymbolRun):
+                at = SYM.size * new_index[old]
+                sym_bytes[at: at + SYM.size * s.width] = _run_records(s, strtab)
+                continue
+            pack_into(sym_bytes, SYM.size * new_index[old], add(s.name) if s.name else 0, s.info, s.other,
+                      s.shndx, s.value, s.size)
         sym_rec = self.sections[symtab_i]
         sym_rec.data, sym_rec.info, sym_rec.entsize = bytes(sym_bytes), n_locals, SYM.size
         sym_rec.addralign = max(sym_rec.addralign, TABLE_ALIGN)
         self.sections[strtab_i].data = strtab.bytes()
 
         for sec in self.sections:
-            if sec.relocs is not None:
-                sec.data = _encode_relocations(sec.relocs, sec.type == SHT_RELA, new_index)
-                sec.link, sec.entsize = symtab_i, (RELA if sec.type == SHT_RELA else REL).size
+            if sec.is_relocations:
+                rela = sec.type == SHT_RELA
+                sec.data = _encode_relocations(sec.relocs or [], rela, new_index)
+                if sec.packed is not None:
+                    packed = sec.packed.with_addends() if rela else \
+                        PackedRelocations(sec.packed.offsets, sec.packed.infos, None)   # REL: addends in place
+                    sec.data += packed.renumbered(new_index).encode()
+                sec.link, sec.entsize = symtab_i, (RELA if rela else REL).size
                 sec.addralign = max(sec.addralign, TABLE_ALIGN)
 
         shstr = _StringTable()
@@ -681,14 +849,77 @@ class ElfImage:
     def _symbol_order(self) -> tuple[list[int], int]:
         """The symbols' indices as written (the null symbol, the locals, then
         the others, each in index order, as ELF wants locals first) and the
-        number of locals with the null symbol."""
+        number of locals written with the null symbol."""
         if not self.symbols:
             return [], 0
         local: list[int] = [0]
         other: list[int] = []
         for i, s in enumerate(self.symbols[1:], 1):
             (local if s.bind == STB_LOCAL else other).append(i)
-        return local + other, len(local) - (self.symbols[0].bind != STB_LOCAL)
+        n_locals = sum(self.symbols[i].width for i in local)
+        return local + other, n_locals - (self.symbols[0].bind != STB_LOCAL)
+
+
+def _check_alignment(obj: BpfObject, s: Section) -> None:
+    if s.addralign > MAX_ALIGN or s.addralign & (s.addralign - 1):
+        # the writer pads to it: 2**40 would be a terabyte of zeros
+        raise InputError(f"{obj.path}: section {s.name}: alignment {s.addralign} is not a "
+                         f"power of two up to {MAX_ALIGN}")
+
+
+def _check_relocation_target(obj: BpfObject, s: Section) -> None:
+    if obj.section_at(s.info) is None:
+        raise InputError(f"{obj.path}: {s.name} applies to missing section {s.info}")
+
+
+def _check_relocation_symbols(obj: BpfObject, s: Section, count: int) -> None:
+    """Every record names an existing symbol (the writer renumbers symbols:
+    it must know each one); the first that does not is refused."""
+    infos = obj.relocation_columns(s).infos
+    if max((info >> R_SYM_SHIFT for info in infos), default=-1) < count:
+        return
+    k = next(k for k, info in enumerate(infos) if info >> R_SYM_SHIFT >= count)
+    raise _unknown_symbol(obj, s, obj.relocation_columns(s).offsets[k], infos[k] >> R_SYM_SHIFT)
+
+
+def _unknown_symbol(obj: BpfObject, s: Section, offset: int, symbol: int) -> InputError:
+    return InputError(f"{obj.path}: {s.name}: relocation at {offset:#x} names symbol {symbol}, "
+                      "which does not exist")
+
+
+def _removed_symbol(rel_name: str) -> InputError:
+    return InputError(f"a relocation in {rel_name} refers to a symbol in a removed section")
+
+
+def _section_record(obj: BpfObject, s: Section) -> SecRec:
+    return SecRec(s.name, s.type, s.flags, obj.section_data(s), s.link, s.info,
+                  s.addralign, s.entsize, nobits_size=s.size if s.type == SHT_NOBITS else 0)
+
+
+def _removal_closure(sections: Sequence[tuple[int, int]], doomed: set[int]) -> set[int]:
+    """The section indices a removal of ``doomed`` takes, given each
+    section's (type, info): the address-significance table too (it lists
+    symbol indices, which change), and the relocations of whatever goes."""
+    doomed = {i for i in doomed if i}
+    doomed |= {i for i, (sh_type, _) in enumerate(sections) if sh_type == SHT_LLVM_ADDRSIG}
+    while True:   # relocations for whatever goes (also for relocation sections) go too
+        more = {i for i, (sh_type, info) in enumerate(sections)
+                if sh_type in (SHT_REL, SHT_RELA) and info in doomed} - doomed
+        if not more:
+            return doomed
+        doomed |= more
+
+
+def _kept_indices(count: int, doomed: set[int]) -> dict[int, int]:
+    """Old section index -> new one, for the sections that stay."""
+    return {old: new for new, old in enumerate(i for i in range(count) if i not in doomed)}
+
+
+def _run_records(run: SymbolRun, strtab: _StringTable) -> bytes:
+    """A run's symbol records (:data:`SYM` as three u64 words each)."""
+    tail = run.info << _SYM_INFO_SHIFT | run.other << _SYM_OTHER_SHIFT | run.shndx << _SYM_SHNDX_SHIFT
+    heads = array("Q", [name_off | tail for name_off in strtab.add_many(run.names)])
+    return _interleave([heads, run.values, array("Q", bytes(8 * len(heads)))])
 
 
 def _encode_relocations(relocs: list[Relocation], rela: bool, new_index: dict[int, int]) -> bytes:
@@ -714,6 +945,20 @@ class _StringTable:
             self._offsets[s] = len(self._data)
             self._data += s.encode() + b"\0"
         return self._offsets[s]
+
+    def add_many(self, names: Sequence[str]) -> list[int]:
+        """:meth:`add` of each name in turn, in bulk: the new names (first
+        occurrences, in order) are appended as one join."""
+        offsets = self._offsets
+        fresh = [name for name in dict.fromkeys(names) if name not in offsets]
+        if fresh:
+            joined = "\0".join(fresh) + "\0"
+            encoded = joined.encode()
+            lengths = map(len, fresh) if len(encoded) == len(joined) else (len(n.encode()) for n in fresh)
+            starts = itertools.accumulate((n + 1 for n in lengths), initial=len(self._data))
+            offsets.update(zip(fresh, starts, strict=False))   # the last start is the end: one more
+            self._data += encoded
+        return list(map(offsets.__getitem__, names))
 
     def bytes(self) -> bytes:
         return bytes(self._data)

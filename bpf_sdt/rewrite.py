@@ -25,8 +25,10 @@ lists (insert, replace); :func:`rewrite_object` writes the object back:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from bpf_sdt.btfext import BTF_EXT_SECTION
 from bpf_sdt.elf import (
@@ -39,15 +41,16 @@ from bpf_sdt.elf import (
     SHT_RELA,
     STB_LOCAL,
     STT_FUNC,
-    STT_NOTYPE,
     STT_SECTION,
     STV_DEFAULT,
     BpfObject,
     ElfImage,
+    PackedRelocations,
     Relocation,
     SecRec,
-    SymRec,
+    SymbolRun,
     is_reserved_index,
+    r_info,
     st_info,
 )
 from bpf_sdt.errors import InputError
@@ -168,21 +171,34 @@ def append_call_words(img: ElfImage, words: list[tuple[str, int, int]]) -> None:
     """For each (symbol name, code section index, byte offset), one address
     word appended to the calls section (made when missing), as a note's
     address word (docs/format.md section 6)."""
-    append_address_entries(img, CALLS_SECTION, CALLS_REL_SECTION, CALL_WORD_SIZE,
-                           [(name, section, offset.to_bytes(CALL_WORD_SIZE, "little"))
-                            for name, section, offset in words])
+    append_address_entries(img, CALLS_SECTION, CALLS_REL_SECTION, CALL_WORD_SIZE, AddressEntries(
+        [name for name, _, _ in words], [section for _, section, _ in words],
+        b"".join(offset.to_bytes(CALL_WORD_SIZE, "little") for _, _, offset in words),
+        array("Q", range(0, CALL_WORD_SIZE * len(words), CALL_WORD_SIZE))))
+
+
+class AddressEntries(NamedTuple):
+    """Entries that start with an address word into code, as columns: entry
+    k is ``data[starts[k]:starts[k + 1]]``, holds its code offset in place
+    in its first word, is relocated against section ``code_sections[k]``
+    and starts at a symbol ``names[k]``."""
+
+    names: list[str]
+    code_sections: list[int]
+    data: bytes
+    starts: array[int]          # u64, ascending, starts[0] == 0
 
 
 def append_address_entries(img: ElfImage, section: str, rel_section: str, addralign: int,
-                           entries: Sequence[tuple[str, int, bytes]]) -> None:
+                           entries: AddressEntries) -> None:
     """The one writer of sections whose entries start with an address word
-    into code (the notes, the calls): for each (symbol name, code section
-    index, entry bytes, the address word first, holding the code offset in
-    place), the entry appended to ``section`` (made when missing, with its
-    REL section; flags 0: not SHF_ALLOC, so no loader reads it), one
-    R_BPF_64_ABS64 at the entry against the code section's symbol, and a
-    local STT_NOTYPE symbol ``name`` at it."""
-    if not entries:
+    into code (the notes, the calls): ``entries`` appended to ``section``
+    (made when missing, with its REL section; flags 0: not SHF_ALLOC, so no
+    loader reads it), one R_BPF_64_ABS64 at each entry against its code
+    section's symbol, and a local STT_NOTYPE symbol at each.  Written as
+    columns (a symbol run, packed relocations): a million sites make no
+    object per entry."""
+    if not entries.names:
         return
     sec_i = img.index_of(section)
     if sec_i is None:
@@ -191,21 +207,31 @@ def append_address_entries(img: ElfImage, section: str, rel_section: str, addral
     if rel_i is None:
         rel_i = img.add_section(SecRec(rel_section, SHT_REL, SHF_INFO_LINK, b"",   # to_bytes lays it out
                                        link=img.symtab_index, info=sec_i, relocs=[]))
-    relocs = img.sections[rel_i].relocs
-    assert relocs is not None
-    chunks = [img.sections[sec_i].data]
-    here = len(chunks[0])
-    section_symbols: dict[int, int] = {}     # thousands of entries name a few code sections
-    symbols, info = img.symbols, st_info(STB_LOCAL, STT_NOTYPE)
-    for name, code_section, entry in entries:
-        symbol = section_symbols.get(code_section)
-        if symbol is None:   # asked here, between the entries' symbols: a missing one is added in its turn
-            symbol = section_symbols[code_section] = img.section_symbol(code_section)
-        symbols.append(SymRec(name, here, 0, info, 0, sec_i))
-        relocs.append(Relocation(here, R_BPF_64_ABS64, symbol, None))
-        chunks.append(entry)
-        here += len(entry)
-    img.sections[sec_i].data = b"".join(chunks)
+    here = len(img.sections[sec_i].data)
+    values = array("Q", [here + start for start in entries.starts]) if here else entries.starts
+    info_of = {code: r_info(symbol, R_BPF_64_ABS64)
+               for code, symbol in _section_symbols(img, sec_i, entries, values).items()}
+    run = PackedRelocations(values, array("Q", map(info_of.__getitem__, entries.code_sections)), None)
+    rel = img.sections[rel_i]
+    rel.packed = run if rel.packed is None else rel.packed.extended(run)
+    img.sections[sec_i].data += entries.data
+
+
+def _section_symbols(img: ElfImage, sec_i: int, entries: AddressEntries, values: array[int]) -> dict[int, int]:
+    """The entries' symbols appended (runs, in entry order) and each code
+    section's symbol index.  A section's symbol is looked up at its first
+    entry, so one that is missing is added there, between the entries'
+    symbols, as a writer of one entry at a time would."""
+    symbols: dict[int, int] = {}
+    done = 0
+    for code in dict.fromkeys(entries.code_sections):     # a million entries name a few sections
+        first = entries.code_sections.index(code, done)
+        if first > done:
+            img.symbols.append(SymbolRun(entries.names[done:first], values[done:first], sec_i))
+            done = first
+        symbols[code] = img.section_symbol(code)
+    img.symbols.append(SymbolRun(entries.names[done:], values[done:], sec_i))
+    return symbols
 
 
 def _move_moved_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],

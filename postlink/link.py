@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bpf_sdt.elf import (
+    R_SYM_SHIFT,
+    SHT_REL,
+    SHT_RELA,
     SHT_STRTAB,
     SHT_SYMTAB,
     ST_TYPE_MASK,
@@ -43,13 +47,14 @@ from bpf_sdt.elf import (
 from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.fsutil import resolve_output
-from bpf_sdt.inlined import INLINE_SECTION, Chain, set_section
+from bpf_sdt.inlined import INLINE_SECTION, set_section
 from bpf_sdt.model import Declaration, escape_text
-from bpf_sdt.notes import ADDRESS_WORD_SIZE, NoteEntry, encode_entry
+from bpf_sdt.notes import ADDRESS_WORD, ADDRESS_WORD_SIZE, encode_entry
 from bpf_sdt.rewrite import append_address_entries, append_call_words
 from bpf_sdt.toolchain import find_bpftool
 
 from .check import ObjectReport, analyze, call_words, write_checked, write_output
+from .linkproof import MovedNotes, verify_linked
 
 UNDECODABLE = "\ufffd"          # what the ELF reader puts for bytes that are not UTF-8
 # The notes section as the compiler emits it: no alignment (docs/format.md).
@@ -76,15 +81,13 @@ class Placement:
 @dataclass(frozen=True)
 class Linked:
     """The linked object, decoded, and check's report of it when linking ran
-    one (None: nothing was checked yet; the caller checks what it writes)."""
+    one (None: nothing was checked yet; the caller checks what it writes,
+    `link` through ``moved``: what link wrote, to prove it with
+    linkproof.verify_linked instead of decoding it all again)."""
 
     obj: BpfObject
     report: ObjectReport | None
-
-
-# A site of one input: the input's index and its decoded entry, re-encoded
-# (never copied) into the output.
-InputSite = tuple[int, NoteEntry]
+    moved: MovedNotes | None = None
 
 
 def run_link(output: str, inputs: Sequence[str], bpftool: str | None = None) -> int:
@@ -92,14 +95,17 @@ def run_link(output: str, inputs: Sequence[str], bpftool: str | None = None) -> 
     return EXIT_OK
 
 
-def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> ObjectReport:
-    """`bpf-sdt link`: OUT written atomically, once it passes check."""
+def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> ObjectReport | None:
+    """`bpf-sdt link`: OUT written atomically, once it passes check (proved
+    without a second decode of every site: linkproof; then no report)."""
     try:   # refuse an output that is no regular file before doing any work
         resolve_output(output)
     except OSError as e:
         raise InputError(f"cannot write {output}: {e.strerror}") from None
     linked = link_objects([checked_input(load_object(p)) for p in inputs], str(output), bpftool)
-    if linked.report is None:
+    if linked.moved is not None:
+        verify_linked(linked.obj, linked.moved)
+    elif linked.report is None:
         return write_checked(output, linked.obj.data, "the linked object")
     write_output(output, linked.obj.data)
     return linked.report
@@ -110,18 +116,18 @@ def link_objects(inputs: list[ObjectReport], name: str, bpftool: str | None = No
     as ``name``.  Nothing is written but temporaries for the linker."""
     _check_prototypes(inputs)
     objs = [r.obj for r in inputs]
-    sites = [(i, e) for i, r in enumerate(inputs) for e in r.decoding.entries]    # notes order: kept
+    has_sites = any(r.decoding.entries for r in inputs)
     calls = [InputCall(i, observer, o.sections[shndx].name, offset)
              for i, o in enumerate(objs) for observer, shndx, offset in call_words(o)]
     names = [Path(r.path) for r in inputs]
     tool = find_bpftool(bpftool)     # bpftool, else $BPF_SDT_BPFTOOL, else PATH and /usr/sbin
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
         direct = Path(tmp) / "direct.o"
-        if sites and not _linker_refuses_records(objs) and \
+        if has_sites and not _linker_refuses_records(objs) and \
                 _bpftool_link(tool, direct, _copies(objs, Path(tmp)), check=False):
             linked = load_object(direct)
             report = analyze(linked)
-            if not report.errors and _same_sites(report, objs, sites, linked):
+            if not report.errors and _same_sites(report, inputs, linked):
                 return Linked(BpfObject(name, linked.data), report)
         stripped = []
         for i, o in enumerate(objs):
@@ -131,11 +137,18 @@ def link_objects(inputs: list[ObjectReport], name: str, bpftool: str | None = No
         base = Path(tmp) / "base.o"
         _bpftool_link(tool, base, stripped, check=True, names=names)
         linked = load_object(base)
-    if not sites:
+    if not has_sites:
         return Linked(BpfObject(name, linked.data), analyze(linked))
     placement = _placement(objs, linked)
     inline = [c for r in inputs for c in r.table.notes_order_chains()]   # the linker drops DWARF
-    return Linked(BpfObject(name, _add_notes(linked, sites, placement, calls, inline)), None)
+    img = ElfImage.from_object(linked)
+    moved = _move_notes(img, inputs, placement)
+    placed_calls = [_placed_call(img, c, placement) for c in calls]
+    append_address_entries(img, NOTES_SECTION, NOTES_REL_SECTION, NOTES_ALIGN, moved.entries)
+    append_call_words(img, placed_calls)
+    set_section(img, inline)    # one chain per entry, in the order written above
+    moved.linker_output, moved.calls, moved.inline = linked, placed_calls, inline
+    return Linked(BpfObject(name, img.to_bytes()), None, moved)
 
 
 def _linker_refuses_records(objs: list[BpfObject]) -> bool:
@@ -145,14 +158,16 @@ def _linker_refuses_records(objs: list[BpfObject]) -> bool:
     far), and clang 15 and later relocate the notes' and call records'
     address words against the code section's symbol.  The direct link would
     then only cost a linker run over every input (a second of a 1M-site
-    link), so it is not tried.  The first relocation decides in practice;
-    symbols out of range are the check's to report, not this guess's."""
+    link), so it is not tried.  The first relocation decides in practice
+    (read from the columns: no object per record); symbols out of range are
+    the check's to report, not this guess's."""
     for o in objs:
         table = o.symbol_table
         for sec in (*o.sections_named(NOTES_SECTION), *o.sections_named(CALLS_SECTION)):
-            _, relocs = o.relocations(sec)
-            for r in relocs:
-                if 0 <= r.symbol < table.count and table.record(r.symbol)[1] & ST_TYPE_MASK == STT_SECTION:
+            rel = next((s for s in o.sections if s.type in (SHT_REL, SHT_RELA) and s.info == sec.index), None)
+            for info in o.relocation_columns(rel).infos if rel is not None else ():
+                symbol = info >> R_SYM_SHIFT
+                if symbol < table.count and table.record(symbol)[1] & ST_TYPE_MASK == STT_SECTION:
                     return True
     return False
 
@@ -183,8 +198,9 @@ def refuse_undecodable_names(obj: BpfObject) -> None:
     """An object is rewritten from its decoded names, and a name that is not
     UTF-8 decodes with U+FFFD in place of its bytes: writing it back would
     rename the symbol or section, so such an object is refused instead."""
-    names = [("symbol", sym.name) for sym in obj.symbols] + [("section", sec.name) for sec in obj.sections]
-    for kind, name in names:
+    table = obj.symbol_table    # ASCII names (the rule, and one scan) decode as they are
+    symbols = [] if table.names_are_ascii() else [("symbol", sym.name) for sym in obj.symbols]
+    for kind, name in [*symbols, *(("section", sec.name) for sec in obj.sections)]:
         if UNDECODABLE in name:
             raise InputError(f"{obj.path}: {kind} name {escape_text(name)!r} is not UTF-8; rewriting the object "
                              "would change it")
@@ -195,10 +211,9 @@ def strip_notes(obj: BpfObject) -> bytes:
     .bpf_sdt_notes or .bpf_sdt_calls and the relocation sections applying to
     them (found by what they apply to, not by name: a name says nothing about
     what a section is)."""
-    img = ElfImage.from_object(obj)
-    img.remove_section_indices({s.index for name in (NOTES_SECTION, CALLS_SECTION, INLINE_SECTION)
-                                for s in obj.sections_named(name) if s.type not in (SHT_SYMTAB, SHT_STRTAB)})
-    return img.to_bytes()
+    return ElfImage.without_sections(obj, {s.index for name in (NOTES_SECTION, CALLS_SECTION, INLINE_SECTION)
+                                           for s in obj.sections_named(name)
+                                           if s.type not in (SHT_SYMTAB, SHT_STRTAB)}).to_bytes()
 
 
 def _check_prototypes(reports: list[ObjectReport]) -> None:
@@ -248,53 +263,81 @@ def _placement(objs: list[BpfObject], linked: BpfObject) -> Placement:
 def _verify_placement(objs: list[BpfObject], linked: BpfObject,
                       base: dict[tuple[int, str], int]) -> None:
     out_funcs: dict[tuple[str, str], list[int]] = {}
-    for sym in linked.symbols:
-        sec = None if is_reserved_index(sym.shndx) else linked.section_at(sym.shndx)
-        if sym.type == STT_FUNC and sec is not None:
-            out_funcs.setdefault((sec.name, sym.name), []).append(sym.value)
+    for name, shndx, value in linked.symbol_table.of_type(STT_FUNC):
+        sec = None if is_reserved_index(shndx) else linked.section_at(shndx)
+        if sec is not None:
+            out_funcs.setdefault((sec.name, name), []).append(value)
     for i, o in enumerate(objs):
-        for sym in o.symbols:
-            sec = None if is_reserved_index(sym.shndx) else o.section_at(sym.shndx)
-            if sym.type != STT_FUNC or sec is None or not sec.executable:
+        for name, shndx, value in o.symbol_table.of_type(STT_FUNC):   # a column scan: entry symbols are not FUNC
+            sec = None if is_reserved_index(shndx) else o.section_at(shndx)
+            if sec is None or not sec.executable:
                 continue
-            want = base[(i, sec.name)] + sym.value
-            if want not in out_funcs.get((sec.name, sym.name), []):
-                raise InputError(f"{o.path}: function {sym.name} is not where the linker layout "
+            want = base[(i, sec.name)] + value
+            if want not in out_funcs.get((sec.name, name), []):
+                raise InputError(f"{o.path}: function {name} is not where the linker layout "
                                  f"says ({sec.name}+{want:#x}); cannot place its probe notes")
 
 
-def _same_sites(report: ObjectReport, objs: list[BpfObject], sites: list[InputSite],
-                linked: BpfObject) -> bool:
+def _same_sites(report: ObjectReport, inputs: list[ObjectReport], linked: BpfObject) -> bool:
+    objs = [r.obj for r in inputs]
     try:
         placement = _placement(objs, linked)
     except InputError:
         return False
-    want = sorted((e.section.name, placement.base[(i, e.section.name)] + e.offset) for i, e in sites)
+    want = sorted((e.section.name, placement.base[(i, e.section.name)] + e.offset)
+                  for i, r in enumerate(inputs) for e in r.decoding.entries)
     return want == sorted((e.section.name, e.offset) for e in report.decoding.entries)
 
 
-def _add_notes(linked: BpfObject, sites: list[InputSite], placement: Placement,
-               calls: list[InputCall], inline: Sequence[Chain] = ()) -> bytes:
-    img = ElfImage.from_object(linked)
+def _move_notes(img: ElfImage, inputs: list[ObjectReport], placement: Placement) -> MovedNotes:
+    """Every input's notes moved into the linked image ``img``: in input
+    order, each input's notes section copied with every address word set
+    to its NOP's new offset (its code section's placement plus the old
+    offset), which must hold the NOP there.  The argument insns are the
+    input's bytes, which its check decoded; they are the encoding of the
+    decoded arguments (checked once per distinct argument list: the
+    decoder shares them)."""
+    moved = MovedNotes()
     section_index: dict[str, int] = {}        # a million sites name a few code sections
-    args_bytes: dict[int, bytes] = {}     # and have a few argument lists: by id(), the decoder shares them
-    entries = []
-    for i, e in sites:
-        section = e.section.name
-        target = placement.base[(i, section)] + e.offset
-        sec_index = section_index.get(section)
-        if sec_index is None:
-            sec_index = section_index[section] = _linked_section(img, section)
-        if not img.sections[sec_index].data.startswith(NOP_INSN, target):
-            raise InputError(f"{section}+{target:#x} in the linked object is not the probe NOP")
-        args = args_bytes.get(id(e.args))
-        if args is None:      # the argument insns alone: an entry of no address word's worth
-            args = args_bytes[id(e.args)] = encode_entry(0, e.args)[ADDRESS_WORD_SIZE:]
-        entries.append((e.symbol, sec_index, encode_entry(target, ()) + args))
-    append_address_entries(img, NOTES_SECTION, NOTES_REL_SECTION, NOTES_ALIGN, entries)
-    append_call_words(img, [_placed_call(img, c, placement) for c in calls])
-    set_section(img, inline)    # one chain per entry, in the order written above
-    return img.to_bytes()
+    for i, r in enumerate(inputs):
+        entries = r.decoding.entries
+        if not entries:
+            continue
+        notes = r.decoding.notes
+        assert notes is not None
+        _check_argument_encoding(r)
+        original = r.obj.section_data(notes)
+        copy = bytearray(original)
+        pack_into = ADDRESS_WORD.pack_into
+        targets = array("Q")
+        code_sections: list[int] = []
+        current = None
+        base = code_index = 0
+        code = b""
+        for e in entries:
+            if e.section is not current:
+                current = e.section
+                base = placement.base[(i, current.name)]
+                code_index = section_index.get(current.name, -1)
+                if code_index < 0:
+                    code_index = section_index[current.name] = _linked_section(img, current.name)
+                code = img.sections[code_index].data
+            target = base + e.offset
+            if not code.startswith(NOP_INSN, target):
+                raise InputError(f"{current.name}+{target:#x} in the linked object is not the probe NOP")
+            pack_into(copy, e.entry_offset, target)
+            targets.append(target)
+            code_sections.append(code_index)
+        moved.add_input(r, original, bytes(copy), targets, code_sections)
+    return moved
+
+
+def _check_argument_encoding(report: ObjectReport) -> None:
+    """The argument insns copied are what encode_entry makes of the decoded
+    arguments: link writes no byte the decoder did not read as that."""
+    for raw, args in {e.raw_args: e.args for e in report.decoding.entries}.items():
+        if encode_entry(0, args)[ADDRESS_WORD_SIZE:] != raw:
+            raise InputError(f"{report.path}: argument insns {raw.hex()} do not re-encode as they are")
 
 
 def _linked_section(img: ElfImage, name: str) -> int:
