@@ -23,11 +23,14 @@ only once it passes `check`.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import subprocess
 import tempfile
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from bpf_sdt.elf import (
@@ -41,15 +44,18 @@ from bpf_sdt.elf import (
     STT_SECTION,
     BpfObject,
     ElfImage,
+    Section,
     is_reserved_index,
     load_object,
+    put_u64_words,
+    section_view,
 )
 from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.fsutil import resolve_output
 from bpf_sdt.inlined import INLINE_SECTION, set_section
 from bpf_sdt.model import Declaration, escape_text
-from bpf_sdt.notes import ADDRESS_WORD, ADDRESS_WORD_SIZE, encode_entry
+from bpf_sdt.notes import ADDRESS_WORD_SIZE, encode_entry
 from bpf_sdt.rewrite import append_address_entries, append_call_words
 from bpf_sdt.toolchain import find_bpftool
 
@@ -59,6 +65,9 @@ from .linkproof import MovedNotes, verify_linked
 UNDECODABLE = "\ufffd"          # what the ELF reader puts for bytes that are not UTF-8
 # The notes section as the compiler emits it: no alignment (docs/format.md).
 NOTES_ALIGN = 1
+# NoteEntry fields, read in C over a million entries.
+_SECTION, _OFFSET, _ENTRY_OFFSET = attrgetter("section"), attrgetter("offset"), attrgetter("entry_offset")
+_RAW_ARGS, _ARGS = attrgetter("raw_args"), attrgetter("args")
 
 
 @dataclass(frozen=True)
@@ -81,13 +90,19 @@ class Placement:
 @dataclass(frozen=True)
 class Linked:
     """The linked object, decoded, and check's report of it when linking ran
-    one (None: nothing was checked yet; the caller checks what it writes,
-    `link` through ``moved``: what link wrote, to prove it with
-    linkproof.verify_linked instead of decoding it all again)."""
+    one (None: nothing was checked yet; the caller checks what it writes)."""
 
     obj: BpfObject
     report: ObjectReport | None
-    moved: MovedNotes | None = None
+
+
+@dataclass(frozen=True)
+class LinkedImage:
+    """The linker's output with the notes moved in, not yet written out,
+    and what was moved (for linkproof.verify_linked)."""
+
+    img: ElfImage
+    moved: MovedNotes
 
 
 def run_link(output: str, inputs: Sequence[str], bpftool: str | None = None) -> int:
@@ -102,18 +117,36 @@ def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> Object
         resolve_output(output)
     except OSError as e:
         raise InputError(f"cannot write {output}: {e.strerror}") from None
-    linked = link_objects([checked_input(load_object(p)) for p in inputs], str(output), bpftool)
-    if linked.moved is not None:
-        verify_linked(linked.obj, linked.moved)
-    elif linked.report is None:
-        return write_checked(output, linked.obj.data, "the linked object")
-    write_output(output, linked.obj.data)
-    return linked.report
+    reports = [checked_input(load_object(p)) for p in inputs]
+    linked = _link(reports, str(output), bpftool)
+    del reports
+    if isinstance(linked, Linked):
+        if linked.report is None:
+            return write_checked(output, linked.obj.data, "the linked object")
+        write_output(output, linked.obj.data)
+        return linked.report
+    # The inputs are moved: their checks (a million entries, which refer to
+    # their objects in cycles: only the collector frees them) go before OUT
+    # is laid out and read back, the peak of a large link.
+    gc.collect()
+    out = BpfObject(str(output), linked.img.to_bytes())
+    verify_linked(out, linked.moved)
+    write_output(output, out.data)
+    return None
 
 
 def link_objects(inputs: list[ObjectReport], name: str, bpftool: str | None = None) -> Linked:
     """Link the analyzed inputs (see checked_input) into one object, decoded
     as ``name``.  Nothing is written but temporaries for the linker."""
+    linked = _link(inputs, name, bpftool)
+    if isinstance(linked, LinkedImage):
+        return Linked(BpfObject(name, linked.img.to_bytes()), None)
+    return linked
+
+
+def _link(inputs: list[ObjectReport], name: str, bpftool: str | None) -> Linked | LinkedImage:
+    """link_objects, but the notes written back are left as an image: the
+    caller may drop the inputs first."""
     _check_prototypes(inputs)
     objs = [r.obj for r in inputs]
     has_sites = any(r.decoding.entries for r in inputs)
@@ -148,7 +181,7 @@ def link_objects(inputs: list[ObjectReport], name: str, bpftool: str | None = No
     append_call_words(img, placed_calls)
     set_section(img, inline)    # one chain per entry, in the order written above
     moved.linker_output, moved.calls, moved.inline = linked, placed_calls, inline
-    return Linked(BpfObject(name, img.to_bytes()), None, moved)
+    return LinkedImage(img, moved)
 
 
 def _linker_refuses_records(objs: list[BpfObject]) -> bool:
@@ -296,7 +329,8 @@ def _move_notes(img: ElfImage, inputs: list[ObjectReport], placement: Placement)
     offset), which must hold the NOP there.  The argument insns are the
     input's bytes, which its check decoded; they are the encoding of the
     decoded arguments (checked once per distinct argument list: the
-    decoder shares them)."""
+    decoder shares them).  Done as columns, a run of entries of one code
+    section at a time: no object per site."""
     moved = MovedNotes()
     section_index: dict[str, int] = {}        # a million sites name a few code sections
     for i, r in enumerate(inputs):
@@ -306,36 +340,44 @@ def _move_notes(img: ElfImage, inputs: list[ObjectReport], placement: Placement)
         notes = r.decoding.notes
         assert notes is not None
         _check_argument_encoding(r)
-        original = r.obj.section_data(notes)
+        offsets = array("Q", map(_OFFSET, entries))
+        targets, code_sections = array("Q"), []
+        for section, lo, hi in _section_runs(list(map(_SECTION, entries))):
+            code_index = section_index.get(section.name, -1)
+            if code_index < 0:
+                code_index = section_index[section.name] = _linked_section(img, section.name)
+            run = array("Q", map(placement.base[(i, section.name)].__add__, offsets[lo:hi]))
+            _check_nops(section.name, img.sections[code_index].data, run)
+            targets += run
+            code_sections += [code_index] * (hi - lo)
+        original = section_view(r.obj, notes).tobytes()     # not cached on the input, which goes first
+        entry_offsets = array("Q", map(_ENTRY_OFFSET, entries))
         copy = bytearray(original)
-        pack_into = ADDRESS_WORD.pack_into
-        targets = array("Q")
-        code_sections: list[int] = []
-        current = None
-        base = code_index = 0
-        code = b""
-        for e in entries:
-            if e.section is not current:
-                current = e.section
-                base = placement.base[(i, current.name)]
-                code_index = section_index.get(current.name, -1)
-                if code_index < 0:
-                    code_index = section_index[current.name] = _linked_section(img, current.name)
-                code = img.sections[code_index].data
-            target = base + e.offset
-            if not code.startswith(NOP_INSN, target):
-                raise InputError(f"{current.name}+{target:#x} in the linked object is not the probe NOP")
-            pack_into(copy, e.entry_offset, target)
-            targets.append(target)
-            code_sections.append(code_index)
-        moved.add_input(r, original, bytes(copy), targets, code_sections)
+        put_u64_words(copy, map(ADDRESS_WORD_SIZE.__rfloordiv__, entry_offsets), targets)
+        moved.add_input(r, original, entry_offsets, copy, targets, code_sections)
     return moved
+
+
+def _section_runs(sections: list[Section]) -> list[tuple[Section, int, int]]:
+    """(section, start, end) of each run of entries in one code section:
+    the decoder gives the entries of one section one Section object."""
+    if sections.count(sections[0]) == len(sections):     # in C: the usual single run
+        return [(sections[0], 0, len(sections))]
+    cuts = [k for k in range(1, len(sections)) if sections[k] is not sections[k - 1]]
+    return [(sections[lo], lo, hi) for lo, hi in zip([0, *cuts], [*cuts, len(sections)], strict=True)]
+
+
+def _check_nops(section: str, code: bytes, targets: array[int]) -> None:
+    if not all(map(code.startswith, itertools.repeat(NOP_INSN), targets)):
+        target = next(t for t in targets if not code.startswith(NOP_INSN, t))
+        raise InputError(f"{section}+{target:#x} in the linked object is not the probe NOP")
 
 
 def _check_argument_encoding(report: ObjectReport) -> None:
     """The argument insns copied are what encode_entry makes of the decoded
     arguments: link writes no byte the decoder did not read as that."""
-    for raw, args in {e.raw_args: e.args for e in report.decoding.entries}.items():
+    entries = report.decoding.entries
+    for raw, args in dict(zip(map(_RAW_ARGS, entries), map(_ARGS, entries), strict=True)).items():
         if encode_entry(0, args)[ADDRESS_WORD_SIZE:] != raw:
             raise InputError(f"{report.path}: argument insns {raw.hex()} do not re-encode as they are")
 

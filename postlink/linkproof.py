@@ -27,8 +27,12 @@ Warnings are not looked for: link prints none.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from array import array
+from collections import deque
 from collections.abc import Sequence
+from operator import attrgetter
 
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
@@ -53,7 +57,8 @@ from bpf_sdt.elf import (
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_REL_SECTION, CALLS_SECTION, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.inlined import INLINE_SECTION, Chain, encode_section
-from bpf_sdt.notes import MAX_ENTRIES
+from bpf_sdt.insn import INSN_SIZE
+from bpf_sdt.notes import ADDRESS_WORD_SIZE, MAX_ENTRIES
 from bpf_sdt.rewrite import AddressEntries
 
 from .check import MAX_ERRORS_SHOWN, ObjectReport, analyze, call_words
@@ -63,8 +68,9 @@ SHSTRTAB = ".shstrtab"         # the section names' table the writer adds
 ADDED_SECTIONS = {NOTES_SECTION, NOTES_REL_SECTION, CALLS_SECTION, CALLS_REL_SECTION, INLINE_SECTION, SHSTRTAB}
 # st_info, st_other and st_shndx of an entry symbol, as a symbol table head word holds them (elf.SymbolTable.columns).
 _HEAD_INFO_SHIFT, _HEAD_SHNDX_SHIFT = 32, 48
-_U32_MASK = 0xFFFFFFFF
+_HEAD_TAIL, _HEAD_SHNDX = 1 << _HEAD_INFO_SHIFT, 1 << _HEAD_SHNDX_SHIFT    # divisors: a shift, mapped in C
 ENTRY_INFO = st_info(STB_LOCAL, STT_NOTYPE)
+_SYMBOL, _SHAPE = attrgetter("symbol"), attrgetter("probe", "raw_args")    # read in C, per entry
 GCC_MARK = b"GCC"              # in .comment: notes without prototypes are a warning there (check's SDT114)
 
 
@@ -77,35 +83,54 @@ class MovedNotes:
         self.code_sections: list[int] = []   # the code section (index in OUT) of each entry's NOP
         self.targets = array("Q")            # each NOP's offset there
         self.starts = array("Q")             # each entry's offset in OUT's notes
-        self.shapes: set[tuple[str, int]] = set()   # (probe, argument count) of the sites
-        # per input: where its notes start in OUT's, its notes section, its entries' offsets there
-        self.inputs: list[tuple[int, bytes, array[int]]] = []
-        self._chunks: list[bytes] = []
+        # (probe, argument count) that OUT's prototypes must have: from the inputs' own
+        # prototypes, which their checks held every site to, else (GCC) from the sites
+        self.shapes: set[tuple[str, int]] = set()
+        self._chunks: list[bytes | bytearray] = []
+        self.data = b""                      # OUT's notes, once joined (entries)
         self.size = 0
         self.linker_output: BpfObject | None = None
         self.calls: list[tuple[str, int, int]] = []    # (label, code section, offset) as written
         self.inline: Sequence[Chain] = ()
 
-    def add_input(self, report: ObjectReport, original: bytes, moved: bytes, targets: array[int],
-                  code_sections: list[int]) -> None:
+    def add_input(self, report: ObjectReport, original: bytes, offsets: array[int], moved: bytearray,
+                  targets: array[int], code_sections: list[int]) -> None:
+        """One input's entries: its notes section and the entries' offsets
+        there, the notes as moved (which must differ from the original in
+        the address words alone), each NOP's new offset and code section."""
+        _only_address_words_moved(report.path, original, offsets, moved)
         entries = report.decoding.entries
-        offsets = array("Q", [e.entry_offset for e in entries])
         lo = self.size
-        self.starts.extend(array("Q", [lo + o for o in offsets]) if lo else offsets)
-        self.names.extend([e.symbol for e in entries])
-        self.shapes.update({(e.probe, len(e.args)) for e in entries})
-        self.targets.extend(targets)
-        self.code_sections.extend(code_sections)
-        self.inputs.append((lo, original, offsets))
+        self.starts += array("Q", map(lo.__add__, offsets)) if lo else offsets
+        self.names += map(_SYMBOL, entries)
+        decls = report.declarations
+        if decls:
+            self.shapes |= {(probe, decls[probe].arity) for probe in report.decoding.entry_probes}
+        else:
+            self.shapes |= {(probe, len(raw) // INSN_SIZE) for probe, raw in set(map(_SHAPE, entries))}
+        self.targets += targets
+        self.code_sections += code_sections
         self._chunks.append(moved)
         self.size += len(moved)
 
     @property
     def entries(self) -> AddressEntries:
         """The notes to write (rewrite.append_address_entries)."""
-        data = b"".join(self._chunks)
-        self._chunks = [data]
-        return AddressEntries(self.names, self.code_sections, data, self.starts)
+        if self._chunks:
+            self.data, self._chunks = b"".join(self._chunks), []
+        return AddressEntries(self.names, self.code_sections, self.data, self.starts)
+
+
+def _only_address_words_moved(path: str, original: bytes, offsets: array[int], moved: bytearray) -> None:
+    """The moved notes with the input's address words put back are the
+    input's notes, which its check decoded (the arguments: SDT102, SDT108)."""
+    restored = bytearray(moved)
+    with memoryview(restored) as view, view.cast("Q") as mine, memoryview(original) as o, o.cast("Q") as theirs:
+        words = list(map(INSN_SIZE.__rfloordiv__, offsets))
+        deque(map(mine.__setitem__, words, map(theirs.__getitem__, words)), maxlen=0)   # raw words: any byte order
+    if restored != original:
+        at = next(k for k in range(len(original)) if restored[k] != original[k])
+        raise InputError(f"{path}: moving its notes changed {NOTES_SECTION}+{at:#x}, not an address word")
 
 
 def verify_linked(out: BpfObject, moved: MovedNotes) -> None:
@@ -124,12 +149,13 @@ def verify_linked(out: BpfObject, moved: MovedNotes) -> None:
     notes = _notes_section(out, moved)
     calls = out.section(CALLS_SECTION)
     special = {notes.index} | ({calls.index} if calls is not None else set())
-    _same_linker_symbols(out, base, special)
+    shndx = list(map(_HEAD_SHNDX.__rfloordiv__, out.symbol_table.columns()[0]))   # each symbol's section
+    _same_linker_symbols(out, base, special, shndx)
     _prototypes(out, report, moved.shapes)
     _notes_bytes(out, notes, moved)
     _notes_relocations(out, notes, moved)
-    _entry_symbols(out, notes, moved)
-    _calls(out, calls, moved)
+    _entry_symbols(out, notes, moved, shndx)
+    _calls(out, calls, moved, shndx)
     _inline(out, moved)
 
 
@@ -158,7 +184,7 @@ def _same_linker_sections(out: BpfObject, base: BpfObject) -> None:
         if s.type in (SHT_REL, SHT_RELA):
             if _relocation_keys(out, o) != _relocation_keys(base, s):
                 _fail(out, f"{s.name}: relocations are not the ones the linker made")
-        elif out.section_data(o) != base.section_data(s):
+        elif section_view(out, o) != section_view(base, s):    # views: no copy kept on either object
             _fail(out, f"section {s.name}: bytes are not the ones the linker made")
     extra = [s.name for s in out.sections[len(base.sections):] if s.name not in ADDED_SECTIONS]
     if extra:
@@ -183,13 +209,12 @@ def _symbol_key(table: SymbolTable, index: int) -> tuple[object, ...]:
     return (table.name(index, name_off), info, other, shndx, value, size)
 
 
-def _same_linker_symbols(out: BpfObject, base: BpfObject, special: set[int]) -> None:
+def _same_linker_symbols(out: BpfObject, base: BpfObject, special: set[int], shndx: list[int]) -> None:
     """OUT's symbols outside the notes and calls sections are the linker's
     (in any order: check reads no order), and maybe an STT_SECTION symbol
     the writer added for a code section that had none."""
     table = out.symbol_table
-    heads = table.columns()[0]
-    rest = [i for i, head in enumerate(heads) if head >> _HEAD_SHNDX_SHIFT not in special]
+    rest = itertools.compress(range(len(shndx)), map(operator.not_, map(special.__contains__, shndx)))
     ours = sorted(_symbol_key(table, i) for i in rest)
     theirs = sorted(_symbol_key(base.symbol_table, i) for i in range(base.symbol_table.count))
     if ours != theirs:
@@ -233,24 +258,19 @@ def _notes_section(out: BpfObject, moved: MovedNotes) -> Section:
 
 
 def _notes_bytes(out: BpfObject, notes: Section, moved: MovedNotes) -> None:
-    """Each address word holds its NOP's new offset (SDT107: the placement
-    put a NOP there), and the rest of each input's notes is the input's
-    bytes (the arguments its check decoded: SDT102, SDT108)."""
+    """OUT's notes are the notes moved (each input's, with only its address
+    words changed: MovedNotes.add_input), and each address word holds its
+    NOP's new offset, where the verified placement put a NOP (SDT107)."""
     data = section_view(out, notes)
+    if data != moved.data:
+        at = next(k for k in range(len(data)) if data[k] != moved.data[k])
+        _fail(out, f"{NOTES_SECTION}+{at:#x} is not the notes link moved")
     words = u64_words(data)
-    if array("Q", [words[start >> 3] for start in moved.starts]) != moved.targets:
-        k = next(k for k, start in enumerate(moved.starts) if words[start >> 3] != moved.targets[k])
-        _fail(out, f"{NOTES_SECTION}+{moved.starts[k]:#x}: address word {words[moved.starts[k] >> 3]:#x}, "
+    got = array("Q", map(words.__getitem__, map(ADDRESS_WORD_SIZE.__rfloordiv__, moved.starts)))
+    if got != moved.targets:
+        k = next(k for k in range(len(got)) if got[k] != moved.targets[k])
+        _fail(out, f"{NOTES_SECTION}+{moved.starts[k]:#x}: address word {got[k]:#x}, "
               f"the NOP is at {moved.targets[k]:#x} [SDT107]")
-    for lo, original, offsets in moved.inputs:
-        chunk = bytearray(data[lo: lo + len(original)])
-        mine, theirs = memoryview(chunk).cast("Q"), memoryview(original).cast("Q")
-        for offset in offsets:                     # the input's address words back: raw words, any byte order
-            mine[offset >> 3] = theirs[offset >> 3]
-        mine.release()
-        if chunk != original:
-            at = lo + next(k for k in range(len(original)) if chunk[k] != original[k])
-            _fail(out, f"{NOTES_SECTION}+{at:#x}: argument insns are not the input's [SDT108]")
 
 
 def _notes_relocations(out: BpfObject, notes: Section, moved: MovedNotes) -> None:
@@ -278,28 +298,34 @@ def _notes_relocations(out: BpfObject, notes: Section, moved: MovedNotes) -> Non
         _fail(out, f"{rels[0].name}: an address word is relocated against another code section [SDT107]")
 
 
-def _entry_symbols(out: BpfObject, notes: Section, moved: MovedNotes) -> None:
+def _entry_symbols(out: BpfObject, notes: Section, moved: MovedNotes, shndx: list[int]) -> None:
     """The symbols of the notes section: one local STT_NOTYPE of size 0 per
-    entry, at its offset, with its input's name, in entry order (SDT102)."""
+    entry, at its offset, with its input's name, in entry order (SDT102).
+    Read by column: a million entries make no object each (their names:
+    one per distinct name)."""
     table = out.symbol_table
     heads, values, sizes = table.columns()
-    here = [i for i, head in enumerate(heads) if head >> _HEAD_SHNDX_SHIFT == notes.index]
-    head_tail = ENTRY_INFO | notes.index << (_HEAD_SHNDX_SHIFT - _HEAD_INFO_SHIFT)   # st_other 0
-    if len(here) != len(moved.names) or any(heads[i] >> _HEAD_INFO_SHIFT != head_tail or sizes[i] for i in here) \
-            or array("Q", [values[i] for i in here]) != moved.starts:
+    here: Sequence[int] = list(itertools.compress(range(len(shndx)), map(notes.index.__eq__, shndx)))
+    if len(here) == len(moved.names) and here and here[-1] - here[0] == len(here) - 1:
+        here = range(here[0], here[-1] + 1)     # one block, as written: slices, not lookups
+    chosen = array("Q", map(heads.__getitem__, here))
+    want_tail = ENTRY_INFO | notes.index << (_HEAD_SHNDX_SHIFT - _HEAD_INFO_SHIFT)   # st_other 0
+    if len(here) != len(moved.names) or set(map(_HEAD_TAIL.__rfloordiv__, chosen)) - {want_tail} \
+            or any(map(sizes.__getitem__, here)) or array("Q", map(values.__getitem__, here)) != moved.starts:
         _fail(out, f"the entry symbols of {NOTES_SECTION} are not one local symbol at each entry [SDT102]")
-    if table.names(here, [heads[i] & _U32_MASK for i in here]) != moved.names:
+    name_offs = list(map(_HEAD_TAIL.__rmod__, chosen))
+    name_of = {off: table.name(0, off) for off in set(name_offs)}
+    if list(map(name_of.__getitem__, name_offs)) != moved.names:
         _fail(out, f"the entry symbols of {NOTES_SECTION} are not the inputs' names [SDT102]")
 
 
-def _calls(out: BpfObject, calls: Section | None, moved: MovedNotes) -> None:
+def _calls(out: BpfObject, calls: Section | None, moved: MovedNotes, shndx: list[int]) -> None:
     """The calls records as placed: one label and one address word per call."""
     if calls is None:
         if moved.calls:
             _fail(out, f"no {CALLS_SECTION} for {len(moved.calls)} calls")
         return
-    heads = out.symbol_table.columns()[0]
-    labels = sum(1 for head in heads if head >> _HEAD_SHNDX_SHIFT == calls.index)
+    labels = shndx.count(calls.index)
     written = [(label, shndx, offset) for label, shndx, offset in moved.calls]
     found = [(CALL_LABEL_PREFIX + observer, shndx, offset) for observer, shndx, offset in call_words(out)]
     if labels != len(written) or found != written:
