@@ -572,7 +572,7 @@ def _interleave(columns: Sequence[array[int]]) -> bytes:
     """Equal-length u64 columns as little-endian records of one word per
     column: one slice assignment per column, no call per record."""
     stride = len(columns)
-    words = array("Q", bytes(8 * stride * len(columns[0])))
+    words = array("Q", [0]) * (stride * len(columns[0]))
     for k, column in enumerate(columns):
         words[k::stride] = column
     if sys.byteorder != "little":
@@ -821,6 +821,7 @@ class ElfImage:
                       s.shndx, s.value, s.size)
         sym_rec = self.sections[symtab_i]
         sym_rec.data, sym_rec.info, sym_rec.entsize = bytes(sym_bytes), n_locals, SYM.size
+        del sym_bytes       # a million symbols: 24 MB not to hold twice while the file is joined
         sym_rec.addralign = max(sym_rec.addralign, TABLE_ALIGN)
         self.sections[strtab_i].data = strtab.bytes()
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import itertools
 import subprocess
+import sys
 import tempfile
 from array import array
 from collections.abc import Sequence
@@ -54,13 +55,14 @@ from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.fsutil import resolve_output
 from bpf_sdt.inlined import INLINE_SECTION, set_section
+from bpf_sdt.insn import INSN_SIZE
 from bpf_sdt.model import Declaration, escape_text
 from bpf_sdt.notes import ADDRESS_WORD_SIZE, encode_entry
 from bpf_sdt.rewrite import append_address_entries, append_call_words
 from bpf_sdt.toolchain import find_bpftool
 
 from .check import ObjectReport, analyze, call_words, write_checked, write_output
-from .linkproof import MovedNotes, verify_linked
+from .linkproof import LinkInput, MovedNotes, verify_linked
 
 UNDECODABLE = "\ufffd"          # what the ELF reader puts for bytes that are not UTF-8
 # The notes section as the compiler emits it: no alignment (docs/format.md).
@@ -68,6 +70,7 @@ NOTES_ALIGN = 1
 # NoteEntry fields, read in C over a million entries.
 _SECTION, _OFFSET, _ENTRY_OFFSET = attrgetter("section"), attrgetter("offset"), attrgetter("entry_offset")
 _RAW_ARGS, _ARGS = attrgetter("raw_args"), attrgetter("args")
+_SYMBOL, _SHAPE = attrgetter("symbol"), attrgetter("probe", "raw_args")
 
 
 @dataclass(frozen=True)
@@ -112,25 +115,31 @@ def run_link(output: str, inputs: Sequence[str], bpftool: str | None = None) -> 
 
 def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> ObjectReport | None:
     """`bpf-sdt link`: OUT written atomically, once it passes check (proved
-    without a second decode of every site: linkproof; then no report)."""
+    without a second decode of every site: linkproof; then no report).
+    Each input is read, checked and kept as columns (LinkInput), its check
+    dropped before the next is read: a million sites are never all objects."""
     try:   # refuse an output that is no regular file before doing any work
         resolve_output(output)
     except OSError as e:
         raise InputError(f"cannot write {output}: {e.strerror}") from None
-    reports = [checked_input(load_object(p)) for p in inputs]
-    linked = _link(reports, str(output), bpftool)
-    del reports
+    tool = find_bpftool(bpftool)     # bpftool, else $BPF_SDT_BPFTOOL, else PATH and /usr/sbin
+    with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
+        prepared = _Prepared(Path(tmp))
+        for path in inputs:
+            prepared.add(checked_input(load_object(path)))
+            # An input's check refers to its object in cycles: only the collector
+            # frees it, and the next input's is as large.
+            gc.collect()
+        linked = _link(prepared, str(output), tool)
     if isinstance(linked, Linked):
         if linked.report is None:
             return write_checked(output, linked.obj.data, "the linked object")
         write_output(output, linked.obj.data)
         return linked.report
-    # The inputs are moved: their checks (a million entries, which refer to
-    # their objects in cycles: only the collector frees them) go before OUT
-    # is laid out and read back, the peak of a large link.
-    gc.collect()
-    out = BpfObject(str(output), linked.img.to_bytes())
-    verify_linked(out, linked.moved)
+    del prepared
+    out, moved = BpfObject(str(output), linked.img.to_bytes()), linked.moved
+    del linked          # the image's tables: OUT holds them now
+    verify_linked(out, moved)
     write_output(output, out.data)
     return None
 
@@ -138,45 +147,96 @@ def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> Object
 def link_objects(inputs: list[ObjectReport], name: str, bpftool: str | None = None) -> Linked:
     """Link the analyzed inputs (see checked_input) into one object, decoded
     as ``name``.  Nothing is written but temporaries for the linker."""
-    linked = _link(inputs, name, bpftool)
+    tool = find_bpftool(bpftool)
+    with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
+        prepared = _Prepared(Path(tmp))
+        for report in inputs:
+            prepared.add(report)
+        linked = _link(prepared, name, tool)
     if isinstance(linked, LinkedImage):
         return Linked(BpfObject(name, linked.img.to_bytes()), None)
     return linked
 
 
-def _link(inputs: list[ObjectReport], name: str, bpftool: str | None) -> Linked | LinkedImage:
-    """link_objects, but the notes written back are left as an image: the
-    caller may drop the inputs first."""
-    _check_prototypes(inputs)
-    objs = [r.obj for r in inputs]
-    has_sites = any(r.decoding.entries for r in inputs)
-    calls = [InputCall(i, observer, o.sections[shndx].name, offset)
-             for i, o in enumerate(objs) for observer, shndx, offset in call_words(o)]
-    names = [Path(r.path) for r in inputs]
-    tool = find_bpftool(bpftool)     # bpftool, else $BPF_SDT_BPFTOOL, else PATH and /usr/sbin
-    with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
-        direct = Path(tmp) / "direct.o"
-        if has_sites and not _linker_refuses_records(objs) and \
-                _bpftool_link(tool, direct, _copies(objs, Path(tmp)), check=False):
-            linked = load_object(direct)
-            report = analyze(linked)
-            if not report.errors and _same_sites(report, inputs, linked):
-                return Linked(BpfObject(name, linked.data), report)
-        stripped = []
-        for i, o in enumerate(objs):
-            path = Path(tmp) / f"in{i}.o"
-            path.write_bytes(strip_notes(o))
-            stripped.append(path)
-        base = Path(tmp) / "base.o"
-        _bpftool_link(tool, base, stripped, check=True, names=names)
-        linked = load_object(base)
-    if not has_sites:
+class _Prepared:
+    """The inputs as link keeps them, in order: each one's columns, its copy
+    without notes for the linker and, while the direct link is still
+    possible, its bytes as they are (the bytes checked are the bytes linked,
+    whatever happens to the user's files meanwhile)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.inputs: list[LinkInput] = []
+        self.stripped: list[Path] = []
+        self.copies: list[Path] | None = []     # None: some input's records the linker refuses
+        self.prototypes: dict[str, tuple[Declaration, str]] = {}
+
+    def add(self, report: ObjectReport) -> None:
+        i = len(self.inputs)
+        _check_prototypes([report], self.prototypes)
+        obj = report.obj
+        if self.copies is not None:
+            if _linker_refuses_records(obj):
+                self.copies = None
+            else:
+                self.copies.append(self._write(f"input{i}.o", obj.data))
+        self.stripped.append(self._write(f"in{i}.o", strip_notes(obj)))
+        self.inputs.append(_link_input(i, report))
+
+    def _write(self, name: str, data: bytes) -> Path:
+        path = self.tmp / name
+        path.write_bytes(data)
+        return path
+
+    @property
+    def has_sites(self) -> bool:
+        return any(len(p.nop_offsets) for p in self.inputs)
+
+
+def _link_input(i: int, report: ObjectReport) -> LinkInput:
+    """What link keeps of an input: its sections, functions, calls and
+    inline chains, and its entries as columns: runs of one code section
+    (the decoder gives the entries of one section one Section object), each
+    NOP's and entry's offset, the entry symbols' names, the notes' bytes."""
+    obj, entries = report.obj, report.decoding.entries
+    if entries:
+        _check_argument_encoding(report)
+    sections = list(map(_SECTION, entries))
+    notes = report.decoding.notes
+    shapes = {(probe, report.declarations[probe].arity) for probe in report.decoding.entry_probes} \
+        if report.declarations else {(probe, len(raw) // INSN_SIZE) for probe, raw in set(map(_SHAPE, entries))}
+    return LinkInput(
+        path=report.path, sections=obj.sections, functions=obj.symbol_table.of_type(STT_FUNC),
+        runs=[(sec.name, lo, hi) for sec, lo, hi in _section_runs(sections)],
+        nop_offsets=array("Q", map(_OFFSET, entries)), entry_offsets=array("Q", map(_ENTRY_OFFSET, entries)),
+        names=list(map(sys.intern, map(_SYMBOL, entries))), shapes=shapes,   # one string per name across inputs
+        notes=section_view(obj, notes).tobytes() if notes is not None and entries else b"",
+        calls=[InputCall(i, observer, obj.sections[shndx].name, offset) for observer, shndx, offset in call_words(obj)],
+        inline=report.table.notes_order_chains())
+
+
+def _link(prepared: _Prepared, name: str, tool: str) -> Linked | LinkedImage:
+    """Link the prepared inputs: directly where the linker takes their
+    records (and then their sites must be where they belong), else their
+    copies without notes, the notes then moved into the linker's output and
+    left as an image: the caller may drop the inputs first."""
+    inputs = prepared.inputs
+    tmp = prepared.tmp
+    if prepared.has_sites and prepared.copies is not None and \
+            _bpftool_link(tool, tmp / "direct.o", prepared.copies, check=False):
+        linked = load_object(tmp / "direct.o")
+        report = analyze(linked)
+        if not report.errors and _same_sites(report, inputs, linked):
+            return Linked(BpfObject(name, linked.data), report)
+    _bpftool_link(tool, tmp / "base.o", prepared.stripped, check=True, names=[Path(p.path) for p in inputs])
+    linked = load_object(tmp / "base.o")
+    if not prepared.has_sites:
         return Linked(BpfObject(name, linked.data), analyze(linked))
-    placement = _placement(objs, linked)
-    inline = [c for r in inputs for c in r.table.notes_order_chains()]   # the linker drops DWARF
+    placement = _placement(inputs, linked)
     img = ElfImage.from_object(linked)
     moved = _move_notes(img, inputs, placement)
-    placed_calls = [_placed_call(img, c, placement) for c in calls]
+    placed_calls = [_placed_call(img, c, placement) for p in inputs for c in p.calls]
+    inline = [c for p in inputs for c in p.inline]   # the linker drops DWARF
     append_address_entries(img, NOTES_SECTION, NOTES_REL_SECTION, NOTES_ALIGN, moved.entries)
     append_call_words(img, placed_calls)
     set_section(img, inline)    # one chain per entry, in the order written above
@@ -184,8 +244,8 @@ def _link(inputs: list[ObjectReport], name: str, bpftool: str | None) -> Linked 
     return LinkedImage(img, moved)
 
 
-def _linker_refuses_records(objs: list[BpfObject]) -> bool:
-    """Whether libbpf's linker refuses the inputs as they are because of our
+def _linker_refuses_records(o: BpfObject) -> bool:
+    """Whether libbpf's linker refuses an input as it is because of our
     records: it refuses any relocation against a section symbol in a section
     that is not code (linker.c, linker_append_elf_relos; every version so
     far), and clang 15 and later relocate the notes' and call records'
@@ -194,26 +254,14 @@ def _linker_refuses_records(objs: list[BpfObject]) -> bool:
     link), so it is not tried.  The first relocation decides in practice
     (read from the columns: no object per record); symbols out of range are
     the check's to report, not this guess's."""
-    for o in objs:
-        table = o.symbol_table
-        for sec in (*o.sections_named(NOTES_SECTION), *o.sections_named(CALLS_SECTION)):
-            rel = next((s for s in o.sections if s.type in (SHT_REL, SHT_RELA) and s.info == sec.index), None)
-            for info in o.relocation_columns(rel).infos if rel is not None else ():
-                symbol = info >> R_SYM_SHIFT
-                if symbol < table.count and table.record(symbol)[1] & ST_TYPE_MASK == STT_SECTION:
-                    return True
+    table = o.symbol_table
+    for sec in (*o.sections_named(NOTES_SECTION), *o.sections_named(CALLS_SECTION)):
+        rel = next((s for s in o.sections if s.type in (SHT_REL, SHT_RELA) and s.info == sec.index), None)
+        for info in o.relocation_columns(rel).infos if rel is not None else ():
+            symbol = info >> R_SYM_SHIFT
+            if symbol < table.count and table.record(symbol)[1] & ST_TYPE_MASK == STT_SECTION:
+                return True
     return False
-
-
-def _copies(objs: list[BpfObject], tmp: Path) -> list[Path]:
-    """The inputs' bytes as files for the linker: the bytes checked are the
-    bytes linked, whatever happens to the user's files meanwhile."""
-    paths = []
-    for i, o in enumerate(objs):
-        path = tmp / f"input{i}.o"
-        path.write_bytes(o.data)
-        paths.append(path)
-    return paths
 
 
 def checked_input(obj: BpfObject) -> ObjectReport:
@@ -249,10 +297,12 @@ def strip_notes(obj: BpfObject) -> bytes:
                                            if s.type not in (SHT_SYMTAB, SHT_STRTAB)}).to_bytes()
 
 
-def _check_prototypes(reports: list[ObjectReport]) -> None:
+def _check_prototypes(reports: Sequence[ObjectReport], seen: dict[str, tuple[Declaration, str]] | None = None) -> None:
     """One probe name, one prototype: an observer of a linked object gets one
-    argument list, so inputs that disagree are refused, naming both."""
-    seen: dict[str, tuple[Declaration, str]] = {}
+    argument list, so inputs that disagree (with each other, or with one
+    before them: ``seen``, each name's first prototype and its input) are
+    refused, naming both."""
+    seen = {} if seen is None else seen
     for report in reports:
         path = report.path
         for name, decl in sorted(report.declarations.items()):
@@ -277,90 +327,82 @@ def _bpftool_link(tool: str, out: Path, inputs: Sequence[Path], check: bool,
     return False
 
 
-def _placement(objs: list[BpfObject], linked: BpfObject) -> Placement:
+def _placement(inputs: list[LinkInput], linked: BpfObject) -> Placement:
     """Input section -> output offset, as libbpf's linker lays sections out."""
     base: dict[tuple[int, str], int] = {}
     filled: dict[str, int] = {}
-    for i, o in enumerate(objs):
-        for s in o.sections:
+    for i, p in enumerate(inputs):
+        for s in p.sections:
             if not s.executable:
                 continue
             start = filled.get(s.name, 0)
             start += -start % max(s.addralign, 8)
             base[(i, s.name)] = start
             filled[s.name] = start + s.size
-    _verify_placement(objs, linked, base)
+    _verify_placement(inputs, linked, base)
     return Placement(base)
 
 
-def _verify_placement(objs: list[BpfObject], linked: BpfObject,
+def _verify_placement(inputs: list[LinkInput], linked: BpfObject,
                       base: dict[tuple[int, str], int]) -> None:
     out_funcs: dict[tuple[str, str], list[int]] = {}
     for name, shndx, value in linked.symbol_table.of_type(STT_FUNC):
         sec = None if is_reserved_index(shndx) else linked.section_at(shndx)
         if sec is not None:
             out_funcs.setdefault((sec.name, name), []).append(value)
-    for i, o in enumerate(objs):
-        for name, shndx, value in o.symbol_table.of_type(STT_FUNC):   # a column scan: entry symbols are not FUNC
-            sec = None if is_reserved_index(shndx) else o.section_at(shndx)
+    for i, p in enumerate(inputs):
+        for name, shndx, value in p.functions:
+            sec = None if is_reserved_index(shndx) or shndx >= len(p.sections) else p.sections[shndx]
             if sec is None or not sec.executable:
                 continue
             want = base[(i, sec.name)] + value
             if want not in out_funcs.get((sec.name, name), []):
-                raise InputError(f"{o.path}: function {name} is not where the linker layout "
+                raise InputError(f"{p.path}: function {name} is not where the linker layout "
                                  f"says ({sec.name}+{want:#x}); cannot place its probe notes")
 
 
-def _same_sites(report: ObjectReport, inputs: list[ObjectReport], linked: BpfObject) -> bool:
-    objs = [r.obj for r in inputs]
+def _same_sites(report: ObjectReport, inputs: list[LinkInput], linked: BpfObject) -> bool:
     try:
-        placement = _placement(objs, linked)
+        placement = _placement(inputs, linked)
     except InputError:
         return False
-    want = sorted((e.section.name, placement.base[(i, e.section.name)] + e.offset)
-                  for i, r in enumerate(inputs) for e in r.decoding.entries)
+    want = sorted((section, placement.base[(i, section)] + offset) for i, p in enumerate(inputs)
+                  for section, lo, hi in p.runs for offset in p.nop_offsets[lo:hi])
     return want == sorted((e.section.name, e.offset) for e in report.decoding.entries)
 
 
-def _move_notes(img: ElfImage, inputs: list[ObjectReport], placement: Placement) -> MovedNotes:
+def _move_notes(img: ElfImage, inputs: list[LinkInput], placement: Placement) -> MovedNotes:
     """Every input's notes moved into the linked image ``img``: in input
     order, each input's notes section copied with every address word set
     to its NOP's new offset (its code section's placement plus the old
     offset), which must hold the NOP there.  The argument insns are the
-    input's bytes, which its check decoded; they are the encoding of the
-    decoded arguments (checked once per distinct argument list: the
-    decoder shares them).  Done as columns, a run of entries of one code
+    input's bytes, which its check decoded (and _check_argument_encoding
+    found to be their encoding).  By column, a run of entries of one code
     section at a time: no object per site."""
     moved = MovedNotes()
     section_index: dict[str, int] = {}        # a million sites name a few code sections
-    for i, r in enumerate(inputs):
-        entries = r.decoding.entries
-        if not entries:
+    for i, p in enumerate(inputs):
+        if not p.runs:
             continue
-        notes = r.decoding.notes
-        assert notes is not None
-        _check_argument_encoding(r)
-        offsets = array("Q", map(_OFFSET, entries))
         targets, code_sections = array("Q"), []
-        for section, lo, hi in _section_runs(list(map(_SECTION, entries))):
-            code_index = section_index.get(section.name, -1)
+        for section, lo, hi in p.runs:
+            code_index = section_index.get(section, -1)
             if code_index < 0:
-                code_index = section_index[section.name] = _linked_section(img, section.name)
-            run = array("Q", map(placement.base[(i, section.name)].__add__, offsets[lo:hi]))
-            _check_nops(section.name, img.sections[code_index].data, run)
+                code_index = section_index[section] = _linked_section(img, section)
+            run = array("Q", map(placement.base[(i, section)].__add__, p.nop_offsets[lo:hi]))
+            _check_nops(section, img.sections[code_index].data, run)
             targets += run
             code_sections += [code_index] * (hi - lo)
-        original = section_view(r.obj, notes).tobytes()     # not cached on the input, which goes first
-        entry_offsets = array("Q", map(_ENTRY_OFFSET, entries))
-        copy = bytearray(original)
-        put_u64_words(copy, map(ADDRESS_WORD_SIZE.__rfloordiv__, entry_offsets), targets)
-        moved.add_input(r, original, entry_offsets, copy, targets, code_sections)
+        copy = bytearray(p.notes)
+        put_u64_words(copy, map(ADDRESS_WORD_SIZE.__rfloordiv__, p.entry_offsets), targets)
+        moved.add_input(p, copy, targets, code_sections)
     return moved
 
 
 def _section_runs(sections: list[Section]) -> list[tuple[Section, int, int]]:
-    """(section, start, end) of each run of entries in one code section:
-    the decoder gives the entries of one section one Section object."""
+    """(section, start, end) of each run of entries in one code section."""
+    if not sections:
+        return []
     if sections.count(sections[0]) == len(sections):     # in C: the usual single run
         return [(sections[0], 0, len(sections))]
     cuts = [k for k in range(1, len(sections)) if sections[k] is not sections[k - 1]]

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import itertools
 import operator
+import sys
 from array import array
 from collections import deque
 from collections.abc import Sequence
-from operator import attrgetter
+from typing import Any, Literal, NamedTuple
 
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
@@ -47,6 +48,7 @@ from bpf_sdt.elf import (
     STB_LOCAL,
     STT_NOTYPE,
     STT_SECTION,
+    SYM,
     BpfObject,
     Section,
     SymbolTable,
@@ -66,12 +68,30 @@ from .check import MAX_ERRORS_SHOWN, ObjectReport, analyze, call_words
 SHSTRTAB = ".shstrtab"         # the section names' table the writer adds
 # Sections the writer adds after the linker's.
 ADDED_SECTIONS = {NOTES_SECTION, NOTES_REL_SECTION, CALLS_SECTION, CALLS_REL_SECTION, INLINE_SECTION, SHSTRTAB}
-# st_info, st_other and st_shndx of an entry symbol, as a symbol table head word holds them (elf.SymbolTable.columns).
-_HEAD_INFO_SHIFT, _HEAD_SHNDX_SHIFT = 32, 48
-_HEAD_TAIL, _HEAD_SHNDX = 1 << _HEAD_INFO_SHIFT, 1 << _HEAD_SHNDX_SHIFT    # divisors: a shift, mapped in C
+# A symbol record (elf.SYM) as u32 words: st_name, then st_info | st_other << 8 | st_shndx << 16;
+# as u16 words, st_shndx is the fourth.
+_SYM_NAME_FIELD, _SYM_TAIL_FIELD, _SYM_SHNDX_FIELD, _TAIL_SHNDX_SHIFT = 0, 1, 3, 16
 ENTRY_INFO = st_info(STB_LOCAL, STT_NOTYPE)
-_SYMBOL, _SHAPE = attrgetter("symbol"), attrgetter("probe", "raw_args")    # read in C, per entry
 GCC_MARK = b"GCC"              # in .comment: notes without prototypes are a warning there (check's SDT114)
+
+
+class LinkInput(NamedTuple):
+    """What link keeps of one checked input (postlink.link._link_input):
+    its layout, its calls and inline chains, and its entries as columns."""
+
+    path: str
+    sections: list[Section]
+    functions: list[tuple[str, int, int]]      # (name, shndx, value) of each STT_FUNC symbol
+    runs: list[tuple[str, int, int]]           # (code section, first entry, end) of each run of entries
+    nop_offsets: array[int]                    # each entry's NOP offset in its code section
+    entry_offsets: array[int]                  # each entry's offset in the notes
+    names: list[str]                           # each entry's symbol
+    # (probe, argument count) that OUT's prototypes must have: the input's own
+    # prototypes, which its check held every site to, else (GCC) the sites'
+    shapes: set[tuple[str, int]]
+    notes: bytes                               # the notes section
+    calls: list[Any]                           # link.InputCall: the calls an instrumented input records
+    inline: list[Chain]                        # each entry's inline chain, in notes order
 
 
 class MovedNotes:
@@ -83,8 +103,6 @@ class MovedNotes:
         self.code_sections: list[int] = []   # the code section (index in OUT) of each entry's NOP
         self.targets = array("Q")            # each NOP's offset there
         self.starts = array("Q")             # each entry's offset in OUT's notes
-        # (probe, argument count) that OUT's prototypes must have: from the inputs' own
-        # prototypes, which their checks held every site to, else (GCC) from the sites
         self.shapes: set[tuple[str, int]] = set()
         self._chunks: list[bytes | bytearray] = []
         self.data = b""                      # OUT's notes, once joined (entries)
@@ -93,21 +111,15 @@ class MovedNotes:
         self.calls: list[tuple[str, int, int]] = []    # (label, code section, offset) as written
         self.inline: Sequence[Chain] = ()
 
-    def add_input(self, report: ObjectReport, original: bytes, offsets: array[int], moved: bytearray,
-                  targets: array[int], code_sections: list[int]) -> None:
-        """One input's entries: its notes section and the entries' offsets
-        there, the notes as moved (which must differ from the original in
-        the address words alone), each NOP's new offset and code section."""
-        _only_address_words_moved(report.path, original, offsets, moved)
-        entries = report.decoding.entries
+    def add_input(self, p: LinkInput, moved: bytearray, targets: array[int], code_sections: list[int]) -> None:
+        """One input's entries: its notes as moved (which must differ from
+        its own in the address words alone), each NOP's new offset and code
+        section."""
+        _only_address_words_moved(p.path, p.notes, p.entry_offsets, moved)
         lo = self.size
-        self.starts += array("Q", map(lo.__add__, offsets)) if lo else offsets
-        self.names += map(_SYMBOL, entries)
-        decls = report.declarations
-        if decls:
-            self.shapes |= {(probe, decls[probe].arity) for probe in report.decoding.entry_probes}
-        else:
-            self.shapes |= {(probe, len(raw) // INSN_SIZE) for probe, raw in set(map(_SHAPE, entries))}
+        self.starts += array("Q", map(lo.__add__, p.entry_offsets)) if lo else p.entry_offsets
+        self.names += p.names
+        self.shapes |= p.shapes
         self.targets += targets
         self.code_sections += code_sections
         self._chunks.append(moved)
@@ -149,7 +161,7 @@ def verify_linked(out: BpfObject, moved: MovedNotes) -> None:
     notes = _notes_section(out, moved)
     calls = out.section(CALLS_SECTION)
     special = {notes.index} | ({calls.index} if calls is not None else set())
-    shndx = list(map(_HEAD_SHNDX.__rfloordiv__, out.symbol_table.columns()[0]))   # each symbol's section
+    shndx = _symbol_column(out.symbol_table.raw, "H", _SYM_SHNDX_FIELD).tolist()   # each symbol's section
     _same_linker_symbols(out, base, special, shndx)
     _prototypes(out, report, moved.shapes)
     _notes_bytes(out, notes, moved)
@@ -302,21 +314,53 @@ def _entry_symbols(out: BpfObject, notes: Section, moved: MovedNotes, shndx: lis
     """The symbols of the notes section: one local STT_NOTYPE of size 0 per
     entry, at its offset, with its input's name, in entry order (SDT102).
     Read by column: a million entries make no object each (their names:
-    one per distinct name)."""
+    one per distinct name offset)."""
     table = out.symbol_table
-    heads, values, sizes = table.columns()
-    here: Sequence[int] = list(itertools.compress(range(len(shndx)), map(notes.index.__eq__, shndx)))
-    if len(here) == len(moved.names) and here and here[-1] - here[0] == len(here) - 1:
-        here = range(here[0], here[-1] + 1)     # one block, as written: slices, not lookups
-    chosen = array("Q", map(heads.__getitem__, here))
-    want_tail = ENTRY_INFO | notes.index << (_HEAD_SHNDX_SHIFT - _HEAD_INFO_SHIFT)   # st_other 0
-    if len(here) != len(moved.names) or set(map(_HEAD_TAIL.__rfloordiv__, chosen)) - {want_tail} \
-            or any(map(sizes.__getitem__, here)) or array("Q", map(values.__getitem__, here)) != moved.starts:
+    _, values, sizes = table.columns()
+    here = _block(shndx, notes.index)
+    n = len(here)
+    want_tail = ENTRY_INFO | notes.index << _TAIL_SHNDX_SHIFT                  # st_other 0
+    if n != len(moved.names) or _select(_symbol_column(table.raw, "I", _SYM_TAIL_FIELD), here) != \
+            memoryview(array("I", [want_tail]) * n) or _select(sizes, here) != memoryview(array("Q", [0]) * n) \
+            or _select(values, here) != memoryview(moved.starts):
         _fail(out, f"the entry symbols of {NOTES_SECTION} are not one local symbol at each entry [SDT102]")
-    name_offs = list(map(_HEAD_TAIL.__rmod__, chosen))
+    name_offs = _select(_symbol_column(table.raw, "I", _SYM_NAME_FIELD), here)
     name_of = {off: table.name(0, off) for off in set(name_offs)}
     if list(map(name_of.__getitem__, name_offs)) != moved.names:
         _fail(out, f"the entry symbols of {NOTES_SECTION} are not the inputs' names [SDT102]")
+
+
+def _symbol_column(raw: memoryview, code: Literal["H", "I"], field: int) -> memoryview:
+    """Field ``field`` of each symbol record (:data:`bpf_sdt.elf.SYM`) read
+    as words of type ``code``: "I" (six a record: st_name, then st_info |
+    st_other << 8 | st_shndx << 16, ...) or "H" (st_shndx is the fourth of
+    twelve), as the host reads the file's little-endian words."""
+    words = raw.cast(code) if sys.byteorder == "little" else _swapped(raw, code)
+    return words[field::SYM.size // words.itemsize]
+
+
+def _swapped(raw: memoryview, code: str) -> memoryview:
+    words = array(code)
+    words.frombytes(raw)
+    words.byteswap()
+    return memoryview(words)
+
+
+def _select(column: memoryview, here: Sequence[int]) -> memoryview:
+    """``column``'s rows ``here``: a slice for a block (in C), else one by one."""
+    if isinstance(here, range):
+        return column[here.start: here.stop]
+    return memoryview(array(column.format, map(column.__getitem__, here)))
+
+
+def _block(shndx: list[int], section: int) -> Sequence[int]:
+    """The indices of the symbols in ``section``: a range when they are one
+    block, as the writer puts a run (no int per symbol)."""
+    count = shndx.count(section)
+    first = shndx.index(section) if count else 0
+    if shndx[first: first + count].count(section) == count:
+        return range(first, first + count)
+    return list(itertools.compress(range(len(shndx)), map(section.__eq__, shndx)))
 
 
 def _calls(out: BpfObject, calls: Section | None, moved: MovedNotes, shndx: list[int]) -> None:

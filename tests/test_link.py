@@ -153,7 +153,7 @@ def test_the_direct_link_is_tried_only_where_the_linker_can_take_it(tmp_path: Pa
         compile_bpf(tmp_path / f"{name}.c", tmp_path / f"{name}.o", clang(version))
         objs.append(tmp_path / f"{name}.o")
     res = run([tool("bpftool"), "gen", "object", str(tmp_path / "x.o"), *map(str, objs)])
-    assert _linker_refuses_records([load_object(o) for o in objs]) == (res.returncode != 0), res.stderr
+    assert any(_linker_refuses_records(load_object(o)) for o in objs) == (res.returncode != 0), res.stderr
     assert link(tmp_path / "out.o", *objs).returncode == 0
 
 
