@@ -274,15 +274,15 @@ def _notes_bytes(out: BpfObject, notes: Section, moved: MovedNotes) -> None:
     words changed: MovedNotes.add_input), and each address word holds its
     NOP's new offset, where the verified placement put a NOP (SDT107)."""
     data = section_view(out, notes)
-    if data != moved.data:
-        at = next(k for k in range(len(data)) if data[k] != moved.data[k])
-        _fail(out, f"{NOTES_SECTION}+{at:#x} is not the notes link moved")
     words = u64_words(data)
     got = array("Q", map(words.__getitem__, map(ADDRESS_WORD_SIZE.__rfloordiv__, moved.starts)))
     if got != moved.targets:
         k = next(k for k in range(len(got)) if got[k] != moved.targets[k])
         _fail(out, f"{NOTES_SECTION}+{moved.starts[k]:#x}: address word {got[k]:#x}, "
               f"the NOP is at {moved.targets[k]:#x} [SDT107]")
+    if data != moved.data:
+        at = next(k for k in range(len(data)) if data[k] != moved.data[k])
+        _fail(out, f"{NOTES_SECTION}+{at:#x}: argument insns are not the input's [SDT108]")
 
 
 def _notes_relocations(out: BpfObject, notes: Section, moved: MovedNotes) -> None:
