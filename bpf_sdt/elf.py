@@ -203,6 +203,7 @@ _SYM_OTHER_SHIFT = 40
 _SYM_SHNDX_SHIFT = 48
 _U32_MASK = 0xFFFFFFFF
 _U8_MASK = 0xFF
+_HALF = 1 << 32          # a u64's halves by // and % in C over a column (r_info: symbol, type; st_name)
 
 
 def u64_words(view: memoryview) -> memoryview:
@@ -481,9 +482,8 @@ class SymbolTable:
         """Whether every name the table can give is ASCII and inside the
         string table: then none decodes with U+FFFD and :meth:`name` raises
         for none, known from one scan of the bytes instead of a name per symbol."""
-        heads = self.columns()[0]
-        if max((head & _U32_MASK for head in heads), default=0) >= max(self._names_len, 1):
-            return False
+        if max(map(_HALF.__rmod__, self.columns()[0]), default=0) >= max(self._names_len, 1):
+            return False        # (st_name: the low half of each record's first word)
         return self._data[self._names_start: self._names_start + self._names_len].isascii()
 
 
@@ -535,18 +535,16 @@ class PackedRelocations:
 
     def symbols(self) -> set[int]:
         """The symbol indices the records name."""
-        return set(_symbol_column(self.infos, 0, 1))
+        return set(map(_HALF.__rfloordiv__, self.infos))
 
     def renumbered(self, new_index: dict[int, int]) -> PackedRelocations:
         """The records with symbol i renamed new_index[i] (every symbol they
         name must have one); the same object when nothing changes."""
-        moved = {old: new_index[old] for old in self.symbols() if new_index[old] != old}
-        if not moved:
+        if all(new_index[old] == old for old in self.symbols()):
             return self
-        shifted = {old: new << R_SYM_SHIFT for old, new in moved.items()}
-        infos = array("Q", [shifted.get(info >> R_SYM_SHIFT, info & ~R_TYPE_MASK) | info & R_TYPE_MASK
-                            for info in self.infos])
-        return PackedRelocations(self.offsets, infos, self.addends)
+        # Records name few distinct (symbol, type) pairs: each is renamed once, then looked up in C.
+        renamed = {info: r_info(new_index[info >> R_SYM_SHIFT], info & R_TYPE_MASK) for info in set(self.infos)}
+        return PackedRelocations(self.offsets, array("Q", map(renamed.__getitem__, self.infos)), self.addends)
 
     def extended(self, more: PackedRelocations) -> PackedRelocations:
         if self.addends is None and more.addends is None:
@@ -892,20 +890,10 @@ def _check_relocation_symbols(obj: BpfObject, s: Section, count: int) -> None:
     """Every record names an existing symbol (the writer renumbers symbols:
     it must know each one); the first that does not is refused."""
     infos = obj.relocation_columns(s).infos
-    stride = (RELA if s.type == SHT_RELA else REL).size // 8
-    if max(_symbol_column(section_view(obj, s), 1, stride), default=-1) < count:
+    if max(map(_HALF.__rfloordiv__, infos), default=-1) < count:
         return
     k = next(k for k, info in enumerate(infos) if info >> R_SYM_SHIFT >= count)
     raise _unknown_symbol(obj, s, obj.relocation_columns(s).offsets[k], infos[k] >> R_SYM_SHIFT)
-
-
-def _symbol_column(records: memoryview | array[int], field: int, stride: int) -> Sequence[int]:
-    """The symbol index (the high half) of the r_info word at u64 ``field``
-    of each ``stride`` words of ``records`` (a contiguous buffer), read in C
-    on a little-endian host."""
-    if sys.byteorder == "little":
-        return memoryview(records).cast("B").cast("I")[2 * field + 1::2 * stride]
-    return [info >> R_SYM_SHIFT for info in u64_words(memoryview(records).cast("B"))[field::stride]]
 
 
 def _unknown_symbol(obj: BpfObject, s: Section, offset: int, symbol: int) -> InputError:

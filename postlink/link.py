@@ -54,7 +54,7 @@ from bpf_sdt.elf import (
 from bpf_sdt.errors import EXIT_OK, InputError, ToolError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_SECTION, NOP_INSN, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.fsutil import resolve_output
-from bpf_sdt.inlined import INLINE_SECTION, set_section
+from bpf_sdt.inlined import INLINE_SECTION, has_inline_information, set_section
 from bpf_sdt.insn import INSN_SIZE
 from bpf_sdt.model import Declaration, escape_text
 from bpf_sdt.notes import ADDRESS_WORD_SIZE, encode_entry
@@ -212,7 +212,9 @@ def _link_input(i: int, report: ObjectReport) -> LinkInput:
         names=list(map(sys.intern, map(_SYMBOL, entries))), shapes=shapes,   # one string per name across inputs
         notes=section_view(obj, notes).tobytes() if notes is not None and entries else b"",
         calls=[InputCall(i, observer, obj.sections[shndx].name, offset) for observer, shndx, offset in call_words(obj)],
-        inline=report.table.notes_order_chains())
+        # Where nothing says a site was inlined, every chain is () (inlined.has_inline_information):
+        # no per-site pass over the table for them.
+        inline=report.table.notes_order_chains() if has_inline_information(obj) else [()] * len(entries))
 
 
 def _link(prepared: _Prepared, name: str, tool: str) -> Linked | LinkedImage:
