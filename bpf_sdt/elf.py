@@ -30,6 +30,7 @@ are easy to get wrong are all in it, once:
 from __future__ import annotations
 
 import itertools
+import operator
 import struct
 import sys
 from array import array
@@ -203,7 +204,9 @@ _SYM_OTHER_SHIFT = 40
 _SYM_SHNDX_SHIFT = 48
 _U32_MASK = 0xFFFFFFFF
 _U8_MASK = 0xFF
-_HALF = 1 << 32          # a u64's halves by // and % in C over a column (r_info: symbol, type; st_name)
+_ST_INFO_BYTE = 4         # st_info's byte in a record (SYM)
+_SHNDX_DIVISOR = 1 << _SYM_SHNDX_SHIFT     # st_shndx of a head word by // in C over the column
+_HALF = 1 << 32          # st_name, the low half of a symbol record's first u64: by % in C over the column
 
 
 def u64_words(view: memoryview) -> memoryview:
@@ -474,7 +477,8 @@ class SymbolTable:
         """(name, shndx, value) of every symbol of type ``stt``, index order:
         a column scan, no tuple per symbol of the million entry symbols."""
         heads, values, _ = self.columns()
-        indices = [i for i, head in enumerate(heads) if head >> _SYM_INFO_SHIFT & ST_TYPE_MASK == stt]
+        infos = self.raw[_ST_INFO_BYTE::SYM.size]          # one byte a record: no byte order
+        indices = list(itertools.compress(itertools.count(), map(stt.__eq__, map(ST_TYPE_MASK.__and__, infos))))
         names = self.names(indices, [heads[i] & _U32_MASK for i in indices])
         return [(name, heads[i] >> _SYM_SHNDX_SHIFT, values[i]) for name, i in zip(names, indices, strict=True)]
 
@@ -535,15 +539,15 @@ class PackedRelocations:
 
     def symbols(self) -> set[int]:
         """The symbol indices the records name."""
-        return set(map(_HALF.__rfloordiv__, self.infos))
+        return {info >> R_SYM_SHIFT for info in set(self.infos)}     # few distinct r_info words
 
     def renumbered(self, new_index: dict[int, int]) -> PackedRelocations:
         """The records with symbol i renamed new_index[i] (every symbol they
         name must have one); the same object when nothing changes."""
-        if all(new_index[old] == old for old in self.symbols()):
-            return self
         # Records name few distinct (symbol, type) pairs: each is renamed once, then looked up in C.
         renamed = {info: r_info(new_index[info >> R_SYM_SHIFT], info & R_TYPE_MASK) for info in set(self.infos)}
+        if all(new == old for old, new in renamed.items()):
+            return self
         return PackedRelocations(self.offsets, array("Q", map(renamed.__getitem__, self.infos)), self.addends)
 
     def extended(self, more: PackedRelocations) -> PackedRelocations:
@@ -701,7 +705,8 @@ class ElfImage:
         doomed = _removal_closure([(s.type, s.info) for s in obj.sections], removed)
         sec_map = _kept_indices(len(obj.sections), doomed)
         heads, values, sizes = table.columns()
-        kept = [i for i, head in enumerate(heads) if head >> _SYM_SHNDX_SHIFT not in doomed]
+        kept = list(itertools.compress(itertools.count(), map(operator.not_, map(
+            doomed.__contains__, map(_SHNDX_DIVISOR.__rfloordiv__, heads)))))     # in C: a million entry symbols
         names = table.names(kept, [heads[i] & _U32_MASK for i in kept])
         sym_map = {old: new for new, old in enumerate(kept)}
         for name, i in zip(names, kept, strict=True):
@@ -890,7 +895,7 @@ def _check_relocation_symbols(obj: BpfObject, s: Section, count: int) -> None:
     """Every record names an existing symbol (the writer renumbers symbols:
     it must know each one); the first that does not is refused."""
     infos = obj.relocation_columns(s).infos
-    if max(map(_HALF.__rfloordiv__, infos), default=-1) < count:
+    if not len(infos) or max(infos) >> R_SYM_SHIFT < count:     # the largest r_info has the largest symbol
         return
     k = next(k for k, info in enumerate(infos) if info >> R_SYM_SHIFT >= count)
     raise _unknown_symbol(obj, s, obj.relocation_columns(s).offsets[k], infos[k] >> R_SYM_SHIFT)
