@@ -23,10 +23,8 @@ only once it passes `check`.
 
 from __future__ import annotations
 
-import gc
 import itertools
 import subprocess
-import sys
 import tempfile
 from array import array
 from collections.abc import Sequence
@@ -126,10 +124,9 @@ def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> Object
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
         prepared = _Prepared(Path(tmp))
         for path in inputs:
-            prepared.add(checked_input(load_object(path)))
-            # An input's check refers to its object in cycles: only the collector
-            # frees it, and the next input's is as large.
-            gc.collect()
+            report = checked_input(load_object(path))
+            prepared.add(report)
+            _release(report)
         linked = _link(prepared, str(output), tool)
     if isinstance(linked, Linked):
         if linked.report is None:
@@ -142,6 +139,15 @@ def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> Object
     verify_linked(out, moved)
     write_output(output, out.data)
     return None
+
+
+def _release(report: ObjectReport) -> None:
+    """An input kept as columns is done with: its object's caches (its
+    symbol table, site table, ...) refer back to it, so its check would live
+    on in cycles until the collector ran, over everything alive (a quarter
+    of a second at 1M sites).  Dropped here, reference counting frees the
+    check (a million entries) before the next input is read."""
+    vars(report.obj).clear()
 
 
 def link_objects(inputs: list[ObjectReport], name: str, bpftool: str | None = None) -> Linked:
@@ -170,6 +176,7 @@ class _Prepared:
         self.stripped: list[Path] = []
         self.copies: list[Path] | None = []     # None: some input's records the linker refuses
         self.prototypes: dict[str, tuple[Declaration, str]] = {}
+        self.names: dict[str, str] = {}          # one string per entry symbol name across inputs
 
     def add(self, report: ObjectReport) -> None:
         i = len(self.inputs)
@@ -181,7 +188,7 @@ class _Prepared:
             else:
                 self.copies.append(self._write(f"input{i}.o", obj.data))
         self.stripped.append(self._write(f"in{i}.o", strip_notes(obj)))
-        self.inputs.append(_link_input(i, report))
+        self.inputs.append(_link_input(i, report, self.names))
 
     def _write(self, name: str, data: bytes) -> Path:
         path = self.tmp / name
@@ -193,7 +200,7 @@ class _Prepared:
         return any(len(p.nop_offsets) for p in self.inputs)
 
 
-def _link_input(i: int, report: ObjectReport) -> LinkInput:
+def _link_input(i: int, report: ObjectReport, names: dict[str, str]) -> LinkInput:
     """What link keeps of an input: its sections, functions, calls and
     inline chains, and its entries as columns: runs of one code section
     (the decoder gives the entries of one section one Section object), each
@@ -202,6 +209,7 @@ def _link_input(i: int, report: ObjectReport) -> LinkInput:
     if entries:
         _check_argument_encoding(report)
     sections = list(map(_SECTION, entries))
+    symbols = list(map(_SYMBOL, entries))
     notes = report.decoding.notes
     shapes = {(probe, report.declarations[probe].arity) for probe in report.decoding.entry_probes} \
         if report.declarations else {(probe, len(raw) // INSN_SIZE) for probe, raw in set(map(_SHAPE, entries))}
@@ -209,7 +217,7 @@ def _link_input(i: int, report: ObjectReport) -> LinkInput:
         path=report.path, sections=obj.sections, functions=obj.symbol_table.of_type(STT_FUNC),
         runs=[(sec.name, lo, hi) for sec, lo, hi in _section_runs(sections)],
         nop_offsets=array("Q", map(_OFFSET, entries)), entry_offsets=array("Q", map(_ENTRY_OFFSET, entries)),
-        names=list(map(sys.intern, map(_SYMBOL, entries))), shapes=shapes,   # one string per name across inputs
+        names=list(map(names.setdefault, symbols, symbols)), shapes=shapes,
         notes=section_view(obj, notes).tobytes() if notes is not None and entries else b"",
         calls=[InputCall(i, observer, obj.sections[shndx].name, offset) for observer, shndx, offset in call_words(obj)],
         # Where nothing says a site was inlined, every chain is () (inlined.has_inline_information):
