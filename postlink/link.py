@@ -23,11 +23,12 @@ only once it passes `check`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import subprocess
 import tempfile
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -238,13 +239,18 @@ def _link(prepared: _Prepared, name: str, tool: str) -> Linked | LinkedImage:
         report = analyze(linked)
         if not report.errors and _same_sites(report, inputs, linked):
             return Linked(BpfObject(name, linked.data), report)
-    _bpftool_link(tool, tmp / "base.o", prepared.stripped, check=True, names=[Path(p.path) for p in inputs])
+    linker = _start_bpftool(tool, tmp / "base.o", prepared.stripped)
+    with _killed_on_error(linker):     # the notes are moved while the linker runs: neither needs the other
+        layout = _layout(inputs)
+        moved = _move_notes(inputs, layout) if prepared.has_sites else MovedNotes()
+        _bpftool_result(linker, prepared.stripped, check=True, names=[Path(p.path) for p in inputs])
     linked = load_object(tmp / "base.o")
     if not prepared.has_sites:
         return Linked(BpfObject(name, linked.data), analyze(linked))
-    placement = _placement(inputs, linked)
+    _verify_placement(inputs, linked, layout)
+    placement = Placement(layout)
     img = ElfImage.from_object(linked)
-    moved = _move_notes(img, inputs, placement)
+    _place_notes(img, inputs, moved)
     placed_calls = [_placed_call(img, c, placement) for p in inputs for c in p.calls]
     inline = [c for p in inputs for c in p.inline]   # the linker drops DWARF
     append_address_entries(img, NOTES_SECTION, NOTES_REL_SECTION, NOTES_ALIGN, moved.entries)
@@ -324,13 +330,34 @@ def _check_prototypes(reports: Sequence[ObjectReport], seen: dict[str, tuple[Dec
 
 def _bpftool_link(tool: str, out: Path, inputs: Sequence[Path], check: bool,
                   names: Sequence[Path] | None = None) -> bool:
+    return _bpftool_result(_start_bpftool(tool, out, inputs), inputs, check, names)
+
+
+def _start_bpftool(tool: str, out: Path, inputs: Sequence[Path]) -> subprocess.Popen[str]:
     # bpftool prints symbol names as the object spells them, in any bytes
-    res = subprocess.run([tool, "gen", "object", str(out), *map(str, inputs)],
-                         capture_output=True, encoding="utf-8", errors="backslashreplace", check=False)
-    if res.returncode == 0:
+    return subprocess.Popen([tool, "gen", "object", str(out), *map(str, inputs)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, encoding="utf-8", errors="backslashreplace")
+
+
+@contextlib.contextmanager
+def _killed_on_error(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """As subprocess.run does: a failure (or a signal) meanwhile ends the child."""
+    try:
+        yield
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _bpftool_result(proc: subprocess.Popen[str], inputs: Sequence[Path], check: bool,
+                    names: Sequence[Path] | None = None) -> bool:
+    with _killed_on_error(proc):
+        stdout, stderr = proc.communicate()
+    if proc.returncode == 0:
         return True
     if check:
-        msg = " ".join(line.strip() for line in (res.stderr or res.stdout).splitlines()[-2:])
+        msg = " ".join(line.strip() for line in (stderr or stdout).splitlines()[-2:])
         for i, n in enumerate(names or inputs):  # name the user's file, not our temporary
             msg = msg.replace(str(inputs[i]), str(n))
         raise ToolError(f"bpftool gen object failed: {msg}")
@@ -338,7 +365,16 @@ def _bpftool_link(tool: str, out: Path, inputs: Sequence[Path], check: bool,
 
 
 def _placement(inputs: list[LinkInput], linked: BpfObject) -> Placement:
-    """Input section -> output offset, as libbpf's linker lays sections out."""
+    """Input section -> output offset, as libbpf's linker lays sections out,
+    verified against the linker's output."""
+    base = _layout(inputs)
+    _verify_placement(inputs, linked, base)
+    return Placement(base)
+
+
+def _layout(inputs: list[LinkInput]) -> dict[tuple[int, str], int]:
+    """Input section -> output offset, as libbpf's linker lays sections out
+    (same-named sections appended in input order, each aligned)."""
     base: dict[tuple[int, str], int] = {}
     filled: dict[str, int] = {}
     for i, p in enumerate(inputs):
@@ -349,8 +385,7 @@ def _placement(inputs: list[LinkInput], linked: BpfObject) -> Placement:
             start += -start % max(s.addralign, 8)
             base[(i, s.name)] = start
             filled[s.name] = start + s.size
-    _verify_placement(inputs, linked, base)
-    return Placement(base)
+    return base
 
 
 def _verify_placement(inputs: list[LinkInput], linked: BpfObject,
@@ -381,32 +416,40 @@ def _same_sites(report: ObjectReport, inputs: list[LinkInput], linked: BpfObject
     return want == sorted((e.section.name, e.offset) for e in report.decoding.entries)
 
 
-def _move_notes(img: ElfImage, inputs: list[LinkInput], placement: Placement) -> MovedNotes:
-    """Every input's notes moved into the linked image ``img``: in input
+def _move_notes(inputs: list[LinkInput], layout: dict[tuple[int, str], int]) -> MovedNotes:
+    """Every input's notes moved to where ``layout`` puts its code: in input
     order, each input's notes section copied with every address word set
     to its NOP's new offset (its code section's placement plus the old
-    offset), which must hold the NOP there.  The argument insns are the
-    input's bytes, which its check decoded (and _check_argument_encoding
-    found to be their encoding).  By column, a run of entries of one code
-    section at a time: no object per site."""
+    offset).  The argument insns are the input's bytes, which its check
+    decoded (and _check_argument_encoding found to be their encoding).  By
+    column, a run of entries of one code section at a time: no object per
+    site.  Needs no linker output: _place_notes checks the NOPs there."""
     moved = MovedNotes()
-    section_index: dict[str, int] = {}        # a million sites name a few code sections
     for i, p in enumerate(inputs):
         if not p.runs:
             continue
-        targets, code_sections = array("Q"), []
+        targets = array("Q")
+        for section, lo, hi in p.runs:
+            targets += array("Q", map(layout[(i, section)].__add__, p.nop_offsets[lo:hi]))
+        copy = bytearray(p.notes)
+        put_u64_words(copy, map(ADDRESS_WORD_SIZE.__rfloordiv__, p.entry_offsets), targets)
+        moved.add_input(p, copy, targets)
+    return moved
+
+
+def _place_notes(img: ElfImage, inputs: list[LinkInput], moved: MovedNotes) -> None:
+    """Each moved entry's code section in the linker's output ``img``, whose
+    code must hold the NOP at every moved offset."""
+    section_index: dict[str, int] = {}        # a million sites name a few code sections
+    first = 0
+    for p in inputs:
         for section, lo, hi in p.runs:
             code_index = section_index.get(section, -1)
             if code_index < 0:
                 code_index = section_index[section] = _linked_section(img, section)
-            run = array("Q", map(placement.base[(i, section)].__add__, p.nop_offsets[lo:hi]))
-            _check_nops(section, img.sections[code_index].data, run)
-            targets += run
-            code_sections += [code_index] * (hi - lo)
-        copy = bytearray(p.notes)
-        put_u64_words(copy, map(ADDRESS_WORD_SIZE.__rfloordiv__, p.entry_offsets), targets)
-        moved.add_input(p, copy, targets, code_sections)
-    return moved
+            _check_nops(section, img.sections[code_index].data, moved.targets[first + lo: first + hi])
+            moved.code_sections += [code_index] * (hi - lo)
+        first += len(p.nop_offsets)
 
 
 def _section_runs(sections: list[Section]) -> list[tuple[Section, int, int]]:

@@ -111,17 +111,16 @@ class MovedNotes:
         self.calls: list[tuple[str, int, int]] = []    # (label, code section, offset) as written
         self.inline: Sequence[Chain] = ()
 
-    def add_input(self, p: LinkInput, moved: bytearray, targets: array[int], code_sections: list[int]) -> None:
+    def add_input(self, p: LinkInput, moved: bytearray, targets: array[int]) -> None:
         """One input's entries: its notes as moved (which must differ from
-        its own in the address words alone), each NOP's new offset and code
-        section."""
+        its own in the address words alone) and each NOP's new offset (their
+        code sections are added once the linker's output is known)."""
         _only_address_words_moved(p.path, p.notes, p.entry_offsets, moved)
         lo = self.size
         self.starts += array("Q", map(lo.__add__, p.entry_offsets)) if lo else p.entry_offsets
         self.names += p.names
         self.shapes |= p.shapes
         self.targets += targets
-        self.code_sections += code_sections
         self._chunks.append(moved)
         self.size += len(moved)
 
