@@ -121,14 +121,13 @@ def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> Object
         resolve_output(output)
     except OSError as e:
         raise InputError(f"cannot write {output}: {e.strerror}") from None
-    tool = find_bpftool(bpftool)     # bpftool, else $BPF_SDT_BPFTOOL, else PATH and /usr/sbin
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
         prepared = _Prepared(Path(tmp))
         for path in inputs:
             report = checked_input(load_object(path))
             prepared.add(report)
             _release(report)
-        linked = _link(prepared, str(output), tool)
+        linked = _link(prepared, str(output), bpftool)
     if isinstance(linked, Linked):
         if linked.report is None:
             return write_checked(output, linked.obj.data, "the linked object")
@@ -154,12 +153,11 @@ def _release(report: ObjectReport) -> None:
 def link_objects(inputs: list[ObjectReport], name: str, bpftool: str | None = None) -> Linked:
     """Link the analyzed inputs (see checked_input) into one object, decoded
     as ``name``.  Nothing is written but temporaries for the linker."""
-    tool = find_bpftool(bpftool)
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
         prepared = _Prepared(Path(tmp))
         for report in inputs:
             prepared.add(report)
-        linked = _link(prepared, name, tool)
+        linked = _link(prepared, name, bpftool)
     if isinstance(linked, LinkedImage):
         return Linked(BpfObject(name, linked.img.to_bytes()), None)
     return linked
@@ -212,13 +210,11 @@ def _link_input(i: int, report: ObjectReport, names: dict[str, str]) -> LinkInpu
     sections = list(map(_SECTION, entries))
     symbols = list(map(_SYMBOL, entries))
     notes = report.decoding.notes
-    shapes = {(probe, report.declarations[probe].arity) for probe in report.decoding.entry_probes} \
-        if report.declarations else {(probe, len(raw) // INSN_SIZE) for probe, raw in set(map(_SHAPE, entries))}
     return LinkInput(
         path=report.path, sections=obj.sections, functions=obj.symbol_table.of_type(STT_FUNC),
         runs=[(sec.name, lo, hi) for sec, lo, hi in _section_runs(sections)],
         nop_offsets=array("Q", map(_OFFSET, entries)), entry_offsets=array("Q", map(_ENTRY_OFFSET, entries)),
-        names=list(map(names.setdefault, symbols, symbols)), shapes=shapes,
+        names=list(map(names.setdefault, symbols, symbols)), shapes=_shapes(report),
         notes=section_view(obj, notes).tobytes() if notes is not None and entries else b"",
         calls=[InputCall(i, observer, obj.sections[shndx].name, offset) for observer, shndx, offset in call_words(obj)],
         # Where nothing says a site was inlined, every chain is () (inlined.has_inline_information):
@@ -226,11 +222,22 @@ def _link_input(i: int, report: ObjectReport, names: dict[str, str]) -> LinkInpu
         inline=report.table.notes_order_chains() if has_inline_information(obj) else [()] * len(entries))
 
 
-def _link(prepared: _Prepared, name: str, tool: str) -> Linked | LinkedImage:
+def _shapes(report: ObjectReport) -> set[tuple[str, int]]:
+    """(probe, argument count) of an input's sites: its prototypes' counts,
+    which its check held every site to, and for a probe it does not declare
+    (GCC's objects declare none) the sites' own counts."""
+    decls = report.declarations
+    shapes = {(probe, decls[probe].arity) for probe in report.decoding.entry_probes if probe in decls}
+    if not report.decoding.entry_probes <= decls.keys():
+        shapes |= {(probe, len(raw) // INSN_SIZE) for probe, raw in set(map(_SHAPE, report.decoding.entries))
+                   if probe not in decls}
+    return shapes
+def _link(prepared: _Prepared, name: str, bpftool: str | None) -> Linked | LinkedImage:
     """Link the prepared inputs: directly where the linker takes their
     records (and then their sites must be where they belong), else their
     copies without notes, the notes then moved into the linker's output and
     left as an image: the caller may drop the inputs first."""
+    tool = find_bpftool(bpftool)     # bpftool, else $BPF_SDT_BPFTOOL, else PATH and /usr/sbin
     inputs = prepared.inputs
     tmp = prepared.tmp
     if prepared.has_sites and prepared.copies is not None and \

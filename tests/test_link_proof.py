@@ -155,3 +155,15 @@ def test_link_refuses_to_write_a_corrupted_object(tmp_path: Path, monkeypatch: p
     with pytest.raises(InputError, match="SDT107"):
         link_module.link(out, inputs)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("shape", "rule"), [(("shared", 3), "SDT103"), (("undeclared", 1), "SDT110")])
+def test_a_site_the_linked_prototypes_do_not_fit_is_refused(shape: tuple[str, int], rule: str,
+                                                           linked: tuple[bytes, MovedNotes],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prototypes are judged per (probe, argument count) against the
+    linked BTF: a count it does not declare, a probe it does not declare."""
+    data, moved = linked
+    monkeypatch.setattr(moved, "shapes", moved.shapes | {shape})
+    with pytest.raises(InputError, match=rule):
+        verify_linked(BpfObject("out.o", data), moved)
