@@ -516,9 +516,10 @@ def _probe_names(symbols: SymbolTable, indices: array[int], name_offs: array[int
     return ids, list(seen)
 
 
-def _valid_entries(bounds: _Boundary, size: int, out: NotesDecoding) -> array[int]:
-    """Indices (into ``bounds``) of the entries whose extent is well-formed."""
-    valid = array("q")
+def _valid_entries(bounds: _Boundary, size: int, out: NotesDecoding) -> Sequence[int]:
+    """Indices (into ``bounds``) of the entries whose extent is well-formed:
+    a range when all are (no array of a million indices)."""
+    invalid = []
     starts = bounds.starts
     n = len(starts)
     for i in range(n):
@@ -534,8 +535,12 @@ def _valid_entries(bounds: _Boundary, size: int, out: NotesDecoding) -> array[in
             out.problem(ProblemKind.BOUNDARY, start, f"{bounds.symbol(i)}: entry of {end - start} bytes at offset "
                         f"{start} (entries are 8 + 8*N bytes, N <= {MAX_ARGS}, 8-aligned)", start)
         else:
-            valid.append(i)
-    return valid
+            continue
+        invalid.append(i)
+    if not invalid:
+        return range(n)
+    gone = set(invalid)
+    return array("q", [i for i in range(n) if i not in gone])
 
 
 def _relocation_section(obj: BpfObject, notes: Section, out: NotesDecoding) -> Section | None:
@@ -546,13 +551,13 @@ def _relocation_section(obj: BpfObject, notes: Section, out: NotesDecoding) -> S
     return found[0] if found else None
 
 
-def _match_relocations(relocations: RelocationColumns, bounds: _Boundary, valid: array[int],
-                       size: int, out: NotesDecoding) -> tuple[array[int], dict[int, int]]:
+def _match_relocations(relocations: RelocationColumns, bounds: _Boundary, valid: Sequence[int],
+                       size: int, out: NotesDecoding) -> tuple[Sequence[int], dict[int, int]]:
     """Per valid entry, the index of the first relocation on its address word
     (-1: none), and how many relocations each entry with more than one has."""
     starts = bounds.starts
     offsets = relocations.offsets
-    if offsets == starts and all(map(lt, starts, starts[1:])):
+    if offsets == starts and all(map(lt, starts, itertools.islice(starts, 1, None))):
         # What compilers and linkers write: relocation k is on entry k's
         # address word, one each, so entry i's first relocation is i.
         return valid, {}
@@ -629,7 +634,7 @@ class _Targets:
 
 
 def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, relocations: RelocationColumns,
-                    bounds: _Boundary, valid: array[int], first: array[int], repeats: dict[int, int],
+                    bounds: _Boundary, valid: Sequence[int], first: Sequence[int], repeats: dict[int, int],
                     symbols: SymbolTable, out: NotesDecoding) -> None:
     rela = rel_sec.type == SHT_RELA
     rel_infos, rel_addends = relocations.infos, relocations.addends
@@ -643,13 +648,15 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, relocati
     # Every valid entry is 8-aligned and lies inside the section, so its
     # address word is one of these (a ragged tail holds none).
     words = u64_words(data[:len(data) - len(data) % ADDRESS_WORD_SIZE])
-    # The columns of the entries that decode, and the positions (in valid) of those that do not.
-    offsets, section_ids, body_ids = array("Q"), array("I"), array("I")
-    add_offset, add_section, add_body = offsets.append, section_ids.append, body_ids.append
+    # The columns, an item per valid entry, allocated once at their size (grown
+    # by appends, a million items leave freed copies behind in the heap); and
+    # the positions (in valid) of the entries that do not decode.
+    count = len(valid)
+    offsets, section_ids, body_ids = array("Q", [0]) * count, array("I", [0]) * count, array("I", [0]) * count
     dropped: list[int] = []
     # The loop runs once per site (up to MAX_ENTRIES): it reads the file's bytes in
     # place (no slice objects), finds a relocation's symbol in the cache first and
-    # keeps three array items per entry.
+    # sets three array items per entry.
     file = obj.data
     notes_at = out.notes.offset if out.notes is not None else 0
     for pos, (i, k) in enumerate(zip(valid, first, strict=True)):
@@ -695,11 +702,20 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, relocati
                             f"probe '{probes[probe_ids[i]]}' {err}", start)
             dropped.append(pos)
             continue
-        add_offset(target)
-        add_section(section_id)
-        add_body(body_id)
-    entries.offsets, entries.section_ids, entries.body_ids = offsets, section_ids, body_ids
+        offsets[pos] = target
+        section_ids[pos] = section_id
+        body_ids[pos] = body_id
+    entries.offsets, entries.section_ids, entries.body_ids = _without(dropped, offsets, section_ids, body_ids)
     _keep_bounds(entries, bounds, _decoded_positions(valid, dropped, len(starts)))
+
+
+def _without(dropped: list[int], *columns: array[int]) -> tuple[array[int], ...]:
+    """``columns`` without the items at the positions ``dropped``."""
+    if not dropped:
+        return columns
+    gone = set(dropped)
+    keep = [pos not in gone for pos in range(len(columns[0]))]
+    return tuple(array(column.typecode, itertools.compress(column, keep)) for column in columns)
 
 
 def _new_body(known: list[EntryBody], body: bytes) -> tuple[int, tuple[tuple[int, str], ...]]:
@@ -711,7 +727,7 @@ def _new_body(known: list[EntryBody], body: bytes) -> tuple[int, tuple[tuple[int
     return len(known) - 1, ()
 
 
-def _decoded_positions(valid: array[int], dropped: list[int], count: int) -> array[int] | None:
+def _decoded_positions(valid: Sequence[int], dropped: list[int], count: int) -> array[int] | None:
     """The boundary indices of the entries that decoded, None when all of
     ``count`` did (then the boundary's columns are the entries' own)."""
     if not dropped and len(valid) == count:
