@@ -597,6 +597,11 @@ class _Target(NamedTuple):
     base: int               # the address word is relative to this offset in it
     code: memoryview        # the section's bytes
     section_id: int         # the section's index in NoteEntries.sections
+    last_nop: int           # the last offset a NOP fits at, -1 if the section has no bytes in the file
+
+
+# A relocation that names no target: the kind of problem and its message.
+_Unusable = tuple[ProblemKind, str]
 
 
 class _Targets:
@@ -630,7 +635,20 @@ class _Targets:
         section_id = self._section_ids.setdefault(sec.index, len(self.sections))
         if section_id == len(self.sections):
             self.sections.append(sec)
-        return _Target(sec, base, section_view(self.obj, sec), section_id)
+        code = section_view(self.obj, sec)
+        return _Target(sec, base, code, section_id, sec.size - INSN_SIZE if len(code) == sec.size else -1)
+
+    def relocation(self, rel_info: int) -> tuple[bool, _Target | _Unusable]:
+        """What an address word's relocation (its r_info) names: whether its
+        type is the old binutils number, and its target or why it has none."""
+        rtype, rsym = rel_info & R_TYPE_MASK, rel_info >> R_SYM_SHIFT
+        legacy = rtype == R_BPF_64_ABS64_OLD_BINUTILS
+        if not legacy and rtype != R_BPF_64_ABS64:
+            return legacy, (ProblemKind.RELOCATION_TYPE, f"relocation type {rtype}, want R_BPF_64_ABS64 (2)")
+        target = self.symbol(rsym)
+        if isinstance(target, str):
+            return legacy, (ProblemKind.RELOCATION_SYMBOL, target)
+        return legacy, target
 
 
 def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, relocations: RelocationColumns,
@@ -640,7 +658,8 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, relocati
     rel_infos, rel_addends = relocations.infos, relocations.addends
     entries = out.entries = NoteEntries(symbols)
     targets = _Targets(obj, symbols, entries.sections)
-    known_targets = targets.cache
+    # Per distinct r_info (thousands of entries share one): what it names.
+    relocated: dict[int, tuple[bool, _Target | _Unusable]] = {}
     # Per distinct argument bytes: (its index in entries.bodies, its errors).
     bodies: dict[bytes, tuple[int, tuple[tuple[int, str], ...]]] = {}
     starts, probe_ids, probes = bounds.starts, bounds.probe_ids, bounds.probes
@@ -668,25 +687,23 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, relocati
         if repeats and pos in repeats:
             out.problem(ProblemKind.RELOCATION, start, f"address word has {repeats[pos]} relocations", start)
         rel_info = rel_infos[k]
-        rtype, rsym = rel_info & R_TYPE_MASK, rel_info >> R_SYM_SHIFT
-        if rtype == R_BPF_64_ABS64_OLD_BINUTILS:
+        hit = relocated.get(rel_info)
+        if hit is None:
+            hit = relocated[rel_info] = targets.relocation(rel_info)
+        legacy, found = hit
+        if legacy:
             out.legacy_relocations += 1
-        elif rtype != R_BPF_64_ABS64:
-            out.problem(ProblemKind.RELOCATION_TYPE, start, f"relocation type {rtype}, want "
-                        "R_BPF_64_ABS64 (2)", start)
+        if not isinstance(found, _Target):
+            kind, message = found
+            out.problem(kind, start, message, start)
             dropped.append(pos)
             continue
-        info = known_targets.get(rsym) or targets.symbol(rsym)
-        if isinstance(info, str):
-            out.problem(ProblemKind.RELOCATION_SYMBOL, start, info, start)
-            dropped.append(pos)
-            continue
-        sec, base, code, section_id = info
+        sec, base, code, section_id, last_nop = found
         word = words[start >> 3]
         addend = signed64(rel_addends[k]) if rela else word
         target = base + addend
-        if not (target >= 0 and target % INSN_SIZE == 0 and target + INSN_SIZE <= sec.size
-                and len(code) == sec.size and file.startswith(NOP_INSN, sec.offset + target)):
+        if not (0 <= target <= last_nop and not target % INSN_SIZE
+                and file.startswith(NOP_INSN, sec.offset + target)):
             _explain(out, start, sec, base, word, addend, target, not rela, code)
             dropped.append(pos)
             continue
