@@ -208,9 +208,15 @@ class NoteEntries(Sequence[NoteEntry]):
             return []
         return self._symbols.names(self.symbol_indices[start:stop], self.name_offsets[start:stop])
 
-    def section_runs(self) -> Iterator[tuple[Section, int, int]]:
+    def section_runs(self, most: int | None = None) -> Iterator[tuple[Section, int, int]]:
         """(section, start, stop) of each run of consecutive entries in one
-        code section."""
+        code section, cut into runs of at most ``most`` entries if given."""
+        for sec, first, last in self._section_runs():
+            step = most or last - first
+            for start in range(first, last, step):
+                yield sec, start, min(start + step, last)
+
+    def _section_runs(self) -> Iterator[tuple[Section, int, int]]:
         ids, sections = self.section_ids, self.sections
         if len(sections) == 1:      # one code section (compilers' programs often): one run
             if ids:

@@ -104,6 +104,9 @@ RULE_SYMBOL_OUTSIDE_SECTION = "SDT118"
 NOTES_START = f"{NOTES_SECTION}+0x0"
 # A refused output's message names this many of its errors.
 MAX_ERRORS_SHOWN = 3
+# ObjectReport.iter_sites looks up this many sites' functions, places and
+# symbols at once: few calls, and short lists.
+SITES_AT_A_TIME = 512
 
 
 class ObjectReport:
@@ -152,17 +155,27 @@ class ObjectReport:
         """`list`'s record of each site, in site-id order: the table's
         function, location and chain, the prototype's spellings and the
         observers the site calls."""
+        entries = self.table.entries
+        for sec, start, stop in entries.section_runs(SITES_AT_A_TIME):
+            yield from self._run_sites(sec, start, stop)
+
+    def _run_sites(self, sec: Section, start: int, stop: int) -> Iterator[SiteRecord]:
+        """The records of sites ``start:stop``, of one code section: their
+        functions, places and symbols looked up together."""
         table = self.table
-        decls = self.declarations
-        observers = self.observers
-        types = self.arg_types
-        function, location = table.function, table.location
-        for e, chain in zip(table.entries, table.inlined_at, strict=True):
-            decl = decls.get(e.probe)
-            file, line, column = location(e)
-            yield SiteRecord(e.probe, e.section.name, e.offset, function(e), e.args, decl.types if decl else (),
-                       e.entry_offset, e.symbol, file, line, column,
-                       observers.get((e.section.index, e.offset), ()), types.get(e.probe, ()), chain)
+        entries = table.entries
+        decls, observers, types = self.declarations, self.observers, self.arg_types
+        probes, bodies = entries.probes, entries.bodies
+        offsets = entries.offsets[start:stop]
+        for offset, entry_offset, p, b, symbol, function, (file, line, column), chain in zip(
+                offsets, entries.entry_offsets[start:stop], entries.probe_ids[start:stop],
+                entries.body_ids[start:stop], entries.symbols(start, stop), table.functions.names(sec, offsets),
+                table.lines.places(sec.name, offsets), table.inlined_at[start:stop], strict=True):
+            probe = probes[p]
+            decl = decls.get(probe)
+            yield SiteRecord(probe, sec.name, offset, function, bodies[b].args, decl.types if decl else (),
+                             entry_offset, symbol, file, line, column, observers.get((sec.index, offset), ()),
+                             types.get(probe, ()), chain)
 
     @cached_property
     def arg_types(self) -> dict[str, tuple[ArgType, ...]]:

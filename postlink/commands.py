@@ -114,16 +114,8 @@ def _json_chunks(report: ObjectReport) -> Iterator[list[str]]:
     table = report.table
     chains = table.inlined_at
     templates: dict[tuple[int, int, int, tuple[str, ...]], str] = {}
-    for sec, start, stop in _runs(table.entries):
+    for sec, start, stop in table.entries.section_runs(_CHUNK):
         yield _json_run(report, sec, start, stop, chains[start:stop], templates)
-
-
-def _runs(entries: NoteEntries) -> Iterator[tuple[Section, int, int]]:
-    """(section, start, stop) of consecutive entries in one code section, at
-    most _CHUNK of them."""
-    for sec, first, last in entries.section_runs():
-        for start in range(first, last, _CHUNK):
-            yield sec, start, min(start + _CHUNK, last)
 
 
 def _json_run(report: ObjectReport, sec: Section, start: int, stop: int, chains: list[Chain],
