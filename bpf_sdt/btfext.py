@@ -37,7 +37,7 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
 from functools import cached_property
-from operator import attrgetter, itemgetter, le
+from operator import attrgetter, eq, itemgetter, le
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar, overload
 
 from bpf_sdt.btf import BTF_MAGIC, BYTE_SWAPPED_MAGIC, PREAMBLE, PREAMBLE_FORMAT, U32_MAX, WORD, Btf
@@ -205,7 +205,7 @@ class LineRows(Sequence[LineRow]):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence):
             return NotImplemented
-        return len(self) == len(other) and all(map(tuple.__eq__, self, other))
+        return len(self) == len(other) and all(map(eq, self, other))
 
     __hash__ = None     # type: ignore[assignment]  # compared by value, as a list is
 

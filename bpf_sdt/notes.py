@@ -27,7 +27,7 @@ import struct
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
-from operator import le, lt
+from operator import eq, le, lt
 from typing import NamedTuple, overload
 
 from bpf_sdt.elf import (
@@ -190,7 +190,7 @@ class NoteEntries(Sequence[NoteEntry]):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence):
             return NotImplemented
-        return len(self) == len(other) and all(map(tuple.__eq__, self, other))
+        return len(self) == len(other) and all(map(eq, self, other))
 
     __hash__ = None     # type: ignore[assignment]  # compared by value, as a list is
 
@@ -491,7 +491,7 @@ def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: No
         raise InputError(f"{obj.path}: {len(values)} notes entries, more than the {MAX_ENTRIES} "
                          "an object may hold")
     bounds = _Boundary(symbols)
-    if all(map(le, values, values[1:])):        # compilers emit them in order: no reordered copies
+    if all(map(le, values, itertools.islice(values, 1, None))):   # compilers emit them in order: no reordered copies
         bounds.starts, bounds.indices, bounds.name_offsets = values, indices, name_offs
     else:
         ordered = sorted(range(len(values)), key=values.__getitem__)   # stable: ties keep index order
