@@ -32,11 +32,13 @@ from __future__ import annotations
 import bisect
 import os
 import struct
+import sys
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
 from functools import cached_property
-from operator import attrgetter, itemgetter
-from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
+from operator import attrgetter, eq, itemgetter, le
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar, overload
 
 from bpf_sdt.btf import BTF_MAGIC, BYTE_SWAPPED_MAGIC, PREAMBLE, PREAMBLE_FORMAT, U32_MAX, WORD, Btf
 from bpf_sdt.errors import InputError
@@ -151,6 +153,63 @@ _FIELDS_OF: dict[str, Callable[[Record], tuple[int, ...]]] = {
 _STRING_FIELDS = {FUNC_INFO: (), LINE_INFO: (1, 2), CORE_RELO: (2,)}
 
 
+LineRow = tuple[int, int, int, int]     # (insn_off, file_name_off, line_off, line_col): LineInfo's fields
+_U32 = 4                                # bytes per field of a record
+
+
+def _u32_words(view: memoryview) -> Sequence[int]:
+    """``view`` (a multiple of 4 bytes) as little-endian u32s: on a
+    little-endian host the bytes themselves, no copy."""
+    if sys.byteorder == "little":
+        return view.cast("I")
+    words = array("I")
+    words.frombytes(view)
+    words.byteswap()
+    return words
+
+
+class LineRows(Sequence[LineRow]):
+    """One code section's line_info records (``parse(records=False)``) as u32
+    columns over the section's bytes, in file order: a row made on access.
+    A million probe sites have about a million records, which as tuples
+    took 190 bytes each."""
+
+    __slots__ = ("insn_offs", "file_name_offs", "line_offs", "line_cols")
+
+    def __init__(self, raw: memoryview, rec_size: int) -> None:
+        words = _u32_words(raw)
+        stride = rec_size // _U32       # rec_size is a multiple of 4 (checked at parse)
+        self.insn_offs, self.file_name_offs, self.line_offs, self.line_cols = \
+            (words[field::stride] for field in range(len(LineInfo._fields) - 1))   # not `extra`
+
+    def __len__(self) -> int:
+        return len(self.insn_offs)
+
+    @property
+    def columns(self) -> tuple[Sequence[int], ...]:
+        """The four columns, in a row's order."""
+        return (self.insn_offs, self.file_name_offs, self.line_offs, self.line_cols)
+
+    @overload
+    def __getitem__(self, index: int) -> LineRow: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[LineRow]: ...
+
+    def __getitem__(self, index: int | slice) -> LineRow | list[LineRow]:
+        if isinstance(index, slice):
+            return list(zip(self.insn_offs[index], self.file_name_offs[index], self.line_offs[index],
+                            self.line_cols[index], strict=True))
+        return (self.insn_offs[index], self.file_name_offs[index], self.line_offs[index], self.line_cols[index])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(map(eq, self, other))
+
+    __hash__ = None     # type: ignore[assignment]  # compared by value, as a list is
+
+
 class ExtSection:
     """The records of one code section, each list in file order.  The lists
     are plain lists: edit them directly or through :class:`BtfExt`'s methods."""
@@ -173,14 +232,13 @@ class ExtSection:
         return getattr(self, block)  # type: ignore[no-any-return]
 
 
-Indexed = TypeVar("Indexed")   # what an OffsetIndex holds: records, or line rows (BtfExt.line_rows)
+Indexed = TypeVar("Indexed")   # what an OffsetIndex holds: records
 
 
 class OffsetIndex(Generic[Indexed]):
-    """A sorted snapshot of records (or rows, by ``insn_off``: the row's
-    first field) for many lookups by instruction offset; it does not follow
-    later edits.  ``items`` and ``offsets`` are public for a caller's own
-    loop over many offsets (SourceLines.places)."""
+    """A sorted snapshot of records, by ``insn_off``, for many lookups by
+    instruction offset; it does not follow later edits.  ``items`` and
+    ``offsets`` are public for a caller's own loop over many offsets."""
 
     def __init__(self, items: Iterable[Indexed], insn_off: Callable[[Indexed], int]) -> None:
         self.items: list[Indexed] = sorted(items, key=insn_off)     # stable: equal offsets keep file order
@@ -227,8 +285,8 @@ class BtfExt:
         self._blocks: dict[str, _Block] = {}
         self._empty_anchor: dict[str, str | None] = {}
         # parse(records=False): per code section, its line_info as
-        # (insn_off, file_name_off, line_off, line_col), in file order.
-        self.line_rows: dict[str, list[tuple[int, ...]]] = {}
+        # (insn_off, file_name_off, line_off, line_col) rows, in file order.
+        self.line_rows: dict[str, LineRows] = {}
 
     # --- strings -----------------------------------------------------------
 
@@ -354,11 +412,12 @@ class BtfExt:
     # --- parse ---------------------------------------------------------------
 
     @classmethod
-    def parse(cls, data: bytes, btf_strings: bytes | Btf, *, records: bool = True) -> BtfExt:
+    def parse(cls, data: bytes | memoryview, btf_strings: bytes | Btf, *, records: bool = True) -> BtfExt:
         """Without ``records``: the same checks, the same errors, but no
-        record objects; line_info is kept as plain rows in ``line_rows``
-        (what a reader of source lines needs, and one record per probe
-        site is most of the parse of a large object)."""
+        record objects; line_info is kept as rows in ``line_rows``, columns
+        over ``data`` (what a reader of source lines needs, and one record
+        per probe site is most of the parse of a large object).  ``data``
+        may be a view of the file's bytes: nothing is copied from it then."""
         strings = btf_strings.strings if isinstance(btf_strings, Btf) else bytes(btf_strings)
         ext = cls(strings)
         hdr_len, spans = ext._parse_header(data)
@@ -369,7 +428,7 @@ class BtfExt:
                 ext._parse_block(block, body[off:off + length], records)
         return ext
 
-    def _parse_header(self, data: bytes) -> tuple[int, dict[str, tuple[int, int]]]:
+    def _parse_header(self, data: bytes | memoryview) -> tuple[int, dict[str, tuple[int, int]]]:
         if len(data) < BASE_HEADER_LEN:
             raise InputError(f".BTF.ext: {len(data)} bytes is shorter than its header")
         magic, self.version, self.flags, hdr_len = PREAMBLE.unpack_from(data, 0)
@@ -393,7 +452,7 @@ class BtfExt:
                                  f"section ({body_len} bytes after the header)")
         return hdr_len, spans
 
-    def _layout(self, body: bytes, spans: dict[str, tuple[int, int]]) -> None:
+    def _layout(self, body: bytes | memoryview, spans: dict[str, tuple[int, int]]) -> None:
         """Note the order of the non-empty blocks and the bytes around them."""
         full = sorted((off, BLOCKS.index(b), b) for b, (off, length) in spans.items() if length)
         pos = 0
@@ -413,7 +472,7 @@ class BtfExt:
                 self._blocks[block] = _Block(_FORMATS[block][1].size, False, off)
                 self._empty_anchor[block] = ends.get(off)
 
-    def _parse_block(self, block: str, raw: bytes, records: bool = True) -> None:
+    def _parse_block(self, block: str, raw: bytes | memoryview, records: bool = True) -> None:
         info = self._blocks[block]
         if len(raw) < REC_SIZE_LEN:
             raise InputError(f".BTF.ext: {block} is {len(raw)} bytes, too short for its record size")
@@ -441,13 +500,13 @@ class BtfExt:
                 sec = self.sections[name] = ExtSection(name)
             if records:
                 sec.records(block).extend(self._records(block, raw, pos, count, rec_size, fmt))
+            elif block == LINE_INFO:
+                self.line_rows[name] = self._line_rows(raw, pos, count, rec_size)
             else:
-                rows = self._rows(block, raw, pos, count, rec_size, fmt)
-                if block == LINE_INFO:
-                    self.line_rows[name] = rows
+                self._rows(block, raw, pos, count, rec_size, fmt)     # for the checks
             pos += count * rec_size
 
-    def _records(self, block: str, raw: bytes, pos: int, count: int, rec_size: int,
+    def _records(self, block: str, raw: bytes | memoryview, pos: int, count: int, rec_size: int,
                  fmt: struct.Struct) -> list[Record]:
         """The records of one section's block: its rows (:meth:`_rows`, one
         unpack for them all), each with the bytes past its known fields."""
@@ -459,7 +518,16 @@ class BtfExt:
         starts = range(pos + fmt.size, pos + count * rec_size, rec_size)
         return [make(values, bytes(raw[start:start + extra])) for values, start in zip(rows, starts, strict=True)]
 
-    def _rows(self, block: str, raw: bytes, pos: int, count: int, rec_size: int,
+    def _line_rows(self, raw: bytes | memoryview, pos: int, count: int, rec_size: int) -> LineRows:
+        """One section's line_info as columns over ``raw``, checked as
+        :meth:`_rows` checks its rows."""
+        rows = LineRows(memoryview(raw)[pos:pos + count * rec_size], rec_size)
+        limit = len(self.strings)
+        if any(max(rows.columns[i], default=0) >= limit for i in _STRING_FIELDS[LINE_INFO]):
+            self._refuse_bad_string(LINE_INFO, list(rows), pos, rec_size)
+        return rows
+
+    def _rows(self, block: str, raw: bytes | memoryview, pos: int, count: int, rec_size: int,
               fmt: struct.Struct) -> list[tuple[int, ...]]:
         """The known fields of each record (bytes past them skipped), their
         string offsets checked (:meth:`_refuse_bad_string` names the record)."""
@@ -540,9 +608,6 @@ class BtfExt:
         return self._build()[1]
 
 
-_row_insn_off = itemgetter(0)     # a line row is (insn_off, file_name_off, line_off, line_col)
-
-
 def _insn_off(r: Record) -> int:
     return r.insn_off
 
@@ -561,6 +626,32 @@ def _check_u32(rec: Record, block: str) -> None:
             raise ValueError(f"{block}: field value {v} does not fit u32")
 
 
+class _LineIndex:
+    """One section's line rows by insn_off (stable: equal offsets keep file
+    order), as the columns a place needs: the rows' own when they are in
+    order already (what compilers write), else sorted copies."""
+
+    __slots__ = ("offsets", "file_name_offs", "line_cols")
+
+    def __init__(self, rows: LineRows | None) -> None:
+        if rows is None:
+            self.offsets: Sequence[int] = ()
+            self.file_name_offs: Sequence[int] = ()
+            self.line_cols: Sequence[int] = ()
+            return
+        offsets = rows.insn_offs
+        if all(map(le, offsets, offsets[1:])):
+            self.offsets, self.file_name_offs, self.line_cols = offsets, rows.file_name_offs, rows.line_cols
+            return
+        order = sorted(range(len(offsets)), key=offsets.__getitem__)
+        self.offsets, self.file_name_offs, self.line_cols = (
+            array("I", map(column.__getitem__, order)) for column in (offsets, rows.file_name_offs, rows.line_cols))
+
+    def at(self, insn_off: int) -> int:
+        """The index of the last row at or before ``insn_off``, -1 if none."""
+        return bisect.bisect_right(self.offsets, insn_off) - 1
+
+
 class SourceLines:
     """Source locations by (code section, offset) from `.BTF.ext` line_info:
     the record in force at an offset is the last one at or before it.  clang
@@ -571,26 +662,30 @@ class SourceLines:
     def __init__(self, obj: BpfObject) -> None:
         self._obj = obj
         # per code section: its line rows (BtfExt.line_rows) by insn_off
-        self._index: dict[str, OffsetIndex[tuple[int, ...]]] = {}
+        self._index: dict[str, _LineIndex] = {}
         self._files: dict[int, str | None] = {}     # by string offset: a few files, many sites
 
     @cached_property
     def _ext(self) -> BtfExt | None:
         """Read on the first location asked for: where sites were inlined
-        (link's question) needs none of it."""
+        (link's question) needs none of it.  Its rows are columns over the
+        file's bytes (no copy of the section)."""
+        from bpf_sdt.elf import section_view
+
         sec = self._obj.section(BTF_EXT_SECTION)
         if sec is None:
             return None
         try:
             btf = self._obj.btf
-            return BtfExt.parse(self._obj.section_data(sec), btf, records=False) if btf is not None else None
+            return BtfExt.parse(section_view(self._obj, sec), btf, records=False) if btf is not None else None
         except InputError:
             return None
 
     def at(self, section: str, offset: int) -> tuple[str | None, int | None, int | None]:
         if self._ext is None:
             return None, None, None
-        return self._place(self._section_index(section).at(offset))
+        index = self._section_index(section)
+        return self._place(index, index.at(offset))
 
     def places(self, section: str, offsets: Sequence[int]) -> list[tuple[str | None, int | None, int | None]]:
         """:meth:`at` of many offsets in one section: a site's record is
@@ -599,31 +694,31 @@ class SourceLines:
         if self._ext is None:
             return [(None, None, None)] * len(offsets)
         index = self._section_index(section)
-        offs, rows = index.offsets, index.items     # OffsetIndex.at, without a call per site
+        offs = index.offsets        # _LineIndex.at, without a call per site
         find = bisect.bisect_right
         out = []
-        last: tuple[int, ...] | None = None
-        place = self._place(None)
+        last = -1
+        place = self._place(index, -1)
         for offset in offsets:
-            i = find(offs, offset)
-            row = rows[i - 1] if i else None
-            if row is not last:
-                last, place = row, self._place(row)
+            row = find(offs, offset) - 1
+            if row != last:
+                last, place = row, self._place(index, row)
             out.append(place)
         return out
 
-    def _section_index(self, section: str) -> OffsetIndex[tuple[int, ...]]:
+    def _section_index(self, section: str) -> _LineIndex:
         index = self._index.get(section)
         if index is None:
             assert self._ext is not None
-            index = self._index[section] = OffsetIndex(self._ext.line_rows.get(section, ()), _row_insn_off)
+            index = self._index[section] = _LineIndex(self._ext.line_rows.get(section))
         return index
 
-    def _place(self, row: tuple[int, ...] | None) -> tuple[str | None, int | None, int | None]:
-        """(file, line, column) of a line row (LineInfo's fields), None for unknown."""
-        if row is None or self._ext is None:
+    def _place(self, index: _LineIndex, row: int) -> tuple[str | None, int | None, int | None]:
+        """(file, line, column) of line row ``row`` of a section (LineInfo's
+        fields), None for unknown (no row: -1)."""
+        if row < 0 or self._ext is None:
             return None, None, None
-        _insn_off, file_name_off, _line_off, line_col = row
+        file_name_off, line_col = index.file_name_offs[row], index.line_cols[row]
         file = self._files.get(file_name_off, "")
         if file == "":
             try:

@@ -1,7 +1,8 @@
 """Decode and encode probe notes (docs/format.md section 3), nothing else.
 
-:func:`decode_notes` turns an object's ``.bpf_sdt_notes`` into one
-:class:`NoteEntry` per entry that decodes, in notes order, and one
+:func:`decode_notes` turns an object's ``.bpf_sdt_notes`` into its entries
+that decode (:class:`NoteEntries`, one :class:`NoteEntry` each), in notes
+order, and one
 :class:`NoteProblem` for everything that could not be decoded (where and
 why).  It does not judge the rest of the object: ``check`` validates on top
 of it (BTF prototypes, duplicates, limits), ``list`` prints it, ``link``
@@ -11,20 +12,23 @@ its sites with it.
 Objects are untrusted and may hold up to :data:`MAX_ENTRIES` entries, so the
 decoder works from the raw symbol and relocation tables (the record layouts
 of :mod:`bpf_sdt.elf`) instead of materialising every symbol and relocation
-as an object, and keeps one compact, immutable record per entry whose
-repeated parts (argument tuples, argument bytes, probe names) are shared.
+as an object, and keeps the entries as columns (array items per entry; the
+repeated parts, argument tuples, argument bytes, probe names and sections,
+once each), so that a million sites cost a few array items each, not an
+object and a name each.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import struct
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
-from operator import lt
-from typing import NamedTuple
+from operator import eq, le, lt
+from typing import NamedTuple, overload
 
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
@@ -128,12 +132,138 @@ class NoteEntry(NamedTuple):
         return ADDRESS_WORD_SIZE + len(self.raw_args)
 
 
+class NoteEntries(Sequence[NoteEntry]):
+    """Decoded entries as columns, one :class:`NoteEntry` made on access.
+
+    An object may hold a million sites (issue 22), so no object is kept per
+    site: per entry only array items (offsets, the index of its code section,
+    of its probe name and of its argument bytes, its symbol's index and name
+    offset), and each distinct section, probe name and argument body once.
+    A symbol's name is read from the string table when asked for (the
+    decoder has checked every name offset).  ``check`` and ``list`` read the
+    columns; other callers index or iterate as a list of entries."""
+
+    __slots__ = ("entry_offsets", "offsets", "section_ids", "probe_ids", "body_ids", "symbol_indices",
+                 "name_offsets", "sections", "probes", "bodies", "_symbols")
+
+    def __init__(self, symbols: SymbolTable | None = None) -> None:
+        self.entry_offsets: Sequence[int] = array("Q")   # byte offset of each entry in the notes
+        self.offsets: Sequence[int] = array("Q")         # byte offset of each NOP in its code section
+        self.section_ids: Sequence[int] = array("I")     # -> sections
+        self.probe_ids: Sequence[int] = array("I")       # -> probes
+        self.body_ids: Sequence[int] = array("I")        # -> bodies
+        self.symbol_indices: Sequence[int] = array("q")  # each entry symbol's index in the symbol table
+        self.name_offsets: Sequence[int] = array("q")    # and its name's offset in the string table
+        self.sections: list[Section] = []                # the code sections holding NOPs
+        self.probes: list[str] = []                      # probe names
+        self.bodies: list[EntryBody] = []                # distinct argument bytes, decoded
+        self._symbols = symbols
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @overload
+    def __getitem__(self, index: int) -> NoteEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> NoteEntries: ...
+
+    def __getitem__(self, index: int | slice) -> NoteEntry | NoteEntries:
+        if isinstance(index, slice):
+            return self._columns(lambda column: column[index])
+        body = self.bodies[self.body_ids[index]]
+        return NoteEntry(self.symbol(index), self.probes[self.probe_ids[index]], self.entry_offsets[index],
+                         self.sections[self.section_ids[index]], self.offsets[index], body.args, body.raw)
+
+    def __iter__(self) -> Iterator[NoteEntry]:
+        probes, sections, bodies = self.probes, self.sections, self.bodies
+        for start in range(0, len(self), _NAME_CHUNK):     # names read a chunk at a time
+            stop = start + _NAME_CHUNK
+            for symbol, probe, entry_offset, section, offset, body in zip(
+                    self.symbols(start, stop), self.probe_ids[start:stop], self.entry_offsets[start:stop],
+                    self.section_ids[start:stop], self.offsets[start:stop], self.body_ids[start:stop],
+                    strict=True):
+                args = bodies[body]
+                yield NoteEntry(symbol, probes[probe], entry_offset, sections[section], offset, args.args,
+                                args.raw)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(map(eq, self, other))
+
+    __hash__ = None     # type: ignore[assignment]  # compared by value, as a list is
+
+    def __repr__(self) -> str:
+        return f"NoteEntries({len(self)} entries)"
+
+    def symbol(self, index: int) -> str:
+        """The entry symbol of entry ``index``."""
+        assert self._symbols is not None     # entries exist only with a symbol table
+        return self._symbols.name(self.symbol_indices[index], self.name_offsets[index])
+
+    def symbols(self, start: int, stop: int) -> list[str]:
+        """The entry symbols of entries ``start:stop``, in one call."""
+        if self._symbols is None:
+            return []
+        return self._symbols.names(self.symbol_indices[start:stop], self.name_offsets[start:stop])
+
+    def section_runs(self, most: int | None = None) -> Iterator[tuple[Section, int, int]]:
+        """(section, start, stop) of each run of consecutive entries in one
+        code section, cut into runs of at most ``most`` entries if given."""
+        for sec, first, last in self._section_runs():
+            step = most or last - first
+            for start in range(first, last, step):
+                yield sec, start, min(start + step, last)
+
+    def _section_runs(self) -> Iterator[tuple[Section, int, int]]:
+        ids, sections = self.section_ids, self.sections
+        if len(sections) == 1:      # one code section (compilers' programs often): one run
+            if ids:
+                yield sections[0], 0, len(ids)
+            return
+        start = 0
+        for sid, run in itertools.groupby(ids):
+            stop = start + sum(1 for _ in run)
+            yield sections[sid], start, stop
+            start = stop
+
+    def arg_counts(self) -> list[int]:
+        """Per distinct body (``body_ids``), its argument count."""
+        return [len(body.args) for body in self.bodies]
+
+    def take(self, order: Sequence[int]) -> NoteEntries:
+        """The entries at ``order``'s indices, in that order."""
+        return self._columns(lambda column: array(column.typecode, map(column.__getitem__, order)))  # type: ignore[attr-defined]
+
+    def _columns(self, pick: Callable[[Sequence[int]], Sequence[int]]) -> NoteEntries:
+        out = NoteEntries(self._symbols)
+        for name in _COLUMNS:
+            setattr(out, name, pick(getattr(self, name)))
+        out.sections, out.probes, out.bodies = self.sections, self.probes, self.bodies
+        return out
+
+
+class EntryBody(NamedTuple):
+    """The argument insns of entries (bytes many entries share) and their locations."""
+
+    raw: bytes
+    args: tuple[ArgLocation, ...]
+
+
+# NoteEntries' per-entry columns, in the order of its slots.
+_COLUMNS = NoteEntries.__slots__[:7]
+# Symbol names are read this many at a time: one call per chunk, and no list
+# of a million names.
+_NAME_CHUNK = 4096
+
+
 class NotesDecoding:
     """What decoding a notes section found: its entries and its problems."""
 
     def __init__(self) -> None:
         self.notes: Section | None = None              # the section read (the first of that name)
-        self.entries: list[NoteEntry] = []
+        self.entries = NoteEntries()
         self.problems: list[NoteProblem] = []
         self.entry_probes: set[str] = set()            # probe names of every entry symbol
         self.legacy_relocations = 0                    # type-12 words read as R_BPF_64_ABS64
@@ -281,15 +411,23 @@ class FunctionIndex:
 
 
 class _Boundary:
-    """Entry symbols in offset order, before their entries are checked.  Offsets
-    are kept in an array (8 bytes each), not a list of int objects."""
+    """Entry symbols in offset order, before their entries are checked, as
+    columns: offsets, symbol indices and name offsets in arrays (8 bytes each,
+    not an int object), probe names as indices into one list of names."""
 
-    __slots__ = ("starts", "symbols", "names")
+    __slots__ = ("starts", "indices", "name_offsets", "probe_ids", "probes", "_symbols")
 
-    def __init__(self) -> None:
-        self.starts: array[int] = array("Q")    # symbol values (u64)
-        self.symbols: list[str] = []            # entry symbol names
-        self.names: list[str] = []              # probe names (shared strings)
+    def __init__(self, symbols: SymbolTable) -> None:
+        self.starts: array[int] = array("Q")        # symbol values (u64)
+        self.indices: array[int] = array("q")       # symbol indices
+        self.name_offsets: array[int] = array("q")  # their names' offsets in the string table
+        self.probe_ids: array[int] = array("I")     # -> probes
+        self.probes: list[str] = []                 # probe names, each once
+        self._symbols = symbols
+
+    def symbol(self, i: int) -> str:
+        """The name of entry symbol ``i`` (for a message)."""
+        return self._symbols.name(self.indices[i], self.name_offsets[i])
 
 
 # The last decoding, by (path, bytes): one command reads the same object in
@@ -332,7 +470,7 @@ def _decode_notes(obj: BpfObject) -> NotesDecoding:
         return out
     symbols = obj.symbol_table
     bounds = _entry_symbols(obj, notes, symbols, out)
-    out.entry_probes.update(bounds.names)
+    out.entry_probes.update(bounds.probes)
     valid = _valid_entries(bounds, notes.size, out)
     rel_sec = _relocation_section(obj, notes, out)
     if rel_sec is None:
@@ -352,18 +490,16 @@ def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: No
     if len(values) > MAX_ENTRIES:
         raise InputError(f"{obj.path}: {len(values)} notes entries, more than the {MAX_ENTRIES} "
                          "an object may hold")
-    bounds = _Boundary()
-    probes: dict[str, str] = {}
-    if values.tolist() == sorted(values):       # compilers emit them in order: no reordered copies
-        bounds.symbols = symbols.names(indices, name_offs)
-        bounds.starts = values
+    bounds = _Boundary(symbols)
+    if all(map(le, values, itertools.islice(values, 1, None))):   # compilers emit them in order: no reordered copies
+        bounds.starts, bounds.indices, bounds.name_offsets = values, indices, name_offs
     else:
         ordered = sorted(range(len(values)), key=values.__getitem__)   # stable: ties keep index order
-        bounds.symbols = symbols.names([indices[k] for k in ordered], [name_offs[k] for k in ordered])
-        bounds.starts = array("Q", [values[k] for k in ordered])
+        bounds.starts = array("Q", map(values.__getitem__, ordered))
+        bounds.indices = array("q", map(indices.__getitem__, ordered))
+        bounds.name_offsets = array("q", map(name_offs.__getitem__, ordered))
+    bounds.probe_ids, bounds.probes = _probe_names(symbols, bounds.indices, bounds.name_offsets)
     n = len(bounds.starts)
-    # One string per probe name (every name here starts with the prefix).
-    bounds.names = [probes.setdefault(probe, probe) for probe in entry_symbols_probe_names(bounds.symbols)]
     if notes.size and not n:
         out.problem(ProblemKind.BOUNDARY, 0, "notes section has no ___sdt_jt_ entry symbols, so "
                     "its entries cannot be told apart")
@@ -372,26 +508,45 @@ def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: No
     return bounds
 
 
-def _valid_entries(bounds: _Boundary, size: int, out: NotesDecoding) -> array[int]:
-    """Indices (into ``bounds``) of the entries whose extent is well-formed."""
-    valid = array("q")
+def _probe_names(symbols: SymbolTable, indices: array[int], name_offs: array[int]) -> tuple[array[int], list[str]]:
+    """Per entry symbol the index of its probe name, and the names, each
+    once.  Names are read a chunk at a time, so no list of every symbol's
+    name is held; a name offset outside the string table raises the symbol
+    table's error, as reading the names in one call does."""
+    ids = array("I")
+    seen: dict[str, int] = {}
+    for start in range(0, len(indices), _NAME_CHUNK):
+        stop = start + _NAME_CHUNK
+        names = entry_symbols_probe_names(symbols.names(indices[start:stop], name_offs[start:stop]))
+        ids.extend([seen.setdefault(probe, len(seen)) for probe in names])
+    return ids, list(seen)
+
+
+def _valid_entries(bounds: _Boundary, size: int, out: NotesDecoding) -> Sequence[int]:
+    """Indices (into ``bounds``) of the entries whose extent is well-formed:
+    a range when all are (no array of a million indices)."""
+    invalid = []
     starts = bounds.starts
     n = len(starts)
     for i in range(n):
         start = starts[i]
         end = starts[i + 1] if i + 1 < n else size
-        sym = bounds.symbols[i]
         if end == start:
-            out.problem(ProblemKind.BOUNDARY, start, f"{sym}: two entry symbols at one offset", start)
+            out.problem(ProblemKind.BOUNDARY, start, f"{bounds.symbol(i)}: two entry symbols at one offset",
+                        start)
         elif start >= size or end > size:
-            out.problem(ProblemKind.BOUNDARY, start, f"{sym}: entry runs past the section end "
+            out.problem(ProblemKind.BOUNDARY, start, f"{bounds.symbol(i)}: entry runs past the section end "
                         f"({size} bytes)", start)
         elif start % INSN_SIZE or (end - start) % INSN_SIZE or end - start > MAX_ENTRY_SIZE:
-            out.problem(ProblemKind.BOUNDARY, start, f"{sym}: entry of {end - start} bytes at offset "
+            out.problem(ProblemKind.BOUNDARY, start, f"{bounds.symbol(i)}: entry of {end - start} bytes at offset "
                         f"{start} (entries are 8 + 8*N bytes, N <= {MAX_ARGS}, 8-aligned)", start)
         else:
-            valid.append(i)
-    return valid
+            continue
+        invalid.append(i)
+    if not invalid:
+        return range(n)
+    gone = set(invalid)
+    return array("q", [i for i in range(n) if i not in gone])
 
 
 def _relocation_section(obj: BpfObject, notes: Section, out: NotesDecoding) -> Section | None:
@@ -402,16 +557,16 @@ def _relocation_section(obj: BpfObject, notes: Section, out: NotesDecoding) -> S
     return found[0] if found else None
 
 
-def _match_relocations(relocations: RelocationColumns, bounds: _Boundary, valid: array[int],
-                       size: int, out: NotesDecoding) -> tuple[array[int], dict[int, int]]:
+def _match_relocations(relocations: RelocationColumns, bounds: _Boundary, valid: Sequence[int],
+                       size: int, out: NotesDecoding) -> tuple[Sequence[int], dict[int, int]]:
     """Per valid entry, the index of the first relocation on its address word
     (-1: none), and how many relocations each entry with more than one has."""
     starts = bounds.starts
     offsets = relocations.offsets
-    if offsets == starts and all(map(lt, starts, starts[1:])):
+    if offsets == starts and all(map(lt, starts, itertools.islice(starts, 1, None))):
         # What compilers and linkers write: relocation k is on entry k's
         # address word, one each, so entry i's first relocation is i.
-        return array("q", valid), {}
+        return valid, {}
     slot = array("q", [-1]) * len(starts)       # bounds index -> valid position
     for pos, i in enumerate(valid):
         slot[i] = pos
@@ -441,24 +596,40 @@ def _containing(starts: Sequence[int], offset: int) -> int:
     return starts[i] if i >= 0 else -1
 
 
+class _Target(NamedTuple):
+    """What a relocation's symbol resolves to."""
+
+    section: Section        # its code section
+    base: int               # the address word is relative to this offset in it
+    code: memoryview        # the section's bytes
+    section_id: int         # the section's index in NoteEntries.sections
+    last_nop: int           # the last offset a NOP fits at, -1 if the section has no bytes in the file
+
+
+# A relocation that names no target: the kind of problem and its message.
+_Unusable = tuple[ProblemKind, str]
+
+
 class _Targets:
     """What depends only on a relocation's symbol (its section, whether that is
     code, its bytes) is worked out once per symbol: thousands of entries share
     one section symbol."""
 
-    def __init__(self, obj: BpfObject, symbols: SymbolTable) -> None:
+    def __init__(self, obj: BpfObject, symbols: SymbolTable, sections: list[Section]) -> None:
         self.obj = obj
         self.symbols = symbols
-        self.cache: dict[int, tuple[Section, int, memoryview] | str] = {}
+        self.cache: dict[int, _Target | str] = {}
+        self.sections = sections                    # the code sections found, in first-use order
+        self._section_ids: dict[int, int] = {}
 
-    def symbol(self, index: int) -> tuple[Section, int, memoryview] | str:
-        """(code section, base offset, section bytes), or why the symbol is unusable."""
+    def symbol(self, index: int) -> _Target | str:
+        """Where symbol ``index`` is, or why the symbol is unusable."""
         hit = self.cache.get(index)
         if hit is None:
             hit = self.cache[index] = self._lookup(index)
         return hit
 
-    def _lookup(self, index: int) -> tuple[Section, int, memoryview] | str:
+    def _lookup(self, index: int) -> _Target | str:
         if not 0 <= index < self.symbols.count:
             return f"relocation names symbol {index}, which does not exist"
         name_off, info, _other, shndx, value, _size = self.symbols.record(index)
@@ -467,67 +638,139 @@ class _Targets:
             name = self.symbols.name(index, name_off) or "a symbol"
             return f"relocation against {name} outside any executable section"
         base = 0 if info & ST_TYPE_MASK == STT_SECTION else value
-        return sec, base, section_view(self.obj, sec)
+        section_id = self._section_ids.setdefault(sec.index, len(self.sections))
+        if section_id == len(self.sections):
+            self.sections.append(sec)
+        code = section_view(self.obj, sec)
+        return _Target(sec, base, code, section_id, sec.size - INSN_SIZE if len(code) == sec.size else -1)
+
+    def relocation(self, rel_info: int) -> tuple[bool, _Target | _Unusable]:
+        """What an address word's relocation (its r_info) names: whether its
+        type is the old binutils number, and its target or why it has none."""
+        rtype, rsym = rel_info & R_TYPE_MASK, rel_info >> R_SYM_SHIFT
+        legacy = rtype == R_BPF_64_ABS64_OLD_BINUTILS
+        if not legacy and rtype != R_BPF_64_ABS64:
+            return legacy, (ProblemKind.RELOCATION_TYPE, f"relocation type {rtype}, want R_BPF_64_ABS64 (2)")
+        target = self.symbol(rsym)
+        if isinstance(target, str):
+            return legacy, (ProblemKind.RELOCATION_SYMBOL, target)
+        return legacy, target
 
 
 def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, relocations: RelocationColumns,
-                    bounds: _Boundary, valid: array[int], first: array[int], repeats: dict[int, int],
+                    bounds: _Boundary, valid: Sequence[int], first: Sequence[int], repeats: dict[int, int],
                     symbols: SymbolTable, out: NotesDecoding) -> None:
     rela = rel_sec.type == SHT_RELA
     rel_infos, rel_addends = relocations.infos, relocations.addends
-    targets = _Targets(obj, symbols)
-    known_targets = targets.cache
-    # Per distinct argument bytes: (the one copy every entry shares, locations, errors).
-    bodies: dict[bytes, tuple[bytes, tuple[ArgLocation, ...], tuple[tuple[int, str], ...]]] = {}
-    starts, names, syms = bounds.starts, bounds.names, bounds.symbols
-    ends = starts[1:]
-    ends.append(len(data))
+    entries = out.entries = NoteEntries(symbols)
+    targets = _Targets(obj, symbols, entries.sections)
+    # Per distinct r_info (thousands of entries share one): what it names.
+    relocated: dict[int, tuple[bool, _Target | _Unusable]] = {}
+    # Per distinct argument bytes: (its index in entries.bodies, its errors).
+    bodies: dict[bytes, tuple[int, tuple[tuple[int, str], ...]]] = {}
+    starts, probe_ids, probes = bounds.starts, bounds.probe_ids, bounds.probes
+    last = len(starts) - 1          # the last entry ends at the section's end, the others at the next
     # Every valid entry is 8-aligned and lies inside the section, so its
     # address word is one of these (a ragged tail holds none).
     words = u64_words(data[:len(data) - len(data) % ADDRESS_WORD_SIZE])
-    entries = out.entries
+    # The columns, an item per valid entry, allocated once at their size (grown
+    # by appends, a million items leave freed copies behind in the heap); and
+    # the positions (in valid) of the entries that do not decode.
+    count = len(valid)
+    offsets, section_ids, body_ids = array("Q", [0]) * count, array("I", [0]) * count, array("I", [0]) * count
+    dropped: list[int] = []
     # The loop runs once per site (up to MAX_ENTRIES): it reads the file's bytes in
-    # place (no slice objects) and finds a relocation's symbol in the cache first.
+    # place (no slice objects), finds a relocation's symbol in the cache first and
+    # sets three array items per entry.
     file = obj.data
     notes_at = out.notes.offset if out.notes is not None else 0
     for pos, (i, k) in enumerate(zip(valid, first, strict=True)):
         start = starts[i]
         if k < 0:
             out.problem(ProblemKind.RELOCATION, start, "address word has no relocation", start)
+            dropped.append(pos)
             continue
         if repeats and pos in repeats:
             out.problem(ProblemKind.RELOCATION, start, f"address word has {repeats[pos]} relocations", start)
         rel_info = rel_infos[k]
-        rtype, rsym = rel_info & R_TYPE_MASK, rel_info >> R_SYM_SHIFT
-        if rtype == R_BPF_64_ABS64_OLD_BINUTILS:
+        hit = relocated.get(rel_info)
+        if hit is None:
+            hit = relocated[rel_info] = targets.relocation(rel_info)
+        legacy, found = hit
+        if legacy:
             out.legacy_relocations += 1
-        elif rtype != R_BPF_64_ABS64:
-            out.problem(ProblemKind.RELOCATION_TYPE, start, f"relocation type {rtype}, want "
-                        "R_BPF_64_ABS64 (2)", start)
+        if not isinstance(found, _Target):
+            kind, message = found
+            out.problem(kind, start, message, start)
+            dropped.append(pos)
             continue
-        info = known_targets.get(rsym) or targets.symbol(rsym)
-        if isinstance(info, str):
-            out.problem(ProblemKind.RELOCATION_SYMBOL, start, info, start)
-            continue
-        sec, base, code = info
+        sec, base, code, section_id, last_nop = found
         word = words[start >> 3]
         addend = signed64(rel_addends[k]) if rela else word
         target = base + addend
-        if not (target >= 0 and target % INSN_SIZE == 0 and target + INSN_SIZE <= sec.size
-                and len(code) == sec.size and file.startswith(NOP_INSN, sec.offset + target)):
+        if not (0 <= target <= last_nop and not target % INSN_SIZE
+                and file.startswith(NOP_INSN, sec.offset + target)):
             _explain(out, start, sec, base, word, addend, target, not rela, code)
+            dropped.append(pos)
             continue
-        body = bytes(file[notes_at + start + ADDRESS_WORD_SIZE: notes_at + ends[i]])   # no copy of a bytes slice
+        end = starts[i + 1] if i < last else len(data)
+        body = bytes(file[notes_at + start + ADDRESS_WORD_SIZE: notes_at + end])   # no copy of a bytes slice
         decoded = bodies.get(body)
         if decoded is None:
-            decoded = bodies[body] = (body, *decode_args(body))
-        raw, args, errors = decoded
+            decoded = bodies[body] = _new_body(entries.bodies, body)
+        body_id, errors = decoded
         if errors:
             for index, err in errors:
                 out.problem(ProblemKind.ARGUMENT, start + INSN_SIZE * index,
-                            f"probe '{names[i]}' {err}", start)
+                            f"probe '{probes[probe_ids[i]]}' {err}", start)
+            dropped.append(pos)
             continue
-        entries.append(NoteEntry(syms[i], names[i], start, sec, target, args, raw))
+        offsets[pos] = target
+        section_ids[pos] = section_id
+        body_ids[pos] = body_id
+    entries.offsets, entries.section_ids, entries.body_ids = _without(dropped, offsets, section_ids, body_ids)
+    _keep_bounds(entries, bounds, _decoded_positions(valid, dropped, len(starts)))
+
+
+def _without(dropped: list[int], *columns: array[int]) -> tuple[array[int], ...]:
+    """``columns`` without the items at the positions ``dropped``."""
+    if not dropped:
+        return columns
+    gone = set(dropped)
+    keep = [pos not in gone for pos in range(len(columns[0]))]
+    return tuple(array(column.typecode, itertools.compress(column, keep)) for column in columns)
+
+
+def _new_body(known: list[EntryBody], body: bytes) -> tuple[int, tuple[tuple[int, str], ...]]:
+    """A body not seen before: decoded, and kept in ``known`` if it decodes."""
+    args, errors = decode_args(body)
+    if errors:
+        return -1, errors
+    known.append(EntryBody(body, args))
+    return len(known) - 1, ()
+
+
+def _decoded_positions(valid: Sequence[int], dropped: list[int], count: int) -> array[int] | None:
+    """The boundary indices of the entries that decoded, None when all of
+    ``count`` did (then the boundary's columns are the entries' own)."""
+    if not dropped and len(valid) == count:
+        return None
+    gone = set(dropped)
+    return array("q", [i for pos, i in enumerate(valid) if pos not in gone])
+
+
+def _keep_bounds(entries: NoteEntries, bounds: _Boundary, kept: array[int] | None) -> None:
+    """The boundary's columns for the decoded entries: the arrays themselves
+    when every entry decoded (no copy), else the decoded entries' items.
+    ``probes`` holds the name of every entry symbol's probe, decoded or not."""
+    entries.probes = bounds.probes
+    if kept is None:
+        entries.entry_offsets, entries.probe_ids = bounds.starts, bounds.probe_ids
+        entries.symbol_indices, entries.name_offsets = bounds.indices, bounds.name_offsets
+        return
+    for name, column in (("entry_offsets", bounds.starts), ("probe_ids", bounds.probe_ids),
+                         ("symbol_indices", bounds.indices), ("name_offsets", bounds.name_offsets)):
+        setattr(entries, name, array(column.typecode, map(column.__getitem__, kept)))
 
 
 def _explain(out: NotesDecoding, start: int, sec: Section, base: int, word: int, addend: int,

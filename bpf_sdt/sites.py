@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from functools import cached_property
+from itertools import islice
+from operator import lt
 from pathlib import PurePath
 from typing import TYPE_CHECKING, NamedTuple
 
 from bpf_sdt.elf import BpfObject
 from bpf_sdt.format import RECORDER_IDENTITY_HEX
-from bpf_sdt.notes import FunctionIndex, NoteEntry, NotesDecoding, decode_notes
+from bpf_sdt.insn import INSN_SIZE
+from bpf_sdt.notes import FunctionIndex, NoteEntries, NoteEntry, NotesDecoding, decode_notes
 
 if TYPE_CHECKING:   # imported where used: `check` reads neither line info nor typed arguments
     from bpf_sdt.argtype import ArgType
@@ -43,23 +46,36 @@ _CACHE_ATTRIBUTE = "_bpf_sdt_site_table"
 NO_LOCATION: tuple[None, None, None] = (None, None, None)
 
 
-def ordered_sites(decoding: NotesDecoding) -> list[NoteEntry]:
+def ordered_sites(decoding: NotesDecoding) -> NoteEntries:
     """Every decoded entry in site-id order: by code section name, NOP offset,
     entry offset.  Compilers emit notes in code order, so most objects need
     no sorted copy."""
     entries = decoding.entries
-    rank = {name: i for i, name in enumerate(sorted({e.section.name for e in entries}))}
+    names = sorted({sec.name for sec in entries.sections})
+    ranks = [names.index(sec.name) for sec in entries.sections]    # per section id: a few sections
+    if _in_site_order(entries, ranks):
+        return entries
+    keys = list(_keys(entries, ranks))
+    return entries.take(sorted(range(len(keys)), key=keys.__getitem__))
 
-    def key(e: NoteEntry) -> int:   # one int, not a tuple: up to MAX_ENTRIES keys
-        return (rank[e.section.name] << _RANK_SHIFT) | (e.offset << _OFFSET_BITS) | e.entry_offset
 
-    previous = -1
-    for e in entries:                   # one key each, none kept: up to MAX_ENTRIES of them
-        here = key(e)
-        if here <= previous:
-            return sorted(entries, key=key)
-        previous = here
-    return entries
+def _in_site_order(entries: NoteEntries, ranks: list[int]) -> bool:
+    """Whether the entries' keys ascend.  One code section whose NOP offsets
+    ascend (what compilers and linkers write) is told by one comparison per
+    site in C; anything else by the keys, one at a time, none kept."""
+    offsets = entries.offsets
+    if len(ranks) <= 1 and all(map(lt, offsets, islice(offsets, 1, None))):
+        return True
+    return all(map(lt, _keys(entries, ranks), islice(_keys(entries, ranks), 1, None)))
+
+
+def _keys(entries: NoteEntries, ranks: list[int]) -> Iterator[int]:
+    """Each entry's sort key as one int, not a tuple: up to MAX_ENTRIES of them."""
+    return map(_key, map(ranks.__getitem__, entries.section_ids), entries.offsets, entries.entry_offsets)
+
+
+def _key(rank: int, offset: int, entry_offset: int) -> int:
+    return (rank << _RANK_SHIFT) | (offset << _OFFSET_BITS) | entry_offset
 
 
 class LocatedSite(NamedTuple):
@@ -129,8 +145,8 @@ class SiteTable:
     def notes_order_chains(self) -> list[tuple[CallSite, ...]]:
         """The inlined-at chain of every entry in notes order: what
         `.bpf_sdt_inline` holds (bpf_sdt.inlined)."""
-        by_entry = {e.entry_offset: chain for e, chain in zip(self.entries, self.inlined_at, strict=True)}
-        return [by_entry[e.entry_offset] for e in self.decoding.entries]
+        by_entry = dict(zip(self.entries.entry_offsets, self.inlined_at, strict=True))
+        return [by_entry[offset] for offset in self.decoding.entries.entry_offsets]
 
     def function(self, entry: NoteEntry) -> str:
         return self.functions.at(entry.section, entry.offset)
@@ -141,12 +157,15 @@ class SiteTable:
 
     def probes(self) -> list[str]:
         """The probe names that have sites, sorted."""
-        return sorted({e.probe for e in self.entries})
+        names = self.entries.probes
+        return sorted({names[i] for i in set(self.entries.probe_ids)})
 
     def keys(self) -> list[tuple[str, str]]:
         """(probe, code section) per site: what two tables must agree on to
         name the same sites by the same ids."""
-        return [(e.probe, e.section.name) for e in self.entries]
+        entries = self.entries
+        names, sections = entries.probes, [sec.name for sec in entries.sections]
+        return [(names[p], sections[s]) for p, s in zip(entries.probe_ids, entries.section_ids, strict=True)]
 
     def sites(self, *, sources: bool = True, types: dict[str, tuple[ArgType, ...]] | None = None,
               chains: Sequence[tuple[CallSite, ...]] | None = None) -> Iterator[LocatedSite]:
@@ -162,10 +181,14 @@ class SiteTable:
             chains = ()
         elif chains is None:
             chains = self.inlined_at
-        for site_id, e in enumerate(self.entries):
-            file, line, column = where(e.section.name, e.offset) if where is not None else NO_LOCATION
-            yield LocatedSite(site_id, e.probe, functions(e.section, e.offset), e.section.name, e.insn_index,
-                              file, line, declared.get(e.probe, ()), chains[site_id] if sources else (),
+        entries = self.entries
+        names, sections = entries.probes, entries.sections
+        for site_id, (p, s, offset) in enumerate(zip(entries.probe_ids, entries.section_ids, entries.offsets,
+                                                     strict=True)):
+            probe, sec = names[p], sections[s]
+            file, line, column = where(sec.name, offset) if where is not None else NO_LOCATION
+            yield LocatedSite(site_id, probe, functions(sec, offset), sec.name, offset // INSN_SIZE,
+                              file, line, declared.get(probe, ()), chains[site_id] if sources else (),
                               column)
 
 
@@ -194,11 +217,16 @@ def recorder_identity(obj: BpfObject, plan_id: str = "") -> str:
     if plan_id:
         digest.update(f"plan {plan_id}\n".encode())
     table = site_table(obj)
+    entries = table.entries
+    functions = table.functions.at
     typed: dict[str, str] = {}      # per probe: thousands of sites share a few prototypes
-    for site_id, e in enumerate(table.entries):    # no line info or DWARF: the digest needs neither
-        types = typed.get(e.probe)
+    names, sections = entries.probes, entries.sections
+    for site_id, (p, s, offset) in enumerate(zip(entries.probe_ids, entries.section_ids, entries.offsets,
+                                                 strict=True)):    # no line info or DWARF: the digest needs neither
+        probe, sec = names[p], sections[s]
+        types = typed.get(probe)
         if types is None:
-            types = typed[e.probe] = ";".join(f"{t.canonical}/{t.size}/{int(t.signed)}/{t.kind}"
-                                              for t in table.types.get(e.probe, ()))
-        digest.update(f"{site_id}|{e.probe}|{e.section.name}|{table.function(e)}|{types}\n".encode())
+            types = typed[probe] = ";".join(f"{t.canonical}/{t.size}/{int(t.signed)}/{t.kind}"
+                                            for t in table.types.get(probe, ()))
+        digest.update(f"{site_id}|{probe}|{sec.name}|{functions(sec, offset)}|{types}\n".encode())
     return digest.hexdigest()[:RECORDER_IDENTITY_HEX]

@@ -413,7 +413,7 @@ def _reachable_from(program: Program, names: tuple[str, ...]) -> set[int] | None
     return {id(g) for n in names for g in program.reachable(programs[n])}
 
 
-def _site_uses(code: dict[int, CodeSection], entries: list[NoteEntry],
+def _site_uses(code: dict[int, CodeSection], entries: Sequence[NoteEntry],
                index_of: dict[tuple[int, int], int]) -> dict[int, int]:
     """id() of every probe NOP -> the registers its arguments are in."""
     out = {}

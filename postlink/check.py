@@ -48,7 +48,7 @@ from bpf_sdt.format import (
 from bpf_sdt.fsutil import write_atomic
 from bpf_sdt.insn import INSN, INSN_SIZE, JMP, JMP_CALL, LD_IMM64, PSEUDO_CALL, SRC_SHIFT
 from bpf_sdt.model import Declaration, Finding, Severity, SiteRecord
-from bpf_sdt.notes import NoteEntry, ProblemKind, RawSymbols
+from bpf_sdt.notes import NoteEntries, ProblemKind, RawSymbols
 from bpf_sdt.probes import TAG_RE, tagged_prototype
 from bpf_sdt.rules import Rule, RuleTable
 from bpf_sdt.sites import SiteTable, site_table
@@ -104,6 +104,9 @@ RULE_SYMBOL_OUTSIDE_SECTION = "SDT118"
 NOTES_START = f"{NOTES_SECTION}+0x0"
 # A refused output's message names this many of its errors.
 MAX_ERRORS_SHOWN = 3
+# ObjectReport.iter_sites looks up this many sites' functions, places and
+# symbols at once: few calls, and short lists.
+SITES_AT_A_TIME = 512
 
 
 class ObjectReport:
@@ -140,7 +143,7 @@ class ObjectReport:
         return self.decoding.entry_probes
 
     @property
-    def entries(self) -> list[NoteEntry]:
+    def entries(self) -> NoteEntries:
         """Decoded entries in site-id order (bpf_sdt.sites)."""
         return self.table.entries
 
@@ -152,17 +155,27 @@ class ObjectReport:
         """`list`'s record of each site, in site-id order: the table's
         function, location and chain, the prototype's spellings and the
         observers the site calls."""
+        entries = self.table.entries
+        for sec, start, stop in entries.section_runs(SITES_AT_A_TIME):
+            yield from self._run_sites(sec, start, stop)
+
+    def _run_sites(self, sec: Section, start: int, stop: int) -> Iterator[SiteRecord]:
+        """The records of sites ``start:stop``, of one code section: their
+        functions, places and symbols looked up together."""
         table = self.table
-        decls = self.declarations
-        observers = self.observers
-        types = self.arg_types
-        function, location = table.function, table.location
-        for e, chain in zip(table.entries, table.inlined_at, strict=True):
-            decl = decls.get(e.probe)
-            file, line, column = location(e)
-            yield SiteRecord(e.probe, e.section.name, e.offset, function(e), e.args, decl.types if decl else (),
-                       e.entry_offset, e.symbol, file, line, column,
-                       observers.get((e.section.index, e.offset), ()), types.get(e.probe, ()), chain)
+        entries = table.entries
+        decls, observers, types = self.declarations, self.observers, self.arg_types
+        probes, bodies = entries.probes, entries.bodies
+        offsets = entries.offsets[start:stop]
+        for offset, entry_offset, p, b, symbol, function, (file, line, column), chain in zip(
+                offsets, entries.entry_offsets[start:stop], entries.probe_ids[start:stop],
+                entries.body_ids[start:stop], entries.symbols(start, stop), table.functions.names(sec, offsets),
+                table.lines.places(sec.name, offsets), table.inlined_at[start:stop], strict=True):
+            probe = probes[p]
+            decl = decls.get(probe)
+            yield SiteRecord(probe, sec.name, offset, function, bodies[b].args, decl.types if decl else (),
+                             entry_offset, symbol, file, line, column, observers.get((sec.index, offset), ()),
+                             types.get(probe, ()), chain)
 
     @cached_property
     def arg_types(self) -> dict[str, tuple[ArgType, ...]]:
@@ -187,7 +200,7 @@ class ObjectReport:
 # --- where sites are, and what they call -------------------------------------
 
 
-def call_labels(obj: BpfObject, entries: list[NoteEntry]) -> dict[tuple[int, int], tuple[str, ...]]:
+def call_labels(obj: BpfObject, entries: NoteEntries) -> dict[tuple[int, int], tuple[str, ...]]:
     """Observers each site calls in an object `bpf-sdt instrument` wrote
     (docs/format.md section 6): per inserted call, an address word in
     .bpf_sdt_calls at a local STT_NOTYPE symbol `___sdt_call_<observer>`
@@ -200,8 +213,8 @@ def call_labels(obj: BpfObject, entries: list[NoteEntry]) -> dict[tuple[int, int
     if not labels:
         return {}
     nops: dict[int, list[int]] = {}
-    for e in entries:
-        nops.setdefault(e.section.index, []).append(e.offset)
+    for sec, start, stop in entries.section_runs():
+        nops.setdefault(sec.index, []).extend(entries.offsets[start:stop])
     out: dict[tuple[int, int], list[str]] = {}
     for shndx, found in labels.items():
         starts = sorted(set(nops.get(shndx, ())))
@@ -366,13 +379,20 @@ def cross_check(obj: BpfObject, report: ObjectReport) -> None:
                        "(bpf_sdt:<name>:<n> decl tags) for the probes used here", "SDT110")
     # Per distinct (probe, argument count), not per site: only when one does
     # not fit its prototype are the sites walked, for their findings in order.
-    shapes = {(e.probe, len(e.args)) for e in entries}
+    shapes = _shapes(entries)
     if not all(_fits(report.declarations.get(probe), n) for probe, n in shapes):
         _report_prototypes(report, have_tags)
     probed = {probe for probe, _ in shapes}
     for name in sorted(set(report.declarations) - probed - report.entry_names):
         report.add(".BTF", "warning", f"probe '{name}' is declared but never probed", "SDT113")
     _sites_per_program(obj, report)
+
+
+def _shapes(entries: NoteEntries) -> set[tuple[str, int]]:
+    """(probe, argument count) of every entry: read from the distinct pairs
+    of the entries' probe and body indices."""
+    names, counts = entries.probes, entries.arg_counts()
+    return {(names[p], counts[b]) for p, b in set(zip(entries.probe_ids, entries.body_ids, strict=True))}
 
 
 def _fits(decl: Declaration | None, nargs: int) -> bool:
@@ -447,24 +467,28 @@ class _CallGraph:
                 self.function_at(*target))
 
     def _scan(self, sec: Section) -> None:
-        data = self.obj.section_data(sec)
+        """The calls of one code section, read in the file's bytes (no copy
+        of the section: the code of a million sites is 8 MB)."""
+        data, first, end = self.obj.data, sec.offset, sec.offset + sec.size
         _, relocs = self.obj.relocations(sec)
         relocated = set()
         for r in relocs:
-            if r.offset + INSN_SIZE > len(data) or r.offset % INSN_SIZE:
+            if r.offset + INSN_SIZE > sec.size or r.offset % INSN_SIZE:
                 continue
             relocated.add(r.offset)
-            self._edge(sec, r.offset, self._relocated_target(data, r.offset, r.symbol))
-        at = data.find(_PSEUDO_CALL_BYTES)
+            self._edge(sec, r.offset, self._relocated_target(data, first + r.offset, r.symbol))
+        at = data.find(_PSEUDO_CALL_BYTES, first, end)
         while at >= 0:
-            if at % INSN_SIZE == 0 and at not in relocated:
+            offset = at - first
+            if offset % INSN_SIZE == 0 and offset not in relocated:
                 _op, _regs, _off, imm = INSN.unpack_from(data, at)
-                self._edge(sec, at, (sec.index, at + (imm + 1) * INSN_SIZE))
-            at = data.find(_PSEUDO_CALL_BYTES, at + 1)
+                self._edge(sec, offset, (sec.index, offset + (imm + 1) * INSN_SIZE))
+            at = data.find(_PSEUDO_CALL_BYTES, at + 1, end)
 
     def _relocated_target(self, data: bytes, at: int, symbol: int) -> tuple[int, int] | None:
-        """Where a call or a function's address loaded at ``at`` leads, if its
-        symbol is in a code section (REL: the addend is the insn's imm)."""
+        """Where a call or a function's address loaded at ``at`` (in the
+        file) leads, if its symbol is in a code section (REL: the addend is
+        the insn's imm)."""
         if symbol >= self.symbols.count:
             return None
         _name, _info, _other, shndx, value, _size = self.symbols.record(symbol)
@@ -515,26 +539,22 @@ def _sites_per_program(obj: BpfObject, report: ObjectReport) -> None:
                        f"the RFC consumer maps at most {INSN_ARRAY_MAX} per program", "SDT116")
 
 
-def _sites_per_function(graph: _CallGraph, entries: list[NoteEntry]) -> Counter[tuple[int, int]]:
+def _sites_per_function(graph: _CallGraph, entries: NoteEntries) -> Counter[tuple[int, int]]:
     """How many of ``entries`` each function holds (:meth:`_CallGraph.function_at`
     of each), counted by bisecting each run of one section's entries at its
     function starts, not by looking up every site: entries are in site
     order, so a run's offsets are sorted."""
     per_function: Counter[tuple[int, int]] = Counter()
-    for section, run in itertools.groupby(entries, key=_entry_section):
-        offsets = [e.offset for e in run]
+    offsets = entries.offsets
+    for section, first, last in entries.section_runs():
         starts = graph.starts.get(section.index, [])
         # Sites before the first function start belong to "function" 0, as function_at says.
         bounds = [0, *starts[bisect.bisect_right(starts, 0):]] if starts else [0]
-        lows = [bisect.bisect_left(offsets, b) for b in bounds[1:]]
-        for start, low, high in zip(bounds, [0, *lows], [*lows, len(offsets)], strict=True):
+        lows = [bisect.bisect_left(offsets, b, first, last) for b in bounds[1:]]
+        for start, low, high in zip(bounds, [first, *lows], [*lows, last], strict=True):
             if high > low:
                 per_function[(section.index, start)] += high - low
     return per_function
-
-
-def _entry_section(e: NoteEntry) -> Section:
-    return e.section
 
 
 def _duplicate_nops(report: ObjectReport) -> None:
@@ -542,18 +562,18 @@ def _duplicate_nops(report: ObjectReport) -> None:
     adjacent, and have equal offsets: without two neighbours at one offset
     (one C-level pass) there is nothing to look for."""
     entries = report.entries
-    offsets = [e.offset for e in entries]
+    offsets = entries.offsets
     if not any(map(operator.eq, offsets, itertools.islice(offsets, 1, None))):
         return
+    ids = entries.section_ids
     i = 0
-    while i < len(entries):
+    while i < len(offsets):
         j = i + 1
-        while j < len(entries) and entries[j].section.index == entries[i].section.index \
-                and entries[j].offset == entries[i].offset:
+        while j < len(offsets) and ids[j] == ids[i] and offsets[j] == offsets[i]:
             j += 1
         if j - i > 1:
-            e = entries[i]
-            report.add(f"{e.section.name}+{e.offset:#x}", "error", f"{j - i} entries describe one NOP",
+            sec = entries.sections[ids[i]]
+            report.add(f"{sec.name}+{offsets[i]:#x}", "error", f"{j - i} entries describe one NOP",
                        "SDT109")
         i = j
 

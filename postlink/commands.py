@@ -11,15 +11,16 @@ import contextlib
 import gc
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, TextIO
 
-from bpf_sdt.elf import load_object
+from bpf_sdt.elf import Section, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, InputError
 from bpf_sdt.format import NOTES_SECTION
+from bpf_sdt.insn import INSN_SIZE
 from bpf_sdt.model import SiteRecord, encode_str, escape_text, inlined_json, json_str, place_json, site_json_template
-from bpf_sdt.notes import NoteEntry, NoteProblem
+from bpf_sdt.notes import NoteEntries, NoteProblem
 
 from .check import ObjectReport, analyze
 
@@ -107,59 +108,52 @@ _CHUNK = 512
 def _json_chunks(report: ObjectReport) -> Iterator[list[str]]:
     """The JSON text of every site, in site-id order and in lists of at most
     _CHUNK: what ``site.json_text()`` of each of ``report.iter_sites()`` is,
-    without a SiteRecord per site (`list --json` of a large object spent
-    most of its time building and encoding those).  A test keeps the two
-    identical."""
+    without a SiteRecord (or a NoteEntry) per site: `list --json` of a large
+    object spent most of its time building and encoding those.  A test keeps
+    the two identical."""
+    table = report.table
+    chains = table.inlined_at
+    templates: dict[tuple[int, int, int, tuple[str, ...]], str] = {}
+    for sec, start, stop in table.entries.section_runs(_CHUNK):
+        yield _json_run(report, sec, start, stop, chains[start:stop], templates)
+
+
+def _json_run(report: ObjectReport, sec: Section, start: int, stop: int, chains: list[Chain],
+              templates: dict[tuple[int, int, int, tuple[str, ...]], str]) -> list[str]:
+    """The JSON texts of sites ``start:stop``, of one code section.  Sites of
+    one probe with the same argument bytes (and observers) share a template,
+    so per site only what is its own is formatted: offsets, function,
+    symbol, place.  Neighbours mostly share a function and a line record, so
+    those are encoded again only when they change (the lookups give the same
+    object)."""
     table = report.table
     entries = table.entries
-    chains = table.inlined_at
-    templates: dict[tuple[str, str, bytes, tuple[str, ...]], str] = {}
-    for start, stop in _runs(entries):
-        yield _json_run(report, entries[start:stop], chains[start:stop], templates)
-
-
-def _runs(entries: list[NoteEntry]) -> Iterator[tuple[int, int]]:
-    """(start, stop) of consecutive entries in one code section, at most
-    _CHUNK of them."""
-    start = 0
-    for i in range(1, len(entries) + 1):
-        if i == len(entries) or i - start == _CHUNK or entries[i].section is not entries[start].section:
-            yield start, i
-            start = i
-
-
-def _json_run(report: ObjectReport, run: list[NoteEntry], chains: list[Chain],
-              templates: dict[tuple[str, str, bytes, tuple[str, ...]], str]) -> list[str]:
-    """The JSON texts of sites of one code section.  Sites of one probe with
-    the same argument bytes (and observers) share a template, so per site
-    only what is its own is formatted: offsets, function, symbol, place.
-    Neighbours mostly share a function and a line record, so those are
-    encoded again only when they change (the lookups give the same object)."""
-    table = report.table
-    sec = run[0].section
-    offsets = [e.offset for e in run]
+    offsets = entries.offsets[start:stop]
     functions = table.functions.names(sec, offsets)
     places = table.lines.places(sec.name, offsets)
     calls_at = _calls_at(report, sec.index, offsets)
     texts = []
     last_function, function_text = None, ""
     last_place, place_text = None, ""
-    for e, function, place, calls, chain in zip(run, functions, places, calls_at, chains, strict=True):
+    section_id = entries.section_ids[start]
+    for offset, entry_offset, probe, body, symbol, function, place, calls, chain in zip(
+            offsets, entries.entry_offsets[start:stop], entries.probe_ids[start:stop],
+            entries.body_ids[start:stop], entries.symbols(start, stop), functions, places, calls_at, chains,
+            strict=True):
         if function is not last_function:
             last_function, function_text = function, json_str(function)
         if place is not last_place:
             last_place, place_text = place, place_json(*place)
-        key = (sec.name, e.probe, e.raw_args, calls)   # the bytes decide the arguments (and hash once)
+        key = (section_id, probe, body, calls)   # the bytes decide the arguments
         template = templates.get(key)
         if template is None:
-            template = templates[key] = _template(report, e, calls)
-        offset = e.offset
-        texts.append(template % (offset, e.insn_index, function_text, e.entry_offset,
-                                 encode_str(e.symbol), place_text, inlined_json(chain) if chain else "[]"))
+            template = templates[key] = _template(report, entries, sec, probe, body, calls)
+        texts.append(template % (offset, offset // INSN_SIZE, function_text, entry_offset,
+                                 encode_str(symbol), place_text, inlined_json(chain) if chain else "[]"))
     return texts
 
 
-def _calls_at(report: ObjectReport, sec_index: int, offsets: list[int]) -> Iterable[tuple[str, ...]]:
+def _calls_at(report: ObjectReport, sec_index: int, offsets: Sequence[int]) -> Iterable[tuple[str, ...]]:
     """The observers of each site at ``offsets`` (of one code section)."""
     observers = report.observers
     if not observers:       # not an instrumented object
@@ -167,11 +161,13 @@ def _calls_at(report: ObjectReport, sec_index: int, offsets: list[int]) -> Itera
     return [observers.get((sec_index, offset), ()) for offset in offsets]
 
 
-def _template(report: ObjectReport, e: NoteEntry, calls: tuple[str, ...]) -> str:
+def _template(report: ObjectReport, entries: NoteEntries, sec: Section, probe_id: int, body_id: int,
+              calls: tuple[str, ...]) -> str:
     """What ObjectReport.iter_sites gives a site's record, as a template."""
-    decl = report.declarations.get(e.probe)
-    return site_json_template(e.probe, e.section.name, e.args, decl.types if decl else (), calls,
-                              report.arg_types.get(e.probe, ()))
+    probe = entries.probes[probe_id]
+    decl = report.declarations.get(probe)
+    return site_json_template(probe, sec.name, entries.bodies[body_id].args, decl.types if decl else (), calls,
+                              report.arg_types.get(probe, ()))
 
 
 @contextlib.contextmanager
