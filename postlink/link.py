@@ -30,7 +30,6 @@ import tempfile
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 
 from bpf_sdt.elf import (
@@ -44,7 +43,6 @@ from bpf_sdt.elf import (
     STT_SECTION,
     BpfObject,
     ElfImage,
-    Section,
     is_reserved_index,
     load_object,
     put_u64_words,
@@ -66,10 +64,6 @@ from .linkproof import LinkInput, MovedNotes, verify_linked
 UNDECODABLE = "\ufffd"          # what the ELF reader puts for bytes that are not UTF-8
 # The notes section as the compiler emits it: no alignment (docs/format.md).
 NOTES_ALIGN = 1
-# NoteEntry fields, read in C over a million entries.
-_SECTION, _OFFSET, _ENTRY_OFFSET = attrgetter("section"), attrgetter("offset"), attrgetter("entry_offset")
-_RAW_ARGS, _ARGS = attrgetter("raw_args"), attrgetter("args")
-_SYMBOL, _SHAPE = attrgetter("symbol"), attrgetter("probe", "raw_args")
 
 
 @dataclass(frozen=True)
@@ -207,13 +201,12 @@ def _link_input(i: int, report: ObjectReport, names: dict[str, str]) -> LinkInpu
     obj, entries = report.obj, report.decoding.entries
     if entries:
         _check_argument_encoding(report)
-    sections = list(map(_SECTION, entries))
-    symbols = list(map(_SYMBOL, entries))
+    symbols = entries.symbols(0, len(entries))
     notes = report.decoding.notes
     return LinkInput(
         path=report.path, sections=obj.sections, functions=obj.symbol_table.of_type(STT_FUNC),
-        runs=[(sec.name, lo, hi) for sec, lo, hi in _section_runs(sections)],
-        nop_offsets=array("Q", map(_OFFSET, entries)), entry_offsets=array("Q", map(_ENTRY_OFFSET, entries)),
+        runs=[(sec.name, lo, hi) for sec, lo, hi in entries.section_runs()],
+        nop_offsets=array("Q", entries.offsets), entry_offsets=array("Q", entries.entry_offsets),
         names=list(map(names.setdefault, symbols, symbols)), shapes=_shapes(report),
         notes=section_view(obj, notes).tobytes() if notes is not None and entries else b"",
         calls=[InputCall(i, observer, obj.sections[shndx].name, offset) for observer, shndx, offset in call_words(obj)],
@@ -229,8 +222,10 @@ def _shapes(report: ObjectReport) -> set[tuple[str, int]]:
     decls = report.declarations
     shapes = {(probe, decls[probe].arity) for probe in report.decoding.entry_probes if probe in decls}
     if not report.decoding.entry_probes <= decls.keys():
-        shapes |= {(probe, len(raw) // INSN_SIZE) for probe, raw in set(map(_SHAPE, report.decoding.entries))
-                   if probe not in decls}
+        entries = report.decoding.entries
+        shapes |= {(entries.probes[p], len(entries.bodies[b].raw) // INSN_SIZE)
+                   for p, b in set(zip(entries.probe_ids, entries.body_ids, strict=True))
+                   if entries.probes[p] not in decls}
     return shapes
 def _link(prepared: _Prepared, name: str, bpftool: str | None) -> Linked | LinkedImage:
     """Link the prepared inputs: directly where the linker takes their
@@ -420,7 +415,9 @@ def _same_sites(report: ObjectReport, inputs: list[LinkInput], linked: BpfObject
         return False
     want = sorted((section, placement.base[(i, section)] + offset) for i, p in enumerate(inputs)
                   for section, lo, hi in p.runs for offset in p.nop_offsets[lo:hi])
-    return want == sorted((e.section.name, e.offset) for e in report.decoding.entries)
+    entries = report.decoding.entries
+    names = [sec.name for sec in entries.sections]
+    return want == sorted(zip(map(names.__getitem__, entries.section_ids), entries.offsets, strict=True))
 
 
 def _move_notes(inputs: list[LinkInput], layout: dict[tuple[int, str], int]) -> MovedNotes:
@@ -459,16 +456,6 @@ def _place_notes(img: ElfImage, inputs: list[LinkInput], moved: MovedNotes) -> N
         first += len(p.nop_offsets)
 
 
-def _section_runs(sections: list[Section]) -> list[tuple[Section, int, int]]:
-    """(section, start, end) of each run of entries in one code section."""
-    if not sections:
-        return []
-    if sections.count(sections[0]) == len(sections):     # in C: the usual single run
-        return [(sections[0], 0, len(sections))]
-    cuts = [k for k in range(1, len(sections)) if sections[k] is not sections[k - 1]]
-    return [(sections[lo], lo, hi) for lo, hi in zip([0, *cuts], [*cuts, len(sections)], strict=True)]
-
-
 def _check_nops(section: str, code: bytes, targets: array[int]) -> None:
     if not all(map(code.startswith, itertools.repeat(NOP_INSN), targets)):
         target = next(t for t in targets if not code.startswith(NOP_INSN, t))
@@ -478,8 +465,7 @@ def _check_nops(section: str, code: bytes, targets: array[int]) -> None:
 def _check_argument_encoding(report: ObjectReport) -> None:
     """The argument insns copied are what encode_entry makes of the decoded
     arguments: link writes no byte the decoder did not read as that."""
-    entries = report.decoding.entries
-    for raw, args in dict(zip(map(_RAW_ARGS, entries), map(_ARGS, entries), strict=True)).items():
+    for raw, args in report.decoding.entries.bodies:
         if encode_entry(0, args)[ADDRESS_WORD_SIZE:] != raw:
             raise InputError(f"{report.path}: argument insns {raw.hex()} do not re-encode as they are")
 
