@@ -280,29 +280,25 @@ def _load_copy(inst: Path, pins: Path, opts: Options, stop: StopSignals,
     which is therefore quiet (libbpf's messages would each wait for the GIL
     the work here holds); should that load fail, a fresh open is loaded
     again with its log, for the reason the error gives."""
-    try:
-        return _open_and_load(inst, pins, opts, stop, meanwhile, quiet=True)
-    except LibbpfError:
-        if stop.requested:
-            raise
-    return _open_and_load(inst, pins, opts, stop)
-
-
-def _open_and_load(inst: Path, pins: Path, opts: Options, stop: StopSignals,
-                   meanwhile: Callable[[], None] | None = None,
-                   quiet: bool = False) -> tuple[LoadedObject, LoadedProgram | None] | None:
-    """One open and load of _load_copy's: the object is closed again when
-    it fails or a stop signal came."""
     bpf = LoadedObject.open(inst, pin_root_path=pins)
     try:
         prog = _choose_program(bpf, opts)
-        if _load_interruptibly(bpf, stop, meanwhile, quiet=quiet):
-            return bpf, prog
+        try:
+            loaded = _load_interruptibly(bpf, stop, meanwhile, quiet=True)
+        except LibbpfError:
+            if stop.requested:
+                raise
+            bpf.close()
+            bpf = LoadedObject.open(inst, pin_root_path=pins)
+            prog = _choose_program(bpf, opts)
+            loaded = _load_interruptibly(bpf, stop)
     except BaseException:
         bpf.close()
         raise
-    bpf.close()
-    return None
+    if not loaded:
+        bpf.close()
+        return None
+    return bpf, prog
 
 
 def open_outputs(session: _Session, bpf: LoadedObject, layout: Layout | None, sites: list[Site], shown: set[int],
