@@ -502,10 +502,6 @@ def entry() -> NoReturn:
     """The `bpf-sdt` command (console script, `python -m bpf_sdt.cli`): main(),
     then the exit.  In-process callers use main(), which always returns."""
     argv = sys.argv[1:]
-    if argv[:1] == ["trace"]:
-        from bpf_sdt.trace.runtime import pause_gc_for_start_up
-
-        pause_gc_for_start_up()     # until its session starts
     early = _forks_live_worker(argv)
     try:
         code = main(argv)

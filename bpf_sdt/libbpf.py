@@ -285,12 +285,20 @@ def _check(what: str, fn: Callable[..., Any], *args: Any) -> int:
     return _ok(what, ret, log)
 
 
-def _unlogged(fn: Callable[..., Any], *args: Any) -> int:
-    """Calls a libbpf function returning an int with libbpf's printing off."""
+@contextlib.contextmanager
+def printing_off() -> Iterator[None]:
+    """libbpf prints nothing while the block runs (its print callback is
+    process-wide: a call that wants its log, LibbpfError's reason, must not
+    run meanwhile).  For a load in a thread (LoadedObject.load(log=False))
+    beside Python work in this one: each of libbpf's messages would call
+    into Python and wait for the GIL that work holds, up to a switch
+    interval (5 ms) each time; the callback is switched here, in the
+    thread doing that work, because a ctypes call in the loading thread
+    would wait so too, once for its return."""
     lib = _lib()
     lib.libbpf_set_print(None)
     try:
-        return int(fn(*args))
+        yield
     finally:
         lib.libbpf_set_print(_PRINT_CALLBACK)
 
@@ -427,19 +435,17 @@ class LoadedObject:
     def load(self, log: bool = True) -> LoadedObject:
         """Creates the maps and loads every program into the kernel.  On failure
         the object is closed (libbpf cannot retry a failed load).  ``log``
-        false: libbpf prints nothing meanwhile, so the error of a failure has
+        false: what libbpf prints is not kept, so the error of a failure has
         neither libbpf's nor the verifier's reason (a fresh open loaded with
-        its log has), and none of the hundreds of debug lines of a load with
-        CO-RE relocations calls into Python: each would wait for the GIL,
-        up to a switch interval (5 ms) while another thread holds it.  For a
-        load in a thread beside Python work; no other libbpf call may run
-        meanwhile (the print callback is process-wide)."""
+        its log has); with :func:`printing_off` around it, none of the
+        hundreds of debug lines of a load with CO-RE relocations calls into
+        Python, for a load in a thread beside Python work."""
         what = f"loading {self.path}"
         try:
             if log:
                 _check(what, _lib().bpf_object__load, self._live())
             else:
-                _ok(what, _unlogged(_lib().bpf_object__load, self._live()))
+                _ok(what, int(_lib().bpf_object__load(self._live())))
         except LibbpfError:
             self.close()
             raise

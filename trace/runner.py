@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
-from bpf_sdt.libbpf import LibbpfError, Link, LoadedObject, LoadedProgram, TcFilter, strerror
+from bpf_sdt.libbpf import LibbpfError, Link, LoadedObject, LoadedProgram, TcFilter, printing_off, strerror
 from bpf_sdt.recorder_abi import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
 
 # Imported where used, not here: the instrument stage (only a cache miss
@@ -50,7 +50,7 @@ from bpf_sdt.recorder_abi import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_S
 from . import instcache
 from .instcache import Instrumented, Job
 from .pcap import MAX_PACKET, iter_packets
-from .runtime import STOP_SIGNALS, InBackground, StopSignals, private_bpffs, resume_gc
+from .runtime import STOP_SIGNALS, InBackground, StopSignals, private_bpffs
 from .testrun import RAW_TP_TYPE, run_raw_tp
 from .writer import Writer
 
@@ -673,7 +673,6 @@ class _Session:
     def __init__(self, ring: Ring, decoder: Decoder, counters: Counters, stop: StopSignals, out: Writer | TextIO,
                  err: TextIO) -> None:
         self.ring, self.decoder, self.counters, self.stop, self.out, self.err = ring, decoder, counters, stop, out, err
-        resume_gc()                 # the start-up is over (runtime.pause_gc_for_start_up)
         self.refused = 0            # test runs the kernel refused (REFUSED_PACKET)
         self.report: Report | None = None       # in-kernel aggregations, when asked for
         self.summarise = False                  # print the recorder's counters at the end
@@ -969,17 +968,8 @@ def _load_interruptibly(bpf: LoadedObject, stop: StopSignals, meanwhile: Callabl
 
     previous = signal.signal(INTERRUPT_SIGNAL, lambda _sig, _frame: None)
     try:
-        worker = threading.Thread(target=load, name="bpf-sdt-load", daemon=True)
-        worker.start()
-        try:
-            if meanwhile is not None:
-                meanwhile()
-        finally:
-            while not done.wait(WAIT_POLL_S):
-                if stop.requested and worker.ident is not None:
-                    signal.pthread_kill(worker.ident, INTERRUPT_SIGNAL)
-                    done.wait(INTERRUPT_EVERY_S)
-            worker.join()
+        with printing_off() if quiet else contextlib.nullcontext():
+            _load_in_thread(load, done, stop, meanwhile)
     finally:
         signal.signal(INTERRUPT_SIGNAL, previous)
     if stop.requested:
@@ -987,3 +977,20 @@ def _load_interruptibly(bpf: LoadedObject, stop: StopSignals, meanwhile: Callabl
     if failure:
         raise failure[0]
     return True
+
+
+def _load_in_thread(load: Callable[[], None], done: threading.Event, stop: StopSignals,
+                    meanwhile: Callable[[], None] | None) -> None:
+    """_load_interruptibly's thread: started, ``meanwhile`` run here, then
+    waited for, interrupted while a stop signal is pending."""
+    worker = threading.Thread(target=load, name="bpf-sdt-load", daemon=True)
+    worker.start()
+    try:
+        if meanwhile is not None:
+            meanwhile()
+    finally:
+        while not done.wait(WAIT_POLL_S):
+            if stop.requested and worker.ident is not None:
+                signal.pthread_kill(worker.ident, INTERRUPT_SIGNAL)
+                done.wait(INTERRUPT_EVERY_S)
+        worker.join()

@@ -21,7 +21,6 @@ sees the request, detaches, reads what is left and prints the summary.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import signal
 import threading
@@ -72,29 +71,6 @@ class InBackground(Generic[T]):
             error, self._error = self._error, None
             raise error
         return self._value  # type: ignore[return-value]   # set when fn returned
-
-
-# --- the cyclic collector during start-up ------------------------------------
-
-_gc_paused = [False]        # paused by pause_gc_for_start_up, not yet resumed
-
-
-def pause_gc_for_start_up() -> None:
-    """Turns the cyclic garbage collector off until the trace's session
-    starts (resume_gc): its collections during the start-up's imports find
-    nothing to free, and cost a cached trace --run about 3 ms before its
-    first event (docs/trace.md, "Start-up").  For the command line only
-    (bpf_sdt.cli.entry); a collector already off stays off."""
-    if gc.isenabled():
-        gc.disable()
-        _gc_paused[0] = True
-
-
-def resume_gc() -> None:
-    """The collector back on, if pause_gc_for_start_up turned it off."""
-    if _gc_paused[0]:
-        _gc_paused[0] = False
-        gc.enable()
 
 
 def _libc() -> ctypes.CDLL:
