@@ -33,16 +33,18 @@ import ctypes
 import errno as errnos
 import functools
 import os
-import platform
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from bpf_sdt.errors import BpfSdtError
-from bpf_sdt.insn import INSN_SIZE
+
+# Imported where used, not here: the instruction layer (bpf_sdt.insn, which
+# imports the ELF and BTF readers), platform and socket are milliseconds of a
+# cached `trace --run`'s start (docs/trace.md, "Start-up") that only
+# relocated_program, the va_list size and interface names need.
 
 LIBBPF_ENV = "BPF_SDT_LIBBPF"
 LIBBPF_SONAME = "libbpf.so.1"
@@ -227,7 +229,7 @@ _LIBBPF_DEBUG = 2             # enum libbpf_print_level: WARN, INFO, DEBUG
 # va_copy is a byte copy of the pointee there, which lets us size the message
 # with one vsnprintf and print it with a second.
 _VA_LIST_SIZES = {"x86_64": 24, "amd64": 24, "aarch64": 32, "arm64": 32}
-_VA_LIST_SIZE = _VA_LIST_SIZES.get(platform.machine().lower())
+_VA_LIST_SIZE = _VA_LIST_SIZES.get(os.uname().machine.lower())     # platform.machine(), without importing it
 _UNSIZED_MESSAGE_MAX = 1 << 20   # elsewhere: one pass, a message's first MiB
 _tls = threading.local()          # .lines: where the running call's log goes
 
@@ -281,6 +283,24 @@ def _check(what: str, fn: Callable[..., Any], *args: Any) -> int:
     with _captured() as log:
         ret = int(fn(*args))
     return _ok(what, ret, log)
+
+
+@contextlib.contextmanager
+def printing_off() -> Iterator[None]:
+    """libbpf prints nothing while the block runs (its print callback is
+    process-wide: a call that wants its log, LibbpfError's reason, must not
+    run meanwhile).  For a load in a thread (LoadedObject.load(log=False))
+    beside Python work in this one: each of libbpf's messages would call
+    into Python and wait for the GIL that work holds, up to a switch
+    interval (5 ms) each time; the callback is switched here, in the
+    thread doing that work, because a ctypes call in the loading thread
+    would wait so too, once for its return."""
+    lib = _lib()
+    lib.libbpf_set_print(None)
+    try:
+        yield
+    finally:
+        lib.libbpf_set_print(_PRINT_CALLBACK)
 
 
 def _ok(what: str, ret: int, log: Sequence[str] = ()) -> int:
@@ -412,11 +432,20 @@ class LoadedObject:
             raise LibbpfError(self.path, errnos.EBADF, detail="object closed")
         return self._ptr
 
-    def load(self) -> LoadedObject:
+    def load(self, log: bool = True) -> LoadedObject:
         """Creates the maps and loads every program into the kernel.  On failure
-        the object is closed (libbpf cannot retry a failed load)."""
+        the object is closed (libbpf cannot retry a failed load).  ``log``
+        false: what libbpf prints is not kept, so the error of a failure has
+        neither libbpf's nor the verifier's reason (a fresh open loaded with
+        its log has); with :func:`printing_off` around it, none of the
+        hundreds of debug lines of a load with CO-RE relocations calls into
+        Python, for a load in a thread beside Python work."""
+        what = f"loading {self.path}"
         try:
-            _check(f"loading {self.path}", _lib().bpf_object__load, self._live())
+            if log:
+                _check(what, _lib().bpf_object__load, self._live())
+            else:
+                _ok(what, int(_lib().bpf_object__load(self._live())))
         except LibbpfError:
             self.close()
             raise
@@ -474,6 +503,8 @@ def relocated_program(path: str | os.PathLike[str], prog_name: str, object_name:
     sets the opened object up first (maps to reuse, as the real load would);
     the object's other programs are not loaded.  The maps a load would create
     are created, and freed again on return."""
+    from bpf_sdt.insn import INSN_SIZE
+
     path = os.fspath(path)
     with LoadedObject.open(path, object_name=object_name) as probe:
         wanted = probe.find_program(prog_name)
@@ -895,6 +926,8 @@ def tc_remove_clsact(interface: int | str) -> None:
 
 def ifindex(interface: int | str) -> int:
     """The index of an interface of this network namespace, by name or index."""
+    import socket
+
     if isinstance(interface, int):
         return interface
     try:

@@ -352,3 +352,19 @@ def test_start_up_imports_no_dataclasses(modules: tuple[str, ...]) -> None:
             "print(' '.join(m for m in ('dataclasses', 'inspect') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "", f"{' and '.join(modules)} imported {res.stdout.strip()}"
+
+
+# What a cached trace imports only once its copy's load has started (beside the
+# verifier) or not at all (docs/trace.md, "Start-up"); the kernel-side test of
+# the whole run is tests/test_trace_robust.py.
+AFTER_THE_LOAD_STARTS = ("bpf_sdt.model", "bpf_sdt.format", "bpf_sdt.insn", "bpf_sdt.elf", "bpf_sdt.btf",
+                         "bpf_sdt.notes", "bpf_sdt.sites", "bpf_sdt.argtype", "bpf_sdt.trace.output",
+                         "bpf_sdt.trace.ring", "bpf_sdt.trace.recorder", "bpf_sdt.trace.worker",
+                         "pickle", "socket", "platform", "_hashlib")
+
+
+def test_trace_runner_imports_nothing_the_load_can_wait_for() -> None:
+    code = ("import sys; import bpf_sdt.cli, bpf_sdt.trace.cli, bpf_sdt.trace.runner; "
+            f"print(' '.join(m for m in {AFTER_THE_LOAD_STARTS!r} if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "", f"imported before the load: {res.stdout.strip()}"

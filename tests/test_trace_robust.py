@@ -7,9 +7,11 @@ bounded memory, and every bad option refused up front in one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -457,6 +459,109 @@ def test_a_cached_trace_runs_no_compiler_and_prints_the_same(progs: Path, kernel
     assert events() == first
     assert log.read_text() == compiled, "a cached trace ran clang"
     assert len([p for p in (tmp_path / "cache" / "instrumented").iterdir() if not p.name.startswith(".")]) == 1
+
+
+# An XDP program the verifier refuses (a packet read without a bounds check), with a probe.
+REFUSED_BY_VERIFIER = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf_sdt.h>
+BPF_SDT_DECLARE1(tick, __u32);
+SEC("xdp") int unchecked(struct xdp_md *ctx)
+{
+	unsigned char *data = (void *)(long)ctx->data;
+	BPF_SDT_PROBE1(tick, ctx->ingress_ifindex);
+	return data[20];
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.mark.kernel
+def test_a_cached_site_table_that_does_not_decode_is_a_miss(progs: Path, kernel: None, tmp_path: Path) -> None:
+    """A hit's site table is decoded while its copy loads (docs/trace.md,
+    "Start-up"): one that does not decode then (a class no site table has)
+    is still a miss: the copy loaded meanwhile is dropped unrun, instrument
+    runs again (clang with it, the recorder cache being gone) and the events
+    are the same, exit 0."""
+    (tmp_path / "p.bin").write_bytes(PACKET)
+    log = tmp_path / "clang.log"
+    wrapper = tmp_path / "clang-wrapper"
+    wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec {clang(19)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    cache = tmp_path / "cache"
+    env = {**_env(), "BPF_SDT_CACHE": str(cache), "BPF_SDT_CLANG": str(wrapper)}
+    cmd = [*CLI, "trace", str(progs), "--run", "count_xdp", "--packet", str(tmp_path / "p.bin"), "--json"]
+
+    def events() -> list[object]:
+        res = run(cmd, env=env)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+        return [(e["probe"], e["args"], e.get("site")) for e in json_lines(res.stdout) if "probe" in e]
+
+    first = events()
+    [entry] = [p for p in (cache / "instrumented").iterdir() if not p.name.startswith(".")]
+    table = json.loads((entry / "sites.json").read_text())
+    table["sites"][0]["class"] = "bpf_sdt.sites:NoSuchSite"
+    (entry / "sites.json").write_text(json.dumps(table))
+    shutil.rmtree(cache / "recorders")
+    compiled = log.read_text()
+    assert events() == first
+    assert log.read_text() != compiled, "the damaged entry was taken: instrument did not run"
+
+
+@pytest.mark.kernel
+def test_a_copy_the_verifier_refuses_is_one_line_with_its_reason(kernel: None, tmp_path: Path) -> None:
+    """trace loads its copy quietly (libbpf's log would call into Python for
+    every line, LoadedObject.load): a refusal is loaded again with the log,
+    so the error still names the verifier's reason; the same from the cache."""
+    obj = _compile(REFUSED_BY_VERIFIER, tmp_path / "refused.bpf.o")
+    (tmp_path / "p.bin").write_bytes(PACKET)
+    env = {**_env(), "BPF_SDT_CACHE": str(tmp_path / "cache")}
+    for attempt in ("instrumented", "cached"):
+        res = run([*CLI, "trace", str(obj), "--run", "unchecked", "--packet", str(tmp_path / "p.bin")], env=env)
+        assert res.returncode == 2 and res.stdout == "", (attempt, res.stderr)
+        assert len(res.stderr.splitlines()) == 1 and "Traceback" not in res.stderr, (attempt, res.stderr)
+        assert "(verifier: prog 'unchecked': invalid access to packet" in res.stderr, (attempt, res.stderr)
+
+
+def test_a_quiet_load_has_no_reason_and_printing_comes_back(kernel: None, tmp_path: Path) -> None:
+    """LoadedObject.load(log=False) inside printing_off(): no reason, no log;
+    after the block libbpf's printing is back (a logged load has both)."""
+    from bpf_sdt.libbpf import LibbpfError, printing_off
+
+    obj = _compile(REFUSED_BY_VERIFIER, tmp_path / "refused.bpf.o")
+    bpf = LoadedObject.open(obj)
+    with printing_off(), pytest.raises(LibbpfError) as quiet:
+        bpf.load(log=False)
+    assert "verifier:" not in str(quiet.value) and not quiet.value.log, str(quiet.value)
+    bpf = LoadedObject.open(obj)
+    with pytest.raises(LibbpfError) as logged:
+        bpf.load()
+    assert "(verifier: prog 'unchecked': invalid access to packet" in str(logged.value), str(logged.value)
+    assert logged.value.log
+
+
+# Modules a cached trace --run does without (docs/trace.md, "Start-up"): the
+# instrument worker's pickle, socket, platform, OpenSSL (the cache key is
+# BLAKE2b), dataclasses and inspect.
+NOT_ON_THE_CACHED_PATH = ("pickle", "socket", "platform", "_hashlib", "dataclasses", "inspect")
+# Imported beside the copy's load, so only after the runner's own imports.
+BESIDE_THE_LOAD = ("bpf_sdt.model", "bpf_sdt.elf", "bpf_sdt.notes", "bpf_sdt.sites", "bpf_sdt.trace.output")
+
+
+@pytest.mark.kernel
+def test_a_cached_trace_imports_the_site_table_beside_the_load_and_no_more(progs: Path, kernel: None,
+                                                                          tmp_path: Path) -> None:
+    (tmp_path / "p.bin").write_bytes(PACKET)
+    env = {**_env(), "BPF_SDT_CACHE": str(tmp_path / "cache")}
+    args = ["trace", str(progs), "--run", "count_xdp", "--packet", str(tmp_path / "p.bin"), "--json"]
+    assert run([*CLI, *args], env=env).returncode == 0                 # fills the cache
+    res = run([sys.executable, "-X", "importtime", *CLI[1:], *args], env=env)
+    assert res.returncode == 0 and '"probe"' in res.stdout, res.stderr
+    imported = [line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")]
+    assert not set(NOT_ON_THE_CACHED_PATH) & set(imported), set(NOT_ON_THE_CACHED_PATH) & set(imported)
+    runner = imported.index("bpf_sdt.trace.runner")
+    assert all(imported.index(m) > runner for m in BESIDE_THE_LOAD), imported
 
 
 @pytest.mark.kernel

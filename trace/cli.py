@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bpf_sdt.format import RECORDER_DEFAULT_RINGBUF_SIZE as DEFAULT_RINGBUF_SIZE
+# From the recorder's contract itself, not bpf_sdt.format (which imports the
+# instruction, ELF and BTF layers): a cached trace --run imports those beside
+# its load (docs/trace.md, "Start-up").
+from bpf_sdt.recorder_abi import RECORDER_DEFAULT_RINGBUF_SIZE as DEFAULT_RINGBUF_SIZE
 
 if TYPE_CHECKING:
     from bpf_sdt.instrument.observers import RecorderOptions
+
+    from .worker import InstrumentWorker
 
 READER_ENV = "BPF_SDT_TRACE_READER"     # "mmap" or "libbpf": force a ring reader (tests, other architectures)
 
@@ -105,18 +111,26 @@ def instrument_recorder(args: argparse.Namespace) -> RecorderOptions:
     return recorder
 
 
+def _early_worker() -> InstrumentWorker | None:
+    """The worker the command's entry point forked for a --live
+    (worker.fork_early), if it did: it imported the worker module to, so a
+    trace it did not fork for does not import the module (and pickle) here."""
+    worker = sys.modules.get("bpf_sdt.trace.worker")
+    return None if worker is None else worker.take_early()
+
+
 def run_trace(args: argparse.Namespace) -> int:
     # --live instruments on the user's interactive path: its worker is forked
     # first (by the command's entry point, before the arguments were parsed,
     # if it saw --live), to import instrument while trace's modules are
     # imported here.
-    from .worker import InstrumentWorker, take_early
-
-    worker = take_early()
+    worker = _early_worker()
     if worker is not None and not args.live:      # "--live" was not the option (an argument's value)
         worker.close()
         worker = None
     if args.live and worker is None:
+        from .worker import InstrumentWorker
+
         worker = InstrumentWorker()
     try:
         from .runner import Options, trace

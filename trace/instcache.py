@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib.util
 import json
 import os
@@ -46,12 +45,18 @@ import bpf_sdt
 from bpf_sdt import usercache
 from bpf_sdt.toolchain import find_clang
 
+try:    # hashlib's own BLAKE2, without hashlib loading OpenSSL: 2 ms of a cached trace's start
+    from _blake2 import blake2b
+except ImportError:     # pragma: no cover - an interpreter without the module: hashlib's is the same function
+    from hashlib import blake2b
+
 if TYPE_CHECKING:
     from .sites import Site
 
 INSTRUMENTED_DIR = "instrumented"
 MAX_ENTRIES = 64                # the least recently used beyond these are removed when one is stored
-KEY_HEX = 64                    # an entry's name: a sha256
+KEY_HEX = 64                    # an entry's name: a 32-byte BLAKE2b digest in hex
+KEY_BYTES = KEY_HEX // 2
 STAGING_PREFIX = ".staging-"
 STALE_STAGING_S = 24 * 3600
 SOURCE_SUFFIXES = (".py", ".j2", ".c", ".h")
@@ -95,7 +100,7 @@ def _package_digest() -> str:
     modification time, as Python's own bytecode cache tells a changed
     source: a stat per file instead of reading and hashing each (a tenth
     of a cached trace's time)."""
-    digest = hashlib.sha256(bpf_sdt.__version__.encode())
+    digest = _digest(bpf_sdt.__version__.encode())
     for root in _package_dirs():
         for top, dirs, files in os.walk(root):
             dirs[:] = sorted(d for d in dirs if d != PYCACHE)
@@ -119,10 +124,16 @@ def _package_dirs() -> list[Path]:
     return sorted(dirs)
 
 
+def _digest(data: bytes) -> blake2b:
+    """The hash of the cache's keys (BLAKE2b: as fast as OpenSSL's SHA-256
+    here, about 1 GB/s, and it needs no OpenSSL)."""
+    return blake2b(data, digest_size=KEY_BYTES)
+
+
 def key(job: Job) -> str:
     clang = find_clang()
     stat = os.stat(clang)
-    digest = hashlib.sha256(Path(job.input).read_bytes())
+    digest = _digest(Path(job.input).read_bytes())
     digest.update(json.dumps({"probes": job.probes, "programs": job.programs, "ringbuf": job.ringbuf_size,
                               "recorder": job.recorder,
                               "clang": [clang, stat.st_size, stat.st_mtime_ns], "sources": _package_digest()},
@@ -132,6 +143,34 @@ def key(job: Job) -> str:
 
 def fetch(job: Job, output: Path) -> Instrumented | None:
     """Copies a cached instrumented object to ``output``; its sites, or None."""
+    entry = fetch_entry(job, output)
+    return None if entry is None else entry.decode()
+
+
+class Entry:
+    """A cache hit whose object is at the output already and whose site table
+    is decoded only by :meth:`decode`: trace loads the copy meanwhile, and the
+    site table's modules are imported beside the verifier (docs/trace.md,
+    "Start-up").  A table that does not decode makes the entry a miss after all."""
+
+    def __init__(self, path: Path, shown: list[tuple[int, str]], sites: object) -> None:
+        self.path = path
+        self.shown = shown                  # (site id, probe) of every instrumented site
+        self._sites = sites                 # the site table as JSON (a list, if the entry is sound), not decoded
+
+    def decode(self) -> Instrumented | None:
+        """The sites and their table; None when the table is not one this cache wrote."""
+        try:
+            found = Instrumented(self.shown, [_site(s) for s in self._sites])  # type: ignore[attr-defined]
+            os.utime(self.path)                     # recently used: kept by _prune
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError):
+            return None
+        return found
+
+
+def fetch_entry(job: Job, output: Path) -> Entry | None:
+    """Copies a cached instrumented object to ``output``; the entry, its
+    site table still to decode (:meth:`Entry.decode`), or None."""
     where = cache_dir()
     if where is None:
         return None
@@ -140,13 +179,12 @@ def fetch(job: Job, output: Path) -> Instrumented | None:
         if not (usercache.is_own(where) and usercache.is_own(entry)):
             return None
         cached = json.loads((entry / SITES_NAME).read_text())
-        found = Instrumented([(int(site_id), str(probe)) for site_id, probe in cached["shown"]],
-                             [_site(s) for s in cached["sites"]])
+        shown = [(int(site_id), str(probe)) for site_id, probe in cached["shown"]]
+        sites = cached["sites"]
         shutil.copyfile(entry / OBJECT_NAME, output)
-        os.utime(entry)                             # recently used: kept by _prune
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    return found
+    return Entry(entry, shown, sites)
 
 
 def store(job: Job, output: Path, instrumented: Instrumented) -> None:
@@ -263,7 +301,7 @@ def _tag_key(obj: Path, prog_name: str) -> str:
     from bpf_sdt.libbpf import libbpf_path, libbpf_version
 
     uname = os.uname()
-    digest = hashlib.sha256(obj.read_bytes())
+    digest = _digest(obj.read_bytes())
     digest.update(json.dumps([prog_name, uname.release, uname.version, libbpf_version(), libbpf_path()]).encode())
     return digest.hexdigest()
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
-import platform
+import os
 import struct
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -193,7 +193,7 @@ def open_ring(fd: int, size: int, reader: str | None = None) -> Ring:
     """The fastest correct reader for this machine (``reader``: "mmap" or
     "libbpf" to choose)."""
     if reader is None:
-        reader = "mmap" if platform.machine().lower() in ORDERED_LOADS else "libbpf"
+        reader = "mmap" if os.uname().machine.lower() in ORDERED_LOADS else "libbpf"     # platform.machine()
     if reader == "mmap":
         return MmapRing(fd, size)
     return LibbpfRing(fd, size)

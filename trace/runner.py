@@ -24,7 +24,6 @@ import math
 import os
 import select
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -35,25 +34,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
-from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
-from bpf_sdt.libbpf import LibbpfError, Link, LoadedObject, LoadedProgram, TcFilter, strerror
-from bpf_sdt.model import escape_text
+from bpf_sdt.libbpf import LibbpfError, Link, LoadedObject, LoadedProgram, TcFilter, printing_off, strerror
+from bpf_sdt.recorder_abi import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
 
 # Imported where used, not here: the instrument stage (only a cache miss
 # instruments, in a child), the recorder's planning (Jinja2 and the filter
 # grammar: only with --filter or an aggregation), the Prometheus exporter,
 # the kernel layer of leftovers and records (only when attaching) and
 # pyelftools' ELF reader are a tenth of a second of imports that a cached
-# trace --run does not need (docs/cli.md, start-up).
+# trace --run does not need (docs/cli.md, start-up).  The site table's
+# modules (the model, ELF, notes and BTF layers), the decoder's, the ring's
+# and the counters' are needed, but not before the copy's load starts: they
+# are imported beside the verifier (_session_modules), and the instrument
+# worker (pickle) only on a miss.
 from . import instcache
 from .instcache import Instrumented, Job
-from .output import Decoder, Writer
 from .pcap import MAX_PACKET, iter_packets
-from .recorder import Counters, RecorderMaps, find_loaded, open_pinned
-from .ring import Ring, open_ring
 from .runtime import STOP_SIGNALS, InBackground, StopSignals, private_bpffs
 from .testrun import RAW_TP_TYPE, run_raw_tp
-from .worker import InstrumentWorker
+from .writer import Writer
 
 if TYPE_CHECKING:
     from bpf_sdt.instrument.observers import RecorderOptions
@@ -62,8 +61,12 @@ if TYPE_CHECKING:
 
     from .aggregate import Layout, Report
     from .leftovers import RecordedTcFilter
+    from .output import Decoder
     from .prometheus import Exporter
+    from .recorder import Counters, RecorderMaps
+    from .ring import Ring
     from .sites import Site
+    from .worker import InstrumentWorker
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf")
 PROBE_CHECK_S = 1.0             # how often a live trace looks at the lost-event counter
@@ -170,6 +173,7 @@ def _run(opts: Options, writer: Writer, out: TextIO, err: TextIO, signals: list[
             return _trace_pinned(opts, stop, writer, err)
         if opts.live:
             from .live import trace_live
+            from .worker import InstrumentWorker
 
             live = trace_live(opts, stop, writer, err, worker or InstrumentWorker())
             return SIGNAL_EXIT + (stop.signal or 0) if live is None else live
@@ -180,49 +184,121 @@ def _run(opts: Options, writer: Writer, out: TextIO, err: TextIO, signals: list[
 
 
 def _trace_loaded(opts: Options, stop: StopSignals, out: Writer, err: TextIO) -> int | None:
-    """Instrument, load, run; None when a signal cut the work short."""
+    """Instrument (or take the cached copy), load, run; None when a signal
+    cut the work short."""
     packets = _packets(opts)
     iface, direction = _interface(opts)
-    with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
-        inst = Path(tmp) / "instrumented.bpf.o"
-        layout = _layout(opts)
-        made = instrumented_object(opts, _traced_programs(opts), inst, stop)
-        if made is None:
-            return None
-        (_, sites), _ = made
-        shown = {site_id for site_id, _ in made[0].shown}
-        if stop.requested:
-            return None
-        with private_bpffs(Path(tmp) / "pins") as pins, LoadedObject.open(inst, pin_root_path=pins) as bpf:
-            prog = _choose_program(bpf, opts)
-            if not _load_interruptibly(bpf, stop) or stop.requested:
-                return None
-            ring_map = bpf.find_map(RECORDER_RINGBUF_MAP)
-            decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
-                              t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
-            with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder,
-                          Counters(bpf.find_map(RECORDER_COUNTS_MAP)), stop, out, err) as session:
-                open_outputs(session, bpf, layout, sites, shown, opts, err)
-                if opts.run:
-                    assert prog is not None
-                    session.test_runs(prog, packets, opts.repeat, opts.duration)
-                    if session.exporter is not None and not stop.requested:    # runs done: serve until stopped
-                        session.runs_complete = True
-                        session.ready(sites, shown, f"the finished test runs of {prog.name}")
-                        session.follow(opts.duration)
-                else:
-                    links = _attach(bpf, prog, iface, direction, opts, err)
-                    session.ready(sites, shown, ", ".join(what for what, _ in links))
-                    session.follow(opts.duration)
-                    for _, link in reversed(links):     # no new events from here on
-                        link.destroy()
-                session.finish(opts.count)
+    try:
+        session = _load_and_run(opts, packets, iface, direction, stop, out, err)
+    except _DamagedEntry:
+        # The cached site table, decoded while the copy loaded, is not one the
+        # cache wrote: a miss after all, instrumented as any miss is (the
+        # copy loaded meanwhile never ran, and is closed).
+        session = _load_and_run(opts, packets, iface, direction, stop, out, err, use_cache=False)
+    if session is None:
+        return None
     if opts.run and stop.requested and not session.runs_complete:      # test runs cut short: not a result
         return None
     if session.refused:
         err.write(f"bpf-sdt trace: the kernel refused {session.refused} of {session.packets} test runs\n")
         return EXIT_FINDINGS
     return EXIT_OK
+
+
+class _DamagedEntry(Exception):
+    """A cache entry whose site table does not decode, found once its copy
+    is loading: trace instruments instead (never seen outside this module)."""
+
+
+def _load_and_run(opts: Options, packets: Iterator[bytes | None], iface: str | None, direction: str,
+                  stop: StopSignals, out: Writer, err: TextIO, use_cache: bool = True) -> _Session | None:
+    """_trace_loaded's work, in a temporary directory of its own; the
+    finished session, or None when a signal came first.  The site table
+    (a cache hit's is decoded only then) and the session's modules come
+    while the kernel verifies the copy."""
+    with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
+        inst = Path(tmp) / "instrumented.bpf.o"
+        layout = _layout(opts)
+        copy = instrumented_copy(opts, _traced_programs(opts), inst, stop, defer_sites=True, use_cache=use_cache)
+        if copy is None or stop.requested:
+            return None
+        made: list[Instrumented] = []
+
+        def meanwhile() -> None:
+            made.append(copy.result())      # a miss: its site table read and its entry stored
+            _import_session_modules()
+
+        with private_bpffs(Path(tmp) / "pins") as pins:
+            loaded = _load_copy(inst, pins, opts, stop, meanwhile)
+            if loaded is None:
+                return None
+            bpf, prog = loaded
+            with bpf:
+                if stop.requested:
+                    return None
+                from .output import Decoder
+                from .recorder import Counters
+                from .ring import open_ring
+
+                sites = made[0].sites
+                shown = {site_id for site_id, _ in copy.shown}
+                ring_map = bpf.find_map(RECORDER_RINGBUF_MAP)
+                decoder = Decoder(sites, as_json=opts.as_json, count_only=opts.count, shown=shown,
+                                  t0_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC), err=err)
+                with _Session(open_ring(ring_map.fd, ring_map.max_entries, opts.reader), decoder,
+                              Counters(bpf.find_map(RECORDER_COUNTS_MAP)), stop, out, err) as session:
+                    open_outputs(session, bpf, layout, sites, shown, opts, err)
+                    if opts.run:
+                        assert prog is not None
+                        session.test_runs(prog, packets, opts.repeat, opts.duration)
+                        if session.exporter is not None and not stop.requested:    # runs done: serve until stopped
+                            session.runs_complete = True
+                            session.ready(sites, shown, f"the finished test runs of {prog.name}")
+                            session.follow(opts.duration)
+                    else:
+                        links = _attach(bpf, prog, iface, direction, opts, err)
+                        session.ready(sites, shown, ", ".join(what for what, _ in links))
+                        session.follow(opts.duration)
+                        for _, link in reversed(links):     # no new events from here on
+                            link.destroy()
+                    session.finish(opts.count)
+    return session
+
+
+def _import_session_modules() -> None:
+    """What a session imports where it is used (the decoder, the ring
+    reader, the counters and, through them, the site table's modules),
+    imported while the kernel verifies the copy (docs/trace.md, "Start-up")."""
+    from . import output, recorder, ring  # noqa: F401
+
+
+def _load_copy(inst: Path, pins: Path, opts: Options, stop: StopSignals,
+               meanwhile: Callable[[], None]) -> tuple[LoadedObject, LoadedProgram | None] | None:
+    """The instrumented copy opened and loaded, and the program to run or
+    attach; the caller closes it.  None when a stop signal came first
+    (nothing is left open).  ``meanwhile`` runs beside the verification,
+    which is therefore quiet (libbpf's messages would each wait for the GIL
+    the work here holds); should that load fail, a fresh open is loaded
+    again with its log, for the reason the error gives."""
+    bpf = LoadedObject.open(inst, pin_root_path=pins)
+    try:
+        prog = _choose_program(bpf, opts)
+        try:
+            loaded = _load_interruptibly(bpf, stop, meanwhile, quiet=True)
+        except LibbpfError:
+            if stop.requested:
+                raise
+            bpf.close()
+            bpf = LoadedObject.open(inst, pin_root_path=pins)
+            prog = _choose_program(bpf, opts)
+            loaded = _load_interruptibly(bpf, stop)
+    except BaseException:
+        bpf.close()
+        raise
+    if not loaded:
+        bpf.close()
+        return None
+    return bpf, prog
 
 
 def open_outputs(session: _Session, bpf: LoadedObject, layout: Layout | None, sites: list[Site], shown: set[int],
@@ -282,15 +358,16 @@ def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, 
 class InstrumentedCopy:
     """OBJ instrumented at its path, as instrument left it: the sites it
     instrumented (``shown``) and whether it came from the cache.  On a miss
-    the site table still has to be read and the cache entry written: by
-    :meth:`finish`, which may run in a thread beside the copy's load (the
-    verifier holds no GIL), and :meth:`result` waits for it."""
+    the site table still has to be read and the cache entry written (and a
+    hit's deferred site table decoded): by :meth:`finish`, which may run in
+    a thread beside the copy's load (the verifier holds no GIL), and
+    :meth:`result` waits for it."""
 
-    def __init__(self, shown: list[tuple[int, str]], cached: Instrumented | None,
+    def __init__(self, shown: list[tuple[int, str]], cached: bool, made: Instrumented | None = None,
                  finish: Callable[[], Instrumented] | None = None) -> None:
         self.shown = shown
-        self.cached = cached is not None
-        self._made = cached
+        self.cached = cached
+        self._made = made
         self._finish = finish
         self._background: InBackground[Instrumented] | None = None
 
@@ -319,7 +396,8 @@ class InstrumentedCopy:
 
 def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, stop: StopSignals,
                       meanwhile: Callable[[], None] | None = None, worker: InstrumentWorker | None = None,
-                      reap_later: bool = False, beside_load: bool = False) -> InstrumentedCopy | None:
+                      reap_later: bool = False, beside_load: bool = False, defer_sites: bool = False,
+                      use_cache: bool = True) -> InstrumentedCopy | None:
     """OBJ instrumented with the recorder at ``output`` (only ``programs``'
     sites, () all); None when a stop signal came first.  A miss instruments
     in a child process while a thread here reads OBJ's sites and lines (its
@@ -332,15 +410,21 @@ def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, st
     worker writes the recorder cache's entries meanwhile (worker.run).
     ``beside_load``: the caller finishes the copy in the background while
     it loads it, and OBJ is read then too, not while the child works: the
-    child's path is the one waited for, and clang shares the other core."""
+    child's path is the one waited for, and clang shares the other core.
+    ``defer_sites``: a hit's site table is decoded by :meth:`InstrumentedCopy.finish`
+    (beside the load), which raises _DamagedEntry if it is not one; else
+    now, and one that is not one is a miss.  ``use_cache`` false: not looked up."""
     job = cache_job(opts, programs)
-    cached = instcache.fetch(job, output)
-    if cached is not None:
+    entry = instcache.fetch_entry(job, output) if use_cache else None
+    cached = None if entry is None or defer_sites else entry.decode()
+    if entry is not None and (defer_sites or cached is not None):
         if worker is not None:
             worker.close()          # not needed: its imports would compete with the identity proof and the load
         if meanwhile is not None:
             meanwhile()
-        return InstrumentedCopy(cached.shown, cached)
+        if cached is not None:
+            return InstrumentedCopy(entry.shown, True, cached)
+        return InstrumentedCopy(entry.shown, True, finish=lambda: _decoded_sites(entry))
     plan = _recorder_plan(opts)[0] if _kernel_side(opts) else None     # the child would make the same
     parsed: list[InBackground[ElfObject]] = []
 
@@ -351,6 +435,8 @@ def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, st
             meanwhile()
 
     if worker is None:
+        from .worker import InstrumentWorker
+
         worker, reap_later = InstrumentWorker(), False
     shown = worker.run(job, output, plan, stop, start, reap_later)
     if shown is None:
@@ -367,7 +453,14 @@ def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, st
         instcache.store(job, output, made)
         return made
 
-    return InstrumentedCopy(shown, None, finish)
+    return InstrumentedCopy(shown, False, finish=finish)
+
+
+def _decoded_sites(entry: instcache.Entry) -> Instrumented:
+    made = entry.decode()
+    if made is None:
+        raise _DamagedEntry(f"{entry.path}: not a site table")
+    return made
 
 
 def _with_site_table(path: Path) -> ElfObject:
@@ -411,6 +504,15 @@ def _counts_hits(opts: Options) -> bool:
     """Does the recorder count hits per site?  --pinned reads a recorder
     `instrument` built, which always does."""
     return opts.pinned or opts.count or opts.prometheus is not None
+
+
+def escape_text(text: str) -> str:
+    """bpf_sdt.model's escape_text, the model imported only when a message
+    needs it: a cached trace imports it beside the copy's load, with the site
+    table (_session_modules)."""
+    from bpf_sdt.model import escape_text as escape
+
+    return escape(text)
 
 
 # --- options ---------------------------------------------------------------------
@@ -493,6 +595,8 @@ def _interface(opts: Options) -> tuple[str | None, str]:
         return None, direction
     if opts.tc and ":" in spec:         # checked up front: IFACE:ingress or IFACE:egress exactly
         spec, _, direction = spec.rpartition(":")
+    import socket  # only --xdp and --tc name an interface
+
     try:
         socket.if_nametoindex(spec)
     except OSError:
@@ -774,7 +878,10 @@ def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
     from bpf_sdt.recorder_abi import RECORDER_PREFIX
 
     from .aggregate import open_report
+    from .output import Decoder
     from .prometheus import start_exporter
+    from .recorder import Counters
+    from .ring import open_ring
 
     obj = load_object(opts.obj)
     if not any(s.name.startswith(RECORDER_PREFIX) for s in obj.symbols):
@@ -814,6 +921,7 @@ def _trace_pinned(opts: Options, stop: StopSignals, out: Writer, err: TextIO) ->
 def _recorder_maps(opts: Options, obj: ElfObject) -> RecorderMaps:
     """OBJ's recorder: pinned in --pin-dir; without it, pinned in /sys/fs/bpf or
     else found among the kernel's loaded maps.  Its identity must be OBJ's."""
+    from .recorder import find_loaded, open_pinned
     from .sites import recorder_identity
 
     identity = recorder_identity(obj, _recorder_plan(opts, obj)[0].plan_id)
@@ -834,21 +942,25 @@ def _site_table(instrumented: ElfObject, shown: ElfObject | None = None) -> list
     return site_table(instrumented, shown)
 
 
-def _load_interruptibly(bpf: LoadedObject, stop: StopSignals) -> bool:
+def _load_interruptibly(bpf: LoadedObject, stop: StopSignals, meanwhile: Callable[[], None] | None = None,
+                        quiet: bool = False) -> bool:
     """bpf.load() in a worker thread, the main thread watching for a stop
     signal; False when one came.  The verifier looks for a pending signal
     between instructions and gives up (EAGAIN), but libbpf retries a load
     that failed so (and again with a log buffer), so the worker is sent
     INTERRUPT_SIGNAL every INTERRUPT_EVERY_S until libbpf gives up: a
     verification of minutes ends in milliseconds.  Process-directed signals
-    are blocked in the worker, so they reach the main thread."""
+    are blocked in the worker, so they reach the main thread.  ``meanwhile``
+    runs in the main thread first, beside the verification; what it raises
+    is raised once the load has ended.  ``quiet``: without libbpf's log
+    (LoadedObject.load), for a load beside work that holds the GIL."""
     failure: list[BaseException] = []
     done = threading.Event()
 
     def load() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            bpf.load()
+            bpf.load(log=not quiet)
         except BaseException as e:      # noqa: BLE001 - handed to the main thread
             failure.append(e)
         finally:
@@ -856,13 +968,8 @@ def _load_interruptibly(bpf: LoadedObject, stop: StopSignals) -> bool:
 
     previous = signal.signal(INTERRUPT_SIGNAL, lambda _sig, _frame: None)
     try:
-        worker = threading.Thread(target=load, name="bpf-sdt-load", daemon=True)
-        worker.start()
-        while not done.wait(WAIT_POLL_S):
-            if stop.requested and worker.ident is not None:
-                signal.pthread_kill(worker.ident, INTERRUPT_SIGNAL)
-                done.wait(INTERRUPT_EVERY_S)
-        worker.join()
+        with printing_off() if quiet else contextlib.nullcontext():
+            _load_in_thread(load, done, stop, meanwhile)
     finally:
         signal.signal(INTERRUPT_SIGNAL, previous)
     if stop.requested:
@@ -870,3 +977,20 @@ def _load_interruptibly(bpf: LoadedObject, stop: StopSignals) -> bool:
     if failure:
         raise failure[0]
     return True
+
+
+def _load_in_thread(load: Callable[[], None], done: threading.Event, stop: StopSignals,
+                    meanwhile: Callable[[], None] | None) -> None:
+    """_load_interruptibly's thread: started, ``meanwhile`` run here, then
+    waited for, interrupted while a stop signal is pending."""
+    worker = threading.Thread(target=load, name="bpf-sdt-load", daemon=True)
+    worker.start()
+    try:
+        if meanwhile is not None:
+            meanwhile()
+    finally:
+        while not done.wait(WAIT_POLL_S):
+            if stop.requested and worker.ident is not None:
+                signal.pthread_kill(worker.ident, INTERRUPT_SIGNAL)
+                done.wait(INTERRUPT_EVERY_S)
+        worker.join()

@@ -10,12 +10,14 @@ import errno
 import fcntl
 import os
 import select
-import socket
 import stat
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bpf_sdt.errors import BpfSdtError
+
+if TYPE_CHECKING:
+    import socket  # imported only for a stdout that is one: a millisecond of every trace's start otherwise
 
 MAX_PENDING = 4 << 20           # bytes of output held for a slow stdout before events are dropped
 PUMP_S = 0.05                   # longest a write of queued output lasts between reads of the ring
@@ -57,6 +59,7 @@ class Writer:
         self._bytes = 0
         self._own_fd = -1
         self._sock: socket.socket | None = None
+        self._dont_wait = 0             # socket.MSG_DONTWAIT, set with _sock
         self._fd = -1
         self._piece: int | None = None  # most bytes per write (None: no limit)
         self._poll_first = False        # a blocking fd that takes PIPE_BUF once poll says writable
@@ -86,7 +89,9 @@ class Writer:
                 with contextlib.suppress(OSError):
                     fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         elif stat.S_ISSOCK(mode):
-            self._sock = socket.socket(fileno=os.dup(fd))
+            import socket
+
+            self._sock, self._dont_wait = socket.socket(fileno=os.dup(fd)), socket.MSG_DONTWAIT
 
     @property
     def fd(self) -> int:
@@ -148,7 +153,7 @@ class Writer:
 
     def _write(self, piece: memoryview) -> int:
         if self._sock is not None:
-            return self._sock.send(piece, socket.MSG_DONTWAIT)
+            return self._sock.send(piece, self._dont_wait)
         return os.write(self._fd, piece)
 
     def close(self, deadline: float) -> None:
