@@ -27,7 +27,7 @@ import struct
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
-from operator import eq, le, lt
+from operator import eq, le, lt, or_, sub
 from typing import NamedTuple, overload
 
 from bpf_sdt.elf import (
@@ -144,7 +144,7 @@ class NoteEntries(Sequence[NoteEntry]):
     columns; other callers index or iterate as a list of entries."""
 
     __slots__ = ("entry_offsets", "offsets", "section_ids", "probe_ids", "body_ids", "symbol_indices",
-                 "name_offsets", "sections", "probes", "bodies", "_symbols")
+                 "name_offsets", "sections", "probes", "bodies", "_symbols", "names")
 
     def __init__(self, symbols: SymbolTable | None = None) -> None:
         self.entry_offsets: Sequence[int] = array("Q")   # byte offset of each entry in the notes
@@ -158,6 +158,7 @@ class NoteEntries(Sequence[NoteEntry]):
         self.probes: list[str] = []                      # probe names
         self.bodies: list[EntryBody] = []                # distinct argument bytes, decoded
         self._symbols = symbols
+        self.names: list[str] | None = None              # every entry symbol, when the decoder kept them
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -206,6 +207,8 @@ class NoteEntries(Sequence[NoteEntry]):
         """The entry symbols of entries ``start:stop``, in one call."""
         if self._symbols is None:
             return []
+        if self.names is not None:
+            return self.names[start:stop]
         return self._symbols.names(self.symbol_indices[start:stop], self.name_offsets[start:stop])
 
     def section_runs(self, most: int | None = None) -> Iterator[tuple[Section, int, int]]:
@@ -415,7 +418,7 @@ class _Boundary:
     columns: offsets, symbol indices and name offsets in arrays (8 bytes each,
     not an int object), probe names as indices into one list of names."""
 
-    __slots__ = ("starts", "indices", "name_offsets", "probe_ids", "probes", "_symbols")
+    __slots__ = ("starts", "indices", "name_offsets", "probe_ids", "probes", "names", "_symbols")
 
     def __init__(self, symbols: SymbolTable) -> None:
         self.starts: array[int] = array("Q")        # symbol values (u64)
@@ -423,6 +426,7 @@ class _Boundary:
         self.name_offsets: array[int] = array("q")  # their names' offsets in the string table
         self.probe_ids: array[int] = array("I")     # -> probes
         self.probes: list[str] = []                 # probe names, each once
+        self.names: list[str] | None = None         # the symbols' names, if kept
         self._symbols = symbols
 
     def symbol(self, i: int) -> str:
@@ -440,19 +444,23 @@ class _Boundary:
 _DECODED: dict[tuple[str, bytes], NotesDecoding] = {}
 
 
-def decode_notes(obj: BpfObject) -> NotesDecoding:
-    """Every entry of the object's notes that decodes, and what did not."""
+def decode_notes(obj: BpfObject, keep_names: bool = False) -> NotesDecoding:
+    """Every entry of the object's notes that decodes, and what did not.
+    ``keep_names``: the entries keep their symbols' names, read once to find
+    their probes (NoteEntries.names), for a caller that needs every one
+    (link): else they are read again from the string table when asked for,
+    and no list of a million names is held (check, list)."""
     if not isinstance(obj.data, bytes):
-        return _decode_notes(obj)
+        return _decode_notes(obj, keep_names)
     key = (obj.path, obj.data)
     out = _DECODED.get(key)
     if out is None:
         _DECODED.clear()
-        out = _DECODED[key] = _decode_notes(obj)
+        out = _DECODED[key] = _decode_notes(obj, keep_names)
     return out
 
 
-def _decode_notes(obj: BpfObject) -> NotesDecoding:
+def _decode_notes(obj: BpfObject, keep_names: bool = False) -> NotesDecoding:
     out = NotesDecoding()
     candidates = obj.sections_named(NOTES_SECTION)
     if not candidates:
@@ -469,7 +477,7 @@ def _decode_notes(obj: BpfObject) -> NotesDecoding:
                     f"{len(data)} in the file (section type {notes.type})")
         return out
     symbols = obj.symbol_table
-    bounds = _entry_symbols(obj, notes, symbols, out)
+    bounds = _entry_symbols(obj, notes, symbols, out, keep_names)
     out.entry_probes.update(bounds.probes)
     valid = _valid_entries(bounds, notes.size, out)
     rel_sec = _relocation_section(obj, notes, out)
@@ -484,7 +492,8 @@ def _decode_notes(obj: BpfObject) -> NotesDecoding:
     return out
 
 
-def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: NotesDecoding) -> _Boundary:
+def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: NotesDecoding,
+                   keep_names: bool) -> _Boundary:
     """Entry symbols of the notes section, sorted by value (then index)."""
     indices, values, name_offs = symbols.in_section(notes.index, _ENTRY_PREFIX)
     if len(values) > MAX_ENTRIES:
@@ -498,7 +507,8 @@ def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: No
         bounds.starts = array("Q", map(values.__getitem__, ordered))
         bounds.indices = array("q", map(indices.__getitem__, ordered))
         bounds.name_offsets = array("q", map(name_offs.__getitem__, ordered))
-    bounds.probe_ids, bounds.probes = _probe_names(symbols, bounds.indices, bounds.name_offsets)
+    bounds.names = [] if keep_names else None
+    bounds.probe_ids, bounds.probes = _probe_names(symbols, bounds.indices, bounds.name_offsets, bounds.names)
     n = len(bounds.starts)
     if notes.size and not n:
         out.problem(ProblemKind.BOUNDARY, 0, "notes section has no ___sdt_jt_ entry symbols, so "
@@ -508,16 +518,21 @@ def _entry_symbols(obj: BpfObject, notes: Section, symbols: SymbolTable, out: No
     return bounds
 
 
-def _probe_names(symbols: SymbolTable, indices: array[int], name_offs: array[int]) -> tuple[array[int], list[str]]:
+def _probe_names(symbols: SymbolTable, indices: array[int], name_offs: array[int],
+                 kept: list[str] | None) -> tuple[array[int], list[str]]:
     """Per entry symbol the index of its probe name, and the names, each
     once.  Names are read a chunk at a time, so no list of every symbol's
-    name is held; a name offset outside the string table raises the symbol
-    table's error, as reading the names in one call does."""
+    name is held unless ``kept`` is given (the names are added to it); a name
+    offset outside the string table raises the symbol table's error, as
+    reading the names in one call does."""
     ids = array("I")
     seen: dict[str, int] = {}
     for start in range(0, len(indices), _NAME_CHUNK):
         stop = start + _NAME_CHUNK
-        names = entry_symbols_probe_names(symbols.names(indices[start:stop], name_offs[start:stop]))
+        symbol_names = symbols.names(indices[start:stop], name_offs[start:stop])
+        if kept is not None:
+            kept.extend(symbol_names)
+        names = entry_symbols_probe_names(symbol_names)
         ids.extend([seen.setdefault(probe, len(seen)) for probe in names])
     return ids, list(seen)
 
@@ -525,9 +540,11 @@ def _probe_names(symbols: SymbolTable, indices: array[int], name_offs: array[int
 def _valid_entries(bounds: _Boundary, size: int, out: NotesDecoding) -> Sequence[int]:
     """Indices (into ``bounds``) of the entries whose extent is well-formed:
     a range when all are (no array of a million indices)."""
-    invalid = []
     starts = bounds.starts
     n = len(starts)
+    if _all_extents_valid(starts, size):
+        return range(n)
+    invalid = []
     for i in range(n):
         start = starts[i]
         end = starts[i + 1] if i + 1 < n else size
@@ -547,6 +564,24 @@ def _valid_entries(bounds: _Boundary, size: int, out: NotesDecoding) -> Sequence
         return range(n)
     gone = set(invalid)
     return array("q", [i for i in range(n) if i not in gone])
+
+
+def _all_extents_valid(starts: array[int], size: int) -> bool:
+    """Whether _valid_entries' loop would find no fault, from the extents'
+    sizes by map (in C): each positive (no two symbols at one offset, the
+    last before the end), 8-aligned (no low bit set in any: their OR) from an
+    8-aligned first start (so every start is) and at most MAX_ENTRY_SIZE; the last runs to the section's end,
+    so none runs past it."""
+    if not starts:
+        return True
+    extents = list(map(sub, itertools.islice(starts, 1, None), starts))
+    extents.append(size - starts[-1])
+    return (starts[0] % INSN_SIZE == 0 and min(extents) > 0 and max(extents) <= MAX_ENTRY_SIZE
+            and not functools.reduce(or_, extents) & _INSN_MISALIGNMENT)
+
+
+# An offset's bits below INSN_SIZE (a power of two): any set, it is not 8-aligned.
+_INSN_MISALIGNMENT = INSN_SIZE - 1
 
 
 def _relocation_section(obj: BpfObject, notes: Section, out: NotesDecoding) -> Section | None:
@@ -767,7 +802,10 @@ def _keep_bounds(entries: NoteEntries, bounds: _Boundary, kept: array[int] | Non
     if kept is None:
         entries.entry_offsets, entries.probe_ids = bounds.starts, bounds.probe_ids
         entries.symbol_indices, entries.name_offsets = bounds.indices, bounds.name_offsets
+        entries.names = bounds.names
         return
+    if bounds.names is not None:
+        entries.names = list(map(bounds.names.__getitem__, kept))
     for name, column in (("entry_offsets", bounds.starts), ("probe_ids", bounds.probe_ids),
                          ("symbol_indices", bounds.indices), ("name_offsets", bounds.name_offsets)):
         setattr(entries, name, array(column.typecode, map(column.__getitem__, kept)))
