@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from bpf_sdt.btf import Btf, BtfKind
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
+    SHN_LORESERVE,
     SHT_NOBITS,
     ST_BIND_SHIFT,
     ST_TYPE_MASK,
@@ -341,6 +342,8 @@ def check_symbols(obj: BpfObject, report: ObjectReport) -> None:
     the loader allocates).  A linker that loses a section's size leaves the
     object unloadable ("Invalid size for section .bss")."""
     symbols = RawSymbols(obj)
+    if _symbols_inside_sections(obj, symbols):
+        return          # the usual answer, from the table's columns in C: no Python step per symbol
     sections = obj.sections
     for i, (name_off, _info, _other, shndx, value, size) in enumerate(symbols.records()):
         if is_reserved_index(shndx):
@@ -355,6 +358,26 @@ def check_symbols(obj: BpfObject, report: ObjectReport) -> None:
             report.add(f"{sec.name}+{value:#x}", "error", f"symbol {symbols.name(i, name_off) or i} "
                        f"({size} bytes at {value:#x}) lies outside {sec.name} ({sec.size} bytes{kind})",
                        RULE_SYMBOL_OUTSIDE_SECTION)
+
+
+# What _symbols_inside_sections allows a symbol of a reserved index (SHN_UNDEF,
+# SHN_LORESERVE..): more than any end (value + size < 2**65), so none is out.
+_NO_SECTION_LIMIT = 1 << 65
+# A section index past the last section: every symbol there is out.
+_NO_SECTION = -1
+_SHN_COUNT = 1 << 16        # st_shndx is 16 bits
+
+
+def _symbols_inside_sections(obj: BpfObject, symbols: RawSymbols) -> bool:
+    """Whether check_symbols finds nothing: every symbol's end (value +
+    size, so its value too) within the size of the section it names, read
+    as a map over the columns with each index's limit in a list."""
+    sections = obj.sections
+    limits = [_NO_SECTION_LIMIT, *(sec.size for sec in sections[1:SHN_LORESERVE])]
+    limits += [_NO_SECTION] * (SHN_LORESERVE - len(limits)) + [_NO_SECTION_LIMIT] * (_SHN_COUNT - SHN_LORESERVE)
+    _heads, values, sizes = symbols.columns()
+    ends = map(operator.add, values, sizes)
+    return not any(map(operator.gt, ends, map(limits.__getitem__, symbols.section_indices())))
 
 
 # --- cross checks ------------------------------------------------------------
