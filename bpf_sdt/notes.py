@@ -25,9 +25,9 @@ import functools
 import itertools
 import struct
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import Enum
-from operator import eq, le, lt, or_, sub
+from operator import add, eq, le, lt, or_, rshift, sub
 from typing import NamedTuple, overload
 
 from bpf_sdt.elf import (
@@ -708,6 +708,14 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, relocati
     # Every valid entry is 8-aligned and lies inside the section, so its
     # address word is one of these (a ragged tail holds none).
     words = u64_words(data[:len(data) - len(data) % ADDRESS_WORD_SIZE])
+    file = obj.data
+    notes_at = out.notes.offset if out.notes is not None else 0
+    # Relocation i on entry i's word, every entry valid, the bytes hashable (bodies are dict keys):
+    if first is valid and isinstance(valid, range) and not repeats and isinstance(file, bytes):
+        at_once = _AtOnce(file, notes_at, len(data), starts, words, rel_addends if rela else None)
+        if at_once.decode(rel_infos, relocated, targets, entries, out):
+            _keep_bounds(entries, bounds, None)
+            return
     # The columns, an item per valid entry, allocated once at their size (grown
     # by appends, a million items leave freed copies behind in the heap); and
     # the positions (in valid) of the entries that do not decode.
@@ -717,8 +725,6 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, relocati
     # The loop runs once per site (up to MAX_ENTRIES): it reads the file's bytes in
     # place (no slice objects), finds a relocation's symbol in the cache first and
     # sets three array items per entry.
-    file = obj.data
-    notes_at = out.notes.offset if out.notes is not None else 0
     for pos, (i, k) in enumerate(zip(valid, first, strict=True)):
         start = starts[i]
         if k < 0:
@@ -765,6 +771,91 @@ def _decode_entries(obj: BpfObject, data: memoryview, rel_sec: Section, relocati
         body_ids[pos] = body_id
     entries.offsets, entries.section_ids, entries.body_ids = _without(dropped, offsets, section_ids, body_ids)
     _keep_bounds(entries, bounds, _decoded_positions(valid, dropped, len(starts)))
+
+
+class _AtOnce:
+    """_decode_entries' loop for what compilers and linkers write, a column
+    at a time by map (in C), when it can only find nothing wrong: relocation
+    i on entry i's address word, one r_info for all (one code section), each
+    word naming a NOP of it, each distinct body decoding.  Anything else
+    (``decode`` answers False, having changed nothing but the caches) is the
+    loop's, for its findings in order.  Read a chunk of entries at a time:
+    no list of a million targets or bodies."""
+
+    def __init__(self, file: bytes, notes_at: int, size: int, starts: Sequence[int], words: Sequence[int],
+                 addends: Sequence[int] | None) -> None:
+        self.file, self.notes_at, self.size = file, notes_at, size
+        self.starts, self.words, self.addends = starts, words, addends     # addends: RELA's, else None
+
+    def decode(self, rel_infos: Sequence[int], relocated: dict[int, tuple[bool, _Target | _Unusable]],
+               targets: _Targets, entries: NoteEntries, out: NotesDecoding) -> bool:
+        count = len(self.starts)
+        if not count or len(set(rel_infos)) != 1:
+            return False
+        rel_info = rel_infos[0]
+        hit = relocated.get(rel_info)
+        if hit is None:
+            hit = relocated[rel_info] = targets.relocation(rel_info)
+        legacy, found = hit
+        if not isinstance(found, _Target) or (self.addends is not None and max(self.addends) >> 63):
+            return False        # (a negative RELA addend: signed64 is not the identity)
+        offsets, body_ids = array("Q", [0]) * count, array("I", [0]) * count
+        bodies: list[EntryBody] = []
+        body_index: dict[bytes, int] = {}
+        for lo in range(0, count, _AT_ONCE_CHUNK):
+            hi = min(lo + _AT_ONCE_CHUNK, count)
+            nops = self._nops(found, lo, hi)
+            chunk_bodies = self._bodies(lo, hi)
+            if nops is None or not _decode_new_bodies(chunk_bodies, bodies, body_index):
+                return False
+            offsets[lo:hi] = array("Q", nops)
+            body_ids[lo:hi] = array("I", map(body_index.__getitem__, chunk_bodies))
+        entries.bodies.extend(bodies)
+        entries.offsets, entries.body_ids = offsets, body_ids
+        entries.section_ids = array("I", [found.section_id]) * count
+        if legacy:
+            out.legacy_relocations += count
+        return True
+
+    def _nops(self, found: _Target, lo: int, hi: int) -> list[int] | None:
+        """The NOP offsets entries lo:hi's words name, None unless each is 8-aligned,
+        in the section's bytes and a NOP."""
+        if self.addends is not None:
+            addends: Iterable[int] = self.addends[lo:hi]
+        else:
+            addends = map(self.words.__getitem__, map(rshift, self.starts[lo:hi], itertools.repeat(_WORD_SHIFT)))
+        nops = list(map(add, addends, itertools.repeat(found.base)))
+        if min(nops) < 0 or max(nops) > found.last_nop or functools.reduce(or_, nops) & _INSN_MISALIGNMENT:
+            return None
+        at = found.section.offset
+        named = map(self.file.startswith, itertools.repeat(NOP_INSN), map(add, nops, itertools.repeat(at)))
+        return nops if all(named) else None
+
+    def _bodies(self, lo: int, hi: int) -> list[bytes]:
+        """Entries lo:hi's argument bytes: from after the address word to the next entry."""
+        first, ends = self.notes_at + ADDRESS_WORD_SIZE, list(self.starts[lo + 1: hi + 1])
+        if hi == len(self.starts):
+            ends.append(self.size)       # the last entry runs to the section's end
+        return list(map(self.file.__getitem__, map(slice, map(add, self.starts[lo:hi], itertools.repeat(first)),
+                                                   map(add, ends, itertools.repeat(self.notes_at)))))
+
+
+# _AtOnce reads this many entries at a time; an entry's address word is word
+# start >> _WORD_SHIFT of the notes.
+_AT_ONCE_CHUNK = 1 << 16
+_WORD_SHIFT = ADDRESS_WORD_SIZE.bit_length() - 1
+
+
+def _decode_new_bodies(chunk: list[bytes], bodies: list[EntryBody], index: dict[bytes, int]) -> bool:
+    """The bodies of ``chunk`` not in ``index`` decoded, in first-use order,
+    into ``bodies``: False if one does not decode."""
+    for body in dict.fromkeys(chunk):
+        if body not in index:
+            body_id, errors = _new_body(bodies, body)
+            if errors:
+                return False
+            index[body] = body_id
+    return True
 
 
 def _without(dropped: list[int], *columns: array[int]) -> tuple[array[int], ...]:

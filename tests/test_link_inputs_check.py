@@ -1,7 +1,8 @@
 """The shortcuts of an input's check that `bpf-sdt link` leans on (issue 22,
 docs/linking.md "Cost"): the entry symbols' names kept by the decoder for
 link instead of read twice, the entries' extents and the symbols' bounds
-answered from columns when nothing is wrong.  Each must give what the
+answered from columns when nothing is wrong, and the entries decoded a
+column at a time (_AtOnce).  Each must give what the
 per-item code it skips gives: compared on real and on synthetic objects,
 faults included."""
 
@@ -19,8 +20,10 @@ from test_link import A, B, build
 
 from bpf_sdt import notes as notes_module
 from bpf_sdt.elf import STB_GLOBAL, STT_OBJECT, BpfObject, SymRec, load_object
+from bpf_sdt.format import NOTES_SECTION
+from bpf_sdt.insn import INSN_SIZE
 from bpf_sdt.model import ArgLocation
-from bpf_sdt.notes import MAX_ENTRY_SIZE, NotesDecoding, _Boundary, decode_notes
+from bpf_sdt.notes import ADDRESS_WORD_SIZE, MAX_ENTRY_SIZE, NotesDecoding, _Boundary, decode_notes
 
 ARGS2 = (ArgLocation("reg", reg=1), ArgLocation("imm", value=7))
 PROTO = {"p": ("int", "long")}
@@ -113,3 +116,56 @@ def test_symbols_inside_sections_agrees_with_check(shndx: int, value: int, size:
     obj = _object_with(shndx, value, size)
     assert _symbols_inside_sections(obj, obj.symbol_table) == inside
     assert ("SDT118" in {f.rule for f in analyze(obj).findings}) == (not inside)
+
+
+def _decoded_both_ways(data: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[NotesDecoding, NotesDecoding]:
+    """The decoding with _AtOnce, and with the per-entry loop alone."""
+    obj = BpfObject("gen.o", data)
+    at_once = notes_module._decode_notes(obj)
+    with monkeypatch.context() as patched:
+        patched.setattr(notes_module._AtOnce, "decode", lambda *args: False)
+        by_loop = notes_module._decode_notes(obj)
+    return at_once, by_loop
+
+
+def _same_decoding(a: NotesDecoding, b: NotesDecoding) -> None:
+    assert a.entries == b.entries and len(a.entries) == len(b.entries)
+    assert a.entries.bodies == b.entries.bodies and a.entries.sections == b.entries.sections
+    assert list(a.entries.body_ids) == list(b.entries.body_ids)
+    assert a.problems == b.problems and a.legacy_relocations == b.legacy_relocations
+
+
+# More entries than _AtOnce reads at a time: its second chunk is read too.
+MANY = notes_module._AT_ONCE_CHUNK + 100
+
+
+def _many_sites(n: int) -> bytes:
+    """n sites of one probe, their second argument one of 50 immediates (50 bodies)."""
+    entries = [SyntheticEntry("p", 8 * i, (ArgLocation("reg", reg=1), ArgLocation("imm", value=i % 50)))
+               for i in range(n)]
+    return synthetic_object(entries, PROTO)
+
+
+def test_at_once_decodes_as_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    at_once, by_loop = _decoded_both_ways(_many_sites(MANY), monkeypatch)
+    assert not at_once.problems and len(at_once.entries) == MANY and len(at_once.entries.bodies) == 50
+    _same_decoding(at_once, by_loop)
+
+
+@pytest.mark.parametrize("fault", ["not_a_nop", "bad_argument", "misaligned_word"])
+def test_at_once_leaves_a_fault_in_its_second_chunk_to_the_loop(monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    data = bytearray(_many_sites(MANY))
+    obj = BpfObject("gen.o", bytes(data))
+    text, notes = obj.section(".text"), obj.section(NOTES_SECTION)
+    assert text is not None and notes is not None
+    site = MANY - 10                                   # in the second chunk
+    entry = notes.offset + site * len(notes_module.encode_entry(0, ARGS2))
+    if fault == "not_a_nop":
+        data[text.offset + 8 * site] = 0xB7
+    elif fault == "bad_argument":
+        data[entry + ADDRESS_WORD_SIZE + INSN_SIZE: entry + ADDRESS_WORD_SIZE + 2 * INSN_SIZE] = b"\xff" * INSN_SIZE
+    else:
+        data[entry] += 4
+    at_once, by_loop = _decoded_both_ways(bytes(data), monkeypatch)
+    assert len(at_once.problems) == 1 and len(at_once.entries) == MANY - 1
+    _same_decoding(at_once, by_loop)
