@@ -483,12 +483,17 @@ class SymbolTable:
         """Each symbol's st_shndx, index order, by map over the heads column (in C)."""
         return map(operator.rshift, self.columns()[0], itertools.repeat(_SYM_SHNDX_SHIFT))
 
+    def indices_of_type(self, stt: int) -> list[int]:
+        """The indices of the symbols of type ``stt``, in order: a scan of the
+        st_info byte column in C."""
+        infos = self.raw[_ST_INFO_BYTE::SYM.size]          # one byte a record: no byte order
+        return list(itertools.compress(itertools.count(), map(stt.__eq__, map(ST_TYPE_MASK.__and__, infos))))
+
     def of_type(self, stt: int) -> list[tuple[str, int, int]]:
         """(name, shndx, value) of every symbol of type ``stt``, index order:
         a column scan, no tuple per symbol of the million entry symbols."""
         heads, values, _ = self.columns()
-        infos = self.raw[_ST_INFO_BYTE::SYM.size]          # one byte a record: no byte order
-        indices = list(itertools.compress(itertools.count(), map(stt.__eq__, map(ST_TYPE_MASK.__and__, infos))))
+        indices = self.indices_of_type(stt)
         names = self.names(indices, [heads[i] & _U32_MASK for i in indices])
         return [(name, heads[i] >> _SYM_SHNDX_SHIFT, values[i]) for name, i in zip(names, indices, strict=True)]
 

@@ -533,7 +533,9 @@ def _probe_names(symbols: SymbolTable, indices: array[int], name_offs: array[int
         if kept is not None:
             kept.extend(symbol_names)
         names = entry_symbols_probe_names(symbol_names)
-        ids.extend([seen.setdefault(probe, len(seen)) for probe in names])
+        for probe in dict.fromkeys(names):      # the chunk's few probes, in first-use order
+            seen.setdefault(probe, len(seen))
+        ids.extend(map(seen.__getitem__, names))
     return ids, list(seen)
 
 

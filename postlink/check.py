@@ -460,8 +460,9 @@ class _CallGraph:
         self.starts: dict[int, list[int]] = {}          # section index -> sorted function starts
         self.names: dict[tuple[int, int], str] = {}     # (section, start) -> name
         self.globals: set[tuple[int, int]] = set()
-        for i, (name_off, info, _other, shndx, value, _size) in enumerate(self.symbols.records()):
-            if info & ST_TYPE_MASK == STT_FUNC and not is_reserved_index(shndx):
+        for i in self.symbols.indices_of_type(STT_FUNC):     # a few of a million symbols: the rest not read
+            name_off, info, _other, shndx, value, _size = self.symbols.record(i)
+            if not is_reserved_index(shndx):
                 self.starts.setdefault(shndx, []).append(value)
                 self.names[(shndx, value)] = self.symbols.name(i, name_off)
                 if info >> ST_BIND_SHIFT != STB_LOCAL:
