@@ -844,7 +844,7 @@ class _AtOnce:
 
 # _AtOnce reads this many entries at a time; an entry's address word is word
 # start >> _WORD_SHIFT of the notes.
-_AT_ONCE_CHUNK = 1 << 16
+_AT_ONCE_CHUNK = 1 << 12
 _WORD_SHIFT = ADDRESS_WORD_SIZE.bit_length() - 1
 
 

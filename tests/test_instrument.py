@@ -634,9 +634,9 @@ def test_instrument_reads_each_object_once(tmp_path: Path, vmlinux_h: Path,
     checks: Counter[str] = Counter()
     decode, analyze = notes._decode_notes, check.analyze
 
-    def counted_decode(obj: BpfObject) -> notes.NotesDecoding:
+    def counted_decode(obj: BpfObject, keep_names: bool = False) -> notes.NotesDecoding:
         decodes[obj.path] += 1
-        return decode(obj)
+        return decode(obj, keep_names)
 
     def counted_analyze(obj: BpfObject) -> check.ObjectReport:
         checks[obj.path] += 1

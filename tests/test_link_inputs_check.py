@@ -135,7 +135,7 @@ def _same_decoding(a: NotesDecoding, b: NotesDecoding) -> None:
     assert a.problems == b.problems and a.legacy_relocations == b.legacy_relocations
 
 
-# More entries than _AtOnce reads at a time: its second chunk is read too.
+# More entries than _AtOnce reads at a time: its later chunks are read too.
 MANY = notes_module._AT_ONCE_CHUNK + 100
 
 
