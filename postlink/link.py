@@ -211,8 +211,10 @@ def _link_input(i: int, report: ObjectReport, names: dict[str, str]) -> LinkInpu
         notes=section_view(obj, notes).tobytes() if notes is not None and entries else b"",
         calls=[InputCall(i, observer, obj.sections[shndx].name, offset) for observer, shndx, offset in call_words(obj)],
         # Where nothing says a site was inlined, every chain is () (inlined.has_inline_information):
-        # no per-site pass over the table for them.
-        inline=report.table.notes_order_chains() if has_inline_information(obj) else [()] * len(entries))
+        # no per-site pass over the table for them.  An input without sites (the recorder, an
+        # observer object) has no chain to read: its DWARF is not even loaded (pyelftools, ~30 ms).
+        inline=report.table.notes_order_chains() if entries and has_inline_information(obj)
+        else [()] * len(entries))
 
 
 def _shapes(report: ObjectReport) -> set[tuple[str, int]]:
