@@ -454,10 +454,17 @@ def decode_notes(obj: BpfObject, keep_names: bool = False) -> NotesDecoding:
         return _decode_notes(obj, keep_names)
     key = (obj.path, obj.data)
     out = _DECODED.get(key)
-    if out is None:
+    if out is None or (keep_names and out.entries.names is None):
         _DECODED.clear()
         out = _DECODED[key] = _decode_notes(obj, keep_names)
     return out
+
+
+def forget(obj: BpfObject) -> None:
+    """Drops the kept decoding of ``obj``, if it is the one kept: for a
+    caller done with an object before it reads the next (link's inputs)."""
+    if isinstance(obj.data, bytes):
+        _DECODED.pop((obj.path, obj.data), None)
 
 
 def _decode_notes(obj: BpfObject, keep_names: bool = False) -> NotesDecoding:

@@ -54,11 +54,11 @@ from bpf_sdt.fsutil import resolve_output
 from bpf_sdt.inlined import INLINE_SECTION, has_inline_information, set_section
 from bpf_sdt.insn import INSN_SIZE
 from bpf_sdt.model import Declaration, escape_text
-from bpf_sdt.notes import ADDRESS_WORD_SIZE, decode_notes, encode_entry
+from bpf_sdt.notes import ADDRESS_WORD_SIZE, decode_notes, encode_entry, forget
 from bpf_sdt.rewrite import append_address_entries, append_call_words
 from bpf_sdt.toolchain import find_bpftool
 
-from .check import ObjectReport, analyze, call_words, write_checked, write_output
+from .check import ObjectReport, analyze, call_words, write_output
 from .linkproof import LinkInput, MovedNotes, verify_linked
 
 UNDECODABLE = "\ufffd"          # what the ELF reader puts for bytes that are not UTF-8
@@ -122,9 +122,7 @@ def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> Object
             prepared.add(report)
             _release(report)
         linked = _link(prepared, str(output), bpftool)
-    if isinstance(linked, Linked):
-        if linked.report is None:
-            return write_checked(output, linked.obj.data, "the linked object")
+    if isinstance(linked, Linked):       # linked directly, or no sites: checked by _link
         write_output(output, linked.obj.data)
         return linked.report
     del prepared
@@ -140,7 +138,10 @@ def _release(report: ObjectReport) -> None:
     symbol table, site table, ...) refer back to it, so its check would live
     on in cycles until the collector ran, over everything alive (a quarter
     of a second at 1M sites).  Dropped here, reference counting frees the
-    check (a million entries) before the next input is read."""
+    check (a million entries) before the next input is read.  The notes
+    decoder's kept decoding goes first: it refers to the object too, and
+    would hand the emptied object to a later decode of the same bytes."""
+    forget(report.obj)
     vars(report.obj).clear()
 
 
