@@ -483,7 +483,7 @@ def test_a_cached_site_table_that_does_not_decode_is_a_miss(progs: Path, kernel:
     "Start-up"): one that does not decode then (a class no site table has)
     is still a miss: the copy loaded meanwhile is dropped unrun, instrument
     runs again (clang with it, the recorder cache being gone) and the events
-    are the same, exit 0."""
+    are the same, exit 0; the damaged entry is removed, and stored again sound."""
     (tmp_path / "p.bin").write_bytes(PACKET)
     log = tmp_path / "clang.log"
     wrapper = tmp_path / "clang-wrapper"
@@ -507,6 +507,13 @@ def test_a_cached_site_table_that_does_not_decode_is_a_miss(progs: Path, kernel:
     compiled = log.read_text()
     assert events() == first
     assert log.read_text() != compiled, "the damaged entry was taken: instrument did not run"
+    # The damaged entry is gone (else every later trace would load it and instrument again)...
+    assert not any("NoSuchSite" in p.read_text() for p in (cache / "instrumented").glob("*/sites.json"))
+    # ...and the next trace stores a sound one, which the one after takes.
+    assert events() == first
+    [entry] = [p for p in (cache / "instrumented").iterdir() if not p.name.startswith(".")]
+    assert "NoSuchSite" not in (entry / "sites.json").read_text()
+    assert events() == first
 
 
 @pytest.mark.kernel

@@ -38,17 +38,16 @@ import os
 import shutil
 import tempfile
 import time
+
+# hashlib's own BLAKE2 (hashlib.blake2b is this function; hashlib never takes it from
+# OpenSSL), imported without hashlib loading OpenSSL: 2 ms of a cached trace's start.
+from _blake2 import blake2b
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import bpf_sdt
 from bpf_sdt import usercache
 from bpf_sdt.toolchain import find_clang
-
-try:    # hashlib's own BLAKE2, without hashlib loading OpenSSL: 2 ms of a cached trace's start
-    from _blake2 import blake2b
-except ImportError:     # pragma: no cover - an interpreter without the module: hashlib's is the same function
-    from hashlib import blake2b
 
 if TYPE_CHECKING:
     from .sites import Site
@@ -162,9 +161,12 @@ class Entry:
         """The sites and their table; None when the table is not one this cache wrote."""
         try:
             found = Instrumented(self.shown, [_site(s) for s in self._sites])  # type: ignore[attr-defined]
-            os.utime(self.path)                     # recently used: kept by _prune
-        except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError):
+        except (ValueError, TypeError, KeyError, AttributeError, ImportError):
+            # Removed, so that the next trace stores a sound one (store cannot rename onto it).
+            shutil.rmtree(self.path, ignore_errors=True)
             return None
+        with contextlib.suppress(OSError):          # pruned meanwhile by another trace: still a hit
+            os.utime(self.path)                     # recently used: kept by _prune
         return found
 
 
