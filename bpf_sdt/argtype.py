@@ -112,12 +112,9 @@ class ArgType(NamedTuple):
         """The inverse of :meth:`to_json`; bad data is an InputError."""
         try:
             enumerators = tuple((str(e["name"]), int(e["value"])) for e in data.get("enumerators", ()))
-            kind = data["kind"]
-            if kind not in TYPE_KINDS:
-                raise ValueError(f"unknown kind {kind!r}")
             t = cls(str(data["spelling"]), str(data["canonical"]), int(data["size"]),
-                    bool(data["signed"]), cast(TypeKind, kind), enumerators)
-            t.check_fields()
+                    bool(data["signed"]), cast(TypeKind, data["kind"]), enumerators)
+            t.check_fields()                # the kind among them
             return t
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"argument type: malformed JSON ({e})") from None

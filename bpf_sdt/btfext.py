@@ -32,7 +32,6 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-import sys
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
@@ -154,18 +153,6 @@ _STRING_FIELDS = {FUNC_INFO: (), LINE_INFO: (1, 2), CORE_RELO: (2,)}
 
 
 LineRow = tuple[int, int, int, int]     # (insn_off, file_name_off, line_off, line_col): LineInfo's fields
-_U32 = 4                                # bytes per field of a record
-
-
-def _u32_words(view: memoryview) -> Sequence[int]:
-    """``view`` (a multiple of 4 bytes) as little-endian u32s: on a
-    little-endian host the bytes themselves, no copy."""
-    if sys.byteorder == "little":
-        return view.cast("I")
-    words = array("I")
-    words.frombytes(view)
-    words.byteswap()
-    return words
 
 
 class LineRows(Sequence[LineRow]):
@@ -177,8 +164,10 @@ class LineRows(Sequence[LineRow]):
     __slots__ = ("insn_offs", "file_name_offs", "line_offs", "line_cols")
 
     def __init__(self, raw: memoryview, rec_size: int) -> None:
-        words = _u32_words(raw)
-        stride = rec_size // _U32       # rec_size is a multiple of 4 (checked at parse)
+        from bpf_sdt.elf import u32_words  # here, as section_view below: btfext's import stays light
+
+        words = u32_words(raw)
+        stride = rec_size // WORD       # rec_size is a multiple of 4 (checked at parse)
         self.insn_offs, self.file_name_offs, self.line_offs, self.line_cols = \
             (words[field::stride] for field in range(len(LineInfo._fields) - 1))   # not `extra`
 

@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from bpf_sdt.btf import Btf, parse_btf
 from bpf_sdt.errors import InputError
@@ -214,9 +214,19 @@ def u64_words(view: memoryview) -> memoryview:
     column of a table of records is one slice, ``words[field::stride]``,
     instead of a tuple per record (an object may have a million symbols).
     On a little-endian host it is the file's bytes themselves, no copy."""
+    return _little_endian_words(view, "Q")
+
+
+def u32_words(view: memoryview) -> memoryview:
+    """``view`` (a multiple of 4 bytes) as little-endian u32s, as
+    :func:`u64_words` reads u64s (.BTF.ext's records are u32 fields)."""
+    return _little_endian_words(view, "I")
+
+
+def _little_endian_words(view: memoryview, code: Literal["I", "Q"]) -> memoryview:
     if sys.byteorder == "little":
-        return view.cast("Q")
-    words = array("Q")
+        return view.cast(code)
+    words = array(code)
     words.frombytes(view)
     words.byteswap()
     return memoryview(words)
