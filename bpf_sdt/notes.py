@@ -454,7 +454,7 @@ def decode_notes(obj: BpfObject, keep_names: bool = False) -> NotesDecoding:
         return _decode_notes(obj, keep_names)
     key = (obj.path, obj.data)
     out = _DECODED.get(key)
-    if out is None or (keep_names and out.entries.names is None):
+    if out is None:     # a hit kept without names serves keep_names too: names read when asked, not a decode again
         _DECODED.clear()
         out = _DECODED[key] = _decode_notes(obj, keep_names)
     return out

@@ -171,15 +171,14 @@ def test_at_once_leaves_a_fault_in_its_second_chunk_to_the_loop(monkeypatch: pyt
     _same_decoding(at_once, by_loop)
 
 
-def test_a_decoding_kept_without_names_is_not_handed_to_one_that_asks_for_them(tmp_path: Path) -> None:
-    """decode_notes keeps its last decoding: one made without names (check,
-    instrument) is decoded again for a caller that asks for them (link), and
-    forget drops it, so that link's emptied inputs are not handed out again."""
+def test_forget_drops_the_kept_decoding(tmp_path: Path) -> None:
+    """decode_notes keeps its last decoding (one made without names serves a
+    caller that asks for them: reading the names again is cheaper than a
+    second decode, and instrument decodes each object once); forget drops
+    it, so that link's emptied inputs are not handed out again."""
     obj = load_object(build(tmp_path, "a", A))
     plain = decode_notes(obj)
-    assert plain.entries.names is None
-    kept = decode_notes(obj, keep_names=True)
-    assert kept.entries.names is not None and kept.entries == plain.entries
-    assert decode_notes(obj) is kept            # names kept serve a caller that does not ask too
+    assert decode_notes(obj, keep_names=True) is plain
     notes_module.forget(obj)
-    assert decode_notes(obj) is not kept
+    kept = decode_notes(obj, keep_names=True)
+    assert kept is not plain and kept.entries.names is not None and kept.entries == plain.entries
