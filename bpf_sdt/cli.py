@@ -19,17 +19,9 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from bpf_sdt import __version__
-from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError, UsageError
+from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError, UsageError, escape_text
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def escape_text(text: str) -> str:
-    """bpf_sdt.model's, the model imported only for a message: a cached
-    trace imports it beside its load, not before (docs/trace.md, "Start-up")."""
-    from bpf_sdt.model import escape_text as escape
-
-    return escape(text)
 
 
 class _Parser(argparse.ArgumentParser):

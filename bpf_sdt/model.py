@@ -10,6 +10,11 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+# Defined with the errors, whose messages it escapes: the trace and CLI paths
+# import that module first thing, and the model only later (docs/trace.md,
+# "Start-up").  Exported here too, for the stages that take it with the model.
+from bpf_sdt.errors import escape_text as escape_text
+
 if TYPE_CHECKING:   # only the type: importing argtype costs a warm `lint` BTF's parser
     from bpf_sdt.argtype import ArgType
     from bpf_sdt.inlined import CallSite
@@ -17,27 +22,6 @@ if TYPE_CHECKING:   # only the type: importing argtype costs a warm `lint` BTF's
 # A note informs (exit code 0 whatever the notes); gcc, SARIF and editors
 # know all three.
 Severity = Literal["error", "warning", "note"]
-
-# Characters that could end a line, move the cursor or start a terminal escape
-# sequence are not printable: shown as Python escapes (\n, \x1b, \u202e).
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def escape_text(text: str) -> str:
-    """``text`` with every non-printable character escaped, for text output.
-    Names in objects (probes, sections, symbols) and paths may hold newlines
-    and terminal escapes; printed raw they could forge output lines."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else _ESCAPES.get(c) or _escape_char(c) for c in text)
-
-
-def _escape_char(c: str) -> str:
-    code = ord(c)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
 
 ArgKind = Literal["reg", "imm", "stack"]
 

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import TextIO
 
 from bpf_sdt import kernel, records
-from bpf_sdt.errors import InputError
+from bpf_sdt.errors import InputError, escape_text
 from bpf_sdt.libbpf import LibbpfError, LoadedProgram, TcFilter, ifindex, tc_remove_clsact
-from bpf_sdt.model import escape_text
 
 TC_DIRECTIONS = ("ingress", "egress")
 

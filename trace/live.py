@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
 from bpf_sdt import kernel, records
-from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError, escape_text
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_RINGBUF_MAP
 from bpf_sdt.kernel import Hook, MapInfo, ProgInfo, Replaced
 from bpf_sdt.libbpf import LibbpfError, LoadedObject, LoadedProgram, ifindex, obj_get, relocated_program
-from bpf_sdt.model import escape_text
 
 from . import instcache
 from .leftovers import report_stale

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from bpf_sdt.argtype import ArgType
-from bpf_sdt.model import escape_text
+from bpf_sdt.errors import escape_text
 
 from .decode import EVENT_FIELDS, Convert, converted
 from .sites import Site

@@ -20,10 +20,9 @@ import sys
 from typing import TextIO
 
 from bpf_sdt import kernel, records
-from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, escape_text
 from bpf_sdt.kernel import Replaced
 from bpf_sdt.libbpf import LibbpfError, ifindex, tc_detach, tc_remove_clsact
-from bpf_sdt.model import escape_text
 
 TC_DIRECTIONS = ("ingress", "egress")
 

@@ -33,7 +33,7 @@ from errno import EINTR, EINVAL, EOPNOTSUPP
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
-from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError
+from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError, escape_text
 from bpf_sdt.libbpf import LibbpfError, Link, LoadedObject, LoadedProgram, TcFilter, printing_off, strerror
 from bpf_sdt.recorder_abi import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
 
@@ -504,15 +504,6 @@ def _counts_hits(opts: Options) -> bool:
     """Does the recorder count hits per site?  --pinned reads a recorder
     `instrument` built, which always does."""
     return opts.pinned or opts.count or opts.prometheus is not None
-
-
-def escape_text(text: str) -> str:
-    """bpf_sdt.model's escape_text, the model imported only when a message
-    needs it: a cached trace imports it beside the copy's load, with the site
-    table (_session_modules)."""
-    from bpf_sdt.model import escape_text as escape
-
-    return escape(text)
 
 
 # --- options ---------------------------------------------------------------------
