@@ -646,35 +646,41 @@ def test_a_program_id_beyond_32_bits_is_refused_not_truncated() -> None:
 def test_instrumented_objects_and_identities_are_cached_by_everything_they_depend_on(built: dict[str, Path], tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from bpf_sdt.trace import instcache
-    from bpf_sdt.trace.runner import Options, cache_job, instrumented_object
+    from bpf_sdt.trace.runner import Options, cache_job, instrumented_copy
     from bpf_sdt.trace.runtime import StopSignals
+
+    def fetch(job: instcache.Job, out: Path) -> instcache.Instrumented | None:
+        """The cache's entry copied to ``out`` and its site table decoded, as a hit's load does."""
+        entry = instcache.fetch_entry(job, out)
+        return None if entry is None else entry.decode()
 
     monkeypatch.setenv("BPF_SDT_CACHE", str(tmp_path / "cache"))
     obj = tmp_path / "live_xdp.bpf.o"
     obj.write_bytes(built["live_xdp"].read_bytes())
     opts = Options(obj, probes=("udp_seen",))
     job, out = cache_job(opts, ("live_xdp",)), tmp_path / "out.bpf.o"
-    assert instcache.fetch(job, out) is None
+    assert fetch(job, out) is None
     with StopSignals() as stop:
-        made = instrumented_object(opts, ("live_xdp",), out, stop)
-    assert made is not None and not made[1]                         # instrumented, in the child
+        copy = instrumented_copy(opts, ("live_xdp",), out, stop)
+        assert copy is not None and not copy.cached                 # instrumented, in the child
+        made = copy.result()                                        # its site table read, its entry stored
     made_bytes = out.read_bytes()
     out.unlink()
-    cached = instcache.fetch(job, out)
-    assert cached == made[0] and out.read_bytes() == made_bytes      # the object, its sites and site table
+    cached = fetch(job, out)
+    assert cached == made and out.read_bytes() == made_bytes      # the object, its sites and site table
     assert [s.probe for s in cached.sites] and cached.sites[0].types and cached.sites[0].line
-    assert instcache.fetch(cache_job(Options(obj, probes=("other",)), ("live_xdp",)), out) is None
-    assert instcache.fetch(cache_job(Options(obj, probes=("udp_seen",), filters=("arg0 > 1",)), ("live_xdp",)),
+    assert fetch(cache_job(Options(obj, probes=("other",)), ("live_xdp",)), out) is None
+    assert fetch(cache_job(Options(obj, probes=("udp_seen",), filters=("arg0 > 1",)), ("live_xdp",)),
                            out) is None
     where = instcache.cache_dir()
     assert where is not None and where.parent == tmp_path / "cache"
     entry = where / instcache.key(job)
     entry.chmod(0o770)                                              # others may write it: not read
-    assert instcache.fetch(job, out) is None
+    assert fetch(job, out) is None
     entry.chmod(0o700)
-    assert instcache.fetch(job, out) == made[0]
+    assert fetch(job, out) == made
     obj.write_bytes(built["live_xdp_other"].read_bytes())             # another object at the same path
-    assert instcache.fetch(job, out) is None
+    assert fetch(job, out) is None
     assert instcache.known_tag(obj, "live_xdp") is None
     instcache.remember_tag(obj, "live_xdp", ("live_xdp", "xdp", "0123456789abcdef"))
     assert instcache.known_tag(obj, "live_xdp") == ("live_xdp", "xdp", "0123456789abcdef")
@@ -692,10 +698,10 @@ def test_instrumented_objects_and_identities_are_cached_by_everything_they_depen
     assert instcache.known_tag(obj, "live_xdp") is None
     monkeypatch.setattr(instcache, "MAX_ENTRIES", 1)              # the least recently used go
     other = cache_job(Options(obj, probes=("other",)), ("live_xdp",))
-    instcache.store(other, out, made[0])
-    assert instcache.fetch(other, out) == made[0] and instcache.fetch(job, out) is None
+    instcache.store(other, out, made)
+    assert fetch(other, out) == made and fetch(job, out) is None
     monkeypatch.setenv("BPF_SDT_CACHE", "off")
-    assert instcache.fetch(job, out) is None
+    assert fetch(job, out) is None
 
 
 @pytest.mark.kernel

@@ -140,12 +140,6 @@ def key(job: Job) -> str:
     return digest.hexdigest()
 
 
-def fetch(job: Job, output: Path) -> Instrumented | None:
-    """Copies a cached instrumented object to ``output``; its sites, or None."""
-    entry = fetch_entry(job, output)
-    return None if entry is None else entry.decode()
-
-
 class Entry:
     """A cache hit whose object is at the output already and whose site table
     is decoded only by :meth:`decode`: trace loads the copy meanwhile, and the

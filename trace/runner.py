@@ -341,20 +341,6 @@ def cache_job(opts: Options, programs: tuple[str, ...]) -> Job:
     return Job(opts.obj, opts.probes, programs, opts.ringbuf_size, recorder)
 
 
-def instrumented_object(opts: Options, programs: tuple[str, ...], output: Path, stop: StopSignals,
-                        meanwhile: Callable[[], None] | None = None,
-                        worker: InstrumentWorker | None = None) -> tuple[Instrumented, bool] | None:
-    """OBJ instrumented with the recorder at ``output`` (only ``programs``'
-    sites, () all), and whether it came from the cache (instcache); None
-    when a stop signal came first.  :func:`instrumented_copy`, its site
-    table read and its cache entry written before it returns."""
-    copy = instrumented_copy(opts, programs, output, stop, meanwhile, worker)
-    if copy is None:
-        return None
-    copy.finish()
-    return copy.result(), copy.cached
-
-
 class InstrumentedCopy:
     """OBJ instrumented at its path, as instrument left it: the sites it
     instrumented (``shown``) and whether it came from the cache.  On a miss
