@@ -29,7 +29,7 @@ from toolchain import bpf_permitted, clang, compile_bpf, need, run, tool
 
 from bpf_sdt.cli import main as cli_main
 from bpf_sdt.format import RECORDER_COUNTS_MAP, RECORDER_RINGBUF_MAP
-from bpf_sdt.libbpf import LoadedObject
+from bpf_sdt.libbpf import LibbpfError, LoadedObject
 
 __all__ = ["bpffs"]             # a fixture, used by name
 
@@ -584,6 +584,34 @@ def test_signal_during_a_long_verification(kernel: None, traces: list[Trace], tm
     tracer.wait_for(loading, "the load to start")
     time.sleep(1.0)                     # well inside 30 programs of 0.15 s (this machine) to 1 s each
     _assert_stopped(tracer, signal.SIGHUP)
+
+
+@pytest.mark.kernel
+def test_a_failure_beside_the_load_abandons_the_verification(kernel: None, tmp_path: Path) -> None:
+    """What runs beside the load (a cached site table that does not decode)
+    fails: the load is interrupted, not waited for to the end of a long
+    verification and then closed unused.  Interrupted, libbpf fails the load
+    and the object is closed; a load run to the end would have left every
+    program loaded."""
+    from bpf_sdt.trace.runner import _load_interruptibly
+    from bpf_sdt.trace.runtime import StopSignals
+
+    from bpf_sdt.errors import InputError
+
+    bpf = LoadedObject.open(_compile(SLOW_TO_VERIFY, tmp_path / "slow.bpf.o"))
+
+    def meanwhile() -> None:
+        raise InputError("not a site table")
+
+    try:
+        with StopSignals() as stop, pytest.raises(InputError, match="not a site table"):
+            _load_interruptibly(bpf, stop, meanwhile, quiet=True)
+        assert not stop.requested
+        with pytest.raises(LibbpfError, match="closed"):
+            bpf.programs[-1].fd      # noqa: B018 - the load failed: libbpf's object is gone
+        assert not [t for t in threading.enumerate() if t.name == "bpf-sdt-load"]
+    finally:
+        bpf.close()
 
 
 @pytest.mark.kernel

@@ -928,25 +928,29 @@ def _load_interruptibly(bpf: LoadedObject, stop: StopSignals, meanwhile: Callabl
     INTERRUPT_SIGNAL every INTERRUPT_EVERY_S until libbpf gives up: a
     verification of minutes ends in milliseconds.  Process-directed signals
     are blocked in the worker, so they reach the main thread.  ``meanwhile``
-    runs in the main thread first, beside the verification; what it raises
-    is raised once the load has ended.  ``quiet``: without libbpf's log
-    (LoadedObject.load), for a load beside work that holds the GIL."""
+    runs in the main thread once the worker is calling into libbpf, beside
+    the verification; what it raises is raised once the load has ended, and
+    the load is interrupted as for a stop signal (the caller would only close
+    what it loaded).  ``quiet``: without libbpf's log (LoadedObject.load),
+    for a load beside work that holds the GIL."""
     failure: list[BaseException] = []
-    done = threading.Event()
+    calling, done = threading.Event(), threading.Event()
 
     def load() -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            calling.set()
             bpf.load(log=not quiet)
         except BaseException as e:      # noqa: BLE001 - handed to the main thread
             failure.append(e)
         finally:
+            calling.set()
             done.set()
 
     previous = signal.signal(INTERRUPT_SIGNAL, lambda _sig, _frame: None)
     try:
         with printing_off() if quiet else contextlib.nullcontext():
-            _load_in_thread(load, done, stop, meanwhile)
+            _load_in_thread(load, calling, done, stop, meanwhile)
     finally:
         signal.signal(INTERRUPT_SIGNAL, previous)
     if stop.requested:
@@ -956,18 +960,28 @@ def _load_interruptibly(bpf: LoadedObject, stop: StopSignals, meanwhile: Callabl
     return True
 
 
-def _load_in_thread(load: Callable[[], None], done: threading.Event, stop: StopSignals,
+def _load_in_thread(load: Callable[[], None], calling: threading.Event, done: threading.Event, stop: StopSignals,
                     meanwhile: Callable[[], None] | None) -> None:
     """_load_interruptibly's thread: started, ``meanwhile`` run here, then
-    waited for, interrupted while a stop signal is pending."""
+    waited for; interrupted while a stop signal is pending, or once
+    ``meanwhile`` has failed (its load is abandoned: not waited for to the
+    end of a verification that may take minutes)."""
     worker = threading.Thread(target=load, name="bpf-sdt-load", daemon=True)
     worker.start()
+    abandoned = False
     try:
         if meanwhile is not None:
+            # Not before the worker is calling libbpf (`calling`): ctypes lets
+            # the GIL go there, and work started here sooner would hold the
+            # load back by a switch interval (5 ms) or more.
+            calling.wait()
             meanwhile()
+    except BaseException:
+        abandoned = True
+        raise
     finally:
         while not done.wait(WAIT_POLL_S):
-            if stop.requested and worker.ident is not None:
+            if (stop.requested or abandoned) and worker.ident is not None:
                 signal.pthread_kill(worker.ident, INTERRUPT_SIGNAL)
                 done.wait(INTERRUPT_EVERY_S)
         worker.join()
