@@ -586,6 +586,44 @@ def test_signal_during_a_long_verification(kernel: None, traces: list[Trace], tm
     _assert_stopped(tracer, signal.SIGHUP)
 
 
+def test_the_work_beside_the_load_starts_once_the_load_is_in_libbpf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """meanwhile() holds the GIL: started before the loading thread has made
+    its call into libbpf (where ctypes lets the GIL go), it would hold the
+    load back by a switch interval or more.  The thread is made slow on its
+    way there (its signal mask), as a busy machine makes it."""
+    from bpf_sdt.trace.runner import _load_interruptibly
+    from bpf_sdt.trace.runtime import StopSignals
+
+    mask = signal.pthread_sigmask
+
+    def slow_mask(how: int, signals: object) -> object:
+        time.sleep(0.05)
+        return mask(how, signals)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(signal, "pthread_sigmask", slow_mask)
+
+    class Loading:
+        """Stands in for a LoadedObject whose load is under way in libbpf."""
+
+        def __init__(self) -> None:
+            self.calling, self.release = threading.Event(), threading.Event()
+
+        def load(self, log: bool = True) -> None:
+            self.calling.set()
+            self.release.wait(READY_TIMEOUT_S)
+
+    loading = Loading()
+    seen: list[bool] = []
+
+    def meanwhile() -> None:
+        seen.append(loading.calling.is_set())
+        loading.release.set()
+
+    with StopSignals() as stop:
+        assert _load_interruptibly(loading, stop, meanwhile, quiet=True)  # type: ignore[arg-type]
+    assert seen == [True]
+
+
 @pytest.mark.kernel
 def test_a_failure_beside_the_load_abandons_the_verification(kernel: None, tmp_path: Path) -> None:
     """What runs beside the load (a cached site table that does not decode)
