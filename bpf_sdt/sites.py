@@ -23,12 +23,12 @@ from collections.abc import Iterator, Sequence
 from functools import cached_property
 from itertools import islice
 from operator import lt
-from pathlib import PurePath
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from bpf_sdt.elf import BpfObject
 from bpf_sdt.format import RECORDER_IDENTITY_HEX
 from bpf_sdt.insn import INSN_SIZE
+from bpf_sdt.located_site import LocatedSite as LocatedSite
 from bpf_sdt.notes import FunctionIndex, NoteEntries, NoteEntry, NotesDecoding, decode_notes
 
 if TYPE_CHECKING:   # imported where used: `check` reads neither line info nor typed arguments
@@ -76,35 +76,6 @@ def _keys(entries: NoteEntries, ranks: list[int]) -> Iterator[int]:
 
 def _key(rank: int, offset: int, entry_offset: int) -> int:
     return (rank << _RANK_SHIFT) | (offset << _OFFSET_BITS) | entry_offset
-
-
-class LocatedSite(NamedTuple):
-    """One site of the table: its id and where it is (the note entry itself
-    is ``table.entries[site_id]``).  Plain data: trace keeps these beside a
-    cached instrumented object."""
-
-    site_id: int
-    probe: str
-    function: str               # the function symbol holding the NOP, "" if none
-    section: str                # the code section holding the NOP
-    insn: int                   # the NOP's instruction index in that section
-    file: str | None            # from .BTF.ext line_info, when the object has it
-    line: int | None
-    types: tuple[ArgType, ...]  # the probe's declared argument types (from BTF)
-    # where the inlined function holding the site was called, innermost first
-    inlined_at: tuple[CallSite, ...] = ()
-    column: int | None = None
-
-    @property
-    def source(self) -> str | None:
-        """``file:line`` with the file's base name, and the lines the site's
-        function was inlined at: how trace prints a site."""
-        if self.file is None:
-            return None
-        here = f"{PurePath(self.file).name}:{self.line}"
-        if self.inlined_at:
-            here += " (inlined at " + ", at ".join(f"{PurePath(c.file).name}:{c.line}" for c in self.inlined_at) + ")"
-        return here
 
 
 class SiteTable:

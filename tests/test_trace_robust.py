@@ -550,10 +550,22 @@ def test_a_quiet_load_has_no_reason_and_printing_comes_back(kernel: None, tmp_pa
 
 # Modules a cached trace --run does without (docs/trace.md, "Start-up"): the
 # instrument worker's pickle, socket, platform, OpenSSL (the cache key is
-# BLAKE2b), dataclasses and inspect.
-NOT_ON_THE_CACHED_PATH = ("pickle", "socket", "platform", "_hashlib", "dataclasses", "inspect")
+# BLAKE2b), dataclasses and inspect; and the site table's modules with the
+# ELF, notes, instruction and model layers behind them (the entry's sites are
+# decoded into their record alone, bpf_sdt.located_site).
+NOT_ON_THE_CACHED_PATH = ("pickle", "socket", "platform", "_hashlib", "dataclasses", "inspect",
+                          "bpf_sdt.sites", "bpf_sdt.elf", "bpf_sdt.notes", "bpf_sdt.insn", "bpf_sdt.bpf_helpers",
+                          "bpf_sdt.format", "bpf_sdt.model", "elftools")
 # Imported beside the copy's load, so only after the runner's own imports.
-BESIDE_THE_LOAD = ("bpf_sdt.model", "bpf_sdt.elf", "bpf_sdt.notes", "bpf_sdt.sites", "bpf_sdt.trace.output")
+BESIDE_THE_LOAD = ("bpf_sdt.located_site", "bpf_sdt.btf", "bpf_sdt.trace.output", "bpf_sdt.trace.ring",
+                   "bpf_sdt.trace.recorder")
+# The command as `python -m bpf_sdt.cli` runs it, saying at its exit what it
+# imported: -X importtime does not log a module imported by importlib.import_module
+# (the cache entry's classes, bpf_sdt.argtype among them), sys.modules has them all.
+_MODULES_AT_EXIT = ("import atexit, os, runpy, sys\n"
+                    "atexit.register(lambda: os.write(2, ('modules: ' + ' '.join(sys.modules) + '\\n').encode()))\n"
+                    "sys.argv[0] = 'bpf-sdt'\n"
+                    "runpy.run_module('bpf_sdt.cli', run_name='__main__', alter_sys=True)\n")
 
 
 @pytest.mark.kernel
@@ -563,10 +575,12 @@ def test_a_cached_trace_imports_the_site_table_beside_the_load_and_no_more(progs
     env = {**_env(), "BPF_SDT_CACHE": str(tmp_path / "cache")}
     args = ["trace", str(progs), "--run", "count_xdp", "--packet", str(tmp_path / "p.bin"), "--json"]
     assert run([*CLI, *args], env=env).returncode == 0                 # fills the cache
-    res = run([sys.executable, "-X", "importtime", *CLI[1:], *args], env=env)
+    res = run([sys.executable, "-X", "importtime", "-c", _MODULES_AT_EXIT, *args], env=env)
     assert res.returncode == 0 and '"probe"' in res.stdout, res.stderr
+    [modules] = [line.split()[1:] for line in res.stderr.splitlines() if line.startswith("modules: ")]
+    assert "bpf_sdt.argtype" in modules, modules                        # the listing is the run's own
+    assert not set(NOT_ON_THE_CACHED_PATH) & set(modules), set(NOT_ON_THE_CACHED_PATH) & set(modules)
     imported = [line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")]
-    assert not set(NOT_ON_THE_CACHED_PATH) & set(imported), set(NOT_ON_THE_CACHED_PATH) & set(imported)
     runner = imported.index("bpf_sdt.trace.runner")
     assert all(imported.index(m) > runner for m in BESIDE_THE_LOAD), imported
 

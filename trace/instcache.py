@@ -252,7 +252,7 @@ def _is_named_tuple_class(cls: object) -> bool:
 
 
 def _site(data: object) -> Site:
-    from bpf_sdt.sites import LocatedSite  # the site table's type (trace.sites.Site), named once here
+    from bpf_sdt.located_site import LocatedSite  # trace.sites.Site: the record alone, not the site table's modules
 
     site = _decoded(data)
     if not isinstance(site, LocatedSite):
