@@ -17,7 +17,7 @@ lint:
 	MYPY=$(CURDIR)/.venv/bin/mypy scripts/typecheck.sh
 
 bench:
-	scripts/setup.sh
+	BPF_SDT_SETUP_BENCH=1 scripts/setup.sh
 	.venv/bin/python bench/run.py
 
 clean:

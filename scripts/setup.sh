@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 # libelf-dev, zlib1g-dev, pkg-config: libbpf-sys builds libbpf from source for the Rust loaders.
 APT_PACKAGES=(clang-14 clang-19 llvm-19 libbpf-dev bpftool gcc-bpf meson ninja-build make xz-utils python3-venv git
 	libelf-dev zlib1g-dev pkg-config zsh groff-base)
+# bpftrace: the benches' start-up reference (bench/scale_bench.py's trace row), not the tests'.
+if [[ ${BPF_SDT_SETUP_BENCH:-} == 1 ]]; then
+	APT_PACKAGES+=(bpftrace)
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
