@@ -45,6 +45,10 @@ fi
 if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/bpf 2>/dev/null; then
 	mount -t bpf bpf /sys/fs/bpf 2>/dev/null || echo "setup: could not mount bpffs on /sys/fs/bpf" >&2
 fi
+# tracefs, for bpftrace's tracepoints in the benches (root only; a fresh machine has it unmounted).
+if [[ ${BPF_SDT_SETUP_BENCH:-} == 1 && $(id -u) -eq 0 ]] && ! mountpoint -q /sys/kernel/tracing 2>/dev/null; then
+	mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || echo "setup: could not mount tracefs on /sys/kernel/tracing" >&2
+fi
 # The Go and Rust loader programs of tests/test_loaders.py, built now so the tests
 # do not spend their time in a cold build (from the Go module proxy and crates.io;
 # cached after the first run).  A missing toolchain is the tests' finding, not ours.
