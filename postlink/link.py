@@ -210,12 +210,25 @@ def _link_input(i: int, report: ObjectReport, names: dict[str, str]) -> LinkInpu
         nop_offsets=array("Q", entries.offsets), entry_offsets=array("Q", entries.entry_offsets),
         names=list(map(names.setdefault, symbols, symbols)), shapes=_shapes(report),
         notes=section_view(obj, notes).tobytes() if notes is not None and entries else b"",
-        calls=[InputCall(i, observer, obj.sections[shndx].name, offset) for observer, shndx, offset in call_words(obj)],
+        calls=[InputCall(i, observer, _call_section(report, shndx, offset), offset)
+               for observer, shndx, offset in call_words(obj)],
         # Where nothing says a site was inlined, every chain is () (inlined.has_inline_information):
         # no per-site pass over the table for them.  An input without sites (the recorder, an
         # observer object) has no chain to read: its DWARF is not even loaded (pyelftools, ~30 ms).
         inline=report.table.notes_order_chains() if entries and has_inline_information(obj)
         else [()] * len(entries))
+
+
+def _call_section(report: ObjectReport, shndx: int, offset: int) -> str:
+    """The code section a recorded call is in: link moves a call word by
+    where the linker put that section, and a word naming data (check reads
+    it as no site's call) has no such place."""
+    sec = report.obj.section_at(shndx)
+    if sec is None or not sec.executable:
+        where = sec.name if sec is not None else f"section {shndx}"
+        raise InputError(f"{report.path}: {CALLS_SECTION} records a call at {where}+{offset:#x}, "
+                         "outside any code section; cannot place it")
+    return sec.name
 
 
 def _shapes(report: ObjectReport) -> set[tuple[str, int]]:
@@ -230,6 +243,8 @@ def _shapes(report: ObjectReport) -> set[tuple[str, int]]:
                    for p, b in set(zip(entries.probe_ids, entries.body_ids, strict=True))
                    if entries.probes[p] not in decls}
     return shapes
+
+
 def _link(prepared: _Prepared, name: str, bpftool: str | None) -> Linked | LinkedImage:
     """Link the prepared inputs: directly where the linker takes their
     records (and then their sites must be where they belong), else their

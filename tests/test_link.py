@@ -15,7 +15,7 @@ from bpf_sdt.postlink.check import analyze
 from test_samples import load
 from toolchain import HEADER_DIR, clang, compile_bpf, need, run, tool
 
-from bpf_sdt.elf import load_object
+from bpf_sdt.elf import REL, load_object
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 
@@ -386,3 +386,27 @@ def test_link_finds_bpftool_like_instrument(tmp_path: Path) -> None:
     assert not (tmp_path / "out.o").exists()
     res = run([*CLI, "link", "-o", str(tmp_path / "out.o"), str(a), "--bpftool", tool("bpftool")], env=env)
     assert res.returncode == 0, res.stderr
+
+
+def test_a_call_recorded_outside_code_is_refused(tmp_path: Path) -> None:
+    """An instrumented input whose calls record names a word in a data
+    section (its relocation against the LICENSE symbol): link cannot move
+    it with any code section, so it names the input in one line, exit 2."""
+    inst = tmp_path / "inst.o"
+    res = run([*CLI, "instrument", str(build(tmp_path, "a", A)), "--record", "-o", str(inst),
+               "--bpftool", tool("bpftool")])
+    assert res.returncode == 0, res.stderr
+    obj = load_object(inst)
+    rel = obj.section(".rel.bpf_sdt_calls")
+    assert rel is not None
+    (license_symbol,) = [i for i, sym in enumerate(obj.symbols) if sym.name == "LICENSE"]
+    data = bytearray(obj.data)
+    offset, info = REL.unpack_from(data, rel.offset)
+    REL.pack_into(data, rel.offset, offset, license_symbol << 32 | info & 0xFFFFFFFF)
+    bad = tmp_path / "bad.o"
+    bad.write_bytes(data)
+    out = tmp_path / "out.o"
+    res = link(out, bad)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and "bad.o" in res.stderr and "outside any code section" in res.stderr
+    assert not out.exists()
