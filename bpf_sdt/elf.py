@@ -29,6 +29,7 @@ are easy to get wrong are all in it, once:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 import struct
@@ -205,6 +206,8 @@ _SYM_SHNDX_SHIFT = 48
 _U32_MASK = 0xFFFFFFFF
 _U8_MASK = 0xFF
 _ST_INFO_BYTE = 4         # st_info's byte in a record (SYM)
+_NAME_WORD = 0            # st_name: the first u32 of a record (SymbolTable.column)
+_SHNDX_HALF = 3           # st_shndx: the fourth u16 of a record
 _SHNDX_DIVISOR = 1 << _SYM_SHNDX_SHIFT     # st_shndx of a head word by // in C over the column
 _HALF = 1 << 32          # st_name, the low half of a symbol record's first u64: by % in C over the column
 
@@ -223,7 +226,7 @@ def u32_words(view: memoryview) -> memoryview:
     return _little_endian_words(view, "I")
 
 
-def _little_endian_words(view: memoryview, code: Literal["I", "Q"]) -> memoryview:
+def _little_endian_words(view: memoryview, code: Literal["H", "I", "Q"]) -> memoryview:
     if sys.byteorder == "little":
         return view.cast(code)
     words = array(code)
@@ -448,6 +451,10 @@ class SymbolTable:
     def names(self, indices: Sequence[int], name_offs: Sequence[int]) -> list[str]:
         """:meth:`name` of many symbols at once (symbol ``indices[k]`` has its
         name at ``name_offs[k]``): one loop with no call per name."""
+        text = self._ascii_names
+        if text is not None and max(name_offs, default=0) < len(text):
+            # each name a slice of the text up to its NUL, found in C: no call per name
+            return list(map(text.__getitem__, map(slice, name_offs, map(text.find, itertools.repeat("\0"), name_offs))))
         data, first, size = self._data, self._names_start, self._names_len
         stop = first + size
         find = data.find
@@ -460,6 +467,15 @@ class SymbolTable:
             out.append(data[start: end if end >= 0 else stop].decode("utf-8", errors="replace"))
         return out
 
+    @cached_property
+    def _ascii_names(self) -> str | None:
+        """The string table as text when it is ASCII (the rule) and ends in a
+        NUL, as ELF has it: then a name is the text from its offset to the
+        next NUL, and no name decodes with U+FFFD.  Else None (names are read
+        and decoded one by one, with U+FFFD for bytes that are not UTF-8)."""
+        table = self._data[self._names_start: self._names_start + self._names_len]
+        return table.decode("ascii") if table.isascii() and table.endswith(b"\0") else None
+
     def has_prefix(self, name_off: int, prefix: bytes) -> bool:
         start = self._names_start + name_off
         return name_off < self._names_len and \
@@ -468,19 +484,35 @@ class SymbolTable:
     def in_section(self, shndx: int, prefix: bytes) -> tuple[array[int], array[int], array[int]]:
         """(indices, values, name offsets) of the symbols of section ``shndx``
         whose names start with ``prefix``, in index order: read as columns
-        of the table's words (:func:`u64_words`), no tuple per symbol, and
-        filled from iterators: lists of a million int objects first were the
-        peak of `check` on a million sites (60 MB for a moment)."""
-        words = u64_words(self.raw)
-        heads, values = words[0::_SYM_WORDS], words[1::_SYM_WORDS]
-        # has_prefix written out (a call per symbol was a fifth of this scan):
-        # startswith with the table's end as its end is False for a name offset
-        # outside the table, as has_prefix's first test (the prefix is not empty).
-        startswith, first, end = self._data.startswith, self._names_start, self._names_start + self._names_len
-        indices = array("q", (i for i, head in enumerate(heads) if head >> _SYM_SHNDX_SHIFT == shndx
-                              and startswith(prefix, first + (head & _U32_MASK), end)))
-        return (indices, array("Q", map(values.__getitem__, indices)),
-                array("q", map(_U32_MASK.__and__, map(heads.__getitem__, indices))))
+        of the table (:meth:`column`), no tuple per symbol, and a block of
+        them (a compiler writes a section's symbols together) by slices.
+        Lists of a million int objects were the peak of `check` on a million
+        sites (60 MB for a moment): the columns kept are arrays."""
+        sections = self.column("H", _SHNDX_HALF).tolist()
+        names, values = self.column("I", _NAME_WORD), u64_words(self.raw)[1::_SYM_WORDS]
+        count = sections.count(shndx)
+        first = sections.index(shndx) if count else 0
+        block = sections[first: first + count].count(shndx) == count
+        indices: Sequence[int] = range(first, first + count) if block else \
+            list(itertools.compress(itertools.count(), map(shndx.__eq__, sections)))
+        name_offs = names[first: first + count].tolist() if block else list(map(names.__getitem__, indices))
+        # has_prefix by map: startswith with the table's end as its end is False for
+        # a name offset outside the table, as has_prefix's first test (the prefix is not empty).
+        start, end = self._names_start, self._names_start + self._names_len
+        named = list(map(self._data.startswith, itertools.repeat(prefix), map(start.__add__, name_offs),
+                         itertools.repeat(end)))
+        if block and all(named):
+            return array("q", indices), array("Q", values[first: first + count]), array("q", name_offs)
+        kept = array("q", itertools.compress(indices, named))
+        return kept, array("Q", map(values.__getitem__, kept)), array("q", itertools.compress(name_offs, named))
+
+    def column(self, code: Literal["H", "I"], field: int) -> memoryview:
+        """Field ``field`` of each symbol record (:data:`SYM`) read as words of
+        type ``code``: "I" (six a record: st_name, then st_info | st_other << 8
+        | st_shndx << 16, ...) or "H" (st_shndx is the fourth of twelve), as
+        the host reads the file's little-endian words."""
+        words = _little_endian_words(self.raw, code)
+        return words[field::SYM.size // words.itemsize]
 
     def columns(self) -> tuple[memoryview, memoryview, memoryview]:
         """(heads, values, sizes): the table as three u64 columns, record k
@@ -496,8 +528,8 @@ class SymbolTable:
     def indices_of_type(self, stt: int) -> list[int]:
         """The indices of the symbols of type ``stt``, in order: a scan of the
         st_info byte column in C."""
-        infos = self.raw[_ST_INFO_BYTE::SYM.size]          # one byte a record: no byte order
-        return list(itertools.compress(itertools.count(), map(stt.__eq__, map(ST_TYPE_MASK.__and__, infos))))
+        infos = bytes(self.raw[_ST_INFO_BYTE::SYM.size])          # one byte a record: no byte order
+        return list(itertools.compress(itertools.count(), infos.translate(_is_type(stt))))
 
     def of_type(self, stt: int) -> list[tuple[str, int, int]]:
         """(name, shndx, value) of every symbol of type ``stt``, index order:
@@ -514,6 +546,13 @@ class SymbolTable:
         if max(map(_HALF.__rmod__, self.columns()[0]), default=0) >= max(self._names_len, 1):
             return False        # (st_name: the low half of each record's first word)
         return self._data[self._names_start: self._names_start + self._names_len].isascii()
+
+
+@functools.cache
+def _is_type(stt: int) -> bytes:
+    """The bytes.translate table taking an st_info byte to 1 if its type is
+    ``stt``, else 0: a scan of the st_info column in C."""
+    return bytes(int(info & ST_TYPE_MASK == stt) for info in range(256))
 
 
 def load_object(path: str | Path) -> BpfObject:

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import itertools
 import operator
-import sys
 from array import array
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
@@ -48,7 +47,6 @@ from bpf_sdt.elf import (
     STB_LOCAL,
     STT_NOTYPE,
     STT_SECTION,
-    SYM,
     BpfObject,
     Section,
     SymbolTable,
@@ -160,7 +158,7 @@ def verify_linked(out: BpfObject, moved: MovedNotes) -> None:
     notes = _notes_section(out, moved)
     calls = out.section(CALLS_SECTION)
     special = {notes.index} | ({calls.index} if calls is not None else set())
-    shndx = _symbol_column(out.symbol_table.raw, "H", _SYM_SHNDX_FIELD).tolist()   # each symbol's section
+    shndx = out.symbol_table.column("H", _SYM_SHNDX_FIELD).tolist()   # each symbol's section
     _same_linker_symbols(out, base, special, shndx)
     _prototypes(out, report, moved.shapes)
     _notes_bytes(out, notes, moved)
@@ -319,30 +317,14 @@ def _entry_symbols(out: BpfObject, notes: Section, moved: MovedNotes, shndx: lis
     here = _block(shndx, notes.index)
     n = len(here)
     want_tail = ENTRY_INFO | notes.index << _TAIL_SHNDX_SHIFT                  # st_other 0
-    if n != len(moved.names) or _select(_symbol_column(table.raw, "I", _SYM_TAIL_FIELD), here) != \
+    if n != len(moved.names) or _select(table.column("I", _SYM_TAIL_FIELD), here) != \
             memoryview(array("I", [want_tail]) * n) or _select(sizes, here) != memoryview(array("Q", [0]) * n) \
             or _select(values, here) != memoryview(moved.starts):
         _fail(out, f"the entry symbols of {NOTES_SECTION} are not one local symbol at each entry [SDT102]")
-    name_offs = _select(_symbol_column(table.raw, "I", _SYM_NAME_FIELD), here)
+    name_offs = _select(table.column("I", _SYM_NAME_FIELD), here)
     name_of = {off: table.name(0, off) for off in set(name_offs)}
     if list(map(name_of.__getitem__, name_offs)) != moved.names:
         _fail(out, f"the entry symbols of {NOTES_SECTION} are not the inputs' names [SDT102]")
-
-
-def _symbol_column(raw: memoryview, code: Literal["H", "I"], field: int) -> memoryview:
-    """Field ``field`` of each symbol record (:data:`bpf_sdt.elf.SYM`) read
-    as words of type ``code``: "I" (six a record: st_name, then st_info |
-    st_other << 8 | st_shndx << 16, ...) or "H" (st_shndx is the fourth of
-    twelve), as the host reads the file's little-endian words."""
-    words = raw.cast(code) if sys.byteorder == "little" else _swapped(raw, code)
-    return words[field::SYM.size // words.itemsize]
-
-
-def _swapped(raw: memoryview, code: str) -> memoryview:
-    words = array(code)
-    words.frombytes(raw)
-    words.byteswap()
-    return memoryview(words)
 
 
 def _select(column: memoryview, here: Sequence[int]) -> memoryview:
