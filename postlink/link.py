@@ -28,6 +28,7 @@ import itertools
 import subprocess
 import tempfile
 from array import array
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,19 +110,31 @@ def run_link(output: str, inputs: Sequence[str], bpftool: str | None = None) -> 
 def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> ObjectReport | None:
     """`bpf-sdt link`: OUT written atomically, once it passes check (proved
     without a second decode of every site: linkproof; then no report).
-    Each input is read, checked and kept as columns (LinkInput), its check
-    dropped before the next is read: a million sites are never all objects."""
+    Every input is read and its copy without notes written first, so that
+    the linker runs while the inputs are checked (_Prepared.start_linker).
+    Then each input is checked and kept as columns (LinkInput), its check
+    dropped before the next is checked: a million sites are never all objects."""
     try:   # refuse an output that is no regular file before doing any work
         resolve_output(output)
     except OSError as e:
         raise InputError(f"cannot write {output}: {e.strerror}") from None
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
         prepared = _Prepared(Path(tmp))
-        for path in inputs:
-            report = checked_input(load_object(path))
-            prepared.add(report)
-            _release(report)
-        linked = _link(prepared, str(output), bpftool)
+        staged, unreadable = _stage(prepared, inputs)
+        if unreadable is None and all(refusal is None for _, refusal in staged):
+            prepared.start_linker(bpftool)
+        with _killed_on_error(prepared.linker):
+            while staged:
+                obj, refusal = staged.popleft()
+                report = checked_input(obj)
+                if refusal is not None:     # its check first, as when inputs were staged after it
+                    raise refusal
+                prepared.add(report)
+                _release(report)
+                del obj, report
+            if unreadable is not None:
+                raise unreadable
+            linked = _link(prepared, str(output), bpftool)
     if isinstance(linked, Linked):       # linked directly, or no sites: checked by _link
         write_output(output, linked.obj.data)
         return linked.report
@@ -131,6 +144,28 @@ def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> Object
     verify_linked(out, moved)
     write_output(output, out.data)
     return None
+
+
+def _stage(prepared: _Prepared, inputs: list[Path]) -> tuple[deque[tuple[BpfObject, InputError | None]],
+                                                               InputError | None]:
+    """Each input read, and staged for the linker (_Prepared.stage), in
+    order, up to the first that cannot be read (its error: the second
+    value) or staged (its refusal: beside it).  Either is raised at that
+    input's turn, after the checks of the inputs before it, so link reports
+    what it reported when each input was checked before the next was read."""
+    staged: deque[tuple[BpfObject, InputError | None]] = deque()
+    for path in inputs:
+        try:
+            obj = load_object(path)
+        except InputError as e:
+            return staged, e
+        try:
+            prepared.stage(obj)
+        except InputError as e:
+            staged.append((obj, e))
+            break
+        staged.append((obj, None))
+    return staged, None
 
 
 def _release(report: ObjectReport) -> None:
@@ -171,18 +206,40 @@ class _Prepared:
         self.copies: list[Path] | None = []     # None: some input's records the linker refuses
         self.prototypes: dict[str, tuple[Declaration, str]] = {}
         self.names: dict[str, str] = {}          # one string per entry symbol name across inputs
+        self.linker: subprocess.Popen[str] | None = None    # linking the stripped copies, once started
 
-    def add(self, report: ObjectReport) -> None:
-        i = len(self.inputs)
-        _check_prototypes([report], self.prototypes)
-        obj = report.obj
+    def stage(self, obj: BpfObject) -> None:
+        """The input's copies for the linker: without its notes and, while
+        the direct link is possible, as it is."""
+        i = len(self.stripped)
         if self.copies is not None:
             if _linker_refuses_records(obj):
                 self.copies = None
             else:
                 self.copies.append(self._write(f"input{i}.o", obj.data))
         self.stripped.append(self._write(f"in{i}.o", strip_notes(obj)))
+
+    def add(self, report: ObjectReport) -> None:
+        """A checked input, staged already or now."""
+        i = len(self.inputs)
+        _check_prototypes([report], self.prototypes)
+        if i == len(self.stripped):
+            self.stage(report.obj)
         self.inputs.append(_link_input(i, report, self.names))
+
+    def start_linker(self, bpftool: str | None) -> None:
+        """The link of the stripped copies started before the inputs are
+        checked, to run meanwhile (at 1M sites bpftool takes about a sixth of
+        link's time), where it is the link made: when no direct link is to be
+        tried (some input's records the linker refuses) and bpftool is found
+        (else _link looks for it after the checks, as it always did)."""
+        if self.copies is not None:
+            return
+        try:
+            tool = find_bpftool(bpftool)
+        except ToolError:
+            return
+        self.linker = _start_bpftool(tool, self.tmp / "base.o", self.stripped)
 
     def _write(self, name: str, data: bytes) -> Path:
         path = self.tmp / name
@@ -259,7 +316,7 @@ def _link(prepared: _Prepared, name: str, bpftool: str | None) -> Linked | Linke
         report = analyze(linked)
         if not report.errors and _same_sites(report, inputs, linked):
             return Linked(BpfObject(name, linked.data), report)
-    linker = _start_bpftool(tool, tmp / "base.o", prepared.stripped)
+    linker = prepared.linker or _start_bpftool(tool, tmp / "base.o", prepared.stripped)
     with _killed_on_error(linker):     # the notes are moved while the linker runs: neither needs the other
         layout = _layout(inputs)
         moved = _move_notes(inputs, layout) if prepared.has_sites else MovedNotes()
@@ -364,13 +421,15 @@ def _start_bpftool(tool: str, out: Path, inputs: Sequence[Path]) -> subprocess.P
 
 
 @contextlib.contextmanager
-def _killed_on_error(proc: subprocess.Popen[str]) -> Iterator[None]:
-    """As subprocess.run does: a failure (or a signal) meanwhile ends the child."""
+def _killed_on_error(proc: subprocess.Popen[str] | None) -> Iterator[None]:
+    """As subprocess.run does: a failure (or a signal) meanwhile ends the
+    child (if one was started)."""
     try:
         yield
     except BaseException:
-        proc.kill()
-        proc.wait()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
         raise
 
 

@@ -16,6 +16,7 @@ from test_samples import load
 from toolchain import HEADER_DIR, clang, compile_bpf, need, run, tool
 
 from bpf_sdt.elf import REL, load_object
+from bpf_sdt.errors import InputError
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 
@@ -189,6 +190,47 @@ def test_input_with_broken_notes_is_refused(tmp_path: Path) -> None:
     res = link(tmp_path / "out.o", bad)
     assert res.returncode == 2 and "bad.o" in res.stderr and "SDT107" in res.stderr
     assert not (tmp_path / "out.o").exists()
+    junk = tmp_path / "junk.o"
+    junk.write_text("not an object")
+    res = link(tmp_path / "out.o", build(tmp_path, "a", A), bad, junk)   # read before bad is checked
+    assert res.returncode == 2 and "bad.o" in res.stderr and "SDT107" in res.stderr, "the first input's error"
+    assert not (tmp_path / "out.o").exists()
+
+
+def test_the_linker_runs_while_the_inputs_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """clang 19's inputs are never linked directly, so bpftool starts on
+    their stripped copies before the first is checked; a check that fails
+    then ends it, and no output is written."""
+    from bpf_sdt.postlink import link as link_module
+    events: list[str] = []
+    start, check = link_module._start_bpftool, link_module.checked_input
+    started: list[subprocess.Popen[str]] = []
+
+    def recorded_start(*args: object) -> subprocess.Popen[str]:
+        events.append("linker")
+        started.append(start(*args))  # type: ignore[arg-type]
+        return started[-1]
+
+    def recorded_check(obj: object) -> object:
+        events.append("check")
+        return check(obj)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(link_module, "_start_bpftool", recorded_start)
+    monkeypatch.setattr(link_module, "checked_input", recorded_check)
+    inputs = [build(tmp_path, "a", A), build(tmp_path, "b", B)]
+    link_module.link(tmp_path / "out.o", inputs, tool("bpftool"))
+    assert events == ["linker", "check", "check"]
+    assert site_anchors(tmp_path / "out.o") == sorted(site_anchors(inputs[0]) + site_anchors(inputs[1]))
+    events.clear()
+
+    def failing_check(obj: object) -> object:
+        raise InputError("refused")
+
+    monkeypatch.setattr(link_module, "checked_input", failing_check)
+    with pytest.raises(InputError):
+        link_module.link(tmp_path / "again.o", inputs, tool("bpftool"))
+    assert events == ["linker"] and started[-1].returncode is not None, "the linker was ended"
+    assert not (tmp_path / "again.o").exists()
 
 
 # --- global data: every section kept as the linker made it; load and run ---------
