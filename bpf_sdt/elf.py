@@ -209,7 +209,6 @@ _ST_INFO_BYTE = 4         # st_info's byte in a record (SYM)
 _NAME_WORD = 0            # st_name: the first u32 of a record (SymbolTable.column)
 _SHNDX_HALF = 3           # st_shndx: the fourth u16 of a record
 _SHNDX_DIVISOR = 1 << _SYM_SHNDX_SHIFT     # st_shndx of a head word by // in C over the column
-_HALF = 1 << 32          # st_name, the low half of a symbol record's first u64: by % in C over the column
 
 
 def u64_words(view: memoryview) -> memoryview:
@@ -521,9 +520,9 @@ class SymbolTable:
         words = u64_words(self.raw)
         return words[0::_SYM_WORDS], words[1::_SYM_WORDS], words[2::_SYM_WORDS]
 
-    def section_indices(self) -> Iterator[int]:
-        """Each symbol's st_shndx, index order, by map over the heads column (in C)."""
-        return map(operator.rshift, self.columns()[0], itertools.repeat(_SYM_SHNDX_SHIFT))
+    def section_indices(self) -> memoryview:
+        """Each symbol's st_shndx, index order: its u16 column (:meth:`column`)."""
+        return self.column("H", _SHNDX_HALF)
 
     def indices_of_type(self, stt: int) -> list[int]:
         """The indices of the symbols of type ``stt``, in order: a scan of the
@@ -543,8 +542,8 @@ class SymbolTable:
         """Whether every name the table can give is ASCII and inside the
         string table: then none decodes with U+FFFD and :meth:`name` raises
         for none, known from one scan of the bytes instead of a name per symbol."""
-        if max(map(_HALF.__rmod__, self.columns()[0]), default=0) >= max(self._names_len, 1):
-            return False        # (st_name: the low half of each record's first word)
+        if max(self.column("I", _NAME_WORD), default=0) >= max(self._names_len, 1):
+            return False
         return self._data[self._names_start: self._names_start + self._names_len].isascii()
 
 

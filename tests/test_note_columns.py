@@ -172,9 +172,10 @@ def _outcome(read: object) -> object:
 @FAST
 @given(_TABLE_EDITS)
 def test_symbol_columns_read_as_the_records(edits: list[tuple[str, int, int]]) -> None:
-    """names, in_section and indices_of_type (by slices and maps, names as
-    slices of the table's text when it is ASCII) give what reading each
-    record and name on its own gives, or the same error."""
+    """names, in_section, indices_of_type and section_indices (by slices
+    and maps, names as slices of the table's text when it is ASCII) give
+    what reading each record and name on its own gives, or the same error;
+    a table names_are_ascii calls so gives every name in ASCII."""
     table = _edited_table(edits).symbol_table
     records = list(table.records())
     offsets = [r[0] for r in records]
@@ -187,3 +188,7 @@ def test_symbol_columns_read_as_the_records(edits: list[tuple[str, int, int]]) -
         assert list(zip(indices, values, name_offs, strict=True)) == want
     for stt in range(16):
         assert table.indices_of_type(stt) == [i for i, r in enumerate(records) if r[1] & 0xF == stt]
+    assert list(table.section_indices()) == [r[3] for r in records]
+    if table.names_are_ascii():
+        names = _outcome(lambda: [table.name(i, off) for i, off in enumerate(offsets)])
+        assert isinstance(names, list) and all(name.isascii() for name in names)
