@@ -265,6 +265,7 @@ def _link_input(i: int, report: ObjectReport, names: dict[str, str]) -> LinkInpu
         path=report.path, sections=obj.sections, functions=obj.symbol_table.of_type(STT_FUNC),
         runs=[(sec.name, lo, hi) for sec, lo, hi in entries.section_runs()],
         nop_offsets=array("Q", entries.offsets), entry_offsets=array("Q", entries.entry_offsets),
+        address_words=array("Q", map(ADDRESS_WORD_SIZE.__rfloordiv__, entries.entry_offsets)),
         names=list(map(names.setdefault, symbols, symbols)), shapes=_shapes(report),
         notes=section_view(obj, notes).tobytes() if notes is not None and entries else b"",
         calls=[InputCall(i, observer, _call_section(report, shndx, offset), offset)
@@ -517,7 +518,7 @@ def _move_notes(inputs: list[LinkInput], layout: dict[tuple[int, str], int]) -> 
         for section, lo, hi in p.runs:
             targets += array("Q", map(layout[(i, section)].__add__, p.nop_offsets[lo:hi]))
         copy = bytearray(p.notes)
-        put_u64_words(copy, map(ADDRESS_WORD_SIZE.__rfloordiv__, p.entry_offsets), targets)
+        put_u64_words(copy, p.address_words, targets)
         moved.add_input(p, copy, targets)
     return moved
 

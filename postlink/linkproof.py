@@ -57,7 +57,6 @@ from bpf_sdt.elf import (
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_REL_SECTION, CALLS_SECTION, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.inlined import INLINE_SECTION, Chain, encode_section
-from bpf_sdt.insn import INSN_SIZE
 from bpf_sdt.notes import ADDRESS_WORD_SIZE, MAX_ENTRIES
 from bpf_sdt.rewrite import AddressEntries
 
@@ -83,6 +82,7 @@ class LinkInput(NamedTuple):
     runs: list[tuple[str, int, int]]           # (code section, first entry, end) of each run of entries
     nop_offsets: array[int]                    # each entry's NOP offset in its code section
     entry_offsets: array[int]                  # each entry's offset in the notes
+    address_words: array[int]                  # each entry's address word: its index in the notes as u64s
     names: list[str]                           # each entry's symbol
     # (probe, argument count) that OUT's prototypes must have: the input's own
     # prototypes, which its check held every site to, else (GCC) the sites'
@@ -103,6 +103,9 @@ class MovedNotes:
         self.starts = array("Q")             # each entry's offset in OUT's notes
         self.shapes: set[tuple[str, int]] = set()
         self._chunks: list[bytes | bytearray] = []
+        # Per input, where its notes start in OUT's, their size and each entry's address word
+        # in them (LinkInput.address_words): the proof reads an input's words with its own indices.
+        self.inputs: list[tuple[int, int, array[int]]] = []
         self.data = b""                      # OUT's notes, once joined (entries)
         self.size = 0
         self.linker_output: BpfObject | None = None
@@ -113,8 +116,9 @@ class MovedNotes:
         """One input's entries: its notes as moved (which must differ from
         its own in the address words alone) and each NOP's new offset (their
         code sections are added once the linker's output is known)."""
-        _only_address_words_moved(p.path, p.notes, p.entry_offsets, moved)
+        _only_address_words_moved(p.path, p.notes, p.address_words, moved)
         lo = self.size
+        self.inputs.append((lo, len(moved), p.address_words))
         self.starts += array("Q", map(lo.__add__, p.entry_offsets)) if lo else p.entry_offsets
         self.names += p.names
         self.shapes |= p.shapes
@@ -130,12 +134,12 @@ class MovedNotes:
         return AddressEntries(self.names, self.code_sections, self.data, self.starts)
 
 
-def _only_address_words_moved(path: str, original: bytes, offsets: array[int], moved: bytearray) -> None:
-    """The moved notes with the input's address words put back are the
-    input's notes, which its check decoded (the arguments: SDT102, SDT108)."""
+def _only_address_words_moved(path: str, original: bytes, words: array[int], moved: bytearray) -> None:
+    """The moved notes with the input's address words (u64 indices
+    ``words``) put back are the input's notes, which its check decoded (the
+    arguments: SDT102, SDT108)."""
     restored = bytearray(moved)
     with memoryview(restored) as view, view.cast("Q") as mine, memoryview(original) as o, o.cast("Q") as theirs:
-        words = list(map(INSN_SIZE.__rfloordiv__, offsets))
         deque(map(mine.__setitem__, words, map(theirs.__getitem__, words)), maxlen=0)   # raw words: any byte order
     if restored != original:
         at = next(k for k in range(len(original)) if restored[k] != original[k])
@@ -271,8 +275,10 @@ def _notes_bytes(out: BpfObject, notes: Section, moved: MovedNotes) -> None:
     words changed: MovedNotes.add_input), and each address word holds its
     NOP's new offset, where the verified placement put a NOP (SDT107)."""
     data = section_view(out, notes)
-    words = u64_words(data)
-    got = array("Q", map(words.__getitem__, map(ADDRESS_WORD_SIZE.__rfloordiv__, moved.starts)))
+    got = array("Q")
+    for lo, size, address_words in moved.inputs:      # each input's words by its own indices
+        words = u64_words(data[lo: lo + size - size % ADDRESS_WORD_SIZE])
+        got += array("Q", map(words.__getitem__, address_words))
     if got != moved.targets:
         k = next(k for k in range(len(got)) if got[k] != moved.targets[k])
         _fail(out, f"{NOTES_SECTION}+{moved.starts[k]:#x}: address word {got[k]:#x}, "
@@ -322,7 +328,8 @@ def _entry_symbols(out: BpfObject, notes: Section, moved: MovedNotes, shndx: lis
             or _select(values, here) != memoryview(moved.starts):
         _fail(out, f"the entry symbols of {NOTES_SECTION} are not one local symbol at each entry [SDT102]")
     name_offs = _select(table.column("I", _SYM_NAME_FIELD), here)
-    name_of = {off: table.name(0, off) for off in set(name_offs)}
+    distinct = list(set(name_offs))          # the names written once each (link.py interns them)
+    name_of = dict(zip(distinct, table.names([0] * len(distinct), distinct), strict=True))
     if list(map(name_of.__getitem__, name_offs)) != moved.names:
         _fail(out, f"the entry symbols of {NOTES_SECTION} are not the inputs' names [SDT102]")
 
