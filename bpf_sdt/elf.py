@@ -208,7 +208,6 @@ _U8_MASK = 0xFF
 _ST_INFO_BYTE = 4         # st_info's byte in a record (SYM)
 _NAME_WORD = 0            # st_name: the first u32 of a record (SymbolTable.column)
 _SHNDX_HALF = 3           # st_shndx: the fourth u16 of a record
-_SHNDX_DIVISOR = 1 << _SYM_SHNDX_SHIFT     # st_shndx of a head word by // in C over the column
 
 
 def u64_words(view: memoryview) -> memoryview:
@@ -769,7 +768,7 @@ class ElfImage:
         sec_map = _kept_indices(len(obj.sections), doomed)
         heads, values, sizes = table.columns()
         kept = list(itertools.compress(itertools.count(), map(operator.not_, map(
-            doomed.__contains__, map(_SHNDX_DIVISOR.__rfloordiv__, heads)))))     # in C: a million entry symbols
+            doomed.__contains__, table.section_indices()))))     # in C: a million entry symbols
         names = table.names(kept, [heads[i] & _U32_MASK for i in kept])
         sym_map = {old: new for new, old in enumerate(kept)}
         for name, i in zip(names, kept, strict=True):
