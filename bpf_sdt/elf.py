@@ -449,13 +449,15 @@ class SymbolTable:
     def names(self, indices: Sequence[int], name_offs: Sequence[int]) -> list[str]:
         """:meth:`name` of many symbols at once (symbol ``indices[k]`` has its
         name at ``name_offs[k]``): one loop with no call per name."""
-        text = self._ascii_names
-        if text is not None and max(name_offs, default=0) < len(text):
-            # each name a slice of the text up to its NUL, found in C: no call per name
-            return list(map(text.__getitem__, map(slice, name_offs, map(text.find, itertools.repeat("\0"), name_offs))))
         data, first, size = self._data, self._names_start, self._names_len
         stop = first + size
         find = data.find
+        if size and not data[stop - 1] and max(name_offs, default=0) < size:
+            # A table ending in its NUL (as ELF has it) holds a NUL after every offset in it:
+            # each name's end found, sliced and decoded by map in C, no Python step per name.
+            starts = array("q", map(first.__add__, name_offs))
+            pieces = map(data.__getitem__, map(slice, starts, map(find, itertools.repeat(b"\0"), starts)))
+            return list(map(str, pieces, itertools.repeat("utf-8"), itertools.repeat("replace")))
         out = []
         for index, name_off in zip(indices, name_offs, strict=True):
             if name_off and name_off >= size:
@@ -464,15 +466,6 @@ class SymbolTable:
             end = find(b"\0", start, stop)
             out.append(data[start: end if end >= 0 else stop].decode("utf-8", errors="replace"))
         return out
-
-    @cached_property
-    def _ascii_names(self) -> str | None:
-        """The string table as text when it is ASCII (the rule) and ends in a
-        NUL, as ELF has it: then a name is the text from its offset to the
-        next NUL, and no name decodes with U+FFFD.  Else None (names are read
-        and decoded one by one, with U+FFFD for bytes that are not UTF-8)."""
-        table = self._data[self._names_start: self._names_start + self._names_len]
-        return table.decode("ascii") if table.isascii() and table.endswith(b"\0") else None
 
     def has_prefix(self, name_off: int, prefix: bytes) -> bool:
         start = self._names_start + name_off
@@ -486,23 +479,29 @@ class SymbolTable:
         them (a compiler writes a section's symbols together) by slices.
         Lists of a million int objects were the peak of `check` on a million
         sites (60 MB for a moment): the columns kept are arrays."""
-        sections = self.column("H", _SHNDX_HALF).tolist()
+        # Copied into arrays (count and index in C, two or four bytes a symbol), not lists of ints.
+        sections = array("H", self.column("H", _SHNDX_HALF).tobytes())
         names, values = self.column("I", _NAME_WORD), u64_words(self.raw)[1::_SYM_WORDS]
         count = sections.count(shndx)
         first = sections.index(shndx) if count else 0
         block = sections[first: first + count].count(shndx) == count
-        indices: Sequence[int] = range(first, first + count) if block else \
-            list(itertools.compress(itertools.count(), map(shndx.__eq__, sections)))
-        name_offs = names[first: first + count].tolist() if block else list(map(names.__getitem__, indices))
-        # has_prefix by map: startswith with the table's end as its end is False for
-        # a name offset outside the table, as has_prefix's first test (the prefix is not empty).
-        start, end = self._names_start, self._names_start + self._names_len
-        named = list(map(self._data.startswith, itertools.repeat(prefix), map(start.__add__, name_offs),
-                         itertools.repeat(end)))
-        if block and all(named):
-            return array("q", indices), array("Q", values[first: first + count]), array("q", name_offs)
+        indices = array("q", range(first, first + count)) if block else \
+            array("q", itertools.compress(itertools.count(), map(shndx.__eq__, sections)))
+        name_offs = array("q", array("I", names[first: first + count].tobytes())) if block else \
+            array("q", map(names.__getitem__, indices))
+        if block and all(self._prefixed(prefix, name_offs)):
+            return indices, array("Q", values[first: first + count]), name_offs
+        named = list(self._prefixed(prefix, name_offs))
         kept = array("q", itertools.compress(indices, named))
         return kept, array("Q", map(values.__getitem__, kept)), array("q", itertools.compress(name_offs, named))
+
+    def _prefixed(self, prefix: bytes, name_offs: Iterable[int]) -> Iterator[bool]:
+        """has_prefix of each name offset, by map: startswith with the table's
+        end as its end is False for an offset outside the table, as
+        has_prefix's first test (the prefix is not empty)."""
+        start, end = self._names_start, self._names_start + self._names_len
+        return map(self._data.startswith, itertools.repeat(prefix), map(start.__add__, name_offs),
+                   itertools.repeat(end))
 
     def column(self, code: Literal["H", "I"], field: int) -> memoryview:
         """Field ``field`` of each symbol record (:data:`SYM`) read as words of
