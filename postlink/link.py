@@ -312,7 +312,7 @@ def _link(prepared: _Prepared, name: str, bpftool: str | None) -> Linked | Linke
     inputs = prepared.inputs
     tmp = prepared.tmp
     if prepared.has_sites and prepared.copies is not None and \
-            _bpftool_link(tool, tmp / "direct.o", prepared.copies, check=False):
+            _bpftool_link(tool, tmp / "direct.o", prepared.copies):
         linked = load_object(tmp / "direct.o")
         report = analyze(linked)
         if not report.errors and _same_sites(report, inputs, linked):
@@ -410,9 +410,10 @@ def _check_prototypes(reports: Sequence[ObjectReport], seen: dict[str, tuple[Dec
                                  f"and as {decl.prototype()} in {path}; one name needs one prototype")
 
 
-def _bpftool_link(tool: str, out: Path, inputs: Sequence[Path], check: bool,
-                  names: Sequence[Path] | None = None) -> bool:
-    return _bpftool_result(_start_bpftool(tool, out, inputs), inputs, check, names)
+def _bpftool_link(tool: str, out: Path, inputs: Sequence[Path]) -> bool:
+    """Whether bpftool links ``inputs`` into ``out`` (the direct link: a
+    failure is no error, the stripped copies are linked next)."""
+    return _bpftool_result(_start_bpftool(tool, out, inputs), inputs, check=False)
 
 
 def _start_bpftool(tool: str, out: Path, inputs: Sequence[Path]) -> subprocess.Popen[str]:
