@@ -29,6 +29,7 @@ are easy to get wrong are all in it, once:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 import struct
@@ -205,8 +206,8 @@ _SYM_SHNDX_SHIFT = 48
 _U32_MASK = 0xFFFFFFFF
 _U8_MASK = 0xFF
 _ST_INFO_BYTE = 4         # st_info's byte in a record (SYM)
-_SHNDX_DIVISOR = 1 << _SYM_SHNDX_SHIFT     # st_shndx of a head word by // in C over the column
-_HALF = 1 << 32          # st_name, the low half of a symbol record's first u64: by % in C over the column
+_NAME_WORD = 0            # st_name: the first u32 of a record (SymbolTable.column)
+_SHNDX_HALF = 3           # st_shndx: the fourth u16 of a record
 
 
 def u64_words(view: memoryview) -> memoryview:
@@ -223,7 +224,7 @@ def u32_words(view: memoryview) -> memoryview:
     return _little_endian_words(view, "I")
 
 
-def _little_endian_words(view: memoryview, code: Literal["I", "Q"]) -> memoryview:
+def _little_endian_words(view: memoryview, code: Literal["H", "I", "Q"]) -> memoryview:
     if sys.byteorder == "little":
         return view.cast(code)
     words = array(code)
@@ -451,6 +452,12 @@ class SymbolTable:
         data, first, size = self._data, self._names_start, self._names_len
         stop = first + size
         find = data.find
+        if size and not data[stop - 1] and max(name_offs, default=0) < size:
+            # A table ending in its NUL (as ELF has it) holds a NUL after every offset in it:
+            # each name's end found, sliced and decoded by map in C, no Python step per name.
+            starts = array("q", map(first.__add__, name_offs))
+            pieces = map(data.__getitem__, map(slice, starts, map(find, itertools.repeat(b"\0"), starts)))
+            return list(map(str, pieces, itertools.repeat("utf-8"), itertools.repeat("replace")))
         out = []
         for index, name_off in zip(indices, name_offs, strict=True):
             if name_off and name_off >= size:
@@ -468,19 +475,41 @@ class SymbolTable:
     def in_section(self, shndx: int, prefix: bytes) -> tuple[array[int], array[int], array[int]]:
         """(indices, values, name offsets) of the symbols of section ``shndx``
         whose names start with ``prefix``, in index order: read as columns
-        of the table's words (:func:`u64_words`), no tuple per symbol, and
-        filled from iterators: lists of a million int objects first were the
-        peak of `check` on a million sites (60 MB for a moment)."""
-        words = u64_words(self.raw)
-        heads, values = words[0::_SYM_WORDS], words[1::_SYM_WORDS]
-        # has_prefix written out (a call per symbol was a fifth of this scan):
-        # startswith with the table's end as its end is False for a name offset
-        # outside the table, as has_prefix's first test (the prefix is not empty).
-        startswith, first, end = self._data.startswith, self._names_start, self._names_start + self._names_len
-        indices = array("q", (i for i, head in enumerate(heads) if head >> _SYM_SHNDX_SHIFT == shndx
-                              and startswith(prefix, first + (head & _U32_MASK), end)))
-        return (indices, array("Q", map(values.__getitem__, indices)),
-                array("q", map(_U32_MASK.__and__, map(heads.__getitem__, indices))))
+        of the table (:meth:`column`), no tuple per symbol, and a block of
+        them (a compiler writes a section's symbols together) by slices.
+        Lists of a million int objects were the peak of `check` on a million
+        sites (60 MB for a moment): the columns kept are arrays."""
+        # Copied into arrays (count and index in C, two or four bytes a symbol), not lists of ints.
+        sections = array("H", self.column("H", _SHNDX_HALF).tobytes())
+        names, values = self.column("I", _NAME_WORD), u64_words(self.raw)[1::_SYM_WORDS]
+        count = sections.count(shndx)
+        first = sections.index(shndx) if count else 0
+        block = sections[first: first + count].count(shndx) == count
+        indices = array("q", range(first, first + count)) if block else \
+            array("q", itertools.compress(itertools.count(), map(shndx.__eq__, sections)))
+        name_offs = array("q", array("I", names[first: first + count].tobytes())) if block else \
+            array("q", map(names.__getitem__, indices))
+        if block and all(self._prefixed(prefix, name_offs)):
+            return indices, array("Q", values[first: first + count]), name_offs
+        named = list(self._prefixed(prefix, name_offs))
+        kept = array("q", itertools.compress(indices, named))
+        return kept, array("Q", map(values.__getitem__, kept)), array("q", itertools.compress(name_offs, named))
+
+    def _prefixed(self, prefix: bytes, name_offs: Iterable[int]) -> Iterator[bool]:
+        """has_prefix of each name offset, by map: startswith with the table's
+        end as its end is False for an offset outside the table, as
+        has_prefix's first test (the prefix is not empty)."""
+        start, end = self._names_start, self._names_start + self._names_len
+        return map(self._data.startswith, itertools.repeat(prefix), map(start.__add__, name_offs),
+                   itertools.repeat(end))
+
+    def column(self, code: Literal["H", "I"], field: int) -> memoryview:
+        """Field ``field`` of each symbol record (:data:`SYM`) read as words of
+        type ``code``: "I" (six a record: st_name, then st_info | st_other << 8
+        | st_shndx << 16, ...) or "H" (st_shndx is the fourth of twelve), as
+        the host reads the file's little-endian words."""
+        words = _little_endian_words(self.raw, code)
+        return words[field::SYM.size // words.itemsize]
 
     def columns(self) -> tuple[memoryview, memoryview, memoryview]:
         """(heads, values, sizes): the table as three u64 columns, record k
@@ -489,15 +518,15 @@ class SymbolTable:
         words = u64_words(self.raw)
         return words[0::_SYM_WORDS], words[1::_SYM_WORDS], words[2::_SYM_WORDS]
 
-    def section_indices(self) -> Iterator[int]:
-        """Each symbol's st_shndx, index order, by map over the heads column (in C)."""
-        return map(operator.rshift, self.columns()[0], itertools.repeat(_SYM_SHNDX_SHIFT))
+    def section_indices(self) -> memoryview:
+        """Each symbol's st_shndx, index order: its u16 column (:meth:`column`)."""
+        return self.column("H", _SHNDX_HALF)
 
     def indices_of_type(self, stt: int) -> list[int]:
         """The indices of the symbols of type ``stt``, in order: a scan of the
         st_info byte column in C."""
-        infos = self.raw[_ST_INFO_BYTE::SYM.size]          # one byte a record: no byte order
-        return list(itertools.compress(itertools.count(), map(stt.__eq__, map(ST_TYPE_MASK.__and__, infos))))
+        infos = bytes(self.raw[_ST_INFO_BYTE::SYM.size])          # one byte a record: no byte order
+        return list(itertools.compress(itertools.count(), infos.translate(_is_type(stt))))
 
     def of_type(self, stt: int) -> list[tuple[str, int, int]]:
         """(name, shndx, value) of every symbol of type ``stt``, index order:
@@ -511,9 +540,16 @@ class SymbolTable:
         """Whether every name the table can give is ASCII and inside the
         string table: then none decodes with U+FFFD and :meth:`name` raises
         for none, known from one scan of the bytes instead of a name per symbol."""
-        if max(map(_HALF.__rmod__, self.columns()[0]), default=0) >= max(self._names_len, 1):
-            return False        # (st_name: the low half of each record's first word)
+        if max(self.column("I", _NAME_WORD), default=0) >= max(self._names_len, 1):
+            return False
         return self._data[self._names_start: self._names_start + self._names_len].isascii()
+
+
+@functools.cache
+def _is_type(stt: int) -> bytes:
+    """The bytes.translate table taking an st_info byte to 1 if its type is
+    ``stt``, else 0: a scan of the st_info column in C."""
+    return bytes(int(info & ST_TYPE_MASK == stt) for info in range(256))
 
 
 def load_object(path: str | Path) -> BpfObject:
@@ -731,7 +767,7 @@ class ElfImage:
         sec_map = _kept_indices(len(obj.sections), doomed)
         heads, values, sizes = table.columns()
         kept = list(itertools.compress(itertools.count(), map(operator.not_, map(
-            doomed.__contains__, map(_SHNDX_DIVISOR.__rfloordiv__, heads)))))     # in C: a million entry symbols
+            doomed.__contains__, table.section_indices()))))     # in C: a million entry symbols
         names = table.names(kept, [heads[i] & _U32_MASK for i in kept])
         sym_map = {old: new for new, old in enumerate(kept)}
         for name, i in zip(names, kept, strict=True):

@@ -28,6 +28,7 @@ import itertools
 import subprocess
 import tempfile
 from array import array
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,19 +110,31 @@ def run_link(output: str, inputs: Sequence[str], bpftool: str | None = None) -> 
 def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> ObjectReport | None:
     """`bpf-sdt link`: OUT written atomically, once it passes check (proved
     without a second decode of every site: linkproof; then no report).
-    Each input is read, checked and kept as columns (LinkInput), its check
-    dropped before the next is read: a million sites are never all objects."""
+    Every input is read and its copy without notes written first, so that
+    the linker runs while the inputs are checked (_Prepared.start_linker).
+    Then each input is checked and kept as columns (LinkInput), its check
+    dropped before the next is checked: a million sites are never all objects."""
     try:   # refuse an output that is no regular file before doing any work
         resolve_output(output)
     except OSError as e:
         raise InputError(f"cannot write {output}: {e.strerror}") from None
     with tempfile.TemporaryDirectory(prefix="bpf-sdt-link-") as tmp:
         prepared = _Prepared(Path(tmp))
-        for path in inputs:
-            report = checked_input(load_object(path))
-            prepared.add(report)
-            _release(report)
-        linked = _link(prepared, str(output), bpftool)
+        staged, unreadable = _stage(prepared, inputs)
+        if unreadable is None and all(refusal is None for _, refusal in staged):
+            prepared.start_linker(bpftool)
+        with _killed_on_error(prepared.linker):
+            while staged:
+                obj, refusal = staged.popleft()
+                report = checked_input(obj)
+                if refusal is not None:     # its check first, as when inputs were staged after it
+                    raise refusal
+                prepared.add(report)
+                _release(report)
+                del obj, report
+            if unreadable is not None:
+                raise unreadable
+            linked = _link(prepared, str(output), bpftool)
     if isinstance(linked, Linked):       # linked directly, or no sites: checked by _link
         write_output(output, linked.obj.data)
         return linked.report
@@ -131,6 +144,28 @@ def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> Object
     verify_linked(out, moved)
     write_output(output, out.data)
     return None
+
+
+def _stage(prepared: _Prepared, inputs: list[Path]) -> tuple[deque[tuple[BpfObject, InputError | None]],
+                                                               InputError | None]:
+    """Each input read, and staged for the linker (_Prepared.stage), in
+    order, up to the first that cannot be read (its error: the second
+    value) or staged (its refusal: beside it).  Either is raised at that
+    input's turn, after the checks of the inputs before it, so link reports
+    what it reported when each input was checked before the next was read."""
+    staged: deque[tuple[BpfObject, InputError | None]] = deque()
+    for path in inputs:
+        try:
+            obj = load_object(path)
+        except InputError as e:
+            return staged, e
+        try:
+            prepared.stage(obj)
+        except InputError as e:
+            staged.append((obj, e))
+            break
+        staged.append((obj, None))
+    return staged, None
 
 
 def _release(report: ObjectReport) -> None:
@@ -171,18 +206,40 @@ class _Prepared:
         self.copies: list[Path] | None = []     # None: some input's records the linker refuses
         self.prototypes: dict[str, tuple[Declaration, str]] = {}
         self.names: dict[str, str] = {}          # one string per entry symbol name across inputs
+        self.linker: subprocess.Popen[str] | None = None    # linking the stripped copies, once started
 
-    def add(self, report: ObjectReport) -> None:
-        i = len(self.inputs)
-        _check_prototypes([report], self.prototypes)
-        obj = report.obj
+    def stage(self, obj: BpfObject) -> None:
+        """The input's copies for the linker: without its notes and, while
+        the direct link is possible, as it is."""
+        i = len(self.stripped)
         if self.copies is not None:
             if _linker_refuses_records(obj):
                 self.copies = None
             else:
                 self.copies.append(self._write(f"input{i}.o", obj.data))
         self.stripped.append(self._write(f"in{i}.o", strip_notes(obj)))
+
+    def add(self, report: ObjectReport) -> None:
+        """A checked input, staged already or now."""
+        i = len(self.inputs)
+        _check_prototypes([report], self.prototypes)
+        if i == len(self.stripped):
+            self.stage(report.obj)
         self.inputs.append(_link_input(i, report, self.names))
+
+    def start_linker(self, bpftool: str | None) -> None:
+        """The link of the stripped copies started before the inputs are
+        checked, to run meanwhile (at 1M sites bpftool takes about a sixth of
+        link's time), where it is the link made: when no direct link is to be
+        tried (some input's records the linker refuses) and bpftool is found
+        (else _link looks for it after the checks, as it always did)."""
+        if self.copies is not None:
+            return
+        try:
+            tool = find_bpftool(bpftool)
+        except ToolError:
+            return
+        self.linker = _start_bpftool(tool, self.tmp / "base.o", self.stripped)
 
     def _write(self, name: str, data: bytes) -> Path:
         path = self.tmp / name
@@ -208,14 +265,28 @@ def _link_input(i: int, report: ObjectReport, names: dict[str, str]) -> LinkInpu
         path=report.path, sections=obj.sections, functions=obj.symbol_table.of_type(STT_FUNC),
         runs=[(sec.name, lo, hi) for sec, lo, hi in entries.section_runs()],
         nop_offsets=array("Q", entries.offsets), entry_offsets=array("Q", entries.entry_offsets),
+        address_words=array("Q", map(ADDRESS_WORD_SIZE.__rfloordiv__, entries.entry_offsets)),
         names=list(map(names.setdefault, symbols, symbols)), shapes=_shapes(report),
         notes=section_view(obj, notes).tobytes() if notes is not None and entries else b"",
-        calls=[InputCall(i, observer, obj.sections[shndx].name, offset) for observer, shndx, offset in call_words(obj)],
+        calls=[InputCall(i, observer, _call_section(report, shndx, offset), offset)
+               for observer, shndx, offset in call_words(obj)],
         # Where nothing says a site was inlined, every chain is () (inlined.has_inline_information):
         # no per-site pass over the table for them.  An input without sites (the recorder, an
         # observer object) has no chain to read: its DWARF is not even loaded (pyelftools, ~30 ms).
         inline=report.table.notes_order_chains() if entries and has_inline_information(obj)
         else [()] * len(entries))
+
+
+def _call_section(report: ObjectReport, shndx: int, offset: int) -> str:
+    """The code section a recorded call is in: link moves a call word by
+    where the linker put that section, and a word naming data (check reads
+    it as no site's call) has no such place."""
+    sec = report.obj.section_at(shndx)
+    if sec is None or not sec.executable:
+        where = sec.name if sec is not None else f"section {shndx}"
+        raise InputError(f"{report.path}: {CALLS_SECTION} records a call at {where}+{offset:#x}, "
+                         "outside any code section; cannot place it")
+    return sec.name
 
 
 def _shapes(report: ObjectReport) -> set[tuple[str, int]]:
@@ -230,6 +301,8 @@ def _shapes(report: ObjectReport) -> set[tuple[str, int]]:
                    for p, b in set(zip(entries.probe_ids, entries.body_ids, strict=True))
                    if entries.probes[p] not in decls}
     return shapes
+
+
 def _link(prepared: _Prepared, name: str, bpftool: str | None) -> Linked | LinkedImage:
     """Link the prepared inputs: directly where the linker takes their
     records (and then their sites must be where they belong), else their
@@ -239,12 +312,12 @@ def _link(prepared: _Prepared, name: str, bpftool: str | None) -> Linked | Linke
     inputs = prepared.inputs
     tmp = prepared.tmp
     if prepared.has_sites and prepared.copies is not None and \
-            _bpftool_link(tool, tmp / "direct.o", prepared.copies, check=False):
+            _bpftool_link(tool, tmp / "direct.o", prepared.copies):
         linked = load_object(tmp / "direct.o")
         report = analyze(linked)
         if not report.errors and _same_sites(report, inputs, linked):
             return Linked(BpfObject(name, linked.data), report)
-    linker = _start_bpftool(tool, tmp / "base.o", prepared.stripped)
+    linker = prepared.linker or _start_bpftool(tool, tmp / "base.o", prepared.stripped)
     with _killed_on_error(linker):     # the notes are moved while the linker runs: neither needs the other
         layout = _layout(inputs)
         moved = _move_notes(inputs, layout) if prepared.has_sites else MovedNotes()
@@ -337,9 +410,10 @@ def _check_prototypes(reports: Sequence[ObjectReport], seen: dict[str, tuple[Dec
                                  f"and as {decl.prototype()} in {path}; one name needs one prototype")
 
 
-def _bpftool_link(tool: str, out: Path, inputs: Sequence[Path], check: bool,
-                  names: Sequence[Path] | None = None) -> bool:
-    return _bpftool_result(_start_bpftool(tool, out, inputs), inputs, check, names)
+def _bpftool_link(tool: str, out: Path, inputs: Sequence[Path]) -> bool:
+    """Whether bpftool links ``inputs`` into ``out`` (the direct link: a
+    failure is no error, the stripped copies are linked next)."""
+    return _bpftool_result(_start_bpftool(tool, out, inputs), inputs, check=False)
 
 
 def _start_bpftool(tool: str, out: Path, inputs: Sequence[Path]) -> subprocess.Popen[str]:
@@ -349,13 +423,15 @@ def _start_bpftool(tool: str, out: Path, inputs: Sequence[Path]) -> subprocess.P
 
 
 @contextlib.contextmanager
-def _killed_on_error(proc: subprocess.Popen[str]) -> Iterator[None]:
-    """As subprocess.run does: a failure (or a signal) meanwhile ends the child."""
+def _killed_on_error(proc: subprocess.Popen[str] | None) -> Iterator[None]:
+    """As subprocess.run does: a failure (or a signal) meanwhile ends the
+    child (if one was started)."""
     try:
         yield
     except BaseException:
-        proc.kill()
-        proc.wait()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
         raise
 
 
@@ -443,7 +519,7 @@ def _move_notes(inputs: list[LinkInput], layout: dict[tuple[int, str], int]) -> 
         for section, lo, hi in p.runs:
             targets += array("Q", map(layout[(i, section)].__add__, p.nop_offsets[lo:hi]))
         copy = bytearray(p.notes)
-        put_u64_words(copy, map(ADDRESS_WORD_SIZE.__rfloordiv__, p.entry_offsets), targets)
+        put_u64_words(copy, p.address_words, targets)
         moved.add_input(p, copy, targets)
     return moved
 

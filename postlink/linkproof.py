@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import itertools
 import operator
-import sys
 from array import array
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
@@ -48,7 +47,6 @@ from bpf_sdt.elf import (
     STB_LOCAL,
     STT_NOTYPE,
     STT_SECTION,
-    SYM,
     BpfObject,
     Section,
     SymbolTable,
@@ -59,7 +57,6 @@ from bpf_sdt.elf import (
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import CALL_LABEL_PREFIX, CALLS_REL_SECTION, CALLS_SECTION, NOTES_REL_SECTION, NOTES_SECTION
 from bpf_sdt.inlined import INLINE_SECTION, Chain, encode_section
-from bpf_sdt.insn import INSN_SIZE
 from bpf_sdt.notes import ADDRESS_WORD_SIZE, MAX_ENTRIES
 from bpf_sdt.rewrite import AddressEntries
 
@@ -85,6 +82,7 @@ class LinkInput(NamedTuple):
     runs: list[tuple[str, int, int]]           # (code section, first entry, end) of each run of entries
     nop_offsets: array[int]                    # each entry's NOP offset in its code section
     entry_offsets: array[int]                  # each entry's offset in the notes
+    address_words: array[int]                  # each entry's address word: its index in the notes as u64s
     names: list[str]                           # each entry's symbol
     # (probe, argument count) that OUT's prototypes must have: the input's own
     # prototypes, which its check held every site to, else (GCC) the sites'
@@ -105,6 +103,9 @@ class MovedNotes:
         self.starts = array("Q")             # each entry's offset in OUT's notes
         self.shapes: set[tuple[str, int]] = set()
         self._chunks: list[bytes | bytearray] = []
+        # Per input, where its notes start in OUT's, their size and each entry's address word
+        # in them (LinkInput.address_words): the proof reads an input's words with its own indices.
+        self.inputs: list[tuple[int, int, array[int]]] = []
         self.data = b""                      # OUT's notes, once joined (entries)
         self.size = 0
         self.linker_output: BpfObject | None = None
@@ -115,8 +116,9 @@ class MovedNotes:
         """One input's entries: its notes as moved (which must differ from
         its own in the address words alone) and each NOP's new offset (their
         code sections are added once the linker's output is known)."""
-        _only_address_words_moved(p.path, p.notes, p.entry_offsets, moved)
+        _only_address_words_moved(p.path, p.notes, p.address_words, moved)
         lo = self.size
+        self.inputs.append((lo, len(moved), p.address_words))
         self.starts += array("Q", map(lo.__add__, p.entry_offsets)) if lo else p.entry_offsets
         self.names += p.names
         self.shapes |= p.shapes
@@ -132,12 +134,12 @@ class MovedNotes:
         return AddressEntries(self.names, self.code_sections, self.data, self.starts)
 
 
-def _only_address_words_moved(path: str, original: bytes, offsets: array[int], moved: bytearray) -> None:
-    """The moved notes with the input's address words put back are the
-    input's notes, which its check decoded (the arguments: SDT102, SDT108)."""
+def _only_address_words_moved(path: str, original: bytes, words: array[int], moved: bytearray) -> None:
+    """The moved notes with the input's address words (u64 indices
+    ``words``) put back are the input's notes, which its check decoded (the
+    arguments: SDT102, SDT108)."""
     restored = bytearray(moved)
     with memoryview(restored) as view, view.cast("Q") as mine, memoryview(original) as o, o.cast("Q") as theirs:
-        words = list(map(INSN_SIZE.__rfloordiv__, offsets))
         deque(map(mine.__setitem__, words, map(theirs.__getitem__, words)), maxlen=0)   # raw words: any byte order
     if restored != original:
         at = next(k for k in range(len(original)) if restored[k] != original[k])
@@ -160,7 +162,7 @@ def verify_linked(out: BpfObject, moved: MovedNotes) -> None:
     notes = _notes_section(out, moved)
     calls = out.section(CALLS_SECTION)
     special = {notes.index} | ({calls.index} if calls is not None else set())
-    shndx = _symbol_column(out.symbol_table.raw, "H", _SYM_SHNDX_FIELD).tolist()   # each symbol's section
+    shndx = out.symbol_table.column("H", _SYM_SHNDX_FIELD).tolist()   # each symbol's section
     _same_linker_symbols(out, base, special, shndx)
     _prototypes(out, report, moved.shapes)
     _notes_bytes(out, notes, moved)
@@ -273,8 +275,10 @@ def _notes_bytes(out: BpfObject, notes: Section, moved: MovedNotes) -> None:
     words changed: MovedNotes.add_input), and each address word holds its
     NOP's new offset, where the verified placement put a NOP (SDT107)."""
     data = section_view(out, notes)
-    words = u64_words(data)
-    got = array("Q", map(words.__getitem__, map(ADDRESS_WORD_SIZE.__rfloordiv__, moved.starts)))
+    got = array("Q")
+    for lo, size, address_words in moved.inputs:      # each input's words by its own indices
+        words = u64_words(data[lo: lo + size - size % ADDRESS_WORD_SIZE])
+        got += array("Q", map(words.__getitem__, address_words))
     if got != moved.targets:
         k = next(k for k in range(len(got)) if got[k] != moved.targets[k])
         _fail(out, f"{NOTES_SECTION}+{moved.starts[k]:#x}: address word {got[k]:#x}, "
@@ -319,30 +323,15 @@ def _entry_symbols(out: BpfObject, notes: Section, moved: MovedNotes, shndx: lis
     here = _block(shndx, notes.index)
     n = len(here)
     want_tail = ENTRY_INFO | notes.index << _TAIL_SHNDX_SHIFT                  # st_other 0
-    if n != len(moved.names) or _select(_symbol_column(table.raw, "I", _SYM_TAIL_FIELD), here) != \
+    if n != len(moved.names) or _select(table.column("I", _SYM_TAIL_FIELD), here) != \
             memoryview(array("I", [want_tail]) * n) or _select(sizes, here) != memoryview(array("Q", [0]) * n) \
             or _select(values, here) != memoryview(moved.starts):
         _fail(out, f"the entry symbols of {NOTES_SECTION} are not one local symbol at each entry [SDT102]")
-    name_offs = _select(_symbol_column(table.raw, "I", _SYM_NAME_FIELD), here)
-    name_of = {off: table.name(0, off) for off in set(name_offs)}
+    name_offs = _select(table.column("I", _SYM_NAME_FIELD), here)
+    distinct = list(set(name_offs))          # the names written once each (link.py interns them)
+    name_of = dict(zip(distinct, table.names([0] * len(distinct), distinct), strict=True))
     if list(map(name_of.__getitem__, name_offs)) != moved.names:
         _fail(out, f"the entry symbols of {NOTES_SECTION} are not the inputs' names [SDT102]")
-
-
-def _symbol_column(raw: memoryview, code: Literal["H", "I"], field: int) -> memoryview:
-    """Field ``field`` of each symbol record (:data:`bpf_sdt.elf.SYM`) read
-    as words of type ``code``: "I" (six a record: st_name, then st_info |
-    st_other << 8 | st_shndx << 16, ...) or "H" (st_shndx is the fourth of
-    twelve), as the host reads the file's little-endian words."""
-    words = raw.cast(code) if sys.byteorder == "little" else _swapped(raw, code)
-    return words[field::SYM.size // words.itemsize]
-
-
-def _swapped(raw: memoryview, code: str) -> memoryview:
-    words = array(code)
-    words.frombytes(raw)
-    words.byteswap()
-    return memoryview(words)
 
 
 def _select(column: memoryview, here: Sequence[int]) -> memoryview:

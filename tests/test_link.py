@@ -15,7 +15,8 @@ from bpf_sdt.postlink.check import analyze
 from test_samples import load
 from toolchain import HEADER_DIR, clang, compile_bpf, need, run, tool
 
-from bpf_sdt.elf import load_object
+from bpf_sdt.elf import REL, load_object
+from bpf_sdt.errors import InputError
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
 
@@ -189,6 +190,47 @@ def test_input_with_broken_notes_is_refused(tmp_path: Path) -> None:
     res = link(tmp_path / "out.o", bad)
     assert res.returncode == 2 and "bad.o" in res.stderr and "SDT107" in res.stderr
     assert not (tmp_path / "out.o").exists()
+    junk = tmp_path / "junk.o"
+    junk.write_text("not an object")
+    res = link(tmp_path / "out.o", build(tmp_path, "a", A), bad, junk)   # read before bad is checked
+    assert res.returncode == 2 and "bad.o" in res.stderr and "SDT107" in res.stderr, "the first input's error"
+    assert not (tmp_path / "out.o").exists()
+
+
+def test_the_linker_runs_while_the_inputs_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """clang 19's inputs are never linked directly, so bpftool starts on
+    their stripped copies before the first is checked; a check that fails
+    then ends it, and no output is written."""
+    from bpf_sdt.postlink import link as link_module
+    events: list[str] = []
+    start, check = link_module._start_bpftool, link_module.checked_input
+    started: list[subprocess.Popen[str]] = []
+
+    def recorded_start(*args: object) -> subprocess.Popen[str]:
+        events.append("linker")
+        started.append(start(*args))  # type: ignore[arg-type]
+        return started[-1]
+
+    def recorded_check(obj: object) -> object:
+        events.append("check")
+        return check(obj)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(link_module, "_start_bpftool", recorded_start)
+    monkeypatch.setattr(link_module, "checked_input", recorded_check)
+    inputs = [build(tmp_path, "a", A), build(tmp_path, "b", B)]
+    link_module.link(tmp_path / "out.o", inputs, tool("bpftool"))
+    assert events == ["linker", "check", "check"]
+    assert site_anchors(tmp_path / "out.o") == sorted(site_anchors(inputs[0]) + site_anchors(inputs[1]))
+    events.clear()
+
+    def failing_check(obj: object) -> object:
+        raise InputError("refused")
+
+    monkeypatch.setattr(link_module, "checked_input", failing_check)
+    with pytest.raises(InputError):
+        link_module.link(tmp_path / "again.o", inputs, tool("bpftool"))
+    assert events == ["linker"] and started[-1].returncode is not None, "the linker was ended"
+    assert not (tmp_path / "again.o").exists()
 
 
 # --- global data: every section kept as the linker made it; load and run ---------
@@ -386,3 +428,27 @@ def test_link_finds_bpftool_like_instrument(tmp_path: Path) -> None:
     assert not (tmp_path / "out.o").exists()
     res = run([*CLI, "link", "-o", str(tmp_path / "out.o"), str(a), "--bpftool", tool("bpftool")], env=env)
     assert res.returncode == 0, res.stderr
+
+
+def test_a_call_recorded_outside_code_is_refused(tmp_path: Path) -> None:
+    """An instrumented input whose calls record names a word in a data
+    section (its relocation against the LICENSE symbol): link cannot move
+    it with any code section, so it names the input in one line, exit 2."""
+    inst = tmp_path / "inst.o"
+    res = run([*CLI, "instrument", str(build(tmp_path, "a", A)), "--record", "-o", str(inst),
+               "--bpftool", tool("bpftool")])
+    assert res.returncode == 0, res.stderr
+    obj = load_object(inst)
+    rel = obj.section(".rel.bpf_sdt_calls")
+    assert rel is not None
+    (license_symbol,) = [i for i, sym in enumerate(obj.symbols) if sym.name == "LICENSE"]
+    data = bytearray(obj.data)
+    offset, info = REL.unpack_from(data, rel.offset)
+    REL.pack_into(data, rel.offset, offset, license_symbol << 32 | info & 0xFFFFFFFF)
+    bad = tmp_path / "bad.o"
+    bad.write_bytes(data)
+    out = tmp_path / "out.o"
+    res = link(out, bad)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and "bad.o" in res.stderr and "outside any code section" in res.stderr
+    assert not out.exists()

@@ -16,6 +16,7 @@ from test_btfext import FILE, LINE, STRINGS, TEXT, _block
 
 from bpf_sdt.btfext import BtfExt, _LineIndex
 from bpf_sdt.elf import BpfObject, ElfImage, load_object
+from bpf_sdt.errors import InputError
 from bpf_sdt.format import NOP_INSN
 from bpf_sdt.insn import INSN_SIZE
 from bpf_sdt.model import ArgLocation
@@ -127,3 +128,67 @@ def test_line_rows_out_of_order_are_indexed_as_the_records() -> None:
     for offset in range(0, 80, INSN_SIZE):
         row, record = index.at(offset), by_records.at(offset)
         assert (index.line_cols[row] if row >= 0 else None) == (record.line_col if record else None), offset
+
+
+# --- the symbol table's column readers against one record at a time ----------------
+
+_TABLE_EDITS = st.lists(st.tuples(st.sampled_from(["name", "last name", "shndx", "info", "byte"]), st.integers(0, 1 << 16),
+                                  st.integers(0, 255)), max_size=12)
+
+
+def _edited_table(edits: list[tuple[str, int, int]]) -> BpfObject:
+    """A synthetic object (entry symbols in a block, at the notes section)
+    with symbols' name offsets (into any name, past the table's end too),
+    sections and st_info bytes changed, and string table bytes set (a NUL
+    inside a name, a byte that is not ASCII, the last NUL gone)."""
+    sites = [SyntheticEntry(probe, INSN_SIZE * k, (REG,)) for k, probe in enumerate("abcab")]
+    data = bytearray(synthetic_object(sites, {p: ("long",) for p in "abc"}))
+    obj = BpfObject("edited.o", bytes(data))
+    symtab, strtab = obj.symtab_section, obj.sections[6]
+    assert symtab is not None and strtab.index == symtab.link
+    count = symtab.size // 24
+    for field, where, value in edits:
+        record = symtab.offset + 24 * (where % count)
+        if field == "name":
+            struct.pack_into("<I", data, record, value % strtab.size)
+        elif field == "last name":     # the table's last byte, or just past its end
+            struct.pack_into("<I", data, record, strtab.size - 1 + value % 3)
+        elif field == "shndx":
+            struct.pack_into("<H", data, record + 6, value % len(obj.sections))
+        elif field == "info":
+            data[record + 4] = value
+        else:
+            data[strtab.offset + where % strtab.size] = value
+    return BpfObject("edited.o", bytes(data))
+
+
+def _outcome(read: object) -> object:
+    try:
+        return read()  # type: ignore[operator]
+    except InputError as e:
+        return str(e)
+
+
+@FAST
+@given(_TABLE_EDITS)
+def test_symbol_columns_read_as_the_records(edits: list[tuple[str, int, int]]) -> None:
+    """names, in_section, indices_of_type and section_indices (by slices
+    and maps, names as slices of the table's text when it is ASCII) give
+    what reading each record and name on its own gives, or the same error;
+    a table names_are_ascii calls so gives every name in ASCII."""
+    table = _edited_table(edits).symbol_table
+    records = list(table.records())
+    offsets = [r[0] for r in records]
+    assert _outcome(lambda: table.names(range(table.count), offsets)) == \
+        _outcome(lambda: [table.name(i, off) for i, off in enumerate(offsets)])
+    for shndx in (2, 1):            # the notes (the entry symbols' block), .text
+        prefix = b"___sdt_jt_"
+        want = [(i, r[4], r[0]) for i, r in enumerate(records) if r[3] == shndx and table.has_prefix(r[0], prefix)]
+        indices, values, name_offs = table.in_section(shndx, prefix)
+        assert list(zip(indices, values, name_offs, strict=True)) == want
+    for stt in range(16):
+        assert table.indices_of_type(stt) == [i for i, r in enumerate(records) if r[1] & 0xF == stt]
+    assert list(table.section_indices()) == [r[3] for r in records]
+    if table.names_are_ascii():
+        names = _outcome(lambda: [table.name(i, off) for i, off in enumerate(offsets)])
+        assert isinstance(names, list) and all(name.isascii() for name in names)
