@@ -138,7 +138,10 @@ class Insn:
     instruction that refers to nothing may stand at several places (the
     sites of one shape share their inserted code): its ``pos`` is then the
     last one's, so positions are asked only of instructions that stand once
-    (targets, calls, symbols' first instructions)."""
+    (targets, symbols' first instructions).  A call or branch may stand at
+    several places too: encoding derives its field from the position it is
+    packed at, not from ``pos`` (the calls of sites of one shape are one
+    object)."""
 
     __slots__ = ("op", "dst", "src", "off", "imm", "imm_hi", "target", "reloc", "orig", "pos", "placed")
 
@@ -567,7 +570,7 @@ def _encode(sec: CodeSection, sec_idx: int, placements: dict[int, Placement], sy
     pos = 0
     for insn in sec.insns:
         if insn.target is not None:
-            _derive_reference(insn, sec_idx, placements, symbols, values, sec)
+            _derive_reference(insn, pos, sec_idx, placements, symbols, values, sec)
         if insn.reloc is not None:
             r = insn.reloc
             relocs.append(Relocation(pos, r.type, r.symbol, r.addend))
@@ -579,10 +582,11 @@ def _encode(sec: CodeSection, sec_idx: int, placements: dict[int, Placement], sy
     return bytes(buf), relocs
 
 
-def _derive_reference(insn: Insn, sec_idx: int, placements: dict[int, Placement],
+def _derive_reference(insn: Insn, here: int, sec_idx: int, placements: dict[int, Placement],
                       symbols: Sequence[Symbol], values: dict[int, int], sec: CodeSection) -> None:
+    """Set the field of ``insn``, packed at byte ``here``, that names its target."""
     assert insn.target is not None
-    here, target = insn.pos, insn.target
+    target = insn.target
     placed = target.placed
     if placed is None or placements.get(placed.index) is not placed:
         raise InputError(f"{sec.name}+{here:#x}: refers to an instruction that was removed")

@@ -25,6 +25,7 @@ lists (insert, replace); :func:`rewrite_object` writes the object back:
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,14 +79,25 @@ class Moved:
     at: dict[int, Insn]                  # old byte offset -> the instruction
 
 
-@dataclass(slots=True)     # one per inserted call
-class Label:
-    """A name for an instruction, kept outside the code: an address word in
-    ``.bpf_sdt_calls`` at a local STT_NOTYPE symbol ``name``."""
+@dataclass
+class Labels:
+    """Names for places in the code, kept outside it: label k is an address
+    word in ``.bpf_sdt_calls`` at a local STT_NOTYPE symbol ``names[k]``,
+    for the byte ``offsets[k]`` from where instruction ``anchors[k]`` of
+    section ``sections[k]`` is written (negative: before it).  An anchor
+    stands once in the code; what is labelled may be an instruction that
+    sites share.  Columns: one per inserted call, no object each."""
 
-    name: str
-    section: int
-    insn: Insn
+    names: list[str] = field(default_factory=list)
+    sections: list[int] = field(default_factory=list)
+    anchors: list[Insn] = field(default_factory=list)
+    offsets: array[int] = field(default_factory=lambda: array("q"))
+
+    def add(self, name: str, section: int, anchor: Insn, offset: int) -> None:
+        self.names.append(name)
+        self.sections.append(section)
+        self.anchors.append(anchor)
+        self.offsets.append(offset)
 
 
 @dataclass
@@ -94,7 +106,7 @@ class CodeEdits:
 
     moved: dict[int, Moved] = field(default_factory=dict)
     renamed: dict[int, str] = field(default_factory=dict)
-    labels: list[Label] = field(default_factory=list)
+    labels: Labels = field(default_factory=Labels)
     make_static: set[str] = field(default_factory=set)    # function names
 
 
@@ -162,19 +174,27 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
     return img
 
 
-def _write_labels(img: ElfImage, encoded: dict[int, EncodedSection], labels: list[Label]) -> None:
-    append_call_words(img, [(label.name, label.section, encoded[label.section].position(label.insn))
-                            for label in labels])
+def _write_labels(img: ElfImage, encoded: dict[int, EncodedSection], labels: Labels) -> None:
+    positions = array("Q", map(lambda section, anchor, offset: encoded[section].position(anchor) + offset,
+                               labels.sections, labels.anchors, labels.offsets))
+    _append_calls(img, labels.names, labels.sections, positions)
 
 
 def append_call_words(img: ElfImage, words: list[tuple[str, int, int]]) -> None:
     """For each (symbol name, code section index, byte offset), one address
     word appended to the calls section (made when missing), as a note's
     address word (docs/format.md section 6)."""
+    _append_calls(img, [name for name, _, _ in words], [section for _, section, _ in words],
+                  array("Q", [offset for _, _, offset in words]))
+
+
+def _append_calls(img: ElfImage, names: list[str], sections: list[int], offsets: array[int]) -> None:
+    """:func:`append_call_words` by columns."""
+    if sys.byteorder != "little":      # the words are little-endian
+        offsets = array("Q", offsets)
+        offsets.byteswap()
     append_address_entries(img, CALLS_SECTION, CALLS_REL_SECTION, CALL_WORD_SIZE, AddressEntries(
-        [name for name, _, _ in words], [section for _, section, _ in words],
-        b"".join(offset.to_bytes(CALL_WORD_SIZE, "little") for _, _, offset in words),
-        array("Q", range(0, CALL_WORD_SIZE * len(words), CALL_WORD_SIZE))))
+        names, sections, offsets.tobytes(), array("Q", range(0, CALL_WORD_SIZE * len(names), CALL_WORD_SIZE))))
 
 
 class AddressEntries(NamedTuple):

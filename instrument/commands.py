@@ -43,7 +43,7 @@ from bpf_sdt.fsutil import resolve_output
 from bpf_sdt.insn import INSN_SIZE, LD_IMM64, MAX_STACK, STACK_SLOT, CodeSection, Insn, reg_mask
 from bpf_sdt.model import escape_text
 from bpf_sdt.notes import NoteEntry
-from bpf_sdt.rewrite import CodeEdits, Label, decode_code, move_code, rewrite_object
+from bpf_sdt.rewrite import CodeEdits, decode_code, move_code, rewrite_object
 from bpf_sdt.sites import SiteTable, recorder_identity, site_table
 
 if TYPE_CHECKING:   # postlink is imported when the run needs it
@@ -71,7 +71,7 @@ from .observers import (
     recorder_function,
     start_recorder,
 )
-from .sequence import Frame, Observer, SequenceShapes, call_starts, site_sequence
+from .sequence import Frame, Observer, SequenceShapes, call_ends, site_sequence
 
 # Distinct site frames kept (functions x live caller-saved registers x arities).
 FRAME_SHAPES = 4096
@@ -358,7 +358,9 @@ def _place_calls(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits,
             problems.append(f"{_where(entry, f, table)}: {e}")
             continue
         inserts.setdefault(sec.index, {})[idx] = seq
-        edits.labels += [Label(label_names[name], sec.index, insn) for name, insn in calls]
+        after = sec.insns[idx + 1] if idx + 1 < len(sec.insns) else sec.end    # the sequence goes before it
+        for name, end in calls:
+            edits.labels.add(label_names[name], sec.index, after, -end)
         sites.append(InstrumentedSite(site_id, entry.probe, sec.name, entry.offset, f.name, list(names)))
     if problems and (not req.skip_unplaceable or not sites):
         raise SiteError("; ".join(problems) if len(problems) <= 3 else
@@ -475,8 +477,9 @@ def _called_through_section_symbol(obj: BpfObject, observers: dict[str, Observer
 def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types: tuple[ArgType, ...],
                observers: list[Observer], site_id: int, cross_section: bool,
                chains: dict[tuple[int, int, tuple[str, ...]], str | None] | None = None,
-               shapes: SequenceShapes | None = None) -> tuple[list[Insn], list[tuple[str, Insn]]]:
-    """The site's sequence, and for each observer the first insn of its call.
+               shapes: SequenceShapes | None = None) -> tuple[list[Insn], list[tuple[str, int]]]:
+    """The site's sequence, and for each observer the bytes from the first
+    insn of its call to the end of the sequence.
     ``chains`` keeps :func:`_check_call_chain`'s verdict (None: passed; else
     the finding) by function, grown frame and observers: it depends on
     nothing else, and sites share them."""
@@ -508,8 +511,7 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
         raise SiteError(verdict)
     wants_id = any([o.at_site_id for o in observers])
     seq = site_sequence(entry.args, types, frame, observers, site_id if wants_id else None, cross_section, shapes)
-    calls = call_starts(len(seq), frame, len(observers))
-    return seq, [(obs.name, seq[i]) for obs, i in zip(observers, calls, strict=True)]
+    return seq, list(zip([obs.name for obs in observers], call_ends(frame, len(observers)), strict=True))
 
 
 @functools.lru_cache(maxsize=FRAME_SHAPES)
