@@ -27,11 +27,12 @@ property on every sample and compile-matrix object.
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 from bpf_sdt.bpf_helpers import HELPER_IDS
-from bpf_sdt.elf import SHN_LORESERVE, SHN_UNDEF, STT_SECTION, Relocation, Symbol
+from bpf_sdt.elf import SHN_LORESERVE, SHN_UNDEF, STT_SECTION, PackedRelocations, Relocation, Symbol, r_info
 from bpf_sdt.errors import InputError
 
 INSN_SIZE = 8
@@ -491,7 +492,7 @@ def link_code_references(sections: dict[int, CodeSection], symbols: Sequence[Sym
 
 class EncodedSection(NamedTuple):
     data: bytes
-    relocs: list[Relocation]
+    relocs: PackedRelocations    # in code order, symbols numbered as the object's (columns: one per call)
     offsets: dict[int, int]      # old byte offset -> new byte offset
     placement: Placement         # what the instructions laid out in this section carry
 
@@ -557,15 +558,17 @@ def encode_sections(sections: dict[int, CodeSection], symbols: Sequence[Symbol],
 
 
 def _encode(sec: CodeSection, sec_idx: int, placements: dict[int, Placement], symbols: Sequence[Symbol],
-            values: dict[int, int]) -> tuple[bytes, list[Relocation]]:
+            values: dict[int, int]) -> tuple[bytes, PackedRelocations]:
     """A placed section's bytes and relocations, in one pass: each
     instruction's reference sets its field, then the instruction is packed
     into one buffer of the section's size.  No bytes object per instruction
-    (with the list to join them, that was a third of a rewrite's peak).  The
+    (with the list to join them, that was a third of a rewrite's peak), and
+    the relocations as columns (a call per site has one).  The
     offset is counted here, not read from ``pos``: an instruction shared by
     sites of one shape has the last one's there."""
     buf = bytearray(sec.end.pos)
-    relocs = []
+    offsets, infos = array("Q"), array("Q")
+    addends: array[int] | None = None        # RELA only: from the first relocation with an addend
     pack_into, slots = INSN.pack_into, _SLOTS
     pos = 0
     for insn in sec.insns:
@@ -573,13 +576,18 @@ def _encode(sec: CodeSection, sec_idx: int, placements: dict[int, Placement], sy
             _derive_reference(insn, pos, sec_idx, placements, symbols, values, sec)
         if insn.reloc is not None:
             r = insn.reloc
-            relocs.append(Relocation(pos, r.type, r.symbol, r.addend))
+            if r.addend is not None and addends is None:
+                addends = array("Q", bytes(8 * len(offsets)))     # what the ones before write: 0
+            if addends is not None:
+                addends.append((r.addend or 0) & U64_MAX)
+            offsets.append(pos)
+            infos.append(r_info(r.symbol, r.type))
         op = insn.op
         pack_into(buf, pos, op, (insn.src << SRC_SHIFT) | insn.dst, insn.off, insn.imm)
         if op == LD_IMM64:
             pack_into(buf, pos + INSN_SIZE, 0, 0, 0, insn.imm_hi)
         pos += INSN_SIZE * slots[op & OPCODE_BYTE]
-    return bytes(buf), relocs
+    return bytes(buf), PackedRelocations(offsets, infos, addends)
 
 
 def _derive_reference(insn: Insn, here: int, sec_idx: int, placements: dict[int, Placement],

@@ -148,7 +148,9 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
                      if sym.shndx in edits.moved and sym.type != STT_SECTION
                      and sym.value in edits.moved[sym.shndx].at}
     encoded, values = encode_sections(code, obj.symbols, moved_symbols)
-    img = ElfImage.from_object(obj)     # after encoding, the peak of a rewrite: not alive during it
+    # After encoding, the peak of a rewrite: not alive during it.  Its relocations are
+    # columns, as the encoded code's are (the notes have one per site).
+    img = ElfImage.without_sections(obj, set())
     changed = bool(edits.moved) or any(enc.data != obj.section_data(obj.sections[idx])
                                        for idx, enc in encoded.items())
     for idx, enc in encoded.items():
@@ -304,8 +306,9 @@ def _set_code_relocations(img: ElfImage, idx: int, enc: EncodedSection) -> None:
             return
         name = ".rel" + img.sections[idx].name
         rel_i = img.add_section(SecRec(name, SHT_REL, SHF_INFO_LINK, b"", link=img.symtab_index,
-                                       info=idx, addralign=8, entsize=16, relocs=[]))
-    img.sections[rel_i].relocs = enc.relocs
+                                       info=idx, addralign=8, entsize=16))
+    rel = img.sections[rel_i]
+    rel.relocs, rel.packed = None, enc.relocs
 
 
 def _move_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],

@@ -17,7 +17,7 @@ import pytest
 from toolchain import clang, compile_bpf, objdump, run
 
 from bpf_sdt import format as fmt
-from bpf_sdt.elf import R_BPF_64_32, STB_LOCAL, STT_SECTION, Symbol, load_object
+from bpf_sdt.elf import R_BPF_64_32, STB_LOCAL, STT_SECTION, Relocation, Symbol, load_object, r_info
 from bpf_sdt.errors import InputError
 from bpf_sdt.insn import (
     ALU,
@@ -380,6 +380,8 @@ def test_a_reference_standing_at_several_places_is_encoded_where_it_stands() -> 
     assert callee_at == 4 * INSN_SIZE
     text = decode_section(2, ".text", encoded[2].data)
     assert [x.target is text.insns[4] for x in text.insns[:3]] == [True, False, True]
-    assert [r.offset for r in encoded[3].relocs] == [0, 2 * INSN_SIZE]
-    far_imms = [x.imm for x in decode_section(3, "xdp", encoded[3].data, encoded[3].relocs).insns[:3:2]]
+    relocs = encoded[3].relocs
+    assert list(relocs.offsets) == [0, 2 * INSN_SIZE] and set(relocs.infos) == {r_info(1, R_BPF_64_32)}
+    at = [Relocation(offset, R_BPF_64_32, 1, None) for offset in relocs.offsets]
+    far_imms = [x.imm for x in decode_section(3, "xdp", encoded[3].data, at).insns[:3:2]]
     assert far_imms == [callee_at // INSN_SIZE - 1] * 2     # libbpf: callee slot = symbol value / 8 + imm + 1

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from toolchain import REPO, bpf_permitted, clang, need, run, tool
 
-from bpf_sdt.elf import STT_FUNC, BpfObject, load_object
+from bpf_sdt.elf import STT_FUNC, BpfObject, load_object, r_info
 from bpf_sdt.insn import Insn, encode_sections, nop
 from bpf_sdt.notes import decode_notes
 from bpf_sdt.rewrite import decode_code, rewrite_object
@@ -190,7 +190,10 @@ def test_decode_encode_is_byte_identical(all_samples: list[Path], objs: dict[str
         for idx, enc in encoded.items():
             sec = obj.sections[idx]
             assert enc.data == obj.section_data(sec), f"{path.name}: {sec.name}"
-            assert sorted(enc.relocs) == sorted(obj.relocations(sec)[1]), f"{path.name}: {sec.name}"
+            relocs = enc.relocs
+            written = zip(relocs.offsets, relocs.infos, relocs.addends or [None] * len(relocs), strict=True)
+            assert sorted(written) == sorted((r.offset, r_info(r.symbol, r.type), r.addend)
+                                             for r in obj.relocations(sec)[1]), f"{path.name}: {sec.name}"
 
 
 def pad(path: Path, out: Path, seed: int) -> Path:
