@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from bpf_sdt.argtype import ArgType
 from bpf_sdt.elf import STT_FUNC, STT_SECTION, TEXT_SECTION, BpfObject, is_reserved_index, load_object
@@ -71,7 +71,7 @@ from .observers import (
     recorder_function,
     start_recorder,
 )
-from .sequence import Frame, Observer, SequenceShapes, call_ends, site_sequence
+from .sequence import Frame, Observer, SequenceShapes, Shape, call_ends
 
 # Distinct site frames kept (functions x live caller-saved registers x arities).
 FRAME_SHAPES = 4096
@@ -340,8 +340,7 @@ def _place_calls(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits,
     label_names = {n: CALL_LABEL_PREFIX + n for n in observers}                         # one string per observer
     inserts: dict[int, dict[int, list[Insn]]] = {}
     sites, problems = [], []
-    chains: dict[tuple[int, int, tuple[str, ...]], str | None] = {}   # call-chain verdicts, per function
-    shapes = SequenceShapes()                                           # sites of one shape share fields
+    plans = _SitePlans()                       # sites of one plan share its frame and instructions
     for site_id, entry in enumerate(table.entries):
         names = plan.get(entry.probe)
         if not names:
@@ -353,7 +352,7 @@ def _place_calls(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits,
             continue
         try:
             seq, calls = _site_code(program, f, idx, entry, types.get(entry.probe, ()), callees[entry.probe],
-                                    site_id, sec.index != text, chains, shapes)
+                                    site_id, sec.index != text, plans)
         except SiteError as e:
             problems.append(f"{_where(entry, f, table)}: {e}")
             continue
@@ -474,15 +473,41 @@ def _called_through_section_symbol(obj: BpfObject, observers: dict[str, Observer
     return {name: replace(o, symbol=section_symbol) for name, o in observers.items()}
 
 
+class _SitePlan(NamedTuple):
+    """What the sites with the same frame below them, live registers,
+    arguments, types, observers and section get alike, in any function."""
+
+    frame: Frame
+    grown: int                       # the function's frame with the site's
+    observer_names: tuple[str, ...]
+    shape: Shape
+    stores_site_id: bool
+    calls: list[tuple[str, int]]     # per observer: bytes from its call's r1 = r10 to the sequence's end
+
+
+_PlanKey = tuple[int, int, int, int, int, bool]
+
+
+class _SitePlans:
+    """One run's plans, call-chain verdicts and sequence shapes.  A plan is
+    keyed by the frame its function uses, the live registers and id() of
+    what its sites share and the run keeps alive (the decoder's shared
+    argument tuple, the probe's types and observer list): a site's key is a
+    few ints, not a hash of its arguments' dataclasses.  ``chains`` keeps
+    :func:`_check_call_chain`'s verdict (None: passed; else the finding) by
+    function, grown frame and observers: it depends on nothing else."""
+
+    def __init__(self) -> None:
+        self.plans: dict[_PlanKey, _SitePlan] = {}
+        self.chains: dict[tuple[int, int, tuple[str, ...]], str | None] = {}
+        self.shapes = SequenceShapes()
+
+
 def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types: tuple[ArgType, ...],
                observers: list[Observer], site_id: int, cross_section: bool,
-               chains: dict[tuple[int, int, tuple[str, ...]], str | None] | None = None,
-               shapes: SequenceShapes | None = None) -> tuple[list[Insn], list[tuple[str, int]]]:
+               plans: _SitePlans) -> tuple[list[Insn], list[tuple[str, int]]]:
     """The site's sequence, and for each observer the bytes from the first
-    insn of its call to the end of the sequence.
-    ``chains`` keeps :func:`_check_call_chain`'s verdict (None: passed; else
-    the finding) by function, grown frame and observers: it depends on
-    nothing else, and sites share them."""
+    insn of its call to the end of the sequence."""
     local = idx - f.start
     live = live_after(f, local) & CLOBBER
     unset = live & ~initialised_after(f, local)
@@ -494,24 +519,33 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
         raise SiteError(f"probe {entry.probe}: the note has {len(entry.args)} arguments, its BTF "
                         f"prototype {len(types)}")
     used = f.frame
-    frame = _frame(-(-used // STACK_SLOT) * STACK_SLOT, live, len(entry.args))
-    grown = max(used, frame.depth)
-    key = (id(f), grown, tuple([o.name for o in observers]))
-    if chains is None or key not in chains:
+    key = (used, live, id(entry.args), id(types), id(observers), cross_section)
+    plan = plans.plans.get(key)
+    if plan is None:
+        plan = plans.plans[key] = _site_plan(used, live, entry, types, observers, cross_section, plans.shapes)
+    chain = (id(f), plan.grown, plan.observer_names)
+    verdict = plans.chains.get(chain, False)
+    if verdict is False:
         try:
-            _check_call_chain(program, f, grown, [g for o in observers if (g := program.by_name(o.name)) is not None])
+            callees = [g for o in observers if (g := program.by_name(o.name)) is not None]
+            _check_call_chain(program, f, plan.grown, callees)
             verdict = None
         except SiteError as e:
             verdict = str(e)
-        if chains is not None:
-            chains[key] = verdict
-    else:
-        verdict = chains[key]
+        plans.chains[chain] = verdict
     if verdict is not None:
         raise SiteError(verdict)
-    wants_id = any([o.at_site_id for o in observers])
-    seq = site_sequence(entry.args, types, frame, observers, site_id if wants_id else None, cross_section, shapes)
-    return seq, list(zip([obs.name for obs in observers], call_ends(frame, len(observers)), strict=True))
+    return plan.shape.sequence(plan.frame, site_id if plan.stores_site_id else None), plan.calls
+
+
+def _site_plan(used: int, live: int, entry: NoteEntry, types: tuple[ArgType, ...], observers: list[Observer],
+               cross_section: bool, shapes: SequenceShapes) -> _SitePlan:
+    """The frame and shape of a site in a function using ``used`` bytes of stack."""
+    frame = _frame(-(-used // STACK_SLOT) * STACK_SLOT, live, len(entry.args))
+    calls = list(zip([obs.name for obs in observers], call_ends(frame, len(observers)), strict=True))
+    return _SitePlan(frame, max(used, frame.depth), tuple([o.name for o in observers]),
+                     shapes.shape(entry.args, types, frame, observers, cross_section),
+                     any([o.at_site_id for o in observers]), calls)
 
 
 @functools.lru_cache(maxsize=FRAME_SHAPES)

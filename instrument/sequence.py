@@ -227,13 +227,17 @@ def _call(obs: Observer, cross_section: bool) -> Insn:
     return call
 
 
-class _Shape(NamedTuple):
+class Shape(NamedTuple):
     """What the sites of one shape share: every instruction but the site-id
     store, the calls included (encoding derives a call's immediate where it
     packs it, and its relocation is a value)."""
 
     stores: tuple[Insn, ...]                # spills and argument stores, before the site id
     calls_and_fills: tuple[Insn, ...]       # after it
+
+    def sequence(self, frame: Frame, site_id: int | None) -> list[Insn]:
+        """A site's sequence: the shape's instructions around its own site-id store."""
+        return [*self.stores, *_site_id(frame, site_id), *self.calls_and_fills]
 
 
 _ShapeKey = tuple[tuple[ArgLocation, ...], int, Frame, tuple[int, ...], bool]
@@ -257,7 +261,7 @@ class SequenceShapes:
     MAX_SHAPES = 4096
 
     def __init__(self) -> None:
-        self._shapes: dict[_ShapeKey, _Shape] = {}
+        self._shapes: dict[_ShapeKey, Shape] = {}
         self._tokens: dict[int, tuple[object, int]] = {}
 
     def _token(self, obj: object) -> int:
@@ -272,11 +276,16 @@ class SequenceShapes:
 
     def sequence(self, args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
                  observers: Sequence[Observer], site_id: int | None, cross_section: bool) -> list[Insn]:
+        return self.shape(args, types, frame, observers, cross_section).sequence(frame, site_id)
+
+    def shape(self, args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
+              observers: Sequence[Observer], cross_section: bool) -> Shape:
+        """The shape of sites with these arguments, frame, observers and
+        section (the one kept, when one is)."""
         key = (tuple(args), self._token(types), frame, tuple([self._token(o) for o in observers]), cross_section)
         shape = self._shapes.get(key)
         if shape is None:
-            shape = _Shape(tuple(_stores(args, types, frame)),
-                           tuple(_calls_and_fills(frame, observers, cross_section)))
+            shape = Shape(tuple(_stores(args, types, frame)), tuple(_calls_and_fills(frame, observers, cross_section)))
             if len(self._shapes) < self.MAX_SHAPES:
                 self._shapes[key] = shape
-        return [*shape.stores, *_site_id(frame, site_id), *shape.calls_and_fills]
+        return shape
