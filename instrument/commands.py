@@ -23,14 +23,17 @@ that writes through ``ctx`` and a call graph with recursion are refused
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fnmatch
 import functools
 import gc
+import operator
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -181,12 +184,40 @@ def _instrument(req: Request) -> Result:
         # them (off for the run): one pass here, about 1 ms per 1,000 sites.
         del checked, table, obj, observer_objects, decls
         gc.collect()
-        data, result = _rewrite(linked.obj, plan, req)
+        data, placed, problems = _rewrite(linked.obj, plan, req)
     _check_output(req)                       # again: the paths may have changed meanwhile
     written = write_checked(req.output, data, "the instrumented object", req.durable)
-    for site in result.sites:                # code was inserted before some NOPs: where they are in OUT
-        site.offset = written.entries[site.site_id].offset
-    return result
+    del data
+    # code was inserted before some NOPs: their offsets are OUT's
+    return Result(placed.sites(lambda site_id: written.entries[site_id].offset, plan), plan, problems)
+
+
+class _PlacedSites:
+    """The sites instrumented, as columns until OUT is written: their
+    :class:`InstrumentedSite` objects (and the offsets they report, OUT's)
+    are made after the rewrite, the run's peak, not alive during it."""
+
+    def __init__(self) -> None:
+        self.site_ids = array("q")
+        self.probes: list[str] = []          # the entries' own strings: no copy per site
+        self.sections: list[str] = []
+        self.functions: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.site_ids)
+
+    def add(self, site_id: int, probe: str, section: str, function: str) -> None:
+        self.site_ids.append(site_id)
+        self.probes.append(probe)
+        self.sections.append(section)
+        self.functions.append(function)
+
+    def sites(self, offset_of: Callable[[int], int], plan: dict[str, list[str]]) -> list[InstrumentedSite]:
+        """One object per site, its NOP at ``offset_of(site id)`` and its
+        probe's observers (a list of its own)."""
+        return [InstrumentedSite(site_id, probe, section, offset_of(site_id), function, list(plan[probe]))
+                for site_id, probe, section, function in zip(self.site_ids, self.probes, self.sections,
+                                                             self.functions, strict=True)]
 
 
 def _read_inline_chains(reports: list[ObjectReport]) -> None:
@@ -307,7 +338,7 @@ def _plan_observers(decls: list[ObserverDecl], probes: list[str], selected: list
 # --- rewriting the linked object --------------------------------------------------------
 
 
-def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[bytes, Result]:
+def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[bytes, _PlacedSites, list[str]]:
     _check_symbol_sections(obj)
     code = decode_code(obj)
     edits = CodeEdits()
@@ -317,11 +348,11 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     img = rewrite_object(obj, code, edits)
     # The instructions are in the image now: freed before it is serialised, the run's peak.
     del code, edits
-    return img.to_bytes(), Result(sites, plan, problems)
+    return img.to_bytes(), sites, problems
 
 
 def _place_calls(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits, plan: dict[str, list[str]],
-                 req: Request) -> tuple[list[InstrumentedSite], list[str]]:
+                 req: Request) -> tuple[_PlacedSites, list[str]]:
     """Insert each selected site's sequence into ``code`` (observers moved
     into .text, their calls labelled in ``edits``): the sites instrumented
     and one finding per site that could not be.  The analysis goes with this
@@ -329,7 +360,7 @@ def _place_calls(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits,
     table = site_table(obj)
     types = table.types
     # (section, decoded offset) -> index in its section: taken once, before code moves
-    index_of = {(idx, insn.orig): i for idx, sec in code.items() for i, insn in enumerate(sec.insns)}
+    index_of = _InsnIndex(code)
     program = Program(code, obj.symbols, _site_uses(code, table.entries, index_of))
     observers = _observer_entries(obj, code, plan, index_of)
     _refuse_ctx_writers(program, [n for n in observers if not n.startswith(RECORDER_PREFIX)])
@@ -338,35 +369,62 @@ def _place_calls(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits,
     observers = _called_through_section_symbol(obj, observers, text)
     callees = {probe: [observers[n] for n in names] for probe, names in plan.items()}   # per probe, not per site
     label_names = {n: CALL_LABEL_PREFIX + n for n in observers}                         # one string per observer
-    inserts: dict[int, dict[int, list[Insn]]] = {}
-    sites, problems = [], []
+    inserts: dict[int, dict[int, tuple[_SitePlan, int | None]]] = {}    # section -> NOP index -> plan, site id
+    sites, problems = _PlacedSites(), []
     plans = _SitePlans()                       # sites of one plan share its frame and instructions
     for site_id, entry in enumerate(table.entries):
         names = plan.get(entry.probe)
         if not names:
             continue
         sec = code[entry.section.index]
-        idx = index_of[(sec.index, entry.offset)]
+        idx = index_of.at(sec.index, entry.offset)
         f = program.function_of(sec, idx)
         if reachable is not None and id(f) not in reachable:
             continue
         try:
-            seq, calls = _site_code(program, f, idx, entry, types.get(entry.probe, ()), callees[entry.probe],
-                                    site_id, sec.index != text, plans)
+            site = _site_code(program, f, idx, entry, types.get(entry.probe, ()), callees[entry.probe],
+                              sec.index != text, plans)
         except SiteError as e:
             problems.append(f"{_where(entry, f, table)}: {e}")
             continue
-        inserts.setdefault(sec.index, {})[idx] = seq
+        inserts.setdefault(sec.index, {})[idx] = (site, site_id if site.stores_site_id else None)
         after = sec.insns[idx + 1] if idx + 1 < len(sec.insns) else sec.end    # the sequence goes before it
-        for name, end in calls:
+        for name, end in site.calls:
             edits.labels.add(label_names[name], sec.index, after, -end)
-        sites.append(InstrumentedSite(site_id, entry.probe, sec.name, entry.offset, f.name, list(names)))
+        sites.add(site_id, entry.probe, sec.name, f.name)
     if problems and (not req.skip_unplaceable or not sites):
         raise SiteError("; ".join(problems) if len(problems) <= 3 else
                         f"{'; '.join(problems[:3])}; and {len(problems) - 3} more sites")
     for idx, at in inserts.items():
         _insert_after(code[idx], at)
     return sites, problems
+
+
+class _InsnIndex:
+    """(section, decoded byte offset) -> index in the section's list, taken
+    before any code moves: per section, the decoded offsets as one column
+    (they ascend), searched by bisection.  A dict keyed by (section, offset)
+    pairs held a tuple per instruction, the largest thing a run made before
+    its rewrite."""
+
+    def __init__(self, code: dict[int, CodeSection]) -> None:
+        self._offsets = {idx: array("q", map(_ORIG, sec.insns)) for idx, sec in code.items()}
+
+    def get(self, section: int, offset: int) -> int | None:
+        offsets = self._offsets.get(section)
+        if offsets is None:
+            return None
+        i = bisect.bisect_left(offsets, offset)
+        return i if i < len(offsets) and offsets[i] == offset else None
+
+    def at(self, section: int, offset: int) -> int:
+        i = self.get(section, offset)
+        if i is None:
+            raise KeyError((section, offset))
+        return i
+
+
+_ORIG = operator.attrgetter("orig")
 
 
 def _check_symbol_sections(obj: BpfObject) -> None:
@@ -415,12 +473,12 @@ def _reachable_from(program: Program, names: tuple[str, ...]) -> set[int] | None
 
 
 def _site_uses(code: dict[int, CodeSection], entries: Sequence[NoteEntry],
-               index_of: dict[tuple[int, int], int]) -> dict[int, int]:
+               index_of: _InsnIndex) -> dict[int, int]:
     """id() of every probe NOP -> the registers its arguments are in."""
     out = {}
     masks: dict[int, int] = {}      # by id() of the arguments: the decoder shares equal argument tuples
     for e in entries:
-        i = index_of.get((e.section.index, e.offset))
+        i = index_of.get(e.section.index, e.offset)
         if i is not None:
             nop = code[e.section.index].insns[i]
             mask = masks.get(id(e.args))
@@ -445,13 +503,13 @@ def _gather_text(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits)
 
 
 def _observer_entries(obj: BpfObject, code: dict[int, CodeSection], plan: dict[str, list[str]],
-                      index_of: dict[tuple[int, int], int]) -> dict[str, Observer]:
+                      index_of: _InsnIndex) -> dict[str, Observer]:
     """Observer name -> its first instruction (found before any section moves)."""
     wanted = {n for names in plan.values() for n in names}
     out = {}
     for sym in obj.symbols:
         if sym.name in wanted and sym.name not in out and sym.type == STT_FUNC \
-                and (i := index_of.get((sym.shndx, sym.value))) is not None:
+                and (i := index_of.get(sym.shndx, sym.value)) is not None:
             out[sym.name] = Observer(sym.name, code[sym.shndx].insns[i], sym.num,
                                      at_site_id=sym.name.startswith(RECORDER_PREFIX))
     missing = wanted - set(out)
@@ -504,10 +562,9 @@ class _SitePlans:
 
 
 def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types: tuple[ArgType, ...],
-               observers: list[Observer], site_id: int, cross_section: bool,
-               plans: _SitePlans) -> tuple[list[Insn], list[tuple[str, int]]]:
-    """The site's sequence, and for each observer the bytes from the first
-    insn of its call to the end of the sequence."""
+               observers: list[Observer], cross_section: bool, plans: _SitePlans) -> _SitePlan:
+    """The plan of the site at ``idx`` in ``f``'s section: its sequence is
+    the plan's shape around its own site-id store (made when inserted)."""
     local = idx - f.start
     live = live_after(f, local) & CLOBBER
     unset = live & ~initialised_after(f, local)
@@ -535,7 +592,7 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
         plans.chains[chain] = verdict
     if verdict is not None:
         raise SiteError(verdict)
-    return plan.shape.sequence(plan.frame, site_id if plan.stores_site_id else None), plan.calls
+    return plan
 
 
 def _site_plan(used: int, live: int, entry: NoteEntry, types: tuple[ArgType, ...], observers: list[Observer],
@@ -586,13 +643,16 @@ def _check_call_chain(program: Program, f: Function, grown: int, observers: list
                         f"(the verifier allows {MAX_STACK}); {f.name} already uses {f.frame}")
 
 
-def _insert_after(sec: CodeSection, at: dict[int, list[Insn]]) -> None:
-    """One pass: each selected NOP followed by its sequence."""
+def _insert_after(sec: CodeSection, at: dict[int, tuple[_SitePlan, int | None]]) -> None:
+    """One pass: each selected NOP followed by its sequence (its plan's
+    shape around its site-id store, made here: no list per site before)."""
     out: list[Insn] = []
     for i, insn in enumerate(sec.insns):
         out.append(insn)
-        if i in at:
-            out += at[i]
+        placed = at.get(i)
+        if placed is not None:
+            plan, site_id = placed
+            plan.shape.extend(out, plan.frame, site_id)
     sec.insns = out
 
 

@@ -237,7 +237,15 @@ class Shape(NamedTuple):
 
     def sequence(self, frame: Frame, site_id: int | None) -> list[Insn]:
         """A site's sequence: the shape's instructions around its own site-id store."""
-        return [*self.stores, *_site_id(frame, site_id), *self.calls_and_fills]
+        out: list[Insn] = []
+        self.extend(out, frame, site_id)
+        return out
+
+    def extend(self, out: list[Insn], frame: Frame, site_id: int | None) -> None:
+        """:meth:`sequence` appended to ``out``."""
+        out += self.stores
+        out += _site_id(frame, site_id)
+        out += self.calls_and_fills
 
 
 _ShapeKey = tuple[tuple[ArgLocation, ...], int, Frame, tuple[int, ...], bool]
