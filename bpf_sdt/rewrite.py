@@ -139,15 +139,22 @@ def decode_code(obj: BpfObject) -> dict[int, CodeSection]:
     return sections
 
 
-def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
-                   edits: CodeEdits | None = None) -> ElfImage:
+def rewrite_object(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits | None = None, *,
+                   consume: bool = False) -> ElfImage:
     """An image of ``obj`` with the edited ``code`` written in and every
-    reference into it moved."""
+    reference into it moved.  With ``consume``, ``code``'s instruction
+    lists (and ``edits``' references to instructions) are emptied once the
+    code is encoded: the instructions are freed before the image is built,
+    the peak of a rewrite."""
     edits = edits or CodeEdits()
     moved_symbols = {sym.num: edits.moved[sym.shndx].at[sym.value] for sym in obj.symbols
                      if sym.shndx in edits.moved and sym.type != STT_SECTION
                      and sym.value in edits.moved[sym.shndx].at}
     encoded, values = encode_sections(code, obj.symbols, moved_symbols)
+    del moved_symbols
+    placed = _Placed.of(encoded, edits)
+    if consume:
+        _release_instructions(code, edits)
     # After encoding, the peak of a rewrite: not alive during it.  Its relocations are
     # columns, as the encoded code's are (the notes have one per site).
     img = ElfImage.without_sections(obj, set())
@@ -157,10 +164,10 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
         img.sections[idx].data = enc.data
         _set_code_relocations(img, idx, enc)
     _move_symbols(obj, img, encoded, values)
-    _move_moved_symbols(obj, img, encoded, edits)
+    _move_moved_symbols(obj, img, edits, placed.moved)
     _move_in_place_words(obj, img, encoded, values)
-    _move_btf_ext(obj, img, encoded, edits)
-    _write_labels(img, encoded, edits.labels)
+    _move_btf_ext(obj, img, encoded, edits, placed.moved)
+    _append_calls(img, edits.labels.names, edits.labels.sections, placed.labels)
     if edits.make_static:
         _make_static(obj, img, edits.make_static)
     for idx, name in edits.renamed.items():
@@ -176,10 +183,30 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
     return img
 
 
-def _write_labels(img: ElfImage, encoded: dict[int, EncodedSection], labels: Labels) -> None:
-    positions = array("Q", map(lambda section, anchor, offset: encoded[section].position(anchor) + offset,
-                               labels.sections, labels.anchors, labels.offsets))
-    _append_calls(img, labels.names, labels.sections, positions)
+class _Placed(NamedTuple):
+    """Where an encoding put what the rest of a rewrite asks of the edits'
+    instructions, so that they need not live on."""
+
+    moved: dict[int, dict[int, int]]     # per moved section: old byte offset -> offset where it went
+    labels: array[int]                   # each label's byte offset in its section
+
+    @classmethod
+    def of(cls, encoded: dict[int, EncodedSection], edits: CodeEdits) -> _Placed:
+        moved = {idx: {old: encoded[m.into].position(insn) for old, insn in m.at.items()}
+                 for idx, m in edits.moved.items()}
+        labels = edits.labels
+        return cls(moved, array("Q", map(lambda section, anchor, offset: encoded[section].position(anchor) + offset,
+                                         labels.sections, labels.anchors, labels.offsets)))
+
+
+def _release_instructions(code: dict[int, CodeSection], edits: CodeEdits) -> None:
+    """Drop every reference ``code`` and ``edits`` hold to instructions."""
+    for sec in code.values():
+        sec.insns = []
+        sec.appended = None
+    edits.labels.anchors.clear()
+    for moved in edits.moved.values():
+        moved.at.clear()
 
 
 def append_call_words(img: ElfImage, words: list[tuple[str, int, int]]) -> None:
@@ -256,19 +283,20 @@ def _section_symbols(img: ElfImage, sec_i: int, entries: AddressEntries, values:
     return symbols
 
 
-def _move_moved_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
-                        edits: CodeEdits) -> None:
+def _move_moved_symbols(obj: BpfObject, img: ElfImage, edits: CodeEdits,
+                        positions: dict[int, dict[int, int]]) -> None:
     """Symbols of moved sections go where their instructions went (section
-    symbols excepted: they go with their sections)."""
+    symbols excepted: they go with their sections); ``positions``: per moved
+    section, old byte offset -> new one in the section it went into."""
     for sym in obj.symbols:
         moved = edits.moved.get(sym.shndx)
         if moved is None or sym.type == STT_SECTION:
             continue
-        insn = moved.at.get(sym.value)
-        if insn is None:
+        new = positions[sym.shndx].get(sym.value)
+        if new is None:
             raise InputError(f"{obj.path}: symbol {sym.name} is not on an instruction")
         rec = img.symbols[sym.num]
-        rec.shndx, rec.value = moved.into, encoded[moved.into].position(insn)
+        rec.shndx, rec.value = moved.into, new
 
 
 def _make_static(obj: BpfObject, img: ElfImage, names: set[str]) -> None:
@@ -375,7 +403,7 @@ def _moved_word(obj: BpfObject, r: Relocation, encoded: dict[int, EncodedSection
 
 
 def _move_btf_ext(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
-                  edits: CodeEdits) -> None:
+                  edits: CodeEdits, moved_positions: dict[int, dict[int, int]]) -> None:
     ext_sec = obj.section(BTF_EXT_SECTION)
     btf_sec = obj.section(".BTF")
     if ext_sec is None or btf_sec is None:
@@ -396,10 +424,8 @@ def _move_btf_ext(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSecti
         ext.move_section(obj.sections[idx].name, new_name, lambda off: off)
     for idx, moved in edits.moved.items():
         name, into = obj.sections[idx].name, obj.sections[moved.into].name
-        dest = encoded[moved.into]
-        positions = {old: dest.position(insn) for old, insn in moved.at.items()}
         into = edits.renamed.get(moved.into, into)
-        ext.move_section(name, into, _offset_mapper(positions, name))
+        ext.move_section(name, into, _offset_mapper(moved_positions[idx], name))
     img.sections[ext_sec.index].data = ext.encode()
 
 

@@ -345,8 +345,7 @@ def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[
     sites, problems = _place_calls(obj, code, edits, plan, req)
     # The recorder stays global: verified once per program, not at every site.
     edits.make_static |= {name for names in plan.values() for name in names if not name.startswith(RECORDER_PREFIX)}
-    img = rewrite_object(obj, code, edits)
-    # The instructions are in the image now: freed before it is serialised, the run's peak.
+    img = rewrite_object(obj, code, edits, consume=True)     # the instructions go once encoded
     del code, edits
     return img.to_bytes(), sites, problems
 
