@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from bpf_sdt.argtype import ArgType
-from bpf_sdt.elf import STT_FUNC, STT_SECTION, TEXT_SECTION, BpfObject, is_reserved_index, load_object
+from bpf_sdt.elf import STT_FUNC, STT_SECTION, TEXT_SECTION, BpfObject, ElfImage, is_reserved_index, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import CALL_LABEL_PREFIX, RECORDER_DEFAULT_RINGBUF_SIZE
 from bpf_sdt.fsutil import resolve_output
 from bpf_sdt.insn import INSN_SIZE, LD_IMM64, MAX_STACK, STACK_SLOT, CodeSection, Insn, reg_mask
 from bpf_sdt.model import escape_text
-from bpf_sdt.notes import NoteEntry
+from bpf_sdt.notes import NoteEntry, forget
 from bpf_sdt.rewrite import CodeEdits, decode_code, move_code, rewrite_object
 from bpf_sdt.sites import SiteTable, recorder_identity, site_table
 
@@ -184,7 +184,14 @@ def _instrument(req: Request) -> Result:
         # them (off for the run): one pass here, about 1 ms per 1,000 sites.
         del checked, table, obj, observer_objects, decls
         gc.collect()
-        data, placed, problems = _rewrite(linked.obj, plan, req)
+        img, placed, problems = _rewrite(linked.obj, plan, req)
+        # The linked object goes before its image is serialised, the run's peak: its notes'
+        # kept decoding, and (its caches refer back to it) the collector's one pass for it.
+        forget(linked.obj)
+        del linked
+        gc.collect()
+        data = img.to_bytes()
+        del img
     _check_output(req)                       # again: the paths may have changed meanwhile
     written = write_checked(req.output, data, "the instrumented object", req.durable)
     del data
@@ -338,16 +345,14 @@ def _plan_observers(decls: list[ObserverDecl], probes: list[str], selected: list
 # --- rewriting the linked object --------------------------------------------------------
 
 
-def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[bytes, _PlacedSites, list[str]]:
+def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[ElfImage, _PlacedSites, list[str]]:
     _check_symbol_sections(obj)
     code = decode_code(obj)
     edits = CodeEdits()
     sites, problems = _place_calls(obj, code, edits, plan, req)
     # The recorder stays global: verified once per program, not at every site.
     edits.make_static |= {name for names in plan.values() for name in names if not name.startswith(RECORDER_PREFIX)}
-    img = rewrite_object(obj, code, edits, consume=True)     # the instructions go once encoded
-    del code, edits
-    return img.to_bytes(), sites, problems
+    return rewrite_object(obj, code, edits, consume=True), sites, problems     # the instructions go once encoded
 
 
 def _place_calls(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits, plan: dict[str, list[str]],
