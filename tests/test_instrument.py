@@ -182,6 +182,28 @@ def samples(all_samples: list[Path]) -> list[Path]:
     return found
 
 
+def test_a_program_that_never_names_r10_has_the_frame_its_analysis_finds(all_samples: list[Path],
+                                                                          objs: dict[str, Path]) -> None:
+    """Programs whose code never names r10 skip the frame analysis (nothing
+    can point into their stack): on every sample and compile-matrix object,
+    each function's reach is what the analysis itself finds, and some
+    programs of them do skip it."""
+    from bpf_sdt.instrument.analysis import Program
+    from bpf_sdt.instrument.stackframe import analyze_frame
+
+    from bpf_sdt.insn import R10
+
+    skipped = 0
+    for path in [*all_samples, *objs.values()]:
+        obj = load_object(path)
+        program = Program(decode_code(obj), obj.symbols)
+        for f in program.functions:
+            analysed = analyze_frame(f.insns, f.succ, f.is_program, program._call_reach(f))
+            assert f.reach == analysed, f"{path.name}: {f.name}"
+            skipped += f.is_program and all(R10 not in (x.dst, x.src) for x in f.insns)
+    assert skipped
+
+
 def test_decode_encode_is_byte_identical(all_samples: list[Path], objs: dict[str, Path]) -> None:
     for path in [*all_samples, *objs.values()]:
         obj = load_object(path)
