@@ -36,6 +36,8 @@ from bpf_sdt.elf import (
     R_BPF_64_ABS32,
     R_BPF_64_ABS64,
     R_BPF_64_NODYLD32,
+    R_SYM_SHIFT,
+    R_TYPE_MASK,
     SHF_INFO_LINK,
     SHT_PROGBITS,
     SHT_REL,
@@ -47,7 +49,6 @@ from bpf_sdt.elf import (
     BpfObject,
     ElfImage,
     PackedRelocations,
-    Relocation,
     SecRec,
     SymbolRun,
     is_reserved_index,
@@ -157,7 +158,7 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdit
         _release_instructions(code, edits)
     # After encoding, the peak of a rewrite: not alive during it.  Its relocations are
     # columns, as the encoded code's are (the notes have one per site).
-    img = ElfImage.without_sections(obj, set())
+    img = ElfImage.from_object(obj, packed_relocations=True)
     changed = bool(edits.moved) or any(enc.data != obj.section_data(obj.sections[idx])
                                        for idx, enc in encoded.items())
     for idx, enc in encoded.items():
@@ -355,7 +356,9 @@ def _move_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSecti
 def _move_in_place_words(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
                          values: dict[int, int]) -> None:
     """REL relocations in data sections against code: the word holds the
-    offset (from the symbol) and moves with the code."""
+    offset (from the symbol) and moves with the code.  Read as columns, and
+    what a relocation's r_info word implies worked out once per word: the
+    notes have a relocation per site, naming a few (symbol, type) pairs."""
     for rel_sec in obj.sections:
         if rel_sec.type != SHT_REL:
             continue
@@ -365,41 +368,56 @@ def _move_in_place_words(obj: BpfObject, img: ElfImage, encoded: dict[int, Encod
             continue
         data: bytearray | None = None
         original = obj.section_data(target)
-        for r in obj.decode_relocations(rel_sec):
-            moved = _moved_word(obj, r, encoded, values, target.name, original)
-            if moved is None:
+        columns = obj.relocation_columns(rel_sec)
+        kinds: dict[int, _InPlaceWord | None] = {}
+        for offset, info in zip(columns.offsets, columns.infos, strict=True):
+            if info not in kinds:
+                kinds[info] = _in_place_word(obj, info, encoded, values)
+            kind = kinds[info]
+            if kind is None:
                 continue
+            width = kind.width
+            if offset + width > len(original):
+                raise InputError(f"{obj.path}: relocation at {target.name}+{offset:#x} runs past the section")
+            addend = int.from_bytes(original[offset: offset + width], "little")
+            new = kind.offsets.get(kind.base_old + addend)
+            if new is None:
+                raise InputError(f"{obj.path}: {target.name}+{offset:#x} points at "
+                                 f"{kind.section}+{kind.base_old + addend:#x}, which is not an instruction")
             if data is None:
                 data = bytearray(img.sections[target.index].data)
-            width, value = moved
-            if r.offset + width > len(data):
-                raise InputError(f"{obj.path}: {rel_sec.name}: relocation at {r.offset:#x} runs past "
+            if offset + width > len(data):
+                raise InputError(f"{obj.path}: {rel_sec.name}: relocation at {offset:#x} runs past "
                                  f"{target.name}")
-            data[r.offset: r.offset + width] = value.to_bytes(width, "little")
+            data[offset: offset + width] = (new - kind.base_new).to_bytes(width, "little")
         if data is not None:
             img.sections[target.index].data = bytes(data)
 
 
-def _moved_word(obj: BpfObject, r: Relocation, encoded: dict[int, EncodedSection],
-                values: dict[int, int], where: str, target_data: bytes) -> tuple[int, int] | None:
-    """(width, new in-place value) of a word holding a code offset, or None."""
-    width = _IN_PLACE_WIDTH.get(r.type)
-    if width is None or not 0 <= r.symbol < len(obj.symbols):
+class _InPlaceWord(NamedTuple):
+    """What the relocations of one r_info word (symbol, type) share."""
+
+    width: int                   # of the word holding the offset
+    base_old: int                # the symbol's value before (0 for a section symbol)
+    base_new: int                # and after
+    offsets: dict[int, int]      # its code section's old byte offset -> new one
+    section: str                 # that section's name
+
+
+def _in_place_word(obj: BpfObject, info: int, encoded: dict[int, EncodedSection],
+                   values: dict[int, int]) -> _InPlaceWord | None:
+    """How relocations with r_info ``info`` move a word holding a code offset,
+    or None when they do not (another type, or a symbol outside the code)."""
+    width = _IN_PLACE_WIDTH.get(info & R_TYPE_MASK)
+    symbol = info >> R_SYM_SHIFT
+    if width is None or not 0 <= symbol < len(obj.symbols):
         return None
-    sym = obj.symbols[r.symbol]
+    sym = obj.symbols[symbol]
     if is_reserved_index(sym.shndx) or sym.shndx not in encoded:
         return None
-    if r.offset + width > len(target_data):
-        raise InputError(f"{obj.path}: relocation at {where}+{r.offset:#x} runs past the section")
-    addend = int.from_bytes(target_data[r.offset: r.offset + width], "little")
-    base_old = 0 if sym.type == STT_SECTION else sym.value
-    base_new = 0 if sym.type == STT_SECTION else values[sym.num]
-    new = encoded[sym.shndx].offsets.get(base_old + addend)
-    if new is None:
-        raise InputError(f"{obj.path}: {where}+{r.offset:#x} points at "
-                         f"{obj.sections[sym.shndx].name}+{base_old + addend:#x}, which is not an "
-                         "instruction")
-    return width, new - base_new
+    section_symbol = sym.type == STT_SECTION
+    return _InPlaceWord(width, 0 if section_symbol else sym.value, 0 if section_symbol else values[sym.num],
+                        encoded[sym.shndx].offsets, obj.sections[sym.shndx].name)
 
 
 def _move_btf_ext(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
