@@ -44,8 +44,8 @@ from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, Usag
 from bpf_sdt.format import CALL_LABEL_PREFIX, RECORDER_DEFAULT_RINGBUF_SIZE
 from bpf_sdt.fsutil import resolve_output
 from bpf_sdt.insn import INSN_SIZE, LD_IMM64, MAX_STACK, STACK_SLOT, CodeSection, Insn, reg_mask
-from bpf_sdt.model import escape_text
-from bpf_sdt.notes import NoteEntry, forget
+from bpf_sdt.model import ArgLocation, escape_text
+from bpf_sdt.notes import NoteEntries, NoteEntry, forget
 from bpf_sdt.rewrite import CodeEdits, decode_code, move_code, rewrite_object
 from bpf_sdt.sites import SiteTable, recorder_identity, site_table
 
@@ -376,26 +376,32 @@ def _place_calls(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits,
     inserts: dict[int, dict[int, tuple[_SitePlan, int | None]]] = {}    # section -> NOP index -> plan, site id
     sites, problems = _PlacedSites(), []
     plans = _SitePlans()                       # sites of one plan share its frame and instructions
-    for site_id, entry in enumerate(table.entries):
-        names = plan.get(entry.probe)
+    # The entries' columns, not a NoteEntry per site (whose symbol name is read for it):
+    # one is made for a site that cannot be placed, to name it.
+    entries = table.entries
+    entry_probes, entry_sections, bodies = entries.probes, entries.sections, entries.bodies
+    for site_id, (probe_id, section_id, offset, body_id) in enumerate(zip(
+            entries.probe_ids, entries.section_ids, entries.offsets, entries.body_ids, strict=True)):
+        probe = entry_probes[probe_id]
+        names = plan.get(probe)
         if not names:
             continue
-        sec = code[entry.section.index]
-        idx = index_of.at(sec.index, entry.offset)
+        sec = code[entry_sections[section_id].index]
+        idx = index_of.at(sec.index, offset)
         f = program.function_of(sec, idx)
         if reachable is not None and id(f) not in reachable:
             continue
         try:
-            site = _site_code(program, f, idx, entry, types.get(entry.probe, ()), callees[entry.probe],
+            site = _site_code(program, f, idx, probe, bodies[body_id].args, types.get(probe, ()), callees[probe],
                               sec.index != text, plans)
         except SiteError as e:
-            problems.append(f"{_where(entry, f, table)}: {e}")
+            problems.append(f"{_where(entries[site_id], f, table)}: {e}")
             continue
         inserts.setdefault(sec.index, {})[idx] = (site, site_id if site.stores_site_id else None)
         after = sec.insns[idx + 1] if idx + 1 < len(sec.insns) else sec.end    # the sequence goes before it
         for name, end in site.calls:
             edits.labels.add(label_names[name], sec.index, after, -end)
-        sites.add(site_id, entry.probe, sec.name, f.name)
+        sites.add(site_id, probe, sec.name, f.name)
     if problems and (not req.skip_unplaceable or not sites):
         raise SiteError("; ".join(problems) if len(problems) <= 3 else
                         f"{'; '.join(problems[:3])}; and {len(problems) - 3} more sites")
@@ -476,19 +482,21 @@ def _reachable_from(program: Program, names: tuple[str, ...]) -> set[int] | None
     return {id(g) for n in names for g in program.reachable(programs[n])}
 
 
-def _site_uses(code: dict[int, CodeSection], entries: Sequence[NoteEntry],
-               index_of: _InsnIndex) -> dict[int, int]:
-    """id() of every probe NOP -> the registers its arguments are in."""
+def _site_uses(code: dict[int, CodeSection], entries: NoteEntries, index_of: _InsnIndex) -> dict[int, int]:
+    """id() of every probe NOP -> the registers its arguments are in (read
+    from the entries' columns: no NoteEntry per site)."""
     out = {}
-    masks: dict[int, int] = {}      # by id() of the arguments: the decoder shares equal argument tuples
-    for e in entries:
-        i = index_of.get(e.section.index, e.offset)
+    masks: dict[int, int] = {}      # by body: the decoder keeps one per distinct argument bytes
+    sections = [sec.index for sec in entries.sections]
+    for section_id, offset, body_id in zip(entries.section_ids, entries.offsets, entries.body_ids, strict=True):
+        section = sections[section_id]
+        i = index_of.get(section, offset)
         if i is not None:
-            nop = code[e.section.index].insns[i]
-            mask = masks.get(id(e.args))
+            mask = masks.get(body_id)
             if mask is None:
-                mask = masks[id(e.args)] = reg_mask(a.reg for a in e.args if a.kind == "reg" and a.reg is not None)
-            out[id(nop)] = mask
+                args = entries.bodies[body_id].args
+                mask = masks[body_id] = reg_mask(a.reg for a in args if a.kind == "reg" and a.reg is not None)
+            out[id(code[section].insns[i])] = mask
     return out
 
 
@@ -565,7 +573,8 @@ class _SitePlans:
         self.shapes = SequenceShapes()
 
 
-def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types: tuple[ArgType, ...],
+def _site_code(program: Program, f: Function, idx: int, probe: str, args: tuple[ArgLocation, ...],
+               types: tuple[ArgType, ...],
                observers: list[Observer], cross_section: bool, plans: _SitePlans) -> _SitePlan:
     """The plan of the site at ``idx`` in ``f``'s section: its sequence is
     the plan's shape around its own site-id store (made when inserted)."""
@@ -576,14 +585,14 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
         regs = ", ".join(f"r{r}" for r in regs_of(unset))
         raise SiteError(f"{regs} {'is' if len(regs_of(unset)) == 1 else 'are'} live after the site but not "
                         "set on every path to it, so the call cannot save and restore it")
-    if len(types) != len(entry.args):
-        raise SiteError(f"probe {entry.probe}: the note has {len(entry.args)} arguments, its BTF "
+    if len(types) != len(args):
+        raise SiteError(f"probe {probe}: the note has {len(args)} arguments, its BTF "
                         f"prototype {len(types)}")
     used = f.frame
-    key = (used, live, id(entry.args), id(types), id(observers), cross_section)
+    key = (used, live, id(args), id(types), id(observers), cross_section)
     plan = plans.plans.get(key)
     if plan is None:
-        plan = plans.plans[key] = _site_plan(used, live, entry, types, observers, cross_section, plans.shapes)
+        plan = plans.plans[key] = _site_plan(used, live, args, types, observers, cross_section, plans.shapes)
     chain = (id(f), plan.grown, plan.observer_names)
     verdict = plans.chains.get(chain, False)
     if verdict is False:
@@ -599,13 +608,14 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
     return plan
 
 
-def _site_plan(used: int, live: int, entry: NoteEntry, types: tuple[ArgType, ...], observers: list[Observer],
+def _site_plan(used: int, live: int, args: tuple[ArgLocation, ...], types: tuple[ArgType, ...],
+               observers: list[Observer],
                cross_section: bool, shapes: SequenceShapes) -> _SitePlan:
     """The frame and shape of a site in a function using ``used`` bytes of stack."""
-    frame = _frame(-(-used // STACK_SLOT) * STACK_SLOT, live, len(entry.args))
+    frame = _frame(-(-used // STACK_SLOT) * STACK_SLOT, live, len(args))
     calls = list(zip([obs.name for obs in observers], call_ends(frame, len(observers)), strict=True))
     return _SitePlan(frame, max(used, frame.depth), tuple([o.name for o in observers]),
-                     shapes.shape(entry.args, types, frame, observers, cross_section),
+                     shapes.shape(args, types, frame, observers, cross_section),
                      any([o.at_site_id for o in observers]), calls)
 
 
