@@ -24,7 +24,8 @@ newer producer's fields), the header keeps bytes past the fields known here,
 and bytes between or after the blocks are kept in place.  Every count and
 offset is checked against the data before use; bad input raises
 :class:`InputError` with one line.  Memory: one small object per record,
-each record being at least 8 bytes of input.
+each record being at least 8 bytes of input (held once: no row beside it
+at parse, no copy of it when remapped, no bytes of it at encode).
 """
 
 from __future__ import annotations
@@ -331,7 +332,9 @@ class BtfExt:
     # --- edits ---------------------------------------------------------------
 
     def remap(self, section: str, mapping: Callable[[int], int]) -> None:
-        """Rewrite every insn_off of ``section`` (all three kinds) through ``mapping``."""
+        """Rewrite every insn_off of ``section`` (all three kinds) through
+        ``mapping``, in the section's lists (a ValueError leaves the records
+        before the one it names moved)."""
         sec = self.section(section)
 
         def moved(rec: R) -> R:
@@ -342,9 +345,9 @@ class BtfExt:
             # a copy by its own constructor (dataclasses.replace() was ten times slower)
             return rec if new == rec.insn_off else rec.moved_to(new)
 
-        sec.func_info = [moved(r) for r in sec.func_info]
-        sec.line_info = [moved(r) for r in sec.line_info]
-        sec.core_relo = [moved(r) for r in sec.core_relo]
+        _replace_each(sec.func_info, moved)
+        _replace_each(sec.line_info, moved)
+        _replace_each(sec.core_relo, moved)
 
     def add_records(self, section: str, func_info: Iterable[FuncInfo] = (),
                     line_info: Iterable[LineInfo] = (), core_relo: Iterable[CoreRelo] = ()) -> None:
@@ -497,15 +500,30 @@ class BtfExt:
 
     def _records(self, block: str, raw: bytes | memoryview, pos: int, count: int, rec_size: int,
                  fmt: struct.Struct) -> list[Record]:
-        """The records of one section's block: its rows (:meth:`_rows`, one
-        unpack for them all), each with the bytes past its known fields."""
+        """The records of one section's block (one unpack for them all), each
+        with the bytes past its known fields; their string offsets checked
+        first, on the columns (:meth:`_check_strings`), so that no row is
+        held beside its record."""
+        self._check_strings(block, raw, pos, count, rec_size)
         make = _MAKE[block]
-        rows = self._rows(block, raw, pos, count, rec_size, fmt)
+        rows = struct.Struct(fmt.format + f"{rec_size - fmt.size}x").iter_unpack(raw[pos:pos + count * rec_size])
         extra = rec_size - fmt.size
         if not extra:
             return [make(values, b"") for values in rows]
         starts = range(pos + fmt.size, pos + count * rec_size, rec_size)
         return [make(values, bytes(raw[start:start + extra])) for values, start in zip(rows, starts, strict=True)]
+
+    def _check_strings(self, block: str, raw: bytes | memoryview, pos: int, count: int, rec_size: int) -> None:
+        """:meth:`_rows`'s check of the string offsets, on u32 columns over ``raw``."""
+        from bpf_sdt.elf import u32_words  # as LineRows: btfext's import stays light
+
+        if not _STRING_FIELDS[block] or not count:
+            return
+        with memoryview(raw) as view:
+            words = u32_words(view[pos:pos + count * rec_size])
+            stride = rec_size // WORD
+            if any(max(words[i::stride]) >= len(self.strings) for i in _STRING_FIELDS[block]):
+                self._rows(block, raw, pos, count, rec_size, _FORMATS[block][1])     # names the record
 
     def _line_rows(self, raw: bytes | memoryview, pos: int, count: int, rec_size: int) -> LineRows:
         """One section's line_info as columns over ``raw``, checked as
@@ -539,25 +557,33 @@ class BtfExt:
 
     # --- encode --------------------------------------------------------------
 
-    def _encode_block(self, block: str, fields: list[tuple[int, str]]) -> bytes:
+    def _encode_block(self, block: str, fields: list[tuple[int, str]] | None) -> bytes:
         """One block's bytes; notes where each record's insn_off lands (from
-        the block's start) in ``fields``."""
+        the block's start) in ``fields``, unless None."""
         info = self._blocks[block]
         fmt = _FORMATS[block][1]
-        out = [struct.pack("<I", info.rec_size)]
+        size = REC_SIZE_LEN + sum(SEC_HEADER_LEN + info.rec_size * len(self.sections[name].records(block))
+                                  for name in info.order)
+        out = bytearray(size)       # packed into in place: no bytes object per record
+        struct.pack_into("<I", out, 0, info.rec_size)
         pos = REC_SIZE_LEN
+        values = _FIELDS_OF[block]
         for name in info.order:
             recs = self.sections[name].records(block)
-            out.append(struct.pack("<II", info.name_offs[name], len(recs)))
+            struct.pack_into("<II", out, pos, info.name_offs[name], len(recs))
             pos += SEC_HEADER_LEN
-            values = _FIELDS_OF[block]
             for r in recs:
-                out.append(fmt.pack(*values(r)) + r.extra)
-                fields.append((pos, name))
+                fmt.pack_into(out, pos, *values(r))
+                if r.extra:
+                    out[pos + fmt.size:pos + fmt.size + len(r.extra)] = r.extra
+                if fields is not None:
+                    fields.append((pos, name))
                 pos += info.rec_size
-        return b"".join(out)
+        return bytes(out)
 
-    def _build(self) -> tuple[bytes, list[tuple[int, str]]]:
+    def _build(self, with_fields: bool) -> tuple[bytes, list[tuple[int, str]]]:
+        """The section's bytes, and with ``with_fields`` :meth:`insn_off_fields`
+        (else []: a tuple per record that encode() does not need)."""
         present = [b for b in BLOCKS if b in self._blocks and
                    (self._blocks[b].present or any(self.sections[n].records(b) for n in self._blocks[b].order))]
         # blocks that were in the file keep their order; new ones go after them
@@ -568,9 +594,9 @@ class BtfExt:
         fields: list[tuple[int, str]] = []
         header_len = self.hdr_len
         for block in present:
-            block_fields: list[tuple[int, str]] = []
+            block_fields: list[tuple[int, str]] | None = [] if with_fields else None
             raw = self._encode_block(block, block_fields)
-            fields += [(header_len + pos + off, name) for off, name in block_fields]
+            fields += [(header_len + pos + off, name) for off, name in block_fields or ()]
             spans[block] = (pos, len(raw))
             body += [raw, self._blocks[block].gap_after]
             pos += len(raw) + len(self._blocks[block].gap_after)
@@ -587,14 +613,21 @@ class BtfExt:
         return header + self.header_tail + b"".join(body), fields
 
     def encode(self) -> bytes:
-        return self._build()[0]
+        return self._build(with_fields=False)[0]
 
     def insn_off_fields(self) -> list[tuple[int, str]]:
         """``(byte offset in encode()'s output, code section)`` of every
         record's insn_off, in file order.  A relocatable object has one
         ``R_BPF_64_NODYLD32`` in ``.rel.BTF.ext`` per entry, against the code
         section's symbol: whoever rewrites .BTF.ext writes these too."""
-        return self._build()[1]
+        return self._build(with_fields=True)[1]
+
+
+def _replace_each(records: list[R], change: Callable[[R], R]) -> None:
+    """Each record through ``change``, in the list: every one replaced frees
+    the old, so a section of a million line records is never held twice."""
+    for k, rec in enumerate(records):
+        records[k] = change(rec)
 
 
 def _insn_off(r: Record) -> int:

@@ -729,17 +729,24 @@ class ElfImage:
     # --- reading ------------------------------------------------------------
 
     @classmethod
-    def from_object(cls, obj: BpfObject) -> ElfImage:
+    def from_object(cls, obj: BpfObject, packed_relocations: bool = False) -> ElfImage:
+        """Every section and symbol of ``obj``, at its index; with
+        ``packed_relocations`` the REL/RELA sections as columns
+        (:attr:`SecRec.packed`), not a Relocation per record."""
         img = cls(obj.data[:EI_NIDENT], ET_REL, EM_BPF, obj.e_flags)
         for s in obj.sections:
             _check_alignment(obj, s)
             rec = _section_record(obj, s)
             if s.type in (SHT_REL, SHT_RELA):
                 _check_relocation_target(obj, s)
-                rec.relocs = obj.decode_relocations(s)
-                bad = next((r for r in rec.relocs if r.symbol >= len(obj.symbols)), None)
-                if bad is not None:
-                    raise _unknown_symbol(obj, s, bad.offset, bad.symbol)
+                if packed_relocations:
+                    _check_relocation_symbols(obj, s, len(obj.symbols))
+                    rec.data, rec.packed = b"", PackedRelocations.read(obj, s)
+                else:
+                    rec.relocs = obj.decode_relocations(s)
+                    bad = next((r for r in rec.relocs if r.symbol >= len(obj.symbols)), None)
+                    if bad is not None:
+                        raise _unknown_symbol(obj, s, bad.offset, bad.symbol)
             img.sections.append(rec)
         img.symbols = [SymRec(s.name, s.value, s.size, st_info(s.bind, s.type), s.other, s.shndx)
                        for s in obj.symbols]

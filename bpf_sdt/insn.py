@@ -27,14 +27,16 @@ property on every sample and compile-matrix object.
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 from bpf_sdt.bpf_helpers import HELPER_IDS
-from bpf_sdt.elf import SHN_LORESERVE, SHN_UNDEF, STT_SECTION, Relocation, Symbol
+from bpf_sdt.elf import SHN_LORESERVE, SHN_UNDEF, STT_SECTION, PackedRelocations, Relocation, Symbol, r_info
 from bpf_sdt.errors import InputError
 
 INSN_SIZE = 8
+WIDE_SIZE = 2 * INSN_SIZE       # ld_imm64
 INSN = struct.Struct("<BBhi")   # code, dst:4|src:4 (the register byte), off, imm
 DST_MASK = 0x0F                 # the register byte: dst in the low nibble, src in the high one
 SRC_SHIFT = 4
@@ -138,7 +140,10 @@ class Insn:
     instruction that refers to nothing may stand at several places (the
     sites of one shape share their inserted code): its ``pos`` is then the
     last one's, so positions are asked only of instructions that stand once
-    (targets, calls, symbols' first instructions)."""
+    (targets, symbols' first instructions).  A call or branch may stand at
+    several places too: encoding derives its field from the position it is
+    packed at, not from ``pos`` (the calls of sites of one shape are one
+    object)."""
 
     __slots__ = ("op", "dst", "src", "off", "imm", "imm_hi", "target", "reloc", "orig", "pos", "placed")
 
@@ -488,7 +493,7 @@ def link_code_references(sections: dict[int, CodeSection], symbols: Sequence[Sym
 
 class EncodedSection(NamedTuple):
     data: bytes
-    relocs: list[Relocation]
+    relocs: PackedRelocations    # in code order, symbols numbered as the object's (columns: one per call)
     offsets: dict[int, int]      # old byte offset -> new byte offset
     placement: Placement         # what the instructions laid out in this section carry
 
@@ -502,10 +507,11 @@ class EncodedSection(NamedTuple):
 
 def _place(sec: CodeSection, placement: Placement) -> None:
     """Record on every instruction (and on the end) its new byte offset."""
-    pos, slots = 0, _SLOTS
+    pos = 0
     for insn in sec.insns:
-        insn.pos, insn.placed = pos, placement
-        pos += INSN_SIZE * slots[insn.op & OPCODE_BYTE]
+        insn.pos = pos
+        insn.placed = placement
+        pos += WIDE_SIZE if insn.op == LD_IMM64 else INSN_SIZE     # a compare: cheaper than the slots table
     sec.end.pos, sec.end.placed = pos, placement
 
 
@@ -554,35 +560,45 @@ def encode_sections(sections: dict[int, CodeSection], symbols: Sequence[Symbol],
 
 
 def _encode(sec: CodeSection, sec_idx: int, placements: dict[int, Placement], symbols: Sequence[Symbol],
-            values: dict[int, int]) -> tuple[bytes, list[Relocation]]:
+            values: dict[int, int]) -> tuple[bytes, PackedRelocations]:
     """A placed section's bytes and relocations, in one pass: each
     instruction's reference sets its field, then the instruction is packed
     into one buffer of the section's size.  No bytes object per instruction
-    (with the list to join them, that was a third of a rewrite's peak).  The
+    (with the list to join them, that was a third of a rewrite's peak), and
+    the relocations as columns (a call per site has one).  The
     offset is counted here, not read from ``pos``: an instruction shared by
     sites of one shape has the last one's there."""
     buf = bytearray(sec.end.pos)
-    relocs = []
-    pack_into, slots = INSN.pack_into, _SLOTS
+    offsets, infos = array("Q"), array("Q")
+    addends: array[int] | None = None        # RELA only: from the first relocation with an addend
+    pack_into = INSN.pack_into
     pos = 0
     for insn in sec.insns:
         if insn.target is not None:
-            _derive_reference(insn, sec_idx, placements, symbols, values, sec)
+            _derive_reference(insn, pos, sec_idx, placements, symbols, values, sec)
         if insn.reloc is not None:
             r = insn.reloc
-            relocs.append(Relocation(pos, r.type, r.symbol, r.addend))
+            if r.addend is not None and addends is None:
+                addends = array("Q", bytes(8 * len(offsets)))     # what the ones before write: 0
+            if addends is not None:
+                addends.append((r.addend or 0) & U64_MAX)
+            offsets.append(pos)
+            infos.append(r_info(r.symbol, r.type))
         op = insn.op
         pack_into(buf, pos, op, (insn.src << SRC_SHIFT) | insn.dst, insn.off, insn.imm)
         if op == LD_IMM64:
             pack_into(buf, pos + INSN_SIZE, 0, 0, 0, insn.imm_hi)
-        pos += INSN_SIZE * slots[op & OPCODE_BYTE]
-    return bytes(buf), relocs
+            pos += WIDE_SIZE
+        else:
+            pos += INSN_SIZE
+    return bytes(buf), PackedRelocations(offsets, infos, addends)
 
 
-def _derive_reference(insn: Insn, sec_idx: int, placements: dict[int, Placement],
+def _derive_reference(insn: Insn, here: int, sec_idx: int, placements: dict[int, Placement],
                       symbols: Sequence[Symbol], values: dict[int, int], sec: CodeSection) -> None:
+    """Set the field of ``insn``, packed at byte ``here``, that names its target."""
     assert insn.target is not None
-    here, target = insn.pos, insn.target
+    target = insn.target
     placed = target.placed
     if placed is None or placements.get(placed.index) is not placed:
         raise InputError(f"{sec.name}+{here:#x}: refers to an instruction that was removed")

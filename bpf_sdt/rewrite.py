@@ -25,6 +25,7 @@ lists (insert, replace); :func:`rewrite_object` writes the object back:
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from bpf_sdt.elf import (
     R_BPF_64_ABS32,
     R_BPF_64_ABS64,
     R_BPF_64_NODYLD32,
+    R_SYM_SHIFT,
+    R_TYPE_MASK,
     SHF_INFO_LINK,
     SHT_PROGBITS,
     SHT_REL,
@@ -46,7 +49,6 @@ from bpf_sdt.elf import (
     BpfObject,
     ElfImage,
     PackedRelocations,
-    Relocation,
     SecRec,
     SymbolRun,
     is_reserved_index,
@@ -78,14 +80,25 @@ class Moved:
     at: dict[int, Insn]                  # old byte offset -> the instruction
 
 
-@dataclass(slots=True)     # one per inserted call
-class Label:
-    """A name for an instruction, kept outside the code: an address word in
-    ``.bpf_sdt_calls`` at a local STT_NOTYPE symbol ``name``."""
+@dataclass
+class Labels:
+    """Names for places in the code, kept outside it: label k is an address
+    word in ``.bpf_sdt_calls`` at a local STT_NOTYPE symbol ``names[k]``,
+    for the byte ``offsets[k]`` from where instruction ``anchors[k]`` of
+    section ``sections[k]`` is written (negative: before it).  An anchor
+    stands once in the code; what is labelled may be an instruction that
+    sites share.  Columns: one per inserted call, no object each."""
 
-    name: str
-    section: int
-    insn: Insn
+    names: list[str] = field(default_factory=list)
+    sections: list[int] = field(default_factory=list)
+    anchors: list[Insn] = field(default_factory=list)
+    offsets: array[int] = field(default_factory=lambda: array("q"))
+
+    def add(self, name: str, section: int, anchor: Insn, offset: int) -> None:
+        self.names.append(name)
+        self.sections.append(section)
+        self.anchors.append(anchor)
+        self.offsets.append(offset)
 
 
 @dataclass
@@ -94,7 +107,7 @@ class CodeEdits:
 
     moved: dict[int, Moved] = field(default_factory=dict)
     renamed: dict[int, str] = field(default_factory=dict)
-    labels: list[Label] = field(default_factory=list)
+    labels: Labels = field(default_factory=Labels)
     make_static: set[str] = field(default_factory=set)    # function names
 
 
@@ -127,26 +140,35 @@ def decode_code(obj: BpfObject) -> dict[int, CodeSection]:
     return sections
 
 
-def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
-                   edits: CodeEdits | None = None) -> ElfImage:
+def rewrite_object(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits | None = None, *,
+                   consume: bool = False) -> ElfImage:
     """An image of ``obj`` with the edited ``code`` written in and every
-    reference into it moved."""
+    reference into it moved.  With ``consume``, ``code``'s instruction
+    lists (and ``edits``' references to instructions) are emptied once the
+    code is encoded: the instructions are freed before the image is built,
+    the peak of a rewrite."""
     edits = edits or CodeEdits()
     moved_symbols = {sym.num: edits.moved[sym.shndx].at[sym.value] for sym in obj.symbols
                      if sym.shndx in edits.moved and sym.type != STT_SECTION
                      and sym.value in edits.moved[sym.shndx].at}
     encoded, values = encode_sections(code, obj.symbols, moved_symbols)
-    img = ElfImage.from_object(obj)     # after encoding, the peak of a rewrite: not alive during it
+    del moved_symbols
+    placed = _Placed.of(encoded, edits)
+    if consume:
+        _release_instructions(code, edits)
+    # After encoding, the peak of a rewrite: not alive during it.  Its relocations are
+    # columns, as the encoded code's are (the notes have one per site).
+    img = ElfImage.from_object(obj, packed_relocations=True)
     changed = bool(edits.moved) or any(enc.data != obj.section_data(obj.sections[idx])
                                        for idx, enc in encoded.items())
     for idx, enc in encoded.items():
         img.sections[idx].data = enc.data
         _set_code_relocations(img, idx, enc)
     _move_symbols(obj, img, encoded, values)
-    _move_moved_symbols(obj, img, encoded, edits)
+    _move_moved_symbols(obj, img, edits, placed.moved)
     _move_in_place_words(obj, img, encoded, values)
-    _move_btf_ext(obj, img, encoded, edits)
-    _write_labels(img, encoded, edits.labels)
+    _move_btf_ext(obj, img, encoded, edits, placed.moved)
+    _append_calls(img, edits.labels.names, edits.labels.sections, placed.labels)
     if edits.make_static:
         _make_static(obj, img, edits.make_static)
     for idx, name in edits.renamed.items():
@@ -162,19 +184,47 @@ def rewrite_object(obj: BpfObject, code: dict[int, CodeSection],
     return img
 
 
-def _write_labels(img: ElfImage, encoded: dict[int, EncodedSection], labels: list[Label]) -> None:
-    append_call_words(img, [(label.name, label.section, encoded[label.section].position(label.insn))
-                            for label in labels])
+class _Placed(NamedTuple):
+    """Where an encoding put what the rest of a rewrite asks of the edits'
+    instructions, so that they need not live on."""
+
+    moved: dict[int, dict[int, int]]     # per moved section: old byte offset -> offset where it went
+    labels: array[int]                   # each label's byte offset in its section
+
+    @classmethod
+    def of(cls, encoded: dict[int, EncodedSection], edits: CodeEdits) -> _Placed:
+        moved = {idx: {old: encoded[m.into].position(insn) for old, insn in m.at.items()}
+                 for idx, m in edits.moved.items()}
+        labels = edits.labels
+        return cls(moved, array("Q", map(lambda section, anchor, offset: encoded[section].position(anchor) + offset,
+                                         labels.sections, labels.anchors, labels.offsets)))
+
+
+def _release_instructions(code: dict[int, CodeSection], edits: CodeEdits) -> None:
+    """Drop every reference ``code`` and ``edits`` hold to instructions."""
+    for sec in code.values():
+        sec.insns = []
+        sec.appended = None
+    edits.labels.anchors.clear()
+    for moved in edits.moved.values():
+        moved.at.clear()
 
 
 def append_call_words(img: ElfImage, words: list[tuple[str, int, int]]) -> None:
     """For each (symbol name, code section index, byte offset), one address
     word appended to the calls section (made when missing), as a note's
     address word (docs/format.md section 6)."""
+    _append_calls(img, [name for name, _, _ in words], [section for _, section, _ in words],
+                  array("Q", [offset for _, _, offset in words]))
+
+
+def _append_calls(img: ElfImage, names: list[str], sections: list[int], offsets: array[int]) -> None:
+    """:func:`append_call_words` by columns."""
+    if sys.byteorder != "little":      # the words are little-endian
+        offsets = array("Q", offsets)
+        offsets.byteswap()
     append_address_entries(img, CALLS_SECTION, CALLS_REL_SECTION, CALL_WORD_SIZE, AddressEntries(
-        [name for name, _, _ in words], [section for _, section, _ in words],
-        b"".join(offset.to_bytes(CALL_WORD_SIZE, "little") for _, _, offset in words),
-        array("Q", range(0, CALL_WORD_SIZE * len(words), CALL_WORD_SIZE))))
+        names, sections, offsets.tobytes(), array("Q", range(0, CALL_WORD_SIZE * len(names), CALL_WORD_SIZE))))
 
 
 class AddressEntries(NamedTuple):
@@ -234,19 +284,20 @@ def _section_symbols(img: ElfImage, sec_i: int, entries: AddressEntries, values:
     return symbols
 
 
-def _move_moved_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
-                        edits: CodeEdits) -> None:
+def _move_moved_symbols(obj: BpfObject, img: ElfImage, edits: CodeEdits,
+                        positions: dict[int, dict[int, int]]) -> None:
     """Symbols of moved sections go where their instructions went (section
-    symbols excepted: they go with their sections)."""
+    symbols excepted: they go with their sections); ``positions``: per moved
+    section, old byte offset -> new one in the section it went into."""
     for sym in obj.symbols:
         moved = edits.moved.get(sym.shndx)
         if moved is None or sym.type == STT_SECTION:
             continue
-        insn = moved.at.get(sym.value)
-        if insn is None:
+        new = positions[sym.shndx].get(sym.value)
+        if new is None:
             raise InputError(f"{obj.path}: symbol {sym.name} is not on an instruction")
         rec = img.symbols[sym.num]
-        rec.shndx, rec.value = moved.into, encoded[moved.into].position(insn)
+        rec.shndx, rec.value = moved.into, new
 
 
 def _make_static(obj: BpfObject, img: ElfImage, names: set[str]) -> None:
@@ -284,8 +335,9 @@ def _set_code_relocations(img: ElfImage, idx: int, enc: EncodedSection) -> None:
             return
         name = ".rel" + img.sections[idx].name
         rel_i = img.add_section(SecRec(name, SHT_REL, SHF_INFO_LINK, b"", link=img.symtab_index,
-                                       info=idx, addralign=8, entsize=16, relocs=[]))
-    img.sections[rel_i].relocs = enc.relocs
+                                       info=idx, addralign=8, entsize=16))
+    rel = img.sections[rel_i]
+    rel.relocs, rel.packed = None, enc.relocs
 
 
 def _move_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
@@ -304,7 +356,9 @@ def _move_symbols(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSecti
 def _move_in_place_words(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
                          values: dict[int, int]) -> None:
     """REL relocations in data sections against code: the word holds the
-    offset (from the symbol) and moves with the code."""
+    offset (from the symbol) and moves with the code.  Read as columns, and
+    what a relocation's r_info word implies worked out once per word: the
+    notes have a relocation per site, naming a few (symbol, type) pairs."""
     for rel_sec in obj.sections:
         if rel_sec.type != SHT_REL:
             continue
@@ -314,45 +368,60 @@ def _move_in_place_words(obj: BpfObject, img: ElfImage, encoded: dict[int, Encod
             continue
         data: bytearray | None = None
         original = obj.section_data(target)
-        for r in obj.decode_relocations(rel_sec):
-            moved = _moved_word(obj, r, encoded, values, target.name, original)
-            if moved is None:
+        columns = obj.relocation_columns(rel_sec)
+        kinds: dict[int, _InPlaceWord | None] = {}
+        for offset, info in zip(columns.offsets, columns.infos, strict=True):
+            if info not in kinds:
+                kinds[info] = _in_place_word(obj, info, encoded, values)
+            kind = kinds[info]
+            if kind is None:
                 continue
+            width = kind.width
+            if offset + width > len(original):
+                raise InputError(f"{obj.path}: relocation at {target.name}+{offset:#x} runs past the section")
+            addend = int.from_bytes(original[offset: offset + width], "little")
+            new = kind.offsets.get(kind.base_old + addend)
+            if new is None:
+                raise InputError(f"{obj.path}: {target.name}+{offset:#x} points at "
+                                 f"{kind.section}+{kind.base_old + addend:#x}, which is not an instruction")
             if data is None:
                 data = bytearray(img.sections[target.index].data)
-            width, value = moved
-            if r.offset + width > len(data):
-                raise InputError(f"{obj.path}: {rel_sec.name}: relocation at {r.offset:#x} runs past "
+            if offset + width > len(data):
+                raise InputError(f"{obj.path}: {rel_sec.name}: relocation at {offset:#x} runs past "
                                  f"{target.name}")
-            data[r.offset: r.offset + width] = value.to_bytes(width, "little")
+            data[offset: offset + width] = (new - kind.base_new).to_bytes(width, "little")
         if data is not None:
             img.sections[target.index].data = bytes(data)
 
 
-def _moved_word(obj: BpfObject, r: Relocation, encoded: dict[int, EncodedSection],
-                values: dict[int, int], where: str, target_data: bytes) -> tuple[int, int] | None:
-    """(width, new in-place value) of a word holding a code offset, or None."""
-    width = _IN_PLACE_WIDTH.get(r.type)
-    if width is None or not 0 <= r.symbol < len(obj.symbols):
+class _InPlaceWord(NamedTuple):
+    """What the relocations of one r_info word (symbol, type) share."""
+
+    width: int                   # of the word holding the offset
+    base_old: int                # the symbol's value before (0 for a section symbol)
+    base_new: int                # and after
+    offsets: dict[int, int]      # its code section's old byte offset -> new one
+    section: str                 # that section's name
+
+
+def _in_place_word(obj: BpfObject, info: int, encoded: dict[int, EncodedSection],
+                   values: dict[int, int]) -> _InPlaceWord | None:
+    """How relocations with r_info ``info`` move a word holding a code offset,
+    or None when they do not (another type, or a symbol outside the code)."""
+    width = _IN_PLACE_WIDTH.get(info & R_TYPE_MASK)
+    symbol = info >> R_SYM_SHIFT
+    if width is None or not 0 <= symbol < len(obj.symbols):
         return None
-    sym = obj.symbols[r.symbol]
+    sym = obj.symbols[symbol]
     if is_reserved_index(sym.shndx) or sym.shndx not in encoded:
         return None
-    if r.offset + width > len(target_data):
-        raise InputError(f"{obj.path}: relocation at {where}+{r.offset:#x} runs past the section")
-    addend = int.from_bytes(target_data[r.offset: r.offset + width], "little")
-    base_old = 0 if sym.type == STT_SECTION else sym.value
-    base_new = 0 if sym.type == STT_SECTION else values[sym.num]
-    new = encoded[sym.shndx].offsets.get(base_old + addend)
-    if new is None:
-        raise InputError(f"{obj.path}: {where}+{r.offset:#x} points at "
-                         f"{obj.sections[sym.shndx].name}+{base_old + addend:#x}, which is not an "
-                         "instruction")
-    return width, new - base_new
+    section_symbol = sym.type == STT_SECTION
+    return _InPlaceWord(width, 0 if section_symbol else sym.value, 0 if section_symbol else values[sym.num],
+                        encoded[sym.shndx].offsets, obj.sections[sym.shndx].name)
 
 
 def _move_btf_ext(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSection],
-                  edits: CodeEdits) -> None:
+                  edits: CodeEdits, moved_positions: dict[int, dict[int, int]]) -> None:
     ext_sec = obj.section(BTF_EXT_SECTION)
     btf_sec = obj.section(".BTF")
     if ext_sec is None or btf_sec is None:
@@ -373,10 +442,8 @@ def _move_btf_ext(obj: BpfObject, img: ElfImage, encoded: dict[int, EncodedSecti
         ext.move_section(obj.sections[idx].name, new_name, lambda off: off)
     for idx, moved in edits.moved.items():
         name, into = obj.sections[idx].name, obj.sections[moved.into].name
-        dest = encoded[moved.into]
-        positions = {old: dest.position(insn) for old, insn in moved.at.items()}
         into = edits.renamed.get(moved.into, into)
-        ext.move_section(name, into, _offset_mapper(positions, name))
+        ext.move_section(name, into, _offset_mapper(moved_positions[idx], name))
     img.sections[ext_sec.index].data = ext.encode()
 
 

@@ -192,6 +192,7 @@ def recorder_identity(obj: BpfObject, plan_id: str = "") -> str:
     functions = table.functions.at
     typed: dict[str, str] = {}      # per probe: thousands of sites share a few prototypes
     names, sections = entries.probes, entries.sections
+    lines = []          # digested at once: one update, not one per site (a digest of the concatenation)
     for site_id, (p, s, offset) in enumerate(zip(entries.probe_ids, entries.section_ids, entries.offsets,
                                                  strict=True)):    # no line info or DWARF: the digest needs neither
         probe, sec = names[p], sections[s]
@@ -199,5 +200,6 @@ def recorder_identity(obj: BpfObject, plan_id: str = "") -> str:
         if types is None:
             types = typed[probe] = ";".join(f"{t.canonical}/{t.size}/{int(t.signed)}/{t.kind}"
                                             for t in table.types.get(probe, ()))
-        digest.update(f"{site_id}|{probe}|{sec.name}|{functions(sec, offset)}|{types}\n".encode())
+        lines.append(f"{site_id}|{probe}|{sec.name}|{functions(sec, offset)}|{types}\n")
+    digest.update("".join(lines).encode())
     return digest.hexdigest()[:RECORDER_IDENTITY_HEX]

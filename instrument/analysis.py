@@ -265,6 +265,8 @@ class Program:
         for _ in range(CYCLE_ROUNDS if self.recursive else 1):
             changed = False
             for f in order:
+                if f.is_program and not _names_frame_pointer(f.section.insns, f.start, f.end):
+                    continue    # no value can point into the stack: its reach stays empty
                 reach = analyze_frame(f.insns, f.succ, f.is_program, self._call_reach(f))
                 if reach != f.reach:
                     f.reach, changed = reach, True
@@ -473,6 +475,18 @@ def _cycles(functions: list[Function]) -> dict[int, list[Function]]:
                 state[id(g)] = 2
                 path.pop()
     return out
+
+
+def _names_frame_pointer(insns: list[Insn], start: int, end: int) -> bool:
+    """Whether an instruction of ``insns[start:end]`` names r10.  A program
+    gets no other pointer into the stack (r1 is its context), so one whose
+    code never names r10 touches no stack, directly or through a call: its
+    frame analysis would find nothing (most sites' programs spill nothing)."""
+    for k in range(start, end):
+        insn = insns[k]
+        if insn.dst == R10 or insn.src == R10:
+            return True
+    return False
 
 
 def _check_registers(sec: CodeSection) -> None:

@@ -23,27 +23,30 @@ that writes through ``ctx`` and a call graph with recursion are refused
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fnmatch
 import functools
 import gc
+import operator
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from bpf_sdt.argtype import ArgType
-from bpf_sdt.elf import STT_FUNC, STT_SECTION, TEXT_SECTION, BpfObject, is_reserved_index, load_object
+from bpf_sdt.elf import STT_FUNC, STT_SECTION, TEXT_SECTION, BpfObject, ElfImage, is_reserved_index, load_object
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, BpfSdtError, InputError, UsageError
 from bpf_sdt.format import CALL_LABEL_PREFIX, RECORDER_DEFAULT_RINGBUF_SIZE
 from bpf_sdt.fsutil import resolve_output
 from bpf_sdt.insn import INSN_SIZE, LD_IMM64, MAX_STACK, STACK_SLOT, CodeSection, Insn, reg_mask
-from bpf_sdt.model import escape_text
-from bpf_sdt.notes import NoteEntry
-from bpf_sdt.rewrite import CodeEdits, Label, decode_code, move_code, rewrite_object
+from bpf_sdt.model import ArgLocation, escape_text
+from bpf_sdt.notes import NoteEntries, NoteEntry, forget
+from bpf_sdt.rewrite import CodeEdits, decode_code, move_code, rewrite_object
 from bpf_sdt.sites import SiteTable, recorder_identity, site_table
 
 if TYPE_CHECKING:   # postlink is imported when the run needs it
@@ -71,7 +74,7 @@ from .observers import (
     recorder_function,
     start_recorder,
 )
-from .sequence import Frame, Observer, SequenceShapes, call_starts, site_sequence
+from .sequence import Frame, Observer, SequenceShapes, Shape, call_ends
 
 # Distinct site frames kept (functions x live caller-saved registers x arities).
 FRAME_SHAPES = 4096
@@ -181,12 +184,47 @@ def _instrument(req: Request) -> Result:
         # them (off for the run): one pass here, about 1 ms per 1,000 sites.
         del checked, table, obj, observer_objects, decls
         gc.collect()
-        data, result = _rewrite(linked.obj, plan, req)
+        img, placed, problems = _rewrite(linked.obj, plan, req)
+        # The linked object goes before its image is serialised, the run's peak: its notes'
+        # kept decoding, and (its caches refer back to it) the collector's one pass for it.
+        forget(linked.obj)
+        del linked
+        gc.collect()
+        data = img.to_bytes()
+        del img
     _check_output(req)                       # again: the paths may have changed meanwhile
     written = write_checked(req.output, data, "the instrumented object", req.durable)
-    for site in result.sites:                # code was inserted before some NOPs: where they are in OUT
-        site.offset = written.entries[site.site_id].offset
-    return result
+    del data
+    # code was inserted before some NOPs: their offsets are OUT's
+    return Result(placed.sites(lambda site_id: written.entries[site_id].offset, plan), plan, problems)
+
+
+class _PlacedSites:
+    """The sites instrumented, as columns until OUT is written: their
+    :class:`InstrumentedSite` objects (and the offsets they report, OUT's)
+    are made after the rewrite, the run's peak, not alive during it."""
+
+    def __init__(self) -> None:
+        self.site_ids = array("q")
+        self.probes: list[str] = []          # the entries' own strings: no copy per site
+        self.sections: list[str] = []
+        self.functions: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.site_ids)
+
+    def add(self, site_id: int, probe: str, section: str, function: str) -> None:
+        self.site_ids.append(site_id)
+        self.probes.append(probe)
+        self.sections.append(section)
+        self.functions.append(function)
+
+    def sites(self, offset_of: Callable[[int], int], plan: dict[str, list[str]]) -> list[InstrumentedSite]:
+        """One object per site, its NOP at ``offset_of(site id)`` and its
+        probe's observers (a list of its own)."""
+        return [InstrumentedSite(site_id, probe, section, offset_of(site_id), function, list(plan[probe]))
+                for site_id, probe, section, function in zip(self.site_ids, self.probes, self.sections,
+                                                             self.functions, strict=True)]
 
 
 def _read_inline_chains(reports: list[ObjectReport]) -> None:
@@ -307,21 +345,18 @@ def _plan_observers(decls: list[ObserverDecl], probes: list[str], selected: list
 # --- rewriting the linked object --------------------------------------------------------
 
 
-def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[bytes, Result]:
+def _rewrite(obj: BpfObject, plan: dict[str, list[str]], req: Request) -> tuple[ElfImage, _PlacedSites, list[str]]:
     _check_symbol_sections(obj)
     code = decode_code(obj)
     edits = CodeEdits()
     sites, problems = _place_calls(obj, code, edits, plan, req)
     # The recorder stays global: verified once per program, not at every site.
     edits.make_static |= {name for names in plan.values() for name in names if not name.startswith(RECORDER_PREFIX)}
-    img = rewrite_object(obj, code, edits)
-    # The instructions are in the image now: freed before it is serialised, the run's peak.
-    del code, edits
-    return img.to_bytes(), Result(sites, plan, problems)
+    return rewrite_object(obj, code, edits, consume=True), sites, problems     # the instructions go once encoded
 
 
 def _place_calls(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits, plan: dict[str, list[str]],
-                 req: Request) -> tuple[list[InstrumentedSite], list[str]]:
+                 req: Request) -> tuple[_PlacedSites, list[str]]:
     """Insert each selected site's sequence into ``code`` (observers moved
     into .text, their calls labelled in ``edits``): the sites instrumented
     and one finding per site that could not be.  The analysis goes with this
@@ -329,7 +364,7 @@ def _place_calls(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits,
     table = site_table(obj)
     types = table.types
     # (section, decoded offset) -> index in its section: taken once, before code moves
-    index_of = {(idx, insn.orig): i for idx, sec in code.items() for i, insn in enumerate(sec.insns)}
+    index_of = _InsnIndex(code)
     program = Program(code, obj.symbols, _site_uses(code, table.entries, index_of))
     observers = _observer_entries(obj, code, plan, index_of)
     _refuse_ctx_writers(program, [n for n in observers if not n.startswith(RECORDER_PREFIX)])
@@ -338,34 +373,68 @@ def _place_calls(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits,
     observers = _called_through_section_symbol(obj, observers, text)
     callees = {probe: [observers[n] for n in names] for probe, names in plan.items()}   # per probe, not per site
     label_names = {n: CALL_LABEL_PREFIX + n for n in observers}                         # one string per observer
-    inserts: dict[int, dict[int, list[Insn]]] = {}
-    sites, problems = [], []
-    chains: dict[tuple[int, int, tuple[str, ...]], str | None] = {}   # call-chain verdicts, per function
-    shapes = SequenceShapes()                                           # sites of one shape share fields
-    for site_id, entry in enumerate(table.entries):
-        names = plan.get(entry.probe)
+    inserts: dict[int, dict[int, tuple[_SitePlan, int | None]]] = {}    # section -> NOP index -> plan, site id
+    sites, problems = _PlacedSites(), []
+    plans = _SitePlans()                       # sites of one plan share its frame and instructions
+    # The entries' columns, not a NoteEntry per site (whose symbol name is read for it):
+    # one is made for a site that cannot be placed, to name it.
+    entries = table.entries
+    entry_probes, entry_sections, bodies = entries.probes, entries.sections, entries.bodies
+    for site_id, (probe_id, section_id, offset, body_id) in enumerate(zip(
+            entries.probe_ids, entries.section_ids, entries.offsets, entries.body_ids, strict=True)):
+        probe = entry_probes[probe_id]
+        names = plan.get(probe)
         if not names:
             continue
-        sec = code[entry.section.index]
-        idx = index_of[(sec.index, entry.offset)]
+        sec = code[entry_sections[section_id].index]
+        idx = index_of.at(sec.index, offset)
         f = program.function_of(sec, idx)
         if reachable is not None and id(f) not in reachable:
             continue
         try:
-            seq, calls = _site_code(program, f, idx, entry, types.get(entry.probe, ()), callees[entry.probe],
-                                    site_id, sec.index != text, chains, shapes)
+            site = _site_code(program, f, idx, probe, bodies[body_id].args, types.get(probe, ()), callees[probe],
+                              sec.index != text, plans)
         except SiteError as e:
-            problems.append(f"{_where(entry, f, table)}: {e}")
+            problems.append(f"{_where(entries[site_id], f, table)}: {e}")
             continue
-        inserts.setdefault(sec.index, {})[idx] = seq
-        edits.labels += [Label(label_names[name], sec.index, insn) for name, insn in calls]
-        sites.append(InstrumentedSite(site_id, entry.probe, sec.name, entry.offset, f.name, list(names)))
+        inserts.setdefault(sec.index, {})[idx] = (site, site_id if site.stores_site_id else None)
+        after = sec.insns[idx + 1] if idx + 1 < len(sec.insns) else sec.end    # the sequence goes before it
+        for name, end in site.calls:
+            edits.labels.add(label_names[name], sec.index, after, -end)
+        sites.add(site_id, probe, sec.name, f.name)
     if problems and (not req.skip_unplaceable or not sites):
         raise SiteError("; ".join(problems) if len(problems) <= 3 else
                         f"{'; '.join(problems[:3])}; and {len(problems) - 3} more sites")
     for idx, at in inserts.items():
         _insert_after(code[idx], at)
     return sites, problems
+
+
+class _InsnIndex:
+    """(section, decoded byte offset) -> index in the section's list, taken
+    before any code moves: per section, the decoded offsets as one column
+    (they ascend), searched by bisection.  A dict keyed by (section, offset)
+    pairs held a tuple per instruction, the largest thing a run made before
+    its rewrite."""
+
+    def __init__(self, code: dict[int, CodeSection]) -> None:
+        self._offsets = {idx: array("q", map(_ORIG, sec.insns)) for idx, sec in code.items()}
+
+    def get(self, section: int, offset: int) -> int | None:
+        offsets = self._offsets.get(section)
+        if offsets is None:
+            return None
+        i = bisect.bisect_left(offsets, offset)
+        return i if i < len(offsets) and offsets[i] == offset else None
+
+    def at(self, section: int, offset: int) -> int:
+        i = self.get(section, offset)
+        if i is None:
+            raise KeyError((section, offset))
+        return i
+
+
+_ORIG = operator.attrgetter("orig")
 
 
 def _check_symbol_sections(obj: BpfObject) -> None:
@@ -413,19 +482,21 @@ def _reachable_from(program: Program, names: tuple[str, ...]) -> set[int] | None
     return {id(g) for n in names for g in program.reachable(programs[n])}
 
 
-def _site_uses(code: dict[int, CodeSection], entries: Sequence[NoteEntry],
-               index_of: dict[tuple[int, int], int]) -> dict[int, int]:
-    """id() of every probe NOP -> the registers its arguments are in."""
+def _site_uses(code: dict[int, CodeSection], entries: NoteEntries, index_of: _InsnIndex) -> dict[int, int]:
+    """id() of every probe NOP -> the registers its arguments are in (read
+    from the entries' columns: no NoteEntry per site)."""
     out = {}
-    masks: dict[int, int] = {}      # by id() of the arguments: the decoder shares equal argument tuples
-    for e in entries:
-        i = index_of.get((e.section.index, e.offset))
+    masks: dict[int, int] = {}      # by body: the decoder keeps one per distinct argument bytes
+    sections = [sec.index for sec in entries.sections]
+    for section_id, offset, body_id in zip(entries.section_ids, entries.offsets, entries.body_ids, strict=True):
+        section = sections[section_id]
+        i = index_of.get(section, offset)
         if i is not None:
-            nop = code[e.section.index].insns[i]
-            mask = masks.get(id(e.args))
+            mask = masks.get(body_id)
             if mask is None:
-                mask = masks[id(e.args)] = reg_mask(a.reg for a in e.args if a.kind == "reg" and a.reg is not None)
-            out[id(nop)] = mask
+                args = entries.bodies[body_id].args
+                mask = masks[body_id] = reg_mask(a.reg for a in args if a.kind == "reg" and a.reg is not None)
+            out[id(code[section].insns[i])] = mask
     return out
 
 
@@ -444,13 +515,13 @@ def _gather_text(obj: BpfObject, code: dict[int, CodeSection], edits: CodeEdits)
 
 
 def _observer_entries(obj: BpfObject, code: dict[int, CodeSection], plan: dict[str, list[str]],
-                      index_of: dict[tuple[int, int], int]) -> dict[str, Observer]:
+                      index_of: _InsnIndex) -> dict[str, Observer]:
     """Observer name -> its first instruction (found before any section moves)."""
     wanted = {n for names in plan.values() for n in names}
     out = {}
     for sym in obj.symbols:
         if sym.name in wanted and sym.name not in out and sym.type == STT_FUNC \
-                and (i := index_of.get((sym.shndx, sym.value))) is not None:
+                and (i := index_of.get(sym.shndx, sym.value)) is not None:
             out[sym.name] = Observer(sym.name, code[sym.shndx].insns[i], sym.num,
                                      at_site_id=sym.name.startswith(RECORDER_PREFIX))
     missing = wanted - set(out)
@@ -472,14 +543,41 @@ def _called_through_section_symbol(obj: BpfObject, observers: dict[str, Observer
     return {name: replace(o, symbol=section_symbol) for name, o in observers.items()}
 
 
-def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types: tuple[ArgType, ...],
-               observers: list[Observer], site_id: int, cross_section: bool,
-               chains: dict[tuple[int, int, tuple[str, ...]], str | None] | None = None,
-               shapes: SequenceShapes | None = None) -> tuple[list[Insn], list[tuple[str, Insn]]]:
-    """The site's sequence, and for each observer the first insn of its call.
-    ``chains`` keeps :func:`_check_call_chain`'s verdict (None: passed; else
-    the finding) by function, grown frame and observers: it depends on
-    nothing else, and sites share them."""
+class _SitePlan(NamedTuple):
+    """What the sites with the same frame below them, live registers,
+    arguments, types, observers and section get alike, in any function."""
+
+    frame: Frame
+    grown: int                       # the function's frame with the site's
+    observer_names: tuple[str, ...]
+    shape: Shape
+    stores_site_id: bool
+    calls: list[tuple[str, int]]     # per observer: bytes from its call's r1 = r10 to the sequence's end
+
+
+_PlanKey = tuple[int, int, int, int, int, bool]
+
+
+class _SitePlans:
+    """One run's plans, call-chain verdicts and sequence shapes.  A plan is
+    keyed by the frame its function uses, the live registers and id() of
+    what its sites share and the run keeps alive (the decoder's shared
+    argument tuple, the probe's types and observer list): a site's key is a
+    few ints, not a hash of its arguments' dataclasses.  ``chains`` keeps
+    :func:`_check_call_chain`'s verdict (None: passed; else the finding) by
+    function, grown frame and observers: it depends on nothing else."""
+
+    def __init__(self) -> None:
+        self.plans: dict[_PlanKey, _SitePlan] = {}
+        self.chains: dict[tuple[int, int, tuple[str, ...]], str | None] = {}
+        self.shapes = SequenceShapes()
+
+
+def _site_code(program: Program, f: Function, idx: int, probe: str, args: tuple[ArgLocation, ...],
+               types: tuple[ArgType, ...],
+               observers: list[Observer], cross_section: bool, plans: _SitePlans) -> _SitePlan:
+    """The plan of the site at ``idx`` in ``f``'s section: its sequence is
+    the plan's shape around its own site-id store (made when inserted)."""
     local = idx - f.start
     live = live_after(f, local) & CLOBBER
     unset = live & ~initialised_after(f, local)
@@ -487,29 +585,38 @@ def _site_code(program: Program, f: Function, idx: int, entry: NoteEntry, types:
         regs = ", ".join(f"r{r}" for r in regs_of(unset))
         raise SiteError(f"{regs} {'is' if len(regs_of(unset)) == 1 else 'are'} live after the site but not "
                         "set on every path to it, so the call cannot save and restore it")
-    if len(types) != len(entry.args):
-        raise SiteError(f"probe {entry.probe}: the note has {len(entry.args)} arguments, its BTF "
+    if len(types) != len(args):
+        raise SiteError(f"probe {probe}: the note has {len(args)} arguments, its BTF "
                         f"prototype {len(types)}")
     used = f.frame
-    frame = _frame(-(-used // STACK_SLOT) * STACK_SLOT, live, len(entry.args))
-    grown = max(used, frame.depth)
-    key = (id(f), grown, tuple([o.name for o in observers]))
-    if chains is None or key not in chains:
+    key = (used, live, id(args), id(types), id(observers), cross_section)
+    plan = plans.plans.get(key)
+    if plan is None:
+        plan = plans.plans[key] = _site_plan(used, live, args, types, observers, cross_section, plans.shapes)
+    chain = (id(f), plan.grown, plan.observer_names)
+    verdict = plans.chains.get(chain, False)
+    if verdict is False:
         try:
-            _check_call_chain(program, f, grown, [g for o in observers if (g := program.by_name(o.name)) is not None])
+            callees = [g for o in observers if (g := program.by_name(o.name)) is not None]
+            _check_call_chain(program, f, plan.grown, callees)
             verdict = None
         except SiteError as e:
             verdict = str(e)
-        if chains is not None:
-            chains[key] = verdict
-    else:
-        verdict = chains[key]
+        plans.chains[chain] = verdict
     if verdict is not None:
         raise SiteError(verdict)
-    wants_id = any([o.at_site_id for o in observers])
-    seq = site_sequence(entry.args, types, frame, observers, site_id if wants_id else None, cross_section, shapes)
-    calls = call_starts(len(seq), frame, len(observers))
-    return seq, [(obs.name, seq[i]) for obs, i in zip(observers, calls, strict=True)]
+    return plan
+
+
+def _site_plan(used: int, live: int, args: tuple[ArgLocation, ...], types: tuple[ArgType, ...],
+               observers: list[Observer],
+               cross_section: bool, shapes: SequenceShapes) -> _SitePlan:
+    """The frame and shape of a site in a function using ``used`` bytes of stack."""
+    frame = _frame(-(-used // STACK_SLOT) * STACK_SLOT, live, len(args))
+    calls = list(zip([obs.name for obs in observers], call_ends(frame, len(observers)), strict=True))
+    return _SitePlan(frame, max(used, frame.depth), tuple([o.name for o in observers]),
+                     shapes.shape(args, types, frame, observers, cross_section),
+                     any([o.at_site_id for o in observers]), calls)
 
 
 @functools.lru_cache(maxsize=FRAME_SHAPES)
@@ -550,13 +657,16 @@ def _check_call_chain(program: Program, f: Function, grown: int, observers: list
                         f"(the verifier allows {MAX_STACK}); {f.name} already uses {f.frame}")
 
 
-def _insert_after(sec: CodeSection, at: dict[int, list[Insn]]) -> None:
-    """One pass: each selected NOP followed by its sequence."""
+def _insert_after(sec: CodeSection, at: dict[int, tuple[_SitePlan, int | None]]) -> None:
+    """One pass: each selected NOP followed by its sequence (its plan's
+    shape around its site-id store, made here: no list per site before)."""
     out: list[Insn] = []
     for i, insn in enumerate(sec.insns):
         out.append(insn)
-        if i in at:
-            out += at[i]
+        placed = at.get(i)
+        if placed is not None:
+            plan, site_id = placed
+            plan.shape.extend(out, plan.frame, site_id)
     sec.insns = out
 
 

@@ -40,6 +40,7 @@ from bpf_sdt.insn import (
     ALU_ARSH,
     ALU_LSH,
     ALU_RSH,
+    INSN_SIZE,
     R0,
     R1,
     R10,
@@ -189,11 +190,13 @@ def _site_id(frame: Frame, site_id: int | None) -> list[Insn]:
 CALL_LENGTH = 3
 
 
-def call_starts(length: int, frame: Frame, observers: int) -> range:
-    """Where each observer's ``r1 = r10`` stands in a site's sequence of
-    ``length`` instructions: the calls come last, but for the fills."""
-    first = length - len(frame.saved) - CALL_LENGTH * observers
-    return range(first, first + CALL_LENGTH * observers, CALL_LENGTH)
+def call_ends(frame: Frame, observers: int) -> range:
+    """Bytes from each observer's ``r1 = r10`` to the end of its site's
+    sequence, in call order: the calls and the fills after them are one
+    slot each, so this holds whatever the stores before them are (an
+    ``ld_imm64`` is two)."""
+    last = INSN_SIZE * (len(frame.saved) + CALL_LENGTH)
+    return range(last + INSN_SIZE * CALL_LENGTH * (observers - 1), last - 1, -INSN_SIZE * CALL_LENGTH)
 
 
 def _calls_and_fills(frame: Frame, observers: Sequence[Observer], cross_section: bool) -> list[Insn]:
@@ -217,29 +220,32 @@ def _fills(frame: Frame) -> list[Insn]:
 
 
 def _call(obs: Observer, cross_section: bool) -> Insn:
-    return _call_through(obs, _call_reloc(obs, cross_section))
-
-
-def _call_reloc(obs: Observer, cross_section: bool) -> InsnReloc | None:
     """A call from another section names its callee through a relocation; one
-    in the callee's section is relative (None)."""
-    return InsnReloc(R_BPF_64_32, obs.symbol) if cross_section else None
-
-
-def _call_through(obs: Observer, reloc: InsnReloc | None) -> Insn:
+    in the callee's section is relative (no relocation)."""
     call = pseudo_call(obs.entry)
-    call.reloc = reloc
+    call.reloc = InsnReloc(R_BPF_64_32, obs.symbol) if cross_section else None
     return call
 
 
-class _Shape(NamedTuple):
-    """What the sites of one shape share: instructions that refer to nothing,
-    and the calls' relocations (values: nothing changes a relocation)."""
+class Shape(NamedTuple):
+    """What the sites of one shape share: every instruction but the site-id
+    store, the calls included (encoding derives a call's immediate where it
+    packs it, and its relocation is a value)."""
 
-    stores: tuple[Insn, ...]
-    fills: tuple[Insn, ...]
-    arguments: tuple[Insn, ...]             # each observer's ``r1 += off``
-    relocs: tuple[InsnReloc | None, ...]    # each observer's call relocation
+    stores: tuple[Insn, ...]                # spills and argument stores, before the site id
+    calls_and_fills: tuple[Insn, ...]       # after it
+
+    def sequence(self, frame: Frame, site_id: int | None) -> list[Insn]:
+        """A site's sequence: the shape's instructions around its own site-id store."""
+        out: list[Insn] = []
+        self.extend(out, frame, site_id)
+        return out
+
+    def extend(self, out: list[Insn], frame: Frame, site_id: int | None) -> None:
+        """:meth:`sequence` appended to ``out``."""
+        out += self.stores
+        out += _site_id(frame, site_id)
+        out += self.calls_and_fills
 
 
 _ShapeKey = tuple[tuple[ArgLocation, ...], int, Frame, tuple[int, ...], bool]
@@ -248,24 +254,22 @@ _ShapeKey = tuple[tuple[ArgLocation, ...], int, Frame, tuple[int, ...], bool]
 class SequenceShapes:
     """The sequences of one instrument run by shape: sites with the same
     argument locations and types, frame, observers and section get the same
-    instructions but for the site id and the calls, so the first such site's
-    spills, stores and fills are kept and the others share them.  An
-    instruction that refers to nothing is a value wherever it stands
-    (encoding reads its fields and records its position, which nobody asks
-    of them): one object at every site of its shape spares most of a site's
-    new instructions, their allocation and their memory.  Each site builds
-    its own site-id store, calls and their ``r1 = r10``: a call's target is
-    its own, and ``.bpf_sdt_calls`` records where each call's ``r1 = r10`` is
-    (the ``r1 += off`` between them and the call's relocation, a value, are
-    the shape's).  For
-    one run: the observers' entries are that run's instructions.  At most
+    instructions but for the site id, so the first such site's are kept and
+    the others share them.  One object at every site of its shape spares
+    most of a site's new instructions, their allocation and their memory:
+    encoding reads an instruction's fields and derives a call's target
+    from where it packs it, and positions are asked only of instructions
+    that stand once (``.bpf_sdt_calls`` records where each call's ``r1 =
+    r10`` is relative to the instruction after the site's sequence: see
+    :func:`call_ends`).  Each site builds its own site-id store.  For one
+    run: the observers' entries are that run's instructions.  At most
     :data:`MAX_SHAPES` are kept, so a program of all different sites costs
     no more than without."""
 
     MAX_SHAPES = 4096
 
     def __init__(self) -> None:
-        self._shapes: dict[_ShapeKey, _Shape] = {}
+        self._shapes: dict[_ShapeKey, Shape] = {}
         self._tokens: dict[int, tuple[object, int]] = {}
 
     def _token(self, obj: object) -> int:
@@ -280,16 +284,16 @@ class SequenceShapes:
 
     def sequence(self, args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
                  observers: Sequence[Observer], site_id: int | None, cross_section: bool) -> list[Insn]:
+        return self.shape(args, types, frame, observers, cross_section).sequence(frame, site_id)
+
+    def shape(self, args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
+              observers: Sequence[Observer], cross_section: bool) -> Shape:
+        """The shape of sites with these arguments, frame, observers and
+        section (the one kept, when one is)."""
         key = (tuple(args), self._token(types), frame, tuple([self._token(o) for o in observers]), cross_section)
         shape = self._shapes.get(key)
         if shape is None:
-            shape = _Shape(tuple(_stores(args, types, frame)), tuple(_fills(frame)),
-                           tuple([_call_argument(frame, obs) for obs in observers]),
-                           tuple([_call_reloc(obs, cross_section) for obs in observers]))
+            shape = Shape(tuple(_stores(args, types, frame)), tuple(_calls_and_fills(frame, observers, cross_section)))
             if len(self._shapes) < self.MAX_SHAPES:
                 self._shapes[key] = shape
-        seq = [*shape.stores, *_site_id(frame, site_id)]
-        for obs, argument, reloc in zip(observers, shape.arguments, shape.relocs, strict=True):
-            seq += [mov64_reg(R1, R10), argument, _call_through(obs, reloc)]
-        seq += shape.fills
-        return seq
+        return shape

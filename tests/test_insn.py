@@ -17,7 +17,7 @@ import pytest
 from toolchain import clang, compile_bpf, objdump, run
 
 from bpf_sdt import format as fmt
-from bpf_sdt.elf import load_object
+from bpf_sdt.elf import R_BPF_64_32, STB_LOCAL, STT_SECTION, Relocation, Symbol, load_object, r_info
 from bpf_sdt.errors import InputError
 from bpf_sdt.insn import (
     ALU,
@@ -78,9 +78,11 @@ from bpf_sdt.insn import (
     STX,
     U32_MAX,
     Insn,
+    InsnReloc,
     decode_section,
     encode_sections,
     ld_imm64,
+    pseudo_call,
     regs_defined,
     regs_masks,
     regs_used,
@@ -357,3 +359,29 @@ def test_registers_of_atomics_follow_their_imm_and_a_stale_position_is_refused()
     del code.insns[2]                                      # the branch's target, laid out before
     with pytest.raises(InputError, match=r"xdp\+0x0: refers to an instruction that was removed"):
         encode_sections({1: code}, [])
+
+
+def test_a_reference_standing_at_several_places_is_encoded_where_it_stands() -> None:
+    """One call object at several places (the sites of one shape share their
+    calls) is encoded at each against its own position: relative calls in
+    the callee's section, and calls through a relocation against the
+    callee's section symbol from another section (one relocation at each)."""
+    target_code = decode_section(2, ".text", _code(Insn(MOV64_K, R0, 0, 0, 1), Insn(JMP | JMP_EXIT)))
+    callee = target_code.insns[1]                    # the second instruction of .text: a call's target
+    local = pseudo_call(callee)
+    target_code.insns[:0] = [local, Insn(MOV64_K, R1, 0, 0, 2), local]
+    far = pseudo_call(callee)
+    far.reloc = InsnReloc(R_BPF_64_32, 1)
+    caller = decode_section(3, "xdp", _code(Insn(JMP | JMP_EXIT)))
+    caller.insns[:0] = [far, Insn(MOV64_K, R1, 0, 0, 2), far]
+    section_symbol = Symbol(1, "", 0, 0, STT_SECTION, STB_LOCAL, 2)
+    encoded, _ = encode_sections({2: target_code, 3: caller}, [Symbol(0, "", 0, 0, 0, 0, 0), section_symbol])
+    callee_at = encoded[2].position(callee)
+    assert callee_at == 4 * INSN_SIZE
+    text = decode_section(2, ".text", encoded[2].data)
+    assert [x.target is text.insns[4] for x in text.insns[:3]] == [True, False, True]
+    relocs = encoded[3].relocs
+    assert list(relocs.offsets) == [0, 2 * INSN_SIZE] and set(relocs.infos) == {r_info(1, R_BPF_64_32)}
+    at = [Relocation(offset, R_BPF_64_32, 1, None) for offset in relocs.offsets]
+    far_imms = [x.imm for x in decode_section(3, "xdp", encoded[3].data, at).insns[:3:2]]
+    assert far_imms == [callee_at // INSN_SIZE - 1] * 2     # libbpf: callee slot = symbol value / 8 + imm + 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from toolchain import REPO, bpf_permitted, clang, need, run, tool
 
-from bpf_sdt.elf import STT_FUNC, BpfObject, load_object
+from bpf_sdt.elf import STT_FUNC, BpfObject, SecRec, load_object, r_info
 from bpf_sdt.insn import Insn, encode_sections, nop
 from bpf_sdt.notes import decode_notes
 from bpf_sdt.rewrite import decode_code, rewrite_object
@@ -182,6 +183,64 @@ def samples(all_samples: list[Path]) -> list[Path]:
     return found
 
 
+def test_a_program_that_never_names_r10_has_the_frame_its_analysis_finds(all_samples: list[Path],
+                                                                          objs: dict[str, Path]) -> None:
+    """Programs whose code never names r10 skip the frame analysis (nothing
+    can point into their stack): on every sample and compile-matrix object,
+    each function's reach is what the analysis itself finds, and some
+    programs of them do skip it."""
+    from bpf_sdt.instrument.analysis import Program
+    from bpf_sdt.instrument.stackframe import analyze_frame
+
+    from bpf_sdt.insn import R10
+
+    skipped = 0
+    for path in [*all_samples, *objs.values()]:
+        obj = load_object(path)
+        program = Program(decode_code(obj), obj.symbols)
+        for f in program.functions:
+            analysed = analyze_frame(f.insns, f.succ, f.is_program, program._call_reach(f))
+            assert f.reach == analysed, f"{path.name}: {f.name}"
+            skipped += f.is_program and all(R10 not in (x.dst, x.src) for x in f.insns)
+    assert skipped
+
+
+def test_a_data_word_into_code_moves_with_its_instruction_or_is_refused(objs: dict[str, Path]) -> None:
+    """A data word relocated against a code section (as the notes' address
+    words are) holds a code offset in place: it follows its instruction when
+    code is inserted before it; one pointing between instructions, or a
+    relocation past its section, is refused with the place named."""
+    from bpf_sdt.elf import R_BPF_64_ABS64, SHF_ALLOC, SHF_INFO_LINK, SHT_PROGBITS, SHT_REL, ElfImage, Relocation
+    from bpf_sdt.errors import InputError
+    from bpf_sdt.insn import INSN_SIZE
+
+    base = load_object(objs["instr"])
+    code_i = next(s.index for s in base.sections if s.executable and s.size >= 2 * INSN_SIZE)
+    code_name = base.sections[code_i].name
+
+    def with_word(word: int, at: int, size: int = 8) -> BpfObject:
+        img = ElfImage.from_object(base)
+        data_i = img.add_section(SecRec(".data.ptrs", SHT_PROGBITS, SHF_ALLOC, word.to_bytes(size, "little"),
+                                        addralign=8))
+        img.add_section(SecRec(".rel.data.ptrs", SHT_REL, SHF_INFO_LINK, b"", link=img.symtab_index, info=data_i,
+                               addralign=8, entsize=16,
+                               relocs=[Relocation(at, R_BPF_64_ABS64, img.section_symbol(code_i), None)]))
+        return BpfObject("x.o", img.to_bytes())
+
+    def rewritten(obj: BpfObject) -> bytes:
+        code = decode_code(obj)
+        code[code_i].insert(0, [nop()])            # every instruction of the section moves by one
+        img = rewrite_object(obj, code)
+        return img.sections[img.index_of(".data.ptrs") or 0].data
+
+    assert rewritten(with_word(INSN_SIZE, 0)) == (2 * INSN_SIZE).to_bytes(8, "little")
+    with pytest.raises(InputError, match=rf"\.data\.ptrs\+0x0 points at {re.escape(code_name)}\+0x4, which is "
+                                         "not an instruction"):
+        rewritten(with_word(4, 0))
+    with pytest.raises(InputError, match=r"relocation at \.data\.ptrs\+0x4 runs past the section"):
+        rewritten(with_word(INSN_SIZE, 4))
+
+
 def test_decode_encode_is_byte_identical(all_samples: list[Path], objs: dict[str, Path]) -> None:
     for path in [*all_samples, *objs.values()]:
         obj = load_object(path)
@@ -190,7 +249,10 @@ def test_decode_encode_is_byte_identical(all_samples: list[Path], objs: dict[str
         for idx, enc in encoded.items():
             sec = obj.sections[idx]
             assert enc.data == obj.section_data(sec), f"{path.name}: {sec.name}"
-            assert sorted(enc.relocs) == sorted(obj.relocations(sec)[1]), f"{path.name}: {sec.name}"
+            relocs = enc.relocs
+            written = zip(relocs.offsets, relocs.infos, relocs.addends or [None] * len(relocs), strict=True)
+            assert sorted(written) == sorted((r.offset, r_info(r.symbol, r.type), r.addend)
+                                             for r in obj.relocations(sec)[1]), f"{path.name}: {sec.name}"
 
 
 def pad(path: Path, out: Path, seed: int) -> Path:

@@ -691,14 +691,15 @@ def test_timer_callback_is_its_own_root_as_for_the_verifier(tmp_path: Path) -> N
 def test_sites_of_one_shape_get_the_instructions_built_alone() -> None:
     """SequenceShapes: a site of a shape seen before gets, from the kept
     instructions, exactly what site_sequence builds for it alone (its own
-    site id, however many instructions that takes, its own calls and
-    relocations): its calls and their r1 = r10 are its own objects, the
-    instructions that refer to nothing are shared; a site of another shape is
-    built afresh."""
-    from bpf_sdt.instrument.sequence import Frame, Observer, SequenceShapes, site_sequence
+    site id, however many instructions that takes, its calls and
+    relocations): all but its site-id store are the shape's objects, calls
+    included (encoding derives a call's immediate where it packs it:
+    test_insn); a site of another shape is built afresh; call_ends says
+    where each call's r1 = r10 is, counted back from the sequence's end."""
+    from bpf_sdt.instrument.sequence import Frame, Observer, SequenceShapes, call_ends, site_sequence
 
     from bpf_sdt.argtype import ArgType
-    from bpf_sdt.insn import Insn, nop
+    from bpf_sdt.insn import INSN_SIZE, R1, R10, Insn, nop
     from bpf_sdt.model import ArgLocation
 
     u8, s64 = ArgType("__u8", "unsigned char", 1, False, "int"), ArgType("long", "long", 8, True, "int")
@@ -712,7 +713,7 @@ def test_sites_of_one_shape_get_the_instructions_built_alone() -> None:
                  None if x.reloc is None else (x.reloc.type, x.reloc.symbol, x.reloc.addend)) for x in seq]
 
     shapes = SequenceShapes()
-    built: list[Insn] = []
+    built: list[list[Insn]] = []
     for frame, site_id, cross in [(Frame(24, (0, 2), 3), 7, True), (Frame(24, (0, 2), 3), 1 << 40, True),
                                   (Frame(24, (0, 2), 3), 3, True), (Frame(24, (0, 2), 3), 3, False),
                                   (Frame(32, (2,), 3), None, True)]:
@@ -720,9 +721,13 @@ def test_sites_of_one_shape_get_the_instructions_built_alone() -> None:
         alone = site_sequence(args, types, frame, observers, site_id, cross)
         assert fields(shaped) == fields(alone)
         assert sum(x.target is recorder for x in shaped) == sum(x.target is observer for x in shaped) == 1
-        built += shaped
-    # each site's own calls (targets, relocations) and their r1 = r10, where .bpf_sdt_calls points;
-    # the r1 += between the two refers to nothing, and is the shape's
-    calls = [y for i, x in enumerate(built) if x.target is not None for y in (built[i - 2], x)]
-    assert len({id(x) for x in calls}) == len(calls)
-    assert len({id(x) for x in built}) < len(built)        # what refers to nothing: shared by a shape's sites
+        starts = [i - 2 for i, x in enumerate(shaped) if x.target is not None]     # each call's r1 = r10
+        assert [(shaped[i].dst, shaped[i].src) for i in starts] == [(R1, R10)] * 2
+        assert [sum(INSN_SIZE * x.slots for x in shaped[i:]) for i in starts] == list(call_ends(frame, 2))
+        built.append(shaped)
+    first, wide_id, third, local, other = built
+    assert len(first) == len(third) == len(wide_id) - 1           # a site id past 32 bits: two instructions
+    shared = [x for x in first if any(x is y for y in third)]
+    assert [x.imm for x in first if x not in shared] == [7]       # all but the site-id store
+    assert all(any(x is y for y in wide_id) for x in shared)
+    assert not any(x is y for x in first for y in [*local, *other] if x.target is not None)   # other shapes
