@@ -367,8 +367,9 @@ class PendingRecorder:
     def result(self) -> Path:
         if self._clang is None:
             return self._out
-        clang, self._clang = self._clang, None
-        _, stderr = clang.communicate()
+        clang = self._clang
+        _, stderr = clang.communicate()     # a signal here: __exit__ still has clang to end
+        self._clang = None
         if clang.returncode != 0:
             errors = [line for line in stderr.splitlines() if "error:" in line]
             last = (errors or stderr.strip().splitlines() or ["(no output)"])[0]
