@@ -368,3 +368,68 @@ def test_trace_runner_imports_nothing_the_load_can_wait_for() -> None:
             f"print(' '.join(m for m in {AFTER_THE_LOAD_STARTS!r} if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "", f"imported before the load: {res.stdout.strip()}"
+
+
+# A stand-in for the tool a command runs in its temporary directory: it says
+# it started (its pid, in MARK) and then takes long enough for a signal to
+# land while the directory exists; --version and version still answer as the
+# real tool does (the recorder cache and link ask them first).
+_SLOW_TOOL = """#!/bin/sh
+case "$1" in --version|version|-V) exec {real} "$@";; esac
+echo $$ > {mark}
+exec sleep 60
+"""
+
+
+def _slow_tool(tmp: Path, real: str) -> tuple[Path, Path]:
+    mark, tool = tmp / "started", tmp / "slow-tool"
+    tool.write_text(_SLOW_TOOL.format(real=real, mark=mark))
+    tool.chmod(0o755)
+    return tool, mark
+
+
+def _signalled_while_the_tool_runs(cmd: list[str], env: dict[str, str], mark: Path,
+                                   sig: signal.Signals) -> int:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = 300
+    while not (mark.exists() and mark.read_text().strip()) and proc.poll() is None and deadline:
+        deadline -= 1
+        subprocess.run(["sleep", "0.1"], check=False)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    proc.send_signal(sig)
+    code = proc.wait(timeout=30)
+    tool_pid = int(mark.read_text())
+    assert not Path(f"/proc/{tool_pid}").exists() or \
+        Path(f"/proc/{tool_pid}/stat").read_text().split()[2] == "Z", "the tool was left running"
+    return code
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_link_killed_while_bpftool_runs_leaves_no_temporary(sig: signal.Signals, tmp_path: Path) -> None:
+    """Its temporary directory goes and bpftool ends: a SIGTERM used to end
+    the process where it stood, leaving /tmp/bpf-sdt-link-* (and bpftool)."""
+    from toolchain import tool
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    slow, mark = _slow_tool(tmp_path, tool("bpftool"))
+    inputs = [str(good_object(tmp_path / f"{n}.o")) for n in "ab"]
+    code = _signalled_while_the_tool_runs([*CLI, "link", "--bpftool", str(slow), "-o", str(tmp_path / "out.o"),
+                                           *inputs], dict(os.environ, TMPDIR=str(scratch)), mark, sig)
+    assert code == (130 if sig == signal.SIGINT else -sig)
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "out.o").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_instrument_killed_while_clang_runs_leaves_no_temporary(sig: signal.Signals, samples_built: Path,
+                                                                tmp_path: Path) -> None:
+    from toolchain import clang
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    slow, mark = _slow_tool(tmp_path, clang(19))
+    env = dict(os.environ, TMPDIR=str(scratch), BPF_SDT_CLANG=str(slow), BPF_SDT_CACHE="off")
+    code = _signalled_while_the_tool_runs([*CLI, "instrument", str(samples_built / "xdp_parser.bpf.o"),
+                                           "-o", str(tmp_path / "out.o")], env, mark, sig)
+    assert code == -sig
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "out.o").exists()
