@@ -43,7 +43,7 @@ from typing import Literal, NamedTuple
 
 from bpf_sdt.btf import Btf, parse_btf
 from bpf_sdt.errors import InputError
-from bpf_sdt.fsutil import read_regular
+from bpf_sdt.fsutil import MAX_OBJECT_SIZE, read_regular
 
 # --- named constants (ELF gABI and the BPF psABI) ---------------------------
 
@@ -100,7 +100,7 @@ R_TYPE_MASK = 0xFFFFFFFF
 
 TEXT_SECTION = ".text"   # the subprograms' code section (a program's code is in its own section)
 
-MAX_FILE_SIZE = 1 << 30
+MAX_FILE_SIZE = MAX_OBJECT_SIZE
 TABLE_ALIGN = 8          # Elf64 symbol, relocation and section header tables: 8-byte aligned
 MAX_ALIGN = 1 << 16      # far above any BPF toolchain's section alignment (8)
 

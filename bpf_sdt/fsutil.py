@@ -18,6 +18,7 @@ DEFAULT_MODE = 0o644
 TEMP_PREFIX = "."
 TEMP_TOKEN_BYTES = 6         # 12 hex digits: unique enough beside one output
 DEFAULT_NAME_MAX = 255       # NAME_MAX where the filesystem does not say
+MAX_OBJECT_SIZE = 1 << 30  # the largest BPF object any command reads (1 GiB; a 1M-site link is 93 MB)
 READ_CHUNK = 1 << 24         # what read_regular reads at a time past the size fstat gave
 # Signals that end a process by default and can be caught: the temporary is
 # removed before the process ends.  SIGKILL cannot be caught (nothing can).

@@ -957,3 +957,17 @@ def test_the_worker_of_a_killed_trace_exits_by_itself() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == -signal.SIGKILL, res.stderr
     assert _gone(int(res.stdout)), "the worker outlived its killed parent"
+
+
+@pytest.mark.parametrize("target", ["missing.o", "/dev/zero", "a-directory"])
+def test_an_unreadable_object_is_one_line_with_the_cache_on(target: str, tmp_path: Path) -> None:
+    """The cache's key reads OBJ before anything else does: a missing file
+    was a FileNotFoundError traceback there, and /dev/zero a read without end."""
+    (tmp_path / "a-directory").mkdir()
+    (tmp_path / "p.bin").write_bytes(PACKET)
+    obj = target if target.startswith("/") else str(tmp_path / target)
+    env = {**_env(), "BPF_SDT_CACHE": str(tmp_path / "cache")}
+    res = run([*CLI, "trace", obj, "--run", "xdp_parse", "--packet", str(tmp_path / "p.bin")], env=env, timeout=60)
+    assert res.returncode == 2 and res.stdout == "", res.stderr
+    assert len(res.stderr.splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith(f"bpf-sdt trace: {obj}: "), res.stderr

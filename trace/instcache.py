@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import bpf_sdt
 from bpf_sdt import usercache
+from bpf_sdt.fsutil import MAX_OBJECT_SIZE, read_regular
 from bpf_sdt.toolchain import find_clang
 
 if TYPE_CHECKING:
@@ -132,7 +133,9 @@ def _digest(data: bytes) -> blake2b:
 def key(job: Job) -> str:
     clang = find_clang()
     stat = os.stat(clang)
-    digest = _digest(Path(job.input).read_bytes())
+    # Read as load_object reads it: a missing, special or huge input is one
+    # line (InputError) here, where it is read first, not a traceback or a hang.
+    digest = _digest(read_regular(str(job.input), MAX_OBJECT_SIZE, "BPF object"))
     digest.update(json.dumps({"probes": job.probes, "programs": job.programs, "ringbuf": job.ringbuf_size,
                               "recorder": job.recorder,
                               "clang": [clang, stat.st_size, stat.st_mtime_ns], "sources": _package_digest()},
@@ -297,7 +300,7 @@ def _tag_key(obj: Path, prog_name: str) -> str:
     from bpf_sdt.libbpf import libbpf_path, libbpf_version
 
     uname = os.uname()
-    digest = _digest(obj.read_bytes())
+    digest = _digest(read_regular(str(obj), MAX_OBJECT_SIZE, "BPF object"))
     digest.update(json.dumps([prog_name, uname.release, uname.version, libbpf_version(), libbpf_path()]).encode())
     return digest.hexdigest()
 
