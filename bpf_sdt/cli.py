@@ -14,13 +14,13 @@ import errno
 import os
 import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO
 
 from bpf_sdt import __version__
 from bpf_sdt.errors import EXIT_OK, EXIT_UNUSABLE, BpfSdtError, UsageError, escape_text
+from bpf_sdt.fsutil import unwinding_on_termination
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -435,46 +435,10 @@ def _complain(command: str, message: str) -> None:
 
 # Commands whose work leaves temporaries (link's directory for bpftool,
 # instrument's for the recorder's compile) and children (bpftool, clang): a
-# SIGTERM or SIGHUP becomes an exception there, so every `with` removes its
-# temporary and ends its child, and the process then dies of the signal as
-# it would have.  trace and restore handle their signals themselves (kernel
-# state is restored in an order of their own, not wherever the signal lands).
+# termination signal unwinds them (fsutil.unwinding_on_termination).  trace
+# and restore handle their signals themselves (kernel state is restored in an
+# order of their own, not wherever the signal lands).
 _CLEANS_UP_ON_TERMINATION = frozenset({"link", "instrument"})
-TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-class _Terminated(BaseException):
-    """A termination signal, raised where the main thread was."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_terminated(signum: int, _frame: object) -> None:
-    raise _Terminated(signum)
-
-
-@contextlib.contextmanager
-def _termination_unwinds(command: str) -> Iterator[None]:
-    """For _CLEANS_UP_ON_TERMINATION: termination signals unwind the
-    command, then end the process by the same signal (the status a parent
-    sees does not change; only nothing is left behind)."""
-    if command not in _CLEANS_UP_ON_TERMINATION or threading.current_thread() is not threading.main_thread():
-        yield       # (only the main thread may set handlers)
-        return
-    previous = {sig: signal.signal(sig, _raise_terminated) for sig in TERMINATION_SIGNALS
-                if signal.getsignal(sig) == signal.SIG_DFL}       # an ignored signal stays ignored
-    try:
-        yield
-    except _Terminated as e:
-        signal.signal(e.signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {e.signum})
-        os.kill(os.getpid(), e.signum)
-        raise SystemExit(128 + e.signum) from None     # not reached: the signal ends the process
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -490,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_UNUSABLE
             args = parser.parse_args(argv)
             args.clang_args = clang_args
-            with _termination_unwinds(command):
+            with unwinding_on_termination() if command in _CLEANS_UP_ON_TERMINATION else contextlib.nullcontext():
                 code: int = args.handler(args)
         except SystemExit as e:   # argparse: usage errors, --help, --version
             code = e.code if isinstance(e.code, int) else EXIT_UNUSABLE

@@ -9,6 +9,7 @@ import os
 import signal
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -122,16 +123,17 @@ class _TemporaryBeside:
             self._abort(exc)
 
     def _abort(self, exc: BaseException) -> None:
+        killed = exc if isinstance(exc, _Killed) and exc.signum in self._previous else None
         try:
             with contextlib.suppress(OSError):
                 self.tmp.unlink(missing_ok=True)
         finally:
             self._restore()
-        if isinstance(exc, _Killed):
+        if killed is not None:  # our handler (else unwinding_on_termination's, which ends the process)
             # The temporary is gone: now let the signal do what it would have done
             # (SIGTERM ends the process here; SIGINT raises KeyboardInterrupt).
-            os.kill(os.getpid(), exc.signum)
-            raise InterruptedError(errno.EINTR, f"interrupted by signal {exc.signum}")
+            os.kill(os.getpid(), killed.signum)
+            raise InterruptedError(errno.EINTR, f"interrupted by signal {killed.signum}")
 
     def _install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -161,6 +163,37 @@ def _temporary_name(target: Path) -> str:
     room = max(name_max - len(suffix) - len(TEMP_PREFIX), 1)
     stem = os.fsencode(target.name)[:room].decode(errors="ignore") or "out"
     return f"{TEMP_PREFIX}{stem}{suffix}"
+
+
+# Signals that end a process by default and do not interrupt it as Ctrl-C
+# does (SIGINT raises KeyboardInterrupt already, which unwinds).
+TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def unwinding_on_termination() -> Iterator[None]:
+    """Within the block, a termination signal is raised in the main thread
+    (as _Killed) instead of ending the process where it stands: every `with`
+    unwinds (temporary directories removed, child tools ended), then the
+    process dies of the signal as it would have, so a parent sees the same
+    status.  Handlers that are not the default (ignored, custom) are kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield           # only the main thread may set handlers (its signals arrive there)
+        return
+    previous = {sig: signal.signal(sig, _raise_killed) for sig in TERMINATION_SIGNALS
+                if signal.getsignal(sig) == signal.SIG_DFL}
+    try:
+        yield
+    except _Killed as e:
+        if e.signum not in previous:
+            raise
+        signal.signal(e.signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {e.signum})
+        os.kill(os.getpid(), e.signum)
+        raise SystemExit(128 + e.signum) from None     # not reached: the signal ends the process
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _raise_killed(signum: int, frame: FrameType | None) -> None:
