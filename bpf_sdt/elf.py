@@ -100,7 +100,6 @@ R_TYPE_MASK = 0xFFFFFFFF
 
 TEXT_SECTION = ".text"   # the subprograms' code section (a program's code is in its own section)
 
-MAX_FILE_SIZE = MAX_OBJECT_SIZE
 TABLE_ALIGN = 8          # Elf64 symbol, relocation and section header tables: 8-byte aligned
 MAX_ALIGN = 1 << 16      # far above any BPF toolchain's section alignment (8)
 
@@ -206,8 +205,11 @@ _SYM_SHNDX_SHIFT = 48
 _U32_MASK = 0xFFFFFFFF
 _U8_MASK = 0xFF
 _ST_INFO_BYTE = 4         # st_info's byte in a record (SYM)
-_NAME_WORD = 0            # st_name: the first u32 of a record (SymbolTable.column)
-_SHNDX_HALF = 3           # st_shndx: the fourth u16 of a record
+# A record's fields as SymbolTable.column reads them (the checks of a link read them too):
+SYM_NAME_U32 = 0          # st_name: the first u32
+SYM_TAIL_U32 = 1          # the second u32: st_info | st_other << 8 | st_shndx << SYM_TAIL_SHNDX_SHIFT
+SYM_TAIL_SHNDX_SHIFT = 16
+SYM_SHNDX_U16 = 3         # st_shndx: the fourth u16
 
 
 def u64_words(view: memoryview) -> memoryview:
@@ -480,8 +482,8 @@ class SymbolTable:
         Lists of a million int objects were the peak of `check` on a million
         sites (60 MB for a moment): the columns kept are arrays."""
         # Copied into arrays (count and index in C, two or four bytes a symbol), not lists of ints.
-        sections = array("H", self.column("H", _SHNDX_HALF).tobytes())
-        names, values = self.column("I", _NAME_WORD), u64_words(self.raw)[1::_SYM_WORDS]
+        sections = array("H", self.column("H", SYM_SHNDX_U16).tobytes())
+        names, values = self.column("I", SYM_NAME_U32), u64_words(self.raw)[1::_SYM_WORDS]
         count = sections.count(shndx)
         first = sections.index(shndx) if count else 0
         block = sections[first: first + count].count(shndx) == count
@@ -489,9 +491,9 @@ class SymbolTable:
             array("q", itertools.compress(itertools.count(), map(shndx.__eq__, sections)))
         name_offs = array("q", array("I", names[first: first + count].tobytes())) if block else \
             array("q", map(names.__getitem__, indices))
-        if block and all(self._prefixed(prefix, name_offs)):
-            return indices, array("Q", values[first: first + count]), name_offs
         named = list(self._prefixed(prefix, name_offs))
+        if block and all(named):
+            return indices, array("Q", values[first: first + count]), name_offs
         kept = array("q", itertools.compress(indices, named))
         return kept, array("Q", map(values.__getitem__, kept)), array("q", itertools.compress(name_offs, named))
 
@@ -520,7 +522,7 @@ class SymbolTable:
 
     def section_indices(self) -> memoryview:
         """Each symbol's st_shndx, index order: its u16 column (:meth:`column`)."""
-        return self.column("H", _SHNDX_HALF)
+        return self.column("H", SYM_SHNDX_U16)
 
     def indices_of_type(self, stt: int) -> list[int]:
         """The indices of the symbols of type ``stt``, in order: a scan of the
@@ -540,7 +542,7 @@ class SymbolTable:
         """Whether every name the table can give is ASCII and inside the
         string table: then none decodes with U+FFFD and :meth:`name` raises
         for none, known from one scan of the bytes instead of a name per symbol."""
-        if max(self.column("I", _NAME_WORD), default=0) >= max(self._names_len, 1):
+        if max(self.column("I", SYM_NAME_U32), default=0) >= max(self._names_len, 1):
             return False
         return self._data[self._names_start: self._names_start + self._names_len].isascii()
 
@@ -553,7 +555,7 @@ def _is_type(stt: int) -> bytes:
 
 
 def load_object(path: str | Path) -> BpfObject:
-    data = read_regular(str(path), MAX_FILE_SIZE, "BPF object")
+    data = read_regular(str(path), MAX_OBJECT_SIZE, "BPF object")
     if data[:4] != b"\x7fELF":
         raise InputError(f"{path}: not an ELF file")
     return BpfObject(str(path), data)

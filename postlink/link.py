@@ -127,9 +127,7 @@ def link(output: Path, inputs: list[Path], bpftool: str | None = None) -> Object
             while staged:
                 obj, refusal = staged.popleft()
                 report = checked_input(obj)
-                if refusal is not None:     # its check first, as when inputs were staged after it
-                    raise refusal
-                prepared.add(report)
+                prepared.add(report, refusal)
                 _release(report)
                 del obj, report
             if unreadable is not None:
@@ -219,10 +217,14 @@ class _Prepared:
                 self.copies.append(self._write(f"input{i}.o", obj.data))
         self.stripped.append(self._write(f"in{i}.o", strip_notes(obj)))
 
-    def add(self, report: ObjectReport) -> None:
-        """A checked input, staged already or now."""
+    def add(self, report: ObjectReport, refusal: InputError | None = None) -> None:
+        """A checked input, staged already or now.  ``refusal``: what staging
+        it raised (link stages every input before checking any), raised here,
+        after its prototypes, as when an input was staged once checked."""
         i = len(self.inputs)
         _check_prototypes([report], self.prototypes)
+        if refusal is not None:
+            raise refusal
         if i == len(self.stripped):
             self.stage(report.obj)
         self.inputs.append(_link_input(i, report, self.names))

@@ -47,6 +47,9 @@ from bpf_sdt.elf import (
     STB_LOCAL,
     STT_NOTYPE,
     STT_SECTION,
+    SYM_NAME_U32,
+    SYM_TAIL_SHNDX_SHIFT,
+    SYM_TAIL_U32,
     BpfObject,
     Section,
     SymbolTable,
@@ -65,9 +68,6 @@ from .check import MAX_ERRORS_SHOWN, ObjectReport, analyze, call_words
 SHSTRTAB = ".shstrtab"         # the section names' table the writer adds
 # Sections the writer adds after the linker's.
 ADDED_SECTIONS = {NOTES_SECTION, NOTES_REL_SECTION, CALLS_SECTION, CALLS_REL_SECTION, INLINE_SECTION, SHSTRTAB}
-# A symbol record (elf.SYM) as u32 words: st_name, then st_info | st_other << 8 | st_shndx << 16;
-# as u16 words, st_shndx is the fourth.
-_SYM_NAME_FIELD, _SYM_TAIL_FIELD, _SYM_SHNDX_FIELD, _TAIL_SHNDX_SHIFT = 0, 1, 3, 16
 ENTRY_INFO = st_info(STB_LOCAL, STT_NOTYPE)
 GCC_MARK = b"GCC"              # in .comment: notes without prototypes are a warning there (check's SDT114)
 
@@ -162,7 +162,7 @@ def verify_linked(out: BpfObject, moved: MovedNotes) -> None:
     notes = _notes_section(out, moved)
     calls = out.section(CALLS_SECTION)
     special = {notes.index} | ({calls.index} if calls is not None else set())
-    shndx = out.symbol_table.column("H", _SYM_SHNDX_FIELD).tolist()   # each symbol's section
+    shndx = out.symbol_table.section_indices().tolist()   # each symbol's section
     _same_linker_symbols(out, base, special, shndx)
     _prototypes(out, report, moved.shapes)
     _notes_bytes(out, notes, moved)
@@ -322,12 +322,12 @@ def _entry_symbols(out: BpfObject, notes: Section, moved: MovedNotes, shndx: lis
     _, values, sizes = table.columns()
     here = _block(shndx, notes.index)
     n = len(here)
-    want_tail = ENTRY_INFO | notes.index << _TAIL_SHNDX_SHIFT                  # st_other 0
-    if n != len(moved.names) or _select(table.column("I", _SYM_TAIL_FIELD), here) != \
+    want_tail = ENTRY_INFO | notes.index << SYM_TAIL_SHNDX_SHIFT                  # st_other 0
+    if n != len(moved.names) or _select(table.column("I", SYM_TAIL_U32), here) != \
             memoryview(array("I", [want_tail]) * n) or _select(sizes, here) != memoryview(array("Q", [0]) * n) \
             or _select(values, here) != memoryview(moved.starts):
         _fail(out, f"the entry symbols of {NOTES_SECTION} are not one local symbol at each entry [SDT102]")
-    name_offs = _select(table.column("I", _SYM_NAME_FIELD), here)
+    name_offs = _select(table.column("I", SYM_NAME_U32), here)
     distinct = list(set(name_offs))          # the names written once each (link.py interns them)
     name_of = dict(zip(distinct, table.names([0] * len(distinct), distinct), strict=True))
     if list(map(name_of.__getitem__, name_offs)) != moved.names:
