@@ -11,7 +11,7 @@ lists (insert, replace); :func:`rewrite_object` writes the object back:
 - data words that hold a code offset in place (the address words of
   ``.bpf_sdt_notes``: REL relocations against a code section or function):
   moved through the old-to-new offset map;
-- call labels (:class:`Label`): written as address words of the non-loaded
+- call labels (:class:`Labels`): written as address words of the non-loaded
   ``.bpf_sdt_calls`` section (docs/format.md section 6), never as symbols in
   code, where loaders would take them for functions; words already there move
   like the notes' ones;

@@ -150,14 +150,11 @@ def _load_stack_arg(loc: ArgLocation, t: ArgType, off: int) -> list[Insn]:
 
 
 def site_sequence(args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
-                  observers: Sequence[Observer], site_id: int | None, cross_section: bool,
-                  shapes: SequenceShapes | None = None) -> list[Insn]:
-    """The instructions for one enabled site (see the module docstring).
-    With ``shapes``, sites of one shape are derived from the first one's."""
-    if shapes is None:
-        return [*_stores(args, types, frame), *_site_id(frame, site_id),
-                *_calls_and_fills(frame, observers, cross_section)]
-    return shapes.sequence(args, types, frame, observers, site_id, cross_section)
+                  observers: Sequence[Observer], site_id: int | None, cross_section: bool) -> list[Insn]:
+    """The instructions for one enabled site (see the module docstring);
+    instrument derives sites of one shape from the first one's (SequenceShapes)."""
+    return [*_stores(args, types, frame), *_site_id(frame, site_id),
+            *_calls_and_fills(frame, observers, cross_section)]
 
 
 def _stores(args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame) -> list[Insn]:
@@ -281,10 +278,6 @@ class SequenceShapes:
         if known is None:
             known = self._tokens[id(obj)] = (obj, len(self._tokens))
         return known[1]
-
-    def sequence(self, args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
-                 observers: Sequence[Observer], site_id: int | None, cross_section: bool) -> list[Insn]:
-        return self.shape(args, types, frame, observers, cross_section).sequence(frame, site_id)
 
     def shape(self, args: Sequence[ArgLocation], types: Sequence[ArgType], frame: Frame,
               observers: Sequence[Observer], cross_section: bool) -> Shape:

@@ -717,7 +717,7 @@ def test_sites_of_one_shape_get_the_instructions_built_alone() -> None:
     for frame, site_id, cross in [(Frame(24, (0, 2), 3), 7, True), (Frame(24, (0, 2), 3), 1 << 40, True),
                                   (Frame(24, (0, 2), 3), 3, True), (Frame(24, (0, 2), 3), 3, False),
                                   (Frame(32, (2,), 3), None, True)]:
-        shaped = site_sequence(args, types, frame, observers, site_id, cross, shapes)
+        shaped = shapes.shape(args, types, frame, observers, cross).sequence(frame, site_id)
         alone = site_sequence(args, types, frame, observers, site_id, cross)
         assert fields(shaped) == fields(alone)
         assert sum(x.target is recorder for x in shaped) == sum(x.target is observer for x in shaped) == 1
