@@ -411,12 +411,15 @@ class LoadedObject:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], pin_root_path: str | os.PathLike[str] | None = None,
-             object_name: str | None = None) -> LoadedObject:
+             object_name: str | None = None, core_btf: str | os.PathLike[str] | None = None) -> LoadedObject:
         """Opens (parses) an object; maps pinned by name go under `pin_root_path`
-        (a bpffs directory; libbpf's default is /sys/fs/bpf)."""
+        (a bpffs directory; libbpf's default is /sys/fs/bpf).  ``core_btf``:
+        the BTF its CO-RE relocations are resolved against instead of the
+        kernel's (btf_custom_path; bpf_sdt.core_btf)."""
         path = os.fspath(path)
         opts = _opts(_OpenOpts, object_name=object_name.encode() if object_name else None,
-                     pin_root_path=os.fsencode(pin_root_path) if pin_root_path else None)
+                     pin_root_path=os.fsencode(pin_root_path) if pin_root_path else None,
+                     btf_custom_path=os.fsencode(core_btf) if core_btf else None)
         lib = _lib()
         with _HANDLER_LOCK:
             ptr = _check_ptr(f"opening {path}", lib.bpf_object__open_file, os.fsencode(path), ctypes.byref(opts))

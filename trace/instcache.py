@@ -36,6 +36,7 @@ import importlib.util
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 
@@ -46,11 +47,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import bpf_sdt
-from bpf_sdt import usercache
+from bpf_sdt import core_btf, usercache
+from bpf_sdt.errors import InputError
 from bpf_sdt.fsutil import MAX_OBJECT_SIZE, read_regular
 from bpf_sdt.toolchain import find_clang
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from subprocess import Popen
+
     from .sites import Site
 
 INSTRUMENTED_DIR = "instrumented"
@@ -153,6 +158,7 @@ class Entry:
         self.path = path
         self.shown = shown                  # (site id, probe) of every instrumented site
         self._sites = sites                 # the site table as JSON (a list, if the entry is sound), not decoded
+        self.core_btf, self.core_btf_known = core_btf_of(path)
 
     def decode(self) -> Instrumented | None:
         """The sites and their table; None when the table is not one this cache wrote."""
@@ -186,27 +192,30 @@ def fetch_entry(job: Job, output: Path) -> Entry | None:
     return Entry(entry, shown, sites)
 
 
-def store(job: Job, output: Path, instrumented: Instrumented) -> None:
-    """Keeps ``output`` for next time; a cache that cannot be written is no error."""
+def store(job: Job, output: Path, instrumented: Instrumented) -> Path | None:
+    """Keeps ``output`` for next time; the entry, or None (a cache that
+    cannot be written is no error)."""
     where = cache_dir()
     if where is None:
-        return
+        return None
     try:
         sites = json.dumps({"shown": instrumented.shown, "sites": [_encoded(s) for s in instrumented.sites]})
     except TypeError:                   # a site table this cache cannot keep: traced without the cache
-        return
+        return None
     try:
         where.mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)     # read only if ours alone
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=where))
         shutil.copyfile(output, staging / OBJECT_NAME)
         (staging / SITES_NAME).write_text(sites)
+        entry = where / key(job)
         try:
-            staging.rename(where / key(job))
+            staging.rename(entry)
         except OSError:                 # another trace stored the same entry first
             shutil.rmtree(staging, ignore_errors=True)
         _prune(where)
     except OSError:
-        return
+        return None
+    return entry
 
 
 def _prune(where: Path) -> None:
@@ -333,3 +342,143 @@ def remember_tag(obj: Path, prog_name: str, identity: tuple[str, str, str]) -> N
         os.replace(staging, where / TAGS_NAME / _tag_key(obj, prog_name))
     except OSError:
         return
+
+
+# --- each entry's cut-down kernel BTF (bpf_sdt.core_btf) ---------------------------
+#
+# Beside an entry's object: kernel-btf-<this kernel's BTF>.btf, the BTF its
+# CO-RE relocations are resolved against (libbpf's load then reads a few
+# hundred bytes, not the kernel's 5 MB), or .none when bpftool could not make
+# one that loads the same.  Written after trace's session, each file whole
+# (renamed into place); another kernel's file goes when this one's is written.
+
+CORE_BTF_PREFIX = "kernel-btf-"
+CORE_BTF_SUFFIX, NO_CORE_BTF_SUFFIX = ".btf", ".none"
+CORE_BTF_STAGING = STAGING_PREFIX + CORE_BTF_PREFIX
+MAX_CORE_BTF = 16 << 20             # bpftool writes bytes to kilobytes for one object
+POLL_S = 0.02                       # how often a wait for bpftool looks for a stop
+
+
+def _core_btf_names(entry: Path) -> tuple[Path, Path] | None:
+    """(the entry's cut-down BTF for this kernel, its "none" marker); None
+    without a kernel BTF."""
+    identity = core_btf.kernel_btf_identity()
+    if identity is None:
+        return None
+    stem = CORE_BTF_PREFIX + _digest(identity.encode()).hexdigest()[:KEY_HEX // 2]
+    return entry / (stem + CORE_BTF_SUFFIX), entry / (stem + NO_CORE_BTF_SUFFIX)
+
+
+def core_btf_of(entry: Path) -> tuple[Path | None, bool]:
+    """(the cut-down BTF to load the entry's object with, or None; whether
+    that is known for this kernel, so that nothing is left to write)."""
+    names = _core_btf_names(entry)
+    if names is None:
+        return None, True
+    usable, none = names
+    for path in names:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & usercache.OTHERS_WRITE:
+            return (path if path == usable else None), True
+    return None, False
+
+
+class CoreBtfWriter:
+    """bpftool writing an entry's cut-down kernel BTF, in the background:
+    started once trace has loaded the copy, waited for once its session is
+    over (:meth:`finish`), so that neither waits for the other."""
+
+    def __init__(self, entry: Path, names: tuple[Path, Path], staging: Path, proc: Popen[bytes]) -> None:
+        self.entry = entry
+        self.usable, self.none = names
+        self.staging = staging
+        self.proc = proc
+
+    @classmethod
+    def start(cls, entry: Path) -> CoreBtfWriter | None:
+        """bpftool started on the entry's object; None when there is nothing
+        to write or no bpftool (the copy keeps loading with the kernel's BTF)."""
+        import subprocess
+
+        from bpf_sdt.errors import ToolError
+        from bpf_sdt.toolchain import find_bpftool
+
+        names = _core_btf_names(entry)
+        if names is None or core_btf_of(entry)[1]:
+            return None
+        _remove_stale_staging(entry)
+        staging = entry / f"{CORE_BTF_STAGING}{os.getpid()}"
+        try:
+            cmd = core_btf.min_core_btf_command(find_bpftool(), entry / OBJECT_NAME, staging)
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        except (ToolError, OSError):
+            return None
+        return cls(entry, names, staging, proc)
+
+    def finish(self, stopping: Callable[[], bool]) -> None:
+        """Waits for bpftool (not past a stop, nor MIN_CORE_BTF_TIMEOUT_S),
+        then keeps what it wrote if it loads the same (core_btf.same_load),
+        else the marker that says it does not."""
+        deadline = time.monotonic() + core_btf.MIN_CORE_BTF_TIMEOUT_S
+        try:
+            while self.proc.poll() is None:
+                if stopping():
+                    return
+                if time.monotonic() > deadline:
+                    self._mark(usable=False)
+                    return
+                with contextlib.suppress(Exception):
+                    self.proc.wait(POLL_S)
+            self._mark(usable=self.proc.returncode == 0 and self._loads_the_same())
+        except OSError:
+            return
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """bpftool ended, its output removed (once :meth:`finish` kept it, nothing is left to remove)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.staging.unlink()
+
+    def _loads_the_same(self) -> bool:
+        from bpf_sdt.elf import load_object
+
+        written = usercache.read_own(self.staging, MAX_CORE_BTF)
+        if written is None:
+            return False
+        try:
+            obj = load_object(self.entry / OBJECT_NAME)
+            btf, ext = obj.section(".BTF"), obj.section(".BTF.ext")
+            if btf is None:
+                return False
+            return core_btf.same_load(obj.section_data(btf), obj.section_data(ext) if ext else None, written)
+        except InputError:
+            return False
+
+    def _mark(self, usable: bool) -> None:
+        if usable:
+            os.replace(self.staging, self.usable)
+        else:
+            fd = os.open(self.none, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, usercache.ENTRY_MODE)
+            os.close(fd)
+        keep = self.usable if usable else self.none
+        for old in self.entry.glob(f"{CORE_BTF_PREFIX}*"):      # another kernel's
+            if old != keep:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+
+
+def _remove_stale_staging(entry: Path) -> None:
+    """What a trace killed while bpftool wrote left (a day old: another may be writing now)."""
+    now = time.time()
+    for path in entry.glob(f"{CORE_BTF_STAGING}*"):
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > STALE_STAGING_S:
+                path.unlink()

@@ -229,11 +229,11 @@ def _load_and_run(opts: Options, packets: Iterator[bytes | None], iface: str | N
             _import_session_modules()
 
         with private_bpffs(Path(tmp) / "pins") as pins:
-            loaded = _load_copy(inst, pins, opts, stop, meanwhile)
+            loaded = _load_copy(inst, pins, opts, stop, meanwhile, copy.core_btf)
             if loaded is None:
                 return None
             bpf, prog = loaded
-            with bpf:
+            with bpf, _writing_core_btf(copy, stop):
                 if stop.requested:
                     return None
                 from .output import Decoder
@@ -265,6 +265,24 @@ def _load_and_run(opts: Options, packets: Iterator[bytes | None], iface: str | N
     return session
 
 
+@contextlib.contextmanager
+def _writing_core_btf(copy: InstrumentedCopy, stop: StopSignals) -> Iterator[None]:
+    """A cache entry without a cut-down kernel BTF for this kernel gets one
+    written beside the session (bpftool on the other core), so that the
+    next trace of it loads without reading the kernel's whole BTF; waited
+    for once the session is over, ended at once if it does not end so."""
+    writer = instcache.CoreBtfWriter.start(copy.entry_path) \
+        if copy.entry_path is not None and not copy.core_btf_known else None
+    try:
+        yield
+    except BaseException:
+        if writer is not None:
+            writer.cancel()
+        raise
+    if writer is not None:
+        writer.finish(lambda: stop.requested)
+
+
 def _import_session_modules() -> None:
     """What a session imports where it is used (the decoder, the ring
     reader, the counters and, through them, the site table's modules),
@@ -272,15 +290,17 @@ def _import_session_modules() -> None:
     from . import output, recorder, ring  # noqa: F401
 
 
-def _load_copy(inst: Path, pins: Path, opts: Options, stop: StopSignals,
-               meanwhile: Callable[[], None]) -> tuple[LoadedObject, LoadedProgram | None] | None:
+def _load_copy(inst: Path, pins: Path, opts: Options, stop: StopSignals, meanwhile: Callable[[], None],
+               core_btf: Path | None = None) -> tuple[LoadedObject, LoadedProgram | None] | None:
     """The instrumented copy opened and loaded, and the program to run or
     attach; the caller closes it.  None when a stop signal came first
     (nothing is left open).  ``meanwhile`` runs beside the verification,
     which is therefore quiet (libbpf's messages would each wait for the GIL
     the work here holds); should that load fail, a fresh open is loaded
-    again with its log, for the reason the error gives."""
-    bpf = LoadedObject.open(inst, pin_root_path=pins)
+    again with its log, for the reason the error gives.  ``core_btf``: the
+    cut-down kernel BTF its CO-RE relocations are resolved against (the
+    cache entry's, bpf_sdt.core_btf), else the kernel's own."""
+    bpf = LoadedObject.open(inst, pin_root_path=pins, core_btf=core_btf)
     try:
         prog = _choose_program(bpf, opts)
         try:
@@ -289,7 +309,7 @@ def _load_copy(inst: Path, pins: Path, opts: Options, stop: StopSignals,
             if stop.requested:
                 raise
             bpf.close()
-            bpf = LoadedObject.open(inst, pin_root_path=pins)
+            bpf = LoadedObject.open(inst, pin_root_path=pins, core_btf=core_btf)
             prog = _choose_program(bpf, opts)
             loaded = _load_interruptibly(bpf, stop)
     except BaseException:
@@ -350,9 +370,14 @@ class InstrumentedCopy:
     :meth:`result` waits for it."""
 
     def __init__(self, shown: list[tuple[int, str]], cached: bool, made: Instrumented | None = None,
-                 finish: Callable[[], Instrumented] | None = None) -> None:
+                 finish: Callable[[], Instrumented] | None = None, entry: instcache.Entry | None = None) -> None:
         self.shown = shown
         self.cached = cached
+        # The cache entry (a miss's once finished) and the cut-down kernel BTF
+        # to load the copy with (instcache.core_btf_of): none, or not yet written.
+        self.entry_path = entry.path if entry is not None else None
+        self.core_btf = entry.core_btf if entry is not None else None
+        self.core_btf_known = entry.core_btf_known if entry is not None else True
         self._made = made
         self._finish = finish
         self._background: InBackground[Instrumented] | None = None
@@ -409,8 +434,8 @@ def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, st
         if meanwhile is not None:
             meanwhile()
         if cached is not None:
-            return InstrumentedCopy(entry.shown, True, cached)
-        return InstrumentedCopy(entry.shown, True, finish=lambda: _decoded_sites(entry))
+            return InstrumentedCopy(entry.shown, True, cached, entry=entry)
+        return InstrumentedCopy(entry.shown, True, finish=lambda: _decoded_sites(entry), entry=entry)
     plan = _recorder_plan(opts)[0] if _kernel_side(opts) else None     # the child would make the same
     parsed: list[InBackground[ElfObject]] = []
 
@@ -436,10 +461,12 @@ def instrumented_copy(opts: Options, programs: tuple[str, ...], output: Path, st
         if any(site_id >= len(sites) or sites[site_id].probe != probe for site_id, probe in shown):
             raise InputError(f"{opts.obj}: instrument's site ids do not match the object's notes")
         made = Instrumented(shown, sites)
-        instcache.store(job, output, made)
+        copy.entry_path = instcache.store(job, output, made)
+        copy.core_btf_known = copy.entry_path is None
         return made
 
-    return InstrumentedCopy(shown, False, finish=finish)
+    copy = InstrumentedCopy(shown, False, finish=finish)
+    return copy
 
 
 def _decoded_sites(entry: instcache.Entry) -> Instrumented:
