@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import functools
 import struct
-from typing import Any, Literal, NamedTuple, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast, get_args
 
-from bpf_sdt.btf import INT_BOOL, INT_CHAR, INT_SIGNED, Btf, BtfKind
 from bpf_sdt.errors import InputError
+
+if TYPE_CHECKING:
+    from bpf_sdt.btf import Btf
 
 TypeKind = Literal["int", "bool", "char", "enum", "pointer", "float", "other"]
 TYPE_KINDS: tuple[str, ...] = get_args(TypeKind)
@@ -131,7 +133,10 @@ def _first_names(enumerators: tuple[tuple[str, int], ...]) -> dict[int, str]:
 
 def arg_type_from_btf(btf: Btf, type_id: int) -> ArgType:
     """The ArgType of BTF type ``type_id``, through typedefs and qualifiers
-    (walked iteratively by :meth:`Btf.resolve_id`)."""
+    (walked iteratively by :meth:`Btf.resolve_id`).  The BTF layer is
+    imported here: a cached trace decodes its sites' ArgTypes without it."""
+    from bpf_sdt.btf import INT_BOOL, INT_CHAR, INT_SIGNED, BtfKind
+
     spelling = btf.c_spelling(type_id)
     canonical = btf.c_spelling(type_id, canonical=True)
     t = btf.get(btf.resolve_id(type_id))
@@ -152,6 +157,8 @@ def arg_type_from_btf(btf: Btf, type_id: int) -> ArgType:
 
 def arg_types(btf: Btf, proto_id: int) -> tuple[ArgType, ...]:
     """The ArgTypes of a FUNC_PROTO's parameters, in order."""
+    from bpf_sdt.btf import BtfKind
+
     proto = btf.get(proto_id)
     if proto.kind != BtfKind.FUNC_PROTO:
         raise InputError(f"BTF: type {proto_id} is {proto.kind_name}, not FUNC_PROTO")

@@ -555,9 +555,9 @@ def test_a_quiet_load_has_no_reason_and_printing_comes_back(kernel: None, tmp_pa
 # decoded into their record alone, bpf_sdt.located_site).
 NOT_ON_THE_CACHED_PATH = ("pickle", "socket", "platform", "_hashlib", "dataclasses", "inspect",
                           "bpf_sdt.sites", "bpf_sdt.elf", "bpf_sdt.notes", "bpf_sdt.insn", "bpf_sdt.bpf_helpers",
-                          "bpf_sdt.format", "bpf_sdt.model", "elftools")
+                          "bpf_sdt.format", "bpf_sdt.model", "bpf_sdt.btf", "bpf_sdt.btfext", "elftools")
 # Imported beside the copy's load, so only after the runner's own imports.
-BESIDE_THE_LOAD = ("bpf_sdt.located_site", "bpf_sdt.btf", "bpf_sdt.trace.output", "bpf_sdt.trace.ring",
+BESIDE_THE_LOAD = ("bpf_sdt.located_site", "bpf_sdt.trace.output", "bpf_sdt.trace.ring",
                    "bpf_sdt.trace.recorder")
 # The command as `python -m bpf_sdt.cli` runs it, saying at its exit what it
 # imported: -X importtime does not log a module imported by importlib.import_module

@@ -27,7 +27,6 @@ from errno import ENOENT
 from pathlib import Path
 from typing import NamedTuple
 
-from bpf_sdt.btf import parse_btf
 from bpf_sdt.errors import InputError
 from bpf_sdt.libbpf import LibbpfError, Map
 from bpf_sdt.recorder_abi import (
@@ -47,6 +46,7 @@ COUNTS_KEY = bytes(4)
 def map_identity(fd: int) -> str | None:
     """The identity a recorder's counters map carries (the hex digest), or
     None when the map's value type is not named as a recorder's."""
+    from bpf_sdt.btf import parse_btf
     from bpf_sdt.kernel import btf_bytes, map_info
 
     info = map_info(fd)
