@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING
 from bpf_sdt.btf import Btf, BtfKind
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
+    R_SYM_SHIFT,
     SHN_LORESERVE,
     SHT_NOBITS,
+    SHT_REL,
+    SHT_RELA,
     ST_BIND_SHIFT,
     ST_TYPE_MASK,
     STB_LOCAL,
@@ -82,6 +85,7 @@ RULES: RuleTable = {
     "SDT117": Rule("error", "a malformed bpf_sdt: tag, or unreadable BTF"),
     "SDT118": Rule("error", "a symbol outside its section, or in a section that does not exist"),
     "SDT119": Rule("error", "more than one section named .bpf_sdt_notes"),
+    "SDT120": Rule("error", "a recorded observer call outside any code section"),
 }
 WARNING_CASES = {
     "SDT105": "relocation type 12 (binutils <= 2.40, bpf-gcc 12), read as ABS64",
@@ -102,6 +106,7 @@ RULE_OF_PROBLEM = {
     ProblemKind.DUPLICATE_SECTION: "SDT119",
 }
 RULE_SYMBOL_OUTSIDE_SECTION = "SDT118"
+RULE_CALL_OUTSIDE_CODE = "SDT120"
 NOTES_START = f"{NOTES_SECTION}+0x0"
 # A refused output's message names this many of its errors.
 MAX_ERRORS_SHOWN = 3
@@ -360,6 +365,32 @@ def check_symbols(obj: BpfObject, report: ObjectReport) -> None:
                        RULE_SYMBOL_OUTSIDE_SECTION)
 
 
+def check_calls(obj: BpfObject, report: ObjectReport) -> None:
+    """Every word of the calls section (docs/format.md section 6) is
+    relocated against a symbol of a code section: link moves a call with
+    where the linker put its section, and list and trace find its site
+    before it there; a call recorded in data has neither.  Read from the
+    relocations' symbol column, a few distinct symbols (the code sections'
+    own), not per call: an instrumented object has one call or more per site."""
+    calls = obj.section(CALLS_SECTION)
+    rel = next((sec for sec in obj.sections if sec.type in (SHT_REL, SHT_RELA) and calls is not None
+                and sec.info == calls.index), None)
+    if calls is None or rel is None:
+        return
+    symbols = RawSymbols(obj)
+    shndx = symbols.section_indices()
+    infos = obj.relocation_columns(rel).infos
+    named = set(map(operator.rshift, infos, itertools.repeat(R_SYM_SHIFT)))
+    for sym in sorted(i for i in named if i < symbols.count and not is_reserved_index(shndx[i])):
+        sec = obj.section_at(shndx[sym])
+        if sec is None or not sec.executable:
+            where = sec.name if sec is not None else f"section {shndx[sym]}"
+            count = sum(1 for info in infos if info >> R_SYM_SHIFT == sym)
+            name = symbols.name(sym, symbols.record(sym)[0]) or str(sym)
+            report.add(CALLS_SECTION, "error", f"{count} recorded call{'s' * (count != 1)} relocated against "
+                       f"symbol {name} of {where}, outside any code section", RULE_CALL_OUTSIDE_CODE)
+
+
 # What _symbols_inside_sections allows a symbol of a reserved index (SHN_UNDEF,
 # SHN_LORESERVE..): more than any end (value + size < 2**65), so none is out.
 _NO_SECTION_LIMIT = 1 << 65
@@ -615,6 +646,7 @@ def analyze(obj: BpfObject) -> ObjectReport:
         report.add(".BTF", "error", f"unreadable BTF: {e}", "SDT117")
     report_notes(report)
     check_symbols(obj, report)
+    check_calls(obj, report)
     cross_check(obj, report)
     return report
 

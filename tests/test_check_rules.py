@@ -451,3 +451,18 @@ return x; }}
     assert got == [("tc/a+0x0", f"300 probe sites in program a {tail}"),
                    ("tc/b+0x0", f"260 probe sites in program b {tail}")], got
     assert [f["rule"] for f in findings] == ["SDT116", "SDT116"], findings
+
+
+def test_a_call_recorded_in_data_is_sdt120(tmp_path: Path) -> None:
+    """check refuses what link cannot place (a calls word relocated against
+    LICENSE), with one finding naming the symbol's section, exit 1; the same
+    object as instrument wrote it has none."""
+    from test_link import call_recorded_in_data
+
+    bad = call_recorded_in_data(tmp_path)
+    res = run([*CLI, "check", str(bad)])
+    assert res.returncode == 1, res.stderr
+    [line] = [ln for ln in res.stdout.splitlines() + res.stderr.splitlines() if "SDT120" in ln]
+    assert "license" in line and "1 recorded call relocated against symbol LICENSE" in line, line
+    good = run([*CLI, "check", str(tmp_path / "inst.o")])
+    assert good.returncode == 0 and "SDT120" not in good.stdout + good.stderr, good.stdout + good.stderr

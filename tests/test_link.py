@@ -430,10 +430,10 @@ def test_link_finds_bpftool_like_instrument(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def test_a_call_recorded_outside_code_is_refused(tmp_path: Path) -> None:
-    """An instrumented input whose calls record names a word in a data
-    section (its relocation against the LICENSE symbol): link cannot move
-    it with any code section, so it names the input in one line, exit 2."""
+def call_recorded_in_data(tmp_path: Path) -> Path:
+    """An instrumented object whose first recorded call names a word in a
+    data section: its calls section's first relocation moved onto the
+    LICENSE symbol."""
     inst = tmp_path / "inst.o"
     res = run([*CLI, "instrument", str(build(tmp_path, "a", A)), "--record", "-o", str(inst),
                "--bpftool", tool("bpftool")])
@@ -447,8 +447,17 @@ def test_a_call_recorded_outside_code_is_refused(tmp_path: Path) -> None:
     REL.pack_into(data, rel.offset, offset, license_symbol << 32 | info & 0xFFFFFFFF)
     bad = tmp_path / "bad.o"
     bad.write_bytes(data)
+    return bad
+
+
+def test_a_call_recorded_outside_code_is_refused(tmp_path: Path) -> None:
+    """An instrumented input whose calls record names a word in a data
+    section: link cannot move it with any code section, so it names the
+    input in one line (check's SDT120), exit 2."""
+    bad = call_recorded_in_data(tmp_path)
     out = tmp_path / "out.o"
     res = link(out, bad)
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("\n") == 1 and "bad.o" in res.stderr and "outside any code section" in res.stderr
+    assert "SDT120" in res.stderr
     assert not out.exists()
