@@ -522,15 +522,14 @@ class BtfExt:
         with memoryview(raw) as view:
             words = u32_words(view[pos:pos + count * rec_size])
             stride = rec_size // WORD
-            if any(max(words[i::stride]) >= len(self.strings) for i in _STRING_FIELDS[block]):
+            if not self._strings_fit(block, lambda i: words[i::stride]):
                 self._rows(block, raw, pos, count, rec_size, _FORMATS[block][1])     # names the record
 
     def _line_rows(self, raw: bytes | memoryview, pos: int, count: int, rec_size: int) -> LineRows:
         """One section's line_info as columns over ``raw``, checked as
         :meth:`_rows` checks its rows."""
         rows = LineRows(memoryview(raw)[pos:pos + count * rec_size], rec_size)
-        limit = len(self.strings)
-        if any(max(rows.columns[i], default=0) >= limit for i in _STRING_FIELDS[LINE_INFO]):
+        if not self._strings_fit(LINE_INFO, rows.columns.__getitem__):
             self._refuse_bad_string(LINE_INFO, list(rows), pos, rec_size)
         return rows
 
@@ -540,10 +539,17 @@ class BtfExt:
         string offsets checked (:meth:`_refuse_bad_string` names the record)."""
         padded = struct.Struct(fmt.format + f"{rec_size - fmt.size}x")
         rows = list(padded.iter_unpack(raw[pos:pos + count * rec_size]))
-        limit = len(self.strings)
-        if any(max(map(itemgetter(i), rows), default=0) >= limit for i in _STRING_FIELDS[block]):
+        if not self._strings_fit(block, lambda i: map(itemgetter(i), rows)):
             self._refuse_bad_string(block, rows, pos, rec_size)
         return rows
+
+    def _strings_fit(self, block: str, column: Callable[[int], Iterable[int]]) -> bool:
+        """Whether every string offset of ``block``'s records lies inside the
+        BTF strings, field i's offsets being ``column(i)``: one max per field,
+        over whichever form the caller holds its records in (u32 columns, line
+        rows, unpacked rows)."""
+        limit = len(self.strings)
+        return all(max(column(i), default=0) < limit for i in _STRING_FIELDS[block])
 
     def _refuse_bad_string(self, block: str, rows: list[tuple[int, ...]], pos: int, rec_size: int) -> None:
         """InputError for the first record whose string offset is past the BTF

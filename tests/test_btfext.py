@@ -498,3 +498,24 @@ def test_strings_from_btf_or_bytes_agree(objects: dict[str, Path]) -> None:
     assert BtfExt.parse(raw, obj.btf.strings).sections == ext.sections
     with pytest.raises(InputError, match="past the BTF strings"):
         ext.string(len(ext.strings))
+
+
+@pytest.mark.parametrize("records", [True, False], ids=["records", "line-columns"])
+@pytest.mark.parametrize("block", ["line_info", "core_relo"])
+def test_a_string_offset_past_the_strings_names_its_record(objects: dict[str, Path], block: str,
+                                                           records: bool) -> None:
+    """Each block's string offsets are checked however the block is read
+    (records, or line_info as columns): one past the BTF strings is one line
+    naming the record's byte, never an IndexError later."""
+    raw, ext, _ = _ext(objects["core14"])
+    sec = next(s for s in ext.sections.values() if s.records(block))
+    first = sec.records(block)[0]
+    field = "file_name_off" if block == "line_info" else "access_str_off"
+    # The record's bytes: its fields, in order, as the block stores them.
+    needle = struct.pack("<4I", *first[:4])
+    at = raw.find(needle)
+    assert at > 0, "the record is in the section"
+    data = bytearray(raw)
+    struct.pack_into("<I", data, at + 4 * first._fields.index(field), len(ext.strings) + 7)
+    with pytest.raises(InputError, match=rf"{block} record at byte \d+: string offset \d+ past the BTF strings"):
+        BtfExt.parse(bytes(data), ext.strings, records=records)
