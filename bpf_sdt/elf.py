@@ -630,10 +630,10 @@ class PackedRelocations:
     def encode(self) -> bytes:
         """The records in :data:`REL` or :data:`RELA` layout."""
         columns = [self.offsets, self.infos] if self.addends is None else [self.offsets, self.infos, self.addends]
-        return _interleave(columns)
+        return interleave_words(columns)
 
 
-def _interleave(columns: Sequence[array[int]]) -> bytes:
+def interleave_words(columns: Sequence[array[int]]) -> bytes:
     """Equal-length u64 columns as little-endian records of one word per
     column: one slice assignment per column, no call per record."""
     stride = len(columns)
@@ -1011,7 +1011,7 @@ def _write_run(sym_bytes: bytearray, at: int, run: SymbolRun, strtab: _StringTab
     heads = array("Q", map(tail.__or__, strtab.add_many(run.names)))
     if sys.byteorder != "little":
         sym_bytes[SYM.size * at: SYM.size * (at + len(heads))] = \
-            _interleave([heads, run.values, array("Q", bytes(8 * len(heads)))])
+            interleave_words([heads, run.values, array("Q", bytes(8 * len(heads)))])
         return
     with memoryview(sym_bytes) as view, view.cast("Q") as words:
         block = words[_SYM_WORDS * at: _SYM_WORDS * (at + len(heads))]

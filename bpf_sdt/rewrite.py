@@ -25,7 +25,6 @@ lists (insert, replace); :func:`rewrite_object` writes the object back:
 
 from __future__ import annotations
 
-import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from bpf_sdt.elf import (
     PackedRelocations,
     SecRec,
     SymbolRun,
+    interleave_words,
     is_reserved_index,
     r_info,
     st_info,
@@ -219,12 +219,10 @@ def append_call_words(img: ElfImage, words: list[tuple[str, int, int]]) -> None:
 
 
 def _append_calls(img: ElfImage, names: list[str], sections: list[int], offsets: array[int]) -> None:
-    """:func:`append_call_words` by columns."""
-    if sys.byteorder != "little":      # the words are little-endian
-        offsets = array("Q", offsets)
-        offsets.byteswap()
+    """:func:`append_call_words` by columns (each word its offset, little-endian)."""
     append_address_entries(img, CALLS_SECTION, CALLS_REL_SECTION, CALL_WORD_SIZE, AddressEntries(
-        names, sections, offsets.tobytes(), array("Q", range(0, CALL_WORD_SIZE * len(names), CALL_WORD_SIZE))))
+        names, sections, interleave_words([offsets]),
+        array("Q", range(0, CALL_WORD_SIZE * len(names), CALL_WORD_SIZE))))
 
 
 class AddressEntries(NamedTuple):
