@@ -210,3 +210,19 @@ def test_an_entry_the_cut_down_btf_cannot_serve_is_marked_and_loads_as_before(ke
     assert instcache.core_btf_of(entry) == (None, True)
     assert _trace(obj, tmp_path, cache) == events
     assert list(entry.glob(f"{instcache.CORE_BTF_PREFIX}*")) == [mark]
+
+
+@pytest.mark.kernel
+def test_a_damaged_cut_down_btf_loads_against_the_kernels_and_is_written_again(kernel: None,
+                                                                              tmp_path: Path) -> None:
+    """A cut-down BTF damaged since it was written (here: its bytes cut in
+    half) fails libbpf's load; the copy is loaded again against the
+    kernel's BTF, the events are the same, and the file is written anew."""
+    obj = _compile(CORE_PROGRAM, tmp_path / "core.bpf.o")
+    cache = tmp_path / "cache"
+    events = _trace(obj, tmp_path, cache)
+    [cut] = _entry(cache).glob(f"{instcache.CORE_BTF_PREFIX}*{instcache.CORE_BTF_SUFFIX}")
+    sound = cut.read_bytes()
+    cut.write_bytes(sound[:len(sound) // 2])
+    assert _trace(obj, tmp_path, cache) == events
+    assert cut.read_bytes() == sound

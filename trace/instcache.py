@@ -386,6 +386,13 @@ def core_btf_of(entry: Path) -> tuple[Path | None, bool]:
     return None, False
 
 
+def forget_core_btf(path: Path) -> None:
+    """Removes a cut-down BTF the copy did not load with (the next trace
+    writes it again)."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
 class CoreBtfWriter:
     """bpftool writing an entry's cut-down kernel BTF, in the background:
     started once trace has loaded the copy, waited for once its session is

@@ -229,7 +229,7 @@ def _load_and_run(opts: Options, packets: Iterator[bytes | None], iface: str | N
             _import_session_modules()
 
         with private_bpffs(Path(tmp) / "pins") as pins:
-            loaded = _load_copy(inst, pins, opts, stop, meanwhile, copy.core_btf)
+            loaded = _load_copy(inst, pins, opts, stop, meanwhile, copy)
             if loaded is None:
                 return None
             bpf, prog = loaded
@@ -291,15 +291,19 @@ def _import_session_modules() -> None:
 
 
 def _load_copy(inst: Path, pins: Path, opts: Options, stop: StopSignals, meanwhile: Callable[[], None],
-               core_btf: Path | None = None) -> tuple[LoadedObject, LoadedProgram | None] | None:
+               copy: InstrumentedCopy | None = None) -> tuple[LoadedObject, LoadedProgram | None] | None:
     """The instrumented copy opened and loaded, and the program to run or
     attach; the caller closes it.  None when a stop signal came first
     (nothing is left open).  ``meanwhile`` runs beside the verification,
     which is therefore quiet (libbpf's messages would each wait for the GIL
     the work here holds); should that load fail, a fresh open is loaded
-    again with its log, for the reason the error gives.  ``core_btf``: the
-    cut-down kernel BTF its CO-RE relocations are resolved against (the
-    cache entry's, bpf_sdt.core_btf), else the kernel's own."""
+    again with its log, for the reason the error gives.  ``copy``'s
+    cut-down kernel BTF (its cache entry's, bpf_sdt.core_btf), if it has
+    one, is what its CO-RE relocations are resolved against, else the
+    kernel's BTF; the load again is against the kernel's, and a cut-down BTF
+    that failed where the kernel's loads (damaged since it was written) is
+    removed, for the session to write anew (_writing_core_btf)."""
+    core_btf = copy.core_btf if copy is not None else None
     bpf = LoadedObject.open(inst, pin_root_path=pins, core_btf=core_btf)
     try:
         prog = _choose_program(bpf, opts)
@@ -309,9 +313,12 @@ def _load_copy(inst: Path, pins: Path, opts: Options, stop: StopSignals, meanwhi
             if stop.requested:
                 raise
             bpf.close()
-            bpf = LoadedObject.open(inst, pin_root_path=pins, core_btf=core_btf)
+            bpf = LoadedObject.open(inst, pin_root_path=pins)
             prog = _choose_program(bpf, opts)
             loaded = _load_interruptibly(bpf, stop)
+            if loaded and copy is not None and core_btf is not None:
+                instcache.forget_core_btf(core_btf)
+                copy.core_btf, copy.core_btf_known = None, False
     except BaseException:
         bpf.close()
         raise
