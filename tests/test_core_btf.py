@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -184,7 +185,7 @@ def test_another_kernels_or_anothers_cut_down_btf_is_not_used(kernel: None, tmp_
     events = _trace(obj, tmp_path, cache)
     entry = _entry(cache)
     [cut] = entry.glob(f"{instcache.CORE_BTF_PREFIX}*")
-    # Written by others (group-writable): not given to libbpf, and nothing is written over it.
+    # Written by others (group-writable): not given to libbpf; the next trace writes its own in its place.
     cut.chmod(0o664)
     assert instcache.core_btf_of(entry) == (None, False)
     cut.chmod(0o600)
@@ -226,3 +227,101 @@ def test_a_damaged_cut_down_btf_loads_against_the_kernels_and_is_written_again(k
     cut.write_bytes(sound[:len(sound) // 2])
     assert _trace(obj, tmp_path, cache) == events
     assert cut.read_bytes() == sound
+
+
+def _stored_entry(src: str, tmp_path: Path) -> Path:
+    """A cache entry as a trace stored it, with no cut-down BTF yet."""
+    obj = _compile(src, tmp_path / "core.bpf.o")
+    cache = tmp_path / "cache"
+    _trace(obj, tmp_path, cache)
+    entry = _entry(cache)
+    for old in entry.glob(f"{instcache.CORE_BTF_PREFIX}*"):
+        old.unlink()
+    return entry
+
+
+def _write(entry: Path) -> instcache.CoreBtfWriter | None:
+    writer = instcache.CoreBtfWriter.start(entry)
+    if writer is not None:
+        writer.finish(lambda: False)
+    return writer
+
+
+def _links_to_a_victim(entry: Path, tmp_path: Path) -> Path:
+    """Links at both of the entry's cut-down BTF names, to a file of root's
+    that writing through them would damage."""
+    victim = tmp_path / "victim"
+    victim.write_text("root's own\n")
+    names = instcache._core_btf_names(entry)
+    assert names is not None
+    for name in names:
+        name.symlink_to(victim)
+    return victim
+
+
+@pytest.mark.kernel
+def test_an_entry_not_the_users_alone_gets_no_cut_down_btf(kernel: None, tmp_path: Path) -> None:
+    """An entry another user owns (a shared BPF_SDT_CACHE): its names may be
+    links that user placed, so nothing is started or written there."""
+    entry = _stored_entry(CORE_PROGRAM, tmp_path)
+    victim = _links_to_a_victim(entry, tmp_path)
+    os.chown(entry, 65534, 65534)
+    assert _write(entry) is None
+    assert victim.read_text() == "root's own\n"
+    os.chown(entry, 0, 0)
+    os.chown(entry.parent, 65534, 65534)             # the cache directory itself another's
+    assert _write(entry) is None
+    assert victim.read_text() == "root's own\n"
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("src, suffix", [(CORE_PROGRAM, instcache.CORE_BTF_SUFFIX),
+                                         (KERNEL_TYPE_ID, instcache.NO_CORE_BTF_SUFFIX)], ids=["usable", "none"])
+def test_the_answer_replaces_a_link_at_its_name_and_never_writes_through_it(src: str, suffix: str, kernel: None,
+                                                                             tmp_path: Path) -> None:
+    entry = _stored_entry(src, tmp_path)
+    victim = _links_to_a_victim(entry, tmp_path)
+    old = os.umask(0o002)               # a group-writable default: bpftool's file is still the user's alone
+    try:
+        assert _write(entry) is not None
+    finally:
+        os.umask(old)
+    assert victim.read_text() == "root's own\n"
+    [answer] = entry.glob(f"{instcache.CORE_BTF_PREFIX}*")
+    assert answer.suffix == suffix and not answer.is_symlink() and answer.stat().st_mode & 0o077 == 0
+    assert instcache.core_btf_of(entry)[1]
+    assert not list(entry.glob(f"{instcache.STAGING_PREFIX}*"))
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("script, timeout", [("sleep 5", 0.2), ("exit 1", 10.0)], ids=["too-slow", "failed"])
+def test_a_bpftool_that_gives_no_answer_leaves_the_entry_to_the_next_trace(script: str, timeout: float,
+                                                                          kernel: None, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """No marker for a bpftool that failed or was slower than
+    MIN_CORE_BTF_TIMEOUT_S (a busy host): the next trace asks again, and
+    nothing of the attempt is left in the entry."""
+    entry = _stored_entry(CORE_PROGRAM, tmp_path)
+    fake = tmp_path / "bpftool"
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("BPF_SDT_BPFTOOL", str(fake))
+    monkeypatch.setattr(core_btf, "MIN_CORE_BTF_TIMEOUT_S", timeout)
+    assert _write(entry) is not None
+    assert instcache.core_btf_of(entry) == (None, False)
+    assert not list(entry.glob(f"{instcache.STAGING_PREFIX}*"))
+
+
+@pytest.mark.kernel
+def test_a_killed_traces_staging_directory_is_swept_when_the_cache_is_pruned(kernel: None, tmp_path: Path) -> None:
+    """What bpftool wrote for a trace killed before it kept it: removed by the
+    next store's prune once a day old, though that entry is never written again."""
+    entry = _stored_entry(CORE_PROGRAM, tmp_path)
+    old, fresh = entry / f"{instcache.CORE_BTF_STAGING}old", entry / f"{instcache.CORE_BTF_STAGING}fresh"
+    for staging in (old, fresh):
+        staging.mkdir()
+        (staging / instcache.CORE_BTF_WRITTEN).write_bytes(b"BTF")
+    day_ago = time.time() - instcache.STALE_STAGING_S - 60
+    os.utime(old, (day_ago, day_ago))
+    instcache._prune(entry.parent)
+    assert not old.exists() and fresh.exists() and entry.exists()

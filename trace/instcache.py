@@ -220,7 +220,8 @@ def store(job: Job, output: Path, instrumented: Instrumented) -> Path | None:
 
 def _prune(where: Path) -> None:
     """Removes the least recently used entries beyond MAX_ENTRIES (and
-    staging directories of traces that died storing, a day old), so that the
+    staging directories of traces that died storing, a day old, here and in
+    the entries), so that the
     cache does not grow with every object and bpf-sdt version traced."""
     entries, now = [], time.time()
     for path in where.iterdir():
@@ -229,8 +230,11 @@ def _prune(where: Path) -> None:
                 entries.append((path.stat().st_mtime, path))
             elif path.name.startswith(STAGING_PREFIX) and now - path.stat().st_mtime > STALE_STAGING_S:
                 shutil.rmtree(path, ignore_errors=True)
-    for _, path in sorted(entries, reverse=True)[MAX_ENTRIES:]:
+    ranked = sorted(entries, reverse=True)
+    for _, path in ranked[MAX_ENTRIES:]:
         shutil.rmtree(path, ignore_errors=True)
+    for _, path in ranked[:MAX_ENTRIES]:
+        _remove_stale_staging(path)         # a cut-down BTF's, left by a trace killed while bpftool wrote
 
 
 def _encoded(value: object) -> object:
@@ -356,6 +360,8 @@ CORE_BTF_PREFIX = "kernel-btf-"
 CORE_BTF_SUFFIX, NO_CORE_BTF_SUFFIX = ".btf", ".none"
 CORE_BTF_STAGING = STAGING_PREFIX + CORE_BTF_PREFIX
 MAX_CORE_BTF = 16 << 20             # bpftool writes bytes to kilobytes for one object
+CORE_BTF_WRITTEN = "kernel.btf"     # bpftool's output, in its staging directory
+PRIVATE_UMASK = 0o077               # bpftool's: its output is read only if the user's alone
 POLL_S = 0.02                       # how often a wait for bpftool looks for a stop
 
 
@@ -407,59 +413,72 @@ class CoreBtfWriter:
     @classmethod
     def start(cls, entry: Path) -> CoreBtfWriter | None:
         """bpftool started on the entry's object; None when there is nothing
-        to write or no bpftool (the copy keeps loading with the kernel's BTF)."""
+        to write, no bpftool, or an entry or cache directory that is not the
+        user's alone (what is written there would be written where others
+        chose: the copy keeps loading with the kernel's BTF)."""
         import subprocess
 
         from bpf_sdt.errors import ToolError
         from bpf_sdt.toolchain import find_bpftool
 
         names = _core_btf_names(entry)
-        if names is None or core_btf_of(entry)[1]:
+        if names is None or core_btf_of(entry)[1] or not _is_own_entry(entry):
             return None
         _remove_stale_staging(entry)
-        staging = entry / f"{CORE_BTF_STAGING}{os.getpid()}"
         try:
-            cmd = core_btf.min_core_btf_command(find_bpftool(), entry / OBJECT_NAME, staging)
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+            bpftool = find_bpftool()
+            # bpftool writes into a directory of its own, made here: a name no one else can have
+            # chosen first, and (umask) a file read_own takes as the user's alone.
+            staging = Path(tempfile.mkdtemp(prefix=CORE_BTF_STAGING, dir=entry))
         except (ToolError, OSError):
+            return None
+        try:
+            cmd = core_btf.min_core_btf_command(bpftool, entry / OBJECT_NAME, staging / CORE_BTF_WRITTEN)
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, umask=PRIVATE_UMASK)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
             return None
         return cls(entry, names, staging, proc)
 
     def finish(self, stopping: Callable[[], bool]) -> None:
         """Waits for bpftool (not past a stop, nor MIN_CORE_BTF_TIMEOUT_S),
         then keeps what it wrote if it loads the same (core_btf.same_load),
-        else the marker that says it does not."""
+        else the marker that says it does not.  Only an answer marks the
+        entry: a bpftool that failed, or was too slow on a busy host, leaves
+        it to the next trace."""
         deadline = time.monotonic() + core_btf.MIN_CORE_BTF_TIMEOUT_S
         try:
             while self.proc.poll() is None:
-                if stopping():
-                    return
-                if time.monotonic() > deadline:
-                    self._mark(usable=False)
+                if stopping() or time.monotonic() > deadline:
                     return
                 with contextlib.suppress(Exception):
                     self.proc.wait(POLL_S)
-            self._mark(usable=self.proc.returncode == 0 and self._loads_the_same())
+            if self.proc.returncode != 0:
+                return
+            same = self._loads_the_same()
+            if same is not None:
+                self._mark(usable=same)
         except OSError:
             return
         finally:
             self.cancel()
 
     def cancel(self) -> None:
-        """bpftool ended, its output removed (once :meth:`finish` kept it, nothing is left to remove)."""
+        """bpftool ended, its directory removed (once :meth:`finish` kept its output, nothing else is in it)."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        with contextlib.suppress(OSError):
-            self.staging.unlink()
+        shutil.rmtree(self.staging, ignore_errors=True)
 
-    def _loads_the_same(self) -> bool:
+    def _loads_the_same(self) -> bool | None:
+        """Whether bpftool's output answers as the kernel's BTF would; None
+        when it wrote nothing this user alone owns."""
         from bpf_sdt.elf import load_object
 
-        written = usercache.read_own(self.staging, MAX_CORE_BTF)
+        written = usercache.read_own(self.staging / CORE_BTF_WRITTEN, MAX_CORE_BTF)
         if written is None:
-            return False
+            return None
         try:
             obj = load_object(self.entry / OBJECT_NAME)
             btf, ext = obj.section(".BTF"), obj.section(".BTF.ext")
@@ -470,11 +489,16 @@ class CoreBtfWriter:
             return False
 
     def _mark(self, usable: bool) -> None:
+        """Renames the answer into place: the file bpftool wrote, or an empty
+        marker made beside it (a rename replaces whatever is at the name, a
+        link too, and never writes through one)."""
         if usable:
-            os.replace(self.staging, self.usable)
+            os.replace(self.staging / CORE_BTF_WRITTEN, self.usable)
         else:
-            fd = os.open(self.none, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, usercache.ENTRY_MODE)
-            os.close(fd)
+            marker = self.staging / NO_CORE_BTF_SUFFIX
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             usercache.ENTRY_MODE))
+            os.replace(marker, self.none)
         keep = self.usable if usable else self.none
         for old in self.entry.glob(f"{CORE_BTF_PREFIX}*"):      # another kernel's
             if old != keep:
@@ -482,10 +506,17 @@ class CoreBtfWriter:
                     old.unlink()
 
 
+def _is_own_entry(entry: Path) -> bool:
+    try:
+        return usercache.is_own(entry.parent) and usercache.is_own(entry)
+    except OSError:
+        return False
+
+
 def _remove_stale_staging(entry: Path) -> None:
     """What a trace killed while bpftool wrote left (a day old: another may be writing now)."""
     now = time.time()
     for path in entry.glob(f"{CORE_BTF_STAGING}*"):
         with contextlib.suppress(OSError):
-            if now - path.stat().st_mtime > STALE_STAGING_S:
-                path.unlink()
+            if now - path.lstat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(path, ignore_errors=True)
