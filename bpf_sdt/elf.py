@@ -368,10 +368,13 @@ class BpfObject:
         return self._rel_cache[target.index]
 
     def _read_relocations(self, target: Section) -> tuple[Section | None, list[Relocation]]:
-        for sec in self.sections:
-            if sec.type in (SHT_REL, SHT_RELA) and sec.info == target.index:
-                return sec, self.decode_relocations(sec)
-        return None, []
+        sec = self.relocation_section(target)
+        return (sec, self.decode_relocations(sec)) if sec is not None else (None, [])
+
+    def relocation_section(self, target: Section) -> Section | None:
+        """The REL/RELA section applying to ``target``, its entries not read."""
+        return next((sec for sec in self.sections if sec.type in (SHT_REL, SHT_RELA) and sec.info == target.index),
+                    None)
 
     def decode_relocations(self, sec: Section) -> list[Relocation]:
         rela = sec.type == SHT_RELA
@@ -527,8 +530,11 @@ class SymbolTable:
     def indices_of_type(self, stt: int) -> list[int]:
         """The indices of the symbols of type ``stt``, in order: a scan of the
         st_info byte column in C."""
-        infos = bytes(self.raw[_ST_INFO_BYTE::SYM.size])          # one byte a record: no byte order
-        return list(itertools.compress(itertools.count(), infos.translate(_is_type(stt))))
+        return list(itertools.compress(itertools.count(), self.info_bytes().translate(_is_type(stt))))
+
+    def info_bytes(self) -> bytes:
+        """Each symbol's st_info, index order: its byte column (one byte a record: no byte order)."""
+        return bytes(self.raw[_ST_INFO_BYTE::SYM.size])
 
     def of_type(self, stt: int) -> list[tuple[str, int, int]]:
         """(name, shndx, value) of every symbol of type ``stt``, index order:

@@ -15,19 +15,20 @@ from __future__ import annotations
 import bisect
 import itertools
 import operator
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from bpf_sdt.btf import Btf, BtfKind
 from bpf_sdt.elf import (
     R_BPF_64_ABS64,
     R_SYM_SHIFT,
+    R_TYPE_MASK,
     SHN_LORESERVE,
     SHT_NOBITS,
-    SHT_REL,
     SHT_RELA,
     ST_BIND_SHIFT,
     ST_TYPE_MASK,
@@ -37,8 +38,10 @@ from bpf_sdt.elf import (
     STT_SECTION,
     TEXT_SECTION,
     BpfObject,
+    RelocationColumns,
     Section,
     is_reserved_index,
+    signed64,
 )
 from bpf_sdt.errors import InputError
 from bpf_sdt.format import (
@@ -205,6 +208,8 @@ class ObjectReport:
 
 # --- where sites are, and what they call -------------------------------------
 
+LABEL_INFO = STB_LOCAL << ST_BIND_SHIFT | STT_NOTYPE     # a call label's st_info
+
 
 def call_labels(obj: BpfObject, entries: NoteEntries) -> dict[tuple[int, int], tuple[str, ...]]:
     """Observers each site calls in an object `bpf-sdt instrument` wrote
@@ -238,39 +243,75 @@ def call_words(obj: BpfObject) -> list[tuple[str, int, int]]:
     if calls is None or calls.type == SHT_NOBITS:
         return []
     symbols = RawSymbols(obj)
-    targets = _call_targets(obj, calls, symbols)
-    if not targets:
+    labels = _call_labels(calls, symbols)
+    if not labels.words:
         return []
-    prefix = CALL_LABEL_PREFIX.encode()
-    found: list[tuple[int, str, int, int]] = []
-    for i, (name_off, info, _other, shndx, value, _size) in enumerate(symbols.records()):
-        if shndx != calls.index or info & ST_TYPE_MASK != STT_NOTYPE or info >> ST_BIND_SHIFT != STB_LOCAL:
-            continue
-        if symbols.has_prefix(name_off, prefix) and value in targets:
-            observer = symbols.name(i, name_off)[len(CALL_LABEL_PREFIX):]
-            found.append((value, observer, *targets[value]))
-    return [(observer, code_index, offset) for _, observer, code_index, offset in sorted(found)]
+    places = _CallPlaces(obj, calls, symbols)
+    keep = list(map(places.placed.__contains__, labels.words))
+    words = list(itertools.compress(labels.words, keep))
+    observers = symbols.names(list(itertools.compress(labels.indices, keep)),
+                              list(itertools.compress(labels.name_offs, keep)))
+    found = sorted((word, observer[len(CALL_LABEL_PREFIX):], *places.target(word))
+                   for word, observer in zip(words, observers, strict=True))
+    return [(observer, code_index, offset) for _, observer, code_index, offset in found]
 
 
-def _call_targets(obj: BpfObject, calls: Section, symbols: RawSymbols) -> dict[int, tuple[int, int]]:
-    """Address word offset in the calls section -> (code section index, byte
-    offset), resolved as a note's address word is; a word whose relocation is
-    not an R_BPF_64_ABS64 against a defined symbol names nothing."""
-    _, relocs = obj.relocations(calls)
-    data = obj.section_data(calls)
-    out = {}
-    for r in relocs:
-        if r.type != R_BPF_64_ABS64 or not 0 <= r.symbol < symbols.count \
-                or r.offset + CALL_WORD_SIZE > len(data):
-            continue
-        _name, info, _other, shndx, value, _size = symbols.record(r.symbol)
-        if is_reserved_index(shndx):
-            continue
-        base = 0 if info & ST_TYPE_MASK == STT_SECTION else value
-        addend = r.addend if r.addend is not None else \
-            int.from_bytes(data[r.offset: r.offset + CALL_WORD_SIZE], "little")
-        out[r.offset] = (shndx, base + addend)
-    return out
+class _CallLabels(NamedTuple):
+    """The call labels, index order: label k is symbol ``indices[k]``, at
+    address word ``words[k]`` of the calls section, named at ``name_offs[k]``."""
+
+    indices: array[int]
+    words: array[int]
+    name_offs: array[int]
+
+
+def _call_labels(calls: Section, symbols: RawSymbols) -> _CallLabels:
+    """Every call label: a local STT_NOTYPE symbol ``___sdt_call_<observer>``
+    of the calls section, its value the offset of its word.  Read from the
+    symbol table's columns (a call or more per site, and more symbols)."""
+    labels = _CallLabels(*symbols.in_section(calls.index, CALL_LABEL_PREFIX.encode()))
+    infos = symbols.info_bytes()
+    is_label = list(map(LABEL_INFO.__eq__, map(infos.__getitem__, labels.indices)))
+    if all(is_label):
+        return labels
+    return _CallLabels(*(array(column.typecode, itertools.compress(column, is_label)) for column in labels))
+
+
+class _CallPlaces:
+    """The calls section's words a relocation places, and where: an
+    R_BPF_64_ABS64 against a defined symbol with the whole word inside the
+    section, resolved as a note's address word is.  Any other word names
+    nothing (check_calls: SDT120).  Read as the relocations' columns: their
+    distinct r_info values (a code section's symbol each) are resolved
+    once, not per call."""
+
+    def __init__(self, obj: BpfObject, calls: Section, symbols: RawSymbols) -> None:
+        self.data = obj.section_data(calls)
+        rel = obj.relocation_section(calls)
+        self.columns = obj.relocation_columns(rel) if rel is not None else RelocationColumns(*[memoryview(b"")] * 3)
+        self.rela = rel is not None and rel.type == SHT_RELA
+        self.targets: dict[int, tuple[int, int, int]] = {}     # r_info -> (section index, base, symbol)
+        for info in set(self.columns.infos):
+            sym = info >> R_SYM_SHIFT
+            if info & R_TYPE_MASK != R_BPF_64_ABS64 or sym >= symbols.count:
+                continue
+            _name, st_info, _other, shndx, value, _size = symbols.record(sym)
+            if not is_reserved_index(shndx):
+                self.targets[info] = (shndx, 0 if st_info & ST_TYPE_MASK == STT_SECTION else value, sym)
+        last = len(self.data) - CALL_WORD_SIZE
+        placing = list(map(operator.and_, map(self.targets.__contains__, self.columns.infos),
+                           map(last.__ge__, self.columns.offsets)))
+        # word offset -> the relocation placing it (of two at one word, the last: as the old reader kept)
+        self.placed = dict(zip(itertools.compress(self.columns.offsets, placing),
+                               itertools.compress(itertools.count(), placing), strict=True))
+
+    def target(self, word: int) -> tuple[int, int]:
+        """(section index, byte offset) a placed word names."""
+        k = self.placed[word]
+        shndx, base, _sym = self.targets[self.columns.infos[k]]
+        addend = signed64(self.columns.addends[k]) if self.rela else \
+            int.from_bytes(self.data[word: word + CALL_WORD_SIZE], "little")
+        return shndx, base + addend
 
 
 # --- BTF: probe prototypes --------------------------------------------------
@@ -366,29 +407,48 @@ def check_symbols(obj: BpfObject, report: ObjectReport) -> None:
 
 
 def check_calls(obj: BpfObject, report: ObjectReport) -> None:
-    """Every word of the calls section (docs/format.md section 6) is
-    relocated against a symbol of a code section: link moves a call with
-    where the linker put its section, and list and trace find its site
-    before it there; a call recorded in data has neither.  Read from the
-    relocations' symbol column, a few distinct symbols (the code sections'
-    own), not per call: an instrumented object has one call or more per site."""
+    """Every call the calls section records (docs/format.md section 6) is
+    placed: its label's word is relocated (R_BPF_64_ABS64) against a
+    defined symbol of a code section.  link moves a call with where the
+    linker put its section, and list and trace find its site before it
+    there; a call recorded in data has neither, and one whose word names
+    no defined symbol would be dropped without a word.  Resolved as
+    call_words resolves them (_CallPlaces), so check refuses exactly the
+    calls the others cannot place; counted by map over the columns, no
+    loop per call."""
     calls = obj.section(CALLS_SECTION)
-    rel = next((sec for sec in obj.sections if sec.type in (SHT_REL, SHT_RELA) and calls is not None
-                and sec.info == calls.index), None)
-    if calls is None or rel is None:
+    if calls is None or calls.type == SHT_NOBITS:
         return
     symbols = RawSymbols(obj)
-    shndx = symbols.section_indices()
-    infos = obj.relocation_columns(rel).infos
-    named = set(map(operator.rshift, infos, itertools.repeat(R_SYM_SHIFT)))
-    for sym in sorted(i for i in named if i < symbols.count and not is_reserved_index(shndx[i])):
-        sec = obj.section_at(shndx[sym])
+    labels = _call_labels(calls, symbols)
+    if not labels.words:
+        return
+    places = _CallPlaces(obj, calls, symbols)
+    relocation_of = list(map(places.placed.get, labels.words))
+    unplaced = relocation_of.count(None)
+    if unplaced:
+        word, label, name_off = min((word, label, name_off) for word, label, name_off, k
+                                    in zip(labels.words, labels.indices, labels.name_offs, relocation_of, strict=True)
+                                    if k is None)
+        report.add(CALLS_SECTION, "error", f"{_calls(unplaced)} no R_BPF_64_ABS64 relocation against a "
+                   f"defined symbol (the first: {symbols.name(label, name_off)} at +{word:#x}), so no tool can "
+                   "place them", RULE_CALL_OUTSIDE_CODE)
+    placed: Iterator[int] = itertools.compress(relocation_of,  # type: ignore[arg-type]  # the Nones left out
+                                               map(operator.is_not, relocation_of, itertools.repeat(None)))
+    against = Counter(map(places.columns.infos.__getitem__, placed))
+    for info in sorted(against):
+        shndx, _base, sym = places.targets[info]
+        sec = obj.section_at(shndx)
         if sec is None or not sec.executable:
-            where = sec.name if sec is not None else f"section {shndx[sym]}"
-            count = sum(1 for info in infos if info >> R_SYM_SHIFT == sym)
+            where = sec.name if sec is not None else f"section {shndx}"
             name = symbols.name(sym, symbols.record(sym)[0]) or str(sym)
-            report.add(CALLS_SECTION, "error", f"{count} recorded call{'s' * (count != 1)} relocated against "
-                       f"symbol {name} of {where}, outside any code section", RULE_CALL_OUTSIDE_CODE)
+            report.add(CALLS_SECTION, "error", f"{against[info]} recorded call{'s' * (against[info] != 1)} "
+                       f"relocated against symbol {name} of {where}, outside any code section",
+                       RULE_CALL_OUTSIDE_CODE)
+
+
+def _calls(count: int) -> str:
+    return "1 recorded call has" if count == 1 else f"{count} recorded calls have"
 
 
 # What _symbols_inside_sections allows a symbol of a reserved index (SHN_UNDEF,

@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from bpf_sdt.postlink.check import analyze
 from test_samples import load
 from toolchain import HEADER_DIR, clang, compile_bpf, need, run, tool
 
-from bpf_sdt.elf import REL, load_object
+from bpf_sdt.elf import R_BPF_64_64, REL, BpfObject, load_object
 from bpf_sdt.errors import InputError
 
 CLI = [sys.executable, "-m", "bpf_sdt.cli"]
@@ -434,6 +435,12 @@ def call_recorded_in_data(tmp_path: Path) -> Path:
     """An instrumented object whose first recorded call names a word in a
     data section: its calls section's first relocation moved onto the
     LICENSE symbol."""
+    return call_relocated(tmp_path, lambda obj, info: (_symbol_index(obj, "LICENSE"), info & 0xFFFFFFFF))
+
+
+def call_relocated(tmp_path: Path, change: Callable[[BpfObject, int], tuple[int, int]]) -> Path:
+    """An instrumented object whose calls section's first relocation has
+    (symbol, type) = change(object, r_info)."""
     inst = tmp_path / "inst.o"
     res = run([*CLI, "instrument", str(build(tmp_path, "a", A)), "--record", "-o", str(inst),
                "--bpftool", tool("bpftool")])
@@ -441,13 +448,18 @@ def call_recorded_in_data(tmp_path: Path) -> Path:
     obj = load_object(inst)
     rel = obj.section(".rel.bpf_sdt_calls")
     assert rel is not None
-    (license_symbol,) = [i for i, sym in enumerate(obj.symbols) if sym.name == "LICENSE"]
     data = bytearray(obj.data)
     offset, info = REL.unpack_from(data, rel.offset)
-    REL.pack_into(data, rel.offset, offset, license_symbol << 32 | info & 0xFFFFFFFF)
+    symbol, rtype = change(obj, info)
+    REL.pack_into(data, rel.offset, offset, symbol << 32 | rtype)
     bad = tmp_path / "bad.o"
     bad.write_bytes(data)
     return bad
+
+
+def _symbol_index(obj: BpfObject, name: str) -> int:
+    (index,) = [i for i, sym in enumerate(obj.symbols) if sym.name == name]
+    return index
 
 
 def test_a_call_recorded_outside_code_is_refused(tmp_path: Path) -> None:
@@ -460,4 +472,26 @@ def test_a_call_recorded_outside_code_is_refused(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("\n") == 1 and "bad.o" in res.stderr and "outside any code section" in res.stderr
     assert "SDT120" in res.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("change", [
+    lambda obj, info: (0, info & 0xFFFFFFFF),            # the null symbol (SHN_UNDEF): no section at all
+    lambda obj, info: (info >> 32, R_BPF_64_64),         # not an address word's relocation type
+], ids=["undefined-symbol", "not-abs64"])
+def test_a_call_no_relocation_places_is_refused_not_dropped(change: Callable[[BpfObject, int], tuple[int, int]],
+                                                            tmp_path: Path) -> None:
+    """A recorded call whose word names no defined symbol by R_BPF_64_ABS64:
+    list would show its site calling nothing and link would drop the call
+    without a word (both read calls that way); check names it (SDT120,
+    exit 1) and link refuses the input in one line, exit 2."""
+    bad = call_relocated(tmp_path, change)
+    res = run([*CLI, "check", str(bad)])
+    assert res.returncode == 1, res.stdout + res.stderr
+    [line] = [ln for ln in res.stdout.splitlines() + res.stderr.splitlines() if "SDT120" in ln]
+    assert "1 recorded call has no R_BPF_64_ABS64 relocation against a defined symbol" in line, line
+    assert "___sdt_call_" in line, line
+    out = tmp_path / "out.o"
+    res = link(out, bad)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "SDT120" in res.stderr, res.stderr
     assert not out.exists()
