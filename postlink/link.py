@@ -270,7 +270,7 @@ def _link_input(i: int, report: ObjectReport, names: dict[str, str]) -> LinkInpu
         address_words=array("Q", map(ADDRESS_WORD_SIZE.__rfloordiv__, entries.entry_offsets)),
         names=list(map(names.setdefault, symbols, symbols)), shapes=_shapes(report),
         notes=section_view(obj, notes).tobytes() if notes is not None and entries else b"",
-        calls=[InputCall(i, observer, _call_section(report, shndx, offset), offset)
+        calls=[InputCall(i, observer, _call_section(report, shndx), offset)
                for observer, shndx, offset in call_words(obj)],
         # Where nothing says a site was inlined, every chain is () (inlined.has_inline_information):
         # no per-site pass over the table for them.  An input without sites (the recorder, an
@@ -279,15 +279,12 @@ def _link_input(i: int, report: ObjectReport, names: dict[str, str]) -> LinkInpu
         else [()] * len(entries))
 
 
-def _call_section(report: ObjectReport, shndx: int, offset: int) -> str:
+def _call_section(report: ObjectReport, shndx: int) -> str:
     """The code section a recorded call is in: link moves a call word by
-    where the linker put that section, and a word naming data (check reads
-    it as no site's call) has no such place."""
+    where the linker put that section.  checked_input has refused an input
+    with a call anywhere else (check's SDT120)."""
     sec = report.obj.section_at(shndx)
-    if sec is None or not sec.executable:
-        where = sec.name if sec is not None else f"section {shndx}"
-        raise InputError(f"{report.path}: {CALLS_SECTION} records a call at {where}+{offset:#x}, "
-                         "outside any code section; cannot place it")
+    assert sec is not None and sec.executable, f"{report.path}: a call outside code passed SDT120"
     return sec.name
 
 
@@ -361,8 +358,8 @@ def _linker_refuses_records(o: BpfObject) -> bool:
 
 
 def checked_input(obj: BpfObject) -> ObjectReport:
-    """An input's check report; the input is refused if its notes are broken
-    (or its names could not be written back)."""
+    """An input's check report; the input is refused if its probe records
+    (notes, calls) are broken, or its names could not be written back."""
     refuse_undecodable_names(obj)
     # Decoded first (analyze's first step, kept for it) with the entry symbols'
     # names kept: _link_input needs every one, and they are read anyway to find
@@ -370,7 +367,7 @@ def checked_input(obj: BpfObject) -> ObjectReport:
     decode_notes(obj, keep_names=True)
     report = analyze(obj)
     if report.errors:
-        raise InputError(f"{obj.path}: its probe notes are broken ({report.first_error()}); "
+        raise InputError(f"{obj.path}: its probe records are broken ({report.first_error()}); "
                          f"run `bpf-sdt check {obj.path}`")
     return report
 
