@@ -325,3 +325,22 @@ def test_a_killed_traces_staging_directory_is_swept_when_the_cache_is_pruned(ker
     os.utime(old, (day_ago, day_ago))
     instcache._prune(entry.parent)
     assert not old.exists() and fresh.exists() and entry.exists()
+
+
+@pytest.mark.kernel
+def test_a_stop_ends_bpftool_promptly_and_a_missing_one_starts_nothing(kernel: None, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = _stored_entry(CORE_PROGRAM, tmp_path)
+    fake = tmp_path / "bpftool"
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("BPF_SDT_BPFTOOL", str(fake))
+    writer = instcache.CoreBtfWriter.start(entry)
+    assert writer is not None
+    began = time.monotonic()
+    writer.finish(lambda: True)                     # a signal arrived: trace is stopping
+    assert time.monotonic() - began < 1 and writer.proc.returncode is not None
+    assert instcache.core_btf_of(entry) == (None, False)
+    monkeypatch.setenv("BPF_SDT_BPFTOOL", str(tmp_path / "no-such-bpftool"))
+    assert instcache.CoreBtfWriter.start(entry) is None
+    assert not list(entry.glob(f"{instcache.STAGING_PREFIX}*"))
