@@ -253,7 +253,8 @@ def call_words(obj: BpfObject) -> list[tuple[str, int, int]]:
                               list(itertools.compress(labels.name_offs, keep)))
     found = sorted((word, observer[len(CALL_LABEL_PREFIX):], *places.target(word))
                    for word, observer in zip(words, observers, strict=True))
-    return [(observer, code_index, offset) for _, observer, code_index, offset in found]
+    return [(observer, code_index, offset) for _, observer, code_index, offset in found
+            if places.lands(code_index, offset)]
 
 
 class _CallLabels(NamedTuple):
@@ -286,6 +287,8 @@ class _CallPlaces:
     once, not per call."""
 
     def __init__(self, obj: BpfObject, calls: Section, symbols: RawSymbols) -> None:
+        self._obj = obj
+        self._sizes: dict[int, int] = {}
         self.data = obj.section_data(calls)
         rel = obj.relocation_section(calls)
         self.columns = obj.relocation_columns(rel) if rel is not None else RelocationColumns(*[memoryview(b"")] * 3)
@@ -304,6 +307,15 @@ class _CallPlaces:
         # word offset -> the relocation placing it (of two at one word, the last: as the old reader kept)
         self.placed = dict(zip(itertools.compress(self.columns.offsets, placing),
                                itertools.compress(itertools.count(), placing), strict=True))
+
+    def lands(self, shndx: int, offset: int) -> bool:
+        """Whether a resolved offset is an instruction's inside its section
+        (an addend may point anywhere: a word past the section names nothing)."""
+        size = self._sizes.get(shndx)
+        if size is None:
+            sec = self._obj.section_at(shndx)
+            size = self._sizes[shndx] = sec.size if sec is not None else 0
+        return 0 <= offset < size and offset % INSN_SIZE == 0
 
     def target(self, word: int) -> tuple[int, int]:
         """(section index, byte offset) a placed word names."""
@@ -436,6 +448,16 @@ def check_calls(obj: BpfObject, report: ObjectReport) -> None:
     placed: Iterator[int] = itertools.compress(relocation_of,  # type: ignore[arg-type]  # the Nones left out
                                                map(operator.is_not, relocation_of, itertools.repeat(None)))
     against = Counter(map(places.columns.infos.__getitem__, placed))
+    into_code = {info for info in against if _in_code(obj, places.targets[info][0])}   # else reported below
+    infos, lands, target = places.columns.infos, places.lands, places.target
+    astray = [(word, label, name_off) for word, label, name_off, k
+              in zip(labels.words, labels.indices, labels.name_offs, relocation_of, strict=True)
+              if k is not None and infos[k] in into_code and not lands(*target(word))]
+    if astray:
+        word, label, name_off = min(astray)
+        report.add(CALLS_SECTION, "error", f"{_calls(len(astray))} an address outside its code section's "
+                   f"instructions (the first: {symbols.name(label, name_off)} at +{word:#x}), so no tool can "
+                   "place them", RULE_CALL_OUTSIDE_CODE)
     for info in sorted(against):
         shndx, _base, sym = places.targets[info]
         sec = obj.section_at(shndx)
@@ -445,6 +467,11 @@ def check_calls(obj: BpfObject, report: ObjectReport) -> None:
             report.add(CALLS_SECTION, "error", f"{against[info]} recorded call{'s' * (against[info] != 1)} "
                        f"relocated against symbol {name} of {where}, outside any code section",
                        RULE_CALL_OUTSIDE_CODE)
+
+
+def _in_code(obj: BpfObject, shndx: int) -> bool:
+    sec = obj.section_at(shndx)
+    return sec is not None and sec.executable
 
 
 def _calls(count: int) -> str:

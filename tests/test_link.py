@@ -495,3 +495,28 @@ def test_a_call_no_relocation_places_is_refused_not_dropped(change: Callable[[Bp
     res = link(out, bad)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "SDT120" in res.stderr, res.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("address", [2**64 - 8, 1 << 20, 4], ids=["negative", "past-the-section", "unaligned"])
+def test_a_call_whose_address_is_no_instruction_is_refused(address: int, tmp_path: Path) -> None:
+    """A recorded call whose word (REL: its implicit addend) points before,
+    past or between its code section's instructions: check passed it, list
+    pinned the observer on another site and link died of an OverflowError;
+    now SDT120, exit 1, and link refuses it in one line, exit 2."""
+    good = call_relocated(tmp_path, lambda obj, info: (info >> 32, info & 0xFFFFFFFF))
+    obj = load_object(good)
+    calls, rel = obj.section(".bpf_sdt_calls"), obj.section(".rel.bpf_sdt_calls")
+    assert calls is not None and rel is not None
+    offset, _info = REL.unpack_from(obj.data, rel.offset)
+    data = bytearray(obj.data)
+    data[calls.offset + offset: calls.offset + offset + 8] = address.to_bytes(8, "little")
+    bad = tmp_path / "astray.o"
+    bad.write_bytes(data)
+    res = run([*CLI, "check", str(bad)])
+    assert res.returncode == 1, res.stdout + res.stderr
+    [line] = [ln for ln in res.stdout.splitlines() + res.stderr.splitlines() if "SDT120" in ln]
+    assert "an address outside its code section's instructions" in line, line
+    out = tmp_path / "out.o"
+    res = link(out, bad)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "SDT120" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
