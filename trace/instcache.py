@@ -444,9 +444,10 @@ class CoreBtfWriter:
     def finish(self, stopping: Callable[[], bool]) -> None:
         """Waits for bpftool (not past a stop, nor MIN_CORE_BTF_TIMEOUT_S),
         then keeps what it wrote if it loads the same (core_btf.same_load),
-        else the marker that says it does not.  Only an answer marks the
-        entry: a bpftool that failed, or was too slow on a busy host, leaves
-        it to the next trace."""
+        else the marker that says it does not (a bpftool that fails, or
+        writes no file it could, answers so too: it would fail each time).
+        Only a stop or a bpftool too slow for a busy host leaves the entry
+        to the next trace."""
         deadline = time.monotonic() + core_btf.MIN_CORE_BTF_TIMEOUT_S
         try:
             while self.proc.poll() is None:
@@ -454,11 +455,7 @@ class CoreBtfWriter:
                     return
                 with contextlib.suppress(Exception):
                     self.proc.wait(POLL_S)
-            if self.proc.returncode != 0:
-                return
-            same = self._loads_the_same()
-            if same is not None:
-                self._mark(usable=same)
+            self._mark(usable=self.proc.returncode == 0 and self._loads_the_same())
         except OSError:
             return
         finally:
@@ -471,14 +468,13 @@ class CoreBtfWriter:
         self.proc.wait()
         shutil.rmtree(self.staging, ignore_errors=True)
 
-    def _loads_the_same(self) -> bool | None:
-        """Whether bpftool's output answers as the kernel's BTF would; None
-        when it wrote nothing this user alone owns."""
+    def _loads_the_same(self) -> bool:
         from bpf_sdt.elf import load_object
 
+        # In bpftool's own directory, with its umask: a file that does not read is one it could not write.
         written = usercache.read_own(self.staging / CORE_BTF_WRITTEN, MAX_CORE_BTF)
         if written is None:
-            return None
+            return False
         try:
             obj = load_object(self.entry / OBJECT_NAME)
             btf, ext = obj.section(".BTF"), obj.section(".BTF.ext")
