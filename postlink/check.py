@@ -421,13 +421,13 @@ def check_symbols(obj: BpfObject, report: ObjectReport) -> None:
 def check_calls(obj: BpfObject, report: ObjectReport) -> None:
     """Every call the calls section records (docs/format.md section 6) is
     placed: its label's word is relocated (R_BPF_64_ABS64) against a
-    defined symbol of a code section.  link moves a call with where the
-    linker put its section, and list and trace find its site before it
-    there; a call recorded in data has neither, and one whose word names
-    no defined symbol would be dropped without a word.  Resolved as
-    call_words resolves them (_CallPlaces), so check refuses exactly the
-    calls the others cannot place; counted by map over the columns, no
-    loop per call."""
+    defined symbol of a code section, at one of that section's
+    instructions.  link moves a call with where the linker put its section,
+    and list and trace find its site before it there; a call recorded in
+    data has neither, and one whose word names nothing would be dropped
+    without a word.  Resolved by call_words' own _CallPlaces, so check
+    refuses exactly the calls the others cannot place: one pass over the
+    labels, each relocation's symbol judged once."""
     calls = obj.section(CALLS_SECTION)
     if calls is None or calls.type == SHT_NOBITS:
         return
@@ -436,37 +436,34 @@ def check_calls(obj: BpfObject, report: ObjectReport) -> None:
     if not labels.words:
         return
     places = _CallPlaces(obj, calls, symbols)
-    relocation_of = list(map(places.placed.get, labels.words))
-    unplaced = relocation_of.count(None)
-    if unplaced:
-        word, label, name_off = min((word, label, name_off) for word, label, name_off, k
-                                    in zip(labels.words, labels.indices, labels.name_offs, relocation_of, strict=True)
-                                    if k is None)
-        report.add(CALLS_SECTION, "error", f"{_calls(unplaced)} no R_BPF_64_ABS64 relocation against a "
-                   f"defined symbol (the first: {symbols.name(label, name_off)} at +{word:#x}), so no tool can "
-                   "place them", RULE_CALL_OUTSIDE_CODE)
-    placed: Iterator[int] = itertools.compress(relocation_of,  # type: ignore[arg-type]  # the Nones left out
-                                               map(operator.is_not, relocation_of, itertools.repeat(None)))
-    against = Counter(map(places.columns.infos.__getitem__, placed))
-    into_code = {info for info in against if _in_code(obj, places.targets[info][0])}   # else reported below
-    infos, lands, target = places.columns.infos, places.lands, places.target
-    astray = [(word, label, name_off) for word, label, name_off, k
-              in zip(labels.words, labels.indices, labels.name_offs, relocation_of, strict=True)
-              if k is not None and infos[k] in into_code and not lands(*target(word))]
-    if astray:
-        word, label, name_off = min(astray)
-        report.add(CALLS_SECTION, "error", f"{_calls(len(astray))} an address outside its code section's "
-                   f"instructions (the first: {symbols.name(label, name_off)} at +{word:#x}), so no tool can "
-                   "place them", RULE_CALL_OUTSIDE_CODE)
-    for info in sorted(against):
+    outside_code = {info for info, (shndx, _base, _sym) in places.targets.items() if not _in_code(obj, shndx)}
+    unplaced: list[tuple[int, int, int]] = []
+    astray: list[tuple[int, int, int]] = []
+    in_data: Counter[int] = Counter()
+    infos, placed, lands, target = places.columns.infos, places.placed, places.lands, places.target
+    for record in zip(labels.words, labels.indices, labels.name_offs, strict=True):
+        k = placed.get(record[0])
+        if k is None:
+            unplaced.append(record)
+        elif infos[k] in outside_code:
+            in_data[infos[k]] += 1
+        elif not lands(*target(record[0])):
+            astray.append(record)
+    for found, what in ((unplaced, "no R_BPF_64_ABS64 relocation against a defined symbol"),
+                        (astray, "an address outside its code section's instructions")):
+        if found:
+            word, label, name_off = min(found)
+            report.add(CALLS_SECTION, "error", f"{_calls(len(found))} {what} (the first: "
+                       f"{symbols.name(label, name_off)} at +{word:#x}), so no tool can place them",
+                       RULE_CALL_OUTSIDE_CODE)
+    for info in sorted(in_data):
         shndx, _base, sym = places.targets[info]
         sec = obj.section_at(shndx)
-        if sec is None or not sec.executable:
-            where = sec.name if sec is not None else f"section {shndx}"
-            name = symbols.name(sym, symbols.record(sym)[0]) or str(sym)
-            report.add(CALLS_SECTION, "error", f"{against[info]} recorded call{'s' * (against[info] != 1)} "
-                       f"relocated against symbol {name} of {where}, outside any code section",
-                       RULE_CALL_OUTSIDE_CODE)
+        where = sec.name if sec is not None else f"section {shndx}"
+        name = symbols.name(sym, symbols.record(sym)[0]) or str(sym)
+        count = in_data[info]
+        report.add(CALLS_SECTION, "error", f"{count} recorded call{'s' * (count != 1)} relocated against "
+                   f"symbol {name} of {where}, outside any code section", RULE_CALL_OUTSIDE_CODE)
 
 
 def _in_code(obj: BpfObject, shndx: int) -> bool:

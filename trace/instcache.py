@@ -221,8 +221,8 @@ def store(job: Job, output: Path, instrumented: Instrumented) -> Path | None:
 def _prune(where: Path) -> None:
     """Removes the least recently used entries beyond MAX_ENTRIES (and
     staging directories of traces that died storing, a day old, here and in
-    the entries), so that the
-    cache does not grow with every object and bpf-sdt version traced."""
+    the entries), so that the cache does not grow with every object and
+    bpf-sdt version traced."""
     entries, now = [], time.time()
     for path in where.iterdir():
         with contextlib.suppress(OSError):
