@@ -210,6 +210,79 @@ def _sync_directory(directory: Path) -> None:
             os.close(fd)
 
 
+# --- a private working directory, without tempfile --------------------------
+# A cached trace's start cannot afford tempfile: it imports shutil (with bz2 and
+# lzma), random and weakref, some 7 ms of a 60-90 ms start (docs/trace.md).
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_DIR_ATTEMPTS = 100
+
+
+def temporary_root() -> str:
+    """Where a temporary directory goes: $TMPDIR, else /tmp (tempfile's own
+    first choices on Linux)."""
+    return os.environ.get("TMPDIR") or "/tmp"
+
+
+@contextlib.contextmanager
+def private_directory(prefix: str) -> Iterator[Path]:
+    """A new directory under :func:`temporary_root` only its owner can enter,
+    removed with whatever is in it when the block ends, however it ends."""
+    path = _make_private_directory(temporary_root(), prefix)
+    try:
+        yield path
+    finally:
+        _remove_private_directory(path)
+
+
+def _make_private_directory(root: str, prefix: str) -> Path:
+    for _ in range(PRIVATE_DIR_ATTEMPTS):
+        path = os.path.join(root, f"{prefix}{os.urandom(TEMP_TOKEN_BYTES).hex()}")
+        try:
+            os.mkdir(path, PRIVATE_DIR_MODE)        # the umask can only take bits away
+        except FileExistsError:
+            continue
+        return Path(path)
+    raise FileExistsError(errno.EEXIST, f"no free name for a {prefix}* directory", root)
+
+
+def _remove_private_directory(path: Path) -> None:
+    """rmtree's work (ignoring errors) in a directory no one else can enter,
+    so nothing in it can change while it is walked: links are removed, never
+    followed (os.walk lists a link to a directory among the directories)."""
+    for top, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(top, name))
+        for name in dirs:
+            entry = os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                os.unlink(entry) if os.path.islink(entry) else os.rmdir(entry)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def copy_file(source: str, target: str | os.PathLike[str], what: str = "file") -> None:
+    """A regular file's bytes (opened as :func:`open_regular` opens it, so a
+    FIFO is InputError, not a wait) into a new file ``target``, mode 0600 (an
+    existing ``target`` is an error), by sendfile: no copy through Python,
+    whatever the size.  A copy that fails leaves no ``target``."""
+    src, _ = open_regular(source, what)
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            offset = 0
+            while sent := os.sendfile(dst, src, offset, READ_CHUNK):
+                offset += sent
+        except BaseException:
+            os.unlink(target)
+            raise
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
 # --- reading: regular files only ----------------------------------------------
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
