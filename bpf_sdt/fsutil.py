@@ -264,12 +264,13 @@ def _remove_private_directory(path: Path) -> None:
 
 def copy_file(source: str, target: str | os.PathLike[str], what: str = "file") -> None:
     """A regular file's bytes (opened as :func:`open_regular` opens it, so a
-    FIFO is InputError, not a wait) into a new file ``target``, mode 0600 (an
-    existing ``target`` is an error), by sendfile: no copy through Python,
-    whatever the size.  A copy that fails leaves no ``target``."""
+    FIFO is InputError, not a wait) into ``target``, made mode 0600 or
+    emptied first (a link there is refused, not followed), by sendfile: no
+    copy through Python, whatever the size.  A copy that fails leaves no
+    ``target``."""
     src, _ = open_regular(source, what)
     try:
-        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             offset = 0
             while sent := os.sendfile(dst, src, offset, READ_CHUNK):

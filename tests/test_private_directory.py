@@ -57,15 +57,20 @@ def test_two_directories_never_share_a_name(tmp_path: Path, monkeypatch: pytest.
         assert a != b and a.is_dir() and b.is_dir()
 
 
-def test_copy_is_the_bytes_and_refuses_an_existing_target(tmp_path: Path) -> None:
+def test_copy_is_the_bytes_over_a_file_and_never_through_a_link(tmp_path: Path) -> None:
     data = os.urandom(3 << 20)
     (tmp_path / "src").write_bytes(data)
     copy_file(str(tmp_path / "src"), tmp_path / "dst")
     assert (tmp_path / "dst").read_bytes() == data
     assert stat.S_IMODE(os.stat(tmp_path / "dst").st_mode) == 0o600
-    with pytest.raises(FileExistsError):
-        copy_file(str(tmp_path / "src"), tmp_path / "dst")
+    (tmp_path / "dst").write_bytes(b"longer than the copy" * 200_000)
+    copy_file(str(tmp_path / "src"), tmp_path / "dst")              # as shutil.copyfile: replaced whole
     assert (tmp_path / "dst").read_bytes() == data
+    (tmp_path / "victim").write_text("kept")
+    (tmp_path / "link").symlink_to(tmp_path / "victim")
+    with pytest.raises(OSError):
+        copy_file(str(tmp_path / "src"), tmp_path / "link")
+    assert (tmp_path / "victim").read_text() == "kept"
 
 
 def test_copy_of_a_fifo_or_directory_is_refused_without_waiting(tmp_path: Path) -> None:
