@@ -7,12 +7,15 @@ root: ``$BPF_SDT_CACHE`` (``off`` disables both), else
 its own.  What is read back decides what bpf-sdt loads and swaps, so it is
 trusted like bpf-sdt's own files: a directory or file that is not this user's,
 or that others may write to, is not read (directories are made mode 0700,
-entries 0600).  (lint's result cache predates this root and keeps its own
+entries 0600), and a root below a directory that others could change is not
+used at all (:func:`cache_dir`).  (lint's result cache predates this root and keeps its own
 variable, BPF_SDT_CACHE_DIR: docs/lint.md.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -25,14 +28,59 @@ OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 
 
 def cache_dir(name: str) -> Path | None:
-    """The directory of one cache, or None when caching is off."""
+    """The directory of one cache, or None when caching is off or the root
+    is somewhere others could swap it (:func:`_held_by_us`): the root with
+    its links resolved, so that no link anyone else owns is followed later."""
     chosen = os.environ.get(CACHE_ENV)
     if chosen == CACHE_OFF:
         return None
     if chosen:
-        return Path(chosen) / name
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "bpf-sdt" / name
+        root = Path(chosen)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = Path(base) / "bpf-sdt"
+    resolved = Path(os.path.realpath(root))
+    return resolved / name if _held_by_us(resolved) else None
+
+
+def make_dirs(path: Path) -> None:
+    """``path`` and its missing parents, each made mode 0700 (Path.mkdir
+    gives parents the umask's mode, group-writable under umask 002); then
+    OSError unless no one else can swap any of them.  A parent someone
+    else made first, while we made the rest, is found here (its owner could
+    move ours away), and the cache is not written."""
+    missing = []
+    for d in [path, *path.parents]:
+        if os.path.lexists(d):
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):      # made meanwhile: judged below with the rest
+            os.mkdir(d, DIR_MODE)
+    if not (_held_by_us(path) and is_own(path)):
+        raise PermissionError(errno.EPERM, "cache directory others can change", str(path))
+
+
+def _held_by_us(path: Path) -> bool:
+    """Can only this user and root rename or replace ``path`` and the
+    directories above it?  Each existing one must be theirs, and writable by
+    no one else unless it is sticky (in /tmp others cannot rename what is
+    ours).  Without this, an owner of a directory above a shared cache
+    (BPF_SDT_CACHE=/tmp/shared, traced as root) could move the checked
+    directory away between the check and the write, and point the write
+    anywhere."""
+    for d in [path, *path.parents]:
+        try:
+            st = os.lstat(d)
+        except FileNotFoundError:
+            continue                # made later by make_dirs, which judges it then
+        except OSError:
+            return False
+        if stat.S_ISLNK(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+            return False
+        if st.st_mode & OTHERS_WRITE and not st.st_mode & stat.S_ISVTX:
+            return False
+    return True
 
 
 def is_own(path: Path) -> bool:

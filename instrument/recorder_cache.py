@@ -251,7 +251,7 @@ def _store_now(build: Build, data: bytes) -> None:
 def _write_entry(where: Path, name: str, content: bytes) -> None:
     """Writes one entry whole, mode 0600, in a directory of this user's alone."""
     try:
-        where.mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)
+        usercache.make_dirs(where)
         if not usercache.is_own(where):
             return
         entry = where / name
@@ -296,7 +296,7 @@ def _version_memo(clang: str, where: Path) -> tuple[list[object], Path]:
 
 def _remember_version(memo: Path, version: bytes) -> None:
     try:
-        memo.parent.mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)
+        usercache.make_dirs(memo.parent)
         # Not durable: a memo torn by a crash only makes keys no entry has yet.
         write_atomic(memo, version, mode=usercache.ENTRY_MODE, durable=False)
     except (OSError, BpfSdtError):

@@ -205,7 +205,7 @@ def store(job: Job, output: Path, instrumented: Instrumented) -> Path | None:
     import tempfile
 
     try:
-        where.mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)     # read only if ours alone
+        usercache.make_dirs(where)      # ours alone, and no one else can move it
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=where))
         shutil.copyfile(output, staging / OBJECT_NAME)
         (staging / SITES_NAME).write_text(sites)
@@ -350,7 +350,7 @@ def remember_tag(obj: Path, prog_name: str, identity: tuple[str, str, str]) -> N
     import tempfile
 
     try:
-        (where / TAGS_NAME).mkdir(mode=usercache.DIR_MODE, parents=True, exist_ok=True)
+        usercache.make_dirs(where / TAGS_NAME)
         fd, staging = tempfile.mkstemp(prefix=".staging-", dir=where / TAGS_NAME)
         with os.fdopen(fd, "w") as f:
             json.dump(list(identity), f)
