@@ -25,35 +25,11 @@ from bpf_sdt.fsutil import unwinding_on_termination
 Handler = Callable[[argparse.Namespace], int]
 
 
-HELP_FALLBACK_COLUMNS = 80
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on usage errors already; keep its message to one line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_UNUSABLE, f"{self.prog}: error: {escape_text(message)}\n")
-
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        # argparse makes a formatter for every option it adds, and one without a
-        # width imports shutil for the terminal's (with bz2 and lzma: 3 ms of a
-        # cached trace's start, docs/trace.md); the width is found as shutil finds it.
-        return self.formatter_class(prog=self.prog, width=_help_width())  # type: ignore[call-arg]  # typeshed: prog only
-
-
-def _help_width() -> int:
-    """shutil.get_terminal_size's columns ($COLUMNS, else the terminal's, else
-    80) less the 2 argparse takes off, as HelpFormatter does without a width."""
-    try:
-        columns = int(os.environ.get("COLUMNS", ""))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 0
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return (columns or HELP_FALLBACK_COLUMNS) - 2
 
 
 def _cmd_header(args: argparse.Namespace) -> int:

@@ -553,7 +553,7 @@ def test_a_quiet_load_has_no_reason_and_printing_comes_back(kernel: None, tmp_pa
 # BLAKE2b), dataclasses and inspect; and the site table's modules with the
 # ELF, notes, instruction and model layers behind them (the entry's sites are
 # decoded into their record alone, bpf_sdt.located_site).
-NOT_ON_THE_CACHED_PATH = ("pickle", "socket", "platform", "_hashlib", "dataclasses", "inspect", "shutil", "tempfile",
+NOT_ON_THE_CACHED_PATH = ("pickle", "socket", "platform", "_hashlib", "dataclasses", "inspect",
                           "bpf_sdt.sites", "bpf_sdt.elf", "bpf_sdt.notes", "bpf_sdt.insn", "bpf_sdt.bpf_helpers",
                           "bpf_sdt.format", "bpf_sdt.model", "bpf_sdt.btf", "bpf_sdt.btfext", "elftools")
 # Imported beside the copy's load, so only after the runner's own imports.

@@ -35,7 +35,9 @@ import functools
 import importlib.util
 import json
 import os
+import shutil
 import stat
+import tempfile
 import time
 
 # hashlib's own BLAKE2 (hashlib.blake2b is this function; hashlib never takes it from
@@ -47,7 +49,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import bpf_sdt
 from bpf_sdt import core_btf, usercache
 from bpf_sdt.errors import InputError
-from bpf_sdt.fsutil import MAX_OBJECT_SIZE, copy_file, read_regular
+from bpf_sdt.fsutil import MAX_OBJECT_SIZE, read_regular
 from bpf_sdt.toolchain import find_clang
 
 if TYPE_CHECKING:
@@ -164,7 +166,7 @@ class Entry:
             found = Instrumented(self.shown, [_site(s) for s in self._sites])  # type: ignore[attr-defined]
         except (ValueError, TypeError, KeyError, AttributeError, ImportError):
             # Removed, so that the next trace stores a sound one (store cannot rename onto it).
-            _remove_tree(self.path)
+            shutil.rmtree(self.path, ignore_errors=True)
             return None
         with contextlib.suppress(OSError):          # pruned meanwhile by another trace: still a hit
             os.utime(self.path)                     # recently used: kept by _prune
@@ -184,8 +186,8 @@ def fetch_entry(job: Job, output: Path) -> Entry | None:
         cached = json.loads((entry / SITES_NAME).read_text())
         shown = [(int(site_id), str(probe)) for site_id, probe in cached["shown"]]
         sites = cached["sites"]
-        copy_file(str(entry / OBJECT_NAME), output, "cached object")
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, InputError):
+        shutil.copyfile(entry / OBJECT_NAME, output)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
     return Entry(entry, shown, sites)
 
@@ -200,10 +202,6 @@ def store(job: Job, output: Path, instrumented: Instrumented) -> Path | None:
         sites = json.dumps({"shown": instrumented.shown, "sites": [_encoded(s) for s in instrumented.sites]})
     except TypeError:                   # a site table this cache cannot keep: traced without the cache
         return None
-    # Not at the top: a hit needs neither (docs/trace.md, "Start-up").
-    import shutil
-    import tempfile
-
     try:
         usercache.make_dirs(where)      # ours alone, and no one else can move it
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=where))
@@ -213,18 +211,11 @@ def store(job: Job, output: Path, instrumented: Instrumented) -> Path | None:
         try:
             staging.rename(entry)
         except OSError:                 # another trace stored the same entry first
-            _remove_tree(staging)
+            shutil.rmtree(staging, ignore_errors=True)
         _prune(where)
     except OSError:
         return None
     return entry
-
-
-def _remove_tree(path: Path) -> None:
-    # Only here: a hit removes nothing, and shutil costs a cached trace's start 3 ms.
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _prune(where: Path) -> None:
@@ -238,10 +229,10 @@ def _prune(where: Path) -> None:
             if len(path.name) == KEY_HEX and path.is_dir():
                 entries.append((path.stat().st_mtime, path))
             elif path.name.startswith(STAGING_PREFIX) and now - path.stat().st_mtime > STALE_STAGING_S:
-                _remove_tree(path)
+                shutil.rmtree(path, ignore_errors=True)
     ranked = sorted(entries, reverse=True)
     for _, path in ranked[MAX_ENTRIES:]:
-        _remove_tree(path)
+        shutil.rmtree(path, ignore_errors=True)
     for _, path in ranked[:MAX_ENTRIES]:
         _remove_stale_staging(path)         # a cut-down BTF's, left by a trace killed while bpftool wrote
 
@@ -347,8 +338,6 @@ def remember_tag(obj: Path, prog_name: str, identity: tuple[str, str, str]) -> N
     where = cache_dir()
     if where is None:
         return
-    import tempfile
-
     try:
         usercache.make_dirs(where / TAGS_NAME)
         fd, staging = tempfile.mkstemp(prefix=".staging-", dir=where / TAGS_NAME)
@@ -428,7 +417,6 @@ class CoreBtfWriter:
         user's alone (what is written there would be written where others
         chose: the copy keeps loading with the kernel's BTF)."""
         import subprocess
-        import tempfile
 
         from bpf_sdt.errors import ToolError
         from bpf_sdt.toolchain import find_bpftool
@@ -449,7 +437,7 @@ class CoreBtfWriter:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, umask=PRIVATE_UMASK)
         except OSError:
-            _remove_tree(staging)
+            shutil.rmtree(staging, ignore_errors=True)
             return None
         return cls(entry, names, staging, proc)
 
@@ -478,7 +466,7 @@ class CoreBtfWriter:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        _remove_tree(self.staging)
+        shutil.rmtree(self.staging, ignore_errors=True)
 
     def _loads_the_same(self) -> bool:
         from bpf_sdt.elf import load_object
@@ -527,4 +515,4 @@ def _remove_stale_staging(entry: Path) -> None:
     for path in entry.glob(f"{CORE_BTF_STAGING}*"):
         with contextlib.suppress(OSError):
             if now - path.lstat().st_mtime > STALE_STAGING_S:
-                _remove_tree(path)
+                shutil.rmtree(path, ignore_errors=True)

@@ -25,6 +25,7 @@ import os
 import select
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from bpf_sdt.errors import EXIT_FINDINGS, EXIT_OK, InputError, UsageError, escape_text
-from bpf_sdt.fsutil import private_directory
 from bpf_sdt.libbpf import LibbpfError, Link, LoadedObject, LoadedProgram, TcFilter, printing_off, strerror
 from bpf_sdt.recorder_abi import RECORDER_COUNTS_MAP, RECORDER_DEFAULT_RINGBUF_SIZE, RECORDER_RINGBUF_MAP
 
@@ -216,8 +216,8 @@ def _load_and_run(opts: Options, packets: Iterator[bytes | None], iface: str | N
     finished session, or None when a signal came first.  The site table
     (a cache hit's is decoded only then) and the session's modules come
     while the kernel verifies the copy."""
-    with private_directory("bpf-sdt-trace-") as tmp:    # not tempfile: see fsutil
-        inst = tmp / "instrumented.bpf.o"
+    with tempfile.TemporaryDirectory(prefix="bpf-sdt-trace-") as tmp:
+        inst = Path(tmp) / "instrumented.bpf.o"
         layout = _layout(opts)
         copy = instrumented_copy(opts, _traced_programs(opts), inst, stop, defer_sites=True, use_cache=use_cache)
         if copy is None or stop.requested:
