@@ -30,7 +30,7 @@ OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 def cache_dir(name: str) -> Path | None:
     """The directory of one cache, or None when caching is off or the root
     is somewhere others could swap it (:func:`_held_by_us`): the root with
-    its links resolved, so that no link anyone else owns is followed later."""
+    its links resolved, so that later uses follow none."""
     chosen = os.environ.get(CACHE_ENV)
     if chosen == CACHE_OFF:
         return None
@@ -39,8 +39,8 @@ def cache_dir(name: str) -> Path | None:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = Path(base) / "bpf-sdt"
-    resolved = Path(os.path.realpath(root))
-    return resolved / name if _held_by_us(resolved) else None
+    root = Path(os.path.abspath(root))            # a relative one's parents reach the real root too
+    return Path(os.path.realpath(root)) / name if _held_by_us(root) else None
 
 
 def make_dirs(path: Path) -> None:
@@ -63,24 +63,48 @@ def make_dirs(path: Path) -> None:
 
 def _held_by_us(path: Path) -> bool:
     """Can only this user and root rename or replace ``path`` and the
-    directories above it?  Each existing one must be theirs, and writable by
-    no one else unless it is sticky (in /tmp others cannot rename what is
-    ours).  Without this, an owner of a directory above a shared cache
+    directories above it, both as named and with its links resolved?
+    Without this, an owner of a directory above a shared cache
     (BPF_SDT_CACHE=/tmp/shared, traced as root) could move the checked
-    directory away between the check and the write, and point the write
-    anywhere."""
-    for d in [path, *path.parents]:
-        try:
-            st = os.lstat(d)
-        except FileNotFoundError:
-            continue                # made later by make_dirs, which judges it then
-        except OSError:
-            return False
-        if stat.S_ISLNK(st.st_mode) or st.st_uid not in (0, os.geteuid()):
-            return False
-        if st.st_mode & OTHERS_WRITE and not st.st_mode & stat.S_ISVTX:
-            return False
-    return True
+    directory away between the check and the write, or repoint a link of
+    theirs on the way, and send the write anywhere."""
+    chains = (path, Path(os.path.realpath(path)))
+    return all(_unchangeable_by_others(d) for chain in chains for d in [chain, *chain.parents])
+
+
+def _unchangeable_by_others(d: Path) -> bool:
+    """Is ``d`` (not followed) this user's or root's, and writable by no one
+    else?  Sticky counts as unwritable (in /tmp others cannot rename what is
+    ours), and so does group write for a user private group."""
+    try:
+        st = os.lstat(d)
+    except FileNotFoundError:
+        return True                 # made later by make_dirs, which judges it then
+    except OSError:
+        return False
+    if st.st_uid not in (0, os.geteuid()):
+        return False                # a link too: its owner could repoint it
+    if stat.S_ISLNK(st.st_mode) or not st.st_mode & OTHERS_WRITE or st.st_mode & stat.S_ISVTX:
+        return True                 # a link's target is judged on the resolved chain
+    return not st.st_mode & stat.S_IWOTH and _private_group(st.st_gid)
+
+
+def _private_group(gid: int) -> bool:
+    """Is ``gid`` a user private group: this user's primary group, named
+    after the user, with no other member?  Debian, Ubuntu and Fedora give
+    each user one, with umask 002, so ~/.cache is often 0775; its group
+    write lets no one else in.  (An account given this group as its own
+    primary group is not seen: that is not how such groups are made.)"""
+    # Imported only here: most paths never have a group-writable directory.
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return gid == os.getegid() and group.gr_name == user and set(group.gr_mem) <= {user}
 
 
 def is_own(path: Path) -> bool:

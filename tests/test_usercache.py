@@ -8,7 +8,9 @@ anywhere.  chown needs root: skipped elsewhere, required in CI."""
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -44,13 +46,53 @@ def test_a_root_below_anothers_directory_is_not_used(root: None, tmp_path: Path,
     assert _cache_at(monkeypatch, shared / "cache" / "deeper") is None     # not made yet: the same
 
 
-def test_group_writable_is_refused_and_sticky_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writable_by_others_is_refused_and_sticky_is_not(root: None, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     above = tmp_path / "above"
     above.mkdir()
+    os.chown(above, 0, OTHER_UID)                   # a group with other members (nogroup)
     above.chmod(0o770)
+    assert _cache_at(monkeypatch, above / "cache") is None
+    above.chmod(0o707)
     assert _cache_at(monkeypatch, above / "cache") is None
     above.chmod(0o1777)                             # as /tmp: others cannot rename what is ours
     assert _cache_at(monkeypatch, above / "cache") is not None
+
+
+def test_group_write_of_a_user_private_group_is_no_one_elses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """umask 002 with a group of one's own (Debian, Ubuntu, Fedora) makes
+    ~/.cache 0775: still usable.  The same mode with others' write is not."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid())
+    need(group.gr_name == user and set(group.gr_mem) <= {user},
+         f"this user's primary group {group.gr_name} is a user private group")
+    home_cache = tmp_path / "home" / ".cache"
+    home_cache.mkdir(parents=True)
+    home_cache.chmod(0o775)
+    assert _cache_at(monkeypatch, home_cache / "bpf-sdt") is not None
+    home_cache.chmod(0o777)
+    assert _cache_at(monkeypatch, home_cache / "bpf-sdt") is None
+
+
+def test_anothers_link_in_the_chosen_path_is_refused(root: None, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its owner chooses where root's cache goes, and may repoint it later."""
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    (tmp_path / "link").symlink_to(chosen, target_is_directory=True)
+    os.lchown(tmp_path / "link", OTHER_UID, OTHER_UID)
+    assert _cache_at(monkeypatch, tmp_path / "link" / "cache") is None
+    os.lchown(tmp_path / "link", 0, 0)
+    assert _cache_at(monkeypatch, tmp_path / "link" / "cache") is not None
+
+
+def test_a_relative_root_is_judged_up_to_the_real_root(root: None, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tmp_path / "shared"
+    (shared / "work").mkdir(parents=True)
+    os.chown(shared, OTHER_UID, OTHER_UID)
+    monkeypatch.chdir(shared / "work")
+    assert _cache_at(monkeypatch, Path("cache")) is None
 
 
 def test_a_link_in_the_chosen_path_is_resolved_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
