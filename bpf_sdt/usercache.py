@@ -39,8 +39,11 @@ def cache_dir(name: str) -> Path | None:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = Path(base) / "bpf-sdt"
-    root = Path(os.path.abspath(root))            # a relative one's parents reach the real root too
-    return Path(os.path.realpath(root)) / name if _held_by_us(root) else None
+    try:
+        root = Path(os.path.abspath(root))        # a relative one's parents reach the real root too
+        return Path(os.path.realpath(root)) / name if _held_by_us(root) else None
+    except OSError:                               # no working directory (removed) for a relative root
+        return None
 
 
 def make_dirs(path: Path) -> None:
@@ -57,29 +60,32 @@ def make_dirs(path: Path) -> None:
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):      # made meanwhile: judged below with the rest
             os.mkdir(d, DIR_MODE)
-    if not (_held_by_us(path) and is_own(path)):
+    if not (_held_by_us(path, missing_ok=False) and is_own(path)):
         raise PermissionError(errno.EPERM, "cache directory others can change", str(path))
 
 
-def _held_by_us(path: Path) -> bool:
+def _held_by_us(path: Path, missing_ok: bool = True) -> bool:
     """Can only this user and root rename or replace ``path`` and the
     directories above it, both as named and with its links resolved?
     Without this, an owner of a directory above a shared cache
     (BPF_SDT_CACHE=/tmp/shared, traced as root) could move the checked
     directory away between the check and the write, or repoint a link of
-    theirs on the way, and send the write anywhere."""
+    theirs on the way, and send the write anywhere.  A directory not there
+    yet passes only with ``missing_ok``: make_dirs, once it has made them
+    all, counts one that vanished as someone else's (renamed away during the
+    check, it could be renamed back after)."""
     chains = (path, Path(os.path.realpath(path)))
-    return all(_unchangeable_by_others(d) for chain in chains for d in [chain, *chain.parents])
+    return all(_unchangeable_by_others(d, missing_ok) for chain in chains for d in [chain, *chain.parents])
 
 
-def _unchangeable_by_others(d: Path) -> bool:
+def _unchangeable_by_others(d: Path, missing_ok: bool) -> bool:
     """Is ``d`` (not followed) this user's or root's, and writable by no one
     else?  Sticky counts as unwritable (in /tmp others cannot rename what is
     ours), and so does group write for a user private group."""
     try:
         st = os.lstat(d)
     except FileNotFoundError:
-        return True                 # made later by make_dirs, which judges it then
+        return missing_ok           # made later by make_dirs, which judges it then
     except OSError:
         return False
     if st.st_uid not in (0, os.geteuid()):

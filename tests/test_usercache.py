@@ -140,3 +140,30 @@ def test_a_trace_under_anothers_directory_keeps_no_cache(root: None, tmp_path: P
     assert list(shared.iterdir()) == []
     os.chown(shared, 0, 0)                          # the same, root's: stored
     assert instcache.store(job, tmp_path / "out.o", instcache.Instrumented([], [])) is not None
+
+
+def test_a_relative_root_without_a_working_directory_is_no_cache(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert _cache_at(monkeypatch, Path("rel")) is None           # getcwd fails: no traceback
+
+
+def test_a_directory_that_vanishes_during_the_check_after_making_is_refused(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renamed away while make_dirs judges it (so lstat finds nothing), it
+    could be renamed back, someone else's, once the check has passed."""
+    target = tmp_path / "a" / "b"
+    real_lstat = os.lstat
+
+    def vanishing(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if Path(str(path)) == tmp_path / "a":
+            raise FileNotFoundError(2, "renamed away meanwhile", str(path))
+        return real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    (tmp_path / "a").mkdir()
+    monkeypatch.setattr(os, "lstat", vanishing)
+    with pytest.raises(PermissionError):
+        usercache.make_dirs(target)
